@@ -1,0 +1,115 @@
+/* The cluster model: what is known of every node, kept fresh by probes.
+ *
+ * The state lives here and is mutated only on the loop thread, under cluster->lock;
+ * any thread reads it through views (copies and new references), so the fs layer
+ * renders files without ever waiting on the network. */
+#pragma once
+
+#include "backend/loop.h"
+#include "backend/util.h"
+#include "config/config.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct cluster;
+
+enum node_level {
+	NODE_UNKNOWN,   /* never probed yet */
+	NODE_HEALTHY,
+	NODE_WARNING,   /* a metric at or above its warning threshold */
+	NODE_CRITICAL,  /* a metric at or above its critical threshold */
+	NODE_UNHEALTHY, /* probe.unhealthy_after failures in a row */
+	NODE_STALE,     /* no success for probe.stale_after_s */
+	NODE_OFFLINE,   /* no success for probe.offline_after_s */
+	NODE_DRAINING,  /* reachable, but takes no new work */
+};
+
+/* The one word shown in nodes/NODE/status. */
+const char *node_level_name(enum node_level level);
+
+/* A copy of one node's state. Owns every pointer; release with node_view_clear(). */
+struct node_view {
+	char *name;
+	char *display_name;  /* or NULL */
+	char *address;
+	int port;
+	char *role;
+	char *tier;          /* configured, else computed from cores and RAM, else "unknown" */
+	json_t *capabilities; /* array of strings */
+	json_t *health;      /* the agent's last health document, or NULL */
+	json_t *system;      /* the agent's last system document, or NULL */
+	json_t *reasons;     /* array of sentences explaining the level */
+	enum node_level level;
+	bool reachable;      /* the last probe succeeded */
+	bool probing;        /* a probe is in flight */
+	int failures;        /* consecutive failed probes */
+	char *last_error;    /* reason of the last failed probe, or NULL */
+	double checked_at;   /* wall time of the last successful probe, 0 if none */
+	double attempted_at; /* wall time the last probe finished, 0 if none */
+	double age_s;        /* seconds since the last success, -1 if none */
+	double latency_ms;   /* of the last successful probe */
+	double changed_at;   /* wall time the node's shown data last changed */
+};
+
+void node_view_clear(struct node_view *v);
+
+/* Called on the loop thread after something changed: `node` names the node whose data
+ * changed, or is NULL when the set of nodes or the config changed. */
+typedef void (*cluster_change_fn)(void *arg, const char *node);
+
+/* Creates the model for `cfg` (borrowed; a reference is taken). Probing starts with
+ * cluster_start(). Returns 0 or -errno. */
+int cluster_new(struct loop *loop, struct config *cfg, struct cluster **ret);
+void cluster_free(struct cluster *c);
+void cluster_set_listener(struct cluster *c, cluster_change_fn fn, void *arg);
+
+/* Thread-safe: starts the first probe round and the 1 s tick on the loop thread. */
+int cluster_start(struct cluster *c);
+
+/* Loop thread: swaps in a new config (borrowed; a reference is taken). Nodes that keep
+ * their name and address keep their state; others appear or vanish. */
+void cluster_set_config(struct cluster *c, struct config *cfg);
+/* Loop thread: records that a config edit was rejected (msg, or NULL once resolved). */
+void cluster_set_config_error(struct cluster *c, const char *msg);
+
+/* Any thread: the config in force. Returns a new reference. */
+struct config *cluster_get_config(struct cluster *c);
+/* Any thread: the last config error, or NULL. Returns a new string. */
+char *cluster_get_config_error(struct cluster *c);
+
+/* Any thread: the node names, sorted. Returns a new NULL-terminated array (free each
+ * string and the array). */
+char **cluster_list_nodes(struct cluster *c, size_t *ret_n);
+/* Any thread: a view of one node. 0, or -ENOENT. */
+int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret);
+/* Any thread: true when the node exists. */
+bool cluster_has_node(struct cluster *c, const char *name);
+/* Any thread: true when the node's data is younger than probe.max_age_ms. */
+bool cluster_node_is_fresh(struct cluster *c, const char *name);
+
+/* Called once when a refresh finished; err is 0, or -ENOENT when the node vanished. */
+typedef void (*cluster_refresh_fn)(void *arg, int err);
+
+/* Any thread: makes the node's data fresh. Joins a probe in flight or starts one, and
+ * starts one for every other node whose data is older than max_age_ms, so that reading
+ * all nodes' health costs one round of parallel requests. done(arg, err) runs on the loop
+ * thread when the node's probe finished, which is at most probe.timeout_ms from now.
+ * Returns 0 or -errno (then done is not called). */
+int cluster_refresh_node(struct cluster *c, const char *name, cluster_refresh_fn done, void *arg);
+
+/* Any thread: appends an event line ("<time> <kind> <subject> <message>"). */
+void cluster_add_event(struct cluster *c, const char *kind, const char *subject, const char *fmt,
+		       ...) __attribute__((format(printf, 4, 5)));
+/* Any thread: appends every event with a sequence number above `after` to `out` and
+ * returns the last sequence number appended (or `after`). */
+uint64_t cluster_render_events(struct cluster *c, uint64_t after, struct buf *out);
+/* Any thread: the total size of cluster_render_events(c, 0, ...), and when the last
+ * event was added (wall time). */
+size_t cluster_events_size(struct cluster *c, double *ret_changed_at);
+
+/* Any thread: when the cluster's set of nodes or config last changed (wall time). */
+double cluster_changed_at(struct cluster *c);
+/* Any thread: wall time the daemon started. */
+double cluster_started_at(struct cluster *c);

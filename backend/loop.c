@@ -1,0 +1,497 @@
+/* The backend thread: curl multi, timers, posted work and extra fds in one poll loop. */
+#include "backend/loop.h"
+#include "backend/util.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LOOP_MAX_FDS 8
+
+struct post {
+	loop_fn fn;
+	void *arg;
+	struct post *next;
+};
+
+struct loop_timer {
+	uint64_t due_us;
+	loop_fn fn;
+	void *arg;
+	struct loop_timer *prev, *next; /* sorted by due_us */
+};
+
+struct loop_fd {
+	int fd;
+	loop_fn fn;
+	void *arg;
+};
+
+struct xfer {
+	CURL *easy;
+	struct curl_slist *headers;
+	char *req_body;
+	struct buf body;
+	size_t max_body;
+	bool too_big;
+	http_done_fn done;
+	void *arg;
+	char errbuf[CURL_ERROR_SIZE];
+	struct xfer *prev, *next; /* in loop->xfers */
+};
+
+struct loop {
+	CURLM *multi;
+	pthread_t thread;
+	bool started;
+	bool stop;                  /* protected by lock */
+	pthread_mutex_t lock;
+	struct post *posts_head;    /* protected by lock */
+	struct post *posts_tail;    /* protected by lock */
+	struct loop_timer *timers;  /* loop thread only */
+	struct loop_fd fds[LOOP_MAX_FDS]; /* loop thread only */
+	size_t n_fds;
+	struct xfer *xfers;         /* loop thread only */
+	size_t n_xfers;
+};
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+
+static void curl_init_once(void)
+{
+	curl_global_init(CURL_GLOBAL_ALL);
+}
+
+int loop_new(struct loop **ret)
+{
+	pthread_once(&curl_once, curl_init_once);
+	struct loop *l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->multi = curl_multi_init();
+	if (!l->multi) {
+		free(l);
+		return -ENOMEM;
+	}
+	/* Keep connections to many agents alive between probe rounds. */
+	curl_multi_setopt(l->multi, CURLMOPT_MAXCONNECTS, 1024L);
+	pthread_mutex_init(&l->lock, NULL);
+	*ret = l;
+	return 0;
+}
+
+bool loop_is_current(const struct loop *l)
+{
+	return l->started && pthread_equal(pthread_self(), l->thread);
+}
+
+int loop_post(struct loop *l, loop_fn fn, void *arg)
+{
+	struct post *p = malloc(sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->fn = fn;
+	p->arg = arg;
+	p->next = NULL;
+	pthread_mutex_lock(&l->lock);
+	if (l->posts_tail)
+		l->posts_tail->next = p;
+	else
+		l->posts_head = p;
+	l->posts_tail = p;
+	pthread_mutex_unlock(&l->lock);
+	curl_multi_wakeup(l->multi);
+	return 0;
+}
+
+struct loop_timer *loop_timer_add(struct loop *l, uint64_t due_us, loop_fn fn, void *arg)
+{
+	struct loop_timer *t = calloc(1, sizeof(*t));
+	if (!t)
+		abort();
+	t->due_us = due_us;
+	t->fn = fn;
+	t->arg = arg;
+	struct loop_timer **pp = &l->timers, *prev = NULL;
+	while (*pp && (*pp)->due_us <= due_us) {
+		prev = *pp;
+		pp = &(*pp)->next;
+	}
+	t->next = *pp;
+	t->prev = prev;
+	if (*pp)
+		(*pp)->prev = t;
+	*pp = t;
+	return t;
+}
+
+static void timer_unlink(struct loop *l, struct loop_timer *t)
+{
+	if (t->prev)
+		t->prev->next = t->next;
+	else
+		l->timers = t->next;
+	if (t->next)
+		t->next->prev = t->prev;
+}
+
+void loop_timer_cancel(struct loop *l, struct loop_timer *t)
+{
+	if (!t)
+		return;
+	timer_unlink(l, t);
+	free(t);
+}
+
+int loop_fd_add(struct loop *l, int fd, loop_fn fn, void *arg)
+{
+	if (l->n_fds >= LOOP_MAX_FDS)
+		return -ENOSPC;
+	l->fds[l->n_fds++] = (struct loop_fd){.fd = fd, .fn = fn, .arg = arg};
+	return 0;
+}
+
+void loop_fd_remove(struct loop *l, int fd)
+{
+	for (size_t i = 0; i < l->n_fds; i++) {
+		if (l->fds[i].fd == fd) {
+			l->fds[i] = l->fds[--l->n_fds];
+			return;
+		}
+	}
+}
+
+int http_error_to_errno(int curl_code, long status)
+{
+	switch ((CURLcode) curl_code) {
+	case CURLE_OK:
+		break;
+	case CURLE_OPERATION_TIMEDOUT:
+		return -ETIMEDOUT;
+	case CURLE_COULDNT_RESOLVE_HOST:
+	case CURLE_COULDNT_RESOLVE_PROXY:
+		return -EHOSTUNREACH;
+	case CURLE_COULDNT_CONNECT:
+		return -ECONNREFUSED;
+	case CURLE_GOT_NOTHING:
+	case CURLE_RECV_ERROR:
+	case CURLE_SEND_ERROR:
+		return -ECONNRESET;
+	case CURLE_OUT_OF_MEMORY:
+		return -ENOMEM;
+	case CURLE_WRITE_ERROR:
+		return -EFBIG;
+	case CURLE_URL_MALFORMAT:
+		return -EINVAL;
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_PEER_FAILED_VERIFICATION:
+		return -EPROTO;
+	default:
+		return -EIO;
+	}
+	if (status >= 200 && status < 300)
+		return 0;
+	switch (status) {
+	case 400:
+	case 422:
+		return -EINVAL;
+	case 401:
+	case 403:
+		return -EACCES;
+	case 404:
+		return -ENOENT;
+	case 405:
+		return -EOPNOTSUPP;
+	case 409:
+		return -EEXIST;
+	case 413:
+		return -EFBIG;
+	case 429:
+		return -EBUSY;
+	case 503:
+		return -EAGAIN;
+	case 504:
+		return -ETIMEDOUT;
+	default:
+		return -EIO;
+	}
+}
+
+static size_t xfer_write(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	struct xfer *x = userdata;
+	size_t n = size * nmemb;
+	if (x->body.len + n > x->max_body) {
+		x->too_big = true;
+		return 0; /* aborts with CURLE_WRITE_ERROR */
+	}
+	buf_append(&x->body, ptr, n);
+	return n;
+}
+
+static void xfer_free(struct xfer *x)
+{
+	if (x->easy)
+		curl_easy_cleanup(x->easy);
+	curl_slist_free_all(x->headers);
+	free(x->req_body);
+	buf_free(&x->body);
+	free(x);
+}
+
+static void xfer_unlink(struct loop *l, struct xfer *x)
+{
+	if (x->prev)
+		x->prev->next = x->next;
+	else
+		l->xfers = x->next;
+	if (x->next)
+		x->next->prev = x->prev;
+	l->n_xfers--;
+}
+
+int loop_http(struct loop *l, const struct http_request *req, http_done_fn done, void *arg)
+{
+	struct xfer *x = calloc(1, sizeof(*x));
+	if (!x)
+		return -ENOMEM;
+	buf_init(&x->body);
+	x->done = done;
+	x->arg = arg;
+	x->max_body = req->max_body ? req->max_body : (8u << 20);
+	x->easy = curl_easy_init();
+	if (!x->easy)
+		goto err_free_xfer;
+
+	CURL *e = x->easy;
+	curl_easy_setopt(e, CURLOPT_URL, req->url);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+			 req->connect_timeout_ms > 0 ? req->connect_timeout_ms : 2000L);
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : 5000L);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, xfer_write);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+	curl_easy_setopt(e, CURLOPT_USERAGENT, "clusterfs/" CLUSTERFS_VERSION);
+	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
+
+	x->headers = curl_slist_append(x->headers, "Accept: application/json");
+	if (req->token) {
+		struct buf h;
+		buf_init(&h);
+		buf_printf(&h, "Authorization: Bearer %s", req->token);
+		x->headers = curl_slist_append(x->headers, h.data);
+		/* the header holds the secret: wipe our copy */
+		explicit_bzero(h.data, h.len);
+		buf_free(&h);
+	}
+	if (req->method && strcmp(req->method, "POST") == 0) {
+		struct buf h;
+		buf_init(&h);
+		buf_printf(&h, "Content-Type: %s",
+			   req->content_type ? req->content_type : "application/json");
+		x->headers = curl_slist_append(x->headers, h.data);
+		buf_free(&h);
+		x->headers = curl_slist_append(x->headers, "Expect:");
+		x->req_body = malloc(req->body_len + 1);
+		if (!x->req_body)
+			goto err_free_xfer;
+		if (req->body_len)
+			memcpy(x->req_body, req->body, req->body_len);
+		x->req_body[req->body_len] = '\0';
+		curl_easy_setopt(e, CURLOPT_POST, 1L);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->req_body);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
+	} else if (req->method && strcmp(req->method, "GET") != 0) {
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
+	}
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
+
+	if (curl_multi_add_handle(l->multi, e) != CURLM_OK)
+		goto err_free_xfer;
+	x->next = l->xfers;
+	if (l->xfers)
+		l->xfers->prev = x;
+	l->xfers = x;
+	l->n_xfers++;
+	return 0;
+
+err_free_xfer:
+	xfer_free(x);
+	return -ENOMEM;
+}
+
+size_t loop_http_active(const struct loop *l)
+{
+	return l->n_xfers;
+}
+
+/* Builds the response of a finished transfer and calls its callback once. */
+static void xfer_finish(struct loop *l, struct xfer *x, CURLcode code)
+{
+	struct http_response resp = {0};
+	long status = 0;
+	double total = 0;
+	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+	curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME, &total);
+	resp.status = status;
+	resp.elapsed_ms = total * 1000.0;
+	resp.body = x->body.data ? x->body.data : "";
+	resp.body_len = x->body.len;
+	if (x->too_big)
+		code = CURLE_WRITE_ERROR;
+	resp.error = http_error_to_errno(code, status);
+	if (code == CURLE_ABORTED_BY_CALLBACK)
+		resp.error = -ECANCELED;
+	if (code == CURLE_COULDNT_CONNECT) {
+		long oserr = 0;
+		curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &oserr);
+		if (oserr == EHOSTUNREACH || oserr == ENETUNREACH || oserr == EHOSTDOWN)
+			resp.error = -EHOSTUNREACH;
+	}
+	struct buf why;
+	buf_init(&why);
+	if (code == CURLE_ABORTED_BY_CALLBACK)
+		buf_puts(&why, "cancelled");
+	else if (x->too_big)
+		buf_printf(&why, "answer larger than %zu bytes", x->max_body);
+	else if (code != CURLE_OK)
+		buf_puts(&why, x->errbuf[0] ? x->errbuf : curl_easy_strerror(code));
+	else if (resp.error)
+		buf_printf(&why, "HTTP %ld", status);
+	resp.error_text = why.data ? why.data : "";
+
+	xfer_unlink(l, x);
+	curl_multi_remove_handle(l->multi, x->easy);
+	x->done(&resp, x->arg);
+	buf_free(&why);
+	xfer_free(x);
+}
+
+static void loop_run_posts(struct loop *l)
+{
+	pthread_mutex_lock(&l->lock);
+	struct post *p = l->posts_head;
+	l->posts_head = l->posts_tail = NULL;
+	pthread_mutex_unlock(&l->lock);
+	while (p) {
+		struct post *next = p->next;
+		p->fn(p->arg);
+		free(p);
+		p = next;
+	}
+}
+
+static void loop_run_timers(struct loop *l)
+{
+	uint64_t now = clock_now_us();
+	while (l->timers && l->timers->due_us <= now) {
+		struct loop_timer *t = l->timers;
+		timer_unlink(l, t);
+		loop_fn fn = t->fn;
+		void *arg = t->arg;
+		free(t);
+		fn(arg);
+	}
+}
+
+static void *loop_main(void *arg)
+{
+	struct loop *l = arg;
+	for (;;) {
+		pthread_mutex_lock(&l->lock);
+		bool stop = l->stop;
+		pthread_mutex_unlock(&l->lock);
+		if (stop)
+			break;
+
+		long wait_ms = 1000;
+		long curl_ms = -1;
+		curl_multi_timeout(l->multi, &curl_ms);
+		if (curl_ms >= 0 && curl_ms < wait_ms)
+			wait_ms = curl_ms;
+		if (l->timers) {
+			uint64_t now = clock_now_us();
+			long t_ms = l->timers->due_us <= now
+					    ? 0
+					    : (long) ((l->timers->due_us - now + 999) / 1000);
+			if (t_ms < wait_ms)
+				wait_ms = t_ms;
+		}
+
+		struct curl_waitfd extra[LOOP_MAX_FDS];
+		size_t n = l->n_fds;
+		for (size_t i = 0; i < n; i++)
+			extra[i] = (struct curl_waitfd){
+				.fd = l->fds[i].fd, .events = CURL_WAIT_POLLIN, .revents = 0};
+		curl_multi_poll(l->multi, extra, (unsigned) n, (int) wait_ms, NULL);
+
+		int running = 0;
+		curl_multi_perform(l->multi, &running);
+		CURLMsg *msg;
+		int left;
+		while ((msg = curl_multi_info_read(l->multi, &left))) {
+			if (msg->msg != CURLMSG_DONE)
+				continue;
+			struct xfer *x = NULL;
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &x);
+			xfer_finish(l, x, msg->data.result);
+		}
+
+		loop_run_posts(l);
+		loop_run_timers(l);
+		for (size_t i = 0; i < n; i++) {
+			if (extra[i].revents & CURL_WAIT_POLLIN) {
+				/* find it again: a callback may have removed fds */
+				for (size_t j = 0; j < l->n_fds; j++)
+					if (l->fds[j].fd == extra[i].fd) {
+						l->fds[j].fn(l->fds[j].arg);
+						break;
+					}
+			}
+		}
+	}
+	return NULL;
+}
+
+int loop_start(struct loop *l)
+{
+	int r = pthread_create(&l->thread, NULL, loop_main, l);
+	if (r != 0)
+		return -r;
+	l->started = true;
+	return 0;
+}
+
+void loop_stop(struct loop *l)
+{
+	if (!l->started)
+		return;
+	pthread_mutex_lock(&l->lock);
+	l->stop = true;
+	pthread_mutex_unlock(&l->lock);
+	curl_multi_wakeup(l->multi);
+	pthread_join(l->thread, NULL);
+	l->started = false;
+	while (l->xfers)
+		xfer_finish(l, l->xfers, CURLE_ABORTED_BY_CALLBACK);
+	loop_run_posts(l);
+}
+
+void loop_free(struct loop *l)
+{
+	if (!l)
+		return;
+	loop_stop(l);
+	while (l->timers)
+		loop_timer_cancel(l, l->timers);
+	curl_multi_cleanup(l->multi);
+	pthread_mutex_destroy(&l->lock);
+	free(l);
+}

@@ -1,0 +1,69 @@
+/* The backend thread: one thread owns the curl multi handle, every easy handle, the
+ * timers and extra fds (the config's inotify fd). Other threads hand it work with
+ * loop_post(); everything else here must be called on the loop thread. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct loop;
+struct loop_timer;
+
+/* The result of one HTTP exchange. Borrowed by the completion callback. */
+struct http_response {
+	int error;       /* 0, or -errno for transport failures and non-2xx statuses */
+	long status;     /* HTTP status, 0 when no answer came */
+	const char *body; /* NUL-terminated; "" when empty */
+	size_t body_len;
+	double elapsed_ms;
+	const char *error_text; /* short human reason, "" on success */
+};
+
+typedef void (*loop_fn)(void *arg);
+typedef void (*http_done_fn)(const struct http_response *resp, void *arg);
+
+struct http_request {
+	const char *method;  /* "GET" or "POST" */
+	const char *url;     /* copied */
+	const char *token;   /* bearer token, or NULL; copied, never logged */
+	const char *body;    /* for POST; copied */
+	size_t body_len;
+	const char *content_type; /* default application/json */
+	long connect_timeout_ms;
+	long timeout_ms;     /* total deadline */
+	size_t max_body;     /* answers larger than this fail with -EFBIG; 0 = 8 MiB */
+};
+
+/* Creates the loop; the thread starts with loop_start(). Returns 0 or -errno. */
+int loop_new(struct loop **ret);
+int loop_start(struct loop *l);
+/* Asks the thread to finish, joins it, and fails every request still in flight with
+ * -ECANCELED (their callbacks run on the calling thread). */
+void loop_stop(struct loop *l);
+void loop_free(struct loop *l);
+/* True when called on the loop thread. */
+bool loop_is_current(const struct loop *l);
+
+/* Thread-safe: runs fn(arg) on the loop thread soon, in order. Returns 0 or -ENOMEM. */
+int loop_post(struct loop *l, loop_fn fn, void *arg);
+
+/* Loop thread only: runs fn(arg) once at monotonic time due_us. The timer is freed after
+ * it fires or when cancelled. */
+struct loop_timer *loop_timer_add(struct loop *l, uint64_t due_us, loop_fn fn, void *arg);
+void loop_timer_cancel(struct loop *l, struct loop_timer *t);
+
+/* Loop thread only: calls fn(arg) whenever fd is readable. */
+int loop_fd_add(struct loop *l, int fd, loop_fn fn, void *arg);
+void loop_fd_remove(struct loop *l, int fd);
+
+/* Loop thread only: starts an HTTP exchange; done(resp, arg) runs on the loop thread
+ * exactly once, at the latest at the request's total deadline. Returns 0 or -errno
+ * (then done is not called). */
+int loop_http(struct loop *l, const struct http_request *req, http_done_fn done, void *arg);
+
+/* Number of exchanges in flight (loop thread only). */
+size_t loop_http_active(const struct loop *l);
+
+/* Maps a curl result code and HTTP status to a negative errno (0 for success and 2xx). */
+int http_error_to_errno(int curl_code, long status);

@@ -1,0 +1,256 @@
+/* Small helpers every layer uses. */
+#include "backend/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
+
+void buf_init(struct buf *b)
+{
+	b->data = NULL;
+	b->len = 0;
+	b->cap = 0;
+}
+
+void buf_free(struct buf *b)
+{
+	free(b->data);
+	buf_init(b);
+}
+
+static void buf_reserve(struct buf *b, size_t extra)
+{
+	if (b->len + extra + 1 <= b->cap)
+		return;
+	size_t cap = b->cap ? b->cap : 64;
+	while (cap < b->len + extra + 1)
+		cap *= 2;
+	char *d = realloc(b->data, cap);
+	if (!d)
+		abort();
+	b->data = d;
+	b->cap = cap;
+}
+
+void buf_append(struct buf *b, const void *data, size_t len)
+{
+	buf_reserve(b, len);
+	if (len)
+		memcpy(b->data + b->len, data, len);
+	b->len += len;
+	b->data[b->len] = '\0';
+}
+
+void buf_puts(struct buf *b, const char *s)
+{
+	buf_append(b, s, strlen(s));
+}
+
+void buf_vprintf(struct buf *b, const char *fmt, va_list ap)
+{
+	va_list aq;
+	va_copy(aq, ap);
+	int n = vsnprintf(NULL, 0, fmt, aq);
+	va_end(aq);
+	if (n < 0)
+		return;
+	buf_reserve(b, (size_t) n);
+	vsnprintf(b->data + b->len, (size_t) n + 1, fmt, ap);
+	b->len += (size_t) n;
+}
+
+void buf_printf(struct buf *b, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	buf_vprintf(b, fmt, ap);
+	va_end(ap);
+}
+
+char *buf_steal(struct buf *b, size_t *ret_len)
+{
+	if (!b->data)
+		buf_reserve(b, 0), b->data[0] = '\0';
+	char *d = b->data;
+	if (ret_len)
+		*ret_len = b->len;
+	buf_init(b);
+	return d;
+}
+
+uint64_t clock_now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
+double clock_wall_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+void clock_format_utc(double wall_s, char out[32])
+{
+	time_t t = (time_t) wall_s;
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static enum log_level log_max = LOG_INFO;
+static bool log_syslog;
+static const char *log_prefix = "clusterfs";
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void log_set_level(enum log_level level)
+{
+	log_max = level;
+}
+
+void log_set_prefix(const char *prefix)
+{
+	log_prefix = prefix;
+}
+
+void log_use_syslog(const char *ident)
+{
+	openlog(ident, LOG_PID, LOG_DAEMON);
+	log_syslog = true;
+}
+
+void log_msg(enum log_level level, const char *fmt, ...)
+{
+	static const char *const names[] = {"error", "warning", "info", "debug"};
+	static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
+	if (level > log_max)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	if (log_syslog) {
+		vsyslog(prio[level], fmt, ap);
+	} else {
+		char ts[32];
+		clock_format_utc(clock_wall_s(), ts);
+		pthread_mutex_lock(&log_lock);
+		fprintf(stderr, "%s %s[%d] %s: ", ts, log_prefix, (int) getpid(), names[level]);
+		vfprintf(stderr, fmt, ap);
+		fputc('\n', stderr);
+		pthread_mutex_unlock(&log_lock);
+	}
+	va_end(ap);
+}
+
+int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct buf b;
+	buf_init(&b);
+	char chunk[8192];
+	int r = 0;
+	for (;;) {
+		ssize_t n = read(fd, chunk, sizeof(chunk));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			r = -errno;
+			break;
+		}
+		if (n == 0)
+			break;
+		if (b.len + (size_t) n > max) {
+			r = -EFBIG;
+			break;
+		}
+		buf_append(&b, chunk, (size_t) n);
+	}
+	close(fd);
+	if (r < 0) {
+		buf_free(&b);
+		return r;
+	}
+	*ret_data = buf_steal(&b, ret_len);
+	return 0;
+}
+
+int token_read_file(const char *path, char **ret_token, char *errbuf, size_t errlen)
+{
+	struct stat st;
+	if (stat(path, &st) < 0) {
+		int r = -errno;
+		snprintf(errbuf, errlen, "token file %s: %s", path, strerror(errno));
+		return r;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(errbuf, errlen, "token file %s is not a regular file", path);
+		return -EINVAL;
+	}
+	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+		snprintf(errbuf, errlen,
+			 "token file %s is accessible by group or others (mode %04o); "
+			 "run: chmod 600 %s",
+			 path, (unsigned) (st.st_mode & 07777), path);
+		return -EPERM;
+	}
+	char *data = NULL;
+	size_t len = 0;
+	int r = file_read_all(path, 4096, &data, &len);
+	if (r < 0) {
+		snprintf(errbuf, errlen, "token file %s: %s", path,
+			 r == -EFBIG ? "larger than 4096 bytes" : strerror(-r));
+		return r;
+	}
+	while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r' ||
+			   data[len - 1] == ' ' || data[len - 1] == '\t'))
+		data[--len] = '\0';
+	if (len == 0) {
+		free(data);
+		snprintf(errbuf, errlen, "token file %s is empty", path);
+		return -ENODATA;
+	}
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char) data[i];
+		if (c <= ' ' || c >= 0x7f) {
+			free(data);
+			snprintf(errbuf, errlen,
+				 "token file %s holds a space or control character; a token is "
+				 "one line of printable characters",
+				 path);
+			return -EINVAL;
+		}
+	}
+	*ret_token = data;
+	return 0;
+}
+
+bool secret_equal(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	volatile unsigned char diff = (unsigned char) (la != lb);
+	for (size_t i = 0; i < lb; i++)
+		diff |= (unsigned char) (a[i % (la ? la : 1)] ^ b[i]) & (la ? 0xff : 0);
+	return diff == 0 && la == lb;
+}
+
+bool name_is_valid(const char *name)
+{
+	size_t n = strlen(name);
+	if (n == 0 || n > 255 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char) name[i];
+		if (c == '/' || c < 0x20 || c == 0x7f)
+			return false;
+	}
+	return true;
+}

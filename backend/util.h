@@ -1,0 +1,67 @@
+/* Small helpers every layer uses: a growable byte buffer, logging, clocks. */
+#pragma once
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+/* A growable byte buffer. Always NUL-terminated after its `len` bytes. */
+struct buf {
+	char *data; /* owned; NULL until the first append */
+	size_t len;
+	size_t cap;
+};
+
+void buf_init(struct buf *b);
+void buf_free(struct buf *b);
+/* Appending aborts on out-of-memory: these buffers are small and bounded. */
+void buf_append(struct buf *b, const void *data, size_t len);
+void buf_puts(struct buf *b, const char *s);
+void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void buf_vprintf(struct buf *b, const char *fmt, va_list ap);
+/* Steals the buffer's data (caller frees); leaves `b` empty. */
+char *buf_steal(struct buf *b, size_t *ret_len);
+
+/* Monotonic microseconds: for deadlines and ages. */
+uint64_t clock_now_us(void);
+/* Wall clock, for display only. */
+double clock_wall_s(void);
+/* Formats a wall-clock time as RFC 3339 UTC ("2026-11-23T05:28:27Z") into out[32]. */
+void clock_format_utc(double wall_s, char out[32]);
+
+enum log_level { LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+
+/* Logs to stderr or, once log_use_syslog() was called, to syslog. Thread-safe. */
+void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void log_set_level(enum log_level level);
+void log_use_syslog(const char *ident);
+void log_set_prefix(const char *prefix);
+
+#define log_err(...)   log_msg(LOG_ERR, __VA_ARGS__)
+#define log_warn(...)  log_msg(LOG_WARN, __VA_ARGS__)
+#define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+
+/* Reads a whole file (at most max bytes) into a new NUL-terminated string. 0 or -errno;
+ * -EFBIG when larger than max. */
+int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len);
+
+/* Reads a secret token file: refuses (-EPERM) a file readable by group or others,
+ * -ENODATA when empty. Trailing whitespace is stripped. Returns a new string. */
+int token_read_file(const char *path, char **ret_token, char *errbuf, size_t errlen);
+
+/* Compares two strings in time that depends only on the length of `b`. */
+bool secret_equal(const char *a, const char *b);
+
+/* Path validity for names shown in the tree: non-empty, no '/', not "." or "..",
+ * printable, at most 255 bytes. */
+bool name_is_valid(const char *name);
+
+static inline void freep(void *p)
+{
+	extern void free(void *);
+	free(*(void **) p);
+}
+#define _cleanup_free_ __attribute__((cleanup(freep)))

@@ -1,0 +1,1479 @@
+/* Loading and validating hosts.json into an immutable struct config.
+ *
+ * The document is parsed by jansson, then walked once: each section is checked and copied
+ * into the struct. A problem stops the walk with one sentence that names the offending
+ * value by its path and, through locate.c, by its line and column in the source text.
+ * Token files are read last, so that a broken document is reported before a missing file.
+ *
+ * Allocation failures abort, as in util.c's buffers: a config is small and bounded by
+ * CONFIG_MAX_FILE_SIZE, and checking every strdup would hide the logic. */
+#include "config/config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend/util.h"
+#include "config/locate.h"
+
+#define LOADER_MAX_DEPTH 8
+#define MAX_PORT         65535
+
+static const struct cfg_probe probe_defaults = {
+	.interval_s = 30,
+	.timeout_ms = 2000,
+	.stale_after_s = 120,
+	.offline_after_s = 600,
+	.unhealthy_after = 3,
+	.max_age_ms = 1000,
+};
+
+static const struct cfg_thresholds threshold_defaults = {
+	.cpu = {80, 95},
+	.memory = {85, 95},
+	.disk = {80, 90},
+	.load = {4.0, 8.0},
+};
+
+static const char *const tier_names[] = {"powerhouse", "standard", "light", NULL};
+
+/* The state of one load: the source for locating errors, and the path being checked. */
+struct loader {
+	const char *text; /* source text, or NULL (no positions) */
+	size_t len;
+	const char *name; /* file name used in messages */
+	const char *dir;  /* directory that relative token files resolve against */
+	char *errbuf;
+	size_t errlen;
+	struct config *c; /* being filled */
+	struct locate_step path[LOADER_MAX_DEPTH];
+	size_t depth;
+	char where[256];    /* scratch for ld_where() */
+	char quoted[2][96]; /* scratch for ld_quote() */
+	char value[64];     /* scratch for ld_value() */
+};
+
+static void *xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n ? n : 1, size);
+	if (!p)
+		abort();
+	return p;
+}
+
+static char *xstrdup(const char *s)
+{
+	char *d = strdup(s);
+	if (!d)
+		abort();
+	return d;
+}
+
+static void set_error(char *errbuf, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void set_error(char *errbuf, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+	if (!errbuf || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(errbuf, errlen, fmt, ap);
+	va_end(ap);
+}
+
+/* Frees a secret after overwriting it. */
+static void free_secret(char *s)
+{
+	if (!s)
+		return;
+	explicit_bzero(s, strlen(s));
+	free(s);
+}
+
+static void ld_push(struct loader *ld, const char *key)
+{
+	if (ld->depth >= LOADER_MAX_DEPTH)
+		abort();
+	ld->path[ld->depth++] = (struct locate_step){.key = key};
+}
+
+static void ld_push_index(struct loader *ld, size_t index)
+{
+	if (ld->depth >= LOADER_MAX_DEPTH)
+		abort();
+	ld->path[ld->depth++] = (struct locate_step){.key = NULL, .index = index};
+}
+
+static void ld_pop(struct loader *ld)
+{
+	ld->depth--;
+}
+
+/* The current path for messages: "hosts.spark1.services.agent.port", or "the top level". */
+static const char *ld_where(struct loader *ld)
+{
+	struct buf b;
+	if (ld->depth == 0)
+		return "the top level";
+	buf_init(&b);
+	for (size_t i = 0; i < ld->depth; i++) {
+		if (ld->path[i].key)
+			buf_printf(&b, "%s%s", i ? "." : "", ld->path[i].key);
+		else
+			buf_printf(&b, "[%zu]", ld->path[i].index);
+	}
+	snprintf(ld->where, sizeof(ld->where), "%s", b.data);
+	buf_free(&b);
+	for (char *p = ld->where; *p; p++)
+		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+			*p = '?';
+	return ld->where;
+}
+
+/* A string in double quotes with JSON escapes, shortened if long, safe for one log line. */
+static const char *ld_quote(struct loader *ld, int slot, const char *s)
+{
+	char *out = ld->quoted[slot];
+	size_t cap = sizeof(ld->quoted[slot]), n = 0;
+	out[n++] = '"';
+	for (; *s; s++) {
+		unsigned char c = (unsigned char) *s;
+		if (n + 8 >= cap) {
+			memcpy(out + n, "...", 3);
+			n += 3;
+			break;
+		}
+		if (c == '"' || c == '\\')
+			n += (size_t) snprintf(out + n, cap - n, "\\%c", c);
+		else if (c < 0x20 || c == 0x7f)
+			n += (size_t) snprintf(out + n, cap - n, "\\u%04x", c);
+		else
+			out[n++] = (char) c;
+	}
+	out[n++] = '"';
+	out[n] = '\0';
+	return out;
+}
+
+/* A JSON value as written in compact form, shortened, for "..., not VALUE". */
+static const char *ld_value(struct loader *ld, const json_t *v)
+{
+	char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+	if (!s)
+		return "(unprintable)";
+	size_t len = strlen(s), cap = sizeof(ld->value);
+	if (len >= cap)
+		snprintf(ld->value, cap, "%.*s...", (int) (cap - 4), s);
+	else
+		memcpy(ld->value, s, len + 1);
+	free(s);
+	for (char *p = ld->value; *p; p++)
+		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+			*p = '?';
+	return ld->value;
+}
+
+/* Reports an error at the current path: "NAME:LINE:COLUMN: MESSAGE". Returns -EINVAL. */
+static int ld_fail(struct loader *ld, enum locate_target target, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int ld_fail(struct loader *ld, enum locate_target target, const char *fmt, ...)
+{
+	struct buf msg;
+	int line, col;
+	va_list ap;
+
+	buf_init(&msg);
+	va_start(ap, fmt);
+	buf_vprintf(&msg, fmt, ap);
+	va_end(ap);
+	if (ld->text &&
+	    locate_json(ld->text, ld->len, ld->path, ld->depth, target, &line, &col) == 0)
+		set_error(ld->errbuf, ld->errlen, "%s:%d:%d: %s", ld->name, line, col,
+			  msg.data ? msg.data : "");
+	else
+		set_error(ld->errbuf, ld->errlen, "%s: %s", ld->name, msg.data ? msg.data : "");
+	buf_free(&msg);
+	return -EINVAL;
+}
+
+/* Optimal string alignment distance (Levenshtein plus adjacent transpositions). */
+static size_t edit_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	size_t d[65][65];
+	if (la > 64 || lb > 64)
+		return SIZE_MAX;
+	for (size_t i = 0; i <= la; i++)
+		d[i][0] = i;
+	for (size_t j = 0; j <= lb; j++)
+		d[0][j] = j;
+	for (size_t i = 1; i <= la; i++) {
+		for (size_t j = 1; j <= lb; j++) {
+			size_t cost = a[i - 1] != b[j - 1];
+			size_t best = d[i - 1][j] + 1;
+			if (d[i][j - 1] + 1 < best)
+				best = d[i][j - 1] + 1;
+			if (d[i - 1][j - 1] + cost < best)
+				best = d[i - 1][j - 1] + cost;
+			if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+			    d[i - 2][j - 2] + 1 < best)
+				best = d[i - 2][j - 2] + 1;
+			d[i][j] = best;
+		}
+	}
+	return d[la][lb];
+}
+
+/* The known word nearest to `word` within edit distance 2, or NULL. */
+static const char *suggest(const char *word, const char *const *known)
+{
+	const char *best = NULL;
+	size_t best_d = 3;
+	for (size_t i = 0; known[i]; i++) {
+		size_t d = edit_distance(word, known[i]);
+		if (d < best_d) {
+			best = known[i];
+			best_d = d;
+		}
+	}
+	return best;
+}
+
+static const char *suggest_host(const struct config *c, const char *word)
+{
+	const char *best = NULL;
+	size_t best_d = 3;
+	for (size_t i = 0; i < c->n_hosts; i++) {
+		size_t d = edit_distance(word, c->hosts[i].name);
+		if (d < best_d) {
+			best = c->hosts[i].name;
+			best_d = d;
+		}
+	}
+	return best;
+}
+
+/* Rejects keys of `obj` that are not in `known`, suggesting the nearest known one. */
+static int check_keys(struct loader *ld, const json_t *obj, const char *const *known)
+{
+	const char *key;
+	json_t *v;
+
+	json_object_foreach((json_t *) obj, key, v) {
+		bool ok = false;
+		for (size_t i = 0; known[i] && !ok; i++)
+			ok = strcmp(key, known[i]) == 0;
+		if (ok)
+			continue;
+
+		char where[sizeof(ld->where)];
+		snprintf(where, sizeof(where), "%s", ld_where(ld));
+		const char *hint = suggest(key, known);
+		int r;
+		ld_push(ld, key);
+		if (hint) {
+			r = ld_fail(ld, LOCATE_KEY, "unknown key %s in %s; did you mean \"%s\"?",
+				    ld_quote(ld, 0, key), where, hint);
+		} else {
+			struct buf list;
+			buf_init(&list);
+			for (size_t i = 0; known[i]; i++)
+				buf_printf(&list, "%s%s", i ? ", " : "", known[i]);
+			r = ld_fail(ld, LOCATE_KEY, "unknown key %s in %s (known keys: %s)",
+				    ld_quote(ld, 0, key), where, list.data);
+			buf_free(&list);
+		}
+		ld_pop(ld);
+		return r;
+	}
+	return 0;
+}
+
+/* Checks that the value at the current path is an object. */
+static int expect_object(struct loader *ld, const json_t *v)
+{
+	if (json_is_object(v))
+		return 0;
+	return ld_fail(ld, LOCATE_VALUE, "%s must be an object ({...}), not %s", ld_where(ld),
+		       ld_value(ld, v));
+}
+
+/* Reads an optional integer member within [min, max]; leaves *out alone when absent. */
+static int parse_int(struct loader *ld, const json_t *obj, const char *key, long min, long max,
+		     int *out)
+{
+	json_t *v = json_object_get(obj, key);
+	int r = 0;
+	if (!v)
+		return 0;
+	ld_push(ld, key);
+	if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)
+		r = ld_fail(ld, LOCATE_VALUE, "%s must be an integer from %ld to %ld, not %s",
+			    ld_where(ld), min, max, ld_value(ld, v));
+	else
+		*out = (int) json_integer_value(v);
+	ld_pop(ld);
+	return r;
+}
+
+/* Reads an optional string member; leaves *out alone when absent. Borrows from the doc. */
+static int parse_string(struct loader *ld, const json_t *obj, const char *key, bool nonempty,
+			const char **out)
+{
+	json_t *v = json_object_get(obj, key);
+	int r = 0;
+	if (!v)
+		return 0;
+	ld_push(ld, key);
+	if (!json_is_string(v))
+		r = ld_fail(ld, LOCATE_VALUE, "%s must be a string, not %s", ld_where(ld),
+			    ld_value(ld, v));
+	else if (nonempty && json_string_length(v) == 0)
+		r = ld_fail(ld, LOCATE_VALUE, "%s must not be empty", ld_where(ld));
+	else if (strlen(json_string_value(v)) != json_string_length(v))
+		r = ld_fail(ld, LOCATE_VALUE, "%s must not contain a NUL character", ld_where(ld));
+	else
+		*out = json_string_value(v);
+	ld_pop(ld);
+	return r;
+}
+
+/* A host name becomes a directory under nodes/ and appears in routing, logs and URLs:
+ * letters, digits, '.', '_' and '-', not starting with '.' or '-'. */
+static bool host_name_ok(const char *name)
+{
+	if (!name_is_valid(name) || name[0] == '.' || name[0] == '-')
+		return false;
+	for (const char *p = name; *p; p++) {
+		char c = *p;
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '_' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+/* An address goes into a URL as written: printable, no spaces, nothing that ends a host. */
+static bool address_ok(const char *s)
+{
+	if (!*s)
+		return false;
+	for (; *s; s++) {
+		unsigned char c = (unsigned char) *s;
+		if (c <= ' ' || c == 0x7f || strchr("/?#@\\\"", c))
+			return false;
+	}
+	return true;
+}
+
+/* A URL path: starts with '/', printable, no spaces. */
+static bool url_path_ok(const char *s)
+{
+	if (s[0] != '/')
+		return false;
+	for (; *s; s++) {
+		unsigned char c = (unsigned char) *s;
+		if (c <= ' ' || c == 0x7f)
+			return false;
+	}
+	return true;
+}
+
+static bool in_list(const char *s, const char *const *list)
+{
+	for (size_t i = 0; list[i]; i++)
+		if (strcmp(s, list[i]) == 0)
+			return true;
+	return false;
+}
+
+static char *path_join(const char *dir, const char *rel)
+{
+	struct buf b;
+	if (rel[0] == '/' || !dir)
+		return xstrdup(rel);
+	buf_init(&b);
+	buf_printf(&b, "%s%s%s", dir, dir[0] && dir[strlen(dir) - 1] == '/' ? "" : "/", rel);
+	return buf_steal(&b, NULL);
+}
+
+/* "token" in a config would put a secret into a file that is shown and copied around. */
+static int reject_inline_token(struct loader *ld, const json_t *obj)
+{
+	int r;
+	if (!json_object_get(obj, "token"))
+		return 0;
+	ld_push(ld, "token");
+	r = ld_fail(ld, LOCATE_KEY,
+		    "a token is never written in the config; put it in a file that only its owner "
+		    "can read and name that file with \"token_file\"");
+	ld_pop(ld);
+	return r;
+}
+
+static int parse_cluster(struct loader *ld, const json_t *doc)
+{
+	const char *name = "clusterfs";
+	int r = parse_string(ld, doc, "cluster", true, &name);
+	if (r < 0)
+		return r;
+	if (!name_is_valid(name)) {
+		ld_push(ld, "cluster");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "cluster name %s must be printable, without '/', and not \".\" or \"..\"",
+			    ld_quote(ld, 0, name));
+		ld_pop(ld);
+		return r;
+	}
+	ld->c->cluster = xstrdup(name);
+	return 0;
+}
+
+static int parse_auth(struct loader *ld, const json_t *doc)
+{
+	static const char *const keys[] = {"token_file", NULL};
+	json_t *auth = json_object_get(doc, "auth");
+	const char *file = NULL;
+	int r = 0;
+
+	if (auth) {
+		ld_push(ld, "auth");
+		r = expect_object(ld, auth);
+		if (r == 0)
+			r = reject_inline_token(ld, auth);
+		if (r == 0)
+			r = check_keys(ld, auth, keys);
+		if (r == 0)
+			r = parse_string(ld, auth, "token_file", true, &file);
+		ld_pop(ld);
+		if (r < 0)
+			return r;
+	}
+	ld->c->token_file = file ? path_join(ld->dir, file) : config_default_token_path();
+	return 0;
+}
+
+static int parse_probe(struct loader *ld, const json_t *doc)
+{
+	static const char *const keys[] = {"interval_s",      "timeout_ms",      "stale_after_s",
+					   "offline_after_s", "unhealthy_after", "max_age_ms",
+					   NULL};
+	struct cfg_probe *p = &ld->c->probe;
+	json_t *probe = json_object_get(doc, "probe");
+	int r;
+
+	if (!probe)
+		return 0;
+	ld_push(ld, "probe");
+	r = expect_object(ld, probe);
+	if (r == 0)
+		r = check_keys(ld, probe, keys);
+	if (r == 0)
+		r = parse_int(ld, probe, "interval_s", 1, 86400, &p->interval_s);
+	if (r == 0)
+		r = parse_int(ld, probe, "timeout_ms", 1, 300000, &p->timeout_ms);
+	if (r == 0)
+		r = parse_int(ld, probe, "stale_after_s", 1, 30 * 86400, &p->stale_after_s);
+	if (r == 0)
+		r = parse_int(ld, probe, "offline_after_s", 1, 30 * 86400, &p->offline_after_s);
+	if (r == 0)
+		r = parse_int(ld, probe, "unhealthy_after", 1, 1000, &p->unhealthy_after);
+	if (r == 0)
+		r = parse_int(ld, probe, "max_age_ms", 0, 3600000, &p->max_age_ms);
+	if (r == 0 && p->offline_after_s < p->stale_after_s) {
+		ld_push(ld, json_object_get(probe, "offline_after_s") ? "offline_after_s"
+								       : "stale_after_s");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "probe.offline_after_s (%d) must be at least probe.stale_after_s (%d)",
+			    p->offline_after_s, p->stale_after_s);
+		ld_pop(ld);
+	}
+	ld_pop(ld);
+	return r;
+}
+
+/* One [warning, critical] pair; `max` bounds percentages (0 for no upper bound). */
+static int parse_pair(struct loader *ld, const json_t *obj, const char *key, double max,
+		      double out[2])
+{
+	json_t *v = json_object_get(obj, key);
+	double pair[2];
+	int r = 0;
+
+	if (!v)
+		return 0;
+	ld_push(ld, key);
+	if (!json_is_array(v) || json_array_size(v) != 2) {
+		r = ld_fail(ld, LOCATE_VALUE, "%s must be [warning, critical], e.g. [%g, %g], not %s",
+			    ld_where(ld), out[0], out[1], ld_value(ld, v));
+		goto out_pop;
+	}
+	for (size_t i = 0; i < 2; i++) {
+		json_t *e = json_array_get(v, i);
+		ld_push_index(ld, i);
+		if (!json_is_number(e) || json_number_value(e) < 0 ||
+		    (max > 0 && json_number_value(e) > max)) {
+			if (max > 0)
+				r = ld_fail(ld, LOCATE_VALUE, "%s must be a number from 0 to %g, not %s",
+					    ld_where(ld), max, ld_value(ld, e));
+			else
+				r = ld_fail(ld, LOCATE_VALUE, "%s must be a number of at least 0, not %s",
+					    ld_where(ld), ld_value(ld, e));
+		}
+		ld_pop(ld);
+		if (r < 0)
+			goto out_pop;
+		pair[i] = json_number_value(e);
+	}
+	if (pair[0] > pair[1]) {
+		r = ld_fail(ld, LOCATE_VALUE, "%s has its warning level %g above its critical level %g",
+			    ld_where(ld), pair[0], pair[1]);
+		goto out_pop;
+	}
+	out[0] = pair[0];
+	out[1] = pair[1];
+out_pop:
+	ld_pop(ld);
+	return r;
+}
+
+static int parse_thresholds(struct loader *ld, const json_t *doc)
+{
+	static const char *const keys[] = {"cpu", "memory", "disk", "load", NULL};
+	struct cfg_thresholds *t = &ld->c->thresholds;
+	json_t *th = json_object_get(doc, "thresholds");
+	int r;
+
+	if (!th)
+		return 0;
+	ld_push(ld, "thresholds");
+	r = expect_object(ld, th);
+	if (r == 0)
+		r = check_keys(ld, th, keys);
+	if (r == 0)
+		r = parse_pair(ld, th, "cpu", 100, t->cpu);
+	if (r == 0)
+		r = parse_pair(ld, th, "memory", 100, t->memory);
+	if (r == 0)
+		r = parse_pair(ld, th, "disk", 100, t->disk);
+	if (r == 0)
+		r = parse_pair(ld, th, "load", 0, t->load);
+	ld_pop(ld);
+	return r;
+}
+
+/* An array of valid names (capabilities), copied into a new NULL-free array. */
+static int parse_name_list(struct loader *ld, const json_t *obj, const char *key,
+			   char ***ret_list, size_t *ret_n)
+{
+	json_t *v = json_object_get(obj, key);
+	char **list;
+	int r = 0;
+
+	if (!v)
+		return 0;
+	ld_push(ld, key);
+	if (!json_is_array(v)) {
+		r = ld_fail(ld, LOCATE_VALUE, "%s must be a list of names, e.g. [\"gpu\"], not %s",
+			    ld_where(ld), ld_value(ld, v));
+		ld_pop(ld);
+		return r;
+	}
+	list = xcalloc(json_array_size(v), sizeof(*list));
+	*ret_list = list;
+	for (size_t i = 0; i < json_array_size(v); i++) {
+		json_t *e = json_array_get(v, i);
+		ld_push_index(ld, i);
+		if (!json_is_string(e) || !name_is_valid(json_string_value(e)) ||
+		    strlen(json_string_value(e)) != json_string_length(e))
+			r = ld_fail(ld, LOCATE_VALUE,
+				    "%s must be a non-empty printable name without '/', not %s",
+				    ld_where(ld), ld_value(ld, e));
+		ld_pop(ld);
+		if (r < 0)
+			break;
+		list[(*ret_n)++] = xstrdup(json_string_value(e));
+	}
+	ld_pop(ld);
+	return r;
+}
+
+static int parse_host_service(struct loader *ld, const char *name, const json_t *v,
+			      struct cfg_service *s)
+{
+	static const char *const keys[] = {"port", "path", "type", NULL};
+	const char *path = "", *kind = NULL;
+	int r;
+
+	if (!name_is_valid(name))
+		return ld_fail(ld, LOCATE_KEY,
+			       "service name %s must be printable, without '/', and not \".\" or "
+			       "\"..\"",
+			       ld_quote(ld, 0, name));
+	s->name = xstrdup(name);
+	ld_push(ld, name);
+	r = expect_object(ld, v);
+	if (r == 0)
+		r = check_keys(ld, v, keys);
+	if (r == 0 && !json_object_get(v, "port"))
+		r = ld_fail(ld, LOCATE_VALUE, "%s has no \"port\"; give it as {\"port\": 8080}",
+			    ld_where(ld));
+	if (r == 0)
+		r = parse_int(ld, v, "port", 1, MAX_PORT, &s->port);
+	if (r == 0)
+		r = parse_string(ld, v, "path", false, &path);
+	if (r == 0 && path[0] && !url_path_ok(path)) {
+		ld_push(ld, "path");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s must be a URL path starting with '/' and without spaces, not %s",
+			    ld_where(ld), ld_quote(ld, 0, path));
+		ld_pop(ld);
+	}
+	if (r == 0)
+		r = parse_string(ld, v, "type", true, &kind);
+	ld_pop(ld);
+	if (r < 0)
+		return r;
+	s->path = xstrdup(path);
+	s->kind = kind ? xstrdup(kind) : NULL;
+	return 0;
+}
+
+static int parse_host_services(struct loader *ld, const json_t *host, struct cfg_host *h)
+{
+	json_t *svcs = json_object_get(host, "services"), *v;
+	const char *name;
+	int r;
+
+	if (!svcs)
+		return 0;
+	ld_push(ld, "services");
+	r = expect_object(ld, svcs);
+	if (r == 0) {
+		h->services = xcalloc(json_object_size(svcs), sizeof(*h->services));
+		json_object_foreach(svcs, name, v) {
+			r = parse_host_service(ld, name, v, &h->services[h->n_services++]);
+			if (r < 0)
+				break;
+		}
+	}
+	ld_pop(ld);
+	return r;
+}
+
+static int parse_host(struct loader *ld, const char *name, const json_t *v, struct cfg_host *h)
+{
+	static const char *const keys[] = {"host",        "name", "role",       "tier",
+					   "capabilities", "queue_depth", "port", "token_file",
+					   "services",     NULL};
+	const char *address = NULL, *display = NULL, *role = "", *tier = NULL, *token_file = NULL;
+	int port = 0, r;
+
+	h->queue_depth = 10;
+	h->agent_port = CONFIG_DEFAULT_AGENT_PORT;
+	if (!host_name_ok(name))
+		return ld_fail(ld, LOCATE_KEY,
+			       "host name %s cannot name a directory; use letters, digits, '.', '_' "
+			       "and '-', not starting with '.' or '-'",
+			       ld_quote(ld, 0, name));
+	h->name = xstrdup(name);
+
+	ld_push(ld, name);
+	r = expect_object(ld, v);
+	if (r == 0)
+		r = reject_inline_token(ld, v);
+	if (r == 0)
+		r = check_keys(ld, v, keys);
+	if (r == 0 && !json_object_get(v, "host"))
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s has no \"host\"; give the machine's address, e.g. \"host\": "
+			    "\"10.0.0.1\"",
+			    ld_where(ld));
+	if (r == 0)
+		r = parse_string(ld, v, "host", true, &address);
+	if (r == 0 && !address_ok(address)) {
+		ld_push(ld, "host");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s must be an IP address or DNS name without spaces, '/', '?', '#' or "
+			    "'@', not %s",
+			    ld_where(ld), ld_quote(ld, 0, address));
+		ld_pop(ld);
+	}
+	if (r == 0)
+		r = parse_string(ld, v, "name", false, &display);
+	if (r == 0)
+		r = parse_string(ld, v, "role", false, &role);
+	if (r == 0 && role[0] && !name_is_valid(role)) {
+		ld_push(ld, "role");
+		r = ld_fail(ld, LOCATE_VALUE, "%s must be printable, without '/', not %s",
+			    ld_where(ld), ld_quote(ld, 0, role));
+		ld_pop(ld);
+	}
+	if (r == 0)
+		r = parse_string(ld, v, "tier", true, &tier);
+	if (r == 0 && tier && !in_list(tier, tier_names)) {
+		ld_push(ld, "tier");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s must be \"powerhouse\", \"standard\" or \"light\", not %s",
+			    ld_where(ld), ld_quote(ld, 0, tier));
+		ld_pop(ld);
+	}
+	if (r == 0)
+		r = parse_name_list(ld, v, "capabilities", &h->capabilities, &h->n_capabilities);
+	if (r == 0)
+		r = parse_int(ld, v, "queue_depth", 1, 10000, &h->queue_depth);
+	if (r == 0)
+		r = parse_int(ld, v, "port", 1, MAX_PORT, &port);
+	if (r == 0)
+		r = parse_string(ld, v, "token_file", true, &token_file);
+	if (r == 0)
+		r = parse_host_services(ld, v, h);
+	if (r == 0) {
+		const struct cfg_service *agent = config_host_service(h, "agent");
+		if (agent && port && agent->port != port) {
+			ld_push(ld, "port");
+			r = ld_fail(ld, LOCATE_VALUE,
+				    "%s is %d but %s.services.agent.port is %d; give the agent's "
+				    "port once",
+				    ld_where(ld), port, name, agent->port);
+			ld_pop(ld);
+		} else if (agent) {
+			h->agent_port = agent->port;
+		} else if (port) {
+			h->agent_port = port;
+		}
+	}
+	ld_pop(ld);
+	if (r < 0)
+		return r;
+
+	h->address = xstrdup(address);
+	h->display_name = display ? xstrdup(display) : NULL;
+	h->role = xstrdup(role);
+	h->tier = tier ? xstrdup(tier) : NULL;
+	/* Resolved here; read with the other token files once the whole document is valid. */
+	h->token_file = token_file ? path_join(ld->dir, token_file) : NULL;
+	return 0;
+}
+
+static int host_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct cfg_host *) a)->name, ((const struct cfg_host *) b)->name);
+}
+
+static int parse_hosts(struct loader *ld, const json_t *doc)
+{
+	struct config *c = ld->c;
+	json_t *hosts = json_object_get(doc, "hosts"), *v;
+	const char *name;
+	int r;
+
+	if (!hosts)
+		return ld_fail(ld, LOCATE_VALUE,
+			       "the config has no \"hosts\"; list the machines as \"hosts\": "
+			       "{\"NAME\": {\"host\": \"ADDRESS\"}}");
+	ld_push(ld, "hosts");
+	r = expect_object(ld, hosts);
+	if (r == 0) {
+		c->hosts = xcalloc(json_object_size(hosts), sizeof(*c->hosts));
+		json_object_foreach(hosts, name, v) {
+			r = parse_host(ld, name, v, &c->hosts[c->n_hosts++]);
+			if (r < 0)
+				break;
+		}
+	}
+	ld_pop(ld);
+	if (r < 0)
+		return r;
+	qsort(c->hosts, c->n_hosts, sizeof(*c->hosts), host_cmp);
+	return 0;
+}
+
+/* Checks that the string at the current path names a host in "hosts". */
+static int check_host_ref(struct loader *ld, const json_t *v)
+{
+	const char *hint;
+	if (!json_is_string(v))
+		return ld_fail(ld, LOCATE_VALUE, "%s must be a host name (a string), not %s",
+			       ld_where(ld), ld_value(ld, v));
+	if (config_find_host(ld->c, json_string_value(v)))
+		return 0;
+	hint = suggest_host(ld->c, json_string_value(v));
+	if (hint)
+		return ld_fail(ld, LOCATE_VALUE,
+			       "%s names host %s, which is not in \"hosts\"; did you mean \"%s\"?",
+			       ld_where(ld), ld_quote(ld, 0, json_string_value(v)), hint);
+	return ld_fail(ld, LOCATE_VALUE, "%s names host %s, which is not in \"hosts\"",
+		       ld_where(ld), ld_quote(ld, 0, json_string_value(v)));
+}
+
+/* One list of a routing policy: hosts (known host names), roles, tiers. */
+static int parse_routing_list(struct loader *ld, const json_t *policy, const char *key)
+{
+	json_t *v = json_object_get(policy, key);
+	int r = 0;
+
+	if (!v)
+		return 0;
+	ld_push(ld, key);
+	if (!json_is_array(v)) {
+		r = ld_fail(ld, LOCATE_VALUE, "%s must be a list of strings, not %s", ld_where(ld),
+			    ld_value(ld, v));
+		ld_pop(ld);
+		return r;
+	}
+	for (size_t i = 0; i < json_array_size(v) && r == 0; i++) {
+		json_t *e = json_array_get(v, i);
+		ld_push_index(ld, i);
+		if (strcmp(key, "hosts") == 0) {
+			r = check_host_ref(ld, e);
+		} else if (!json_is_string(e) || json_string_length(e) == 0) {
+			r = ld_fail(ld, LOCATE_VALUE, "%s must be a non-empty string, not %s",
+				    ld_where(ld), ld_value(ld, e));
+		} else if (strcmp(key, "tiers") == 0 && !in_list(json_string_value(e), tier_names)) {
+			r = ld_fail(ld, LOCATE_VALUE,
+				    "%s must be \"powerhouse\", \"standard\" or \"light\", not %s",
+				    ld_where(ld), ld_quote(ld, 0, json_string_value(e)));
+		}
+		ld_pop(ld);
+	}
+	ld_pop(ld);
+	return r;
+}
+
+static int parse_routing(struct loader *ld, const json_t *doc)
+{
+	static const char *const keys[] = {"hosts", "roles", "tiers", NULL};
+	json_t *routing = json_object_get(doc, "routing"), *v;
+	const char *type;
+	int r;
+
+	if (!routing) {
+		ld->c->routing = json_object();
+		return ld->c->routing ? 0 : -ENOMEM;
+	}
+	ld_push(ld, "routing");
+	r = expect_object(ld, routing);
+	if (r == 0) {
+		json_object_foreach(routing, type, v) {
+			if (!name_is_valid(type)) {
+				ld_push(ld, type);
+				r = ld_fail(ld, LOCATE_KEY,
+					    "task type %s must be printable, without '/'",
+					    ld_quote(ld, 0, type));
+				ld_pop(ld);
+				break;
+			}
+			ld_push(ld, type);
+			r = expect_object(ld, v);
+			if (r == 0)
+				r = check_keys(ld, v, keys);
+			if (r == 0)
+				r = parse_routing_list(ld, v, "hosts");
+			if (r == 0)
+				r = parse_routing_list(ld, v, "roles");
+			if (r == 0)
+				r = parse_routing_list(ld, v, "tiers");
+			ld_pop(ld);
+			if (r < 0)
+				break;
+		}
+	}
+	ld_pop(ld);
+	if (r < 0)
+		return r;
+	ld->c->routing = json_incref(routing);
+	return 0;
+}
+
+static int parse_service_file(struct loader *ld, const char *name, const json_t *v)
+{
+	static const char *const keys[] = {"get", "post", NULL};
+	const char *path = NULL, *method;
+	int r;
+
+	ld_push(ld, name);
+	if (!name_is_valid(name)) {
+		r = ld_fail(ld, LOCATE_KEY,
+			    "file name %s must be printable, without '/', and not \".\" or \"..\"",
+			    ld_quote(ld, 0, name));
+		goto out_pop;
+	}
+	r = expect_object(ld, v);
+	if (r == 0)
+		r = check_keys(ld, v, keys);
+	if (r < 0)
+		goto out_pop;
+	if (json_object_get(v, "get") && json_object_get(v, "post")) {
+		ld_push(ld, "post");
+		r = ld_fail(ld, LOCATE_KEY,
+			    "%s has both \"get\" and \"post\"; a file is either read (get) or "
+			    "written (post)",
+			    ld_where(ld));
+		ld_pop(ld);
+		goto out_pop;
+	}
+	if (!json_object_get(v, "get") && !json_object_get(v, "post")) {
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s needs \"get\" or \"post\" with a URL path, e.g. {\"get\": "
+			    "\"/api/status\"}",
+			    ld_where(ld));
+		goto out_pop;
+	}
+	method = json_object_get(v, "get") ? "get" : "post";
+	r = parse_string(ld, v, method, true, &path);
+	if (r == 0 && !url_path_ok(path)) {
+		ld_push(ld, method);
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s must be a URL path starting with '/' and without spaces, not %s",
+			    ld_where(ld), ld_quote(ld, 0, path));
+		ld_pop(ld);
+	}
+out_pop:
+	ld_pop(ld);
+	return r;
+}
+
+static int parse_service(struct loader *ld, const char *name, const json_t *v)
+{
+	static const char *const keys[] = {"host", "port", "files", NULL};
+	json_t *files, *f;
+	const char *file;
+	int port = 0, r;
+
+	ld_push(ld, name);
+	if (!name_is_valid(name)) {
+		r = ld_fail(ld, LOCATE_KEY,
+			    "service name %s must be printable, without '/', and not \".\" or \"..\"",
+			    ld_quote(ld, 0, name));
+		goto out_pop;
+	}
+	r = expect_object(ld, v);
+	if (r == 0)
+		r = check_keys(ld, v, keys);
+	if (r < 0)
+		goto out_pop;
+	if (!json_object_get(v, "host")) {
+		r = ld_fail(ld, LOCATE_VALUE, "%s has no \"host\"; name one of \"hosts\"",
+			    ld_where(ld));
+		goto out_pop;
+	}
+	ld_push(ld, "host");
+	r = check_host_ref(ld, json_object_get(v, "host"));
+	ld_pop(ld);
+	if (r < 0)
+		goto out_pop;
+	if (!json_object_get(v, "port")) {
+		r = ld_fail(ld, LOCATE_VALUE, "%s has no \"port\"; give it as \"port\": 8080",
+			    ld_where(ld));
+		goto out_pop;
+	}
+	r = parse_int(ld, v, "port", 1, MAX_PORT, &port);
+	if (r < 0)
+		goto out_pop;
+	files = json_object_get(v, "files");
+	if (!files)
+		goto out_pop;
+	ld_push(ld, "files");
+	r = expect_object(ld, files);
+	if (r == 0) {
+		json_object_foreach(files, file, f) {
+			r = parse_service_file(ld, file, f);
+			if (r < 0)
+				break;
+		}
+	}
+	ld_pop(ld);
+out_pop:
+	ld_pop(ld);
+	return r;
+}
+
+static int parse_services(struct loader *ld, const json_t *doc)
+{
+	json_t *services = json_object_get(doc, "services"), *v;
+	const char *name;
+	int r;
+
+	if (!services) {
+		ld->c->services = json_object();
+		return ld->c->services ? 0 : -ENOMEM;
+	}
+	ld_push(ld, "services");
+	r = expect_object(ld, services);
+	if (r == 0) {
+		json_object_foreach(services, name, v) {
+			r = parse_service(ld, name, v);
+			if (r < 0)
+				break;
+		}
+	}
+	ld_pop(ld);
+	if (r < 0)
+		return r;
+	ld->c->services = json_incref(services);
+	return 0;
+}
+
+/* The seed's "local_host", "default_trainer", "default_inference": kept in doc, checked. */
+static int parse_seed_refs(struct loader *ld, const json_t *doc)
+{
+	static const char *const keys[] = {"local_host", "default_trainer", "default_inference",
+					   NULL};
+	for (size_t i = 0; keys[i]; i++) {
+		json_t *v = json_object_get(doc, keys[i]);
+		int r;
+		if (!v)
+			continue;
+		ld_push(ld, keys[i]);
+		r = check_host_ref(ld, v);
+		ld_pop(ld);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* Reads the token files once the document is known to be valid. The global one is needed
+ * when auth.token_file names it or some host has no token_file of its own; when it is only
+ * the default location and does not exist, hosts go without a token (their agents will
+ * answer 401, which the node shows). Named files must exist and be private. */
+static int read_tokens(struct loader *ld, const json_t *doc)
+{
+	struct config *c = ld->c;
+	json_t *auth = json_object_get(doc, "auth");
+	bool named = auth && json_object_get(auth, "token_file");
+	bool needed = named;
+	char *global = NULL, msg[512];
+	int r = 0;
+
+	for (size_t i = 0; i < c->n_hosts; i++)
+		if (!c->hosts[i].token_file)
+			needed = true;
+	if (needed && c->token_file) {
+		r = token_read_file(c->token_file, &global, msg, sizeof(msg));
+		if (r < 0 && named) {
+			ld_push(ld, "auth");
+			ld_push(ld, "token_file");
+			ld_fail(ld, LOCATE_VALUE, "%s", msg);
+			ld_pop(ld);
+			ld_pop(ld);
+			return r;
+		}
+		if (r < 0 && r != -ENOENT && r != -ENOTDIR) {
+			set_error(ld->errbuf, ld->errlen, "%s: %s", ld->name, msg);
+			return r;
+		}
+		r = 0;
+	}
+
+	for (size_t i = 0; i < c->n_hosts; i++) {
+		struct cfg_host *h = &c->hosts[i];
+		if (h->token_file) {
+			r = token_read_file(h->token_file, &h->token, msg, sizeof(msg));
+			if (r < 0) {
+				ld_push(ld, "hosts");
+				ld_push(ld, h->name);
+				ld_push(ld, "token_file");
+				ld_fail(ld, LOCATE_VALUE, "%s", msg);
+				ld->depth -= 3;
+				break;
+			}
+		} else {
+			h->token_file = c->token_file ? xstrdup(c->token_file) : NULL;
+			h->token = global ? xstrdup(global) : NULL;
+		}
+	}
+	free_secret(global);
+	return r;
+}
+
+static void host_clear(struct cfg_host *h)
+{
+	free(h->name);
+	free(h->display_name);
+	free(h->address);
+	free(h->role);
+	free(h->tier);
+	for (size_t i = 0; i < h->n_capabilities; i++)
+		free(h->capabilities[i]);
+	free(h->capabilities);
+	for (size_t i = 0; i < h->n_services; i++) {
+		free(h->services[i].name);
+		free(h->services[i].path);
+		free(h->services[i].kind);
+	}
+	free(h->services);
+	free_secret(h->token);
+	free(h->token_file);
+}
+
+static void config_free(struct config *c)
+{
+	for (size_t i = 0; i < c->n_hosts; i++)
+		host_clear(&c->hosts[i]);
+	free(c->hosts);
+	free(c->path);
+	free(c->cluster);
+	free(c->token_file);
+	json_decref(c->routing);
+	json_decref(c->services);
+	json_decref(c->doc);
+	free(c);
+}
+
+static struct config *config_alloc(void)
+{
+	struct config *c = xcalloc(1, sizeof(*c));
+	c->refcount = 1;
+	c->probe = probe_defaults;
+	c->thresholds = threshold_defaults;
+	return c;
+}
+
+/* Formats a jansson parse error: "NAME:LINE:COLUMN: ..." when jansson knows where. */
+static void syntax_error(const char *name, const json_error_t *e, char *errbuf, size_t errlen)
+{
+	char pos[64] = "";
+	if (e->line > 0)
+		snprintf(pos, sizeof(pos), "%d:%d: ", e->line, e->column > 0 ? e->column : 1);
+	if (json_error_code(e) == json_error_duplicate_key)
+		set_error(errbuf, errlen, "%s:%s%s; a key may appear only once in an object", name,
+			  pos, e->text);
+	else
+		set_error(errbuf, errlen, "%s:%sinvalid JSON: %s", name, pos, e->text);
+}
+
+static int load_text(const char *text, size_t len, const char *name, const char *dir,
+		     const char *path, struct config **ret, char *errbuf, size_t errlen)
+{
+	struct loader ld = {
+		.name = name,
+		.dir = dir,
+		.errbuf = errbuf,
+		.errlen = errlen,
+	};
+	static const char *const keys[] = {"cluster",  "auth",       "probe",
+					   "thresholds", "hosts",    "routing",
+					   "services", "local_host", "default_trainer",
+					   "default_inference", NULL};
+	json_error_t jerr;
+	json_t *doc;
+	struct config *c;
+	int r;
+
+	if (len > CONFIG_MAX_FILE_SIZE) {
+		set_error(errbuf, errlen, "%s: the config is larger than %u bytes", name,
+			  CONFIG_MAX_FILE_SIZE);
+		return -EFBIG;
+	}
+	if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0) {
+		text += 3; /* a byte order mark, as some editors write */
+		len -= 3;
+	}
+	ld.text = text;
+	ld.len = len;
+
+	doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!doc) {
+		syntax_error(name, &jerr, errbuf, errlen);
+		return -EINVAL;
+	}
+	if (!json_is_object(doc)) {
+		r = ld_fail(&ld, LOCATE_VALUE,
+			    "the config must be a JSON object ({\"hosts\": {...}}), not %s",
+			    ld_value(&ld, doc));
+		json_decref(doc);
+		return r;
+	}
+
+	c = config_alloc();
+	c->doc = doc;
+	c->path = path ? xstrdup(path) : NULL;
+	ld.c = c;
+	r = check_keys(&ld, doc, keys);
+	if (r == 0)
+		r = parse_cluster(&ld, doc);
+	if (r == 0)
+		r = parse_auth(&ld, doc);
+	if (r == 0)
+		r = parse_probe(&ld, doc);
+	if (r == 0)
+		r = parse_thresholds(&ld, doc);
+	if (r == 0)
+		r = parse_hosts(&ld, doc);
+	if (r == 0)
+		r = parse_routing(&ld, doc);
+	if (r == 0)
+		r = parse_services(&ld, doc);
+	if (r == 0)
+		r = parse_seed_refs(&ld, doc);
+	if (r == 0)
+		r = read_tokens(&ld, doc);
+	if (r < 0) {
+		config_free(c);
+		return r;
+	}
+	*ret = c;
+	return 0;
+}
+
+/* An absolute form of `path` (not resolving symlinks: the watcher follows the name). */
+static char *path_absolute(const char *path)
+{
+	char *cwd, *abs;
+	if (path[0] == '/')
+		return xstrdup(path);
+	cwd = getcwd(NULL, 0);
+	if (!cwd)
+		return xstrdup(path);
+	abs = path_join(cwd, path[0] == '.' && path[1] == '/' ? path + 2 : path);
+	free(cwd);
+	return abs;
+}
+
+int config_load_file(const char *path, struct config **ret, char *errbuf, size_t errlen)
+{
+	char *text = NULL, *abs, *dir, *slash;
+	size_t len = 0;
+	int r;
+
+	r = file_read_all(path, CONFIG_MAX_FILE_SIZE, &text, &len);
+	if (r == -EFBIG) {
+		set_error(errbuf, errlen, "%s: the config is larger than %u bytes", path,
+			  CONFIG_MAX_FILE_SIZE);
+		return r;
+	}
+	if (r < 0) {
+		set_error(errbuf, errlen, "%s: cannot read the config: %s", path, strerror(-r));
+		return r;
+	}
+	abs = path_absolute(path);
+	dir = xstrdup(abs);
+	slash = strrchr(dir, '/');
+	if (slash == dir)
+		slash[1] = '\0';
+	else if (slash)
+		*slash = '\0';
+	r = load_text(text, len, path, dir, abs, ret, errbuf, errlen);
+	free(dir);
+	free(abs);
+	free(text);
+	return r;
+}
+
+int config_load_string(const char *text, const char *name, const char *dir, struct config **ret,
+		       char *errbuf, size_t errlen)
+{
+	char *cwd = NULL;
+	int r;
+
+	if (!dir)
+		dir = cwd = getcwd(NULL, 0);
+	r = load_text(text, strlen(text), name ? name : "(string)", dir, NULL, ret, errbuf,
+		      errlen);
+	free(cwd);
+	return r;
+}
+
+char *config_default_token_path(void)
+{
+	const char *env = getenv("CLUSTERFS_TOKEN_FILE");
+	struct buf b;
+
+	if (env && env[0])
+		return xstrdup(env);
+	buf_init(&b);
+	env = getenv("XDG_CONFIG_HOME");
+	if (env && env[0] == '/') { /* the XDG spec ignores relative values */
+		buf_printf(&b, "%s/clusterfs/token", env);
+		return buf_steal(&b, NULL);
+	}
+	env = getenv("HOME");
+	if (!env || env[0] != '/') {
+		struct passwd *pw = getpwuid(getuid());
+		env = pw ? pw->pw_dir : NULL;
+	}
+	if (!env || env[0] != '/')
+		return NULL;
+	buf_printf(&b, "%s/.config/clusterfs/token", env);
+	return buf_steal(&b, NULL);
+}
+
+/* This machine's hostname, made into a valid host name ("localhost" when there is none). */
+static char *default_host_name(void)
+{
+	char name[256];
+	size_t n = 0;
+
+	if (gethostname(name, sizeof(name)) < 0)
+		name[0] = '\0';
+	name[sizeof(name) - 1] = '\0';
+	for (char *p = name; *p && n < 64; p++) {
+		char c = *p;
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '_' || c == '-'))
+			c = '-';
+		if (n == 0 && (c == '.' || c == '-'))
+			continue;
+		name[n++] = c;
+	}
+	name[n] = '\0';
+	return xstrdup(n ? name : "localhost");
+}
+
+int config_default(struct config **ret, char *errbuf, size_t errlen)
+{
+	struct config *c = config_alloc();
+	struct cfg_host *h;
+	char msg[512];
+	int r;
+
+	c->cluster = xstrdup("clusterfs");
+	c->token_file = config_default_token_path();
+	c->doc = json_object();
+	c->routing = json_object();
+	c->services = json_object();
+	if (!c->doc || !c->routing || !c->services) {
+		config_free(c);
+		return -ENOMEM;
+	}
+	c->hosts = xcalloc(1, sizeof(*c->hosts));
+	c->n_hosts = 1;
+	h = &c->hosts[0];
+	h->name = default_host_name();
+	h->address = xstrdup("127.0.0.1");
+	h->agent_port = CONFIG_DEFAULT_AGENT_PORT;
+	h->role = xstrdup("");
+	h->queue_depth = 10;
+	if (c->token_file) {
+		h->token_file = xstrdup(c->token_file);
+		r = token_read_file(c->token_file, &h->token, msg, sizeof(msg));
+		if (r < 0 && r != -ENOENT && r != -ENOTDIR) {
+			set_error(errbuf, errlen, "%s", msg);
+			config_free(c);
+			return r;
+		}
+	}
+	*ret = c;
+	return 0;
+}
+
+struct config *config_ref(struct config *c)
+{
+	if (c)
+		__atomic_add_fetch(&c->refcount, 1, __ATOMIC_RELAXED);
+	return c;
+}
+
+void config_unref(struct config *c)
+{
+	if (c && __atomic_sub_fetch(&c->refcount, 1, __ATOMIC_ACQ_REL) == 0)
+		config_free(c);
+}
+
+const struct cfg_host *config_find_host(const struct config *c, const char *name)
+{
+	struct cfg_host key = {.name = (char *) name};
+	if (!c || !name || c->n_hosts == 0)
+		return NULL;
+	return bsearch(&key, c->hosts, c->n_hosts, sizeof(*c->hosts), host_cmp);
+}
+
+const struct cfg_service *config_host_service(const struct cfg_host *h, const char *name)
+{
+	if (!h || !name)
+		return NULL;
+	for (size_t i = 0; i < h->n_services; i++)
+		if (strcmp(h->services[i].name, name) == 0)
+			return &h->services[i];
+	return NULL;
+}
+
+static json_t *render_pair(const double pair[2])
+{
+	return json_pack("[ff]", pair[0], pair[1]);
+}
+
+static json_t *render_host(const struct cfg_host *h)
+{
+	json_t *o = json_object(), *caps = json_array(), *svcs = json_object();
+
+	json_object_set_new(o, "host", json_string(h->address));
+	if (h->display_name)
+		json_object_set_new(o, "name", json_string(h->display_name));
+	json_object_set_new(o, "role", json_string(h->role));
+	if (h->tier)
+		json_object_set_new(o, "tier", json_string(h->tier));
+	json_object_set_new(o, "agent_port", json_integer(h->agent_port));
+	for (size_t i = 0; i < h->n_capabilities; i++)
+		json_array_append_new(caps, json_string(h->capabilities[i]));
+	json_object_set_new(o, "capabilities", caps);
+	json_object_set_new(o, "queue_depth", json_integer(h->queue_depth));
+	for (size_t i = 0; i < h->n_services; i++) {
+		const struct cfg_service *s = &h->services[i];
+		json_t *so = json_object();
+		json_object_set_new(so, "port", json_integer(s->port));
+		if (s->path[0])
+			json_object_set_new(so, "path", json_string(s->path));
+		if (s->kind)
+			json_object_set_new(so, "type", json_string(s->kind));
+		json_object_set_new(svcs, s->name, so);
+	}
+	json_object_set_new(o, "services", svcs);
+	json_object_set_new(o, "token_file", h->token_file ? json_string(h->token_file) : json_null());
+	json_object_set_new(o, "token", h->token ? json_string("(redacted)") : json_null());
+	return o;
+}
+
+char *config_render(const struct config *c)
+{
+	static const char *const seed_keys[] = {"local_host", "default_trainer",
+						"default_inference", NULL};
+	json_t *o = json_object(), *auth = json_object(), *probe, *th, *hosts = json_object();
+	char *text;
+	struct buf b;
+
+	json_object_set_new(o, "cluster", json_string(c->cluster));
+	json_object_set_new(o, "file", c->path ? json_string(c->path) : json_null());
+	json_object_set_new(auth, "token_file", c->token_file ? json_string(c->token_file)
+							       : json_null());
+	json_object_set_new(o, "auth", auth);
+	probe = json_pack("{si si si si si si}", "interval_s", c->probe.interval_s, "timeout_ms",
+			  c->probe.timeout_ms, "stale_after_s", c->probe.stale_after_s,
+			  "offline_after_s", c->probe.offline_after_s, "unhealthy_after",
+			  c->probe.unhealthy_after, "max_age_ms", c->probe.max_age_ms);
+	json_object_set_new(o, "probe", probe);
+	th = json_pack("{so so so so}", "cpu", render_pair(c->thresholds.cpu), "memory",
+		       render_pair(c->thresholds.memory), "disk", render_pair(c->thresholds.disk),
+		       "load", render_pair(c->thresholds.load));
+	json_object_set_new(o, "thresholds", th);
+	for (size_t i = 0; i < c->n_hosts; i++)
+		json_object_set_new(hosts, c->hosts[i].name, render_host(&c->hosts[i]));
+	json_object_set_new(o, "hosts", hosts);
+	json_object_set(o, "routing", c->routing);
+	json_object_set(o, "services", c->services);
+	for (size_t i = 0; seed_keys[i]; i++) {
+		json_t *v = c->doc ? json_object_get(c->doc, seed_keys[i]) : NULL;
+		if (v)
+			json_object_set(o, seed_keys[i], v);
+	}
+
+	text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
+	json_decref(o);
+	if (!text)
+		return NULL;
+	buf_init(&b);
+	buf_puts(&b, text);
+	buf_puts(&b, "\n");
+	free(text);
+	return buf_steal(&b, NULL);
+}

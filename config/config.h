@@ -1,0 +1,99 @@
+/* The cluster configuration (hosts.json): loading, validation, the built-in default.
+ *
+ * A struct config is an immutable, reference-counted snapshot. A reload builds a new one
+ * and swaps the pointer; readers keep theirs alive with config_ref() while they use it. */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#define CONFIG_DEFAULT_AGENT_PORT 8768
+#define CONFIG_MAX_FILE_SIZE      (4u << 20)
+
+/* One service a host offers, from hosts.HOST.services (e.g. "ollama": {"port": 11434}). */
+struct cfg_service {
+	char *name; /* the key, e.g. "ollama", "ledger", "agent" */
+	int port;   /* 1..65535 */
+	char *path; /* URL path prefix, "" when not given */
+	char *kind; /* "type" field if given, else NULL (the key names the kind) */
+};
+
+struct cfg_host {
+	char *name;         /* key in "hosts": the directory name under nodes/ */
+	char *display_name; /* optional "name" field (the seed's "Training Server"), or NULL */
+	char *address;      /* "host": IP or DNS name, as written */
+	int agent_port;     /* services.agent.port, or "port", or 8768 */
+	char *role;         /* "role", or "" */
+	char *tier;         /* "tier" override, or NULL (computed from cores and RAM) */
+	char **capabilities;
+	size_t n_capabilities;
+	struct cfg_service *services;
+	size_t n_services;
+	int queue_depth; /* per-node queue limit, default 10 */
+	char *token;     /* secret: this host's agent token (host token_file, else global) */
+	char *token_file;
+};
+
+struct cfg_probe {
+	int interval_s;      /* default 30 */
+	int timeout_ms;      /* default 2000: connect + total deadline of one probe */
+	int stale_after_s;   /* default 120 */
+	int offline_after_s; /* default 600 */
+	int unhealthy_after; /* failures in a row, default 3 */
+	int max_age_ms;      /* open of health refreshes data older than this, default 1000 */
+};
+
+/* [warning, critical] pairs. A metric above the value reaches that level. */
+struct cfg_thresholds {
+	double cpu[2];    /* percent, default 80 95 */
+	double memory[2]; /* percent, default 85 95 */
+	double disk[2];   /* percent, default 80 90 */
+	double load[2];   /* 1-minute load average, default 4.0 8.0 */
+};
+
+struct config {
+	int refcount;     /* atomic */
+	char *path;       /* absolute path of the file, or NULL for the built-in default */
+	char *cluster;    /* cluster name, default "clusterfs" */
+	char *token_file; /* auth.token_file resolved against the config's directory */
+	struct cfg_probe probe;
+	struct cfg_thresholds thresholds;
+	struct cfg_host *hosts; /* sorted by name */
+	size_t n_hosts;
+	json_t *routing;  /* "routing" object as given (validated), or an empty object */
+	json_t *services; /* top-level "services" object as given (validated), or empty */
+	json_t *doc;      /* the whole document as loaded (contains no secrets) */
+};
+
+/* Loads and validates a config file. On failure returns -errno and writes one sentence
+ * into errbuf, starting with "FILE:LINE:COLUMN: " wherever a position is known
+ * (syntax errors, and semantic errors located in the source text). Token files are read
+ * here; a missing or unsafe token file is an error. Returns a new reference. */
+int config_load_file(const char *path, struct config **ret, char *errbuf, size_t errlen);
+
+/* Same, from a string; `name` is used in messages. Relative token_file paths resolve
+ * against `dir` (may be NULL: current directory). */
+int config_load_string(const char *text, const char *name, const char *dir, struct config **ret,
+		       char *errbuf, size_t errlen);
+
+/* The built-in default: one node named after this machine's hostname, agent at
+ * 127.0.0.1:8768, token from config_default_token_path(). The token file is read if it
+ * exists; when it does not, the config still loads (the node will show the reason). */
+int config_default(struct config **ret, char *errbuf, size_t errlen);
+
+/* Where the default token lives: $CLUSTERFS_TOKEN_FILE, else $XDG_CONFIG_HOME/clusterfs/token,
+ * else $HOME/.config/clusterfs/token. Returns a new string. */
+char *config_default_token_path(void);
+
+struct config *config_ref(struct config *c);
+void config_unref(struct config *c);
+
+/* Finds a host by name, or NULL. Borrows. */
+const struct cfg_host *config_find_host(const struct config *c, const char *name);
+/* Finds a service of a host by name, or NULL. Borrows. */
+const struct cfg_service *config_host_service(const struct cfg_host *h, const char *name);
+
+/* The effective configuration as pretty JSON, with every secret redacted: defaults filled
+ * in, token files shown by path only. Returns a new string. */
+char *config_render(const struct config *c);

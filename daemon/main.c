@@ -1,0 +1,358 @@
+/* clusterfs: mounts the cluster as a directory tree. Options, daemonizing, signals,
+ * wiring, shutdown. */
+#include "backend/cluster.h"
+#include "backend/loop.h"
+#include "backend/util.h"
+#include "config/config.h"
+#include "config/watch.h"
+#include "fs/fs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Exit codes, documented in the README and --help. */
+enum {
+	EXIT_OK = 0,
+	EXIT_FAILURE_OTHER = 1,
+	EXIT_USAGE = 2,
+	EXIT_MOUNTPOINT = 3,
+	EXIT_NO_FUSE = 4,
+	EXIT_CONFIG = 5,
+	EXIT_STATE_DIR = 6,
+};
+
+#define RELOAD_DELAY_US 100000 /* edits come in bursts: reload once they settle */
+
+struct daemon {
+	const char *config_path;
+	char *state_dir;
+	struct loop *loop;
+	struct cluster *cluster;
+	struct config_watch *watch;
+	struct loop_timer *reload_timer;
+};
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: clusterfs [OPTIONS] MOUNTPOINT\n"
+		"Mounts a cluster of hosts running clusterfs-agent as a directory tree.\n"
+		"\n"
+		"  -c, --config FILE     hosts.json to serve (reloaded live when it changes);\n"
+		"                        without it: a one-node cluster of this machine, agent at\n"
+		"                        127.0.0.1:8768, token from $CLUSTERFS_TOKEN_FILE or\n"
+		"                        ~/.config/clusterfs/token\n"
+		"  -s, --state-dir DIR   where the daemon keeps its state (default /var/lib/clusterfs\n"
+		"                        for root, else ~/.local/state/clusterfs)\n"
+		"  -f, --foreground      stay in the foreground and log to stderr\n"
+		"  -o OPTIONS            FUSE mount options, comma-separated (e.g. allow_other)\n"
+		"  -v, --verbose         log debug messages\n"
+		"  -h, --help            show this help\n"
+		"  -V, --version         show the version\n"
+		"\n"
+		"Exit status: 0 clean unmount, 1 other error, 2 usage, 3 mountpoint missing or busy,\n"
+		"4 no /dev/fuse, 5 invalid config, 6 state directory not writable.\n"
+		"Unmount with: fusermount3 -u MOUNTPOINT (or kill -TERM the daemon).\n");
+}
+
+static char *default_state_dir(void)
+{
+	struct buf b;
+	buf_init(&b);
+	const char *xdg = getenv("XDG_STATE_HOME");
+	const char *home = getenv("HOME");
+	if (geteuid() == 0)
+		buf_puts(&b, "/var/lib/clusterfs");
+	else if (xdg && xdg[0] == '/')
+		buf_printf(&b, "%s/clusterfs", xdg);
+	else
+		buf_printf(&b, "%s/.local/state/clusterfs", home ? home : "/tmp");
+	return buf_steal(&b, NULL);
+}
+
+/* mkdir -p with mode 0700 for what it creates. */
+static int mkdir_parents(const char *path)
+{
+	char *p = strdup(path);
+	for (char *s = p + 1; *s; s++) {
+		if (*s != '/')
+			continue;
+		*s = '\0';
+		if (mkdir(p, 0700) < 0 && errno != EEXIST) {
+			int r = -errno;
+			free(p);
+			return r;
+		}
+		*s = '/';
+	}
+	int r = mkdir(p, 0700) < 0 && errno != EEXIST ? -errno : 0;
+	free(p);
+	return r;
+}
+
+static int check_state_dir(const char *dir)
+{
+	int r = mkdir_parents(dir);
+	if (r < 0) {
+		fprintf(stderr, "clusterfs: cannot create state directory %s: %s\n", dir,
+			strerror(-r));
+		return r;
+	}
+	char probe[4096];
+	snprintf(probe, sizeof(probe), "%s/.write-test.%d", dir, (int) getpid());
+	int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		r = -errno;
+		fprintf(stderr, "clusterfs: state directory %s is not writable: %s\n", dir,
+			strerror(errno));
+		return r;
+	}
+	close(fd);
+	unlink(probe);
+	return 0;
+}
+
+static int check_mountpoint(const char *mp)
+{
+	struct stat st, parent;
+	if (stat(mp, &st) < 0) {
+		if (errno == ENOTCONN)
+			fprintf(stderr,
+				"clusterfs: %s is a dead FUSE mount (its daemon is gone); "
+				"run: fusermount3 -u %s\n",
+				mp, mp);
+		else
+			fprintf(stderr, "clusterfs: mountpoint %s: %s\n", mp, strerror(errno));
+		return -errno;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "clusterfs: mountpoint %s is not a directory\n", mp);
+		return -ENOTDIR;
+	}
+	char *up = malloc(strlen(mp) + 4);
+	sprintf(up, "%s/..", mp);
+	int r = stat(up, &parent);
+	free(up);
+	if (r == 0 && parent.st_dev != st.st_dev) {
+		fprintf(stderr,
+			"clusterfs: %s is busy: something is already mounted there "
+			"(unmount it first: fusermount3 -u %s)\n",
+			mp, mp);
+		return -EBUSY;
+	}
+	return 0;
+}
+
+static void reload_now(void *arg)
+{
+	struct daemon *d = arg;
+	d->reload_timer = NULL;
+	struct config *cfg = NULL;
+	char err[1024];
+	int r = config_load_file(d->config_path, &cfg, err, sizeof(err));
+	if (r < 0) {
+		if (r == -ENOENT)
+			snprintf(err, sizeof(err), "%s: the config file is gone", d->config_path);
+		log_err("config reload rejected, keeping the last good config: %s", err);
+		cluster_set_config_error(d->cluster, err);
+		return;
+	}
+	log_info("config reloaded from %s: %zu node%s", d->config_path, cfg->n_hosts,
+		 cfg->n_hosts == 1 ? "" : "s");
+	cluster_set_config(d->cluster, cfg);
+	config_unref(cfg);
+}
+
+static void on_config_event(void *arg)
+{
+	struct daemon *d = arg;
+	if (!config_watch_read(d->watch))
+		return;
+	if (d->reload_timer)
+		loop_timer_cancel(d->loop, d->reload_timer);
+	d->reload_timer = loop_timer_add(d->loop, clock_now_us() + RELOAD_DELAY_US, reload_now, d);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"state-dir", required_argument, NULL, 's'},
+		{"foreground", no_argument, NULL, 'f'},
+		{"verbose", no_argument, NULL, 'v'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{NULL, 0, NULL, 0},
+	};
+	struct daemon d = {0};
+	bool foreground = false;
+	struct buf mount_opts;
+	buf_init(&mount_opts);
+	int c;
+	while ((c = getopt_long(argc, argv, "c:s:fo:vhV", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			d.config_path = optarg;
+			break;
+		case 's':
+			free(d.state_dir);
+			d.state_dir = strdup(optarg);
+			break;
+		case 'f':
+			foreground = true;
+			break;
+		case 'o':
+			buf_printf(&mount_opts, ",%s", optarg);
+			break;
+		case 'v':
+			log_set_level(LOG_DEBUG);
+			break;
+		case 'h':
+			usage(stdout);
+			return EXIT_OK;
+		case 'V':
+			printf("clusterfs %s\n", CLUSTERFS_VERSION);
+			return EXIT_OK;
+		default:
+			usage(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind != argc - 1) {
+		fprintf(stderr, "clusterfs: %s\n",
+			optind == argc ? "missing MOUNTPOINT" : "too many arguments");
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	const char *mountpoint = argv[optind];
+	char *mp_abs = realpath(mountpoint, NULL);
+
+	int ret = EXIT_FAILURE_OTHER;
+	struct config *cfg = NULL;
+	struct fs *fs = NULL;
+	struct fuse_session *se = NULL;
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+
+	if (check_mountpoint(mountpoint) < 0) {
+		ret = EXIT_MOUNTPOINT;
+		goto out;
+	}
+	if (access("/dev/fuse", R_OK | W_OK) < 0) {
+		fprintf(stderr,
+			"clusterfs: cannot use /dev/fuse (%s): load the fuse module "
+			"(modprobe fuse) and install fuse3\n",
+			strerror(errno));
+		ret = EXIT_NO_FUSE;
+		goto out;
+	}
+	char err[1024];
+	int r = d.config_path ? config_load_file(d.config_path, &cfg, err, sizeof(err))
+			      : config_default(&cfg, err, sizeof(err));
+	if (r < 0) {
+		fprintf(stderr, "clusterfs: invalid config: %s\n", err);
+		ret = EXIT_CONFIG;
+		goto out;
+	}
+	if (!d.state_dir)
+		d.state_dir = default_state_dir();
+	if (check_state_dir(d.state_dir) < 0) {
+		ret = EXIT_STATE_DIR;
+		goto out;
+	}
+
+	if (loop_new(&d.loop) < 0 || cluster_new(d.loop, cfg, &d.cluster) < 0 ||
+	    fs_new(d.cluster, &fs) < 0) {
+		fprintf(stderr, "clusterfs: out of memory\n");
+		goto out;
+	}
+	cluster_set_listener(d.cluster, fs_on_cluster_change, fs);
+
+	/* Mount options: modes mean something (default_permissions); as root, other users
+	 * and NFS/SMB exports see the tree too. */
+	struct buf o;
+	buf_init(&o);
+	buf_puts(&o, "fsname=clusterfs,subtype=clusterfs,default_permissions");
+	if (geteuid() == 0)
+		buf_puts(&o, ",allow_other");
+	if (mount_opts.len)
+		buf_append(&o, mount_opts.data, mount_opts.len);
+	fuse_opt_add_arg(&args, argv[0]);
+	fuse_opt_add_arg(&args, "-o");
+	fuse_opt_add_arg(&args, o.data);
+	buf_free(&o);
+
+	se = fuse_session_new(&args, fs_ops(), sizeof(*fs_ops()), fs);
+	if (!se) {
+		fprintf(stderr, "clusterfs: invalid mount options\n");
+		ret = EXIT_USAGE;
+		goto out;
+	}
+	if (fuse_set_signal_handlers(se) != 0)
+		goto out;
+	if (fuse_session_mount(se, mountpoint) != 0) {
+		fprintf(stderr, "clusterfs: cannot mount on %s (see the message above)\n",
+			mountpoint);
+		ret = EXIT_MOUNTPOINT;
+		goto out_remove_handlers;
+	}
+	/* Threads start after the fork. */
+	if (fuse_daemonize(foreground) != 0)
+		goto out_unmount;
+	if (!foreground)
+		log_use_syslog("clusterfs");
+
+	if (d.config_path) {
+		r = config_watch_new(d.config_path, &d.watch);
+		if (r < 0)
+			log_warn("cannot watch %s for changes (%s): edits need a remount",
+				 d.config_path, strerror(-r));
+		else
+			loop_fd_add(d.loop, config_watch_fd(d.watch), on_config_event, &d);
+	}
+	if (loop_start(d.loop) < 0) {
+		log_err("cannot start the backend thread");
+		goto out_unmount;
+	}
+	fs_set_session(fs, se);
+	cluster_start(d.cluster);
+	log_info("mounted %s on %s: %zu node%s, config %s, state %s", cfg->cluster,
+		 mp_abs ? mp_abs : mountpoint, cfg->n_hosts, cfg->n_hosts == 1 ? "" : "s",
+		 d.config_path ? d.config_path : "(built-in one-node default)", d.state_dir);
+
+	struct fuse_loop_config lc = {.clone_fd = 0, .max_idle_threads = 16};
+	r = fuse_session_loop_mt(se, &lc);
+	/* libfuse reports the signal that ended the loop: that is a clean stop */
+	ret = (r == 0 || r == SIGTERM || r == SIGINT || r == SIGHUP) ? EXIT_OK : EXIT_FAILURE_OTHER;
+	log_info("unmounting %s", mp_abs ? mp_abs : mountpoint);
+	fs_set_session(fs, NULL);
+	loop_stop(d.loop);
+
+out_unmount:
+	fuse_session_unmount(se);
+out_remove_handlers:
+	fuse_remove_signal_handlers(se);
+out:
+	if (se)
+		fuse_session_destroy(se);
+	fuse_opt_free_args(&args);
+	if (d.loop)
+		loop_stop(d.loop);
+	if (d.reload_timer && d.loop)
+		loop_timer_cancel(d.loop, d.reload_timer);
+	cluster_free(d.cluster);
+	fs_free(fs);
+	loop_free(d.loop);
+	config_watch_free(d.watch);
+	config_unref(cfg);
+	buf_free(&mount_opts);
+	free(d.state_dir);
+	free(mp_abs);
+	return ret;
+}

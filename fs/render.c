@@ -1,0 +1,447 @@
+/* Rendering: the content of every file, from the cluster model. */
+#include "fs/render.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void put_json(struct buf *out, json_t *doc)
+{
+	char *s = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+	if (s) {
+		buf_puts(out, s);
+		free(s);
+	}
+	buf_puts(out, "\n");
+}
+
+static json_t *json_time(double wall)
+{
+	if (wall <= 0)
+		return json_null();
+	char ts[32];
+	clock_format_utc(wall, ts);
+	return json_string(ts);
+}
+
+static double round_to(double v, double unit)
+{
+	return round(v / unit) * unit;
+}
+
+static void render_health(const struct node_view *v, struct buf *out)
+{
+	json_t *doc = json_object();
+	json_object_set_new(doc, "node", json_string(v->name));
+	json_object_set_new(doc, "status", json_string(node_level_name(v->level)));
+	json_object_set_new(doc, "reachable", json_boolean(v->reachable));
+	json_object_set_new(doc, "checked_at", json_time(v->checked_at));
+	json_object_set_new(doc, "age_s", v->age_s < 0 ? json_null()
+						      : json_real(round_to(v->age_s, 0.001)));
+	json_object_set_new(doc, "latency_ms", v->checked_at > 0
+						       ? json_real(round_to(v->latency_ms, 0.001))
+						       : json_null());
+	json_object_set_new(doc, "reasons", json_incref(v->reasons));
+	json_object_set_new(doc, "failures", json_integer(v->failures));
+	json_object_set_new(doc, "last_error", v->last_error ? json_string(v->last_error)
+							     : json_null());
+	if (v->health) {
+		static const char *const keys[] = {
+			"cpu_percent",   "cores",         "load",         "mem_total_mb",
+			"mem_available_mb", "mem_percent", "disk_path",   "disk_total_mb",
+			"disk_free_mb",  "disk_percent",  "gpus",         "uptime_s",
+			"tasks_running", "version",       "hostname",
+		};
+		for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+			json_t *x = json_object_get(v->health, keys[i]);
+			if (x)
+				json_object_set(doc, keys[i], x);
+		}
+	}
+	put_json(out, doc);
+	json_decref(doc);
+}
+
+static void render_info(const struct node_view *v, struct buf *out)
+{
+	json_t *doc = json_object();
+	json_object_set_new(doc, "name", json_string(v->name));
+	if (v->display_name)
+		json_object_set_new(doc, "display_name", json_string(v->display_name));
+	json_object_set_new(doc, "address", json_string(v->address));
+	json_object_set_new(doc, "port", json_integer(v->port));
+	json_object_set_new(doc, "role", json_string(v->role));
+	json_object_set_new(doc, "tier", json_string(v->tier));
+	json_object_set_new(doc, "capabilities", json_incref(v->capabilities));
+	if (v->system) {
+		const char *k;
+		json_t *x;
+		json_object_foreach(v->system, k, x) {
+			if (strcmp(k, "name") != 0 && !json_object_get(doc, k))
+				json_object_set(doc, k, x);
+		}
+	} else {
+		json_object_set_new(doc, "system", json_null());
+		json_object_set_new(doc, "reason", json_string("not known yet: the agent has not "
+								"answered a system query"));
+	}
+	put_json(out, doc);
+	json_decref(doc);
+}
+
+static int render_node(struct cluster *c, const struct tree_entry *e, struct buf *out,
+		       double *ret_mtime)
+{
+	struct node_view v;
+	int r = cluster_get_node(c, e->node, &v);
+	if (r < 0)
+		return r;
+	*ret_mtime = v.changed_at;
+	switch (e->kind) {
+	case TREE_NODE_STATUS:
+		buf_printf(out, "%s\n", node_level_name(v.level));
+		break;
+	case TREE_NODE_HEALTH:
+		render_health(&v, out);
+		break;
+	case TREE_NODE_INFO:
+		render_info(&v, out);
+		break;
+	case TREE_NODE_ADDRESS:
+		buf_printf(out, "%s:%d\n", v.address, v.port);
+		break;
+	case TREE_NODE_ROLE:
+		buf_printf(out, "%s\n", v.role);
+		break;
+	case TREE_NODE_TIER:
+		buf_printf(out, "%s\n", v.tier);
+		break;
+	case TREE_NODE_CAPABILITIES:
+		for (size_t i = 0; i < json_array_size(v.capabilities); i++)
+			buf_printf(out, "%s\n", json_string_value(json_array_get(v.capabilities, i)));
+		break;
+	default:
+		r = -EISDIR;
+	}
+	node_view_clear(&v);
+	return r;
+}
+
+/* Views of every node, in name order. */
+static struct node_view *all_views(struct cluster *c, size_t *ret_n, double *ret_mtime)
+{
+	size_t n = 0;
+	char **names = cluster_list_nodes(c, &n);
+	struct node_view *views = calloc(n + 1, sizeof(*views));
+	size_t k = 0;
+	double mtime = cluster_changed_at(c);
+	for (size_t i = 0; i < n; i++) {
+		if (cluster_get_node(c, names[i], &views[k]) == 0) {
+			if (views[k].changed_at > mtime)
+				mtime = views[k].changed_at;
+			k++;
+		}
+		free(names[i]);
+	}
+	free(names);
+	*ret_n = k;
+	*ret_mtime = mtime;
+	return views;
+}
+
+static void free_views(struct node_view *views, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		node_view_clear(&views[i]);
+	free(views);
+}
+
+static double health_num(const struct node_view *v, const char *key)
+{
+	json_t *x = json_object_get(v->health, key);
+	return json_is_number(x) ? json_number_value(x) : 0;
+}
+
+static void render_stats(struct cluster *c, struct buf *out, double *ret_mtime)
+{
+	size_t n;
+	struct node_view *views = all_views(c, &n, ret_mtime);
+	struct config *cfg = cluster_get_config(c);
+	json_t *doc = json_object();
+	json_object_set_new(doc, "cluster", json_string(cfg->cluster));
+	json_t *nodes = json_object();
+	json_object_set_new(nodes, "total", json_integer((json_int_t) n));
+	for (int l = NODE_UNKNOWN; l <= NODE_DRAINING; l++)
+		json_object_set_new(nodes, node_level_name((enum node_level) l), json_integer(0));
+	size_t reachable = 0;
+	double cores = 0, ram = 0, gpus = 0, cpu_busy = 0;
+	for (size_t i = 0; i < n; i++) {
+		const char *lv = node_level_name(views[i].level);
+		json_object_set_new(nodes, lv,
+				    json_integer(json_integer_value(json_object_get(nodes, lv)) + 1));
+		if (views[i].reachable)
+			reachable++;
+		if (views[i].health) {
+			double nc = health_num(&views[i], "cores");
+			cores += nc;
+			cpu_busy += nc * health_num(&views[i], "cpu_percent") / 100.0;
+			ram += health_num(&views[i], "mem_total_mb");
+			gpus += (double) json_array_size(json_object_get(views[i].health, "gpus"));
+		}
+	}
+	json_object_set_new(nodes, "reachable", json_integer((json_int_t) reachable));
+	json_object_set_new(doc, "nodes", nodes);
+	json_t *cap = json_object();
+	json_object_set_new(cap, "cores", json_integer((json_int_t) cores));
+	json_object_set_new(cap, "cores_busy", json_real(round_to(cpu_busy, 0.01)));
+	json_object_set_new(cap, "ram_mb", json_integer((json_int_t) ram));
+	json_object_set_new(cap, "gpus", json_integer((json_int_t) gpus));
+	json_object_set_new(doc, "capacity", cap);
+	json_object_set_new(doc, "started_at", json_time(cluster_started_at(c)));
+	put_json(out, doc);
+	json_decref(doc);
+	config_unref(cfg);
+	free_views(views, n);
+}
+
+static void render_alerts(struct cluster *c, struct buf *out, double *ret_mtime)
+{
+	size_t n;
+	struct node_view *views = all_views(c, &n, ret_mtime);
+	char *cerr = cluster_get_config_error(c);
+	if (cerr) {
+		buf_printf(out, "config error: %s (the last good config stays in force)\n", cerr);
+		free(cerr);
+	}
+	for (size_t i = 0; i < n; i++) {
+		enum node_level l = views[i].level;
+		if (l == NODE_HEALTHY || l == NODE_UNKNOWN || l == NODE_DRAINING)
+			continue;
+		buf_printf(out, "node %s %s:", views[i].name, node_level_name(l));
+		for (size_t k = 0; k < json_array_size(views[i].reasons); k++)
+			buf_printf(out, "%s %s", k ? ";" : "",
+				   json_string_value(json_array_get(views[i].reasons, k)));
+		buf_puts(out, "\n");
+	}
+	free_views(views, n);
+}
+
+/* Prometheus label values escape backslash, quote and newline. */
+static void put_label(struct buf *out, const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '\\' || *s == '"')
+			buf_printf(out, "\\%c", *s);
+		else if (*s == '\n')
+			buf_puts(out, "\\n");
+		else
+			buf_append(out, s, 1);
+	}
+}
+
+static void render_metrics(struct cluster *c, struct buf *out, double *ret_mtime)
+{
+	size_t n;
+	struct node_view *views = all_views(c, &n, ret_mtime);
+	buf_puts(out, "# HELP clusterfs_nodes Nodes by status.\n# TYPE clusterfs_nodes gauge\n");
+	for (int l = NODE_UNKNOWN; l <= NODE_DRAINING; l++) {
+		size_t k = 0;
+		for (size_t i = 0; i < n; i++)
+			k += views[i].level == (enum node_level) l;
+		buf_printf(out, "clusterfs_nodes{status=\"%s\"} %zu\n",
+			   node_level_name((enum node_level) l), k);
+	}
+	static const struct {
+		const char *name, *key, *help;
+	} gauges[] = {
+		{"clusterfs_node_cpu_percent", "cpu_percent", "CPU busy percent."},
+		{"clusterfs_node_memory_percent", "mem_percent", "Memory used percent."},
+		{"clusterfs_node_disk_percent", "disk_percent", "Disk used percent."},
+	};
+	buf_puts(out, "# HELP clusterfs_node_up 1 when the last probe succeeded.\n"
+		      "# TYPE clusterfs_node_up gauge\n");
+	for (size_t i = 0; i < n; i++) {
+		buf_puts(out, "clusterfs_node_up{node=\"");
+		put_label(out, views[i].name);
+		buf_printf(out, "\"} %d\n", views[i].reachable ? 1 : 0);
+	}
+	buf_puts(out, "# HELP clusterfs_node_probe_latency_ms Latency of the last successful probe.\n"
+		      "# TYPE clusterfs_node_probe_latency_ms gauge\n");
+	for (size_t i = 0; i < n; i++) {
+		if (views[i].checked_at <= 0)
+			continue;
+		buf_puts(out, "clusterfs_node_probe_latency_ms{node=\"");
+		put_label(out, views[i].name);
+		buf_printf(out, "\"} %.3f\n", views[i].latency_ms);
+	}
+	for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
+		buf_printf(out, "# HELP %s %s\n# TYPE %s gauge\n", gauges[g].name, gauges[g].help,
+			   gauges[g].name);
+		for (size_t i = 0; i < n; i++) {
+			json_t *x = json_object_get(views[i].health, gauges[g].key);
+			if (!json_is_number(x))
+				continue;
+			buf_printf(out, "%s{node=\"", gauges[g].name);
+			put_label(out, views[i].name);
+			buf_printf(out, "\"} %.2f\n", json_number_value(x));
+		}
+	}
+	buf_puts(out, "# HELP clusterfs_node_load1 One-minute load average.\n"
+		      "# TYPE clusterfs_node_load1 gauge\n");
+	for (size_t i = 0; i < n; i++) {
+		json_t *x = json_array_get(json_object_get(views[i].health, "load"), 0);
+		if (!json_is_number(x))
+			continue;
+		buf_puts(out, "clusterfs_node_load1{node=\"");
+		put_label(out, views[i].name);
+		buf_printf(out, "\"} %.2f\n", json_number_value(x));
+	}
+	free_views(views, n);
+}
+
+static void render_topology(struct cluster *c, bool dot, struct buf *out, double *ret_mtime)
+{
+	size_t n;
+	struct node_view *views = all_views(c, &n, ret_mtime);
+	struct config *cfg = cluster_get_config(c);
+	if (dot) {
+		buf_printf(out, "digraph \"%s\" {\n\trankdir=LR;\n\t\"clusterfs\" [shape=box];\n",
+			   cfg->cluster);
+		for (size_t i = 0; i < n; i++) {
+			buf_printf(out, "\t\"%s\" [label=\"%s\\n%s %s\\n%s\"];\n", views[i].name,
+				   views[i].name, views[i].role, views[i].tier,
+				   node_level_name(views[i].level));
+			buf_printf(out, "\t\"clusterfs\" -> \"%s\" [label=\"agent :%d\"];\n",
+				   views[i].name, views[i].port);
+		}
+		buf_puts(out, "}\n");
+	} else {
+		json_t *doc = json_object();
+		json_object_set_new(doc, "cluster", json_string(cfg->cluster));
+		json_t *nodes = json_array(), *links = json_array();
+		for (size_t i = 0; i < n; i++) {
+			const struct cfg_host *h = config_find_host(cfg, views[i].name);
+			json_t *o = json_object();
+			json_object_set_new(o, "name", json_string(views[i].name));
+			json_object_set_new(o, "address", json_string(views[i].address));
+			json_object_set_new(o, "role", json_string(views[i].role));
+			json_object_set_new(o, "tier", json_string(views[i].tier));
+			json_object_set_new(o, "status", json_string(node_level_name(views[i].level)));
+			json_t *svcs = json_object();
+			for (size_t k = 0; h && k < h->n_services; k++)
+				json_object_set_new(svcs, h->services[k].name,
+						    json_integer(h->services[k].port));
+			json_object_set_new(o, "services", svcs);
+			json_array_append_new(nodes, o);
+			json_t *link = json_object();
+			json_object_set_new(link, "from", json_string("clusterfs"));
+			json_object_set_new(link, "to", json_string(views[i].name));
+			json_object_set_new(link, "via", json_string("agent"));
+			json_object_set_new(link, "up", json_boolean(views[i].reachable));
+			json_array_append_new(links, link);
+		}
+		json_object_set_new(doc, "nodes", nodes);
+		json_object_set_new(doc, "links", links);
+		put_json(out, doc);
+		json_decref(doc);
+	}
+	config_unref(cfg);
+	free_views(views, n);
+}
+
+static const char readme_text[] =
+	"clusterfs: this cluster as a directory tree\n"
+	"\n"
+	"Every file is rendered from what the control plane knows when you open it; nothing\n"
+	"here waits longer than the probe timeout for a host.\n"
+	"\n"
+	"  README          this text\n"
+	"  config          the configuration in force (secrets redacted)\n"
+	"  stats           JSON: nodes by status, capacity\n"
+	"  alerts          one active alert per line (empty when all is well)\n"
+	"  events          what happened, one line per event; `tail -f events` follows it\n"
+	"  metrics         Prometheus text exposition\n"
+	"  topology.json   nodes, roles, services, links (topology.dot for graphviz)\n"
+	"  nodes/NODE/\n"
+	"    status        one word: healthy warning critical unhealthy stale offline draining\n"
+	"                  (unknown until the first probe answered)\n"
+	"    health        JSON: live status; opening it probes the node unless its data is\n"
+	"                  fresh, and answers with the last known state, its age and the\n"
+	"                  reason when the node does not answer in time\n"
+	"    info          JSON: hostname, os, kernel, cores, ram, disks, gpus, agent version\n"
+	"    address       HOST:PORT of the node's agent\n"
+	"    role  tier    one word each\n"
+	"    capabilities  one per line\n"
+	"\n"
+	"Examples:\n"
+	"  cat nodes/*/health\n"
+	"  grep -l critical nodes/*/status\n"
+	"  tail -f events\n";
+
+int render_file(struct cluster *c, const struct tree_entry *e, struct buf *out, double *ret_mtime,
+		uint64_t *ret_seq)
+{
+	*ret_mtime = cluster_started_at(c);
+	switch (e->kind) {
+	case TREE_README:
+		buf_puts(out, readme_text);
+		return 0;
+	case TREE_CONFIG: {
+		struct config *cfg = cluster_get_config(c);
+		char *s = config_render(cfg);
+		buf_puts(out, s);
+		if (s[0] && s[strlen(s) - 1] != '\n')
+			buf_puts(out, "\n");
+		free(s);
+		config_unref(cfg);
+		*ret_mtime = cluster_changed_at(c);
+		return 0;
+	}
+	case TREE_STATS:
+		render_stats(c, out, ret_mtime);
+		return 0;
+	case TREE_ALERTS:
+		render_alerts(c, out, ret_mtime);
+		return 0;
+	case TREE_METRICS:
+		render_metrics(c, out, ret_mtime);
+		return 0;
+	case TREE_TOPOLOGY_JSON:
+	case TREE_TOPOLOGY_DOT:
+		render_topology(c, e->kind == TREE_TOPOLOGY_DOT, out, ret_mtime);
+		return 0;
+	case TREE_EVENTS: {
+		uint64_t seq = cluster_render_events(c, 0, out);
+		cluster_events_size(c, ret_mtime);
+		if (ret_seq)
+			*ret_seq = seq;
+		return 0;
+	}
+	case TREE_NODE_STATUS:
+	case TREE_NODE_HEALTH:
+	case TREE_NODE_INFO:
+	case TREE_NODE_ADDRESS:
+	case TREE_NODE_ROLE:
+	case TREE_NODE_TIER:
+	case TREE_NODE_CAPABILITIES:
+		return render_node(c, e, out, ret_mtime);
+	default:
+		return -EISDIR;
+	}
+}
+
+int render_stat(struct cluster *c, const struct tree_entry *e, size_t *ret_size, double *ret_mtime)
+{
+	if (e->kind == TREE_EVENTS) {
+		*ret_size = cluster_events_size(c, ret_mtime);
+		return 0;
+	}
+	struct buf b;
+	buf_init(&b);
+	int r = render_file(c, e, &b, ret_mtime, NULL);
+	if (r == 0)
+		*ret_size = b.len;
+	buf_free(&b);
+	return r;
+}

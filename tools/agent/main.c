@@ -1,0 +1,307 @@
+/* clusterfs-agent: serves a node's health and inventory to the clusterfs control plane.
+ * This file parses options, prepares the token and state directory, wires the sampler,
+ * the HTTP server and the node API together and waits for SIGTERM or SIGINT. */
+#include "backend/util.h"
+#include "tools/agent/api.h"
+#include "tools/agent/server.h"
+#include "tools/agent/sysinfo.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define AGENT_DEFAULT_LISTEN	"0.0.0.0:8768"
+#define AGENT_SYSTEM_STATE_DIR	"/var/lib/clusterfs-agent"
+#define AGENT_EXIT_RUNTIME	1 /* could not start: port taken, state dir unusable */
+#define AGENT_EXIT_USAGE	2 /* bad command line or token file */
+
+struct agent_options {
+	const char *listen;
+	const char *token_file;
+	const char *state_dir; /* NULL: the default */
+	const char *name;      /* NULL: the hostname */
+};
+
+/* The default state directory: system-wide for root, per user otherwise. Returns a new
+ * string, 0 or -errno. */
+static int agent_default_state_dir(char **ret_dir)
+{
+	const char *xdg = getenv("XDG_STATE_HOME");
+	const char *home = getenv("HOME");
+	char *dir;
+
+	int r;
+
+	if (geteuid() == 0) {
+		dir = strdup(AGENT_SYSTEM_STATE_DIR);
+		r = dir ? 0 : -1;
+	} else if (xdg && xdg[0] == '/') {
+		r = asprintf(&dir, "%s/clusterfs-agent", xdg);
+	} else {
+		if (!home || home[0] != '/') {
+			struct passwd *pw = getpwuid(geteuid());
+			if (!pw || !pw->pw_dir || pw->pw_dir[0] != '/')
+				return -ENOENT;
+			home = pw->pw_dir;
+		}
+		r = asprintf(&dir, "%s/.local/state/clusterfs-agent", home);
+	}
+	if (r < 0)
+		return -ENOMEM;
+	*ret_dir = dir;
+	return 0;
+}
+
+static void agent_usage(FILE *out)
+{
+	char host[HOST_NAME_MAX + 1] = "";
+	_cleanup_free_ char *state_dir = NULL;
+
+	gethostname(host, sizeof(host));
+	host[sizeof(host) - 1] = '\0';
+	if (agent_default_state_dir(&state_dir) < 0)
+		state_dir = NULL;
+	fprintf(out,
+		"Usage: clusterfs-agent [--listen ADDR:PORT] --token-file FILE [--state-dir DIR]\n"
+		"                       [--name NAME]\n"
+		"       clusterfs-agent --help | --version\n"
+		"\n"
+		"Serves this node's health and inventory to the clusterfs control plane. Every\n"
+		"request must carry the header \"Authorization: Bearer TOKEN\".\n"
+		"\n"
+		"Options:\n"
+		"  --listen ADDR:PORT  address to listen on, IPv6 as [ADDR]:PORT\n"
+		"                      (default: " AGENT_DEFAULT_LISTEN ")\n"
+		"  --token-file FILE   file holding the bearer token; it must not be readable or\n"
+		"                      writable by group or others (required, no default)\n"
+		"  --state-dir DIR     directory for the agent's state, created with mode 0700\n"
+		"                      (default: %s;\n"
+		"                      " AGENT_SYSTEM_STATE_DIR " for root, else\n"
+		"                      $XDG_STATE_HOME/clusterfs-agent or\n"
+		"                      ~/.local/state/clusterfs-agent)\n"
+		"  --name NAME         this node's name in the cluster (default: the hostname, %s)\n"
+		"  --help              print this help and exit\n"
+		"  --version           print the version and exit\n",
+		state_dir ? state_dir : "unknown", host[0] ? host : "unknown");
+}
+
+/* Parses the command line. Returns 0, 1 when the program should exit successfully
+ * (--help, --version), or -EINVAL after printing the usage to stderr. */
+static int agent_parse_options(int argc, char **argv, struct agent_options *ret_opts)
+{
+	enum { OPT_LISTEN = 256, OPT_TOKEN_FILE, OPT_STATE_DIR, OPT_NAME, OPT_VERSION };
+	static const struct option longopts[] = {
+		{"listen", required_argument, NULL, OPT_LISTEN},
+		{"token-file", required_argument, NULL, OPT_TOKEN_FILE},
+		{"state-dir", required_argument, NULL, OPT_STATE_DIR},
+		{"name", required_argument, NULL, OPT_NAME},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, OPT_VERSION},
+		{NULL, 0, NULL, 0},
+	};
+	struct agent_options opts = {.listen = AGENT_DEFAULT_LISTEN};
+	int c;
+
+	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		switch (c) {
+		case OPT_LISTEN: opts.listen = optarg; break;
+		case OPT_TOKEN_FILE: opts.token_file = optarg; break;
+		case OPT_STATE_DIR: opts.state_dir = optarg; break;
+		case OPT_NAME: opts.name = optarg; break;
+		case 'h': agent_usage(stdout); return 1;
+		case OPT_VERSION: printf("clusterfs-agent %s\n", CLUSTERFS_VERSION); return 1;
+		default: agent_usage(stderr); return -EINVAL;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "clusterfs-agent: unexpected argument '%s'\n", argv[optind]);
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (!opts.token_file) {
+		fprintf(stderr, "clusterfs-agent: --token-file is required\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	*ret_opts = opts;
+	return 0;
+}
+
+/* Creates `path` and any missing parents with mode 0700 and checks that the agent can
+ * write there. Returns the absolute path as a new string, 0 or -errno. */
+static int agent_prepare_state_dir(const char *path, char **ret_abs)
+{
+	_cleanup_free_ char *p = strdup(path);
+	struct stat st;
+
+	if (!p)
+		return -ENOMEM;
+	for (char *s = strchr(p + 1, '/'); s; s = strchr(s + 1, '/')) {
+		*s = '\0';
+		if (mkdir(p, 0700) < 0 && errno != EEXIST)
+			return -errno;
+		*s = '/';
+	}
+	if (mkdir(p, 0700) < 0 && errno != EEXIST)
+		return -errno;
+	if (stat(p, &st) < 0)
+		return -errno;
+	if (!S_ISDIR(st.st_mode))
+		return -ENOTDIR;
+	if (access(p, W_OK | X_OK) < 0)
+		return -errno;
+	if (st.st_mode & (S_IRWXG | S_IRWXO))
+		log_warn("state directory %s is accessible by group or others (mode %04o); "
+			 "consider: chmod 700 %s",
+			 p, (unsigned) (st.st_mode & 07777), p);
+	char *abs = realpath(p, NULL);
+	if (!abs)
+		return -errno;
+	*ret_abs = abs;
+	return 0;
+}
+
+/* Blocks until SIGTERM or SIGINT arrives; both are blocked in every thread. */
+static void agent_wait_for_signal(const sigset_t *set)
+{
+	for (;;) {
+		int sig = sigwaitinfo(set, NULL);
+		if (sig > 0) {
+			log_info("received %s, shutting down",
+				 sig == SIGTERM ? "SIGTERM" : "SIGINT");
+			return;
+		}
+		if (errno != EINTR) {
+			log_err("sigwaitinfo: %s; shutting down", strerror(errno));
+			return;
+		}
+	}
+}
+
+int main(int argc, char **argv)
+{
+	struct agent_options opts;
+	char errbuf[512];
+	char host[HOST_NAME_MAX + 1];
+	char bound[INET6_ADDRSTRLEN + 16];
+	char *token = NULL, *state_dir = NULL, *default_dir = NULL;
+	struct sysinfo_sampler *sampler = NULL;
+	struct server *srv = NULL;
+	sigset_t sigs;
+	int listen_fd = -1;
+	int ret = AGENT_EXIT_RUNTIME;
+	int r;
+
+	log_set_prefix("clusterfs-agent");
+	r = agent_parse_options(argc, argv, &opts);
+	if (r != 0)
+		return r > 0 ? 0 : AGENT_EXIT_USAGE;
+
+	r = token_read_file(opts.token_file, &token, errbuf, sizeof(errbuf));
+	if (r < 0) {
+		log_err("%s", errbuf);
+		return AGENT_EXIT_USAGE;
+	}
+
+	if (!opts.name) {
+		if (gethostname(host, sizeof(host)) < 0) {
+			log_err("cannot get the hostname: %s; pass --name", strerror(errno));
+			ret = AGENT_EXIT_USAGE;
+			goto out_free_token;
+		}
+		host[sizeof(host) - 1] = '\0';
+		opts.name = host;
+	}
+	if (!name_is_valid(opts.name)) {
+		log_err("invalid node name '%s': it must be 1 to 255 printable characters, "
+			"without '/', and not '.' or '..'",
+			opts.name);
+		ret = AGENT_EXIT_USAGE;
+		goto out_free_token;
+	}
+
+	if (!opts.state_dir) {
+		r = agent_default_state_dir(&default_dir);
+		if (r < 0) {
+			log_err("cannot work out a default state directory (%s); pass --state-dir",
+				strerror(-r));
+			goto out_free_token;
+		}
+		opts.state_dir = default_dir;
+	}
+	r = agent_prepare_state_dir(opts.state_dir, &state_dir);
+	if (r < 0) {
+		log_err("cannot create state directory %s: %s", opts.state_dir, strerror(-r));
+		goto out_free_token;
+	}
+
+	/* Before any thread exists, so that all of them inherit the mask and only
+	 * sigwaitinfo() below ever sees these signals. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	r = server_listen(opts.listen, &listen_fd, bound, sizeof(bound));
+	if (r == -EINVAL) {
+		log_err("invalid --listen address '%s': expected ADDR:PORT or [ADDR6]:PORT with "
+			"a numeric address",
+			opts.listen);
+		ret = AGENT_EXIT_USAGE;
+		goto out_free_state_dir;
+	}
+	if (r < 0) {
+		log_err("cannot listen on %s: %s", opts.listen, strerror(-r));
+		goto out_free_state_dir;
+	}
+
+	r = sysinfo_sampler_start(&sampler);
+	if (r < 0) {
+		log_err("cannot start the metrics sampler: %s", strerror(-r));
+		close(listen_fd);
+		goto out_free_state_dir;
+	}
+
+	struct api_context api = {
+		.name = opts.name,
+		.state_dir = state_dir,
+		.sampler = sampler,
+	};
+	struct server_config cfg = {
+		.listen_fd = listen_fd,
+		.token = token,
+		.routes = api_routes,
+		.n_routes = api_n_routes,
+		.userdata = &api,
+	};
+	r = server_start(&cfg, &srv);
+	if (r < 0) {
+		log_err("cannot start the HTTP server on %s", bound);
+		goto out_stop_sampler;
+	}
+	log_info("listening on %s as %s", bound, opts.name);
+
+	agent_wait_for_signal(&sigs);
+	server_stop(srv);
+	ret = 0;
+
+out_stop_sampler:
+	sysinfo_sampler_stop(sampler);
+out_free_state_dir:
+	free(state_dir);
+out_free_token:
+	free(default_dir);
+	explicit_bzero(token, strlen(token));
+	free(token);
+	return ret;
+}

@@ -1,0 +1,515 @@
+/* The agent's HTTP server on libmicrohttpd. */
+#include "tools/agent/server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define SERVER_THREADS		 2
+#define SERVER_CONNECTION_LIMIT	 256
+#define SERVER_PER_IP_LIMIT	 64
+#define SERVER_TIMEOUT_S	 30
+#define SERVER_CONNECTION_MEMORY (64 * 1024)
+#define SERVER_LISTEN_BACKLOG	 128
+/* An oversized body sent without Content-Length is read and dropped up to this much so
+ * the client can get its 413; past it the connection is closed. */
+#define SERVER_MAX_DISCARD (8 * 1024 * 1024)
+
+struct server {
+	struct MHD_Daemon *daemon;
+	const char *token;	    /* borrowed, immutable */
+	const struct route *routes; /* borrowed, immutable */
+	size_t n_routes;
+	void *userdata;
+};
+
+/* Per-request state, owned by libmicrohttpd's con_cls slot; one thread at a time. */
+struct request_state {
+	struct buf body;
+	size_t discarded; /* bytes dropped after the body grew past SERVER_MAX_BODY */
+	bool too_large;
+	bool responded; /* answered before the body was read */
+};
+
+const char *request_get_header(const struct request *req, const char *name)
+{
+	return MHD_lookup_connection_value(req->connection, MHD_HEADER_KIND, name);
+}
+
+static void response_init(struct response *resp)
+{
+	memset(resp, 0, sizeof(*resp));
+	buf_init(&resp->body);
+}
+
+static void response_free(struct response *resp)
+{
+	buf_free(&resp->body);
+	for (size_t i = 0; i < resp->n_headers; i++) {
+		free(resp->headers[i][0]);
+		free(resp->headers[i][1]);
+	}
+	resp->n_headers = 0;
+}
+
+int response_add_header(struct response *resp, const char *name, const char *value)
+{
+	if (resp->n_headers == RESPONSE_MAX_HEADERS)
+		return -E2BIG;
+	char *n = strdup(name);
+	char *v = strdup(value);
+	if (!n || !v) {
+		free(n);
+		free(v);
+		return -ENOMEM;
+	}
+	resp->headers[resp->n_headers][0] = n;
+	resp->headers[resp->n_headers][1] = v;
+	resp->n_headers++;
+	return 0;
+}
+
+int response_set_json(struct response *resp, unsigned status, json_t *value)
+{
+	char *text = value ? json_dumps(value, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
+	json_decref(value);
+	if (!text)
+		return -ENOMEM;
+	buf_free(&resp->body);
+	buf_puts(&resp->body, text);
+	buf_puts(&resp->body, "\n");
+	free(text);
+	resp->status = status;
+	return 0;
+}
+
+void response_set_error(struct response *resp, unsigned status, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	/* Messages may quote client input; keep the JSON valid ASCII. */
+	for (char *p = msg; *p; p++)
+		if ((unsigned char) *p < 0x20 || (unsigned char) *p >= 0x7f)
+			*p = '?';
+	if (response_set_json(resp, status, json_pack("{s:s}", "error", msg)) < 0) {
+		buf_free(&resp->body);
+		buf_puts(&resp->body, "{\"error\":\"out of memory\"}\n");
+		resp->status = status;
+	}
+}
+
+/* Queues `resp` on the connection; consumes the body. */
+static enum MHD_Result server_queue(struct MHD_Connection *conn, struct response *resp)
+{
+	size_t len;
+	char *data = buf_steal(&resp->body, &len);
+	struct MHD_Response *r = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+	if (!r) {
+		free(data);
+		return MHD_NO;
+	}
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	for (size_t i = 0; i < resp->n_headers; i++)
+		MHD_add_response_header(r, resp->headers[i][0], resp->headers[i][1]);
+	enum MHD_Result ret = MHD_queue_response(conn, resp->status, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+static enum MHD_Result server_reply_error(struct MHD_Connection *conn, unsigned status,
+					  const char *header, const char *value,
+					  const char *message)
+{
+	struct response resp;
+	response_init(&resp);
+	response_set_error(&resp, status, "%s", message);
+	if (header)
+		response_add_header(&resp, header, value);
+	enum MHD_Result ret = server_queue(conn, &resp);
+	response_free(&resp);
+	return ret;
+}
+
+static enum MHD_Result server_reply_unauthorized(struct MHD_Connection *conn)
+{
+	return server_reply_error(conn, MHD_HTTP_UNAUTHORIZED, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+				  "Bearer", "unauthorized: missing or invalid bearer token");
+}
+
+static enum MHD_Result server_reply_too_large(struct MHD_Connection *conn)
+{
+	char msg[96];
+	snprintf(msg, sizeof(msg), "request body too large: the limit is %d bytes",
+		 SERVER_MAX_BODY);
+	return server_reply_error(conn, 413 /* Content Too Large */, NULL, NULL, msg);
+}
+
+/* Checks "Authorization: Bearer TOKEN" in constant time with respect to the token. */
+static bool server_is_authorized(const struct server *srv, struct MHD_Connection *conn)
+{
+	const char *h =
+		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+	if (!h || strncasecmp(h, "Bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t'))
+		return false;
+	h += 6;
+	while (*h == ' ' || *h == '\t')
+		h++;
+	return secret_equal(h, srv->token);
+}
+
+/* A segment range of the path that matched a "{name}" pattern segment. */
+struct route_capture {
+	size_t off;
+	size_t len;
+};
+
+static bool route_match(const char *pattern, const char *path, struct route_capture *caps,
+			size_t *ret_n)
+{
+	const char *p = pattern, *s = path;
+	size_t n = 0;
+
+	while (*p && *s) {
+		if (*p != '/' || *s != '/')
+			return false;
+		p++;
+		s++;
+		size_t pl = strcspn(p, "/"), sl = strcspn(s, "/");
+		if (pl >= 2 && p[0] == '{' && p[pl - 1] == '}') {
+			if (sl == 0 || n == SERVER_MAX_PARAMS)
+				return false;
+			caps[n].off = (size_t) (s - path);
+			caps[n].len = sl;
+			n++;
+		} else if (pl != sl || memcmp(p, s, pl) != 0) {
+			return false;
+		}
+		p += pl;
+		s += sl;
+	}
+	if (*p || *s)
+		return false;
+	*ret_n = n;
+	return true;
+}
+
+/* Runs the handler of the route matching method and path, or answers 404/405. */
+static enum MHD_Result server_dispatch(struct server *srv, struct MHD_Connection *conn,
+				       const char *method, const char *path,
+				       struct request_state *st)
+{
+	const struct route *found = NULL;
+	struct route_capture caps[SERVER_MAX_PARAMS];
+	size_t n_caps = 0;
+	struct buf allow;
+	struct response resp;
+	enum MHD_Result ret;
+
+	buf_init(&allow);
+	for (size_t i = 0; i < srv->n_routes; i++) {
+		const struct route *rt = &srv->routes[i];
+		size_t n;
+		if (!route_match(rt->pattern, path, caps, &n))
+			continue;
+		if (strcmp(rt->method, method) == 0) {
+			found = rt;
+			n_caps = n;
+			break;
+		}
+		if (!allow.data || !strstr(allow.data, rt->method))
+			buf_printf(&allow, "%s%s", allow.len ? ", " : "", rt->method);
+	}
+
+	response_init(&resp);
+	if (!found && allow.len) {
+		response_set_error(&resp, MHD_HTTP_METHOD_NOT_ALLOWED,
+				   "method %.16s not allowed on %.200s", method, path);
+		response_add_header(&resp, MHD_HTTP_HEADER_ALLOW, allow.data);
+	} else if (!found) {
+		response_set_error(&resp, MHD_HTTP_NOT_FOUND, "no such endpoint: %.200s", path);
+	} else {
+		char *scratch = strdup(path);
+		struct request req = {
+			.method = method,
+			.path = path,
+			.body = st->body.data ? st->body.data : "",
+			.body_len = st->body.len,
+			.n_params = n_caps,
+			.userdata = srv->userdata,
+			.connection = conn,
+		};
+		int r = scratch ? 0 : -ENOMEM;
+		if (r == 0) {
+			for (size_t i = 0; i < n_caps; i++) {
+				scratch[caps[i].off + caps[i].len] = '\0';
+				req.params[i] = scratch + caps[i].off;
+			}
+			r = found->handler(&req, &resp);
+		}
+		free(scratch);
+		if (r < 0 || resp.status == 0) {
+			log_err("%s %s: %s", method, path,
+				r < 0 ? strerror(-r) : "handler set no response");
+			response_free(&resp);
+			response_init(&resp);
+			response_set_error(&resp, MHD_HTTP_INTERNAL_SERVER_ERROR,
+					   "internal error: %s",
+					   r < 0 ? strerror(-r) : "no response");
+		}
+	}
+	ret = server_queue(conn, &resp);
+	response_free(&resp);
+	buf_free(&allow);
+	return ret;
+}
+
+/* Whether the request announces a body: a positive Content-Length or any
+ * Transfer-Encoding (chunked). Sets *ret_length to the announced length, or 0. */
+static bool request_has_body(struct MHD_Connection *conn, unsigned long long *ret_length)
+{
+	const char *cl =
+		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						      MHD_HTTP_HEADER_TRANSFER_ENCODING);
+	*ret_length = 0;
+	if (cl) {
+		errno = 0;
+		*ret_length = strtoull(cl, NULL, 10);
+		if (errno)
+			*ret_length = ULLONG_MAX;
+	}
+	return *ret_length > 0 || te != NULL;
+}
+
+/* libmicrohttpd's access handler: called once when the headers are in, once per chunk of
+ * body, and once more when the request is complete. */
+static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, const char *url,
+				     const char *method, const char *version,
+				     const char *upload_data, size_t *upload_data_size,
+				     void **con_cls)
+{
+	struct server *srv = cls;
+	struct request_state *st = *con_cls;
+
+	if (!st) {
+		st = calloc(1, sizeof(*st));
+		if (!st)
+			return MHD_NO;
+		buf_init(&st->body);
+		*con_cls = st;
+		/* Refuse an unauthenticated or oversized body before reading it. Answering
+		 * this early makes libmicrohttpd close the connection afterwards, so
+		 * bodyless requests are answered in the final call instead, which keeps
+		 * the connection alive. */
+		unsigned long long length;
+		if (request_has_body(conn, &length)) {
+			if (!server_is_authorized(srv, conn)) {
+				st->responded = true;
+				return server_reply_unauthorized(conn);
+			}
+			if (length > SERVER_MAX_BODY) {
+				st->responded = true;
+				return server_reply_too_large(conn);
+			}
+		}
+		return MHD_YES;
+	}
+
+	if (*upload_data_size) {
+		size_t n = *upload_data_size;
+		*upload_data_size = 0;
+		if (st->responded)
+			return MHD_YES;
+		if (!st->too_large && st->body.len + n > SERVER_MAX_BODY) {
+			st->too_large = true;
+			st->discarded = st->body.len;
+			buf_free(&st->body);
+		}
+		if (st->too_large) {
+			st->discarded += n;
+			return st->discarded > SERVER_MAX_DISCARD ? MHD_NO : MHD_YES;
+		}
+		buf_append(&st->body, upload_data, n);
+		return MHD_YES;
+	}
+
+	if (st->responded)
+		return MHD_YES;
+	st->responded = true;
+	if (!server_is_authorized(srv, conn))
+		return server_reply_unauthorized(conn);
+	if (st->too_large)
+		return server_reply_too_large(conn);
+	return server_dispatch(srv, conn, method, url, st);
+}
+
+static void server_request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+				     enum MHD_RequestTerminationCode toe)
+{
+	struct request_state *st = *con_cls;
+	if (!st)
+		return;
+	buf_free(&st->body);
+	free(st);
+	*con_cls = NULL;
+}
+
+static void server_log_mhd(void *cls, const char *fmt, va_list ap)
+{
+	char msg[512];
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	size_t len = strlen(msg);
+	while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == ' '))
+		msg[--len] = '\0';
+	log_warn("http: %s", msg);
+}
+
+/* Parses "A.B.C.D:PORT" or "[V6]:PORT" with numeric addresses. */
+static int listen_parse(const char *addr, struct sockaddr_storage *ret_ss, socklen_t *ret_len)
+{
+	char host[INET6_ADDRSTRLEN + 1];
+	const char *port_str;
+	size_t hl;
+
+	if (addr[0] == '[') {
+		const char *end = strchr(addr, ']');
+		if (!end || end[1] != ':')
+			return -EINVAL;
+		hl = (size_t) (end - addr - 1);
+		if (hl == 0 || hl >= sizeof(host))
+			return -EINVAL;
+		memcpy(host, addr + 1, hl);
+		port_str = end + 2;
+	} else {
+		const char *colon = strrchr(addr, ':');
+		if (!colon)
+			return -EINVAL;
+		hl = (size_t) (colon - addr);
+		if (hl == 0 || hl >= sizeof(host))
+			return -EINVAL;
+		memcpy(host, addr, hl);
+		port_str = colon + 1;
+	}
+	host[hl] = '\0';
+
+	if (port_str[0] < '0' || port_str[0] > '9' || strlen(port_str) > 5)
+		return -EINVAL;
+	char *end;
+	unsigned long port = strtoul(port_str, &end, 10);
+	if (*end || port > 65535)
+		return -EINVAL;
+
+	memset(ret_ss, 0, sizeof(*ret_ss));
+	if (addr[0] == '[') {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *) ret_ss;
+		if (inet_pton(AF_INET6, host, &s6->sin6_addr) != 1)
+			return -EINVAL;
+		s6->sin6_family = AF_INET6;
+		s6->sin6_port = htons((uint16_t) port);
+		*ret_len = sizeof(*s6);
+	} else {
+		struct sockaddr_in *s4 = (struct sockaddr_in *) ret_ss;
+		if (inet_pton(AF_INET, host, &s4->sin_addr) != 1)
+			return -EINVAL;
+		s4->sin_family = AF_INET;
+		s4->sin_port = htons((uint16_t) port);
+		*ret_len = sizeof(*s4);
+	}
+	return 0;
+}
+
+static void listen_format(const struct sockaddr_storage *ss, char *out, size_t outlen)
+{
+	char host[INET6_ADDRSTRLEN];
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *) ss;
+		inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
+		snprintf(out, outlen, "[%s]:%u", host, ntohs(s6->sin6_port));
+	} else {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *) ss;
+		inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
+		snprintf(out, outlen, "%s:%u", host, ntohs(s4->sin_port));
+	}
+}
+
+int server_listen(const char *addr, int *ret_fd, char *ret_bound, size_t boundlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int one = 1;
+	int fd, r;
+
+	r = listen_parse(addr, &ss, &len);
+	if (r < 0)
+		return r;
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    bind(fd, (struct sockaddr *) &ss, len) < 0 || listen(fd, SERVER_LISTEN_BACKLOG) < 0)
+		goto err_close;
+	len = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *) &ss, &len) < 0)
+		goto err_close;
+	listen_format(&ss, ret_bound, boundlen);
+	*ret_fd = fd;
+	return 0;
+
+err_close:
+	r = -errno;
+	close(fd);
+	return r;
+}
+
+int server_start(const struct server_config *cfg, struct server **ret_server)
+{
+	struct server *srv = calloc(1, sizeof(*srv));
+	if (!srv) {
+		close(cfg->listen_fd);
+		return -ENOMEM;
+	}
+	srv->token = cfg->token;
+	srv->routes = cfg->routes;
+	srv->n_routes = cfg->n_routes;
+	srv->userdata = cfg->userdata;
+
+	srv->daemon = MHD_start_daemon(
+		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+		server_handle, srv, MHD_OPTION_EXTERNAL_LOGGER, server_log_mhd, srv,
+		MHD_OPTION_LISTEN_SOCKET, (MHD_socket) cfg->listen_fd,
+		MHD_OPTION_THREAD_POOL_SIZE, (unsigned) SERVER_THREADS,
+		MHD_OPTION_CONNECTION_LIMIT, (unsigned) SERVER_CONNECTION_LIMIT,
+		MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned) SERVER_PER_IP_LIMIT,
+		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) SERVER_TIMEOUT_S,
+		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) SERVER_CONNECTION_MEMORY,
+		MHD_OPTION_NOTIFY_COMPLETED, server_request_completed, srv, MHD_OPTION_END);
+	if (!srv->daemon) {
+		/* libmicrohttpd already reported why; it may also have closed the socket,
+		 * so it is left alone. */
+		free(srv);
+		return -EIO;
+	}
+	*ret_server = srv;
+	return 0;
+}
+
+void server_stop(struct server *srv)
+{
+	if (!srv)
+		return;
+	MHD_stop_daemon(srv->daemon);
+	free(srv);
+}

@@ -1,0 +1,80 @@
+/* The agent's HTTP server: libmicrohttpd with an internal epoll thread pool, bearer-token
+ * authentication on every request, a bounded request body and a route table. Every
+ * response is JSON ending in a newline; errors are {"error": "..."}. */
+#pragma once
+
+#include <jansson.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "backend/util.h"
+
+#define SERVER_MAX_BODY	  (1024 * 1024) /* larger request bodies get 413 */
+#define SERVER_MAX_PARAMS 4		/* "{name}" segments per route pattern */
+
+struct MHD_Connection;
+
+/* One request, valid only while its handler runs. Everything is borrowed. */
+struct request {
+	const char *method;
+	const char *path; /* percent-decoded, without the query string */
+	const char *body; /* NUL-terminated; "" when there was none */
+	size_t body_len;
+	const char *params[SERVER_MAX_PARAMS]; /* "{name}" matches, in pattern order */
+	size_t n_params;
+	void *userdata; /* as passed to server_start() */
+	struct MHD_Connection *connection; /* private to server.c */
+};
+
+#define RESPONSE_MAX_HEADERS 8
+
+/* What a handler fills in; the server sends it after the handler returns. */
+struct response {
+	unsigned status; /* 0 until set */
+	struct buf body;
+	char *headers[RESPONSE_MAX_HEADERS][2]; /* owned name/value copies */
+	size_t n_headers;
+};
+
+/* One row of the route table. `pattern` is matched segment by segment; a "{name}"
+ * segment matches any one non-empty segment and is passed in req->params. The handler
+ * returns 0 after filling `resp`, or -errno; a negative return, or a response left
+ * without a status, becomes 500. */
+struct route {
+	const char *method;
+	const char *pattern;
+	int (*handler)(struct request *req, struct response *resp);
+};
+
+/* Value of a request header, or NULL. Case-insensitive name; borrowed. */
+const char *request_get_header(const struct request *req, const char *name);
+
+/* Sets the status and body to `value` serialised plus "\n". Steals `value`. 0 or -ENOMEM. */
+int response_set_json(struct response *resp, unsigned status, json_t *value);
+/* Sets {"error": message} with a printf-style message; unprintable bytes become '?'. */
+void response_set_error(struct response *resp, unsigned status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Adds a response header; copies both strings. 0, -E2BIG when full, or -ENOMEM. */
+int response_add_header(struct response *resp, const char *name, const char *value);
+
+struct server_config {
+	int listen_fd;	     /* bound and listening, from server_listen() */
+	const char *token;   /* borrowed; must outlive the server */
+	const struct route *routes; /* borrowed; must outlive the server */
+	size_t n_routes;
+	void *userdata; /* handed to every handler in req->userdata */
+};
+
+struct server;
+
+/* Opens a listening TCP socket on "ADDR:PORT" or "[ADDR6]:PORT" (numeric addresses).
+ * On success writes the socket and the address it is bound to, in the same notation
+ * (useful with port 0), to `ret_bound` (`boundlen` bytes). -EINVAL for a malformed
+ * address; other -errno from socket/bind/listen. */
+int server_listen(const char *addr, int *ret_fd, char *ret_bound, size_t boundlen);
+/* Starts serving. Returns a new server, 0 or -errno. The server owns cfg->listen_fd from
+ * this call on, even when it fails: the caller must not touch it again. */
+int server_start(const struct server_config *cfg, struct server **ret_server);
+/* Stops accepting, finishes or drops open connections, joins the threads and frees `srv`.
+ * NULL is a no-op. */
+void server_stop(struct server *srv);
