@@ -267,7 +267,8 @@ static int check_keys(struct loader *ld, const json_t *obj, const char *const *k
 	const char *key;
 	json_t *v;
 
-	json_object_foreach((json_t *) obj, key, v) {
+	json_object_foreach((json_t *) obj, key, v)
+	{
 		bool ok = false;
 		for (size_t i = 0; known[i] && !ok; i++)
 			ok = strcmp(key, known[i]) == 0;
@@ -427,9 +428,10 @@ static int parse_cluster(struct loader *ld, const json_t *doc)
 		return r;
 	if (!name_is_valid(name)) {
 		ld_push(ld, "cluster");
-		r = ld_fail(ld, LOCATE_VALUE,
-			    "cluster name %s must be printable, without '/', and not \".\" or \"..\"",
-			    ld_quote(ld, 0, name));
+		r = ld_fail(
+			ld, LOCATE_VALUE,
+			"cluster name %s must be printable, without '/', and not \".\" or \"..\"",
+			ld_quote(ld, 0, name));
 		ld_pop(ld);
 		return r;
 	}
@@ -463,9 +465,9 @@ static int parse_auth(struct loader *ld, const json_t *doc)
 
 static int parse_probe(struct loader *ld, const json_t *doc)
 {
-	static const char *const keys[] = {"interval_s",      "timeout_ms",      "stale_after_s",
-					   "offline_after_s", "unhealthy_after", "max_age_ms",
-					   NULL};
+	static const char *const keys[] = {
+		"interval_s", "timeout_ms", "stale_after_s", "offline_after_s", "unhealthy_after",
+		"max_age_ms", NULL};
 	struct cfg_probe *p = &ld->c->probe;
 	json_t *probe = json_object_get(doc, "probe");
 	int r;
@@ -490,7 +492,7 @@ static int parse_probe(struct loader *ld, const json_t *doc)
 		r = parse_int(ld, probe, "max_age_ms", 0, 3600000, &p->max_age_ms);
 	if (r == 0 && p->offline_after_s < p->stale_after_s) {
 		ld_push(ld, json_object_get(probe, "offline_after_s") ? "offline_after_s"
-								       : "stale_after_s");
+								      : "stale_after_s");
 		r = ld_fail(ld, LOCATE_VALUE,
 			    "probe.offline_after_s (%d) must be at least probe.stale_after_s (%d)",
 			    p->offline_after_s, p->stale_after_s);
@@ -512,8 +514,9 @@ static int parse_pair(struct loader *ld, const json_t *obj, const char *key, dou
 		return 0;
 	ld_push(ld, key);
 	if (!json_is_array(v) || json_array_size(v) != 2) {
-		r = ld_fail(ld, LOCATE_VALUE, "%s must be [warning, critical], e.g. [%g, %g], not %s",
-			    ld_where(ld), out[0], out[1], ld_value(ld, v));
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s must be [warning, critical], e.g. [%g, %g], not %s", ld_where(ld),
+			    out[0], out[1], ld_value(ld, v));
 		goto out_pop;
 	}
 	for (size_t i = 0; i < 2; i++) {
@@ -522,10 +525,12 @@ static int parse_pair(struct loader *ld, const json_t *obj, const char *key, dou
 		if (!json_is_number(e) || json_number_value(e) < 0 ||
 		    (max > 0 && json_number_value(e) > max)) {
 			if (max > 0)
-				r = ld_fail(ld, LOCATE_VALUE, "%s must be a number from 0 to %g, not %s",
+				r = ld_fail(ld, LOCATE_VALUE,
+					    "%s must be a number from 0 to %g, not %s",
 					    ld_where(ld), max, ld_value(ld, e));
 			else
-				r = ld_fail(ld, LOCATE_VALUE, "%s must be a number of at least 0, not %s",
+				r = ld_fail(ld, LOCATE_VALUE,
+					    "%s must be a number of at least 0, not %s",
 					    ld_where(ld), ld_value(ld, e));
 		}
 		ld_pop(ld);
@@ -534,8 +539,9 @@ static int parse_pair(struct loader *ld, const json_t *obj, const char *key, dou
 		pair[i] = json_number_value(e);
 	}
 	if (pair[0] > pair[1]) {
-		r = ld_fail(ld, LOCATE_VALUE, "%s has its warning level %g above its critical level %g",
-			    ld_where(ld), pair[0], pair[1]);
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s has its warning level %g above its critical level %g", ld_where(ld),
+			    pair[0], pair[1]);
 		goto out_pop;
 	}
 	out[0] = pair[0];
@@ -571,8 +577,8 @@ static int parse_thresholds(struct loader *ld, const json_t *doc)
 }
 
 /* An array of valid names (capabilities), copied into a new NULL-free array. */
-static int parse_name_list(struct loader *ld, const json_t *obj, const char *key,
-			   char ***ret_list, size_t *ret_n)
+static int parse_name_list(struct loader *ld, const json_t *obj, const char *key, char ***ret_list,
+			   size_t *ret_n)
 {
 	json_t *v = json_object_get(obj, key);
 	char **list;
@@ -613,13 +619,16 @@ static int parse_host_service(struct loader *ld, const char *name, const json_t 
 	const char *path = "", *kind = NULL;
 	int r;
 
-	if (!name_is_valid(name))
-		return ld_fail(ld, LOCATE_KEY,
-			       "service name %s must be printable, without '/', and not \".\" or "
-			       "\"..\"",
-			       ld_quote(ld, 0, name));
-	s->name = xstrdup(name);
 	ld_push(ld, name);
+	if (!name_is_valid(name)) {
+		r = ld_fail(
+			ld, LOCATE_KEY,
+			"service name %s must be printable, without '/', and not \".\" or \"..\"",
+			ld_quote(ld, 0, name));
+		ld_pop(ld);
+		return r;
+	}
+	s->name = xstrdup(name);
 	r = expect_object(ld, v);
 	if (r == 0)
 		r = check_keys(ld, v, keys);
@@ -659,7 +668,8 @@ static int parse_host_services(struct loader *ld, const json_t *host, struct cfg
 	r = expect_object(ld, svcs);
 	if (r == 0) {
 		h->services = xcalloc(json_object_size(svcs), sizeof(*h->services));
-		json_object_foreach(svcs, name, v) {
+		json_object_foreach(svcs, name, v)
+		{
 			r = parse_host_service(ld, name, v, &h->services[h->n_services++]);
 			if (r < 0)
 				break;
@@ -671,7 +681,7 @@ static int parse_host_services(struct loader *ld, const json_t *host, struct cfg
 
 static int parse_host(struct loader *ld, const char *name, const json_t *v, struct cfg_host *h)
 {
-	static const char *const keys[] = {"host",        "name", "role",       "tier",
+	static const char *const keys[] = {"host",         "name",        "role", "tier",
 					   "capabilities", "queue_depth", "port", "token_file",
 					   "services",     NULL};
 	const char *address = NULL, *display = NULL, *role = "", *tier = NULL, *token_file = NULL;
@@ -679,14 +689,16 @@ static int parse_host(struct loader *ld, const char *name, const json_t *v, stru
 
 	h->queue_depth = 10;
 	h->agent_port = CONFIG_DEFAULT_AGENT_PORT;
-	if (!host_name_ok(name))
-		return ld_fail(ld, LOCATE_KEY,
-			       "host name %s cannot name a directory; use letters, digits, '.', '_' "
-			       "and '-', not starting with '.' or '-'",
-			       ld_quote(ld, 0, name));
-	h->name = xstrdup(name);
-
 	ld_push(ld, name);
+	if (!host_name_ok(name)) {
+		r = ld_fail(ld, LOCATE_KEY,
+			    "host name %s cannot name a directory; use letters, digits, '.', '_' "
+			    "and '-', not starting with '.' or '-'",
+			    ld_quote(ld, 0, name));
+		ld_pop(ld);
+		return r;
+	}
+	h->name = xstrdup(name);
 	r = expect_object(ld, v);
 	if (r == 0)
 		r = reject_inline_token(ld, v);
@@ -741,9 +753,9 @@ static int parse_host(struct loader *ld, const char *name, const json_t *v, stru
 		if (agent && port && agent->port != port) {
 			ld_push(ld, "port");
 			r = ld_fail(ld, LOCATE_VALUE,
-				    "%s is %d but %s.services.agent.port is %d; give the agent's "
-				    "port once",
-				    ld_where(ld), port, name, agent->port);
+				    "%s is %d but services.agent.port of the same host is %d; give "
+				    "the agent's port once",
+				    ld_where(ld), port, agent->port);
 			ld_pop(ld);
 		} else if (agent) {
 			h->agent_port = agent->port;
@@ -784,7 +796,8 @@ static int parse_hosts(struct loader *ld, const json_t *doc)
 	r = expect_object(ld, hosts);
 	if (r == 0) {
 		c->hosts = xcalloc(json_object_size(hosts), sizeof(*c->hosts));
-		json_object_foreach(hosts, name, v) {
+		json_object_foreach(hosts, name, v)
+		{
 			r = parse_host(ld, name, v, &c->hosts[c->n_hosts++]);
 			if (r < 0)
 				break;
@@ -838,7 +851,8 @@ static int parse_routing_list(struct loader *ld, const json_t *policy, const cha
 		} else if (!json_is_string(e) || json_string_length(e) == 0) {
 			r = ld_fail(ld, LOCATE_VALUE, "%s must be a non-empty string, not %s",
 				    ld_where(ld), ld_value(ld, e));
-		} else if (strcmp(key, "tiers") == 0 && !in_list(json_string_value(e), tier_names)) {
+		} else if (strcmp(key, "tiers") == 0 &&
+			   !in_list(json_string_value(e), tier_names)) {
 			r = ld_fail(ld, LOCATE_VALUE,
 				    "%s must be \"powerhouse\", \"standard\" or \"light\", not %s",
 				    ld_where(ld), ld_quote(ld, 0, json_string_value(e)));
@@ -863,7 +877,8 @@ static int parse_routing(struct loader *ld, const json_t *doc)
 	ld_push(ld, "routing");
 	r = expect_object(ld, routing);
 	if (r == 0) {
-		json_object_foreach(routing, type, v) {
+		json_object_foreach(routing, type, v)
+		{
 			if (!name_is_valid(type)) {
 				ld_push(ld, type);
 				r = ld_fail(ld, LOCATE_KEY,
@@ -951,9 +966,10 @@ static int parse_service(struct loader *ld, const char *name, const json_t *v)
 
 	ld_push(ld, name);
 	if (!name_is_valid(name)) {
-		r = ld_fail(ld, LOCATE_KEY,
-			    "service name %s must be printable, without '/', and not \".\" or \"..\"",
-			    ld_quote(ld, 0, name));
+		r = ld_fail(
+			ld, LOCATE_KEY,
+			"service name %s must be printable, without '/', and not \".\" or \"..\"",
+			ld_quote(ld, 0, name));
 		goto out_pop;
 	}
 	r = expect_object(ld, v);
@@ -985,7 +1001,8 @@ static int parse_service(struct loader *ld, const char *name, const json_t *v)
 	ld_push(ld, "files");
 	r = expect_object(ld, files);
 	if (r == 0) {
-		json_object_foreach(files, file, f) {
+		json_object_foreach(files, file, f)
+		{
 			r = parse_service_file(ld, file, f);
 			if (r < 0)
 				break;
@@ -1010,7 +1027,8 @@ static int parse_services(struct loader *ld, const json_t *doc)
 	ld_push(ld, "services");
 	r = expect_object(ld, services);
 	if (r == 0) {
-		json_object_foreach(services, name, v) {
+		json_object_foreach(services, name, v)
+		{
 			r = parse_service(ld, name, v);
 			if (r < 0)
 				break;
@@ -1161,9 +1179,9 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 		.errbuf = errbuf,
 		.errlen = errlen,
 	};
-	static const char *const keys[] = {"cluster",  "auth",       "probe",
-					   "thresholds", "hosts",    "routing",
-					   "services", "local_host", "default_trainer",
+	static const char *const keys[] = {"cluster",           "auth",       "probe",
+					   "thresholds",        "hosts",      "routing",
+					   "services",          "local_host", "default_trainer",
 					   "default_inference", NULL};
 	json_error_t jerr;
 	json_t *doc;
@@ -1278,8 +1296,7 @@ int config_load_string(const char *text, const char *name, const char *dir, stru
 
 	if (!dir)
 		dir = cwd = getcwd(NULL, 0);
-	r = load_text(text, strlen(text), name ? name : "(string)", dir, NULL, ret, errbuf,
-		      errlen);
+	r = load_text(text, strlen(text), name ? name : "(string)", dir, NULL, ret, errbuf, errlen);
 	free(cwd);
 	return r;
 }
@@ -1429,7 +1446,8 @@ static json_t *render_host(const struct cfg_host *h)
 		json_object_set_new(svcs, s->name, so);
 	}
 	json_object_set_new(o, "services", svcs);
-	json_object_set_new(o, "token_file", h->token_file ? json_string(h->token_file) : json_null());
+	json_object_set_new(o, "token_file",
+			    h->token_file ? json_string(h->token_file) : json_null());
 	json_object_set_new(o, "token", h->token ? json_string("(redacted)") : json_null());
 	return o;
 }
@@ -1444,8 +1462,8 @@ char *config_render(const struct config *c)
 
 	json_object_set_new(o, "cluster", json_string(c->cluster));
 	json_object_set_new(o, "file", c->path ? json_string(c->path) : json_null());
-	json_object_set_new(auth, "token_file", c->token_file ? json_string(c->token_file)
-							       : json_null());
+	json_object_set_new(auth, "token_file",
+			    c->token_file ? json_string(c->token_file) : json_null());
 	json_object_set_new(o, "auth", auth);
 	probe = json_pack("{si si si si si si}", "interval_s", c->probe.interval_s, "timeout_ms",
 			  c->probe.timeout_ms, "stale_after_s", c->probe.stale_after_s,

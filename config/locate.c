@@ -107,7 +107,8 @@ static int sc_string(struct scanner *s, struct buf *out)
 		if (c == '"') {
 			sc_next(s);
 			if (out)
-				buf_append(out, "", 0); /* a NUL-terminated empty key is still a key */
+				buf_append(out, "",
+					   0); /* a NUL-terminated empty key is still a key */
 			return 0;
 		}
 		if (c != '\\') {
@@ -183,8 +184,7 @@ static int sc_skip_value(struct scanner *s)
 
 /* With *s->p at a container, moves to the start of the child named by `step`; writes the
  * position of its key (or of the element itself) to *key_line, *key_col. */
-static int sc_enter(struct scanner *s, const struct locate_step *step, int *key_line,
-		    int *key_col)
+static int sc_enter(struct scanner *s, const struct locate_step *step, int *key_line, int *key_col)
 {
 	bool is_object = step->key != NULL;
 	char open = is_object ? '{' : '[', close = is_object ? '}' : ']';

@@ -14,8 +14,8 @@ struct config_watch {
 	char *base; /* the config file's name within its directory */
 };
 
-#define WATCH_MASK                                                                         \
-	(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB | \
+#define WATCH_MASK                                                                                 \
+	(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB |        \
 	 IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
 
 int config_watch_new(const char *path, struct config_watch **ret)

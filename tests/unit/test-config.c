@@ -20,16 +20,16 @@
 
 static int n_checks, n_failed;
 
-#define CHECK(cond, name)                                                                  \
-	do {                                                                               \
-		n_checks++;                                                                \
-		if (cond) {                                                                \
-			printf("ok %d - %s\n", n_checks, name);                            \
-		} else {                                                                   \
-			n_failed++;                                                        \
-			printf("not ok %d - %s\n#   %s:%d: %s\n", n_checks, name, __FILE__, \
-			       __LINE__, #cond);                                           \
-		}                                                                          \
+#define CHECK(cond, name)                                                                          \
+	do {                                                                                       \
+		n_checks++;                                                                        \
+		if (cond) {                                                                        \
+			printf("ok %d - %s\n", n_checks, name);                                    \
+		} else {                                                                           \
+			n_failed++;                                                                \
+			printf("not ok %d - %s\n#   %s:%d: %s\n", n_checks, name, __FILE__,        \
+			       __LINE__, #cond);                                                   \
+		}                                                                                  \
 	} while (0)
 
 static char tmpdir[] = "/tmp/test-config.XXXXXX";
@@ -345,71 +345,74 @@ static void test_bad_values(void)
 		const char *text, *prefix, *what;
 	} cases[] = {
 		{"{\"hosts\": {\"a\": {}}}", "t.json:1:17: ", "host without \"host\""},
-		{"{\"hosts\": {\"a b\": {\"host\": \"h\"}}}", "t.json:1:12: ", "host name with a space"},
+		{"{\"hosts\": {\"a b\": {\"host\": \"h\"}}}",
+		 "t.json:1:12: ", "host name with a space"},
 		{"{\"hosts\": {\"..\": {\"host\": \"h\"}}}", "t.json:1:12: ", "host name .."},
-		{"{\"hosts\": {\"a\": {\"host\": \"h/x\"}}}", "t.json:1:26: ", "address with a slash"},
+		{"{\"hosts\": {\"a\": {\"host\": \"h/x\"}}}",
+		 "t.json:1:26: ", "address with a slash"},
 		{"{\"hosts\": {\"a\": {\"host\": 5}}}", "t.json:1:26: ", "address not a string"},
 		{"{\"hosts\": {\"a\": {\"host\": \"h\", \"port\": 0}}}", "t.json:1:39: ", "port 0"},
-		{"{\"hosts\": {\"a\": {\"host\": \"h\", \"tier\": \"huge\"}}}", "t.json:1:39: ",
-		 "unknown tier"},
+		{"{\"hosts\": {\"a\": {\"host\": \"h\", \"tier\": \"huge\"}}}",
+		 "t.json:1:39: ", "unknown tier"},
 		{"{\"hosts\": {\"a\": {\"host\": \"h\", \"port\": 1, \"services\": {\"agent\": "
 		 "{\"port\": 2}}}}}",
 		 "t.json:1:39: ", "port and services.agent.port disagree"},
-		{"{\"hosts\": {\"a\": {\"host\": \"h\", \"services\": {\"x\": {}}}}}", "t.json:1:50: ",
-		 "service without port"},
+		{"{\"hosts\": {\"a\": {\"host\": \"h\", \"services\": {\"x\": {}}}}}",
+		 "t.json:1:49: ", "service without port"},
 		{"{\"hosts\": {\"a\": {\"host\": \"h\", \"services\": {\"x\": {\"port\": 1, \"path\": "
 		 "\"api\"}}}}}",
-		 "t.json:1:70: ", "service path without a slash"},
-		{"{\"hosts\": {\"a\": {\"host\": \"h\", \"capabilities\": \"gpu\"}}}", "t.json:1:47: ",
-		 "capabilities not a list"},
-		{"{\"hosts\": {\"a\": {\"host\": \"h\", \"queue_depth\": -1}}}", "t.json:1:46: ",
-		 "negative queue depth"},
+		 "t.json:1:69: ", "service path without a slash"},
+		{"{\"hosts\": {\"a\": {\"host\": \"h\", \"capabilities\": \"gpu\"}}}",
+		 "t.json:1:47: ", "capabilities not a list"},
+		{"{\"hosts\": {\"a\": {\"host\": \"h\", \"queue_depth\": -1}}}",
+		 "t.json:1:46: ", "negative queue depth"},
 		{"{\"hosts\": {}, \"probe\": {\"timeout_ms\": 0}}", "t.json:1:39: ", "timeout 0"},
-		{"{\"hosts\": {}, \"probe\": {\"interval_s\": 1e9}}", "t.json:1:39: ",
-		 "interval not an integer"},
+		{"{\"hosts\": {}, \"probe\": {\"interval_s\": 1e9}}",
+		 "t.json:1:39: ", "interval not an integer"},
 		{"{\"hosts\": {}, \"probe\": {\"stale_after_s\": 300, \"offline_after_s\": 200}}",
-		 "t.json:1:67: ", "offline before stale"},
-		{"{\"hosts\": {}, \"thresholds\": {\"cpu\": [96, 95]}}", "t.json:1:38: ",
-		 "warning above critical"},
-		{"{\"hosts\": {}, \"thresholds\": {\"disk\": [80, 101]}}", "t.json:1:44: ",
-		 "percentage above 100"},
-		{"{\"hosts\": {}, \"thresholds\": {\"load\": [-1, 8]}}", "t.json:1:40: ",
-		 "negative load"},
-		{"{\"hosts\": {}, \"thresholds\": {\"memory\": [1]}}", "t.json:1:41: ",
-		 "threshold not a pair"},
-		{"{\"hosts\": {}, \"routing\": {\"x\": {\"tiers\": [\"giant\"]}}}", "t.json:1:44: ",
-		 "routing to an unknown tier"},
-		{"{\"hosts\": {}, \"routing\": {\"x\": {\"roles\": [3]}}}", "t.json:1:44: ",
-		 "routing role not a string"},
+		 "t.json:1:66: ", "offline before stale"},
+		{"{\"hosts\": {}, \"thresholds\": {\"cpu\": [96, 95]}}",
+		 "t.json:1:37: ", "warning above critical"},
+		{"{\"hosts\": {}, \"thresholds\": {\"disk\": [80, 101]}}",
+		 "t.json:1:43: ", "percentage above 100"},
+		{"{\"hosts\": {}, \"thresholds\": {\"load\": [-1, 8]}}",
+		 "t.json:1:39: ", "negative load"},
+		{"{\"hosts\": {}, \"thresholds\": {\"memory\": [1]}}",
+		 "t.json:1:40: ", "threshold not a pair"},
+		{"{\"hosts\": {}, \"routing\": {\"x\": {\"tiers\": [\"giant\"]}}}",
+		 "t.json:1:43: ", "routing to an unknown tier"},
+		{"{\"hosts\": {}, \"routing\": {\"x\": {\"roles\": [3]}}}",
+		 "t.json:1:43: ", "routing role not a string"},
 		{"{\"hosts\": {\"a\": {\"host\": \"h\"}}, \"services\": {\"s\": {\"host\": \"b\", "
 		 "\"port\": 1}}}",
-		 "t.json:1:61: ", "service on an unknown host"},
+		 "t.json:1:60: ", "service on an unknown host"},
 		{"{\"hosts\": {\"a\": {\"host\": \"h\"}}, \"services\": {\"s\": {\"host\": \"a\"}}}",
-		 "t.json:1:52: ", "service without port"},
+		 "t.json:1:51: ", "service without port"},
 		{"{\"hosts\": {\"a\": {\"host\": \"h\"}}, \"services\": {\"s\": {\"host\": \"a\", "
 		 "\"port\": 1, \"files\": {\"f\": {\"get\": \"/a\", \"post\": \"/b\"}}}}}",
-		 "t.json:1:102: ", "file with both get and post"},
+		 "t.json:1:105: ", "file with both get and post"},
 		{"{\"hosts\": {\"a\": {\"host\": \"h\"}}, \"services\": {\"s\": {\"host\": \"a\", "
 		 "\"port\": 1, \"files\": {\"f\": {}}}}}",
-		 "t.json:1:88: ", "file with neither get nor post"},
+		 "t.json:1:91: ", "file with neither get nor post"},
 		{"{\"hosts\": {\"a\": {\"host\": \"h\"}}, \"services\": {\"s\": {\"host\": \"a\", "
 		 "\"port\": 1, \"files\": {\"f\": {\"get\": \"a\"}}}}}",
-		 "t.json:1:96: ", "file path without a slash"},
+		 "t.json:1:99: ", "file path without a slash"},
 		{"{\"hosts\": {\"a\": {\"host\": \"h\"}}, \"services\": {\"s\": {\"host\": \"a\", "
 		 "\"port\": 1, \"files\": {\"a/b\": {\"get\": \"/a\"}}}}}",
-		 "t.json:1:83: ", "file name with a slash"},
-		{"{\"hosts\": {\"a\": {\"host\": \"h\"}}, \"local_host\": \"b\"}", "t.json:1:47: ",
-		 "local_host names an unknown host"},
+		 "t.json:1:86: ", "file name with a slash"},
+		{"{\"hosts\": {\"a\": {\"host\": \"h\"}}, \"local_host\": \"b\"}",
+		 "t.json:1:47: ", "local_host names an unknown host"},
 		{"{\"cluster\": \"\", \"hosts\": {}}", "t.json:1:13: ", "empty cluster name"},
-		{"{\"auth\": {\"token_file\": 1}, \"hosts\": {}}", "t.json:1:25: ",
-		 "token_file not a string"},
+		{"{\"auth\": {\"token_file\": 1}, \"hosts\": {}}",
+		 "t.json:1:25: ", "token_file not a string"},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char name[128];
 		r = load_text(cases[i].text, &c);
 		printf("# %s\n", err);
 		snprintf(name, sizeof(name), "rejected at its position: %s", cases[i].what);
-		CHECK(r == -EINVAL && starts_with(err, cases[i].prefix) && !strchr(err, '\n'), name);
+		CHECK(r == -EINVAL && starts_with(err, cases[i].prefix) && !strchr(err, '\n'),
+		      name);
 		if (r == 0)
 			config_unref(c);
 	}
@@ -667,12 +670,12 @@ static void test_locate(void)
 	CHECK(r == 0 && line == 2 && col == 4, "locate: a key's own position");
 	struct locate_step p2[] = {{"ab", 0}, {"\xc3\xa9", 0}};
 	r = locate_json(text, len, p2, 2, LOCATE_KEY, &line, &col);
-	CHECK(r == 0 && line == 1 && col == 13, "locate: columns count characters");
+	CHECK(r == 0 && line == 1 && col == 14, "locate: columns count characters");
 	r = locate_json(text, len, p2, 2, LOCATE_VALUE, &line, &col);
-	CHECK(r == 0 && line == 1 && col == 18, "locate: after a multi-byte character");
+	CHECK(r == 0 && line == 1 && col == 19, "locate: after a multi-byte character");
 	struct locate_step p3[] = {{"n", 0}, {"z", 0}};
 	r = locate_json(text, len, p3, 2, LOCATE_VALUE, &line, &col);
-	CHECK(r == 0 && line == 3 && col == 44, "locate: skips strings with braces, nested values");
+	CHECK(r == 0 && line == 3 && col == 41, "locate: skips strings with braces, nested values");
 	struct locate_step p4[] = {{"n", 0}, {"q", 0}};
 	CHECK(locate_json(text, len, p4, 2, LOCATE_VALUE, &line, &col) == -ENOENT,
 	      "locate: absent key");
