@@ -242,6 +242,62 @@ bool secret_equal(const char *a, const char *b)
 	return diff == 0 && la == lb;
 }
 
+/* Optimal string alignment distance between a and b, or SIZE_MAX once it certainly
+ * exceeds `limit` (the lengths alone tell). Three rows: i-2, i-1 and i. */
+static size_t edit_distance(const char *a, const char *b, size_t limit)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	if ((la > lb ? la - lb : lb - la) > limit)
+		return SIZE_MAX;
+
+	size_t *rows = calloc(3 * (lb + 1), sizeof(*rows));
+	if (!rows)
+		abort();
+	size_t *prev2 = rows, *prev = rows + lb + 1, *cur = rows + 2 * (lb + 1);
+	for (size_t j = 0; j <= lb; j++)
+		prev[j] = j;
+	for (size_t i = 1; i <= la; i++) {
+		cur[0] = i;
+		for (size_t j = 1; j <= lb; j++) {
+			size_t cost = a[i - 1] != b[j - 1];
+			size_t best = prev[j] + 1;
+			if (cur[j - 1] + 1 < best)
+				best = cur[j - 1] + 1;
+			if (prev[j - 1] + cost < best)
+				best = prev[j - 1] + cost;
+			if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+			    prev2[j - 2] + 1 < best)
+				best = prev2[j - 2] + 1;
+			cur[j] = best;
+		}
+		size_t *t = prev2;
+		prev2 = prev;
+		prev = cur;
+		cur = t;
+	}
+	size_t d = prev[lb];
+	free(rows);
+	return d;
+}
+
+const char *util_closest_word(const char *word, const char *const *candidates, size_t n,
+			      size_t max_distance)
+{
+	const char *best = NULL;
+	size_t best_d = max_distance;
+
+	for (size_t i = 0; i < n; i++) {
+		if (!candidates[i])
+			continue;
+		size_t d = edit_distance(word, candidates[i], max_distance);
+		if (d <= best_d && (!best || d < best_d)) {
+			best = candidates[i];
+			best_d = d;
+		}
+	}
+	return best;
+}
+
 bool name_is_valid(const char *name)
 {
 	size_t n = strlen(name);

@@ -59,6 +59,12 @@ bool secret_equal(const char *a, const char *b);
  * printable, at most 255 bytes. */
 bool name_is_valid(const char *name);
 
+/* The candidate nearest to `word` by edit distance (Levenshtein with adjacent
+ * transpositions), if that distance is at most max_distance; the first one on a tie.
+ * NULL when none is close enough. Borrows; returns one of `candidates`. */
+const char *util_closest_word(const char *word, const char *const *candidates, size_t n,
+			      size_t max_distance);
+
 static inline void freep(void *p)
 {
 	extern void free(void *);

@@ -204,60 +204,24 @@ static int ld_fail(struct loader *ld, enum locate_target target, const char *fmt
 	return -EINVAL;
 }
 
-/* Optimal string alignment distance (Levenshtein plus adjacent transpositions). */
-static size_t edit_distance(const char *a, const char *b)
-{
-	size_t la = strlen(a), lb = strlen(b);
-	size_t d[65][65];
-	if (la > 64 || lb > 64)
-		return SIZE_MAX;
-	for (size_t i = 0; i <= la; i++)
-		d[i][0] = i;
-	for (size_t j = 0; j <= lb; j++)
-		d[0][j] = j;
-	for (size_t i = 1; i <= la; i++) {
-		for (size_t j = 1; j <= lb; j++) {
-			size_t cost = a[i - 1] != b[j - 1];
-			size_t best = d[i - 1][j] + 1;
-			if (d[i][j - 1] + 1 < best)
-				best = d[i][j - 1] + 1;
-			if (d[i - 1][j - 1] + cost < best)
-				best = d[i - 1][j - 1] + cost;
-			if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
-			    d[i - 2][j - 2] + 1 < best)
-				best = d[i - 2][j - 2] + 1;
-			d[i][j] = best;
-		}
-	}
-	return d[la][lb];
-}
-
-/* The known word nearest to `word` within edit distance 2, or NULL. */
+/* The known word (NULL-terminated list) nearest to `word` within edit distance 2, or NULL. */
 static const char *suggest(const char *word, const char *const *known)
 {
-	const char *best = NULL;
-	size_t best_d = 3;
-	for (size_t i = 0; known[i]; i++) {
-		size_t d = edit_distance(word, known[i]);
-		if (d < best_d) {
-			best = known[i];
-			best_d = d;
-		}
-	}
-	return best;
+	size_t n = 0;
+	while (known[n])
+		n++;
+	return util_closest_word(word, known, n, 2);
 }
 
+/* The configured host name nearest to `word` within edit distance 2, or NULL. */
 static const char *suggest_host(const struct config *c, const char *word)
 {
-	const char *best = NULL;
-	size_t best_d = 3;
-	for (size_t i = 0; i < c->n_hosts; i++) {
-		size_t d = edit_distance(word, c->hosts[i].name);
-		if (d < best_d) {
-			best = c->hosts[i].name;
-			best_d = d;
-		}
-	}
+	const char **names = xcalloc(c->n_hosts ? c->n_hosts : 1, sizeof(*names));
+	const char *best;
+	for (size_t i = 0; i < c->n_hosts; i++)
+		names[i] = c->hosts[i].name;
+	best = util_closest_word(word, names, c->n_hosts, 2);
+	free(names);
 	return best;
 }
 
@@ -1102,7 +1066,9 @@ static int read_tokens(struct loader *ld, const json_t *doc)
 				ld_push(ld, h->name);
 				ld_push(ld, "token_file");
 				ld_fail(ld, LOCATE_VALUE, "%s", msg);
-				ld->depth -= 3;
+				ld_pop(ld);
+				ld_pop(ld);
+				ld_pop(ld);
 				break;
 			}
 		} else {

@@ -371,6 +371,27 @@ def test_state_dir_created_private(tmpdir_path, start_agent):
     assert stat.S_IMODE(st.st_mode) == 0o700
 
 
+def test_unusable_state_dir_refused(tmpdir_path):
+    token_file = os.path.join(tmpdir_path, "token")
+    write_token(token_file)
+    blocker = os.path.join(tmpdir_path, "a-file")
+    open(blocker, "w").close()
+    code, _, err = run_refusing([AGENT, "--listen", "127.0.0.1:%d" % free_port(),
+                                 "--token-file", token_file,
+                                 "--state-dir", os.path.join(blocker, "state")])
+    assert code == 1
+    assert "cannot create state directory" in err and "Not a directory" in err
+
+
+def test_invalid_name_refused(tmpdir_path):
+    token_file = os.path.join(tmpdir_path, "token")
+    write_token(token_file)
+    code, _, err = run_refusing(agent_cmd(tmpdir_path, token_file, free_port(),
+                                          ("--name", "a/b")))
+    assert code == 2
+    assert "invalid node name" in err
+
+
 def test_token_file_mode_0644_refused(tmpdir_path):
     token_file = os.path.join(tmpdir_path, "token")
     write_token(token_file, mode=0o644)

@@ -9,15 +9,37 @@
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#define MB (1024.0 * 1024.0)
 
 /* Percentages are rounded to 0.01: more digits would be noise. */
 static double percent_round(double p)
 {
 	return round(p * 100.0) / 100.0;
+}
+
+static json_t *json_mb(uint64_t bytes)
+{
+	return json_integer((json_int_t) (bytes / (1024 * 1024)));
+}
+
+/* A JSON string; bytes that are not valid UTF-8 text become '?' rather than failing the
+ * whole document (hostnames and GPU names come from outside). */
+static json_t *json_text(const char *s)
+{
+	json_t *v = json_string(s);
+	if (v)
+		return v;
+	char *copy = strdup(s);
+	if (!copy)
+		return NULL;
+	for (char *p = copy; *p; p++)
+		if ((unsigned char) *p < 0x20 || (unsigned char) *p >= 0x7f)
+			*p = '?';
+	v = json_string(copy);
+	free(copy);
+	return v;
 }
 
 /* A number from nvidia-smi: null when unavailable, an integer when it is one. */
@@ -30,6 +52,37 @@ static json_t *json_measure(double v)
 	return json_real(v);
 }
 
+/* doc[key] = value, stealing value. A failure (out of memory) clears *ok, so that one
+ * check at the end covers a whole document. */
+static void json_put(json_t *doc, const char *key, json_t *value, bool *ok)
+{
+	if (!doc || !value || json_object_set_new(doc, key, value) < 0) {
+		if (!doc)
+			json_decref(value);
+		*ok = false;
+	}
+}
+
+/* Appends value to array, stealing value; clears *ok on failure. */
+static void json_push(json_t *array, json_t *value, bool *ok)
+{
+	if (!array || !value || json_array_append_new(array, value) < 0) {
+		if (!array)
+			json_decref(value);
+		*ok = false;
+	}
+}
+
+/* Returns `doc` as the 200 response, or -ENOMEM when building it failed. Steals doc. */
+static int api_reply(struct response *resp, json_t *doc, bool ok)
+{
+	if (!ok) {
+		json_decref(doc);
+		return -ENOMEM;
+	}
+	return response_set_json(resp, 200, doc);
+}
+
 static void host_get_name(char *out, size_t outlen)
 {
 	if (gethostname(out, outlen) < 0)
@@ -37,31 +90,25 @@ static void host_get_name(char *out, size_t outlen)
 	out[outlen - 1] = '\0';
 }
 
-/* Adds `value` to `array`, stealing it; false when either is NULL. */
-static bool json_array_add(json_t *array, json_t *value)
-{
-	return array && value && json_array_append_new(array, value) == 0;
-}
-
-static json_t *api_gpus_json(const struct sysinfo_sample *smp, bool full)
+/* The "gpus" array: every field for health, the inventory ones for system. */
+static json_t *api_gpus_json(const struct sysinfo_sample *smp, bool full, bool *ok)
 {
 	json_t *gpus = json_array();
+	if (!gpus)
+		*ok = false;
 	for (size_t i = 0; gpus && i < smp->n_gpus; i++) {
 		const struct sysinfo_gpu *g = &smp->gpus[i];
-		json_t *o;
-		if (full)
-			o = json_pack("{s:i, s:s, s:o, s:o, s:o, s:o}", "index", g->index, "name",
-				      g->name, "util_percent", json_measure(g->util_percent),
-				      "mem_used_mb", json_measure(g->mem_used_mb), "mem_total_mb",
-				      json_measure(g->mem_total_mb), "temp_c",
-				      json_measure(g->temp_c));
-		else
-			o = json_pack("{s:i, s:s, s:o}", "index", g->index, "name", g->name,
-				      "mem_total_mb", json_measure(g->mem_total_mb));
-		if (!json_array_add(gpus, o)) {
-			json_decref(gpus);
-			return NULL;
+		json_t *o = json_object();
+		json_put(o, "index", json_integer(g->index), ok);
+		json_put(o, "name", json_text(g->name), ok);
+		if (full) {
+			json_put(o, "util_percent", json_measure(g->util_percent), ok);
+			json_put(o, "mem_used_mb", json_measure(g->mem_used_mb), ok);
 		}
+		json_put(o, "mem_total_mb", json_measure(g->mem_total_mb), ok);
+		if (full)
+			json_put(o, "temp_c", json_measure(g->temp_c), ok);
+		json_push(gpus, o, ok);
 	}
 	return gpus;
 }
@@ -75,6 +122,7 @@ static int api_get_health(struct request *req, struct response *resp)
 	struct sysinfo_mem mem;
 	struct sysinfo_disk disk;
 	double uptime, load[3];
+	bool ok = true;
 	int r;
 
 	if ((r = sysinfo_read_uptime(&uptime)) < 0) {
@@ -99,22 +147,29 @@ static int api_get_health(struct request *req, struct response *resp)
 
 	uint64_t mem_avail = mem.available_kb < mem.total_kb ? mem.available_kb : mem.total_kb;
 	uint64_t disk_avail = disk.avail < disk.total ? disk.avail : disk.total;
-	double mem_used = (double) (mem.total_kb - mem_avail);
-	double disk_used = (double) (disk.total - disk_avail);
-	json_t *doc = json_pack(
-		"{s:s, s:s, s:s, s:f, s:f, s:i, s:f, s:[f,f,f], s:I, s:I, s:f,"
-		" s:s, s:I, s:I, s:f, s:o, s:i}",
-		"name", ctx->name, "hostname", hostname, "version", CLUSTERFS_VERSION, "time",
-		clock_wall_s(), "uptime_s", uptime, "cores", sysinfo_count_cpus(), "cpu_percent",
-		percent_round(smp.cpu_percent), "load", load[0], load[1], load[2],
-		"mem_total_mb", (json_int_t) (mem.total_kb / 1024), "mem_available_mb",
-		(json_int_t) (mem.available_kb / 1024), "mem_percent",
-		percent_round(100.0 * mem_used / (double) mem.total_kb), "disk_path", disk.path,
-		"disk_total_mb", (json_int_t) ((double) disk.total / MB), "disk_free_mb",
-		(json_int_t) ((double) disk.avail / MB), "disk_percent",
-		percent_round(disk.total ? 100.0 * disk_used / (double) disk.total : 0.0), "gpus",
-		api_gpus_json(&smp, true), "tasks_running", 0 /* no task runner yet */);
-	return response_set_json(resp, 200, doc);
+	double mem_percent = 100.0 * (double) (mem.total_kb - mem_avail) / (double) mem.total_kb;
+	double disk_percent =
+		disk.total ? 100.0 * (double) (disk.total - disk_avail) / (double) disk.total : 0.0;
+
+	json_t *doc = json_object();
+	json_put(doc, "name", json_text(ctx->name), &ok);
+	json_put(doc, "hostname", json_text(hostname), &ok);
+	json_put(doc, "version", json_string(CLUSTERFS_VERSION), &ok);
+	json_put(doc, "time", json_real(clock_wall_s()), &ok);
+	json_put(doc, "uptime_s", json_real(uptime), &ok);
+	json_put(doc, "cores", json_integer(sysinfo_count_cpus()), &ok);
+	json_put(doc, "cpu_percent", json_real(percent_round(smp.cpu_percent)), &ok);
+	json_put(doc, "load", json_pack("[f,f,f]", load[0], load[1], load[2]), &ok);
+	json_put(doc, "mem_total_mb", json_integer((json_int_t) (mem.total_kb / 1024)), &ok);
+	json_put(doc, "mem_available_mb", json_integer((json_int_t) (mem_avail / 1024)), &ok);
+	json_put(doc, "mem_percent", json_real(percent_round(mem_percent)), &ok);
+	json_put(doc, "disk_path", json_text(ctx->state_dir), &ok);
+	json_put(doc, "disk_total_mb", json_mb(disk.total), &ok);
+	json_put(doc, "disk_free_mb", json_mb(disk_avail), &ok);
+	json_put(doc, "disk_percent", json_real(percent_round(disk_percent)), &ok);
+	json_put(doc, "gpus", api_gpus_json(&smp, true, &ok), &ok);
+	json_put(doc, "tasks_running", json_integer(0) /* no task runner yet */, &ok);
+	return api_reply(resp, doc, ok);
 }
 
 /* GET /api/node/system: the inventory, which changes rarely. */
@@ -127,6 +182,7 @@ static int api_get_system(struct request *req, struct response *resp)
 	struct sysinfo_host host;
 	struct sysinfo_mem mem;
 	int64_t boot_time;
+	bool ok = true;
 	int r, n_disks;
 
 	if ((r = sysinfo_read_mem(&mem)) < 0) {
@@ -144,21 +200,28 @@ static int api_get_system(struct request *req, struct response *resp)
 	host_get_name(hostname, sizeof(hostname));
 
 	json_t *disk_list = json_array();
+	if (!disk_list)
+		ok = false;
 	for (int i = 0; disk_list && i < n_disks; i++) {
-		json_t *d = json_pack("{s:s, s:I}", "path", disks[i].path, "total_mb",
-				      (json_int_t) ((double) disks[i].total / MB));
-		if (!json_array_add(disk_list, d)) {
-			json_decref(disk_list);
-			disk_list = NULL;
-		}
+		json_t *d = json_object();
+		json_put(d, "path", json_text(disks[i].path), &ok);
+		json_put(d, "total_mb", json_mb(disks[i].total), &ok);
+		json_push(disk_list, d, &ok);
 	}
-	json_t *doc = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:I, s:o, s:o, s:I}", "name",
-				ctx->name, "hostname", hostname, "version", CLUSTERFS_VERSION, "os",
-				host.os, "kernel", host.kernel, "arch", host.arch, "cores",
-				sysinfo_count_cpus(), "ram_mb", (json_int_t) (mem.total_kb / 1024),
-				"disks", disk_list, "gpus", api_gpus_json(&smp, false), "boot_time",
-				(json_int_t) boot_time);
-	return response_set_json(resp, 200, doc);
+
+	json_t *doc = json_object();
+	json_put(doc, "name", json_text(ctx->name), &ok);
+	json_put(doc, "hostname", json_text(hostname), &ok);
+	json_put(doc, "version", json_string(CLUSTERFS_VERSION), &ok);
+	json_put(doc, "os", json_text(host.os), &ok);
+	json_put(doc, "kernel", json_text(host.kernel), &ok);
+	json_put(doc, "arch", json_text(host.arch), &ok);
+	json_put(doc, "cores", json_integer(sysinfo_count_cpus()), &ok);
+	json_put(doc, "ram_mb", json_integer((json_int_t) (mem.total_kb / 1024)), &ok);
+	json_put(doc, "disks", disk_list, &ok);
+	json_put(doc, "gpus", api_gpus_json(&smp, false, &ok), &ok);
+	json_put(doc, "boot_time", json_integer((json_int_t) boot_time), &ok);
+	return api_reply(resp, doc, ok);
 }
 
 const struct route api_routes[] = {

@@ -9,8 +9,8 @@
 /* What the handlers read; passed as the server's userdata. Everything is borrowed and
  * must outlive the server. */
 struct api_context {
-	const char *name;		 /* the node's name in the cluster */
-	const char *state_dir;		 /* absolute; its filesystem is the reported disk */
+	const char *name;                /* the node's name in the cluster */
+	const char *state_dir;           /* absolute; its filesystem is the reported disk */
 	struct sysinfo_sampler *sampler; /* CPU and GPU samples */
 };
 

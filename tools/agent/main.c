@@ -19,10 +19,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define AGENT_DEFAULT_LISTEN	"0.0.0.0:8768"
-#define AGENT_SYSTEM_STATE_DIR	"/var/lib/clusterfs-agent"
-#define AGENT_EXIT_RUNTIME	1 /* could not start: port taken, state dir unusable */
-#define AGENT_EXIT_USAGE	2 /* bad command line or token file */
+#define AGENT_DEFAULT_LISTEN   "0.0.0.0:8768"
+#define AGENT_SYSTEM_STATE_DIR "/var/lib/clusterfs-agent"
+#define AGENT_EXIT_RUNTIME     1 /* could not start: port taken, state dir unusable */
+#define AGENT_EXIT_USAGE       2 /* bad command line or token file */
 
 struct agent_options {
 	const char *listen;
@@ -229,19 +229,32 @@ int main(int argc, char **argv)
 		goto out_free_token;
 	}
 
+	r = server_listen(opts.listen, &listen_fd, bound, sizeof(bound));
+	if (r == -EINVAL) {
+		log_err("invalid --listen address '%s': expected ADDR:PORT or [ADDR6]:PORT with "
+			"a numeric address",
+			opts.listen);
+		ret = AGENT_EXIT_USAGE;
+		goto out_free_token;
+	}
+	if (r < 0) {
+		log_err("cannot listen on %s: %s", opts.listen, strerror(-r));
+		goto out_free_token;
+	}
+
 	if (!opts.state_dir) {
 		r = agent_default_state_dir(&default_dir);
 		if (r < 0) {
 			log_err("cannot work out a default state directory (%s); pass --state-dir",
 				strerror(-r));
-			goto out_free_token;
+			goto out_close_listen;
 		}
 		opts.state_dir = default_dir;
 	}
 	r = agent_prepare_state_dir(opts.state_dir, &state_dir);
 	if (r < 0) {
 		log_err("cannot create state directory %s: %s", opts.state_dir, strerror(-r));
-		goto out_free_token;
+		goto out_close_listen;
 	}
 
 	/* Before any thread exists, so that all of them inherit the mask and only
@@ -252,23 +265,9 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	r = server_listen(opts.listen, &listen_fd, bound, sizeof(bound));
-	if (r == -EINVAL) {
-		log_err("invalid --listen address '%s': expected ADDR:PORT or [ADDR6]:PORT with "
-			"a numeric address",
-			opts.listen);
-		ret = AGENT_EXIT_USAGE;
-		goto out_free_state_dir;
-	}
-	if (r < 0) {
-		log_err("cannot listen on %s: %s", opts.listen, strerror(-r));
-		goto out_free_state_dir;
-	}
-
 	r = sysinfo_sampler_start(&sampler);
 	if (r < 0) {
 		log_err("cannot start the metrics sampler: %s", strerror(-r));
-		close(listen_fd);
 		goto out_free_state_dir;
 	}
 
@@ -285,6 +284,7 @@ int main(int argc, char **argv)
 		.userdata = &api,
 	};
 	r = server_start(&cfg, &srv);
+	listen_fd = -1; /* the server owns it now, even on failure */
 	if (r < 0) {
 		log_err("cannot start the HTTP server on %s", bound);
 		goto out_stop_sampler;
@@ -299,6 +299,9 @@ out_stop_sampler:
 	sysinfo_sampler_stop(sampler);
 out_free_state_dir:
 	free(state_dir);
+out_close_listen:
+	if (listen_fd >= 0)
+		close(listen_fd);
 out_free_token:
 	free(default_dir);
 	explicit_bzero(token, strlen(token));

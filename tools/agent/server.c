@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,19 +14,19 @@
 #include <strings.h>
 #include <unistd.h>
 
-#define SERVER_THREADS		 2
-#define SERVER_CONNECTION_LIMIT	 256
-#define SERVER_PER_IP_LIMIT	 64
-#define SERVER_TIMEOUT_S	 30
+#define SERVER_THREADS           2
+#define SERVER_CONNECTION_LIMIT  256
+#define SERVER_PER_IP_LIMIT      64
+#define SERVER_TIMEOUT_S         30
 #define SERVER_CONNECTION_MEMORY (64 * 1024)
-#define SERVER_LISTEN_BACKLOG	 128
+#define SERVER_LISTEN_BACKLOG    128
 /* An oversized body sent without Content-Length is read and dropped up to this much so
  * the client can get its 413; past it the connection is closed. */
 #define SERVER_MAX_DISCARD (8 * 1024 * 1024)
 
 struct server {
 	struct MHD_Daemon *daemon;
-	const char *token;	    /* borrowed, immutable */
+	const char *token;          /* borrowed, immutable */
 	const struct route *routes; /* borrowed, immutable */
 	size_t n_routes;
 	void *userdata;
@@ -283,7 +284,7 @@ static bool request_has_body(struct MHD_Connection *conn, unsigned long long *re
 	const char *cl =
 		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
 	const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-						      MHD_HTTP_HEADER_TRANSFER_ENCODING);
+						     MHD_HTTP_HEADER_TRANSFER_ENCODING);
 	*ret_length = 0;
 	if (cl) {
 		errno = 0;
@@ -367,8 +368,39 @@ static void server_request_completed(void *cls, struct MHD_Connection *conn, voi
 	*con_cls = NULL;
 }
 
-static void server_log_mhd(void *cls, const char *fmt, va_list ap)
+/* libmicrohttpd's messages, at most SERVER_LOG_BURST per SERVER_LOG_WINDOW_US: clients
+ * can provoke them (dropped connections, limits), and must not be able to flood the log. */
+#define SERVER_LOG_BURST     20
+#define SERVER_LOG_WINDOW_US (10 * 1000 * 1000)
+
+static __attribute__((format(printf, 2, 0))) void server_log_mhd(void *cls, const char *fmt,
+								 va_list ap)
 {
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	static uint64_t window_start;    /* protected by lock */
+	static unsigned logged, dropped; /* protected by lock */
+	unsigned dropped_before = 0;
+	bool emit;
+
+	uint64_t now = clock_now_us();
+	pthread_mutex_lock(&lock);
+	if (now - window_start >= SERVER_LOG_WINDOW_US) {
+		dropped_before = dropped;
+		window_start = now;
+		logged = 0;
+		dropped = 0;
+	}
+	emit = logged < SERVER_LOG_BURST;
+	if (emit)
+		logged++;
+	else
+		dropped++;
+	pthread_mutex_unlock(&lock);
+
+	if (dropped_before)
+		log_warn("http: %u more messages suppressed", dropped_before);
+	if (!emit)
+		return;
 	char msg[512];
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	size_t len = strlen(msg);
@@ -486,16 +518,21 @@ int server_start(const struct server_config *cfg, struct server **ret_server)
 	srv->n_routes = cfg->n_routes;
 	srv->userdata = cfg->userdata;
 
+	/* The logger comes first so that messages about the other options reach it. */
+	struct MHD_OptionItem options[] = {
+		{MHD_OPTION_EXTERNAL_LOGGER, (intptr_t) server_log_mhd, srv},
+		{MHD_OPTION_LISTEN_SOCKET, cfg->listen_fd, NULL},
+		{MHD_OPTION_THREAD_POOL_SIZE, SERVER_THREADS, NULL},
+		{MHD_OPTION_CONNECTION_LIMIT, SERVER_CONNECTION_LIMIT, NULL},
+		{MHD_OPTION_PER_IP_CONNECTION_LIMIT, SERVER_PER_IP_LIMIT, NULL},
+		{MHD_OPTION_CONNECTION_TIMEOUT, SERVER_TIMEOUT_S, NULL},
+		{MHD_OPTION_CONNECTION_MEMORY_LIMIT, SERVER_CONNECTION_MEMORY, NULL},
+		{MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) server_request_completed, srv},
+		{MHD_OPTION_END, 0, NULL},
+	};
 	srv->daemon = MHD_start_daemon(
 		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-		server_handle, srv, MHD_OPTION_EXTERNAL_LOGGER, server_log_mhd, srv,
-		MHD_OPTION_LISTEN_SOCKET, (MHD_socket) cfg->listen_fd,
-		MHD_OPTION_THREAD_POOL_SIZE, (unsigned) SERVER_THREADS,
-		MHD_OPTION_CONNECTION_LIMIT, (unsigned) SERVER_CONNECTION_LIMIT,
-		MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned) SERVER_PER_IP_LIMIT,
-		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned) SERVER_TIMEOUT_S,
-		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) SERVER_CONNECTION_MEMORY,
-		MHD_OPTION_NOTIFY_COMPLETED, server_request_completed, srv, MHD_OPTION_END);
+		server_handle, srv, MHD_OPTION_ARRAY, options, MHD_OPTION_END);
 	if (!srv->daemon) {
 		/* libmicrohttpd already reported why; it may also have closed the socket,
 		 * so it is left alone. */

@@ -9,8 +9,8 @@
 
 #include "backend/util.h"
 
-#define SERVER_MAX_BODY	  (1024 * 1024) /* larger request bodies get 413 */
-#define SERVER_MAX_PARAMS 4		/* "{name}" segments per route pattern */
+#define SERVER_MAX_BODY   (1024 * 1024) /* larger request bodies get 413 */
+#define SERVER_MAX_PARAMS 4             /* "{name}" segments per route pattern */
 
 struct MHD_Connection;
 
@@ -22,7 +22,7 @@ struct request {
 	size_t body_len;
 	const char *params[SERVER_MAX_PARAMS]; /* "{name}" matches, in pattern order */
 	size_t n_params;
-	void *userdata; /* as passed to server_start() */
+	void *userdata;                    /* as passed to server_start() */
 	struct MHD_Connection *connection; /* private to server.c */
 };
 
@@ -58,8 +58,8 @@ void response_set_error(struct response *resp, unsigned status, const char *fmt,
 int response_add_header(struct response *resp, const char *name, const char *value);
 
 struct server_config {
-	int listen_fd;	     /* bound and listening, from server_listen() */
-	const char *token;   /* borrowed; must outlive the server */
+	int listen_fd;              /* bound and listening, from server_listen() */
+	const char *token;          /* borrowed; must outlive the server */
 	const struct route *routes; /* borrowed; must outlive the server */
 	size_t n_routes;
 	void *userdata; /* handed to every handler in req->userdata */

@@ -25,12 +25,12 @@
 
 extern char **environ;
 
-#define CPU_INTERVAL_US	     (1000 * 1000)
-#define CPU_FIRST_GAP_US     (100 * 1000)
-#define GPU_INTERVAL_US	     (5000 * 1000)
-#define GPU_TIMEOUT_US	     (2000 * 1000)
-#define GPU_OUTPUT_MAX	     (64 * 1024)
-#define PROC_SMALL_FILE_MAX  (64 * 1024)
+#define CPU_INTERVAL_US     (1000 * 1000)
+#define CPU_FIRST_GAP_US    (100 * 1000)
+#define GPU_INTERVAL_US     (5000 * 1000)
+#define GPU_TIMEOUT_US      (2000 * 1000)
+#define GPU_OUTPUT_MAX      (64 * 1024)
+#define PROC_SMALL_FILE_MAX (64 * 1024)
 
 /* Cumulative jiffies from the "cpu" line of /proc/stat. */
 struct cpu_times {
@@ -40,9 +40,9 @@ struct cpu_times {
 
 struct sysinfo_sampler {
 	pthread_t thread;
-	int stop_fd;		  /* eventfd, readable once stop was requested */
-	struct cpu_times prev;	  /* sampler thread only */
-	int gpu_error;		  /* sampler thread only: last query result, for logging changes */
+	int stop_fd;           /* eventfd, readable once stop was requested */
+	struct cpu_times prev; /* sampler thread only */
+	int gpu_error;         /* sampler thread only: last query result, for logging changes */
 	pthread_mutex_t lock;
 	struct sysinfo_sample cur; /* protected by lock */
 };
@@ -115,9 +115,6 @@ int sysinfo_read_disk(const char *path, struct sysinfo_disk *ret_disk)
 	struct statvfs sv;
 	if (statvfs(path, &sv) < 0)
 		return -errno;
-	if (strlen(path) >= sizeof(ret_disk->path))
-		return -ENAMETOOLONG;
-	strcpy(ret_disk->path, path);
 	ret_disk->total = (uint64_t) sv.f_blocks * sv.f_frsize;
 	ret_disk->avail = (uint64_t) sv.f_bavail * sv.f_frsize;
 	return 0;
@@ -132,9 +129,10 @@ static void disk_list_add(const char *dir, struct sysinfo_disk *disks, dev_t *de
 	for (size_t i = 0; i < *n; i++)
 		if (devs[i] == st.st_dev)
 			return;
-	struct sysinfo_disk d;
-	if (sysinfo_read_disk(dir, &d) < 0 || d.total == 0)
+	struct sysinfo_disk d = {.total = 0};
+	if (strlen(dir) >= sizeof(d.path) || sysinfo_read_disk(dir, &d) < 0 || d.total == 0)
 		return;
+	strcpy(d.path, dir);
 	disks[*n] = d;
 	devs[*n] = st.st_dev;
 	(*n)++;
@@ -303,8 +301,36 @@ static char *str_trim(char *s)
 	return s;
 }
 
-/* Parses "index, name, util, mem.used, mem.total, temp" lines. A name may hold commas, so
- * the numbers are taken from both ends. Modifies `out`. */
+/* Parses one "index, name, util, mem.used, mem.total, temp" line. A name may hold
+ * commas, so the numbers are taken from both ends. Modifies `line`. 0 or -EBADMSG. */
+static int gpu_parse_line(char *line, struct sysinfo_gpu *ret_gpu)
+{
+	char *tail[4]; /* temp, mem.total, mem.used, util: right to left */
+	char *comma = strchr(line, ',');
+	if (!comma)
+		return -EBADMSG;
+	*comma = '\0';
+	char *name = comma + 1;
+	for (size_t i = 0; i < 4; i++) {
+		char *c = strrchr(name, ',');
+		if (!c)
+			return -EBADMSG;
+		*c = '\0';
+		tail[i] = c + 1;
+	}
+	double index = gpu_parse_number(str_trim(line));
+	if (isnan(index) || index < 0 || index > 1e6)
+		return -EBADMSG;
+	ret_gpu->index = (int) index;
+	snprintf(ret_gpu->name, sizeof(ret_gpu->name), "%s", str_trim(name));
+	ret_gpu->util_percent = gpu_parse_number(str_trim(tail[3]));
+	ret_gpu->mem_used_mb = gpu_parse_number(str_trim(tail[2]));
+	ret_gpu->mem_total_mb = gpu_parse_number(str_trim(tail[1]));
+	ret_gpu->temp_c = gpu_parse_number(str_trim(tail[0]));
+	return 0;
+}
+
+/* Parses nvidia-smi's CSV output, skipping lines it cannot read. Modifies `out`. */
 static size_t gpu_parse_csv(char *out, struct sysinfo_gpu *gpus, size_t max)
 {
 	size_t n = 0;
@@ -312,38 +338,8 @@ static size_t gpu_parse_csv(char *out, struct sysinfo_gpu *gpus, size_t max)
 		char *next = strchr(line, '\n');
 		if (next)
 			*next++ = '\0';
-		char *f[6];
-		char *first = strchr(line, ',');
-		char *tail[4];
-		size_t nt = 0;
-		if (first) {
-			*first = '\0';
-			char *rest = first + 1;
-			while (nt < 4) {
-				char *c = strrchr(rest, ',');
-				if (!c)
-					break;
-				*c = '\0';
-				tail[nt++] = c + 1;
-			}
-			if (nt == 4) {
-				f[0] = line;
-				f[1] = rest;
-				for (size_t i = 0; i < 4; i++)
-					f[5 - i] = tail[i];
-				struct sysinfo_gpu *g = &gpus[n];
-				double idx = gpu_parse_number(str_trim(f[0]));
-				if (!isnan(idx)) {
-					g->index = (int) idx;
-					snprintf(g->name, sizeof(g->name), "%s", str_trim(f[1]));
-					g->util_percent = gpu_parse_number(str_trim(f[2]));
-					g->mem_used_mb = gpu_parse_number(str_trim(f[3]));
-					g->mem_total_mb = gpu_parse_number(str_trim(f[4]));
-					g->temp_c = gpu_parse_number(str_trim(f[5]));
-					n++;
-				}
-			}
-		}
+		if (gpu_parse_line(line, &gpus[n]) == 0)
+			n++;
 		line = next;
 	}
 	return n;

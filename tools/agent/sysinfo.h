@@ -25,9 +25,9 @@ struct sysinfo_mem {
 	uint64_t available_kb; /* MemAvailable */
 };
 
-/* Capacity of the filesystem holding a path, in bytes. */
+/* Capacity of a filesystem, in bytes. */
 struct sysinfo_disk {
-	char path[256];
+	char path[256]; /* where it is mounted; only filled in by sysinfo_list_disks() */
 	uint64_t total;
 	uint64_t avail; /* f_bavail: what an unprivileged writer can still use */
 };
@@ -47,7 +47,8 @@ int sysinfo_read_uptime(double *ret_uptime_s);
 int sysinfo_read_loadavg(double ret_load[3]);
 /* MemTotal and MemAvailable from /proc/meminfo. 0 or -errno. */
 int sysinfo_read_mem(struct sysinfo_mem *ret_mem);
-/* Size of the filesystem that holds `path` (borrowed). 0 or -errno. */
+/* Size of the filesystem that holds `path` (borrowed); leaves ret_disk->path alone.
+ * 0 or -errno. */
 int sysinfo_read_disk(const char *path, struct sysinfo_disk *ret_disk);
 /* The filesystems worth listing: `first` (borrowed) and then every mounted directory
  * backed by a block device, one entry per filesystem. Writes up to `max` entries to
