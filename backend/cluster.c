@@ -58,8 +58,9 @@ struct cluster {
 	double changed_at;     /* protected by lock */
 	double started_at;
 	uint64_t started_us;
-	cluster_change_fn on_change;
-	void *on_change_arg;
+	cluster_change_fn on_change[4]; /* set before cluster_start */
+	void *on_change_arg[4];
+	size_t n_on_change;
 	struct loop_timer *tick; /* loop thread only */
 
 	pthread_mutex_t events_lock;
@@ -140,8 +141,8 @@ static struct node *cluster_find(struct cluster *c, const char *name)
 
 static void cluster_notify(struct cluster *c, const char *node)
 {
-	if (c->on_change)
-		c->on_change(c->on_change_arg, node);
+	for (size_t i = 0; i < c->n_on_change; i++)
+		c->on_change[i](c->on_change_arg[i], node);
 }
 
 static int node_cmp(const void *a, const void *b)
@@ -199,10 +200,12 @@ void cluster_free(struct cluster *c)
 	free(c);
 }
 
-void cluster_set_listener(struct cluster *c, cluster_change_fn fn, void *arg)
+void cluster_add_listener(struct cluster *c, cluster_change_fn fn, void *arg)
 {
-	c->on_change = fn;
-	c->on_change_arg = arg;
+	if (c->n_on_change < 4) {
+		c->on_change[c->n_on_change] = fn;
+		c->on_change_arg[c->n_on_change++] = arg;
+	}
 }
 
 /* ---- events ---- */
@@ -899,6 +902,7 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 	v.reasons = json_deep_copy(n->reasons);
 	v.level = n->level;
 	v.reachable = n->last_ok_us && n->failures == 0;
+	v.draining = n->draining;
 	v.probing = n->in_flight;
 	v.failures = n->failures;
 	v.last_error = n->last_error ? strdup(n->last_error) : NULL;
@@ -910,4 +914,37 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 	pthread_rwlock_unlock(&c->lock);
 	*ret = v;
 	return 0;
+}
+
+int cluster_set_draining(struct cluster *c, const char *name, bool draining)
+{
+	pthread_rwlock_wrlock(&c->lock);
+	struct node *n = cluster_find(c, name);
+	if (!n) {
+		pthread_rwlock_unlock(&c->lock);
+		return -ENOENT;
+	}
+	bool changed = n->draining != draining;
+	n->draining = draining;
+	enum node_level old = n->level;
+	bool level_changed = node_evaluate(c, n, clock_now_us(), &old);
+	if (level_changed)
+		node_event_level(c, n, old);
+	pthread_rwlock_unlock(&c->lock);
+	if (changed)
+		cluster_add_event(c, "node", name, "%s", draining ? "drain: takes no new work"
+								  : "resume: takes work again");
+	cluster_notify(c, name);
+	return 0;
+}
+
+static void ignore_refresh(void *arg, int err)
+{
+}
+
+int cluster_probe_now(struct cluster *c, const char *name)
+{
+	if (!cluster_has_node(c, name))
+		return -ENOENT;
+	return cluster_refresh_node(c, name, ignore_refresh, NULL);
 }

@@ -43,6 +43,7 @@ struct node_view {
 	json_t *reasons;     /* array of sentences explaining the level */
 	enum node_level level;
 	bool reachable;      /* the last probe succeeded */
+	bool draining;       /* takes no new work */
 	bool probing;        /* a probe is in flight */
 	int failures;        /* consecutive failed probes */
 	char *last_error;    /* reason of the last failed probe, or NULL */
@@ -55,15 +56,17 @@ struct node_view {
 
 void node_view_clear(struct node_view *v);
 
-/* Called on the loop thread after something changed: `node` names the node whose data
- * changed, or is NULL when the set of nodes or the config changed. */
+/* Called after something changed: `node` names the node whose data changed, or is NULL
+ * when the set of nodes or the config changed. */
 typedef void (*cluster_change_fn)(void *arg, const char *node);
 
 /* Creates the model for `cfg` (borrowed; a reference is taken). Probing starts with
  * cluster_start(). Returns 0 or -errno. */
 int cluster_new(struct loop *loop, struct config *cfg, struct cluster **ret);
 void cluster_free(struct cluster *c);
-void cluster_set_listener(struct cluster *c, cluster_change_fn fn, void *arg);
+/* Adds a listener (at most 4; before cluster_start). Listeners run on whichever thread
+ * changed something and must not block. */
+void cluster_add_listener(struct cluster *c, cluster_change_fn fn, void *arg);
 
 /* Thread-safe: starts the first probe round and the 1 s tick on the loop thread. */
 int cluster_start(struct cluster *c);
@@ -98,6 +101,11 @@ typedef void (*cluster_refresh_fn)(void *arg, int err);
  * thread when the node's probe finished, which is at most probe.timeout_ms from now.
  * Returns 0 or -errno (then done is not called). */
 int cluster_refresh_node(struct cluster *c, const char *name, cluster_refresh_fn done, void *arg);
+
+/* Any thread: a drained node takes no new work and finishes what it has. 0 or -ENOENT. */
+int cluster_set_draining(struct cluster *c, const char *name, bool draining);
+/* Any thread: probes a node now, without waiting for the answer. 0 or -ENOENT. */
+int cluster_probe_now(struct cluster *c, const char *name);
 
 /* Any thread: appends an event line ("<time> <kind> <subject> <message>"). */
 void cluster_add_event(struct cluster *c, const char *kind, const char *subject, const char *fmt,

@@ -2,6 +2,8 @@
  * wiring, shutdown. */
 #include "backend/cluster.h"
 #include "backend/loop.h"
+#include "backend/store.h"
+#include "backend/tasks.h"
 #include "backend/util.h"
 #include "config/config.h"
 #include "config/watch.h"
@@ -35,6 +37,8 @@ struct daemon {
 	char *state_dir;
 	struct loop *loop;
 	struct cluster *cluster;
+	struct store *store;
+	struct tasks *tasks;
 	struct config_watch *watch;
 	struct loop_timer *reload_timer;
 };
@@ -267,12 +271,20 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	r = store_open(d.state_dir, &d.store, err, sizeof(err));
+	if (r < 0) {
+		fprintf(stderr, "clusterfs: %s\n", err);
+		ret = EXIT_STATE_DIR;
+		goto out;
+	}
 	if (loop_new(&d.loop) < 0 || cluster_new(d.loop, cfg, &d.cluster) < 0 ||
-	    fs_new(d.cluster, &fs) < 0) {
+	    tasks_new(d.loop, d.cluster, d.store, &d.tasks) < 0 ||
+	    fs_new(d.cluster, d.tasks, &fs) < 0) {
 		fprintf(stderr, "clusterfs: out of memory\n");
 		goto out;
 	}
-	cluster_set_listener(d.cluster, fs_on_cluster_change, fs);
+	cluster_add_listener(d.cluster, fs_on_cluster_change, fs);
+	cluster_add_listener(d.cluster, tasks_on_cluster_change, d.tasks);
 
 	/* Mount options: modes mean something (default_permissions); as root, other users
 	 * and NFS/SMB exports see the tree too. */
@@ -322,6 +334,9 @@ int main(int argc, char **argv)
 	}
 	fs_set_session(fs, se);
 	cluster_start(d.cluster);
+	r = tasks_start(d.tasks);
+	if (r < 0)
+		log_err("cannot load the tasks from the store: %s", strerror(-r));
 	log_info("mounted %s on %s: %zu node%s, config %s, state %s", cfg->cluster,
 		 mp_abs ? mp_abs : mountpoint, cfg->n_hosts, cfg->n_hosts == 1 ? "" : "s",
 		 d.config_path ? d.config_path : "(built-in one-node default)", d.state_dir);
@@ -333,6 +348,9 @@ int main(int argc, char **argv)
 	log_info("unmounting %s", mp_abs ? mp_abs : mountpoint);
 	fs_set_session(fs, NULL);
 	loop_stop(d.loop);
+	/* answers reads still waiting on tasks while the session can still carry them */
+	tasks_free(d.tasks);
+	d.tasks = NULL;
 
 out_unmount:
 	fuse_session_unmount(se);
@@ -346,9 +364,11 @@ out:
 		loop_stop(d.loop);
 	if (d.reload_timer && d.loop)
 		loop_timer_cancel(d.loop, d.reload_timer);
-	cluster_free(d.cluster);
 	fs_free(fs);
+	tasks_free(d.tasks);
+	cluster_free(d.cluster);
 	loop_free(d.loop);
+	store_close(d.store);
 	config_watch_free(d.watch);
 	config_unref(cfg);
 	buf_free(&mount_opts);

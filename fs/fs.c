@@ -3,12 +3,14 @@
 #include "fs/inode.h"
 #include "fs/render.h"
 #include "fs/tree.h"
+#include "backend/spec.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,6 +25,7 @@ struct notify {
 
 struct fs {
 	struct cluster *cluster;
+	struct tree_ctx ctx; /* cluster, tasks and the drafts of tasks/new/ */
 	struct inode_table *itab;
 	uid_t uid;
 	gid_t gid;
@@ -43,6 +46,7 @@ struct handle {
 	pthread_mutex_t lock; /* guards content and seq for append-only files */
 	struct buf content;
 	uint64_t seq;         /* events: the last event included */
+	uid_t uid;            /* who opened it (ctl writes are checked against it) */
 };
 
 /* A directory listing, taken at opendir. */
@@ -52,7 +56,7 @@ struct dir_handle {
 	char *path;
 };
 
-int fs_new(struct cluster *c, struct fs **ret)
+int fs_new(struct cluster *c, struct tasks *tasks, struct fs **ret)
 {
 	struct fs *f = calloc(1, sizeof(*f));
 	if (!f)
@@ -62,7 +66,15 @@ int fs_new(struct cluster *c, struct fs **ret)
 		free(f);
 		return r;
 	}
+	r = drafts_new(&f->ctx.drafts);
+	if (r < 0) {
+		inode_table_free(f->itab);
+		free(f);
+		return r;
+	}
 	f->cluster = c;
+	f->ctx.cluster = c;
+	f->ctx.tasks = tasks;
 	f->uid = getuid();
 	f->gid = getgid();
 	pthread_mutex_init(&f->lock, NULL);
@@ -77,6 +89,7 @@ void fs_free(struct fs *f)
 		return;
 	fs_set_session(f, NULL);
 	inode_table_free(f->itab);
+	drafts_free(f->ctx.drafts);
 	pthread_mutex_destroy(&f->lock);
 	pthread_cond_destroy(&f->cond);
 	free(f);
@@ -204,7 +217,7 @@ void fs_on_cluster_change(void *arg, const char *node)
 		if (!node) {
 			/* a node that vanished: drop its name from the kernel's dentry cache */
 			struct tree_entry e;
-			if (tree_classify(f->cluster, col.paths[i], &e) == 0) {
+			if (tree_classify(&f->ctx, col.paths[i], &e) == 0) {
 				tree_entry_clear(&e);
 			} else {
 				char *parent = tree_parent(col.paths[i]);
@@ -240,7 +253,7 @@ static char *fs_ino_path(struct fs *f, fuse_ino_t ino)
 		char *dir = queue[qi++];
 		size_t n = 0;
 		int err = 0;
-		char **names = tree_list(f->cluster, dir, &n, &err);
+		char **names = tree_list(&f->ctx, dir, &n, &err);
 		for (size_t i = 0; names && i < n; i++) {
 			char *child = tree_join(dir, names[i]);
 			if (!found && inode_hash_path(child) == ino) {
@@ -248,7 +261,7 @@ static char *fs_ino_path(struct fs *f, fuse_ino_t ino)
 				child = NULL;
 			}
 			struct tree_entry e;
-			if (child && tree_classify(f->cluster, child, &e) == 0) {
+			if (child && tree_classify(&f->ctx, child, &e) == 0) {
 				if (tree_kind_is_dir(e.kind)) {
 					queue = realloc(queue, (qn + 1) * sizeof(char *));
 					queue[qn++] = child;
@@ -276,7 +289,7 @@ static void fill_time(struct timespec *ts, double wall)
 static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 {
 	struct tree_entry e;
-	int r = tree_classify(f->cluster, path, &e);
+	int r = tree_classify(&f->ctx, path, &e);
 	if (r < 0)
 		return r;
 	memset(st, 0, sizeof(*st));
@@ -290,9 +303,44 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 		st->st_nlink = 2;
 		if (e.kind == TREE_NODES || e.kind == TREE_ROOT)
 			mtime = cluster_changed_at(f->cluster);
+		else if (e.kind == TREE_TASKS_NEW)
+			mtime = drafts_changed_at(f->ctx.drafts);
+		else if (e.kind == TREE_TASKS || e.kind == TREE_TASKS_GROUP ||
+			 e.kind == TREE_NODE_TASKS || e.kind == TREE_TASK)
+			mtime = tasks_changed_at(f->ctx.tasks);
+	} else if (tree_kind_is_link(e.kind)) {
+		char *target = tree_link_target(&e);
+		st->st_mode = S_IFLNK | 0777;
+		st->st_nlink = 1;
+		st->st_size = (off_t) strlen(target);
+		free(target);
+	} else if (e.kind == TREE_DRAFT) {
+		struct draft_info di;
+		r = drafts_stat(f->ctx.drafts, e.name, &di);
+		if (r < 0) {
+			tree_entry_clear(&e);
+			return r;
+		}
+		st->st_mode = S_IFREG | di.mode;
+		st->st_nlink = 1;
+		st->st_size = (off_t) di.size;
+		st->st_uid = di.uid;
+		st->st_gid = di.gid;
+		mtime = di.mtime;
+	} else if (e.kind == TREE_TASK_WAIT) {
+		/* the answer's size once the task ended; 0 while it runs */
+		size_t size = 0;
+		r = render_stat(&f->ctx, &e, &size, &mtime);
+		if (r < 0) {
+			tree_entry_clear(&e);
+			return r;
+		}
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		st->st_size = (off_t) size;
 	} else {
 		size_t size = 0;
-		r = render_stat(f->cluster, &e, &size, &mtime);
+		r = render_stat(&f->ctx, &e, &size, &mtime);
 		if (r < 0) {
 			tree_entry_clear(&e);
 			return r;
@@ -309,10 +357,18 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 	return 0;
 }
 
-static double attr_timeout_for(const char *path)
+static double attr_timeout_for(struct fs *f, const char *path)
 {
-	/* append-only files must show their growth to `tail -f` at once */
-	return strcmp(path, "/events") == 0 ? 0.0 : TIMEOUT_S;
+	/* append-only files must show their growth to `tail -f` at once; drafts change
+	 * under every writer */
+	struct tree_entry e;
+	if (tree_classify(&f->ctx, path, &e) < 0)
+		return 0;
+	bool volatile_attrs = tree_kind_is_append_only(e.kind) || e.kind == TREE_DRAFT ||
+			      e.kind == TREE_TASK_WAIT || e.kind == TREE_TASK_STATUS ||
+			      e.kind == TREE_TASK_EXIT_CODE || e.kind == TREE_TASK_NODE;
+	tree_entry_clear(&e);
+	return volatile_attrs ? 0.0 : TIMEOUT_S;
 }
 
 /* ---- operations ---- */
@@ -350,7 +406,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	ep.ino = inode_table_ref(f->itab, path);
 	ep.generation = 1;
-	ep.attr_timeout = attr_timeout_for(path);
+	ep.attr_timeout = attr_timeout_for(f, path);
 	ep.entry_timeout = TIMEOUT_S;
 	free(path);
 	if (fuse_reply_entry(req, &ep) != 0)
@@ -380,17 +436,11 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		return (void) fuse_reply_err(req, ESTALE);
 	struct stat st;
 	int r = fs_stat_path(f, path, &st);
-	double timeout = attr_timeout_for(path);
+	double timeout = attr_timeout_for(f, path);
 	free(path);
 	if (r < 0)
 		return (void) fuse_reply_err(req, -r);
 	fuse_reply_attr(req, &st, timeout);
-}
-
-static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
-		       struct fuse_file_info *fi)
-{
-	fuse_reply_err(req, EACCES);
 }
 
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -401,7 +451,7 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		return (void) fuse_reply_err(req, ESTALE);
 	struct dir_handle *d = calloc(1, sizeof(*d));
 	int err = 0;
-	d->names = tree_list(f->cluster, path, &d->n, &err);
+	d->names = tree_list(&f->ctx, path, &d->n, &err);
 	if (!d->names) {
 		free(path);
 		free(d);
@@ -446,10 +496,12 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			struct tree_entry e;
 			st.st_ino = inode_hash_path(child);
 			st.st_mode = S_IFREG;
-			if (tree_classify(((struct fs *) fuse_req_userdata(req))->cluster, child, &e) ==
+			if (tree_classify(&((struct fs *) fuse_req_userdata(req))->ctx, child, &e) ==
 			    0) {
 				if (tree_kind_is_dir(e.kind))
 					st.st_mode = S_IFDIR;
+				else if (tree_kind_is_link(e.kind))
+					st.st_mode = S_IFLNK;
 				tree_entry_clear(&e);
 			}
 		}
@@ -482,22 +534,35 @@ static void handle_free(struct handle *h)
 	free(h);
 }
 
-/* Renders the file into a new handle and answers the open. Runs on a FUSE worker, or on
+static struct handle *handle_new(void)
+{
+	struct handle *h = calloc(1, sizeof(*h));
+	pthread_mutex_init(&h->lock, NULL);
+	buf_init(&h->content);
+	return h;
+}
+
+/* Renders the file into the handle and answers the open. Runs on a FUSE worker, or on
  * the loop thread after a refresh. Takes ownership of h. */
 static void open_finish(fuse_req_t req, struct fs *f, struct handle *h, struct fuse_file_info *fi)
 {
 	double mtime;
-	int r = render_file(f->cluster, &h->e, &h->content, &mtime, &h->seq);
+	int r = 0;
+	if (h->e.kind == TREE_DRAFT)
+		r = drafts_read(f->ctx.drafts, h->e.name, &h->content);
+	else if (h->e.kind != TREE_TASK_WAIT)
+		r = render_file(&f->ctx, &h->e, &h->content, &mtime, &h->seq);
 	if (r < 0) {
 		handle_free(h);
 		return (void) fuse_reply_err(req, -r);
 	}
+	if (h->e.kind == TREE_TASK_STDOUT || h->e.kind == TREE_TASK_STDERR)
+		h->seq = h->content.len;
 	fi->fh = (uint64_t) (uintptr_t) h;
 	/* Content is generated: read it from the handle, never from a page cache that may
 	 * hold an older rendering; reads return short at the end, whatever st_size said. */
 	fi->direct_io = 1;
 	fi->keep_cache = 0;
-	fi->nonseekable = 0;
 	if (fuse_reply_open(req, fi) != 0)
 		handle_free(h); /* the open was interrupted: no release will come */
 }
@@ -527,21 +592,20 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	char *path = fs_ino_path(f, ino);
 	if (!path)
 		return (void) fuse_reply_err(req, ESTALE);
-	struct handle *h = calloc(1, sizeof(*h));
-	pthread_mutex_init(&h->lock, NULL);
-	buf_init(&h->content);
-	int r = tree_classify(f->cluster, path, &h->e);
+	struct handle *h = handle_new();
+	h->uid = fuse_req_ctx(req)->uid;
+	int r = tree_classify(&f->ctx, path, &h->e);
 	free(path);
 	if (r < 0) {
-		pthread_mutex_destroy(&h->lock);
-		free(h);
+		handle_free(h);
 		return (void) fuse_reply_err(req, -r);
 	}
 	if (tree_kind_is_dir(h->e.kind)) {
 		handle_free(h);
 		return (void) fuse_reply_err(req, EISDIR);
 	}
-	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+	bool writing = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
+	if (writing && !tree_kind_is_ctl(h->e.kind) && h->e.kind != TREE_DRAFT) {
 		handle_free(h);
 		return (void) fuse_reply_err(req, EACCES);
 	}
@@ -558,21 +622,103 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	open_finish(req, f, h, fi);
 }
 
+static void reply_slice(fuse_req_t req, struct handle *h, size_t size, off_t off)
+{
+	size_t len = h->content.len;
+	if ((size_t) off >= len)
+		return (void) fuse_reply_buf(req, NULL, 0);
+	size_t n = len - (size_t) off < size ? len - (size_t) off : size;
+	fuse_reply_buf(req, h->content.data + off, n);
+}
+
+/* A read of tasks/ID/wait that waits for the task's end, holding no thread. */
+struct pending_wait {
+	fuse_req_t req;
+	struct handle *h;
+	size_t size;
+	off_t off;
+};
+
+static void wait_done(void *arg, const char *state, int exit_code)
+{
+	struct pending_wait *pw = arg;
+	if (!state) {
+		fuse_reply_err(pw->req, EINTR);
+	} else {
+		pthread_mutex_lock(&pw->h->lock);
+		if (pw->h->content.len == 0)
+			buf_printf(&pw->h->content, "%s %d\n", state, exit_code);
+		reply_slice(pw->req, pw->h, pw->size, pw->off);
+		pthread_mutex_unlock(&pw->h->lock);
+	}
+	free(pw);
+}
+
+static void wait_interrupted(fuse_req_t req, void *data)
+{
+	struct fs *f = fuse_req_userdata(req);
+	struct pending_wait *pw = tasks_wait_cancel(f->ctx.tasks, (uint64_t) (uintptr_t) data);
+	if (pw) {
+		free(pw);
+		fuse_reply_err(req, EINTR);
+	}
+}
+
+static void read_wait(fuse_req_t req, struct fs *f, struct handle *h, size_t size, off_t off)
+{
+	pthread_mutex_lock(&h->lock);
+	bool have = h->content.len > 0;
+	if (have)
+		reply_slice(req, h, size, off);
+	pthread_mutex_unlock(&h->lock);
+	if (have)
+		return;
+	struct pending_wait *pw = calloc(1, sizeof(*pw));
+	pw->req = req;
+	pw->h = h;
+	pw->size = size;
+	pw->off = off;
+	uint64_t id = tasks_wait_new_id(f->ctx.tasks);
+	/* the interrupt callback knows the wait by id only: it never touches pw, which the
+	 * loop thread may be freeing */
+	fuse_req_interrupt_func(req, wait_interrupted, (void *) (uintptr_t) id);
+	int r = tasks_wait(f->ctx.tasks, h->e.task, id, wait_done, pw);
+	if (r == 0)
+		return;
+	free(pw);
+	if (r < 0)
+		return (void) fuse_reply_err(req, -r);
+	/* final already */
+	double mtime;
+	pthread_mutex_lock(&h->lock);
+	if (h->content.len == 0)
+		render_file(&f->ctx, &h->e, &h->content, &mtime, NULL);
+	reply_slice(req, h, size, off);
+	pthread_mutex_unlock(&h->lock);
+}
+
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
 	struct fs *f = fuse_req_userdata(req);
 	struct handle *h = (struct handle *) (uintptr_t) fi->fh;
+	if (h->e.kind == TREE_TASK_WAIT)
+		return read_wait(req, f, h, size, off);
 	pthread_mutex_lock(&h->lock);
-	if (tree_kind_is_append_only(h->e.kind) && (size_t) off >= h->content.len)
-		h->seq = cluster_render_events(f->cluster, h->seq, &h->content);
-	size_t len = h->content.len;
-	if ((size_t) off >= len) {
-		pthread_mutex_unlock(&h->lock);
-		return (void) fuse_reply_buf(req, NULL, 0);
+	if (tree_kind_is_append_only(h->e.kind) && (size_t) off >= h->content.len) {
+		if (h->e.kind == TREE_EVENTS) {
+			h->seq = cluster_render_events(f->cluster, h->seq, &h->content);
+		} else {
+			tasks_read_output(f->ctx.tasks, h->e.task,
+					  h->e.kind == TREE_TASK_STDOUT ? "stdout" : "stderr",
+					  h->content.len, &h->content);
+		}
+	} else if (h->e.kind == TREE_DRAFT && off == 0) {
+		/* a draft is read back as it is now (editors reread what they wrote) */
+		buf_free(&h->content);
+		drafts_read(f->ctx.drafts, h->e.name, &h->content);
 	}
-	size_t n = len - (size_t) off < size ? len - (size_t) off : size;
-	fuse_reply_buf(req, h->content.data + off, n);
+	reply_slice(req, h, size, off);
 	pthread_mutex_unlock(&h->lock);
 }
 
@@ -580,6 +726,307 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	handle_free((struct handle *) (uintptr_t) fi->fh);
 	fuse_reply_err(req, 0);
+}
+
+/* ---- tasks/new/: drafts and submission ---- */
+
+/* NAME.json where NAME is a plain task name: submitted when closed or renamed into. Names
+ * of editors' and rsync's staging files (leading '.', trailing '~', '.tmp', '.swp') are
+ * kept as drafts. Returns the task name, or NULL. */
+static char *submit_name(const char *draft)
+{
+	size_t n = strlen(draft);
+	if (n <= 5 || strcmp(draft + n - 5, ".json") != 0 || draft[0] == '.')
+		return NULL;
+	char *id = strndup(draft, n - 5);
+	if (!spec_name_is_valid(id)) {
+		free(id);
+		return NULL;
+	}
+	return id;
+}
+
+static void notify_entry(struct fs *f, const char *dir, const char *name)
+{
+	pthread_mutex_lock(&f->lock);
+	notify_push_locked(f, inode_hash_path(dir), name);
+	pthread_cond_signal(&f->cond);
+	pthread_mutex_unlock(&f->lock);
+}
+
+/* Submits draft `draft` (content in text) as task `id`. On success the draft and any
+ * NAME.error go; on failure NAME.error says why. Returns 0 or -errno. */
+static int submit_draft(struct fs *f, const char *draft, const char *id, const char *text,
+			size_t len, uid_t uid, gid_t gid)
+{
+	char err[1024];
+	err[0] = '\0';
+	int r = tasks_submit(f->ctx.tasks, id, text, len, uid, err, sizeof(err));
+	char *errname = malloc(strlen(id) + 8);
+	sprintf(errname, "%s.error", id);
+	if (r == 0) {
+		drafts_remove(f->ctx.drafts, draft);
+		notify_entry(f, "/tasks/new", draft);
+		if (drafts_remove(f->ctx.drafts, errname) == 0)
+			notify_entry(f, "/tasks/new", errname);
+	} else {
+		struct buf b;
+		buf_init(&b);
+		buf_printf(&b, "%s: %s\n", draft, err[0] ? err : strerror(-r));
+		drafts_put(f->ctx.drafts, errname, uid, gid, b.data);
+		log_info("task %s rejected: %s", id, err[0] ? err : strerror(-r));
+		buf_free(&b);
+		if (r != -EEXIST && r != -EFBIG && r != -ENOSPC)
+			r = -EINVAL;
+	}
+	free(errname);
+	return r;
+}
+
+static int fs_parent_is_new(struct fs *f, fuse_ino_t parent)
+{
+	return parent == inode_hash_path("/tasks/new");
+}
+
+static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      struct fuse_file_info *fi)
+{
+	struct fs *f = fuse_req_userdata(req);
+	if (!fs_parent_is_new(f, parent))
+		return (void) fuse_reply_err(req, EACCES);
+	if (!name_is_valid(name) || strlen(name) > 200)
+		return (void) fuse_reply_err(req, EINVAL);
+	char *id = submit_name(name);
+	bool taken = id && tasks_exists(f->ctx.tasks, id);
+	free(id);
+	if (taken)
+		return (void) fuse_reply_err(req, EEXIST);
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	int r = drafts_create(f->ctx.drafts, name, ctx->uid, ctx->gid, mode & ~ctx->umask);
+	if (r < 0)
+		return (void) fuse_reply_err(req, -r);
+	char *path = tree_join("/tasks/new", name);
+	struct fuse_entry_param ep;
+	memset(&ep, 0, sizeof(ep));
+	r = fs_stat_path(f, path, &ep.attr);
+	if (r < 0) {
+		free(path);
+		return (void) fuse_reply_err(req, -r);
+	}
+	struct handle *h = handle_new();
+	h->uid = ctx->uid;
+	r = tree_classify(&f->ctx, path, &h->e);
+	ep.ino = inode_table_ref(f->itab, path);
+	ep.generation = 1;
+	ep.attr_timeout = 0;
+	ep.entry_timeout = TIMEOUT_S;
+	free(path);
+	if (r < 0) {
+		handle_free(h);
+		return (void) fuse_reply_err(req, -r);
+	}
+	fi->fh = (uint64_t) (uintptr_t) h;
+	fi->direct_io = 1;
+	if (fuse_reply_create(req, &ep, fi) != 0) {
+		inode_table_forget(f->itab, ep.ino, 1);
+		handle_free(h);
+	}
+}
+
+static void node_ctl(fuse_req_t req, struct fs *f, struct handle *h, const char *cmd, size_t size)
+{
+	int r;
+	if (!strcmp(cmd, "drain"))
+		r = cluster_set_draining(f->cluster, h->e.node, true);
+	else if (!strcmp(cmd, "resume"))
+		r = cluster_set_draining(f->cluster, h->e.node, false);
+	else if (!strcmp(cmd, "probe"))
+		r = cluster_probe_now(f->cluster, h->e.node);
+	else {
+		log_info("nodes/%s/ctl: unknown command \"%s\" (drain, resume or probe)", h->e.node,
+			 cmd);
+		r = -EINVAL;
+	}
+	if (r < 0)
+		return (void) fuse_reply_err(req, -r);
+	fuse_reply_write(req, size);
+}
+
+static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	struct fs *f = fuse_req_userdata(req);
+	struct handle *h = (struct handle *) (uintptr_t) fi->fh;
+	if (h->e.kind == TREE_DRAFT) {
+		int r = drafts_write(f->ctx.drafts, h->e.name, data, size, (size_t) off,
+				     TASKS_SPEC_MAX);
+		if (r < 0)
+			return (void) fuse_reply_err(req, -r);
+		return (void) fuse_reply_write(req, size);
+	}
+	if (!tree_kind_is_ctl(h->e.kind))
+		return (void) fuse_reply_err(req, EBADF);
+	if (size > 256)
+		return (void) fuse_reply_err(req, EINVAL);
+	char cmd[257];
+	memcpy(cmd, data, size);
+	cmd[size] = '\0';
+	/* one command per write; trailing newline and spaces are not part of it */
+	size_t n = size;
+	while (n && (cmd[n - 1] == '\n' || cmd[n - 1] == ' ' || cmd[n - 1] == '\r'))
+		cmd[--n] = '\0';
+	if (h->e.kind == TREE_NODE_CTL)
+		return node_ctl(req, f, h, cmd, size);
+	char err[512] = "";
+	int r = tasks_control(f->ctx.tasks, h->e.task, cmd, fuse_req_ctx(req)->uid, err,
+			      sizeof(err));
+	if (r < 0) {
+		log_info("tasks/%s/ctl: %s", h->e.task, err[0] ? err : strerror(-r));
+		return (void) fuse_reply_err(req, -r);
+	}
+	fuse_reply_write(req, size);
+}
+
+static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *f = fuse_req_userdata(req);
+	struct handle *h = (struct handle *) (uintptr_t) fi->fh;
+	if (h->e.kind != TREE_DRAFT)
+		return (void) fuse_reply_err(req, 0);
+	char *id = submit_name(h->e.name);
+	if (!id)
+		return (void) fuse_reply_err(req, 0);
+	int r;
+	if (!drafts_take_dirty(f->ctx.drafts, h->e.name)) {
+		/* nothing new since the last close: say again what it said */
+		r = drafts_last_error(f->ctx.drafts, h->e.name);
+	} else {
+		struct buf text;
+		buf_init(&text);
+		struct draft_info di;
+		r = drafts_stat(f->ctx.drafts, h->e.name, &di);
+		if (r == 0)
+			r = drafts_read(f->ctx.drafts, h->e.name, &text);
+		if (r == 0)
+			r = submit_draft(f, h->e.name, id, text.data ? text.data : "", text.len, di.uid,
+					 di.gid);
+		drafts_set_last_error(f->ctx.drafts, h->e.name, r);
+		buf_free(&text);
+	}
+	free(id);
+	fuse_reply_err(req, r < 0 ? -r : 0);
+}
+
+static void fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, 0);
+}
+
+static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		       struct fuse_file_info *fi)
+{
+	struct fs *f = fuse_req_userdata(req);
+	char *path = fs_ino_path(f, ino);
+	if (!path)
+		return (void) fuse_reply_err(req, ESTALE);
+	struct tree_entry e;
+	int r = tree_classify(&f->ctx, path, &e);
+	if (r < 0) {
+		free(path);
+		return (void) fuse_reply_err(req, -r);
+	}
+	if (e.kind == TREE_DRAFT) {
+		if (to_set & FUSE_SET_ATTR_SIZE)
+			r = drafts_truncate(f->ctx.drafts, e.name, (size_t) attr->st_size,
+					    TASKS_SPEC_MAX);
+		/* times and modes of a draft: accepted, not kept (cp -p, rsync -t) */
+	} else if (tree_kind_is_ctl(e.kind)) {
+		if (to_set & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
+			       FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME))
+			r = -EACCES;
+	} else {
+		r = -EACCES;
+	}
+	tree_entry_clear(&e);
+	struct stat st;
+	if (r == 0)
+		r = fs_stat_path(f, path, &st);
+	free(path);
+	if (r < 0)
+		return (void) fuse_reply_err(req, -r);
+	fuse_reply_attr(req, &st, 0);
+}
+
+static void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *f = fuse_req_userdata(req);
+	if (!fs_parent_is_new(f, parent))
+		return (void) fuse_reply_err(req, EACCES);
+	int r = drafts_remove(f->ctx.drafts, name);
+	fuse_reply_err(req, r < 0 ? -r : 0);
+}
+
+static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		      const char *newname, unsigned int flags)
+{
+	struct fs *f = fuse_req_userdata(req);
+	if (!fs_parent_is_new(f, parent) || !fs_parent_is_new(f, newparent))
+		return (void) fuse_reply_err(req, EACCES);
+	if (flags & RENAME_EXCHANGE)
+		return (void) fuse_reply_err(req, EINVAL);
+	if (!drafts_exists(f->ctx.drafts, name))
+		return (void) fuse_reply_err(req, ENOENT);
+	if ((flags & RENAME_NOREPLACE) && drafts_exists(f->ctx.drafts, newname))
+		return (void) fuse_reply_err(req, EEXIST);
+	if (!name_is_valid(newname) || strlen(newname) > 200)
+		return (void) fuse_reply_err(req, EINVAL);
+	char *id = submit_name(newname);
+	if (!id) {
+		int r = drafts_rename(f->ctx.drafts, name, newname);
+		return (void) fuse_reply_err(req, r < 0 ? -r : 0);
+	}
+	/* renamed to NAME.json: that is a submission (editors, rsync and atomic writers) */
+	struct buf text;
+	buf_init(&text);
+	struct draft_info di;
+	int r = drafts_stat(f->ctx.drafts, name, &di);
+	if (r == 0)
+		r = drafts_read(f->ctx.drafts, name, &text);
+	if (r == 0)
+		r = submit_draft(f, name, id, text.data ? text.data : "", text.len, di.uid, di.gid);
+	if (r == 0 && drafts_remove(f->ctx.drafts, newname) == 0)
+		notify_entry(f, "/tasks/new", newname);
+	if (r < 0 && r != -EEXIST) {
+		/* rejected: the spec stays, under the name it was given, for fixing */
+		drafts_rename(f->ctx.drafts, name, newname);
+		drafts_take_dirty(f->ctx.drafts, newname);
+		drafts_set_last_error(f->ctx.drafts, newname, r);
+		r = 0;
+	}
+	buf_free(&text);
+	free(id);
+	fuse_reply_err(req, r < 0 ? -r : 0);
+}
+
+static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct fs *f = fuse_req_userdata(req);
+	char *path = fs_ino_path(f, ino);
+	if (!path)
+		return (void) fuse_reply_err(req, ESTALE);
+	struct tree_entry e;
+	int r = tree_classify(&f->ctx, path, &e);
+	free(path);
+	if (r < 0)
+		return (void) fuse_reply_err(req, -r);
+	if (!tree_kind_is_link(e.kind)) {
+		tree_entry_clear(&e);
+		return (void) fuse_reply_err(req, EINVAL);
+	}
+	char *target = tree_link_target(&e);
+	fuse_reply_readlink(req, target);
+	free(target);
+	tree_entry_clear(&e);
 }
 
 static void fs_deny(fuse_req_t req)
@@ -597,19 +1044,7 @@ static void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	fs_deny(req);
 }
 
-static void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
-{
-	fs_deny(req);
-}
-
-static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
-		      const char *newname, unsigned int flags)
-{
-	fs_deny(req);
-}
-
-static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
-		      struct fuse_file_info *fi)
+static void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	fs_deny(req);
 }
@@ -640,18 +1075,22 @@ static const struct fuse_lowlevel_ops ops = {
 	.forget_multi = fs_forget_multi,
 	.getattr = fs_getattr,
 	.setattr = fs_setattr,
+	.readlink = fs_readlink,
 	.opendir = fs_opendir,
 	.readdir = fs_readdir,
 	.releasedir = fs_releasedir,
 	.open = fs_open,
+	.create = fs_create,
 	.read = fs_read,
+	.write = fs_write,
+	.flush = fs_flush,
+	.fsync = fs_fsync,
 	.release = fs_release,
 	.mknod = fs_mknod,
 	.mkdir = fs_mkdir,
 	.unlink = fs_unlink,
-	.rmdir = fs_unlink,
+	.rmdir = fs_rmdir,
 	.rename = fs_rename,
-	.create = fs_create,
 	.symlink = fs_symlink,
 	.link = fs_link,
 	.statfs = fs_statfs,

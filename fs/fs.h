@@ -6,11 +6,12 @@
 #include <fuse_lowlevel.h>
 
 #include "backend/cluster.h"
+#include "backend/tasks.h"
 
 struct fs;
 
-/* Creates the filesystem over `c` (borrowed: it must outlive the fs). */
-int fs_new(struct cluster *c, struct fs **ret);
+/* Creates the filesystem over the cluster and its tasks (borrowed: they outlive the fs). */
+int fs_new(struct cluster *c, struct tasks *tasks, struct fs **ret);
 void fs_free(struct fs *f);
 /* The lowlevel operations; their userdata is the struct fs. */
 const struct fuse_lowlevel_ops *fs_ops(void);

@@ -163,8 +163,9 @@ static double health_num(const struct node_view *v, const char *key)
 	return json_is_number(x) ? json_number_value(x) : 0;
 }
 
-static void render_stats(struct cluster *c, struct buf *out, double *ret_mtime)
+static void render_stats(const struct tree_ctx *ctx, struct buf *out, double *ret_mtime)
 {
+	struct cluster *c = ctx->cluster;
 	size_t n;
 	struct node_view *views = all_views(c, &n, ret_mtime);
 	struct config *cfg = cluster_get_config(c);
@@ -198,6 +199,26 @@ static void render_stats(struct cluster *c, struct buf *out, double *ret_mtime)
 	json_object_set_new(cap, "ram_mb", json_integer((json_int_t) ram));
 	json_object_set_new(cap, "gpus", json_integer((json_int_t) gpus));
 	json_object_set_new(doc, "capacity", cap);
+	json_t *tasks = json_object();
+	static const char *const groups[] = {"queued", "running", "done", "failed"};
+	size_t total = 0;
+	char **all = tasks_list(ctx->tasks, NULL, NULL, &total);
+	for (size_t i = 0; i < total; i++)
+		free(all[i]);
+	free(all);
+	json_object_set_new(tasks, "total", json_integer((json_int_t) total));
+	for (size_t g = 0; g < 4; g++) {
+		size_t n_g = 0;
+		char **ids = tasks_list(ctx->tasks, groups[g], NULL, &n_g);
+		for (size_t i = 0; i < n_g; i++)
+			free(ids[i]);
+		free(ids);
+		json_object_set_new(tasks, groups[g], json_integer((json_int_t) n_g));
+	}
+	json_object_set_new(doc, "tasks", tasks);
+	double tmt = tasks_changed_at(ctx->tasks);
+	if (tmt > *ret_mtime)
+		*ret_mtime = tmt;
 	json_object_set_new(doc, "started_at", json_time(cluster_started_at(c)));
 	put_json(out, doc);
 	json_decref(doc);
@@ -373,15 +394,103 @@ static const char readme_text[] =
 	"    address       HOST:PORT of the node's agent\n"
 	"    role  tier    one word each\n"
 	"    capabilities  one per line\n"
+	"    tasks/        symlinks to the tasks placed here\n"
+	"    ctl           write: drain | resume | probe\n"
+	"  tasks/\n"
+	"    new/          drop NAME.json here to submit task NAME; a rejected spec stays,\n"
+	"                  with NAME.error saying why\n"
+	"    ID/           spec status node exit_code info stdout stderr wait ctl\n"
+	"                  (wait blocks until the task ends; ctl takes cancel | retry |\n"
+	"                  priority P0..P3)\n"
+	"    queued/ running/ done/ failed/   symlinks by state\n"
 	"\n"
 	"Examples:\n"
 	"  cat nodes/*/health\n"
 	"  grep -l critical nodes/*/status\n"
-	"  tail -f events\n";
+	"  tail -f events\n"
+	"  echo '{\"cmd\": \"make test\"}' > tasks/new/test.json; cat tasks/test/wait\n";
 
-int render_file(struct cluster *c, const struct tree_entry *e, struct buf *out, double *ret_mtime,
-		uint64_t *ret_seq)
+static json_t *json_time_or_null(double t)
 {
+	return t > 0 ? json_time(t) : json_null();
+}
+
+static int render_task(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		       double *ret_mtime)
+{
+	struct task_view v;
+	int r = tasks_get(ctx->tasks, e->task, &v);
+	if (r < 0)
+		return r;
+	*ret_mtime = v.changed_at;
+	switch (e->kind) {
+	case TREE_TASK_SPEC:
+		put_json(out, v.spec);
+		break;
+	case TREE_TASK_STATUS:
+		buf_printf(out, "%s\n", v.state);
+		break;
+	case TREE_TASK_NODE:
+		buf_printf(out, "%s\n", v.node ? v.node : "");
+		break;
+	case TREE_TASK_EXIT_CODE:
+		if (v.exit_code >= 0)
+			buf_printf(out, "%d\n", v.exit_code);
+		else
+			buf_puts(out, "\n");
+		break;
+	case TREE_TASK_INFO: {
+		json_t *doc = json_object();
+		json_object_set_new(doc, "id", json_string(v.id));
+		json_object_set_new(doc, "state", json_string(v.state));
+		json_object_set_new(doc, "node", v.node ? json_string(v.node) : json_null());
+		json_object_set_new(doc, "exit_code", v.exit_code >= 0 ? json_integer(v.exit_code)
+								    : json_null());
+		char prio[4];
+		snprintf(prio, sizeof(prio), "P%d", v.priority);
+		json_object_set_new(doc, "priority", json_string(prio));
+		json_object_set_new(doc, "attempts", json_integer(v.attempts));
+		json_object_set_new(doc, "submitter_uid", json_integer((json_int_t) v.uid));
+		json_object_set_new(doc, "submitted_at", json_time_or_null(v.submitted_at));
+		json_object_set_new(doc, "started_at", json_time_or_null(v.started_at));
+		json_object_set_new(doc, "finished_at", json_time_or_null(v.finished_at));
+		json_object_set_new(doc, "reason", v.reason ? json_string(v.reason) : json_null());
+		json_object_set_new(doc, "placement", v.placement ? json_string(v.placement)
+								  : json_null());
+		if (v.parent)
+			json_object_set_new(doc, "parent", json_string(v.parent));
+		if (v.children)
+			json_object_set(doc, "children", v.children);
+		json_object_set_new(doc, "stdout_bytes", json_integer((json_int_t) v.stdout_len));
+		json_object_set_new(doc, "stderr_bytes", json_integer((json_int_t) v.stderr_len));
+		json_object_set(doc, "spec", v.spec);
+		put_json(out, doc);
+		json_decref(doc);
+		break;
+	}
+	case TREE_TASK_STDOUT:
+	case TREE_TASK_STDERR:
+		r = tasks_read_output(ctx->tasks, e->task,
+				      e->kind == TREE_TASK_STDOUT ? "stdout" : "stderr", 0, out);
+		break;
+	case TREE_TASK_CTL:
+		buf_puts(out, "write one of: cancel | retry | priority P0..P3\n");
+		break;
+	case TREE_TASK_WAIT:
+		if (task_state_is_final(v.state))
+			buf_printf(out, "%s %d\n", v.state, v.exit_code);
+		break;
+	default:
+		r = -EISDIR;
+	}
+	task_view_clear(&v);
+	return r;
+}
+
+int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		double *ret_mtime, uint64_t *ret_seq)
+{
+	struct cluster *c = ctx->cluster;
 	*ret_mtime = cluster_started_at(c);
 	switch (e->kind) {
 	case TREE_README:
@@ -399,7 +508,7 @@ int render_file(struct cluster *c, const struct tree_entry *e, struct buf *out, 
 		return 0;
 	}
 	case TREE_STATS:
-		render_stats(c, out, ret_mtime);
+		render_stats(ctx, out, ret_mtime);
 		return 0;
 	case TREE_ALERTS:
 		render_alerts(c, out, ret_mtime);
@@ -418,6 +527,9 @@ int render_file(struct cluster *c, const struct tree_entry *e, struct buf *out, 
 			*ret_seq = seq;
 		return 0;
 	}
+	case TREE_NODE_CTL:
+		buf_puts(out, "write one of: drain | resume | probe\n");
+		return 0;
 	case TREE_NODE_STATUS:
 	case TREE_NODE_HEALTH:
 	case TREE_NODE_INFO:
@@ -426,20 +538,31 @@ int render_file(struct cluster *c, const struct tree_entry *e, struct buf *out, 
 	case TREE_NODE_TIER:
 	case TREE_NODE_CAPABILITIES:
 		return render_node(c, e, out, ret_mtime);
+	case TREE_TASK_SPEC:
+	case TREE_TASK_STATUS:
+	case TREE_TASK_NODE:
+	case TREE_TASK_EXIT_CODE:
+	case TREE_TASK_INFO:
+	case TREE_TASK_STDOUT:
+	case TREE_TASK_STDERR:
+	case TREE_TASK_CTL:
+	case TREE_TASK_WAIT:
+		return render_task(ctx, e, out, ret_mtime);
 	default:
 		return -EISDIR;
 	}
 }
 
-int render_stat(struct cluster *c, const struct tree_entry *e, size_t *ret_size, double *ret_mtime)
+int render_stat(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_size,
+		double *ret_mtime)
 {
 	if (e->kind == TREE_EVENTS) {
-		*ret_size = cluster_events_size(c, ret_mtime);
+		*ret_size = cluster_events_size(ctx->cluster, ret_mtime);
 		return 0;
 	}
 	struct buf b;
 	buf_init(&b);
-	int r = render_file(c, e, &b, ret_mtime, NULL);
+	int r = render_file(ctx, e, &b, ret_mtime, NULL);
 	if (r == 0)
 		*ret_size = b.len;
 	buf_free(&b);

@@ -18,6 +18,7 @@ static const struct named_kind root_files[] = {
 	{"metrics", TREE_METRICS},
 	{"nodes", TREE_NODES},
 	{"stats", TREE_STATS},
+	{"tasks", TREE_TASKS},
 	{"topology.dot", TREE_TOPOLOGY_DOT},
 	{"topology.json", TREE_TOPOLOGY_JSON},
 };
@@ -25,78 +26,174 @@ static const struct named_kind root_files[] = {
 static const struct named_kind node_files[] = {
 	{"address", TREE_NODE_ADDRESS},
 	{"capabilities", TREE_NODE_CAPABILITIES},
+	{"ctl", TREE_NODE_CTL},
 	{"health", TREE_NODE_HEALTH},
 	{"info", TREE_NODE_INFO},
 	{"role", TREE_NODE_ROLE},
 	{"status", TREE_NODE_STATUS},
+	{"tasks", TREE_NODE_TASKS},
 	{"tier", TREE_NODE_TIER},
 };
+
+static const struct named_kind task_files[] = {
+	{"ctl", TREE_TASK_CTL},
+	{"exit_code", TREE_TASK_EXIT_CODE},
+	{"info", TREE_TASK_INFO},
+	{"node", TREE_TASK_NODE},
+	{"spec", TREE_TASK_SPEC},
+	{"status", TREE_TASK_STATUS},
+	{"stderr", TREE_TASK_STDERR},
+	{"stdout", TREE_TASK_STDOUT},
+	{"wait", TREE_TASK_WAIT},
+};
+
+static const char *const groups[] = {"done", "failed", "queued", "running"};
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 void tree_entry_clear(struct tree_entry *e)
 {
 	free(e->node);
-	e->node = NULL;
-	e->kind = TREE_NONE;
+	free(e->task);
+	free(e->name);
+	memset(e, 0, sizeof(*e));
 }
 
-static enum tree_kind find_kind(const struct named_kind *table, size_t n, const char *name,
-				size_t len)
+static enum tree_kind find_kind(const struct named_kind *table, size_t n, const char *name)
 {
 	for (size_t i = 0; i < n; i++)
-		if (strlen(table[i].name) == len && memcmp(table[i].name, name, len) == 0)
+		if (!strcmp(table[i].name, name))
 			return table[i].kind;
 	return TREE_NONE;
 }
 
-int tree_classify(struct cluster *c, const char *path, struct tree_entry *ret)
+static bool is_group(const char *name)
+{
+	for (size_t i = 0; i < N_OF(groups); i++)
+		if (!strcmp(groups[i], name))
+			return true;
+	return false;
+}
+
+/* True when task `id` is in `group`, or on `node`. */
+static bool task_in(const struct tree_ctx *ctx, const char *id, const char *group,
+		    const char *node)
+{
+	struct task_view v;
+	if (tasks_get(ctx->tasks, id, &v) < 0)
+		return false;
+	bool r;
+	if (node) {
+		r = v.node && !strcmp(v.node, node);
+	} else {
+		size_t n = 0;
+		char **ids = tasks_list(ctx->tasks, group, NULL, &n);
+		r = false;
+		for (size_t i = 0; i < n; i++) {
+			r |= !strcmp(ids[i], id);
+			free(ids[i]);
+		}
+		free(ids);
+	}
+	task_view_clear(&v);
+	return r;
+}
+
+int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entry *ret)
 {
 	if (path[0] != '/')
 		return -ENOENT;
-	const char *parts[4];
-	size_t lens[4];
+	char *parts[5];
 	size_t n = 0;
-	const char *p = path + 1;
-	while (*p) {
-		const char *slash = strchr(p, '/');
-		size_t len = slash ? (size_t) (slash - p) : strlen(p);
-		if (len == 0 || n == 4)
+	char *copy = strdup(path);
+	char *save = NULL;
+	for (char *p = strtok_r(copy, "/", &save); p; p = strtok_r(NULL, "/", &save)) {
+		if (n == 5) {
+			free(copy);
 			return -ENOENT;
-		parts[n] = p;
-		lens[n++] = len;
-		p += len;
-		if (*p == '/')
-			p++;
+		}
+		parts[n++] = p;
 	}
-	struct tree_entry e = {TREE_NONE, NULL};
+	struct tree_entry e = {0};
+	int r = -ENOENT;
 	if (n == 0) {
 		e.kind = TREE_ROOT;
-	} else {
-		e.kind = find_kind(root_files, N_OF(root_files), parts[0], lens[0]);
-		if (e.kind == TREE_NONE)
-			return -ENOENT;
-		if (n > 1 && e.kind != TREE_NODES)
-			return -ENOENT; /* files have no children: also ENOENT, as a shell expects */
-		if (n >= 2) {
-			e.node = strndup(parts[1], lens[1]);
-			if (!cluster_has_node(c, e.node)) {
-				free(e.node);
-				return -ENOENT;
-			}
+		r = 0;
+		goto out;
+	}
+	enum tree_kind top = find_kind(root_files, N_OF(root_files), parts[0]);
+	if (top == TREE_NONE)
+		goto out;
+	if (n == 1) {
+		e.kind = top;
+		r = 0;
+		goto out;
+	}
+	if (top == TREE_NODES) {
+		if (!cluster_has_node(ctx->cluster, parts[1]))
+			goto out;
+		e.node = strdup(parts[1]);
+		if (n == 2) {
 			e.kind = TREE_NODE;
+			r = 0;
+			goto out;
 		}
+		enum tree_kind k = find_kind(node_files, N_OF(node_files), parts[2]);
+		if (k == TREE_NONE)
+			goto out;
 		if (n == 3) {
-			e.kind = find_kind(node_files, N_OF(node_files), parts[2], lens[2]);
-			if (e.kind == TREE_NONE) {
-				free(e.node);
-				return -ENOENT;
+			e.kind = k;
+			r = 0;
+			goto out;
+		}
+		if (k != TREE_NODE_TASKS || n != 4 || !task_in(ctx, parts[3], NULL, e.node))
+			goto out;
+		e.kind = TREE_NODE_TASK_LINK;
+		e.task = strdup(parts[3]);
+		r = 0;
+		goto out;
+	}
+	if (top == TREE_TASKS) {
+		if (!strcmp(parts[1], "new")) {
+			if (n == 2) {
+				e.kind = TREE_TASKS_NEW;
+				r = 0;
+			} else if (n == 3 && drafts_exists(ctx->drafts, parts[2])) {
+				e.kind = TREE_DRAFT;
+				e.name = strdup(parts[2]);
+				r = 0;
 			}
+			goto out;
 		}
-		if (n > 3) {
-			free(e.node);
-			return -ENOENT;
+		if (is_group(parts[1])) {
+			e.name = strdup(parts[1]);
+			if (n == 2) {
+				e.kind = TREE_TASKS_GROUP;
+				r = 0;
+			} else if (n == 3 && task_in(ctx, parts[2], e.name, NULL)) {
+				e.kind = TREE_TASK_LINK;
+				e.task = strdup(parts[2]);
+				r = 0;
+			}
+			goto out;
 		}
+		if (!tasks_exists(ctx->tasks, parts[1]))
+			goto out;
+		e.task = strdup(parts[1]);
+		if (n == 2) {
+			e.kind = TREE_TASK;
+			r = 0;
+		} else if (n == 3) {
+			e.kind = find_kind(task_files, N_OF(task_files), parts[2]);
+			r = e.kind == TREE_NONE ? -ENOENT : 0;
+		}
+		goto out;
+	}
+out:
+	free(copy);
+	if (r < 0) {
+		tree_entry_clear(&e);
+		return r;
 	}
 	*ret = e;
 	return 0;
@@ -104,22 +201,55 @@ int tree_classify(struct cluster *c, const char *path, struct tree_entry *ret)
 
 bool tree_kind_is_dir(enum tree_kind kind)
 {
-	return kind == TREE_ROOT || kind == TREE_NODES || kind == TREE_NODE;
+	return kind >= TREE_ROOT && kind <= TREE_TASK;
+}
+
+bool tree_kind_is_link(enum tree_kind kind)
+{
+	return kind == TREE_TASK_LINK || kind == TREE_NODE_TASK_LINK;
+}
+
+bool tree_kind_is_ctl(enum tree_kind kind)
+{
+	return kind == TREE_TASK_CTL || kind == TREE_NODE_CTL;
 }
 
 mode_t tree_kind_mode(enum tree_kind kind)
 {
-	return tree_kind_is_dir(kind) ? 0555 : 0444;
+	if (kind == TREE_TASKS_NEW)
+		return 01777; /* anyone may submit; only the owner may remove a draft */
+	if (tree_kind_is_dir(kind))
+		return 0555;
+	if (tree_kind_is_link(kind))
+		return 0777;
+	if (kind == TREE_TASK_CTL)
+		return 0666; /* the submitter is checked on write */
+	if (kind == TREE_NODE_CTL)
+		return 0644; /* writes are root's */
+	if (kind == TREE_DRAFT)
+		return 0644;
+	return 0444;
 }
 
 bool tree_kind_is_append_only(enum tree_kind kind)
 {
-	return kind == TREE_EVENTS;
+	return kind == TREE_EVENTS || kind == TREE_TASK_STDOUT || kind == TREE_TASK_STDERR;
 }
 
 bool tree_kind_refreshes(enum tree_kind kind)
 {
 	return kind == TREE_NODE_HEALTH || kind == TREE_NODE_STATUS;
+}
+
+char *tree_link_target(const struct tree_entry *e)
+{
+	struct buf b;
+	buf_init(&b);
+	if (e->kind == TREE_TASK_LINK)
+		buf_printf(&b, "../%s", e->task);
+	else
+		buf_printf(&b, "../../../tasks/%s", e->task);
+	return buf_steal(&b, NULL);
 }
 
 static char **names_from_table(const struct named_kind *table, size_t n, size_t *ret_n)
@@ -131,10 +261,15 @@ static char **names_from_table(const struct named_kind *table, size_t n, size_t 
 	return names;
 }
 
-char **tree_list(struct cluster *c, const char *path, size_t *ret_n, int *ret_err)
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+char **tree_list(const struct tree_ctx *ctx, const char *path, size_t *ret_n, int *ret_err)
 {
 	struct tree_entry e;
-	int r = tree_classify(c, path, &e);
+	int r = tree_classify(ctx, path, &e);
 	if (r < 0) {
 		*ret_err = r;
 		return NULL;
@@ -145,10 +280,37 @@ char **tree_list(struct cluster *c, const char *path, size_t *ret_n, int *ret_er
 		names = names_from_table(root_files, N_OF(root_files), ret_n);
 		break;
 	case TREE_NODES:
-		names = cluster_list_nodes(c, ret_n);
+		names = cluster_list_nodes(ctx->cluster, ret_n);
 		break;
 	case TREE_NODE:
 		names = names_from_table(node_files, N_OF(node_files), ret_n);
+		break;
+	case TREE_NODE_TASKS:
+		names = tasks_list(ctx->tasks, NULL, e.node, ret_n);
+		break;
+	case TREE_TASKS: {
+		size_t n = 0;
+		char **ids = tasks_list(ctx->tasks, NULL, NULL, &n);
+		names = calloc(n + 6, sizeof(*names));
+		size_t k = 0;
+		names[k++] = strdup("new");
+		for (size_t i = 0; i < N_OF(groups); i++)
+			names[k++] = strdup(groups[i]);
+		for (size_t i = 0; i < n; i++)
+			names[k++] = ids[i];
+		free(ids);
+		qsort(names, k, sizeof(*names), cmp_str);
+		*ret_n = k;
+		break;
+	}
+	case TREE_TASKS_NEW:
+		names = drafts_list(ctx->drafts, ret_n);
+		break;
+	case TREE_TASKS_GROUP:
+		names = tasks_list(ctx->tasks, e.name, NULL, ret_n);
+		break;
+	case TREE_TASK:
+		names = names_from_table(task_files, N_OF(task_files), ret_n);
 		break;
 	default:
 		*ret_err = -ENOTDIR;

@@ -3,10 +3,19 @@
 #pragma once
 
 #include "backend/cluster.h"
+#include "backend/tasks.h"
+#include "fs/drafts.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
+
+/* What the tree is made of. Borrowed by every call. */
+struct tree_ctx {
+	struct cluster *cluster;
+	struct tasks *tasks;
+	struct drafts *drafts;
+};
 
 enum tree_kind {
 	TREE_NONE,
@@ -14,6 +23,11 @@ enum tree_kind {
 	TREE_ROOT,
 	TREE_NODES,
 	TREE_NODE,
+	TREE_NODE_TASKS,
+	TREE_TASKS,
+	TREE_TASKS_NEW,
+	TREE_TASKS_GROUP, /* queued/ running/ done/ failed/ */
+	TREE_TASK,
 	/* files at the top */
 	TREE_README,
 	TREE_CONFIG,
@@ -31,30 +45,54 @@ enum tree_kind {
 	TREE_NODE_ROLE,
 	TREE_NODE_TIER,
 	TREE_NODE_CAPABILITIES,
+	TREE_NODE_CTL,
+	/* files in tasks/ID/ */
+	TREE_TASK_SPEC,
+	TREE_TASK_STATUS,
+	TREE_TASK_NODE,
+	TREE_TASK_EXIT_CODE,
+	TREE_TASK_INFO,
+	TREE_TASK_STDOUT,
+	TREE_TASK_STDERR,
+	TREE_TASK_WAIT,
+	TREE_TASK_CTL,
+	/* files in tasks/new/ */
+	TREE_DRAFT,
+	/* symlinks */
+	TREE_TASK_LINK,      /* tasks/GROUP/ID -> ../ID */
+	TREE_NODE_TASK_LINK, /* nodes/NODE/tasks/ID -> ../../../tasks/ID */
 };
 
-/* What a path names. `node` is the node the path lies under, or NULL. */
+/* What a path names. Owned strings, NULL when not part of the path. */
 struct tree_entry {
 	enum tree_kind kind;
-	char *node; /* owned */
+	char *node;  /* the node the path lies under */
+	char *task;  /* the task the path names or lies under */
+	char *name;  /* a draft's name, or a group's */
 };
 
 void tree_entry_clear(struct tree_entry *e);
 
-/* Classifies a path against the cluster as it is now: 0, or -ENOENT. */
-int tree_classify(struct cluster *c, const char *path, struct tree_entry *ret);
+/* Classifies a path against the tree as it is now: 0, or -ENOENT. */
+int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entry *ret);
 
 bool tree_kind_is_dir(enum tree_kind kind);
-/* The file's permission bits (0444 read-only, 0555 directories, ...). */
+bool tree_kind_is_link(enum tree_kind kind);
+/* The permission bits (0444 read-only files, 0555 directories, 0666 task ctl, ...). */
 mode_t tree_kind_mode(enum tree_kind kind);
 /* True for files whose content only grows (reads past the snapshot fetch what is new). */
 bool tree_kind_is_append_only(enum tree_kind kind);
 /* True for files an open refreshes from the network before answering. */
 bool tree_kind_refreshes(enum tree_kind kind);
+/* True for files that take writes (commands). */
+bool tree_kind_is_ctl(enum tree_kind kind);
+
+/* A symlink's target, as a new string. */
+char *tree_link_target(const struct tree_entry *e);
 
 /* The names in a directory, sorted, without "." and "..". Returns a new NULL-terminated
  * array, or NULL with -ENOTDIR/-ENOENT in *ret_err. */
-char **tree_list(struct cluster *c, const char *path, size_t *ret_n, int *ret_err);
+char **tree_list(const struct tree_ctx *ctx, const char *path, size_t *ret_n, int *ret_err);
 
 /* Joins a directory path and a name into a new string. */
 char *tree_join(const char *dir, const char *name);

@@ -1,0 +1,713 @@
+/* Parsing and checking task specs, and their canonical JSON.
+ *
+ * jansson parses (rejecting duplicate keys); each field is then checked in a fixed order,
+ * and the first problem stops the walk with one sentence. Values shown in messages are
+ * JSON-escaped to ASCII and shortened, so a hostile spec cannot put control characters or
+ * megabytes into NAME.error.
+ *
+ * Allocation failures abort, as in util.c's buffers and config.c: a spec is small. */
+#include "backend/spec.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/util.h"
+
+#define CPUS_MAX   1024
+#define MEM_MB_MAX (16 * 1024 * 1024) /* 16 TiB */
+#define GPUS_MAX   64
+#define CWD_MAX    4095
+#define SHOWN_MAX  48 /* characters of a value shown in a message */
+
+static const char *const spec_fields[] = {"cmd",       "node",     "type", "requires",
+					  "resources", "priority", "env",  "cwd",
+					  "timeout_s", "retries",  "after"};
+#define N_SPEC_FIELDS (sizeof(spec_fields) / sizeof(spec_fields[0]))
+
+static const char *const resource_fields[] = {"cpus", "mem_mb", "gpus"};
+#define N_RESOURCE_FIELDS (sizeof(resource_fields) / sizeof(resource_fields[0]))
+
+static const char *const priority_names[] = {"P0", "P1", "P2", "P3"};
+
+/* Words people write for a field (from other schedulers' specs), so that a typo of one
+ * of them still finds the field: "comand" is 3 edits from "cmd" but 1 from "command". */
+struct alias {
+	const char *word, *field;
+};
+
+static const struct alias spec_aliases[] = {
+	{"command", "cmd"},
+	{"commands", "cmd"},
+	{"script", "cmd"},
+	{"shell", "cmd"},
+	{"argv", "cmd"},
+	{"args", "cmd"},
+	{"host", "node"},
+	{"hostname", "node"},
+	{"nodes", "node"},
+	{"target", "node"},
+	{"class", "type"},
+	{"kind", "type"},
+	{"require", "requires"},
+	{"requirements", "requires"},
+	{"capabilities", "requires"},
+	{"needs", "requires"},
+	{"resource", "resources"},
+	{"prio", "priority"},
+	{"environment", "env"},
+	{"environ", "env"},
+	{"workdir", "cwd"},
+	{"working_dir", "cwd"},
+	{"directory", "cwd"},
+	{"timeout", "timeout_s"},
+	{"time_limit", "timeout_s"},
+	{"retry", "retries"},
+	{"max_retries", "retries"},
+	{"depends", "after"},
+	{"depends_on", "after"},
+	{"dependencies", "after"},
+	{"deps", "after"},
+	{NULL, NULL},
+};
+
+static const struct alias resource_aliases[] = {
+	{"cores", "cpus"},       {"memory", "mem_mb"}, {"mem", "mem_mb"}, {"ram", "mem_mb"},
+	{"memory_mb", "mem_mb"}, {"ram_mb", "mem_mb"}, {NULL, NULL},
+};
+
+struct parser {
+	char *errbuf;
+	size_t errlen;
+};
+
+static void *xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n ? n : 1, size);
+	if (!p)
+		abort();
+	return p;
+}
+
+static char *xstrdup(const char *s)
+{
+	char *d = strdup(s);
+	if (!d)
+		abort();
+	return d;
+}
+
+static int fail(struct parser *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Writes one sentence into the error buffer; returns -EINVAL. */
+static int fail(struct parser *p, const char *fmt, ...)
+{
+	va_list ap;
+	if (p->errbuf && p->errlen) {
+		va_start(ap, fmt);
+		vsnprintf(p->errbuf, p->errlen, fmt, ap);
+		va_end(ap);
+	}
+	return -EINVAL;
+}
+
+/* `s` as a JSON string literal in ASCII, shortened to about SHOWN_MAX characters without
+ * splitting an escape sequence. */
+static void show_string(const char *s, char *out, size_t outlen)
+{
+	json_t *j = json_string(s);
+	char *d = j ? json_dumps(j, JSON_ENCODE_ANY | JSON_ENSURE_ASCII) : NULL;
+	size_t n, i = 1;
+
+	json_decref(j);
+	if (!d) {
+		snprintf(out, outlen, "\"?\"");
+		return;
+	}
+	n = strlen(d);
+	if (n <= SHOWN_MAX) {
+		snprintf(out, outlen, "%s", d);
+	} else {
+		while (i < n - 1) {
+			size_t step = d[i] != '\\' ? 1 : d[i + 1] == 'u' ? 6 : 2;
+			if (i + step > SHOWN_MAX - 4)
+				break;
+			i += step;
+		}
+		snprintf(out, outlen, "%.*s...\"", (int) i, d);
+	}
+	free(d);
+}
+
+/* A short description of a JSON value for messages: scalars as JSON, containers by kind. */
+static void show_value(const json_t *v, char *out, size_t outlen)
+{
+	char *d;
+
+	switch (json_typeof(v)) {
+	case JSON_OBJECT: snprintf(out, outlen, "an object"); return;
+	case JSON_ARRAY: snprintf(out, outlen, "a list"); return;
+	case JSON_STRING: show_string(json_string_value(v), out, outlen); return;
+	default:
+		d = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+		snprintf(out, outlen, "%.*s", SHOWN_MAX, d ? d : "a value");
+		free(d);
+		return;
+	}
+}
+
+static bool in_charset(char c, bool allow_at)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       c == '.' || c == '_' || c == '-' || (allow_at && c == '@');
+}
+
+static bool id_is_valid(const char *id, bool allow_at)
+{
+	size_t n = strlen(id);
+	if (n == 0 || n > SPEC_NAME_MAX || id[0] == '.')
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!in_charset(id[i], allow_at))
+			return false;
+	return true;
+}
+
+bool spec_name_is_valid(const char *id)
+{
+	return id && id_is_valid(id, false);
+}
+
+static bool env_name_is_valid(const char *s)
+{
+	if (!((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z') || s[0] == '_'))
+		return false;
+	for (size_t i = 1; s[i]; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+		      (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+			return false;
+	return true;
+}
+
+/* The field `key` was probably meant to be: the nearest known field or alias within
+ * distance 2 (fields first on a tie), or NULL. */
+static const char *closest_field(const char *key, const char *const *known, size_t n_known,
+				 const struct alias *aliases)
+{
+	const char *words[64];
+	size_t n = 0, n_aliases = 0;
+	const char *hit;
+
+	for (size_t i = 0; i < n_known && n < 64; i++)
+		words[n++] = known[i];
+	for (; aliases[n_aliases].word && n < 64; n_aliases++)
+		words[n++] = aliases[n_aliases].word;
+	hit = util_closest_word(key, words, n, 2);
+	for (size_t i = 0; hit && i < n_aliases; i++)
+		if (hit == aliases[i].word)
+			return aliases[i].field;
+	return hit;
+}
+
+/* Rejects an unknown key of an object: with a did-you-mean when one is within distance 2
+ * of a field or an alias, else with the list of known keys. `prefix` is "" or
+ * "resources.". */
+static int fail_unknown(struct parser *p, const char *prefix, const char *key,
+			const char *const *known, size_t n_known, const struct alias *aliases)
+{
+	char shown[SHOWN_MAX + 16], list[256] = "";
+	const char *hint = closest_field(key, known, n_known, aliases);
+	size_t used = 0;
+
+	/* The key shown with its prefix inside one pair of quotes. */
+	show_string(key, shown, sizeof(shown));
+	if (hint)
+		return fail(p, "unknown field \"%s%s; did you mean \"%s%s\"?", prefix, shown + 1,
+			    prefix, hint);
+	for (size_t i = 0; i < n_known && used < sizeof(list); i++)
+		used += (size_t) snprintf(list + used, sizeof(list) - used, "%s%s", i ? ", " : "",
+					  known[i]);
+	return fail(p, "unknown field \"%s%s (known fields: %s)", prefix, shown + 1, list);
+}
+
+/* Reads a whole number in [min, max] (an integral real such as 4.0 counts). */
+static int get_int(struct parser *p, const json_t *v, const char *field, const char *what,
+		   long long min, long long max, int *ret)
+{
+	char shown[SHOWN_MAX + 16];
+	long long x;
+
+	if (json_is_integer(v)) {
+		x = json_integer_value(v);
+	} else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+		   fabs(json_real_value(v)) < 1e15) {
+		x = (long long) json_real_value(v);
+	} else {
+		show_value(v, shown, sizeof(shown));
+		return fail(p, "field \"%s\" must be %s, not %s", field, what, shown);
+	}
+	if (x < min || x > max) {
+		show_value(v, shown, sizeof(shown));
+		return fail(p, "field \"%s\" must be %s, not %s", field, what, shown);
+	}
+	*ret = (int) x;
+	return 0;
+}
+
+/* A NULL-terminated copy of an array's strings, in order. */
+static char **strv_from_array(const json_t *a, size_t *ret_n)
+{
+	size_t n = json_array_size(a);
+	char **v = xcalloc(n + 1, sizeof(*v));
+	for (size_t i = 0; i < n; i++)
+		v[i] = xstrdup(json_string_value(json_array_get(a, i)));
+	*ret_n = n;
+	return v;
+}
+
+static void strv_free(char **v)
+{
+	if (!v)
+		return;
+	for (size_t i = 0; v[i]; i++)
+		free(v[i]);
+	free(v);
+}
+
+static int parse_cmd(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16];
+
+	if (json_is_string(v)) {
+		const char *c = json_string_value(v);
+		if (c[strspn(c, " \t\r\n")] == '\0')
+			return fail(p, "field \"cmd\" must not be empty");
+		s->shell = xstrdup(c);
+		return 0;
+	}
+	if (!json_is_array(v)) {
+		show_value(v, shown, sizeof(shown));
+		return fail(p,
+			    "field \"cmd\" must be a shell command string or an argv list of "
+			    "strings, not %s",
+			    shown);
+	}
+	if (json_array_size(v) == 0)
+		return fail(p, "field \"cmd\" must not be an empty list");
+	for (size_t i = 0; i < json_array_size(v); i++) {
+		const json_t *e = json_array_get(v, i);
+		if (!json_is_string(e)) {
+			show_value(e, shown, sizeof(shown));
+			return fail(p, "field \"cmd[%zu]\" must be a string, not %s", i, shown);
+		}
+	}
+	if (json_string_length(json_array_get(v, 0)) == 0)
+		return fail(p, "field \"cmd[0]\" (the program) must not be empty");
+	s->argv = strv_from_array(v, &s->argc);
+	return 0;
+}
+
+static int parse_node(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16];
+	const char *n = json_string_value(v);
+
+	if (!n || (strcmp(n, "any") != 0 && strcmp(n, "all") != 0 && !id_is_valid(n, false))) {
+		show_value(v, shown, sizeof(shown));
+		return fail(p,
+			    "field \"node\" must be \"any\", \"all\" or a node name (letters, "
+			    "digits, '.', '_', '-'; at most %d), not %s",
+			    SPEC_NAME_MAX, shown);
+	}
+	free(s->node);
+	s->node = xstrdup(n);
+	return 0;
+}
+
+static int parse_type(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16];
+	const char *t = json_string_value(v);
+
+	if (!t || !name_is_valid(t)) {
+		show_value(v, shown, sizeof(shown));
+		return fail(p,
+			    "field \"type\" must be a routing class such as \"build\" (printable, "
+			    "without '/'), not %s",
+			    shown);
+	}
+	s->type = xstrdup(t);
+	return 0;
+}
+
+static int parse_requires(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16];
+
+	if (!json_is_array(v)) {
+		show_value(v, shown, sizeof(shown));
+		return fail(p,
+			    "field \"requires\" must be a list of capabilities, like [\"gpu\"], "
+			    "not %s",
+			    shown);
+	}
+	for (size_t i = 0; i < json_array_size(v); i++) {
+		const json_t *e = json_array_get(v, i);
+		if (!json_is_string(e) || json_string_length(e) == 0) {
+			show_value(e, shown, sizeof(shown));
+			return fail(p,
+				    "field \"requires[%zu]\" must be a capability name (a "
+				    "non-empty string), not %s",
+				    i, shown);
+		}
+	}
+	strv_free(s->requires);
+	s->requires = strv_from_array(v, &s->n_requires);
+	return 0;
+}
+
+static int parse_resources(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16], what[64];
+	const char *key;
+	json_t *e;
+	int r;
+
+	if (!json_is_object(v)) {
+		show_value(v, shown, sizeof(shown));
+		return fail(p,
+			    "field \"resources\" must be an object, like {\"cpus\": 4, "
+			    "\"mem_mb\": 8000, \"gpus\": 1}, not %s",
+			    shown);
+	}
+	json_object_foreach((json_t *) v, key, e)
+	{
+		size_t i;
+		for (i = 0; i < N_RESOURCE_FIELDS; i++)
+			if (strcmp(key, resource_fields[i]) == 0)
+				break;
+		if (i == N_RESOURCE_FIELDS)
+			return fail_unknown(p, "resources.", key, resource_fields,
+					    N_RESOURCE_FIELDS, resource_aliases);
+	}
+	if ((e = json_object_get(v, "cpus")) && !json_is_null(e)) {
+		snprintf(what, sizeof(what), "a whole number from 1 to %d", CPUS_MAX);
+		r = get_int(p, e, "resources.cpus", what, 1, CPUS_MAX, &s->cpus);
+		if (r < 0)
+			return r;
+	}
+	if ((e = json_object_get(v, "mem_mb")) && !json_is_null(e)) {
+		snprintf(what, sizeof(what), "a whole number of megabytes from 1 to %d",
+			 MEM_MB_MAX);
+		r = get_int(p, e, "resources.mem_mb", what, 1, MEM_MB_MAX, &s->mem_mb);
+		if (r < 0)
+			return r;
+	}
+	if ((e = json_object_get(v, "gpus")) && !json_is_null(e)) {
+		snprintf(what, sizeof(what), "a whole number from 0 to %d", GPUS_MAX);
+		r = get_int(p, e, "resources.gpus", what, 0, GPUS_MAX, &s->gpus);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int parse_priority(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16];
+	const char *t = json_string_value(v);
+
+	for (int i = 0; t && i < 4; i++) {
+		if (strcmp(t, priority_names[i]) == 0) {
+			s->priority = i;
+			return 0;
+		}
+	}
+	show_value(v, shown, sizeof(shown));
+	return fail(p, "field \"priority\" must be one of \"P0\", \"P1\", \"P2\", \"P3\", not %s",
+		    shown);
+}
+
+static int parse_env(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16], name[SHOWN_MAX + 16];
+	const char *key;
+	json_t *e;
+
+	if (!json_is_object(v)) {
+		show_value(v, shown, sizeof(shown));
+		return fail(p,
+			    "field \"env\" must be an object of strings, like {\"CC\": \"gcc\"}, "
+			    "not %s",
+			    shown);
+	}
+	json_object_foreach((json_t *) v, key, e)
+	{
+		show_string(key, name, sizeof(name));
+		if (!env_name_is_valid(key))
+			return fail(p,
+				    "field \"env\" has key %s, which is not a variable name "
+				    "(letters, digits and '_', not starting with a digit)",
+				    name);
+		if (!json_is_string(e)) {
+			show_value(e, shown, sizeof(shown));
+			return fail(p, "field \"env.%s must be a string, not %s", name + 1, shown);
+		}
+	}
+	if (json_object_size(v) > 0)
+		s->env = json_deep_copy(v);
+	return 0;
+}
+
+static int parse_cwd(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16];
+	const char *c = json_string_value(v);
+
+	if (!c || c[0] != '/' || strlen(c) > CWD_MAX) {
+		show_value(v, shown, sizeof(shown));
+		return fail(p,
+			    "field \"cwd\" must be an absolute path (starting with '/', at most "
+			    "%d bytes), not %s",
+			    CWD_MAX, shown);
+	}
+	s->cwd = xstrdup(c);
+	return 0;
+}
+
+static int parse_after(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16];
+
+	if (!json_is_array(v)) {
+		show_value(v, shown, sizeof(shown));
+		return fail(p,
+			    "field \"after\" must be a list of task ids, like [\"build-1\"], not "
+			    "%s",
+			    shown);
+	}
+	for (size_t i = 0; i < json_array_size(v); i++) {
+		const json_t *e = json_array_get(v, i);
+		if (!json_is_string(e) || !id_is_valid(json_string_value(e), true)) {
+			show_value(e, shown, sizeof(shown));
+			return fail(p,
+				    "field \"after[%zu]\" must be a task id (letters, digits, '.', "
+				    "'_', '-', '@'; at most %d; not starting with '.'), not %s",
+				    i, SPEC_NAME_MAX, shown);
+		}
+		for (size_t j = 0; j < i; j++) {
+			if (strcmp(json_string_value(e), json_string_value(json_array_get(v, j))) ==
+			    0) {
+				show_value(e, shown, sizeof(shown));
+				return fail(p, "field \"after\" lists %s twice", shown);
+			}
+		}
+	}
+	strv_free(s->after);
+	s->after = strv_from_array(v, &s->n_after);
+	return 0;
+}
+
+static int parse_timeout(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	return get_int(p, v, "timeout_s",
+		       "a whole number of seconds from 0 (none) to 604800 (7 days)", 0,
+		       SPEC_TIMEOUT_MAX, &s->timeout_s);
+}
+
+static int parse_retries(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	return get_int(p, v, "retries", "a whole number from 0 to 10", 0, SPEC_RETRIES_MAX,
+		       &s->retries);
+}
+
+/* Every field, in the order they are checked (and shown in the canonical JSON). */
+static const struct {
+	const char *name;
+	int (*parse)(struct parser *p, const json_t *v, struct task_spec *s);
+} field_parsers[] = {
+	{"cmd", parse_cmd},
+	{"node", parse_node},
+	{"type", parse_type},
+	{"requires", parse_requires},
+	{"resources", parse_resources},
+	{"priority", parse_priority},
+	{"env", parse_env},
+	{"cwd", parse_cwd},
+	{"timeout_s", parse_timeout},
+	{"retries", parse_retries},
+	{"after", parse_after},
+};
+_Static_assert(sizeof(field_parsers) / sizeof(field_parsers[0]) == N_SPEC_FIELDS,
+	       "field_parsers and spec_fields list the same fields");
+
+void spec_free(struct task_spec *s)
+{
+	if (!s)
+		return;
+	free(s->shell);
+	strv_free(s->argv);
+	free(s->node);
+	free(s->type);
+	strv_free(s->requires);
+	json_decref(s->env);
+	free(s->cwd);
+	strv_free(s->after);
+	free(s);
+}
+
+/* Explains a jansson load error in one sentence. */
+static int fail_syntax(struct parser *p, const json_error_t *e)
+{
+	if (json_error_code(e) == json_error_out_of_memory) {
+		fail(p, "out of memory while parsing the spec");
+		return -ENOMEM;
+	}
+	if (json_error_code(e) == json_error_duplicate_key) {
+		/* jansson says: duplicate object key near '"KEY"' */
+		const char *near = strstr(e->text, "near '");
+		size_t n = near ? strlen(near + 6) : 0;
+		if (n >= 3 && near[6] == '"' && near[6 + n - 1] == '\'')
+			return fail(
+				p, "line %d, column %d: key %.*s appears twice; give each key once",
+				e->line, e->column, (int) (n - 1), near + 6);
+		return fail(p, "line %d, column %d: a key appears twice; give each key once",
+			    e->line, e->column);
+	}
+	if (e->line < 1)
+		return fail(p, "%s", e->text);
+	return fail(p, "line %d, column %d: %s", e->line, e->column, e->text);
+}
+
+int spec_parse(const char *text, size_t len, struct task_spec **ret_spec, char *errbuf,
+	       size_t errlen)
+{
+	struct parser p = {.errbuf = errbuf, .errlen = errlen};
+	struct task_spec *s;
+	json_error_t jerr;
+	json_t *doc, *v;
+	const char *key;
+	size_t blank = 0;
+	int r = 0;
+
+	if (errbuf && errlen)
+		errbuf[0] = '\0';
+	while (blank < len && strchr(" \t\r\n", text[blank]) && text[blank])
+		blank++;
+	if (blank == len)
+		return fail(&p, "the spec is empty; it must be a JSON object, like {\"cmd\": "
+				"\"make test\"}");
+
+	doc = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+	if (!doc)
+		return fail_syntax(&p, &jerr);
+	if (!json_is_object(doc)) {
+		json_decref(doc);
+		return fail(&p, "the spec must be a JSON object, like {\"cmd\": \"make test\"}");
+	}
+
+	json_object_foreach(doc, key, v)
+	{
+		size_t i;
+		for (i = 0; i < N_SPEC_FIELDS; i++)
+			if (strcmp(key, spec_fields[i]) == 0)
+				break;
+		if (i == N_SPEC_FIELDS) {
+			r = fail_unknown(&p, "", key, spec_fields, N_SPEC_FIELDS, spec_aliases);
+			json_decref(doc);
+			return r;
+		}
+	}
+	v = json_object_get(doc, "cmd");
+	if (!v || json_is_null(v)) {
+		json_decref(doc);
+		return fail(&p, "missing required field \"cmd\" (a shell string or an argv list)");
+	}
+
+	s = xcalloc(1, sizeof(*s));
+	s->node = xstrdup("any");
+	s->priority = SPEC_PRIORITY_DEF;
+	s->requires = xcalloc(1, sizeof(*s->requires));
+	s->after = xcalloc(1, sizeof(*s->after));
+
+	for (size_t i = 0; i < N_SPEC_FIELDS && r == 0; i++) {
+		v = json_object_get(doc, field_parsers[i].name);
+		if (v && !json_is_null(v))
+			r = field_parsers[i].parse(&p, v, s);
+	}
+
+	json_decref(doc);
+	if (r < 0) {
+		spec_free(s);
+		return r;
+	}
+	*ret_spec = s;
+	return 0;
+}
+
+/* Appends json_string(v[i]) for each i; false when out of memory. */
+static bool array_add_strings(json_t *a, char *const *v, size_t n)
+{
+	bool ok = a != NULL;
+	for (size_t i = 0; ok && i < n; i++)
+		ok = json_array_append_new(a, json_string(v[i])) == 0;
+	return ok;
+}
+
+json_t *spec_to_json(const struct task_spec *s)
+{
+	json_t *o = json_object(), *a, *res;
+	int prio = s->priority < 0 ? 0 : s->priority > 3 ? 3 : s->priority;
+	bool ok = o != NULL;
+
+	if (!ok)
+		return NULL;
+	if (s->shell) {
+		ok = json_object_set_new(o, "cmd", json_string(s->shell)) == 0;
+	} else {
+		a = json_array();
+		ok = array_add_strings(a, s->argv, s->argc) && json_object_set(o, "cmd", a) == 0;
+		json_decref(a);
+	}
+	ok = ok && json_object_set_new(o, "node", json_string(s->node ? s->node : "any")) == 0;
+	ok = ok &&
+	     json_object_set_new(o, "type", s->type ? json_string(s->type) : json_null()) == 0;
+
+	a = json_array();
+	ok = ok && array_add_strings(a, s->requires, s->n_requires) &&
+	     json_object_set(o, "requires", a) == 0;
+	json_decref(a);
+
+	res = json_object();
+	ok = ok && res != NULL;
+	if (ok && s->cpus > 0)
+		ok = json_object_set_new(res, "cpus", json_integer(s->cpus)) == 0;
+	if (ok && s->mem_mb > 0)
+		ok = json_object_set_new(res, "mem_mb", json_integer(s->mem_mb)) == 0;
+	if (ok && s->gpus > 0)
+		ok = json_object_set_new(res, "gpus", json_integer(s->gpus)) == 0;
+	ok = ok && json_object_set(o, "resources", res) == 0;
+	json_decref(res);
+
+	ok = ok && json_object_set_new(o, "priority", json_string(priority_names[prio])) == 0;
+	ok = ok &&
+	     json_object_set_new(o, "env", s->env ? json_deep_copy(s->env) : json_object()) == 0;
+	ok = ok && json_object_set_new(o, "cwd", s->cwd ? json_string(s->cwd) : json_null()) == 0;
+	ok = ok && json_object_set_new(o, "timeout_s", json_integer(s->timeout_s)) == 0;
+	ok = ok && json_object_set_new(o, "retries", json_integer(s->retries)) == 0;
+
+	a = json_array();
+	ok = ok && array_add_strings(a, s->after, s->n_after) &&
+	     json_object_set(o, "after", a) == 0;
+	json_decref(a);
+
+	if (!ok) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}

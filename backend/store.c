@@ -1,0 +1,614 @@
+/* The durable store: sqlite, WAL, one connection per thread. */
+#include "backend/store.h"
+#include "backend/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct conn {
+	sqlite3 *db;
+	struct conn *next; /* in store->conns */
+};
+
+struct store {
+	char *path;
+	char instance_id[40];
+	pthread_key_t key;        /* this thread's struct conn */
+	pthread_mutex_t lock;
+	struct conn *conns;       /* every connection, for store_close; protected by lock */
+};
+
+/* Migrations: entry i brings the schema from version i to i + 1. */
+static const char *const migrations[] = {
+	"CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+	"CREATE TABLE tasks(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,"
+	" parent TEXT, spec TEXT NOT NULL, state TEXT NOT NULL, node TEXT, dispatch_id TEXT,"
+	" reason TEXT, placement TEXT, exit_code INTEGER NOT NULL DEFAULT -1,"
+	" attempts INTEGER NOT NULL DEFAULT 0, priority INTEGER NOT NULL DEFAULT 2,"
+	" uid INTEGER NOT NULL, submitted_at REAL, started_at REAL, finished_at REAL);"
+	"CREATE TABLE attempts(task_id TEXT NOT NULL, attempt INTEGER NOT NULL, node TEXT,"
+	" dispatch_id TEXT, state TEXT, exit_code INTEGER, started_at REAL, finished_at REAL,"
+	" PRIMARY KEY(task_id, attempt));"
+	"CREATE TABLE output(task_id TEXT NOT NULL, stream TEXT NOT NULL, data BLOB NOT NULL,"
+	" PRIMARY KEY(task_id, stream));"
+	"CREATE TABLE outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, key TEXT,"
+	" body TEXT NOT NULL, created_at REAL NOT NULL);"
+	"CREATE TABLE cache(key TEXT PRIMARY KEY, json TEXT NOT NULL, fetched_at REAL NOT NULL);",
+};
+
+static int sqlite_to_errno(int rc)
+{
+	switch (rc & 0xff) {
+	case SQLITE_OK:
+	case SQLITE_DONE:
+	case SQLITE_ROW:
+		return 0;
+	case SQLITE_CONSTRAINT:
+		return -EEXIST;
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+		return -EBUSY;
+	case SQLITE_NOMEM:
+		return -ENOMEM;
+	case SQLITE_FULL:
+		return -ENOSPC;
+	case SQLITE_READONLY:
+	case SQLITE_PERM:
+	case SQLITE_AUTH:
+		return -EACCES;
+	case SQLITE_CANTOPEN:
+		return -ENOENT;
+	default:
+		return -EIO;
+	}
+}
+
+static void conn_destroy(void *arg)
+{
+	(void) arg; /* closed by store_close: the thread may end before the store */
+}
+
+static int conn_open(struct store *s, sqlite3 **ret)
+{
+	sqlite3 *db = NULL;
+	int rc = sqlite3_open_v2(s->path, &db,
+				 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+				 NULL);
+	if (rc != SQLITE_OK) {
+		int r = sqlite_to_errno(rc);
+		sqlite3_close(db);
+		return r;
+	}
+	sqlite3_busy_timeout(db, 10000);
+	sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL, NULL);
+	*ret = db;
+	return 0;
+}
+
+/* This thread's connection, opened on first use. NULL on failure. */
+static sqlite3 *store_db(struct store *s)
+{
+	struct conn *c = pthread_getspecific(s->key);
+	if (c)
+		return c->db;
+	c = calloc(1, sizeof(*c));
+	if (!c || conn_open(s, &c->db) < 0) {
+		free(c);
+		return NULL;
+	}
+	pthread_setspecific(s->key, c);
+	pthread_mutex_lock(&s->lock);
+	c->next = s->conns;
+	s->conns = c;
+	pthread_mutex_unlock(&s->lock);
+	return c->db;
+}
+
+static int exec_sql(sqlite3 *db, const char *sql)
+{
+	return sqlite_to_errno(sqlite3_exec(db, sql, NULL, NULL, NULL));
+}
+
+static int migrate(sqlite3 *db, char *errbuf, size_t errlen)
+{
+	sqlite3_stmt *st;
+	int version = 0;
+	if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK) {
+		if (sqlite3_step(st) == SQLITE_ROW)
+			version = sqlite3_column_int(st, 0);
+		sqlite3_finalize(st);
+	}
+	int latest = (int) (sizeof(migrations) / sizeof(migrations[0]));
+	if (version > latest) {
+		snprintf(errbuf, errlen,
+			 "the store's schema version %d is newer than this clusterfs knows (%d)",
+			 version, latest);
+		return -EPROTO;
+	}
+	for (int v = version; v < latest; v++) {
+		char set[64];
+		snprintf(set, sizeof(set), "PRAGMA user_version=%d;", v + 1);
+		int r = exec_sql(db, "BEGIN IMMEDIATE");
+		if (r == 0)
+			r = exec_sql(db, migrations[v]);
+		if (r == 0)
+			r = exec_sql(db, set);
+		if (r == 0)
+			r = exec_sql(db, "COMMIT");
+		if (r < 0) {
+			snprintf(errbuf, errlen, "cannot migrate the store to version %d: %s", v + 1,
+				 sqlite3_errmsg(db));
+			exec_sql(db, "ROLLBACK");
+			return r;
+		}
+	}
+	return 0;
+}
+
+int store_open(const char *dir, struct store **ret, char *errbuf, size_t errlen)
+{
+	struct store *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	struct buf p;
+	buf_init(&p);
+	buf_printf(&p, "%s/clusterfs.db", dir);
+	s->path = buf_steal(&p, NULL);
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_key_create(&s->key, conn_destroy);
+	sqlite3 *db = store_db(s);
+	if (!db) {
+		snprintf(errbuf, errlen, "cannot open the store %s", s->path);
+		store_close(s);
+		return -EIO;
+	}
+	int r = migrate(db, errbuf, errlen);
+	if (r < 0) {
+		store_close(s);
+		return r;
+	}
+	char *id = store_get_meta(s, "instance_id");
+	if (!id) {
+		unsigned char rnd[12];
+		int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || read(fd, rnd, sizeof(rnd)) != (ssize_t) sizeof(rnd)) {
+			if (fd >= 0)
+				close(fd);
+			snprintf(errbuf, errlen, "cannot read /dev/urandom");
+			store_close(s);
+			return -EIO;
+		}
+		close(fd);
+		char hex[32];
+		for (size_t i = 0; i < sizeof(rnd); i++)
+			sprintf(hex + 2 * i, "%02x", rnd[i]);
+		r = store_set_meta(s, "instance_id", hex);
+		if (r < 0) {
+			snprintf(errbuf, errlen, "cannot write the store %s: %s", s->path,
+				 strerror(-r));
+			store_close(s);
+			return r;
+		}
+		id = strdup(hex);
+	}
+	snprintf(s->instance_id, sizeof(s->instance_id), "%s", id);
+	free(id);
+	*ret = s;
+	return 0;
+}
+
+void store_close(struct store *s)
+{
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->lock);
+	struct conn *c = s->conns;
+	s->conns = NULL;
+	pthread_mutex_unlock(&s->lock);
+	while (c) {
+		struct conn *next = c->next;
+		sqlite3_close_v2(c->db);
+		free(c);
+		c = next;
+	}
+	pthread_key_delete(s->key);
+	pthread_mutex_destroy(&s->lock);
+	free(s->path);
+	free(s);
+}
+
+const char *store_instance_id(struct store *s)
+{
+	return s->instance_id;
+}
+
+void store_task_clear(struct store_task *t)
+{
+	free(t->id);
+	free(t->parent);
+	free(t->spec);
+	free(t->state);
+	free(t->node);
+	free(t->dispatch_id);
+	free(t->reason);
+	free(t->placement);
+	memset(t, 0, sizeof(*t));
+}
+
+static void bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+	if (s)
+		sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
+	else
+		sqlite3_bind_null(st, i);
+}
+
+static void bind_time(sqlite3_stmt *st, int i, double t)
+{
+	if (t > 0)
+		sqlite3_bind_double(st, i, t);
+	else
+		sqlite3_bind_null(st, i);
+}
+
+static int insert_one(sqlite3 *db, struct store_task *t)
+{
+	static const char sql[] =
+		"INSERT INTO tasks(id, parent, spec, state, node, dispatch_id, reason, placement,"
+		" exit_code, attempts, priority, uid, submitted_at, started_at, finished_at)"
+		" VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return sqlite_to_errno(rc);
+	bind_text(st, 1, t->id);
+	bind_text(st, 2, t->parent);
+	bind_text(st, 3, t->spec);
+	bind_text(st, 4, t->state);
+	bind_text(st, 5, t->node);
+	bind_text(st, 6, t->dispatch_id);
+	bind_text(st, 7, t->reason);
+	bind_text(st, 8, t->placement);
+	sqlite3_bind_int(st, 9, t->exit_code);
+	sqlite3_bind_int(st, 10, t->attempts);
+	sqlite3_bind_int(st, 11, t->priority);
+	sqlite3_bind_int64(st, 12, (sqlite3_int64) t->uid);
+	bind_time(st, 13, t->submitted_at);
+	bind_time(st, 14, t->started_at);
+	bind_time(st, 15, t->finished_at);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return sqlite_to_errno(rc);
+	t->seq = sqlite3_last_insert_rowid(db);
+	return 0;
+}
+
+int store_insert_tasks(struct store *s, struct store_task *ts, size_t n)
+{
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	int r = exec_sql(db, "BEGIN IMMEDIATE");
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < n && r == 0; i++)
+		r = insert_one(db, &ts[i]);
+	if (r == 0)
+		r = exec_sql(db, "COMMIT");
+	if (r < 0)
+		exec_sql(db, "ROLLBACK");
+	return r;
+}
+
+int store_insert_task(struct store *s, struct store_task *t)
+{
+	return store_insert_tasks(s, t, 1);
+}
+
+int store_update_task(struct store *s, const struct store_task *t)
+{
+	static const char sql[] =
+		"UPDATE tasks SET state=?, node=?, dispatch_id=?, reason=?, placement=?,"
+		" exit_code=?, attempts=?, priority=?, started_at=?, finished_at=? WHERE id=?";
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return sqlite_to_errno(rc);
+	bind_text(st, 1, t->state);
+	bind_text(st, 2, t->node);
+	bind_text(st, 3, t->dispatch_id);
+	bind_text(st, 4, t->reason);
+	bind_text(st, 5, t->placement);
+	sqlite3_bind_int(st, 6, t->exit_code);
+	sqlite3_bind_int(st, 7, t->attempts);
+	sqlite3_bind_int(st, 8, t->priority);
+	bind_time(st, 9, t->started_at);
+	bind_time(st, 10, t->finished_at);
+	bind_text(st, 11, t->id);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? (sqlite3_changes(db) ? 0 : -ENOENT) : sqlite_to_errno(rc);
+}
+
+static char *col_text(sqlite3_stmt *st, int i)
+{
+	const unsigned char *s = sqlite3_column_text(st, i);
+	return s ? strdup((const char *) s) : NULL;
+}
+
+int store_load_tasks(struct store *s, struct store_task **ret, size_t *ret_n)
+{
+	static const char sql[] =
+		"SELECT id, parent, spec, state, node, dispatch_id, reason, placement, exit_code,"
+		" attempts, priority, uid, submitted_at, started_at, finished_at, seq"
+		" FROM tasks ORDER BY seq";
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return sqlite_to_errno(rc);
+	struct store_task *ts = NULL;
+	size_t n = 0, cap = 0;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (n == cap) {
+			cap = cap ? 2 * cap : 64;
+			ts = realloc(ts, cap * sizeof(*ts));
+		}
+		struct store_task *t = &ts[n++];
+		memset(t, 0, sizeof(*t));
+		t->id = col_text(st, 0);
+		t->parent = col_text(st, 1);
+		t->spec = col_text(st, 2);
+		t->state = col_text(st, 3);
+		t->node = col_text(st, 4);
+		t->dispatch_id = col_text(st, 5);
+		t->reason = col_text(st, 6);
+		t->placement = col_text(st, 7);
+		t->exit_code = sqlite3_column_int(st, 8);
+		t->attempts = sqlite3_column_int(st, 9);
+		t->priority = sqlite3_column_int(st, 10);
+		t->uid = (uid_t) sqlite3_column_int64(st, 11);
+		t->submitted_at = sqlite3_column_double(st, 12);
+		t->started_at = sqlite3_column_double(st, 13);
+		t->finished_at = sqlite3_column_double(st, 14);
+		t->seq = sqlite3_column_int64(st, 15);
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		store_tasks_free(ts, n);
+		return sqlite_to_errno(rc);
+	}
+	*ret = ts;
+	*ret_n = n;
+	return 0;
+}
+
+void store_tasks_free(struct store_task *ts, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		store_task_clear(&ts[i]);
+	free(ts);
+}
+
+int store_add_attempt(struct store *s, const char *task_id, int attempt, const char *node,
+		      const char *dispatch_id, const char *state, int exit_code, double started_at,
+		      double finished_at)
+{
+	static const char sql[] = "INSERT OR REPLACE INTO attempts VALUES(?,?,?,?,?,?,?,?)";
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return sqlite_to_errno(rc);
+	bind_text(st, 1, task_id);
+	sqlite3_bind_int(st, 2, attempt);
+	bind_text(st, 3, node);
+	bind_text(st, 4, dispatch_id);
+	bind_text(st, 5, state);
+	sqlite3_bind_int(st, 6, exit_code);
+	bind_time(st, 7, started_at);
+	bind_time(st, 8, finished_at);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return sqlite_to_errno(rc);
+}
+
+int store_put_output(struct store *s, const char *task_id, const char *stream, const char *data,
+		     size_t len)
+{
+	static const char sql[] = "INSERT OR REPLACE INTO output VALUES(?,?,?)";
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return sqlite_to_errno(rc);
+	bind_text(st, 1, task_id);
+	bind_text(st, 2, stream);
+	sqlite3_bind_blob(st, 3, data ? data : "", (int) len, SQLITE_TRANSIENT);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return sqlite_to_errno(rc);
+}
+
+int store_get_output(struct store *s, const char *task_id, const char *stream, char **ret_data,
+		     size_t *ret_len)
+{
+	static const char sql[] = "SELECT data FROM output WHERE task_id=? AND stream=?";
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return sqlite_to_errno(rc);
+	bind_text(st, 1, task_id);
+	bind_text(st, 2, stream);
+	struct buf b;
+	buf_init(&b);
+	buf_append(&b, "", 0);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		buf_append(&b, sqlite3_column_blob(st, 0), (size_t) sqlite3_column_bytes(st, 0));
+	sqlite3_finalize(st);
+	*ret_data = buf_steal(&b, ret_len);
+	return 0;
+}
+
+int store_set_meta(struct store *s, const char *key, const char *value)
+{
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO meta VALUES(?,?)", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return sqlite_to_errno(rc);
+	bind_text(st, 1, key);
+	bind_text(st, 2, value);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return sqlite_to_errno(rc);
+}
+
+char *store_get_meta(struct store *s, const char *key)
+{
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return NULL;
+	sqlite3_stmt *st;
+	if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key=?", -1, &st, NULL) != SQLITE_OK)
+		return NULL;
+	bind_text(st, 1, key);
+	char *v = sqlite3_step(st) == SQLITE_ROW ? col_text(st, 0) : NULL;
+	sqlite3_finalize(st);
+	return v;
+}
+
+int store_outbox_add(struct store *s, const char *kind, const char *key, const char *body,
+		     int64_t *ret_id)
+{
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(
+		db, "INSERT INTO outbox(kind, key, body, created_at) VALUES(?,?,?,?)", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return sqlite_to_errno(rc);
+	bind_text(st, 1, kind);
+	bind_text(st, 2, key);
+	bind_text(st, 3, body);
+	sqlite3_bind_double(st, 4, clock_wall_s());
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return sqlite_to_errno(rc);
+	if (ret_id)
+		*ret_id = sqlite3_last_insert_rowid(db);
+	return 0;
+}
+
+int store_outbox_list(struct store *s, const char *kind, int64_t **ret_ids, char ***ret_keys,
+		      char ***ret_bodies, size_t *ret_n)
+{
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(db, "SELECT id, key, body FROM outbox WHERE kind=? ORDER BY id",
+				    -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return sqlite_to_errno(rc);
+	bind_text(st, 1, kind);
+	size_t n = 0, cap = 8;
+	int64_t *ids = malloc(cap * sizeof(*ids));
+	char **keys = malloc(cap * sizeof(*keys));
+	char **bodies = malloc(cap * sizeof(*bodies));
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (n == cap) {
+			cap *= 2;
+			ids = realloc(ids, cap * sizeof(*ids));
+			keys = realloc(keys, cap * sizeof(*keys));
+			bodies = realloc(bodies, cap * sizeof(*bodies));
+		}
+		ids[n] = sqlite3_column_int64(st, 0);
+		keys[n] = col_text(st, 1);
+		bodies[n++] = col_text(st, 2);
+	}
+	sqlite3_finalize(st);
+	*ret_ids = ids;
+	*ret_keys = keys;
+	*ret_bodies = bodies;
+	*ret_n = n;
+	return 0;
+}
+
+int store_outbox_done(struct store *s, int64_t id)
+{
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(db, "DELETE FROM outbox WHERE id=?", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return sqlite_to_errno(rc);
+	sqlite3_bind_int64(st, 1, id);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return sqlite_to_errno(rc);
+}
+
+int store_cache_put(struct store *s, const char *key, const char *json, double fetched_at)
+{
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO cache VALUES(?,?,?)", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return sqlite_to_errno(rc);
+	bind_text(st, 1, key);
+	bind_text(st, 2, json);
+	sqlite3_bind_double(st, 3, fetched_at);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return sqlite_to_errno(rc);
+}
+
+int store_cache_get(struct store *s, const char *key, char **ret_json, double *ret_fetched_at)
+{
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	sqlite3_stmt *st;
+	int rc = sqlite3_prepare_v2(db, "SELECT json, fetched_at FROM cache WHERE key=?", -1, &st,
+				    NULL);
+	if (rc != SQLITE_OK)
+		return sqlite_to_errno(rc);
+	bind_text(st, 1, key);
+	int r = -ENOENT;
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		*ret_json = col_text(st, 0);
+		if (ret_fetched_at)
+			*ret_fetched_at = sqlite3_column_double(st, 1);
+		r = 0;
+	}
+	sqlite3_finalize(st);
+	return r;
+}

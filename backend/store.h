@@ -1,0 +1,80 @@
+/* The durable store: sqlite in WAL mode in the state directory. Tasks, their attempts,
+ * events, kept output, pending deliveries and metadata, with a schema version and
+ * migrations. One connection per thread: each thread calls store_thread_db() through
+ * the functions below; a struct store is shared and thread-safe. */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define STORE_SCHEMA_VERSION 1
+
+struct store;
+
+/* One task as stored. Strings are owned; store_task_clear() frees them. */
+struct store_task {
+	char *id;
+	char *parent;        /* for the copies of a node:"all" task, the parent's id; or NULL */
+	char *spec;          /* canonical spec JSON */
+	char *state;         /* queued dispatched running succeeded failed timed_out cancelled lost */
+	char *node;          /* where it is placed, or NULL */
+	char *dispatch_id;   /* id on the agent for the current attempt, or NULL */
+	char *reason;        /* why it waits, or why it ended; or NULL */
+	char *placement;     /* why this node; or NULL */
+	int exit_code;       /* -1 when none */
+	int attempts;        /* dispatches so far */
+	int priority;        /* 0..3 */
+	uid_t uid;           /* submitter */
+	double submitted_at, started_at, finished_at; /* wall; 0 when not yet */
+	int64_t seq;         /* submission order */
+};
+
+void store_task_clear(struct store_task *t);
+
+/* Opens (creating or migrating) DIR/clusterfs.db. errbuf gets a sentence on failure. */
+int store_open(const char *dir, struct store **ret, char *errbuf, size_t errlen);
+void store_close(struct store *s);
+
+/* This control plane's id: random, made once per state directory, kept forever. Borrowed. */
+const char *store_instance_id(struct store *s);
+
+/* Inserts a new task; -EEXIST when the id is taken. Durable when it returns 0. */
+int store_insert_task(struct store *s, struct store_task *t);
+/* Inserts several tasks in one transaction (a node:"all" parent and its copies). */
+int store_insert_tasks(struct store *s, struct store_task *ts, size_t n);
+/* Writes every mutable field of an existing task. */
+int store_update_task(struct store *s, const struct store_task *t);
+/* Loads every task, in submission order. Returns a new array (free with store_tasks_free). */
+int store_load_tasks(struct store *s, struct store_task **ret, size_t *ret_n);
+void store_tasks_free(struct store_task *ts, size_t n);
+/* Records one attempt's outcome. */
+int store_add_attempt(struct store *s, const char *task_id, int attempt, const char *node,
+		      const char *dispatch_id, const char *state, int exit_code, double started_at,
+		      double finished_at);
+
+/* Kept output of a task (stream "stdout" or "stderr"): replaced whole, bounded by caller. */
+int store_put_output(struct store *s, const char *task_id, const char *stream, const char *data,
+		     size_t len);
+/* Returns a new buffer (may be empty) in *ret_data. */
+int store_get_output(struct store *s, const char *task_id, const char *stream, char **ret_data,
+		     size_t *ret_len);
+
+/* Key-value metadata. store_get_meta returns a new string or NULL. */
+int store_set_meta(struct store *s, const char *key, const char *value);
+char *store_get_meta(struct store *s, const char *key);
+
+/* A durable outbox: things to deliver to a remote service, each exactly once. */
+int store_outbox_add(struct store *s, const char *kind, const char *key, const char *body,
+		     int64_t *ret_id);
+/* Loads pending entries of a kind, oldest first: arrays of ids, keys and bodies (new). */
+int store_outbox_list(struct store *s, const char *kind, int64_t **ret_ids, char ***ret_keys,
+		      char ***ret_bodies, size_t *ret_n);
+int store_outbox_done(struct store *s, int64_t id);
+
+/* A cache of JSON documents by key (e.g. the ledger's copy). */
+int store_cache_put(struct store *s, const char *key, const char *json, double fetched_at);
+/* 0 and a new string, or -ENOENT. */
+int store_cache_get(struct store *s, const char *key, char **ret_json, double *ret_fetched_at);

@@ -1,0 +1,1434 @@
+/* Tasks: submission, placement, dispatch, progress, output, waiting, cancel, recovery. */
+#include "backend/tasks.h"
+#include "backend/sched.h"
+#include "backend/spec.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TICK_US          (250 * 1000ull) /* progress polling and scheduling */
+#define FETCH_MAX        (1u << 20)      /* output bytes asked per request */
+#define AGENT_TIMEOUT_MS 5000L
+#define N_STREAMS        2
+#define TOMBSTONES       64
+
+static const char *const stream_names[N_STREAMS] = {"stdout", "stderr"};
+
+struct waiter {
+	uint64_t id;
+	tasks_wait_fn done;
+	void *arg;
+	char *state;   /* the final state, once woken */
+	int exit_code;
+	struct waiter *next;
+};
+
+/* One task. Fields are protected by tasks->lock. */
+struct task {
+	struct store_task row;
+	struct task_spec *spec;
+	json_t *spec_json;
+	char **children;          /* ids of the copies of a node:"all" task */
+	size_t n_children;
+	struct buf out[N_STREAMS]; /* output kept by the control plane */
+	bool out_full[N_STREAMS];
+	bool fetching[N_STREAMS];  /* a fetch is in flight (loop thread) */
+	size_t remote_size[N_STREAMS]; /* the agent's last reported size */
+	bool dispatching;          /* a POST is in flight */
+	bool cancel_requested;
+	bool cancel_sent;
+	char *remote_state;        /* the agent's final state, once seen; finalised after output */
+	int remote_exit;
+	double changed_at;
+	struct waiter *waiters;
+	struct task *hnext;        /* hash chain */
+};
+
+struct node_poll {
+	char *node;
+	bool in_flight;
+	struct node_poll *next;
+};
+
+struct tasks {
+	struct loop *loop;
+	struct cluster *cluster;
+	struct store *store;
+	pthread_mutex_t lock;
+	struct task **v;           /* in submission order; protected by lock */
+	size_t n, cap;
+	struct task **hash;        /* protected by lock */
+	size_t n_hash;
+	uint64_t next_wait;        /* protected by lock */
+	uint64_t tombstones[TOMBSTONES]; /* waits cancelled before they were registered */
+	size_t next_tombstone;
+	double changed_at;         /* protected by lock */
+	bool schedule_posted;      /* protected by lock */
+	struct node_poll *polls;   /* loop thread only */
+	struct loop_timer *tick;   /* loop thread only */
+	bool started;
+};
+
+bool task_state_is_final(const char *s)
+{
+	return !strcmp(s, TASK_SUCCEEDED) || !strcmp(s, TASK_FAILED) || !strcmp(s, TASK_TIMED_OUT) ||
+	       !strcmp(s, TASK_CANCELLED) || !strcmp(s, TASK_LOST);
+}
+
+static bool state_is_active(const char *s)
+{
+	return !strcmp(s, TASK_DISPATCHED) || !strcmp(s, TASK_RUNNING);
+}
+
+void task_view_clear(struct task_view *v)
+{
+	free(v->id);
+	free(v->parent);
+	free(v->state);
+	free(v->node);
+	free(v->reason);
+	free(v->placement);
+	json_decref(v->spec);
+	json_decref(v->children);
+	memset(v, 0, sizeof(*v));
+}
+
+/* ---- the table ---- */
+
+static size_t hash_str(const char *s)
+{
+	size_t h = 5381;
+	for (; *s; s++)
+		h = h * 33 + (unsigned char) *s;
+	return h;
+}
+
+static struct task *find_locked(struct tasks *t, const char *id)
+{
+	for (struct task *k = t->hash[hash_str(id) % t->n_hash]; k; k = k->hnext)
+		if (strcmp(k->row.id, id) == 0)
+			return k;
+	return NULL;
+}
+
+static void add_locked(struct tasks *t, struct task *k)
+{
+	if (t->n == t->cap) {
+		t->cap = t->cap ? 2 * t->cap : 256;
+		t->v = realloc(t->v, t->cap * sizeof(*t->v));
+	}
+	t->v[t->n++] = k;
+	if (t->n > t->n_hash) {
+		size_t nh = t->n_hash * 2;
+		struct task **h = calloc(nh, sizeof(*h));
+		for (size_t i = 0; i < t->n_hash; i++) {
+			struct task *x = t->hash[i];
+			while (x) {
+				struct task *next = x->hnext;
+				size_t b = hash_str(x->row.id) % nh;
+				x->hnext = h[b];
+				h[b] = x;
+				x = next;
+			}
+		}
+		free(t->hash);
+		t->hash = h;
+		t->n_hash = nh;
+	}
+	size_t b = hash_str(k->row.id) % t->n_hash;
+	k->hnext = t->hash[b];
+	t->hash[b] = k;
+	t->changed_at = clock_wall_s();
+}
+
+static void task_free(struct task *k)
+{
+	store_task_clear(&k->row);
+	spec_free(k->spec);
+	json_decref(k->spec_json);
+	for (size_t i = 0; i < k->n_children; i++)
+		free(k->children[i]);
+	free(k->children);
+	for (int s = 0; s < N_STREAMS; s++)
+		buf_free(&k->out[s]);
+	free(k->remote_state);
+	struct waiter *w = k->waiters;
+	while (w) {
+		struct waiter *next = w->next;
+		w->done(w->arg, NULL, -1);
+		free(w);
+		w = next;
+	}
+	free(k);
+}
+
+int tasks_new(struct loop *loop, struct cluster *cluster, struct store *store, struct tasks **ret)
+{
+	struct tasks *t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	t->loop = loop;
+	t->cluster = cluster;
+	t->store = store;
+	t->n_hash = 256;
+	t->hash = calloc(t->n_hash, sizeof(*t->hash));
+	t->next_wait = 1;
+	t->changed_at = clock_wall_s();
+	pthread_mutex_init(&t->lock, NULL);
+	*ret = t;
+	return 0;
+}
+
+void tasks_free(struct tasks *t)
+{
+	if (!t)
+		return;
+	for (size_t i = 0; i < t->n; i++)
+		task_free(t->v[i]);
+	free(t->v);
+	free(t->hash);
+	struct node_poll *p = t->polls;
+	while (p) {
+		struct node_poll *next = p->next;
+		free(p->node);
+		free(p);
+		p = next;
+	}
+	pthread_mutex_destroy(&t->lock);
+	free(t);
+}
+
+/* ---- persistence helpers (lock held) ---- */
+
+static void set_str(char **dst, const char *src)
+{
+	if (*dst == src)
+		return;
+	char *n = src ? strdup(src) : NULL;
+	free(*dst);
+	*dst = n;
+}
+
+static void persist_locked(struct tasks *t, struct task *k)
+{
+	int r = store_update_task(t->store, &k->row);
+	if (r < 0)
+		log_err("store: cannot update task %s: %s", k->row.id, strerror(-r));
+	k->changed_at = clock_wall_s();
+	t->changed_at = k->changed_at;
+}
+
+static void wake_waiters_locked(struct task *k, struct waiter **ret_list)
+{
+	struct waiter *w = k->waiters;
+	k->waiters = NULL;
+	while (w) {
+		struct waiter *next = w->next;
+		w->state = strdup(k->row.state);
+		w->exit_code = k->row.exit_code;
+		w->next = *ret_list;
+		*ret_list = w;
+		w = next;
+	}
+}
+
+/* Calls woken waiters, outside the lock. */
+static void call_waiters(struct waiter *w)
+{
+	while (w) {
+		struct waiter *next = w->next;
+		w->done(w->arg, w->state, w->exit_code);
+		free(w->state);
+		free(w);
+		w = next;
+	}
+}
+
+static void update_parent_locked(struct tasks *t, struct task *child, struct waiter **wake);
+
+/* Moves a task to a state, persists it and records the event. Lock held. */
+static void set_state_locked(struct tasks *t, struct task *k, const char *state,
+			     const char *reason, struct waiter **wake)
+{
+	bool same = strcmp(k->row.state, state) == 0;
+	set_str(&k->row.state, state);
+	if (reason)
+		set_str(&k->row.reason, reason);
+	if (task_state_is_final(state)) {
+		if (k->row.finished_at <= 0)
+			k->row.finished_at = clock_wall_s();
+		wake_waiters_locked(k, wake);
+	}
+	persist_locked(t, k);
+	if (!same) {
+		if (task_state_is_final(state) && k->row.exit_code >= 0)
+			cluster_add_event(t->cluster, "task", k->row.id, "%s (exit %d)%s%s%s", state,
+					  k->row.exit_code, k->row.node ? " on " : "",
+					  k->row.node ? k->row.node : "", "");
+		else
+			cluster_add_event(t->cluster, "task", k->row.id, "%s%s%s%s%s", state,
+					  k->row.node && strcmp(state, TASK_QUEUED) ? " on " : "",
+					  k->row.node && strcmp(state, TASK_QUEUED) ? k->row.node : "",
+					  reason ? ": " : "", reason ? reason : "");
+	}
+	if (k->row.parent)
+		update_parent_locked(t, k, wake);
+}
+
+/* A node:"all" task is the sum of its copies: running while any runs, succeeded when all
+ * succeeded, failed when all ended and one did not succeed. Lock held. */
+static void update_parent_locked(struct tasks *t, struct task *child, struct waiter **wake)
+{
+	struct task *p = find_locked(t, child->row.parent);
+	if (!p || task_state_is_final(p->row.state))
+		return;
+	size_t done = 0, ok = 0, running = 0;
+	int worst = 0;
+	for (size_t i = 0; i < p->n_children; i++) {
+		struct task *c = find_locked(t, p->children[i]);
+		if (!c)
+			continue;
+		if (task_state_is_final(c->row.state)) {
+			done++;
+			if (!strcmp(c->row.state, TASK_SUCCEEDED))
+				ok++;
+			else if (c->row.exit_code > worst)
+				worst = c->row.exit_code;
+		} else if (state_is_active(c->row.state)) {
+			running++;
+		}
+	}
+	if (done == p->n_children) {
+		p->row.exit_code = ok == done ? 0 : (worst > 0 ? worst : 1);
+		char why[128];
+		snprintf(why, sizeof(why), "%zu of %zu copies succeeded", ok, done);
+		set_state_locked(t, p, ok == done ? TASK_SUCCEEDED : TASK_FAILED, why, wake);
+	} else if (running && strcmp(p->row.state, TASK_RUNNING)) {
+		if (p->row.started_at <= 0)
+			p->row.started_at = clock_wall_s();
+		set_state_locked(t, p, TASK_RUNNING, NULL, wake);
+	}
+}
+
+/* ---- submission ---- */
+
+static struct task *task_from_spec(const char *id, struct task_spec *spec, uid_t uid,
+				   const char *parent)
+{
+	struct task *k = calloc(1, sizeof(*k));
+	k->spec = spec;
+	k->spec_json = spec_to_json(spec);
+	k->row.id = strdup(id);
+	k->row.parent = parent ? strdup(parent) : NULL;
+	k->row.spec = json_dumps(k->spec_json, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	k->row.state = strdup(TASK_QUEUED);
+	k->row.exit_code = -1;
+	k->row.priority = spec->priority;
+	k->row.uid = uid;
+	k->row.submitted_at = clock_wall_s();
+	k->changed_at = k->row.submitted_at;
+	for (int s = 0; s < N_STREAMS; s++)
+		buf_init(&k->out[s]);
+	return k;
+}
+
+/* Node descriptions for the scheduler, from the cluster's views. The arrays in *ret_views
+ * own the strings the sched_nodes borrow. Caller holds tasks->lock (for the counts). */
+struct sched_input {
+	struct node_view *views;
+	struct sched_node *nodes;
+	const char ***caps;
+	size_t n;
+};
+
+static void node_history_locked(struct tasks *t, const char *node, int *completed, int *total,
+				int *consec)
+{
+	*completed = *total = *consec = 0;
+	bool streak = true;
+	for (size_t i = t->n; i-- > 0;) {
+		struct task *k = t->v[i];
+		if (!k->row.node || strcmp(k->row.node, node) || k->n_children)
+			continue;
+		const char *s = k->row.state;
+		if (!task_state_is_final(s) || !strcmp(s, TASK_CANCELLED))
+			continue;
+		(*total)++;
+		if (!strcmp(s, TASK_SUCCEEDED)) {
+			(*completed)++;
+			streak = false;
+		} else if (streak) {
+			(*consec)++;
+		}
+	}
+}
+
+static int active_on_locked(struct tasks *t, const char *node)
+{
+	int n = 0;
+	for (size_t i = 0; i < t->n; i++) {
+		struct task *k = t->v[i];
+		if (k->row.node && !strcmp(k->row.node, node) && state_is_active(k->row.state))
+			n++;
+	}
+	return n;
+}
+
+static void sched_input_build_locked(struct tasks *t, struct sched_input *in)
+{
+	size_t n = 0;
+	char **names = cluster_list_nodes(t->cluster, &n);
+	in->views = calloc(n + 1, sizeof(*in->views));
+	in->nodes = calloc(n + 1, sizeof(*in->nodes));
+	in->caps = calloc(n + 1, sizeof(*in->caps));
+	struct config *cfg = cluster_get_config(t->cluster);
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct node_view *v = &in->views[k];
+		if (cluster_get_node(t->cluster, names[i], v) < 0) {
+			free(names[i]);
+			continue;
+		}
+		struct sched_node *sn = &in->nodes[k];
+		sn->name = v->name;
+		sn->role = v->role;
+		sn->tier = v->tier;
+		size_t nc = json_array_size(v->capabilities);
+		in->caps[k] = calloc(nc + 1, sizeof(char *));
+		for (size_t c = 0; c < nc; c++)
+			in->caps[k][c] = json_string_value(json_array_get(v->capabilities, c));
+		sn->capabilities = in->caps[k];
+		sn->n_capabilities = nc;
+		sn->level = v->level;
+		sn->draining = v->draining;
+		json_t *h = v->health;
+		sn->cpu = json_number_value(json_object_get(h, "cpu_percent")) / 100.0;
+		sn->mem = json_number_value(json_object_get(h, "mem_percent")) / 100.0;
+		sn->cores = (int) json_integer_value(json_object_get(h, "cores"));
+		sn->ram_mb = (int) json_integer_value(json_object_get(h, "mem_total_mb"));
+		sn->gpus = (int) json_array_size(json_object_get(h, "gpus"));
+		sn->active = active_on_locked(t, v->name);
+		const struct cfg_host *host = config_find_host(cfg, v->name);
+		sn->queue_depth = host ? host->queue_depth : 10;
+		node_history_locked(t, v->name, &sn->completed, &sn->total,
+				    &sn->consecutive_failures);
+		k++;
+		free(names[i]);
+	}
+	free(names);
+	config_unref(cfg);
+	in->n = k;
+}
+
+static void sched_input_free(struct sched_input *in)
+{
+	for (size_t i = 0; i < in->n; i++) {
+		node_view_clear(&in->views[i]);
+		free(in->caps[i]);
+	}
+	free(in->views);
+	free(in->nodes);
+	free(in->caps);
+}
+
+static void sched_request_of(const struct task_spec *s, struct sched_request *req)
+{
+	memset(req, 0, sizeof(*req));
+	req->node = s->node ? s->node : "any";
+	req->type = s->type;
+	req->requires = (const char *const *) s->requires;
+	req->n_requires = s->n_requires;
+	req->cpus = s->cpus;
+	req->mem_mb = s->mem_mb;
+	req->gpus = s->gpus;
+	req->priority = s->priority;
+}
+
+static void post_schedule(struct tasks *t);
+
+int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, uid_t uid,
+		 char *errbuf, size_t errlen)
+{
+	if (len > TASKS_SPEC_MAX) {
+		snprintf(errbuf, errlen, "the spec is %zu bytes; the limit is %u", len,
+			 TASKS_SPEC_MAX);
+		return -EFBIG;
+	}
+	if (!spec_name_is_valid(id)) {
+		snprintf(errbuf, errlen,
+			 "\"%s\" is not a valid task name: use letters, digits, '.', '_' and '-'",
+			 id);
+		return -EINVAL;
+	}
+	static const char *const reserved[] = {"new", "queued", "running", "done", "failed"};
+	for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++) {
+		if (!strcmp(id, reserved[i])) {
+			snprintf(errbuf, errlen, "\"%s\" is reserved (a directory of tasks/); pick "
+						 "another name",
+				 id);
+			return -EINVAL;
+		}
+	}
+	struct task_spec *spec = NULL;
+	int r = spec_parse(text, len, &spec, errbuf, errlen);
+	if (r < 0)
+		return r;
+
+	pthread_mutex_lock(&t->lock);
+	if (find_locked(t, id)) {
+		pthread_mutex_unlock(&t->lock);
+		spec_free(spec);
+		snprintf(errbuf, errlen, "task %s exists already", id);
+		return -EEXIST;
+	}
+	for (size_t i = 0; i < spec->n_after; i++) {
+		if (!find_locked(t, spec->after[i])) {
+			pthread_mutex_unlock(&t->lock);
+			snprintf(errbuf, errlen, "field \"after\" names %s, which is not a task",
+				 spec->after[i]);
+			spec_free(spec);
+			return -EINVAL;
+		}
+	}
+	bool all = spec->node && !strcmp(spec->node, "all");
+	if (spec->node && !all && strcmp(spec->node, "any") &&
+	    !cluster_has_node(t->cluster, spec->node)) {
+		pthread_mutex_unlock(&t->lock);
+		snprintf(errbuf, errlen, "field \"node\" names %s, which is not a node of this cluster",
+			 spec->node);
+		spec_free(spec);
+		return -EINVAL;
+	}
+
+	struct task *parent = task_from_spec(id, spec, uid, NULL);
+	struct task **batch = NULL;
+	size_t n_batch = 1;
+	if (all) {
+		struct sched_input in;
+		sched_input_build_locked(t, &in);
+		struct sched_request req;
+		sched_request_of(spec, &req);
+		req.node = "any";
+		size_t *idx = calloc(in.n + 1, sizeof(*idx));
+		struct buf why;
+		buf_init(&why);
+		struct config *cfg = cluster_get_config(t->cluster);
+		size_t n = sched_place_all(cfg, &req, in.nodes, in.n, idx, &why);
+		config_unref(cfg);
+		if (n == 0) {
+			snprintf(errbuf, errlen, "node \"all\": %s", why.data ? why.data : "no node");
+			buf_free(&why);
+			free(idx);
+			sched_input_free(&in);
+			pthread_mutex_unlock(&t->lock);
+			task_free(parent);
+			return -EINVAL;
+		}
+		batch = calloc(n + 1, sizeof(*batch));
+		batch[0] = parent;
+		parent->children = calloc(n, sizeof(char *));
+		for (size_t i = 0; i < n; i++) {
+			const char *node = in.nodes[idx[i]].name;
+			struct buf cid;
+			buf_init(&cid);
+			buf_printf(&cid, "%s@%s", id, node);
+			struct task_spec *cs = NULL;
+			char e2[256];
+			/* the copy's spec: the same, placed on one node */
+			json_t *cj = json_deep_copy(parent->spec_json);
+			json_object_set_new(cj, "node", json_string(node));
+			char *ctext = json_dumps(cj, JSON_COMPACT);
+			json_decref(cj);
+			if (spec_parse(ctext, strlen(ctext), &cs, e2, sizeof(e2)) < 0)
+				abort(); /* a canonical spec always parses */
+			free(ctext);
+			struct task *c = task_from_spec(cid.data, cs, uid, id);
+			parent->children[parent->n_children++] = strdup(cid.data);
+			batch[n_batch++] = c;
+			buf_free(&cid);
+		}
+		set_str(&parent->row.placement, why.data);
+		buf_free(&why);
+		free(idx);
+		sched_input_free(&in);
+	} else {
+		batch = calloc(1, sizeof(*batch));
+		batch[0] = parent;
+	}
+
+	struct store_task *rows = calloc(n_batch, sizeof(*rows));
+	for (size_t i = 0; i < n_batch; i++)
+		rows[i] = batch[i]->row;
+	r = store_insert_tasks(t->store, rows, n_batch);
+	if (r < 0) {
+		pthread_mutex_unlock(&t->lock);
+		free(rows);
+		for (size_t i = 0; i < n_batch; i++)
+			task_free(batch[i]);
+		free(batch);
+		snprintf(errbuf, errlen, "cannot store the task: %s",
+			 r == -ENOSPC ? "the state directory's disk is full" : strerror(-r));
+		return r == -EEXIST ? -EEXIST : r;
+	}
+	for (size_t i = 0; i < n_batch; i++) {
+		batch[i]->row.seq = rows[i].seq;
+		add_locked(t, batch[i]);
+	}
+	free(rows);
+	free(batch);
+	pthread_mutex_unlock(&t->lock);
+	cluster_add_event(t->cluster, "task", id, "submitted by uid %u%s", (unsigned) uid,
+			  all ? " for every eligible node" : "");
+	post_schedule(t);
+	return 0;
+}
+
+bool tasks_exists(struct tasks *t, const char *id)
+{
+	pthread_mutex_lock(&t->lock);
+	bool r = find_locked(t, id) != NULL;
+	pthread_mutex_unlock(&t->lock);
+	return r;
+}
+
+int tasks_get(struct tasks *t, const char *id, struct task_view *ret)
+{
+	pthread_mutex_lock(&t->lock);
+	struct task *k = find_locked(t, id);
+	if (!k) {
+		pthread_mutex_unlock(&t->lock);
+		return -ENOENT;
+	}
+	struct task_view v = {0};
+	v.id = strdup(k->row.id);
+	v.parent = k->row.parent ? strdup(k->row.parent) : NULL;
+	v.state = strdup(k->row.state);
+	v.node = k->row.node ? strdup(k->row.node) : NULL;
+	v.reason = k->row.reason ? strdup(k->row.reason) : NULL;
+	v.placement = k->row.placement ? strdup(k->row.placement) : NULL;
+	v.spec = json_deep_copy(k->spec_json);
+	if (k->n_children) {
+		v.children = json_array();
+		for (size_t i = 0; i < k->n_children; i++)
+			json_array_append_new(v.children, json_string(k->children[i]));
+	}
+	v.exit_code = k->row.exit_code;
+	v.attempts = k->row.attempts;
+	v.priority = k->row.priority;
+	v.uid = k->row.uid;
+	v.submitted_at = k->row.submitted_at;
+	v.started_at = k->row.started_at;
+	v.finished_at = k->row.finished_at;
+	v.changed_at = k->changed_at;
+	v.stdout_len = k->out[0].len;
+	v.stderr_len = k->out[1].len;
+	pthread_mutex_unlock(&t->lock);
+	*ret = v;
+	return 0;
+}
+
+static bool in_group(const char *state, const char *group)
+{
+	if (!group)
+		return true;
+	if (!strcmp(group, "queued"))
+		return !strcmp(state, TASK_QUEUED);
+	if (!strcmp(group, "running"))
+		return state_is_active(state);
+	if (!strcmp(group, "done"))
+		return !strcmp(state, TASK_SUCCEEDED);
+	if (!strcmp(group, "failed"))
+		return task_state_is_final(state) && strcmp(state, TASK_SUCCEEDED);
+	return false;
+}
+
+char **tasks_list(struct tasks *t, const char *group, const char *node, size_t *ret_n)
+{
+	pthread_mutex_lock(&t->lock);
+	char **ids = calloc(t->n + 1, sizeof(*ids));
+	size_t n = 0;
+	for (size_t i = 0; i < t->n; i++) {
+		struct task *k = t->v[i];
+		if (!in_group(k->row.state, group))
+			continue;
+		if (node && (!k->row.node || strcmp(k->row.node, node)))
+			continue;
+		ids[n++] = strdup(k->row.id);
+	}
+	pthread_mutex_unlock(&t->lock);
+	if (ret_n)
+		*ret_n = n;
+	return ids;
+}
+
+double tasks_changed_at(struct tasks *t)
+{
+	pthread_mutex_lock(&t->lock);
+	double r = t->changed_at;
+	pthread_mutex_unlock(&t->lock);
+	return r;
+}
+
+int tasks_active_on(struct tasks *t, const char *node)
+{
+	pthread_mutex_lock(&t->lock);
+	int n = active_on_locked(t, node);
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
+int tasks_read_output(struct tasks *t, const char *id, const char *stream, size_t offset,
+		      struct buf *out)
+{
+	int s = !strcmp(stream, "stderr");
+	pthread_mutex_lock(&t->lock);
+	struct task *k = find_locked(t, id);
+	if (!k) {
+		pthread_mutex_unlock(&t->lock);
+		return -ENOENT;
+	}
+	if (offset < k->out[s].len)
+		buf_append(out, k->out[s].data + offset, k->out[s].len - offset);
+	pthread_mutex_unlock(&t->lock);
+	return 0;
+}
+
+/* ---- waiting ---- */
+
+uint64_t tasks_wait_new_id(struct tasks *t)
+{
+	pthread_mutex_lock(&t->lock);
+	uint64_t id = t->next_wait++;
+	pthread_mutex_unlock(&t->lock);
+	return id;
+}
+
+static bool tombstone_take_locked(struct tasks *t, uint64_t wait)
+{
+	for (size_t i = 0; i < TOMBSTONES; i++) {
+		if (t->tombstones[i] == wait) {
+			t->tombstones[i] = 0;
+			return true;
+		}
+	}
+	return false;
+}
+
+int tasks_wait(struct tasks *t, const char *id, uint64_t wait, tasks_wait_fn done, void *arg)
+{
+	pthread_mutex_lock(&t->lock);
+	if (tombstone_take_locked(t, wait)) {
+		pthread_mutex_unlock(&t->lock);
+		return -EINTR;
+	}
+	struct task *k = find_locked(t, id);
+	if (!k) {
+		pthread_mutex_unlock(&t->lock);
+		return -ENOENT;
+	}
+	if (task_state_is_final(k->row.state)) {
+		pthread_mutex_unlock(&t->lock);
+		return 1;
+	}
+	struct waiter *w = calloc(1, sizeof(*w));
+	w->id = wait;
+	w->done = done;
+	w->arg = arg;
+	w->next = k->waiters;
+	k->waiters = w;
+	pthread_mutex_unlock(&t->lock);
+	return 0;
+}
+
+void *tasks_wait_cancel(struct tasks *t, uint64_t wait)
+{
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; i < t->n; i++) {
+		for (struct waiter **pp = &t->v[i]->waiters; *pp; pp = &(*pp)->next) {
+			if ((*pp)->id == wait) {
+				struct waiter *w = *pp;
+				*pp = w->next;
+				void *arg = w->arg;
+				free(w);
+				pthread_mutex_unlock(&t->lock);
+				return arg;
+			}
+		}
+	}
+	/* not registered (yet): leave a mark so that a late registration fails */
+	t->tombstones[t->next_tombstone++ % TOMBSTONES] = wait;
+	pthread_mutex_unlock(&t->lock);
+	return NULL;
+}
+
+/* ---- talking to agents (loop thread) ---- */
+
+struct call {
+	struct tasks *t;
+	char *id;     /* task id, or node name for polls */
+	int stream;
+	uint64_t started_us;
+};
+
+static struct call *call_new(struct tasks *t, const char *id, int stream)
+{
+	struct call *c = calloc(1, sizeof(*c));
+	c->t = t;
+	c->id = strdup(id);
+	c->stream = stream;
+	c->started_us = clock_now_us();
+	return c;
+}
+
+static void call_free(struct call *c)
+{
+	free(c->id);
+	free(c);
+}
+
+/* The URL of an agent endpoint on a node, or NULL when the node is gone. */
+static char *agent_url(struct tasks *t, const char *node, const char *path, char **ret_token)
+{
+	struct config *cfg = cluster_get_config(t->cluster);
+	const struct cfg_host *h = config_find_host(cfg, node);
+	char *url = NULL;
+	if (h) {
+		struct buf b;
+		buf_init(&b);
+		bool v6 = strchr(h->address, ':') != NULL;
+		buf_printf(&b, "http://%s%s%s:%d%s", v6 ? "[" : "", h->address, v6 ? "]" : "",
+			   h->agent_port, path);
+		url = buf_steal(&b, NULL);
+		*ret_token = h->token ? strdup(h->token) : NULL;
+	}
+	config_unref(cfg);
+	return url;
+}
+
+static int agent_call(struct tasks *t, const char *node, const char *method, const char *path,
+		      const char *body, http_done_fn done, struct call *c)
+{
+	char *token = NULL;
+	char *url = agent_url(t, node, path, &token);
+	if (!url)
+		return -ENOENT;
+	struct http_request req = {
+		.method = method,
+		.url = url,
+		.token = token,
+		.body = body,
+		.body_len = body ? strlen(body) : 0,
+		.connect_timeout_ms = AGENT_TIMEOUT_MS,
+		.timeout_ms = AGENT_TIMEOUT_MS,
+		.max_body = FETCH_MAX + 4096,
+	};
+	int r = loop_http(t->loop, &req, done, c);
+	free(url);
+	if (token) {
+		explicit_bzero(token, strlen(token));
+		free(token);
+	}
+	return r;
+}
+
+static void dispatch_done(const struct http_response *r, void *arg)
+{
+	struct call *c = arg;
+	struct tasks *t = c->t;
+	struct waiter *wake = NULL;
+	pthread_mutex_lock(&t->lock);
+	struct task *k = find_locked(t, c->id);
+	if (k) {
+		k->dispatching = false;
+		if (!r->error) {
+			if (!strcmp(k->row.state, TASK_DISPATCHED)) {
+				k->row.started_at = clock_wall_s();
+				set_state_locked(t, k, TASK_RUNNING, NULL, &wake);
+			}
+		} else if (r->status == 400 || r->status == 413) {
+			json_t *doc = json_loadb(r->body, r->body_len, 0, NULL);
+			const char *e = json_string_value(json_object_get(doc, "error"));
+			char why[512];
+			snprintf(why, sizeof(why), "the agent on %s refused it: %s", k->row.node,
+				 e ? e : r->error_text);
+			json_decref(doc);
+			set_state_locked(t, k, TASK_FAILED, why, &wake);
+		} else {
+			/* Unknown whether it arrived: the node's poll finds out and re-sends
+			 * the same dispatch id, which the agent runs at most once. */
+			log_warn("dispatch of %s to %s: %s; will retry", k->row.id, k->row.node,
+				 r->error_text);
+		}
+	}
+	pthread_mutex_unlock(&t->lock);
+	call_waiters(wake);
+	call_free(c);
+}
+
+/* Sends the task to its node. Lock held; loop thread. */
+static void dispatch_locked(struct tasks *t, struct task *k)
+{
+	if (k->dispatching)
+		return;
+	json_t *body = json_object();
+	json_object_set_new(body, "id", json_string(k->row.dispatch_id));
+	if (k->spec->shell)
+		json_object_set_new(body, "cmd", json_string(k->spec->shell));
+	else {
+		json_t *argv = json_array();
+		for (size_t i = 0; i < k->spec->argc; i++)
+			json_array_append_new(argv, json_string(k->spec->argv[i]));
+		json_object_set_new(body, "cmd", argv);
+	}
+	if (k->spec->env)
+		json_object_set(body, "env", k->spec->env);
+	if (k->spec->cwd)
+		json_object_set_new(body, "cwd", json_string(k->spec->cwd));
+	if (k->spec->timeout_s)
+		json_object_set_new(body, "timeout_s", json_integer(k->spec->timeout_s));
+	char *text = json_dumps(body, JSON_COMPACT);
+	json_decref(body);
+	struct call *c = call_new(t, k->row.id, 0);
+	if (agent_call(t, k->row.node, "POST", "/api/node/tasks", text, dispatch_done, c) == 0)
+		k->dispatching = true;
+	else
+		call_free(c);
+	free(text);
+}
+
+static void fetch_output_locked(struct tasks *t, struct task *k, int s);
+static void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **wake);
+
+static void fetch_done(const struct http_response *r, void *arg)
+{
+	struct call *c = arg;
+	struct tasks *t = c->t;
+	struct waiter *wake = NULL;
+	pthread_mutex_lock(&t->lock);
+	struct task *k = find_locked(t, c->id);
+	if (k) {
+		int s = c->stream;
+		k->fetching[s] = false;
+		if (!r->error && r->body_len) {
+			size_t room = TASKS_OUTPUT_MAX - k->out[s].len;
+			size_t n = r->body_len < room ? r->body_len : room;
+			buf_append(&k->out[s], r->body, n);
+			if (n < r->body_len && !k->out_full[s]) {
+				k->out_full[s] = true;
+				static const char cut[] = "\n[clusterfs: output cut at the limit]\n";
+				buf_append(&k->out[s], cut, sizeof(cut) - 1);
+			}
+			k->changed_at = clock_wall_s();
+		}
+		if (!r->error && k->out[s].len < k->remote_size[s] && !k->out_full[s] &&
+		    r->body_len)
+			fetch_output_locked(t, k, s);
+		finalize_if_ready_locked(t, k, &wake);
+	}
+	pthread_mutex_unlock(&t->lock);
+	call_waiters(wake);
+	call_free(c);
+}
+
+static void fetch_output_locked(struct tasks *t, struct task *k, int s)
+{
+	if (k->fetching[s] || k->out_full[s] || !k->row.node || !k->row.dispatch_id)
+		return;
+	char path[512];
+	snprintf(path, sizeof(path), "/api/node/tasks/%s/%s?offset=%zu&limit=%u", k->row.dispatch_id,
+		 stream_names[s], k->out[s].len, FETCH_MAX);
+	struct call *c = call_new(t, k->row.id, s);
+	if (agent_call(t, k->row.node, "GET", path, NULL, fetch_done, c) == 0)
+		k->fetching[s] = true;
+	else
+		call_free(c);
+}
+
+static void requeue_or_fail_locked(struct tasks *t, struct task *k, const char *state,
+				   const char *why, struct waiter **wake)
+{
+	if (strcmp(state, TASK_CANCELLED) && !k->cancel_requested &&
+	    k->row.attempts <= k->spec->retries && !k->row.parent) {
+		char reason[512];
+		snprintf(reason, sizeof(reason), "retry %d of %d after %s%s%s", k->row.attempts,
+			 k->spec->retries, state, why ? ": " : "", why ? why : "");
+		store_add_attempt(t->store, k->row.id, k->row.attempts, k->row.node,
+				  k->row.dispatch_id, state, k->row.exit_code, k->row.started_at,
+				  clock_wall_s());
+		set_str(&k->row.node, NULL);
+		set_str(&k->row.dispatch_id, NULL);
+		k->row.exit_code = -1;
+		for (int s = 0; s < N_STREAMS; s++) {
+			buf_free(&k->out[s]);
+			k->remote_size[s] = 0;
+			k->out_full[s] = false;
+		}
+		set_state_locked(t, k, TASK_QUEUED, reason, wake);
+		return;
+	}
+	set_state_locked(t, k, state, why, wake);
+}
+
+/* Once the agent reported a final state and all output is here: the task ends. */
+static void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **wake)
+{
+	if (!k->remote_state || task_state_is_final(k->row.state))
+		return;
+	for (int s = 0; s < N_STREAMS; s++) {
+		if (k->fetching[s])
+			return;
+		if (k->out[s].len < k->remote_size[s] && !k->out_full[s]) {
+			fetch_output_locked(t, k, s);
+			if (k->fetching[s])
+				return;
+		}
+	}
+	for (int s = 0; s < N_STREAMS; s++)
+		store_put_output(t->store, k->row.id, stream_names[s], k->out[s].data,
+				 k->out[s].len);
+	k->row.exit_code = k->remote_exit;
+	store_add_attempt(t->store, k->row.id, k->row.attempts, k->row.node, k->row.dispatch_id,
+			  k->remote_state, k->remote_exit, k->row.started_at, clock_wall_s());
+	char *state = k->remote_state;
+	k->remote_state = NULL;
+	if (!strcmp(state, TASK_SUCCEEDED))
+		set_state_locked(t, k, TASK_SUCCEEDED, NULL, wake);
+	else
+		requeue_or_fail_locked(t, k, state, NULL, wake);
+	free(state);
+}
+
+/* Applies one task object from an agent to our task. Lock held. */
+static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, struct waiter **wake)
+{
+	const char *state = json_string_value(json_object_get(o, "state"));
+	if (!state)
+		return;
+	for (int s = 0; s < N_STREAMS; s++) {
+		json_t *sz = json_object_get(o, s ? "stderr_size" : "stdout_size");
+		if (json_is_integer(sz))
+			k->remote_size[s] = (size_t) json_integer_value(sz);
+		if (k->out[s].len < k->remote_size[s])
+			fetch_output_locked(t, k, s);
+	}
+	if (!strcmp(k->row.state, TASK_DISPATCHED)) {
+		k->row.started_at = clock_wall_s();
+		set_state_locked(t, k, TASK_RUNNING, NULL, wake);
+	}
+	if (strcmp(state, "running") && !k->remote_state) {
+		json_t *ec = json_object_get(o, "exit_code");
+		k->remote_state = strdup(state);
+		k->remote_exit = json_is_integer(ec) ? (int) json_integer_value(ec) : -1;
+		finalize_if_ready_locked(t, k, wake);
+	}
+}
+
+static struct node_poll *poll_for(struct tasks *t, const char *node)
+{
+	for (struct node_poll *p = t->polls; p; p = p->next)
+		if (!strcmp(p->node, node))
+			return p;
+	struct node_poll *p = calloc(1, sizeof(*p));
+	p->node = strdup(node);
+	p->next = t->polls;
+	t->polls = p;
+	return p;
+}
+
+static void poll_done(const struct http_response *r, void *arg)
+{
+	struct call *c = arg;
+	struct tasks *t = c->t;
+	struct node_poll *p = poll_for(t, c->id);
+	p->in_flight = false;
+	if (r->error) {
+		call_free(c);
+		return;
+	}
+	json_t *doc = json_loadb(r->body, r->body_len, 0, NULL);
+	json_t *list = json_object_get(doc, "tasks");
+	struct waiter *wake = NULL;
+	pthread_mutex_lock(&t->lock);
+	/* index the agent's answer by dispatch id */
+	for (size_t i = 0; i < t->n; i++) {
+		struct task *k = t->v[i];
+		if (!k->row.node || strcmp(k->row.node, c->id) || !state_is_active(k->row.state) ||
+		    !k->row.dispatch_id)
+			continue;
+		json_t *found = NULL, *o;
+		size_t j;
+		json_array_foreach(list, j, o) {
+			const char *id = json_string_value(json_object_get(o, "id"));
+			if (id && !strcmp(id, k->row.dispatch_id)) {
+				found = o;
+				break;
+			}
+		}
+		if (found) {
+			apply_remote_locked(t, k, found, &wake);
+			if (k->cancel_requested && !k->cancel_sent &&
+			    !strcmp(json_string_value(json_object_get(found, "state")), "running")) {
+				/* sent from the tick */
+			}
+		} else if (!k->dispatching) {
+			/* the agent never got it (or lost it before writing it down): send the
+			 * same dispatch id again */
+			if (json_is_array(list))
+				dispatch_locked(t, k);
+		}
+	}
+	pthread_mutex_unlock(&t->lock);
+	json_decref(doc);
+	call_waiters(wake);
+	call_free(c);
+}
+
+static void cancel_done(const struct http_response *r, void *arg)
+{
+	struct call *c = arg;
+	struct tasks *t = c->t;
+	pthread_mutex_lock(&t->lock);
+	struct task *k = find_locked(t, c->id);
+	if (k && r->error && r->status != 404)
+		k->cancel_sent = false; /* try again at the next tick */
+	pthread_mutex_unlock(&t->lock);
+	call_free(c);
+}
+
+/* ---- scheduling (loop thread) ---- */
+
+static int queued_cmp(const void *a, const void *b)
+{
+	const struct task *x = *(struct task *const *) a, *y = *(struct task *const *) b;
+	if (x->row.priority != y->row.priority)
+		return x->row.priority - y->row.priority;
+	return x->row.seq < y->row.seq ? -1 : x->row.seq > y->row.seq;
+}
+
+/* Places what can be placed, in priority order. Lock held. */
+static void schedule_locked(struct tasks *t, struct waiter **wake)
+{
+	struct task **q = NULL;
+	size_t nq = 0;
+	for (size_t i = 0; i < t->n; i++) {
+		struct task *k = t->v[i];
+		if (!strcmp(k->row.state, TASK_QUEUED) && !k->n_children) {
+			q = realloc(q, (nq + 1) * sizeof(*q));
+			q[nq++] = k;
+		}
+	}
+	if (!nq)
+		return;
+	qsort(q, nq, sizeof(*q), queued_cmp);
+	struct sched_input in;
+	sched_input_build_locked(t, &in);
+	struct config *cfg = cluster_get_config(t->cluster);
+	for (size_t i = 0; i < nq; i++) {
+		struct task *k = q[i];
+		/* dependencies first */
+		bool wait_deps = false;
+		const char *failed_dep = NULL;
+		for (size_t d = 0; d < k->spec->n_after; d++) {
+			struct task *dep = find_locked(t, k->spec->after[d]);
+			if (!dep || !task_state_is_final(dep->row.state)) {
+				wait_deps = true;
+			} else if (strcmp(dep->row.state, TASK_SUCCEEDED)) {
+				failed_dep = k->spec->after[d];
+				break;
+			}
+		}
+		if (failed_dep) {
+			char why[300];
+			snprintf(why, sizeof(why), "dependency %s did not succeed", failed_dep);
+			set_state_locked(t, k, TASK_FAILED, why, wake);
+			continue;
+		}
+		if (wait_deps) {
+			if (!k->row.reason || strncmp(k->row.reason, "waiting for", 11)) {
+				set_str(&k->row.reason, "waiting for the tasks in \"after\" to succeed");
+				persist_locked(t, k);
+			}
+			continue;
+		}
+		struct sched_request req;
+		sched_request_of(k->spec, &req);
+		size_t idx = 0;
+		struct buf why;
+		buf_init(&why);
+		int r = sched_place(cfg, &req, in.nodes, in.n, &idx, &why);
+		if (r < 0) {
+			const char *w = why.data ? why.data : "no eligible node";
+			if (!k->row.reason || strcmp(k->row.reason, w)) {
+				set_str(&k->row.reason, w);
+				persist_locked(t, k);
+			}
+			buf_free(&why);
+			continue;
+		}
+		/* committed: attempt N of this task on this node, under an id no other attempt
+		 * or control plane uses */
+		k->row.attempts++;
+		set_str(&k->row.node, in.nodes[idx].name);
+		set_str(&k->row.placement, why.data);
+		set_str(&k->row.reason, NULL);
+		struct buf did;
+		buf_init(&did);
+		buf_printf(&did, "%s.%s.%d", store_instance_id(t->store), k->row.id, k->row.attempts);
+		set_str(&k->row.dispatch_id, did.data);
+		buf_free(&did);
+		buf_free(&why);
+		set_state_locked(t, k, TASK_DISPATCHED, NULL, wake);
+		in.nodes[idx].active++;
+		dispatch_locked(t, k);
+	}
+	config_unref(cfg);
+	sched_input_free(&in);
+	free(q);
+}
+
+static void schedule_on_loop(void *arg)
+{
+	struct tasks *t = arg;
+	struct waiter *wake = NULL;
+	pthread_mutex_lock(&t->lock);
+	t->schedule_posted = false;
+	schedule_locked(t, &wake);
+	pthread_mutex_unlock(&t->lock);
+	call_waiters(wake);
+}
+
+static void post_schedule(struct tasks *t)
+{
+	pthread_mutex_lock(&t->lock);
+	bool post = t->started && !t->schedule_posted;
+	if (post)
+		t->schedule_posted = true;
+	pthread_mutex_unlock(&t->lock);
+	if (post)
+		loop_post(t->loop, schedule_on_loop, t);
+}
+
+/* Every TICK: poll the nodes that have work, send pending cancels, notice lost nodes,
+ * and place what waits. */
+static void tasks_tick(void *arg)
+{
+	struct tasks *t = arg;
+	struct waiter *wake = NULL;
+	char **nodes = NULL;
+	size_t n_nodes = 0;
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; i < t->n; i++) {
+		struct task *k = t->v[i];
+		if (!state_is_active(k->row.state) || !k->row.node)
+			continue;
+		struct node_view v;
+		if (cluster_get_node(t->cluster, k->row.node, &v) < 0) {
+			requeue_or_fail_locked(t, k, TASK_LOST, "its node left the cluster", &wake);
+			continue;
+		}
+		enum node_level level = v.level;
+		node_view_clear(&v);
+		if (level == NODE_OFFLINE) {
+			requeue_or_fail_locked(t, k, TASK_LOST, "its node went offline", &wake);
+			continue;
+		}
+		if (k->cancel_requested && !k->cancel_sent && k->row.dispatch_id) {
+			char path[512];
+			snprintf(path, sizeof(path), "/api/node/tasks/%s/cancel", k->row.dispatch_id);
+			struct call *c = call_new(t, k->row.id, 0);
+			if (agent_call(t, k->row.node, "POST", path, "{}", cancel_done, c) == 0)
+				k->cancel_sent = true;
+			else
+				call_free(c);
+		}
+		bool seen = false;
+		for (size_t j = 0; j < n_nodes; j++)
+			seen |= !strcmp(nodes[j], k->row.node);
+		if (!seen) {
+			nodes = realloc(nodes, (n_nodes + 1) * sizeof(*nodes));
+			nodes[n_nodes++] = strdup(k->row.node);
+		}
+	}
+	schedule_locked(t, &wake);
+	pthread_mutex_unlock(&t->lock);
+	call_waiters(wake);
+
+	for (size_t j = 0; j < n_nodes; j++) {
+		struct node_poll *p = poll_for(t, nodes[j]);
+		if (!p->in_flight) {
+			struct call *c = call_new(t, nodes[j], 0);
+			if (agent_call(t, nodes[j], "GET", "/api/node/tasks", NULL, poll_done, c) == 0)
+				p->in_flight = true;
+			else
+				call_free(c);
+		}
+		free(nodes[j]);
+	}
+	free(nodes);
+	t->tick = loop_timer_add(t->loop, clock_now_us() + TICK_US, tasks_tick, t);
+}
+
+static void tasks_start_on_loop(void *arg)
+{
+	tasks_tick(arg);
+}
+
+int tasks_start(struct tasks *t)
+{
+	struct store_task *rows = NULL;
+	size_t n = 0;
+	int r = store_load_tasks(t->store, &rows, &n);
+	if (r < 0)
+		return r;
+	size_t recovered = 0;
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; i < n; i++) {
+		struct task_spec *spec = NULL;
+		char err[256];
+		if (spec_parse(rows[i].spec, strlen(rows[i].spec), &spec, err, sizeof(err)) < 0) {
+			log_err("store: task %s has a spec this version rejects (%s); skipped",
+				rows[i].id, err);
+			continue;
+		}
+		struct task *k = calloc(1, sizeof(*k));
+		k->row = rows[i];
+		memset(&rows[i], 0, sizeof(rows[i]));
+		k->spec = spec;
+		k->spec_json = spec_to_json(spec);
+		k->changed_at = k->row.finished_at > 0 ? k->row.finished_at : k->row.submitted_at;
+		for (int s = 0; s < N_STREAMS; s++) {
+			buf_init(&k->out[s]);
+			char *data = NULL;
+			size_t len = 0;
+			if (store_get_output(t->store, k->row.id, stream_names[s], &data, &len) == 0 &&
+			    len)
+				buf_append(&k->out[s], data, len);
+			free(data);
+		}
+		if (state_is_active(k->row.state))
+			recovered++;
+		add_locked(t, k);
+	}
+	/* parents learn their children again */
+	for (size_t i = 0; i < t->n; i++) {
+		struct task *c = t->v[i];
+		if (!c->row.parent)
+			continue;
+		struct task *p = find_locked(t, c->row.parent);
+		if (!p)
+			continue;
+		p->children = realloc(p->children, (p->n_children + 1) * sizeof(char *));
+		p->children[p->n_children++] = strdup(c->row.id);
+	}
+	t->started = true;
+	pthread_mutex_unlock(&t->lock);
+	store_tasks_free(rows, n);
+	if (n)
+		cluster_add_event(t->cluster, "tasks", "store",
+				  "loaded %zu task%s; reconciling %zu dispatched or running", n,
+				  n == 1 ? "" : "s", recovered);
+	return loop_post(t->loop, tasks_start_on_loop, t);
+}
+
+/* ---- control ---- */
+
+int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, char *errbuf,
+		  size_t errlen)
+{
+	char word[32] = "", arg[32] = "";
+	if (sscanf(cmd, " %31s %31s", word, arg) < 1) {
+		snprintf(errbuf, errlen, "write one of: cancel, retry, priority P0..P3");
+		return -EINVAL;
+	}
+	struct waiter *wake = NULL;
+	int r = 0;
+	pthread_mutex_lock(&t->lock);
+	struct task *k = find_locked(t, id);
+	if (!k) {
+		r = -ENOENT;
+		goto out_unlock;
+	}
+	if (uid != 0 && uid != k->row.uid) {
+		snprintf(errbuf, errlen, "only uid %u (who submitted %s) or root may do that",
+			 (unsigned) k->row.uid, id);
+		r = -EPERM;
+		goto out_unlock;
+	}
+	if (!strcmp(word, "cancel")) {
+		if (task_state_is_final(k->row.state)) {
+			snprintf(errbuf, errlen, "task %s has ended (%s)", id, k->row.state);
+			r = -EBUSY;
+			goto out_unlock;
+		}
+		for (size_t i = 0; i < k->n_children; i++) {
+			struct task *c = find_locked(t, k->children[i]);
+			if (c && !task_state_is_final(c->row.state)) {
+				c->cancel_requested = true;
+				if (!strcmp(c->row.state, TASK_QUEUED))
+					set_state_locked(t, c, TASK_CANCELLED, "cancelled before it ran",
+							 &wake);
+			}
+		}
+		k->cancel_requested = true;
+		if (!strcmp(k->row.state, TASK_QUEUED) && !k->n_children)
+			set_state_locked(t, k, TASK_CANCELLED, "cancelled before it ran", &wake);
+		else if (!k->n_children)
+			cluster_add_event(t->cluster, "task", id, "cancel requested by uid %u",
+					  (unsigned) uid);
+	} else if (!strcmp(word, "retry")) {
+		if (!task_state_is_final(k->row.state) || !strcmp(k->row.state, TASK_SUCCEEDED) ||
+		    k->n_children) {
+			snprintf(errbuf, errlen, "only a failed, timed out, cancelled or lost task can be "
+						 "retried; %s is %s",
+				 id, k->row.state);
+			r = -EBUSY;
+			goto out_unlock;
+		}
+		k->cancel_requested = k->cancel_sent = false;
+		set_str(&k->row.node, NULL);
+		set_str(&k->row.dispatch_id, NULL);
+		k->row.exit_code = -1;
+		k->row.finished_at = 0;
+		for (int s = 0; s < N_STREAMS; s++) {
+			buf_free(&k->out[s]);
+			k->remote_size[s] = 0;
+			k->out_full[s] = false;
+		}
+		set_state_locked(t, k, TASK_QUEUED, "retried by hand", &wake);
+	} else if (!strcmp(word, "priority")) {
+		int p = -1;
+		if ((arg[0] == 'P' || arg[0] == 'p') && arg[1] >= '0' && arg[1] <= '3' && !arg[2])
+			p = arg[1] - '0';
+		else if (arg[0] >= '0' && arg[0] <= '3' && !arg[1])
+			p = arg[0] - '0';
+		if (p < 0) {
+			snprintf(errbuf, errlen, "priority takes P0, P1, P2 or P3, not \"%s\"", arg);
+			r = -EINVAL;
+			goto out_unlock;
+		}
+		k->row.priority = p;
+		persist_locked(t, k);
+		cluster_add_event(t->cluster, "task", id, "priority P%d", p);
+	} else {
+		const char *const words[] = {"cancel", "retry", "priority"};
+		const char *s = util_closest_word(word, words, 3, 2);
+		snprintf(errbuf, errlen, "unknown command \"%s\"%s%s%s; write cancel, retry or "
+					 "priority P0..P3",
+			 word, s ? "; did you mean \"" : "", s ? s : "", s ? "\"" : "");
+		r = -EINVAL;
+	}
+out_unlock:
+	pthread_mutex_unlock(&t->lock);
+	call_waiters(wake);
+	if (r == 0)
+		post_schedule(t);
+	return r;
+}
+
+void tasks_on_cluster_change(void *arg, const char *node)
+{
+	post_schedule(arg);
+}
