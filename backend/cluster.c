@@ -55,6 +55,7 @@ struct cluster {
 	struct node **nodes;   /* sorted by name; protected by lock */
 	size_t n_nodes;
 	char *config_error;    /* protected by lock */
+	json_t *alerts;        /* key -> message; protected by lock */
 	double changed_at;     /* protected by lock */
 	double started_at;
 	uint64_t started_us;
@@ -164,6 +165,7 @@ int cluster_new(struct loop *loop, struct config *cfg, struct cluster **ret)
 		return -ENOMEM;
 	}
 	c->cfg = config_ref(cfg);
+	c->alerts = json_object();
 	c->n_nodes = cfg->n_hosts;
 	c->nodes = calloc(cfg->n_hosts ? cfg->n_hosts : 1, sizeof(*c->nodes));
 	for (size_t i = 0; i < cfg->n_hosts; i++)
@@ -192,6 +194,7 @@ void cluster_free(struct cluster *c)
 	free(c->nodes);
 	config_unref(c->cfg);
 	free(c->config_error);
+	json_decref(c->alerts);
 	for (size_t i = 0; i < c->n_events; i++)
 		free(c->events[(c->events_first + i) % EVENTS_MAX].line);
 	free(c->events);
@@ -947,4 +950,32 @@ int cluster_probe_now(struct cluster *c, const char *name)
 	if (!cluster_has_node(c, name))
 		return -ENOENT;
 	return cluster_refresh_node(c, name, ignore_refresh, NULL);
+}
+
+void cluster_set_alert(struct cluster *c, const char *key, const char *msg)
+{
+	pthread_rwlock_wrlock(&c->lock);
+	const char *old = json_string_value(json_object_get(c->alerts, key));
+	bool changed = msg ? !old || strcmp(old, msg) : old != NULL;
+	if (msg)
+		json_object_set_new(c->alerts, key, json_string(msg));
+	else
+		json_object_del(c->alerts, key);
+	pthread_rwlock_unlock(&c->lock);
+	if (!changed)
+		return;
+	if (msg)
+		cluster_add_event(c, "alert", key, "%s", msg);
+	else
+		cluster_add_event(c, "alert", key, "cleared");
+}
+
+void cluster_render_alerts(struct cluster *c, struct buf *out)
+{
+	pthread_rwlock_rdlock(&c->lock);
+	const char *key;
+	json_t *v;
+	json_object_foreach(c->alerts, key, v)
+		buf_printf(out, "%s: %s\n", key, json_string_value(v));
+	pthread_rwlock_unlock(&c->lock);
 }

@@ -77,6 +77,12 @@ void cluster_set_config(struct cluster *c, struct config *cfg);
 /* Loop thread: records that a config edit was rejected (msg, or NULL once resolved). */
 void cluster_set_config_error(struct cluster *c, const char *msg);
 
+/* Any thread: raises (msg) or clears (NULL) the alert named key ("service training/status",
+ * "ledger", ...). An alert that is raised or changes is also an event. */
+void cluster_set_alert(struct cluster *c, const char *key, const char *msg);
+/* Any thread: the raised alerts as "key: message" lines, appended to out. */
+void cluster_render_alerts(struct cluster *c, struct buf *out);
+
 /* Any thread: the config in force. Returns a new reference. */
 struct config *cluster_get_config(struct cluster *c);
 /* Any thread: the last config error, or NULL. Returns a new string. */

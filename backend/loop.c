@@ -37,6 +37,7 @@ struct xfer {
 	struct buf body;
 	size_t max_body;
 	bool too_big;
+	void (*on_chunk)(const char *data, size_t len, void *arg);
 	http_done_fn done;
 	void *arg;
 	char errbuf[CURL_ERROR_SIZE];
@@ -224,6 +225,10 @@ static size_t xfer_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
 	struct xfer *x = userdata;
 	size_t n = size * nmemb;
+	if (x->on_chunk) {
+		x->on_chunk(ptr, n, x->arg);
+		return n;
+	}
 	if (x->body.len + n > x->max_body) {
 		x->too_big = true;
 		return 0; /* aborts with CURLE_WRITE_ERROR */
@@ -261,6 +266,7 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 	buf_init(&x->body);
 	x->done = done;
 	x->arg = arg;
+	x->on_chunk = req->on_chunk;
 	x->max_body = req->max_body ? req->max_body : (8u << 20);
 	x->easy = curl_easy_init();
 	if (!x->easy)

@@ -33,6 +33,9 @@ struct http_request {
 	long connect_timeout_ms;
 	long timeout_ms;     /* total deadline */
 	size_t max_body;     /* answers larger than this fail with -EFBIG; 0 = 8 MiB */
+	/* When set, the answer is handed over as it arrives (NDJSON progress, say) instead of
+	 * being collected: done() then sees an empty body. Runs on the loop thread. */
+	void (*on_chunk)(const char *data, size_t len, void *arg);
 };
 
 /* Creates the loop; the thread starts with loop_start(). Returns 0 or -errno. */

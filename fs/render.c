@@ -245,6 +245,7 @@ static void render_alerts(struct cluster *c, struct buf *out, double *ret_mtime)
 				   json_string_value(json_array_get(views[i].reasons, k)));
 		buf_puts(out, "\n");
 	}
+	cluster_render_alerts(c, out);
 	free_views(views, n);
 }
 

@@ -269,6 +269,28 @@ static void test_clock(void)
 	CHECK(clock_wall_s() > 1.6e9, "clock: wall clock is plausible");
 }
 
+static void test_closest_word(void)
+{
+	static const char *const words[] = {"cmd", "node", "timeout_s", NULL, "retries"};
+	CHECK(util_closest_word("cdm", words, 5, 2) == words[0], "closest: transposition");
+	CHECK(util_closest_word("nod", words, 5, 2) == words[1], "closest: deletion");
+	CHECK(util_closest_word("retriess", words, 5, 2) == words[4],
+	      "closest: skips NULL candidates");
+	CHECK(util_closest_word("zzzzzz", words, 5, 2) == NULL, "closest: none within 2");
+	CHECK(util_closest_word("node", words, 5, 0) == words[1], "closest: exact at 0");
+	CHECK(util_closest_word("x", words, 0, 5) == NULL, "closest: no candidates");
+	CHECK(util_closest_word("comand", words, 5, 2) == NULL &&
+		      util_closest_word("comand", words, 5, 3) == words[0],
+	      "closest: the limit is inclusive");
+	static const char *const tie[] = {"ab", "ba"};
+	CHECK(util_closest_word("aa", tie, 2, 2) == tie[0], "closest: the first wins a tie");
+	char longw[300];
+	memset(longw, 'x', 299);
+	longw[299] = '\0';
+	const char *const lw[] = {longw};
+	CHECK(util_closest_word(longw, lw, 1, 2) == lw[0], "closest: long words work");
+}
+
 int main(void)
 {
 	if (!mkdtemp(tmpdir)) {
@@ -281,6 +303,7 @@ int main(void)
 	test_token();
 	test_file_read_all();
 	test_clock();
+	test_closest_word();
 
 	static const char *const names[] = {"ok",  "ro",  "unsafe", "empty", "blank", "space",
 					    "ctl", "big", "f",      "e",     NULL};
