@@ -297,7 +297,9 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 		explicit_bzero(h.data, h.len);
 		buf_free(&h);
 	}
-	if (req->method && strcmp(req->method, "POST") == 0) {
+	bool post = req->method && strcmp(req->method, "POST") == 0;
+	if (post || req->body) {
+		/* a body: POST, or another method that carries one (Ollama's DELETE does) */
 		struct buf h;
 		buf_init(&h);
 		buf_printf(&h, "Content-Type: %s",
@@ -314,9 +316,9 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 		curl_easy_setopt(e, CURLOPT_POST, 1L);
 		curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->req_body);
 		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
-	} else if (req->method && strcmp(req->method, "GET") != 0) {
-		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
 	}
+	if (req->method && !post && strcmp(req->method, "GET") != 0)
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
 
 	if (curl_multi_add_handle(l->multi, e) != CURLM_OK)

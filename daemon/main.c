@@ -1,7 +1,10 @@
 /* clusterfs: mounts the cluster as a directory tree. Options, daemonizing, signals,
  * wiring, shutdown. */
 #include "backend/cluster.h"
+#include "backend/ledger.h"
 #include "backend/loop.h"
+#include "backend/models.h"
+#include "backend/services.h"
 #include "backend/store.h"
 #include "backend/tasks.h"
 #include "backend/util.h"
@@ -39,6 +42,9 @@ struct daemon {
 	struct cluster *cluster;
 	struct store *store;
 	struct tasks *tasks;
+	struct services *services;
+	struct ledger *ledger;
+	struct models *models;
 	struct config_watch *watch;
 	struct loop_timer *reload_timer;
 };
@@ -279,7 +285,20 @@ int main(int argc, char **argv)
 	}
 	if (loop_new(&d.loop) < 0 || cluster_new(d.loop, cfg, &d.cluster) < 0 ||
 	    tasks_new(d.loop, d.cluster, d.store, &d.tasks) < 0 ||
-	    fs_new(d.cluster, d.tasks, &fs) < 0) {
+	    services_new(d.loop, d.cluster, &d.services) < 0 ||
+	    ledger_new(d.loop, d.cluster, d.store, &d.ledger) < 0 ||
+	    models_new(d.loop, d.cluster, &d.models) < 0) {
+		fprintf(stderr, "clusterfs: out of memory\n");
+		goto out;
+	}
+	struct tree_ctx backends = {
+		.cluster = d.cluster,
+		.tasks = d.tasks,
+		.services = d.services,
+		.ledger = d.ledger,
+		.models = d.models,
+	};
+	if (fs_new(&backends, &fs) < 0) {
 		fprintf(stderr, "clusterfs: out of memory\n");
 		goto out;
 	}
@@ -337,6 +356,9 @@ int main(int argc, char **argv)
 	r = tasks_start(d.tasks);
 	if (r < 0)
 		log_err("cannot load the tasks from the store: %s", strerror(-r));
+	r = ledger_start(d.ledger);
+	if (r < 0)
+		log_err("cannot start the ledger: %s", strerror(-r));
 	log_info("mounted %s on %s: %zu node%s, config %s, state %s", cfg->cluster,
 		 mp_abs ? mp_abs : mountpoint, cfg->n_hosts, cfg->n_hosts == 1 ? "" : "s",
 		 d.config_path ? d.config_path : "(built-in one-node default)", d.state_dir);
@@ -366,6 +388,9 @@ out:
 		loop_timer_cancel(d.loop, d.reload_timer);
 	fs_free(fs);
 	tasks_free(d.tasks);
+	services_free(d.services);
+	ledger_free(d.ledger);
+	models_free(d.models);
 	cluster_free(d.cluster);
 	loop_free(d.loop);
 	store_close(d.store);

@@ -47,6 +47,9 @@ struct handle {
 	struct buf content;
 	uint64_t seq;         /* events: the last event included */
 	uid_t uid;            /* who opened it (ctl writes are checked against it) */
+	bool writable;        /* collects writes for a POST or a record at flush */
+	bool writer;          /* opened for writing */
+	bool dirty;           /* written since the last flush */
 };
 
 /* A directory listing, taken at opendir. */
@@ -56,7 +59,7 @@ struct dir_handle {
 	char *path;
 };
 
-int fs_new(struct cluster *c, struct tasks *tasks, struct fs **ret)
+int fs_new(const struct tree_ctx *backends, struct fs **ret)
 {
 	struct fs *f = calloc(1, sizeof(*f));
 	if (!f)
@@ -72,9 +75,10 @@ int fs_new(struct cluster *c, struct tasks *tasks, struct fs **ret)
 		free(f);
 		return r;
 	}
-	f->cluster = c;
-	f->ctx.cluster = c;
-	f->ctx.tasks = tasks;
+	struct drafts *drafts = f->ctx.drafts;
+	f->ctx = *backends;
+	f->ctx.drafts = drafts;
+	f->cluster = backends->cluster;
 	f->uid = getuid();
 	f->gid = getgid();
 	pthread_mutex_init(&f->lock, NULL);
@@ -346,6 +350,11 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 			return r;
 		}
 		st->st_mode = S_IFREG | tree_kind_mode(e.kind);
+		if (e.kind == TREE_SERVICE_FILE) {
+			bool post = false;
+			services_file_exists(f->ctx.services, e.name, e.file, &post);
+			st->st_mode = S_IFREG | (post ? 0644 : 0444);
+		}
 		st->st_nlink = 1;
 		st->st_size = (off_t) size;
 		st->st_blocks = (blkcnt_t) ((size + 511) / 512);
@@ -382,9 +391,72 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_ASYNC_READ;
 }
 
-static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+
+/* ---- answering after a refresh: a request whose data must be fresh is parked, and
+ * finished from the loop thread once the backend has fetched (at most the probe timeout
+ * later); no FUSE thread waits meanwhile ---- */
+
+enum pending_op { PENDING_LOOKUP, PENDING_OPENDIR, PENDING_OPEN };
+
+struct pending {
+	enum pending_op op;
+	fuse_req_t req;
+	struct fs *f;
+	fuse_ino_t ino;            /* lookup: the parent; open(dir): the inode */
+	char *name;                /* lookup */
+	struct fuse_file_info fi;  /* copied: FUSE's is gone once the callback returns */
+	struct handle *h;          /* open */
+};
+
+static void pending_finish(struct pending *p);
+
+static void pending_done(void *arg)
 {
-	struct fs *f = fuse_req_userdata(req);
+	pending_finish(arg);
+}
+
+static void pending_done_err(void *arg, int err)
+{
+	pending_finish(arg);
+}
+
+/* Starts the refresh `e` needs, if any: 1 when nothing needs to wait (data fresh, or no
+ * refresh applies), 0 when p will be finished later. */
+static int refresh_then(struct fs *f, const struct tree_entry *e, struct pending *p)
+{
+	if (tree_kind_refreshes(e->kind) && e->node && !cluster_node_is_fresh(f->cluster, e->node))
+		return cluster_refresh_node(f->cluster, e->node, pending_done_err, p) == 0 ? 0 : 1;
+	if (tree_kind_is_ledger(e->kind))
+		return ledger_refresh(f->ctx.ledger, pending_done, p) == 0 ? 0 : 1;
+	if (tree_kind_is_models(e->kind))
+		return models_refresh(f->ctx.models,
+				      e->kind == TREE_NODE_MODELS || e->kind == TREE_NODE_MODEL ||
+						      e->kind == TREE_NODE_MODELS_CTL
+					      ? e->node
+					      : NULL,
+				      pending_done, p) == 0
+			       ? 0
+			       : 1;
+	return 1;
+}
+
+static struct pending *pending_new(enum pending_op op, fuse_req_t req, struct fs *f)
+{
+	struct pending *p = calloc(1, sizeof(*p));
+	p->op = op;
+	p->req = req;
+	p->f = f;
+	return p;
+}
+
+static void pending_free(struct pending *p)
+{
+	free(p->name);
+	free(p);
+}
+
+static void lookup_finish(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name)
+{
 	char *dir = fs_ino_path(f, parent);
 	if (!dir)
 		return (void) fuse_reply_err(req, ESTALE);
@@ -411,6 +483,30 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	free(path);
 	if (fuse_reply_entry(req, &ep) != 0)
 		inode_table_forget(f->itab, ep.ino, 1);
+}
+
+static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *f = fuse_req_userdata(req);
+	char *dir = fs_ino_path(f, parent);
+	struct tree_entry e;
+	if (dir && tree_classify(&f->ctx, dir, &e) == 0) {
+		/* names in a models or ledger directory come from the network */
+		if (tree_kind_is_models(e.kind) || tree_kind_is_ledger(e.kind)) {
+			struct pending *p = pending_new(PENDING_LOOKUP, req, f);
+			p->ino = parent;
+			p->name = strdup(name);
+			if (refresh_then(f, &e, p) == 0) {
+				tree_entry_clear(&e);
+				free(dir);
+				return;
+			}
+			pending_free(p);
+		}
+		tree_entry_clear(&e);
+	}
+	free(dir);
+	lookup_finish(req, f, parent, name);
 }
 
 static void fs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -443,9 +539,9 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_attr(req, &st, timeout);
 }
 
-static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static void opendir_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino,
+			   struct fuse_file_info *fi)
 {
-	struct fs *f = fuse_req_userdata(req);
 	char *path = fs_ino_path(f, ino);
 	if (!path)
 		return (void) fuse_reply_err(req, ESTALE);
@@ -466,6 +562,27 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		free(d->path);
 		free(d);
 	}
+}
+
+static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *f = fuse_req_userdata(req);
+	char *path = fs_ino_path(f, ino);
+	struct tree_entry e;
+	if (path && tree_classify(&f->ctx, path, &e) == 0) {
+		struct pending *p = pending_new(PENDING_OPENDIR, req, f);
+		p->ino = ino;
+		p->fi = *fi;
+		int r = refresh_then(f, &e, p);
+		tree_entry_clear(&e);
+		if (r == 0) {
+			free(path);
+			return;
+		}
+		pending_free(p);
+	}
+	free(path);
+	opendir_finish(req, f, ino, fi);
 }
 
 static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -567,23 +684,57 @@ static void open_finish(fuse_req_t req, struct fs *f, struct handle *h, struct f
 		handle_free(h); /* the open was interrupted: no release will come */
 }
 
-struct pending_open {
-	fuse_req_t req;
-	struct fs *f;
-	struct handle *h;
-	struct fuse_file_info fi; /* copied: FUSE's is gone once the callback returns */
-};
 
-static void open_refreshed(void *arg, int err)
+static void pending_finish(struct pending *p)
 {
-	struct pending_open *po = arg;
-	if (err == -ENOENT) {
-		handle_free(po->h);
-		fuse_reply_err(po->req, ENOENT);
-	} else {
-		open_finish(po->req, po->f, po->h, &po->fi);
+	switch (p->op) {
+	case PENDING_LOOKUP:
+		lookup_finish(p->req, p->f, p->ino, p->name);
+		break;
+	case PENDING_OPENDIR:
+		opendir_finish(p->req, p->f, p->ino, &p->fi);
+		break;
+	case PENDING_OPEN:
+		if (p->h->e.node && !cluster_has_node(p->f->cluster, p->h->e.node)) {
+			handle_free(p->h);
+			fuse_reply_err(p->req, ENOENT);
+		} else {
+			open_finish(p->req, p->f, p->h, &p->fi);
+		}
+		break;
 	}
-	free(po);
+	pending_free(p);
+}
+
+/* services/NAME/FILE read: the open GETs the endpoint and answers with its body. */
+static void service_got(void *arg, int err, const char *body, size_t len)
+{
+	struct pending *p = arg;
+	if (err) {
+		handle_free(p->h);
+		fuse_reply_err(p->req, -err);
+	} else {
+		buf_append(&p->h->content, body, len);
+		p->fi.fh = (uint64_t) (uintptr_t) p->h;
+		p->fi.direct_io = 1;
+		if (fuse_reply_open(p->req, &p->fi) != 0)
+			handle_free(p->h);
+	}
+	pending_free(p);
+}
+
+static void service_get_open(fuse_req_t req, struct fs *f, struct handle *h,
+			     struct fuse_file_info *fi)
+{
+	struct pending *p = pending_new(PENDING_OPEN, req, f);
+	p->fi = *fi;
+	p->h = h;
+	int r = services_get(f->ctx.services, h->e.name, h->e.file, service_got, p);
+	if (r < 0) {
+		pending_free(p);
+		handle_free(h);
+		fuse_reply_err(req, -r);
+	}
 }
 
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -605,20 +756,46 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return (void) fuse_reply_err(req, EISDIR);
 	}
 	bool writing = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC);
-	if (writing && !tree_kind_is_ctl(h->e.kind) && h->e.kind != TREE_DRAFT) {
+	h->writer = writing;
+	/* with atomic O_TRUNC (libfuse's default) the truncation is ours to do */
+	if (h->e.kind == TREE_DRAFT && (fi->flags & O_TRUNC)) {
+		r = drafts_truncate(f->ctx.drafts, h->e.name, 0, TASKS_SPEC_MAX);
+		if (r < 0) {
+			handle_free(h);
+			return (void) fuse_reply_err(req, -r);
+		}
+	}
+	if (h->e.kind == TREE_SERVICE_FILE) {
+		bool post = false;
+		services_file_exists(f->ctx.services, h->e.name, h->e.file, &post);
+		if (!post && writing) {
+			handle_free(h);
+			return (void) fuse_reply_err(req, EACCES);
+		}
+		if (!post)
+			return service_get_open(req, f, h, fi);
+		h->writable = writing;
+	}
+	if (h->e.kind == TREE_LEDGER_RECORD)
+		h->writable = writing;
+	if (writing && !tree_kind_is_ctl(h->e.kind) && h->e.kind != TREE_DRAFT && !h->writable) {
 		handle_free(h);
 		return (void) fuse_reply_err(req, EACCES);
 	}
-	if (tree_kind_refreshes(h->e.kind) && !cluster_node_is_fresh(f->cluster, h->e.node)) {
-		struct pending_open *po = calloc(1, sizeof(*po));
-		po->req = req;
-		po->f = f;
-		po->h = h;
-		po->fi = *fi;
-		if (cluster_refresh_node(f->cluster, h->e.node, open_refreshed, po) == 0)
-			return;
-		free(po);
+	if (h->writable) {
+		/* the handle collects what is written; flush sends it */
+		fi->fh = (uint64_t) (uintptr_t) h;
+		fi->direct_io = 1;
+		if (fuse_reply_open(req, fi) != 0)
+			handle_free(h);
+		return;
 	}
+	struct pending *p = pending_new(PENDING_OPEN, req, f);
+	p->fi = *fi;
+	p->h = h;
+	if (refresh_then(f, &h->e, p) == 0)
+		return;
+	pending_free(p);
 	open_finish(req, f, h, fi);
 }
 
@@ -797,6 +974,12 @@ static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	if (!name_is_valid(name) || strlen(name) > 200)
 		return (void) fuse_reply_err(req, EINVAL);
 	char *id = submit_name(name);
+	size_t nl = strlen(name);
+	if (!id && name[0] != '.' && nl > 5 && !strcmp(name + nl - 5, ".json")) {
+		log_info("tasks/new/%s: not a valid task name (letters, digits, '.', '_', '-')",
+			 name);
+		return (void) fuse_reply_err(req, EINVAL);
+	}
 	bool taken = id && tasks_exists(f->ctx.tasks, id);
 	free(id);
 	if (taken)
@@ -815,6 +998,7 @@ static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	}
 	struct handle *h = handle_new();
 	h->uid = ctx->uid;
+	h->writer = true;
 	r = tree_classify(&f->ctx, path, &h->e);
 	ep.ino = inode_table_ref(f->itab, path);
 	ep.generation = 1;
@@ -852,6 +1036,56 @@ static void node_ctl(fuse_req_t req, struct fs *f, struct handle *h, const char 
 	fuse_reply_write(req, size);
 }
 
+
+/* nodes/NODE/models/ctl: the write is answered when the model server answered (a pull:
+ * when it started; its progress is read from ctl). */
+struct pending_write {
+	fuse_req_t req;
+	size_t size;
+	char *what;
+};
+
+static void models_ctl_done(void *arg, int err, const char *why)
+{
+	struct pending_write *pw = arg;
+	if (err) {
+		log_info("%s: %s", pw->what, why ? why : strerror(-err));
+		fuse_reply_err(pw->req, -err);
+	} else {
+		fuse_reply_write(pw->req, pw->size);
+	}
+	free(pw->what);
+	free(pw);
+}
+
+static void models_ctl_write(fuse_req_t req, struct fs *f, struct handle *h, const char *cmd,
+			     size_t size)
+{
+	struct pending_write *pw = calloc(1, sizeof(*pw));
+	pw->req = req;
+	pw->size = size;
+	struct buf what;
+	buf_init(&what);
+	buf_printf(&what, "nodes/%s/models/ctl \"%s\"", h->e.node, cmd);
+	pw->what = buf_steal(&what, NULL);
+	char err[512] = "";
+	int r = models_ctl(f->ctx.models, h->e.node, cmd, models_ctl_done, pw, err, sizeof(err));
+	if (r < 0) {
+		log_info("%s: %s", pw->what, err[0] ? err : strerror(-r));
+		free(pw->what);
+		free(pw);
+		fuse_reply_err(req, -r);
+	}
+}
+
+/* services/NAME/FILE write: the flush POSTs what was written and is answered with the
+ * outcome. */
+static void service_posted(void *arg, int err, const char *body, size_t len)
+{
+	fuse_req_t req = arg;
+	fuse_reply_err(req, err ? -err : 0);
+}
+
 static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
@@ -860,8 +1094,41 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 	if (h->e.kind == TREE_DRAFT) {
 		int r = drafts_write(f->ctx.drafts, h->e.name, data, size, (size_t) off,
 				     TASKS_SPEC_MAX);
+		if (r == -EFBIG) {
+			/* the close says so too, and nothing is submitted */
+			drafts_take_dirty(f->ctx.drafts, h->e.name);
+			drafts_set_last_error(f->ctx.drafts, h->e.name, r);
+			char *id = submit_name(h->e.name);
+			if (id) {
+				char errname[300], msg[400];
+				snprintf(errname, sizeof(errname), "%s.error", id);
+				snprintf(msg, sizeof(msg), "%s: the spec is larger than %u bytes\n",
+					 h->e.name, TASKS_SPEC_MAX);
+				drafts_put(f->ctx.drafts, errname, h->uid, fuse_req_ctx(req)->gid, msg);
+				free(id);
+			}
+		}
 		if (r < 0)
 			return (void) fuse_reply_err(req, -r);
+		return (void) fuse_reply_write(req, size);
+	}
+	if (h->writable) {
+		size_t max = h->e.kind == TREE_LEDGER_RECORD ? LEDGER_RECORD_MAX : (4u << 20);
+		if ((size_t) off + size > max)
+			return (void) fuse_reply_err(req, EFBIG);
+		pthread_mutex_lock(&h->lock);
+		if ((size_t) off > h->content.len) {
+			char *zeros = calloc(1, (size_t) off - h->content.len);
+			buf_append(&h->content, zeros, (size_t) off - h->content.len);
+			free(zeros);
+		}
+		size_t overlap = h->content.len - (size_t) off;
+		if (overlap > size)
+			overlap = size;
+		memcpy(h->content.data + off, data, overlap);
+		buf_append(&h->content, data + overlap, size - overlap);
+		h->dirty = true;
+		pthread_mutex_unlock(&h->lock);
 		return (void) fuse_reply_write(req, size);
 	}
 	if (!tree_kind_is_ctl(h->e.kind))
@@ -877,6 +1144,8 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 		cmd[--n] = '\0';
 	if (h->e.kind == TREE_NODE_CTL)
 		return node_ctl(req, f, h, cmd, size);
+	if (h->e.kind == TREE_NODE_MODELS_CTL)
+		return models_ctl_write(req, f, h, cmd, size);
 	char err[512] = "";
 	int r = tasks_control(f->ctx.tasks, h->e.task, cmd, fuse_req_ctx(req)->uid, err,
 			      sizeof(err));
@@ -891,7 +1160,36 @@ static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *f = fuse_req_userdata(req);
 	struct handle *h = (struct handle *) (uintptr_t) fi->fh;
-	if (h->e.kind != TREE_DRAFT)
+	if (h->writable) {
+		pthread_mutex_lock(&h->lock);
+		bool dirty = h->dirty;
+		h->dirty = false;
+		struct buf body;
+		buf_init(&body);
+		buf_append(&body, h->content.data ? h->content.data : "", h->content.len);
+		pthread_mutex_unlock(&h->lock);
+		if (!dirty) {
+			buf_free(&body);
+			return (void) fuse_reply_err(req, 0);
+		}
+		int r;
+		if (h->e.kind == TREE_LEDGER_RECORD) {
+			char err[512] = "";
+			r = ledger_record(f->ctx.ledger, body.data, body.len, err, sizeof(err));
+			if (r < 0)
+				log_info("ledger/record rejected: %s", err);
+		} else {
+			r = services_post(f->ctx.services, h->e.name, h->e.file, body.data, body.len,
+					  service_posted, req);
+			if (r == 0) {
+				buf_free(&body);
+				return; /* answered when the POST is */
+			}
+		}
+		buf_free(&body);
+		return (void) fuse_reply_err(req, r < 0 ? -r : 0);
+	}
+	if (h->e.kind != TREE_DRAFT || !h->writer)
 		return (void) fuse_reply_err(req, 0);
 	char *id = submit_name(h->e.name);
 	if (!id)
@@ -940,7 +1238,8 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 			r = drafts_truncate(f->ctx.drafts, e.name, (size_t) attr->st_size,
 					    TASKS_SPEC_MAX);
 		/* times and modes of a draft: accepted, not kept (cp -p, rsync -t) */
-	} else if (tree_kind_is_ctl(e.kind)) {
+	} else if (tree_kind_is_ctl(e.kind) || e.kind == TREE_LEDGER_RECORD ||
+		   e.kind == TREE_SERVICE_FILE) {
 		if (to_set & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
 			       FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME))
 			r = -EACCES;
@@ -981,8 +1280,14 @@ static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 	if (!name_is_valid(newname) || strlen(newname) > 200)
 		return (void) fuse_reply_err(req, EINVAL);
 	char *id = submit_name(newname);
+	char *old_path = tree_join("/tasks/new", name);
+	char *new_path = tree_join("/tasks/new", newname);
 	if (!id) {
 		int r = drafts_rename(f->ctx.drafts, name, newname);
+		if (r == 0)
+			inode_table_rename(f->itab, old_path, new_path);
+		free(old_path);
+		free(new_path);
 		return (void) fuse_reply_err(req, r < 0 ? -r : 0);
 	}
 	/* renamed to NAME.json: that is a submission (editors, rsync and atomic writers) */
@@ -1003,6 +1308,10 @@ static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		drafts_set_last_error(f->ctx.drafts, newname, r);
 		r = 0;
 	}
+	if (r == 0)
+		inode_table_rename(f->itab, old_path, new_path);
+	free(old_path);
+	free(new_path);
 	buf_free(&text);
 	free(id);
 	fuse_reply_err(req, r < 0 ? -r : 0);

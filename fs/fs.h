@@ -7,11 +7,13 @@
 
 #include "backend/cluster.h"
 #include "backend/tasks.h"
+#include "fs/tree.h"
 
 struct fs;
 
-/* Creates the filesystem over the cluster and its tasks (borrowed: they outlive the fs). */
-int fs_new(struct cluster *c, struct tasks *tasks, struct fs **ret);
+/* Creates the filesystem over the backends in `backends` (cluster, tasks, services, ledger,
+ * models; borrowed: they outlive the fs; its drafts field is ignored). */
+int fs_new(const struct tree_ctx *backends, struct fs **ret);
 void fs_free(struct fs *f);
 /* The lowlevel operations; their userdata is the struct fs. */
 const struct fuse_lowlevel_ops *fs_ops(void);

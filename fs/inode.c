@@ -161,3 +161,16 @@ void inode_table_foreach(struct inode_table *t, const char *prefix,
 				fn(arg, n->ino, n->path);
 	pthread_mutex_unlock(&t->lock);
 }
+
+void inode_table_rename(struct inode_table *t, const char *old_path, const char *new_path)
+{
+	uint64_t ino = inode_hash_path(old_path);
+	pthread_mutex_lock(&t->lock);
+	struct inode *n = find_locked(t, ino);
+	if (n) {
+		char *p = strdup(new_path);
+		free(n->path);
+		n->path = p;
+	}
+	pthread_mutex_unlock(&t->lock);
+}

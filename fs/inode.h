@@ -21,6 +21,9 @@ uint64_t inode_table_ref(struct inode_table *t, const char *path);
 char *inode_table_path(struct inode_table *t, uint64_t ino);
 /* Drops n lookups; the entry goes when none are left (the root stays). */
 void inode_table_forget(struct inode_table *t, uint64_t ino, uint64_t n);
+/* After a rename: the inode the kernel knows for old_path now names new_path (the kernel
+ * keeps its inode across a rename). */
+void inode_table_rename(struct inode_table *t, const char *old_path, const char *new_path);
 /* True when the kernel holds the inode. */
 bool inode_table_known(struct inode_table *t, uint64_t ino);
 /* Calls fn for each known path that starts with prefix (under the table lock: fn must not

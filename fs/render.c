@@ -397,6 +397,13 @@ static const char readme_text[] =
 	"    capabilities  one per line\n"
 	"    tasks/        symlinks to the tasks placed here\n"
 	"    ctl           write: drain | resume | probe\n"
+	"    models/       one JSON file per model on this node; ctl: pull | delete | load |\n"
+	"                  unload NAME, and reading ctl shows what runs and how far\n"
+	"  models/MODEL/   nodes (has it), loaded (holds it in memory), info\n"
+	"  ledger/         entries/STEP, best/METRIC, summary, source; write a JSON entry to\n"
+	"                  record to record a checkpoint (kept and delivered while the\n"
+	"                  ledger host is away)\n"
+	"  services/NAME/FILE  REST endpoints from the config: reading GETs, writing POSTs\n"
 	"  tasks/\n"
 	"    new/          drop NAME.json here to submit task NAME; a rejected spec stays,\n"
 	"                  with NAME.error saying why\n"
@@ -530,6 +537,48 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 	}
 	case TREE_NODE_CTL:
 		buf_puts(out, "write one of: drain | resume | probe\n");
+		return 0;
+	case TREE_SERVICE_FILE:
+		services_last_answer(ctx->services, e->name, e->file, out);
+		return 0;
+	case TREE_LEDGER_ENTRY:
+		*ret_mtime = ledger_changed_at(ctx->ledger);
+		return ledger_render_entry(ctx->ledger, e->name, out);
+	case TREE_LEDGER_BEST_FILE:
+		*ret_mtime = ledger_changed_at(ctx->ledger);
+		return ledger_render_best(ctx->ledger, e->name, out);
+	case TREE_LEDGER_SUMMARY:
+		*ret_mtime = ledger_changed_at(ctx->ledger);
+		ledger_render_summary(ctx->ledger, out);
+		return 0;
+	case TREE_LEDGER_SOURCE:
+		*ret_mtime = ledger_changed_at(ctx->ledger);
+		ledger_render_source(ctx->ledger, out);
+		return 0;
+	case TREE_LEDGER_RECORD:
+		buf_puts(out, "write a JSON entry to record a checkpoint, e.g.\n"
+			      "{\"step\": 1000, \"metrics\": {\"val_loss\": 0.61}, "
+			      "\"path\": \"/ckpt/step-1000\"}\n");
+		return 0;
+	case TREE_NODE_MODEL:
+	case TREE_MODEL_NODES:
+	case TREE_MODEL_LOADED:
+	case TREE_MODEL_INFO: {
+		char *model = models_decode_name(e->file);
+		int r = -ENOENT;
+		*ret_mtime = models_changed_at(ctx->models);
+		if (model && e->kind == TREE_NODE_MODEL)
+			r = models_node_render(ctx->models, e->node, model, out);
+		else if (model && e->kind == TREE_MODEL_INFO)
+			r = models_render_info(ctx->models, model, out);
+		else if (model)
+			r = models_render_nodes(ctx->models, model, e->kind == TREE_MODEL_LOADED, out);
+		free(model);
+		return r;
+	}
+	case TREE_NODE_MODELS_CTL:
+		*ret_mtime = models_changed_at(ctx->models);
+		models_ctl_render(ctx->models, e->node, out);
 		return 0;
 	case TREE_NODE_STATUS:
 	case TREE_NODE_HEALTH:

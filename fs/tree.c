@@ -15,8 +15,11 @@ static const struct named_kind root_files[] = {
 	{"alerts", TREE_ALERTS},
 	{"config", TREE_CONFIG},
 	{"events", TREE_EVENTS},
+	{"ledger", TREE_LEDGER},
 	{"metrics", TREE_METRICS},
+	{"models", TREE_MODELS},
 	{"nodes", TREE_NODES},
+	{"services", TREE_SERVICES},
 	{"stats", TREE_STATS},
 	{"tasks", TREE_TASKS},
 	{"topology.dot", TREE_TOPOLOGY_DOT},
@@ -29,6 +32,7 @@ static const struct named_kind node_files[] = {
 	{"ctl", TREE_NODE_CTL},
 	{"health", TREE_NODE_HEALTH},
 	{"info", TREE_NODE_INFO},
+	{"models", TREE_NODE_MODELS},
 	{"role", TREE_NODE_ROLE},
 	{"status", TREE_NODE_STATUS},
 	{"tasks", TREE_NODE_TASKS},
@@ -49,6 +53,32 @@ static const struct named_kind task_files[] = {
 
 static const char *const groups[] = {"done", "failed", "queued", "running"};
 
+static const struct named_kind ledger_files[] = {
+	{"best", TREE_LEDGER_BEST},
+	{"entries", TREE_LEDGER_ENTRIES},
+	{"record", TREE_LEDGER_RECORD},
+	{"source", TREE_LEDGER_SOURCE},
+	{"summary", TREE_LEDGER_SUMMARY},
+};
+
+static const struct named_kind model_files[] = {
+	{"info", TREE_MODEL_INFO},
+	{"loaded", TREE_MODEL_LOADED},
+	{"nodes", TREE_MODEL_NODES},
+};
+
+/* True when name is in the NULL-terminated list; frees the list. */
+static bool in_list(char **names, const char *name)
+{
+	bool r = false;
+	for (size_t i = 0; names && names[i]; i++) {
+		r |= !strcmp(names[i], name);
+		free(names[i]);
+	}
+	free(names);
+	return r;
+}
+
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 void tree_entry_clear(struct tree_entry *e)
@@ -56,6 +86,7 @@ void tree_entry_clear(struct tree_entry *e)
 	free(e->node);
 	free(e->task);
 	free(e->name);
+	free(e->file);
 	memset(e, 0, sizeof(*e));
 }
 
@@ -146,11 +177,73 @@ int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entr
 			r = 0;
 			goto out;
 		}
+		if (k == TREE_NODE_MODELS && n == 4) {
+			size_t nm = 0;
+			if (!strcmp(parts[3], "ctl")) {
+				e.kind = TREE_NODE_MODELS_CTL;
+			} else if (in_list(models_node_list(ctx->models, e.node, &nm), parts[3])) {
+				e.kind = TREE_NODE_MODEL;
+				e.file = strdup(parts[3]);
+			} else {
+				goto out;
+			}
+			r = 0;
+			goto out;
+		}
 		if (k != TREE_NODE_TASKS || n != 4 || !task_in(ctx, parts[3], NULL, e.node))
 			goto out;
 		e.kind = TREE_NODE_TASK_LINK;
 		e.task = strdup(parts[3]);
 		r = 0;
+		goto out;
+	}
+	if (top == TREE_SERVICES) {
+		size_t ns = 0;
+		if (!in_list(services_list(ctx->services, &ns), parts[1]))
+			goto out;
+		e.name = strdup(parts[1]);
+		if (n == 2) {
+			e.kind = TREE_SERVICE;
+			r = 0;
+		} else if (n == 3 && services_file_exists(ctx->services, parts[1], parts[2], NULL)) {
+			e.kind = TREE_SERVICE_FILE;
+			e.file = strdup(parts[2]);
+			r = 0;
+		}
+		goto out;
+	}
+	if (top == TREE_LEDGER) {
+		enum tree_kind k = find_kind(ledger_files, N_OF(ledger_files), parts[1]);
+		if (k == TREE_NONE || (n == 3 && k != TREE_LEDGER_ENTRIES && k != TREE_LEDGER_BEST) ||
+		    n > 3)
+			goto out;
+		if (n == 2) {
+			e.kind = k;
+			r = 0;
+			goto out;
+		}
+		size_t nl = 0;
+		char **names = k == TREE_LEDGER_ENTRIES ? ledger_steps(ctx->ledger, &nl)
+							 : ledger_metrics(ctx->ledger, &nl);
+		if (!in_list(names, parts[2]))
+			goto out;
+		e.kind = k == TREE_LEDGER_ENTRIES ? TREE_LEDGER_ENTRY : TREE_LEDGER_BEST_FILE;
+		e.name = strdup(parts[2]);
+		r = 0;
+		goto out;
+	}
+	if (top == TREE_MODELS) {
+		size_t nm = 0;
+		if (!in_list(models_list(ctx->models, &nm), parts[1]) || n > 3)
+			goto out;
+		e.file = strdup(parts[1]);
+		if (n == 2) {
+			e.kind = TREE_MODEL;
+			r = 0;
+			goto out;
+		}
+		e.kind = find_kind(model_files, N_OF(model_files), parts[2]);
+		r = e.kind == TREE_NONE ? -ENOENT : 0;
 		goto out;
 	}
 	if (top == TREE_TASKS) {
@@ -201,7 +294,7 @@ out:
 
 bool tree_kind_is_dir(enum tree_kind kind)
 {
-	return kind >= TREE_ROOT && kind <= TREE_TASK;
+	return kind >= TREE_ROOT && kind <= TREE_NODE_MODELS;
 }
 
 bool tree_kind_is_link(enum tree_kind kind)
@@ -211,7 +304,21 @@ bool tree_kind_is_link(enum tree_kind kind)
 
 bool tree_kind_is_ctl(enum tree_kind kind)
 {
-	return kind == TREE_TASK_CTL || kind == TREE_NODE_CTL;
+	return kind == TREE_TASK_CTL || kind == TREE_NODE_CTL || kind == TREE_NODE_MODELS_CTL;
+}
+
+bool tree_kind_is_models(enum tree_kind kind)
+{
+	return kind == TREE_MODELS || kind == TREE_MODEL || kind == TREE_NODE_MODELS ||
+	       kind == TREE_MODEL_NODES || kind == TREE_MODEL_LOADED || kind == TREE_MODEL_INFO ||
+	       kind == TREE_NODE_MODEL || kind == TREE_NODE_MODELS_CTL;
+}
+
+bool tree_kind_is_ledger(enum tree_kind kind)
+{
+	return kind == TREE_LEDGER || kind == TREE_LEDGER_ENTRIES || kind == TREE_LEDGER_BEST ||
+	       kind == TREE_LEDGER_ENTRY || kind == TREE_LEDGER_BEST_FILE ||
+	       kind == TREE_LEDGER_SUMMARY || kind == TREE_LEDGER_SOURCE;
 }
 
 mode_t tree_kind_mode(enum tree_kind kind)
@@ -224,8 +331,10 @@ mode_t tree_kind_mode(enum tree_kind kind)
 		return 0777;
 	if (kind == TREE_TASK_CTL)
 		return 0666; /* the submitter is checked on write */
-	if (kind == TREE_NODE_CTL)
-		return 0644; /* writes are root's */
+	if (kind == TREE_NODE_CTL || kind == TREE_NODE_MODELS_CTL || kind == TREE_LEDGER_RECORD)
+		return 0644; /* writes are the owner's (root's) */
+	if (kind == TREE_SERVICE_FILE)
+		return 0644; /* refined per file by the fs: 0444 for GET, 0644 for POST */
 	if (kind == TREE_DRAFT)
 		return 0644;
 	return 0444;
@@ -312,6 +421,39 @@ char **tree_list(const struct tree_ctx *ctx, const char *path, size_t *ret_n, in
 	case TREE_TASK:
 		names = names_from_table(task_files, N_OF(task_files), ret_n);
 		break;
+	case TREE_SERVICES:
+		names = services_list(ctx->services, ret_n);
+		break;
+	case TREE_SERVICE:
+		names = services_files(ctx->services, e.name, ret_n);
+		break;
+	case TREE_LEDGER:
+		names = names_from_table(ledger_files, N_OF(ledger_files), ret_n);
+		break;
+	case TREE_LEDGER_ENTRIES:
+		names = ledger_steps(ctx->ledger, ret_n);
+		break;
+	case TREE_LEDGER_BEST:
+		names = ledger_metrics(ctx->ledger, ret_n);
+		break;
+	case TREE_MODELS:
+		names = models_list(ctx->models, ret_n);
+		break;
+	case TREE_MODEL:
+		names = names_from_table(model_files, N_OF(model_files), ret_n);
+		break;
+	case TREE_NODE_MODELS: {
+		size_t n = 0;
+		char **m = models_node_list(ctx->models, e.node, &n);
+		names = calloc(n + 2, sizeof(*names));
+		names[0] = strdup("ctl");
+		for (size_t i = 0; i < n; i++)
+			names[i + 1] = m[i];
+		free(m);
+		*ret_n = n + 1;
+		qsort(names, n + 1, sizeof(*names), cmp_str);
+		break;
+	}
 	default:
 		*ret_err = -ENOTDIR;
 		break;

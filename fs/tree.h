@@ -3,6 +3,9 @@
 #pragma once
 
 #include "backend/cluster.h"
+#include "backend/ledger.h"
+#include "backend/models.h"
+#include "backend/services.h"
 #include "backend/tasks.h"
 #include "fs/drafts.h"
 
@@ -15,6 +18,9 @@ struct tree_ctx {
 	struct cluster *cluster;
 	struct tasks *tasks;
 	struct drafts *drafts;
+	struct services *services;
+	struct ledger *ledger;
+	struct models *models;
 };
 
 enum tree_kind {
@@ -28,6 +34,14 @@ enum tree_kind {
 	TREE_TASKS_NEW,
 	TREE_TASKS_GROUP, /* queued/ running/ done/ failed/ */
 	TREE_TASK,
+	TREE_SERVICES,
+	TREE_SERVICE,
+	TREE_LEDGER,
+	TREE_LEDGER_ENTRIES,
+	TREE_LEDGER_BEST,
+	TREE_MODELS,
+	TREE_MODEL,
+	TREE_NODE_MODELS,
 	/* files at the top */
 	TREE_README,
 	TREE_CONFIG,
@@ -58,6 +72,20 @@ enum tree_kind {
 	TREE_TASK_CTL,
 	/* files in tasks/new/ */
 	TREE_DRAFT,
+	/* services/NAME/FILE */
+	TREE_SERVICE_FILE,
+	/* ledger/ */
+	TREE_LEDGER_ENTRY,
+	TREE_LEDGER_BEST_FILE,
+	TREE_LEDGER_SUMMARY,
+	TREE_LEDGER_RECORD,
+	TREE_LEDGER_SOURCE,
+	/* models/MODEL/ and nodes/NODE/models/ */
+	TREE_MODEL_NODES,
+	TREE_MODEL_LOADED,
+	TREE_MODEL_INFO,
+	TREE_NODE_MODEL,
+	TREE_NODE_MODELS_CTL,
 	/* symlinks */
 	TREE_TASK_LINK,      /* tasks/GROUP/ID -> ../ID */
 	TREE_NODE_TASK_LINK, /* nodes/NODE/tasks/ID -> ../../../tasks/ID */
@@ -68,7 +96,8 @@ struct tree_entry {
 	enum tree_kind kind;
 	char *node;  /* the node the path lies under */
 	char *task;  /* the task the path names or lies under */
-	char *name;  /* a draft's name, or a group's */
+	char *name;  /* a draft's, group's, service's, ledger step's or metric's name */
+	char *file;  /* a service's file, or a model's file name */
 };
 
 void tree_entry_clear(struct tree_entry *e);
@@ -86,6 +115,10 @@ bool tree_kind_is_append_only(enum tree_kind kind);
 bool tree_kind_refreshes(enum tree_kind kind);
 /* True for files that take writes (commands). */
 bool tree_kind_is_ctl(enum tree_kind kind);
+/* True for directories and files whose content needs a fresh fetch first (models,
+ * ledger): opening, listing or looking up in them refreshes stale data. */
+bool tree_kind_is_models(enum tree_kind kind);
+bool tree_kind_is_ledger(enum tree_kind kind);
 
 /* A symlink's target, as a new string. */
 char *tree_link_target(const struct tree_entry *e);

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -92,8 +93,10 @@ class Mount:
 
     def __init__(self, tmp, config=None, env=None, state=None, extra=()):
         self.tmp = Path(tmp)
-        self.mnt = self.tmp / "mnt"
-        self.mnt.mkdir(exist_ok=True)
+        # a mountpoint every user can reach (pytest's own tmp dirs are 0700), so that
+        # tests can act as another uid
+        self.mnt = Path(tempfile.mkdtemp(prefix="clusterfs-mnt-"))
+        os.chmod(self.mnt, 0o755)
         self.state = Path(state) if state else self.tmp / "state"
         self.log_path = self.tmp / "clusterfs.log"
         self.log = open(self.log_path, "ab")
@@ -130,6 +133,11 @@ class Mount:
                 self.proc.wait()
         if os.path.ismount(self.mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
+        if not os.path.ismount(self.mnt):
+            try:
+                self.mnt.rmdir()
+            except OSError:
+                pass
         self.log.close()
 
 

@@ -3,6 +3,7 @@
 #include "tools/agent/api.h"
 
 #include "backend/util.h"
+#include "tools/agent/ledger.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -168,7 +169,8 @@ static int api_get_health(struct request *req, struct response *resp)
 	json_put(doc, "disk_free_mb", json_mb(disk_avail), &ok);
 	json_put(doc, "disk_percent", json_real(percent_round(disk_percent)), &ok);
 	json_put(doc, "gpus", api_gpus_json(&smp, true, &ok), &ok);
-	json_put(doc, "tasks_running", json_integer(0) /* no task runner yet */, &ok);
+	json_put(doc, "tasks_running", json_integer((json_int_t) tasks_count_running(ctx->tasks)),
+		 &ok);
 	return api_reply(resp, doc, ok);
 }
 
@@ -224,9 +226,58 @@ static int api_get_system(struct request *req, struct response *resp)
 	return api_reply(resp, doc, ok);
 }
 
+/* The task API: thin wrappers that hand the registry to tasks.c. */
+static int api_create_task(struct request *req, struct response *resp)
+{
+	const struct api_context *ctx = req->userdata;
+	return tasks_handle_create(ctx->tasks, req, resp);
+}
+
+static int api_list_tasks(struct request *req, struct response *resp)
+{
+	const struct api_context *ctx = req->userdata;
+	return tasks_handle_list(ctx->tasks, req, resp);
+}
+
+static int api_get_task(struct request *req, struct response *resp)
+{
+	const struct api_context *ctx = req->userdata;
+	return tasks_handle_get(ctx->tasks, req, resp);
+}
+
+static int api_get_task_stdout(struct request *req, struct response *resp)
+{
+	const struct api_context *ctx = req->userdata;
+	return tasks_handle_output(ctx->tasks, "stdout", req, resp);
+}
+
+static int api_get_task_stderr(struct request *req, struct response *resp)
+{
+	const struct api_context *ctx = req->userdata;
+	return tasks_handle_output(ctx->tasks, "stderr", req, resp);
+}
+
+static int api_cancel_task(struct request *req, struct response *resp)
+{
+	const struct api_context *ctx = req->userdata;
+	return tasks_handle_cancel(ctx->tasks, req, resp);
+}
+
 const struct route api_routes[] = {
 	{"GET", "/api/node/health", api_get_health},
 	{"GET", "/api/node/system", api_get_system},
+	{"GET", "/api/node/tasks", api_list_tasks},
+	{"POST", "/api/node/tasks", api_create_task},
+	{"GET", "/api/node/tasks/{id}", api_get_task},
+	{"GET", "/api/node/tasks/{id}/stdout", api_get_task_stdout},
+	{"GET", "/api/node/tasks/{id}/stderr", api_get_task_stderr},
+	{"POST", "/api/node/tasks/{id}/cancel", api_cancel_task},
+	/* The checkpoint ledger (ledger.h); best and summary before {step}. */
+	{"GET", "/api/ledger", ledger_handle_list},
+	{"GET", "/api/ledger/best", ledger_handle_best},
+	{"GET", "/api/ledger/summary", ledger_handle_summary},
+	{"POST", "/api/ledger/record", ledger_handle_record},
+	{"GET", "/api/ledger/{step}", ledger_handle_get},
 };
 
 const size_t api_n_routes = sizeof(api_routes) / sizeof(api_routes[0]);

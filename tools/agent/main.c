@@ -1,10 +1,15 @@
-/* clusterfs-agent: serves a node's health and inventory to the clusterfs control plane.
- * This file parses options, prepares the token and state directory, wires the sampler,
- * the HTTP server and the node API together and waits for SIGTERM or SIGINT. */
+/* clusterfs-agent: serves a node's health and inventory to the clusterfs control plane
+ * and runs tasks for it. This file parses options, prepares the token and state
+ * directory, wires the sampler, the task registry, the HTTP server and the node API
+ * together, and waits for SIGTERM or SIGINT while reaping task supervisors on SIGCHLD.
+ * Started as "clusterfs-agent --supervise ...", it is a task's supervisor instead. */
 #include "backend/util.h"
 #include "tools/agent/api.h"
+#include "tools/agent/ledger.h"
 #include "tools/agent/server.h"
+#include "tools/agent/supervisor.h"
 #include "tools/agent/sysinfo.h"
+#include "tools/agent/tasks.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -29,6 +34,7 @@ struct agent_options {
 	const char *token_file;
 	const char *state_dir; /* NULL: the default */
 	const char *name;      /* NULL: the hostname */
+	const char *ledger;    /* NULL: serve no ledger */
 };
 
 /* The default state directory: system-wide for root, per user otherwise. Returns a new
@@ -72,7 +78,7 @@ static void agent_usage(FILE *out)
 		state_dir = NULL;
 	fprintf(out,
 		"Usage: clusterfs-agent [--listen ADDR:PORT] --token-file FILE [--state-dir DIR]\n"
-		"                       [--name NAME]\n"
+		"                       [--name NAME] [--ledger FILE]\n"
 		"       clusterfs-agent --help | --version\n"
 		"\n"
 		"Serves this node's health and inventory to the clusterfs control plane. Every\n"
@@ -89,6 +95,7 @@ static void agent_usage(FILE *out)
 		"                      $XDG_STATE_HOME/clusterfs-agent or\n"
 		"                      ~/.local/state/clusterfs-agent)\n"
 		"  --name NAME         this node's name in the cluster (default: the hostname, %s)\n"
+		"  --ledger FILE       serve the checkpoint ledger kept in FILE (sqlite; created if missing)\n"
 		"  --help              print this help and exit\n"
 		"  --version           print the version and exit\n",
 		state_dir ? state_dir : "unknown", host[0] ? host : "unknown");
@@ -98,12 +105,13 @@ static void agent_usage(FILE *out)
  * (--help, --version), or -EINVAL after printing the usage to stderr. */
 static int agent_parse_options(int argc, char **argv, struct agent_options *ret_opts)
 {
-	enum { OPT_LISTEN = 256, OPT_TOKEN_FILE, OPT_STATE_DIR, OPT_NAME, OPT_VERSION };
+	enum { OPT_LISTEN = 256, OPT_TOKEN_FILE, OPT_STATE_DIR, OPT_NAME, OPT_VERSION, OPT_LEDGER };
 	static const struct option longopts[] = {
 		{"listen", required_argument, NULL, OPT_LISTEN},
 		{"token-file", required_argument, NULL, OPT_TOKEN_FILE},
 		{"state-dir", required_argument, NULL, OPT_STATE_DIR},
 		{"name", required_argument, NULL, OPT_NAME},
+		{"ledger", required_argument, NULL, OPT_LEDGER},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, OPT_VERSION},
 		{NULL, 0, NULL, 0},
@@ -117,6 +125,7 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		case OPT_TOKEN_FILE: opts.token_file = optarg; break;
 		case OPT_STATE_DIR: opts.state_dir = optarg; break;
 		case OPT_NAME: opts.name = optarg; break;
+		case OPT_LEDGER: opts.ledger = optarg; break;
 		case 'h': agent_usage(stdout); return 1;
 		case OPT_VERSION: printf("clusterfs-agent %s\n", CLUSTERFS_VERSION); return 1;
 		default: agent_usage(stderr); return -EINVAL;
@@ -170,11 +179,31 @@ static int agent_prepare_state_dir(const char *path, char **ret_abs)
 	return 0;
 }
 
-/* Blocks until SIGTERM or SIGINT arrives; both are blocked in every thread. */
-static void agent_wait_for_signal(const sigset_t *set)
+/* The agent binary, which task supervisors run. Returns a new string, 0 or -errno. */
+static int agent_read_exe(char **ret_exe)
+{
+	char path[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+	if (n < 0)
+		return -errno;
+	path[n] = '\0';
+	char *exe = strdup(path);
+	if (!exe)
+		return -ENOMEM;
+	*ret_exe = exe;
+	return 0;
+}
+
+/* Blocks until SIGTERM or SIGINT arrives, reaping supervisors on SIGCHLD; all three are
+ * blocked in every thread. */
+static void agent_wait_for_signal(const sigset_t *set, struct tasks *tasks)
 {
 	for (;;) {
 		int sig = sigwaitinfo(set, NULL);
+		if (sig == SIGCHLD) {
+			tasks_reap(tasks);
+			continue;
+		}
 		if (sig > 0) {
 			log_info("received %s, shutting down",
 				 sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -193,13 +222,18 @@ int main(int argc, char **argv)
 	char errbuf[512];
 	char host[HOST_NAME_MAX + 1];
 	char bound[INET6_ADDRSTRLEN + 16];
-	char *token = NULL, *state_dir = NULL, *default_dir = NULL;
+	char *token = NULL, *state_dir = NULL, *default_dir = NULL, *exe = NULL;
 	struct sysinfo_sampler *sampler = NULL;
+	struct tasks *tasks = NULL;
+	struct ledger *ledger = NULL;
 	struct server *srv = NULL;
 	sigset_t sigs;
 	int listen_fd = -1;
 	int ret = AGENT_EXIT_RUNTIME;
 	int r;
+
+	if (argc > 1 && strcmp(argv[1], SUPERVISOR_OPTION) == 0)
+		return supervisor_main(argc, argv);
 
 	log_set_prefix("clusterfs-agent");
 	r = agent_parse_options(argc, argv, &opts);
@@ -262,19 +296,41 @@ int main(int argc, char **argv)
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGCHLD);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
+
+	r = agent_read_exe(&exe);
+	if (r < 0) {
+		log_err("cannot find the agent's own binary in /proc/self/exe: %s", strerror(-r));
+		goto out_free_state_dir;
+	}
+	r = tasks_open(state_dir, exe, &tasks);
+	if (r < 0) {
+		log_err("cannot open the task directory in %s: %s", state_dir, strerror(-r));
+		goto out_free_state_dir;
+	}
 
 	r = sysinfo_sampler_start(&sampler);
 	if (r < 0) {
 		log_err("cannot start the metrics sampler: %s", strerror(-r));
-		goto out_free_state_dir;
+		goto out_close_tasks;
+	}
+
+	if (opts.ledger) {
+		r = ledger_open(opts.ledger, &ledger, errbuf, sizeof(errbuf));
+		if (r < 0) {
+			log_err("cannot open the ledger %s: %s", opts.ledger, errbuf);
+			goto out_stop_sampler;
+		}
 	}
 
 	struct api_context api = {
 		.name = opts.name,
 		.state_dir = state_dir,
 		.sampler = sampler,
+		.tasks = tasks,
+		.ledger = ledger,
 	};
 	struct server_config cfg = {
 		.listen_fd = listen_fd,
@@ -291,13 +347,17 @@ int main(int argc, char **argv)
 	}
 	log_info("listening on %s as %s", bound, opts.name);
 
-	agent_wait_for_signal(&sigs);
+	agent_wait_for_signal(&sigs, tasks);
 	server_stop(srv);
 	ret = 0;
 
 out_stop_sampler:
+	ledger_close(ledger);
 	sysinfo_sampler_stop(sampler);
+out_close_tasks:
+	tasks_close(tasks);
 out_free_state_dir:
+	free(exe);
 	free(state_dir);
 out_close_listen:
 	if (listen_fd >= 0)

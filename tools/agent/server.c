@@ -45,6 +45,11 @@ const char *request_get_header(const struct request *req, const char *name)
 	return MHD_lookup_connection_value(req->connection, MHD_HEADER_KIND, name);
 }
 
+const char *request_get_query(const struct request *req, const char *name)
+{
+	return MHD_lookup_connection_value(req->connection, MHD_GET_ARGUMENT_KIND, name);
+}
+
 static void response_init(struct response *resp)
 {
 	memset(resp, 0, sizeof(*resp));
@@ -88,6 +93,7 @@ int response_set_json(struct response *resp, unsigned status, json_t *value)
 	buf_puts(&resp->body, text);
 	buf_puts(&resp->body, "\n");
 	free(text);
+	resp->content_type = NULL;
 	resp->status = status;
 	return 0;
 }
@@ -121,7 +127,8 @@ static enum MHD_Result server_queue(struct MHD_Connection *conn, struct response
 		free(data);
 		return MHD_NO;
 	}
-	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+				resp->content_type ? resp->content_type : "application/json");
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 	for (size_t i = 0; i < resp->n_headers; i++)
 		MHD_add_response_header(r, resp->headers[i][0], resp->headers[i][1]);

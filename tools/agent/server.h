@@ -1,6 +1,7 @@
 /* The agent's HTTP server: libmicrohttpd with an internal epoll thread pool, bearer-token
- * authentication on every request, a bounded request body and a route table. Every
- * response is JSON ending in a newline; errors are {"error": "..."}. */
+ * authentication on every request, a bounded request body and a route table. Responses
+ * are JSON ending in a newline unless a handler sets another content type; errors are
+ * {"error": "..."}. */
 #pragma once
 
 #include <jansson.h>
@@ -32,6 +33,7 @@ struct request {
 struct response {
 	unsigned status; /* 0 until set */
 	struct buf body;
+	const char *content_type;               /* a static string; NULL: application/json */
 	char *headers[RESPONSE_MAX_HEADERS][2]; /* owned name/value copies */
 	size_t n_headers;
 };
@@ -48,6 +50,8 @@ struct route {
 
 /* Value of a request header, or NULL. Case-insensitive name; borrowed. */
 const char *request_get_header(const struct request *req, const char *name);
+/* Value of a query string argument ("?name=value"), percent-decoded, or NULL; borrowed. */
+const char *request_get_query(const struct request *req, const char *name);
 
 /* Sets the status and body to `value` serialised plus "\n". Steals `value`. 0 or -ENOMEM. */
 int response_set_json(struct response *resp, unsigned status, json_t *value);

@@ -1,0 +1,85 @@
+/* Models: what each node's model servers hold — Ollama (/api/tags, /api/ps, /api/pull,
+ * /api/delete, /api/show, load and unload through /api/generate) and OpenAI-compatible
+ * servers (/v1/models) — and the cluster-wide view. A node's model servers are the
+ * services of its host named "ollama" or with "type": "ollama", and those with
+ * "type": "openai". Data is fetched on demand (at most probe.max_age_ms old when a
+ * refresh was asked) and kept in memory; everything here is thread-safe, and network work
+ * runs on the loop thread.
+ *
+ * Model names become file names reversibly: '%' is written "%25" and '/' "%2F"; every
+ * other byte stays as it is (so "qwen3:8b" is the file qwen3:8b). */
+#pragma once
+
+#include "backend/cluster.h"
+#include "backend/loop.h"
+#include "backend/util.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct models;
+
+int models_new(struct loop *loop, struct cluster *cluster, struct models **ret);
+void models_free(struct models *m);
+
+/* The file name of a model name, and back. New strings; decode returns NULL for a name
+ * that no encoding produces (a bad %-escape). */
+char *models_encode_name(const char *model);
+char *models_decode_name(const char *file);
+
+/* True when the node has at least one model server. */
+bool models_node_has_server(struct models *m, const char *node);
+
+typedef void (*models_done_fn)(void *arg);
+/* Makes the model lists of `node` (or of every node with a model server, when node is
+ * NULL) at most max_age_ms old: returns 1 when they are fresh already (done not called),
+ * 0 when a refresh runs (done(arg) on the loop thread once all answered or timed out,
+ * within probe.timeout_ms), -errno on failure. Coalesces with refreshes in flight. */
+int models_refresh(struct models *m, const char *node, models_done_fn done, void *arg);
+
+/* Encoded file names of the models on a node, sorted; new NULL-terminated array. */
+char **models_node_list(struct models *m, const char *node, size_t *ret_n);
+/* nodes/NODE/models/MODEL as JSON: name, size, family, parameter_size, quantization,
+ * digest, modified_at, loaded, size_vram, expires_at, server ("ollama" or "openai").
+ * -ENOENT when not there. */
+int models_node_render(struct models *m, const char *node, const char *model, struct buf *out);
+/* nodes/NODE/models/ctl as read: one line per operation (pull progress, results, errors),
+ * newest last, and a usage line when there are none. */
+void models_ctl_render(struct models *m, const char *node, struct buf *out);
+/* Runs a command written to nodes/NODE/models/ctl: "pull NAME", "delete NAME", "load
+ * NAME", "unload NAME". done(arg, err, why) runs on the loop thread: for pull as soon as
+ * the server accepted it (progress then shows in ctl), for the others when the server
+ * answered. Returns 0 (done will run) or -errno with a sentence in errbuf. */
+typedef void (*models_ctl_fn)(void *arg, int err, const char *why);
+int models_ctl(struct models *m, const char *node, const char *cmd, models_ctl_fn done, void *arg,
+	       char *errbuf, size_t errlen);
+
+/* The cluster-wide view: encoded names of every model on any node, sorted. */
+char **models_list(struct models *m, size_t *ret_n);
+/* models/MODEL/nodes and loaded: one node name per line. info: JSON with the model's
+ * details and, per node, size, digest and loaded. -ENOENT when no node has it. */
+int models_render_nodes(struct models *m, const char *model, bool loaded_only, struct buf *out);
+int models_render_info(struct models *m, const char *model, struct buf *out);
+/* Wall time the model data last changed (for mtimes). */
+double models_changed_at(struct models *m);
+
+/* The MODEL argument of models_node_render, models_render_nodes and models_render_info is the
+ * model's name (decoded from the file name by the caller); NAME in a ctl command is a model
+ * name too, and a file name copied from models/ is accepted as well. */
+
+/* Splitting a byte stream into lines (Ollama's NDJSON progress) across chunk boundaries.
+ * Feed the chunks as they come, then finish once: fn sees every non-empty line without its
+ * "\n" or "\r\n" (not NUL-terminated). A line longer than MODELS_LINE_MAX is dropped. */
+#define MODELS_LINE_MAX (64u << 10)
+
+struct models_lines {
+	struct buf partial; /* the unfinished line */
+	bool skipping;      /* inside a line longer than MODELS_LINE_MAX */
+};
+
+typedef void (*models_line_fn)(const char *line, size_t len, void *arg);
+void models_lines_init(struct models_lines *l);
+void models_lines_feed(struct models_lines *l, const char *data, size_t len, models_line_fn fn,
+		       void *arg);
+/* Hands over a last line that had no newline and frees the state. */
+void models_lines_finish(struct models_lines *l, models_line_fn fn, void *arg);

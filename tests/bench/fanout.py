@@ -1,0 +1,397 @@
+#!/usr/bin/python3
+"""Cold fan-out benchmark: what `cat MNT/nodes/*/health` costs when every node's data is
+stale, beside the same N requests made by curl one after another and all at once.
+
+DESIGN §2 promises that reading every node's health costs one round of parallel
+requests, not N. With an injected per-request delay D, the goal here is a cold cat
+within 2 x D. Not part of the test suite; see tests/bench/README.md.
+
+Uses the Debian python (/usr/bin/python3), standard library only."""
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CURL_PARALLEL_CAP = 300  # curl silently caps --parallel-max at 300
+
+
+def log(msg):
+    print(f"[fanout] {msg}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    """Everything started is recorded here and stopped by PID in cleanup()."""
+
+    def __init__(self, build, keep):
+        self.build = build
+        self.keep = keep
+        self.tmp = Path(tempfile.mkdtemp(prefix="clusterfs-bench-fanout-"))
+        self.procs = []   # (name, Popen), stopped in reverse order
+        self.mounts = []  # mountpoints, unmounted if a daemon left them behind
+        self.token = "bench-" + os.urandom(12).hex()
+        self.token_file = self.secret_file("token", self.token + "\n")
+        self.curl_header = self.secret_file("curl-header", f"Authorization: Bearer {self.token}\n")
+
+    def secret_file(self, name, text):
+        path = self.tmp / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, text.encode())
+        os.close(fd)
+        return path
+
+    def spawn(self, name, args):
+        logf = open(self.tmp / f"{name}.log", "ab")
+        p = subprocess.Popen(args, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+        logf.close()
+        self.procs.append((name, p))
+        return p
+
+    def stop(self, p, timeout=10):
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.terminate()
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = [(n, q) for n, q in self.procs if q is not p]
+
+    def unmount(self, mnt, daemon):
+        self.stop(daemon)
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        if mnt in self.mounts:
+            self.mounts.remove(mnt)
+
+    def cleanup(self):
+        for _, p in reversed(self.procs):
+            self.stop(p)
+        for mnt in list(self.mounts):
+            if os.path.ismount(mnt):
+                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        if self.keep:
+            log(f"kept {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def wait_until(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+def port_open(port):
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_real_agents(b, n):
+    ports = []
+    for i in range(n):
+        port = free_port()
+        p = b.spawn(f"agent{i + 1}", [
+            str(b.build / "tools/agent/clusterfs-agent"), "--listen", f"127.0.0.1:{port}",
+            "--token-file", str(b.token_file), "--state-dir", str(b.tmp / f"agent{i + 1}"),
+            "--name", f"n{i + 1:03d}"])
+        ports.append(port)
+        wait_until(lambda: p.poll() is None and port_open(port), 10, f"agent on {port}")
+    return ports
+
+
+def start_sim(b, n, delay_ms):
+    """One simulator for all n nodes, on n consecutive ports below the ephemeral range
+    (so clients' source ports cannot collide with them); retries another base if taken."""
+    for attempt in range(20):
+        base = random.randrange(10000, 32000 - n)
+        p = b.spawn(f"sim-{n}", [
+            str(b.build / "tools/clusterfs-agent-sim"), "--base-port", str(base), "--count",
+            str(n), "--delay-ms", str(delay_ms), "--token-file", str(b.token_file)])
+        try:
+            wait_until(lambda: p.poll() is None and port_open(base + n - 1), 10,
+                       f"simulator on {base}..{base + n - 1}")
+            return list(range(base, base + n))
+        except RuntimeError:
+            if p.poll() is None:
+                raise
+            b.stop(p)
+    raise RuntimeError("no free range of ports for the simulator")
+
+
+def write_config(b, name, ports):
+    cfg = {
+        "cluster": f"bench-{name}",
+        "auth": {"token_file": str(b.token_file)},
+        # periodic probes must not warm the cache between measurements: one per hour.
+        # max_age_ms is left at its default (1000).
+        "probe": {"interval_s": 3600, "timeout_ms": 2000, "stale_after_s": 7200,
+                  "offline_after_s": 7200, "unhealthy_after": 3},
+        "thresholds": {"cpu": [100, 100], "memory": [100, 100], "disk": [100, 100],
+                       "load": [1000, 1000]},
+        "hosts": {f"n{i + 1:03d}": {"host": "127.0.0.1", "role": "worker",
+                                    "services": {"agent": {"port": port}}}
+                  for i, port in enumerate(ports)},
+    }
+    path = b.tmp / f"{name}.json"
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
+    return path
+
+
+def mount(b, name, config):
+    mnt = b.tmp / f"mnt-{name}"
+    mnt.mkdir()
+    p = b.spawn(f"clusterfs-{name}", [str(b.build / "daemon/clusterfs"), "-f", "-s",
+                                      str(b.tmp / f"state-{name}"), "-c", str(config),
+                                      str(mnt)])
+    b.mounts.append(mnt)
+
+    def mounted():
+        if p.poll() is not None:
+            raise RuntimeError(f"clusterfs exited with {p.returncode}; see "
+                               f"{b.tmp}/clusterfs-{name}.log")
+        return os.path.ismount(mnt)
+    wait_until(mounted, 10, "the mount")
+    return mnt, p
+
+
+def reachable_count(mnt):
+    """From /stats, which never triggers a probe."""
+    return json.loads((mnt / "stats").read_text())["nodes"]["reachable"]
+
+
+def timed(args, **kw):
+    t = time.monotonic()
+    r = subprocess.run(args, **kw)
+    return (time.monotonic() - t) * 1000.0, r
+
+
+CAT = 'exec cat "$0"/nodes/*/health > /dev/null'
+GLOB = 'echo "$0"/nodes/*/health > /dev/null'
+
+
+def shell_ms(mnt, script):
+    ms, r = timed(["/bin/sh", "-c", script, str(mnt)])
+    if r.returncode != 0:
+        raise RuntimeError(f"{script!r} failed with {r.returncode}")
+    return ms
+
+
+def cold_cat(mnt, n):
+    """Times one cold `cat MNT/nodes/*/health > /dev/null` and, right after it, the same
+    cat warm (data fresh, names cached); then checks from the files (now fresh, read from
+    memory) that every node was probed during the cold cat."""
+    t0 = time.time()
+    ms = shell_ms(mnt, CAT)
+    warm = shell_ms(mnt, CAT)
+    stale = 0
+    for d in sorted((mnt / "nodes").iterdir()):
+        doc = json.loads((d / "health").read_text())
+        since = time.time() - t0
+        if not doc["reachable"] or doc["age_s"] is None or doc["age_s"] > since + 0.002:
+            stale += 1
+    if stale:
+        raise RuntimeError(f"{stale} of {n} nodes were not probed by the cold cat")
+    return ms, warm
+
+
+def curl_config(b, name, ports):
+    path = b.tmp / f"{name}.curl"
+    path.write_text("".join(f'url = "http://127.0.0.1:{p}/api/node/health"\n'
+                            'output = "/dev/null"\n' for p in ports))
+    return path
+
+
+CURL_BASE = ["curl", "--silent", "--show-error", "--noproxy", "*", "--write-out",
+             "%{http_code} %{time_total}\\n"]
+
+
+def curl_codes(out):
+    rows = [line.split() for line in out.splitlines() if line.strip()]
+    return [r[0] for r in rows], [float(r[1]) * 1000.0 for r in rows]
+
+
+def curl_sequential(b, cfg, n):
+    ms, r = timed(CURL_BASE + ["--header", f"@{b.curl_header}", "--config", str(cfg)],
+                  capture_output=True, text=True)
+    codes, times = curl_codes(r.stdout)
+    if codes.count("200") != n:
+        raise RuntimeError(f"sequential curl: {codes.count('200')} of {n} answered 200: "
+                           f"{r.stderr.strip()[:200]}")
+    return ms, times
+
+
+def curl_parallel(b, ports):
+    """All N requests at once: one curl --parallel per 300 URLs (curl's cap), all
+    started together; the wall time until the last one finished."""
+    chunks = [ports[i:i + CURL_PARALLEL_CAP] for i in range(0, len(ports), CURL_PARALLEL_CAP)]
+    cfgs = [curl_config(b, f"par{len(ports)}-{i}", c) for i, c in enumerate(chunks)]
+    t = time.monotonic()
+    procs = [subprocess.Popen(CURL_BASE + ["--parallel", "--parallel-immediate",
+                                           "--parallel-max", str(len(c)), "--header",
+                                           f"@{b.curl_header}", "--config", str(cfg)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c, cfg in zip(chunks, cfgs)]
+    outs = [p.communicate() for p in procs]
+    ms = (time.monotonic() - t) * 1000.0
+    ok = sum(curl_codes(o)[0].count("200") for o, _ in outs)
+    if ok != len(ports):
+        raise RuntimeError(f"parallel curl: {ok} of {len(ports)} answered 200: "
+                           f"{' '.join(e.strip()[:200] for _, e in outs)}")
+    return ms
+
+
+def run_case(b, kind, n, delay_ms, repeat):
+    name = f"{kind}{n}"
+    log(f"{name}: starting {n} {'real agents' if kind == 'real' else 'simulated nodes'}")
+    before = len(b.procs)
+    ports = start_real_agents(b, n) if kind == "real" else start_sim(b, n, delay_ms)
+    backends = [p for _, p in b.procs[before:]]
+    config = write_config(b, name, ports)
+    mnt, daemon = mount(b, name, config)
+    try:
+        wait_until(lambda: reachable_count(mnt) == n, 30, f"first probe round of {n} nodes")
+        cats, warms, globs = [], [], []
+        for i in range(repeat):
+            # max_age_ms is 1000 and the kernel keeps names and attributes 1 s: past
+            # 1.2 s the data is stale and every name must be looked up again. The glob
+            # alone costs those lookups without opening anything (no probe).
+            time.sleep(1.2)
+            globs.append(shell_ms(mnt, GLOB))
+            time.sleep(1.2)
+            cold, warm = cold_cat(mnt, n)
+            cats.append(cold)
+            warms.append(warm)
+        log(f"{name}: cold cat ms {[round(x, 1) for x in cats]}, warm cat ms "
+            f"{[round(x, 1) for x in warms]}, glob ms {[round(x, 1) for x in globs]}")
+    finally:
+        b.unmount(mnt, daemon)
+
+    cfg = curl_config(b, f"seq{n}", ports)
+    one_cfg = curl_config(b, f"one{n}", ports[:1])
+    seqs, pars, ones, per_req = [], [], [], []
+    for i in range(repeat):
+        ms, times = curl_sequential(b, cfg, n)
+        seqs.append(ms)
+        per_req += times
+        pars.append(curl_parallel(b, ports))
+        ones.append(curl_sequential(b, one_cfg, 1)[0])
+    log(f"{name}: sequential curl ms {[round(x, 1) for x in seqs]}, parallel curl ms "
+        f"{[round(x, 1) for x in pars]}, one-request curl ms {[round(x, 1) for x in ones]}")
+
+    for p in backends:
+        b.stop(p)
+    return {
+        "kind": kind, "n": n,
+        "delay_ms": delay_ms if kind == "sim" else None,
+        "request_ms": statistics.median(per_req),
+        "cat": statistics.median(cats),
+        "warm": statistics.median(warms),
+        "glob": statistics.median(globs),
+        # what the cold cat spent waiting on the network round, roughly
+        "wait": statistics.median(c - w - g for c, w, g in zip(cats, warms, globs)),
+        "seq": statistics.median(seqs),
+        "par": statistics.median(pars),
+        "one": statistics.median(ones),
+    }
+
+
+def print_table(rows, repeat):
+    head = ("N", "backend", "delay ms", "req ms", "cold cat ms", "seq curl ms", "par curl ms",
+            "cat/delay", "cat/par", "goal: cat <= 2x delay", "warm cat ms", "glob ms",
+            "wait ms", "1-req curl ms")
+    out = []
+    for r in rows:
+        if r["delay_ms"]:
+            ratio = r["cat"] / r["delay_ms"]
+            goal = f"{'met' if ratio <= 2.0 else 'NOT met'} ({2 * r['delay_ms']} ms)"
+            delay = str(r["delay_ms"])
+            ratio_s = f"{ratio:.2f}"
+        else:
+            delay, ratio_s, goal = "0 (real)", "-", "n/a: no injected delay"
+        out.append((str(r["n"]), "agent" if r["kind"] == "real" else "sim", delay,
+                    f"{r['request_ms']:.2f}", f"{r['cat']:.1f}", f"{r['seq']:.1f}",
+                    f"{r['par']:.1f}", ratio_s, f"{r['cat'] / r['par']:.2f}", goal,
+                    f"{r['warm']:.1f}", f"{r['glob']:.1f}", f"{r['wait']:.1f}",
+                    f"{r['one']:.1f}"))
+    widths = [max(len(h), *(len(row[i]) for row in out)) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    print(f"cold fan-out, median of {repeat} runs (wall ms; curl figures include starting "
+          f"curl)")
+    print(fmt.format(*head))
+    for row in out:
+        print(fmt.format(*row))
+    print("req ms: median time_total curl reports for one request of the sequential run.\n"
+          "seq curl: one curl process, N URLs in turn. par curl: ceil(N/300) curl --parallel\n"
+          "processes at once (curl caps --parallel-max at 300).\n"
+          "warm cat: the same cat right after the cold one (data fresh, names cached): the\n"
+          "FUSE cost of N open/read/close. glob: `echo nodes/*/health` with names expired\n"
+          "and data stale (lookups only, no probe). wait = cold - warm - glob: roughly the\n"
+          "time the cold cat spent waiting on the probe round.\n"
+          "1-req curl: wall time of a curl process making one request (start-up + 1 delay).")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build", default=os.environ.get("CLUSTERFS_BUILD", ROOT / "build"),
+                    type=Path, help="meson build directory (default: %(default)s)")
+    ap.add_argument("--sizes", default="8,64,512",
+                    help="node counts run on the simulator (default: %(default)s)")
+    ap.add_argument("--real", type=int, default=8,
+                    help="also run this many real agents; 0 to skip (default: %(default)s)")
+    ap.add_argument("--delay-ms", type=int, default=20,
+                    help="the simulator's injected delay (default: %(default)s)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per figure (default: 3)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+
+    for exe in ("daemon/clusterfs", "tools/agent/clusterfs-agent",
+                "tools/clusterfs-agent-sim"):
+        if not (args.build / exe).exists():
+            sys.exit(f"fanout: {args.build / exe} is missing; run: ninja -C {args.build}")
+    for tool in ("curl", "fusermount3"):
+        if not shutil.which(tool):
+            sys.exit(f"fanout: {tool} is not installed")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        sys.exit("fanout: cannot use /dev/fuse")
+
+    b = Bench(args.build.resolve(), args.keep)
+    # SIGTERM/SIGINT unwind through the finally below, which stops everything by PID
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    rows = []
+    try:
+        if args.real:
+            rows.append(run_case(b, "real", args.real, 0, args.repeat))
+        for n in (int(x) for x in args.sizes.split(",") if x):
+            rows.append(run_case(b, "sim", n, args.delay_ms, args.repeat))
+    finally:
+        b.cleanup()
+    print_table(rows, args.repeat)
+    return 0 if all(r["kind"] == "real" or r["cat"] <= 2 * r["delay_ms"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

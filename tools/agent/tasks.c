@@ -1,0 +1,909 @@
+/* The agent's task registry and task API. */
+#include "tools/agent/tasks.h"
+
+#include "backend/util.h"
+#include "tools/agent/supervisor.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define TASKS_SUBDIR      "tasks"
+#define TASKS_FILE_MAX    (4 * 1024 * 1024) /* spec.json and result.json at most */
+#define TASKS_TIMEOUT_MAX 1e9               /* seconds; ~31 years */
+
+enum task_state {
+	TASK_RUNNING,
+	TASK_SUCCEEDED,
+	TASK_FAILED,
+	TASK_TIMED_OUT,
+	TASK_CANCELLED,
+	TASK_LOST,
+};
+
+static const char *const task_state_names[] = {
+	[TASK_RUNNING] = "running",     [TASK_SUCCEEDED] = "succeeded", [TASK_FAILED] = "failed",
+	[TASK_TIMED_OUT] = "timed_out", [TASK_CANCELLED] = "cancelled", [TASK_LOST] = "lost",
+};
+
+/* One task. Tasks are never removed while the registry is open, so a pointer found under
+ * the lock stays valid; every field but `id` is protected by tasks->lock. */
+struct task {
+	char id[TASKS_ID_MAX + 1]; /* immutable */
+	enum task_state state;
+	pid_t pid;                /* the task's first process; 0: unknown */
+	pid_t pgid;               /* its process group; 0: unknown */
+	int exit_code;            /* -1: none yet */
+	int signal;               /* 0: not ended by a signal */
+	double started_at;        /* unix seconds */
+	double finished_at;       /* unix seconds; 0: not finished, or unknown (lost) */
+	char *error;              /* a sentence, or NULL; owned */
+	struct supervisor_id sup; /* from the "supervisor" file; sup.pid 0: none */
+	pid_t child;              /* a supervisor this agent forked and has not reaped; 0: none */
+	bool sup_gone;            /* the supervisor is known to have exited */
+	int64_t size[2];          /* stdout and stderr sizes, recorded once the task is final */
+};
+
+struct tasks {
+	pthread_mutex_t create_lock;   /* serialises creation, so an id is started once */
+	pthread_mutex_t lock;          /* protects v, n, cap and every task */
+	char *dir;                     /* STATE_DIR/tasks, absolute; immutable */
+	int dirfd;                     /* open on dir; immutable */
+	char *exe;                     /* the agent binary; immutable */
+	char boot_id[BOOT_ID_LEN + 1]; /* immutable */
+	struct task **v;               /* in order of start */
+	size_t n, cap;
+};
+
+static const char *const stream_names[] = {TASK_FILE_STDOUT, TASK_FILE_STDERR};
+
+/* ---- ids and files ---- */
+
+/* [A-Za-z0-9._@:-]{1,200}, and not "." or "..", which are not directories of their own. */
+static bool task_id_is_valid(const char *id)
+{
+	size_t len = strlen(id);
+
+	if (len == 0 || len > TASKS_ID_MAX || strcmp(id, ".") == 0 || strcmp(id, "..") == 0)
+		return false;
+	for (const char *p = id; *p; p++) {
+		char c = *p;
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      strchr("._@:-", c)))
+			return false;
+	}
+	return true;
+}
+
+/* "ID/NAME", relative to tasks->dirfd. */
+static void task_path(const struct task *k, const char *name, char out[PATH_MAX])
+{
+	snprintf(out, PATH_MAX, "%s/%s", k->id, name);
+}
+
+/* Reads a small file of the task into a new string. 0 or -errno. */
+static int task_read_file(struct tasks *t, const char *id, const char *name, char **ret_data,
+			  size_t *ret_len)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/%s/%s", t->dir, id, name);
+	return file_read_all(path, TASKS_FILE_MAX, ret_data, ret_len);
+}
+
+/* A number file of the task ("pid", "pgid"); 0 when missing or malformed. */
+static pid_t task_read_pid(struct tasks *t, const char *id, const char *name)
+{
+	_cleanup_free_ char *text = NULL;
+	char *end;
+
+	if (task_read_file(t, id, name, &text, NULL) < 0)
+		return 0;
+	long v = strtol(text, &end, 10);
+	return end != text && v > 0 && v <= INT_MAX ? (pid_t) v : 0;
+}
+
+static int64_t task_stream_size(struct tasks *t, const struct task *k, int s)
+{
+	char path[PATH_MAX];
+	struct stat st;
+
+	task_path(k, stream_names[s], path);
+	return fstatat(t->dirfd, path, &st, AT_SYMLINK_NOFOLLOW) == 0 ? (int64_t) st.st_size : 0;
+}
+
+/* ---- states ---- */
+
+static void task_set_final_locked(struct tasks *t, struct task *k, enum task_state state)
+{
+	k->state = state;
+	for (int s = 0; s < 2; s++)
+		k->size[s] = task_stream_size(t, k, s);
+}
+
+static void task_set_lost_locked(struct tasks *t, struct task *k, const char *why)
+{
+	free(k->error);
+	k->error = strdup(why);
+	k->finished_at = 0;
+	task_set_final_locked(t, k, TASK_LOST);
+	log_warn("task %s is lost: %s", k->id, why);
+}
+
+/* Takes the outcome from result.json. 0 when the task is final now (a result that cannot
+ * be read makes it lost), -ENOENT when there is no result yet. */
+static int task_load_result_locked(struct tasks *t, struct task *k)
+{
+	_cleanup_free_ char *text = NULL;
+	size_t len;
+	int r = task_read_file(t, k->id, TASK_FILE_RESULT, &text, &len);
+
+	if (r == -ENOENT)
+		return r;
+	json_t *doc = r == 0 ? json_loadb(text, len, 0, NULL) : NULL;
+	const char *state = json_string_value(json_object_get(doc, "state"));
+	json_t *exit_code = json_object_get(doc, "exit_code");
+	json_t *sig = json_object_get(doc, "signal");
+	json_t *finished = json_object_get(doc, "finished_at");
+	const char *error = json_string_value(json_object_get(doc, "error"));
+	enum task_state st = TASK_RUNNING;
+
+	for (size_t i = TASK_SUCCEEDED; state && i < TASK_LOST; i++)
+		if (strcmp(state, task_state_names[i]) == 0)
+			st = (enum task_state) i;
+	if (st == TASK_RUNNING || !json_is_integer(exit_code) || !json_is_number(finished)) {
+		char why[128];
+		snprintf(why, sizeof(why), "its %s cannot be read%s%s", TASK_FILE_RESULT,
+			 r < 0 ? ": " : "", r < 0 ? strerror(-r) : "");
+		json_decref(doc);
+		task_set_lost_locked(t, k, why);
+		return 0;
+	}
+	k->exit_code = (int) json_integer_value(exit_code);
+	k->signal = json_is_integer(sig) ? (int) json_integer_value(sig) : 0;
+	k->finished_at = json_number_value(finished);
+	free(k->error);
+	k->error = error ? strdup(error) : NULL;
+	json_decref(doc);
+	task_set_final_locked(t, k, st);
+	return 0;
+}
+
+/* Brings a running task up to date: finished once result.json exists, lost once its
+ * supervisor is gone without one. */
+static void task_refresh_locked(struct tasks *t, struct task *k)
+{
+	if (k->state != TASK_RUNNING || task_load_result_locked(t, k) == 0)
+		return;
+	if (k->child)
+		return; /* our child: tasks_reap() will tell when it exits */
+	if (!k->sup_gone && supervisor_is_alive(&k->sup, t->boot_id))
+		return;
+	k->sup_gone = true;
+	/* It may have written the result just before it exited. */
+	if (task_load_result_locked(t, k) == 0)
+		return;
+	task_set_lost_locked(t, k,
+			     k->sup.pid ? "its supervisor ended without recording a result"
+					: "it has neither a supervisor nor a result");
+}
+
+static size_t tasks_count_running_locked(struct tasks *t)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < t->n; i++) {
+		task_refresh_locked(t, t->v[i]);
+		n += t->v[i]->state == TASK_RUNNING;
+	}
+	return n;
+}
+
+static struct task *tasks_find_locked(struct tasks *t, const char *id)
+{
+	for (size_t i = 0; i < t->n; i++)
+		if (strcmp(t->v[i]->id, id) == 0)
+			return t->v[i];
+	return NULL;
+}
+
+static void task_free(struct task *k)
+{
+	if (!k)
+		return;
+	free(k->error);
+	free(k);
+}
+
+/* Adds k to the registry, which takes it over. */
+static int tasks_insert_locked(struct tasks *t, struct task *k)
+{
+	if (t->n == t->cap) {
+		size_t cap = t->cap ? 2 * t->cap : 64;
+		struct task **v = realloc(t->v, cap * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		t->v = v;
+		t->cap = cap;
+	}
+	t->v[t->n++] = k;
+	return 0;
+}
+
+/* A new task, running until task_refresh_locked() learns otherwise, or NULL. */
+static struct task *task_new(const char *id, double started_at)
+{
+	size_t len = strlen(id);
+	struct task *k = len <= TASKS_ID_MAX ? calloc(1, sizeof(*k)) : NULL;
+	if (!k)
+		return NULL;
+	memcpy(k->id, id, len + 1);
+	k->state = TASK_RUNNING;
+	k->exit_code = -1;
+	k->started_at = started_at;
+	return k;
+}
+
+/* Reads who runs the task: its pid files and its supervisor's identity. Missing files
+ * leave the fields unknown. */
+static void task_load_pids(struct tasks *t, struct task *k)
+{
+	k->pid = task_read_pid(t, k->id, TASK_FILE_PID);
+	k->pgid = task_read_pid(t, k->id, TASK_FILE_PGID);
+	int dfd = openat(t->dirfd, k->id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	if (dfd < 0 || supervisor_read_id(dfd, &k->sup) < 0)
+		memset(&k->sup, 0, sizeof(k->sup));
+	if (dfd >= 0)
+		close(dfd);
+}
+
+/* Loads task `id` from its directory, whose spec.json exists. 0, -ENOMEM, or -EINVAL
+ * (with a reason in errbuf) when spec.json cannot be read. */
+static int task_load(struct tasks *t, const char *id, struct task **ret_task, char *errbuf,
+		     size_t errlen)
+{
+	_cleanup_free_ char *text = NULL;
+	size_t len;
+	int r;
+
+	r = task_read_file(t, id, TASK_FILE_SPEC, &text, &len);
+	if (r < 0) {
+		snprintf(errbuf, errlen, "cannot read %s: %s", TASK_FILE_SPEC, strerror(-r));
+		return r == -ENOMEM ? r : -EINVAL;
+	}
+	json_t *spec = json_loadb(text, len, 0, NULL);
+	const char *spec_id = json_string_value(json_object_get(spec, "id"));
+	json_t *started = json_object_get(spec, "started_at");
+	if (!spec_id || strcmp(spec_id, id) != 0 || !json_is_number(started)) {
+		snprintf(errbuf, errlen, "%s is not a task spec of this id", TASK_FILE_SPEC);
+		json_decref(spec);
+		return -EINVAL;
+	}
+	struct task *k = task_new(id, json_number_value(started));
+	json_decref(spec);
+	if (!k)
+		return -ENOMEM;
+	task_load_pids(t, k);
+	*ret_task = k;
+	return 0;
+}
+
+static int task_cmp_started(const void *a, const void *b)
+{
+	const struct task *x = *(struct task *const *) a, *y = *(struct task *const *) b;
+	if (x->started_at != y->started_at)
+		return x->started_at < y->started_at ? -1 : 1;
+	return strcmp(x->id, y->id);
+}
+
+/* Re-adopts every task in the directory: finished, still running under a supervisor that
+ * outlived an earlier agent, or lost. Before any thread can see the registry. */
+static int tasks_scan(struct tasks *t)
+{
+	int fd = dup(t->dirfd);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+	size_t running = 0;
+	int r = 0;
+
+	if (!d) {
+		r = -errno;
+		if (fd >= 0)
+			close(fd);
+		return r;
+	}
+	while ((de = readdir(d))) {
+		char errbuf[256];
+		struct task *k;
+
+		if (!task_id_is_valid(de->d_name))
+			continue;
+		char spec[PATH_MAX];
+		snprintf(spec, sizeof(spec), "%s/%s", de->d_name, TASK_FILE_SPEC);
+		if (faccessat(t->dirfd, spec, F_OK, AT_SYMLINK_NOFOLLOW) < 0)
+			continue; /* never answered 201: the agent died while writing it */
+		r = task_load(t, de->d_name, &k, errbuf, sizeof(errbuf));
+		if (r == -EINVAL) {
+			log_warn("ignoring task directory %s/%s: %s", t->dir, de->d_name, errbuf);
+			r = 0;
+			continue;
+		}
+		if (r < 0)
+			break;
+		task_refresh_locked(t, k);
+		running += k->state == TASK_RUNNING;
+		if ((r = tasks_insert_locked(t, k)) < 0) {
+			task_free(k);
+			break;
+		}
+	}
+	closedir(d);
+	if (r < 0)
+		return r;
+	if (t->n > 1)
+		qsort(t->v, t->n, sizeof(t->v[0]), task_cmp_started);
+	if (t->n)
+		log_info("found %zu tasks in %s, %zu of them still running", t->n, t->dir, running);
+	return 0;
+}
+
+int tasks_open(const char *state_dir, const char *exe, struct tasks **ret_tasks)
+{
+	struct tasks *t = calloc(1, sizeof(*t));
+	int r;
+
+	if (!t)
+		return -ENOMEM;
+	t->dirfd = -1;
+	pthread_mutex_init(&t->create_lock, NULL);
+	pthread_mutex_init(&t->lock, NULL);
+	if (asprintf(&t->dir, "%s/%s", state_dir, TASKS_SUBDIR) < 0) {
+		t->dir = NULL;
+		r = -ENOMEM;
+		goto err_close;
+	}
+	t->exe = strdup(exe);
+	if (!t->exe) {
+		r = -ENOMEM;
+		goto err_close;
+	}
+	if (mkdir(t->dir, 0700) < 0 && errno != EEXIST) {
+		r = -errno;
+		goto err_close;
+	}
+	t->dirfd = open(t->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	if (t->dirfd < 0) {
+		r = -errno;
+		goto err_close;
+	}
+	if ((r = supervisor_read_boot_id(t->boot_id)) < 0 || (r = tasks_scan(t)) < 0)
+		goto err_close;
+	*ret_tasks = t;
+	return 0;
+
+err_close:
+	tasks_close(t);
+	return r;
+}
+
+void tasks_close(struct tasks *t)
+{
+	if (!t)
+		return;
+	for (size_t i = 0; i < t->n; i++)
+		task_free(t->v[i]);
+	free(t->v);
+	if (t->dirfd >= 0)
+		close(t->dirfd);
+	free(t->dir);
+	free(t->exe);
+	pthread_mutex_destroy(&t->lock);
+	pthread_mutex_destroy(&t->create_lock);
+	free(t);
+}
+
+/* Reaps k's supervisor if it is our child and has exited. */
+static void task_reap_locked(struct tasks *t, struct task *k)
+{
+	int status;
+
+	if (!k->child)
+		return;
+	pid_t w = waitpid(k->child, &status, WNOHANG);
+	if (w == 0 || (w < 0 && errno != ECHILD))
+		return;
+	k->child = 0;
+	k->sup_gone = true;
+	task_refresh_locked(t, k);
+}
+
+void tasks_reap(struct tasks *t)
+{
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; i < t->n; i++)
+		task_reap_locked(t, t->v[i]);
+	pthread_mutex_unlock(&t->lock);
+}
+
+size_t tasks_count_running(struct tasks *t)
+{
+	pthread_mutex_lock(&t->lock);
+	size_t n = tasks_count_running_locked(t);
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
+/* ---- the API ---- */
+
+static json_t *json_real_or_null(double v, bool present)
+{
+	return present ? json_real(v) : json_null();
+}
+
+static json_t *json_int_or_null(long v, bool present)
+{
+	return present ? json_integer(v) : json_null();
+}
+
+/* The task object of TASKS-API.md, or NULL when out of memory. */
+static json_t *task_to_json_locked(struct tasks *t, const struct task *k)
+{
+	bool running = k->state == TASK_RUNNING;
+	json_t *o = json_pack(
+		"{s:s, s:s, s:o, s:o, s:o, s:f, s:o, s:I, s:I}", "id", k->id, "state",
+		task_state_names[k->state], "pid", json_int_or_null(k->pid, k->pid > 0),
+		"exit_code", json_int_or_null(k->exit_code, k->exit_code >= 0), "signal",
+		json_int_or_null(k->signal, k->signal > 0), "started_at", k->started_at,
+		"finished_at", json_real_or_null(k->finished_at, k->finished_at > 0), "stdout_size",
+		(json_int_t) (running ? task_stream_size(t, k, 0) : k->size[0]), "stderr_size",
+		(json_int_t) (running ? task_stream_size(t, k, 1) : k->size[1]));
+	if (o && k->error && json_object_set_new(o, "error", json_string(k->error)) < 0) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
+static int task_reply_locked(struct tasks *t, const struct task *k, unsigned status,
+			     struct response *resp)
+{
+	json_t *o = task_to_json_locked(t, k);
+	return o ? response_set_json(resp, status, o) : -ENOMEM;
+}
+
+/* Checks a POST body against TASKS-API.md. 0, or -EINVAL with a sentence in msg. */
+static int task_request_check(json_t *doc, char *msg, size_t msglen)
+{
+	static const char *const fields[] = {"id", "cmd", "env", "cwd", "timeout_s"};
+	const size_t n_fields = sizeof(fields) / sizeof(fields[0]);
+	const char *key;
+	json_t *v;
+
+	if (!json_is_object(doc)) {
+		snprintf(msg, msglen, "the request must be a JSON object");
+		return -EINVAL;
+	}
+	json_object_foreach(doc, key, v)
+	{
+		bool known = false;
+		for (size_t i = 0; i < n_fields; i++)
+			known = known || strcmp(key, fields[i]) == 0;
+		if (!known) {
+			const char *near = util_closest_word(key, fields, n_fields, 2);
+			snprintf(msg, msglen,
+				 "unknown field \"%.64s\"%s%s%s; the fields are id, "
+				 "cmd, env, cwd and timeout_s",
+				 key, near ? " (did you mean \"" : "", near ? near : "",
+				 near ? "\"?)" : "");
+			return -EINVAL;
+		}
+	}
+
+	v = json_object_get(doc, "id");
+	if (!json_is_string(v) || json_string_length(v) != strlen(json_string_value(v)) ||
+	    !task_id_is_valid(json_string_value(v))) {
+		snprintf(msg, msglen,
+			 "\"id\" must be a string of 1 to %d characters from "
+			 "A-Z a-z 0-9 . _ @ : -, other than \".\" and \"..\"",
+			 TASKS_ID_MAX);
+		return -EINVAL;
+	}
+
+	v = json_object_get(doc, "cmd");
+	if (json_is_string(v)) {
+		if (json_string_length(v) == 0 ||
+		    json_string_length(v) != strlen(json_string_value(v))) {
+			snprintf(msg, msglen, "\"cmd\" must not be empty or contain NUL bytes");
+			return -EINVAL;
+		}
+	} else if (json_is_array(v) && json_array_size(v) > 0) {
+		size_t i;
+		json_t *arg;
+		json_array_foreach(v, i, arg)
+		{
+			if (!json_is_string(arg) ||
+			    json_string_length(arg) != strlen(json_string_value(arg)) ||
+			    (i == 0 && json_string_length(arg) == 0)) {
+				snprintf(msg, msglen,
+					 "\"cmd\" must be a string or a non-empty list "
+					 "of strings without NUL bytes, the first not empty");
+				return -EINVAL;
+			}
+		}
+	} else {
+		snprintf(msg, msglen,
+			 "\"cmd\" is required: a shell command string or a "
+			 "non-empty list of strings (argv)");
+		return -EINVAL;
+	}
+
+	v = json_object_get(doc, "env");
+	if (v && !json_is_null(v)) {
+		json_t *value;
+		if (!json_is_object(v)) {
+			snprintf(msg, msglen, "\"env\" must be an object of strings");
+			return -EINVAL;
+		}
+		json_object_foreach(v, key, value)
+		{
+			if (!key[0] || strchr(key, '=') || !json_is_string(value) ||
+			    json_string_length(value) != strlen(json_string_value(value))) {
+				snprintf(msg, msglen,
+					 "\"env\" must map names without \"=\" to "
+					 "strings without NUL bytes; \"%.64s\" does not",
+					 key);
+				return -EINVAL;
+			}
+		}
+	}
+
+	v = json_object_get(doc, "cwd");
+	if (v && !json_is_null(v) &&
+	    (!json_is_string(v) || json_string_value(v)[0] != '/' ||
+	     json_string_length(v) != strlen(json_string_value(v)))) {
+		snprintf(msg, msglen, "\"cwd\" must be an absolute path");
+		return -EINVAL;
+	}
+
+	v = json_object_get(doc, "timeout_s");
+	if (v && !json_is_null(v) &&
+	    (!json_is_number(v) || json_number_value(v) < 0 ||
+	     json_number_value(v) > TASKS_TIMEOUT_MAX)) {
+		snprintf(msg, msglen,
+			 "\"timeout_s\" must be a number of seconds from 0 (none) "
+			 "to %.0f",
+			 TASKS_TIMEOUT_MAX);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Creates the task directory and writes spec.json durably: once this returns 0, the id is
+ * known to every later agent. */
+static int task_write_spec(struct tasks *t, const char *id, json_t *spec)
+{
+	int dfd, r;
+
+	if (mkdirat(t->dirfd, id, 0700) < 0 && errno != EEXIST)
+		return -errno;
+	if (fsync(t->dirfd) < 0)
+		return -errno;
+	dfd = openat(t->dirfd, id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	if (dfd < 0)
+		return -errno;
+	char *text = json_dumps(spec, JSON_COMPACT | JSON_REAL_PRECISION(17));
+	r = text ? supervisor_write_file(dfd, TASK_FILE_SPEC, text, strlen(text), true) : -ENOMEM;
+	free(text);
+	close(dfd);
+	return r;
+}
+
+/* Removes the directory of a task that never started, so that its id stays free. */
+static void task_remove_dir(struct tasks *t, const char *id)
+{
+	int dfd = openat(t->dirfd, id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	struct dirent *de;
+
+	if (!d) {
+		if (dfd >= 0)
+			close(dfd);
+		return;
+	}
+	/* spec.json first, so that a failure below leaves nothing a later agent adopts. */
+	unlinkat(dfd, TASK_FILE_SPEC, 0);
+	while ((de = readdir(d)))
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0 &&
+		    unlinkat(dfd, de->d_name, 0) < 0 && errno == EISDIR)
+			unlinkat(dfd, de->d_name, AT_REMOVEDIR);
+	closedir(d);
+	if (unlinkat(t->dirfd, id, AT_REMOVEDIR) < 0)
+		log_warn("cannot remove %s/%s: %s", t->dir, id, strerror(errno));
+}
+
+/* Writes the spec and starts the supervisor; create_lock held, not lock. Returns the new
+ * task, or NULL with resp set (status 0 when out of memory). */
+static struct task *task_start(struct tasks *t, const char *id, json_t *doc, struct response *resp)
+{
+	char dir[PATH_MAX], errbuf[512];
+	double now = clock_wall_s();
+	pid_t sup = 0;
+	int r;
+
+	/* Allocated first: once spec.json exists the task must make it into the registry,
+	 * or a second POST would start it again. */
+	struct task *k = task_new(id, now);
+	if (!k)
+		return NULL;
+	/* The optional fields that are null are as good as absent. */
+	for (const char *const *f = (const char *const[]){"env", "cwd", "timeout_s", NULL}; *f; f++)
+		if (json_is_null(json_object_get(doc, *f)))
+			json_object_del(doc, *f);
+	if (json_object_set_new(doc, "started_at", json_real(now)) < 0) {
+		task_free(k);
+		return NULL;
+	}
+	r = task_write_spec(t, id, doc);
+	if (r < 0) {
+		log_err("cannot write %s/%s/%s: %s", t->dir, id, TASK_FILE_SPEC, strerror(-r));
+		response_set_error(resp, 500, "cannot record task %s: %s", id, strerror(-r));
+		task_remove_dir(t, id);
+		task_free(k);
+		return NULL;
+	}
+
+	snprintf(dir, sizeof(dir), "%s/%s", t->dir, id);
+	r = supervisor_start(t->exe, dir, &sup, errbuf, sizeof(errbuf));
+	if (r < 0 && r != -ETIMEDOUT && r != -ECHILD) {
+		/* Nothing ran: forget the id altogether. */
+		log_err("cannot start task %s: %s", id, errbuf);
+		response_set_error(resp, 500, "cannot start task %s: %s", id, errbuf);
+		task_remove_dir(t, id);
+		task_free(k);
+		return NULL;
+	}
+	/* From here on the id is taken: its state comes from the files. */
+	if (r < 0)
+		log_err("task %s: %s", id, errbuf);
+	task_load_pids(t, k);
+	if (k->sup.pid == 0)
+		k->sup.pid = sup;
+	if (r == -ECHILD)
+		k->sup_gone = true; /* already reaped */
+	else
+		k->child = sup;
+	return k;
+}
+
+int tasks_handle_create(struct tasks *t, struct request *req, struct response *resp)
+{
+	json_error_t jerr;
+	char msg[512];
+	json_t *doc = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+	int r = 0;
+
+	if (!doc) {
+		response_set_error(resp, 400, "invalid JSON: %s", jerr.text);
+		return 0;
+	}
+	if (task_request_check(doc, msg, sizeof(msg)) < 0) {
+		response_set_error(resp, 400, "%s", msg);
+		json_decref(doc);
+		return 0;
+	}
+	char id[TASKS_ID_MAX + 1];
+	snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(doc, "id")));
+
+	pthread_mutex_lock(&t->create_lock);
+	pthread_mutex_lock(&t->lock);
+	struct task *k = tasks_find_locked(t, id);
+	if (k) {
+		task_refresh_locked(t, k);
+		r = task_reply_locked(t, k, 200, resp);
+		pthread_mutex_unlock(&t->lock);
+		goto out_unlock_create;
+	}
+	size_t running = tasks_count_running_locked(t);
+	pthread_mutex_unlock(&t->lock);
+	if (running >= TASKS_MAX_RUNNING) {
+		response_set_error(resp, 503, "too many running tasks: the limit is %d",
+				   TASKS_MAX_RUNNING);
+		goto out_unlock_create;
+	}
+
+	k = task_start(t, id, doc, resp);
+	if (!k) {
+		if (!resp->status)
+			r = -ENOMEM;
+		goto out_unlock_create;
+	}
+	pthread_mutex_lock(&t->lock);
+	r = tasks_insert_locked(t, k);
+	if (r < 0) {
+		/* Keep the child reaped and the id known on disk; a restart adopts it. */
+		pthread_mutex_unlock(&t->lock);
+		task_free(k);
+		goto out_unlock_create;
+	}
+	log_info("task %s started: pid %d, supervisor %d", id, (int) k->pid, (int) k->sup.pid);
+	/* It may have exited before it was in the registry, unseen by tasks_reap(). */
+	task_reap_locked(t, k);
+	task_refresh_locked(t, k);
+	r = task_reply_locked(t, k, 201, resp);
+	pthread_mutex_unlock(&t->lock);
+
+out_unlock_create:
+	pthread_mutex_unlock(&t->create_lock);
+	json_decref(doc);
+	return r;
+}
+
+int tasks_handle_list(struct tasks *t, struct request *req, struct response *resp)
+{
+	json_t *list = json_array();
+	bool ok = list != NULL;
+
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; ok && i < t->n; i++) {
+		task_refresh_locked(t, t->v[i]);
+		json_t *o = task_to_json_locked(t, t->v[i]);
+		ok = o && json_array_append_new(list, o) == 0;
+	}
+	pthread_mutex_unlock(&t->lock);
+	if (!ok) {
+		json_decref(list);
+		return -ENOMEM;
+	}
+	return response_set_json(resp, 200, json_pack("{s:o}", "tasks", list));
+}
+
+/* Finds the task named by req->params[0] and refreshes it, with the lock held; or answers
+ * 404, unlocks and returns NULL. */
+static struct task *tasks_lookup_locked(struct tasks *t, struct request *req, struct response *resp)
+{
+	const char *id = req->params[0];
+	pthread_mutex_lock(&t->lock);
+	struct task *k = task_id_is_valid(id) ? tasks_find_locked(t, id) : NULL;
+	if (!k) {
+		pthread_mutex_unlock(&t->lock);
+		response_set_error(resp, 404, "no such task: %.200s", id);
+		return NULL;
+	}
+	task_refresh_locked(t, k);
+	return k;
+}
+
+int tasks_handle_get(struct tasks *t, struct request *req, struct response *resp)
+{
+	struct task *k = tasks_lookup_locked(t, req, resp);
+	if (!k)
+		return 0;
+	int r = task_reply_locked(t, k, 200, resp);
+	pthread_mutex_unlock(&t->lock);
+	return r;
+}
+
+/* A query parameter that must be a decimal integer >= 0; `def` when absent. */
+static int query_get_u64(struct request *req, const char *name, uint64_t def, uint64_t *ret_value)
+{
+	const char *s = request_get_query(req, name);
+	char *end;
+
+	if (!s) {
+		*ret_value = def;
+		return 0;
+	}
+	if (s[0] < '0' || s[0] > '9')
+		return -EINVAL;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (*end || errno || v > INT64_MAX)
+		return -EINVAL;
+	*ret_value = v;
+	return 0;
+}
+
+int tasks_handle_output(struct tasks *t, const char *stream, struct request *req,
+			struct response *resp)
+{
+	uint64_t offset, limit;
+	char path[PATH_MAX], total_text[32];
+	struct stat st = {0};
+	int fd;
+
+	if (query_get_u64(req, "offset", 0, &offset) < 0 ||
+	    query_get_u64(req, "limit", TASKS_OUTPUT_MAX, &limit) < 0) {
+		response_set_error(resp, 400, "offset and limit must be integers >= 0");
+		return 0;
+	}
+	if (limit > TASKS_OUTPUT_MAX)
+		limit = TASKS_OUTPUT_MAX;
+
+	struct task *k = tasks_lookup_locked(t, req, resp);
+	if (!k)
+		return 0;
+	task_path(k, stream, path);
+	pthread_mutex_unlock(&t->lock);
+
+	/* The files only ever grow, so they are read without the lock. */
+	fd = openat(t->dirfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0 && errno != ENOENT) {
+		response_set_error(resp, 500, "cannot open the %s of task %s: %s", stream, k->id,
+				   strerror(errno));
+		return 0;
+	}
+	if (fd >= 0 && fstat(fd, &st) < 0)
+		st.st_size = 0;
+	uint64_t total = (uint64_t) st.st_size;
+	size_t want =
+		offset < total ? (size_t) (total - offset < limit ? total - offset : limit) : 0;
+	char *data = want ? malloc(want) : NULL;
+	size_t got = 0;
+	if (want && !data) {
+		close(fd);
+		return -ENOMEM;
+	}
+	while (got < want) {
+		ssize_t n = pread(fd, data + got, want - got, (off_t) (offset + got));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		got += (size_t) n;
+	}
+	if (fd >= 0)
+		close(fd);
+
+	buf_free(&resp->body);
+	if (got)
+		buf_append(&resp->body, data, got);
+	free(data);
+	snprintf(total_text, sizeof(total_text), "%" PRIu64, total);
+	resp->content_type = "application/octet-stream";
+	resp->status = 200;
+	return response_add_header(resp, "X-Total-Size", total_text);
+}
+
+int tasks_handle_cancel(struct tasks *t, struct request *req, struct response *resp)
+{
+	char marker[PATH_MAX];
+	struct task *k = tasks_lookup_locked(t, req, resp);
+	int r;
+
+	if (!k)
+		return 0;
+	if (k->state != TASK_RUNNING) {
+		r = task_reply_locked(t, k, 200, resp);
+		goto out_unlock;
+	}
+	/* Running means the supervisor is alive: our unreaped child, or verified by
+	 * task_refresh_locked() just now. Signal only once per task. */
+	task_path(k, TASK_FILE_CANCEL, marker);
+	if (faccessat(t->dirfd, marker, F_OK, AT_SYMLINK_NOFOLLOW) < 0) {
+		int dfd = openat(t->dirfd, k->id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+		r = dfd >= 0 ? supervisor_cancel(dfd, k->pgid, k->child ? k->child : k->sup.pid)
+			     : -errno;
+		if (dfd >= 0)
+			close(dfd);
+		if (r < 0) {
+			response_set_error(resp, 500, "cannot cancel task %s: %s", k->id,
+					   strerror(-r));
+			r = 0;
+			goto out_unlock;
+		}
+		log_info("task %s: cancel requested", k->id);
+	}
+	r = task_reply_locked(t, k, 202, resp);
+
+out_unlock:
+	pthread_mutex_unlock(&t->lock);
+	return r;
+}

@@ -1,0 +1,41 @@
+/* The agent's task registry and the task API (see TASKS-API.md): every task the agent
+ * knows, kept in memory and backed by STATE_DIR/tasks/ID, which a supervisor process per
+ * task writes (see supervisor.h). The registry never learns a result other than from
+ * result.json, so a restarted agent rebuilds it exactly by scanning that directory. */
+#pragma once
+
+#include <stddef.h>
+
+#include "tools/agent/server.h"
+
+#define TASKS_MAX_RUNNING 256           /* more running tasks are refused with 503 */
+#define TASKS_ID_MAX      200           /* bytes in a task id */
+#define TASKS_OUTPUT_MAX  (1024 * 1024) /* bytes per output request, and the default */
+
+struct tasks;
+
+/* Opens the registry under `state_dir` (borrowed): creates STATE_DIR/tasks if needed and
+ * re-adopts every task found there. `exe` (borrowed) is the agent binary, which the
+ * supervisors run. Returns a new registry, 0 or -errno. */
+int tasks_open(const char *state_dir, const char *exe, struct tasks **ret_tasks);
+/* Frees the registry. Running tasks carry on under their supervisors. NULL is a no-op. */
+void tasks_close(struct tasks *t);
+
+/* Reaps supervisors this agent started that have exited, without blocking. Call it on
+ * SIGCHLD. Thread-safe. */
+void tasks_reap(struct tasks *t);
+/* The number of running tasks. Thread-safe. */
+size_t tasks_count_running(struct tasks *t);
+
+/* The HTTP handlers, thread-safe. req->params[0] is the task id where the path has one. */
+/* POST /api/node/tasks */
+int tasks_handle_create(struct tasks *t, struct request *req, struct response *resp);
+/* GET /api/node/tasks */
+int tasks_handle_list(struct tasks *t, struct request *req, struct response *resp);
+/* GET /api/node/tasks/ID */
+int tasks_handle_get(struct tasks *t, struct request *req, struct response *resp);
+/* GET /api/node/tasks/ID/stdout and .../stderr; `stream` is "stdout" or "stderr". */
+int tasks_handle_output(struct tasks *t, const char *stream, struct request *req,
+			struct response *resp);
+/* POST /api/node/tasks/ID/cancel */
+int tasks_handle_cancel(struct tasks *t, struct request *req, struct response *resp);
