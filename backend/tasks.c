@@ -50,6 +50,7 @@ struct task {
 struct node_poll {
 	char *node;
 	bool in_flight;
+	double agent_time;  /* the agent's clock at the last answered poll; 0 none */
 	struct node_poll *next;
 };
 
@@ -834,6 +835,8 @@ static int agent_call(struct tasks *t, const char *node, const char *method, con
 	return r;
 }
 
+static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, struct waiter **wake);
+
 static void dispatch_done(const struct http_response *r, void *arg)
 {
 	struct call *c = arg;
@@ -844,10 +847,16 @@ static void dispatch_done(const struct http_response *r, void *arg)
 	if (k) {
 		k->dispatching = false;
 		if (!r->error) {
-			if (!strcmp(k->row.state, TASK_DISPATCHED)) {
+			/* 201: started; 200: the agent knew this dispatch id already, and its
+			 * answer says how that run is doing (it may have ended long ago) */
+			json_t *o = json_loadb(r->body, r->body_len, 0, NULL);
+			if (json_is_object(o) && json_is_string(json_object_get(o, "state")))
+				apply_remote_locked(t, k, o, &wake);
+			else if (!strcmp(k->row.state, TASK_DISPATCHED)) {
 				k->row.started_at = clock_wall_s();
 				set_state_locked(t, k, TASK_RUNNING, NULL, &wake);
 			}
+			json_decref(o);
 		} else if (r->status == 400 || r->status == 413) {
 			json_t *doc = json_loadb(r->body, r->body_len, 0, NULL);
 			const char *e = json_string_value(json_object_get(doc, "error"));
@@ -1005,7 +1014,10 @@ static void finalize_if_ready_locked(struct tasks *t, struct task *k, struct wai
 static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, struct waiter **wake)
 {
 	const char *state = json_string_value(json_object_get(o, "state"));
-	if (!state)
+	const char *id = json_string_value(json_object_get(o, "id"));
+	/* an answer about another attempt, or about a task that has ended here */
+	if (!state || !id || !k->row.dispatch_id || strcmp(id, k->row.dispatch_id) ||
+	    task_state_is_final(k->row.state) || !strcmp(k->row.state, TASK_QUEUED))
 		return;
 	for (int s = 0; s < N_STREAMS; s++) {
 		json_t *sz = json_object_get(o, s ? "stderr_size" : "stdout_size");
@@ -1050,6 +1062,8 @@ static void poll_done(const struct http_response *r, void *arg)
 	}
 	json_t *doc = json_loadb(r->body, r->body_len, 0, NULL);
 	json_t *list = json_object_get(doc, "tasks");
+	if (json_is_number(json_object_get(doc, "time")))
+		p->agent_time = json_number_value(json_object_get(doc, "time"));
 	struct waiter *wake = NULL;
 	pthread_mutex_lock(&t->lock);
 	/* index the agent's answer by dispatch id */
@@ -1069,10 +1083,6 @@ static void poll_done(const struct http_response *r, void *arg)
 		}
 		if (found) {
 			apply_remote_locked(t, k, found, &wake);
-			if (k->cancel_requested && !k->cancel_sent &&
-			    !strcmp(json_string_value(json_object_get(found, "state")), "running")) {
-				/* sent from the tick */
-			}
 		} else if (!k->dispatching) {
 			/* the agent never got it (or lost it before writing it down): send the
 			 * same dispatch id again */
@@ -1259,8 +1269,14 @@ static void tasks_tick(void *arg)
 	for (size_t j = 0; j < n_nodes; j++) {
 		struct node_poll *p = poll_for(t, nodes[j]);
 		if (!p->in_flight) {
+			/* what changed since the last poll, by the agent's own clock, with a
+			 * margin for tasks that finished while that answer was on its way */
+			char path[96] = "/api/node/tasks";
+			if (p->agent_time > 0)
+				snprintf(path, sizeof(path), "/api/node/tasks?since=%.3f",
+					 p->agent_time - 30.0);
 			struct call *c = call_new(t, nodes[j], 0);
-			if (agent_call(t, nodes[j], "GET", "/api/node/tasks", NULL, poll_done, c) == 0)
+			if (agent_call(t, nodes[j], "GET", path, NULL, poll_done, c) == 0)
 				p->in_flight = true;
 			else
 				call_free(c);

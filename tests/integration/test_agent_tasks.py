@@ -446,7 +446,8 @@ def test_unknown_task_is_404(agent):
 
 
 def test_list_tasks(agent):
-    assert agent.request("GET", "/api/node/tasks") == (200, {"tasks": []})
+    code, doc = agent.request("GET", "/api/node/tasks")
+    assert code == 200 and doc["tasks"] == [] and doc["time"] > 0
     agent.post({"id": "l1", "cmd": "true"})
     agent.post({"id": "l2", "cmd": ["false"]})
     agent.wait_final("l1")
@@ -623,7 +624,8 @@ def test_invalid_request_is_400(agent, body):
     status, doc = agent.post(body)
     assert status == 400, doc
     assert doc["error"]
-    assert agent.request("GET", "/api/node/tasks") == (200, {"tasks": []})
+    code, doc = agent.request("GET", "/api/node/tasks")
+    assert code == 200 and doc["tasks"] == [] and doc["time"] > 0
 
 
 def test_valid_id_characters(agent):
@@ -665,3 +667,18 @@ def test_more_than_256_running_is_503(agent):
     agent.wait_final("many-0")
     status, doc = agent.post({"id": "one-more", "cmd": "true"})
     assert status == 201, doc
+
+
+def test_list_since_filters_finished(agent):
+    """?since=T keeps running tasks and those that finished at or after T."""
+    assert agent.request("POST", "/api/node/tasks", {"id": "old", "cmd": "true"})[0] == 201
+    agent.wait_final("old")
+    code, doc = agent.request("GET", "/api/node/tasks")
+    t = doc["time"]
+    assert agent.request("POST", "/api/node/tasks", {"id": "slow", "cmd": "sleep 5"})[0] == 201
+    code, doc = agent.request("GET", f"/api/node/tasks?since={t + 1}")
+    assert code == 200
+    assert [x["id"] for x in doc["tasks"]] == ["slow"]
+    code, doc = agent.request("GET", "/api/node/tasks?since=0")
+    assert sorted(x["id"] for x in doc["tasks"]) == ["old", "slow"]
+    assert agent.request("GET", "/api/node/tasks?since=soon")[0] == 400

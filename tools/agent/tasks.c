@@ -748,12 +748,30 @@ out_unlock_create:
 
 int tasks_handle_list(struct tasks *t, struct request *req, struct response *resp)
 {
+	/* ?since=T (this agent's clock, unix seconds): only tasks still running or finished
+	 * at or after T, so that a control plane polling for its work does not fetch the
+	 * whole history each time */
+	double since = 0;
+	const char *q = request_get_query(req, "since");
+	if (q) {
+		char *end;
+		since = strtod(q, &end);
+		if (*end || end == q || since < 0) {
+			response_set_error(resp, 400, "since must be a unix time in seconds");
+			return 0;
+		}
+	}
 	json_t *list = json_array();
 	bool ok = list != NULL;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	double now = (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
 
 	pthread_mutex_lock(&t->lock);
 	for (size_t i = 0; ok && i < t->n; i++) {
 		task_refresh_locked(t, t->v[i]);
+		if (since > 0 && t->v[i]->finished_at > 0 && t->v[i]->finished_at < since)
+			continue;
 		json_t *o = task_to_json_locked(t, t->v[i]);
 		ok = o && json_array_append_new(list, o) == 0;
 	}
@@ -762,7 +780,7 @@ int tasks_handle_list(struct tasks *t, struct request *req, struct response *res
 		json_decref(list);
 		return -ENOMEM;
 	}
-	return response_set_json(resp, 200, json_pack("{s:o}", "tasks", list));
+	return response_set_json(resp, 200, json_pack("{s:o,s:f}", "tasks", list, "time", now));
 }
 
 /* Finds the task named by req->params[0] and refreshes it, with the lock held; or answers
