@@ -146,7 +146,8 @@ int drafts_write(struct drafts *d, const char *name, const char *data, size_t le
 		size_t overlap = x->data.len > off ? x->data.len - off : 0;
 		if (overlap > len)
 			overlap = len;
-		memcpy(x->data.data + off, data, overlap);
+		if (overlap)
+			memcpy(x->data.data + off, data, overlap);
 		buf_append(&x->data, data + overlap, len - overlap);
 		x->dirty = true;
 		x->mtime = d->changed_at = clock_wall_s();

@@ -36,6 +36,7 @@ struct fs {
 	struct notify *queue;    /* protected by lock */
 	size_t n_queue;          /* protected by lock */
 	bool stop;               /* protected by lock */
+	bool tops_queued;        /* the cluster-wide files are in the queue; protected by lock */
 	pthread_t notifier;
 	bool notifier_running;
 };
@@ -114,6 +115,7 @@ static void *notifier_main(void *arg)
 		struct notify *q = f->queue;
 		f->queue = NULL;
 		f->n_queue = 0;
+		f->tops_queued = false;
 		struct fuse_session *se = f->se;
 		pthread_mutex_unlock(&f->lock);
 		while (q) {
@@ -203,19 +205,30 @@ void fs_on_cluster_change(void *arg, const char *node)
 	struct fs *f = arg;
 	static const char *const tops[] = {"/stats", "/alerts", "/events", "/metrics",
 					   "/topology.json", "/topology.dot", "/config"};
+	static const char *const node_files[] = {"status", "health", "info", "address", "role",
+						 "tier", "capabilities"};
 	struct collect col = {.f = f};
 	if (node) {
-		char prefix[512];
-		snprintf(prefix, sizeof(prefix), "/nodes/%s/", node);
-		inode_table_foreach(f->itab, prefix, collect_ino, &col);
+		/* inode numbers are path hashes: ask for the node's files directly */
+		for (size_t i = 0; i < sizeof(node_files) / sizeof(node_files[0]); i++) {
+			char path[512];
+			snprintf(path, sizeof(path), "/nodes/%s/%s", node, node_files[i]);
+			uint64_t ino = inode_hash_path(path);
+			if (inode_table_known(f->itab, ino))
+				collect_ino(&col, ino, path);
+		}
 	} else {
 		inode_table_foreach(f->itab, "/nodes", collect_ino, &col);
 	}
 	pthread_mutex_lock(&f->lock);
-	for (size_t i = 0; i < sizeof(tops) / sizeof(tops[0]); i++) {
-		uint64_t ino = inode_hash_path(tops[i]);
-		if (inode_table_known(f->itab, ino))
-			notify_push_locked(f, ino, NULL);
+	if (!f->tops_queued) {
+		/* one invalidation of the cluster-wide files per batch is enough */
+		for (size_t i = 0; i < sizeof(tops) / sizeof(tops[0]); i++) {
+			uint64_t ino = inode_hash_path(tops[i]);
+			if (inode_table_known(f->itab, ino))
+				notify_push_locked(f, ino, NULL);
+		}
+		f->tops_queued = true;
 	}
 	for (size_t i = 0; i < col.n; i++) {
 		if (!node) {
@@ -680,6 +693,8 @@ static void open_finish(fuse_req_t req, struct fs *f, struct handle *h, struct f
 	 * hold an older rendering; reads return short at the end, whatever st_size said. */
 	fi->direct_io = 1;
 	fi->keep_cache = 0;
+	/* a read-only open has nothing to say at close: spare the kernel a FLUSH round trip */
+	fi->noflush = !h->writer && !h->writable;
 	if (fuse_reply_open(req, fi) != 0)
 		handle_free(h); /* the open was interrupted: no release will come */
 }
@@ -1125,7 +1140,8 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 		size_t overlap = h->content.len - (size_t) off;
 		if (overlap > size)
 			overlap = size;
-		memcpy(h->content.data + off, data, overlap);
+		if (overlap)
+			memcpy(h->content.data + off, data, overlap);
 		buf_append(&h->content, data + overlap, size - overlap);
 		h->dirty = true;
 		pthread_mutex_unlock(&h->lock);
