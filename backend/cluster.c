@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define EVENTS_MAX     10000 /* lines kept in memory */
+#define EVENTS_MAX     10000              /* lines kept in memory */
 #define SYSTEM_MAX_AGE (300 * 1000000ull) /* system info is refetched this often */
 #define TICK_US        (1000000ull)
 
@@ -30,16 +30,16 @@ struct node {
 	json_t *reasons;
 	int failures;
 	char *last_error;
-	uint64_t last_ok_us;         /* monotonic; 0 if never */
-	uint64_t last_try_us;        /* when the last probe started */
-	double checked_at;           /* wall */
-	double attempted_at;         /* wall */
+	uint64_t last_ok_us;  /* monotonic; 0 if never */
+	uint64_t last_try_us; /* when the last probe started */
+	double checked_at;    /* wall */
+	double attempted_at;  /* wall */
 	double latency_ms;
-	double changed_at;           /* wall */
-	bool in_flight;              /* a health probe is under way */
+	double changed_at; /* wall */
+	bool in_flight;    /* a health probe is under way */
 	bool system_in_flight;
 	bool draining;
-	struct waiter *waiters;      /* loop thread only */
+	struct waiter *waiters; /* loop thread only */
 };
 
 struct event {
@@ -51,12 +51,12 @@ struct event {
 struct cluster {
 	struct loop *loop;
 	pthread_rwlock_t lock;
-	struct config *cfg;    /* protected by lock */
-	struct node **nodes;   /* sorted by name; protected by lock */
+	struct config *cfg;  /* protected by lock */
+	struct node **nodes; /* sorted by name; protected by lock */
 	size_t n_nodes;
-	char *config_error;    /* protected by lock */
-	json_t *alerts;        /* key -> message; protected by lock */
-	double changed_at;     /* protected by lock */
+	char *config_error; /* protected by lock */
+	json_t *alerts;     /* key -> message; protected by lock */
+	double changed_at;  /* protected by lock */
 	double started_at;
 	uint64_t started_us;
 	cluster_change_fn on_change[4]; /* set before cluster_start */
@@ -65,10 +65,10 @@ struct cluster {
 	struct loop_timer *tick; /* loop thread only */
 
 	pthread_mutex_t events_lock;
-	struct event *events;  /* ring of EVENTS_MAX; protected by events_lock */
-	size_t events_first;   /* index of the oldest */
+	struct event *events; /* ring of EVENTS_MAX; protected by events_lock */
+	size_t events_first;  /* index of the oldest */
 	size_t n_events;
-	uint64_t events_seq;   /* sequence number of the newest */
+	uint64_t events_seq; /* sequence number of the newest */
 	size_t events_bytes;
 	double events_changed_at;
 };
@@ -295,7 +295,7 @@ static enum node_level metric_level(const char *what, double value, const double
 {
 	enum node_level level = value > pair[1]   ? NODE_CRITICAL
 				: value > pair[0] ? NODE_WARNING
-						   : NODE_HEALTHY;
+						  : NODE_HEALTHY;
 	if (level == NODE_HEALTHY)
 		return level;
 	double limit = level == NODE_CRITICAL ? pair[1] : pair[0];
@@ -315,8 +315,7 @@ static enum node_level level_max(enum node_level a, enum node_level b)
 }
 
 /* The level the last health document reaches under the thresholds, with its reasons. */
-static enum node_level level_from_metrics(const struct config *cfg, json_t *health,
-					  json_t *reasons)
+static enum node_level level_from_metrics(const struct config *cfg, json_t *health, json_t *reasons)
 {
 	const struct cfg_thresholds *t = &cfg->thresholds;
 	enum node_level level = NODE_HEALTHY;
@@ -332,8 +331,9 @@ static enum node_level level_from_metrics(const struct config *cfg, json_t *heal
 		level = level_max(level, metric_level("disk", v, t->disk, true, reasons));
 	json_t *load = json_object_get(health, "load");
 	if (json_is_array(load) && json_is_number(json_array_get(load, 0)))
-		level = level_max(level, metric_level("load", json_number_value(json_array_get(load, 0)),
-						      t->load, false, reasons));
+		level = level_max(level,
+				  metric_level("load", json_number_value(json_array_get(load, 0)),
+					       t->load, false, reasons));
 	return level;
 }
 
@@ -360,12 +360,14 @@ static bool node_evaluate(struct cluster *c, struct node *n, uint64_t now, enum 
 		char line[160];
 		if (silent >= (uint64_t) p->offline_after_s * 1000000u) {
 			level = NODE_OFFLINE;
-			snprintf(line, sizeof(line), "no successful probe for %llu s (offline after %d s)",
+			snprintf(line, sizeof(line),
+				 "no successful probe for %llu s (offline after %d s)",
 				 (unsigned long long) (silent / 1000000u), p->offline_after_s);
 			json_array_append_new(reasons, json_string(line));
 		} else if (silent >= (uint64_t) p->stale_after_s * 1000000u) {
 			level = NODE_STALE;
-			snprintf(line, sizeof(line), "no successful probe for %llu s (stale after %d s)",
+			snprintf(line, sizeof(line),
+				 "no successful probe for %llu s (stale after %d s)",
 				 (unsigned long long) (silent / 1000000u), p->stale_after_s);
 			json_array_append_new(reasons, json_string(line));
 		}
@@ -393,7 +395,8 @@ static void node_event_level(struct cluster *c, struct node *n, enum node_level 
 	struct buf why;
 	buf_init(&why);
 	for (size_t i = 0; i < json_array_size(n->reasons); i++)
-		buf_printf(&why, "%s%s", i ? "; " : "", json_string_value(json_array_get(n->reasons, i)));
+		buf_printf(&why, "%s%s", i ? "; " : "",
+			   json_string_value(json_array_get(n->reasons, i)));
 	cluster_add_event(c, "node", n->name, "%s -> %s%s%s", node_level_name(old),
 			  node_level_name(n->level), why.len ? ": " : "", why.data ? why.data : "");
 	buf_free(&why);
@@ -425,26 +428,23 @@ static char *probe_reason(const struct http_response *r, const struct cfg_host *
 	switch (-r->error) {
 	case EACCES:
 		if (h->token)
-			buf_printf(&b, "unauthorized: the agent rejected our token (HTTP %ld); "
-				       "check that %s holds the agent's token",
+			buf_printf(&b,
+				   "unauthorized: the agent rejected our token (HTTP %ld); "
+				   "check that %s holds the agent's token",
 				   r->status, h->token_file ? h->token_file : "the token file");
 		else
-			buf_printf(&b, "unauthorized: no token configured (token file %s is missing)",
+			buf_printf(&b,
+				   "unauthorized: no token configured (token file %s is missing)",
 				   h->token_file ? h->token_file : "(none)");
 		break;
-	case ETIMEDOUT:
-		buf_printf(&b, "unreachable: no answer within %ld ms", timeout_ms);
-		break;
+	case ETIMEDOUT: buf_printf(&b, "unreachable: no answer within %ld ms", timeout_ms); break;
 	case ECONNREFUSED:
-		buf_printf(&b, "unreachable: connection refused (is clusterfs-agent running on %s:%d?)",
+		buf_printf(&b,
+			   "unreachable: connection refused (is clusterfs-agent running on %s:%d?)",
 			   h->address, h->agent_port);
 		break;
-	case EHOSTUNREACH:
-		buf_printf(&b, "unreachable: %s", r->error_text);
-		break;
-	case ECONNRESET:
-		buf_printf(&b, "unreachable: connection reset (%s)", r->error_text);
-		break;
+	case EHOSTUNREACH: buf_printf(&b, "unreachable: %s", r->error_text); break;
+	case ECONNRESET: buf_printf(&b, "unreachable: connection reset (%s)", r->error_text); break;
 	default:
 		if (r->status)
 			buf_printf(&b, "agent error: HTTP %ld", r->status);
@@ -519,8 +519,10 @@ static void probe_done(const struct http_response *r, void *arg)
 	} else {
 		n->failures++;
 		free(n->last_error);
-		n->last_error = err == -EBADMSG ? strdup("agent error: the health answer is not a JSON object")
-					       : probe_reason(r, n->host, c->cfg->probe.timeout_ms);
+		n->last_error =
+			err == -EBADMSG
+				? strdup("agent error: the health answer is not a JSON object")
+				: probe_reason(r, n->host, c->cfg->probe.timeout_ms);
 	}
 	json_decref(doc);
 	enum node_level old;
@@ -935,8 +937,9 @@ int cluster_set_draining(struct cluster *c, const char *name, bool draining)
 		node_event_level(c, n, old);
 	pthread_rwlock_unlock(&c->lock);
 	if (changed)
-		cluster_add_event(c, "node", name, "%s", draining ? "drain: takes no new work"
-								  : "resume: takes work again");
+		cluster_add_event(c, "node", name, "%s",
+				  draining ? "drain: takes no new work"
+					   : "resume: takes work again");
 	cluster_notify(c, name);
 	return 0;
 }
@@ -975,7 +978,7 @@ void cluster_render_alerts(struct cluster *c, struct buf *out)
 	pthread_rwlock_rdlock(&c->lock);
 	const char *key;
 	json_t *v;
-	json_object_foreach(c->alerts, key, v)
+	json_object_foreach (c->alerts, key, v)
 		buf_printf(out, "%s: %s\n", key, json_string_value(v));
 	pthread_rwlock_unlock(&c->lock);
 }

@@ -16,7 +16,7 @@
 struct cluster;
 
 enum node_level {
-	NODE_UNKNOWN,   /* never probed yet */
+	NODE_UNKNOWN, /* never probed yet */
 	NODE_HEALTHY,
 	NODE_WARNING,   /* a metric at or above its warning threshold */
 	NODE_CRITICAL,  /* a metric at or above its critical threshold */
@@ -32,15 +32,15 @@ const char *node_level_name(enum node_level level);
 /* A copy of one node's state. Owns every pointer; release with node_view_clear(). */
 struct node_view {
 	char *name;
-	char *display_name;  /* or NULL */
+	char *display_name; /* or NULL */
 	char *address;
 	int port;
 	char *role;
-	char *tier;          /* configured, else computed from cores and RAM, else "unknown" */
+	char *tier;           /* configured, else computed from cores and RAM, else "unknown" */
 	json_t *capabilities; /* array of strings */
-	json_t *health;      /* the agent's last health document, or NULL */
-	json_t *system;      /* the agent's last system document, or NULL */
-	json_t *reasons;     /* array of sentences explaining the level */
+	json_t *health;       /* the agent's last health document, or NULL */
+	json_t *system;       /* the agent's last system document, or NULL */
+	json_t *reasons;      /* array of sentences explaining the level */
 	enum node_level level;
 	bool reachable;      /* the last probe succeeded */
 	bool draining;       /* takes no new work */

@@ -25,17 +25,17 @@ struct ledger {
 	struct cluster *cluster;
 	struct store *store;
 	pthread_mutex_t lock;
-	json_t *entries;          /* the copy: array sorted by step; protected by lock */
-	json_t *pending;          /* records not delivered yet: array; protected by lock */
-	double fetched_at;        /* wall time of the last successful fetch; 0 none */
-	uint64_t fetched_us;      /* monotonic, same */
-	uint64_t failed_us;       /* monotonic time of the last failed fetch; 0 none */
-	char *last_error;         /* protected by lock */
-	bool fetching;            /* protected by lock */
+	json_t *entries;               /* the copy: array sorted by step; protected by lock */
+	json_t *pending;               /* records not delivered yet: array; protected by lock */
+	double fetched_at;             /* wall time of the last successful fetch; 0 none */
+	uint64_t fetched_us;           /* monotonic, same */
+	uint64_t failed_us;            /* monotonic time of the last failed fetch; 0 none */
+	char *last_error;              /* protected by lock */
+	bool fetching;                 /* protected by lock */
 	struct ledger_waiter *waiters; /* protected by lock */
-	bool delivering;          /* loop thread only */
+	bool delivering;               /* loop thread only */
 	double changed_at;
-	uint64_t counter;         /* for record ids; protected by lock */
+	uint64_t counter; /* for record ids; protected by lock */
 };
 
 bool ledger_lower_is_better(const char *m)
@@ -44,8 +44,7 @@ bool ledger_lower_is_better(const char *m)
 	       strstr(m, "ppl");
 }
 
-int ledger_new(struct loop *loop, struct cluster *cluster, struct store *store,
-	       struct ledger **ret)
+int ledger_new(struct loop *loop, struct cluster *cluster, struct store *store, struct ledger **ret)
 {
 	struct ledger *l = calloc(1, sizeof(*l));
 	if (!l)
@@ -148,7 +147,7 @@ static json_t *view_locked(struct ledger *l)
 	json_array_extend(all, l->entries);
 	size_t i;
 	json_t *p;
-	json_array_foreach(l->pending, i, p) {
+	json_array_foreach (l->pending, i, p) {
 		json_t *e = json_deep_copy(p);
 		json_object_del(e, "record_id");
 		json_object_set_new(e, "pending", json_true());
@@ -232,8 +231,8 @@ int ledger_refresh(struct ledger *l, ledger_done_fn done, void *arg)
 	pthread_mutex_unlock(&l->lock);
 	if (start) {
 		char *token = ledger_token(l);
-		struct rest_request req = {.method = "GET", .url = base, .token = token,
-					   .timeout_ms = timeout};
+		struct rest_request req = {
+			.method = "GET", .url = base, .token = token, .timeout_ms = timeout};
 		int r = rest_call(l->loop, &req, fetch_done, l);
 		free(token);
 		if (r < 0) {
@@ -316,8 +315,11 @@ static void deliver_next(struct ledger *l)
 		d->l = l;
 		d->id = ids[0];
 		struct config *cfg = cluster_get_config(l->cluster);
-		struct rest_request req = {.method = "POST", .url = url.data, .token = token,
-					   .body = bodies[0], .body_len = strlen(bodies[0]),
+		struct rest_request req = {.method = "POST",
+					   .url = url.data,
+					   .token = token,
+					   .body = bodies[0],
+					   .body_len = strlen(bodies[0]),
 					   .timeout_ms = cfg->probe.timeout_ms};
 		config_unref(cfg);
 		if (rest_call(l->loop, &req, deliver_done, d) == 0)
@@ -408,10 +410,10 @@ char **ledger_metrics(struct ledger *l, size_t *ret_n)
 	json_t *seen = json_object();
 	size_t i;
 	json_t *e;
-	json_array_foreach(all, i, e) {
+	json_array_foreach (all, i, e) {
 		const char *k;
 		json_t *v;
-		json_object_foreach(json_object_get(e, "metrics"), k, v)
+		json_object_foreach (json_object_get(e, "metrics"), k, v)
 			if (json_is_number(v))
 				json_object_set_new(seen, k, json_true());
 	}
@@ -419,7 +421,7 @@ char **ledger_metrics(struct ledger *l, size_t *ret_n)
 	char **names = calloc(n + 1, sizeof(*names));
 	const char *k;
 	json_t *v;
-	json_object_foreach(seen, k, v)
+	json_object_foreach (seen, k, v)
 		names[m++] = strdup(k);
 	qsort(names, m, sizeof(*names), cmp_str);
 	json_decref(seen);
@@ -440,7 +442,7 @@ int ledger_render_entry(struct ledger *l, const char *step, struct buf *out)
 	int r = -ENOENT;
 	size_t i;
 	json_t *e, *found = NULL;
-	json_array_foreach(all, i, e)
+	json_array_foreach (all, i, e)
 		if (entry_step(e) == want)
 			found = e; /* the last of a step wins: a pending record is newest */
 	if (found) {
@@ -459,7 +461,7 @@ static json_t *best_of(json_t *all, const char *metric)
 	double bv = 0;
 	size_t i;
 	json_t *e;
-	json_array_foreach(all, i, e) {
+	json_array_foreach (all, i, e) {
 		json_t *v = json_object_get(json_object_get(e, "metrics"), metric);
 		if (!json_is_number(v))
 			continue;
@@ -482,9 +484,10 @@ int ledger_render_best(struct ledger *l, const char *metric, struct buf *out)
 	if (best) {
 		json_t *doc = json_deep_copy(best);
 		json_object_set_new(doc, "best_by", json_string(metric));
-		json_object_set_new(doc, "direction", json_string(ledger_lower_is_better(metric)
-									  ? "lower is better"
-									  : "higher is better"));
+		json_object_set_new(doc, "direction",
+				    json_string(ledger_lower_is_better(metric)
+							? "lower is better"
+							: "higher is better"));
 		put_json(out, doc);
 		json_decref(doc);
 		r = 0;
@@ -502,8 +505,8 @@ void ledger_render_summary(struct ledger *l, struct buf *out)
 	json_t *doc = json_object();
 	size_t n = json_array_size(all);
 	json_object_set_new(doc, "count", json_integer((json_int_t) n));
-	json_object_set_new(doc, "first_step", n ? json_integer(entry_step(json_array_get(all, 0)))
-						 : json_null());
+	json_object_set_new(doc, "first_step",
+			    n ? json_integer(entry_step(json_array_get(all, 0))) : json_null());
 	json_object_set_new(doc, "last_step",
 			    n ? json_integer(entry_step(json_array_get(all, n - 1))) : json_null());
 	json_object_set_new(doc, "pending", json_integer((json_int_t) pending));
@@ -514,9 +517,11 @@ void ledger_render_summary(struct ledger *l, struct buf *out)
 		json_t *e = best_of(all, metrics[i]);
 		json_t *b = json_object();
 		json_object_set_new(b, "step", json_integer(entry_step(e)));
-		json_object_set(b, "value", json_object_get(json_object_get(e, "metrics"), metrics[i]));
-		json_object_set_new(b, "direction",
-				    json_string(ledger_lower_is_better(metrics[i]) ? "lower" : "higher"));
+		json_object_set(b, "value",
+				json_object_get(json_object_get(e, "metrics"), metrics[i]));
+		json_object_set_new(
+			b, "direction",
+			json_string(ledger_lower_is_better(metrics[i]) ? "lower" : "higher"));
 		json_object_set_new(best, metrics[i], b);
 		free(metrics[i]);
 	}
@@ -535,8 +540,9 @@ void ledger_render_source(struct ledger *l, struct buf *out)
 	pthread_mutex_lock(&l->lock);
 	if (!base) {
 		json_object_set_new(doc, "state", json_string("none"));
-		json_object_set_new(doc, "reason", json_string("no host of the config declares a "
-								"\"ledger\" service"));
+		json_object_set_new(doc, "reason",
+				    json_string("no host of the config declares a "
+						"\"ledger\" service"));
 	} else {
 		bool live = l->fetched_us && !l->failed_us;
 		json_object_set_new(doc, "state", json_string(live ? "live" : "cached"));
@@ -546,15 +552,15 @@ void ledger_render_source(struct ledger *l, struct buf *out)
 			char ts[32];
 			clock_format_utc(l->fetched_at, ts);
 			json_object_set_new(doc, "fetched_at", json_string(ts));
-			json_object_set_new(doc, "age_s",
-					    json_real(round((clock_wall_s() - l->fetched_at) * 1000) /
-						      1000));
+			json_object_set_new(
+				doc, "age_s",
+				json_real(round((clock_wall_s() - l->fetched_at) * 1000) / 1000));
 		} else {
 			json_object_set_new(doc, "fetched_at", json_null());
 			json_object_set_new(doc, "age_s", json_null());
 		}
-		json_object_set_new(doc, "error", l->last_error ? json_string(l->last_error)
-							       : json_null());
+		json_object_set_new(doc, "error",
+				    l->last_error ? json_string(l->last_error) : json_null());
 	}
 	json_object_set_new(doc, "entries", json_integer((json_int_t) json_array_size(l->entries)));
 	json_object_set_new(doc, "pending_records",
@@ -591,15 +597,17 @@ int ledger_record(struct ledger *l, const char *text, size_t len, char *errbuf, 
 	json_error_t jerr;
 	json_t *e = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (!e) {
-		snprintf(errbuf, errlen, "line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
+		snprintf(errbuf, errlen, "line %d, column %d: %s", jerr.line, jerr.column,
+			 jerr.text);
 		return -EINVAL;
 	}
 	int r = -EINVAL;
 	json_t *step = json_object_get(e, "step"), *metrics = json_object_get(e, "metrics");
 	json_t *path = json_object_get(e, "path"), *created = json_object_get(e, "created_at");
 	if (!json_is_object(e)) {
-		snprintf(errbuf, errlen, "a record is a JSON object, like {\"step\": 1000, "
-					 "\"metrics\": {\"val_loss\": 0.61}, \"path\": \"...\"}");
+		snprintf(errbuf, errlen,
+			 "a record is a JSON object, like {\"step\": 1000, "
+			 "\"metrics\": {\"val_loss\": 0.61}, \"path\": \"...\"}");
 		goto out_free_entry;
 	}
 	if (!json_is_integer(step) || json_integer_value(step) < 0) {
@@ -607,13 +615,14 @@ int ledger_record(struct ledger *l, const char *text, size_t len, char *errbuf, 
 		goto out_free_entry;
 	}
 	if (!json_is_object(metrics) || json_object_size(metrics) == 0) {
-		snprintf(errbuf, errlen, "field \"metrics\" must be an object of numbers, like "
-					 "{\"val_loss\": 0.61}");
+		snprintf(errbuf, errlen,
+			 "field \"metrics\" must be an object of numbers, like "
+			 "{\"val_loss\": 0.61}");
 		goto out_free_entry;
 	}
 	const char *k;
 	json_t *v;
-	json_object_foreach(metrics, k, v) {
+	json_object_foreach (metrics, k, v) {
 		if (!json_is_number(v)) {
 			snprintf(errbuf, errlen, "metric \"%s\" must be a number", k);
 			goto out_free_entry;
@@ -624,7 +633,8 @@ int ledger_record(struct ledger *l, const char *text, size_t len, char *errbuf, 
 		goto out_free_entry;
 	}
 	if (created && !json_is_string(created) && !json_is_number(created)) {
-		snprintf(errbuf, errlen, "field \"created_at\" must be a time (a string or a number)");
+		snprintf(errbuf, errlen,
+			 "field \"created_at\" must be a time (a string or a number)");
 		goto out_free_entry;
 	}
 	if (json_object_get(e, "record_id")) {

@@ -48,14 +48,14 @@ struct loop {
 	CURLM *multi;
 	pthread_t thread;
 	bool started;
-	bool stop;                  /* protected by lock */
+	bool stop; /* protected by lock */
 	pthread_mutex_t lock;
-	struct post *posts_head;    /* protected by lock */
-	struct post *posts_tail;    /* protected by lock */
-	struct loop_timer *timers;  /* loop thread only */
+	struct post *posts_head;          /* protected by lock */
+	struct post *posts_tail;          /* protected by lock */
+	struct loop_timer *timers;        /* loop thread only */
 	struct loop_fd fds[LOOP_MAX_FDS]; /* loop thread only */
 	size_t n_fds;
-	struct xfer *xfers;         /* loop thread only */
+	struct xfer *xfers; /* loop thread only */
 	size_t n_xfers;
 };
 
@@ -168,56 +168,36 @@ void loop_fd_remove(struct loop *l, int fd)
 int http_error_to_errno(int curl_code, long status)
 {
 	switch ((CURLcode) curl_code) {
-	case CURLE_OK:
-		break;
-	case CURLE_OPERATION_TIMEDOUT:
-		return -ETIMEDOUT;
+	case CURLE_OK: break;
+	case CURLE_OPERATION_TIMEDOUT: return -ETIMEDOUT;
 	case CURLE_COULDNT_RESOLVE_HOST:
-	case CURLE_COULDNT_RESOLVE_PROXY:
-		return -EHOSTUNREACH;
-	case CURLE_COULDNT_CONNECT:
-		return -ECONNREFUSED;
+	case CURLE_COULDNT_RESOLVE_PROXY: return -EHOSTUNREACH;
+	case CURLE_COULDNT_CONNECT: return -ECONNREFUSED;
 	case CURLE_GOT_NOTHING:
 	case CURLE_RECV_ERROR:
-	case CURLE_SEND_ERROR:
-		return -ECONNRESET;
-	case CURLE_OUT_OF_MEMORY:
-		return -ENOMEM;
-	case CURLE_WRITE_ERROR:
-		return -EFBIG;
-	case CURLE_URL_MALFORMAT:
-		return -EINVAL;
+	case CURLE_SEND_ERROR: return -ECONNRESET;
+	case CURLE_OUT_OF_MEMORY: return -ENOMEM;
+	case CURLE_WRITE_ERROR: return -EFBIG;
+	case CURLE_URL_MALFORMAT: return -EINVAL;
 	case CURLE_SSL_CONNECT_ERROR:
-	case CURLE_PEER_FAILED_VERIFICATION:
-		return -EPROTO;
-	default:
-		return -EIO;
+	case CURLE_PEER_FAILED_VERIFICATION: return -EPROTO;
+	default: return -EIO;
 	}
 	if (status >= 200 && status < 300)
 		return 0;
 	switch (status) {
 	case 400:
-	case 422:
-		return -EINVAL;
+	case 422: return -EINVAL;
 	case 401:
-	case 403:
-		return -EACCES;
-	case 404:
-		return -ENOENT;
-	case 405:
-		return -EOPNOTSUPP;
-	case 409:
-		return -EEXIST;
-	case 413:
-		return -EFBIG;
-	case 429:
-		return -EBUSY;
-	case 503:
-		return -EAGAIN;
-	case 504:
-		return -ETIMEDOUT;
-	default:
-		return -EIO;
+	case 403: return -EACCES;
+	case 404: return -ENOENT;
+	case 405: return -EOPNOTSUPP;
+	case 409: return -EEXIST;
+	case 413: return -EFBIG;
+	case 429: return -EBUSY;
+	case 503: return -EAGAIN;
+	case 504: return -ETIMEDOUT;
+	default: return -EIO;
 	}
 }
 

@@ -12,8 +12,8 @@ struct loop_timer;
 
 /* The result of one HTTP exchange. Borrowed by the completion callback. */
 struct http_response {
-	int error;       /* 0, or -errno for transport failures and non-2xx statuses */
-	long status;     /* HTTP status, 0 when no answer came */
+	int error;        /* 0, or -errno for transport failures and non-2xx statuses */
+	long status;      /* HTTP status, 0 when no answer came */
 	const char *body; /* NUL-terminated; "" when empty */
 	size_t body_len;
 	double elapsed_ms;
@@ -24,15 +24,15 @@ typedef void (*loop_fn)(void *arg);
 typedef void (*http_done_fn)(const struct http_response *resp, void *arg);
 
 struct http_request {
-	const char *method;  /* "GET" or "POST" */
-	const char *url;     /* copied */
-	const char *token;   /* bearer token, or NULL; copied, never logged */
-	const char *body;    /* for POST; copied */
+	const char *method; /* "GET" or "POST" */
+	const char *url;    /* copied */
+	const char *token;  /* bearer token, or NULL; copied, never logged */
+	const char *body;   /* for POST; copied */
 	size_t body_len;
 	const char *content_type; /* default application/json */
 	long connect_timeout_ms;
-	long timeout_ms;     /* total deadline */
-	size_t max_body;     /* answers larger than this fail with -EFBIG; 0 = 8 MiB */
+	long timeout_ms; /* total deadline */
+	size_t max_body; /* answers larger than this fail with -EFBIG; 0 = 8 MiB */
 	/* When set, the answer is handed over as it arrives (NDJSON progress, say) instead of
 	 * being collected: done() then sees an empty body. Runs on the loop thread. */
 	void (*on_chunk)(const char *data, size_t len, void *arg);

@@ -869,7 +869,7 @@ static json_t *ps_find(json_t *ps, const char *name)
 {
 	size_t i;
 	json_t *p;
-	json_array_foreach(ps, i, p) {
+	json_array_foreach (ps, i, p) {
 		if (same_model(entry_name(p), name))
 			return p;
 	}
@@ -886,21 +886,21 @@ static json_t *node_entries(const struct mnode *n)
 		size_t i;
 		json_t *v;
 		if (sv->openai) {
-			json_array_foreach(sv->data, i, v) {
+			json_array_foreach (sv->data, i, v) {
 				const char *id = json_string_value(json_object_get(v, "id"));
 				if (id && id[0] && !json_object_get(all, id))
 					json_object_set_new(all, id, openai_entry(id, v));
 			}
 			continue;
 		}
-		json_array_foreach(sv->tags, i, v) {
+		json_array_foreach (sv->tags, i, v) {
 			const char *name = entry_name(v);
 			if (name && name[0] && !json_object_get(all, name))
 				json_object_set_new(all, name,
 						    ollama_entry(name, v, ps_find(sv->ps, name)));
 		}
 		/* loaded but no longer listed (deleted while in memory) */
-		json_array_foreach(sv->ps, i, v) {
+		json_array_foreach (sv->ps, i, v) {
 			const char *name = entry_name(v);
 			if (name && name[0] && !json_object_get(all, name))
 				json_object_set_new(all, name, ollama_entry(name, NULL, v));
@@ -923,7 +923,7 @@ static char **file_names(json_t *obj, size_t *ret_n)
 	size_t k = 0;
 	const char *key;
 	json_t *v;
-	json_object_foreach(obj, key, v) {
+	json_object_foreach (obj, key, v) {
 		char *f = models_encode_name(key);
 		if (name_is_valid(f))
 			names[k++] = f;
@@ -1012,8 +1012,8 @@ char **models_list(struct models *m, size_t *ret_n)
 	json_t *nodes = cluster_entries(m), *names = json_object();
 	const char *node, *name;
 	json_t *all, *e;
-	json_object_foreach(nodes, node, all) {
-		json_object_foreach(all, name, e) {
+	json_object_foreach (nodes, node, all) {
+		json_object_foreach (all, name, e) {
 			json_object_set(names, name, json_true());
 		}
 	}
@@ -1030,7 +1030,7 @@ int models_render_nodes(struct models *m, const char *name, bool loaded_only, st
 	const char *node;
 	json_t *all;
 	/* keys come in config order, which is sorted by name */
-	json_object_foreach(nodes, node, all) {
+	json_object_foreach (nodes, node, all) {
 		json_t *e = json_object_get(all, name);
 		if (!e)
 			continue;
@@ -1047,7 +1047,7 @@ int models_render_info(struct models *m, const char *name, struct buf *out)
 	json_t *nodes = cluster_entries(m), *doc = NULL, *per_node = json_object();
 	const char *node;
 	json_t *all;
-	json_object_foreach(nodes, node, all) {
+	json_object_foreach (nodes, node, all) {
 		json_t *e = json_object_get(all, name);
 		if (!e)
 			continue;

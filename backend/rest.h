@@ -12,9 +12,9 @@ typedef void (*rest_done_fn)(void *arg, int err, long status, const char *body, 
 			     const char *why);
 
 struct rest_request {
-	const char *method;   /* GET, POST, DELETE */
+	const char *method; /* GET, POST, DELETE */
 	const char *url;
-	const char *token;    /* bearer token or NULL */
+	const char *token; /* bearer token or NULL */
 	const char *body;
 	size_t body_len;
 	long timeout_ms;

@@ -96,8 +96,7 @@ static bool json_list_has(const json_t *list, const char *s)
 	size_t i;
 	json_t *e;
 
-	json_array_foreach(list, i, e)
-	{
+	json_array_foreach (list, i, e) {
 		if (json_is_string(e) && s && strcmp(json_string_value(e), s) == 0)
 			return true;
 	}

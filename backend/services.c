@@ -48,7 +48,7 @@ static char **keys_of(json_t *obj, size_t *ret_n)
 	char **names = calloc(n + 1, sizeof(*names));
 	const char *key;
 	json_t *v;
-	json_object_foreach(obj, key, v)
+	json_object_foreach (obj, key, v)
 		names[k++] = strdup(key);
 	qsort(names, k, sizeof(*names), cmp_str);
 	*ret_n = k;

@@ -384,8 +384,7 @@ static int parse_resources(struct parser *p, const json_t *v, struct task_spec *
 			    "\"mem_mb\": 8000, \"gpus\": 1}, not %s",
 			    shown);
 	}
-	json_object_foreach((json_t *) v, key, e)
-	{
+	json_object_foreach ((json_t *) v, key, e) {
 		size_t i;
 		for (i = 0; i < N_RESOURCE_FIELDS; i++)
 			if (strcmp(key, resource_fields[i]) == 0)
@@ -445,8 +444,7 @@ static int parse_env(struct parser *p, const json_t *v, struct task_spec *s)
 			    "not %s",
 			    shown);
 	}
-	json_object_foreach((json_t *) v, key, e)
-	{
+	json_object_foreach ((json_t *) v, key, e) {
 		show_string(key, name, sizeof(name));
 		if (!env_name_is_valid(key))
 			return fail(p,
@@ -610,8 +608,7 @@ int spec_parse(const char *text, size_t len, struct task_spec **ret_spec, char *
 		return fail(&p, "the spec must be a JSON object, like {\"cmd\": \"make test\"}");
 	}
 
-	json_object_foreach(doc, key, v)
-	{
+	json_object_foreach (doc, key, v) {
 		size_t i;
 		for (i = 0; i < N_SPEC_FIELDS; i++)
 			if (strcmp(key, spec_fields[i]) == 0)

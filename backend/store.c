@@ -19,9 +19,9 @@ struct conn {
 struct store {
 	char *path;
 	char instance_id[40];
-	pthread_key_t key;        /* this thread's struct conn */
+	pthread_key_t key; /* this thread's struct conn */
 	pthread_mutex_t lock;
-	struct conn *conns;       /* every connection, for store_close; protected by lock */
+	struct conn *conns; /* every connection, for store_close; protected by lock */
 };
 
 /* Migrations: entry i brings the schema from version i to i + 1. */
@@ -47,25 +47,17 @@ static int sqlite_to_errno(int rc)
 	switch (rc & 0xff) {
 	case SQLITE_OK:
 	case SQLITE_DONE:
-	case SQLITE_ROW:
-		return 0;
-	case SQLITE_CONSTRAINT:
-		return -EEXIST;
+	case SQLITE_ROW: return 0;
+	case SQLITE_CONSTRAINT: return -EEXIST;
 	case SQLITE_BUSY:
-	case SQLITE_LOCKED:
-		return -EBUSY;
-	case SQLITE_NOMEM:
-		return -ENOMEM;
-	case SQLITE_FULL:
-		return -ENOSPC;
+	case SQLITE_LOCKED: return -EBUSY;
+	case SQLITE_NOMEM: return -ENOMEM;
+	case SQLITE_FULL: return -ENOSPC;
 	case SQLITE_READONLY:
 	case SQLITE_PERM:
-	case SQLITE_AUTH:
-		return -EACCES;
-	case SQLITE_CANTOPEN:
-		return -ENOENT;
-	default:
-		return -EIO;
+	case SQLITE_AUTH: return -EACCES;
+	case SQLITE_CANTOPEN: return -ENOENT;
+	default: return -EIO;
 	}
 }
 
@@ -142,8 +134,8 @@ static int migrate(sqlite3 *db, char *errbuf, size_t errlen)
 		if (r == 0)
 			r = exec_sql(db, "COMMIT");
 		if (r < 0) {
-			snprintf(errbuf, errlen, "cannot migrate the store to version %d: %s", v + 1,
-				 sqlite3_errmsg(db));
+			snprintf(errbuf, errlen, "cannot migrate the store to version %d: %s",
+				 v + 1, sqlite3_errmsg(db));
 			exec_sql(db, "ROLLBACK");
 			return r;
 		}
@@ -492,7 +484,8 @@ char *store_get_meta(struct store *s, const char *key)
 	if (!db)
 		return NULL;
 	sqlite3_stmt *st;
-	if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key=?", -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key=?", -1, &st, NULL) !=
+	    SQLITE_OK)
 		return NULL;
 	bind_text(st, 1, key);
 	char *v = sqlite3_step(st) == SQLITE_ROW ? col_text(st, 0) : NULL;
@@ -508,7 +501,8 @@ int store_outbox_add(struct store *s, const char *kind, const char *key, const c
 		return -EIO;
 	sqlite3_stmt *st;
 	int rc = sqlite3_prepare_v2(
-		db, "INSERT INTO outbox(kind, key, body, created_at) VALUES(?,?,?,?)", -1, &st, NULL);
+		db, "INSERT INTO outbox(kind, key, body, created_at) VALUES(?,?,?,?)", -1, &st,
+		NULL);
 	if (rc != SQLITE_OK)
 		return sqlite_to_errno(rc);
 	bind_text(st, 1, kind);
@@ -580,7 +574,8 @@ int store_cache_put(struct store *s, const char *key, const char *json, double f
 	if (!db)
 		return -EIO;
 	sqlite3_stmt *st;
-	int rc = sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO cache VALUES(?,?,?)", -1, &st, NULL);
+	int rc =
+		sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO cache VALUES(?,?,?)", -1, &st, NULL);
 	if (rc != SQLITE_OK)
 		return sqlite_to_errno(rc);
 	bind_text(st, 1, key);

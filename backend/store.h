@@ -17,19 +17,19 @@ struct store;
 /* One task as stored. Strings are owned; store_task_clear() frees them. */
 struct store_task {
 	char *id;
-	char *parent;        /* for the copies of a node:"all" task, the parent's id; or NULL */
-	char *spec;          /* canonical spec JSON */
-	char *state;         /* queued dispatched running succeeded failed timed_out cancelled lost */
-	char *node;          /* where it is placed, or NULL */
-	char *dispatch_id;   /* id on the agent for the current attempt, or NULL */
-	char *reason;        /* why it waits, or why it ended; or NULL */
-	char *placement;     /* why this node; or NULL */
-	int exit_code;       /* -1 when none */
-	int attempts;        /* dispatches so far */
-	int priority;        /* 0..3 */
-	uid_t uid;           /* submitter */
+	char *parent;      /* for the copies of a node:"all" task, the parent's id; or NULL */
+	char *spec;        /* canonical spec JSON */
+	char *state;       /* queued dispatched running succeeded failed timed_out cancelled lost */
+	char *node;        /* where it is placed, or NULL */
+	char *dispatch_id; /* id on the agent for the current attempt, or NULL */
+	char *reason;      /* why it waits, or why it ended; or NULL */
+	char *placement;   /* why this node; or NULL */
+	int exit_code;     /* -1 when none */
+	int attempts;      /* dispatches so far */
+	int priority;      /* 0..3 */
+	uid_t uid;         /* submitter */
 	double submitted_at, started_at, finished_at; /* wall; 0 when not yet */
-	int64_t seq;         /* submission order */
+	int64_t seq;                                  /* submission order */
 };
 
 void store_task_clear(struct store_task *t);

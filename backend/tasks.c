@@ -21,7 +21,7 @@ struct waiter {
 	uint64_t id;
 	tasks_wait_fn done;
 	void *arg;
-	char *state;   /* the final state, once woken */
+	char *state; /* the final state, once woken */
 	int exit_code;
 	struct waiter *next;
 };
@@ -31,26 +31,26 @@ struct task {
 	struct store_task row;
 	struct task_spec *spec;
 	json_t *spec_json;
-	char **children;          /* ids of the copies of a node:"all" task */
+	char **children; /* ids of the copies of a node:"all" task */
 	size_t n_children;
 	struct buf out[N_STREAMS]; /* output kept by the control plane */
 	bool out_full[N_STREAMS];
-	bool fetching[N_STREAMS];  /* a fetch is in flight (loop thread) */
+	bool fetching[N_STREAMS];      /* a fetch is in flight (loop thread) */
 	size_t remote_size[N_STREAMS]; /* the agent's last reported size */
-	bool dispatching;          /* a POST is in flight */
+	bool dispatching;              /* a POST is in flight */
 	bool cancel_requested;
 	bool cancel_sent;
-	char *remote_state;        /* the agent's final state, once seen; finalised after output */
+	char *remote_state; /* the agent's final state, once seen; finalised after output */
 	int remote_exit;
 	double changed_at;
 	struct waiter *waiters;
-	struct task *hnext;        /* hash chain */
+	struct task *hnext; /* hash chain */
 };
 
 struct node_poll {
 	char *node;
 	bool in_flight;
-	double agent_time;  /* the agent's clock at the last answered poll; 0 none */
+	double agent_time; /* the agent's clock at the last answered poll; 0 none */
 	struct node_poll *next;
 };
 
@@ -59,24 +59,24 @@ struct tasks {
 	struct cluster *cluster;
 	struct store *store;
 	pthread_mutex_t lock;
-	struct task **v;           /* in submission order; protected by lock */
+	struct task **v; /* in submission order; protected by lock */
 	size_t n, cap;
-	struct task **hash;        /* protected by lock */
+	struct task **hash; /* protected by lock */
 	size_t n_hash;
-	uint64_t next_wait;        /* protected by lock */
+	uint64_t next_wait;              /* protected by lock */
 	uint64_t tombstones[TOMBSTONES]; /* waits cancelled before they were registered */
 	size_t next_tombstone;
-	double changed_at;         /* protected by lock */
-	bool schedule_posted;      /* protected by lock */
-	struct node_poll *polls;   /* loop thread only */
-	struct loop_timer *tick;   /* loop thread only */
+	double changed_at;       /* protected by lock */
+	bool schedule_posted;    /* protected by lock */
+	struct node_poll *polls; /* loop thread only */
+	struct loop_timer *tick; /* loop thread only */
 	bool started;
 };
 
 bool task_state_is_final(const char *s)
 {
-	return !strcmp(s, TASK_SUCCEEDED) || !strcmp(s, TASK_FAILED) || !strcmp(s, TASK_TIMED_OUT) ||
-	       !strcmp(s, TASK_CANCELLED) || !strcmp(s, TASK_LOST);
+	return !strcmp(s, TASK_SUCCEEDED) || !strcmp(s, TASK_FAILED) ||
+	       !strcmp(s, TASK_TIMED_OUT) || !strcmp(s, TASK_CANCELLED) || !strcmp(s, TASK_LOST);
 }
 
 static bool state_is_active(const char *s)
@@ -251,8 +251,8 @@ static void call_waiters(struct waiter *w)
 static void update_parent_locked(struct tasks *t, struct task *child, struct waiter **wake);
 
 /* Moves a task to a state, persists it and records the event. Lock held. */
-static void set_state_locked(struct tasks *t, struct task *k, const char *state,
-			     const char *reason, struct waiter **wake)
+static void set_state_locked(struct tasks *t, struct task *k, const char *state, const char *reason,
+			     struct waiter **wake)
 {
 	bool same = strcmp(k->row.state, state) == 0;
 	set_str(&k->row.state, state);
@@ -266,13 +266,14 @@ static void set_state_locked(struct tasks *t, struct task *k, const char *state,
 	persist_locked(t, k);
 	if (!same) {
 		if (task_state_is_final(state) && k->row.exit_code >= 0)
-			cluster_add_event(t->cluster, "task", k->row.id, "%s (exit %d)%s%s%s", state,
-					  k->row.exit_code, k->row.node ? " on " : "",
+			cluster_add_event(t->cluster, "task", k->row.id, "%s (exit %d)%s%s%s",
+					  state, k->row.exit_code, k->row.node ? " on " : "",
 					  k->row.node ? k->row.node : "", "");
 		else
 			cluster_add_event(t->cluster, "task", k->row.id, "%s%s%s%s%s", state,
 					  k->row.node && strcmp(state, TASK_QUEUED) ? " on " : "",
-					  k->row.node && strcmp(state, TASK_QUEUED) ? k->row.node : "",
+					  k->row.node && strcmp(state, TASK_QUEUED) ? k->row.node
+										    : "",
 					  reason ? ": " : "", reason ? reason : "");
 	}
 	if (k->row.parent)
@@ -467,8 +468,9 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 	static const char *const reserved[] = {"new", "queued", "running", "done", "failed"};
 	for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++) {
 		if (!strcmp(id, reserved[i])) {
-			snprintf(errbuf, errlen, "\"%s\" is reserved (a directory of tasks/); pick "
-						 "another name",
+			snprintf(errbuf, errlen,
+				 "\"%s\" is reserved (a directory of tasks/); pick "
+				 "another name",
 				 id);
 			return -EINVAL;
 		}
@@ -498,7 +500,8 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 	if (spec->node && !all && strcmp(spec->node, "any") &&
 	    !cluster_has_node(t->cluster, spec->node)) {
 		pthread_mutex_unlock(&t->lock);
-		snprintf(errbuf, errlen, "field \"node\" names %s, which is not a node of this cluster",
+		snprintf(errbuf, errlen,
+			 "field \"node\" names %s, which is not a node of this cluster",
 			 spec->node);
 		spec_free(spec);
 		return -EINVAL;
@@ -520,7 +523,8 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 		size_t n = sched_place_all(cfg, &req, in.nodes, in.n, idx, &why);
 		config_unref(cfg);
 		if (n == 0) {
-			snprintf(errbuf, errlen, "node \"all\": %s", why.data ? why.data : "no node");
+			snprintf(errbuf, errlen, "node \"all\": %s",
+				 why.data ? why.data : "no node");
 			buf_free(&why);
 			free(idx);
 			sched_input_free(&in);
@@ -769,7 +773,7 @@ void *tasks_wait_cancel(struct tasks *t, uint64_t wait)
 
 struct call {
 	struct tasks *t;
-	char *id;     /* task id, or node name for polls */
+	char *id; /* task id, or node name for polls */
 	int stream;
 	uint64_t started_us;
 };
@@ -927,7 +931,8 @@ static void fetch_done(const struct http_response *r, void *arg)
 			buf_append(&k->out[s], r->body, n);
 			if (n < r->body_len && !k->out_full[s]) {
 				k->out_full[s] = true;
-				static const char cut[] = "\n[clusterfs: output cut at the limit]\n";
+				static const char cut[] =
+					"\n[clusterfs: output cut at the limit]\n";
 				buf_append(&k->out[s], cut, sizeof(cut) - 1);
 			}
 			k->changed_at = clock_wall_s();
@@ -947,8 +952,8 @@ static void fetch_output_locked(struct tasks *t, struct task *k, int s)
 	if (k->fetching[s] || k->out_full[s] || !k->row.node || !k->row.dispatch_id)
 		return;
 	char path[512];
-	snprintf(path, sizeof(path), "/api/node/tasks/%s/%s?offset=%zu&limit=%u", k->row.dispatch_id,
-		 stream_names[s], k->out[s].len, FETCH_MAX);
+	snprintf(path, sizeof(path), "/api/node/tasks/%s/%s?offset=%zu&limit=%u",
+		 k->row.dispatch_id, stream_names[s], k->out[s].len, FETCH_MAX);
 	struct call *c = call_new(t, k->row.id, s);
 	if (agent_call(t, k->row.node, "GET", path, NULL, fetch_done, c) == 0)
 		k->fetching[s] = true;
@@ -1074,7 +1079,7 @@ static void poll_done(const struct http_response *r, void *arg)
 			continue;
 		json_t *found = NULL, *o;
 		size_t j;
-		json_array_foreach(list, j, o) {
+		json_array_foreach (list, j, o) {
 			const char *id = json_string_value(json_object_get(o, "id"));
 			if (id && !strcmp(id, k->row.dispatch_id)) {
 				found = o;
@@ -1158,7 +1163,8 @@ static void schedule_locked(struct tasks *t, struct waiter **wake)
 		}
 		if (wait_deps) {
 			if (!k->row.reason || strncmp(k->row.reason, "waiting for", 11)) {
-				set_str(&k->row.reason, "waiting for the tasks in \"after\" to succeed");
+				set_str(&k->row.reason,
+					"waiting for the tasks in \"after\" to succeed");
 				persist_locked(t, k);
 			}
 			continue;
@@ -1186,7 +1192,8 @@ static void schedule_locked(struct tasks *t, struct waiter **wake)
 		set_str(&k->row.reason, NULL);
 		struct buf did;
 		buf_init(&did);
-		buf_printf(&did, "%s.%s.%d", store_instance_id(t->store), k->row.id, k->row.attempts);
+		buf_printf(&did, "%s.%s.%d", store_instance_id(t->store), k->row.id,
+			   k->row.attempts);
 		set_str(&k->row.dispatch_id, did.data);
 		buf_free(&did);
 		buf_free(&why);
@@ -1247,7 +1254,8 @@ static void tasks_tick(void *arg)
 		}
 		if (k->cancel_requested && !k->cancel_sent && k->row.dispatch_id) {
 			char path[512];
-			snprintf(path, sizeof(path), "/api/node/tasks/%s/cancel", k->row.dispatch_id);
+			snprintf(path, sizeof(path), "/api/node/tasks/%s/cancel",
+				 k->row.dispatch_id);
 			struct call *c = call_new(t, k->row.id, 0);
 			if (agent_call(t, k->row.node, "POST", path, "{}", cancel_done, c) == 0)
 				k->cancel_sent = true;
@@ -1319,7 +1327,8 @@ int tasks_start(struct tasks *t)
 			buf_init(&k->out[s]);
 			char *data = NULL;
 			size_t len = 0;
-			if (store_get_output(t->store, k->row.id, stream_names[s], &data, &len) == 0 &&
+			if (store_get_output(t->store, k->row.id, stream_names[s], &data, &len) ==
+				    0 &&
 			    len)
 				buf_append(&k->out[s], data, len);
 			free(data);
@@ -1384,8 +1393,8 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 			if (c && !task_state_is_final(c->row.state)) {
 				c->cancel_requested = true;
 				if (!strcmp(c->row.state, TASK_QUEUED))
-					set_state_locked(t, c, TASK_CANCELLED, "cancelled before it ran",
-							 &wake);
+					set_state_locked(t, c, TASK_CANCELLED,
+							 "cancelled before it ran", &wake);
 			}
 		}
 		k->cancel_requested = true;
@@ -1397,8 +1406,9 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 	} else if (!strcmp(word, "retry")) {
 		if (!task_state_is_final(k->row.state) || !strcmp(k->row.state, TASK_SUCCEEDED) ||
 		    k->n_children) {
-			snprintf(errbuf, errlen, "only a failed, timed out, cancelled or lost task can be "
-						 "retried; %s is %s",
+			snprintf(errbuf, errlen,
+				 "only a failed, timed out, cancelled or lost task can be "
+				 "retried; %s is %s",
 				 id, k->row.state);
 			r = -EBUSY;
 			goto out_unlock;
@@ -1421,7 +1431,8 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 		else if (arg[0] >= '0' && arg[0] <= '3' && !arg[1])
 			p = arg[0] - '0';
 		if (p < 0) {
-			snprintf(errbuf, errlen, "priority takes P0, P1, P2 or P3, not \"%s\"", arg);
+			snprintf(errbuf, errlen, "priority takes P0, P1, P2 or P3, not \"%s\"",
+				 arg);
 			r = -EINVAL;
 			goto out_unlock;
 		}
@@ -1431,8 +1442,9 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 	} else {
 		const char *const words[] = {"cancel", "retry", "priority"};
 		const char *s = util_closest_word(word, words, 3, 2);
-		snprintf(errbuf, errlen, "unknown command \"%s\"%s%s%s; write cancel, retry or "
-					 "priority P0..P3",
+		snprintf(errbuf, errlen,
+			 "unknown command \"%s\"%s%s%s; write cancel, retry or "
+			 "priority P0..P3",
 			 word, s ? "; did you mean \"" : "", s ? s : "", s ? "\"" : "");
 		r = -EINVAL;
 	}

@@ -39,14 +39,14 @@ bool task_state_is_final(const char *state);
 /* A copy of one task. Owns every pointer; release with task_view_clear(). */
 struct task_view {
 	char *id;
-	char *parent;      /* or NULL */
+	char *parent; /* or NULL */
 	char *state;
-	char *node;        /* or NULL */
-	char *reason;      /* or NULL */
-	char *placement;   /* or NULL */
-	json_t *spec;      /* canonical spec */
-	json_t *children;  /* ids of the copies of a node:"all" task (array), or NULL */
-	int exit_code;     /* -1 when none */
+	char *node;       /* or NULL */
+	char *reason;     /* or NULL */
+	char *placement;  /* or NULL */
+	json_t *spec;     /* canonical spec */
+	json_t *children; /* ids of the copies of a node:"all" task (array), or NULL */
+	int exit_code;    /* -1 when none */
 	int attempts;
 	int priority;
 	uid_t uid;

@@ -210,8 +210,8 @@ int token_read_file(const char *path, char **ret_token, char *errbuf, size_t err
 			 r == -EFBIG ? "larger than 4096 bytes" : strerror(-r));
 		return r;
 	}
-	while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r' ||
-			   data[len - 1] == ' ' || data[len - 1] == '\t'))
+	while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r' || data[len - 1] == ' ' ||
+			   data[len - 1] == '\t'))
 		data[--len] = '\0';
 	if (len == 0) {
 		free(data);

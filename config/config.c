@@ -231,8 +231,7 @@ static int check_keys(struct loader *ld, const json_t *obj, const char *const *k
 	const char *key;
 	json_t *v;
 
-	json_object_foreach((json_t *) obj, key, v)
-	{
+	json_object_foreach ((json_t *) obj, key, v) {
 		bool ok = false;
 		for (size_t i = 0; known[i] && !ok; i++)
 			ok = strcmp(key, known[i]) == 0;
@@ -632,8 +631,7 @@ static int parse_host_services(struct loader *ld, const json_t *host, struct cfg
 	r = expect_object(ld, svcs);
 	if (r == 0) {
 		h->services = xcalloc(json_object_size(svcs), sizeof(*h->services));
-		json_object_foreach(svcs, name, v)
-		{
+		json_object_foreach (svcs, name, v) {
 			r = parse_host_service(ld, name, v, &h->services[h->n_services++]);
 			if (r < 0)
 				break;
@@ -760,8 +758,7 @@ static int parse_hosts(struct loader *ld, const json_t *doc)
 	r = expect_object(ld, hosts);
 	if (r == 0) {
 		c->hosts = xcalloc(json_object_size(hosts), sizeof(*c->hosts));
-		json_object_foreach(hosts, name, v)
-		{
+		json_object_foreach (hosts, name, v) {
 			r = parse_host(ld, name, v, &c->hosts[c->n_hosts++]);
 			if (r < 0)
 				break;
@@ -841,8 +838,7 @@ static int parse_routing(struct loader *ld, const json_t *doc)
 	ld_push(ld, "routing");
 	r = expect_object(ld, routing);
 	if (r == 0) {
-		json_object_foreach(routing, type, v)
-		{
+		json_object_foreach (routing, type, v) {
 			if (!name_is_valid(type)) {
 				ld_push(ld, type);
 				r = ld_fail(ld, LOCATE_KEY,
@@ -965,8 +961,7 @@ static int parse_service(struct loader *ld, const char *name, const json_t *v)
 	ld_push(ld, "files");
 	r = expect_object(ld, files);
 	if (r == 0) {
-		json_object_foreach(files, file, f)
-		{
+		json_object_foreach (files, file, f) {
 			r = parse_service_file(ld, file, f);
 			if (r < 0)
 				break;
@@ -991,8 +986,7 @@ static int parse_services(struct loader *ld, const json_t *doc)
 	ld_push(ld, "services");
 	r = expect_object(ld, services);
 	if (r == 0) {
-		json_object_foreach(services, name, v)
-		{
+		json_object_foreach (services, name, v) {
 			r = parse_service(ld, name, v);
 			if (r < 0)
 				break;

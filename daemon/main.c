@@ -208,31 +208,17 @@ int main(int argc, char **argv)
 	int c;
 	while ((c = getopt_long(argc, argv, "c:s:fo:vhV", longopts, NULL)) != -1) {
 		switch (c) {
-		case 'c':
-			d.config_path = optarg;
-			break;
+		case 'c': d.config_path = optarg; break;
 		case 's':
 			free(d.state_dir);
 			d.state_dir = strdup(optarg);
 			break;
-		case 'f':
-			foreground = true;
-			break;
-		case 'o':
-			buf_printf(&mount_opts, ",%s", optarg);
-			break;
-		case 'v':
-			log_set_level(LOG_DEBUG);
-			break;
-		case 'h':
-			usage(stdout);
-			return EXIT_OK;
-		case 'V':
-			printf("clusterfs %s\n", CLUSTERFS_VERSION);
-			return EXIT_OK;
-		default:
-			usage(stderr);
-			return EXIT_USAGE;
+		case 'f': foreground = true; break;
+		case 'o': buf_printf(&mount_opts, ",%s", optarg); break;
+		case 'v': log_set_level(LOG_DEBUG); break;
+		case 'h': usage(stdout); return EXIT_OK;
+		case 'V': printf("clusterfs %s\n", CLUSTERFS_VERSION); return EXIT_OK;
+		default: usage(stderr); return EXIT_USAGE;
 		}
 	}
 	if (optind != argc - 1) {

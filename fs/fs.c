@@ -18,8 +18,8 @@
 #define MAX_NOTIFY_QUEUE 4096
 
 struct notify {
-	uint64_t ino;     /* inode to invalidate, or the parent of `name` */
-	char *name;       /* when set: invalidate this entry of ino */
+	uint64_t ino; /* inode to invalidate, or the parent of `name` */
+	char *name;   /* when set: invalidate this entry of ino */
 	struct notify *next;
 };
 
@@ -46,11 +46,11 @@ struct handle {
 	struct tree_entry e;
 	pthread_mutex_t lock; /* guards content and seq for append-only files */
 	struct buf content;
-	uint64_t seq;         /* events: the last event included */
-	uid_t uid;            /* who opened it (ctl writes are checked against it) */
-	bool writable;        /* collects writes for a POST or a record at flush */
-	bool writer;          /* opened for writing */
-	bool dirty;           /* written since the last flush */
+	uint64_t seq;  /* events: the last event included */
+	uid_t uid;     /* who opened it (ctl writes are checked against it) */
+	bool writable; /* collects writes for a POST or a record at flush */
+	bool writer;   /* opened for writing */
+	bool dirty;    /* written since the last flush */
 };
 
 /* A directory listing, taken at opendir. */
@@ -121,7 +121,8 @@ static void *notifier_main(void *arg)
 		while (q) {
 			struct notify *next = q->next;
 			if (q->name)
-				fuse_lowlevel_notify_inval_entry(se, q->ino, q->name, strlen(q->name));
+				fuse_lowlevel_notify_inval_entry(se, q->ino, q->name,
+								 strlen(q->name));
 			else
 				fuse_lowlevel_notify_inval_inode(se, q->ino, 0, 0);
 			free(q->name);
@@ -203,10 +204,10 @@ static void collect_ino(void *arg, uint64_t ino, const char *path)
 void fs_on_cluster_change(void *arg, const char *node)
 {
 	struct fs *f = arg;
-	static const char *const tops[] = {"/stats", "/alerts", "/events", "/metrics",
+	static const char *const tops[] = {"/stats",         "/alerts",       "/events", "/metrics",
 					   "/topology.json", "/topology.dot", "/config"};
-	static const char *const node_files[] = {"status", "health", "info", "address", "role",
-						 "tier", "capabilities"};
+	static const char *const node_files[] = {"status", "health", "info",        "address",
+						 "role",   "tier",   "capabilities"};
 	struct collect col = {.f = f};
 	if (node) {
 		/* inode numbers are path hashes: ask for the node's files directly */
@@ -404,7 +405,6 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_ASYNC_READ;
 }
 
-
 /* ---- answering after a refresh: a request whose data must be fresh is parked, and
  * finished from the loop thread once the backend has fetched (at most the probe timeout
  * later); no FUSE thread waits meanwhile ---- */
@@ -415,10 +415,10 @@ struct pending {
 	enum pending_op op;
 	fuse_req_t req;
 	struct fs *f;
-	fuse_ino_t ino;            /* lookup: the parent; open(dir): the inode */
-	char *name;                /* lookup */
-	struct fuse_file_info fi;  /* copied: FUSE's is gone once the callback returns */
-	struct handle *h;          /* open */
+	fuse_ino_t ino;           /* lookup: the parent; open(dir): the inode */
+	char *name;               /* lookup */
+	struct fuse_file_info fi; /* copied: FUSE's is gone once the callback returns */
+	struct handle *h;         /* open */
 };
 
 static void pending_finish(struct pending *p);
@@ -552,8 +552,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_attr(req, &st, timeout);
 }
 
-static void opendir_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino,
-			   struct fuse_file_info *fi)
+static void opendir_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	char *path = fs_ino_path(f, ino);
 	if (!path)
@@ -626,8 +625,8 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			struct tree_entry e;
 			st.st_ino = inode_hash_path(child);
 			st.st_mode = S_IFREG;
-			if (tree_classify(&((struct fs *) fuse_req_userdata(req))->ctx, child, &e) ==
-			    0) {
+			if (tree_classify(&((struct fs *) fuse_req_userdata(req))->ctx, child,
+					  &e) == 0) {
 				if (tree_kind_is_dir(e.kind))
 					st.st_mode = S_IFDIR;
 				else if (tree_kind_is_link(e.kind))
@@ -699,16 +698,11 @@ static void open_finish(fuse_req_t req, struct fs *f, struct handle *h, struct f
 		handle_free(h); /* the open was interrupted: no release will come */
 }
 
-
 static void pending_finish(struct pending *p)
 {
 	switch (p->op) {
-	case PENDING_LOOKUP:
-		lookup_finish(p->req, p->f, p->ino, p->name);
-		break;
-	case PENDING_OPENDIR:
-		opendir_finish(p->req, p->f, p->ino, &p->fi);
-		break;
+	case PENDING_LOOKUP: lookup_finish(p->req, p->f, p->ino, p->name); break;
+	case PENDING_OPENDIR: opendir_finish(p->req, p->f, p->ino, &p->fi); break;
 	case PENDING_OPEN:
 		if (p->h->e.node && !cluster_has_node(p->f->cluster, p->h->e.node)) {
 			handle_free(p->h);
@@ -1051,7 +1045,6 @@ static void node_ctl(fuse_req_t req, struct fs *f, struct handle *h, const char 
 	fuse_reply_write(req, size);
 }
 
-
 /* nodes/NODE/models/ctl: the write is answered when the model server answered (a pull:
  * when it started; its progress is read from ctl). */
 struct pending_write {
@@ -1119,7 +1112,8 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 				snprintf(errname, sizeof(errname), "%s.error", id);
 				snprintf(msg, sizeof(msg), "%s: the spec is larger than %u bytes\n",
 					 h->e.name, TASKS_SPEC_MAX);
-				drafts_put(f->ctx.drafts, errname, h->uid, fuse_req_ctx(req)->gid, msg);
+				drafts_put(f->ctx.drafts, errname, h->uid, fuse_req_ctx(req)->gid,
+					   msg);
 				free(id);
 			}
 		}
@@ -1195,8 +1189,8 @@ static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			if (r < 0)
 				log_info("ledger/record rejected: %s", err);
 		} else {
-			r = services_post(f->ctx.services, h->e.name, h->e.file, body.data, body.len,
-					  service_posted, req);
+			r = services_post(f->ctx.services, h->e.name, h->e.file, body.data,
+					  body.len, service_posted, req);
 			if (r == 0) {
 				buf_free(&body);
 				return; /* answered when the POST is */
@@ -1222,8 +1216,8 @@ static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		if (r == 0)
 			r = drafts_read(f->ctx.drafts, h->e.name, &text);
 		if (r == 0)
-			r = submit_draft(f, h->e.name, id, text.data ? text.data : "", text.len, di.uid,
-					 di.gid);
+			r = submit_draft(f, h->e.name, id, text.data ? text.data : "", text.len,
+					 di.uid, di.gid);
 		drafts_set_last_error(f->ctx.drafts, h->e.name, r);
 		buf_free(&text);
 	}
@@ -1256,8 +1250,9 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		/* times and modes of a draft: accepted, not kept (cp -p, rsync -t) */
 	} else if (tree_kind_is_ctl(e.kind) || e.kind == TREE_LEDGER_RECORD ||
 		   e.kind == TREE_SERVICE_FILE) {
-		if (to_set & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
-			       FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME))
+		if (to_set &
+		    ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
+		      FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME))
 			r = -EACCES;
 	} else {
 		r = -EACCES;

@@ -37,21 +37,21 @@ static void render_health(const struct node_view *v, struct buf *out)
 	json_object_set_new(doc, "status", json_string(node_level_name(v->level)));
 	json_object_set_new(doc, "reachable", json_boolean(v->reachable));
 	json_object_set_new(doc, "checked_at", json_time(v->checked_at));
-	json_object_set_new(doc, "age_s", v->age_s < 0 ? json_null()
-						      : json_real(round_to(v->age_s, 0.001)));
-	json_object_set_new(doc, "latency_ms", v->checked_at > 0
-						       ? json_real(round_to(v->latency_ms, 0.001))
-						       : json_null());
+	json_object_set_new(doc, "age_s",
+			    v->age_s < 0 ? json_null() : json_real(round_to(v->age_s, 0.001)));
+	json_object_set_new(doc, "latency_ms",
+			    v->checked_at > 0 ? json_real(round_to(v->latency_ms, 0.001))
+					      : json_null());
 	json_object_set_new(doc, "reasons", json_incref(v->reasons));
 	json_object_set_new(doc, "failures", json_integer(v->failures));
-	json_object_set_new(doc, "last_error", v->last_error ? json_string(v->last_error)
-							     : json_null());
+	json_object_set_new(doc, "last_error",
+			    v->last_error ? json_string(v->last_error) : json_null());
 	if (v->health) {
 		static const char *const keys[] = {
-			"cpu_percent",   "cores",         "load",         "mem_total_mb",
-			"mem_available_mb", "mem_percent", "disk_path",   "disk_total_mb",
-			"disk_free_mb",  "disk_percent",  "gpus",         "uptime_s",
-			"tasks_running", "version",       "hostname",
+			"cpu_percent",      "cores",        "load",      "mem_total_mb",
+			"mem_available_mb", "mem_percent",  "disk_path", "disk_total_mb",
+			"disk_free_mb",     "disk_percent", "gpus",      "uptime_s",
+			"tasks_running",    "version",      "hostname",
 		};
 		for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 			json_t *x = json_object_get(v->health, keys[i]);
@@ -77,14 +77,15 @@ static void render_info(const struct node_view *v, struct buf *out)
 	if (v->system) {
 		const char *k;
 		json_t *x;
-		json_object_foreach(v->system, k, x) {
+		json_object_foreach (v->system, k, x) {
 			if (strcmp(k, "name") != 0 && !json_object_get(doc, k))
 				json_object_set(doc, k, x);
 		}
 	} else {
 		json_object_set_new(doc, "system", json_null());
-		json_object_set_new(doc, "reason", json_string("not known yet: the agent has not "
-								"answered a system query"));
+		json_object_set_new(doc, "reason",
+				    json_string("not known yet: the agent has not "
+						"answered a system query"));
 	}
 	put_json(out, doc);
 	json_decref(doc);
@@ -99,30 +100,18 @@ static int render_node(struct cluster *c, const struct tree_entry *e, struct buf
 		return r;
 	*ret_mtime = v.changed_at;
 	switch (e->kind) {
-	case TREE_NODE_STATUS:
-		buf_printf(out, "%s\n", node_level_name(v.level));
-		break;
-	case TREE_NODE_HEALTH:
-		render_health(&v, out);
-		break;
-	case TREE_NODE_INFO:
-		render_info(&v, out);
-		break;
-	case TREE_NODE_ADDRESS:
-		buf_printf(out, "%s:%d\n", v.address, v.port);
-		break;
-	case TREE_NODE_ROLE:
-		buf_printf(out, "%s\n", v.role);
-		break;
-	case TREE_NODE_TIER:
-		buf_printf(out, "%s\n", v.tier);
-		break;
+	case TREE_NODE_STATUS: buf_printf(out, "%s\n", node_level_name(v.level)); break;
+	case TREE_NODE_HEALTH: render_health(&v, out); break;
+	case TREE_NODE_INFO: render_info(&v, out); break;
+	case TREE_NODE_ADDRESS: buf_printf(out, "%s:%d\n", v.address, v.port); break;
+	case TREE_NODE_ROLE: buf_printf(out, "%s\n", v.role); break;
+	case TREE_NODE_TIER: buf_printf(out, "%s\n", v.tier); break;
 	case TREE_NODE_CAPABILITIES:
 		for (size_t i = 0; i < json_array_size(v.capabilities); i++)
-			buf_printf(out, "%s\n", json_string_value(json_array_get(v.capabilities, i)));
+			buf_printf(out, "%s\n",
+				   json_string_value(json_array_get(v.capabilities, i)));
 		break;
-	default:
-		r = -EISDIR;
+	default: r = -EISDIR;
 	}
 	node_view_clear(&v);
 	return r;
@@ -179,8 +168,9 @@ static void render_stats(const struct tree_ctx *ctx, struct buf *out, double *re
 	double cores = 0, ram = 0, gpus = 0, cpu_busy = 0;
 	for (size_t i = 0; i < n; i++) {
 		const char *lv = node_level_name(views[i].level);
-		json_object_set_new(nodes, lv,
-				    json_integer(json_integer_value(json_object_get(nodes, lv)) + 1));
+		json_object_set_new(
+			nodes, lv,
+			json_integer(json_integer_value(json_object_get(nodes, lv)) + 1));
 		if (views[i].reachable)
 			reachable++;
 		if (views[i].health) {
@@ -288,8 +278,9 @@ static void render_metrics(struct cluster *c, struct buf *out, double *ret_mtime
 		put_label(out, views[i].name);
 		buf_printf(out, "\"} %d\n", views[i].reachable ? 1 : 0);
 	}
-	buf_puts(out, "# HELP clusterfs_node_probe_latency_ms Latency of the last successful probe.\n"
-		      "# TYPE clusterfs_node_probe_latency_ms gauge\n");
+	buf_puts(out,
+		 "# HELP clusterfs_node_probe_latency_ms Latency of the last successful probe.\n"
+		 "# TYPE clusterfs_node_probe_latency_ms gauge\n");
 	for (size_t i = 0; i < n; i++) {
 		if (views[i].checked_at <= 0)
 			continue;
@@ -349,7 +340,8 @@ static void render_topology(struct cluster *c, bool dot, struct buf *out, double
 			json_object_set_new(o, "address", json_string(views[i].address));
 			json_object_set_new(o, "role", json_string(views[i].role));
 			json_object_set_new(o, "tier", json_string(views[i].tier));
-			json_object_set_new(o, "status", json_string(node_level_name(views[i].level)));
+			json_object_set_new(o, "status",
+					    json_string(node_level_name(views[i].level)));
 			json_t *svcs = json_object();
 			for (size_t k = 0; h && k < h->n_services; k++)
 				json_object_set_new(svcs, h->services[k].name,
@@ -432,15 +424,9 @@ static int render_task(const struct tree_ctx *ctx, const struct tree_entry *e, s
 		return r;
 	*ret_mtime = v.changed_at;
 	switch (e->kind) {
-	case TREE_TASK_SPEC:
-		put_json(out, v.spec);
-		break;
-	case TREE_TASK_STATUS:
-		buf_printf(out, "%s\n", v.state);
-		break;
-	case TREE_TASK_NODE:
-		buf_printf(out, "%s\n", v.node ? v.node : "");
-		break;
+	case TREE_TASK_SPEC: put_json(out, v.spec); break;
+	case TREE_TASK_STATUS: buf_printf(out, "%s\n", v.state); break;
+	case TREE_TASK_NODE: buf_printf(out, "%s\n", v.node ? v.node : ""); break;
 	case TREE_TASK_EXIT_CODE:
 		if (v.exit_code >= 0)
 			buf_printf(out, "%d\n", v.exit_code);
@@ -452,8 +438,8 @@ static int render_task(const struct tree_ctx *ctx, const struct tree_entry *e, s
 		json_object_set_new(doc, "id", json_string(v.id));
 		json_object_set_new(doc, "state", json_string(v.state));
 		json_object_set_new(doc, "node", v.node ? json_string(v.node) : json_null());
-		json_object_set_new(doc, "exit_code", v.exit_code >= 0 ? json_integer(v.exit_code)
-								    : json_null());
+		json_object_set_new(doc, "exit_code",
+				    v.exit_code >= 0 ? json_integer(v.exit_code) : json_null());
 		char prio[4];
 		snprintf(prio, sizeof(prio), "P%d", v.priority);
 		json_object_set_new(doc, "priority", json_string(prio));
@@ -463,8 +449,8 @@ static int render_task(const struct tree_ctx *ctx, const struct tree_entry *e, s
 		json_object_set_new(doc, "started_at", json_time_or_null(v.started_at));
 		json_object_set_new(doc, "finished_at", json_time_or_null(v.finished_at));
 		json_object_set_new(doc, "reason", v.reason ? json_string(v.reason) : json_null());
-		json_object_set_new(doc, "placement", v.placement ? json_string(v.placement)
-								  : json_null());
+		json_object_set_new(doc, "placement",
+				    v.placement ? json_string(v.placement) : json_null());
 		if (v.parent)
 			json_object_set_new(doc, "parent", json_string(v.parent));
 		if (v.children)
@@ -488,8 +474,7 @@ static int render_task(const struct tree_ctx *ctx, const struct tree_entry *e, s
 		if (task_state_is_final(v.state))
 			buf_printf(out, "%s %d\n", v.state, v.exit_code);
 		break;
-	default:
-		r = -EISDIR;
+	default: r = -EISDIR;
 	}
 	task_view_clear(&v);
 	return r;
@@ -501,9 +486,7 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 	struct cluster *c = ctx->cluster;
 	*ret_mtime = cluster_started_at(c);
 	switch (e->kind) {
-	case TREE_README:
-		buf_puts(out, readme_text);
-		return 0;
+	case TREE_README: buf_puts(out, readme_text); return 0;
 	case TREE_CONFIG: {
 		struct config *cfg = cluster_get_config(c);
 		char *s = config_render(cfg);
@@ -515,15 +498,9 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 		*ret_mtime = cluster_changed_at(c);
 		return 0;
 	}
-	case TREE_STATS:
-		render_stats(ctx, out, ret_mtime);
-		return 0;
-	case TREE_ALERTS:
-		render_alerts(c, out, ret_mtime);
-		return 0;
-	case TREE_METRICS:
-		render_metrics(c, out, ret_mtime);
-		return 0;
+	case TREE_STATS: render_stats(ctx, out, ret_mtime); return 0;
+	case TREE_ALERTS: render_alerts(c, out, ret_mtime); return 0;
+	case TREE_METRICS: render_metrics(c, out, ret_mtime); return 0;
 	case TREE_TOPOLOGY_JSON:
 	case TREE_TOPOLOGY_DOT:
 		render_topology(c, e->kind == TREE_TOPOLOGY_DOT, out, ret_mtime);
@@ -535,9 +512,7 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 			*ret_seq = seq;
 		return 0;
 	}
-	case TREE_NODE_CTL:
-		buf_puts(out, "write one of: drain | resume | probe\n");
-		return 0;
+	case TREE_NODE_CTL: buf_puts(out, "write one of: drain | resume | probe\n"); return 0;
 	case TREE_SERVICE_FILE:
 		services_last_answer(ctx->services, e->name, e->file, out);
 		return 0;
@@ -572,7 +547,8 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 		else if (model && e->kind == TREE_MODEL_INFO)
 			r = models_render_info(ctx->models, model, out);
 		else if (model)
-			r = models_render_nodes(ctx->models, model, e->kind == TREE_MODEL_LOADED, out);
+			r = models_render_nodes(ctx->models, model, e->kind == TREE_MODEL_LOADED,
+						out);
 		free(model);
 		return r;
 	}
@@ -586,8 +562,7 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 	case TREE_NODE_ADDRESS:
 	case TREE_NODE_ROLE:
 	case TREE_NODE_TIER:
-	case TREE_NODE_CAPABILITIES:
-		return render_node(c, e, out, ret_mtime);
+	case TREE_NODE_CAPABILITIES: return render_node(c, e, out, ret_mtime);
 	case TREE_TASK_SPEC:
 	case TREE_TASK_STATUS:
 	case TREE_TASK_NODE:
@@ -596,10 +571,8 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 	case TREE_TASK_STDOUT:
 	case TREE_TASK_STDERR:
 	case TREE_TASK_CTL:
-	case TREE_TASK_WAIT:
-		return render_task(ctx, e, out, ret_mtime);
-	default:
-		return -EISDIR;
+	case TREE_TASK_WAIT: return render_task(ctx, e, out, ret_mtime);
+	default: return -EISDIR;
 	}
 }
 

@@ -27,37 +27,26 @@ static const struct named_kind root_files[] = {
 };
 
 static const struct named_kind node_files[] = {
-	{"address", TREE_NODE_ADDRESS},
-	{"capabilities", TREE_NODE_CAPABILITIES},
-	{"ctl", TREE_NODE_CTL},
-	{"health", TREE_NODE_HEALTH},
-	{"info", TREE_NODE_INFO},
-	{"models", TREE_NODE_MODELS},
-	{"role", TREE_NODE_ROLE},
-	{"status", TREE_NODE_STATUS},
-	{"tasks", TREE_NODE_TASKS},
-	{"tier", TREE_NODE_TIER},
+	{"address", TREE_NODE_ADDRESS}, {"capabilities", TREE_NODE_CAPABILITIES},
+	{"ctl", TREE_NODE_CTL},         {"health", TREE_NODE_HEALTH},
+	{"info", TREE_NODE_INFO},       {"models", TREE_NODE_MODELS},
+	{"role", TREE_NODE_ROLE},       {"status", TREE_NODE_STATUS},
+	{"tasks", TREE_NODE_TASKS},     {"tier", TREE_NODE_TIER},
 };
 
 static const struct named_kind task_files[] = {
-	{"ctl", TREE_TASK_CTL},
-	{"exit_code", TREE_TASK_EXIT_CODE},
-	{"info", TREE_TASK_INFO},
-	{"node", TREE_TASK_NODE},
-	{"spec", TREE_TASK_SPEC},
-	{"status", TREE_TASK_STATUS},
-	{"stderr", TREE_TASK_STDERR},
-	{"stdout", TREE_TASK_STDOUT},
+	{"ctl", TREE_TASK_CTL},       {"exit_code", TREE_TASK_EXIT_CODE},
+	{"info", TREE_TASK_INFO},     {"node", TREE_TASK_NODE},
+	{"spec", TREE_TASK_SPEC},     {"status", TREE_TASK_STATUS},
+	{"stderr", TREE_TASK_STDERR}, {"stdout", TREE_TASK_STDOUT},
 	{"wait", TREE_TASK_WAIT},
 };
 
 static const char *const groups[] = {"done", "failed", "queued", "running"};
 
 static const struct named_kind ledger_files[] = {
-	{"best", TREE_LEDGER_BEST},
-	{"entries", TREE_LEDGER_ENTRIES},
-	{"record", TREE_LEDGER_RECORD},
-	{"source", TREE_LEDGER_SOURCE},
+	{"best", TREE_LEDGER_BEST},       {"entries", TREE_LEDGER_ENTRIES},
+	{"record", TREE_LEDGER_RECORD},   {"source", TREE_LEDGER_SOURCE},
 	{"summary", TREE_LEDGER_SUMMARY},
 };
 
@@ -107,8 +96,7 @@ static bool is_group(const char *name)
 }
 
 /* True when task `id` is in `group`, or on `node`. */
-static bool task_in(const struct tree_ctx *ctx, const char *id, const char *group,
-		    const char *node)
+static bool task_in(const struct tree_ctx *ctx, const char *id, const char *group, const char *node)
 {
 	struct task_view v;
 	if (tasks_get(ctx->tasks, id, &v) < 0)
@@ -205,7 +193,8 @@ int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entr
 		if (n == 2) {
 			e.kind = TREE_SERVICE;
 			r = 0;
-		} else if (n == 3 && services_file_exists(ctx->services, parts[1], parts[2], NULL)) {
+		} else if (n == 3 &&
+			   services_file_exists(ctx->services, parts[1], parts[2], NULL)) {
 			e.kind = TREE_SERVICE_FILE;
 			e.file = strdup(parts[2]);
 			r = 0;
@@ -214,8 +203,8 @@ int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entr
 	}
 	if (top == TREE_LEDGER) {
 		enum tree_kind k = find_kind(ledger_files, N_OF(ledger_files), parts[1]);
-		if (k == TREE_NONE || (n == 3 && k != TREE_LEDGER_ENTRIES && k != TREE_LEDGER_BEST) ||
-		    n > 3)
+		if (k == TREE_NONE ||
+		    (n == 3 && k != TREE_LEDGER_ENTRIES && k != TREE_LEDGER_BEST) || n > 3)
 			goto out;
 		if (n == 2) {
 			e.kind = k;
@@ -224,7 +213,7 @@ int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entr
 		}
 		size_t nl = 0;
 		char **names = k == TREE_LEDGER_ENTRIES ? ledger_steps(ctx->ledger, &nl)
-							 : ledger_metrics(ctx->ledger, &nl);
+							: ledger_metrics(ctx->ledger, &nl);
 		if (!in_list(names, parts[2]))
 			goto out;
 		e.kind = k == TREE_LEDGER_ENTRIES ? TREE_LEDGER_ENTRY : TREE_LEDGER_BEST_FILE;
@@ -385,18 +374,10 @@ char **tree_list(const struct tree_ctx *ctx, const char *path, size_t *ret_n, in
 	}
 	char **names = NULL;
 	switch (e.kind) {
-	case TREE_ROOT:
-		names = names_from_table(root_files, N_OF(root_files), ret_n);
-		break;
-	case TREE_NODES:
-		names = cluster_list_nodes(ctx->cluster, ret_n);
-		break;
-	case TREE_NODE:
-		names = names_from_table(node_files, N_OF(node_files), ret_n);
-		break;
-	case TREE_NODE_TASKS:
-		names = tasks_list(ctx->tasks, NULL, e.node, ret_n);
-		break;
+	case TREE_ROOT: names = names_from_table(root_files, N_OF(root_files), ret_n); break;
+	case TREE_NODES: names = cluster_list_nodes(ctx->cluster, ret_n); break;
+	case TREE_NODE: names = names_from_table(node_files, N_OF(node_files), ret_n); break;
+	case TREE_NODE_TASKS: names = tasks_list(ctx->tasks, NULL, e.node, ret_n); break;
 	case TREE_TASKS: {
 		size_t n = 0;
 		char **ids = tasks_list(ctx->tasks, NULL, NULL, &n);
@@ -412,36 +393,16 @@ char **tree_list(const struct tree_ctx *ctx, const char *path, size_t *ret_n, in
 		*ret_n = k;
 		break;
 	}
-	case TREE_TASKS_NEW:
-		names = drafts_list(ctx->drafts, ret_n);
-		break;
-	case TREE_TASKS_GROUP:
-		names = tasks_list(ctx->tasks, e.name, NULL, ret_n);
-		break;
-	case TREE_TASK:
-		names = names_from_table(task_files, N_OF(task_files), ret_n);
-		break;
-	case TREE_SERVICES:
-		names = services_list(ctx->services, ret_n);
-		break;
-	case TREE_SERVICE:
-		names = services_files(ctx->services, e.name, ret_n);
-		break;
-	case TREE_LEDGER:
-		names = names_from_table(ledger_files, N_OF(ledger_files), ret_n);
-		break;
-	case TREE_LEDGER_ENTRIES:
-		names = ledger_steps(ctx->ledger, ret_n);
-		break;
-	case TREE_LEDGER_BEST:
-		names = ledger_metrics(ctx->ledger, ret_n);
-		break;
-	case TREE_MODELS:
-		names = models_list(ctx->models, ret_n);
-		break;
-	case TREE_MODEL:
-		names = names_from_table(model_files, N_OF(model_files), ret_n);
-		break;
+	case TREE_TASKS_NEW: names = drafts_list(ctx->drafts, ret_n); break;
+	case TREE_TASKS_GROUP: names = tasks_list(ctx->tasks, e.name, NULL, ret_n); break;
+	case TREE_TASK: names = names_from_table(task_files, N_OF(task_files), ret_n); break;
+	case TREE_SERVICES: names = services_list(ctx->services, ret_n); break;
+	case TREE_SERVICE: names = services_files(ctx->services, e.name, ret_n); break;
+	case TREE_LEDGER: names = names_from_table(ledger_files, N_OF(ledger_files), ret_n); break;
+	case TREE_LEDGER_ENTRIES: names = ledger_steps(ctx->ledger, ret_n); break;
+	case TREE_LEDGER_BEST: names = ledger_metrics(ctx->ledger, ret_n); break;
+	case TREE_MODELS: names = models_list(ctx->models, ret_n); break;
+	case TREE_MODEL: names = names_from_table(model_files, N_OF(model_files), ret_n); break;
 	case TREE_NODE_MODELS: {
 		size_t n = 0;
 		char **m = models_node_list(ctx->models, e.node, &n);
@@ -454,9 +415,7 @@ char **tree_list(const struct tree_ctx *ctx, const char *path, size_t *ret_n, in
 		qsort(names, n + 1, sizeof(*names), cmp_str);
 		break;
 	}
-	default:
-		*ret_err = -ENOTDIR;
-		break;
+	default: *ret_err = -ENOTDIR; break;
 	}
 	tree_entry_clear(&e);
 	return names;

@@ -94,10 +94,10 @@ enum tree_kind {
 /* What a path names. Owned strings, NULL when not part of the path. */
 struct tree_entry {
 	enum tree_kind kind;
-	char *node;  /* the node the path lies under */
-	char *task;  /* the task the path names or lies under */
-	char *name;  /* a draft's, group's, service's, ledger step's or metric's name */
-	char *file;  /* a service's file, or a model's file name */
+	char *node; /* the node the path lies under */
+	char *task; /* the task the path names or lies under */
+	char *name; /* a draft's, group's, service's, ledger step's or metric's name */
+	char *file; /* a service's file, or a model's file name */
 };
 
 void tree_entry_clear(struct tree_entry *e);

@@ -387,8 +387,7 @@ static void ledger_json_write(struct buf *out, json_t *v)
 	switch (json_typeof(v)) {
 	case JSON_OBJECT:
 		buf_puts(out, "{");
-		json_object_foreach(v, key, item)
-		{
+		json_object_foreach (v, key, item) {
 			if (!first)
 				buf_puts(out, ",");
 			first = false;
@@ -400,8 +399,7 @@ static void ledger_json_write(struct buf *out, json_t *v)
 		break;
 	case JSON_ARRAY:
 		buf_puts(out, "[");
-		json_array_foreach(v, i, item)
-		{
+		json_array_foreach (v, i, item) {
 			if (i > 0)
 				buf_puts(out, ",");
 			ledger_json_write(out, item);
@@ -822,8 +820,7 @@ static int ledger_entry_check(json_t *e, char **ret_record_id, char *errbuf, siz
 			 metrics ? "must be" : "is missing; it must be");
 		return -EINVAL;
 	}
-	json_object_foreach(metrics, name, v)
-	{
+	json_object_foreach (metrics, name, v) {
 		if (!*name) {
 			snprintf(errbuf, errlen,
 				 "field \"metrics\" has a metric with an empty name");
@@ -955,8 +952,7 @@ static int ledger_store(sqlite3 *db, json_t *e, const char *text, const char *re
 			   errbuf, errlen);
 	if (r < 0)
 		goto err_rollback;
-	json_object_foreach(json_object_get(e, "metrics"), name, v)
-	{
+	json_object_foreach (json_object_get(e, "metrics"), name, v) {
 		sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 2, step);
 		if (json_is_integer(v))

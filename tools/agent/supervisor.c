@@ -485,8 +485,7 @@ static int sup_build_env(struct sup *s, const char **ret_path)
 	s->envp[2] = env_entry("CLUSTERFS_TASK_ID", s->id);
 	if (!s->envp[0] || !s->envp[1] || !s->envp[2])
 		return -ENOMEM;
-	json_object_foreach(env, key, value)
-	{
+	json_object_foreach (env, key, value) {
 		const char *v = json_string_value(value);
 		if (!v || !key[0] || strchr(key, '=') || strcmp(key, "CLUSTERFS_TASK_ID") == 0)
 			continue;

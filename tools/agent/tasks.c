@@ -491,8 +491,7 @@ static int task_request_check(json_t *doc, char *msg, size_t msglen)
 		snprintf(msg, msglen, "the request must be a JSON object");
 		return -EINVAL;
 	}
-	json_object_foreach(doc, key, v)
-	{
+	json_object_foreach (doc, key, v) {
 		bool known = false;
 		for (size_t i = 0; i < n_fields; i++)
 			known = known || strcmp(key, fields[i]) == 0;
@@ -527,8 +526,7 @@ static int task_request_check(json_t *doc, char *msg, size_t msglen)
 	} else if (json_is_array(v) && json_array_size(v) > 0) {
 		size_t i;
 		json_t *arg;
-		json_array_foreach(v, i, arg)
-		{
+		json_array_foreach (v, i, arg) {
 			if (!json_is_string(arg) ||
 			    json_string_length(arg) != strlen(json_string_value(arg)) ||
 			    (i == 0 && json_string_length(arg) == 0)) {
@@ -552,8 +550,7 @@ static int task_request_check(json_t *doc, char *msg, size_t msglen)
 			snprintf(msg, msglen, "\"env\" must be an object of strings");
 			return -EINVAL;
 		}
-		json_object_foreach(v, key, value)
-		{
+		json_object_foreach (v, key, value) {
 			if (!key[0] || strchr(key, '=') || !json_is_string(value) ||
 			    json_string_length(value) != strlen(json_string_value(value))) {
 				snprintf(msg, msglen,
