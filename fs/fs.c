@@ -37,6 +37,8 @@ struct fs {
 	size_t n_queue;          /* protected by lock */
 	bool stop;               /* protected by lock */
 	bool tops_queued;        /* the cluster-wide files are in the queue; protected by lock */
+	struct handle *handles;  /* open files, freed at unmount if the kernel did not; lock */
+	struct dir_handle *dirs; /* open directories, likewise; protected by lock */
 	pthread_t notifier;
 	bool notifier_running;
 };
@@ -58,6 +60,8 @@ struct dir_handle {
 	char **names;
 	size_t n;
 	char *path;
+	struct fs *f;
+	struct dir_handle *prev, *next; /* in f->dirs, protected by f->lock */
 };
 
 int fs_new(const struct tree_ctx *backends, struct fs **ret)
@@ -88,11 +92,19 @@ int fs_new(const struct tree_ctx *backends, struct fs **ret)
 	return 0;
 }
 
+static void handle_free(struct handle *h);
+static void dir_handle_free(struct dir_handle *d);
+
 void fs_free(struct fs *f)
 {
 	if (!f)
 		return;
 	fs_set_session(f, NULL);
+	/* files and directories the kernel did not release before the unmount */
+	while (f->handles)
+		handle_free(f->handles);
+	while (f->dirs)
+		dir_handle_free(f->dirs);
 	inode_table_free(f->itab);
 	drafts_free(f->ctx.drafts);
 	pthread_mutex_destroy(&f->lock);
@@ -552,28 +564,50 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_attr(req, &st, timeout);
 }
 
+static void dir_handle_free(struct dir_handle *d)
+{
+	struct fs *f = d->f;
+	pthread_mutex_lock(&f->lock);
+	if (d->prev)
+		d->prev->next = d->next;
+	else
+		f->dirs = d->next;
+	if (d->next)
+		d->next->prev = d->prev;
+	pthread_mutex_unlock(&f->lock);
+	for (size_t i = 0; i < d->n; i++)
+		free(d->names[i]);
+	free(d->names);
+	free(d->path);
+	free(d);
+}
+
 static void opendir_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	char *path = fs_ino_path(f, ino);
 	if (!path)
 		return (void) fuse_reply_err(req, ESTALE);
-	struct dir_handle *d = calloc(1, sizeof(*d));
 	int err = 0;
-	d->names = tree_list(&f->ctx, path, &d->n, &err);
-	if (!d->names) {
+	size_t n = 0;
+	char **names = tree_list(&f->ctx, path, &n, &err);
+	if (!names) {
 		free(path);
-		free(d);
 		return (void) fuse_reply_err(req, -err);
 	}
+	struct dir_handle *d = calloc(1, sizeof(*d));
+	d->names = names;
+	d->n = n;
 	d->path = path;
+	d->f = f;
+	pthread_mutex_lock(&f->lock);
+	d->next = f->dirs;
+	if (d->next)
+		d->next->prev = d;
+	f->dirs = d;
+	pthread_mutex_unlock(&f->lock);
 	fi->fh = (uint64_t) (uintptr_t) d;
-	if (fuse_reply_open(req, fi) != 0) {
-		for (size_t i = 0; i < d->n; i++)
-			free(d->names[i]);
-		free(d->names);
-		free(d->path);
-		free(d);
-	}
+	if (fuse_reply_open(req, fi) != 0)
+		dir_handle_free(d);
 }
 
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -646,28 +680,39 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct dir_handle *d = (struct dir_handle *) (uintptr_t) fi->fh;
-	for (size_t i = 0; i < d->n; i++)
-		free(d->names[i]);
-	free(d->names);
-	free(d->path);
-	free(d);
+	dir_handle_free((struct dir_handle *) (uintptr_t) fi->fh);
 	fuse_reply_err(req, 0);
 }
 
 static void handle_free(struct handle *h)
 {
+	struct fs *f = h->f;
+	pthread_mutex_lock(&f->lock);
+	if (h->prev)
+		h->prev->next = h->next;
+	else
+		f->handles = h->next;
+	if (h->next)
+		h->next->prev = h->prev;
+	pthread_mutex_unlock(&f->lock);
 	tree_entry_clear(&h->e);
 	buf_free(&h->content);
 	pthread_mutex_destroy(&h->lock);
 	free(h);
 }
 
-static struct handle *handle_new(void)
+static struct handle *handle_new(struct fs *f)
 {
 	struct handle *h = calloc(1, sizeof(*h));
 	pthread_mutex_init(&h->lock, NULL);
 	buf_init(&h->content);
+	h->f = f;
+	pthread_mutex_lock(&f->lock);
+	h->next = f->handles;
+	if (h->next)
+		h->next->prev = h;
+	f->handles = h;
+	pthread_mutex_unlock(&f->lock);
 	return h;
 }
 
@@ -752,7 +797,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	char *path = fs_ino_path(f, ino);
 	if (!path)
 		return (void) fuse_reply_err(req, ESTALE);
-	struct handle *h = handle_new();
+	struct handle *h = handle_new(f);
 	h->uid = fuse_req_ctx(req)->uid;
 	int r = tree_classify(&f->ctx, path, &h->e);
 	free(path);
@@ -1005,7 +1050,7 @@ static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		free(path);
 		return (void) fuse_reply_err(req, -r);
 	}
-	struct handle *h = handle_new();
+	struct handle *h = handle_new(f);
 	h->uid = ctx->uid;
 	h->writer = true;
 	r = tree_classify(&f->ctx, path, &h->e);

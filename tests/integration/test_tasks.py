@@ -203,6 +203,7 @@ def test_wait_interrupted(cluster3):
 def test_only_submitter_or_root_may_cancel(cluster3):
     m, _, _ = cluster3
     submit(m, "mine", {"cmd": "sleep 30"})
+    wait_until(lambda: m.read("tasks", "mine", "status") == "running\n", what="running")
     ctl = str(m.path("tasks", "mine", "ctl"))
     script = f"import os; os.write(os.open({ctl!r}, os.O_WRONLY), b'cancel')"
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
