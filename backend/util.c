@@ -54,9 +54,12 @@ void buf_puts(struct buf *b, const char *s)
 
 void buf_vprintf(struct buf *b, const char *fmt, va_list ap)
 {
+	if (!fmt)
+		return;
 	va_list aq;
 	va_copy(aq, ap);
-	int n = vsnprintf(NULL, 0, fmt, aq);
+	char probe[1]; /* measures the length (a NULL buffer upsets -Wformat-truncation) */
+	int n = vsnprintf(probe, sizeof(probe), fmt, aq);
 	va_end(aq);
 	if (n < 0)
 		return;

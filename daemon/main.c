@@ -146,10 +146,11 @@ static int check_mountpoint(const char *mp)
 		fprintf(stderr, "clusterfs: mountpoint %s is not a directory\n", mp);
 		return -ENOTDIR;
 	}
-	char *up = malloc(strlen(mp) + 4);
-	sprintf(up, "%s/..", mp);
-	int r = stat(up, &parent);
-	free(up);
+	struct buf up;
+	buf_init(&up);
+	buf_printf(&up, "%s/..", mp);
+	int r = stat(up.data, &parent);
+	buf_free(&up);
 	if (r == 0 && parent.st_dev != st.st_dev) {
 		fprintf(stderr,
 			"clusterfs: %s is busy: something is already mounted there "

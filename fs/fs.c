@@ -48,11 +48,13 @@ struct handle {
 	struct tree_entry e;
 	pthread_mutex_t lock; /* guards content and seq for append-only files */
 	struct buf content;
-	uint64_t seq;  /* events: the last event included */
-	uid_t uid;     /* who opened it (ctl writes are checked against it) */
-	bool writable; /* collects writes for a POST or a record at flush */
-	bool writer;   /* opened for writing */
-	bool dirty;    /* written since the last flush */
+	uint64_t seq; /* events: the last event included */
+	uid_t uid;    /* who opened it (ctl writes are checked against it) */
+	struct fs *f;
+	struct handle *prev, *next; /* in f->handles, protected by f->lock */
+	bool writable;              /* collects writes for a POST or a record at flush */
+	bool writer;                /* opened for writing */
+	bool dirty;                 /* written since the last flush */
 };
 
 /* A directory listing, taken at opendir. */
