@@ -677,6 +677,19 @@ double tasks_changed_at(struct tasks *t)
 	return r;
 }
 
+double tasks_node_reliability(struct tasks *t, const char *node, int *ret_completed, int *ret_total)
+{
+	struct sched_node sn = {.name = node};
+	pthread_mutex_lock(&t->lock);
+	node_history_locked(t, node, &sn.completed, &sn.total, &sn.consecutive_failures);
+	pthread_mutex_unlock(&t->lock);
+	if (ret_completed)
+		*ret_completed = sn.completed;
+	if (ret_total)
+		*ret_total = sn.total;
+	return sched_reliability(&sn);
+}
+
 int tasks_active_on(struct tasks *t, const char *node)
 {
 	pthread_mutex_lock(&t->lock);

@@ -102,6 +102,12 @@ int tasks_wait(struct tasks *t, const char *id, uint64_t wait, tasks_wait_fn don
  * not registered yet (then a later tasks_wait with this id fails with -EINTR). */
 void *tasks_wait_cancel(struct tasks *t, uint64_t wait);
 
+/* A node's reliability from its task history (DESIGN §6): completed/total × 100, −10 per
+ * failure in a row (at most −50); 100 with no history. *ret_completed and *ret_total may
+ * be NULL. */
+double tasks_node_reliability(struct tasks *t, const char *node, int *ret_completed,
+			      int *ret_total);
+
 /* Per node: tasks active (dispatched or running) there now. */
 int tasks_active_on(struct tasks *t, const char *node);
 

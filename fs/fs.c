@@ -506,7 +506,8 @@ static void lookup_finish(fuse_req_t req, struct fs *f, fuse_ino_t parent, const
 	ep.ino = inode_table_ref(f->itab, path);
 	ep.generation = 1;
 	ep.attr_timeout = attr_timeout_for(f, path);
-	ep.entry_timeout = TIMEOUT_S;
+	/* names in the drop directory come and go with every submission: never cached */
+	ep.entry_timeout = strncmp(path, "/tasks/new/", 11) == 0 ? 0 : TIMEOUT_S;
 	free(path);
 	if (fuse_reply_entry(req, &ep) != 0)
 		inode_table_forget(f->itab, ep.ino, 1);
@@ -1059,7 +1060,7 @@ static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	ep.ino = inode_table_ref(f->itab, path);
 	ep.generation = 1;
 	ep.attr_timeout = 0;
-	ep.entry_timeout = TIMEOUT_S;
+	ep.entry_timeout = 0; /* see lookup_finish */
 	free(path);
 	if (r < 0) {
 		handle_free(h);

@@ -91,9 +91,10 @@ static void render_info(const struct node_view *v, struct buf *out)
 	json_decref(doc);
 }
 
-static int render_node(struct cluster *c, const struct tree_entry *e, struct buf *out,
+static int render_node(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		       double *ret_mtime)
 {
+	struct cluster *c = ctx->cluster;
 	struct node_view v;
 	int r = cluster_get_node(c, e->node, &v);
 	if (r < 0)
@@ -387,6 +388,7 @@ static const char readme_text[] =
 	"    address       HOST:PORT of the node's agent\n"
 	"    role  tier    one word each\n"
 	"    capabilities  one per line\n"
+	"    reliability   0..100 from the node's task history (routing uses it)\n"
 	"    tasks/        symlinks to the tasks placed here\n"
 	"    ctl           write: drain | resume | probe\n"
 	"    models/       one JSON file per model on this node; ctl: pull | delete | load |\n"
@@ -562,7 +564,8 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 	case TREE_NODE_ADDRESS:
 	case TREE_NODE_ROLE:
 	case TREE_NODE_TIER:
-	case TREE_NODE_CAPABILITIES: return render_node(c, e, out, ret_mtime);
+	case TREE_NODE_CAPABILITIES:
+	case TREE_NODE_RELIABILITY: return render_node(ctx, e, out, ret_mtime);
 	case TREE_TASK_SPEC:
 	case TREE_TASK_STATUS:
 	case TREE_TASK_NODE:

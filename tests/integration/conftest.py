@@ -91,11 +91,11 @@ class Agent:
 class Mount:
     """clusterfs -f on a fresh mountpoint."""
 
-    def __init__(self, tmp, config=None, env=None, state=None, extra=()):
+    def __init__(self, tmp, config=None, env=None, state=None, extra=(), mnt=None):
         self.tmp = Path(tmp)
         # a mountpoint every user can reach (pytest's own tmp dirs are 0700), so that
         # tests can act as another uid
-        self.mnt = Path(tempfile.mkdtemp(prefix="clusterfs-mnt-"))
+        self.mnt = Path(mnt) if mnt else Path(tempfile.mkdtemp(prefix="clusterfs-mnt-"))
         os.chmod(self.mnt, 0o755)
         self.state = Path(state) if state else self.tmp / "state"
         self.log_path = self.tmp / "clusterfs.log"

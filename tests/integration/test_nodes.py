@@ -256,3 +256,54 @@ def test_secrets_never_shown(tmp_path, token, agents, mount):
     assert secret not in cfgtext
     assert "(redacted)" in cfgtext
     assert secret not in m.log_path.read_text()
+
+
+def test_file_handles_survive_restart(tmp_path, token, agents):
+    """What an NFS re-export relies on: a file handle taken before a restart of the daemon
+    opens the same file after it (export support, stable inode numbers, "." lookups)."""
+    import ctypes
+    from conftest import Mount
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class FileHandle(ctypes.Structure):
+        _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                    ("f_handle", ctypes.c_ubyte * 128)]
+
+    ags = agents(1)
+    cfg = make_config(tmp_path / "hosts.json", ags, token)
+    (tmp_path / "a").mkdir()
+    m = Mount(tmp_path / "a", cfg)
+    mnt = m.mnt
+    handles = {}
+    try:
+        for rel in ("nodes/n1/address", "README", "nodes/n1"):
+            fh = FileHandle(handle_bytes=128)
+            mount_id = ctypes.c_int()
+            r = libc.name_to_handle_at(-100, str(mnt / rel).encode(), ctypes.byref(fh),
+                                       ctypes.byref(mount_id), 0)
+            assert r == 0, os.strerror(ctypes.get_errno())
+            handles[rel] = fh
+        expect = m.read("nodes", "n1", "address")
+    finally:
+        m.proc.terminate()
+        m.proc.wait(10)
+    (tmp_path / "b").mkdir()
+    m2 = Mount(tmp_path / "b", cfg, mnt=mnt)
+    try:
+        mfd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for rel, fh in handles.items():
+                # a fresh daemon has never seen these inode numbers
+                flags = os.O_RDONLY | (os.O_DIRECTORY if rel == "nodes/n1" else 0)
+                fd = libc.open_by_handle_at(mfd, ctypes.byref(fh), flags)
+                assert fd >= 0, (rel, os.strerror(ctypes.get_errno()))
+                if rel == "nodes/n1/address":
+                    assert os.read(fd, 4096).decode() == expect
+                elif rel == "nodes/n1":
+                    assert "health" in os.listdir(fd)
+                os.close(fd)
+        finally:
+            os.close(mfd)
+    finally:
+        m2.stop()

@@ -266,6 +266,8 @@ def test_placement_rules(tmp_path, token, agents, mount):
     for i in range(3):
         submit(m, f"f{i}", {"cmd": "exit 1", "node": "n1"})
         wait_task(m, f"f{i}")
+    assert m.read("nodes", "n1", "reliability") == "0.0\n"
+    assert float(m.read("nodes", "n3", "reliability")) == 100.0
     submit(m, "urgent", {"cmd": "true", "priority": "P0", "type": "batch"})
     assert wait_task(m, "urgent") == "succeeded 0\n"
     assert m.read("tasks", "urgent", "node") != "n1\n"
