@@ -40,8 +40,9 @@ struct ledger {
 
 bool ledger_lower_is_better(const char *m)
 {
-	return strstr(m, "loss") || strstr(m, "error") || strstr(m, "perplexity") ||
-	       strstr(m, "ppl");
+	/* the agent's ledger module decides the same way (case does not matter) */
+	return strcasestr(m, "loss") || strcasestr(m, "error") || strcasestr(m, "perplexity") ||
+	       strcasestr(m, "ppl");
 }
 
 int ledger_new(struct loop *loop, struct cluster *cluster, struct store *store, struct ledger **ret)

@@ -152,11 +152,9 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	va_end(ap);
 }
 
-int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len)
+/* Reads fd to its end (at most max bytes) into a new NUL-terminated string. */
+static int fd_read_all(int fd, size_t max, char **ret_data, size_t *ret_len)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
 	struct buf b;
 	buf_init(&b);
 	char chunk[8192];
@@ -177,7 +175,6 @@ int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len
 		}
 		buf_append(&b, chunk, (size_t) n);
 	}
-	close(fd);
 	if (r < 0) {
 		buf_free(&b);
 		return r;
@@ -186,19 +183,35 @@ int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len
 	return 0;
 }
 
+int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int r = fd_read_all(fd, max, ret_data, ret_len);
+	close(fd);
+	return r;
+}
+
 int token_read_file(const char *path, char **ret_token, char *errbuf, size_t errlen)
 {
+	/* the mode is checked on the file that is read, not on a name that may change */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	struct stat st;
-	if (stat(path, &st) < 0) {
+	if (fd < 0 || fstat(fd, &st) < 0) {
 		int r = -errno;
 		snprintf(errbuf, errlen, "token file %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
 		return r;
 	}
 	if (!S_ISREG(st.st_mode)) {
+		close(fd);
 		snprintf(errbuf, errlen, "token file %s is not a regular file", path);
 		return -EINVAL;
 	}
 	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+		close(fd);
 		snprintf(errbuf, errlen,
 			 "token file %s is accessible by group or others (mode %04o); "
 			 "run: chmod 600 %s",
@@ -207,7 +220,8 @@ int token_read_file(const char *path, char **ret_token, char *errbuf, size_t err
 	}
 	char *data = NULL;
 	size_t len = 0;
-	int r = file_read_all(path, 4096, &data, &len);
+	int r = fd_read_all(fd, 4096, &data, &len);
+	close(fd);
 	if (r < 0) {
 		snprintf(errbuf, errlen, "token file %s: %s", path,
 			 r == -EFBIG ? "larger than 4096 bytes" : strerror(-r));
