@@ -112,6 +112,14 @@ static int render_node(const struct tree_ctx *ctx, const struct tree_entry *e, s
 			buf_printf(out, "%s\n",
 				   json_string_value(json_array_get(v.capabilities, i)));
 		break;
+	case TREE_NODE_RELIABILITY: {
+		/* one number, as scripts want it: the score routing uses */
+		buf_printf(out, "%.1f\n", tasks_node_reliability(ctx->tasks, v.name, NULL, NULL));
+		double tmt = tasks_changed_at(ctx->tasks);
+		if (tmt > *ret_mtime)
+			*ret_mtime = tmt;
+		break;
+	}
 	default: r = -EISDIR;
 	}
 	node_view_clear(&v);

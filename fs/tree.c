@@ -27,11 +27,17 @@ static const struct named_kind root_files[] = {
 };
 
 static const struct named_kind node_files[] = {
-	{"address", TREE_NODE_ADDRESS}, {"capabilities", TREE_NODE_CAPABILITIES},
-	{"ctl", TREE_NODE_CTL},         {"health", TREE_NODE_HEALTH},
-	{"info", TREE_NODE_INFO},       {"models", TREE_NODE_MODELS},
-	{"role", TREE_NODE_ROLE},       {"status", TREE_NODE_STATUS},
-	{"tasks", TREE_NODE_TASKS},     {"tier", TREE_NODE_TIER},
+	{"address", TREE_NODE_ADDRESS},
+	{"capabilities", TREE_NODE_CAPABILITIES},
+	{"ctl", TREE_NODE_CTL},
+	{"health", TREE_NODE_HEALTH},
+	{"info", TREE_NODE_INFO},
+	{"models", TREE_NODE_MODELS},
+	{"reliability", TREE_NODE_RELIABILITY},
+	{"role", TREE_NODE_ROLE},
+	{"status", TREE_NODE_STATUS},
+	{"tasks", TREE_NODE_TASKS},
+	{"tier", TREE_NODE_TIER},
 };
 
 static const struct named_kind task_files[] = {

@@ -12,11 +12,9 @@ import argparse
 import http.client
 import json
 import os
-import random
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -414,7 +412,7 @@ def rate_mount(b, agents, config, n, parallel):
     mnt, daemon = mount(b, f"rate{parallel}", config, len(agents))
     try:
         r = run_workers(b, "mount", [mnt], n, parallel)
-        queued = len(os.listdir(mnt / "tasks" / "queued"))
+        queued = r["queued"] = len(os.listdir(mnt / "tasks" / "queued"))
         log(f"mount x{parallel}: {r['ok']} submitted in {r['wall']:.2f} s "
             f"({r['rate']:.0f}/s), {r['errors']} errors; {queued} still queued at the end")
     finally:
@@ -455,7 +453,11 @@ class Ssh:
             "PermitRootLogin prohibit-password\nUseDNS no\nMaxStartups 64:30:128\n"
             "MaxSessions 64\nLogLevel ERROR\n")
         self.proc = b.spawn("sshd", [SSHD, "-D", "-e", "-f", str(d / "sshd_config")])
-        wait_until(lambda: self.proc.poll() is None and port_open(self.port), 10, "sshd")
+        try:
+            wait_until(lambda: self.proc.poll() is None and port_open(self.port), 10, "sshd")
+        except RuntimeError:
+            lines = (b.tmp / "sshd.log").read_text(errors="replace").strip().splitlines()
+            raise RuntimeError(f"sshd did not start: {lines[-1] if lines else 'no output'}")
         self.args = ["ssh", "-F", "/dev/null", "-i", str(d / "user_key"), "-p",
                      str(self.port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                      "-o", f"UserKnownHostsFile={d / 'known_hosts'}", "-o", "LogLevel=ERROR",
@@ -536,12 +538,13 @@ def print_table(lat, rates, ssh_note, args):
           f"in MNT/tasks/new/ (fresh store per run); floor: POST /api/node/tasks "
           f"(keep-alive, submitter i -> agent i mod {args.agents})")
     head = ("submitters", "mount /s", "mount ok", "mount err", "close p50 ms", "close p99 ms",
-            "floor /s", "floor ok", "POST p50 ms", "mount/floor")
+            "queued at end", "floor /s", "floor ok", "POST p50 ms", "mount/floor")
     rows = []
     for p in args.parallel:
         m, h = rates[("mount", p)], rates[("http", p)]
         rows.append((str(p), f"{m['rate']:.0f}", str(m["ok"]), str(m["errors"]),
-                     f"{m['p50']:.2f}", f"{m['p99']:.2f}", f"{h['rate']:.0f}", str(h["ok"]),
+                     f"{m['p50']:.2f}", f"{m['p99']:.2f}", str(m["queued"]), f"{h['rate']:.0f}",
+                     str(h["ok"]),
                      f"{h['p50']:.2f}", f"{m['rate'] / h['rate']:.2f}"))
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)

@@ -101,12 +101,18 @@ class Mount:
         self.log_path = self.tmp / "clusterfs.log"
         self.log = open(self.log_path, "ab")
         args = [str(DAEMON_BIN), "-f", "-s", str(self.state)]
+        if os.environ.get("CLUSTERFS_VALGRIND"):
+            # memcheck: errors and definite leaks make the daemon exit 99 (checked at stop)
+            args = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
+                    "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite",
+                    f"--log-file={self.tmp}/valgrind.%p.log", *args]
         if config:
             args += ["-c", str(config)]
         args += [*extra, str(self.mnt)]
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log,
                                      env={**os.environ, **(env or {})})
-        wait_until(self._mounted, 10, what="mount")
+        wait_until(self._mounted, 60 if os.environ.get("CLUSTERFS_VALGRIND") else 10,
+                   what="mount")
 
     def _mounted(self):
         if self.proc.poll() is not None:
@@ -127,7 +133,7 @@ class Mount:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -139,6 +145,12 @@ class Mount:
             except OSError:
                 pass
         self.log.close()
+        if self.proc.returncode == 99:
+            # ASan/UBSan (tests/run.sh --asan) or valgrind (CLUSTERFS_VALGRIND=1) found
+            # something: the report is in the daemon's log or in valgrind.PID.log
+            reports = [p.read_text()[-3000:] for p in self.tmp.glob("valgrind.*.log")]
+            raise AssertionError("clusterfs reported memory errors:\n" +
+                                 self.log_path.read_text()[-3000:] + "\n".join(reports))
 
 
 def make_config(path, agents, token_file, **overrides):
