@@ -215,6 +215,13 @@ void store_close(struct store *s)
 	free(s);
 }
 
+void store_set_durable(struct store *s, bool full)
+{
+	sqlite3 *db = store_db(s);
+	if (db)
+		exec_sql(db, full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
+}
+
 const char *store_instance_id(struct store *s)
 {
 	return s->instance_id;

@@ -38,6 +38,12 @@ void store_task_clear(struct store_task *t);
 int store_open(const char *dir, struct store **ret, char *errbuf, size_t errlen);
 void store_close(struct store *s);
 
+/* For the calling thread's connection: full durability (an fsync per commit, the
+ * default: what a submission needs before close() returns) or not (commits survive a
+ * crash of the process but not of the machine: enough for state that is reconciled
+ * with the agents anyway). */
+void store_set_durable(struct store *s, bool full);
+
 /* This control plane's id: random, made once per state directory, kept forever. Borrowed. */
 const char *store_instance_id(struct store *s);
 

@@ -64,6 +64,7 @@ struct tasks {
 	struct task **hash; /* protected by lock */
 	size_t n_hash;
 	uint64_t next_wait;              /* protected by lock */
+	json_t *reserved;                /* ids tasks_submit is committing; protected by lock */
 	uint64_t tombstones[TOMBSTONES]; /* waits cancelled before they were registered */
 	size_t next_tombstone;
 	double changed_at;       /* protected by lock */
@@ -177,6 +178,7 @@ int tasks_new(struct loop *loop, struct cluster *cluster, struct store *store, s
 	t->n_hash = 256;
 	t->hash = calloc(t->n_hash, sizeof(*t->hash));
 	t->next_wait = 1;
+	t->reserved = json_object();
 	t->changed_at = clock_wall_s();
 	pthread_mutex_init(&t->lock, NULL);
 	*ret = t;
@@ -191,6 +193,7 @@ void tasks_free(struct tasks *t)
 		task_free(t->v[i]);
 	free(t->v);
 	free(t->hash);
+	json_decref(t->reserved);
 	struct node_poll *p = t->polls;
 	while (p) {
 		struct node_poll *next = p->next;
@@ -412,17 +415,52 @@ static void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 		sn->cores = (int) json_integer_value(json_object_get(h, "cores"));
 		sn->ram_mb = (int) json_integer_value(json_object_get(h, "mem_total_mb"));
 		sn->gpus = (int) json_array_size(json_object_get(h, "gpus"));
-		sn->active = active_on_locked(t, v->name);
 		const struct cfg_host *host = config_find_host(cfg, v->name);
 		sn->queue_depth = host ? host->queue_depth : 10;
-		node_history_locked(t, v->name, &sn->completed, &sn->total,
-				    &sn->consecutive_failures);
 		k++;
 		free(names[i]);
 	}
 	free(names);
 	config_unref(cfg);
 	in->n = k;
+
+	/* load and history of every node in one pass over the tasks, newest first (the
+	 * nodes are sorted by name) */
+	bool *streak_over = calloc(k + 1, sizeof(*streak_over));
+	for (size_t i = t->n; i-- > 0;) {
+		struct task *x = t->v[i];
+		if (!x->row.node || x->n_children)
+			continue;
+		size_t lo = 0, hi = k;
+		while (lo < hi) {
+			size_t mid = (lo + hi) / 2;
+			int c = strcmp(in->nodes[mid].name, x->row.node);
+			if (c == 0) {
+				lo = mid;
+				break;
+			}
+			if (c < 0)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (lo >= k || strcmp(in->nodes[lo].name, x->row.node))
+			continue;
+		struct sched_node *sn = &in->nodes[lo];
+		const char *st = x->row.state;
+		if (state_is_active(st)) {
+			sn->active++;
+		} else if (task_state_is_final(st) && strcmp(st, TASK_CANCELLED)) {
+			sn->total++;
+			if (!strcmp(st, TASK_SUCCEEDED)) {
+				sn->completed++;
+				streak_over[lo] = true;
+			} else if (!streak_over[lo]) {
+				sn->consecutive_failures++;
+			}
+		}
+	}
+	free(streak_over);
 }
 
 static void sched_input_free(struct sched_input *in)
@@ -481,7 +519,7 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 		return r;
 
 	pthread_mutex_lock(&t->lock);
-	if (find_locked(t, id)) {
+	if (find_locked(t, id) || json_object_get(t->reserved, id)) {
 		pthread_mutex_unlock(&t->lock);
 		spec_free(spec);
 		snprintf(errbuf, errlen, "task %s exists already", id);
@@ -564,10 +602,16 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 		batch[0] = parent;
 	}
 
+	/* The commit (an fsync) happens without the lock, so that other submissions and the
+	 * backend thread go on meanwhile; the id is held so no one else takes it. */
+	json_object_set_new(t->reserved, id, json_true());
+	pthread_mutex_unlock(&t->lock);
 	struct store_task *rows = calloc(n_batch, sizeof(*rows));
 	for (size_t i = 0; i < n_batch; i++)
 		rows[i] = batch[i]->row;
 	r = store_insert_tasks(t->store, rows, n_batch);
+	pthread_mutex_lock(&t->lock);
+	json_object_del(t->reserved, id);
 	if (r < 0) {
 		pthread_mutex_unlock(&t->lock);
 		free(rows);
@@ -1154,6 +1198,9 @@ static void schedule_locked(struct tasks *t, struct waiter **wake)
 	struct sched_input in;
 	sched_input_build_locked(t, &in);
 	struct config *cfg = cluster_get_config(t->cluster);
+	/* requests that found no node in this pass, with the reason: a queue of like tasks
+	 * costs one placement, not one per task */
+	json_t *no_fit = json_object();
 	for (size_t i = 0; i < nq; i++) {
 		struct task *k = q[i];
 		/* dependencies first */
@@ -1174,29 +1221,42 @@ static void schedule_locked(struct tasks *t, struct waiter **wake)
 			set_state_locked(t, k, TASK_FAILED, why, wake);
 			continue;
 		}
+		/* why a task waits is shown, not stored: it is worked out again after a
+		 * restart */
 		if (wait_deps) {
 			if (!k->row.reason || strncmp(k->row.reason, "waiting for", 11)) {
 				set_str(&k->row.reason,
 					"waiting for the tasks in \"after\" to succeed");
-				persist_locked(t, k);
+				k->changed_at = clock_wall_s();
 			}
 			continue;
 		}
 		struct sched_request req;
 		sched_request_of(k->spec, &req);
+		struct buf key;
+		buf_init(&key);
+		buf_printf(&key, "%s|%s|%d|%d|%d|%d", req.node, req.type ? req.type : "", req.cpus,
+			   req.mem_mb, req.gpus, req.priority);
+		for (size_t c = 0; c < req.n_requires; c++)
+			buf_printf(&key, "|%s", req.requires[c]);
+		const char *known = json_string_value(json_object_get(no_fit, key.data));
 		size_t idx = 0;
 		struct buf why;
 		buf_init(&why);
-		int r = sched_place(cfg, &req, in.nodes, in.n, &idx, &why);
+		int r = known ? -EAGAIN : sched_place(cfg, &req, in.nodes, in.n, &idx, &why);
 		if (r < 0) {
-			const char *w = why.data ? why.data : "no eligible node";
+			const char *w = known ? known : why.data ? why.data : "no eligible node";
 			if (!k->row.reason || strcmp(k->row.reason, w)) {
 				set_str(&k->row.reason, w);
-				persist_locked(t, k);
+				k->changed_at = clock_wall_s();
 			}
+			if (!known)
+				json_object_set_new(no_fit, key.data, json_string(w));
+			buf_free(&key);
 			buf_free(&why);
 			continue;
 		}
+		buf_free(&key);
 		/* committed: attempt N of this task on this node, under an id no other attempt
 		 * or control plane uses */
 		k->row.attempts++;
@@ -1214,6 +1274,7 @@ static void schedule_locked(struct tasks *t, struct waiter **wake)
 		in.nodes[idx].active++;
 		dispatch_locked(t, k);
 	}
+	json_decref(no_fit);
 	config_unref(cfg);
 	sched_input_free(&in);
 	free(q);
@@ -1310,7 +1371,11 @@ static void tasks_tick(void *arg)
 
 static void tasks_start_on_loop(void *arg)
 {
-	tasks_tick(arg);
+	struct tasks *t = arg;
+	/* the backend thread writes states that the agents confirm after a crash anyway;
+	 * submissions, on FUSE threads, keep an fsync per commit */
+	store_set_durable(t->store, false);
+	tasks_tick(t);
 }
 
 int tasks_start(struct tasks *t)
