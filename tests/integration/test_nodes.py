@@ -307,3 +307,22 @@ def test_file_handles_survive_restart(tmp_path, token, agents):
             os.close(mfd)
     finally:
         m2.stop()
+
+
+def test_seed_config_mounts_as_it_is(tmp_path, mount):
+    """The seed's hosts.json (placeholder addresses, no agents) loads and mounts; its
+    hosts are shown unreachable within the probe timeout, and its ledger is found."""
+    from conftest import ROOT
+    cfg = ROOT / "tests" / "config" / "seed-architecture-plan.json"
+    m = mount(cfg, env={"CLUSTERFS_TOKEN_FILE": str(tmp_path / "no-token")})
+    assert sorted(os.listdir(m.path("nodes"))) == ["3090", "4090"]
+    assert m.read("nodes", "4090", "role") == "trainer\n"
+    info = m.json("nodes", "4090", "info")
+    assert info["display_name"] == "Training Server"
+    t = time.monotonic()
+    h = health(m, "3090")
+    assert time.monotonic() - t < 2.0 + 1.0
+    assert h["reachable"] is False
+    assert h["reasons"] and h["last_error"]
+    src = m.json("ledger", "source")
+    assert src["host"] == "4090" and src["url"].endswith(":8767/api/ledger")

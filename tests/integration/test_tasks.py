@@ -356,3 +356,40 @@ def test_agent_kill9_keeps_result(tmp_path, token, agents, mount):
         assert m.read("tasks", "survivor", "stdout") == "done\n"
     finally:
         restarted.stop()
+
+
+def test_full_disk_loses_nothing(tmp_path, token, agents, mount):
+    """The state directory's disk fills up: a submission fails with ENOSPC and says so,
+    the spec stays, and once there is room again the same file submits."""
+    ags = agents(1)
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)], check=True)
+    try:
+        m = mount(make_config(tmp_path / "hosts.json", ags, token), state=state)
+        submit(m, "before", {"cmd": "true"})
+        assert wait_task(m, "before") == "succeeded 0\n"
+        filler = state / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        spec = json.dumps({"cmd": "echo after", "env": {"PAD": "x" * 100000}})
+        with pytest.raises(OSError) as e:
+            submit(m, "after", spec)
+        assert e.value.errno == errno.ENOSPC
+        assert "disk is full" in m.read("tasks", "new", "after.error")
+        assert m.read("tasks", "new", "after.json") == spec
+        assert not os.path.exists(m.path("tasks", "after"))
+        assert m.read("tasks", "before", "status") == "succeeded\n"  # nothing lost
+        filler.unlink()
+        # the same file, closed again, submits (an editor's :w)
+        submit(m, "after", spec)
+        assert wait_task(m, "after") == "succeeded 0\n"
+        assert m.read("tasks", "after", "stdout") == "after\n"
+        m.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
