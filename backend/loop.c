@@ -5,6 +5,9 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,8 +47,16 @@ struct xfer {
 	struct xfer *prev, *next; /* in loop->xfers */
 };
 
+/* What an epoll event is about: the tag in the high bits of its data, the fd below. */
+#define EV_CURL  (0ull << 32)
+#define EV_WAKE  (1ull << 32)
+#define EV_EXTRA (2ull << 32)
+
 struct loop {
 	CURLM *multi;
+	int epfd;             /* curl's sockets, the wake eventfd and the extra fds */
+	int wakefd;           /* an eventfd: loop_post and loop_stop wake the thread with it */
+	uint64_t curl_due_us; /* when curl wants its timeout action; 0: no timer */
 	pthread_t thread;
 	bool started;
 	bool stop; /* protected by lock */
@@ -66,6 +77,45 @@ static void curl_init_once(void)
 	curl_global_init(CURL_GLOBAL_ALL);
 }
 
+static int loop_on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+	struct loop *l = userp;
+	if (what == CURL_POLL_REMOVE) {
+		epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
+		curl_multi_assign(l->multi, fd, NULL);
+		return 0;
+	}
+	struct epoll_event ev = {
+		.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) |
+			  ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u),
+		.data.u64 = EV_CURL | (uint64_t) (unsigned) fd,
+	};
+	if (socketp) {
+		epoll_ctl(l->epfd, EPOLL_CTL_MOD, fd, &ev);
+	} else {
+		if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 && errno == EEXIST)
+			epoll_ctl(l->epfd, EPOLL_CTL_MOD, fd, &ev);
+		curl_multi_assign(l->multi, fd, l);
+	}
+	return 0;
+}
+
+static int loop_on_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+	struct loop *l = userp;
+	l->curl_due_us = timeout_ms < 0 ? 0 : clock_now_us() + (uint64_t) timeout_ms * 1000u;
+	if (timeout_ms == 0)
+		l->curl_due_us = 1; /* now */
+	return 0;
+}
+
+static void loop_wake(struct loop *l)
+{
+	uint64_t one = 1;
+	ssize_t n = write(l->wakefd, &one, sizeof(one));
+	(void) n; /* EAGAIN: the counter is full, so a wake-up is pending anyway */
+}
+
 int loop_new(struct loop **ret)
 {
 	pthread_once(&curl_once, curl_init_once);
@@ -77,8 +127,27 @@ int loop_new(struct loop **ret)
 		free(l);
 		return -ENOMEM;
 	}
+	l->epfd = epoll_create1(EPOLL_CLOEXEC);
+	l->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = EV_WAKE | (uint64_t) l->wakefd};
+	if (l->epfd < 0 || l->wakefd < 0 || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wakefd, &ev) < 0) {
+		int r = -errno;
+		if (l->epfd >= 0)
+			close(l->epfd);
+		if (l->wakefd >= 0)
+			close(l->wakefd);
+		curl_multi_cleanup(l->multi);
+		free(l);
+		return r;
+	}
 	/* Keep connections to many agents alive between probe rounds. */
 	curl_multi_setopt(l->multi, CURLMOPT_MAXCONNECTS, 1024L);
+	/* socket_action: curl says which sockets to watch and when to time out, so an event
+	 * costs work for its own transfer only, however many are in flight */
+	curl_multi_setopt(l->multi, CURLMOPT_SOCKETFUNCTION, loop_on_socket);
+	curl_multi_setopt(l->multi, CURLMOPT_SOCKETDATA, l);
+	curl_multi_setopt(l->multi, CURLMOPT_TIMERFUNCTION, loop_on_timer);
+	curl_multi_setopt(l->multi, CURLMOPT_TIMERDATA, l);
 	pthread_mutex_init(&l->lock, NULL);
 	*ret = l;
 	return 0;
@@ -104,7 +173,7 @@ int loop_post(struct loop *l, loop_fn fn, void *arg)
 		l->posts_head = p;
 	l->posts_tail = p;
 	pthread_mutex_unlock(&l->lock);
-	curl_multi_wakeup(l->multi);
+	loop_wake(l);
 	return 0;
 }
 
@@ -151,6 +220,10 @@ int loop_fd_add(struct loop *l, int fd, loop_fn fn, void *arg)
 {
 	if (l->n_fds >= LOOP_MAX_FDS)
 		return -ENOSPC;
+	struct epoll_event ev = {.events = EPOLLIN,
+				 .data.u64 = EV_EXTRA | (uint64_t) (unsigned) fd};
+	if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+		return -errno;
 	l->fds[l->n_fds++] = (struct loop_fd){.fd = fd, .fn = fn, .arg = arg};
 	return 0;
 }
@@ -159,6 +232,7 @@ void loop_fd_remove(struct loop *l, int fd)
 {
 	for (size_t i = 0; i < l->n_fds; i++) {
 		if (l->fds[i].fd == fd) {
+			epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
 			l->fds[i] = l->fds[--l->n_fds];
 			return;
 		}
@@ -389,9 +463,23 @@ static void loop_run_timers(struct loop *l)
 	}
 }
 
+static void loop_finish_transfers(struct loop *l)
+{
+	CURLMsg *msg;
+	int left;
+	while ((msg = curl_multi_info_read(l->multi, &left))) {
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		struct xfer *x = NULL;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &x);
+		xfer_finish(l, x, msg->data.result);
+	}
+}
+
 static void *loop_main(void *arg)
 {
 	struct loop *l = arg;
+	struct epoll_event evs[64];
 	for (;;) {
 		pthread_mutex_lock(&l->lock);
 		bool stop = l->stop;
@@ -399,49 +487,62 @@ static void *loop_main(void *arg)
 		if (stop)
 			break;
 
+		uint64_t now = clock_now_us();
 		long wait_ms = 1000;
-		long curl_ms = -1;
-		curl_multi_timeout(l->multi, &curl_ms);
-		if (curl_ms >= 0 && curl_ms < wait_ms)
-			wait_ms = curl_ms;
+		if (l->curl_due_us) {
+			long c = l->curl_due_us <= now
+					 ? 0
+					 : (long) ((l->curl_due_us - now + 999) / 1000);
+			if (c < wait_ms)
+				wait_ms = c;
+		}
 		if (l->timers) {
-			uint64_t now = clock_now_us();
-			long t_ms = l->timers->due_us <= now
-					    ? 0
-					    : (long) ((l->timers->due_us - now + 999) / 1000);
-			if (t_ms < wait_ms)
-				wait_ms = t_ms;
+			long t = l->timers->due_us <= now
+					 ? 0
+					 : (long) ((l->timers->due_us - now + 999) / 1000);
+			if (t < wait_ms)
+				wait_ms = t;
 		}
-
-		struct curl_waitfd extra[LOOP_MAX_FDS];
-		size_t n = l->n_fds;
-		for (size_t i = 0; i < n; i++)
-			extra[i] = (struct curl_waitfd){
-				.fd = l->fds[i].fd, .events = CURL_WAIT_POLLIN, .revents = 0};
-		curl_multi_poll(l->multi, extra, (unsigned) n, (int) wait_ms, NULL);
-
+		int n = epoll_wait(l->epfd, evs, 64, (int) wait_ms);
+		int extra_ready[LOOP_MAX_FDS];
+		size_t n_extra = 0;
 		int running = 0;
-		curl_multi_perform(l->multi, &running);
-		CURLMsg *msg;
-		int left;
-		while ((msg = curl_multi_info_read(l->multi, &left))) {
-			if (msg->msg != CURLMSG_DONE)
-				continue;
-			struct xfer *x = NULL;
-			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &x);
-			xfer_finish(l, x, msg->data.result);
+		for (int i = 0; i < n; i++) {
+			uint64_t tag = evs[i].data.u64 & ~0xffffffffull;
+			int fd = (int) (evs[i].data.u64 & 0xffffffffull);
+			if (tag == EV_WAKE) {
+				uint64_t v;
+				ssize_t r = read(l->wakefd, &v, sizeof(v));
+				(void) r;
+			} else if (tag == EV_EXTRA) {
+				if (n_extra < LOOP_MAX_FDS)
+					extra_ready[n_extra++] = fd;
+			} else {
+				int mask = 0;
+				if (evs[i].events & EPOLLIN)
+					mask |= CURL_CSELECT_IN;
+				if (evs[i].events & EPOLLOUT)
+					mask |= CURL_CSELECT_OUT;
+				if (evs[i].events & (EPOLLERR | EPOLLHUP))
+					mask |= CURL_CSELECT_ERR;
+				curl_multi_socket_action(l->multi, fd, mask, &running);
+			}
 		}
+		if (l->curl_due_us && l->curl_due_us <= clock_now_us()) {
+			l->curl_due_us = 0;
+			curl_multi_socket_action(l->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+		}
+		loop_finish_transfers(l);
 
 		loop_run_posts(l);
 		loop_run_timers(l);
-		for (size_t i = 0; i < n; i++) {
-			if (extra[i].revents & CURL_WAIT_POLLIN) {
-				/* find it again: a callback may have removed fds */
-				for (size_t j = 0; j < l->n_fds; j++)
-					if (l->fds[j].fd == extra[i].fd) {
-						l->fds[j].fn(l->fds[j].arg);
-						break;
-					}
+		for (size_t i = 0; i < n_extra; i++) {
+			/* find it again: a callback may have removed fds */
+			for (size_t j = 0; j < l->n_fds; j++) {
+				if (l->fds[j].fd == extra_ready[i]) {
+					l->fds[j].fn(l->fds[j].arg);
+					break;
+				}
 			}
 		}
 	}
@@ -464,7 +565,7 @@ void loop_stop(struct loop *l)
 	pthread_mutex_lock(&l->lock);
 	l->stop = true;
 	pthread_mutex_unlock(&l->lock);
-	curl_multi_wakeup(l->multi);
+	loop_wake(l);
 	pthread_join(l->thread, NULL);
 	l->started = false;
 	while (l->xfers)
@@ -480,6 +581,8 @@ void loop_free(struct loop *l)
 	while (l->timers)
 		loop_timer_cancel(l, l->timers);
 	curl_multi_cleanup(l->multi);
+	close(l->epfd);
+	close(l->wakefd);
 	pthread_mutex_destroy(&l->lock);
 	free(l);
 }

@@ -21,6 +21,7 @@ import pytest
 
 BUILD = os.environ.get("CLUSTERFS_BUILD", "/work/main/build")
 AGENT = os.path.join(BUILD, "tools", "agent", "clusterfs-agent")
+SUPERVISOR = "clusterfs-agent-supervise"  # the agent runs it from its own directory
 TOKEN = "t0ken-for-task-tests-81d3"
 VALGRIND = os.environ.get("CLUSTERFS_AGENT_VALGRIND") == "1"
 VALGRIND_CMD = ["valgrind", "--quiet", "--trace-children=no", "--error-exitcode=99",
@@ -176,8 +177,9 @@ def kill_leftovers(state_dir):
         try:
             pid = int(read_file(os.path.join(d, "supervisor")).split()[0])
             with open("/proc/%d/cmdline" % pid, "rb") as f:
-                if b"--supervise\0" + d.encode() in f.read():
-                    os.kill(pid, signal.SIGKILL)
+                args = f.read().split(b"\0")
+            if os.path.basename(args[0]) == SUPERVISOR.encode() and args[1] == d.encode():
+                os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError, IndexError):
             pass
 

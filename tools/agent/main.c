@@ -2,7 +2,7 @@
  * and runs tasks for it. This file parses options, prepares the token and state
  * directory, wires the sampler, the task registry, the HTTP server and the node API
  * together, and waits for SIGTERM or SIGINT while reaping task supervisors on SIGCHLD.
- * Started as "clusterfs-agent --supervise ...", it is a task's supervisor instead. */
+ * The supervisors are clusterfs-agent-supervise, found next to this binary. */
 #include "backend/util.h"
 #include "tools/agent/api.h"
 #include "tools/agent/ledger.h"
@@ -179,14 +179,24 @@ static int agent_prepare_state_dir(const char *path, char **ret_abs)
 	return 0;
 }
 
-/* The agent binary, which task supervisors run. Returns a new string, 0 or -errno. */
-static int agent_read_exe(char **ret_exe)
+/* The supervisor program, SUPERVISOR_PROGRAM in the directory of the agent's own binary,
+ * which must be executable. Returns a new string, 0 or -errno with the path tried in
+ * `path` (size PATH_MAX). */
+static int agent_find_supervisor(char path[PATH_MAX], char **ret_exe)
 {
-	char path[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
-	if (n < 0)
+	ssize_t n = readlink("/proc/self/exe", path, PATH_MAX - 1);
+	if (n < 0) {
+		snprintf(path, PATH_MAX, "/proc/self/exe");
 		return -errno;
+	}
 	path[n] = '\0';
+	char *slash = strrchr(path, '/');
+	size_t dir_len = slash ? (size_t) (slash - path) : 0;
+	if ((size_t) snprintf(path + dir_len, PATH_MAX - dir_len, "/%s", SUPERVISOR_PROGRAM) >=
+	    PATH_MAX - dir_len)
+		return -ENAMETOOLONG;
+	if (access(path, X_OK) < 0)
+		return -errno;
 	char *exe = strdup(path);
 	if (!exe)
 		return -ENOMEM;
@@ -232,9 +242,6 @@ int main(int argc, char **argv)
 	int ret = AGENT_EXIT_RUNTIME;
 	int r;
 
-	if (argc > 1 && strcmp(argv[1], SUPERVISOR_OPTION) == 0)
-		return supervisor_main(argc, argv);
-
 	log_set_prefix("clusterfs-agent");
 	r = agent_parse_options(argc, argv, &opts);
 	if (r != 0)
@@ -244,6 +251,17 @@ int main(int argc, char **argv)
 	if (r < 0) {
 		log_err("%s", errbuf);
 		return AGENT_EXIT_USAGE;
+	}
+
+	/* Resolved once: an agent that cannot start tasks should say so now, not at its
+	 * first task. */
+	char sup_path[PATH_MAX];
+	r = agent_find_supervisor(sup_path, &exe);
+	if (r < 0) {
+		log_err("cannot use the task supervisor %s: %s; it is installed next to "
+			"clusterfs-agent",
+			sup_path, strerror(-r));
+		goto out_free_token;
 	}
 
 	if (!opts.name) {
@@ -300,11 +318,6 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	r = agent_read_exe(&exe);
-	if (r < 0) {
-		log_err("cannot find the agent's own binary in /proc/self/exe: %s", strerror(-r));
-		goto out_free_state_dir;
-	}
 	r = tasks_open(state_dir, exe, &tasks);
 	if (r < 0) {
 		log_err("cannot open the task directory in %s: %s", state_dir, strerror(-r));
@@ -357,12 +370,12 @@ out_stop_sampler:
 out_close_tasks:
 	tasks_close(tasks);
 out_free_state_dir:
-	free(exe);
 	free(state_dir);
 out_close_listen:
 	if (listen_fd >= 0)
 		close(listen_fd);
 out_free_token:
+	free(exe);
 	free(default_dir);
 	explicit_bzero(token, strlen(token));
 	free(token);

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -236,48 +237,49 @@ static void supervisor_sigset(sigset_t *set)
 	sigaddset(set, SIGHUP);
 }
 
-/* Writes "EXEC <errno>\n" to fd without stdio. Async-signal-safe. */
-static void answer_exec_errno(int fd, int err)
+/* Spawns the supervisor with posix_spawn(), which clones without copying the agent's
+ * address space (a fork() would, and this is on the path of every task start) and
+ * reports a failed exec itself. The supervisor gets its own session, /dev/null as stdin,
+ * stdout and stderr, `answer_w` as fd 3 and nothing else. 0 or -errno. */
+static int spawn_supervisor(const char *exe, char **argv, int answer_w, pid_t *ret_pid)
 {
-	char msg[32] = "EXEC ";
-	char digits[12];
-	size_t n = 0, len = 5;
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t attr;
+	sigset_t mask;
+	int fd, r;
 
-	do {
-		digits[n++] = (char) ('0' + err % 10);
-		err /= 10;
-	} while (err > 0 && n < sizeof(digits));
-	while (n > 0)
-		msg[len++] = digits[--n];
-	msg[len++] = '\n';
-	(void) !write(fd, msg, len);
-}
+	/* Out of the way of 0..3, whatever number it had, so that the dup2s below cannot
+	 * clobber it. */
+	fd = fcntl(answer_w, F_DUPFD_CLOEXEC, 10);
+	if (fd < 0)
+		return -errno;
+	supervisor_sigset(&mask);
+	r = posix_spawn_file_actions_init(&fa);
+	if (r)
+		goto out_close;
+	r = posix_spawnattr_init(&attr);
+	if (r)
+		goto out_destroy_actions;
+	/* The signals stay blocked until the supervisor's signalfd takes them. Everything of
+	 * ours is O_CLOEXEC already; closefrom also catches descriptors a library may have
+	 * opened without it (the listening socket must never leak). */
+	if ((r = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDWR, 0)) ||
+	    (r = posix_spawn_file_actions_adddup2(&fa, 0, 1)) ||
+	    (r = posix_spawn_file_actions_adddup2(&fa, 0, 2)) ||
+	    (r = posix_spawn_file_actions_adddup2(&fa, fd, SUPERVISOR_ANSWER_FD)) ||
+	    (r = posix_spawn_file_actions_addclosefrom_np(&fa, SUPERVISOR_ANSWER_FD + 1)) ||
+	    (r = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK)) ||
+	    (r = posix_spawnattr_setsigmask(&attr, &mask)))
+		goto out_destroy_attr;
+	r = posix_spawn(ret_pid, exe, &fa, &attr, argv, environ);
 
-/* The forked child of the (multi-threaded) agent: only async-signal-safe calls until
- * execve. Detaches into its own session, gets /dev/null as stdin, stdout and stderr, the
- * answer pipe as fd 3 and nothing else. */
-static void __attribute__((noreturn))
-start_child(const char *exe, char **argv, int answer_w, const sigset_t *mask)
-{
-	int nul, answer, fd;
-
-	setsid();
-	sigprocmask(SIG_SETMASK, mask, NULL);
-	/* Move both out of the way of 0..3 before the dup2s, whatever numbers they had. */
-	nul = open("/dev/null", O_RDWR | O_CLOEXEC);
-	answer = fcntl(answer_w, F_DUPFD_CLOEXEC, 10);
-	if (nul < 0 || answer < 0)
-		_exit(127);
-	fd = fcntl(nul, F_DUPFD_CLOEXEC, 10);
-	if (fd < 0 || dup2(fd, 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0 ||
-	    dup2(answer, SUPERVISOR_ANSWER_FD) < 0)
-		_exit(127);
-	/* Everything of ours is O_CLOEXEC already; this also catches descriptors a library
-	 * may have opened without it (the listening socket must never leak). */
-	close_range(SUPERVISOR_ANSWER_FD + 1, ~0U, 0);
-	execve(exe, argv, environ);
-	answer_exec_errno(SUPERVISOR_ANSWER_FD, errno);
-	_exit(127);
+out_destroy_attr:
+	posix_spawnattr_destroy(&attr);
+out_destroy_actions:
+	posix_spawn_file_actions_destroy(&fa);
+out_close:
+	close(fd);
+	return -r;
 }
 
 static void reap(pid_t pid, int *ret_status)
@@ -321,29 +323,23 @@ int supervisor_start(const char *exe, const char *task_dir, pid_t *ret_pid, char
 		     size_t errlen)
 {
 	char agent_pid[24], answer[SUPERVISOR_ANSWER_MAX];
-	char *argv[] = {(char *) exe, (char *) SUPERVISOR_OPTION, (char *) task_dir, agent_pid,
-			NULL};
-	sigset_t mask;
+	char *argv[] = {(char *) exe, (char *) task_dir, agent_pid, NULL};
 	int pipefd[2], status, r;
 	pid_t pid;
 
 	snprintf(agent_pid, sizeof(agent_pid), "%d", (int) getpid());
-	supervisor_sigset(&mask);
 	if (pipe2(pipefd, O_CLOEXEC) < 0) {
 		r = -errno;
 		snprintf(errbuf, errlen, "cannot create a pipe: %s", strerror(-r));
 		return r;
 	}
-	pid = fork();
-	if (pid < 0) {
-		r = -errno;
-		snprintf(errbuf, errlen, "cannot fork the supervisor: %s", strerror(-r));
+	r = spawn_supervisor(exe, argv, pipefd[1], &pid);
+	if (r < 0) {
+		snprintf(errbuf, errlen, "cannot start the supervisor %s: %s", exe, strerror(-r));
 		close(pipefd[0]);
 		close(pipefd[1]);
-		return r;
+		return -EIO;
 	}
-	if (pid == 0)
-		start_child(exe, argv, pipefd[1], &mask);
 	close(pipefd[1]);
 
 	r = answer_read(pipefd[0], answer, sizeof(answer));
@@ -364,11 +360,6 @@ int supervisor_start(const char *exe, const char *task_dir, pid_t *ret_pid, char
 	answer[strcspn(answer, "\n")] = '\0';
 	if (r > 0 && strncmp(answer, "ERR ", 4) == 0) {
 		snprintf(errbuf, errlen, "%s", answer + 4);
-		return -EIO;
-	}
-	if (r > 0 && strncmp(answer, "EXEC ", 5) == 0) {
-		snprintf(errbuf, errlen, "cannot execute %s for the supervisor: %s", exe,
-			 strerror(atoi(answer + 5)));
 		return -EIO;
 	}
 	if (WIFSIGNALED(status))
@@ -840,14 +831,14 @@ int supervisor_main(int argc, char **argv)
 	supervisor_sigset(&mask);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	if (argc != 4 || fcntl(SUPERVISOR_ANSWER_FD, F_SETFD, FD_CLOEXEC) < 0) {
-		fprintf(stderr, "clusterfs-agent: %s is internal to the agent\n",
-			SUPERVISOR_OPTION);
+	if (argc != 3 || fcntl(SUPERVISOR_ANSWER_FD, F_SETFD, FD_CLOEXEC) < 0) {
+		fprintf(stderr, "%s: this program is internal to clusterfs-agent, which runs it\n",
+			SUPERVISOR_PROGRAM);
 		return 2;
 	}
-	s.dir = argv[2];
+	s.dir = argv[1];
 	s.answer_fd = SUPERVISOR_ANSWER_FD;
-	pid_t agent = (pid_t) atoi(argv[3]);
+	pid_t agent = (pid_t) atoi(argv[2]);
 
 	s.sig_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 	s.dirfd = open(s.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -2,11 +2,14 @@
  * honours a cancel request and records the outcome in the task's directory, so that
  * results survive the agent being restarted or killed.
  *
- * The agent forks the supervisor, which calls setsid() and re-executes the agent binary
- * in its hidden "--supervise" mode: the agent is multi-threaded, and a forked child that
- * does not exec may only use async-signal-safe calls, which a process that lives as long
- * as its task cannot keep to. The supervisor then forks the task into its own process
- * group.
+ * The supervisor is a program of its own, clusterfs-agent-supervise, installed next to
+ * clusterfs-agent: the agent starts it in a new session with "clusterfs-agent-supervise
+ * TASK_DIR AGENT_PID", and it forks the task into its own process group. It must exec
+ * something (the agent is multi-threaded, and a forked child that does not exec may only
+ * use async-signal-safe calls, which a process that lives as long as its task cannot keep
+ * to), and it is a separate small binary rather than the agent itself because its exec
+ * is on the path of every task start: it maps libc and jansson, not the agent's HTTP
+ * and TLS libraries.
  *
  * The task directory, STATE_DIR/tasks/ID (mode 0700), is the contract between the two:
  *   spec.json         the request; written (and fsynced) by the agent before the fork
@@ -34,8 +37,8 @@
 #define TASK_FILE_RESULT     "result.json"
 #define TASK_DIR_WORK        "work"
 
-/* The agent's argv[1] that selects the supervisor mode. */
-#define SUPERVISOR_OPTION "--supervise"
+/* The supervisor program, which the agent finds in the directory of its own binary. */
+#define SUPERVISOR_PROGRAM "clusterfs-agent-supervise"
 /* After a timeout or a cancel, SIGTERM goes to the task's process group, and SIGKILL
  * this much later if any of it is still alive. */
 #define SUPERVISOR_KILL_GRACE_US (5 * 1000 * 1000)
@@ -51,7 +54,7 @@ struct supervisor_id {
 	char boot_id[BOOT_ID_LEN + 1]; /* /proc/sys/kernel/random/boot_id */
 };
 
-/* Agent side. Forks and execs `exe` (the agent binary) as the supervisor of the task in
+/* Agent side. Spawns `exe` (the SUPERVISOR_PROGRAM) as the supervisor of the task in
  * `task_dir` (whose spec.json must exist), and waits until it reports that the task was
  * forked (its pid files exist) or that it could not be; at most 10 s. Returns:
  *   0           the task was started; *ret_pid is the supervisor, a child of the caller
@@ -59,14 +62,15 @@ struct supervisor_id {
  *   -ETIMEDOUT  no answer in time: the supervisor still runs, *ret_pid is set;
  *   -ECHILD     the supervisor died without an answer (it was reaped); the task may or
  *               may not have been forked;
- *   -EIO        the supervisor refused and was reaped, nothing ran; errbuf says why;
- *   other -errno when no supervisor could be started (fork, pipe).
+ *   -EIO        the supervisor could not be started, or refused and was reaped:
+ *               nothing ran; errbuf says why;
+ *   other -errno when no supervisor could be started (pipe).
  * errbuf (errlen bytes) gets a sentence on every failure. */
 int supervisor_start(const char *exe, const char *task_dir, pid_t *ret_pid, char *errbuf,
 		     size_t errlen);
 
-/* Supervisor side: the whole life of a supervisor, `argv` being the agent's command line
- * "EXE --supervise TASK_DIR AGENT_PID" with the answer pipe on fd 3. Returns the exit
+/* Supervisor side: the whole life of a supervisor, the main() of SUPERVISOR_PROGRAM,
+ * `argv` being "EXE TASK_DIR AGENT_PID" with the answer pipe on fd 3. Returns the exit
  * status. */
 int supervisor_main(int argc, char **argv);
 

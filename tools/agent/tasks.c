@@ -59,7 +59,7 @@ struct tasks {
 	pthread_mutex_t lock;          /* protects v, n, cap and every task */
 	char *dir;                     /* STATE_DIR/tasks, absolute; immutable */
 	int dirfd;                     /* open on dir; immutable */
-	char *exe;                     /* the agent binary; immutable */
+	char *exe;                     /* the supervisor program; immutable */
 	char boot_id[BOOT_ID_LEN + 1]; /* immutable */
 	struct task **v;               /* in order of start */
 	size_t n, cap;
