@@ -412,12 +412,7 @@ struct probe {
 
 static char *node_url(const struct cfg_host *h, const char *path)
 {
-	struct buf b;
-	buf_init(&b);
-	bool v6 = strchr(h->address, ':') != NULL;
-	buf_printf(&b, "http://%s%s%s:%d%s", v6 ? "[" : "", h->address, v6 ? "]" : "",
-		   h->agent_port, path);
-	return buf_steal(&b, NULL);
+	return util_host_url(h->address, h->agent_port, path);
 }
 
 /* A sentence for a failed probe, as shown in health's reasons. */
@@ -557,51 +552,45 @@ out_free_probe:
 	free(pr);
 }
 
-/* Loop thread, lock held for writing: starts a health probe of n unless one is under way,
- * and a system probe when that information is missing or old. */
-static void node_probe(struct cluster *c, struct node *n, uint64_t now)
+/* Starts one GET of the node's agent (health, or system when `system`). 0 or -errno. */
+static int node_get(struct cluster *c, struct node *n, bool system)
 {
 	const struct cfg_probe *p = &c->cfg->probe;
+	struct probe *pr = calloc(1, sizeof(*pr));
+	if (!pr)
+		return -ENOMEM;
+	pr->c = c;
+	pr->name = strdup(n->name);
+	pr->system = system;
+	char *url = node_url(n->host, system ? "/api/node/system" : "/api/node/health");
 	struct http_request req = {
 		.method = "GET",
+		.url = url,
 		.token = n->host->token,
 		.connect_timeout_ms = p->timeout_ms,
 		.timeout_ms = p->timeout_ms,
 		.max_body = 1u << 20,
 	};
-	if (!n->in_flight) {
-		struct probe *pr = calloc(1, sizeof(*pr));
-		pr->c = c;
-		pr->name = strdup(n->name);
-		char *url = node_url(n->host, "/api/node/health");
-		req.url = url;
-		int r = loop_http(c->loop, &req, probe_done, pr);
-		free(url);
-		if (r < 0) {
-			free(pr->name);
-			free(pr);
-		} else {
-			n->in_flight = true;
-			n->last_try_us = now;
-		}
+	int r = loop_http(c->loop, &req, probe_done, pr);
+	free(url);
+	if (r < 0) {
+		free(pr->name);
+		free(pr);
+	}
+	return r;
+}
+
+/* Loop thread, lock held for writing: starts a health probe of n unless one is under way,
+ * and a system probe when that information is missing or old. */
+static void node_probe(struct cluster *c, struct node *n, uint64_t now)
+{
+	if (!n->in_flight && node_get(c, n, false) == 0) {
+		n->in_flight = true;
+		n->last_try_us = now;
 	}
 	if (!n->system_in_flight && (!n->system || now - n->system_us > SYSTEM_MAX_AGE) &&
-	    n->failures == 0) {
-		struct probe *pr = calloc(1, sizeof(*pr));
-		pr->c = c;
-		pr->name = strdup(n->name);
-		pr->system = true;
-		char *url = node_url(n->host, "/api/node/system");
-		req.url = url;
-		int r = loop_http(c->loop, &req, probe_done, pr);
-		free(url);
-		if (r < 0) {
-			free(pr->name);
-			free(pr);
-		} else {
-			n->system_in_flight = true;
-		}
-	}
+	    n->failures == 0 && node_get(c, n, true) == 0)
+		n->system_in_flight = true;
 }
 
 static bool node_is_fresh(struct cluster *c, struct node *n, uint64_t now)

@@ -87,12 +87,8 @@ static char *ledger_base(struct ledger *l, char **ret_host)
 		const struct cfg_service *s = config_host_service(h, "ledger");
 		if (!s)
 			continue;
-		struct buf b;
-		buf_init(&b);
-		bool v6 = strchr(h->address, ':') != NULL;
-		buf_printf(&b, "http://%s%s%s:%d%s", v6 ? "[" : "", h->address, v6 ? "]" : "",
-			   s->port, s->path && s->path[0] ? s->path : "/api/ledger");
-		url = buf_steal(&b, NULL);
+		url = util_host_url(h->address, s->port,
+				    s->path && s->path[0] ? s->path : "/api/ledger");
 		if (ret_host)
 			*ret_host = strdup(h->name);
 	}

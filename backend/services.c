@@ -98,12 +98,8 @@ static char *service_url(struct services *s, const char *svc, const char *file, 
 		config_find_host(cfg, json_string_value(json_object_get(def, "host")));
 	char *url = NULL;
 	if (path && h) {
-		struct buf b;
-		buf_init(&b);
-		bool v6 = strchr(h->address, ':') != NULL;
-		buf_printf(&b, "http://%s%s%s:%d%s", v6 ? "[" : "", h->address, v6 ? "]" : "",
-			   (int) json_integer_value(json_object_get(def, "port")), path);
-		url = buf_steal(&b, NULL);
+		url = util_host_url(h->address,
+				    (int) json_integer_value(json_object_get(def, "port")), path);
 	}
 	*ret_timeout = cfg->probe.timeout_ms;
 	config_unref(cfg);

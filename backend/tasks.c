@@ -858,12 +858,7 @@ static char *agent_url(struct tasks *t, const char *node, const char *path, char
 	const struct cfg_host *h = config_find_host(cfg, node);
 	char *url = NULL;
 	if (h) {
-		struct buf b;
-		buf_init(&b);
-		bool v6 = strchr(h->address, ':') != NULL;
-		buf_printf(&b, "http://%s%s%s:%d%s", v6 ? "[" : "", h->address, v6 ? "]" : "",
-			   h->agent_port, path);
-		url = buf_steal(&b, NULL);
+		url = util_host_url(h->address, h->agent_port, path);
 		*ret_token = h->token ? strdup(h->token) : NULL;
 	}
 	config_unref(cfg);

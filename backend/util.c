@@ -327,3 +327,29 @@ bool name_is_valid(const char *name)
 	}
 	return true;
 }
+
+char *util_host_url(const char *address, int port, const char *path)
+{
+	struct buf b;
+	buf_init(&b);
+	bool v6 = strchr(address, ':') != NULL;
+	buf_printf(&b, "http://%s%s%s:%d%s", v6 ? "[" : "", address, v6 ? "]" : "", port,
+		   path ? path : "");
+	return buf_steal(&b, NULL);
+}
+
+void *xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n ? n : 1, size);
+	if (!p)
+		abort();
+	return p;
+}
+
+char *xstrdup(const char *s)
+{
+	char *d = strdup(s);
+	if (!d)
+		abort();
+	return d;
+}

@@ -52,6 +52,13 @@ int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len
  * -ENODATA when empty. Trailing whitespace is stripped. Returns a new string. */
 int token_read_file(const char *path, char **ret_token, char *errbuf, size_t errlen);
 
+/* "http://ADDRESS:PORT" + path, with an IPv6 address in brackets. Returns a new string. */
+char *util_host_url(const char *address, int port, const char *path);
+
+/* calloc and strdup that abort when memory runs out (small, bounded allocations). */
+void *xcalloc(size_t n, size_t size);
+char *xstrdup(const char *s);
+
 /* Compares two strings in time that depends only on the length of `b`. */
 bool secret_equal(const char *a, const char *b);
 

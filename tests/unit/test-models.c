@@ -11,19 +11,7 @@
 #include "backend/models.h"
 #include "config/config.h"
 
-static int n_checks, n_failed;
-
-#define CHECK(cond, name)                                                                          \
-	do {                                                                                       \
-		n_checks++;                                                                        \
-		if (cond) {                                                                        \
-			printf("ok %d - %s\n", n_checks, name);                                    \
-		} else {                                                                           \
-			n_failed++;                                                                \
-			printf("not ok %d - %s\n#   %s:%d: %s\n", n_checks, name, __FILE__,        \
-			       __LINE__, #cond);                                                   \
-		}                                                                                  \
-	} while (0)
+#include "tests/unit/check.h"
 
 static bool str_is(const char *s, const char *want)
 {

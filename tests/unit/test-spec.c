@@ -9,19 +9,7 @@
 #include "backend/spec.h"
 #include "backend/util.h"
 
-static int n_checks, n_failed;
-
-#define CHECK(cond, name)                                                                          \
-	do {                                                                                       \
-		n_checks++;                                                                        \
-		if (cond) {                                                                        \
-			printf("ok %d - %s\n", n_checks, name);                                    \
-		} else {                                                                           \
-			n_failed++;                                                                \
-			printf("not ok %d - %s\n#   %s:%d: %s\n", n_checks, name, __FILE__,        \
-			       __LINE__, #cond);                                                   \
-		}                                                                                  \
-	} while (0)
+#include "tests/unit/check.h"
 
 static char err[512];
 
