@@ -698,6 +698,11 @@ static void handle_free(struct handle *h)
 	if (h->next)
 		h->next->prev = h->prev;
 	pthread_mutex_unlock(&f->lock);
+	/* A reader replies with the content under h->lock, and the kernel can deliver that
+	 * reply, and the RELEASE that follows it, before the reply call returns: wait for
+	 * the reader to let go. */
+	pthread_mutex_lock(&h->lock);
+	pthread_mutex_unlock(&h->lock);
 	tree_entry_clear(&h->e);
 	buf_free(&h->content);
 	pthread_mutex_destroy(&h->lock);
