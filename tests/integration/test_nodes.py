@@ -326,3 +326,70 @@ def test_seed_config_mounts_as_it_is(tmp_path, mount):
     assert h["reasons"] and h["last_error"]
     src = m.json("ledger", "source")
     assert src["host"] == "4090" and src["url"].endswith(":8767/api/ledger")
+
+
+@pytest.fixture
+def dark_host():
+    """A host that never answers: an address of a network namespace this test makes, on a
+    veth whose far end answers no ARP, so connections hang as they do to a powered-off
+    machine. Torn down afterwards."""
+    import subprocess
+    tag = f"{os.getpid() % 10000}"
+    ns, a, b = f"cfs-dark-{tag}", f"cfd{tag}a", f"cfd{tag}b"
+    net = f"10.213.{os.getpid() % 250}"
+
+    def ip(*args, check=True):
+        return subprocess.run(["ip", *args], check=check, capture_output=True)
+
+    ip("netns", "add", ns)
+    try:
+        ip("link", "add", a, "type", "veth", "peer", "name", b)
+        ip("link", "set", b, "netns", ns)
+        ip("addr", "add", f"{net}.1/30", "dev", a)
+        ip("link", "set", a, "up")
+        ip("netns", "exec", ns, "ip", "addr", "add", f"{net}.2/30", "dev", b)
+        ip("netns", "exec", ns, "ip", "link", "set", b, "arp", "off")
+        ip("netns", "exec", ns, "ip", "link", "set", b, "up")
+        yield f"{net}.2"
+    finally:
+        ip("link", "del", a, check=False)
+        ip("netns", "del", ns, check=False)
+
+
+def test_blackholed_host_does_not_block(tmp_path, token, agents, mount, dark_host):
+    ags = agents(2)
+    cfg = make_config(tmp_path / "hosts.json", ags, token, probe={"timeout_ms": 1000})
+    d = json.loads(cfg.read_text())
+    d["hosts"]["dark"] = {"host": dark_host, "role": "gpu"}
+    d["services"] = {"oracle": {"host": "dark", "port": 5050,
+                                "files": {"status": {"get": "/api/oracle/status"}}}}
+    cfg.write_text(json.dumps(d))
+    m = mount(cfg)
+    done = {}
+
+    def slow():
+        t = time.monotonic()
+        done["h"] = health(m, "dark")
+        done["t"] = time.monotonic() - t
+        done["at"] = time.monotonic()
+
+    th = threading.Thread(target=slow)
+    th.start()
+    time.sleep(0.05)
+    others = []
+    for name in ("n1", "n2"):
+        assert health(m, name)["reachable"]
+        os.stat(m.path("nodes", name, "status"))
+        others.append(time.monotonic())
+    th.join(10)
+    assert max(others) < done["at"], "healthy nodes waited for the dark one"
+    assert done["t"] < 1.0 + 1.0
+    assert done["h"]["reachable"] is False
+    assert any("no answer within 1000 ms" in r for r in done["h"]["reasons"]), done["h"]
+    # a service on that host fails at the deadline with ETIMEDOUT
+    t = time.monotonic()
+    with pytest.raises(OSError) as e:
+        m.read("services", "oracle", "status")
+    assert e.value.errno == errno.ETIMEDOUT
+    assert time.monotonic() - t < 1.0 + 1.0
+    assert m.read("nodes", "dark", "status") in ("unknown\n", "unhealthy\n", "stale\n")
