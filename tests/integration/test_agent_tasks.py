@@ -3,7 +3,8 @@ its own agent on a free port with its own token file and state directory, runs r
 through it, and always stops the agent and kills whatever tasks are left.
 
 The binary is $CLUSTERFS_BUILD/tools/agent/clusterfs-agent (default build dir
-/work/main/build); these tests build nothing themselves. With CLUSTERFS_AGENT_VALGRIND=1
+/work/main/build), with the task supervisor clusterfs-agent-supervise beside it; these
+tests build nothing themselves. With CLUSTERFS_AGENT_VALGRIND=1
 every agent runs under valgrind (not its supervisors), and a case fails when valgrind
 reports an error or a definite leak.
 """
@@ -479,14 +480,23 @@ def test_task_gets_only_its_own_descriptors_and_default_signals(agent):
     assert status == 201, doc
     pid = doc["pid"]
     d = task_dir(agent, "fds")
+    expected = {0: "/dev/null", 1: os.path.join(os.path.realpath(d), "stdout"),
+                2: os.path.join(os.path.realpath(d), "stderr")}
+    # Once sleep has exec'd and settled: exec closes the close-on-exec descriptors only
+    # after the new name shows, and sleep opens and closes files of its own as it starts,
+    # so a look too early can catch one of those. A leaked descriptor stays.
     end = time.monotonic() + 5
-    while read_file("/proc/%d/comm" % pid) != "sleep\n":  # not yet exec'd
-        assert time.monotonic() < end
+    while True:
+        try:
+            fds = {int(fd): os.readlink("/proc/%d/fd/%s" % (pid, fd))
+                   for fd in os.listdir("/proc/%d/fd" % pid)}
+        except FileNotFoundError:
+            fds = None
+        if (read_file("/proc/%d/comm" % pid) == "sleep\n" and fds == expected) or \
+                time.monotonic() > end:
+            break
         time.sleep(0.02)
-    fds = {int(fd): os.readlink("/proc/%d/fd/%s" % (pid, fd))
-           for fd in os.listdir("/proc/%d/fd" % pid)}
-    assert fds == {0: "/dev/null", 1: os.path.join(os.path.realpath(d), "stdout"),
-                   2: os.path.join(os.path.realpath(d), "stderr")}
+    assert fds == expected
     status_lines = dict(line.split(":\t", 1) for line in
                         read_file("/proc/%d/status" % pid).splitlines() if ":\t" in line)
     assert int(status_lines["SigBlk"], 16) == 0
@@ -586,6 +596,68 @@ def test_recycled_supervisor_pid_is_not_mistaken_for_the_supervisor(start_agent)
     agent = start_agent()
     status, doc = agent.get("recycled")
     assert status == 200 and doc["state"] == "lost"
+
+
+def test_leftover_of_a_task_that_never_started_is_replaced(start_agent, tmpdir_path):
+    """An agent that died while writing spec.json leaves it torn: no task, and the id
+    stays free for a new POST."""
+    leftover = os.path.join(tmpdir_path, "state", "tasks", "torn")
+    os.makedirs(leftover, mode=0o700)
+    with open(os.path.join(leftover, "spec.json"), "w") as f:
+        f.write('{"id": "torn", "cmd": ["tr')
+    agent = start_agent()
+    status, _ = agent.get("torn")
+    assert status == 404
+    status, doc = agent.post({"id": "torn", "cmd": ["echo", "fresh"]})
+    assert status == 201, doc
+    assert agent.wait_final("torn")["state"] == "succeeded"
+    assert agent.output("torn")[0] == b"fresh\n"
+    assert "replacing" in agent.stderr()
+
+
+def test_spares_of_an_earlier_agent_are_removed(start_agent, tmpdir_path):
+    """Task directories made ahead of time live apart, and a new agent removes the
+    ones it finds, half made or not, before it makes its own."""
+    spares = os.path.join(tmpdir_path, "state", "tasks", "~spares")
+    os.makedirs(os.path.join(spares, "stale", "work"))
+    with open(os.path.join(spares, "stale", "spec.json"), "w") as f:
+        f.write("{}")
+    agent = start_agent()
+    assert not os.path.exists(os.path.join(spares, "stale"))
+    for i in range(12):  # more than the agent keeps ready
+        status, doc = agent.post({"id": "s%d" % i, "cmd": ["true"]})
+        assert status == 201, doc
+    for i in range(12):
+        assert agent.wait_final("s%d" % i)["state"] == "succeeded"
+    _, doc = agent.request("GET", "/api/node/tasks")
+    assert sorted(t["id"] for t in doc["tasks"]) == sorted("s%d" % i for i in range(12))
+    assert agent.stop() == 0
+    agent = start_agent()
+    _, doc = agent.request("GET", "/api/node/tasks")
+    assert len(doc["tasks"]) == 12
+
+
+def test_agent_will_not_start_without_its_supervisor(tmpdir_path):
+    lonely = os.path.join(tmpdir_path, "bin", "clusterfs-agent")
+    os.makedirs(os.path.dirname(lonely))
+    with open(AGENT, "rb") as src, open(lonely, "wb") as dst:
+        dst.write(src.read())
+    os.chmod(lonely, 0o755)
+    token_file = os.path.join(tmpdir_path, "token")
+    write_token(token_file)
+    proc = subprocess.run([lonely, "--listen", "127.0.0.1:%d" % free_port(), "--token-file",
+                           token_file, "--state-dir", os.path.join(tmpdir_path, "state")],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert os.path.join(os.path.dirname(lonely), SUPERVISOR) in proc.stderr
+    assert "No such file or directory" in proc.stderr
+
+
+def test_supervisor_is_not_for_hand_use():
+    proc = subprocess.run([os.path.join(os.path.dirname(AGENT), SUPERVISOR)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "internal to clusterfs-agent" in proc.stderr
 
 
 # --- requests -----------------------------------------------------------------------------------

@@ -232,7 +232,7 @@ int main(int argc, char **argv)
 	char errbuf[512];
 	char host[HOST_NAME_MAX + 1];
 	char bound[INET6_ADDRSTRLEN + 16];
-	char *token = NULL, *state_dir = NULL, *default_dir = NULL, *exe = NULL;
+	char *token = NULL, *state_dir = NULL, *default_dir = NULL, *sup_exe = NULL;
 	struct sysinfo_sampler *sampler = NULL;
 	struct tasks *tasks = NULL;
 	struct ledger *ledger = NULL;
@@ -256,7 +256,7 @@ int main(int argc, char **argv)
 	/* Resolved once: an agent that cannot start tasks should say so now, not at its
 	 * first task. */
 	char sup_path[PATH_MAX];
-	r = agent_find_supervisor(sup_path, &exe);
+	r = agent_find_supervisor(sup_path, &sup_exe);
 	if (r < 0) {
 		log_err("cannot use the task supervisor %s: %s; it is installed next to "
 			"clusterfs-agent",
@@ -318,7 +318,7 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	r = tasks_open(state_dir, exe, &tasks);
+	r = tasks_open(state_dir, sup_exe, &tasks);
 	if (r < 0) {
 		log_err("cannot open the task directory in %s: %s", state_dir, strerror(-r));
 		goto out_free_state_dir;
@@ -375,7 +375,7 @@ out_close_listen:
 	if (listen_fd >= 0)
 		close(listen_fd);
 out_free_token:
-	free(exe);
+	free(sup_exe);
 	free(default_dir);
 	explicit_bzero(token, strlen(token));
 	free(token);

@@ -18,13 +18,16 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 extern char **environ;
 
-#define SUPERVISOR_ANSWER_FD     3
+#define SUPERVISOR_ANSWER_FD     3 /* the supervisor's answer to the agent: "OK" or "ERR ..." */
+#define SUPERVISOR_GO_FD         4 /* the agent's go-ahead to the supervisor: "GO" */
+#define SUPERVISOR_GO            "GO\n"
 #define SUPERVISOR_START_TIMEOUT (10 * 1000) /* ms the agent waits for the answer */
 #define SUPERVISOR_SPEC_MAX      (4 * 1024 * 1024)
 #define SUPERVISOR_GROUP_POLL_US (100 * 1000) /* how often a dying group is checked */
@@ -46,6 +49,7 @@ struct sup {
 	const char *dir; /* the task directory, borrowed from argv */
 	int dirfd;
 	int answer_fd; /* until the agent got its answer, then -1 */
+	int go_fd;     /* until the agent gave its go-ahead, then -1 */
 	int sig_fd;    /* signalfd of the blocked set */
 	json_t *spec;
 	const char *id;    /* borrowed from spec */
@@ -55,6 +59,7 @@ struct sup {
 	char **candidates; /* paths execve() tries in turn, owned */
 	size_t n_candidates;
 	char *cwd;           /* owned */
+	bool work;           /* cwd is the task's own work/ */
 	uint64_t timeout_us; /* 0: none */
 	int null_fd, out_fd, err_fd;
 	char *error; /* the sentence result.json carries, if any; owned */
@@ -102,6 +107,19 @@ int supervisor_write_file(int dirfd, const char *name, const void *data, size_t 
 	if (durable && fsync(dirfd) < 0)
 		return -errno;
 	return 0;
+}
+
+/* Writes the small file `name` in place, with no temporary file: for the files whose
+ * readers cope with finding one empty or torn (see where it is used). 0 or -errno. */
+static int write_in_place(int dirfd, const char *name, const void *data, size_t len)
+{
+	int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return -errno;
+	int r = write_all(fd, data, len);
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	return r;
 }
 
 /* Reads a small file into buf (NUL-terminated, at most size - 1 bytes). Returns the
@@ -240,19 +258,22 @@ static void supervisor_sigset(sigset_t *set)
 /* Spawns the supervisor with posix_spawn(), which clones without copying the agent's
  * address space (a fork() would, and this is on the path of every task start) and
  * reports a failed exec itself. The supervisor gets its own session, /dev/null as stdin,
- * stdout and stderr, `answer_w` as fd 3 and nothing else. 0 or -errno. */
-static int spawn_supervisor(const char *exe, char **argv, int answer_w, pid_t *ret_pid)
+ * stdout and stderr, `answer_w` as fd 3, `go_r` as fd 4 and nothing else. 0 or -errno. */
+static int spawn_supervisor(const char *exe, char **argv, int answer_w, int go_r, pid_t *ret_pid)
 {
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
 	sigset_t mask;
-	int fd, r;
+	int answer, go, r;
 
-	/* Out of the way of 0..3, whatever number it had, so that the dup2s below cannot
-	 * clobber it. */
-	fd = fcntl(answer_w, F_DUPFD_CLOEXEC, 10);
-	if (fd < 0)
-		return -errno;
+	/* Out of the way of 0..4, whatever numbers they had, so that the dup2s below cannot
+	 * clobber one another. */
+	answer = fcntl(answer_w, F_DUPFD_CLOEXEC, 10);
+	go = fcntl(go_r, F_DUPFD_CLOEXEC, 10);
+	if (answer < 0 || go < 0) {
+		r = errno;
+		goto out_close;
+	}
 	supervisor_sigset(&mask);
 	r = posix_spawn_file_actions_init(&fa);
 	if (r)
@@ -266,8 +287,9 @@ static int spawn_supervisor(const char *exe, char **argv, int answer_w, pid_t *r
 	if ((r = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDWR, 0)) ||
 	    (r = posix_spawn_file_actions_adddup2(&fa, 0, 1)) ||
 	    (r = posix_spawn_file_actions_adddup2(&fa, 0, 2)) ||
-	    (r = posix_spawn_file_actions_adddup2(&fa, fd, SUPERVISOR_ANSWER_FD)) ||
-	    (r = posix_spawn_file_actions_addclosefrom_np(&fa, SUPERVISOR_ANSWER_FD + 1)) ||
+	    (r = posix_spawn_file_actions_adddup2(&fa, answer, SUPERVISOR_ANSWER_FD)) ||
+	    (r = posix_spawn_file_actions_adddup2(&fa, go, SUPERVISOR_GO_FD)) ||
+	    (r = posix_spawn_file_actions_addclosefrom_np(&fa, SUPERVISOR_GO_FD + 1)) ||
 	    (r = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK)) ||
 	    (r = posix_spawnattr_setsigmask(&attr, &mask)))
 		goto out_destroy_attr;
@@ -278,7 +300,10 @@ out_destroy_attr:
 out_destroy_actions:
 	posix_spawn_file_actions_destroy(&fa);
 out_close:
-	close(fd);
+	if (answer >= 0)
+		close(answer);
+	if (go >= 0)
+		close(go);
 	return -r;
 }
 
@@ -319,32 +344,109 @@ static int answer_read(int fd, char *buf, size_t size)
 	return (int) len;
 }
 
-int supervisor_start(const char *exe, const char *task_dir, pid_t *ret_pid, char *errbuf,
-		     size_t errlen)
+/* Writes who supervises the task in `dirfd`: the process `pid`, our child. In place: a
+ * reader can only find it torn if the agent died while writing it, before the go-ahead,
+ * so that the supervisor runs nothing. */
+static int write_id(int dirfd, pid_t pid, const char *boot_id)
 {
-	char agent_pid[24], answer[SUPERVISOR_ANSWER_MAX];
+	char line[128];
+	uint64_t start;
+	char state;
+	int r;
+
+	if ((r = proc_read_stat(pid, &state, &start)) < 0)
+		return r;
+	int len = snprintf(line, sizeof(line), "%d %" PRIu64 " %s\n", (int) pid, start, boot_id);
+	return write_in_place(dirfd, TASK_FILE_SUPERVISOR, line, (size_t) len);
+}
+
+/* Creates the files the supervisor opens after the go-ahead: the task's output and, when
+ * it runs there, its working directory. */
+static int make_task_files(int dirfd, bool work, const char **ret_failed)
+{
+	static const char *const outputs[] = {TASK_FILE_STDOUT, TASK_FILE_STDERR};
+
+	if (work && mkdirat(dirfd, TASK_DIR_WORK, 0700) < 0 && errno != EEXIST) {
+		*ret_failed = TASK_DIR_WORK;
+		return -errno;
+	}
+	for (size_t i = 0; i < 2; i++) {
+		int fd = openat(dirfd, outputs[i],
+				O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW, 0600);
+		if (fd < 0) {
+			*ret_failed = outputs[i];
+			return -errno;
+		}
+		close(fd);
+	}
+	return 0;
+}
+
+int supervisor_spawn(const char *exe, const char *task_dir, int dirfd, const char *boot_id,
+		     bool work, struct supervisor_launch *ret_launch, char *errbuf, size_t errlen)
+{
+	char agent_pid[24];
 	char *argv[] = {(char *) exe, (char *) task_dir, agent_pid, NULL};
-	int pipefd[2], status, r;
-	pid_t pid;
+	const char *failed = TASK_FILE_SUPERVISOR;
+	int answer[2], go[2], r;
+	pid_t pid, ignored;
 
 	snprintf(agent_pid, sizeof(agent_pid), "%d", (int) getpid());
-	if (pipe2(pipefd, O_CLOEXEC) < 0) {
+	if (pipe2(answer, O_CLOEXEC) < 0) {
 		r = -errno;
 		snprintf(errbuf, errlen, "cannot create a pipe: %s", strerror(-r));
 		return r;
 	}
-	r = spawn_supervisor(exe, argv, pipefd[1], &pid);
+	if (pipe2(go, O_CLOEXEC) < 0) {
+		r = -errno;
+		snprintf(errbuf, errlen, "cannot create a pipe: %s", strerror(-r));
+		close(answer[0]);
+		close(answer[1]);
+		return r;
+	}
+	r = spawn_supervisor(exe, argv, answer[1], go[0], &pid);
+	close(answer[1]);
+	close(go[0]);
 	if (r < 0) {
 		snprintf(errbuf, errlen, "cannot start the supervisor %s: %s", exe, strerror(-r));
-		close(pipefd[0]);
-		close(pipefd[1]);
-		return -EIO;
+		close(answer[0]);
+		close(go[1]);
+		return r;
 	}
-	close(pipefd[1]);
+	*ret_launch =
+		(struct supervisor_launch){.pid = pid, .answer_fd = answer[0], .go_fd = go[1]};
 
-	r = answer_read(pipefd[0], answer, sizeof(answer));
-	close(pipefd[0]);
-	if (r == -ETIMEDOUT) {
+	/* While it starts up. It touches the directory only after the go-ahead, so that it
+	 * never adds to what the agent's fsync of the directory has to write. */
+	if ((r = write_id(dirfd, pid, boot_id)) < 0 ||
+	    (r = make_task_files(dirfd, work, &failed)) < 0) {
+		supervisor_confirm(ret_launch, false, &ignored, errbuf, errlen);
+		snprintf(errbuf, errlen, "cannot create %s/%s: %s", task_dir, failed, strerror(-r));
+		return r;
+	}
+	return 0;
+}
+
+int supervisor_confirm(struct supervisor_launch *l, bool go, pid_t *ret_pid, char *errbuf,
+		       size_t errlen)
+{
+	char answer[SUPERVISOR_ANSWER_MAX];
+	pid_t pid = l->pid;
+	int status, r;
+
+	/* Without the go-ahead, the supervisor reads EOF, answers ERR and exits. A supervisor
+	 * that has already exited makes the write fail with EPIPE (SIGPIPE is ignored): its
+	 * answer says why. */
+	if (go)
+		(void) !write(l->go_fd, SUPERVISOR_GO, strlen(SUPERVISOR_GO));
+	close(l->go_fd);
+	r = answer_read(l->answer_fd, answer, sizeof(answer));
+	close(l->answer_fd);
+	*l = (struct supervisor_launch){.answer_fd = -1, .go_fd = -1};
+	if (r == -ETIMEDOUT && !go) {
+		/* Stuck before it could read EOF; it never ran the task, so this is safe. */
+		kill(pid, SIGKILL);
+	} else if (r == -ETIMEDOUT) {
 		snprintf(errbuf, errlen, "the supervisor did not answer within %d s",
 			 SUPERVISOR_START_TIMEOUT / 1000);
 		*ret_pid = pid;
@@ -416,6 +518,8 @@ static void sup_free(struct sup *s)
 	json_decref(s->spec);
 	if (s->dirfd >= 0)
 		close(s->dirfd);
+	if (s->go_fd >= 0)
+		close(s->go_fd);
 	if (s->sig_fd >= 0)
 		close(s->sig_fd);
 	if (s->null_fd >= 0)
@@ -426,28 +530,51 @@ static void sup_free(struct sup *s)
 		close(s->err_fd);
 }
 
-/* Writes who we are, so that an agent started later can tell us from a recycled pid. */
-static int sup_write_id(struct sup *s)
+/* Gives every signal that sigaction() refuses to touch (glibc's internal ones, 32 and 33
+ * on Linux, below SIGRTMIN) its default disposition back: glibc's posix_spawn(), which
+ * started us, leaves them ignored, and an ignored signal would stay ignored in the task
+ * across its exec. An all-zero kernel sigaction is SIG_DFL without flags on every
+ * architecture. */
+static void sup_reset_internal_signals(void)
 {
-	char boot_id[BOOT_ID_LEN + 1], line[128];
-	uint64_t start;
-	char state;
-	int r;
+	unsigned long dfl[16] = {0};
 
-	if ((r = supervisor_read_boot_id(boot_id)) < 0)
-		return r;
-	if ((r = proc_read_stat(getpid(), &state, &start)) < 0)
-		return r;
-	int len =
-		snprintf(line, sizeof(line), "%d %" PRIu64 " %s\n", (int) getpid(), start, boot_id);
-	return supervisor_write_file(s->dirfd, TASK_FILE_SUPERVISOR, line, (size_t) len, false);
+	for (int sig = 1; sig < SIGRTMIN; sig++) {
+		if (sig == SIGKILL || sig == SIGSTOP ||
+		    sigaction(sig, NULL, &(struct sigaction){0}) == 0)
+			continue;
+		syscall(SYS_rt_sigaction, sig, dfl, NULL, (size_t) (NSIG - 1) / 8);
+	}
 }
 
+/* Waits for the agent's go-ahead, which it sends once the task's spec.json is durable; it
+ * closes the pipe instead when the task must not run, and so does its death. */
+static bool sup_wait_go(struct sup *s)
+{
+	const size_t want = strlen(SUPERVISOR_GO);
+	char buf[8];
+	size_t len = 0;
+
+	while (len < want) {
+		ssize_t n = read(s->go_fd, buf + len, want - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t) n;
+	}
+	close(s->go_fd);
+	s->go_fd = -1;
+	return len == want && memcmp(buf, SUPERVISOR_GO, want) == 0;
+}
+
+/* In place: the agent reads them once we have answered, and an agent started later that
+ * finds one empty or torn takes the number as unknown, as it does a missing file. */
 static int sup_write_number(struct sup *s, const char *name, long value)
 {
 	char line[32];
 	int len = snprintf(line, sizeof(line), "%ld\n", value);
-	return supervisor_write_file(s->dirfd, name, line, (size_t) len, false);
+	return write_in_place(s->dirfd, name, line, (size_t) len);
 }
 
 /* "KEY=VALUE" as a new string. */
@@ -522,8 +649,8 @@ static int sup_build_candidates(struct sup *s, const char *path)
 	return 0;
 }
 
-/* Loads spec.json and prepares everything the child needs. Returns 0 or -errno with a
- * sentence in errbuf. */
+/* Loads spec.json and prepares what the child needs but its files, without touching the
+ * task directory. Returns 0 or -errno with a sentence in errbuf. */
 static int sup_prepare(struct sup *s, char *errbuf, size_t errlen)
 {
 	_cleanup_free_ char *path = NULL, *text = NULL;
@@ -580,21 +707,28 @@ static int sup_prepare(struct sup *s, char *errbuf, size_t errlen)
 		s->timeout_us = (uint64_t) (json_number_value(timeout) * 1e6);
 
 	const char *cwd = json_string_value(json_object_get(s->spec, "cwd"));
-	if (cwd) {
+	if (cwd)
 		s->cwd = strdup(cwd);
-	} else {
-		if (mkdirat(s->dirfd, TASK_DIR_WORK, 0700) < 0 && errno != EEXIST) {
-			r = -errno;
-			snprintf(errbuf, errlen, "cannot create %s/%s: %s", s->dir, TASK_DIR_WORK,
-				 strerror(-r));
-			return r;
-		}
-		if (asprintf(&s->cwd, "%s/%s", s->dir, TASK_DIR_WORK) < 0)
-			s->cwd = NULL;
-	}
+	else if (asprintf(&s->cwd, "%s/%s", s->dir, TASK_DIR_WORK) < 0)
+		s->cwd = NULL;
 	if (!s->cwd)
 		return -ENOMEM;
+	s->work = !cwd;
+	return 0;
+}
 
+/* Opens the task's output files and makes sure of its working directory, which the agent
+ * created; after the go-ahead. Returns 0 or -errno with a sentence in errbuf. */
+static int sup_open_files(struct sup *s, char *errbuf, size_t errlen)
+{
+	int r;
+
+	if (s->work && mkdirat(s->dirfd, TASK_DIR_WORK, 0700) < 0 && errno != EEXIST) {
+		r = -errno;
+		snprintf(errbuf, errlen, "cannot create %s/%s: %s", s->dir, TASK_DIR_WORK,
+			 strerror(-r));
+		return r;
+	}
 	const int flags = O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW;
 	s->out_fd = openat(s->dirfd, TASK_FILE_STDOUT, flags, 0600);
 	s->err_fd = openat(s->dirfd, TASK_FILE_STDERR, flags, 0600);
@@ -817,6 +951,7 @@ int supervisor_main(int argc, char **argv)
 {
 	struct sup s = {.dirfd = -1,
 			.answer_fd = -1,
+			.go_fd = -1,
 			.sig_fd = -1,
 			.null_fd = -1,
 			.out_fd = -1,
@@ -831,13 +966,16 @@ int supervisor_main(int argc, char **argv)
 	supervisor_sigset(&mask);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	if (argc != 3 || fcntl(SUPERVISOR_ANSWER_FD, F_SETFD, FD_CLOEXEC) < 0) {
+	sup_reset_internal_signals();
+	if (argc != 3 || fcntl(SUPERVISOR_ANSWER_FD, F_SETFD, FD_CLOEXEC) < 0 ||
+	    fcntl(SUPERVISOR_GO_FD, F_SETFD, FD_CLOEXEC) < 0) {
 		fprintf(stderr, "%s: this program is internal to clusterfs-agent, which runs it\n",
 			SUPERVISOR_PROGRAM);
 		return 2;
 	}
 	s.dir = argv[1];
 	s.answer_fd = SUPERVISOR_ANSWER_FD;
+	s.go_fd = SUPERVISOR_GO_FD;
 	pid_t agent = (pid_t) atoi(argv[2]);
 
 	s.sig_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -847,20 +985,25 @@ int supervisor_main(int argc, char **argv)
 		goto err_free;
 	}
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
-	if ((r = sup_write_id(&s)) < 0) {
-		sup_answer(&s, "ERR cannot write %s/%s: %s", s.dir, TASK_FILE_SUPERVISOR,
-			   strerror(-r));
+	if ((r = sup_prepare(&s, errbuf, sizeof(errbuf))) < 0) {
+		sup_answer(&s, "ERR %s", r == -ENOMEM && !errbuf[0] ? "out of memory" : errbuf);
 		goto err_free;
 	}
-	/* An agent that died after forking us cannot have answered 201, and one started
-	 * since may have judged the task lost before our "supervisor" file existed. Having
-	 * written it, run the task only if our agent still lives. */
+	/* Meanwhile the agent has created our "supervisor" file and the task's files, and
+	 * made its id durable. */
+	if (!sup_wait_go(&s)) {
+		sup_answer(&s, "ERR the agent did not let the task start");
+		goto err_free;
+	}
+	/* Run the task only if our agent still lives: the go-ahead may have waited in the
+	 * pipe since before it died, without answering 201, and an agent started since may
+	 * already have judged the task. */
 	if (getppid() != agent) {
 		sup_answer(&s, "ERR the agent exited before the task was started");
 		goto err_free;
 	}
-	if ((r = sup_prepare(&s, errbuf, sizeof(errbuf))) < 0) {
-		sup_answer(&s, "ERR %s", r == -ENOMEM && !errbuf[0] ? "out of memory" : errbuf);
+	if ((r = sup_open_files(&s, errbuf, sizeof(errbuf))) < 0) {
+		sup_answer(&s, "ERR %s", errbuf);
 		goto err_free;
 	}
 

@@ -2,6 +2,7 @@
 #include "tools/agent/tasks.h"
 
 #include "backend/util.h"
+#include "tools/agent/spares.h"
 #include "tools/agent/supervisor.h"
 
 #include <dirent.h>
@@ -63,6 +64,7 @@ struct tasks {
 	char boot_id[BOOT_ID_LEN + 1]; /* immutable */
 	struct task **v;               /* in order of start */
 	size_t n, cap;
+	struct spares *spares; /* NULL: none */
 };
 
 static const char *const stream_names[] = {TASK_FILE_STDOUT, TASK_FILE_STDERR};
@@ -386,6 +388,11 @@ int tasks_open(const char *state_dir, const char *exe, struct tasks **ret_tasks)
 	}
 	if ((r = supervisor_read_boot_id(t->boot_id)) < 0 || (r = tasks_scan(t)) < 0)
 		goto err_close;
+	r = spares_open(t->dir, t->dirfd, &t->spares);
+	if (r < 0)
+		log_warn("cannot keep spare task directories in %s/%s: %s; tasks start more "
+			 "slowly",
+			 t->dir, SPARES_SUBDIR, strerror(-r));
 	*ret_tasks = t;
 	return 0;
 
@@ -398,6 +405,7 @@ void tasks_close(struct tasks *t)
 {
 	if (!t)
 		return;
+	spares_close(t->spares);
 	for (size_t i = 0; i < t->n; i++)
 		task_free(t->v[i]);
 	free(t->v);
@@ -583,24 +591,67 @@ static int task_request_check(json_t *doc, char *msg, size_t msglen)
 	return 0;
 }
 
-/* Creates the task directory and writes spec.json durably: once this returns 0, the id is
- * known to every later agent. */
-static int task_write_spec(struct tasks *t, const char *id, json_t *spec)
+/* Makes the task directory, from a spare if one is ready, and writes spec.json into it,
+ * without waiting for the disk: task_sync_spec() does, while the supervisor starts.
+ * Returns the directory's descriptor and sets *ret_fd to spec.json's, or returns -errno
+ * (-EEXIST when the directory exists).
+ *
+ * spec.json is written in place, not renamed over a temporary file: a crash can leave it
+ * empty or torn, but only for a task that never ran and was never answered 201 (the
+ * supervisor runs nothing before task_sync_spec() has returned), and a later agent
+ * ignores a spec.json it cannot read, as it does a directory without one; a new POST of
+ * the id finds no task and replaces such a leftover (task_start()). */
+static int task_write_spec(struct tasks *t, const char *id, json_t *spec, int *ret_fd)
 {
-	int dfd, r;
+	_cleanup_free_ char *text = json_dumps(spec, JSON_COMPACT | JSON_REAL_PRECISION(17));
+	int dfd, fd, r;
 
-	if (mkdirat(t->dirfd, id, 0700) < 0 && errno != EEXIST)
-		return -errno;
-	if (fsync(t->dirfd) < 0)
+	if (!text)
+		return -ENOMEM;
+	/* A spare holds an empty spec.json; otherwise it is made here. */
+	int excl = O_EXCL;
+	r = spares_take(t->spares, id);
+	if (r == -EEXIST)
+		return r;
+	if (r == 0)
+		excl = 0;
+	else if (mkdirat(t->dirfd, id, 0700) < 0)
 		return -errno;
 	dfd = openat(t->dirfd, id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (dfd < 0)
 		return -errno;
-	char *text = json_dumps(spec, JSON_COMPACT | JSON_REAL_PRECISION(17));
-	r = text ? supervisor_write_file(dfd, TASK_FILE_SPEC, text, strlen(text), true) : -ENOMEM;
-	free(text);
-	close(dfd);
-	return r;
+	fd = openat(dfd, TASK_FILE_SPEC, O_WRONLY | O_CREAT | excl | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0) {
+		r = -errno;
+		close(dfd);
+		return r;
+	}
+	size_t len = strlen(text);
+	for (const char *p = text; len > 0;) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			r = -errno;
+			close(fd);
+			close(dfd);
+			return r;
+		}
+		p += n;
+		len -= (size_t) n;
+	}
+	*ret_fd = fd;
+	return dfd;
+}
+
+/* Makes what task_write_spec() wrote durable: the data of spec.json, its entry in the
+ * task directory and the task directory's entry in STATE_DIR/tasks, which are all a
+ * later agent needs to know the id. 0 or -errno. */
+static int task_sync_spec(struct tasks *t, int dfd, int spec_fd)
+{
+	if (fsync(spec_fd) < 0 || fsync(dfd) < 0 || fsync(t->dirfd) < 0)
+		return -errno;
+	return 0;
 }
 
 /* Removes the directory of a task that never started, so that its id stays free. */
@@ -626,14 +677,28 @@ static void task_remove_dir(struct tasks *t, const char *id)
 		log_warn("cannot remove %s/%s: %s", t->dir, id, strerror(errno));
 }
 
+/* Whether the directory of `id`, a task the registry does not know, is what a crash left
+ * of a task that never started: a directory that a later agent would ignore too, without
+ * a spec.json of this id that it can read (see task_write_spec()). */
+static bool task_is_leftover(struct tasks *t, const char *id)
+{
+	char errbuf[256];
+	struct task *k = NULL;
+	int r = task_load(t, id, &k, errbuf, sizeof(errbuf));
+
+	task_free(k);
+	return r == -EINVAL;
+}
+
 /* Writes the spec and starts the supervisor; create_lock held, not lock. Returns the new
  * task, or NULL with resp set (status 0 when out of memory). */
 static struct task *task_start(struct tasks *t, const char *id, json_t *doc, struct response *resp)
 {
 	char dir[PATH_MAX], errbuf[512];
 	double now = clock_wall_s();
+	struct supervisor_launch launch;
+	int dfd, spec_fd = -1, r;
 	pid_t sup = 0;
-	int r;
 
 	/* Allocated first: once spec.json exists the task must make it into the registry,
 	 * or a second POST would start it again. */
@@ -648,18 +713,39 @@ static struct task *task_start(struct tasks *t, const char *id, json_t *doc, str
 		task_free(k);
 		return NULL;
 	}
-	r = task_write_spec(t, id, doc);
+	r = task_write_spec(t, id, doc, &spec_fd);
+	if (r == -EEXIST && task_is_leftover(t, id)) {
+		log_warn("replacing %s/%s, the leftover of a task that never started", t->dir, id);
+		task_remove_dir(t, id);
+		r = task_write_spec(t, id, doc, &spec_fd);
+	}
 	if (r < 0) {
 		log_err("cannot write %s/%s/%s: %s", t->dir, id, TASK_FILE_SPEC, strerror(-r));
 		response_set_error(resp, 500, "cannot record task %s: %s", id, strerror(-r));
-		task_remove_dir(t, id);
+		if (r != -EEXIST)
+			task_remove_dir(t, id);
 		task_free(k);
 		return NULL;
 	}
+	dfd = r;
 
 	snprintf(dir, sizeof(dir), "%s/%s", t->dir, id);
-	r = supervisor_start(t->exe, dir, &sup, errbuf, sizeof(errbuf));
-	if (r < 0 && r != -ETIMEDOUT && r != -ECHILD) {
+	r = supervisor_spawn(t->exe, dir, dfd, t->boot_id, !json_object_get(doc, "cwd"), &launch,
+			     errbuf, sizeof(errbuf));
+	bool nothing_ran = r < 0;
+	if (r == 0) {
+		/* While the supervisor starts up: it runs nothing before the go-ahead, and the
+		 * 201 comes after its answer. */
+		int sync_r = task_sync_spec(t, dfd, spec_fd);
+		r = supervisor_confirm(&launch, sync_r == 0, &sup, errbuf, sizeof(errbuf));
+		if (sync_r < 0)
+			snprintf(errbuf, sizeof(errbuf), "cannot write %s to disk: %s",
+				 TASK_FILE_SPEC, strerror(-sync_r));
+		nothing_ran = sync_r < 0 || (r < 0 && r != -ETIMEDOUT && r != -ECHILD);
+	}
+	close(spec_fd);
+	close(dfd);
+	if (nothing_ran) {
 		/* Nothing ran: forget the id altogether. */
 		log_err("cannot start task %s: %s", id, errbuf);
 		response_set_error(resp, 500, "cannot start task %s: %s", id, errbuf);
@@ -716,7 +802,9 @@ int tasks_handle_create(struct tasks *t, struct request *req, struct response *r
 		goto out_unlock_create;
 	}
 
+	spares_pause(t->spares);
 	k = task_start(t, id, doc, resp);
+	spares_resume(t->spares);
 	if (!k) {
 		if (!resp->status)
 			r = -ENOMEM;

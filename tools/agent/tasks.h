@@ -14,9 +14,10 @@
 
 struct tasks;
 
-/* Opens the registry under `state_dir` (borrowed): creates STATE_DIR/tasks if needed and
- * re-adopts every task found there. `exe` (borrowed) is the supervisor program
- * (SUPERVISOR_PROGRAM), which is run for every task. Returns a new registry, 0 or -errno. */
+/* Opens the registry under `state_dir` (borrowed): creates STATE_DIR/tasks if needed,
+ * re-adopts every task found there and starts keeping spare task directories (spares.h).
+ * `exe` (borrowed) is the supervisor program (SUPERVISOR_PROGRAM), which is run for every
+ * task. Returns a new registry, 0 or -errno. */
 int tasks_open(const char *state_dir, const char *exe, struct tasks **ret_tasks);
 /* Frees the registry. Running tasks carry on under their supervisors. NULL is a no-op. */
 void tasks_close(struct tasks *t);
