@@ -63,8 +63,12 @@ struct tasks {
 	size_t n, cap;
 	struct task **hash; /* protected by lock */
 	size_t n_hash;
-	uint64_t next_wait;              /* protected by lock */
-	json_t *reserved;                /* ids tasks_submit is committing; protected by lock */
+	uint64_t next_wait;          /* protected by lock */
+	json_t *reserved;            /* ids tasks_submit is committing; protected by lock */
+	pthread_mutex_t commit_lock; /* guards commits and committing */
+	pthread_cond_t commit_cond;
+	struct commit *commits;          /* submissions waiting for the next group commit */
+	bool committing;                 /* a leader is committing */
 	uint64_t tombstones[TOMBSTONES]; /* waits cancelled before they were registered */
 	size_t next_tombstone;
 	double changed_at;       /* protected by lock */
@@ -179,6 +183,8 @@ int tasks_new(struct loop *loop, struct cluster *cluster, struct store *store, s
 	t->hash = calloc(t->n_hash, sizeof(*t->hash));
 	t->next_wait = 1;
 	t->reserved = json_object();
+	pthread_mutex_init(&t->commit_lock, NULL);
+	pthread_cond_init(&t->commit_cond, NULL);
 	t->changed_at = clock_wall_s();
 	pthread_mutex_init(&t->lock, NULL);
 	*ret = t;
@@ -194,6 +200,8 @@ void tasks_free(struct tasks *t)
 	free(t->v);
 	free(t->hash);
 	json_decref(t->reserved);
+	pthread_mutex_destroy(&t->commit_lock);
+	pthread_cond_destroy(&t->commit_cond);
 	struct node_poll *p = t->polls;
 	while (p) {
 		struct node_poll *next = p->next;
@@ -489,6 +497,73 @@ static void sched_request_of(const struct task_spec *s, struct sched_request *re
 
 static void post_schedule(struct tasks *t);
 
+/* One submission waiting for its commit. */
+struct commit {
+	struct store_task *rows;
+	size_t n;
+	int result;
+	bool done;
+	struct commit *next;
+};
+
+/* Commits rows durably. Submissions that arrive while a commit runs are committed
+ * together in the next one: one fsync for many close() calls. The first waiter becomes
+ * the leader and commits for everyone queued; the rest sleep until theirs is done. */
+static int group_commit(struct tasks *t, struct store_task *rows, size_t n)
+{
+	struct commit me = {.rows = rows, .n = n};
+	pthread_mutex_lock(&t->commit_lock);
+	struct commit **tail = &t->commits;
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = &me;
+	while (!me.done && t->committing)
+		pthread_cond_wait(&t->commit_cond, &t->commit_lock);
+	if (me.done) {
+		pthread_mutex_unlock(&t->commit_lock);
+		return me.result;
+	}
+	t->committing = true;
+	while (t->commits) {
+		struct commit *batch = t->commits;
+		t->commits = NULL;
+		pthread_mutex_unlock(&t->commit_lock);
+		size_t total = 0;
+		for (struct commit *c = batch; c; c = c->next)
+			total += c->n;
+		struct store_task *all = calloc(total, sizeof(*all));
+		size_t k = 0;
+		for (struct commit *c = batch; c; c = c->next)
+			for (size_t i = 0; i < c->n; i++)
+				all[k++] = c->rows[i];
+		int r = store_insert_tasks(t->store, all, total);
+		k = 0;
+		for (struct commit *c = batch; c; c = c->next) {
+			if (r == 0) {
+				for (size_t i = 0; i < c->n; i++)
+					c->rows[i].seq = all[k++].seq;
+				c->result = 0;
+			} else {
+				/* one bad apple: commit each on its own, so only it fails */
+				c->result = batch->next
+						    ? store_insert_tasks(t->store, c->rows, c->n)
+						    : r;
+			}
+		}
+		free(all);
+		pthread_mutex_lock(&t->commit_lock);
+		for (struct commit *c = batch, *next; c; c = next) {
+			next = c->next;
+			c->done = true;
+		}
+		pthread_cond_broadcast(&t->commit_cond);
+	}
+	t->committing = false;
+	pthread_cond_broadcast(&t->commit_cond);
+	pthread_mutex_unlock(&t->commit_lock);
+	return me.result;
+}
+
 int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, uid_t uid,
 		 char *errbuf, size_t errlen)
 {
@@ -609,7 +684,7 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 	struct store_task *rows = calloc(n_batch, sizeof(*rows));
 	for (size_t i = 0; i < n_batch; i++)
 		rows[i] = batch[i]->row;
-	r = store_insert_tasks(t->store, rows, n_batch);
+	r = group_commit(t, rows, n_batch);
 	pthread_mutex_lock(&t->lock);
 	json_object_del(t->reserved, id);
 	if (r < 0) {
