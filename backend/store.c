@@ -143,6 +143,23 @@ static int migrate(sqlite3 *db, char *errbuf, size_t errlen)
 	return 0;
 }
 
+/* Prepares sql on the calling thread's connection. 0 or -errno. */
+static int store_prepare(struct store *s, const char *sql, sqlite3_stmt **ret_st)
+{
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	return sqlite_to_errno(sqlite3_prepare_v2(db, sql, -1, ret_st, NULL));
+}
+
+/* Runs a statement that returns no rows and finalizes it. 0 or -errno. */
+static int stmt_run(sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return sqlite_to_errno(rc);
+}
+
 int store_open(const char *dir, struct store **ret, char *errbuf, size_t errlen)
 {
 	struct store *s = calloc(1, sizeof(*s));
@@ -351,13 +368,10 @@ int store_load_tasks(struct store *s, struct store_task **ret, size_t *ret_n)
 		"SELECT id, parent, spec, state, node, dispatch_id, reason, placement, exit_code,"
 		" attempts, priority, uid, submitted_at, started_at, finished_at, seq"
 		" FROM tasks ORDER BY seq";
-	sqlite3 *db = store_db(s);
-	if (!db)
-		return -EIO;
 	sqlite3_stmt *st;
-	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return sqlite_to_errno(rc);
+	int rc = store_prepare(s, sql, &st);
+	if (rc < 0)
+		return rc;
 	struct store_task *ts = NULL;
 	size_t n = 0, cap = 0;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -406,13 +420,10 @@ int store_add_attempt(struct store *s, const char *task_id, int attempt, const c
 		      double finished_at)
 {
 	static const char sql[] = "INSERT OR REPLACE INTO attempts VALUES(?,?,?,?,?,?,?,?)";
-	sqlite3 *db = store_db(s);
-	if (!db)
-		return -EIO;
 	sqlite3_stmt *st;
-	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return sqlite_to_errno(rc);
+	int r = store_prepare(s, sql, &st);
+	if (r < 0)
+		return r;
 	bind_text(st, 1, task_id);
 	sqlite3_bind_int(st, 2, attempt);
 	bind_text(st, 3, node);
@@ -421,41 +432,31 @@ int store_add_attempt(struct store *s, const char *task_id, int attempt, const c
 	sqlite3_bind_int(st, 6, exit_code);
 	bind_time(st, 7, started_at);
 	bind_time(st, 8, finished_at);
-	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
-	return sqlite_to_errno(rc);
+	return stmt_run(st);
 }
 
 int store_put_output(struct store *s, const char *task_id, const char *stream, const char *data,
 		     size_t len)
 {
 	static const char sql[] = "INSERT OR REPLACE INTO output VALUES(?,?,?)";
-	sqlite3 *db = store_db(s);
-	if (!db)
-		return -EIO;
 	sqlite3_stmt *st;
-	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return sqlite_to_errno(rc);
+	int r = store_prepare(s, sql, &st);
+	if (r < 0)
+		return r;
 	bind_text(st, 1, task_id);
 	bind_text(st, 2, stream);
 	sqlite3_bind_blob(st, 3, data ? data : "", (int) len, SQLITE_TRANSIENT);
-	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
-	return sqlite_to_errno(rc);
+	return stmt_run(st);
 }
 
 int store_get_output(struct store *s, const char *task_id, const char *stream, char **ret_data,
 		     size_t *ret_len)
 {
 	static const char sql[] = "SELECT data FROM output WHERE task_id=? AND stream=?";
-	sqlite3 *db = store_db(s);
-	if (!db)
-		return -EIO;
 	sqlite3_stmt *st;
-	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return sqlite_to_errno(rc);
+	int rc = store_prepare(s, sql, &st);
+	if (rc < 0)
+		return rc;
 	bind_text(st, 1, task_id);
 	bind_text(st, 2, stream);
 	struct buf b;
@@ -471,28 +472,19 @@ int store_get_output(struct store *s, const char *task_id, const char *stream, c
 
 int store_set_meta(struct store *s, const char *key, const char *value)
 {
-	sqlite3 *db = store_db(s);
-	if (!db)
-		return -EIO;
 	sqlite3_stmt *st;
-	int rc = sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO meta VALUES(?,?)", -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return sqlite_to_errno(rc);
+	int r = store_prepare(s, "INSERT OR REPLACE INTO meta VALUES(?,?)", &st);
+	if (r < 0)
+		return r;
 	bind_text(st, 1, key);
 	bind_text(st, 2, value);
-	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
-	return sqlite_to_errno(rc);
+	return stmt_run(st);
 }
 
 char *store_get_meta(struct store *s, const char *key)
 {
-	sqlite3 *db = store_db(s);
-	if (!db)
-		return NULL;
 	sqlite3_stmt *st;
-	if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key=?", -1, &st, NULL) !=
-	    SQLITE_OK)
+	if (store_prepare(s, "SELECT value FROM meta WHERE key=?", &st) < 0)
 		return NULL;
 	bind_text(st, 1, key);
 	char *v = sqlite3_step(st) == SQLITE_ROW ? col_text(st, 0) : NULL;
@@ -528,14 +520,10 @@ int store_outbox_add(struct store *s, const char *kind, const char *key, const c
 int store_outbox_list(struct store *s, const char *kind, int64_t **ret_ids, char ***ret_keys,
 		      char ***ret_bodies, size_t *ret_n)
 {
-	sqlite3 *db = store_db(s);
-	if (!db)
-		return -EIO;
 	sqlite3_stmt *st;
-	int rc = sqlite3_prepare_v2(db, "SELECT id, key, body FROM outbox WHERE kind=? ORDER BY id",
-				    -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return sqlite_to_errno(rc);
+	int rc = store_prepare(s, "SELECT id, key, body FROM outbox WHERE kind=? ORDER BY id", &st);
+	if (rc < 0)
+		return rc;
 	bind_text(st, 1, kind);
 	size_t n = 0, cap = 8;
 	int64_t *ids = malloc(cap * sizeof(*ids));
@@ -562,47 +550,32 @@ int store_outbox_list(struct store *s, const char *kind, int64_t **ret_ids, char
 
 int store_outbox_done(struct store *s, int64_t id)
 {
-	sqlite3 *db = store_db(s);
-	if (!db)
-		return -EIO;
 	sqlite3_stmt *st;
-	int rc = sqlite3_prepare_v2(db, "DELETE FROM outbox WHERE id=?", -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return sqlite_to_errno(rc);
+	int r = store_prepare(s, "DELETE FROM outbox WHERE id=?", &st);
+	if (r < 0)
+		return r;
 	sqlite3_bind_int64(st, 1, id);
-	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
-	return sqlite_to_errno(rc);
+	return stmt_run(st);
 }
 
 int store_cache_put(struct store *s, const char *key, const char *json, double fetched_at)
 {
-	sqlite3 *db = store_db(s);
-	if (!db)
-		return -EIO;
 	sqlite3_stmt *st;
-	int rc =
-		sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO cache VALUES(?,?,?)", -1, &st, NULL);
-	if (rc != SQLITE_OK)
-		return sqlite_to_errno(rc);
+	int rc = store_prepare(s, "INSERT OR REPLACE INTO cache VALUES(?,?,?)", &st);
+	if (rc < 0)
+		return rc;
 	bind_text(st, 1, key);
 	bind_text(st, 2, json);
 	sqlite3_bind_double(st, 3, fetched_at);
-	rc = sqlite3_step(st);
-	sqlite3_finalize(st);
-	return sqlite_to_errno(rc);
+	return stmt_run(st);
 }
 
 int store_cache_get(struct store *s, const char *key, char **ret_json, double *ret_fetched_at)
 {
-	sqlite3 *db = store_db(s);
-	if (!db)
-		return -EIO;
 	sqlite3_stmt *st;
-	int rc = sqlite3_prepare_v2(db, "SELECT json, fetched_at FROM cache WHERE key=?", -1, &st,
-				    NULL);
-	if (rc != SQLITE_OK)
-		return sqlite_to_errno(rc);
+	int rc = store_prepare(s, "SELECT json, fetched_at FROM cache WHERE key=?", &st);
+	if (rc < 0)
+		return rc;
 	bind_text(st, 1, key);
 	int r = -ENOENT;
 	if (sqlite3_step(st) == SQLITE_ROW) {

@@ -25,6 +25,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_listening(proc, log_path, deadline_s=10.0):
+    """Waits for an agent's "listening on" line, which it logs once it serves requests
+    (its port accepts connections a little earlier). False if it exited or timed out."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return False
+        with open(log_path) as f:
+            if "listening on " in f.read():
+                return True
+        time.sleep(0.05)
+    return False
+
+
 def wait_until(pred, timeout=10.0, step=0.05, what="condition"):
     deadline = time.monotonic() + timeout
     last = None
@@ -56,19 +70,21 @@ class Agent:
         self.port = port or free_port()
         self.token_file = Path(token_file)
         self.state = Path(tmp) / f"agent-{name}-state"
-        self.log = open(Path(tmp) / f"agent-{name}.log", "ab")
+        self.log_path = Path(tmp) / f"agent-{name}.log"
+        self.log = open(self.log_path, "ab")
+        start = self.log.tell()
         self.proc = subprocess.Popen(
             [str(AGENT_BIN), "--listen", f"127.0.0.1:{self.port}", "--token-file",
              str(self.token_file), "--state-dir", str(self.state), "--name", name, *extra],
             stdout=self.log, stderr=self.log)
-        wait_until(self._listening, 10, what=f"agent {name} listening")
+        wait_until(lambda: self._listening(start), 10, what=f"agent {name} listening")
 
-    def _listening(self):
+    def _listening(self, start):
         if self.proc.poll() is not None:
             raise AssertionError(f"agent {self.name} exited with {self.proc.returncode}")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
+        with open(self.log_path, "rb") as f:
+            f.seek(start)
+            return b"listening on " in f.read()
 
     def pause(self):
         self.proc.send_signal(signal.SIGSTOP)

@@ -1,8 +1,8 @@
 """Integration tests for clusterfs-agent: each case starts its own agent on a free port
 with its own token file and state directory, talks HTTP to it, and always stops it.
 
-The binary is $CLUSTERFS_BUILD/tools/agent/clusterfs-agent (default build dir
-/work/main/build); these tests build nothing themselves.
+The binary is $CLUSTERFS_BUILD/tools/agent/clusterfs-agent (default: the
+repository's build/); these tests build nothing themselves.
 """
 
 import http.client
@@ -17,8 +17,9 @@ import time
 
 import pytest
 
-BUILD = os.environ.get("CLUSTERFS_BUILD", "/work/main/build")
-AGENT = os.path.join(BUILD, "tools", "agent", "clusterfs-agent")
+from conftest import AGENT_BIN, free_port, wait_listening
+
+AGENT = str(AGENT_BIN)
 TOKEN = "t0ken-for-tests-5f2c9a"
 HEALTH_FIELDS = {
     "name", "hostname", "version", "time", "uptime_s", "cores", "cpu_percent", "load",
@@ -30,11 +31,6 @@ SYSTEM_FIELDS = {
     "gpus", "boot_time",
 }
 
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_token(path, token=TOKEN, mode=0o600):
@@ -85,18 +81,6 @@ def do_request(conn, method, path, token=TOKEN, body=None, headers=None):
     assert raw.endswith(b"\n")
     return resp.status, resp, json.loads(raw)
 
-
-def wait_listening(proc, stderr_path, deadline_s=10.0):
-    """Waits for the agent's "listening on" line, logged once it serves requests."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            return False
-        with open(stderr_path) as f:
-            if "listening on " in f.read():
-                return True
-        time.sleep(0.05)
-    return False
 
 
 def agent_cmd(tmp, token_file, port, extra=()):

@@ -2,8 +2,8 @@
 each case starts its own agent on a free port with its own token, state directory and
 ledger file, talks HTTP to it, and always stops it.
 
-The binary is $CLUSTERFS_BUILD/tools/agent/clusterfs-agent (default build dir
-/work/main/build); these tests build nothing themselves.
+The binary is $CLUSTERFS_BUILD/tools/agent/clusterfs-agent (default: the
+repository's build/); these tests build nothing themselves.
 """
 
 import http.client
@@ -19,16 +19,12 @@ import time
 
 import pytest
 
-BUILD = os.environ.get("CLUSTERFS_BUILD", "/work/main/build")
-AGENT = os.path.join(BUILD, "tools", "agent", "clusterfs-agent")
+from conftest import AGENT_BIN, free_port, wait_listening
+
+AGENT = str(AGENT_BIN)
 TOKEN = "t0ken-for-ledger-tests-77d1"
 NO_LEDGER = "this agent serves no ledger (start it with --ledger FILE)"
 
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Agent:
@@ -71,17 +67,6 @@ class Agent:
                 self.proc.kill()
                 self.proc.wait()
 
-
-def wait_listening(proc, stderr_path, deadline_s=10.0):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            return False
-        with open(stderr_path) as f:
-            if "listening on " in f.read():
-                return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture

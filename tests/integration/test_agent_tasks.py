@@ -2,8 +2,8 @@
 its own agent on a free port with its own token file and state directory, runs real tasks
 through it, and always stops the agent and kills whatever tasks are left.
 
-The binary is $CLUSTERFS_BUILD/tools/agent/clusterfs-agent (default build dir
-/work/main/build), with the task supervisor clusterfs-agent-supervise beside it; these
+The binary is $CLUSTERFS_BUILD/tools/agent/clusterfs-agent (default: the
+repository's build/), with the task supervisor clusterfs-agent-supervise beside it; these
 tests build nothing themselves. With CLUSTERFS_AGENT_VALGRIND=1
 every agent runs under valgrind (not its supervisors), and a case fails when valgrind
 reports an error or a definite leak.
@@ -20,8 +20,9 @@ import time
 
 import pytest
 
-BUILD = os.environ.get("CLUSTERFS_BUILD", "/work/main/build")
-AGENT = os.path.join(BUILD, "tools", "agent", "clusterfs-agent")
+from conftest import AGENT_BIN, free_port
+
+AGENT = str(AGENT_BIN)
 SUPERVISOR = "clusterfs-agent-supervise"  # the agent runs it from its own directory
 TOKEN = "t0ken-for-task-tests-81d3"
 VALGRIND = os.environ.get("CLUSTERFS_AGENT_VALGRIND") == "1"
@@ -31,11 +32,6 @@ START_S = 60.0 if VALGRIND else 10.0
 TASK_FIELDS = {"id", "state", "pid", "exit_code", "signal", "started_at", "finished_at",
                "stdout_size", "stderr_size"}
 
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_token(path, token=TOKEN):
