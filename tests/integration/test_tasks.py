@@ -309,7 +309,8 @@ def test_daemon_kill9_during_submissions(tmp_path, token, agents):
     accepted = []
     try:
         def killer():
-            time.sleep(0.15)
+            # land the kill in the middle, however fast submissions are on this machine
+            wait_until(lambda: len(accepted) >= 60, 30, step=0.001, what="60 submissions")
             m.proc.send_signal(signal.SIGKILL)
 
         threading.Thread(target=killer).start()
