@@ -318,7 +318,7 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	r = tasks_open(state_dir, sup_exe, &tasks);
+	r = tasks_open(state_dir, sup_exe, opts.name, &tasks);
 	if (r < 0) {
 		log_err("cannot open the task directory in %s: %s", state_dir, strerror(-r));
 		goto out_free_state_dir;

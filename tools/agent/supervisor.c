@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <limits.h>
@@ -33,13 +34,23 @@ extern char **environ;
 #define SUPERVISOR_GROUP_POLL_US (100 * 1000) /* how often a dying group is checked */
 #define SUPERVISOR_ANSWER_MAX    512
 
-/* Why the task's first process could not exec, sent over a close-on-exec pipe. */
+/* Why the task's first process could not exec, sent over a close-on-exec pipe; the
+ * first record it sends, EXEC_STAGE_SESSION with error 0, says that its session (and so
+ * its process group) exists. */
 struct exec_failure {
 	int stage; /* EXEC_STAGE_* */
-	int error; /* errno */
+	int error; /* errno; 0 for the session's record when setsid() worked */
 };
 
-enum { EXEC_STAGE_CHDIR = 1, EXEC_STAGE_EXEC };
+enum {
+	EXEC_STAGE_SESSION = 1, /* setsid() */
+	EXEC_STAGE_INITGROUPS,  /* the identity change: nothing of the task ran */
+	EXEC_STAGE_SETGID,
+	EXEC_STAGE_SETUID,
+	EXEC_STAGE_REVERSIBLE, /* setuid(0) still worked after the change */
+	EXEC_STAGE_CHDIR,
+	EXEC_STAGE_EXEC,
+};
 
 /* Why the supervisor stopped the task itself, if it did. */
 enum stop_reason { STOP_NONE, STOP_TIMEOUT, STOP_CANCEL, STOP_TERMINATED };
@@ -60,6 +71,15 @@ struct sup {
 	size_t n_candidates;
 	char *cwd;           /* owned */
 	bool work;           /* cwd is the task's own work/ */
+	bool cwd_home;       /* cwd is the user's HOME by default: "/" when it does not exist */
+	const char *user;    /* the user the task runs as (spec "user"), borrowed; NULL: ours */
+	bool passwd;         /* the spec carries the user's passwd entry: its environment */
+	bool switch_user;    /* the child takes the user's identity (we are root) */
+	uid_t uid;           /* with passwd */
+	gid_t gid;           /* with passwd */
+	const char *home;    /* with passwd, borrowed from spec */
+	const char *shell;   /* with passwd, borrowed from spec; never empty */
+	bool not_run;        /* the child failed before the task's own code could run */
 	uint64_t timeout_us; /* 0: none */
 	int null_fd, out_fd, err_fd;
 	char *error; /* the sentence result.json carries, if any; owned */
@@ -584,37 +604,82 @@ static char *env_entry(const char *key, const char *value)
 	return asprintf(&e, "%s=%s", key, value) < 0 ? NULL : e;
 }
 
-/* The minimal environment plus the spec's "env"; the spec may override PATH and HOME but
- * not CLUSTERFS_TASK_ID. Sets *ret_path to the PATH in effect (borrowed from envp). */
+/* Whether `key` names a variable that says who the task is, which the spec's "env" may
+ * not set (the agent refuses such a spec; this is the supervisor's own guard). */
+static bool env_is_identity(const char *key)
+{
+	return strcmp(key, "HOME") == 0 || strcmp(key, "USER") == 0 ||
+	       strcmp(key, "LOGNAME") == 0 || strcmp(key, "SHELL") == 0;
+}
+
+/* The minimal environment plus the spec's "env": PATH, HOME and CLUSTERFS_TASK_ID, and
+ * USER, LOGNAME and SHELL too for a task with a passwd entry, whose HOME is the entry's.
+ * The spec may override PATH, but neither CLUSTERFS_TASK_ID nor the identity. Sets
+ * *ret_path to the PATH in effect (borrowed from envp). */
 static int sup_build_env(struct sup *s, const char **ret_path)
 {
 	json_t *env = json_object_get(s->spec, "env");
-	const struct passwd *pw = getpwuid(geteuid());
-	const char *home = pw && pw->pw_dir && pw->pw_dir[0] ? pw->pw_dir : getenv("HOME");
-	size_t n = 3, max = 3 + json_object_size(env) + 1;
+	const struct passwd *pw = s->passwd ? NULL : getpwuid(geteuid());
+	const char *home = s->passwd                           ? s->home
+			   : pw && pw->pw_dir && pw->pw_dir[0] ? pw->pw_dir
+							       : getenv("HOME");
+	size_t n = 0, max = 6 + json_object_size(env) + 1;
 	const char *key;
 	json_t *value;
 
 	s->envp = calloc(max, sizeof(char *));
 	if (!s->envp)
 		return -ENOMEM;
-	s->envp[0] = env_entry("PATH", SUPERVISOR_DEFAULT_PATH);
-	s->envp[1] = env_entry("HOME", home ? home : "/");
-	s->envp[2] = env_entry("CLUSTERFS_TASK_ID", s->id);
-	if (!s->envp[0] || !s->envp[1] || !s->envp[2])
-		return -ENOMEM;
+	s->envp[n++] = env_entry("PATH", SUPERVISOR_DEFAULT_PATH);
+	s->envp[n++] = env_entry("HOME", home ? home : "/");
+	s->envp[n++] = env_entry("CLUSTERFS_TASK_ID", s->id);
+	if (s->passwd) {
+		s->envp[n++] = env_entry("USER", s->user);
+		s->envp[n++] = env_entry("LOGNAME", s->user);
+		s->envp[n++] = env_entry("SHELL", s->shell);
+	}
+	for (size_t i = 0; i < n; i++)
+		if (!s->envp[i])
+			return -ENOMEM;
 	json_object_foreach (env, key, value) {
 		const char *v = json_string_value(value);
-		if (!v || !key[0] || strchr(key, '=') || strcmp(key, "CLUSTERFS_TASK_ID") == 0)
+		if (!v || !key[0] || strchr(key, '=') || strcmp(key, "CLUSTERFS_TASK_ID") == 0 ||
+		    env_is_identity(key))
 			continue;
 		char *e = env_entry(key, v);
 		if (!e)
 			return -ENOMEM;
-		size_t slot = strcmp(key, "PATH") == 0 ? 0 : strcmp(key, "HOME") == 0 ? 1 : n++;
+		size_t slot = strcmp(key, "PATH") == 0 ? 0 : n++;
 		free(s->envp[slot]);
 		s->envp[slot] = e;
 	}
 	*ret_path = s->envp[0] + strlen("PATH=");
+	return 0;
+}
+
+/* Reads who the task runs as from the spec: "user" and, when the task takes its identity
+ * from a passwd entry (the request named a user), "passwd": {"uid", "gid", "home",
+ * "shell"}, which the agent resolved when the task was dispatched. 0 or -EINVAL. */
+static int sup_load_identity(struct sup *s)
+{
+	json_t *pw = json_object_get(s->spec, "passwd");
+	s->user = json_string_value(json_object_get(s->spec, "user"));
+	if (!pw)
+		return 0;
+	json_t *uid = json_object_get(pw, "uid"), *gid = json_object_get(pw, "gid");
+	s->home = json_string_value(json_object_get(pw, "home"));
+	s->shell = json_string_value(json_object_get(pw, "shell"));
+	if (!s->user || !json_is_integer(uid) || !json_is_integer(gid) || !s->home ||
+	    json_integer_value(uid) < 0 || json_integer_value(uid) >= (json_int_t) UINT32_MAX ||
+	    json_integer_value(gid) < 0 || json_integer_value(gid) >= (json_int_t) UINT32_MAX)
+		return -EINVAL;
+	if (!s->shell || !s->shell[0])
+		s->shell = "/bin/sh";
+	s->passwd = true;
+	s->uid = (uid_t) json_integer_value(uid);
+	s->gid = (gid_t) json_integer_value(gid);
+	/* Root changes identity; anyone else runs only its own tasks (the agent sees to it). */
+	s->switch_user = geteuid() == 0;
 	return 0;
 }
 
@@ -696,6 +761,10 @@ static int sup_prepare(struct sup *s, char *errbuf, size_t errlen)
 	for (size_t i = 1; i < argc; i++)
 		s->sh_argv[i + 1] = s->argv[i];
 
+	if (sup_load_identity(s) < 0) {
+		snprintf(errbuf, errlen, "%s has an invalid \"passwd\" entry", path);
+		return -EINVAL;
+	}
 	if ((r = sup_build_env(s, &exec_path)) < 0 ||
 	    (r = sup_build_candidates(s, exec_path)) < 0) {
 		snprintf(errbuf, errlen, "out of memory");
@@ -706,14 +775,19 @@ static int sup_prepare(struct sup *s, char *errbuf, size_t errlen)
 	if (json_is_number(timeout) && json_number_value(timeout) > 0)
 		s->timeout_us = (uint64_t) (json_number_value(timeout) * 1e6);
 
+	/* By default the task's own work/, which a user other than ours cannot reach in
+	 * our 0700 state directory: such a user starts in its HOME. */
 	const char *cwd = json_string_value(json_object_get(s->spec, "cwd"));
+	s->cwd_home = !cwd && s->passwd && s->uid != geteuid();
 	if (cwd)
 		s->cwd = strdup(cwd);
+	else if (s->cwd_home)
+		s->cwd = strdup(s->home[0] ? s->home : "/");
 	else if (asprintf(&s->cwd, "%s/%s", s->dir, TASK_DIR_WORK) < 0)
 		s->cwd = NULL;
 	if (!s->cwd)
 		return -ENOMEM;
-	s->work = !cwd;
+	s->work = !cwd && !s->cwd_home;
 	return 0;
 }
 
@@ -750,16 +824,40 @@ static void __attribute__((noreturn)) child_fail(int fd, int stage, int err)
 	_exit(127);
 }
 
-/* The task's first process, between fork and exec: async-signal-safe calls only. The
+/* Takes the task's user's identity, for good: its groups, its group, its uid, in that
+ * order (each needs the privilege the next gives up), then checks that root cannot be
+ * had back. Returns or fails the child. */
+static void child_become_user(const struct sup *s, int fail_fd)
+{
+	if (initgroups(s->user, s->gid) < 0)
+		child_fail(fail_fd, EXEC_STAGE_INITGROUPS, errno);
+	if (setgid(s->gid) < 0)
+		child_fail(fail_fd, EXEC_STAGE_SETGID, errno);
+	if (setuid(s->uid) < 0)
+		child_fail(fail_fd, EXEC_STAGE_SETUID, errno);
+	if (getuid() != s->uid || geteuid() != s->uid || getgid() != s->gid || getegid() != s->gid)
+		child_fail(fail_fd, EXEC_STAGE_REVERSIBLE, EPERM);
+	if (s->uid != 0 && (setuid(0) == 0 || seteuid(0) == 0))
+		child_fail(fail_fd, EXEC_STAGE_REVERSIBLE, EPERM);
+}
+
+/* The task's first process, between fork and exec. The supervisor is single-threaded, so
+ * the child may call what it likes; it keeps to async-signal-safe calls but for
+ * initgroups(), which reads the group database, as it must for the user's groups. The
  * supervisor's descriptors 0..2 are open (on /dev/null), so its others are all > 2 and
  * the dup2s below cannot clobber one another. */
 static void __attribute__((noreturn)) sup_child(struct sup *s, int fail_fd)
 {
 	struct sigaction dfl = {.sa_handler = SIG_DFL};
+	struct exec_failure session = {.stage = EXEC_STAGE_SESSION};
 	sigset_t none;
 	bool denied = false;
 
-	setpgid(0, 0);
+	/* A session of its own, and so a process group too (pgid = pid), apart from the
+	 * supervisor's: the supervisor waits for this word before it records the pgid. */
+	if (setsid() < 0)
+		child_fail(fail_fd, EXEC_STAGE_SESSION, errno);
+	(void) !write(fail_fd, &session, sizeof(session));
 	/* Ignored signals survive exec: give the task every default back. */
 	for (int sig = 1; sig < NSIG; sig++)
 		sigaction(sig, &dfl, NULL);
@@ -771,7 +869,13 @@ static void __attribute__((noreturn)) sup_child(struct sup *s, int fail_fd)
 	/* Close-on-exec for everything else, which keeps fail_fd usable until the exec. */
 	close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
 
-	if (chdir(s->cwd) < 0)
+	if (s->switch_user)
+		child_become_user(s, fail_fd);
+	if (s->passwd)
+		umask(022);
+	/* As the user: it cannot go where it may not. A HOME that does not exist is "/". */
+	if (chdir(s->cwd) < 0 &&
+	    !(s->cwd_home && (errno == ENOENT || errno == ENOTDIR) && chdir("/") == 0))
 		child_fail(fail_fd, EXEC_STAGE_CHDIR, errno);
 	for (size_t i = 0; i < s->n_candidates; i++) {
 		execve(s->candidates[i], s->argv, s->envp);
@@ -798,11 +902,36 @@ static void sup_note_exec_failure(struct sup *s, const struct exec_failure *f)
 {
 	char *msg = NULL, *line = NULL;
 
-	if (f->stage == EXEC_STAGE_CHDIR)
+	switch (f->stage) {
+	case EXEC_STAGE_SESSION:
+		(void) !asprintf(&msg, "cannot start a session for the task: %s",
+				 strerror(f->error));
+		break;
+	case EXEC_STAGE_INITGROUPS:
+		(void) !asprintf(&msg, "cannot run the task as %s: initgroups: %s", s->user,
+				 strerror(f->error));
+		break;
+	case EXEC_STAGE_SETGID:
+		(void) !asprintf(&msg, "cannot run the task as %s: setgid(%u): %s", s->user,
+				 (unsigned) s->gid, strerror(f->error));
+		break;
+	case EXEC_STAGE_SETUID:
+		(void) !asprintf(&msg, "cannot run the task as %s: setuid(%u): %s", s->user,
+				 (unsigned) s->uid, strerror(f->error));
+		break;
+	case EXEC_STAGE_REVERSIBLE:
+		(void) !asprintf(&msg,
+				 "cannot run the task as %s: the change of identity did not "
+				 "hold (root could be regained)",
+				 s->user);
+		break;
+	case EXEC_STAGE_CHDIR:
 		(void) !asprintf(&msg, "cannot change to directory %s: %s", s->cwd,
 				 strerror(f->error));
-	else
-		(void) !asprintf(&msg, "cannot run %s: %s", s->argv[0], strerror(f->error));
+		break;
+	default: (void) !asprintf(&msg, "cannot run %s: %s", s->argv[0], strerror(f->error));
+	}
+	s->not_run = s->not_run || f->stage < EXEC_STAGE_CHDIR;
 	if (!msg)
 		return;
 	if (asprintf(&line, "clusterfs-agent: %s\n", msg) >= 0) {
@@ -811,6 +940,20 @@ static void sup_note_exec_failure(struct sup *s, const struct exec_failure *f)
 	}
 	free(s->error);
 	s->error = msg;
+}
+
+/* Waits for the child's first record: its session exists, so that the pgid we record
+ * names a process group that can be signalled. A child that failed instead (or died)
+ * has its reason noted. */
+static void sup_wait_session(struct sup *s, int fail_fd)
+{
+	struct exec_failure f;
+	ssize_t n;
+
+	while ((n = read(fail_fd, &f, sizeof(f))) < 0 && errno == EINTR)
+		;
+	if (n == (ssize_t) sizeof(f) && !(f.stage == EXEC_STAGE_SESSION && f.error == 0))
+		sup_note_exec_failure(s, &f);
 }
 
 static uint64_t min_u64(uint64_t a, uint64_t b)
@@ -933,9 +1076,13 @@ static int sup_write_result(struct sup *s, int status, enum stop_reason reason)
 	else
 		state = exit_code == 0 ? "succeeded" : "failed";
 
-	json_t *doc =
-		json_pack("{s:s, s:i, s:o, s:f}", "state", state, "exit_code", exit_code, "signal",
-			  sig ? json_integer(sig) : json_null(), "finished_at", clock_wall_s());
+	/* A child that could not become the task's user ran nothing of it: no exit code. */
+	if (s->not_run && reason == STOP_NONE)
+		state = "failed";
+	json_t *doc = json_pack("{s:s, s:o, s:o, s:f}", "state", state, "exit_code",
+				s->not_run ? json_null() : json_integer(exit_code), "signal",
+				sig && !s->not_run ? json_integer(sig) : json_null(), "finished_at",
+				clock_wall_s());
 	if (doc && s->error)
 		json_object_set_new(doc, "error", json_string(s->error));
 	char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
@@ -1021,7 +1168,7 @@ int supervisor_main(int argc, char **argv)
 	if (child == 0)
 		sup_child(&s, fail[1]);
 	close(fail[1]);
-	setpgid(child, child); /* as the child does: whoever runs first */
+	sup_wait_session(&s, fail[0]);
 
 	if ((r = sup_write_number(&s, TASK_FILE_PID, child)) < 0 ||
 	    (r = sup_write_number(&s, TASK_FILE_PGID, child)) < 0) {

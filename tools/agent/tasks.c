@@ -12,6 +12,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #define TASKS_SUBDIR      "tasks"
 #define TASKS_FILE_MAX    (4 * 1024 * 1024) /* spec.json and result.json at most */
 #define TASKS_TIMEOUT_MAX 1e9               /* seconds; ~31 years */
+#define TASKS_USER_MAX    64                /* bytes in a user name */
 
 enum task_state {
 	TASK_RUNNING,
@@ -53,6 +55,8 @@ struct task {
 	pid_t child;              /* a supervisor this agent forked and has not reaped; 0: none */
 	bool sup_gone;            /* the supervisor is known to have exited */
 	int64_t size[2];          /* stdout and stderr sizes, recorded once the task is final */
+	char *user;               /* who it runs (or was to run) as; owned, immutable */
+	long long uid;            /* that user's uid; -1: unknown (no such user); immutable */
 };
 
 struct tasks {
@@ -65,6 +69,20 @@ struct tasks {
 	struct task **v;               /* in order of start */
 	size_t n, cap;
 	struct spares *spares; /* NULL: none */
+	char *node;            /* the agent's --name, for error sentences; immutable */
+	char *own_user;        /* the name of the agent's euid (its number if it has none) */
+	uid_t own_uid;         /* the agent's euid; immutable */
+};
+
+/* Who a task is to run as, resolved when it is dispatched. */
+struct task_identity {
+	char user[TASKS_USER_MAX + 1];
+	long long uid;   /* -1: no such user */
+	bool passwd;     /* the request named the user: the task gets its passwd entry */
+	gid_t gid;       /* with passwd */
+	char *home;      /* with passwd; owned */
+	char *shell;     /* with passwd; owned */
+	char error[256]; /* non-empty: the task cannot run at all, and this says why */
 };
 
 static const char *const stream_names[] = {TASK_FILE_STDOUT, TASK_FILE_STDERR};
@@ -85,6 +103,30 @@ static bool task_id_is_valid(const char *id)
 			return false;
 	}
 	return true;
+}
+
+/* [A-Za-z0-9._-]{1,64}, not starting with '-': a user name that no option parser or
+ * path can mistake for something else. */
+static bool task_user_is_valid(const char *name)
+{
+	size_t len = strlen(name);
+
+	if (len == 0 || len > TASKS_USER_MAX || name[0] == '-')
+		return false;
+	for (const char *p = name; *p; p++) {
+		char c = *p;
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      strchr("._-", c)))
+			return false;
+	}
+	return true;
+}
+
+/* The variables that say who a task is, which come from its user, never from "env". */
+static bool task_env_is_identity(const char *key)
+{
+	return strcmp(key, "USER") == 0 || strcmp(key, "HOME") == 0 ||
+	       strcmp(key, "LOGNAME") == 0 || strcmp(key, "SHELL") == 0;
 }
 
 /* "ID/NAME", relative to tasks->dirfd. */
@@ -162,7 +204,9 @@ static int task_load_result_locked(struct tasks *t, struct task *k)
 	for (size_t i = TASK_SUCCEEDED; state && i < TASK_LOST; i++)
 		if (strcmp(state, task_state_names[i]) == 0)
 			st = (enum task_state) i;
-	if (st == TASK_RUNNING || !json_is_integer(exit_code) || !json_is_number(finished)) {
+	/* exit_code null: a task that could not run at all (its user). */
+	if (st == TASK_RUNNING || !(json_is_integer(exit_code) || json_is_null(exit_code)) ||
+	    !json_is_number(finished)) {
 		char why[128];
 		snprintf(why, sizeof(why), "its %s cannot be read%s%s", TASK_FILE_RESULT,
 			 r < 0 ? ": " : "", r < 0 ? strerror(-r) : "");
@@ -170,7 +214,7 @@ static int task_load_result_locked(struct tasks *t, struct task *k)
 		task_set_lost_locked(t, k, why);
 		return 0;
 	}
-	k->exit_code = (int) json_integer_value(exit_code);
+	k->exit_code = json_is_integer(exit_code) ? (int) json_integer_value(exit_code) : -1;
 	k->signal = json_is_integer(sig) ? (int) json_integer_value(sig) : 0;
 	k->finished_at = json_number_value(finished);
 	free(k->error);
@@ -222,6 +266,7 @@ static void task_free(struct task *k)
 	if (!k)
 		return;
 	free(k->error);
+	free(k->user);
 	free(k);
 }
 
@@ -250,6 +295,7 @@ static struct task *task_new(const char *id, double started_at)
 	memcpy(k->id, id, len + 1);
 	k->state = TASK_RUNNING;
 	k->exit_code = -1;
+	k->uid = -1;
 	k->started_at = started_at;
 	return k;
 }
@@ -290,9 +336,20 @@ static int task_load(struct tasks *t, const char *id, struct task **ret_task, ch
 		return -EINVAL;
 	}
 	struct task *k = task_new(id, json_number_value(started));
+	/* A spec from before tasks had users ran as the agent's user. */
+	const char *user = json_string_value(json_object_get(spec, "user"));
+	json_t *uid = json_object_get(spec, "uid");
+	if (k) {
+		k->user = strdup(user ? user : t->own_user);
+		k->uid = json_is_integer(uid) ? (long long) json_integer_value(uid)
+			 : user               ? -1
+					      : (long long) t->own_uid;
+	}
 	json_decref(spec);
-	if (!k)
+	if (!k || !k->user) {
+		task_free(k);
 		return -ENOMEM;
+	}
 	task_load_pids(t, k);
 	*ret_task = k;
 	return 0;
@@ -357,7 +414,20 @@ static int tasks_scan(struct tasks *t)
 	return 0;
 }
 
-int tasks_open(const char *state_dir, const char *exe, struct tasks **ret_tasks)
+/* The name of the user the agent runs as; its uid in decimal if it has no passwd entry.
+ * Returns a new string or NULL. */
+static char *own_user_name(uid_t uid)
+{
+	char buf[16384], *name;
+	struct passwd pw, *found = NULL;
+
+	if (getpwuid_r(uid, &pw, buf, sizeof(buf), &found) == 0 && found && pw.pw_name &&
+	    pw.pw_name[0])
+		return strdup(pw.pw_name);
+	return asprintf(&name, "%u", (unsigned) uid) < 0 ? NULL : name;
+}
+
+int tasks_open(const char *state_dir, const char *exe, const char *node, struct tasks **ret_tasks)
 {
 	struct tasks *t = calloc(1, sizeof(*t));
 	int r;
@@ -372,8 +442,11 @@ int tasks_open(const char *state_dir, const char *exe, struct tasks **ret_tasks)
 		r = -ENOMEM;
 		goto err_close;
 	}
+	t->own_uid = geteuid();
 	t->exe = strdup(exe);
-	if (!t->exe) {
+	t->node = strdup(node);
+	t->own_user = own_user_name(t->own_uid);
+	if (!t->exe || !t->node || !t->own_user) {
 		r = -ENOMEM;
 		goto err_close;
 	}
@@ -413,6 +486,8 @@ void tasks_close(struct tasks *t)
 		close(t->dirfd);
 	free(t->dir);
 	free(t->exe);
+	free(t->node);
+	free(t->own_user);
 	pthread_mutex_destroy(&t->lock);
 	pthread_mutex_destroy(&t->create_lock);
 	free(t);
@@ -473,6 +548,12 @@ static json_t *task_to_json_locked(struct tasks *t, const struct task *k)
 		"finished_at", json_real_or_null(k->finished_at, k->finished_at > 0), "stdout_size",
 		(json_int_t) (running ? task_stream_size(t, k, 0) : k->size[0]), "stderr_size",
 		(json_int_t) (running ? task_stream_size(t, k, 1) : k->size[1]));
+	if (o &&
+	    (json_object_set_new(o, "user", json_string(k->user)) < 0 ||
+	     json_object_set_new(o, "uid", json_int_or_null((long) k->uid, k->uid >= 0)) < 0)) {
+		json_decref(o);
+		return NULL;
+	}
 	if (o && k->error && json_object_set_new(o, "error", json_string(k->error)) < 0) {
 		json_decref(o);
 		return NULL;
@@ -490,7 +571,7 @@ static int task_reply_locked(struct tasks *t, const struct task *k, unsigned sta
 /* Checks a POST body against TASKS-API.md. 0, or -EINVAL with a sentence in msg. */
 static int task_request_check(json_t *doc, char *msg, size_t msglen)
 {
-	static const char *const fields[] = {"id", "cmd", "env", "cwd", "timeout_s"};
+	static const char *const fields[] = {"id", "cmd", "env", "cwd", "timeout_s", "user"};
 	const size_t n_fields = sizeof(fields) / sizeof(fields[0]);
 	const char *key;
 	json_t *v;
@@ -507,7 +588,7 @@ static int task_request_check(json_t *doc, char *msg, size_t msglen)
 			const char *near = util_closest_word(key, fields, n_fields, 2);
 			snprintf(msg, msglen,
 				 "unknown field \"%.64s\"%s%s%s; the fields are id, "
-				 "cmd, env, cwd and timeout_s",
+				 "cmd, env, cwd, timeout_s and user",
 				 key, near ? " (did you mean \"" : "", near ? near : "",
 				 near ? "\"?)" : "");
 			return -EINVAL;
@@ -567,7 +648,25 @@ static int task_request_check(json_t *doc, char *msg, size_t msglen)
 					 key);
 				return -EINVAL;
 			}
+			if (task_env_is_identity(key)) {
+				snprintf(msg, msglen,
+					 "env may not set %s (the task's identity comes from its "
+					 "user)",
+					 key);
+				return -EINVAL;
+			}
 		}
+	}
+
+	v = json_object_get(doc, "user");
+	if (v && !json_is_null(v) &&
+	    (!json_is_string(v) || json_string_length(v) != strlen(json_string_value(v)) ||
+	     !task_user_is_valid(json_string_value(v)))) {
+		snprintf(msg, msglen,
+			 "\"user\" must be a user name of 1 to %d characters from A-Z a-z 0-9 "
+			 ". _ -, not starting with \"-\"",
+			 TASKS_USER_MAX);
+		return -EINVAL;
 	}
 
 	v = json_object_get(doc, "cwd");
@@ -690,28 +789,53 @@ static bool task_is_leftover(struct tasks *t, const char *id)
 	return r == -EINVAL;
 }
 
-/* Writes the spec and starts the supervisor; create_lock held, not lock. Returns the new
- * task, or NULL with resp set (status 0 when out of memory). */
-static struct task *task_start(struct tasks *t, const char *id, json_t *doc, struct response *resp)
+/* Adds who the task runs as to its spec: "user" and "uid" (null for no such user) always,
+ * and the passwd entry the supervisor gives it when the request named the user. 0 or
+ * -ENOMEM. */
+static int task_spec_add_identity(json_t *doc, const struct task_identity *ident)
 {
-	char dir[PATH_MAX], errbuf[512];
+	json_t *pw = NULL;
+
+	if (ident->passwd) {
+		pw = json_pack("{s:I, s:I, s:s, s:s}", "uid", (json_int_t) ident->uid, "gid",
+			       (json_int_t) ident->gid, "home", ident->home, "shell", ident->shell);
+		if (!pw || json_object_set_new(doc, "passwd", pw) < 0)
+			return -ENOMEM;
+	}
+	if (json_object_set_new(doc, "user", json_string(ident->user)) < 0 ||
+	    json_object_set_new(doc, "uid",
+				ident->uid >= 0 ? json_integer((json_int_t) ident->uid)
+						: json_null()) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+/* Allocates task `id` and writes its spec.json (not durable yet): the request `doc`,
+ * without its null fields, with its start time and identity. Returns the task's
+ * directory open, *ret_task and *ret_spec_fd set; or -errno with resp set (status 0
+ * when out of memory), and nothing left on disk. create_lock held, not lock. */
+static int task_begin(struct tasks *t, const char *id, json_t *doc,
+		      const struct task_identity *ident, struct task **ret_task, int *ret_spec_fd,
+		      struct response *resp)
+{
 	double now = clock_wall_s();
-	struct supervisor_launch launch;
-	int dfd, spec_fd = -1, r;
-	pid_t sup = 0;
+	int spec_fd = -1, r;
 
 	/* Allocated first: once spec.json exists the task must make it into the registry,
 	 * or a second POST would start it again. */
 	struct task *k = task_new(id, now);
 	if (!k)
-		return NULL;
+		return -ENOMEM;
+	k->user = strdup(ident->user);
+	k->uid = ident->uid;
 	/* The optional fields that are null are as good as absent. */
 	for (const char *const *f = (const char *const[]){"env", "cwd", "timeout_s", NULL}; *f; f++)
 		if (json_is_null(json_object_get(doc, *f)))
 			json_object_del(doc, *f);
-	if (json_object_set_new(doc, "started_at", json_real(now)) < 0) {
+	if (!k->user || json_object_set_new(doc, "started_at", json_real(now)) < 0 ||
+	    task_spec_add_identity(doc, ident) < 0) {
 		task_free(k);
-		return NULL;
+		return -ENOMEM;
 	}
 	r = task_write_spec(t, id, doc, &spec_fd);
 	if (r == -EEXIST && task_is_leftover(t, id)) {
@@ -725,13 +849,70 @@ static struct task *task_start(struct tasks *t, const char *id, json_t *doc, str
 		if (r != -EEXIST)
 			task_remove_dir(t, id);
 		task_free(k);
+		return r;
+	}
+	*ret_task = k;
+	*ret_spec_fd = spec_fd;
+	return r;
+}
+
+/* Records a task that cannot run at all, `why` being the reason (its user): a spec.json
+ * and a result.json of state failed without an exit code, both durable, and no
+ * supervisor, so that the id is known from now on, also to a restarted agent. Returns
+ * the new task, or NULL with resp set (status 0 when out of memory). create_lock held,
+ * not lock. */
+static struct task *task_record_unrunnable(struct tasks *t, const char *id, json_t *doc,
+					   const struct task_identity *ident, const char *why,
+					   struct response *resp)
+{
+	struct task *k;
+	int spec_fd, r;
+
+	int dfd = task_begin(t, id, doc, ident, &k, &spec_fd, resp);
+	if (dfd < 0)
+		return NULL;
+	json_t *result = json_pack("{s:s, s:n, s:n, s:f, s:s}", "state", "failed", "exit_code",
+				   "signal", "finished_at", clock_wall_s(), "error", why);
+	_cleanup_free_ char *text =
+		result ? json_dumps(result, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
+	json_decref(result);
+	r = text ? supervisor_write_file(dfd, TASK_FILE_RESULT, text, strlen(text), true) : -ENOMEM;
+	if (r == 0)
+		r = task_sync_spec(t, dfd, spec_fd);
+	close(spec_fd);
+	close(dfd);
+	if (r < 0) {
+		log_err("cannot record task %s: %s", id, strerror(-r));
+		response_set_error(resp, 500, "cannot record task %s: %s", id, strerror(-r));
+		task_remove_dir(t, id);
+		task_free(k);
 		return NULL;
 	}
-	dfd = r;
+	task_load_result_locked(t, k); /* not yet in the registry: no lock needed */
+	log_info("task %s failed without running: %s", id, why);
+	return k;
+}
 
+/* Writes the spec and starts the supervisor; create_lock held, not lock. Returns the new
+ * task, or NULL with resp set (status 0 when out of memory). */
+static struct task *task_start(struct tasks *t, const char *id, json_t *doc,
+			       const struct task_identity *ident, struct response *resp)
+{
+	char dir[PATH_MAX], errbuf[512];
+	struct supervisor_launch launch;
+	int dfd, spec_fd = -1, r;
+	struct task *k;
+	pid_t sup = 0;
+
+	dfd = task_begin(t, id, doc, ident, &k, &spec_fd, resp);
+	if (dfd < 0)
+		return NULL;
+
+	/* A task of another user starts in its HOME, so it needs no work/. */
+	bool foreign = ident->passwd && ident->uid != (long long) t->own_uid;
 	snprintf(dir, sizeof(dir), "%s/%s", t->dir, id);
-	r = supervisor_spawn(t->exe, dir, dfd, t->boot_id, !json_object_get(doc, "cwd"), &launch,
-			     errbuf, sizeof(errbuf));
+	r = supervisor_spawn(t->exe, dir, dfd, t->boot_id, !json_object_get(doc, "cwd") && !foreign,
+			     &launch, errbuf, sizeof(errbuf));
 	bool nothing_ran = r < 0;
 	if (r == 0) {
 		/* While the supervisor starts up: it runs nothing before the go-ahead, and the
@@ -766,8 +947,84 @@ static struct task *task_start(struct tasks *t, const char *id, json_t *doc, str
 	return k;
 }
 
+/* Looks user `name` up with getpwnam_r(). 0 with *ret_pw filled (its strings in *ret_buf,
+ * a new buffer), -ENOENT when there is no such user, another -errno when the database
+ * could not be read. */
+static int user_lookup(const char *name, struct passwd *ret_pw, char **ret_buf)
+{
+	long max = sysconf(_SC_GETPW_R_SIZE_MAX);
+	size_t size = max > 0 ? (size_t) max : 16384;
+	struct passwd *found;
+
+	for (;;) {
+		char *buf = malloc(size);
+		if (!buf)
+			return -ENOMEM;
+		int r = getpwnam_r(name, ret_pw, buf, size, &found);
+		if (r == ERANGE && size < 1024 * 1024) {
+			free(buf);
+			size *= 2;
+			continue;
+		}
+		if (found) {
+			*ret_buf = buf;
+			return 0;
+		}
+		free(buf);
+		/* getpwnam_r(3): these, or 0, mean that the name is not there. */
+		if (r == 0 || r == ENOENT || r == ESRCH || r == EBADF || r == EPERM)
+			return -ENOENT;
+		return -r;
+	}
+}
+
+static void task_identity_done(struct task_identity *ident)
+{
+	free(ident->home);
+	free(ident->shell);
+}
+
+/* Works out who a task is to run as, at its dispatch: the agent's own user without a
+ * "user" in the request, else that user from the passwd database. A user this agent
+ * cannot run as (none of that name here, or not the agent's own when the agent is not
+ * root) leaves the sentence in ret->error. 0, or -errno when the database failed. */
+static int task_resolve_identity(struct tasks *t, json_t *doc, struct task_identity *ret)
+{
+	const char *name = json_string_value(json_object_get(doc, "user"));
+	_cleanup_free_ char *buf = NULL;
+	struct passwd pw;
+
+	*ret = (struct task_identity){.uid = (long long) t->own_uid};
+	if (!name) {
+		snprintf(ret->user, sizeof(ret->user), "%s", t->own_user);
+		return 0;
+	}
+	snprintf(ret->user, sizeof(ret->user), "%s", name);
+	int r = user_lookup(name, &pw, &buf);
+	if (r == -ENOENT) {
+		ret->uid = -1;
+		snprintf(ret->error, sizeof(ret->error), "user %s does not exist on %s", name,
+			 t->node);
+		return 0;
+	}
+	if (r < 0)
+		return r;
+	ret->uid = (long long) pw.pw_uid;
+	if (t->own_uid != 0 && strcmp(name, t->own_user) != 0) {
+		snprintf(ret->error, sizeof(ret->error),
+			 "this agent runs as %s and cannot run tasks as %s", t->own_user, name);
+		return 0;
+	}
+	ret->passwd = true;
+	ret->gid = pw.pw_gid;
+	ret->home = strdup(pw.pw_dir ? pw.pw_dir : "");
+	ret->shell = strdup(pw.pw_shell && pw.pw_shell[0] ? pw.pw_shell : "/bin/sh");
+	return ret->home && ret->shell ? 0 : -ENOMEM;
+}
+
 int tasks_handle_create(struct tasks *t, struct request *req, struct response *resp)
 {
+	struct task_identity ident = {0};
 	json_error_t jerr;
 	char msg[512];
 	json_t *doc = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
@@ -796,15 +1053,27 @@ int tasks_handle_create(struct tasks *t, struct request *req, struct response *r
 	}
 	size_t running = tasks_count_running_locked(t);
 	pthread_mutex_unlock(&t->lock);
-	if (running >= TASKS_MAX_RUNNING) {
+
+	/* Now, not earlier: the task runs as the user the database says at its dispatch. */
+	r = task_resolve_identity(t, doc, &ident);
+	if (r < 0) {
+		response_set_error(resp, 500, "cannot look up user %s: %s", ident.user,
+				   strerror(-r));
+		r = r == -ENOMEM ? r : 0;
+		goto out_unlock_create;
+	}
+	if (ident.error[0]) {
+		/* Accepted, and known from now on, but nothing runs. */
+		k = task_record_unrunnable(t, id, doc, &ident, ident.error, resp);
+	} else if (running >= TASKS_MAX_RUNNING) {
 		response_set_error(resp, 503, "too many running tasks: the limit is %d",
 				   TASKS_MAX_RUNNING);
 		goto out_unlock_create;
+	} else {
+		spares_pause(t->spares);
+		k = task_start(t, id, doc, &ident, resp);
+		spares_resume(t->spares);
 	}
-
-	spares_pause(t->spares);
-	k = task_start(t, id, doc, resp);
-	spares_resume(t->spares);
 	if (!k) {
 		if (!resp->status)
 			r = -ENOMEM;
@@ -818,7 +1087,9 @@ int tasks_handle_create(struct tasks *t, struct request *req, struct response *r
 		task_free(k);
 		goto out_unlock_create;
 	}
-	log_info("task %s started: pid %d, supervisor %d", id, (int) k->pid, (int) k->sup.pid);
+	if (k->state == TASK_RUNNING)
+		log_info("task %s started as %s: pid %d, supervisor %d", id, k->user, (int) k->pid,
+			 (int) k->sup.pid);
 	/* It may have exited before it was in the registry, unseen by tasks_reap(). */
 	task_reap_locked(t, k);
 	task_refresh_locked(t, k);
@@ -827,6 +1098,7 @@ int tasks_handle_create(struct tasks *t, struct request *req, struct response *r
 
 out_unlock_create:
 	pthread_mutex_unlock(&t->create_lock);
+	task_identity_done(&ident);
 	json_decref(doc);
 	return r;
 }

@@ -17,8 +17,10 @@ struct tasks;
 /* Opens the registry under `state_dir` (borrowed): creates STATE_DIR/tasks if needed,
  * re-adopts every task found there and starts keeping spare task directories (spares.h).
  * `exe` (borrowed) is the supervisor program (SUPERVISOR_PROGRAM), which is run for every
- * task. Returns a new registry, 0 or -errno. */
-int tasks_open(const char *state_dir, const char *exe, struct tasks **ret_tasks);
+ * task; `node` (borrowed) is the agent's name, which error sentences give. Tasks run as
+ * the agent's effective user unless their request names another (which only root can
+ * grant). Returns a new registry, 0 or -errno. */
+int tasks_open(const char *state_dir, const char *exe, const char *node, struct tasks **ret_tasks);
 /* Frees the registry. Running tasks carry on under their supervisors. NULL is a no-op. */
 void tasks_close(struct tasks *t);
 
