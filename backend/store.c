@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 struct conn {
@@ -40,6 +41,9 @@ static const char *const migrations[] = {
 	"CREATE TABLE outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, key TEXT,"
 	" body TEXT NOT NULL, created_at REAL NOT NULL);"
 	"CREATE TABLE cache(key TEXT PRIMARY KEY, json TEXT NOT NULL, fetched_at REAL NOT NULL);",
+	/* 2: who submitted, by name and group (tasks run as that user, files belong to it) */
+	"ALTER TABLE tasks ADD COLUMN user TEXT;"
+	"ALTER TABLE tasks ADD COLUMN gid INTEGER NOT NULL DEFAULT 0;",
 };
 
 static int sqlite_to_errno(int rc)
@@ -171,6 +175,25 @@ int store_open(const char *dir, struct store **ret, char *errbuf, size_t errlen)
 	s->path = buf_steal(&p, NULL);
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_key_create(&s->key, conn_destroy);
+	/* The store holds specs (with their env) and output: the owner's only. sqlite makes
+	 * its -wal and -shm files with the database's mode, so the database is made 0600
+	 * first, and files an older version left open are closed up. */
+	int fd = open(s->path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0 || fchmod(fd, 0600) < 0) {
+		snprintf(errbuf, errlen, "cannot open the store %s: %s", s->path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		store_close(s);
+		return -EIO;
+	}
+	close(fd);
+	for (int i = 0; i < 2; i++) {
+		struct buf side;
+		buf_init(&side);
+		buf_printf(&side, "%s%s", s->path, i ? "-shm" : "-wal");
+		chmod(side.data, 0600);
+		buf_free(&side);
+	}
 	sqlite3 *db = store_db(s);
 	if (!db) {
 		snprintf(errbuf, errlen, "cannot open the store %s", s->path);
@@ -185,7 +208,7 @@ int store_open(const char *dir, struct store **ret, char *errbuf, size_t errlen)
 	char *id = store_get_meta(s, "instance_id");
 	if (!id) {
 		unsigned char rnd[12];
-		int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+		fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
 		if (fd < 0 || read(fd, rnd, sizeof(rnd)) != (ssize_t) sizeof(rnd)) {
 			if (fd >= 0)
 				close(fd);
@@ -254,6 +277,7 @@ void store_task_clear(struct store_task *t)
 	free(t->dispatch_id);
 	free(t->reason);
 	free(t->placement);
+	free(t->user);
 	memset(t, 0, sizeof(*t));
 }
 
@@ -277,8 +301,8 @@ static int insert_one(sqlite3 *db, struct store_task *t)
 {
 	static const char sql[] =
 		"INSERT INTO tasks(id, parent, spec, state, node, dispatch_id, reason, placement,"
-		" exit_code, attempts, priority, uid, submitted_at, started_at, finished_at)"
-		" VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+		" exit_code, attempts, priority, uid, submitted_at, started_at, finished_at, user,"
+		" gid) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 	sqlite3_stmt *st;
 	int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
 	if (rc != SQLITE_OK)
@@ -298,6 +322,8 @@ static int insert_one(sqlite3 *db, struct store_task *t)
 	bind_time(st, 13, t->submitted_at);
 	bind_time(st, 14, t->started_at);
 	bind_time(st, 15, t->finished_at);
+	bind_text(st, 16, t->user);
+	sqlite3_bind_int64(st, 17, (sqlite3_int64) t->gid);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE)
@@ -366,7 +392,7 @@ int store_load_tasks(struct store *s, struct store_task **ret, size_t *ret_n)
 {
 	static const char sql[] =
 		"SELECT id, parent, spec, state, node, dispatch_id, reason, placement, exit_code,"
-		" attempts, priority, uid, submitted_at, started_at, finished_at, seq"
+		" attempts, priority, uid, submitted_at, started_at, finished_at, seq, user, gid"
 		" FROM tasks ORDER BY seq";
 	sqlite3_stmt *st;
 	int rc = store_prepare(s, sql, &st);
@@ -397,6 +423,8 @@ int store_load_tasks(struct store *s, struct store_task **ret, size_t *ret_n)
 		t->started_at = sqlite3_column_double(st, 13);
 		t->finished_at = sqlite3_column_double(st, 14);
 		t->seq = sqlite3_column_int64(st, 15);
+		t->user = col_text(st, 16);
+		t->gid = (gid_t) sqlite3_column_int64(st, 17);
 	}
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE) {

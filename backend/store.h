@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 
 struct store;
 
@@ -28,13 +28,16 @@ struct store_task {
 	int attempts;      /* dispatches so far */
 	int priority;      /* 0..3 */
 	uid_t uid;         /* submitter */
+	gid_t gid;         /* the submitter's group at submission (owner of its files) */
+	char *user;        /* the submitter's user name, or NULL (unknown, or before v2) */
 	double submitted_at, started_at, finished_at; /* wall; 0 when not yet */
 	int64_t seq;                                  /* submission order */
 };
 
 void store_task_clear(struct store_task *t);
 
-/* Opens (creating or migrating) DIR/clusterfs.db. errbuf gets a sentence on failure. */
+/* Opens (creating or migrating) DIR/clusterfs.db, and makes it and its WAL files 0600.
+ * errbuf gets a sentence on failure. */
 int store_open(const char *dir, struct store **ret, char *errbuf, size_t errlen);
 void store_close(struct store *s);
 

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,10 +42,18 @@ struct task {
 	bool cancel_requested;
 	bool cancel_sent;
 	char *remote_state; /* the agent's final state, once seen; finalised after output */
+	char *remote_error; /* the agent's sentence for why it ended, or NULL */
 	int remote_exit;
 	double changed_at;
 	struct waiter *waiters;
 	struct task *hnext; /* hash chain */
+};
+
+/* Unfinished tasks of one submitter, for tasks.queued_per_user. Few users: a list. */
+struct user_load {
+	uid_t uid;
+	int unfinished;
+	struct user_load *next;
 };
 
 struct node_poll {
@@ -73,6 +82,7 @@ struct tasks {
 	size_t next_tombstone;
 	double changed_at;       /* protected by lock */
 	bool schedule_posted;    /* protected by lock */
+	struct user_load *users; /* protected by lock */
 	struct node_poll *polls; /* loop thread only */
 	struct loop_timer *tick; /* loop thread only */
 	bool started;
@@ -97,6 +107,8 @@ void task_view_clear(struct task_view *v)
 	free(v->node);
 	free(v->reason);
 	free(v->placement);
+	free(v->user);
+	free(v->run_as);
 	json_decref(v->spec);
 	json_decref(v->children);
 	memset(v, 0, sizeof(*v));
@@ -120,8 +132,28 @@ static struct task *find_locked(struct tasks *t, const char *id)
 	return NULL;
 }
 
+static struct user_load *user_load_locked(struct tasks *t, uid_t uid)
+{
+	for (struct user_load *u = t->users; u; u = u->next)
+		if (u->uid == uid)
+			return u;
+	struct user_load *u = xcalloc(1, sizeof(*u));
+	u->uid = uid;
+	u->next = t->users;
+	t->users = u;
+	return u;
+}
+
+/* Copies of a node:"all" task count with their parent, not on their own. */
+static bool counts_for_user(const struct task *k)
+{
+	return !k->row.parent;
+}
+
 static void add_locked(struct tasks *t, struct task *k)
 {
+	if (counts_for_user(k) && !task_state_is_final(k->row.state))
+		user_load_locked(t, k->row.uid)->unfinished++;
 	if (t->n == t->cap) {
 		t->cap = t->cap ? 2 * t->cap : 256;
 		t->v = realloc(t->v, t->cap * sizeof(*t->v));
@@ -161,6 +193,7 @@ static void task_free(struct task *k)
 	for (int s = 0; s < N_STREAMS; s++)
 		buf_free(&k->out[s]);
 	free(k->remote_state);
+	free(k->remote_error);
 	struct waiter *w = k->waiters;
 	while (w) {
 		struct waiter *next = w->next;
@@ -208,6 +241,11 @@ void tasks_free(struct tasks *t)
 		free(p->node);
 		free(p);
 		p = next;
+	}
+	while (t->users) {
+		struct user_load *next = t->users->next;
+		free(t->users);
+		t->users = next;
 	}
 	pthread_mutex_destroy(&t->lock);
 	free(t);
@@ -266,6 +304,9 @@ static void set_state_locked(struct tasks *t, struct task *k, const char *state,
 			     struct waiter **wake)
 {
 	bool same = strcmp(k->row.state, state) == 0;
+	bool was_final = task_state_is_final(k->row.state);
+	if (counts_for_user(k) && was_final != task_state_is_final(state))
+		user_load_locked(t, k->row.uid)->unfinished += was_final ? 1 : -1;
 	set_str(&k->row.state, state);
 	if (reason)
 		set_str(&k->row.reason, reason);
@@ -328,8 +369,15 @@ static void update_parent_locked(struct tasks *t, struct task *child, struct wai
 
 /* ---- submission ---- */
 
-static struct task *task_from_spec(const char *id, struct task_spec *spec, uid_t uid,
-				   const char *parent)
+/* Who submits: the FUSE request's uid and gid, and the name the uid has here. */
+struct submitter {
+	uid_t uid;
+	gid_t gid;
+	const char *user; /* or NULL when the uid has no name on this machine */
+};
+
+static struct task *task_from_spec(const char *id, struct task_spec *spec,
+				   const struct submitter *who, const char *parent)
 {
 	struct task *k = calloc(1, sizeof(*k));
 	k->spec = spec;
@@ -340,7 +388,9 @@ static struct task *task_from_spec(const char *id, struct task_spec *spec, uid_t
 	k->row.state = strdup(TASK_QUEUED);
 	k->row.exit_code = -1;
 	k->row.priority = spec->priority;
-	k->row.uid = uid;
+	k->row.uid = who->uid;
+	k->row.gid = who->gid;
+	k->row.user = who->user ? strdup(who->user) : NULL;
 	k->row.submitted_at = clock_wall_s();
 	k->changed_at = k->row.submitted_at;
 	for (int s = 0; s < N_STREAMS; s++)
@@ -564,8 +614,41 @@ static int group_commit(struct tasks *t, struct store_task *rows, size_t n)
 	return me.result;
 }
 
+/* The variables that say who a process is: a task's come from the user it runs as. */
+static const char *const identity_vars[] = {"USER", "LOGNAME", "HOME", "SHELL", NULL};
+
+/* The policy checks of tasks.* that need no lock: who may submit, and a spec's env. */
+static int check_submitter(const struct config *cfg, const struct submitter *who,
+			   const struct task_spec *spec, char *errbuf, size_t errlen)
+{
+	if (who->uid == 0 && !cfg->tasks.allow_root) {
+		snprintf(errbuf, errlen,
+			 "root may not submit tasks to this cluster (they would run as root on "
+			 "the nodes); submit as a user, or set \"tasks\": {\"allow_root\": "
+			 "true} in the config");
+		return -EPERM;
+	}
+	if (!who->user && cfg->tasks.run_as == CFG_RUN_AS_SUBMITTER) {
+		snprintf(errbuf, errlen,
+			 "uid %u has no user name on this machine, and tasks run as their "
+			 "submitter's user on the nodes",
+			 (unsigned) who->uid);
+		return -EPERM;
+	}
+	for (size_t i = 0; spec->env && identity_vars[i]; i++) {
+		if (json_object_get(spec->env, identity_vars[i])) {
+			snprintf(errbuf, errlen,
+				 "field \"env\" may not set %s: a task's identity comes from the "
+				 "user it runs as",
+				 identity_vars[i]);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
 int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, uid_t uid,
-		 char *errbuf, size_t errlen)
+		 gid_t gid, char *errbuf, size_t errlen)
 {
 	if (len > TASKS_SPEC_MAX) {
 		snprintf(errbuf, errlen, "the spec is %zu bytes; the limit is %u", len,
@@ -592,8 +675,31 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 	int r = spec_parse(text, len, &spec, errbuf, errlen);
 	if (r < 0)
 		return r;
+	/* names, not numbers, travel to the nodes: uids differ between machines */
+	struct passwd pw, *pwres = NULL;
+	char pwbuf[4096];
+	getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &pwres);
+	struct submitter who = {.uid = uid, .gid = gid, .user = pwres ? pwres->pw_name : NULL};
+	struct config *cfg = cluster_get_config(t->cluster);
+	r = check_submitter(cfg, &who, spec, errbuf, errlen);
+	int queued_max = cfg->tasks.queued_per_user;
+	config_unref(cfg);
+	if (r < 0) {
+		spec_free(spec);
+		return r;
+	}
 
 	pthread_mutex_lock(&t->lock);
+	int unfinished = user_load_locked(t, uid)->unfinished;
+	if (unfinished >= queued_max) {
+		pthread_mutex_unlock(&t->lock);
+		spec_free(spec);
+		snprintf(errbuf, errlen,
+			 "%s has %d unfinished tasks, the most one user may have "
+			 "(tasks.queued_per_user); wait for some to end",
+			 who.user ? who.user : "this user", unfinished);
+		return -EDQUOT;
+	}
 	if (find_locked(t, id) || json_object_get(t->reserved, id)) {
 		pthread_mutex_unlock(&t->lock);
 		spec_free(spec);
@@ -620,7 +726,7 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 		return -EINVAL;
 	}
 
-	struct task *parent = task_from_spec(id, spec, uid, NULL);
+	struct task *parent = task_from_spec(id, spec, &who, NULL);
 	struct task **batch = NULL;
 	size_t n_batch = 1;
 	if (all) {
@@ -632,9 +738,9 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 		size_t *idx = calloc(in.n + 1, sizeof(*idx));
 		struct buf why;
 		buf_init(&why);
-		struct config *cfg = cluster_get_config(t->cluster);
-		size_t n = sched_place_all(cfg, &req, in.nodes, in.n, idx, &why);
-		config_unref(cfg);
+		struct config *pcfg = cluster_get_config(t->cluster);
+		size_t n = sched_place_all(pcfg, &req, in.nodes, in.n, idx, &why);
+		config_unref(pcfg);
 		if (n == 0) {
 			snprintf(errbuf, errlen, "node \"all\": %s",
 				 why.data ? why.data : "no node");
@@ -663,7 +769,7 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 			if (spec_parse(ctext, strlen(ctext), &cs, e2, sizeof(e2)) < 0)
 				abort(); /* a canonical spec always parses */
 			free(ctext);
-			struct task *c = task_from_spec(cid.data, cs, uid, id);
+			struct task *c = task_from_spec(cid.data, cs, &who, id);
 			parent->children[parent->n_children++] = strdup(cid.data);
 			batch[n_batch++] = c;
 			buf_free(&cid);
@@ -704,10 +810,23 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 	free(rows);
 	free(batch);
 	pthread_mutex_unlock(&t->lock);
-	cluster_add_event(t->cluster, "task", id, "submitted by uid %u%s", (unsigned) uid,
+	cluster_add_event(t->cluster, "task", id, "submitted by %s (uid %u)%s",
+			  who.user ? who.user : "?", (unsigned) uid,
 			  all ? " for every eligible node" : "");
 	post_schedule(t);
 	return 0;
+}
+
+int tasks_owner(struct tasks *t, const char *id, uid_t *ret_uid, gid_t *ret_gid)
+{
+	pthread_mutex_lock(&t->lock);
+	struct task *k = find_locked(t, id);
+	if (k) {
+		*ret_uid = k->row.uid;
+		*ret_gid = k->row.gid;
+	}
+	pthread_mutex_unlock(&t->lock);
+	return k ? 0 : -ENOENT;
 }
 
 bool tasks_exists(struct tasks *t, const char *id)
@@ -717,6 +836,8 @@ bool tasks_exists(struct tasks *t, const char *id)
 	pthread_mutex_unlock(&t->lock);
 	return r;
 }
+
+static char *run_as_user_locked(struct tasks *t, const struct task *k);
 
 int tasks_get(struct tasks *t, const char *id, struct task_view *ret)
 {
@@ -743,6 +864,9 @@ int tasks_get(struct tasks *t, const char *id, struct task_view *ret)
 	v.attempts = k->row.attempts;
 	v.priority = k->row.priority;
 	v.uid = k->row.uid;
+	v.gid = k->row.gid;
+	v.user = k->row.user ? strdup(k->row.user) : NULL;
+	v.run_as = k->row.node && !k->n_children ? run_as_user_locked(t, k) : NULL;
 	v.submitted_at = k->row.submitted_at;
 	v.started_at = k->row.started_at;
 	v.finished_at = k->row.finished_at;
@@ -1008,6 +1132,26 @@ static void dispatch_done(const struct http_response *r, void *arg)
 	call_free(c);
 }
 
+/* The user name a task runs as on its node under the run_as policy in force there: the
+ * submitter's (a task stored before names were kept: the name its uid has now), or NULL
+ * for the agent's own user. Returns a new string. */
+static char *run_as_user_locked(struct tasks *t, const struct task *k)
+{
+	struct config *cfg = cluster_get_config(t->cluster);
+	const struct cfg_host *h = k->row.node ? config_find_host(cfg, k->row.node) : NULL;
+	enum cfg_run_as mode = config_host_run_as(cfg, h);
+	config_unref(cfg);
+	if (mode == CFG_RUN_AS_AGENT)
+		return NULL;
+	if (k->row.user)
+		return strdup(k->row.user);
+	struct passwd pw, *res = NULL;
+	char scratch[4096];
+	getpwuid_r(k->row.uid, &pw, scratch, sizeof(scratch), &res);
+	/* no name at all: a name no node has, so the node refuses it (never root) */
+	return strdup(res ? res->pw_name : "(unknown)");
+}
+
 /* Sends the task to its node. Lock held; loop thread. */
 static void dispatch_locked(struct tasks *t, struct task *k)
 {
@@ -1029,6 +1173,10 @@ static void dispatch_locked(struct tasks *t, struct task *k)
 		json_object_set_new(body, "cwd", json_string(k->spec->cwd));
 	if (k->spec->timeout_s)
 		json_object_set_new(body, "timeout_s", json_integer(k->spec->timeout_s));
+	char *user = run_as_user_locked(t, k);
+	if (user)
+		json_object_set_new(body, "user", json_string(user));
+	free(user);
 	char *text = json_dumps(body, JSON_COMPACT);
 	json_decref(body);
 	struct call *c = call_new(t, k->row.id, 0);
@@ -1134,12 +1282,14 @@ static void finalize_if_ready_locked(struct tasks *t, struct task *k, struct wai
 	store_add_attempt(t->store, k->row.id, k->row.attempts, k->row.node, k->row.dispatch_id,
 			  k->remote_state, k->remote_exit, k->row.started_at, clock_wall_s());
 	char *state = k->remote_state;
-	k->remote_state = NULL;
+	char *why = k->remote_error;
+	k->remote_state = k->remote_error = NULL;
 	if (!strcmp(state, TASK_SUCCEEDED))
 		set_state_locked(t, k, TASK_SUCCEEDED, NULL, wake);
 	else
-		requeue_or_fail_locked(t, k, state, NULL, wake);
+		requeue_or_fail_locked(t, k, state, why, wake);
 	free(state);
+	free(why);
 }
 
 /* Applies one task object from an agent to our task. Lock held. */
@@ -1164,6 +1314,8 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
 	}
 	if (strcmp(state, "running") && !k->remote_state) {
 		json_t *ec = json_object_get(o, "exit_code");
+		const char *err = json_string_value(json_object_get(o, "error"));
+		set_str(&k->remote_error, err);
 		k->remote_state = strdup(state);
 		k->remote_exit = json_is_integer(ec) ? (int) json_integer_value(ec) : -1;
 		finalize_if_ready_locked(t, k, wake);

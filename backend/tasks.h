@@ -49,7 +49,10 @@ struct task_view {
 	int exit_code;    /* -1 when none */
 	int attempts;
 	int priority;
-	uid_t uid;
+	uid_t uid;    /* the submitter */
+	gid_t gid;    /* the submitter's group at submission */
+	char *user;   /* the submitter's user name, or NULL */
+	char *run_as; /* the user name sent to the node for the current attempt, or NULL */
 	double submitted_at, started_at, finished_at, changed_at;
 	size_t stdout_len, stderr_len;
 };
@@ -63,12 +66,16 @@ void tasks_free(struct tasks *t);
  * reconciled with their agents) and starts scheduling on the loop thread. */
 int tasks_start(struct tasks *t);
 
-/* Submits task `id` from spec text. Durable when it returns 0. -EEXIST when the id is
- * taken, -EINVAL with a sentence in errbuf when the spec is rejected, -EFBIG when larger
- * than TASKS_SPEC_MAX. */
+/* Submits task `id` from spec text for the user uid (group gid) of the FUSE request.
+ * Durable when it returns 0. -EEXIST when the id is taken, -EINVAL with a sentence in
+ * errbuf when the spec is rejected, -EFBIG when larger than TASKS_SPEC_MAX, -EPERM when
+ * the policy refuses the submitter (root without tasks.allow_root, a uid without a user
+ * name), -EDQUOT when the user has tasks.queued_per_user unfinished tasks (DESIGN §8). */
 int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, uid_t uid,
-		 char *errbuf, size_t errlen);
+		 gid_t gid, char *errbuf, size_t errlen);
 bool tasks_exists(struct tasks *t, const char *id);
+/* The owner of a task's files: its submitter's uid and gid. 0 or -ENOENT. */
+int tasks_owner(struct tasks *t, const char *id, uid_t *ret_uid, gid_t *ret_gid);
 int tasks_get(struct tasks *t, const char *id, struct task_view *ret);
 
 /* Task ids, in submission order: all of them (group NULL), or those in a group

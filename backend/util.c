@@ -210,6 +210,15 @@ int token_read_file(const char *path, char **ret_token, char *errbuf, size_t err
 		snprintf(errbuf, errlen, "token file %s is not a regular file", path);
 		return -EINVAL;
 	}
+	if (st.st_uid != geteuid() && st.st_uid != 0) {
+		close(fd);
+		snprintf(errbuf, errlen,
+			 "token file %s belongs to uid %u, not to this process's user (uid %u) or "
+			 "root; another user could change it: run: chown %u %s",
+			 path, (unsigned) st.st_uid, (unsigned) geteuid(), (unsigned) geteuid(),
+			 path);
+		return -EPERM;
+	}
 	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
 		close(fd);
 		snprintf(errbuf, errlen,

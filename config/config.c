@@ -10,6 +10,7 @@
 #include "config/config.h"
 
 #include <errno.h>
+#include <grp.h>
 #include <limits.h>
 #include <pwd.h>
 #include <stdarg.h>
@@ -41,7 +42,16 @@ static const struct cfg_thresholds threshold_defaults = {
 	.load = {4.0, 8.0},
 };
 
+static const struct cfg_tasks tasks_defaults = {
+	.run_as = CFG_RUN_AS_SUBMITTER,
+	.allow_root = false,
+	.drafts_per_user = 64,
+	.draft_bytes_per_user = 16l << 20,
+	.queued_per_user = 1000,
+};
+
 static const char *const tier_names[] = {"powerhouse", "standard", "light", NULL};
+static const char *const run_as_names[] = {"submitter", "agent", NULL};
 
 /* The state of one load: the source for locating errors, and the path being checked. */
 struct loader {
@@ -294,6 +304,45 @@ static int parse_string(struct loader *ld, const json_t *obj, const char *key, b
 	return r;
 }
 
+/* Reads an optional boolean member; leaves *out alone when absent. */
+static int parse_bool(struct loader *ld, const json_t *obj, const char *key, bool *out)
+{
+	json_t *v = json_object_get(obj, key);
+	int r = 0;
+	if (!v)
+		return 0;
+	ld_push(ld, key);
+	if (!json_is_boolean(v))
+		r = ld_fail(ld, LOCATE_VALUE, "%s must be true or false, not %s", ld_where(ld),
+			    ld_value(ld, v));
+	else
+		*out = json_is_true(v);
+	ld_pop(ld);
+	return r;
+}
+
+/* Reads an optional "run_as" member ("submitter" or "agent"). */
+static int parse_run_as(struct loader *ld, const json_t *obj, enum cfg_run_as *out)
+{
+	const char *v = NULL;
+	int r = parse_string(ld, obj, "run_as", true, &v);
+	if (r < 0 || !v)
+		return r;
+	for (int i = 0; run_as_names[i]; i++) {
+		if (!strcmp(v, run_as_names[i])) {
+			*out = (enum cfg_run_as) i;
+			return 0;
+		}
+	}
+	ld_push(ld, "run_as");
+	r = ld_fail(ld, LOCATE_VALUE,
+		    "%s must be \"submitter\" (tasks run as the user who submitted them) or "
+		    "\"agent\" (as the agent's own user), not %s",
+		    ld_where(ld), ld_quote(ld, 0, v));
+	ld_pop(ld);
+	return r;
+}
+
 /* A host name becomes a directory under nodes/ and appears in routing, logs and URLs:
  * letters, digits, '.', '_' and '-', not starting with '.' or '-'. */
 static bool host_name_ok(const char *name)
@@ -445,6 +494,55 @@ static int parse_probe(struct loader *ld, const json_t *doc)
 			    p->offline_after_s, p->stale_after_s);
 		ld_pop(ld);
 	}
+	ld_pop(ld);
+	return r;
+}
+
+static int parse_tasks(struct loader *ld, const json_t *doc)
+{
+	static const char *const keys[] = {
+		"run_as",          "allow_root", "group", "drafts_per_user", "draft_bytes_per_user",
+		"queued_per_user", NULL};
+	struct cfg_tasks *t = &ld->c->tasks;
+	json_t *tasks = json_object_get(doc, "tasks");
+	const char *group = NULL;
+	int bytes_mb = (int) (t->draft_bytes_per_user >> 20);
+	int r;
+
+	if (!tasks)
+		return 0;
+	ld_push(ld, "tasks");
+	r = expect_object(ld, tasks);
+	if (r == 0)
+		r = check_keys(ld, tasks, keys);
+	if (r == 0)
+		r = parse_run_as(ld, tasks, &t->run_as);
+	if (r == 0)
+		r = parse_bool(ld, tasks, "allow_root", &t->allow_root);
+	if (r == 0)
+		r = parse_int(ld, tasks, "drafts_per_user", 1, 100000, &t->drafts_per_user);
+	if (r == 0)
+		r = parse_int(ld, tasks, "draft_bytes_per_user", 1, 1024, &bytes_mb);
+	if (r == 0)
+		r = parse_int(ld, tasks, "queued_per_user", 1, 10000000, &t->queued_per_user);
+	if (r == 0)
+		r = parse_string(ld, tasks, "group", true, &group);
+	if (r == 0 && group) {
+		struct group gr, *res = NULL;
+		char scratch[4096];
+		ld_push(ld, "group");
+		if (getgrnam_r(group, &gr, scratch, sizeof(scratch), &res) != 0 || !res)
+			r = ld_fail(ld, LOCATE_VALUE,
+				    "%s names %s, which is not a group on this machine; create it "
+				    "(groupadd) or leave \"group\" out",
+				    ld_where(ld), ld_quote(ld, 0, group));
+		else {
+			t->group = xstrdup(group);
+			t->group_gid = res->gr_gid;
+		}
+		ld_pop(ld);
+	}
+	t->draft_bytes_per_user = (long) bytes_mb << 20;
 	ld_pop(ld);
 	return r;
 }
@@ -629,12 +727,13 @@ static int parse_host(struct loader *ld, const char *name, const json_t *v, stru
 {
 	static const char *const keys[] = {"host",         "name",        "role", "tier",
 					   "capabilities", "queue_depth", "port", "token_file",
-					   "services",     NULL};
+					   "services",     "run_as",      NULL};
 	const char *address = NULL, *display = NULL, *role = "", *tier = NULL, *token_file = NULL;
 	int port = 0, r;
 
 	h->queue_depth = 10;
 	h->agent_port = CONFIG_DEFAULT_AGENT_PORT;
+	h->run_as = CFG_RUN_AS_INHERIT;
 	ld_push(ld, name);
 	if (!host_name_ok(name)) {
 		r = ld_fail(ld, LOCATE_KEY,
@@ -692,6 +791,8 @@ static int parse_host(struct loader *ld, const char *name, const json_t *v, stru
 		r = parse_int(ld, v, "port", 1, MAX_PORT, &port);
 	if (r == 0)
 		r = parse_string(ld, v, "token_file", true, &token_file);
+	if (r == 0)
+		r = parse_run_as(ld, v, &h->run_as);
 	if (r == 0)
 		r = parse_host_services(ld, v, h);
 	if (r == 0) {
@@ -1086,6 +1187,7 @@ static void config_free(struct config *c)
 	free(c->path);
 	free(c->cluster);
 	free(c->token_file);
+	free(c->tasks.group);
 	json_decref(c->routing);
 	json_decref(c->services);
 	json_decref(c->doc);
@@ -1098,6 +1200,7 @@ static struct config *config_alloc(void)
 	c->refcount = 1;
 	c->probe = probe_defaults;
 	c->thresholds = threshold_defaults;
+	c->tasks = tasks_defaults;
 	return c;
 }
 
@@ -1123,10 +1226,18 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 		.errbuf = errbuf,
 		.errlen = errlen,
 	};
-	static const char *const keys[] = {"cluster",           "auth",       "probe",
-					   "thresholds",        "hosts",      "routing",
-					   "services",          "local_host", "default_trainer",
-					   "default_inference", NULL};
+	static const char *const keys[] = {"cluster",
+					   "auth",
+					   "probe",
+					   "thresholds",
+					   "tasks",
+					   "hosts",
+					   "routing",
+					   "services",
+					   "local_host",
+					   "default_trainer",
+					   "default_inference",
+					   NULL};
 	json_error_t jerr;
 	json_t *doc;
 	struct config *c;
@@ -1170,6 +1281,8 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 		r = parse_probe(&ld, doc);
 	if (r == 0)
 		r = parse_thresholds(&ld, doc);
+	if (r == 0)
+		r = parse_tasks(&ld, doc);
 	if (r == 0)
 		r = parse_hosts(&ld, doc);
 	if (r == 0)
@@ -1315,6 +1428,7 @@ int config_default(struct config **ret, char *errbuf, size_t errlen)
 	h->agent_port = CONFIG_DEFAULT_AGENT_PORT;
 	h->role = xstrdup("");
 	h->queue_depth = 10;
+	h->run_as = CFG_RUN_AS_INHERIT;
 	if (c->token_file) {
 		h->token_file = xstrdup(c->token_file);
 		r = token_read_file(c->token_file, &h->token, msg, sizeof(msg));
@@ -1379,6 +1493,8 @@ static json_t *render_host(const struct cfg_host *h)
 		json_array_append_new(caps, json_string(h->capabilities[i]));
 	json_object_set_new(o, "capabilities", caps);
 	json_object_set_new(o, "queue_depth", json_integer(h->queue_depth));
+	if (h->run_as != CFG_RUN_AS_INHERIT)
+		json_object_set_new(o, "run_as", json_string(config_run_as_name(h->run_as)));
 	for (size_t i = 0; i < h->n_services; i++) {
 		const struct cfg_service *s = &h->services[i];
 		json_t *so = json_object();
@@ -1394,6 +1510,16 @@ static json_t *render_host(const struct cfg_host *h)
 			    h->token_file ? json_string(h->token_file) : json_null());
 	json_object_set_new(o, "token", h->token ? json_string("(redacted)") : json_null());
 	return o;
+}
+
+enum cfg_run_as config_host_run_as(const struct config *c, const struct cfg_host *h)
+{
+	return h && h->run_as != CFG_RUN_AS_INHERIT ? h->run_as : c->tasks.run_as;
+}
+
+const char *config_run_as_name(enum cfg_run_as r)
+{
+	return r == CFG_RUN_AS_AGENT ? "agent" : "submitter";
 }
 
 char *config_render(const struct config *c)
@@ -1418,6 +1544,14 @@ char *config_render(const struct config *c)
 		       render_pair(c->thresholds.memory), "disk", render_pair(c->thresholds.disk),
 		       "load", render_pair(c->thresholds.load));
 	json_object_set_new(o, "thresholds", th);
+	json_object_set_new(
+		o, "tasks",
+		json_pack("{ss sb so si sI si}", "run_as", config_run_as_name(c->tasks.run_as),
+			  "allow_root", c->tasks.allow_root, "group",
+			  c->tasks.group ? json_string(c->tasks.group) : json_null(),
+			  "drafts_per_user", c->tasks.drafts_per_user, "draft_bytes_per_user",
+			  (json_int_t) (c->tasks.draft_bytes_per_user >> 20), "queued_per_user",
+			  c->tasks.queued_per_user));
 	for (size_t i = 0; i < c->n_hosts; i++)
 		json_object_set_new(hosts, c->hosts[i].name, render_host(&c->hosts[i]));
 	json_object_set_new(o, "hosts", hosts);

@@ -7,6 +7,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 #define CONFIG_DEFAULT_AGENT_PORT 8768
 #define CONFIG_MAX_FILE_SIZE      (4u << 20)
@@ -17,6 +18,24 @@ struct cfg_service {
 	int port;   /* 1..65535 */
 	char *path; /* URL path prefix, "" when not given */
 	char *kind; /* "type" field if given, else NULL (the key names the kind) */
+};
+
+/* Whose identity a task runs under on its node (DESIGN §8). */
+enum cfg_run_as {
+	CFG_RUN_AS_INHERIT = -1, /* a host without "run_as": the cluster's policy */
+	CFG_RUN_AS_SUBMITTER,    /* the submitter's user name, resolved on the node (default) */
+	CFG_RUN_AS_AGENT,        /* the agent's own user (single-user clusters, said explicitly) */
+};
+
+/* "tasks": who may submit, as whom tasks run, and what one user may hold. */
+struct cfg_tasks {
+	enum cfg_run_as run_as;    /* default CFG_RUN_AS_SUBMITTER */
+	bool allow_root;           /* root's submissions are accepted; default false */
+	char *group;               /* "group": the group that may read tasks' files, or NULL */
+	gid_t group_gid;           /* its gid, resolved at load */
+	int drafts_per_user;       /* files in tasks/new/ per uid, default 64 */
+	long draft_bytes_per_user; /* their bytes per uid, default 16 MiB */
+	int queued_per_user;       /* unfinished tasks per uid, default 1000 */
 };
 
 struct cfg_host {
@@ -33,6 +52,7 @@ struct cfg_host {
 	int queue_depth; /* per-node queue limit, default 10 */
 	char *token;     /* secret: this host's agent token (host token_file, else global) */
 	char *token_file;
+	enum cfg_run_as run_as; /* "run_as", or CFG_RUN_AS_INHERIT */
 };
 
 struct cfg_probe {
@@ -59,6 +79,7 @@ struct config {
 	char *token_file; /* auth.token_file resolved against the config's directory */
 	struct cfg_probe probe;
 	struct cfg_thresholds thresholds;
+	struct cfg_tasks tasks;
 	struct cfg_host *hosts; /* sorted by name */
 	size_t n_hosts;
 	json_t *routing;  /* "routing" object as given (validated), or an empty object */
@@ -91,6 +112,10 @@ void config_unref(struct config *c);
 
 /* Finds a host by name, or NULL. Borrows. */
 const struct cfg_host *config_find_host(const struct config *c, const char *name);
+/* The run_as policy in force for tasks on host h (its own, else the cluster's). */
+enum cfg_run_as config_host_run_as(const struct config *c, const struct cfg_host *h);
+/* "submitter" or "agent". */
+const char *config_run_as_name(enum cfg_run_as r);
 /* Finds a service of a host by name, or NULL. Borrows. */
 const struct cfg_service *config_host_service(const struct cfg_host *h, const char *name);
 

@@ -115,6 +115,32 @@ static int check_state_dir(const char *dir)
 			strerror(-r));
 		return r;
 	}
+	/* the store holds specs (with their env) and output: the daemon's user's alone */
+	struct stat st;
+	if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		fprintf(stderr, "clusterfs: state directory %s is not a directory\n", dir);
+		return -ENOTDIR;
+	}
+	if (st.st_uid != geteuid()) {
+		fprintf(stderr,
+			"clusterfs: state directory %s belongs to uid %u, not to this user (uid "
+			"%u); another user could read or change the store: chown it or pick "
+			"another with -s\n",
+			dir, (unsigned) st.st_uid, (unsigned) geteuid());
+		return -EPERM;
+	}
+	if (st.st_mode & 077) {
+		if (chmod(dir, 0700) < 0) {
+			r = -errno;
+			fprintf(stderr, "clusterfs: state directory %s has mode %04o: %s\n", dir,
+				(unsigned) (st.st_mode & 07777), strerror(errno));
+			return r;
+		}
+		fprintf(stderr,
+			"clusterfs: state directory %s had mode %04o (open to others); made it "
+			"0700\n",
+			dir, (unsigned) (st.st_mode & 07777));
+	}
 	char probe[4096];
 	snprintf(probe, sizeof(probe), "%s/.write-test.%d", dir, (int) getpid());
 	int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);

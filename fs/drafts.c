@@ -14,14 +14,24 @@ struct draft {
 	mode_t mode;
 	double mtime;
 	bool dirty;
+	bool counted; /* counts against its owner's file limit (not a NAME.error) */
 	int last_error;
 	struct draft *next;
+};
+
+/* What one uid holds in new/. Few users submit at once: a list. */
+struct draft_user {
+	uid_t uid;
+	size_t files, bytes;
+	struct draft_user *next;
 };
 
 struct drafts {
 	pthread_mutex_t lock;
 	struct draft *list; /* protected by lock */
 	size_t n;
+	size_t bytes;             /* all drafts' bytes; protected by lock */
+	struct draft_user *users; /* protected by lock */
 	double changed_at;
 };
 
@@ -43,10 +53,49 @@ static void draft_free(struct draft *x)
 	free(x);
 }
 
+static struct draft_user *user_locked(struct drafts *d, uid_t uid)
+{
+	for (struct draft_user *u = d->users; u; u = u->next)
+		if (u->uid == uid)
+			return u;
+	struct draft_user *u = xcalloc(1, sizeof(*u));
+	u->uid = uid;
+	u->next = d->users;
+	d->users = u;
+	return u;
+}
+
+/* Whether draft x may grow to `len` bytes: 0, -EDQUOT or -ENOSPC. */
+static int room_locked(struct drafts *d, const struct draft *x, size_t len,
+		       const struct drafts_limits *lim)
+{
+	if (len <= x->data.len)
+		return 0;
+	size_t more = len - x->data.len;
+	if (lim && user_locked(d, x->uid)->bytes + more > lim->bytes)
+		return -EDQUOT;
+	if (d->bytes + more > DRAFTS_BYTES_MAX)
+		return -ENOSPC;
+	return 0;
+}
+
+/* Books a change of draft x's size from `old` to its present one. */
+static void account_locked(struct drafts *d, const struct draft *x, size_t old)
+{
+	struct draft_user *u = user_locked(d, x->uid);
+	u->bytes = u->bytes + x->data.len - old;
+	d->bytes = d->bytes + x->data.len - old;
+}
+
 void drafts_free(struct drafts *d)
 {
 	if (!d)
 		return;
+	while (d->users) {
+		struct draft_user *next = d->users->next;
+		free(d->users);
+		d->users = next;
+	}
 	while (d->list) {
 		struct draft *next = d->list->next;
 		draft_free(d->list);
@@ -81,16 +130,21 @@ static struct draft *add_locked(struct drafts *d, const char *name, uid_t uid, g
 	return x;
 }
 
-int drafts_create(struct drafts *d, const char *name, uid_t uid, gid_t gid, mode_t mode)
+int drafts_create(struct drafts *d, const char *name, uid_t uid, gid_t gid, mode_t mode,
+		  const struct drafts_limits *lim)
 {
 	pthread_mutex_lock(&d->lock);
 	int r = 0;
 	if (find_locked(d, name))
 		r = -EEXIST;
+	else if (lim && user_locked(d, uid)->files >= lim->files)
+		r = -EDQUOT;
 	else if (d->n >= DRAFTS_MAX)
 		r = -ENOSPC;
-	else
-		add_locked(d, name, uid, gid, mode & 0666);
+	else {
+		add_locked(d, name, uid, gid, mode & 0666)->counted = true;
+		user_locked(d, uid)->files++;
+	}
 	pthread_mutex_unlock(&d->lock);
 	return r;
 }
@@ -100,10 +154,13 @@ void drafts_put(struct drafts *d, const char *name, uid_t uid, gid_t gid, const 
 	pthread_mutex_lock(&d->lock);
 	struct draft *x = find_locked(d, name);
 	if (!x)
-		x = add_locked(d, name, uid, gid, 0444);
+		x = add_locked(d, name, uid, gid, 0400);
+	size_t old = x->data.len;
 	buf_free(&x->data);
 	buf_puts(&x->data, text);
-	x->mode = 0444;
+	account_locked(d, x, old);
+	/* an error may quote the spec (its env): its owner's to read */
+	x->mode = 0400;
 	x->mtime = d->changed_at = clock_wall_s();
 	pthread_mutex_unlock(&d->lock);
 }
@@ -127,7 +184,7 @@ int drafts_stat(struct drafts *d, const char *name, struct draft_info *ret)
 }
 
 int drafts_write(struct drafts *d, const char *name, const char *data, size_t len, size_t off,
-		 size_t max)
+		 size_t max, const struct drafts_limits *lim)
 {
 	pthread_mutex_lock(&d->lock);
 	struct draft *x = find_locked(d, name);
@@ -136,7 +193,8 @@ int drafts_write(struct drafts *d, const char *name, const char *data, size_t le
 		r = -ENOENT;
 	} else if (off + len > max) {
 		r = -EFBIG;
-	} else {
+	} else if ((r = room_locked(d, x, off + len, lim)) == 0) {
+		size_t old = x->data.len;
 		if (off > x->data.len) {
 			size_t gap = off - x->data.len;
 			char *zeros = calloc(1, gap);
@@ -149,6 +207,7 @@ int drafts_write(struct drafts *d, const char *name, const char *data, size_t le
 		if (overlap)
 			memcpy(x->data.data + off, data, overlap);
 		buf_append(&x->data, data + overlap, len - overlap);
+		account_locked(d, x, old);
 		x->dirty = true;
 		x->mtime = d->changed_at = clock_wall_s();
 	}
@@ -156,7 +215,8 @@ int drafts_write(struct drafts *d, const char *name, const char *data, size_t le
 	return r;
 }
 
-int drafts_truncate(struct drafts *d, const char *name, size_t size, size_t max)
+int drafts_truncate(struct drafts *d, const char *name, size_t size, size_t max,
+		    const struct drafts_limits *lim)
 {
 	pthread_mutex_lock(&d->lock);
 	struct draft *x = find_locked(d, name);
@@ -165,7 +225,8 @@ int drafts_truncate(struct drafts *d, const char *name, size_t size, size_t max)
 		r = -ENOENT;
 	} else if (size > max) {
 		r = -EFBIG;
-	} else {
+	} else if ((r = room_locked(d, x, size, lim)) == 0) {
+		size_t old = x->data.len;
 		if (size > x->data.len) {
 			size_t gap = size - x->data.len;
 			char *zeros = calloc(1, gap);
@@ -175,6 +236,7 @@ int drafts_truncate(struct drafts *d, const char *name, size_t size, size_t max)
 			x->data.len = size;
 			x->data.data[size] = '\0';
 		}
+		account_locked(d, x, old);
 		x->dirty = true;
 		x->mtime = d->changed_at = clock_wall_s();
 	}
@@ -229,6 +291,11 @@ int drafts_remove(struct drafts *d, const char *name)
 		if (!strcmp((*pp)->name, name)) {
 			struct draft *x = *pp;
 			*pp = x->next;
+			struct draft_user *u = user_locked(d, x->uid);
+			u->bytes -= x->data.len;
+			d->bytes -= x->data.len;
+			if (x->counted)
+				u->files--;
 			draft_free(x);
 			d->n--;
 			d->changed_at = clock_wall_s();

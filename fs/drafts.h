@@ -9,9 +9,17 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#define DRAFTS_MAX 1024 /* files at once in new/ */
+#define DRAFTS_MAX       1024         /* files at once in new/, all users together */
+#define DRAFTS_BYTES_MAX (256u << 20) /* their bytes, all users together */
 
 struct drafts;
+
+/* What one user may hold in new/ (from the config's tasks.drafts_per_user and
+ * tasks.draft_bytes_per_user). Past them: -EDQUOT; past the global ceilings: -ENOSPC. */
+struct drafts_limits {
+	size_t files; /* drafts per uid, NAME.error files not counted */
+	size_t bytes; /* bytes per uid */
+};
 
 struct draft_info {
 	size_t size;
@@ -24,16 +32,20 @@ struct draft_info {
 int drafts_new(struct drafts **ret);
 void drafts_free(struct drafts *d);
 
-/* Creates an empty draft; -EEXIST when the name is taken, -ENOSPC past DRAFTS_MAX. */
-int drafts_create(struct drafts *d, const char *name, uid_t uid, gid_t gid, mode_t mode);
+/* Creates an empty draft owned by uid; -EEXIST when the name is taken, -EDQUOT past the
+ * user's limit, -ENOSPC past DRAFTS_MAX. */
+int drafts_create(struct drafts *d, const char *name, uid_t uid, gid_t gid, mode_t mode,
+		  const struct drafts_limits *lim);
 /* Creates or replaces a read-only draft holding `text` (the NAME.error files). */
 void drafts_put(struct drafts *d, const char *name, uid_t uid, gid_t gid, const char *text);
 bool drafts_exists(struct drafts *d, const char *name);
 int drafts_stat(struct drafts *d, const char *name, struct draft_info *ret);
-/* pwrite semantics; -EFBIG beyond max. Marks the draft dirty. */
+/* pwrite semantics; -EFBIG beyond max, -EDQUOT beyond the owner's bytes, -ENOSPC beyond
+ * DRAFTS_BYTES_MAX. Marks the draft dirty. */
 int drafts_write(struct drafts *d, const char *name, const char *data, size_t len, size_t off,
-		 size_t max);
-int drafts_truncate(struct drafts *d, const char *name, size_t size, size_t max);
+		 size_t max, const struct drafts_limits *lim);
+int drafts_truncate(struct drafts *d, const char *name, size_t size, size_t max,
+		    const struct drafts_limits *lim);
 /* Copies the content into out. */
 int drafts_read(struct drafts *d, const char *name, struct buf *out);
 /* Takes the dirty flag: true when written since the last call. */

@@ -318,6 +318,39 @@ static void fill_time(struct timespec *ts, double wall)
 	ts->tv_nsec = (long) ((wall - (double) ts->tv_sec) * 1e9);
 }
 
+static struct drafts_limits draft_limits(struct fs *f)
+{
+	struct config *cfg = cluster_get_config(f->cluster);
+	struct drafts_limits lim = {.files = (size_t) cfg->tasks.drafts_per_user,
+				    .bytes = (size_t) cfg->tasks.draft_bytes_per_user};
+	config_unref(cfg);
+	return lim;
+}
+
+/* tasks/ID/ and its files belong to the task's submitter (DESIGN §8): the files that
+ * can hold secrets (the spec's env, output) are 0600, or 0640 for tasks.group; what a
+ * script polls (status, node, exit_code) stays readable by all. */
+static bool task_file_is_private(enum tree_kind kind)
+{
+	return kind == TREE_TASK_SPEC || kind == TREE_TASK_INFO || kind == TREE_TASK_STDOUT ||
+	       kind == TREE_TASK_STDERR || kind == TREE_TASK_WAIT;
+}
+
+static void task_file_owner(struct fs *f, const struct tree_entry *e, struct stat *st)
+{
+	uid_t uid;
+	gid_t gid;
+	if (tasks_owner(f->ctx.tasks, e->task, &uid, &gid) < 0)
+		return;
+	struct config *cfg = cluster_get_config(f->cluster);
+	bool group = cfg->tasks.group != NULL;
+	st->st_uid = uid;
+	st->st_gid = group ? cfg->tasks.group_gid : gid;
+	config_unref(cfg);
+	if (task_file_is_private(e->kind))
+		st->st_mode = (st->st_mode & ~07777u) | (group ? 0640 : 0600);
+}
+
 static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 {
 	struct tree_entry e;
@@ -387,6 +420,9 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 		st->st_size = (off_t) size;
 		st->st_blocks = (blkcnt_t) ((size + 511) / 512);
 	}
+	if (e.task && !e.node &&
+	    (e.kind == TREE_TASK || (e.kind >= TREE_TASK_SPEC && e.kind <= TREE_TASK_CTL)))
+		task_file_owner(f, &e, st);
 	fill_time(&st->st_mtim, mtime);
 	st->st_ctim = st->st_mtim;
 	st->st_atim = st->st_mtim;
@@ -821,7 +857,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	h->writer = writing;
 	/* with atomic O_TRUNC (libfuse's default) the truncation is ours to do */
 	if (h->e.kind == TREE_DRAFT && (fi->flags & O_TRUNC)) {
-		r = drafts_truncate(f->ctx.drafts, h->e.name, 0, TASKS_SPEC_MAX);
+		r = drafts_truncate(f->ctx.drafts, h->e.name, 0, TASKS_SPEC_MAX, NULL);
 		if (r < 0) {
 			handle_free(h);
 			return (void) fuse_reply_err(req, -r);
@@ -1000,7 +1036,7 @@ static int submit_draft(struct fs *f, const char *draft, const char *id, const c
 {
 	char err[1024];
 	err[0] = '\0';
-	int r = tasks_submit(f->ctx.tasks, id, text, len, uid, err, sizeof(err));
+	int r = tasks_submit(f->ctx.tasks, id, text, len, uid, gid, err, sizeof(err));
 	char *errname = malloc(strlen(id) + 8);
 	sprintf(errname, "%s.error", id);
 	if (r == 0) {
@@ -1015,7 +1051,7 @@ static int submit_draft(struct fs *f, const char *draft, const char *id, const c
 		drafts_put(f->ctx.drafts, errname, uid, gid, b.data);
 		log_info("task %s rejected: %s", id, err[0] ? err : strerror(-r));
 		buf_free(&b);
-		if (r != -EEXIST && r != -EFBIG && r != -ENOSPC)
+		if (r != -EEXIST && r != -EFBIG && r != -ENOSPC && r != -EPERM && r != -EDQUOT)
 			r = -EINVAL;
 	}
 	free(errname);
@@ -1047,7 +1083,16 @@ static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	if (taken)
 		return (void) fuse_reply_err(req, EEXIST);
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	int r = drafts_create(f->ctx.drafts, name, ctx->uid, ctx->gid, mode & ~ctx->umask);
+	struct drafts_limits lim = draft_limits(f);
+	/* a draft is its creator's alone, whatever the umask says (DESIGN §8) */
+	int r = drafts_create(f->ctx.drafts, name, ctx->uid, ctx->gid, 0600, &lim);
+	if (r == -EDQUOT)
+		log_info("tasks/new/%s: uid %u has %zu drafts, the most one user may have "
+			 "(tasks.drafts_per_user)",
+			 name, (unsigned) ctx->uid, lim.files);
+	else if (r == -ENOSPC)
+		log_warn("tasks/new/%s: new/ holds %d files, the most it may hold", name,
+			 DRAFTS_MAX);
 	if (r < 0)
 		return (void) fuse_reply_err(req, -r);
 	char *path = tree_join("/tasks/new", name);
@@ -1153,9 +1198,10 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 	struct fs *f = fuse_req_userdata(req);
 	struct handle *h = (struct handle *) (uintptr_t) fi->fh;
 	if (h->e.kind == TREE_DRAFT) {
+		struct drafts_limits lim = draft_limits(f);
 		int r = drafts_write(f->ctx.drafts, h->e.name, data, size, (size_t) off,
-				     TASKS_SPEC_MAX);
-		if (r == -EFBIG) {
+				     TASKS_SPEC_MAX, &lim);
+		if (r == -EFBIG || r == -EDQUOT || r == -ENOSPC) {
 			/* the close says so too, and nothing is submitted */
 			drafts_take_dirty(f->ctx.drafts, h->e.name);
 			drafts_set_last_error(f->ctx.drafts, h->e.name, r);
@@ -1163,8 +1209,23 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 			if (id) {
 				char errname[300], msg[400];
 				snprintf(errname, sizeof(errname), "%s.error", id);
-				snprintf(msg, sizeof(msg), "%s: the spec is larger than %u bytes\n",
-					 h->e.name, TASKS_SPEC_MAX);
+				if (r == -EFBIG)
+					snprintf(msg, sizeof(msg),
+						 "%s: the spec is larger than %u bytes\n",
+						 h->e.name, TASKS_SPEC_MAX);
+				else if (r == -EDQUOT)
+					snprintf(
+						msg, sizeof(msg),
+						"%s: your drafts in tasks/new/ would hold more than "
+						"%zu bytes, the most one user may hold "
+						"(tasks.draft_bytes_per_user)\n",
+						h->e.name, lim.bytes);
+				else
+					snprintf(
+						msg, sizeof(msg),
+						"%s: tasks/new/ holds %u bytes of drafts, the most "
+						"it may hold; try again later\n",
+						h->e.name, DRAFTS_BYTES_MAX);
 				drafts_put(f->ctx.drafts, errname, h->uid, fuse_req_ctx(req)->gid,
 					   msg);
 				free(id);
@@ -1297,9 +1358,11 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		return (void) fuse_reply_err(req, -r);
 	}
 	if (e.kind == TREE_DRAFT) {
-		if (to_set & FUSE_SET_ATTR_SIZE)
+		if (to_set & FUSE_SET_ATTR_SIZE) {
+			struct drafts_limits lim = draft_limits(f);
 			r = drafts_truncate(f->ctx.drafts, e.name, (size_t) attr->st_size,
-					    TASKS_SPEC_MAX);
+					    TASKS_SPEC_MAX, &lim);
+		}
 		/* times and modes of a draft: accepted, not kept (cp -p, rsync -t) */
 	} else if (tree_kind_is_ctl(e.kind) || e.kind == TREE_LEDGER_RECORD ||
 		   e.kind == TREE_SERVICE_FILE) {

@@ -455,6 +455,9 @@ static int render_task(const struct tree_ctx *ctx, const struct tree_entry *e, s
 		json_object_set_new(doc, "priority", json_string(prio));
 		json_object_set_new(doc, "attempts", json_integer(v.attempts));
 		json_object_set_new(doc, "submitter_uid", json_integer((json_int_t) v.uid));
+		json_object_set_new(doc, "submitter", v.user ? json_string(v.user) : json_null());
+		/* who it runs as on its node: a user name, or null for the agent's own user */
+		json_object_set_new(doc, "run_as", v.run_as ? json_string(v.run_as) : json_null());
 		json_object_set_new(doc, "submitted_at", json_time_or_null(v.submitted_at));
 		json_object_set_new(doc, "started_at", json_time_or_null(v.started_at));
 		json_object_set_new(doc, "finished_at", json_time_or_null(v.finished_at));

@@ -63,5 +63,12 @@ cat "$mnt/nodes/$node/status"
 cat "$mnt/nodes/$node/health"
 cat "$mnt/stats"
 { set +x; } 2>/dev/null
+# A task, submitted as the user who ran sudo: it runs as that user, not as root.
+if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+	task=demo-$(date +%s)
+	echo "+ (as $SUDO_USER) echo '{\"cmd\": \"id -un; uname -n\"}' > $mnt/tasks/new/$task.json"
+	runuser -u "$SUDO_USER" -- sh -c "echo '{\"cmd\": \"id -un; uname -n\"}' >'$mnt/tasks/new/$task.json' &&
+		cat '$mnt/tasks/$task/wait' '$mnt/tasks/$task/stdout'"
+fi
 echo
 echo "Explore $mnt (start with: cat $mnt/README). Stop with: sudo tools/demo.sh stop"

@@ -178,6 +178,8 @@ def make_config(path, agents, token_file, **overrides):
                   "offline_after_s": 600, "unhealthy_after": 3},
         "thresholds": {"cpu": [100, 100], "memory": [100, 100], "disk": [100, 100],
                        "load": [1000, 1000]},
+        # the suite runs as root; tests of the identity policy set "tasks" themselves
+        "tasks": {"allow_root": True},
         "hosts": {a.name: {"host": "127.0.0.1", "role": "worker",
                            "services": {"agent": {"port": a.port}}} for a in agents},
     }
