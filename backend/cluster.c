@@ -853,6 +853,16 @@ bool cluster_node_is_fresh(struct cluster *c, const char *name)
 	return r;
 }
 
+int cluster_get_level(struct cluster *c, const char *name, enum node_level *ret)
+{
+	pthread_rwlock_rdlock(&c->lock);
+	struct node *n = cluster_find(c, name);
+	if (n)
+		*ret = n->level;
+	pthread_rwlock_unlock(&c->lock);
+	return n ? 0 : -ENOENT;
+}
+
 static char *tier_of(const struct cfg_host *h, json_t *system)
 {
 	if (h->tier)

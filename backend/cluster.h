@@ -95,6 +95,8 @@ char **cluster_list_nodes(struct cluster *c, size_t *ret_n);
 int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret);
 /* Any thread: true when the node exists. */
 bool cluster_has_node(struct cluster *c, const char *name);
+/* Any thread: a node's level, without copying its view. 0, or -ENOENT. */
+int cluster_get_level(struct cluster *c, const char *name, enum node_level *ret);
 /* Any thread: true when the node's data is younger than probe.max_age_ms. */
 bool cluster_node_is_fresh(struct cluster *c, const char *name);
 

@@ -47,7 +47,25 @@ struct task {
 	double changed_at;
 	struct waiter *waiters;
 	struct task *hnext; /* hash chain */
+	/* the work lists: queued tasks, and dispatched or running ones, so that scheduling
+	 * and polling cost what is in flight, never the whole history */
+	struct task **list;         /* the list it is on (&t->queued, &t->active), or NULL */
+	struct task *lprev, *lnext; /* on that list */
+	char *active_node;          /* the node whose active count includes this task */
 };
+
+/* One node's task counts, kept as states change: its load now and the history that
+ * reliability comes from (DESIGN §6). */
+struct node_load {
+	char *node;
+	int active;      /* dispatched or running there */
+	int completed;   /* succeeded there */
+	int total;       /* ended there, cancellations not counted */
+	int consecutive; /* failures since the last success */
+	struct node_load *next;
+};
+
+#define NODE_BUCKETS 1024
 
 /* Unfinished tasks of one submitter, for tasks.queued_per_user. Few users: a list. */
 struct user_load {
@@ -83,8 +101,11 @@ struct tasks {
 	double changed_at;       /* protected by lock */
 	bool schedule_posted;    /* protected by lock */
 	struct user_load *users; /* protected by lock */
-	struct node_poll *polls; /* loop thread only */
-	struct loop_timer *tick; /* loop thread only */
+	struct task *queued;     /* work lists (see struct task); protected by lock */
+	struct task *active;
+	struct node_load *node_loads[NODE_BUCKETS]; /* protected by lock */
+	struct node_poll *polls;                    /* loop thread only */
+	struct loop_timer *tick;                    /* loop thread only */
 	bool started;
 };
 
@@ -130,6 +151,86 @@ static struct task *find_locked(struct tasks *t, const char *id)
 		if (strcmp(k->row.id, id) == 0)
 			return k;
 	return NULL;
+}
+
+static struct node_load *node_load_locked(struct tasks *t, const char *node, bool create)
+{
+	size_t b = hash_str(node) % NODE_BUCKETS;
+	for (struct node_load *n = t->node_loads[b]; n; n = n->next)
+		if (!strcmp(n->node, node))
+			return n;
+	if (!create)
+		return NULL;
+	struct node_load *n = xcalloc(1, sizeof(*n));
+	n->node = xstrdup(node);
+	n->next = t->node_loads[b];
+	t->node_loads[b] = n;
+	return n;
+}
+
+static void list_unlink(struct task *k)
+{
+	if (!k->list)
+		return;
+	if (k->lprev)
+		k->lprev->lnext = k->lnext;
+	else
+		*k->list = k->lnext;
+	if (k->lnext)
+		k->lnext->lprev = k->lprev;
+	k->list = NULL;
+	k->lprev = k->lnext = NULL;
+}
+
+static void list_push(struct task **list, struct task *k)
+{
+	k->list = list;
+	k->lprev = NULL;
+	k->lnext = *list;
+	if (*list)
+		(*list)->lprev = k;
+	*list = k;
+}
+
+/* Puts a task on the work list its state says and books its node's active count.
+ * Called after every change of state or node. Lock held. */
+static void track_locked(struct tasks *t, struct task *k)
+{
+	const char *s = k->row.state;
+	struct task **want = !strcmp(s, TASK_QUEUED) ? &t->queued
+			     : (!strcmp(s, TASK_DISPATCHED) || !strcmp(s, TASK_RUNNING))
+				     ? &t->active
+				     : NULL;
+	if (k->list != want) {
+		list_unlink(k);
+		if (want)
+			list_push(want, k);
+	}
+	bool counts = want == &t->active && k->row.node && !k->n_children;
+	if (k->active_node && (!counts || strcmp(k->active_node, k->row.node))) {
+		node_load_locked(t, k->active_node, true)->active--;
+		free(k->active_node);
+		k->active_node = NULL;
+	}
+	if (counts && !k->active_node) {
+		node_load_locked(t, k->row.node, true)->active++;
+		k->active_node = xstrdup(k->row.node);
+	}
+}
+
+/* A task ended on its node: the node's history, as reliability reads it. Lock held. */
+static void book_end_locked(struct tasks *t, const struct task *k)
+{
+	if (!k->row.node || k->n_children || !strcmp(k->row.state, TASK_CANCELLED))
+		return;
+	struct node_load *n = node_load_locked(t, k->row.node, true);
+	n->total++;
+	if (!strcmp(k->row.state, TASK_SUCCEEDED)) {
+		n->completed++;
+		n->consecutive = 0;
+	} else {
+		n->consecutive++;
+	}
 }
 
 static struct user_load *user_load_locked(struct tasks *t, uid_t uid)
@@ -180,6 +281,9 @@ static void add_locked(struct tasks *t, struct task *k)
 	k->hnext = t->hash[b];
 	t->hash[b] = k;
 	t->changed_at = clock_wall_s();
+	track_locked(t, k);
+	if (task_state_is_final(k->row.state))
+		book_end_locked(t, k);
 }
 
 static void task_free(struct task *k)
@@ -194,6 +298,7 @@ static void task_free(struct task *k)
 		buf_free(&k->out[s]);
 	free(k->remote_state);
 	free(k->remote_error);
+	free(k->active_node);
 	struct waiter *w = k->waiters;
 	while (w) {
 		struct waiter *next = w->next;
@@ -246,6 +351,14 @@ void tasks_free(struct tasks *t)
 		struct user_load *next = t->users->next;
 		free(t->users);
 		t->users = next;
+	}
+	for (size_t b = 0; b < NODE_BUCKETS; b++) {
+		while (t->node_loads[b]) {
+			struct node_load *next = t->node_loads[b]->next;
+			free(t->node_loads[b]->node);
+			free(t->node_loads[b]);
+			t->node_loads[b] = next;
+		}
 	}
 	pthread_mutex_destroy(&t->lock);
 	free(t);
@@ -300,6 +413,17 @@ static void call_waiters(struct waiter *w)
 static void update_parent_locked(struct tasks *t, struct task *child, struct waiter **wake);
 
 /* Moves a task to a state, persists it and records the event. Lock held. */
+static void schedule_on_loop(void *arg);
+
+/* Asks the loop thread to schedule soon, once however often it is asked. Lock held. */
+static void post_schedule_locked(struct tasks *t)
+{
+	if (t->started && !t->schedule_posted && t->queued) {
+		t->schedule_posted = true;
+		loop_post(t->loop, schedule_on_loop, t);
+	}
+}
+
 static void set_state_locked(struct tasks *t, struct task *k, const char *state, const char *reason,
 			     struct waiter **wake)
 {
@@ -310,10 +434,17 @@ static void set_state_locked(struct tasks *t, struct task *k, const char *state,
 	set_str(&k->row.state, state);
 	if (reason)
 		set_str(&k->row.reason, reason);
+	bool was_active = k->list == &t->active;
+	track_locked(t, k);
+	/* a slot freed or a task waits: place work now, not at the next tick */
+	if ((was_active && k->list != &t->active) || k->list == &t->queued)
+		post_schedule_locked(t);
 	if (task_state_is_final(state)) {
 		if (k->row.finished_at <= 0)
 			k->row.finished_at = clock_wall_s();
 		wake_waiters_locked(k, wake);
+		if (!was_final)
+			book_end_locked(t, k);
 	}
 	persist_locked(t, k);
 	if (!same) {
@@ -407,37 +538,10 @@ struct sched_input {
 	size_t n;
 };
 
-static void node_history_locked(struct tasks *t, const char *node, int *completed, int *total,
-				int *consec)
-{
-	*completed = *total = *consec = 0;
-	bool streak = true;
-	for (size_t i = t->n; i-- > 0;) {
-		struct task *k = t->v[i];
-		if (!k->row.node || strcmp(k->row.node, node) || k->n_children)
-			continue;
-		const char *s = k->row.state;
-		if (!task_state_is_final(s) || !strcmp(s, TASK_CANCELLED))
-			continue;
-		(*total)++;
-		if (!strcmp(s, TASK_SUCCEEDED)) {
-			(*completed)++;
-			streak = false;
-		} else if (streak) {
-			(*consec)++;
-		}
-	}
-}
-
 static int active_on_locked(struct tasks *t, const char *node)
 {
-	int n = 0;
-	for (size_t i = 0; i < t->n; i++) {
-		struct task *k = t->v[i];
-		if (k->row.node && !strcmp(k->row.node, node) && state_is_active(k->row.state))
-			n++;
-	}
-	return n;
+	struct node_load *n = node_load_locked(t, node, false);
+	return n ? n->active : 0;
 }
 
 static void sched_input_build_locked(struct tasks *t, struct sched_input *in)
@@ -482,43 +586,17 @@ static void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 	config_unref(cfg);
 	in->n = k;
 
-	/* load and history of every node in one pass over the tasks, newest first (the
-	 * nodes are sorted by name) */
-	bool *streak_over = calloc(k + 1, sizeof(*streak_over));
-	for (size_t i = t->n; i-- > 0;) {
-		struct task *x = t->v[i];
-		if (!x->row.node || x->n_children)
-			continue;
-		size_t lo = 0, hi = k;
-		while (lo < hi) {
-			size_t mid = (lo + hi) / 2;
-			int c = strcmp(in->nodes[mid].name, x->row.node);
-			if (c == 0) {
-				lo = mid;
-				break;
-			}
-			if (c < 0)
-				lo = mid + 1;
-			else
-				hi = mid;
-		}
-		if (lo >= k || strcmp(in->nodes[lo].name, x->row.node))
-			continue;
-		struct sched_node *sn = &in->nodes[lo];
-		const char *st = x->row.state;
-		if (state_is_active(st)) {
-			sn->active++;
-		} else if (task_state_is_final(st) && strcmp(st, TASK_CANCELLED)) {
-			sn->total++;
-			if (!strcmp(st, TASK_SUCCEEDED)) {
-				sn->completed++;
-				streak_over[lo] = true;
-			} else if (!streak_over[lo]) {
-				sn->consecutive_failures++;
-			}
+	/* load and history of every node, kept as states change */
+	for (size_t i = 0; i < k; i++) {
+		struct sched_node *sn = &in->nodes[i];
+		struct node_load *nl = node_load_locked(t, sn->name, false);
+		if (nl) {
+			sn->active = nl->active;
+			sn->total = nl->total;
+			sn->completed = nl->completed;
+			sn->consecutive_failures = nl->consecutive;
 		}
 	}
-	free(streak_over);
 }
 
 static void sched_input_free(struct sched_input *in)
@@ -924,7 +1002,12 @@ double tasks_node_reliability(struct tasks *t, const char *node, int *ret_comple
 {
 	struct sched_node sn = {.name = node};
 	pthread_mutex_lock(&t->lock);
-	node_history_locked(t, node, &sn.completed, &sn.total, &sn.consecutive_failures);
+	struct node_load *nl = node_load_locked(t, node, false);
+	if (nl) {
+		sn.completed = nl->completed;
+		sn.total = nl->total;
+		sn.consecutive_failures = nl->consecutive;
+	}
 	pthread_mutex_unlock(&t->lock);
 	if (ret_completed)
 		*ret_completed = sn.completed;
@@ -1322,6 +1405,25 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
 	}
 }
 
+/* The active tasks (on `node`, or all when NULL), as a NULL-terminated array that stays
+ * valid while its entries change lists. Lock held. */
+static struct task **active_snapshot_locked(struct tasks *t, const char *node)
+{
+	size_t n = 0, cap = 16;
+	struct task **v = xcalloc(cap, sizeof(*v));
+	for (struct task *k = t->active; k; k = k->lnext) {
+		if (node && (!k->row.node || strcmp(k->row.node, node)))
+			continue;
+		if (n + 1 == cap) {
+			cap *= 2;
+			v = realloc(v, cap * sizeof(*v));
+		}
+		v[n++] = k;
+	}
+	v[n] = NULL;
+	return v;
+}
+
 static struct node_poll *poll_for(struct tasks *t, const char *node)
 {
 	for (struct node_poll *p = t->polls; p; p = p->next)
@@ -1350,11 +1452,10 @@ static void poll_done(const struct http_response *r, void *arg)
 		p->agent_time = json_number_value(json_object_get(doc, "time"));
 	struct waiter *wake = NULL;
 	pthread_mutex_lock(&t->lock);
-	/* index the agent's answer by dispatch id */
-	for (size_t i = 0; i < t->n; i++) {
-		struct task *k = t->v[i];
-		if (!k->row.node || strcmp(k->row.node, c->id) || !state_is_active(k->row.state) ||
-		    !k->row.dispatch_id)
+	struct task **work = active_snapshot_locked(t, c->id);
+	for (size_t i = 0; work[i]; i++) {
+		struct task *k = work[i];
+		if (!state_is_active(k->row.state) || !k->row.dispatch_id)
 			continue;
 		json_t *found = NULL, *o;
 		size_t j;
@@ -1375,6 +1476,7 @@ static void poll_done(const struct http_response *r, void *arg)
 		}
 	}
 	pthread_mutex_unlock(&t->lock);
+	free(work);
 	json_decref(doc);
 	call_waiters(wake);
 	call_free(c);
@@ -1406,16 +1508,20 @@ static int queued_cmp(const void *a, const void *b)
 static void schedule_locked(struct tasks *t, struct waiter **wake)
 {
 	struct task **q = NULL;
-	size_t nq = 0;
-	for (size_t i = 0; i < t->n; i++) {
-		struct task *k = t->v[i];
-		if (!strcmp(k->row.state, TASK_QUEUED) && !k->n_children) {
-			q = realloc(q, (nq + 1) * sizeof(*q));
-			q[nq++] = k;
+	size_t nq = 0, cap = 0;
+	for (struct task *k = t->queued; k; k = k->lnext) {
+		if (k->n_children)
+			continue; /* a node:"all" task is the sum of its copies */
+		if (nq == cap) {
+			cap = cap ? 2 * cap : 64;
+			q = realloc(q, cap * sizeof(*q));
 		}
+		q[nq++] = k;
 	}
-	if (!nq)
+	if (!nq) {
+		free(q);
 		return;
+	}
 	qsort(q, nq, sizeof(*q), queued_cmp);
 	struct sched_input in;
 	sched_input_build_locked(t, &in);
@@ -1533,17 +1639,16 @@ static void tasks_tick(void *arg)
 	char **nodes = NULL;
 	size_t n_nodes = 0;
 	pthread_mutex_lock(&t->lock);
-	for (size_t i = 0; i < t->n; i++) {
-		struct task *k = t->v[i];
+	struct task **work = active_snapshot_locked(t, NULL);
+	for (size_t i = 0; work[i]; i++) {
+		struct task *k = work[i];
 		if (!state_is_active(k->row.state) || !k->row.node)
 			continue;
-		struct node_view v;
-		if (cluster_get_node(t->cluster, k->row.node, &v) < 0) {
+		enum node_level level;
+		if (cluster_get_level(t->cluster, k->row.node, &level) < 0) {
 			requeue_or_fail_locked(t, k, TASK_LOST, "its node left the cluster", &wake);
 			continue;
 		}
-		enum node_level level = v.level;
-		node_view_clear(&v);
 		if (level == NODE_OFFLINE) {
 			requeue_or_fail_locked(t, k, TASK_LOST, "its node went offline", &wake);
 			continue;
@@ -1568,6 +1673,7 @@ static void tasks_tick(void *arg)
 	}
 	schedule_locked(t, &wake);
 	pthread_mutex_unlock(&t->lock);
+	free(work);
 	call_waiters(wake);
 
 	for (size_t j = 0; j < n_nodes; j++) {
