@@ -670,8 +670,8 @@ static int sup_load_identity(struct sup *s)
 	s->home = json_string_value(json_object_get(pw, "home"));
 	s->shell = json_string_value(json_object_get(pw, "shell"));
 	if (!s->user || !json_is_integer(uid) || !json_is_integer(gid) || !s->home ||
-	    json_integer_value(uid) < 0 || json_integer_value(uid) >= (json_int_t) UINT32_MAX ||
-	    json_integer_value(gid) < 0 || json_integer_value(gid) >= (json_int_t) UINT32_MAX)
+	    json_integer_value(uid) < 0 || json_integer_value(uid) > (json_int_t) UINT32_MAX ||
+	    json_integer_value(gid) < 0 || json_integer_value(gid) > (json_int_t) UINT32_MAX)
 		return -EINVAL;
 	if (!s->shell || !s->shell[0])
 		s->shell = "/bin/sh";
