@@ -196,6 +196,10 @@ def test_task_process_has_the_users_ids_and_a_session_of_its_own(agent, users):
     assert uids == [alice.pw_uid] * 4 and gids == [alice.pw_gid] * 4
     assert groups == sorted(set(os.getgrouplist(ALICE, alice.pw_gid)))
     assert 0 not in groups
+    caps = dict(line.split(":\t", 1) for line in read_file("/proc/%d/status" % pid).splitlines()
+                if line.startswith("Cap"))
+    assert int(caps["CapEff"], 16) == 0 and int(caps["CapPrm"], 16) == 0
+    assert int(caps["CapAmb"], 16) == 0
     sid = int(subprocess.run(["ps", "-o", "sid=", "-p", str(pid)], capture_output=True,
                              text=True, check=True).stdout)
     agent_sid = int(subprocess.run(["ps", "-o", "sid=", "-p", str(agent.proc.pid)],

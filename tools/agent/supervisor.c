@@ -669,6 +669,7 @@ static int sup_load_identity(struct sup *s)
 	json_t *uid = json_object_get(pw, "uid"), *gid = json_object_get(pw, "gid");
 	s->home = json_string_value(json_object_get(pw, "home"));
 	s->shell = json_string_value(json_object_get(pw, "shell"));
+	/* (uid_t) -1 passes: the kernel refuses it in the child, which says so. */
 	if (!s->user || !json_is_integer(uid) || !json_is_integer(gid) || !s->home ||
 	    json_integer_value(uid) < 0 || json_integer_value(uid) > (json_int_t) UINT32_MAX ||
 	    json_integer_value(gid) < 0 || json_integer_value(gid) > (json_int_t) UINT32_MAX)
