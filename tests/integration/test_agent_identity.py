@@ -112,13 +112,18 @@ def start_agent(tmpdir_path, users):
             time.sleep(0.05)
         return agent
 
+    failures = []
     try:
         yield start
     finally:
         for agent in started:
-            agent.stop()
+            code = agent.stop()
+            if code not in (0, None):
+                failures.append("agent exited with %s:\n%s" % (code, agent.stderr()))
         for state_dir in {a.state_dir for a in started}:
             kill_leftovers(state_dir)
+    if failures:
+        pytest.fail("\n".join(failures))
 
 
 @pytest.fixture

@@ -604,9 +604,7 @@ static char *env_entry(const char *key, const char *value)
 	return asprintf(&e, "%s=%s", key, value) < 0 ? NULL : e;
 }
 
-/* Whether `key` names a variable that says who the task is, which the spec's "env" may
- * not set (the agent refuses such a spec; this is the supervisor's own guard). */
-static bool env_is_identity(const char *key)
+bool supervisor_env_is_identity(const char *key)
 {
 	return strcmp(key, "HOME") == 0 || strcmp(key, "USER") == 0 ||
 	       strcmp(key, "LOGNAME") == 0 || strcmp(key, "SHELL") == 0;
@@ -644,7 +642,7 @@ static int sup_build_env(struct sup *s, const char **ret_path)
 	json_object_foreach (env, key, value) {
 		const char *v = json_string_value(value);
 		if (!v || !key[0] || strchr(key, '=') || strcmp(key, "CLUSTERFS_TASK_ID") == 0 ||
-		    env_is_identity(key))
+		    supervisor_env_is_identity(key))
 			continue;
 		char *e = env_entry(key, v);
 		if (!e)
@@ -923,7 +921,7 @@ static void sup_note_exec_failure(struct sup *s, const struct exec_failure *f)
 	case EXEC_STAGE_REVERSIBLE:
 		(void) !asprintf(&msg,
 				 "cannot run the task as %s: the change of identity did not "
-				 "hold (root could be regained)",
+				 "hold",
 				 s->user);
 		break;
 	case EXEC_STAGE_CHDIR:

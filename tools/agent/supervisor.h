@@ -135,6 +135,11 @@ bool supervisor_is_alive(const struct supervisor_id *id, const char *boot_id);
  * that it starts the SIGKILL grace period. 0 or -errno (the marker could not be made). */
 int supervisor_cancel(int dirfd, pid_t pgid, pid_t sup_pid);
 
+/* Whether the environment variable `key` says who a task is (HOME, USER, LOGNAME, SHELL):
+ * those come from the task's user, never from its spec's "env", which the agent refuses
+ * and the supervisor ignores. */
+bool supervisor_env_is_identity(const char *key);
+
 /* Writes `name` in the directory open as `dirfd` atomically: a temporary file, renamed
  * over it. With `durable`, the data and the rename are fsynced before returning. 0 or
  * -errno. Borrows everything. */
