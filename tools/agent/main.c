@@ -189,18 +189,21 @@ static int agent_read_token(const char *path, char **ret_token, char *errbuf, si
 			 path, owner, (unsigned) before.st_uid, self, owner, self, path);
 		return -EPERM;
 	}
-	r = token_read_file(path, ret_token, errbuf, errlen);
-	/* The file read must be the one whose owner was checked. */
-	if (r == 0 && (stat(path, &after) < 0 || after.st_dev != before.st_dev ||
-		       after.st_ino != before.st_ino)) {
-		snprintf(errbuf, errlen, "token file %s was replaced while it was read", path);
-		explicit_bzero(*ret_token, strlen(*ret_token));
-		free(*ret_token);
-		*ret_token = NULL;
-		r = -EAGAIN;
-	}
+	char *token = NULL;
+	r = token_read_file(path, &token, errbuf, errlen);
 	close(fd);
-	return r;
+	if (r < 0)
+		return r;
+	/* The file read must be the one whose owner was checked. */
+	if (stat(path, &after) < 0 || after.st_dev != before.st_dev ||
+	    after.st_ino != before.st_ino) {
+		snprintf(errbuf, errlen, "token file %s was replaced while it was read", path);
+		explicit_bzero(token, strlen(token));
+		free(token);
+		return -EAGAIN;
+	}
+	*ret_token = token;
+	return 0;
 }
 
 /* Creates `path` and any missing parents with mode 0700 and checks that the agent can
