@@ -8,6 +8,7 @@ cfsa_bob, cfsa_carol whose home does not exist) and removes with userdel -r at t
 One case runs the agent itself as cfsa_bob. Needs root, as the suite does.
 """
 
+import fcntl
 import grp
 import json
 import os
@@ -36,6 +37,14 @@ BAD_LINE = "%s:x:4294967294:4294967295::/tmp:/bin/sh\n" % BAD
 
 def run(*args):
     return subprocess.run(args, check=False, capture_output=True, text=True)
+
+
+def append_passwd_line(line):
+    """Appends to /etc/passwd under the lock that useradd and userdel take (lckpwdf(3))."""
+    with open("/etc/.pwd.lock", "w") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        with open("/etc/passwd", "a") as f:
+            f.write(line)
 
 
 def remove_users():
@@ -292,8 +301,7 @@ def test_unknown_user_is_a_failed_task_that_never_runs(start_agent, tmpdir_path)
 
 def test_failed_change_of_identity_is_a_failed_task(agent, users, tmpdir_path):
     marker = os.path.join(tmpdir_path, "ran")
-    with open("/etc/passwd", "a") as f:
-        f.write(BAD_LINE)
+    append_passwd_line(BAD_LINE)
     try:
         status, doc = agent.post({"id": "bad-ids", "user": BAD, "cmd": "touch %s" % marker})
         assert status == 201, doc
@@ -303,7 +311,7 @@ def test_failed_change_of_identity_is_a_failed_task(agent, users, tmpdir_path):
     assert doc["state"] == "failed" and doc["exit_code"] is None, doc
     assert doc["user"] == BAD and doc["uid"] == 4294967294
     assert doc["error"].startswith("cannot run the task as %s: " % BAD), doc
-    assert "Invalid argument" in doc["error"]
+    assert "Invalid argument" in doc["error"], doc
     assert doc["error"] in agent.output("bad-ids", "stderr")[0].decode()
     assert not os.path.exists(marker)
 
