@@ -13,6 +13,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <pthread.h>
@@ -87,9 +88,12 @@ static void agent_usage(FILE *out)
 		"Options:\n"
 		"  --listen ADDR:PORT  address to listen on, IPv6 as [ADDR]:PORT\n"
 		"                      (default: " AGENT_DEFAULT_LISTEN ")\n"
-		"  --token-file FILE   file holding the bearer token; it must not be readable or\n"
-		"                      writable by group or others (required, no default)\n"
+		"  --token-file FILE   file holding the bearer token; it must be owned by the\n"
+		"                      agent's user or root and not be readable or writable by\n"
+		"                      group or others (required, no default)\n"
 		"  --state-dir DIR     directory for the agent's state, created with mode 0700\n"
+		"                      (an existing one must be the agent's user's; it is made\n"
+		"                      0700)\n"
 		"                      (default: %s;\n"
 		"                      " AGENT_SYSTEM_STATE_DIR " for root, else\n"
 		"                      $XDG_STATE_HOME/clusterfs-agent or\n"
@@ -145,37 +149,147 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 	return 0;
 }
 
+/* The name of user `uid` into `out`, or its number when it has none. */
+static void agent_user_name(uid_t uid, char *out, size_t outlen)
+{
+	char buf[16384];
+	struct passwd pw, *found = NULL;
+
+	if (getpwuid_r(uid, &pw, buf, sizeof(buf), &found) == 0 && found && pw.pw_name)
+		snprintf(out, outlen, "%s", pw.pw_name);
+	else
+		snprintf(out, outlen, "%u", (unsigned) uid);
+}
+
+/* Reads the bearer token from `path` (token_read_file(): a regular file, not accessible
+ * by group or others, one printable line) and refuses one owned by a user other than
+ * ours or root, who could change it. Returns a new string, 0 or -errno with a sentence in
+ * errbuf. */
+static int agent_read_token(const char *path, char **ret_token, char *errbuf, size_t errlen)
+{
+	char owner[64], self[64];
+	struct stat before, after;
+	int r;
+
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0 || fstat(fd, &before) < 0) {
+		if (fd >= 0)
+			close(fd);
+		/* token_read_file() says what is wrong with it. */
+		return token_read_file(path, ret_token, errbuf, errlen);
+	}
+	if (before.st_uid != geteuid() && before.st_uid != 0) {
+		close(fd);
+		agent_user_name(before.st_uid, owner, sizeof(owner));
+		agent_user_name(geteuid(), self, sizeof(self));
+		snprintf(errbuf, errlen,
+			 "token file %s is owned by %s (uid %u), not by %s (the user "
+			 "clusterfs-agent runs as) or root, so %s could change the token; run: "
+			 "chown %s %s, or give the agent a token file of its own",
+			 path, owner, (unsigned) before.st_uid, self, owner, self, path);
+		return -EPERM;
+	}
+	char *token = NULL;
+	r = token_read_file(path, &token, errbuf, errlen);
+	close(fd);
+	if (r < 0)
+		return r;
+	/* The file read must be the one whose owner was checked. */
+	if (stat(path, &after) < 0 || after.st_dev != before.st_dev ||
+	    after.st_ino != before.st_ino) {
+		snprintf(errbuf, errlen, "token file %s was replaced while it was read", path);
+		explicit_bzero(token, strlen(token));
+		free(token);
+		return -EAGAIN;
+	}
+	*ret_token = token;
+	return 0;
+}
+
 /* Creates `path` and any missing parents with mode 0700 and checks that the agent can
- * write there. Returns the absolute path as a new string, 0 or -errno. */
-static int agent_prepare_state_dir(const char *path, char **ret_abs)
+ * write there. An existing directory must be the agent's user's own (whoever owns it
+ * could change what the tasks run); one open to group or others is made 0700. Returns
+ * the absolute path as a new string, 0 or -errno with a sentence in errbuf. */
+static int agent_prepare_state_dir(const char *path, char **ret_abs, char *errbuf, size_t errlen)
 {
 	_cleanup_free_ char *p = strdup(path);
+	char owner[64], self[64];
 	struct stat st;
+	int fd, r;
 
 	if (!p)
 		return -ENOMEM;
 	for (char *s = strchr(p + 1, '/'); s; s = strchr(s + 1, '/')) {
 		*s = '\0';
-		if (mkdir(p, 0700) < 0 && errno != EEXIST)
-			return -errno;
+		if (mkdir(p, 0700) < 0 && errno != EEXIST) {
+			r = -errno;
+			snprintf(errbuf, errlen, "cannot create state directory %s: %s", path,
+				 strerror(-r));
+			return r;
+		}
 		*s = '/';
 	}
-	if (mkdir(p, 0700) < 0 && errno != EEXIST)
-		return -errno;
-	if (stat(p, &st) < 0)
-		return -errno;
-	if (!S_ISDIR(st.st_mode))
-		return -ENOTDIR;
-	if (access(p, W_OK | X_OK) < 0)
-		return -errno;
-	if (st.st_mode & (S_IRWXG | S_IRWXO))
-		log_warn("state directory %s is accessible by group or others (mode %04o); "
-			 "consider: chmod 700 %s",
-			 p, (unsigned) (st.st_mode & 07777), p);
-	char *abs = realpath(p, NULL);
-	if (!abs)
-		return -errno;
+	if (mkdir(p, 0700) < 0 && errno != EEXIST) {
+		r = -errno;
+		snprintf(errbuf, errlen, "cannot create state directory %s: %s", path,
+			 strerror(-r));
+		return r;
+	}
+	/* Checked and fixed through one descriptor, so that it is the same directory. */
+	fd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		r = -errno;
+		snprintf(errbuf, errlen, "cannot use state directory %s: %s", path, strerror(-r));
+		if (fd >= 0)
+			close(fd);
+		return r;
+	}
+	if (st.st_uid != geteuid()) {
+		agent_user_name(st.st_uid, owner, sizeof(owner));
+		agent_user_name(geteuid(), self, sizeof(self));
+		snprintf(errbuf, errlen,
+			 "refusing state directory %s: it is owned by %s (uid %u), not by %s, "
+			 "the user clusterfs-agent runs as, and its owner could change what the "
+			 "tasks run; run: chown %s %s, or pass a directory of %s's with "
+			 "--state-dir",
+			 path, owner, (unsigned) st.st_uid, self, self, path, self);
+		close(fd);
+		return -EPERM;
+	}
+	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+		if (fchmod(fd, 0700) < 0) {
+			r = -errno;
+			snprintf(errbuf, errlen,
+				 "state directory %s is accessible by group or others (mode "
+				 "%04o) and cannot be made 0700: %s",
+				 path, (unsigned) (st.st_mode & 07777), strerror(-r));
+			close(fd);
+			return r;
+		}
+		log_warn("state directory %s was accessible by group or others (mode %04o); "
+			 "changed its mode to 0700",
+			 p, (unsigned) (st.st_mode & 07777));
+	}
+	close(fd);
+	char *abs = access(p, W_OK | X_OK) == 0 ? realpath(p, NULL) : NULL;
+	if (!abs) {
+		r = -errno;
+		snprintf(errbuf, errlen, "cannot use state directory %s: %s", path, strerror(-r));
+		return r;
+	}
 	*ret_abs = abs;
+	return 0;
+}
+
+/* Creates the ledger file `path` with mode 0600 when it is missing, so that sqlite, which
+ * gives its -wal and -shm files the database's mode, makes none of them readable by
+ * others. 0 or -errno. */
+static int agent_create_ledger_file(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return errno == EEXIST ? 0 : -errno;
+	close(fd);
 	return 0;
 }
 
@@ -247,7 +361,7 @@ int main(int argc, char **argv)
 	if (r != 0)
 		return r > 0 ? 0 : AGENT_EXIT_USAGE;
 
-	r = token_read_file(opts.token_file, &token, errbuf, sizeof(errbuf));
+	r = agent_read_token(opts.token_file, &token, errbuf, sizeof(errbuf));
 	if (r < 0) {
 		log_err("%s", errbuf);
 		return AGENT_EXIT_USAGE;
@@ -303,9 +417,9 @@ int main(int argc, char **argv)
 		}
 		opts.state_dir = default_dir;
 	}
-	r = agent_prepare_state_dir(opts.state_dir, &state_dir);
+	r = agent_prepare_state_dir(opts.state_dir, &state_dir, errbuf, sizeof(errbuf));
 	if (r < 0) {
-		log_err("cannot create state directory %s: %s", opts.state_dir, strerror(-r));
+		log_err("%s", errbuf);
 		goto out_close_listen;
 	}
 
@@ -331,6 +445,11 @@ int main(int argc, char **argv)
 	}
 
 	if (opts.ledger) {
+		r = agent_create_ledger_file(opts.ledger);
+		if (r < 0) {
+			log_err("cannot create the ledger %s: %s", opts.ledger, strerror(-r));
+			goto out_stop_sampler;
+		}
 		r = ledger_open(opts.ledger, &ledger, errbuf, sizeof(errbuf));
 		if (r < 0) {
 			log_err("cannot open the ledger %s: %s", opts.ledger, errbuf);

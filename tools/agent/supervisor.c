@@ -604,9 +604,7 @@ static char *env_entry(const char *key, const char *value)
 	return asprintf(&e, "%s=%s", key, value) < 0 ? NULL : e;
 }
 
-/* Whether `key` names a variable that says who the task is, which the spec's "env" may
- * not set (the agent refuses such a spec; this is the supervisor's own guard). */
-static bool env_is_identity(const char *key)
+bool supervisor_env_is_identity(const char *key)
 {
 	return strcmp(key, "HOME") == 0 || strcmp(key, "USER") == 0 ||
 	       strcmp(key, "LOGNAME") == 0 || strcmp(key, "SHELL") == 0;
@@ -644,7 +642,7 @@ static int sup_build_env(struct sup *s, const char **ret_path)
 	json_object_foreach (env, key, value) {
 		const char *v = json_string_value(value);
 		if (!v || !key[0] || strchr(key, '=') || strcmp(key, "CLUSTERFS_TASK_ID") == 0 ||
-		    env_is_identity(key))
+		    supervisor_env_is_identity(key))
 			continue;
 		char *e = env_entry(key, v);
 		if (!e)
@@ -669,9 +667,10 @@ static int sup_load_identity(struct sup *s)
 	json_t *uid = json_object_get(pw, "uid"), *gid = json_object_get(pw, "gid");
 	s->home = json_string_value(json_object_get(pw, "home"));
 	s->shell = json_string_value(json_object_get(pw, "shell"));
+	/* (uid_t) -1 passes: the kernel refuses it in the child, which says so. */
 	if (!s->user || !json_is_integer(uid) || !json_is_integer(gid) || !s->home ||
-	    json_integer_value(uid) < 0 || json_integer_value(uid) >= (json_int_t) UINT32_MAX ||
-	    json_integer_value(gid) < 0 || json_integer_value(gid) >= (json_int_t) UINT32_MAX)
+	    json_integer_value(uid) < 0 || json_integer_value(uid) > (json_int_t) UINT32_MAX ||
+	    json_integer_value(gid) < 0 || json_integer_value(gid) > (json_int_t) UINT32_MAX)
 		return -EINVAL;
 	if (!s->shell || !s->shell[0])
 		s->shell = "/bin/sh";
@@ -922,7 +921,7 @@ static void sup_note_exec_failure(struct sup *s, const struct exec_failure *f)
 	case EXEC_STAGE_REVERSIBLE:
 		(void) !asprintf(&msg,
 				 "cannot run the task as %s: the change of identity did not "
-				 "hold (root could be regained)",
+				 "hold",
 				 s->user);
 		break;
 	case EXEC_STAGE_CHDIR:

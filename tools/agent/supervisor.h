@@ -4,7 +4,7 @@
  *
  * The supervisor is a program of its own, clusterfs-agent-supervise, installed next to
  * clusterfs-agent: the agent spawns it in a new session as "clusterfs-agent-supervise
- * TASK_DIR AGENT_PID", and it forks the task into its own process group. It must be
+ * TASK_DIR AGENT_PID", and it forks the task into a session of its own. It must be
  * exec'd (the agent is multi-threaded, and a forked child that does not exec may only use
  * async-signal-safe calls, which a process that lives as long as its task cannot keep
  * to), and it is a small binary of its own rather than the agent itself because that
@@ -28,7 +28,14 @@
  * while the agent fsyncs it.
  *
  * The task directory, STATE_DIR/tasks/ID (mode 0700), is the contract between the two:
- *   spec.json         the request; written by the agent, durable before the task runs
+ *   spec.json         the request; written by the agent, durable before the task runs;
+ *                     with "started_at", "user" and "uid" (who the task runs as) and,
+ *                     when the request named the user, "passwd": {"uid", "gid", "home",
+ *                     "shell"} as resolved at dispatch. With "passwd" the supervisor,
+ *                     which stays root, has the child take that identity before its
+ *                     exec (initgroups, setgid, setuid, checked irreversible; umask
+ *                     022), gives it HOME, USER, LOGNAME and SHELL, and starts it in
+ *                     HOME unless it is the supervisor's own user
  *   supervisor        "PID STARTTIME BOOT_ID\n": who supervises, robust to pid reuse;
  *                     written by the agent
  *   pid, pgid         the task's process and process group, one decimal number each
@@ -37,7 +44,10 @@
  *                     empty, in a spare used for a task with a cwd of its own)
  *   cancel-requested  created by the agent to ask for a cancel
  *   result.json       {"state", "exit_code", "signal", "finished_at"[, "error"]},
- *                     written atomically by the supervisor when the task has ended */
+ *                     written atomically by the supervisor when the task has ended
+ *                     (exit_code null: the child could not become the task's user), or
+ *                     by the agent for a task that could not run at all (then with no
+ *                     supervisor, pid or pgid) */
 #pragma once
 
 #include <stdbool.h>
@@ -124,6 +134,11 @@ bool supervisor_is_alive(const struct supervisor_id *id, const char *boot_id);
  * known, > 0) and SIGUSR1 to the supervisor `sup_pid` (when known to be alive, > 0) so
  * that it starts the SIGKILL grace period. 0 or -errno (the marker could not be made). */
 int supervisor_cancel(int dirfd, pid_t pgid, pid_t sup_pid);
+
+/* Whether the environment variable `key` says who a task is (HOME, USER, LOGNAME, SHELL):
+ * those come from the task's user, never from its spec's "env", which the agent refuses
+ * and the supervisor ignores. */
+bool supervisor_env_is_identity(const char *key);
 
 /* Writes `name` in the directory open as `dirfd` atomically: a temporary file, renamed
  * over it. With `durable`, the data and the rename are fsynced before returning. 0 or

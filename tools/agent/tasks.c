@@ -70,8 +70,8 @@ struct tasks {
 	size_t n, cap;
 	struct spares *spares; /* NULL: none */
 	char *node;            /* the agent's --name, for error sentences; immutable */
-	char *own_user;        /* the name of the agent's euid (its number if it has none) */
-	uid_t own_uid;         /* the agent's euid; immutable */
+	char *own_user; /* the name of the agent's euid (its number if it has none); immutable */
+	uid_t own_uid;  /* the agent's euid; immutable */
 };
 
 /* Who a task is to run as, resolved when it is dispatched. */
@@ -120,13 +120,6 @@ static bool task_user_is_valid(const char *name)
 			return false;
 	}
 	return true;
-}
-
-/* The variables that say who a task is, which come from its user, never from "env". */
-static bool task_env_is_identity(const char *key)
-{
-	return strcmp(key, "USER") == 0 || strcmp(key, "HOME") == 0 ||
-	       strcmp(key, "LOGNAME") == 0 || strcmp(key, "SHELL") == 0;
 }
 
 /* "ID/NAME", relative to tasks->dirfd. */
@@ -648,7 +641,7 @@ static int task_request_check(json_t *doc, char *msg, size_t msglen)
 					 key);
 				return -EINVAL;
 			}
-			if (task_env_is_identity(key)) {
+			if (supervisor_env_is_identity(key)) {
 				snprintf(msg, msglen,
 					 "env may not set %s (the task's identity comes from its "
 					 "user)",
