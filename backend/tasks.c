@@ -39,6 +39,7 @@ struct task {
 	bool fetching[N_STREAMS];      /* a fetch is in flight (loop thread) */
 	size_t remote_size[N_STREAMS]; /* the agent's last reported size */
 	bool dispatching;              /* a POST is in flight */
+	bool acked;                    /* the agent has confirmed this attempt */
 	bool cancel_requested;
 	bool cancel_sent;
 	char *remote_state; /* the agent's final state, once seen; finalised after output */
@@ -78,6 +79,7 @@ struct node_poll {
 	char *node;
 	bool in_flight;
 	double agent_time; /* the agent's clock at the last answered poll; 0 none */
+	uint64_t index;    /* the agent's change number at that poll; 0: it has none */
 	struct node_poll *next;
 };
 
@@ -1175,11 +1177,14 @@ static int agent_call(struct tasks *t, const char *node, const char *method, con
 
 static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, struct waiter **wake);
 
+static void poll_send(struct tasks *t, const char *node);
+
 static void dispatch_done(const struct http_response *r, void *arg)
 {
 	struct call *c = arg;
 	struct tasks *t = c->t;
 	struct waiter *wake = NULL;
+	char *poll_node = NULL;
 	pthread_mutex_lock(&t->lock);
 	struct task *k = find_locked(t, c->id);
 	if (k) {
@@ -1187,6 +1192,9 @@ static void dispatch_done(const struct http_response *r, void *arg)
 		if (!r->error) {
 			/* 201: started; 200: the agent knew this dispatch id already, and its
 			 * answer says how that run is doing (it may have ended long ago) */
+			k->acked = true;
+			if (k->row.node)
+				poll_node = strdup(k->row.node);
 			json_t *o = json_loadb(r->body, r->body_len, 0, NULL);
 			if (json_is_object(o) && json_is_string(json_object_get(o, "state")))
 				apply_remote_locked(t, k, o, &wake);
@@ -1213,6 +1221,10 @@ static void dispatch_done(const struct http_response *r, void *arg)
 	pthread_mutex_unlock(&t->lock);
 	call_waiters(wake);
 	call_free(c);
+	/* the node's long poll learns of the end at once (poll_send is defined below) */
+	if (poll_node)
+		poll_send(t, poll_node);
+	free(poll_node);
 }
 
 /* The user name a task runs as on its node under the run_as policy in force there: the
@@ -1436,6 +1448,33 @@ static struct node_poll *poll_for(struct tasks *t, const char *node)
 	return p;
 }
 
+#define POLL_WAIT_S 0.25 /* a long poll's wait: output sizes are fresh at this pace */
+
+static void poll_done(const struct http_response *r, void *arg);
+
+/* Asks a node's agent what became of our work there, unless a poll is in flight. An agent
+ * that keeps change numbers holds the request until a task starts or ends (or for
+ * POLL_WAIT_S), so an end is noticed at once; older agents answer what changed since
+ * their clock's time of the last poll. Loop thread. */
+static void poll_send(struct tasks *t, const char *node)
+{
+	struct node_poll *p = poll_for(t, node);
+	if (p->in_flight)
+		return;
+	char path[128] = "/api/node/tasks";
+	if (p->index)
+		snprintf(path, sizeof(path), "/api/node/tasks?index=%llu&wait=%.2f",
+			 (unsigned long long) p->index, POLL_WAIT_S);
+	else if (p->agent_time > 0)
+		/* a margin for tasks that finished while that answer was on its way */
+		snprintf(path, sizeof(path), "/api/node/tasks?since=%.3f", p->agent_time - 30.0);
+	struct call *c = call_new(t, node, 0);
+	if (agent_call(t, node, "GET", path, NULL, poll_done, c) == 0)
+		p->in_flight = true;
+	else
+		call_free(c);
+}
+
 static void poll_done(const struct http_response *r, void *arg)
 {
 	struct call *c = arg;
@@ -1450,6 +1489,12 @@ static void poll_done(const struct http_response *r, void *arg)
 	json_t *list = json_object_get(doc, "tasks");
 	if (json_is_number(json_object_get(doc, "time")))
 		p->agent_time = json_number_value(json_object_get(doc, "time"));
+	/* an answer by change number lists what changed and what runs, not everything */
+	bool partial = p->index != 0;
+	json_t *idx = json_object_get(doc, "index");
+	p->index = json_is_integer(idx) && json_integer_value(idx) > 0
+			   ? (uint64_t) json_integer_value(idx)
+			   : 0;
 	struct waiter *wake = NULL;
 	pthread_mutex_lock(&t->lock);
 	struct task **work = active_snapshot_locked(t, c->id);
@@ -1467,16 +1512,23 @@ static void poll_done(const struct http_response *r, void *arg)
 			}
 		}
 		if (found) {
+			k->acked = true;
 			apply_remote_locked(t, k, found, &wake);
-		} else if (!k->dispatching) {
+		} else if (!k->dispatching && (!partial || !k->acked)) {
 			/* the agent never got it (or lost it before writing it down): send the
 			 * same dispatch id again */
 			if (json_is_array(list))
 				dispatch_locked(t, k);
 		}
 	}
+	bool busy = false;
+	for (struct task *k = t->active; k && !busy; k = k->lnext)
+		busy = k->row.node && !strcmp(k->row.node, c->id);
 	pthread_mutex_unlock(&t->lock);
 	free(work);
+	/* work there goes on: the next long poll at once */
+	if (busy && p->index)
+		poll_send(t, c->id);
 	json_decref(doc);
 	call_waiters(wake);
 	call_free(c);
@@ -1596,6 +1648,7 @@ static void schedule_locked(struct tasks *t, struct waiter **wake)
 		buf_printf(&did, "%s.%s.%d", store_instance_id(t->store), k->row.id,
 			   k->row.attempts);
 		set_str(&k->row.dispatch_id, did.data);
+		k->acked = false;
 		buf_free(&did);
 		buf_free(&why);
 		set_state_locked(t, k, TASK_DISPATCHED, NULL, wake);
@@ -1677,20 +1730,7 @@ static void tasks_tick(void *arg)
 	call_waiters(wake);
 
 	for (size_t j = 0; j < n_nodes; j++) {
-		struct node_poll *p = poll_for(t, nodes[j]);
-		if (!p->in_flight) {
-			/* what changed since the last poll, by the agent's own clock, with a
-			 * margin for tasks that finished while that answer was on its way */
-			char path[96] = "/api/node/tasks";
-			if (p->agent_time > 0)
-				snprintf(path, sizeof(path), "/api/node/tasks?since=%.3f",
-					 p->agent_time - 30.0);
-			struct call *c = call_new(t, nodes[j], 0);
-			if (agent_call(t, nodes[j], "GET", path, NULL, poll_done, c) == 0)
-				p->in_flight = true;
-			else
-				call_free(c);
-		}
+		poll_send(t, nodes[j]);
 		free(nodes[j]);
 	}
 	free(nodes);

@@ -47,7 +47,7 @@ static const struct cfg_tasks tasks_defaults = {
 	.allow_root = false,
 	.drafts_per_user = 64,
 	.draft_bytes_per_user = 16l << 20,
-	.queued_per_user = 1000,
+	.queued_per_user = 10000,
 };
 
 static const char *const tier_names[] = {"powerhouse", "standard", "light", NULL};

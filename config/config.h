@@ -35,7 +35,7 @@ struct cfg_tasks {
 	gid_t group_gid;           /* its gid, resolved at load */
 	int drafts_per_user;       /* files in tasks/new/ per uid, default 64 */
 	long draft_bytes_per_user; /* their bytes per uid, default 16 MiB */
-	int queued_per_user;       /* unfinished tasks per uid, default 1000 */
+	int queued_per_user;       /* unfinished tasks per uid, default 10000 */
 };
 
 struct cfg_host {

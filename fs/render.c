@@ -20,9 +20,12 @@ static json_t *json_time(double wall)
 {
 	if (wall <= 0)
 		return json_null();
-	char ts[32];
+	/* RFC 3339 with milliseconds: scripts compare task times finer than a second */
+	char ts[32], out[40];
 	clock_format_utc(wall, ts);
-	return json_string(ts);
+	int ms = (int) ((wall - (double) (time_t) wall) * 1000.0);
+	snprintf(out, sizeof(out), "%.19s.%03dZ", ts, ms < 0 ? 0 : ms > 999 ? 999 : ms);
+	return json_string(out);
 }
 
 static double round_to(double v, double unit)

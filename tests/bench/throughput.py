@@ -11,6 +11,7 @@ at >= 0.8x the floor. Not part of the test suite; see tests/bench/README.md.
 
     sudo tests/bench/throughput.py [--tasks 2000] [--agents 8] [--build build]"""
 import argparse
+import datetime
 import http.client
 import json
 import os
@@ -76,27 +77,45 @@ def floor_run(b, agents, n, prefix):
     return last - start
 
 
+def wall(stamp):
+    """An RFC 3339 time of the tree ("2026-12-01T14:04:40.123Z") as unix seconds."""
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+args_timeout = 600
+
+
 def mount_run(b, agents, mnt, n, prefix):
     spec = json.dumps({"cmd": ["true"]}).encode()
+
+    def submit(ids):
+        for i in ids:
+            fd = os.open(mnt / "tasks" / "new" / f"{prefix}-{i}.json",
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, spec)
+            finally:
+                os.close(fd)
+    # as many submitters as the floor has posters
+    threads = [threading.Thread(target=submit, args=(range(j, n, len(agents)),))
+               for j in range(len(agents))]
     start = time.time()
-    for i in range(n):
-        fd = os.open(mnt / "tasks" / "new" / f"{prefix}-{i}.json",
-                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, spec)
-        finally:
-            os.close(fd)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     submitted = time.time() - start
     wait_until(lambda: all((mnt / "tasks" / f"{prefix}-{i}" / "status").read_text()
                            in ("succeeded\n", "failed\n") for i in range(n - 1, -1, -97)) and
-               len(os.listdir(mnt / "tasks" / "done")) >= n, 600, "every task to end")
+               len(os.listdir(mnt / "tasks" / "done")) >= n, args_timeout, "every task to end")
     infos = [json.loads((mnt / "tasks" / f"{prefix}-{i}" / "info").read_text()) for i in range(n)]
-    last = max(i["finished_at"] for i in infos)
+    last = max(wall(i["finished_at"]) for i in infos)
     # the agents' side: starts and ends per node, by dispatch id
     remote = {}
     for a in agents:
         for t in agent_tasks(b, a):
-            remote[t["id"]] = (a.name, t["started_at"], t["finished_at"])
+            if f".{prefix}-" in t["id"]:  # dispatch ids: INSTANCE.TASK.ATTEMPT
+                remote[t["id"]] = (a.name, t["started_at"], t["finished_at"])
     gaps, late = [], []
     by_node = {}
     for t in remote.values():
@@ -109,7 +128,7 @@ def mount_run(b, agents, mnt, n, prefix):
     for info in infos:
         e = ends.get(info["id"])
         if e:
-            late.append(max(0.0, info["finished_at"] - e) * 1000)
+            late.append(max(0.0, wall(info["finished_at"]) - e) * 1000)
     return submitted, last - start, gaps, late
 
 

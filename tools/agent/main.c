@@ -318,6 +318,11 @@ static int agent_find_supervisor(char path[PATH_MAX], char **ret_exe)
 	return 0;
 }
 
+static void server_wake_cb(void *arg)
+{
+	server_wake(arg);
+}
+
 /* Blocks until SIGTERM or SIGINT arrives, reaping supervisors on SIGCHLD; all three are
  * blocked in every thread. */
 static void agent_wait_for_signal(const sigset_t *set, struct tasks *tasks)
@@ -477,9 +482,12 @@ int main(int argc, char **argv)
 		log_err("cannot start the HTTP server on %s", bound);
 		goto out_stop_sampler;
 	}
+	/* a task that starts or ends answers the long polls waiting for it */
+	tasks_set_notify(tasks, server_wake_cb, srv);
 	log_info("listening on %s as %s", bound, opts.name);
 
 	agent_wait_for_signal(&sigs, tasks);
+	tasks_set_notify(tasks, NULL, NULL);
 	server_stop(srv);
 	ret = 0;
 

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SERVER_THREADS           2
@@ -24,20 +25,35 @@
  * the client can get its 413; past it the connection is closed. */
 #define SERVER_MAX_DISCARD (8 * 1024 * 1024)
 
+struct request_state;
+
 struct server {
 	struct MHD_Daemon *daemon;
 	const char *token;          /* borrowed, immutable */
 	const struct route *routes; /* borrowed, immutable */
 	size_t n_routes;
 	void *userdata;
+	/* deferred requests (long polls), suspended until woken or their deadline */
+	pthread_mutex_t park_lock;
+	pthread_cond_t park_cond;     /* the timer thread waits on it */
+	struct request_state *parked; /* protected by park_lock */
+	bool stopping;                /* protected by park_lock */
+	pthread_t timer;
+	bool timer_started;
 };
 
-/* Per-request state, owned by libmicrohttpd's con_cls slot; one thread at a time. */
+/* Per-request state, owned by libmicrohttpd's con_cls slot; one thread at a time
+ * (the park fields: under server->park_lock). */
 struct request_state {
 	struct buf body;
 	size_t discarded; /* bytes dropped after the body grew past SERVER_MAX_BODY */
 	bool too_large;
 	bool responded; /* answered before the body was read */
+	bool deferred;  /* handled once and suspended: run the handler again when resumed */
+	bool expired;   /* resumed by its deadline */
+	uint64_t deadline_us;
+	struct MHD_Connection *conn;
+	struct request_state *pnext, *pprev; /* in server->parked */
 };
 
 const char *request_get_header(const struct request *req, const char *name)
@@ -215,6 +231,87 @@ static bool route_match(const char *pattern, const char *path, struct route_capt
 }
 
 /* Runs the handler of the route matching method and path, or answers 404/405. */
+/* Suspends a request whose handler deferred its answer; false when the server stops
+ * (then it is answered now). Handler thread. */
+static bool server_park(struct server *srv, struct request_state *st, uint64_t deadline_us)
+{
+	pthread_mutex_lock(&srv->park_lock);
+	if (srv->stopping) {
+		pthread_mutex_unlock(&srv->park_lock);
+		return false;
+	}
+	st->deferred = true;
+	st->expired = false;
+	st->deadline_us = deadline_us;
+	st->pprev = NULL;
+	st->pnext = srv->parked;
+	if (srv->parked)
+		srv->parked->pprev = st;
+	srv->parked = st;
+	/* under the lock, so that no waker resumes it before it is suspended */
+	MHD_suspend_connection(st->conn);
+	pthread_cond_signal(&srv->park_cond);
+	pthread_mutex_unlock(&srv->park_lock);
+	return true;
+}
+
+/* Resumes a parked request. park_lock held. */
+static void server_unpark_locked(struct server *srv, struct request_state *st, bool expired)
+{
+	if (st->pprev)
+		st->pprev->pnext = st->pnext;
+	else
+		srv->parked = st->pnext;
+	if (st->pnext)
+		st->pnext->pprev = st->pprev;
+	st->pnext = st->pprev = NULL;
+	st->expired = expired;
+	MHD_resume_connection(st->conn);
+}
+
+void server_wake(struct server *srv)
+{
+	pthread_mutex_lock(&srv->park_lock);
+	while (srv->parked)
+		server_unpark_locked(srv, srv->parked, false);
+	pthread_mutex_unlock(&srv->park_lock);
+}
+
+/* Resumes parked requests at their deadlines (and all of them when stopping). */
+static void *server_timer_main(void *arg)
+{
+	struct server *srv = arg;
+	pthread_mutex_lock(&srv->park_lock);
+	while (!srv->stopping) {
+		uint64_t now = clock_now_us(), next = 0;
+		for (struct request_state *st = srv->parked, *nx; st; st = nx) {
+			nx = st->pnext;
+			if (st->deadline_us <= now)
+				server_unpark_locked(srv, st, true);
+			else if (!next || st->deadline_us < next)
+				next = st->deadline_us;
+		}
+		if (!next) {
+			pthread_cond_wait(&srv->park_cond, &srv->park_lock);
+			continue;
+		}
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		uint64_t wait_us = next - now;
+		ts.tv_sec += (time_t) (wait_us / 1000000u);
+		ts.tv_nsec += (long) (wait_us % 1000000u) * 1000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&srv->park_cond, &srv->park_lock, &ts);
+	}
+	while (srv->parked)
+		server_unpark_locked(srv, srv->parked, true);
+	pthread_mutex_unlock(&srv->park_lock);
+	return NULL;
+}
+
 static enum MHD_Result server_dispatch(struct server *srv, struct MHD_Connection *conn,
 				       const char *method, const char *path,
 				       struct request_state *st)
@@ -257,6 +354,7 @@ static enum MHD_Result server_dispatch(struct server *srv, struct MHD_Connection
 			.body_len = st->body.len,
 			.n_params = n_caps,
 			.userdata = srv->userdata,
+			.expired = st->expired,
 			.connection = conn,
 		};
 		int r = scratch ? 0 : -ENOMEM;
@@ -268,6 +366,17 @@ static enum MHD_Result server_dispatch(struct server *srv, struct MHD_Connection
 			r = found->handler(&req, &resp);
 		}
 		free(scratch);
+		if (r == 0 && resp.status == 0 && resp.defer_until_us && !st->expired) {
+			response_free(&resp);
+			if (server_park(srv, st, resp.defer_until_us)) {
+				buf_free(&allow);
+				return MHD_YES;
+			}
+			/* stopping: the handler answers with what it has */
+			st->expired = true;
+			buf_free(&allow);
+			return server_dispatch(srv, conn, method, path, st);
+		}
 		if (r < 0 || resp.status == 0) {
 			log_err("%s %s: %s", method, path,
 				r < 0 ? strerror(-r) : "handler set no response");
@@ -354,6 +463,11 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 		return MHD_YES;
 	}
 
+	if (st->deferred) {
+		/* resumed: the handler has another look (authorised the first time) */
+		st->deferred = false;
+		return server_dispatch(srv, conn, method, url, st);
+	}
 	if (st->responded)
 		return MHD_YES;
 	st->responded = true;
@@ -361,6 +475,7 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 		return server_reply_unauthorized(conn);
 	if (st->too_large)
 		return server_reply_too_large(conn);
+	st->conn = conn;
 	return server_dispatch(srv, conn, method, url, st);
 }
 
@@ -524,6 +639,12 @@ int server_start(const struct server_config *cfg, struct server **ret_server)
 	srv->routes = cfg->routes;
 	srv->n_routes = cfg->n_routes;
 	srv->userdata = cfg->userdata;
+	pthread_mutex_init(&srv->park_lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&srv->park_cond, &ca);
+	pthread_condattr_destroy(&ca);
 
 	/* The logger comes first so that messages about the other options reach it. */
 	struct MHD_OptionItem options[] = {
@@ -537,15 +658,18 @@ int server_start(const struct server_config *cfg, struct server **ret_server)
 		{MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) server_request_completed, srv},
 		{MHD_OPTION_END, 0, NULL},
 	};
-	srv->daemon = MHD_start_daemon(
-		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-		server_handle, srv, MHD_OPTION_ARRAY, options, MHD_OPTION_END);
+	srv->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+					       MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME,
+				       0, NULL, NULL, server_handle, srv, MHD_OPTION_ARRAY, options,
+				       MHD_OPTION_END);
 	if (!srv->daemon) {
 		/* libmicrohttpd already reported why; it may also have closed the socket,
 		 * so it is left alone. */
 		free(srv);
 		return -EIO;
 	}
+	if (pthread_create(&srv->timer, NULL, server_timer_main, srv) == 0)
+		srv->timer_started = true;
 	*ret_server = srv;
 	return 0;
 }
@@ -554,6 +678,17 @@ void server_stop(struct server *srv)
 {
 	if (!srv)
 		return;
+	/* libmicrohttpd must not be stopped with suspended connections: answer them */
+	pthread_mutex_lock(&srv->park_lock);
+	srv->stopping = true;
+	pthread_cond_signal(&srv->park_cond);
+	pthread_mutex_unlock(&srv->park_lock);
+	if (srv->timer_started)
+		pthread_join(srv->timer, NULL);
+	else
+		server_wake(srv);
 	MHD_stop_daemon(srv->daemon);
+	pthread_cond_destroy(&srv->park_cond);
+	pthread_mutex_destroy(&srv->park_lock);
 	free(srv);
 }

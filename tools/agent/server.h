@@ -5,7 +5,9 @@
 #pragma once
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "backend/util.h"
@@ -24,6 +26,7 @@ struct request {
 	const char *params[SERVER_MAX_PARAMS]; /* "{name}" matches, in pattern order */
 	size_t n_params;
 	void *userdata;                    /* as passed to server_start() */
+	bool expired;                      /* a deferred answer's deadline has passed */
 	struct MHD_Connection *connection; /* private to server.c */
 };
 
@@ -36,6 +39,10 @@ struct response {
 	const char *content_type;               /* a static string; NULL: application/json */
 	char *headers[RESPONSE_MAX_HEADERS][2]; /* owned name/value copies */
 	size_t n_headers;
+	/* A handler with nothing to say yet (a long poll) leaves the status 0 and sets this
+	 * deadline (monotonic µs): the connection waits, holding no thread, and the handler
+	 * runs again after server_wake() or, with req->expired set, at the deadline. */
+	uint64_t defer_until_us;
 };
 
 /* One row of the route table. `pattern` is matched segment by segment; a "{name}"
@@ -82,3 +89,5 @@ int server_start(const struct server_config *cfg, struct server **ret_server);
 /* Stops accepting, finishes or drops open connections, joins the threads and frees `srv`.
  * NULL is a no-op. */
 void server_stop(struct server *srv);
+/* Thread-safe: runs the handlers of every deferred request again (something changed). */
+void server_wake(struct server *srv);

@@ -56,6 +56,7 @@ struct task {
 	bool sup_gone;            /* the supervisor is known to have exited */
 	int64_t size[2];          /* stdout and stderr sizes, recorded once the task is final */
 	char *user;               /* who it runs (or was to run) as; owned, immutable */
+	uint64_t changed;         /* the registry's change number when it started or ended */
 	long long uid;            /* that user's uid; -1: unknown (no such user); immutable */
 };
 
@@ -72,6 +73,10 @@ struct tasks {
 	char *node;            /* the agent's --name, for error sentences; immutable */
 	char *own_user; /* the name of the agent's euid (its number if it has none); immutable */
 	uid_t own_uid;  /* the agent's euid; immutable */
+	uint64_t index; /* change number: starts at the wall clock in µs, so that it grows
+			 * across restarts too; protected by lock */
+	void (*notify)(void *arg); /* protected by lock */
+	void *notify_arg;
 };
 
 /* Who a task is to run as, resolved when it is dispatched. */
@@ -160,11 +165,20 @@ static int64_t task_stream_size(struct tasks *t, const struct task *k, int s)
 
 /* ---- states ---- */
 
+/* A task started or ended: long polls learn it. Lock held. */
+static void task_changed_locked(struct tasks *t, struct task *k)
+{
+	k->changed = ++t->index;
+	if (t->notify)
+		t->notify(t->notify_arg);
+}
+
 static void task_set_final_locked(struct tasks *t, struct task *k, enum task_state state)
 {
 	k->state = state;
 	for (int s = 0; s < 2; s++)
 		k->size[s] = task_stream_size(t, k, s);
+	task_changed_locked(t, k);
 }
 
 static void task_set_lost_locked(struct tasks *t, struct task *k, const char *why)
@@ -275,6 +289,7 @@ static int tasks_insert_locked(struct tasks *t, struct task *k)
 		t->cap = cap;
 	}
 	t->v[t->n++] = k;
+	task_changed_locked(t, k);
 	return 0;
 }
 
@@ -436,6 +451,7 @@ int tasks_open(const char *state_dir, const char *exe, const char *node, struct 
 		goto err_close;
 	}
 	t->own_uid = geteuid();
+	t->index = (uint64_t) (clock_wall_s() * 1e6);
 	t->exe = strdup(exe);
 	t->node = strdup(node);
 	t->own_user = own_user_name(t->own_uid);
@@ -1096,6 +1112,16 @@ out_unlock_create:
 	return r;
 }
 
+void tasks_set_notify(struct tasks *t, void (*fn)(void *arg), void *arg)
+{
+	pthread_mutex_lock(&t->lock);
+	t->notify = fn;
+	t->notify_arg = arg;
+	pthread_mutex_unlock(&t->lock);
+}
+
+#define TASKS_WAIT_MAX_S 60.0
+
 int tasks_handle_list(struct tasks *t, struct request *req, struct response *resp)
 {
 	/* ?since=T (this agent's clock, unix seconds): only tasks still running or finished
@@ -1111,6 +1137,30 @@ int tasks_handle_list(struct tasks *t, struct request *req, struct response *res
 			return 0;
 		}
 	}
+	/* ?index=N&wait=S: what changed after change N (and what runs), waiting up to S
+	 * seconds for a change when nothing did (Consul's blocking queries) */
+	const char *qi = request_get_query(req, "index"), *qw = request_get_query(req, "wait");
+	uint64_t index = 0;
+	double wait = 0;
+	if (qi) {
+		char *end;
+		errno = 0;
+		index = strtoull(qi, &end, 10);
+		if (*end || end == qi || errno || qi[0] == '-') {
+			response_set_error(resp, 400,
+					   "index must be a change number from an answer");
+			return 0;
+		}
+	}
+	if (qw) {
+		char *end;
+		wait = strtod(qw, &end);
+		if (*end || end == qw || !(wait >= 0 && wait <= TASKS_WAIT_MAX_S)) {
+			response_set_error(resp, 400, "wait must be seconds from 0 to %g",
+					   TASKS_WAIT_MAX_S);
+			return 0;
+		}
+	}
 	json_t *list = json_array();
 	bool ok = list != NULL;
 	struct timespec ts;
@@ -1118,19 +1168,39 @@ int tasks_handle_list(struct tasks *t, struct request *req, struct response *res
 	double now = (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
 
 	pthread_mutex_lock(&t->lock);
-	for (size_t i = 0; ok && i < t->n; i++) {
+	if (index > t->index)
+		index = 0; /* a number from before a restart (or a clock step): everything */
+	for (size_t i = 0; i < t->n; i++)
 		task_refresh_locked(t, t->v[i]);
-		if (since > 0 && t->v[i]->finished_at > 0 && t->v[i]->finished_at < since)
+	if (qi && wait > 0 && !req->expired) {
+		bool changed = false;
+		for (size_t i = t->n; i-- > 0 && !changed;)
+			changed = t->v[i]->changed > index;
+		if (!changed) {
+			pthread_mutex_unlock(&t->lock);
+			json_decref(list);
+			resp->defer_until_us = clock_now_us() + (uint64_t) (wait * 1e6);
+			return 0;
+		}
+	}
+	for (size_t i = 0; ok && i < t->n; i++) {
+		struct task *k = t->v[i];
+		if (since > 0 && k->finished_at > 0 && k->finished_at < since)
 			continue;
-		json_t *o = task_to_json_locked(t, t->v[i]);
+		if (qi && k->changed <= index && k->state != TASK_RUNNING)
+			continue;
+		json_t *o = task_to_json_locked(t, k);
 		ok = o && json_array_append_new(list, o) == 0;
 	}
+	uint64_t now_index = t->index;
 	pthread_mutex_unlock(&t->lock);
 	if (!ok) {
 		json_decref(list);
 		return -ENOMEM;
 	}
-	return response_set_json(resp, 200, json_pack("{s:o,s:f}", "tasks", list, "time", now));
+	return response_set_json(resp, 200,
+				 json_pack("{s:o,s:f,s:I}", "tasks", list, "time", now, "index",
+					   (json_int_t) now_index));
 }
 
 /* Finds the task named by req->params[0] and refreshes it, with the lock held; or answers

@@ -24,6 +24,10 @@ int tasks_open(const char *state_dir, const char *exe, const char *node, struct 
 /* Frees the registry. Running tasks carry on under their supervisors. NULL is a no-op. */
 void tasks_close(struct tasks *t);
 
+/* Calls fn(arg) (with the registry's lock held: it must not call back) whenever a task
+ * starts or reaches its final state; NULL stops it. Thread-safe. */
+void tasks_set_notify(struct tasks *t, void (*fn)(void *arg), void *arg);
+
 /* Reaps supervisors this agent started that have exited, without blocking. Call it on
  * SIGCHLD. Thread-safe. */
 void tasks_reap(struct tasks *t);
@@ -33,7 +37,9 @@ size_t tasks_count_running(struct tasks *t);
 /* The HTTP handlers, thread-safe. req->params[0] is the task id where the path has one. */
 /* POST /api/node/tasks */
 int tasks_handle_create(struct tasks *t, struct request *req, struct response *resp);
-/* GET /api/node/tasks */
+/* GET /api/node/tasks[?since=T][&index=N&wait=S]: with index, the tasks that changed
+ * after change number N and those running; when none changed, the answer waits up to S
+ * seconds (a long poll) for one to change. */
 int tasks_handle_list(struct tasks *t, struct request *req, struct response *resp);
 /* GET /api/node/tasks/ID */
 int tasks_handle_get(struct tasks *t, struct request *req, struct response *resp);
