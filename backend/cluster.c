@@ -1,5 +1,6 @@
 /* The cluster model: node state, the probe protocol and health levels, events. */
 #include "backend/cluster.h"
+#include "backend/endpoint.h"
 
 #include <errno.h>
 #include <math.h>
@@ -410,11 +411,6 @@ struct probe {
 	bool system;
 };
 
-static char *node_url(const struct cfg_host *h, const char *path)
-{
-	return util_host_url(h->address, h->agent_port, path);
-}
-
 /* A sentence for a failed probe, as shown in health's reasons. */
 static char *probe_reason(const struct http_response *r, const struct cfg_host *h, long timeout_ms)
 {
@@ -562,17 +558,18 @@ static int node_get(struct cluster *c, struct node *n, bool system)
 	pr->c = c;
 	pr->name = strdup(n->name);
 	pr->system = system;
-	char *url = node_url(n->host, system ? "/api/node/system" : "/api/node/health");
+	struct endpoint ep;
+	endpoint_init_agent(&ep, c->cfg, n->host, system ? "/api/node/system" : "/api/node/health");
 	struct http_request req = {
 		.method = "GET",
-		.url = url,
 		.token = n->host->token,
 		.connect_timeout_ms = p->timeout_ms,
 		.timeout_ms = p->timeout_ms,
 		.max_body = 1u << 20,
 	};
+	endpoint_apply(&ep, &req);
 	int r = loop_http(c->loop, &req, probe_done, pr);
-	free(url);
+	endpoint_clear(&ep);
 	if (r < 0) {
 		free(pr->name);
 		free(pr);
