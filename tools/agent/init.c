@@ -179,7 +179,8 @@ static void init_add_local_addresses(char **ips, size_t *n_ips)
 			inet_ntop(AF_INET, &((struct sockaddr_in *) ifa->ifa_addr)->sin_addr, text,
 				  sizeof(text));
 		} else if (ifa->ifa_addr->sa_family == AF_INET6) {
-			const struct in6_addr *a = &((struct sockaddr_in6 *) ifa->ifa_addr)->sin6_addr;
+			const struct in6_addr *a =
+				&((struct sockaddr_in6 *) ifa->ifa_addr)->sin6_addr;
 			if (IN6_IS_ADDR_LINKLOCAL(a))
 				continue;
 			inet_ntop(AF_INET6, a, text, sizeof(text));
@@ -223,9 +224,8 @@ static int init_certificate(const char *cert_path, const char *key_path, const c
 	init_add_name(ips, &n_ips, "127.0.0.1");
 	init_add_name(ips, &n_ips, "::1");
 
-	r = tls_make_self_signed(name, (const char *const *) dns, n_dns,
-				 (const char *const *) ips, n_ips, &cert, &key, errbuf,
-				 sizeof(errbuf));
+	r = tls_make_self_signed(name, (const char *const *) dns, n_dns, (const char *const *) ips,
+				 n_ips, &cert, &key, errbuf, sizeof(errbuf));
 	if (r < 0) {
 		log_err("cannot make a certificate: %s", errbuf);
 		goto out_free;

@@ -18,9 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define TLS_MAX_FILE      (256 * 1024)
-#define TLS_VALIDITY_S    (10LL * 365 * 86400 + 2 * 86400) /* ten years and leap days */
-#define TLS_SERIAL_BYTES  16
+#define TLS_MAX_FILE     (256 * 1024)
+#define TLS_VALIDITY_S   (10LL * 365 * 86400 + 2 * 86400) /* ten years and leap days */
+#define TLS_SERIAL_BYTES 16
 
 /* A GnuTLS datum as a new NUL-terminated string; frees the datum. NULL on no memory. */
 static char *datum_steal(gnutls_datum_t *d)
@@ -37,8 +37,7 @@ static char *datum_steal(gnutls_datum_t *d)
 }
 
 /* Reads a PEM file; a key file must also be private to the agent's user. */
-static int tls_read_file(const char *path, bool secret, char **ret_pem, char *errbuf,
-			 size_t errlen)
+static int tls_read_file(const char *path, bool secret, char **ret_pem, char *errbuf, size_t errlen)
 {
 	const char *what = secret ? "key file" : "certificate file";
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -185,8 +184,8 @@ int tls_make_self_signed(const char *name, const char *const *dns, size_t n_dns,
 
 	int g = gnutls_x509_privkey_init(&key);
 	if (g >= 0)
-		g = gnutls_x509_privkey_generate(key, GNUTLS_PK_ECDSA,
-						 GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0);
+		g = gnutls_x509_privkey_generate(
+			key, GNUTLS_PK_ECDSA, GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0);
 	if (g < 0)
 		goto out;
 	step = "making the certificate";
