@@ -31,6 +31,7 @@ struct node {
 	json_t *reasons;
 	int failures;
 	char *last_error;
+	bool insecure;        /* the last probe failed a transport-security check */
 	uint64_t last_ok_us;  /* monotonic; 0 if never */
 	uint64_t last_try_us; /* when the last probe started */
 	double checked_at;    /* wall */
@@ -352,7 +353,8 @@ static bool node_evaluate(struct cluster *c, struct node *n, uint64_t now, enum 
 		snprintf(line, sizeof(line), "%s (%d failed probe%s in a row)", n->last_error,
 			 n->failures, n->failures == 1 ? "" : "s");
 		json_array_append_new(reasons, json_string(line));
-		if (n->failures >= p->unhealthy_after)
+		/* a refused or rejected transport is not transient: unhealthy at once */
+		if (n->failures >= p->unhealthy_after || n->insecure)
 			level = NODE_UNHEALTHY;
 	}
 	uint64_t since = n->last_ok_us ? n->last_ok_us : c->started_us;
@@ -496,6 +498,7 @@ static void probe_done(const struct http_response *r, void *arg)
 			err = -EBADMSG;
 	}
 	bool was_ok = n->failures == 0 && n->last_ok_us;
+	n->insecure = err && r->insecure;
 	if (!err) {
 		json_decref(n->health);
 		n->health = doc;

@@ -307,7 +307,8 @@ struct refusal {
 static void refusal_run(void *arg)
 {
 	struct refusal *rf = arg;
-	struct http_response resp = {.error = -EPROTO, .body = "", .error_text = rf->why};
+	struct http_response resp = {
+		.error = -EPROTO, .body = "", .error_text = rf->why, .insecure = true};
 	rf->done(&resp, rf->arg);
 	free(rf->why);
 	free(rf);
@@ -489,6 +490,8 @@ static void xfer_finish(struct loop *l, struct xfer *x, CURLcode code)
 	if (x->too_big)
 		code = CURLE_WRITE_ERROR;
 	resp.error = http_error_to_errno(code, status);
+	resp.insecure = code == CURLE_SSL_PINNEDPUBKEYNOTMATCH ||
+			code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CACERT_BADFILE;
 	if (code == CURLE_ABORTED_BY_CALLBACK)
 		resp.error = -ECANCELED;
 	if (code == CURLE_COULDNT_CONNECT) {

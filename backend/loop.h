@@ -20,6 +20,9 @@ struct http_response {
 	size_t body_len;
 	double elapsed_ms;
 	const char *error_text; /* short human reason, "" on success */
+	/* The exchange failed a transport-security check: plain HTTP refused, or the
+	 * certificate rejected (pin or verification). Trying again will not help. */
+	bool insecure;
 };
 
 typedef void (*loop_fn)(void *arg);

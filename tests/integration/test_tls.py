@@ -197,7 +197,7 @@ def client_tls_records(pcap, server, port):
 
 def tls_config(tmp_path, hosts, token, **kw):
     return make_config(tmp_path / "hosts.json", [], token, hosts=hosts,
-                       probe={"interval_s": 1, "timeout_ms": 1500, "unhealthy_after": 1},
+                       probe={"interval_s": 1, "timeout_ms": 1500},
                        **kw)
 
 
@@ -276,6 +276,8 @@ def test_wrong_fingerprint_sends_nothing(tmp_path, token, netns, ns_agents, capt
     h = wait_until(lambda: (lambda v: v if v["failures"] >= 2 else None)(health(m, "tls2")),
                    10, what="two failed probes")
     assert h["reachable"] is False
+    # not a transient failure: unhealthy at once, not after probe.unhealthy_after (3)
+    assert h["status"] == "unhealthy"
     assert "does not match the pinned fingerprint" in h["last_error"]
     assert any("does not match the pinned fingerprint" in r for r in h["reasons"])
     alerts = m.read("alerts")
@@ -307,7 +309,7 @@ def test_plain_http_refused_unless_insecure(tmp_path, token, netns, ns_agents, c
     why = f"plain HTTP to {netns['addr']} is refused: set tls or insecure_http for this host"
     h = wait_until(lambda: (lambda v: v if v["failures"] >= 2 else None)(health(m, "plain1")),
                    10, what="two refused probes")
-    assert h["reachable"] is False and why in h["last_error"]
+    assert h["reachable"] is False and why in h["last_error"] and h["status"] == "unhealthy"
     assert any(why in r for r in h["reasons"])
     with pytest.raises(OSError) as e:
         m.read("services", "oracle", "status")

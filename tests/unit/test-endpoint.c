@@ -40,8 +40,8 @@ static void test_endpoints(void)
 	endpoint_init(&e, &cfg, "10.0.0.1", 8768, &pinned, "/api/node/health", "this host");
 	CHECK(strcmp(e.url, "https://10.0.0.1:8768/api/node/health") == 0 && e.https &&
 		      !e.refused && !e.ca_file &&
-		      strcmp(e.pinned_key, "sha256//kNLI7nCQGzzpvVFG0aMjWtREkRISq8fnt72YaEzyXc4=") ==
-			      0,
+		      strcmp(e.pinned_key,
+			     "sha256//kNLI7nCQGzzpvVFG0aMjWtREkRISq8fnt72YaEzyXc4=") == 0,
 	      "pinned: https, curl's pin form, no CA");
 	endpoint_init_sub(&sub, &e, "/x");
 	CHECK(strcmp(sub.url, "https://10.0.0.1:8768/api/node/health/x") == 0 &&
