@@ -369,6 +369,19 @@ def test_agent_refuses_readable_key_and_half_a_pair(tmp_path):
                         "--tls-cert", str(d / "agent.crt")],
                        capture_output=True, text=True, timeout=10)
     assert r.returncode == 2 and "--tls-cert and --tls-key go together" in r.stderr
+    # --init with a pair of one's own checks it before creating anything...
+    mine = ["--tls-cert", str(d / "agent.crt"), "--tls-key", str(d / "agent.key")]
+    r = subprocess.run([str(AGENT_BIN), "--init", str(tmp_path / "own"), "--name", "k2",
+                        "--listen", "127.0.0.1:8807", *mine], capture_output=True, text=True)
+    assert r.returncode == 2 and "chmod 600" in r.stderr
+    assert not (tmp_path / "own").exists()
+    # ...and, once the key is private, uses it as it is
+    os.chmod(d / "agent.key", 0o600)
+    r = agent_init(tmp_path / "own", "k2", "127.0.0.1:8807", *mine)
+    fp = subprocess.run([str(AGENT_BIN), "--fingerprint", str(d / "agent.crt")],
+                        capture_output=True, text=True, check=True).stdout.strip()
+    assert entry_of(r)["k2"]["tls"]["fingerprint"] == fp
+    assert sorted(os.listdir(tmp_path / "own")) == ["agent.token"]
 
 
 def test_bad_fingerprint_is_a_located_config_error(tmp_path):

@@ -294,6 +294,18 @@ int init_run(const struct init_request *req)
 		log_err("invalid node name '%s'", name);
 		return -EINVAL;
 	}
+	/* a given pair is checked before anything is created */
+	if (req->tls_cert) {
+		char *c = NULL, *k = NULL;
+		r = tls_read_pair(req->tls_cert, req->tls_key, &c, &k, errbuf, sizeof(errbuf));
+		if (r < 0) {
+			log_err("%s", errbuf);
+			return r;
+		}
+		free(c);
+		explicit_bzero(k, strlen(k));
+		free(k);
+	}
 	r = init_make_dir(req->dir);
 	if (r < 0) {
 		log_err("cannot create %s: %s", req->dir, strerror(-r));
@@ -375,6 +387,12 @@ int init_run(const struct init_request *req)
 		"%s there as %s (mode 0600, beside hosts.json).\n"
 		"Start the agent with the second line (or config/clusterfs-agent.service).\n",
 		token_path, token_file.data);
+	if (init_is_wildcard(addr))
+		fprintf(stderr,
+			"The agent listens on every address, so the entry names this host %s: put\n"
+			"the address the control plane reaches it at in \"host\" if that name does "
+			"not resolve there.\n",
+			host[0] ? host : name);
 	free(entry_text);
 	free(name_text);
 	free(fp);

@@ -348,7 +348,9 @@ int main(int argc, char **argv)
 			.tls_key = opts.tls_key,
 		};
 		r = init_run(&init);
-		return r == 0 ? 0 : r == -EINVAL ? AGENT_EXIT_USAGE : AGENT_EXIT_RUNTIME;
+		return r == 0                        ? 0
+		       : r == -EINVAL || r == -EPERM ? AGENT_EXIT_USAGE
+						     : AGENT_EXIT_RUNTIME;
 	}
 
 	r = token_read_file(opts.token_file, &token, errbuf, sizeof(errbuf));
