@@ -63,13 +63,14 @@ class NsAgent:
     """A clusterfs-agent in the test's namespace, with -v (it logs every connection and
     request), stopped by its PID."""
 
-    def __init__(self, tmp, netns, name, port, token_file, tls_dir=None):
+    def __init__(self, tmp, netns, name, port, token_file, tls_dir=None, extra=()):
         self.name, self.port = name, port
         self.log_path = Path(tmp) / f"agent-{name}.log"
         self.log = open(self.log_path, "ab")
         args = ["ip", "netns", "exec", netns["ns"], str(AGENT_BIN), "-v",
                 "--listen", f"{netns['addr']}:{port}", "--token-file", str(token_file),
                 "--state-dir", str(Path(tmp) / f"agent-{name}-state"), "--name", name]
+        args += list(extra)
         if tls_dir:
             args += ["--tls-cert", str(tls_dir / "agent.crt"),
                      "--tls-key", str(tls_dir / "agent.key")]
@@ -98,8 +99,8 @@ class NsAgent:
 def ns_agents(tmp_path, netns):
     started = []
 
-    def start(name, port, token_file, tls_dir=None):
-        a = NsAgent(tmp_path, netns, name, port, token_file, tls_dir)
+    def start(name, port, token_file, tls_dir=None, extra=()):
+        a = NsAgent(tmp_path, netns, name, port, token_file, tls_dir, extra)
         started.append(a)
         return a
 
@@ -331,6 +332,42 @@ def test_plain_http_refused_unless_insecure(tmp_path, token, netns, ns_agents, c
     wait_until(lambda: health(m, "plain1")["reachable"], 10, what="insecure_http node reachable")
     assert m.json("config")["hosts"]["plain1"]["insecure_http"] is True
     assert b"request GET /api/node/health" in agent.text()
+
+
+def test_services_have_their_own_tls(tmp_path, token, netns, ns_agents, mount):
+    """A host's ledger service and a top-level REST service, each pinned on its own: the
+    ledger (the agent's, with its token) works over TLS; the REST service reaches the
+    agent over TLS too (which answers 401 to a request without a token); the same service
+    without tls of its own inherits nothing from its host and is refused."""
+    d = tmp_path / "svc"
+    entry = entry_of(agent_init(d, "led1", f"{netns['addr']}:8808"))["led1"]
+    ns_agents("led1", 8808, d / "agent.token", tls_dir=d,
+              extra=("--ledger", str(tmp_path / "ledger.db")))
+    host = {"host": netns["addr"], "port": 8808, "token_file": str(d / "agent.token"),
+            "tls": entry["tls"],
+            "services": {"ledger": {"port": 8808, "path": "/api/ledger", "tls": entry["tls"]}}}
+    files = {"health": {"get": "/api/node/health"}}
+    svcs = {"pinned": {"host": "led1", "port": 8808, "tls": entry["tls"], "files": files},
+            "bare": {"host": "led1", "port": 8808, "files": files}}
+    m = mount(tls_config(tmp_path, {"led1": host}, token, services=svcs))
+    with open(m.path("ledger", "record"), "w") as f:
+        f.write(json.dumps({"step": 7, "metrics": {"loss": 0.5}, "path": "/ckpt/7"}))
+    wait_until(lambda: m.json("ledger", "summary")["pending"] == 0 and
+               m.json("ledger", "source")["state"] == "live", 10, what="ledger delivery")
+    src = m.json("ledger", "source")
+    assert src["url"] == f"https://{netns['addr']}:8808/api/ledger" and not src["error"]
+    assert m.json("ledger", "entries", "7")["path"] == "/ckpt/7"
+    with pytest.raises(OSError) as e:
+        m.read("services", "pinned", "health")
+    assert e.value.errno == errno.EACCES  # an HTTP 401 from the agent, over TLS
+    with pytest.raises(OSError) as e:
+        m.read("services", "bare", "health")
+    assert e.value.errno == errno.EPROTO
+    cfg = m.json("config")
+    assert cfg["services"]["pinned"]["tls"]["fingerprint"] == entry["tls"]["fingerprint"]
+    assert cfg["services"]["bare"]["tls"] is False
+    assert cfg["hosts"]["led1"]["services"]["ledger"]["tls"]["fingerprint"] == \
+        entry["tls"]["fingerprint"]
 
 
 def test_ca_file_verifies_the_name(tmp_path, token, netns, ns_agents, mount):
