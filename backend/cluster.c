@@ -1,5 +1,6 @@
 /* The cluster model: node state, the probe protocol and health levels, events. */
 #include "backend/cluster.h"
+#include "backend/endpoint.h"
 
 #include <errno.h>
 #include <math.h>
@@ -30,6 +31,7 @@ struct node {
 	json_t *reasons;
 	int failures;
 	char *last_error;
+	bool insecure;        /* the last probe failed a transport-security check */
 	uint64_t last_ok_us;  /* monotonic; 0 if never */
 	uint64_t last_try_us; /* when the last probe started */
 	double checked_at;    /* wall */
@@ -351,7 +353,8 @@ static bool node_evaluate(struct cluster *c, struct node *n, uint64_t now, enum 
 		snprintf(line, sizeof(line), "%s (%d failed probe%s in a row)", n->last_error,
 			 n->failures, n->failures == 1 ? "" : "s");
 		json_array_append_new(reasons, json_string(line));
-		if (n->failures >= p->unhealthy_after)
+		/* a refused or rejected transport is not transient: unhealthy at once */
+		if (n->failures >= p->unhealthy_after || n->insecure)
 			level = NODE_UNHEALTHY;
 	}
 	uint64_t since = n->last_ok_us ? n->last_ok_us : c->started_us;
@@ -409,11 +412,6 @@ struct probe {
 	char *name;
 	bool system;
 };
-
-static char *node_url(const struct cfg_host *h, const char *path)
-{
-	return util_host_url(h->address, h->agent_port, path);
-}
 
 /* A sentence for a failed probe, as shown in health's reasons. */
 static char *probe_reason(const struct http_response *r, const struct cfg_host *h, long timeout_ms)
@@ -500,6 +498,7 @@ static void probe_done(const struct http_response *r, void *arg)
 			err = -EBADMSG;
 	}
 	bool was_ok = n->failures == 0 && n->last_ok_us;
+	n->insecure = err && r->insecure;
 	if (!err) {
 		json_decref(n->health);
 		n->health = doc;
@@ -562,17 +561,18 @@ static int node_get(struct cluster *c, struct node *n, bool system)
 	pr->c = c;
 	pr->name = strdup(n->name);
 	pr->system = system;
-	char *url = node_url(n->host, system ? "/api/node/system" : "/api/node/health");
+	struct endpoint ep;
+	endpoint_init_agent(&ep, c->cfg, n->host, system ? "/api/node/system" : "/api/node/health");
 	struct http_request req = {
 		.method = "GET",
-		.url = url,
 		.token = n->host->token,
 		.connect_timeout_ms = p->timeout_ms,
 		.timeout_ms = p->timeout_ms,
 		.max_body = 1u << 20,
 	};
+	endpoint_apply(&ep, &req);
 	int r = loop_http(c->loop, &req, probe_done, pr);
-	free(url);
+	endpoint_clear(&ep);
 	if (r < 0) {
 		free(pr->name);
 		free(pr);

@@ -77,23 +77,25 @@ void ledger_free(struct ledger *l)
 	free(l);
 }
 
-/* The ledger's base URL (".../api/ledger"), or NULL when no host declares one. */
-static char *ledger_base(struct ledger *l, char **ret_host)
+/* The ledger's base endpoint (".../api/ledger"): 0, or -ENOENT when no host declares one. */
+static int ledger_base(struct ledger *l, struct endpoint *ret_ep, char **ret_host)
 {
 	struct config *cfg = cluster_get_config(l->cluster);
-	char *url = NULL;
-	for (size_t i = 0; i < cfg->n_hosts && !url; i++) {
+	int r = -ENOENT;
+	for (size_t i = 0; i < cfg->n_hosts && r < 0; i++) {
 		const struct cfg_host *h = &cfg->hosts[i];
 		const struct cfg_service *s = config_host_service(h, "ledger");
 		if (!s)
 			continue;
-		url = util_host_url(h->address, s->port,
-				    s->path && s->path[0] ? s->path : "/api/ledger");
+		endpoint_init(ret_ep, cfg, h->address, s->port, &s->transport,
+			      s->path && s->path[0] ? s->path : "/api/ledger",
+			      "the ledger service of this host");
 		if (ret_host)
 			*ret_host = strdup(h->name);
+		r = 0;
 	}
 	config_unref(cfg);
-	return url;
+	return r;
 }
 
 /* The token for the ledger host (its agent token), new string or NULL. */
@@ -208,8 +210,8 @@ int ledger_refresh(struct ledger *l, ledger_done_fn done, void *arg)
 	long timeout = cfg->probe.timeout_ms;
 	config_unref(cfg);
 	uint64_t now = clock_now_us();
-	char *base = ledger_base(l, NULL);
-	if (!base)
+	struct endpoint base;
+	if (ledger_base(l, &base, NULL) < 0)
 		return 1;
 	pthread_mutex_lock(&l->lock);
 	bool fresh = l->fetched_us && now - l->fetched_us <= max_age;
@@ -229,7 +231,7 @@ int ledger_refresh(struct ledger *l, ledger_done_fn done, void *arg)
 	if (start) {
 		char *token = ledger_token(l);
 		struct rest_request req = {
-			.method = "GET", .url = base, .token = token, .timeout_ms = timeout};
+			.method = "GET", .where = &base, .token = token, .timeout_ms = timeout};
 		int r = rest_call(l->loop, &req, fetch_done, l);
 		free(token);
 		if (r < 0) {
@@ -238,7 +240,7 @@ int ledger_refresh(struct ledger *l, ledger_done_fn done, void *arg)
 			pthread_mutex_unlock(&l->lock);
 		}
 	}
-	free(base);
+	endpoint_clear(&base);
 	return wait && done ? 0 : 1;
 }
 
@@ -302,18 +304,17 @@ static void deliver_next(struct ledger *l)
 	json_decref(l->pending);
 	l->pending = pending;
 	pthread_mutex_unlock(&l->lock);
-	char *base = n ? ledger_base(l, NULL) : NULL;
-	if (base) {
-		struct buf url;
-		buf_init(&url);
-		buf_printf(&url, "%s/record", base);
+	struct endpoint base, url;
+	bool have_base = n && ledger_base(l, &base, NULL) == 0;
+	if (have_base) {
+		endpoint_init_sub(&url, &base, "/record");
 		char *token = ledger_token(l);
 		struct delivery *d = calloc(1, sizeof(*d));
 		d->l = l;
 		d->id = ids[0];
 		struct config *cfg = cluster_get_config(l->cluster);
 		struct rest_request req = {.method = "POST",
-					   .url = url.data,
+					   .where = &url,
 					   .token = token,
 					   .body = bodies[0],
 					   .body_len = strlen(bodies[0]),
@@ -324,9 +325,10 @@ static void deliver_next(struct ledger *l)
 		else
 			free(d);
 		free(token);
-		buf_free(&url);
+		endpoint_clear(&url);
 	}
-	free(base);
+	if (have_base)
+		endpoint_clear(&base);
 	for (size_t i = 0; i < n; i++) {
 		free(keys[i]);
 		free(bodies[i]);
@@ -532,10 +534,11 @@ void ledger_render_summary(struct ledger *l, struct buf *out)
 void ledger_render_source(struct ledger *l, struct buf *out)
 {
 	char *host = NULL;
-	char *base = ledger_base(l, &host);
+	struct endpoint base;
+	bool have_base = ledger_base(l, &base, &host) == 0;
 	json_t *doc = json_object();
 	pthread_mutex_lock(&l->lock);
-	if (!base) {
+	if (!have_base) {
 		json_object_set_new(doc, "state", json_string("none"));
 		json_object_set_new(doc, "reason",
 				    json_string("no host of the config declares a "
@@ -544,7 +547,7 @@ void ledger_render_source(struct ledger *l, struct buf *out)
 		bool live = l->fetched_us && !l->failed_us;
 		json_object_set_new(doc, "state", json_string(live ? "live" : "cached"));
 		json_object_set_new(doc, "host", json_string(host));
-		json_object_set_new(doc, "url", json_string(base));
+		json_object_set_new(doc, "url", json_string(base.url));
 		if (l->fetched_at > 0) {
 			char ts[32];
 			clock_format_utc(l->fetched_at, ts);
@@ -565,7 +568,8 @@ void ledger_render_source(struct ledger *l, struct buf *out)
 	pthread_mutex_unlock(&l->lock);
 	put_json(out, doc);
 	json_decref(doc);
-	free(base);
+	if (have_base)
+		endpoint_clear(&base);
 	free(host);
 }
 

@@ -254,7 +254,12 @@ int http_error_to_errno(int curl_code, long status)
 	case CURLE_WRITE_ERROR: return -EFBIG;
 	case CURLE_URL_MALFORMAT: return -EINVAL;
 	case CURLE_SSL_CONNECT_ERROR:
-	case CURLE_PEER_FAILED_VERIFICATION: return -EPROTO;
+	case CURLE_PEER_FAILED_VERIFICATION: /* also CURLE_SSL_CACERT */
+	case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+	case CURLE_SSL_CACERT_BADFILE:
+	case CURLE_SSL_CERTPROBLEM:
+	case CURLE_SSL_INVALIDCERTSTATUS:
+	case CURLE_UNSUPPORTED_PROTOCOL: return -EPROTO;
 	default: return -EIO;
 	}
 	if (status >= 200 && status < 300)
@@ -273,6 +278,75 @@ int http_error_to_errno(int curl_code, long status)
 	case 504: return -ETIMEDOUT;
 	default: return -EIO;
 	}
+}
+
+void http_error_describe(int curl_code, const char *detail, struct buf *out)
+{
+	const char *what = detail && detail[0] ? detail : curl_easy_strerror((CURLcode) curl_code);
+	switch ((CURLcode) curl_code) {
+	case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+		buf_puts(out, "certificate does not match the pinned fingerprint");
+		break;
+	case CURLE_PEER_FAILED_VERIFICATION:
+	case CURLE_SSL_CACERT_BADFILE:
+	case CURLE_SSL_INVALIDCERTSTATUS:
+		buf_printf(out, "certificate verification failed: %s", what);
+		break;
+	case CURLE_SSL_CONNECT_ERROR: buf_printf(out, "TLS handshake failed: %s", what); break;
+	default: buf_puts(out, what);
+	}
+}
+
+/* A refused exchange: its completion runs from the loop's queue, never inside loop_http. */
+struct refusal {
+	http_done_fn done;
+	void *arg;
+	char *why;
+};
+
+static void refusal_run(void *arg)
+{
+	struct refusal *rf = arg;
+	struct http_response resp = {
+		.error = -EPROTO, .body = "", .error_text = rf->why, .insecure = true};
+	rf->done(&resp, rf->arg);
+	free(rf->why);
+	free(rf);
+}
+
+static int loop_refuse(struct loop *l, const char *why, http_done_fn done, void *arg)
+{
+	struct refusal *rf = calloc(1, sizeof(*rf));
+	if (!rf)
+		return -ENOMEM;
+	rf->done = done;
+	rf->arg = arg;
+	rf->why = strdup(why);
+	int r = rf->why ? loop_post(l, refusal_run, rf) : -ENOMEM;
+	if (r < 0) {
+		free(rf->why);
+		free(rf);
+	}
+	return r;
+}
+
+/* https: verify by the pinned key, or by the CA chain and the host name; TLS 1.2 or later. */
+static void xfer_set_tls(CURL *e, const struct http_tls *tls)
+{
+	curl_easy_setopt(e, CURLOPT_SSLVERSION, (long) CURL_SSLVERSION_TLSv1_2);
+	if (tls->ca_file)
+		curl_easy_setopt(e, CURLOPT_CAINFO, tls->ca_file);
+	if (tls->pinned_key) {
+		curl_easy_setopt(e, CURLOPT_PINNEDPUBLICKEY, tls->pinned_key);
+		if (!tls->ca_file) {
+			/* a self-signed certificate has no CA: the pin alone verifies it */
+			curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+			curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+			return;
+		}
+	}
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
 }
 
 static size_t xfer_write(char *ptr, size_t size, size_t nmemb, void *userdata)
@@ -314,6 +388,10 @@ static void xfer_unlink(struct loop *l, struct xfer *x)
 
 int loop_http(struct loop *l, const struct http_request *req, http_done_fn done, void *arg)
 {
+	if (req->refused)
+		return loop_refuse(l, req->refused, done, arg);
+	if (!req->tls && strncmp(req->url, "http://", 7) != 0)
+		return loop_refuse(l, "only http:// URLs go without TLS settings", done, arg);
 	struct xfer *x = calloc(1, sizeof(*x));
 	if (!x)
 		return -ENOMEM;
@@ -329,7 +407,10 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 	CURL *e = x->easy;
 	curl_easy_setopt(e, CURLOPT_URL, req->url);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, req->tls ? "https" : "http");
+	curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, req->tls ? "https" : "http");
+	if (req->tls)
+		xfer_set_tls(e, req->tls);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
 			 req->connect_timeout_ms > 0 ? req->connect_timeout_ms : 2000L);
 	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : 5000L);
@@ -409,6 +490,8 @@ static void xfer_finish(struct loop *l, struct xfer *x, CURLcode code)
 	if (x->too_big)
 		code = CURLE_WRITE_ERROR;
 	resp.error = http_error_to_errno(code, status);
+	resp.insecure = code == CURLE_SSL_PINNEDPUBKEYNOTMATCH ||
+			code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CACERT_BADFILE;
 	if (code == CURLE_ABORTED_BY_CALLBACK)
 		resp.error = -ECANCELED;
 	if (code == CURLE_COULDNT_CONNECT) {
@@ -424,7 +507,7 @@ static void xfer_finish(struct loop *l, struct xfer *x, CURLcode code)
 	else if (x->too_big)
 		buf_printf(&why, "answer larger than %zu bytes", x->max_body);
 	else if (code != CURLE_OK)
-		buf_puts(&why, x->errbuf[0] ? x->errbuf : curl_easy_strerror(code));
+		http_error_describe(code, x->errbuf, &why);
 	else if (resp.error)
 		buf_printf(&why, "HTTP %ld", status);
 	resp.error_text = why.data ? why.data : "";

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend/util.h"
+
 struct loop;
 struct loop_timer;
 
@@ -18,10 +20,22 @@ struct http_response {
 	size_t body_len;
 	double elapsed_ms;
 	const char *error_text; /* short human reason, "" on success */
+	/* The exchange failed a transport-security check: plain HTTP refused, or the
+	 * certificate rejected (pin or verification). Trying again will not help. */
+	bool insecure;
 };
 
 typedef void (*loop_fn)(void *arg);
 typedef void (*http_done_fn)(const struct http_response *resp, void *arg);
+
+/* How an https exchange verifies its server. Verification is never off: with a pinned key
+ * the pin is the verification (a self-signed certificate has no CA to check it against),
+ * otherwise the certificate chain and the host name are checked against ca_file or the
+ * system's CAs. Borrowed by loop_http() for the call only (curl copies the strings). */
+struct http_tls {
+	const char *ca_file;    /* PEM CA bundle, or NULL: the system's CAs */
+	const char *pinned_key; /* "sha256//BASE64" (CURLOPT_PINNEDPUBLICKEY), or NULL */
+};
 
 struct http_request {
 	const char *method; /* "GET" or "POST" */
@@ -36,6 +50,12 @@ struct http_request {
 	/* When set, the answer is handed over as it arrives (NDJSON progress, say) instead of
 	 * being collected: done() then sees an empty body. Runs on the loop thread. */
 	void (*on_chunk)(const char *data, size_t len, void *arg);
+	/* For an https URL, how to verify the server; must be NULL for plain http (curl is
+	 * then limited to http, and an https URL without it is refused). */
+	const struct http_tls *tls;
+	/* When set, the exchange is not allowed (plain http to a remote address, say): nothing
+	 * is sent, and done() gets -EPROTO with this text as error_text. Copied. */
+	const char *refused;
 };
 
 /* Creates the loop; the thread starts with loop_start(). Returns 0 or -errno. */
@@ -70,3 +90,7 @@ size_t loop_http_active(const struct loop *l);
 
 /* Maps a curl result code and HTTP status to a negative errno (0 for success and 2xx). */
 int http_error_to_errno(int curl_code, long status);
+/* A sentence for a failed transfer's curl code, with curl's error buffer `detail` (may be
+ * empty): TLS failures say what failed ("certificate does not match the pinned
+ * fingerprint", "certificate verification failed: ..."). Appends to out. */
+void http_error_describe(int curl_code, const char *detail, struct buf *out);

@@ -1,6 +1,7 @@
 /* Models: each node's Ollama and OpenAI-compatible servers, fetched on demand, and the
  * commands written to nodes/NODE/models/ctl (pull, delete, load, unload). */
 #include "backend/models.h"
+#include "backend/endpoint.h"
 #include "backend/rest.h"
 
 #include <errno.h>
@@ -23,15 +24,15 @@ enum fetch_kind { FETCH_TAGS, FETCH_PS, FETCH_OPENAI };
 
 /* One model server of a node and what it answered last. */
 struct server {
-	char *service; /* the config's service name */
-	bool openai;   /* OpenAI-compatible (read-only), else Ollama */
-	char *base;    /* "http://ADDR:PORT" and the path, without a trailing '/' */
-	char *path;    /* the path alone ("" or "/v1"), for messages */
-	char *where;   /* "SERVICE at ADDR:PORT", for messages */
-	json_t *tags;  /* Ollama: /api/tags "models", or NULL when never fetched */
-	json_t *ps;    /* Ollama: /api/ps "models", or NULL */
-	json_t *data;  /* OpenAI: /models "data", or NULL */
-	char *error;   /* why the last fetch failed, or NULL */
+	char *service;        /* the config's service name */
+	bool openai;          /* OpenAI-compatible (read-only), else Ollama */
+	struct endpoint base; /* "SCHEME://ADDR:PORT" and the path, without a trailing '/' */
+	char *path;           /* the path alone ("" or "/v1"), for messages */
+	char *where;          /* "SERVICE at ADDR:PORT", for messages */
+	json_t *tags;         /* Ollama: /api/tags "models", or NULL when never fetched */
+	json_t *ps;           /* Ollama: /api/ps "models", or NULL */
+	json_t *data;         /* OpenAI: /models "data", or NULL */
+	char *error;          /* why the last fetch failed, or NULL */
 };
 
 struct waiter {
@@ -110,7 +111,7 @@ struct job {
 	uint64_t op_id;
 	enum verb verb;
 	char *model;
-	char *url;
+	struct endpoint url;
 	char *body;
 	char *where;
 	long connect_ms, timeout_ms;
@@ -262,7 +263,8 @@ static bool host_has_server(const struct cfg_host *h)
 	return false;
 }
 
-static void server_init(struct server *sv, const struct cfg_host *h, const struct cfg_service *s)
+static void server_init(struct server *sv, const struct config *cfg, const struct cfg_host *h,
+			const struct cfg_service *s)
 {
 	memset(sv, 0, sizeof(*sv));
 	sv->service = strdup(s->name);
@@ -278,16 +280,19 @@ static void server_init(struct server *sv, const struct cfg_host *h, const struc
 	buf_printf(&b, "%s at %s%s%s:%d", s->name, v6 ? "[" : "", h->address, v6 ? "]" : "",
 		   s->port);
 	sv->where = buf_steal(&b, NULL);
-	buf_printf(&b, "http://%s%s%s:%d%s%.*s", v6 ? "[" : "", h->address, v6 ? "]" : "", s->port,
-		   plen && path[0] != '/' ? "/" : "", (int) plen, path);
-	sv->base = buf_steal(&b, NULL);
+	buf_printf(&b, "%s%.*s", plen && path[0] != '/' ? "/" : "", (int) plen, path);
+	char who[300];
+	snprintf(who, sizeof(who), "service %s of this host", s->name);
+	endpoint_init(&sv->base, cfg, h->address, s->port, &s->transport, b.data ? b.data : "",
+		      who);
+	buf_free(&b);
 	buf_printf(&b, "%s%.*s", plen && path[0] != '/' ? "/" : "", (int) plen, path);
 	buf_append(&b, "", 0);
 	sv->path = buf_steal(&b, NULL);
 }
 
 /* The model servers of a host: Ollama ones first, each kind in config order. New array. */
-static struct server *servers_of(const struct cfg_host *h, size_t *ret_n)
+static struct server *servers_of(const struct config *cfg, const struct cfg_host *h, size_t *ret_n)
 {
 	struct server *svs = calloc(h->n_services + 1, sizeof(*svs));
 	if (!svs)
@@ -297,7 +302,7 @@ static struct server *servers_of(const struct cfg_host *h, size_t *ret_n)
 		for (size_t i = 0; i < h->n_services; i++)
 			if (pass == 0 ? service_is_ollama(&h->services[i])
 				      : service_is_openai(&h->services[i]))
-				server_init(&svs[n++], h, &h->services[i]);
+				server_init(&svs[n++], cfg, h, &h->services[i]);
 	*ret_n = n;
 	return svs;
 }
@@ -306,7 +311,7 @@ static void servers_free(struct server *svs, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		free(svs[i].service);
-		free(svs[i].base);
+		endpoint_clear(&svs[i].base);
 		free(svs[i].path);
 		free(svs[i].where);
 		json_decref(svs[i].tags);
@@ -558,21 +563,20 @@ static void fetch_start(struct models *m, struct run *run, size_t idx, enum fetc
 	f->run = run;
 	f->idx = idx;
 	f->kind = kind;
-	struct buf url;
-	buf_init(&url);
-	buf_printf(&url, "%s%s", run->servers[idx].base, fetch_path(kind));
+	struct endpoint url;
+	endpoint_init_sub(&url, &run->servers[idx].base, fetch_path(kind));
 	struct http_request req = {
 		.method = "GET",
-		.url = url.data,
 		.connect_timeout_ms = run->timeout_ms,
 		.timeout_ms = run->timeout_ms,
 		.max_body = LIST_MAX_BODY,
 	};
+	endpoint_apply(&url, &req);
 	run->pending++;
 	if (loop_http(m->loop, &req, fetch_done, f) < 0 &&
 	    loop_post(m->loop, fetch_not_started, f) < 0)
 		abort();
-	buf_free(&url);
+	endpoint_clear(&url);
 }
 
 /* Loop thread, m->lock held: starts a refresh of n unless one runs. */
@@ -588,7 +592,7 @@ static void run_start(struct models *m, struct mnode *n, const struct cfg_host *
 	run->node = strdup(n->name);
 	run->started_us = clock_now_us();
 	run->timeout_ms = cfg->probe.timeout_ms;
-	run->servers = servers_of(h, &run->n_servers);
+	run->servers = servers_of(cfg, h, &run->n_servers);
 	if (!run->n_servers) {
 		run_free(run);
 		return;
@@ -1186,7 +1190,7 @@ static void job_free(struct job *job)
 {
 	free(job->node);
 	free(job->model);
-	free(job->url);
+	endpoint_clear(&job->url);
 	free(job->body);
 	free(job->where);
 	free(job->error);
@@ -1342,7 +1346,6 @@ static void job_start(void *arg)
 	struct job *job = arg;
 	struct http_request req = {
 		.method = job->verb == VERB_DELETE ? "DELETE" : "POST",
-		.url = job->url,
 		.body = job->body,
 		.body_len = strlen(job->body),
 		.connect_timeout_ms = job->connect_ms,
@@ -1350,6 +1353,7 @@ static void job_start(void *arg)
 		.max_body = 1u << 20,
 		.on_chunk = job->verb == VERB_PULL ? pull_chunk : NULL,
 	};
+	endpoint_apply(&job->url, &req);
 	int r = loop_http(job->m->loop, &req, job_done, job);
 	if (r < 0) {
 		op_set(job->m, job->node, job->op_id, OP_FAILED, "cannot start the request");
@@ -1448,7 +1452,7 @@ int models_ctl(struct models *m, const char *node, const char *cmd, models_ctl_f
 		return -ENOENT;
 	}
 	size_t n_svs;
-	struct server *svs = servers_of(h, &n_svs);
+	struct server *svs = servers_of(cfg, h, &n_svs);
 	pthread_mutex_lock(&m->lock);
 	int idx = pick_server(m, node, svs, n_svs, name);
 	pthread_mutex_unlock(&m->lock);
@@ -1483,10 +1487,7 @@ int models_ctl(struct models *m, const char *node, const char *cmd, models_ctl_f
 		json_object_set_new(body, "keep_alive", json_integer(0));
 	job->body = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(body);
-	struct buf url;
-	buf_init(&url);
-	buf_printf(&url, "%s%s", svs[idx].base, paths[verb]);
-	job->url = buf_steal(&url, NULL);
+	endpoint_init_sub(&job->url, &svs[idx].base, paths[verb]);
 	job->where = strdup(svs[idx].where);
 	job->m = m;
 	job->node = strdup(node);

@@ -9,7 +9,8 @@
 
 struct rest_call {
 	struct loop *loop;
-	char *method, *url, *token, *body;
+	char *method, *token, *body;
+	struct endpoint where;
 	size_t body_len;
 	long timeout_ms;
 	void (*on_chunk)(const char *data, size_t len, void *arg);
@@ -20,7 +21,7 @@ struct rest_call {
 static void rest_call_free(struct rest_call *c)
 {
 	free(c->method);
-	free(c->url);
+	endpoint_clear(&c->where);
 	if (c->token) {
 		explicit_bzero(c->token, strlen(c->token));
 		free(c->token);
@@ -85,7 +86,6 @@ static void rest_start(void *arg)
 	struct rest_call *c = arg;
 	struct http_request req = {
 		.method = c->method,
-		.url = c->url,
 		.token = c->token,
 		.body = c->body,
 		.body_len = c->body_len,
@@ -93,6 +93,7 @@ static void rest_start(void *arg)
 		.timeout_ms = c->timeout_ms,
 		.on_chunk = c->on_chunk ? rest_chunk : NULL,
 	};
+	endpoint_apply(&c->where, &req);
 	int r = loop_http(c->loop, &req, rest_finished, c);
 	if (r < 0) {
 		c->done(c->arg, r, 0, "", 0, "cannot start the request");
@@ -107,7 +108,7 @@ int rest_call(struct loop *l, const struct rest_request *req, rest_done_fn done,
 		return -ENOMEM;
 	c->loop = l;
 	c->method = strdup(req->method);
-	c->url = strdup(req->url);
+	endpoint_init_sub(&c->where, req->where, "");
 	c->token = req->token ? strdup(req->token) : NULL;
 	if (req->body) {
 		c->body = malloc(req->body_len + 1);

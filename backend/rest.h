@@ -2,6 +2,7 @@
  * answer comes back through a callback on the loop thread. */
 #pragma once
 
+#include "backend/endpoint.h"
 #include "backend/loop.h"
 
 #include <stddef.h>
@@ -12,9 +13,9 @@ typedef void (*rest_done_fn)(void *arg, int err, long status, const char *body, 
 			     const char *why);
 
 struct rest_request {
-	const char *method; /* GET, POST, DELETE */
-	const char *url;
-	const char *token; /* bearer token or NULL */
+	const char *method;           /* GET, POST, DELETE */
+	const struct endpoint *where; /* the URL and its transport; copied */
+	const char *token;            /* bearer token or NULL */
 	const char *body;
 	size_t body_len;
 	long timeout_ms;

@@ -86,9 +86,9 @@ bool services_file_exists(struct services *s, const char *svc, const char *file,
 	return r;
 }
 
-/* The URL of svc/file and the deadline. New string, or NULL when unknown. */
-static char *service_url(struct services *s, const char *svc, const char *file, bool post,
-			 long *ret_timeout)
+/* The endpoint of svc/file and the deadline. 0, or -ENOENT when unknown. */
+static int service_endpoint(struct services *s, const char *svc, const char *file, bool post,
+			    struct endpoint *ret_ep, long *ret_timeout)
 {
 	struct config *cfg = cluster_get_config(s->cluster);
 	json_t *def = json_object_get(cfg->services, svc);
@@ -96,14 +96,16 @@ static char *service_url(struct services *s, const char *svc, const char *file, 
 	const char *path = json_string_value(json_object_get(f, post ? "post" : "get"));
 	const struct cfg_host *h =
 		config_find_host(cfg, json_string_value(json_object_get(def, "host")));
-	char *url = NULL;
 	if (path && h) {
-		url = util_host_url(h->address,
-				    (int) json_integer_value(json_object_get(def, "port")), path);
+		char who[300];
+		snprintf(who, sizeof(who), "service %s", svc);
+		endpoint_init(ret_ep, cfg, h->address,
+			      (int) json_integer_value(json_object_get(def, "port")),
+			      config_service_transport(cfg, svc), path, who);
 	}
 	*ret_timeout = cfg->probe.timeout_ms;
 	config_unref(cfg);
-	return url;
+	return path && h ? 0 : -ENOENT;
 }
 
 struct svc_call {
@@ -140,8 +142,8 @@ static int svc_call(struct services *s, const char *svc, const char *file, bool 
 		    const char *body, size_t len, services_done_fn done, void *arg)
 {
 	long timeout = 2000;
-	char *url = service_url(s, svc, file, post, &timeout);
-	if (!url)
+	struct endpoint ep;
+	if (service_endpoint(s, svc, file, post, &ep, &timeout) < 0)
 		return post ? -EACCES : -ENOENT;
 	struct svc_call *c = calloc(1, sizeof(*c));
 	c->s = s;
@@ -154,13 +156,13 @@ static int svc_call(struct services *s, const char *svc, const char *file, bool 
 	c->arg = arg;
 	struct rest_request req = {
 		.method = post ? "POST" : "GET",
-		.url = url,
+		.where = &ep,
 		.body = post ? body : NULL,
 		.body_len = post ? len : 0,
 		.timeout_ms = timeout,
 	};
 	int r = rest_call(s->loop, &req, svc_done, c);
-	free(url);
+	endpoint_clear(&ep);
 	if (r < 0) {
 		free(c->key);
 		free(c);

@@ -1,5 +1,6 @@
 /* Tasks: submission, placement, dispatch, progress, output, waiting, cancel, recovery. */
 #include "backend/tasks.h"
+#include "backend/endpoint.h"
 #include "backend/sched.h"
 #include "backend/spec.h"
 
@@ -1135,30 +1136,29 @@ static void call_free(struct call *c)
 	free(c);
 }
 
-/* The URL of an agent endpoint on a node, or NULL when the node is gone. */
-static char *agent_url(struct tasks *t, const char *node, const char *path, char **ret_token)
+/* An agent endpoint on a node (its URL and transport), or -ENOENT when the node is gone. */
+static int agent_endpoint(struct tasks *t, const char *node, const char *path,
+			  struct endpoint *ret_ep, char **ret_token)
 {
 	struct config *cfg = cluster_get_config(t->cluster);
 	const struct cfg_host *h = config_find_host(cfg, node);
-	char *url = NULL;
 	if (h) {
-		url = util_host_url(h->address, h->agent_port, path);
+		endpoint_init_agent(ret_ep, cfg, h, path);
 		*ret_token = h->token ? strdup(h->token) : NULL;
 	}
 	config_unref(cfg);
-	return url;
+	return h ? 0 : -ENOENT;
 }
 
 static int agent_call(struct tasks *t, const char *node, const char *method, const char *path,
 		      const char *body, http_done_fn done, struct call *c)
 {
 	char *token = NULL;
-	char *url = agent_url(t, node, path, &token);
-	if (!url)
+	struct endpoint ep;
+	if (agent_endpoint(t, node, path, &ep, &token) < 0)
 		return -ENOENT;
 	struct http_request req = {
 		.method = method,
-		.url = url,
 		.token = token,
 		.body = body,
 		.body_len = body ? strlen(body) : 0,
@@ -1166,8 +1166,9 @@ static int agent_call(struct tasks *t, const char *node, const char *method, con
 		.timeout_ms = AGENT_TIMEOUT_MS,
 		.max_body = FETCH_MAX + 4096,
 	};
+	endpoint_apply(&ep, &req);
 	int r = loop_http(t->loop, &req, done, c);
-	free(url);
+	endpoint_clear(&ep);
 	if (token) {
 		explicit_bzero(token, strlen(token));
 		free(token);

@@ -337,14 +337,65 @@ bool name_is_valid(const char *name)
 	return true;
 }
 
-char *util_host_url(const char *address, int port, const char *path)
+char *util_host_url(const char *scheme, const char *address, int port, const char *path)
 {
 	struct buf b;
 	buf_init(&b);
 	bool v6 = strchr(address, ':') != NULL;
-	buf_printf(&b, "http://%s%s%s:%d%s", v6 ? "[" : "", address, v6 ? "]" : "", port,
+	buf_printf(&b, "%s://%s%s%s:%d%s", scheme, v6 ? "[" : "", address, v6 ? "]" : "", port,
 		   path ? path : "");
 	return buf_steal(&b, NULL);
+}
+
+static const char base64_alphabet[] =
+	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+char *util_base64_encode(const void *data, size_t len)
+{
+	const unsigned char *p = data;
+	char *out = xcalloc(4 * ((len + 2) / 3) + 1, 1);
+	size_t o = 0;
+	for (size_t i = 0; i < len; i += 3) {
+		unsigned v = (unsigned) p[i] << 16;
+		if (i + 1 < len)
+			v |= (unsigned) p[i + 1] << 8;
+		if (i + 2 < len)
+			v |= p[i + 2];
+		out[o++] = base64_alphabet[(v >> 18) & 63];
+		out[o++] = base64_alphabet[(v >> 12) & 63];
+		out[o++] = i + 1 < len ? base64_alphabet[(v >> 6) & 63] : '=';
+		out[o++] = i + 2 < len ? base64_alphabet[v & 63] : '=';
+	}
+	out[o] = '\0';
+	return out;
+}
+
+long util_base64_decode(const char *s, unsigned char *out, size_t cap)
+{
+	size_t len = strlen(s), n = 0;
+	if (len % 4)
+		return -EINVAL;
+	for (size_t i = 0; i < len; i += 4) {
+		unsigned v = 0;
+		int pad = 0;
+		for (size_t k = 0; k < 4; k++) {
+			const char *c = s[i + k] ? strchr(base64_alphabet, s[i + k]) : NULL;
+			if (s[i + k] == '=' && i + 4 == len && k >= 2) {
+				pad++;
+				v <<= 6;
+				continue;
+			}
+			if (!c || pad)
+				return -EINVAL;
+			v = (v << 6) | (unsigned) (c - base64_alphabet);
+		}
+		for (int k = 0; k < 3 - pad; k++) {
+			if (n >= cap)
+				return -ENOSPC;
+			out[n++] = (unsigned char) (v >> (16 - 8 * k));
+		}
+	}
+	return (long) n;
 }
 
 void *xcalloc(size_t n, size_t size)

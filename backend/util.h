@@ -52,8 +52,16 @@ int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len
  * -ENODATA when empty. Trailing whitespace is stripped. Returns a new string. */
 int token_read_file(const char *path, char **ret_token, char *errbuf, size_t errlen);
 
-/* "http://ADDRESS:PORT" + path, with an IPv6 address in brackets. Returns a new string. */
-char *util_host_url(const char *address, int port, const char *path);
+/* "SCHEME://ADDRESS:PORT" + path, with an IPv6 address in brackets. Returns a new string.
+ * Only backend/endpoint.c calls it: every other URL comes from endpoint_init(), which
+ * picks the scheme from the config. */
+char *util_host_url(const char *scheme, const char *address, int port, const char *path);
+
+/* Standard base64 (RFC 4648, with padding) of len bytes. Returns a new string. */
+char *util_base64_encode(const void *data, size_t len);
+/* Decodes standard padded base64 into out (at most cap bytes). Returns the number of bytes
+ * written, or -EINVAL for malformed input, -ENOSPC when it does not fit. */
+long util_base64_decode(const char *s, unsigned char *out, size_t cap);
 
 /* calloc and strdup that abort when memory runs out (small, bounded allocations). */
 void *xcalloc(size_t n, size_t size);

@@ -416,6 +416,119 @@ static int reject_inline_token(struct loader *ld, const json_t *obj)
 	return r;
 }
 
+bool config_fingerprint_is_valid(const char *fp)
+{
+	size_t plen = strlen(CFG_FINGERPRINT_PREFIX);
+	unsigned char digest[33];
+	if (strncmp(fp, CFG_FINGERPRINT_PREFIX, plen) != 0 || strlen(fp + plen) != 44)
+		return false;
+	return util_base64_decode(fp + plen, digest, sizeof(digest)) == 32;
+}
+
+/* A CA file must be readable when the config is loaded, not at the first request. */
+static int check_ca_file(struct loader *ld, const char *path)
+{
+	if (access(path, R_OK) == 0)
+		return 0;
+	return ld_fail(ld, LOCATE_VALUE, "%s names %s, which cannot be read: %s", ld_where(ld),
+		       ld_quote(ld, 0, path), strerror(errno));
+}
+
+/* "tls" (true, false, or {"fingerprint": "sha256:...", "ca_file": "PATH"}) and
+ * "insecure_http" (a boolean) of a host or a service, into t. */
+static int parse_transport(struct loader *ld, const json_t *obj, struct cfg_transport *t)
+{
+	static const char *const keys[] = {"fingerprint", "ca_file", NULL};
+	json_t *tls = json_object_get(obj, "tls");
+	json_t *insecure = json_object_get(obj, "insecure_http");
+	const char *fp = NULL, *ca = NULL;
+	int r = 0;
+
+	if (insecure) {
+		ld_push(ld, "insecure_http");
+		if (!json_is_boolean(insecure))
+			r = ld_fail(ld, LOCATE_VALUE, "%s must be true or false, not %s",
+				    ld_where(ld), ld_value(ld, insecure));
+		else
+			t->insecure_http = json_is_true(insecure);
+		ld_pop(ld);
+		if (r < 0)
+			return r;
+	}
+	if (!tls)
+		return 0;
+	ld_push(ld, "tls");
+	if (json_is_boolean(tls)) {
+		t->tls = json_is_true(tls);
+		goto out_pop;
+	}
+	if (!json_is_object(tls)) {
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s must be true, false, {\"fingerprint\": \"sha256:...\"} or "
+			    "{\"ca_file\": \"PATH\"}, not %s",
+			    ld_where(ld), ld_value(ld, tls));
+		goto out_pop;
+	}
+	r = check_keys(ld, tls, keys);
+	if (r == 0)
+		r = parse_string(ld, tls, "fingerprint", true, &fp);
+	if (r == 0 && fp && !config_fingerprint_is_valid(fp)) {
+		ld_push(ld, "fingerprint");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s must be \"sha256:\" and the 44-character base64 of 32 bytes, as "
+			    "clusterfs-agent --fingerprint CERT prints it, not %s",
+			    ld_where(ld), ld_quote(ld, 0, fp));
+		ld_pop(ld);
+	}
+	if (r == 0)
+		r = parse_string(ld, tls, "ca_file", true, &ca);
+	if (r < 0)
+		goto out_pop;
+	t->tls = true;
+	t->fingerprint = fp ? xstrdup(fp) : NULL;
+	t->ca_file = ca ? path_join(ld->dir, ca) : NULL;
+	if (t->ca_file) {
+		ld_push(ld, "ca_file");
+		r = check_ca_file(ld, t->ca_file);
+		ld_pop(ld);
+	}
+out_pop:
+	ld_pop(ld);
+	return r;
+}
+
+static void transport_clear(struct cfg_transport *t)
+{
+	free(t->ca_file);
+	free(t->fingerprint);
+}
+
+/* The top level's "tls": {"ca_file": "PATH"}, what "tls": true verifies against. */
+static int parse_tls(struct loader *ld, const json_t *doc)
+{
+	static const char *const keys[] = {"ca_file", NULL};
+	json_t *tls = json_object_get(doc, "tls");
+	const char *ca = NULL;
+	int r;
+
+	if (!tls)
+		return 0;
+	ld_push(ld, "tls");
+	r = expect_object(ld, tls);
+	if (r == 0)
+		r = check_keys(ld, tls, keys);
+	if (r == 0)
+		r = parse_string(ld, tls, "ca_file", true, &ca);
+	if (r == 0 && ca) {
+		ld->c->tls_ca_file = path_join(ld->dir, ca);
+		ld_push(ld, "ca_file");
+		r = check_ca_file(ld, ld->c->tls_ca_file);
+		ld_pop(ld);
+	}
+	ld_pop(ld);
+	return r;
+}
+
 static int parse_cluster(struct loader *ld, const json_t *doc)
 {
 	const char *name = "clusterfs";
@@ -660,7 +773,7 @@ static int parse_name_list(struct loader *ld, const json_t *obj, const char *key
 static int parse_host_service(struct loader *ld, const char *name, const json_t *v,
 			      struct cfg_service *s)
 {
-	static const char *const keys[] = {"port", "path", "type", NULL};
+	static const char *const keys[] = {"port", "path", "type", "tls", "insecure_http", NULL};
 	const char *path = "", *kind = NULL;
 	int r;
 
@@ -693,6 +806,17 @@ static int parse_host_service(struct loader *ld, const char *name, const json_t 
 	}
 	if (r == 0)
 		r = parse_string(ld, v, "type", true, &kind);
+	if (r == 0 && strcmp(name, "agent") == 0 &&
+	    (json_object_get(v, "tls") || json_object_get(v, "insecure_http"))) {
+		ld_push(ld, json_object_get(v, "tls") ? "tls" : "insecure_http");
+		r = ld_fail(ld, LOCATE_KEY,
+			    "%s: the agent's \"tls\" and \"insecure_http\" belong to the host, "
+			    "beside \"host\"",
+			    ld_where(ld));
+		ld_pop(ld);
+	}
+	if (r == 0)
+		r = parse_transport(ld, v, &s->transport);
 	ld_pop(ld);
 	if (r < 0)
 		return r;
@@ -725,9 +849,10 @@ static int parse_host_services(struct loader *ld, const json_t *host, struct cfg
 
 static int parse_host(struct loader *ld, const char *name, const json_t *v, struct cfg_host *h)
 {
-	static const char *const keys[] = {"host",         "name",        "role", "tier",
-					   "capabilities", "queue_depth", "port", "token_file",
-					   "services",     "run_as",      NULL};
+	static const char *const keys[] = {
+		"host",          "name",   "role",       "tier",     "capabilities",
+		"queue_depth",   "port",   "token_file", "services", "tls",
+		"insecure_http", "run_as", NULL};
 	const char *address = NULL, *display = NULL, *role = "", *tier = NULL, *token_file = NULL;
 	int port = 0, r;
 
@@ -793,6 +918,8 @@ static int parse_host(struct loader *ld, const char *name, const json_t *v, stru
 		r = parse_string(ld, v, "token_file", true, &token_file);
 	if (r == 0)
 		r = parse_run_as(ld, v, &h->run_as);
+	if (r == 0)
+		r = parse_transport(ld, v, &h->transport);
 	if (r == 0)
 		r = parse_host_services(ld, v, h);
 	if (r == 0) {
@@ -1004,7 +1131,8 @@ out_pop:
 
 static int parse_service(struct loader *ld, const char *name, const json_t *v)
 {
-	static const char *const keys[] = {"host", "port", "files", NULL};
+	static const char *const keys[] = {"host", "port", "files", "tls", "insecure_http", NULL};
+	struct config *c = ld->c;
 	json_t *files, *f;
 	const char *file;
 	int port = 0, r;
@@ -1040,6 +1168,10 @@ static int parse_service(struct loader *ld, const char *name, const json_t *v)
 	r = parse_int(ld, v, "port", 1, MAX_PORT, &port);
 	if (r < 0)
 		goto out_pop;
+	c->service_names[c->n_service_transports] = xstrdup(name);
+	r = parse_transport(ld, v, &c->service_transports[c->n_service_transports++]);
+	if (r < 0)
+		goto out_pop;
 	files = json_object_get(v, "files");
 	if (!files)
 		goto out_pop;
@@ -1071,6 +1203,9 @@ static int parse_services(struct loader *ld, const json_t *doc)
 	ld_push(ld, "services");
 	r = expect_object(ld, services);
 	if (r == 0) {
+		size_t n = json_object_size(services);
+		ld->c->service_names = xcalloc(n, sizeof(*ld->c->service_names));
+		ld->c->service_transports = xcalloc(n, sizeof(*ld->c->service_transports));
 		json_object_foreach (services, name, v) {
 			r = parse_service(ld, name, v);
 			if (r < 0)
@@ -1173,10 +1308,12 @@ static void host_clear(struct cfg_host *h)
 		free(h->services[i].name);
 		free(h->services[i].path);
 		free(h->services[i].kind);
+		transport_clear(&h->services[i].transport);
 	}
 	free(h->services);
 	free_secret(h->token);
 	free(h->token_file);
+	transport_clear(&h->transport);
 }
 
 static void config_free(struct config *c)
@@ -1188,6 +1325,13 @@ static void config_free(struct config *c)
 	free(c->cluster);
 	free(c->token_file);
 	free(c->tasks.group);
+	free(c->tls_ca_file);
+	for (size_t i = 0; i < c->n_service_transports; i++) {
+		free(c->service_names[i]);
+		transport_clear(&c->service_transports[i]);
+	}
+	free(c->service_names);
+	free(c->service_transports);
 	json_decref(c->routing);
 	json_decref(c->services);
 	json_decref(c->doc);
@@ -1226,18 +1370,11 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 		.errbuf = errbuf,
 		.errlen = errlen,
 	};
-	static const char *const keys[] = {"cluster",
-					   "auth",
-					   "probe",
-					   "thresholds",
-					   "tasks",
-					   "hosts",
-					   "routing",
-					   "services",
-					   "local_host",
-					   "default_trainer",
-					   "default_inference",
-					   NULL};
+	static const char *const keys[] = {
+		"cluster", "auth",       "probe",           "thresholds",
+		"tasks",   "hosts",      "routing",         "services",
+		"tls",     "local_host", "default_trainer", "default_inference",
+		NULL};
 	json_error_t jerr;
 	json_t *doc;
 	struct config *c;
@@ -1277,6 +1414,8 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 		r = parse_cluster(&ld, doc);
 	if (r == 0)
 		r = parse_auth(&ld, doc);
+	if (r == 0)
+		r = parse_tls(&ld, doc);
 	if (r == 0)
 		r = parse_probe(&ld, doc);
 	if (r == 0)
@@ -1463,6 +1602,14 @@ const struct cfg_host *config_find_host(const struct config *c, const char *name
 	return bsearch(&key, c->hosts, c->n_hosts, sizeof(*c->hosts), host_cmp);
 }
 
+const struct cfg_transport *config_service_transport(const struct config *c, const char *name)
+{
+	for (size_t i = 0; c && name && i < c->n_service_transports; i++)
+		if (strcmp(c->service_names[i], name) == 0)
+			return &c->service_transports[i];
+	return NULL;
+}
+
 const struct cfg_service *config_host_service(const struct cfg_host *h, const char *name)
 {
 	if (!h || !name)
@@ -1476,6 +1623,22 @@ const struct cfg_service *config_host_service(const struct cfg_host *h, const ch
 static json_t *render_pair(const double pair[2])
 {
 	return json_pack("[ff]", pair[0], pair[1]);
+}
+
+/* A transport as the config's rendering shows it: fingerprints are public, not secrets. */
+static void render_transport(json_t *o, const struct cfg_transport *t)
+{
+	if (t->tls) {
+		json_t *tls = json_object();
+		json_object_set_new(tls, "fingerprint",
+				    t->fingerprint ? json_string(t->fingerprint) : json_null());
+		json_object_set_new(tls, "ca_file",
+				    t->ca_file ? json_string(t->ca_file) : json_null());
+		json_object_set_new(o, "tls", tls);
+	} else {
+		json_object_set_new(o, "tls", json_false());
+	}
+	json_object_set_new(o, "insecure_http", json_boolean(t->insecure_http));
 }
 
 static json_t *render_host(const struct cfg_host *h)
@@ -1503,9 +1666,12 @@ static json_t *render_host(const struct cfg_host *h)
 			json_object_set_new(so, "path", json_string(s->path));
 		if (s->kind)
 			json_object_set_new(so, "type", json_string(s->kind));
+		if (strcmp(s->name, "agent") != 0)
+			render_transport(so, &s->transport);
 		json_object_set_new(svcs, s->name, so);
 	}
 	json_object_set_new(o, "services", svcs);
+	render_transport(o, &h->transport);
 	json_object_set_new(o, "token_file",
 			    h->token_file ? json_string(h->token_file) : json_null());
 	json_object_set_new(o, "token", h->token ? json_string("(redacted)") : json_null());
@@ -1535,6 +1701,9 @@ char *config_render(const struct config *c)
 	json_object_set_new(auth, "token_file",
 			    c->token_file ? json_string(c->token_file) : json_null());
 	json_object_set_new(o, "auth", auth);
+	json_object_set_new(o, "tls",
+			    json_pack("{so}", "ca_file",
+				      c->tls_ca_file ? json_string(c->tls_ca_file) : json_null()));
 	probe = json_pack("{si si si si si si}", "interval_s", c->probe.interval_s, "timeout_ms",
 			  c->probe.timeout_ms, "stale_after_s", c->probe.stale_after_s,
 			  "offline_after_s", c->probe.offline_after_s, "unhealthy_after",
@@ -1556,7 +1725,15 @@ char *config_render(const struct config *c)
 		json_object_set_new(hosts, c->hosts[i].name, render_host(&c->hosts[i]));
 	json_object_set_new(o, "hosts", hosts);
 	json_object_set(o, "routing", c->routing);
-	json_object_set(o, "services", c->services);
+	json_t *services = json_deep_copy(c->services);
+	const char *sname;
+	json_t *sv;
+	json_object_foreach (services, sname, sv) {
+		const struct cfg_transport *t = config_service_transport(c, sname);
+		if (t && json_is_object(sv))
+			render_transport(sv, t);
+	}
+	json_object_set_new(o, "services", services);
 	for (size_t i = 0; seed_keys[i]; i++) {
 		json_t *v = c->doc ? json_object_get(c->doc, seed_keys[i]) : NULL;
 		if (v)

@@ -12,12 +12,25 @@
 #define CONFIG_DEFAULT_AGENT_PORT 8768
 #define CONFIG_MAX_FILE_SIZE      (4u << 20)
 
+/* How one server is spoken to: over https (verified by a pinned key, a CA file or the
+ * system CAs), or over plain http, which is allowed to a loopback address only unless
+ * insecure_http says otherwise (the check is made per request: see backend/endpoint.h). */
+struct cfg_transport {
+	bool tls;           /* https; set by "tls": true or "tls": {...} */
+	bool insecure_http; /* plain http to a non-loopback address is allowed */
+	char *ca_file;      /* tls.ca_file resolved, or NULL: the top-level tls.ca_file */
+	char *fingerprint;  /* "sha256:BASE64" of the server's public key, or NULL */
+};
+
+#define CFG_FINGERPRINT_PREFIX "sha256:"
+
 /* One service a host offers, from hosts.HOST.services (e.g. "ollama": {"port": 11434}). */
 struct cfg_service {
 	char *name; /* the key, e.g. "ollama", "ledger", "agent" */
 	int port;   /* 1..65535 */
 	char *path; /* URL path prefix, "" when not given */
 	char *kind; /* "type" field if given, else NULL (the key names the kind) */
+	struct cfg_transport transport; /* its own: a service inherits nothing from its host */
 };
 
 /* Whose identity a task runs under on its node (DESIGN §8). */
@@ -52,7 +65,8 @@ struct cfg_host {
 	int queue_depth; /* per-node queue limit, default 10 */
 	char *token;     /* secret: this host's agent token (host token_file, else global) */
 	char *token_file;
-	enum cfg_run_as run_as; /* "run_as", or CFG_RUN_AS_INHERIT */
+	enum cfg_run_as run_as;         /* "run_as", or CFG_RUN_AS_INHERIT */
+	struct cfg_transport transport; /* of the agent: the host's "tls" and "insecure_http" */
 };
 
 struct cfg_probe {
@@ -82,9 +96,13 @@ struct config {
 	struct cfg_tasks tasks;
 	struct cfg_host *hosts; /* sorted by name */
 	size_t n_hosts;
-	json_t *routing;  /* "routing" object as given (validated), or an empty object */
-	json_t *services; /* top-level "services" object as given (validated), or empty */
-	json_t *doc;      /* the whole document as loaded (contains no secrets) */
+	json_t *routing;      /* "routing" object as given (validated), or an empty object */
+	json_t *services;     /* top-level "services" object as given (validated), or empty */
+	char **service_names; /* the top-level services' names, sorted */
+	struct cfg_transport *service_transports; /* of service_names[i] */
+	size_t n_service_transports;
+	char *tls_ca_file; /* top-level tls.ca_file resolved, or NULL: the system CAs */
+	json_t *doc;       /* the whole document as loaded (contains no secrets) */
 };
 
 /* Loads and validates a config file. On failure returns -errno and writes one sentence
@@ -118,6 +136,12 @@ enum cfg_run_as config_host_run_as(const struct config *c, const struct cfg_host
 const char *config_run_as_name(enum cfg_run_as r);
 /* Finds a service of a host by name, or NULL. Borrows. */
 const struct cfg_service *config_host_service(const struct cfg_host *h, const char *name);
+
+/* The transport of top-level service `name` (services.NAME), or NULL. Borrows. */
+const struct cfg_transport *config_service_transport(const struct config *c, const char *name);
+
+/* True when fp is "sha256:" followed by the padded base64 of 32 bytes. */
+bool config_fingerprint_is_valid(const char *fp);
 
 /* The effective configuration as pretty JSON, with every secret redacted: defaults filled
  * in, token files shown by path only. Returns a new string. */

@@ -360,8 +360,9 @@ def test_blackholed_host_does_not_block(tmp_path, token, agents, mount, dark_hos
     ags = agents(2)
     cfg = make_config(tmp_path / "hosts.json", ags, token, probe={"timeout_ms": 1000})
     d = json.loads(cfg.read_text())
-    d["hosts"]["dark"] = {"host": dark_host, "role": "gpu"}
-    d["services"] = {"oracle": {"host": "dark", "port": 5050,
+    # plain HTTP to a non-loopback address is refused unless the config allows it
+    d["hosts"]["dark"] = {"host": dark_host, "role": "gpu", "insecure_http": True}
+    d["services"] = {"oracle": {"host": "dark", "port": 5050, "insecure_http": True,
                                 "files": {"status": {"get": "/api/oracle/status"}}}}
     cfg.write_text(json.dumps(d))
     m = mount(cfg)

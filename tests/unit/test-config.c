@@ -537,6 +537,74 @@ static void test_render(void)
 		config_unref(c);
 }
 
+static void test_tls(void)
+{
+	static const char fp[] = "sha256:kNLI7nCQGzzpvVFG0aMjWtREkRISq8fnt72YaEzyXc4=";
+	struct config *c = NULL;
+	char *ca = tmp_path("ca.pem"), *text;
+	int r;
+
+	write_tmp("ca.pem", "not checked here\n", 0644);
+	r = load_text("{\"tls\": {\"ca_file\": \"ca.pem\"},\n"
+		      "\"hosts\": {\"a\": {\"host\": \"10.0.0.1\", \"tls\": {\"fingerprint\": "
+		      "\"sha256:kNLI7nCQGzzpvVFG0aMjWtREkRISq8fnt72YaEzyXc4=\"}},\n"
+		      "\"b\": {\"host\": \"10.0.0.2\", \"tls\": true, \"services\": {\"ollama\": "
+		      "{\"port\": 11434, \"insecure_http\": true}}},\n"
+		      "\"c\": {\"host\": \"10.0.0.3\"}},\n"
+		      "\"services\": {\"s\": {\"host\": \"a\", \"port\": 80, \"tls\": "
+		      "{\"ca_file\": \"ca.pem\"}}}}",
+		      &c);
+	printf("# %s\n", r ? err : "");
+	CHECK(r == 0, "tls: hosts and services with tls and insecure_http load");
+	if (r < 0)
+		goto out;
+	CHECK(c->tls_ca_file && strcmp(c->tls_ca_file, ca) == 0, "tls: top-level ca_file resolved");
+	CHECK(c->hosts[0].transport.tls && strcmp(c->hosts[0].transport.fingerprint, fp) == 0 &&
+		      !c->hosts[0].transport.ca_file,
+	      "tls: a pinned host");
+	CHECK(c->hosts[1].transport.tls && !c->hosts[1].transport.fingerprint &&
+		      !c->hosts[1].services[0].transport.tls &&
+		      c->hosts[1].services[0].transport.insecure_http,
+	      "tls: \"tls\": true; a service inherits nothing from its host");
+	CHECK(!c->hosts[2].transport.tls && !c->hosts[2].transport.insecure_http,
+	      "tls: a plain host still loads (it is refused per request)");
+	const struct cfg_transport *st = config_service_transport(c, "s");
+	CHECK(st && st->tls && st->ca_file && strcmp(st->ca_file, ca) == 0,
+	      "tls: a top-level service's own ca_file");
+	text = config_render(c);
+	CHECK(text && strstr(text, fp) && strstr(text, "\"insecure_http\": true"),
+	      "tls: the rendering shows fingerprints and insecure_http");
+	free(text);
+	config_unref(c);
+
+	r = load_text("{\"hosts\": {\"a\": {\"host\": \"h\",\n"
+		      "  \"tls\": {\"fingerprint\": \"sha256:abc\"}}}}",
+		      &c);
+	printf("# %s\n", err);
+	CHECK(r == -EINVAL && starts_with(err, "t.json:2:26: ") && strstr(err, "44-character"),
+	      "tls: a bad fingerprint is located");
+	r = load_text("{\"hosts\": {\"a\": {\"host\": \"h\", \"tls\": {\"fingerprnt\": \"x\"}}}}",
+		      &c);
+	CHECK(r == -EINVAL && strstr(err, "did you mean \"fingerprint\""),
+	      "tls: unknown key with a suggestion");
+	r = load_text("{\"hosts\": {\"a\": {\"host\": \"h\", \"insecure_htp\": true}}}", &c);
+	CHECK(r == -EINVAL && strstr(err, "did you mean \"insecure_http\""),
+	      "tls: insecure_http is a known host key");
+	r = load_text(
+		"{\"hosts\": {\"a\": {\"host\": \"h\", \"tls\": {\"ca_file\": \"nope.pem\"}}}}",
+		&c);
+	CHECK(r == -EINVAL && strstr(err, "nope.pem") && strstr(err, "cannot be read"),
+	      "tls: a missing ca_file is an error");
+	CHECK(config_fingerprint_is_valid(fp) && !config_fingerprint_is_valid("sha256:") &&
+		      !config_fingerprint_is_valid(
+			      "sha1:kNLI7nCQGzzpvVFG0aMjWtREkRISq8fnt72YaEzyXc4=") &&
+		      !config_fingerprint_is_valid(
+			      "sha256:kNLI7nCQGzzpvVFG0aMjWtREkRISq8fnt72YaEzyX!4="),
+	      "tls: fingerprint syntax");
+out:
+	free(ca);
+}
+
 static void test_default_config(void)
 {
 	struct config *c = NULL;
@@ -748,6 +816,7 @@ int main(void)
 	test_defaults();
 	test_tokens();
 	test_render();
+	test_tls();
 	test_default_config();
 	test_refcount();
 	test_file_errors();

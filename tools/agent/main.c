@@ -5,11 +5,13 @@
  * The supervisors are clusterfs-agent-supervise, found next to this binary. */
 #include "backend/util.h"
 #include "tools/agent/api.h"
+#include "tools/agent/init.h"
 #include "tools/agent/ledger.h"
 #include "tools/agent/server.h"
 #include "tools/agent/supervisor.h"
 #include "tools/agent/sysinfo.h"
 #include "tools/agent/tasks.h"
+#include "tools/agent/tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -36,6 +38,12 @@ struct agent_options {
 	const char *state_dir; /* NULL: the default */
 	const char *name;      /* NULL: the hostname */
 	const char *ledger;    /* NULL: serve no ledger */
+	const char *tls_cert;  /* serve HTTPS with this certificate and tls_key, or NULL */
+	const char *tls_key;
+	const char *init_dir;    /* --init DIR: prepare DIR and exit */
+	const char *fingerprint; /* --fingerprint CERT: print its fingerprint and exit */
+	bool listen_given;
+	bool verbose;
 };
 
 /* The default state directory: system-wide for root, per user otherwise. Returns a new
@@ -79,7 +87,11 @@ static void agent_usage(FILE *out)
 		state_dir = NULL;
 	fprintf(out,
 		"Usage: clusterfs-agent [--listen ADDR:PORT] --token-file FILE [--state-dir DIR]\n"
-		"                       [--name NAME] [--ledger FILE]\n"
+		"                       [--name NAME] [--ledger FILE] [--tls-cert FILE --tls-key FILE]\n"
+		"                       [-v]\n"
+		"       clusterfs-agent --init DIR [--name NAME] [--listen ADDR:PORT]\n"
+		"                       [--tls-cert FILE --tls-key FILE]\n"
+		"       clusterfs-agent --fingerprint CERTFILE\n"
 		"       clusterfs-agent --help | --version\n"
 		"\n"
 		"Serves this node's health and inventory to the clusterfs control plane. Every\n"
@@ -100,6 +112,16 @@ static void agent_usage(FILE *out)
 		"                      ~/.local/state/clusterfs-agent)\n"
 		"  --name NAME         this node's name in the cluster (default: the hostname, %s)\n"
 		"  --ledger FILE       serve the checkpoint ledger kept in FILE (sqlite; created if missing)\n"
+		"  --tls-cert FILE     serve HTTPS (TLS 1.2 or 1.3) with this PEM certificate...\n"
+		"  --tls-key FILE      ...and its PEM private key, which must be owned by the\n"
+		"                      agent's user with mode 0600 (both or neither)\n"
+		"  --init DIR          create DIR (0700) with agent.token and a self-signed\n"
+		"                      agent.crt and agent.key (0600; existing files are kept),\n"
+		"                      print this host's hosts.json entry and the command that\n"
+		"                      starts the agent, and exit\n"
+		"  --fingerprint CERT  print the SHA-256 fingerprint of the certificate's public\n"
+		"                      key (\"sha256:BASE64\", for hosts.json's tls.fingerprint)\n"
+		"  -v, --verbose       log every connection and request\n"
 		"  --help              print this help and exit\n"
 		"  --version           print the version and exit\n",
 		state_dir ? state_dir : "unknown", host[0] ? host : "unknown");
@@ -109,13 +131,29 @@ static void agent_usage(FILE *out)
  * (--help, --version), or -EINVAL after printing the usage to stderr. */
 static int agent_parse_options(int argc, char **argv, struct agent_options *ret_opts)
 {
-	enum { OPT_LISTEN = 256, OPT_TOKEN_FILE, OPT_STATE_DIR, OPT_NAME, OPT_VERSION, OPT_LEDGER };
+	enum {
+		OPT_LISTEN = 256,
+		OPT_TOKEN_FILE,
+		OPT_STATE_DIR,
+		OPT_NAME,
+		OPT_VERSION,
+		OPT_LEDGER,
+		OPT_TLS_CERT,
+		OPT_TLS_KEY,
+		OPT_INIT,
+		OPT_FINGERPRINT,
+	};
 	static const struct option longopts[] = {
 		{"listen", required_argument, NULL, OPT_LISTEN},
 		{"token-file", required_argument, NULL, OPT_TOKEN_FILE},
 		{"state-dir", required_argument, NULL, OPT_STATE_DIR},
 		{"name", required_argument, NULL, OPT_NAME},
 		{"ledger", required_argument, NULL, OPT_LEDGER},
+		{"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+		{"tls-key", required_argument, NULL, OPT_TLS_KEY},
+		{"init", required_argument, NULL, OPT_INIT},
+		{"fingerprint", required_argument, NULL, OPT_FINGERPRINT},
+		{"verbose", no_argument, NULL, 'v'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, OPT_VERSION},
 		{NULL, 0, NULL, 0},
@@ -123,9 +161,17 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 	struct agent_options opts = {.listen = AGENT_DEFAULT_LISTEN};
 	int c;
 
-	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "hv", longopts, NULL)) != -1) {
 		switch (c) {
-		case OPT_LISTEN: opts.listen = optarg; break;
+		case OPT_LISTEN:
+			opts.listen = optarg;
+			opts.listen_given = true;
+			break;
+		case OPT_TLS_CERT: opts.tls_cert = optarg; break;
+		case OPT_TLS_KEY: opts.tls_key = optarg; break;
+		case OPT_INIT: opts.init_dir = optarg; break;
+		case OPT_FINGERPRINT: opts.fingerprint = optarg; break;
+		case 'v': opts.verbose = true; break;
 		case OPT_TOKEN_FILE: opts.token_file = optarg; break;
 		case OPT_STATE_DIR: opts.state_dir = optarg; break;
 		case OPT_NAME: opts.name = optarg; break;
@@ -140,7 +186,28 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		agent_usage(stderr);
 		return -EINVAL;
 	}
-	if (!opts.token_file) {
+	if (!opts.tls_cert != !opts.tls_key) {
+		fprintf(stderr, "clusterfs-agent: --tls-cert and --tls-key go together: give both "
+				"(HTTPS) or neither (plain HTTP)\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (opts.init_dir && opts.fingerprint) {
+		fprintf(stderr,
+			"clusterfs-agent: --init and --fingerprint are separate commands\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if ((opts.init_dir || opts.fingerprint) &&
+	    (opts.token_file || opts.state_dir || opts.ledger)) {
+		fprintf(stderr,
+			"clusterfs-agent: --%s takes no --token-file, --state-dir or "
+			"--ledger\n",
+			opts.init_dir ? "init" : "fingerprint");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (!opts.token_file && !opts.init_dir && !opts.fingerprint) {
 		fprintf(stderr, "clusterfs-agent: --token-file is required\n");
 		agent_usage(stderr);
 		return -EINVAL;
@@ -323,6 +390,27 @@ static void server_wake_cb(void *arg)
 	server_wake(arg);
 }
 
+/* --fingerprint CERT: prints "sha256:BASE64". Returns the exit status. */
+static int agent_print_fingerprint(const char *cert_file)
+{
+	char errbuf[512], *pem = NULL, *fp = NULL;
+	size_t len;
+	int r = file_read_all(cert_file, 256 * 1024, &pem, &len);
+	if (r < 0) {
+		log_err("certificate file %s: %s", cert_file, strerror(-r));
+		return AGENT_EXIT_USAGE;
+	}
+	r = tls_fingerprint_pem(pem, &fp, errbuf, sizeof(errbuf));
+	free(pem);
+	if (r < 0) {
+		log_err("%s: %s", cert_file, errbuf);
+		return AGENT_EXIT_USAGE;
+	}
+	printf("%s\n", fp);
+	free(fp);
+	return 0;
+}
+
 /* Blocks until SIGTERM or SIGINT arrives, reaping supervisors on SIGCHLD; all three are
  * blocked in every thread. */
 static void agent_wait_for_signal(const sigset_t *set, struct tasks *tasks)
@@ -352,6 +440,7 @@ int main(int argc, char **argv)
 	char host[HOST_NAME_MAX + 1];
 	char bound[INET6_ADDRSTRLEN + 16];
 	char *token = NULL, *state_dir = NULL, *default_dir = NULL, *sup_exe = NULL;
+	char *tls_cert = NULL, *tls_key = NULL;
 	struct sysinfo_sampler *sampler = NULL;
 	struct tasks *tasks = NULL;
 	struct ledger *ledger = NULL;
@@ -365,11 +454,37 @@ int main(int argc, char **argv)
 	r = agent_parse_options(argc, argv, &opts);
 	if (r != 0)
 		return r > 0 ? 0 : AGENT_EXIT_USAGE;
+	if (opts.verbose)
+		log_set_level(LOG_DEBUG);
+	if (opts.fingerprint)
+		return agent_print_fingerprint(opts.fingerprint);
+	if (opts.init_dir) {
+		struct init_request init = {
+			.dir = opts.init_dir,
+			.name = opts.name,
+			.listen = opts.listen,
+			.tls_cert = opts.tls_cert,
+			.tls_key = opts.tls_key,
+		};
+		r = init_run(&init);
+		return r == 0                        ? 0
+		       : r == -EINVAL || r == -EPERM ? AGENT_EXIT_USAGE
+						     : AGENT_EXIT_RUNTIME;
+	}
 
 	r = agent_read_token(opts.token_file, &token, errbuf, sizeof(errbuf));
 	if (r < 0) {
 		log_err("%s", errbuf);
 		return AGENT_EXIT_USAGE;
+	}
+	if (opts.tls_cert) {
+		r = tls_read_pair(opts.tls_cert, opts.tls_key, &tls_cert, &tls_key, errbuf,
+				  sizeof(errbuf));
+		if (r < 0) {
+			log_err("%s", errbuf);
+			ret = AGENT_EXIT_USAGE;
+			goto out_free_token;
+		}
 	}
 
 	/* Resolved once: an agent that cannot start tasks should say so now, not at its
@@ -475,6 +590,8 @@ int main(int argc, char **argv)
 		.routes = api_routes,
 		.n_routes = api_n_routes,
 		.userdata = &api,
+		.tls_cert_pem = tls_cert,
+		.tls_key_pem = tls_key,
 	};
 	r = server_start(&cfg, &srv);
 	listen_fd = -1; /* the server owns it now, even on failure */
@@ -484,7 +601,7 @@ int main(int argc, char **argv)
 	}
 	/* a task that starts or ends answers the long polls waiting for it */
 	tasks_set_notify(tasks, server_wake_cb, srv);
-	log_info("listening on %s as %s", bound, opts.name);
+	log_info("listening on %s as %s%s", bound, opts.name, tls_cert ? " (HTTPS)" : "");
 
 	agent_wait_for_signal(&sigs, tasks);
 	tasks_set_notify(tasks, NULL, NULL);
@@ -502,6 +619,11 @@ out_close_listen:
 	if (listen_fd >= 0)
 		close(listen_fd);
 out_free_token:
+	free(tls_cert);
+	if (tls_key) {
+		explicit_bzero(tls_key, strlen(tls_key));
+		free(tls_key);
+	}
 	free(sup_exe);
 	free(default_dir);
 	explicit_bzero(token, strlen(token));

@@ -24,6 +24,8 @@
 /* An oversized body sent without Content-Length is read and dropped up to this much so
  * the client can get its 413; past it the connection is closed. */
 #define SERVER_MAX_DISCARD (8 * 1024 * 1024)
+/* TLS 1.2 and 1.3 only, GnuTLS's defaults otherwise. */
+#define SERVER_TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
 
 struct request_state;
 
@@ -422,6 +424,7 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 	struct request_state *st = *con_cls;
 
 	if (!st) {
+		log_debug("request %s %s", method, url);
 		st = calloc(1, sizeof(*st));
 		if (!st)
 			return MHD_NO;
@@ -628,6 +631,21 @@ err_close:
 	return r;
 }
 
+/* With -v, every connection is logged as it opens: a test can tell that none came. */
+static void server_notify_connection(void *cls, struct MHD_Connection *conn, void **socket_ctx,
+				     enum MHD_ConnectionNotificationCode code)
+{
+	if (code != MHD_CONNECTION_NOTIFY_STARTED)
+		return;
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	char addr[INET6_ADDRSTRLEN + 16] = "?";
+	if (ci && ci->client_addr)
+		listen_format((const struct sockaddr_storage *) ci->client_addr, addr,
+			      sizeof(addr));
+	log_debug("connection from %s", addr);
+}
+
 int server_start(const struct server_config *cfg, struct server **ret_server)
 {
 	struct server *srv = calloc(1, sizeof(*srv));
@@ -656,12 +674,28 @@ int server_start(const struct server_config *cfg, struct server **ret_server)
 		{MHD_OPTION_CONNECTION_TIMEOUT, SERVER_TIMEOUT_S, NULL},
 		{MHD_OPTION_CONNECTION_MEMORY_LIMIT, SERVER_CONNECTION_MEMORY, NULL},
 		{MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) server_request_completed, srv},
+		{MHD_OPTION_NOTIFY_CONNECTION, (intptr_t) server_notify_connection, srv},
+		{MHD_OPTION_END, 0, NULL}, /* the TLS options go here and after */
+		{MHD_OPTION_END, 0, NULL},
+		{MHD_OPTION_END, 0, NULL},
 		{MHD_OPTION_END, 0, NULL},
 	};
-	srv->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-					       MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME,
-				       0, NULL, NULL, server_handle, srv, MHD_OPTION_ARRAY, options,
-				       MHD_OPTION_END);
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
+			 MHD_ALLOW_SUSPEND_RESUME;
+	if (cfg->tls_cert_pem) {
+		size_t n = 0;
+		while (options[n].option != MHD_OPTION_END)
+			n++;
+		options[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0,
+						       (void *) cfg->tls_cert_pem};
+		options[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0,
+						       (void *) cfg->tls_key_pem};
+		options[n++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0,
+						       (void *) SERVER_TLS_PRIORITIES};
+		flags |= MHD_USE_TLS;
+	}
+	srv->daemon = MHD_start_daemon(flags, 0, NULL, NULL, server_handle, srv, MHD_OPTION_ARRAY,
+				       options, MHD_OPTION_END);
 	if (!srv->daemon) {
 		/* libmicrohttpd already reported why; it may also have closed the socket,
 		 * so it is left alone. */

@@ -74,6 +74,10 @@ struct server_config {
 	const struct route *routes; /* borrowed; must outlive the server */
 	size_t n_routes;
 	void *userdata; /* handed to every handler in req->userdata */
+	/* PEM certificate and key to serve HTTPS with (TLS 1.2 and 1.3), or NULL for plain
+	 * HTTP; borrowed, must outlive the server. */
+	const char *tls_cert_pem;
+	const char *tls_key_pem;
 };
 
 struct server;
