@@ -151,6 +151,12 @@ static void log_detect_journal(void)
 	log_journal = inv && inv[0] && !isatty(2);
 }
 
+bool log_stderr_is_journal(void)
+{
+	pthread_once(&log_journal_once, log_detect_journal);
+	return log_journal;
+}
+
 void log_msg(enum log_level level, const char *fmt, ...)
 {
 	static const char *const names[] = {"error", "warning", "info", "debug"};

@@ -38,6 +38,8 @@ enum log_level { LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG };
  * the message become spaces. Thread-safe. */
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_set_level(enum log_level level);
+/* True when stderr is the systemd journal (lines then start with "<N>"). */
+bool log_stderr_is_journal(void);
 void log_use_syslog(const char *ident);
 void log_set_prefix(const char *prefix);
 

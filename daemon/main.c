@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,20 @@ struct daemon {
 	struct config_watch *watch;
 	struct loop_timer *reload_timer;
 };
+
+/* A startup error on stderr; under systemd with the journal's error priority, "<3>". */
+static void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void report(const char *fmt, ...)
+{
+	int saved = errno; /* callers return -errno after reporting */
+	va_list ap;
+	va_start(ap, fmt);
+	if (log_stderr_is_journal())
+		fputs("<3>", stderr);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	errno = saved;
+}
 
 static void usage(FILE *out)
 {
@@ -160,43 +175,39 @@ static int check_state_dir(const char *dir)
 {
 	int r = mkdir_parents(dir);
 	if (r < 0) {
-		fprintf(stderr, "clusterfs: cannot create state directory %s: %s\n", dir,
-			strerror(-r));
+		report("clusterfs: cannot create state directory %s: %s\n", dir, strerror(-r));
 		return r;
 	}
 	/* the store holds specs (with their env) and output: the daemon's user's alone */
 	struct stat st;
 	if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-		fprintf(stderr, "clusterfs: state directory %s is not a directory\n", dir);
+		report("clusterfs: state directory %s is not a directory\n", dir);
 		return -ENOTDIR;
 	}
 	if (st.st_uid != geteuid()) {
-		fprintf(stderr,
-			"clusterfs: state directory %s belongs to uid %u, not to this user (uid "
-			"%u); another user could read or change the store: chown it or pick "
-			"another with -s\n",
-			dir, (unsigned) st.st_uid, (unsigned) geteuid());
+		report("clusterfs: state directory %s belongs to uid %u, not to this user (uid "
+		       "%u); another user could read or change the store: chown it or pick "
+		       "another with -s\n",
+		       dir, (unsigned) st.st_uid, (unsigned) geteuid());
 		return -EPERM;
 	}
 	if (st.st_mode & 077) {
 		if (chmod(dir, 0700) < 0) {
 			r = -errno;
-			fprintf(stderr, "clusterfs: state directory %s has mode %04o: %s\n", dir,
-				(unsigned) (st.st_mode & 07777), strerror(errno));
+			report("clusterfs: state directory %s has mode %04o: %s\n", dir,
+			       (unsigned) (st.st_mode & 07777), strerror(errno));
 			return r;
 		}
-		fprintf(stderr,
-			"clusterfs: state directory %s had mode %04o (open to others); made it "
-			"0700\n",
-			dir, (unsigned) (st.st_mode & 07777));
+		report("clusterfs: state directory %s had mode %04o (open to others); made it "
+		       "0700\n",
+		       dir, (unsigned) (st.st_mode & 07777));
 	}
 	char probe[4096];
 	snprintf(probe, sizeof(probe), "%s/.write-test.%d", dir, (int) getpid());
 	int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		r = -errno;
-		fprintf(stderr, "clusterfs: state directory %s is not writable: %s\n", dir,
-			strerror(errno));
+		report("clusterfs: state directory %s is not writable: %s\n", dir, strerror(errno));
 		return r;
 	}
 	close(fd);
@@ -209,16 +220,15 @@ static int check_mountpoint(const char *mp)
 	struct stat st, parent;
 	if (stat(mp, &st) < 0) {
 		if (errno == ENOTCONN)
-			fprintf(stderr,
-				"clusterfs: %s is a dead FUSE mount (its daemon is gone); "
-				"run: fusermount3 -u %s\n",
-				mp, mp);
+			report("clusterfs: %s is a dead FUSE mount (its daemon is gone); "
+			       "run: fusermount3 -u %s\n",
+			       mp, mp);
 		else
-			fprintf(stderr, "clusterfs: mountpoint %s: %s\n", mp, strerror(errno));
+			report("clusterfs: mountpoint %s: %s\n", mp, strerror(errno));
 		return -errno;
 	}
 	if (!S_ISDIR(st.st_mode)) {
-		fprintf(stderr, "clusterfs: mountpoint %s is not a directory\n", mp);
+		report("clusterfs: mountpoint %s is not a directory\n", mp);
 		return -ENOTDIR;
 	}
 	struct buf up;
@@ -227,10 +237,9 @@ static int check_mountpoint(const char *mp)
 	int r = stat(up.data, &parent);
 	buf_free(&up);
 	if (r == 0 && parent.st_dev != st.st_dev) {
-		fprintf(stderr,
-			"clusterfs: %s is busy: something is already mounted there "
-			"(unmount it first: fusermount3 -u %s)\n",
-			mp, mp);
+		report("clusterfs: %s is busy: something is already mounted there "
+		       "(unmount it first: fusermount3 -u %s)\n",
+		       mp, mp);
 		return -EBUSY;
 	}
 	return 0;
@@ -303,8 +312,8 @@ int main(int argc, char **argv)
 	}
 	/* mount.fuse3 runs "clusterfs SOURCE MOUNTPOINT -o OPTS": the source comes first */
 	if (optind == argc || argc - optind > 2) {
-		fprintf(stderr, "clusterfs: %s\n",
-			optind == argc ? "missing MOUNTPOINT" : "too many arguments");
+		report("clusterfs: %s\n",
+		       optind == argc ? "missing MOUNTPOINT" : "too many arguments");
 		usage(stderr);
 		free(config_opt);
 		free(d.state_dir);
@@ -328,10 +337,9 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (access("/dev/fuse", R_OK | W_OK) < 0) {
-		fprintf(stderr,
-			"clusterfs: cannot use /dev/fuse (%s): load the fuse module "
-			"(modprobe fuse) and install fuse3\n",
-			strerror(errno));
+		report("clusterfs: cannot use /dev/fuse (%s): load the fuse module "
+		       "(modprobe fuse) and install fuse3\n",
+		       strerror(errno));
 		ret = EXIT_NO_FUSE;
 		goto out;
 	}
@@ -341,7 +349,7 @@ int main(int argc, char **argv)
 	if (r == 0 && !d.config_path)
 		r = apply_default_agent(cfg, err, sizeof(err));
 	if (r < 0) {
-		fprintf(stderr, "clusterfs: invalid config: %s\n", err);
+		report("clusterfs: invalid config: %s\n", err);
 		ret = EXIT_CONFIG;
 		goto out;
 	}
@@ -354,7 +362,7 @@ int main(int argc, char **argv)
 
 	r = store_open(d.state_dir, &d.store, err, sizeof(err));
 	if (r < 0) {
-		fprintf(stderr, "clusterfs: %s\n", err);
+		report("clusterfs: %s\n", err);
 		ret = EXIT_STATE_DIR;
 		goto out;
 	}
@@ -363,7 +371,7 @@ int main(int argc, char **argv)
 	    services_new(d.loop, d.cluster, &d.services) < 0 ||
 	    ledger_new(d.loop, d.cluster, d.store, &d.ledger) < 0 ||
 	    models_new(d.loop, d.cluster, &d.models) < 0) {
-		fprintf(stderr, "clusterfs: out of memory\n");
+		report("clusterfs: out of memory\n");
 		goto out;
 	}
 	struct tree_ctx backends = {
@@ -374,7 +382,7 @@ int main(int argc, char **argv)
 		.models = d.models,
 	};
 	if (fs_new(&backends, &fs) < 0) {
-		fprintf(stderr, "clusterfs: out of memory\n");
+		report("clusterfs: out of memory\n");
 		goto out;
 	}
 	cluster_add_listener(d.cluster, fs_on_cluster_change, fs);
@@ -396,15 +404,14 @@ int main(int argc, char **argv)
 
 	se = fuse_session_new(&args, fs_ops(), sizeof(*fs_ops()), fs);
 	if (!se) {
-		fprintf(stderr, "clusterfs: invalid mount options\n");
+		report("clusterfs: invalid mount options\n");
 		ret = EXIT_USAGE;
 		goto out;
 	}
 	if (fuse_set_signal_handlers(se) != 0)
 		goto out;
 	if (fuse_session_mount(se, mountpoint) != 0) {
-		fprintf(stderr, "clusterfs: cannot mount on %s (see the message above)\n",
-			mountpoint);
+		report("clusterfs: cannot mount on %s (see the message above)\n", mountpoint);
 		ret = EXIT_MOUNTPOINT;
 		goto out_remove_handlers;
 	}

@@ -124,6 +124,21 @@ def test_journal_priority_prefixes(tmp_path, token):
     assert re.search(r"^<6>.*listening on ", log.read_text(), re.M)
 
 
+def test_journal_startup_error(tmp_path):
+    """An error before the daemon's log starts (here: an invalid config) is an error too."""
+    (tmp_path / "mnt").mkdir()
+    bad = tmp_path / "hosts.json"
+    bad.write_text('{"hosts": {"a": {"host": "x", "port": 99999}}}')
+    err = tmp_path / "stderr"
+    err.write_bytes(b"")
+    with open(err, "ab") as f:
+        r = subprocess.run([str(DAEMON_BIN), "-f", "-c", str(bad), "-s", str(tmp_path / "s"),
+                            str(tmp_path / "mnt")], stdout=f, stderr=f, timeout=20,
+                           env={**os.environ, **journal_env(err)})
+    assert r.returncode == 5
+    assert re.match(r"<3>clusterfs: invalid config: .*port", err.read_text()), err.read_text()
+
+
 def test_no_prefixes_when_stderr_is_not_the_journal(tmp_path, token):
     """A JOURNAL_STREAM inherited from a parent whose stderr was the journal does not
     apply to a process whose stderr is a file."""
