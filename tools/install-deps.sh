@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages clusterfs needs to build, run and test: the build, the man
-# pages (scdoc, man-db), the Debian packages (debhelper, dpkg-dev, fakeroot), the checks of
-# the installed units (systemd-analyze) and of /cluster/metrics (promtool, from prometheus).
+# pages (scdoc, man-db), the Debian packages (debhelper, dpkg-dev, fakeroot, lintian), the
+# checks of the installed units (systemd-analyze) and of /cluster/metrics (promtool, from
+# prometheus).
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc libfuse3-dev fuse3 libcurl4-openssl-dev libjansson-dev
 	libsqlite3-dev libmicrohttpd-dev python3 python3-pytest curl iproute2 util-linux
-	procps clang-format scdoc man-db groff-base debhelper dpkg-dev fakeroot adduser systemd
-	prometheus)
+	procps clang-format scdoc man-db groff-base debhelper dpkg-dev fakeroot lintian adduser
+	systemd prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -97,7 +97,8 @@ def check_mount(mnt):
 
 def test_debian_packages(tmp_path):
     for tool in ("dpkg-buildpackage", "dh", "dpkg-deb", "dpkg-query", "apt-get",
-                 "systemd-analyze", "scdoc", "man", "meson", "mount.fuse3", "umount"):
+                 "systemd-analyze", "scdoc", "man", "meson", "mount.fuse3", "umount",
+                 "lintian"):
         assert shutil.which(tool), f"{tool} is missing: run tools/install-deps.sh"
     assert os.geteuid() == 0, "the package test installs packages: run it as root"
     for p in PACKAGES:
@@ -120,6 +121,10 @@ def test_debian_packages(tmp_path):
         for d in debs.values():
             assert d.exists(), sorted(os.listdir(work))
         assert not (ROOT / "debian" / ".debhelper").exists(), "the build dirtied the checkout"
+        # Debian policy, as lintian checks it: no error and no warning
+        r = sh("lintian", "--tag-display-limit", "0", "--fail-on", "error,warning",
+               next(work.glob("clusterfs_*.changes")), check=False, timeout=300)
+        assert r.returncode == 0 and "E: " not in r.stdout and "W: " not in r.stdout, r.stdout
 
         # meson install puts the same files in the same places as the packages
         dest = work / "destdir"
