@@ -5,8 +5,9 @@
 #   sudo tools/demo.sh [MOUNTPOINT]   build, start, mount, show (default /tmp/cluster); as root
 #                                     without sudo the same: tools/demo.sh [MOUNTPOINT]
 #   sudo tools/demo.sh stop           unmount, stop the daemon and the agent it started
-# CLUSTERFS_DEMO_PORT picks the agent's port (default 8768). The demo task runs as the user
-# who ran sudo, or as nobody when root ran the demo directly.
+# CLUSTERFS_DEMO_PORT picks the agent's port (default 8768), CLUSTERFS_DEMO_DIR where its pids
+# and logs go (default /run/clusterfs-demo), CLUSTERFS_BUILD the build directory (build). The
+# demo task runs as the user who ran sudo, or as nobody when root ran the demo directly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then
@@ -19,7 +20,9 @@ fi
 # one place for the demo's pids and logs however root got here (sudo resets the environment)
 run_dir=/run/clusterfs-demo
 [ -d /run ] && [ -w /run ] || run_dir=/tmp/clusterfs-demo
+run_dir=${CLUSTERFS_DEMO_DIR:-$run_dir}
 port=${CLUSTERFS_DEMO_PORT:-8768}
+build=${CLUSTERFS_BUILD:-build}
 
 # Stops pid (if it is still the program named) and waits for it to end.
 stop_pid() {
@@ -57,8 +60,8 @@ fi
 
 mnt=${1:-/tmp/cluster}
 tools/install-deps.sh
-[ -d build ] || meson setup build >/dev/null
-ninja -C build >/dev/null
+[ -d "$build" ] || meson setup "$build" >/dev/null
+ninja -C "$build" >/dev/null
 mkdir -p "$run_dir" "$mnt"
 chmod 0700 "$run_dir"
 
@@ -73,7 +76,7 @@ fi
 if [ -f "$run_dir/agent.pid" ] && [ "$(cat "/proc/$(cat "$run_dir/agent.pid")/comm" 2>/dev/null)" = clusterfs-agent ]; then
 	echo "agent already running (pid $(cat "$run_dir/agent.pid"))"
 else
-	build/tools/agent/clusterfs-agent --listen "127.0.0.1:$port" --token-file "$token" \
+	"$build/tools/agent/clusterfs-agent" --listen "127.0.0.1:$port" --token-file "$token" \
 		--state-dir "$run_dir/agent-state" >"$run_dir/agent.log" 2>&1 &
 	echo $! >"$run_dir/agent.pid"
 	for _ in $(seq 100); do
@@ -92,7 +95,7 @@ fi
 if ! mountpoint -q "$mnt"; then
 	# in the foreground, in the background: its pid is known and its log is a file
 	CLUSTERFS_DEFAULT_AGENT="127.0.0.1:$port" CLUSTERFS_TOKEN_FILE="$token" \
-		build/daemon/clusterfs -f -s "$run_dir/state" "$mnt" >"$run_dir/clusterfs.log" 2>&1 &
+		"$build/daemon/clusterfs" -f -s "$run_dir/state" "$mnt" >"$run_dir/clusterfs.log" 2>&1 &
 	echo $! >"$run_dir/daemon.pid"
 	echo "$mnt" >"$run_dir/mountpoint"
 	for _ in $(seq 100); do
@@ -121,6 +124,7 @@ echo "+ (as $user) echo '{\"cmd\": \"id -un; uname -n\", \"cwd\": \"/\"}' > $mnt
 runuser -u "$user" -- sh -c "echo '{\"cmd\": \"id -un; uname -n\", \"cwd\": \"/\"}' >'$mnt/tasks/new/$task.json' &&
 	cat '$mnt/tasks/$task/wait' '$mnt/tasks/$task/stdout'"
 echo
+echo "The demo's pids and logs: $run_dir"
 if [ -n "${SUDO_USER:-}" ]; then
 	echo "Explore $mnt (start with: cat $mnt/README). Stop with: sudo tools/demo.sh stop"
 else
