@@ -130,26 +130,65 @@ void log_use_syslog(const char *ident)
 	log_syslog = true;
 }
 
+/* Under systemd, stderr goes to the journal (JOURNAL_STREAM names its device and inode;
+ * INVOCATION_ID alone when that is not set): lines then carry the sd-daemon "<N>" priority
+ * prefix and no timestamp, so that journalctl -p works. */
+static bool log_journal;
+static pthread_once_t log_journal_once = PTHREAD_ONCE_INIT;
+
+static void log_detect_journal(void)
+{
+	const char *js = getenv("JOURNAL_STREAM");
+	struct stat st;
+	unsigned long long dev, ino;
+	if (js && js[0]) {
+		log_journal = sscanf(js, "%llu:%llu", &dev, &ino) == 2 && fstat(2, &st) == 0 &&
+			      (unsigned long long) st.st_dev == dev &&
+			      (unsigned long long) st.st_ino == ino;
+		return;
+	}
+	const char *inv = getenv("INVOCATION_ID");
+	log_journal = inv && inv[0] && !isatty(2);
+}
+
+bool log_stderr_is_journal(void)
+{
+	pthread_once(&log_journal_once, log_detect_journal);
+	return log_journal;
+}
+
 void log_msg(enum log_level level, const char *fmt, ...)
 {
 	static const char *const names[] = {"error", "warning", "info", "debug"};
 	static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
 	if (level > log_max)
 		return;
+	pthread_once(&log_journal_once, log_detect_journal);
+	struct buf m;
+	buf_init(&m);
 	va_list ap;
 	va_start(ap, fmt);
+	buf_vprintf(&m, fmt, ap);
+	va_end(ap);
+	/* one line per event: a newline inside a value cannot start a forged entry */
+	for (size_t i = 0; i < m.len; i++)
+		if (m.data[i] == '\n' || m.data[i] == '\r')
+			m.data[i] = ' ';
 	if (log_syslog) {
-		vsyslog(prio[level], fmt, ap);
+		syslog(prio[level], "%s", m.data ? m.data : "");
 	} else {
-		char ts[32];
-		clock_format_utc(clock_wall_s(), ts);
 		pthread_mutex_lock(&log_lock);
-		fprintf(stderr, "%s %s[%d] %s: ", ts, log_prefix, (int) getpid(), names[level]);
-		vfprintf(stderr, fmt, ap);
-		fputc('\n', stderr);
+		if (log_journal) {
+			fprintf(stderr, "<%d>%s\n", prio[level], m.data ? m.data : "");
+		} else {
+			char ts[32];
+			clock_format_utc(clock_wall_s(), ts);
+			fprintf(stderr, "%s %s[%d] %s: %s\n", ts, log_prefix, (int) getpid(),
+				names[level], m.data ? m.data : "");
+		}
 		pthread_mutex_unlock(&log_lock);
 	}
-	va_end(ap);
+	buf_free(&m);
 }
 
 /* Reads fd to its end (at most max bytes) into a new NUL-terminated string. */

@@ -33,9 +33,13 @@ void clock_format_utc(double wall_s, char out[32]);
 
 enum log_level { LOG_ERR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
-/* Logs to stderr or, once log_use_syslog() was called, to syslog. Thread-safe. */
+/* Logs one line to stderr (with "<N>" priority prefixes instead of a timestamp when stderr
+ * is the systemd journal) or, once log_use_syslog() was called, to syslog. Newlines in
+ * the message become spaces. Thread-safe. */
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_set_level(enum log_level level);
+/* True when stderr is the systemd journal (lines then start with "<N>"). */
+bool log_stderr_is_journal(void);
 void log_use_syslog(const char *ident);
 void log_set_prefix(const char *prefix);
 

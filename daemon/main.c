@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,27 +50,90 @@ struct daemon {
 	struct loop_timer *reload_timer;
 };
 
+/* A startup error on stderr; under systemd with the journal's error priority, "<3>". */
+static void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void report(const char *fmt, ...)
+{
+	int saved = errno; /* callers return -errno after reporting */
+	va_list ap;
+	va_start(ap, fmt);
+	if (log_stderr_is_journal())
+		fputs("<3>", stderr);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	errno = saved;
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out,
-		"Usage: clusterfs [OPTIONS] MOUNTPOINT\n"
+		"Usage: clusterfs [OPTIONS] [SOURCE] MOUNTPOINT\n"
 		"Mounts a cluster of hosts running clusterfs-agent as a directory tree.\n"
+		"SOURCE is ignored (mount(8) and fstab pass one: \"none\").\n"
 		"\n"
 		"  -c, --config FILE     hosts.json to serve (reloaded live when it changes);\n"
 		"                        without it: a one-node cluster of this machine, agent at\n"
-		"                        127.0.0.1:8768, token from $CLUSTERFS_TOKEN_FILE or\n"
-		"                        ~/.config/clusterfs/token\n"
+		"                        $CLUSTERFS_DEFAULT_AGENT or 127.0.0.1:8768, token from\n"
+		"                        $CLUSTERFS_TOKEN_FILE or ~/.config/clusterfs/token\n"
 		"  -s, --state-dir DIR   where the daemon keeps its state (default /var/lib/clusterfs\n"
 		"                        for root, else ~/.local/state/clusterfs)\n"
 		"  -f, --foreground      stay in the foreground and log to stderr\n"
-		"  -o OPTIONS            FUSE mount options, comma-separated (e.g. allow_other)\n"
+		"  -o OPTIONS            comma-separated: config=FILE and state_dir=DIR (as -c, -s),\n"
+		"                        the rest are FUSE mount options (allow_other, ro, ...)\n"
 		"  -v, --verbose         log debug messages\n"
 		"  -h, --help            show this help\n"
 		"  -V, --version         show the version\n"
 		"\n"
 		"Exit status: 0 clean unmount, 1 other error, 2 usage, 3 mountpoint missing or busy,\n"
 		"4 no /dev/fuse, 5 invalid config, 6 state directory not writable.\n"
-		"Unmount with: fusermount3 -u MOUNTPOINT (or kill -TERM the daemon).\n");
+		"Unmount with: fusermount3 -u MOUNTPOINT (or kill -TERM the daemon).\n"
+		"fstab: none /cluster fuse.clusterfs config=/etc/clusterfs/hosts.json,_netdev 0 0\n");
+}
+
+/* Splits one -o argument: config= and state_dir= are ours (mount(8) and fstab can only
+ * pass -o), the rest is appended to fuse_opts for libfuse. */
+static void parse_mount_opts(const char *arg, char **config, char **state_dir,
+			     struct buf *fuse_opts)
+{
+	char *copy = strdup(arg);
+	char *save = NULL;
+	for (char *o = strtok_r(copy, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
+		if (strncmp(o, "config=", 7) == 0) {
+			free(*config);
+			*config = strdup(o + 7);
+		} else if (strncmp(o, "state_dir=", 10) == 0) {
+			free(*state_dir);
+			*state_dir = strdup(o + 10);
+		} else if (o[0]) {
+			buf_printf(fuse_opts, ",%s", o);
+		}
+	}
+	free(copy);
+}
+
+/* The built-in one-node config's agent: $CLUSTERFS_DEFAULT_AGENT (HOST:PORT, [V6]:PORT)
+ * instead of 127.0.0.1:8768, so that a test or a second agent can use a port of its own. */
+static int apply_default_agent(struct config *cfg, char *errbuf, size_t errlen)
+{
+	const char *env = getenv("CLUSTERFS_DEFAULT_AGENT");
+	if (!env || !env[0] || cfg->n_hosts != 1)
+		return 0;
+	const char *colon = strrchr(env, ':');
+	char *end = NULL;
+	long port = colon ? strtol(colon + 1, &end, 10) : 0;
+	size_t hlen = colon ? (size_t) (colon - env) : 0;
+	if (hlen >= 2 && env[0] == '[' && env[hlen - 1] == ']')
+		env++, hlen -= 2;
+	if (!colon || hlen == 0 || !end || *end || port < 1 || port > 65535) {
+		snprintf(errbuf, errlen,
+			 "CLUSTERFS_DEFAULT_AGENT=%s: expected HOST:PORT, e.g. 127.0.0.1:8768",
+			 getenv("CLUSTERFS_DEFAULT_AGENT"));
+		return -EINVAL;
+	}
+	free(cfg->hosts[0].address);
+	cfg->hosts[0].address = strndup(env, hlen);
+	cfg->hosts[0].agent_port = (int) port;
+	return 0;
 }
 
 static char *default_state_dir(void)
@@ -111,43 +175,39 @@ static int check_state_dir(const char *dir)
 {
 	int r = mkdir_parents(dir);
 	if (r < 0) {
-		fprintf(stderr, "clusterfs: cannot create state directory %s: %s\n", dir,
-			strerror(-r));
+		report("clusterfs: cannot create state directory %s: %s\n", dir, strerror(-r));
 		return r;
 	}
 	/* the store holds specs (with their env) and output: the daemon's user's alone */
 	struct stat st;
 	if (lstat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-		fprintf(stderr, "clusterfs: state directory %s is not a directory\n", dir);
+		report("clusterfs: state directory %s is not a directory\n", dir);
 		return -ENOTDIR;
 	}
 	if (st.st_uid != geteuid()) {
-		fprintf(stderr,
-			"clusterfs: state directory %s belongs to uid %u, not to this user (uid "
-			"%u); another user could read or change the store: chown it or pick "
-			"another with -s\n",
-			dir, (unsigned) st.st_uid, (unsigned) geteuid());
+		report("clusterfs: state directory %s belongs to uid %u, not to this user (uid "
+		       "%u); another user could read or change the store: chown it or pick "
+		       "another with -s\n",
+		       dir, (unsigned) st.st_uid, (unsigned) geteuid());
 		return -EPERM;
 	}
 	if (st.st_mode & 077) {
 		if (chmod(dir, 0700) < 0) {
 			r = -errno;
-			fprintf(stderr, "clusterfs: state directory %s has mode %04o: %s\n", dir,
-				(unsigned) (st.st_mode & 07777), strerror(errno));
+			report("clusterfs: state directory %s has mode %04o: %s\n", dir,
+			       (unsigned) (st.st_mode & 07777), strerror(errno));
 			return r;
 		}
-		fprintf(stderr,
-			"clusterfs: state directory %s had mode %04o (open to others); made it "
-			"0700\n",
-			dir, (unsigned) (st.st_mode & 07777));
+		report("clusterfs: state directory %s had mode %04o (open to others); made it "
+		       "0700\n",
+		       dir, (unsigned) (st.st_mode & 07777));
 	}
 	char probe[4096];
 	snprintf(probe, sizeof(probe), "%s/.write-test.%d", dir, (int) getpid());
 	int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		r = -errno;
-		fprintf(stderr, "clusterfs: state directory %s is not writable: %s\n", dir,
-			strerror(errno));
+		report("clusterfs: state directory %s is not writable: %s\n", dir, strerror(errno));
 		return r;
 	}
 	close(fd);
@@ -160,16 +220,15 @@ static int check_mountpoint(const char *mp)
 	struct stat st, parent;
 	if (stat(mp, &st) < 0) {
 		if (errno == ENOTCONN)
-			fprintf(stderr,
-				"clusterfs: %s is a dead FUSE mount (its daemon is gone); "
-				"run: fusermount3 -u %s\n",
-				mp, mp);
+			report("clusterfs: %s is a dead FUSE mount (its daemon is gone); "
+			       "run: fusermount3 -u %s\n",
+			       mp, mp);
 		else
-			fprintf(stderr, "clusterfs: mountpoint %s: %s\n", mp, strerror(errno));
+			report("clusterfs: mountpoint %s: %s\n", mp, strerror(errno));
 		return -errno;
 	}
 	if (!S_ISDIR(st.st_mode)) {
-		fprintf(stderr, "clusterfs: mountpoint %s is not a directory\n", mp);
+		report("clusterfs: mountpoint %s is not a directory\n", mp);
 		return -ENOTDIR;
 	}
 	struct buf up;
@@ -178,10 +237,9 @@ static int check_mountpoint(const char *mp)
 	int r = stat(up.data, &parent);
 	buf_free(&up);
 	if (r == 0 && parent.st_dev != st.st_dev) {
-		fprintf(stderr,
-			"clusterfs: %s is busy: something is already mounted there "
-			"(unmount it first: fusermount3 -u %s)\n",
-			mp, mp);
+		report("clusterfs: %s is busy: something is already mounted there "
+		       "(unmount it first: fusermount3 -u %s)\n",
+		       mp, mp);
 		return -EBUSY;
 	}
 	return 0;
@@ -229,33 +287,44 @@ int main(int argc, char **argv)
 		{NULL, 0, NULL, 0},
 	};
 	struct daemon d = {0};
+	char *config_opt = NULL;
 	bool foreground = false;
 	struct buf mount_opts;
 	buf_init(&mount_opts);
 	int c;
 	while ((c = getopt_long(argc, argv, "c:s:fo:vhV", longopts, NULL)) != -1) {
 		switch (c) {
-		case 'c': d.config_path = optarg; break;
+		case 'c':
+			free(config_opt);
+			config_opt = strdup(optarg);
+			break;
 		case 's':
 			free(d.state_dir);
 			d.state_dir = strdup(optarg);
 			break;
 		case 'f': foreground = true; break;
-		case 'o': buf_printf(&mount_opts, ",%s", optarg); break;
+		case 'o': parse_mount_opts(optarg, &config_opt, &d.state_dir, &mount_opts); break;
 		case 'v': log_set_level(LOG_DEBUG); break;
 		case 'h': usage(stdout); return EXIT_OK;
 		case 'V': printf("clusterfs %s\n", CLUSTERFS_VERSION); return EXIT_OK;
 		default: usage(stderr); return EXIT_USAGE;
 		}
 	}
-	if (optind != argc - 1) {
-		fprintf(stderr, "clusterfs: %s\n",
-			optind == argc ? "missing MOUNTPOINT" : "too many arguments");
+	/* mount.fuse3 runs "clusterfs SOURCE MOUNTPOINT -o OPTS": the source comes first */
+	if (optind == argc || argc - optind > 2) {
+		report("clusterfs: %s\n",
+		       optind == argc ? "missing MOUNTPOINT" : "too many arguments");
 		usage(stderr);
+		free(config_opt);
+		free(d.state_dir);
+		buf_free(&mount_opts);
 		return EXIT_USAGE;
 	}
-	const char *mountpoint = argv[optind];
+	const char *mountpoint = argv[argc - 1];
 	char *mp_abs = realpath(mountpoint, NULL);
+	/* the daemon changes to / when it detaches: the config is watched by its full name */
+	char *config_abs = config_opt ? realpath(config_opt, NULL) : NULL;
+	d.config_path = config_abs ? config_abs : config_opt;
 
 	int ret = EXIT_FAILURE_OTHER;
 	struct config *cfg = NULL;
@@ -268,18 +337,19 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if (access("/dev/fuse", R_OK | W_OK) < 0) {
-		fprintf(stderr,
-			"clusterfs: cannot use /dev/fuse (%s): load the fuse module "
-			"(modprobe fuse) and install fuse3\n",
-			strerror(errno));
+		report("clusterfs: cannot use /dev/fuse (%s): load the fuse module "
+		       "(modprobe fuse) and install fuse3\n",
+		       strerror(errno));
 		ret = EXIT_NO_FUSE;
 		goto out;
 	}
 	char err[1024];
 	int r = d.config_path ? config_load_file(d.config_path, &cfg, err, sizeof(err))
 			      : config_default(&cfg, err, sizeof(err));
+	if (r == 0 && !d.config_path)
+		r = apply_default_agent(cfg, err, sizeof(err));
 	if (r < 0) {
-		fprintf(stderr, "clusterfs: invalid config: %s\n", err);
+		report("clusterfs: invalid config: %s\n", err);
 		ret = EXIT_CONFIG;
 		goto out;
 	}
@@ -292,7 +362,7 @@ int main(int argc, char **argv)
 
 	r = store_open(d.state_dir, &d.store, err, sizeof(err));
 	if (r < 0) {
-		fprintf(stderr, "clusterfs: %s\n", err);
+		report("clusterfs: %s\n", err);
 		ret = EXIT_STATE_DIR;
 		goto out;
 	}
@@ -301,7 +371,7 @@ int main(int argc, char **argv)
 	    services_new(d.loop, d.cluster, &d.services) < 0 ||
 	    ledger_new(d.loop, d.cluster, d.store, &d.ledger) < 0 ||
 	    models_new(d.loop, d.cluster, &d.models) < 0) {
-		fprintf(stderr, "clusterfs: out of memory\n");
+		report("clusterfs: out of memory\n");
 		goto out;
 	}
 	struct tree_ctx backends = {
@@ -312,7 +382,7 @@ int main(int argc, char **argv)
 		.models = d.models,
 	};
 	if (fs_new(&backends, &fs) < 0) {
-		fprintf(stderr, "clusterfs: out of memory\n");
+		report("clusterfs: out of memory\n");
 		goto out;
 	}
 	cluster_add_listener(d.cluster, fs_on_cluster_change, fs);
@@ -334,15 +404,14 @@ int main(int argc, char **argv)
 
 	se = fuse_session_new(&args, fs_ops(), sizeof(*fs_ops()), fs);
 	if (!se) {
-		fprintf(stderr, "clusterfs: invalid mount options\n");
+		report("clusterfs: invalid mount options\n");
 		ret = EXIT_USAGE;
 		goto out;
 	}
 	if (fuse_set_signal_handlers(se) != 0)
 		goto out;
 	if (fuse_session_mount(se, mountpoint) != 0) {
-		fprintf(stderr, "clusterfs: cannot mount on %s (see the message above)\n",
-			mountpoint);
+		report("clusterfs: cannot mount on %s (see the message above)\n", mountpoint);
 		ret = EXIT_MOUNTPOINT;
 		goto out_remove_handlers;
 	}
@@ -412,5 +481,7 @@ out:
 	buf_free(&mount_opts);
 	free(d.state_dir);
 	free(mp_abs);
+	free(config_abs);
+	free(config_opt);
 	return ret;
 }

@@ -264,11 +264,31 @@ static void put_label(struct buf *out, const char *s)
 	}
 }
 
-static void render_metrics(struct cluster *c, struct buf *out, double *ret_mtime)
+/* One "# HELP" and "# TYPE" pair (Prometheus text exposition format 0.0.4). */
+static void metric_head(struct buf *out, const char *name, const char *type, const char *help)
 {
+	buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void metric_node(struct buf *out, const char *name, const char *node, double value)
+{
+	buf_printf(out, "%s{node=\"", name);
+	put_label(out, node);
+	buf_printf(out, "\"} %.15g\n", value);
+}
+
+/* /cluster/metrics: Prometheus conventions (base units, _seconds/_bytes/_ratio suffixes,
+ * HELP and TYPE for each family). The backend keeps only the last probe's latency, so it
+ * is a gauge, not a histogram. */
+static void render_metrics(const struct tree_ctx *ctx, struct buf *out, double *ret_mtime)
+{
+	struct cluster *c = ctx->cluster;
 	size_t n;
 	struct node_view *views = all_views(c, &n, ret_mtime);
-	buf_puts(out, "# HELP clusterfs_nodes Nodes by status.\n# TYPE clusterfs_nodes gauge\n");
+	metric_head(out, "clusterfs_build_info", "gauge",
+		    "The running clusterfs version, as a label.");
+	buf_printf(out, "clusterfs_build_info{version=\"%s\"} 1\n", CLUSTERFS_VERSION);
+	metric_head(out, "clusterfs_nodes", "gauge", "Nodes by status.");
 	for (int l = NODE_UNKNOWN; l <= NODE_DRAINING; l++) {
 		size_t k = 0;
 		for (size_t i = 0; i < n; i++)
@@ -276,52 +296,110 @@ static void render_metrics(struct cluster *c, struct buf *out, double *ret_mtime
 		buf_printf(out, "clusterfs_nodes{status=\"%s\"} %zu\n",
 			   node_level_name((enum node_level) l), k);
 	}
+	metric_head(out, "clusterfs_node_up", "gauge",
+		    "1 when the last probe of the node succeeded.");
+	for (size_t i = 0; i < n; i++)
+		metric_node(out, "clusterfs_node_up", views[i].name, views[i].reachable ? 1 : 0);
+	metric_head(out, "clusterfs_node_probe_failures", "gauge",
+		    "Probes of the node that failed in a row.");
+	for (size_t i = 0; i < n; i++)
+		metric_node(out, "clusterfs_node_probe_failures", views[i].name, views[i].failures);
+	metric_head(out, "clusterfs_node_probe_latency_seconds", "gauge",
+		    "Latency of the last successful probe of the node.");
+	for (size_t i = 0; i < n; i++)
+		if (views[i].checked_at > 0)
+			metric_node(out, "clusterfs_node_probe_latency_seconds", views[i].name,
+				    views[i].latency_ms / 1000.0);
+	metric_head(out, "clusterfs_node_last_success_timestamp_seconds", "gauge",
+		    "Unix time of the last successful probe of the node.");
+	for (size_t i = 0; i < n; i++)
+		if (views[i].checked_at > 0)
+			metric_node(out, "clusterfs_node_last_success_timestamp_seconds",
+				    views[i].name, round_to(views[i].checked_at, 0.001));
+	/* the agent's health document: key, scale to the base unit */
 	static const struct {
 		const char *name, *key, *help;
+		double scale;
 	} gauges[] = {
-		{"clusterfs_node_cpu_percent", "cpu_percent", "CPU busy percent."},
-		{"clusterfs_node_memory_percent", "mem_percent", "Memory used percent."},
-		{"clusterfs_node_disk_percent", "disk_percent", "Disk used percent."},
+		{"clusterfs_node_cpu_usage_ratio", "cpu_percent", "CPU busy, 0 to 1.", 0.01},
+		{"clusterfs_node_cpu_cores", "cores", "CPU cores.", 1},
+		{"clusterfs_node_memory_used_ratio", "mem_percent", "Memory used, 0 to 1.", 0.01},
+		{"clusterfs_node_memory_total_bytes", "mem_total_mb", "Memory in total.", 1048576},
+		{"clusterfs_node_memory_available_bytes", "mem_available_mb", "Memory available.",
+		 1048576},
+		{"clusterfs_node_disk_used_ratio", "disk_percent",
+		 "Disk of the agent's state directory used, 0 to 1.", 0.01},
+		{"clusterfs_node_disk_total_bytes", "disk_total_mb",
+		 "Size of the disk of the agent's state directory.", 1048576},
+		{"clusterfs_node_disk_free_bytes", "disk_free_mb",
+		 "Space free on the disk of the agent's state directory.", 1048576},
+		{"clusterfs_node_uptime_seconds", "uptime_s", "Time since the node booted.", 1},
 	};
-	buf_puts(out, "# HELP clusterfs_node_up 1 when the last probe succeeded.\n"
-		      "# TYPE clusterfs_node_up gauge\n");
-	for (size_t i = 0; i < n; i++) {
-		buf_puts(out, "clusterfs_node_up{node=\"");
-		put_label(out, views[i].name);
-		buf_printf(out, "\"} %d\n", views[i].reachable ? 1 : 0);
-	}
-	buf_puts(out,
-		 "# HELP clusterfs_node_probe_latency_ms Latency of the last successful probe.\n"
-		 "# TYPE clusterfs_node_probe_latency_ms gauge\n");
-	for (size_t i = 0; i < n; i++) {
-		if (views[i].checked_at <= 0)
-			continue;
-		buf_puts(out, "clusterfs_node_probe_latency_ms{node=\"");
-		put_label(out, views[i].name);
-		buf_printf(out, "\"} %.3f\n", views[i].latency_ms);
-	}
 	for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
-		buf_printf(out, "# HELP %s %s\n# TYPE %s gauge\n", gauges[g].name, gauges[g].help,
-			   gauges[g].name);
+		metric_head(out, gauges[g].name, "gauge", gauges[g].help);
 		for (size_t i = 0; i < n; i++) {
 			json_t *x = json_object_get(views[i].health, gauges[g].key);
-			if (!json_is_number(x))
-				continue;
-			buf_printf(out, "%s{node=\"", gauges[g].name);
-			put_label(out, views[i].name);
-			buf_printf(out, "\"} %.2f\n", json_number_value(x));
+			if (json_is_number(x))
+				metric_node(out, gauges[g].name, views[i].name,
+					    round_to(json_number_value(x) * gauges[g].scale, 1e-4));
 		}
 	}
-	buf_puts(out, "# HELP clusterfs_node_load1 One-minute load average.\n"
-		      "# TYPE clusterfs_node_load1 gauge\n");
+	metric_head(out, "clusterfs_node_load1", "gauge", "One-minute load average.");
 	for (size_t i = 0; i < n; i++) {
 		json_t *x = json_array_get(json_object_get(views[i].health, "load"), 0);
-		if (!json_is_number(x))
-			continue;
-		buf_puts(out, "clusterfs_node_load1{node=\"");
-		put_label(out, views[i].name);
-		buf_printf(out, "\"} %.2f\n", json_number_value(x));
+		if (json_is_number(x))
+			metric_node(out, "clusterfs_node_load1", views[i].name,
+				    json_number_value(x));
 	}
+	metric_head(out, "clusterfs_node_gpus", "gauge", "GPUs the node's agent reports.");
+	for (size_t i = 0; i < n; i++)
+		if (views[i].health)
+			metric_node(
+				out, "clusterfs_node_gpus", views[i].name,
+				(double) json_array_size(json_object_get(views[i].health, "gpus")));
+
+	/* tasks: by state, and by node and state */
+	static const char *const states[] = {
+		TASK_QUEUED, TASK_DISPATCHED, TASK_RUNNING,   TASK_SUCCEEDED,
+		TASK_FAILED, TASK_TIMED_OUT,  TASK_CANCELLED, TASK_LOST,
+	};
+	enum { N_STATES = sizeof(states) / sizeof(states[0]) };
+	size_t counts[N_STATES] = {0};
+	size_t *per_node = calloc(n ? n * N_STATES : 1, sizeof(*per_node));
+	size_t n_ids = 0;
+	char **ids = tasks_list(ctx->tasks, NULL, NULL, &n_ids);
+	for (size_t t = 0; t < n_ids; t++) {
+		struct task_view v;
+		if (tasks_get(ctx->tasks, ids[t], &v) == 0) {
+			for (size_t s = 0; s < N_STATES; s++) {
+				if (strcmp(v.state, states[s]) != 0)
+					continue;
+				counts[s]++;
+				for (size_t i = 0; per_node && v.node && i < n; i++)
+					if (strcmp(views[i].name, v.node) == 0)
+						per_node[i * N_STATES + s]++;
+			}
+			task_view_clear(&v);
+		}
+		free(ids[t]);
+	}
+	free(ids);
+	metric_head(out, "clusterfs_tasks", "gauge", "Tasks by state.");
+	for (size_t s = 0; s < N_STATES; s++)
+		buf_printf(out, "clusterfs_tasks{state=\"%s\"} %zu\n", states[s], counts[s]);
+	metric_head(out, "clusterfs_node_tasks", "gauge", "Tasks placed on the node, by state.");
+	for (size_t i = 0; per_node && i < n; i++) {
+		for (size_t s = 0; s < N_STATES; s++) {
+			buf_puts(out, "clusterfs_node_tasks{node=\"");
+			put_label(out, views[i].name);
+			buf_printf(out, "\",state=\"%s\"} %zu\n", states[s],
+				   per_node[i * N_STATES + s]);
+		}
+	}
+	free(per_node);
+	double tmt = tasks_changed_at(ctx->tasks);
+	if (tmt > *ret_mtime)
+		*ret_mtime = tmt;
 	free_views(views, n);
 }
 
@@ -516,7 +594,7 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 	}
 	case TREE_STATS: render_stats(ctx, out, ret_mtime); return 0;
 	case TREE_ALERTS: render_alerts(c, out, ret_mtime); return 0;
-	case TREE_METRICS: render_metrics(c, out, ret_mtime); return 0;
+	case TREE_METRICS: render_metrics(ctx, out, ret_mtime); return 0;
 	case TREE_TOPOLOGY_JSON:
 	case TREE_TOPOLOGY_DOT:
 		render_topology(c, e->kind == TREE_TOPOLOGY_DOT, out, ret_mtime);

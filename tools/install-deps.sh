@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages clusterfs needs to build, run and test.
+# Installs the Debian 12 packages clusterfs needs to build, run and test: the build, the man
+# pages (scdoc, man-db), the Debian packages (debhelper, dpkg-dev, fakeroot, lintian), the
+# checks of the installed units (systemd-analyze) and of /cluster/metrics (promtool, from
+# prometheus).
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc libfuse3-dev fuse3 libcurl4-openssl-dev libjansson-dev
 	libsqlite3-dev libmicrohttpd-dev python3 python3-pytest curl iproute2 util-linux
-	procps clang-format libgnutls28-dev tcpdump)
+	procps clang-format libgnutls28-dev tcpdump scdoc man-db groff-base debhelper dpkg-dev
+	fakeroot lintian adduser systemd prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -15,5 +19,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 	fi
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
-	apt-get install -y -qq "${missing[@]}" >/dev/null
+	rest=()
+	for p in "${missing[@]}"; do [ "$p" = prometheus ] || rest+=("$p"); done
+	[ ${#rest[@]} -eq 0 ] || apt-get install -y -qq "${rest[@]}" >/dev/null
+	if [ ${#rest[@]} -ne ${#missing[@]} ]; then
+		# only its promtool is used: not the recommended node exporter, not the server
+		apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+		if [ -d /run/systemd/system ]; then
+			systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+			echo "install-deps: installed prometheus for promtool; disabled its server" >&2
+		fi
+	fi
 fi

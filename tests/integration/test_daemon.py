@@ -74,26 +74,33 @@ def test_no_dev_fuse(tmp_path):
 
 
 def test_default_one_node_cluster(tmp_path):
-    """No config: this machine, through an agent on 127.0.0.1:8768."""
-    import socket
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", 8768)) == 0:
-            pytest.fail("port 8768 is taken on this machine; the default test needs it")
-    from conftest import Agent
+    """No config: this machine, through an agent on 127.0.0.1 (at the port
+    $CLUSTERFS_DEFAULT_AGENT names, so that a demo agent on 8768 does not get in the way)."""
+    from conftest import Agent, free_port
     token = write_token(tmp_path / "tok", "default-" + os.urandom(6).hex())
-    a = Agent(tmp_path, "self", token, port=8768)
+    a = Agent(tmp_path, "self", token, port=free_port())
     try:
-        m = Mount(tmp_path, None, env={"CLUSTERFS_TOKEN_FILE": str(token)})
+        m = Mount(tmp_path, None, env={"CLUSTERFS_TOKEN_FILE": str(token),
+                                       "CLUSTERFS_DEFAULT_AGENT": f"127.0.0.1:{a.port}"})
         try:
             names = os.listdir(m.path("nodes"))
             assert len(names) == 1
             h = m.json("nodes", names[0], "health")
             assert h["reachable"] is True, h
-            assert m.read("nodes", names[0], "address") == "127.0.0.1:8768\n"
+            assert m.read("nodes", names[0], "address") == f"127.0.0.1:{a.port}\n"
         finally:
             m.stop()
     finally:
         a.stop()
+
+
+def test_default_agent_env_invalid(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    r = run("-f", "-s", str(tmp_path / "s"), str(tmp_path / "mnt"),
+            env={**os.environ, "CLUSTERFS_TOKEN_FILE": str(tmp_path / "none"),
+                 "CLUSTERFS_DEFAULT_AGENT": "127.0.0.1"})
+    assert r.returncode == 5
+    assert "CLUSTERFS_DEFAULT_AGENT" in r.stderr and "HOST:PORT" in r.stderr
 
 
 def test_sigterm_unmounts(tmp_path, token):

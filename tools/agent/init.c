@@ -385,7 +385,7 @@ int init_run(const struct init_request *req)
 	fprintf(stderr,
 		"\nAdd the first line under \"hosts\" in the control plane's hosts.json, and copy\n"
 		"%s there as %s (mode 0600, beside hosts.json).\n"
-		"Start the agent with the second line (or config/clusterfs-agent.service).\n",
+		"Start the agent with the second line (or systemctl enable --now clusterfs-agent).\n",
 		token_path, token_file.data);
 	if (init_is_wildcard(addr))
 		fprintf(stderr,
