@@ -30,6 +30,7 @@ struct ledger {
 	double fetched_at;             /* wall time of the last successful fetch; 0 none */
 	uint64_t fetched_us;           /* monotonic, same */
 	uint64_t failed_us;            /* monotonic time of the last failed fetch; 0 none */
+	double failed_at;              /* its wall time */
 	char *last_error;              /* protected by lock */
 	bool fetching;                 /* protected by lock */
 	struct ledger_waiter *waiters; /* protected by lock */
@@ -184,6 +185,7 @@ static void fetch_done(void *arg, int err, long status, const char *body, size_t
 		free(text);
 	} else {
 		l->failed_us = clock_now_us();
+		l->failed_at = clock_wall_s();
 		free(l->last_error);
 		l->last_error = strdup(err ? why : "the answer holds no list of entries");
 	}
@@ -552,9 +554,12 @@ void ledger_render_source(struct ledger *l, struct buf *out)
 			char ts[32];
 			clock_format_utc(l->fetched_at, ts);
 			json_object_set_new(doc, "fetched_at", json_string(ts));
-			json_object_set_new(
-				doc, "age_s",
-				json_real(round((clock_wall_s() - l->fetched_at) * 1000) / 1000));
+			/* the copy's age at the last failed fetch (0 while fetches succeed):
+			 * the document changes only when the ledger's state does */
+			double age = l->failed_us && l->failed_at > l->fetched_at
+					     ? l->failed_at - l->fetched_at
+					     : 0;
+			json_object_set_new(doc, "age_s", json_real(round(age * 1000) / 1000));
 		} else {
 			json_object_set_new(doc, "fetched_at", json_null());
 			json_object_set_new(doc, "age_s", json_null());

@@ -469,6 +469,7 @@ struct pending {
 	char *name;               /* lookup */
 	struct fuse_file_info fi; /* copied: FUSE's is gone once the callback returns */
 	struct handle *h;         /* open */
+	int waiting;              /* refreshes not finished yet (atomic), for /health */
 };
 
 static void pending_finish(struct pending *p);
@@ -483,10 +484,43 @@ static void pending_done_err(void *arg, int err)
 	pending_finish(arg);
 }
 
+static void pending_one_done(void *arg, int err)
+{
+	struct pending *p = arg;
+	if (__atomic_sub_fetch(&p->waiting, 1, __ATOMIC_ACQ_REL) == 0)
+		pending_finish(p);
+}
+
+/* /health: refreshes every stale node, as that many opens of nodes/NODE/health would (one
+ * round of parallel probes), and finishes p when the last one ended: 1 when none was
+ * stale, 0 when p will be finished later. */
+static int refresh_all_then(struct fs *f, struct pending *p)
+{
+	size_t n = 0;
+	char **names = cluster_list_nodes(f->cluster, &n);
+	p->waiting = 1; /* held while the refreshes are started */
+	for (size_t i = 0; i < n; i++) {
+		if (!cluster_node_is_fresh(f->cluster, names[i])) {
+			__atomic_add_fetch(&p->waiting, 1, __ATOMIC_ACQ_REL);
+			if (cluster_refresh_node(f->cluster, names[i], pending_one_done, p) < 0)
+				__atomic_sub_fetch(&p->waiting, 1, __ATOMIC_ACQ_REL);
+		}
+		free(names[i]);
+	}
+	free(names);
+	if (__atomic_sub_fetch(&p->waiting, 1, __ATOMIC_ACQ_REL) == 0) {
+		/* nothing was stale, or every refresh already ended: the caller answers */
+		return 1;
+	}
+	return 0;
+}
+
 /* Starts the refresh `e` needs, if any: 1 when nothing needs to wait (data fresh, or no
  * refresh applies), 0 when p will be finished later. */
 static int refresh_then(struct fs *f, const struct tree_entry *e, struct pending *p)
 {
+	if (e->kind == TREE_HEALTH)
+		return refresh_all_then(f, p);
 	if (tree_kind_refreshes(e->kind) && e->node && !cluster_node_is_fresh(f->cluster, e->node))
 		return cluster_refresh_node(f->cluster, e->node, pending_done_err, p) == 0 ? 0 : 1;
 	if (tree_kind_is_ledger(e->kind))

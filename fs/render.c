@@ -33,15 +33,20 @@ static double round_to(double v, double unit)
 	return round(v / unit) * unit;
 }
 
-static void render_health(const struct node_view *v, struct buf *out)
+/* nodes/NODE/health as a new JSON object. */
+static json_t *health_doc(const struct node_view *v)
 {
 	json_t *doc = json_object();
 	json_object_set_new(doc, "node", json_string(v->name));
 	json_object_set_new(doc, "status", json_string(node_level_name(v->level)));
 	json_object_set_new(doc, "reachable", json_boolean(v->reachable));
 	json_object_set_new(doc, "checked_at", json_time(v->checked_at));
-	json_object_set_new(doc, "age_s",
-			    v->age_s < 0 ? json_null() : json_real(round_to(v->age_s, 0.001)));
+	/* the age as of the last probe attempt, not of the reading: a document that changes
+	 * only when its data does (NFS and SMB clients trust st_size between reads) */
+	double age = v->checked_at <= 0                ? -1
+		     : v->attempted_at > v->checked_at ? v->attempted_at - v->checked_at
+						       : 0;
+	json_object_set_new(doc, "age_s", age < 0 ? json_null() : json_real(round_to(age, 0.001)));
 	json_object_set_new(doc, "latency_ms",
 			    v->checked_at > 0 ? json_real(round_to(v->latency_ms, 0.001))
 					      : json_null());
@@ -62,6 +67,12 @@ static void render_health(const struct node_view *v, struct buf *out)
 				json_object_set(doc, keys[i], x);
 		}
 	}
+	return doc;
+}
+
+static void render_health(const struct node_view *v, struct buf *out)
+{
+	json_t *doc = health_doc(v);
 	put_json(out, doc);
 	json_decref(doc);
 }
@@ -162,6 +173,19 @@ static double health_num(const struct node_view *v, const char *key)
 {
 	json_t *x = json_object_get(v->health, key);
 	return json_is_number(x) ? json_number_value(x) : 0;
+}
+
+/* /health: one object keyed by node name, each value that node's health document. */
+static void render_all_health(const struct tree_ctx *ctx, struct buf *out, double *ret_mtime)
+{
+	size_t n;
+	struct node_view *views = all_views(ctx->cluster, &n, ret_mtime);
+	json_t *doc = json_object();
+	for (size_t i = 0; i < n; i++)
+		json_object_set_new(doc, views[i].name, health_doc(&views[i]));
+	put_json(out, doc);
+	json_decref(doc);
+	free_views(views, n);
 }
 
 static void render_stats(const struct tree_ctx *ctx, struct buf *out, double *ret_mtime)
@@ -593,6 +617,7 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 		return 0;
 	}
 	case TREE_STATS: render_stats(ctx, out, ret_mtime); return 0;
+	case TREE_HEALTH: render_all_health(ctx, out, ret_mtime); return 0;
 	case TREE_ALERTS: render_alerts(c, out, ret_mtime); return 0;
 	case TREE_METRICS: render_metrics(ctx, out, ret_mtime); return 0;
 	case TREE_TOPOLOGY_JSON:

@@ -15,6 +15,7 @@ static const struct named_kind root_files[] = {
 	{"alerts", TREE_ALERTS},
 	{"config", TREE_CONFIG},
 	{"events", TREE_EVENTS},
+	{"health", TREE_HEALTH},
 	{"ledger", TREE_LEDGER},
 	{"metrics", TREE_METRICS},
 	{"models", TREE_MODELS},
@@ -342,7 +343,7 @@ bool tree_kind_is_append_only(enum tree_kind kind)
 
 bool tree_kind_refreshes(enum tree_kind kind)
 {
-	return kind == TREE_NODE_HEALTH || kind == TREE_NODE_STATUS;
+	return kind == TREE_NODE_HEALTH || kind == TREE_NODE_STATUS || kind == TREE_HEALTH;
 }
 
 char *tree_link_target(const struct tree_entry *e)

@@ -51,6 +51,7 @@ enum tree_kind {
 	TREE_TOPOLOGY_JSON,
 	TREE_TOPOLOGY_DOT,
 	TREE_METRICS,
+	TREE_HEALTH, /* every node's health in one document */
 	/* files in nodes/NODE/ */
 	TREE_NODE_STATUS,
 	TREE_NODE_HEALTH,

@@ -394,3 +394,63 @@ def test_blackholed_host_does_not_block(tmp_path, token, agents, mount, dark_hos
     assert e.value.errno == errno.ETIMEDOUT
     assert time.monotonic() - t < 1.0 + 1.0
     assert m.read("nodes", "dark", "status") in ("unknown\n", "unhealthy\n", "stale\n")
+
+
+def test_cluster_health_one_file(tmp_path, token, agents, mount):
+    """/health: every node's health document in one object, fresh after one round of
+    probes; a stopped agent holds the answer no longer than the probe timeout."""
+    ags = agents(3)
+    cfg = make_config(tmp_path / "hosts.json", ags, token,
+                      probe={"interval_s": 3600, "max_age_ms": 200, "timeout_ms": 1000})
+    m = mount(cfg)
+    assert "health" in os.listdir(m.mnt)
+    doc = m.json("health")
+    assert sorted(doc) == ["n1", "n2", "n3"]
+    for a in ags:
+        assert doc[a.name]["reachable"] is True and doc[a.name]["node"] == a.name
+        # the same document as the node's own file, field for field
+        own = health(m, a.name)
+        assert set(doc[a.name]) == set(own)
+    first = {n: d["checked_at"] for n, d in doc.items()}
+    time.sleep(1.1)  # older than max_age_ms (and a second later, for checked_at)
+    doc = m.json("health")
+    assert all(doc[n]["checked_at"] != first[n] for n in doc), "an open refreshes stale nodes"
+    ags[1].pause()
+    try:
+        time.sleep(0.3)
+        t = time.monotonic()
+        doc = m.json("health")
+        took = time.monotonic() - t
+        assert doc["n2"]["reachable"] is False, doc["n2"]
+        assert doc["n1"]["reachable"] and doc["n3"]["reachable"]
+        assert took < 1.0 + 0.5, took
+    finally:
+        ags[1].resume()
+    # while no probe runs, stat and read agree and two reads are the same bytes
+    for parts in (("nodes", "n2", "info"), ("stats",), ("topology.json",), ("metrics",)):
+        p = m.path(*parts)
+        size = os.stat(p).st_size
+        data = p.read_bytes()
+        assert size == len(data), parts
+        assert p.read_bytes() == data, parts
+
+
+def test_documents_hold_still(tmp_path, token, agents, mount):
+    """Nothing in a document moves with the clock alone: between two probes, stat and
+    every read of health give the same size and bytes (NFS and SMB clients read up to
+    the st_size they saw). age_s is the age as of the last probe attempt."""
+    ags = agents(1)
+    cfg = make_config(tmp_path / "hosts.json", ags, token,
+                      probe={"interval_s": 3600, "max_age_ms": 3600000})
+    m = mount(cfg)
+    p = m.path("nodes", "n1", "health")
+    first = p.read_bytes()
+    time.sleep(1.2)
+    for path in (p, m.path("health")):
+        size = os.stat(path).st_size
+        data = path.read_bytes()
+        assert size == len(data)
+        time.sleep(0.3)
+        assert path.read_bytes() == data
+    assert p.read_bytes() == first
+    assert json.loads(first)["age_s"] < 1.0
