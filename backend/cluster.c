@@ -37,6 +37,9 @@ struct node {
 	double checked_at;    /* wall */
 	double attempted_at;  /* wall */
 	double latency_ms;
+	uint64_t latency_buckets[CLUSTER_LATENCY_BUCKETS]; /* cumulative */
+	double latency_sum_s;
+	uint64_t latency_count;
 	double changed_at; /* wall */
 	bool in_flight;    /* a health probe is under way */
 	bool system_in_flight;
@@ -73,6 +76,10 @@ struct cluster {
 	uint64_t events_seq; /* sequence number of the newest */
 	size_t events_bytes;
 	double events_changed_at;
+};
+
+const double cluster_latency_bounds_s[CLUSTER_LATENCY_BUCKETS] = {
+	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 };
 
 const char *node_level_name(enum node_level level)
@@ -509,9 +516,15 @@ static void probe_done(const struct http_response *r, void *arg)
 		n->last_ok_us = now;
 		n->checked_at = n->attempted_at;
 		n->latency_ms = r->elapsed_ms;
+		double s = r->elapsed_ms / 1000.0;
+		for (int b = 0; b < CLUSTER_LATENCY_BUCKETS; b++)
+			n->latency_buckets[b] += s <= cluster_latency_bounds_s[b];
+		n->latency_sum_s += s;
+		n->latency_count++;
 		n->changed_at = n->attempted_at;
 	} else {
 		n->failures++;
+		n->changed_at = n->attempted_at; /* failures, last_error and age_s moved */
 		free(n->last_error);
 		n->last_error =
 			err == -EBADMSG
@@ -914,6 +927,9 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 	v.attempted_at = n->attempted_at;
 	v.age_s = n->last_ok_us ? (double) (clock_now_us() - n->last_ok_us) / 1e6 : -1;
 	v.latency_ms = n->latency_ms;
+	memcpy(v.latency_buckets, n->latency_buckets, sizeof(v.latency_buckets));
+	v.latency_sum_s = n->latency_sum_s;
+	v.latency_count = n->latency_count;
 	v.changed_at = n->changed_at;
 	pthread_rwlock_unlock(&c->lock);
 	*ret = v;

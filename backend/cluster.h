@@ -26,6 +26,10 @@ enum node_level {
 	NODE_DRAINING,  /* reachable, but takes no new work */
 };
 
+/* Upper bounds (seconds) of the probe latency histogram's buckets; +Inf is the count. */
+#define CLUSTER_LATENCY_BUCKETS 10
+extern const double cluster_latency_bounds_s[CLUSTER_LATENCY_BUCKETS];
+
 /* The one word shown in nodes/NODE/status. */
 const char *node_level_name(enum node_level level);
 
@@ -51,7 +55,12 @@ struct node_view {
 	double attempted_at; /* wall time the last probe finished, 0 if none */
 	double age_s;        /* seconds since the last success, -1 if none */
 	double latency_ms;   /* of the last successful probe */
-	double changed_at;   /* wall time the node's shown data last changed */
+	/* every successful probe's latency since the node appeared, as a histogram over
+	 * cluster_latency_bounds_s (cumulative counts, Prometheus-style), their sum and count */
+	uint64_t latency_buckets[CLUSTER_LATENCY_BUCKETS];
+	double latency_sum_s;
+	uint64_t latency_count;
+	double changed_at; /* wall time the node's shown data last changed */
 };
 
 void node_view_clear(struct node_view *v);

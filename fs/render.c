@@ -302,8 +302,7 @@ static void metric_node(struct buf *out, const char *name, const char *node, dou
 }
 
 /* /cluster/metrics: Prometheus conventions (base units, _seconds/_bytes/_ratio suffixes,
- * HELP and TYPE for each family). The backend keeps only the last probe's latency, so it
- * is a gauge, not a histogram. */
+ * HELP and TYPE for each family). */
 static void render_metrics(const struct tree_ctx *ctx, struct buf *out, double *ret_mtime)
 {
 	struct cluster *c = ctx->cluster;
@@ -328,12 +327,25 @@ static void render_metrics(const struct tree_ctx *ctx, struct buf *out, double *
 		    "Probes of the node that failed in a row.");
 	for (size_t i = 0; i < n; i++)
 		metric_node(out, "clusterfs_node_probe_failures", views[i].name, views[i].failures);
-	metric_head(out, "clusterfs_node_probe_latency_seconds", "gauge",
-		    "Latency of the last successful probe of the node.");
-	for (size_t i = 0; i < n; i++)
-		if (views[i].checked_at > 0)
-			metric_node(out, "clusterfs_node_probe_latency_seconds", views[i].name,
-				    views[i].latency_ms / 1000.0);
+	metric_head(out, "clusterfs_node_probe_latency_seconds", "histogram",
+		    "Latency of the node's successful probes.");
+	for (size_t i = 0; i < n; i++) {
+		const struct node_view *v = &views[i];
+		for (int b = 0; b <= CLUSTER_LATENCY_BUCKETS; b++) {
+			buf_puts(out, "clusterfs_node_probe_latency_seconds_bucket{node=\"");
+			put_label(out, v->name);
+			if (b < CLUSTER_LATENCY_BUCKETS)
+				buf_printf(out, "\",le=\"%g\"} %llu\n", cluster_latency_bounds_s[b],
+					   (unsigned long long) v->latency_buckets[b]);
+			else
+				buf_printf(out, "\",le=\"+Inf\"} %llu\n",
+					   (unsigned long long) v->latency_count);
+		}
+		metric_node(out, "clusterfs_node_probe_latency_seconds_sum", v->name,
+			    v->latency_sum_s);
+		metric_node(out, "clusterfs_node_probe_latency_seconds_count", v->name,
+			    (double) v->latency_count);
+	}
 	metric_head(out, "clusterfs_node_last_success_timestamp_seconds", "gauge",
 		    "Unix time of the last successful probe of the node.");
 	for (size_t i = 0; i < n; i++)

@@ -68,7 +68,15 @@ def test_metrics_pass_promtool(tmp_path, token, agents, mount):
     assert [f for f, _ in families] == helps
     for name, _ in families:
         assert name.startswith("clusterfs_") and not re.search(r"_(ms|percent|mb)$", name)
-    assert "clusterfs_node_probe_latency_seconds{node=\"n1\"} " in text
+    # the probe latency is a histogram: cumulative buckets up to +Inf, which is the count
+    assert ("clusterfs_node_probe_latency_seconds", "histogram") in families
+    buckets = [int(v) for v in re.findall(
+        r'^clusterfs_node_probe_latency_seconds_bucket\{node="n1",le="[^"]+"\} (\d+)$',
+        text, re.M)]
+    count = re.search(r'^clusterfs_node_probe_latency_seconds_count\{node="n1"\} (\d+)$',
+                      text, re.M)
+    assert len(buckets) == 11 and buckets == sorted(buckets) and buckets[-1] >= 1
+    assert count and int(count.group(1)) == buckets[-1]
     assert 'clusterfs_tasks{state="succeeded"} 1\n' in text
     assert 'clusterfs_tasks{state="queued"} 0\n' in text
     assert 'clusterfs_node_tasks{node="n1",state="succeeded"} 1\n' in text
