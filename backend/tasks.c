@@ -54,16 +54,19 @@ struct task {
 	struct task **list;         /* the list it is on (&t->queued, &t->active), or NULL */
 	struct task *lprev, *lnext; /* on that list */
 	char *active_node;          /* the node whose active count includes this task */
+	int counted;                /* 1 + the state index its counts hold; 0: none */
+	char *counted_node;         /* the node whose state counts include it, or NULL */
 };
 
 /* One node's task counts, kept as states change: its load now and the history that
  * reliability comes from (DESIGN §6). */
 struct node_load {
 	char *node;
-	int active;      /* dispatched or running there */
-	int completed;   /* succeeded there */
-	int total;       /* ended there, cancellations not counted */
-	int consecutive; /* failures since the last success */
+	int active;                   /* dispatched or running there */
+	int completed;                /* succeeded there */
+	int total;                    /* ended there, cancellations not counted */
+	int consecutive;              /* failures since the last success */
+	size_t states[TASK_N_STATES]; /* tasks placed there, by state */
 	struct node_load *next;
 };
 
@@ -107,10 +110,24 @@ struct tasks {
 	struct task *queued;     /* work lists (see struct task); protected by lock */
 	struct task *active;
 	struct node_load *node_loads[NODE_BUCKETS]; /* protected by lock */
+	size_t state_counts[TASK_N_STATES];         /* protected by lock */
 	struct node_poll *polls;                    /* loop thread only */
 	struct loop_timer *tick;                    /* loop thread only */
 	bool started;
 };
+
+const char *const task_state_names[TASK_N_STATES] = {
+	TASK_QUEUED, TASK_DISPATCHED, TASK_RUNNING,   TASK_SUCCEEDED,
+	TASK_FAILED, TASK_TIMED_OUT,  TASK_CANCELLED, TASK_LOST,
+};
+
+static int state_index(const char *s)
+{
+	for (int i = 0; i < TASK_N_STATES; i++)
+		if (!strcmp(s, task_state_names[i]))
+			return i;
+	return 0;
+}
 
 bool task_state_is_final(const char *s)
 {
@@ -218,7 +235,34 @@ static void track_locked(struct tasks *t, struct task *k)
 	if (counts && !k->active_node) {
 		node_load_locked(t, k->row.node, true)->active++;
 		k->active_node = xstrdup(k->row.node);
+	} /* the counts by state, overall and per node */
+	int si = state_index(s);
+	bool same_node = (!k->counted_node && !k->row.node) ||
+			 (k->counted_node && k->row.node && !strcmp(k->counted_node, k->row.node));
+	if (k->counted == si + 1 && same_node)
+		return;
+	if (k->counted) {
+		t->state_counts[k->counted - 1]--;
+		if (k->counted_node)
+			node_load_locked(t, k->counted_node, true)->states[k->counted - 1]--;
+		free(k->counted_node);
+		k->counted_node = NULL;
 	}
+	t->state_counts[si]++;
+	if (k->row.node) {
+		node_load_locked(t, k->row.node, true)->states[si]++;
+		k->counted_node = xstrdup(k->row.node);
+	}
+	k->counted = si + 1;
+}
+
+void tasks_count_states(struct tasks *t, const char *node, size_t ret_counts[TASK_N_STATES])
+{
+	pthread_mutex_lock(&t->lock);
+	const struct node_load *n = node ? node_load_locked(t, node, false) : NULL;
+	for (int i = 0; i < TASK_N_STATES; i++)
+		ret_counts[i] = node ? (n ? n->states[i] : 0) : t->state_counts[i];
+	pthread_mutex_unlock(&t->lock);
 }
 
 /* A task ended on its node: the node's history, as reliability reads it. Lock held. */
@@ -302,6 +346,7 @@ static void task_free(struct task *k)
 	free(k->remote_state);
 	free(k->remote_error);
 	free(k->active_node);
+	free(k->counted_node);
 	struct waiter *w = k->waiters;
 	while (w) {
 		struct waiter *next = w->next;

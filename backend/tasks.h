@@ -33,6 +33,10 @@ struct tasks;
 #define TASK_CANCELLED  "cancelled"
 #define TASK_LOST       "lost"
 
+/* Every state, in this order (the index of tasks_count_states). */
+#define TASK_N_STATES 8
+extern const char *const task_state_names[TASK_N_STATES];
+
 /* True for the states a task does not leave by itself. */
 bool task_state_is_final(const char *state);
 
@@ -82,6 +86,9 @@ int tasks_get(struct tasks *t, const char *id, struct task_view *ret);
  * ("queued", "running" = dispatched or running, "done" = succeeded, "failed" = failed,
  * timed_out, cancelled or lost), or those placed on `node`. New NULL-terminated array. */
 char **tasks_list(struct tasks *t, const char *group, const char *node, size_t *ret_n);
+/* Tasks by state (indexes of task_state_names): all of them (node NULL), or those placed
+ * on `node`. Kept as states change: costs nothing per task. */
+void tasks_count_states(struct tasks *t, const char *node, size_t ret_counts[TASK_N_STATES]);
 /* Wall time the set of tasks last changed (for directory mtimes). */
 double tasks_changed_at(struct tasks *t);
 

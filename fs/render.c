@@ -226,21 +226,19 @@ static void render_stats(const struct tree_ctx *ctx, struct buf *out, double *re
 	json_object_set_new(cap, "gpus", json_integer((json_int_t) gpus));
 	json_object_set_new(doc, "capacity", cap);
 	json_t *tasks = json_object();
-	static const char *const groups[] = {"queued", "running", "done", "failed"};
-	size_t total = 0;
-	char **all = tasks_list(ctx->tasks, NULL, NULL, &total);
-	for (size_t i = 0; i < total; i++)
-		free(all[i]);
-	free(all);
+	/* counts kept as states change: no walk over the history */
+	size_t by_state[TASK_N_STATES], total = 0;
+	tasks_count_states(ctx->tasks, NULL, by_state);
+	for (int i = 0; i < TASK_N_STATES; i++)
+		total += by_state[i];
 	json_object_set_new(tasks, "total", json_integer((json_int_t) total));
-	for (size_t g = 0; g < 4; g++) {
-		size_t n_g = 0;
-		char **ids = tasks_list(ctx->tasks, groups[g], NULL, &n_g);
-		for (size_t i = 0; i < n_g; i++)
-			free(ids[i]);
-		free(ids);
-		json_object_set_new(tasks, groups[g], json_integer((json_int_t) n_g));
-	}
+	json_object_set_new(tasks, "queued", json_integer((json_int_t) by_state[0]));
+	json_object_set_new(tasks, "running",
+			    json_integer((json_int_t) (by_state[1] + by_state[2])));
+	json_object_set_new(tasks, "done", json_integer((json_int_t) by_state[3]));
+	json_object_set_new(
+		tasks, "failed",
+		json_integer((json_int_t) (by_state[4] + by_state[5] + by_state[6] + by_state[7])));
 	json_object_set_new(doc, "tasks", tasks);
 	double tmt = tasks_changed_at(ctx->tasks);
 	if (tmt > *ret_mtime)
@@ -395,44 +393,22 @@ static void render_metrics(const struct tree_ctx *ctx, struct buf *out, double *
 				(double) json_array_size(json_object_get(views[i].health, "gpus")));
 
 	/* tasks: by state, and by node and state */
-	static const char *const states[] = {
-		TASK_QUEUED, TASK_DISPATCHED, TASK_RUNNING,   TASK_SUCCEEDED,
-		TASK_FAILED, TASK_TIMED_OUT,  TASK_CANCELLED, TASK_LOST,
-	};
-	enum { N_STATES = sizeof(states) / sizeof(states[0]) };
-	size_t counts[N_STATES] = {0};
-	size_t *per_node = calloc(n ? n * N_STATES : 1, sizeof(*per_node));
-	size_t n_ids = 0;
-	char **ids = tasks_list(ctx->tasks, NULL, NULL, &n_ids);
-	for (size_t t = 0; t < n_ids; t++) {
-		struct task_view v;
-		if (tasks_get(ctx->tasks, ids[t], &v) == 0) {
-			for (size_t s = 0; s < N_STATES; s++) {
-				if (strcmp(v.state, states[s]) != 0)
-					continue;
-				counts[s]++;
-				for (size_t i = 0; per_node && v.node && i < n; i++)
-					if (strcmp(views[i].name, v.node) == 0)
-						per_node[i * N_STATES + s]++;
-			}
-			task_view_clear(&v);
-		}
-		free(ids[t]);
-	}
-	free(ids);
+	size_t counts[TASK_N_STATES];
+	tasks_count_states(ctx->tasks, NULL, counts);
 	metric_head(out, "clusterfs_tasks", "gauge", "Tasks by state.");
-	for (size_t s = 0; s < N_STATES; s++)
-		buf_printf(out, "clusterfs_tasks{state=\"%s\"} %zu\n", states[s], counts[s]);
+	for (int s = 0; s < TASK_N_STATES; s++)
+		buf_printf(out, "clusterfs_tasks{state=\"%s\"} %zu\n", task_state_names[s],
+			   counts[s]);
 	metric_head(out, "clusterfs_node_tasks", "gauge", "Tasks placed on the node, by state.");
-	for (size_t i = 0; per_node && i < n; i++) {
-		for (size_t s = 0; s < N_STATES; s++) {
+	for (size_t i = 0; i < n; i++) {
+		size_t here[TASK_N_STATES];
+		tasks_count_states(ctx->tasks, views[i].name, here);
+		for (int s = 0; s < TASK_N_STATES; s++) {
 			buf_puts(out, "clusterfs_node_tasks{node=\"");
 			put_label(out, views[i].name);
-			buf_printf(out, "\",state=\"%s\"} %zu\n", states[s],
-				   per_node[i * N_STATES + s]);
+			buf_printf(out, "\",state=\"%s\"} %zu\n", task_state_names[s], here[s]);
 		}
 	}
-	free(per_node);
 	double tmt = tasks_changed_at(ctx->tasks);
 	if (tmt > *ret_mtime)
 		*ret_mtime = tmt;
