@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,7 +60,8 @@ struct loop {
 	uint64_t curl_due_us; /* when curl wants its timeout action; 0: no timer */
 	pthread_t thread;
 	bool started;
-	bool stop; /* protected by lock */
+	bool stop;            /* protected by lock */
+	atomic_bool stopping; /* no new transfers: loop_begin_stop or loop_stop was called */
 	pthread_mutex_t lock;
 	struct post *posts_head;          /* protected by lock */
 	struct post *posts_tail;          /* protected by lock */
@@ -314,6 +316,9 @@ static void xfer_unlink(struct loop *l, struct xfer *x)
 
 int loop_http(struct loop *l, const struct http_request *req, http_done_fn done, void *arg)
 {
+	/* a completion callback run by loop_stop must not start what nobody will finish */
+	if (atomic_load(&l->stopping))
+		return -ECANCELED;
 	struct xfer *x = calloc(1, sizeof(*x));
 	if (!x)
 		return -ENOMEM;
@@ -558,8 +563,14 @@ int loop_start(struct loop *l)
 	return 0;
 }
 
+void loop_begin_stop(struct loop *l)
+{
+	atomic_store(&l->stopping, true);
+}
+
 void loop_stop(struct loop *l)
 {
+	atomic_store(&l->stopping, true);
 	if (!l->started)
 		return;
 	pthread_mutex_lock(&l->lock);
