@@ -13,7 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LOOP_MAX_FDS 8
+#define LOOP_MAX_FDS     8
+#define DEFAULT_MAX_BODY (1u << 20) /* an answer's size when the request names none */
+#define LOW_SPEED_BYTES  64L        /* an answer slower than this per second... */
+#define LOW_SPEED_MIN_S  1L         /* ...for half its deadline, at least this, is cut */
 
 struct post {
 	loop_fn fn;
@@ -326,7 +329,7 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 	x->done = done;
 	x->arg = arg;
 	x->on_chunk = req->on_chunk;
-	x->max_body = req->max_body ? req->max_body : (8u << 20);
+	x->max_body = req->max_body ? req->max_body : DEFAULT_MAX_BODY;
 	x->easy = curl_easy_init();
 	if (!x->easy)
 		goto err_free_xfer;
@@ -337,7 +340,16 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
 			 req->connect_timeout_ms > 0 ? req->connect_timeout_ms : 2000L);
-	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : 5000L);
+	long timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : 5000L;
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+	if (!req->on_chunk) {
+		/* a dribble keeps no socket busy for more than half its deadline (streams
+		 * may idle, so they are left out) */
+		long slow_s =
+			timeout_ms / 2000 > LOW_SPEED_MIN_S ? timeout_ms / 2000 : LOW_SPEED_MIN_S;
+		curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, LOW_SPEED_BYTES);
+		curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, slow_s);
+	}
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, xfer_write);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
@@ -413,9 +425,17 @@ static void xfer_finish(struct loop *l, struct xfer *x, CURLcode code)
 	resp.body_len = x->body.len;
 	if (x->too_big)
 		code = CURLE_WRITE_ERROR;
+	/* every reader of a collected answer parses JSON: refuse absurd nesting once, here */
+	bool too_deep = code == CURLE_OK && !x->on_chunk &&
+			util_json_depth(resp.body, resp.body_len, JSON_MAX_DEPTH) > JSON_MAX_DEPTH;
 	resp.error = http_error_to_errno(code, status);
 	if (code == CURLE_ABORTED_BY_CALLBACK)
 		resp.error = -ECANCELED;
+	if (too_deep) {
+		resp.error = -EBADMSG;
+		resp.body = "";
+		resp.body_len = 0;
+	}
 	if (code == CURLE_COULDNT_CONNECT) {
 		long oserr = 0;
 		curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &oserr);
@@ -428,6 +448,10 @@ static void xfer_finish(struct loop *l, struct xfer *x, CURLcode code)
 		buf_puts(&why, "cancelled");
 	else if (x->too_big)
 		buf_printf(&why, "answer larger than %zu bytes", x->max_body);
+	else if (too_deep)
+		buf_printf(&why, "answer nested deeper than %d levels", JSON_MAX_DEPTH);
+	else if (code == CURLE_OPERATION_TIMEDOUT && strstr(x->errbuf, "too slow"))
+		buf_printf(&why, "answer slower than %ld bytes/s", LOW_SPEED_BYTES);
 	else if (code != CURLE_OK)
 		buf_puts(&why, x->errbuf[0] ? x->errbuf : curl_easy_strerror(code));
 	else if (resp.error)

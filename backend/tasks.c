@@ -14,6 +14,9 @@
 #define AGENT_TIMEOUT_MS 5000L
 #define N_STREAMS        2
 #define TOMBSTONES       64
+#define FETCH_TRIES      6                 /* failed output fetches before a stream gives up */
+#define RETRY_FIRST_US   (250 * 1000ull)   /* first wait after a failed fetch or dispatch */
+#define RETRY_MAX_US     (30 * 1000000ull) /* the longest wait between two attempts */
 
 static const char *const stream_names[N_STREAMS] = {"stdout", "stderr"};
 
@@ -35,9 +38,14 @@ struct task {
 	size_t n_children;
 	struct buf out[N_STREAMS]; /* output kept by the control plane */
 	bool out_full[N_STREAMS];
-	bool fetching[N_STREAMS];      /* a fetch is in flight (loop thread) */
-	size_t remote_size[N_STREAMS]; /* the agent's last reported size */
-	bool dispatching;              /* a POST is in flight */
+	bool fetching[N_STREAMS];           /* a fetch is in flight (loop thread) */
+	size_t remote_size[N_STREAMS];      /* the agent's last reported size */
+	unsigned fetch_failures[N_STREAMS]; /* failed fetches in a row */
+	uint64_t fetch_due_us[N_STREAMS];   /* no fetch before this (backoff) */
+	char *output_note;                  /* why some output is missing, once given up */
+	unsigned dispatch_failures;         /* failed dispatches in a row */
+	uint64_t dispatch_due_us;           /* no dispatch before this (backoff) */
+	bool dispatching;                   /* a POST is in flight */
 	bool cancel_requested;
 	bool cancel_sent;
 	char *remote_state; /* the agent's final state, once seen; finalised after output */
@@ -152,6 +160,8 @@ static void add_locked(struct tasks *t, struct task *k)
 
 static void task_free(struct task *k)
 {
+	if (k)
+		free(k->output_note);
 	store_task_clear(&k->row);
 	spec_free(k->spec);
 	json_decref(k->spec_json);
@@ -968,6 +978,15 @@ static int agent_call(struct tasks *t, const char *node, const char *method, con
 
 static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, struct waiter **wake);
 
+/* Exponential backoff: the wait before attempt n + 1 after n failures in a row. */
+static uint64_t retry_delay_us(unsigned failures)
+{
+	uint64_t d = RETRY_FIRST_US;
+	for (unsigned i = 1; i < failures && d < RETRY_MAX_US; i++)
+		d *= 2;
+	return d < RETRY_MAX_US ? d : RETRY_MAX_US;
+}
+
 static void dispatch_done(const struct http_response *r, void *arg)
 {
 	struct call *c = arg;
@@ -977,6 +996,13 @@ static void dispatch_done(const struct http_response *r, void *arg)
 	struct task *k = find_locked(t, c->id);
 	if (k) {
 		k->dispatching = false;
+		if (!r->error && k->dispatch_failures) {
+			log_info("dispatch of %s to %s went through after %u failed attempt%s",
+				 k->row.id, k->row.node, k->dispatch_failures,
+				 k->dispatch_failures == 1 ? "" : "s");
+			k->dispatch_failures = 0;
+			set_str(&k->row.reason, NULL);
+		}
 		if (!r->error) {
 			/* 201: started; 200: the agent knew this dispatch id already, and its
 			 * answer says how that run is doing (it may have ended long ago) */
@@ -996,11 +1022,22 @@ static void dispatch_done(const struct http_response *r, void *arg)
 				 e ? e : r->error_text);
 			json_decref(doc);
 			set_state_locked(t, k, TASK_FAILED, why, &wake);
-		} else {
+		} else if (r->error != -ECANCELED) {
 			/* Unknown whether it arrived: the node's poll finds out and re-sends
-			 * the same dispatch id, which the agent runs at most once. */
-			log_warn("dispatch of %s to %s: %s; will retry", k->row.id, k->row.node,
-				 r->error_text);
+			 * the same dispatch id, which the agent runs at most once, after a
+			 * growing wait. One log line when it starts failing, one when it
+			 * recovers. */
+			char why[512];
+			util_escape_controls(r->error_text, why, sizeof(why));
+			if (k->dispatch_failures++ == 0)
+				log_warn("dispatch of %s to %s failing: %s; retrying with backoff",
+					 k->row.id, k->row.node, why);
+			k->dispatch_due_us = clock_now_us() + retry_delay_us(k->dispatch_failures);
+			char reason[640];
+			snprintf(reason, sizeof(reason),
+				 "the agent on %s did not take it (%s); attempt %u, retrying",
+				 k->row.node, why, k->dispatch_failures);
+			set_str(&k->row.reason, reason);
 		}
 	}
 	pthread_mutex_unlock(&t->lock);
@@ -1011,7 +1048,7 @@ static void dispatch_done(const struct http_response *r, void *arg)
 /* Sends the task to its node. Lock held; loop thread. */
 static void dispatch_locked(struct tasks *t, struct task *k)
 {
-	if (k->dispatching)
+	if (k->dispatching || (k->dispatch_due_us && clock_now_us() < k->dispatch_due_us))
 		return;
 	json_t *body = json_object();
 	json_object_set_new(body, "id", json_string(k->row.dispatch_id));
@@ -1039,8 +1076,33 @@ static void dispatch_locked(struct tasks *t, struct task *k)
 	free(text);
 }
 
-static void fetch_output_locked(struct tasks *t, struct task *k, int s);
+static int fetch_output_locked(struct tasks *t, struct task *k, int s);
 static void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **wake);
+
+/* A fetch of stream s failed: retried after a growing wait, FETCH_TRIES times, then the
+ * stream ends with what came and the task's reason says why. */
+static void fetch_failed_locked(struct task *k, int s, const char *why)
+{
+	k->fetch_failures[s]++;
+	k->fetch_due_us[s] = clock_now_us() + retry_delay_us(k->fetch_failures[s]);
+	if (k->fetch_failures[s] < FETCH_TRIES)
+		return;
+	char clean[256];
+	util_escape_controls(why, clean, sizeof(clean));
+	struct buf note;
+	buf_init(&note);
+	buf_printf(&note, "%s incomplete: %zu of %zu bytes fetched; the agent answered %s %u times",
+		   stream_names[s], k->out[s].len, k->remote_size[s], clean, k->fetch_failures[s]);
+	log_warn("task %s: %s", k->row.id, note.data);
+	struct buf mark;
+	buf_init(&mark);
+	buf_printf(&mark, "\n[clusterfs: %s]\n", note.data);
+	buf_append(&k->out[s], mark.data, mark.len);
+	buf_free(&mark);
+	k->out_full[s] = true;
+	free(k->output_note);
+	k->output_note = buf_steal(&note, NULL);
+}
 
 static void fetch_done(const struct http_response *r, void *arg)
 {
@@ -1052,6 +1114,11 @@ static void fetch_done(const struct http_response *r, void *arg)
 	if (k) {
 		int s = c->stream;
 		k->fetching[s] = false;
+		bool more = k->out[s].len < k->remote_size[s];
+		if (r->error != -ECANCELED && (r->error || (more && !r->body_len)))
+			fetch_failed_locked(k, s, r->error ? r->error_text : "an empty answer");
+		else if (!r->error && r->body_len)
+			k->fetch_failures[s] = 0;
 		if (!r->error && r->body_len) {
 			size_t room = TASKS_OUTPUT_MAX - k->out[s].len;
 			size_t n = r->body_len < room ? r->body_len : room;
@@ -1067,25 +1134,48 @@ static void fetch_done(const struct http_response *r, void *arg)
 		if (!r->error && k->out[s].len < k->remote_size[s] && !k->out_full[s] &&
 		    r->body_len)
 			fetch_output_locked(t, k, s);
-		finalize_if_ready_locked(t, k, &wake);
+		if (r->error != -ECANCELED)
+			finalize_if_ready_locked(t, k, &wake);
 	}
 	pthread_mutex_unlock(&t->lock);
 	call_waiters(wake);
 	call_free(c);
 }
 
-static void fetch_output_locked(struct tasks *t, struct task *k, int s)
+/* Starts a fetch of the next piece of stream s. 0 when one is under way; -EAGAIN while
+ * a failed one waits for its retry; -ECANCELED when stopping; -ENOENT when there is
+ * nothing to fetch or nowhere to fetch it from. */
+static int fetch_output_locked(struct tasks *t, struct task *k, int s)
 {
-	if (k->fetching[s] || k->out_full[s] || !k->row.node || !k->row.dispatch_id)
-		return;
+	if (k->fetching[s])
+		return 0;
+	if (k->out_full[s] || !k->row.node || !k->row.dispatch_id)
+		return -ENOENT;
+	if (k->fetch_due_us[s] && clock_now_us() < k->fetch_due_us[s])
+		return -EAGAIN;
 	char path[512];
 	snprintf(path, sizeof(path), "/api/node/tasks/%s/%s?offset=%zu&limit=%u",
 		 k->row.dispatch_id, stream_names[s], k->out[s].len, FETCH_MAX);
 	struct call *c = call_new(t, k->row.id, s);
-	if (agent_call(t, k->row.node, "GET", path, NULL, fetch_done, c) == 0)
+	int r = agent_call(t, k->row.node, "GET", path, NULL, fetch_done, c);
+	if (r == 0)
 		k->fetching[s] = true;
 	else
 		call_free(c);
+	return r;
+}
+
+/* Forgets the retry state of the previous attempt. */
+static void attempt_reset_locked(struct task *k)
+{
+	for (int s = 0; s < N_STREAMS; s++) {
+		k->fetch_failures[s] = 0;
+		k->fetch_due_us[s] = 0;
+	}
+	free(k->output_note);
+	k->output_note = NULL;
+	k->dispatch_failures = 0;
+	k->dispatch_due_us = 0;
 }
 
 static void requeue_or_fail_locked(struct tasks *t, struct task *k, const char *state,
@@ -1107,6 +1197,7 @@ static void requeue_or_fail_locked(struct tasks *t, struct task *k, const char *
 			k->remote_size[s] = 0;
 			k->out_full[s] = false;
 		}
+		attempt_reset_locked(k);
 		set_state_locked(t, k, TASK_QUEUED, reason, wake);
 		return;
 	}
@@ -1122,9 +1213,9 @@ static void finalize_if_ready_locked(struct tasks *t, struct task *k, struct wai
 		if (k->fetching[s])
 			return;
 		if (k->out[s].len < k->remote_size[s] && !k->out_full[s]) {
-			fetch_output_locked(t, k, s);
-			if (k->fetching[s])
-				return;
+			int r = fetch_output_locked(t, k, s);
+			if (k->fetching[s] || r == -EAGAIN || r == -ECANCELED)
+				return; /* the tick tries again once the wait is over */
 		}
 	}
 	for (int s = 0; s < N_STREAMS; s++)
@@ -1136,9 +1227,9 @@ static void finalize_if_ready_locked(struct tasks *t, struct task *k, struct wai
 	char *state = k->remote_state;
 	k->remote_state = NULL;
 	if (!strcmp(state, TASK_SUCCEEDED))
-		set_state_locked(t, k, TASK_SUCCEEDED, NULL, wake);
+		set_state_locked(t, k, TASK_SUCCEEDED, k->output_note, wake);
 	else
-		requeue_or_fail_locked(t, k, state, NULL, wake);
+		requeue_or_fail_locked(t, k, state, k->output_note, wake);
 	free(state);
 }
 
@@ -1153,7 +1244,9 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
 		return;
 	for (int s = 0; s < N_STREAMS; s++) {
 		json_t *sz = json_object_get(o, s ? "stderr_size" : "stdout_size");
-		if (json_is_integer(sz))
+		/* a size from the network: only what a size can be */
+		if (json_is_integer(sz) && json_integer_value(sz) >= 0 &&
+		    (uint64_t) json_integer_value(sz) <= SIZE_MAX / 2)
 			k->remote_size[s] = (size_t) json_integer_value(sz);
 		if (k->out[s].len < k->remote_size[s])
 			fetch_output_locked(t, k, s);
@@ -1396,6 +1489,8 @@ static void tasks_tick(void *arg)
 			requeue_or_fail_locked(t, k, TASK_LOST, "its node went offline", &wake);
 			continue;
 		}
+		if (k->remote_state)
+			finalize_if_ready_locked(t, k, &wake); /* output fetches waiting to retry */
 		if (k->cancel_requested && !k->cancel_sent && k->row.dispatch_id) {
 			char path[512];
 			snprintf(path, sizeof(path), "/api/node/tasks/%s/cancel",
@@ -1571,6 +1666,7 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 			k->remote_size[s] = 0;
 			k->out_full[s] = false;
 		}
+		attempt_reset_locked(k);
 		set_state_locked(t, k, TASK_QUEUED, "retried by hand", &wake);
 	} else if (!strcmp(word, "priority")) {
 		int p = -1;

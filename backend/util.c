@@ -353,3 +353,44 @@ char *xstrdup(const char *s)
 		abort();
 	return d;
 }
+
+size_t util_json_depth(const char *text, size_t len, size_t limit)
+{
+	size_t depth = 0, max = 0;
+	bool in_string = false;
+	for (size_t i = 0; i < len && max <= limit; i++) {
+		char ch = text[i];
+		if (in_string) {
+			if (ch == '\\')
+				i++;
+			else if (ch == '"')
+				in_string = false;
+		} else if (ch == '"') {
+			in_string = true;
+		} else if (ch == '[' || ch == '{') {
+			if (++depth > max)
+				max = depth;
+		} else if ((ch == ']' || ch == '}') && depth > 0) {
+			depth--;
+		}
+	}
+	return max;
+}
+
+char *util_escape_controls(const char *in, char *out, size_t n)
+{
+	size_t o = 0;
+	if (!n)
+		return out;
+	for (const unsigned char *p = (const unsigned char *) in; *p && o + 1 < n; p++) {
+		if (*p < 0x20 || *p == 0x7f || *p == '\\') {
+			if (o + 5 >= n)
+				break;
+			o += (size_t) snprintf(out + o, n - o, "\\x%02x", *p);
+		} else {
+			out[o++] = (char) *p;
+		}
+	}
+	out[o] = '\0';
+	return out;
+}
