@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #define DELIVER_EVERY_US (1000000ull)
+#define DELIVER_MAX_US   (16 * 1000000ull) /* the longest wait between two delivery attempts */
 
 struct ledger_waiter {
 	ledger_done_fn done;
@@ -34,6 +35,9 @@ struct ledger {
 	bool fetching;                 /* protected by lock */
 	struct ledger_waiter *waiters; /* protected by lock */
 	bool delivering;               /* loop thread only */
+	unsigned deliver_failures;     /* failed deliveries in a row; loop thread only */
+	uint64_t deliver_due_us;       /* no delivery before this; loop thread only */
+	char *refused;                 /* the last record the ledger refused, why; lock */
 	double changed_at;
 	uint64_t counter; /* for record ids; protected by lock */
 };
@@ -68,6 +72,7 @@ void ledger_free(struct ledger *l)
 	json_decref(l->entries);
 	json_decref(l->pending);
 	free(l->last_error);
+	free(l->refused);
 	while (l->waiters) {
 		struct ledger_waiter *next = l->waiters->next;
 		free(l->waiters);
@@ -175,6 +180,7 @@ static void fetch_done(void *arg, int err, long status, const char *body, size_t
 		l->failed_us = 0;
 		free(l->last_error);
 		l->last_error = NULL;
+		l->deliver_due_us = 0; /* the ledger answers again: deliver without waiting */
 		if (changed)
 			l->changed_at = l->fetched_at;
 		char *text = json_dumps(sorted, JSON_COMPACT);
@@ -257,7 +263,16 @@ static void deliver_done(void *arg, int err, long status, const char *body, size
 	struct delivery *d = arg;
 	struct ledger *l = d->l;
 	l->delivering = false;
+	if (err == -ECANCELED) {
+		free(d);
+		return;
+	}
 	if (!err) {
+		if (l->deliver_failures)
+			log_info("ledger: delivering again after %u failed attempt%s",
+				 l->deliver_failures, l->deliver_failures == 1 ? "" : "s");
+		l->deliver_failures = 0;
+		l->deliver_due_us = 0;
 		store_outbox_done(l->store, d->id);
 		pthread_mutex_lock(&l->lock);
 		/* the copy gets it at the next fetch; until then it stays shown as pending */
@@ -270,13 +285,34 @@ static void deliver_done(void *arg, int err, long status, const char *body, size
 		deliver_next(l);
 		return;
 	}
-	if (status >= 400 && status < 500 && status != 401 && status != 403 && status != 408 &&
-	    status != 429) {
-		/* the ledger will never take it: say so, and do not block the rest */
-		log_err("ledger: record (outbox entry %lld) refused: %s", (long long) d->id, why);
-		cluster_set_alert(l->cluster, "ledger record", why);
+	char clean[512];
+	util_escape_controls(why, clean, sizeof(clean));
+	if (status == 400 || status == 409 || status == 422) {
+		/* the ledger read it and will never take it: say so (in alerts and in
+		 * ledger/source), and do not block the rest. Anything else (404 from an agent
+		 * without --ledger, 5xx, no answer) may pass: the record waits. */
+		log_err("ledger: record (outbox entry %lld) refused: %s", (long long) d->id, clean);
+		cluster_set_alert(l->cluster, "ledger record", clean);
+		struct buf b;
+		buf_init(&b);
+		buf_printf(&b, "outbox entry %lld: %s", (long long) d->id, clean);
+		pthread_mutex_lock(&l->lock);
+		free(l->refused);
+		l->refused = buf_steal(&b, NULL);
+		pthread_mutex_unlock(&l->lock);
 		store_outbox_done(l->store, d->id);
+		free(d);
+		deliver_next(l);
+		return;
 	}
+	/* kept; tried again after a growing wait (one log line when it starts failing) */
+	if (l->deliver_failures++ == 0)
+		log_warn("ledger: delivery of outbox entry %lld failing: %s; retrying with backoff",
+			 (long long) d->id, clean);
+	uint64_t wait = DELIVER_EVERY_US;
+	for (unsigned i = 1; i < l->deliver_failures && wait < DELIVER_MAX_US; i++)
+		wait *= 2;
+	l->deliver_due_us = clock_now_us() + (wait < DELIVER_MAX_US ? wait : DELIVER_MAX_US);
 	free(d);
 }
 
@@ -302,7 +338,7 @@ static void deliver_next(struct ledger *l)
 	json_decref(l->pending);
 	l->pending = pending;
 	pthread_mutex_unlock(&l->lock);
-	char *base = n ? ledger_base(l, NULL) : NULL;
+	char *base = n && clock_now_us() >= l->deliver_due_us ? ledger_base(l, NULL) : NULL;
 	if (base) {
 		struct buf url;
 		buf_init(&url);
@@ -562,6 +598,8 @@ void ledger_render_source(struct ledger *l, struct buf *out)
 	json_object_set_new(doc, "entries", json_integer((json_int_t) json_array_size(l->entries)));
 	json_object_set_new(doc, "pending_records",
 			    json_integer((json_int_t) json_array_size(l->pending)));
+	if (l->refused)
+		json_object_set_new(doc, "refused", json_string(l->refused));
 	pthread_mutex_unlock(&l->lock);
 	put_json(out, doc);
 	json_decref(doc);
