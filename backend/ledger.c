@@ -1,5 +1,6 @@
 /* The checkpoint ledger: a cached copy, and an outbox of records. */
 #include "backend/ledger.h"
+#include "backend/models.h"
 #include "backend/rest.h"
 
 #include <errno.h>
@@ -435,7 +436,8 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *) a, *(char *const *) b);
 }
 
-char **ledger_metrics(struct ledger *l, size_t *ret_n)
+/* The metric names of every entry, as the ledger spells them, sorted. */
+static char **metrics_raw(struct ledger *l, size_t *ret_n)
 {
 	pthread_mutex_lock(&l->lock);
 	json_t *all = view_locked(l);
@@ -461,6 +463,43 @@ char **ledger_metrics(struct ledger *l, size_t *ret_n)
 	json_decref(all);
 	*ret_n = m;
 	return names;
+}
+
+char **ledger_metrics(struct ledger *l, size_t *ret_n)
+{
+	size_t n = 0, m = 0;
+	char **raw = metrics_raw(l, &n);
+	char **files = calloc(n + 1, sizeof(*files));
+	struct buf left;
+	buf_init(&left);
+	for (size_t i = 0; i < n; i++) {
+		/* names from a remote host: encoded like model names ('%' and '/'), and left
+		 * out (with an alert) when even that is no file name: "", ".", "..", control
+		 * bytes, too long */
+		char *f = models_encode_name(raw[i]);
+		if (name_is_valid(f)) {
+			files[m++] = f;
+		} else {
+			char clean[128];
+			util_escape_controls(raw[i], clean, sizeof(clean));
+			buf_printf(&left, "%s\"%s\"", left.len ? ", " : "", clean);
+			free(f);
+		}
+		free(raw[i]);
+	}
+	free(raw);
+	qsort(files, m, sizeof(*files), cmp_str);
+	struct buf why;
+	buf_init(&why);
+	if (left.len)
+		buf_printf(&why,
+			   "metric names that cannot be file names, left out of ledger/best/: %s",
+			   left.data);
+	cluster_set_alert(l->cluster, "ledger metrics", why.data);
+	buf_free(&why);
+	buf_free(&left);
+	*ret_n = m;
+	return files;
 }
 
 int ledger_render_entry(struct ledger *l, const char *step, struct buf *out)
@@ -507,8 +546,11 @@ static json_t *best_of(json_t *all, const char *metric)
 	return best;
 }
 
-int ledger_render_best(struct ledger *l, const char *metric, struct buf *out)
+int ledger_render_best(struct ledger *l, const char *file, struct buf *out)
 {
+	_cleanup_free_ char *metric = models_decode_name(file);
+	if (!metric)
+		return -ENOENT;
 	pthread_mutex_lock(&l->lock);
 	json_t *all = view_locked(l);
 	pthread_mutex_unlock(&l->lock);
@@ -545,7 +587,7 @@ void ledger_render_summary(struct ledger *l, struct buf *out)
 	json_object_set_new(doc, "pending", json_integer((json_int_t) pending));
 	json_t *best = json_object();
 	size_t nm = 0;
-	char **metrics = ledger_metrics(l, &nm);
+	char **metrics = metrics_raw(l, &nm);
 	for (size_t i = 0; i < nm; i++) {
 		json_t *e = best_of(all, metrics[i]);
 		json_t *b = json_object();

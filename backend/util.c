@@ -130,26 +130,38 @@ void log_use_syslog(const char *ident)
 	log_syslog = true;
 }
 
+/* One line per message whatever it quotes: control bytes (an ESC from a spec, a newline
+ * from an agent's error) are written as \xHH. */
 void log_msg(enum log_level level, const char *fmt, ...)
 {
 	static const char *const names[] = {"error", "warning", "info", "debug"};
 	static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
 	if (level > log_max)
 		return;
+	char raw[4096];
 	va_list ap;
 	va_start(ap, fmt);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
+	va_end(ap);
+	char msg[4 * sizeof(raw)];
+	size_t o = 0;
+	for (const unsigned char *p = (const unsigned char *) raw; *p; p++) {
+		if (*p < 0x20 || *p == 0x7f)
+			o += (size_t) snprintf(msg + o, sizeof(msg) - o, "\\x%02x", *p);
+		else
+			msg[o++] = (char) *p;
+	}
+	msg[o] = '\0';
 	if (log_syslog) {
-		vsyslog(prio[level], fmt, ap);
+		syslog(prio[level], "%s", msg);
 	} else {
 		char ts[32];
 		clock_format_utc(clock_wall_s(), ts);
 		pthread_mutex_lock(&log_lock);
-		fprintf(stderr, "%s %s[%d] %s: ", ts, log_prefix, (int) getpid(), names[level]);
-		vfprintf(stderr, fmt, ap);
-		fputc('\n', stderr);
+		fprintf(stderr, "%s %s[%d] %s: %s\n", ts, log_prefix, (int) getpid(), names[level],
+			msg);
 		pthread_mutex_unlock(&log_lock);
 	}
-	va_end(ap);
 }
 
 /* Reads fd to its end (at most max bytes) into a new NUL-terminated string. */
@@ -383,7 +395,7 @@ char *util_escape_controls(const char *in, char *out, size_t n)
 	if (!n)
 		return out;
 	for (const unsigned char *p = (const unsigned char *) in; *p && o + 1 < n; p++) {
-		if (*p < 0x20 || *p == 0x7f || *p == '\\') {
+		if (*p < 0x20 || *p == 0x7f) {
 			if (o + 5 >= n)
 				break;
 			o += (size_t) snprintf(out + o, n - o, "\\x%02x", *p);

@@ -80,9 +80,9 @@ const char *util_closest_word(const char *word, const char *const *candidates, s
  * count; the text need not be valid). Stops counting at `limit` + 1. */
 size_t util_json_depth(const char *text, size_t len, size_t limit);
 
-/* Copies `in` into out (size n, NUL-terminated), with control bytes, DEL and backslash
- * written as \xHH escapes, so a sentence from outside cannot steer a terminal or forge
- * log lines. Returns out. */
+/* Copies `in` into out (size n, NUL-terminated), with control bytes and DEL written as
+ * \xHH escapes, so a sentence from outside cannot steer a terminal or forge log lines.
+ * Returns out. */
 char *util_escape_controls(const char *in, char *out, size_t n);
 
 static inline void freep(void *p)

@@ -1033,7 +1033,10 @@ static int submit_draft(struct fs *f, const char *draft, const char *id, const c
 	} else {
 		struct buf b;
 		buf_init(&b);
-		buf_printf(&b, "%s: %s\n", draft, err[0] ? err : strerror(-r));
+		/* the sentence may quote the spec: no raw control bytes into a file */
+		char clean[4 * sizeof(err) + 1];
+		util_escape_controls(err[0] ? err : strerror(-r), clean, sizeof(clean));
+		buf_printf(&b, "%s: %s\n", draft, clean);
 		drafts_put(f->ctx.drafts, errname, uid, gid, b.data);
 		log_info("task %s rejected: %s", id, err[0] ? err : strerror(-r));
 		buf_free(&b);

@@ -1,6 +1,8 @@
 """The checkpoint ledger: served by an agent with --ledger, cached and queued by clusterfs."""
 import json
 import os
+import sys
+from pathlib import Path
 import signal
 import time
 import urllib.request
@@ -145,3 +147,31 @@ def test_record_refused_is_dropped_with_the_reason(tmp_path, token, trainer, mou
     assert "recorded already" in m.json("ledger", "source")["refused"]
     assert m.json("ledger", "source")["pending_records"] == 0
     assert "recorded already" in m.read("alerts")
+
+
+def test_metric_names_from_the_ledger_become_valid_file_names(tmp_path, token, mount):
+    """A ledger host is remote: metric names "", ".", "..", "a/b", "50%" or with an ESC
+    byte never become such entries of ledger/best/; encodable ones are encoded reversibly
+    (like model names), the rest are left out with an alert."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_hostile import Hostile
+    ledger = Hostile("ledgernames")
+    try:
+        cfg = make_config(tmp_path / "hosts.json", [ledger], token,
+                          probe={"timeout_ms": 1000, "interval_s": 1})
+        d = json.loads(cfg.read_text())
+        d["hosts"]["hostile"]["services"]["ledger"] = {"port": ledger.port,
+                                                       "path": "/api/ledger"}
+        cfg.write_text(json.dumps(d))
+        m = mount(cfg)
+        names = wait_until(lambda: sorted(os.listdir(m.path("ledger", "best"))), 10,
+                           what="ledger/best listed")
+        assert names == ["50%25", "a%2Fb", "ok"], names
+        assert m.json("ledger", "best", "a%2Fb")["best_by"] == "a/b"
+        assert m.json("ledger", "best", "50%25")["best_by"] == "50%"
+        assert m.json("ledger", "best", "ok")["best_by"] == "ok"
+        alerts = m.read("alerts")
+        assert "left out of ledger/best/" in alerts and '"esc\\x1bname"' in alerts, alerts
+        assert "\x1b" not in alerts
+    finally:
+        ledger.stop()

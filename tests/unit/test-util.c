@@ -293,8 +293,8 @@ static void test_json_depth(void)
 	CHECK(util_json_depth("]]]}}", 5, 32) == 0, "json depth: stray closers");
 	char out[64];
 	CHECK(strcmp(util_escape_controls("a\x1b[2Jb\\c\n", out, sizeof(out)),
-		     "a\\x1b[2Jb\\x5cc\\x0a") == 0,
-	      "escape: control bytes and backslash as \\xHH");
+		     "a\\x1b[2Jb\\c\\x0a") == 0,
+	      "escape: control bytes as \\xHH");
 	CHECK(strlen(util_escape_controls("\x01\x01\x01\x01", out, 10)) <= 9,
 	      "escape: bounded by the output size");
 }
