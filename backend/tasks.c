@@ -4,6 +4,7 @@
 #include "backend/spec.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,15 @@
 #define FETCH_TRIES      6                 /* failed output fetches before a stream gives up */
 #define RETRY_FIRST_US   (250 * 1000ull)   /* first wait after a failed fetch or dispatch */
 #define RETRY_MAX_US     (30 * 1000000ull) /* the longest wait between two attempts */
+
+/* An integer from the network, or 0 when it is missing or outside [lo, hi]. */
+static int int_in_range(const json_t *x, int lo, int hi)
+{
+	if (!json_is_integer(x))
+		return 0;
+	json_int_t v = json_integer_value(x);
+	return v >= lo && v <= hi ? (int) v : 0;
+}
 
 static const char *const stream_names[N_STREAMS] = {"stdout", "stderr"};
 
@@ -430,8 +440,8 @@ static void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 		json_t *h = v->health;
 		sn->cpu = json_number_value(json_object_get(h, "cpu_percent")) / 100.0;
 		sn->mem = json_number_value(json_object_get(h, "mem_percent")) / 100.0;
-		sn->cores = (int) json_integer_value(json_object_get(h, "cores"));
-		sn->ram_mb = (int) json_integer_value(json_object_get(h, "mem_total_mb"));
+		sn->cores = int_in_range(json_object_get(h, "cores"), 0, 1 << 20);
+		sn->ram_mb = int_in_range(json_object_get(h, "mem_total_mb"), 0, INT_MAX);
 		sn->gpus = (int) json_array_size(json_object_get(h, "gpus"));
 		const struct cfg_host *host = config_find_host(cfg, v->name);
 		sn->queue_depth = host ? host->queue_depth : 10;
@@ -1258,7 +1268,10 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
 	if (strcmp(state, "running") && !k->remote_state) {
 		json_t *ec = json_object_get(o, "exit_code");
 		k->remote_state = strdup(state);
-		k->remote_exit = json_is_integer(ec) ? (int) json_integer_value(ec) : -1;
+		k->remote_exit = json_is_integer(ec) && json_integer_value(ec) >= 0 &&
+						 json_integer_value(ec) <= 65535
+					 ? (int) json_integer_value(ec)
+					 : -1;
 		finalize_if_ready_locked(t, k, wake);
 	}
 }
