@@ -428,10 +428,13 @@ static void xfer_finish(struct loop *l, struct xfer *x, CURLcode code)
 	/* every reader of a collected answer parses JSON: refuse absurd nesting once, here */
 	bool too_deep = code == CURLE_OK && !x->on_chunk &&
 			util_json_depth(resp.body, resp.body_len, JSON_MAX_DEPTH) > JSON_MAX_DEPTH;
+	bool too_many =
+		code == CURLE_OK && !x->on_chunk && !too_deep &&
+		util_json_values(resp.body, resp.body_len, JSON_MAX_VALUES) > JSON_MAX_VALUES;
 	resp.error = http_error_to_errno(code, status);
 	if (code == CURLE_ABORTED_BY_CALLBACK)
 		resp.error = -ECANCELED;
-	if (too_deep) {
+	if (too_deep || too_many) {
 		resp.error = -EBADMSG;
 		resp.body = "";
 		resp.body_len = 0;
@@ -450,6 +453,8 @@ static void xfer_finish(struct loop *l, struct xfer *x, CURLcode code)
 		buf_printf(&why, "answer larger than %zu bytes", x->max_body);
 	else if (too_deep)
 		buf_printf(&why, "answer nested deeper than %d levels", JSON_MAX_DEPTH);
+	else if (too_many)
+		buf_printf(&why, "answer holding more than %d values", JSON_MAX_VALUES);
 	else if (code == CURLE_OPERATION_TIMEDOUT && strstr(x->errbuf, "too slow"))
 		buf_printf(&why, "answer slower than %ld bytes/s", LOW_SPEED_BYTES);
 	else if (code != CURLE_OK)

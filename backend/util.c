@@ -389,6 +389,26 @@ size_t util_json_depth(const char *text, size_t len, size_t limit)
 	return max;
 }
 
+size_t util_json_values(const char *text, size_t len, size_t limit)
+{
+	size_t n = len ? 1 : 0;
+	bool in_string = false;
+	for (size_t i = 0; i < len && n <= limit; i++) {
+		char ch = text[i];
+		if (in_string) {
+			if (ch == '\\')
+				i++;
+			else if (ch == '"')
+				in_string = false;
+		} else if (ch == '"') {
+			in_string = true;
+		} else if (ch == '[' || ch == '{' || ch == ',') {
+			n++;
+		}
+	}
+	return n;
+}
+
 char *util_escape_controls(const char *in, char *out, size_t n)
 {
 	size_t o = 0;

@@ -80,6 +80,14 @@ const char *util_closest_word(const char *word, const char *const *candidates, s
  * count; the text need not be valid). Stops counting at `limit` + 1. */
 size_t util_json_depth(const char *text, size_t len, size_t limit);
 
+/* Answers holding more values than this are refused too: 480,000 empty arrays fit in
+ * 1 MiB and take 200 MB as jansson values. */
+#define JSON_MAX_VALUES 200000
+
+/* About how many values JSON text holds (arrays, objects, and the separators between
+ * members, outside strings). Stops counting at `limit` + 1. */
+size_t util_json_values(const char *text, size_t len, size_t limit);
+
 /* Copies `in` into out (size n, NUL-terminated), with control bytes and DEL written as
  * \xHH escapes, so a sentence from outside cannot steer a terminal or forge log lines.
  * Returns out. */

@@ -9,9 +9,18 @@
 #define HEALTH_MAX_CORES  (1 << 20) /* more than any node has: larger is a lie */
 #define HEALTH_MAX_RAM_MB 1e12
 
+#define RENDER_INDENT_MAX (4u << 20) /* a larger indented document is written compact */
+
+/* Documents hold what agents sent (at most 1 MiB, 32 levels, per answer); indenting 32
+ * levels of tiny objects would multiply that, so an indented rendering past
+ * RENDER_INDENT_MAX is replaced by the compact one: a file's size stays near its data's. */
 static void put_json(struct buf *out, json_t *doc)
 {
 	char *s = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+	if (s && strlen(s) > RENDER_INDENT_MAX) {
+		free(s);
+		s = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+	}
 	if (s) {
 		buf_puts(out, s);
 		free(s);

@@ -291,6 +291,8 @@ static void test_json_depth(void)
 	CHECK(util_json_depth(flat, strlen(flat), 32) == 3, "json depth: strings do not count");
 	CHECK(util_json_depth("", 0, 32) == 0, "json depth: empty text");
 	CHECK(util_json_depth("]]]}}", 5, 32) == 0, "json depth: stray closers");
+	CHECK(util_json_values("[1,2,{\"a,b\":[3]}]", 17, 100) == 6, "json values: counted");
+	CHECK(util_json_values("[[],[],[]]", 10, 2) == 3, "json values: stops past the limit");
 	char out[64];
 	CHECK(strcmp(util_escape_controls("a\x1b[2Jb\\c\n", out, sizeof(out)),
 		     "a\\x1b[2Jb\\c\\x0a") == 0,
