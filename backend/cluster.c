@@ -437,7 +437,12 @@ static char *probe_reason(const struct http_response *r, const struct cfg_host *
 				   "unauthorized: no token configured (token file %s is missing)",
 				   h->token_file ? h->token_file : "(none)");
 		break;
-	case ETIMEDOUT: buf_printf(&b, "unreachable: no answer within %ld ms", timeout_ms); break;
+	case ETIMEDOUT:
+		if (strstr(r->error_text, "slower than"))
+			buf_printf(&b, "agent error: %s", r->error_text);
+		else
+			buf_printf(&b, "unreachable: no answer within %ld ms", timeout_ms);
+		break;
 	case ECONNREFUSED:
 		buf_printf(&b,
 			   "unreachable: connection refused (is clusterfs-agent running on %s:%d?)",
@@ -446,8 +451,10 @@ static char *probe_reason(const struct http_response *r, const struct cfg_host *
 	case EHOSTUNREACH: buf_printf(&b, "unreachable: %s", r->error_text); break;
 	case ECONNRESET: buf_printf(&b, "unreachable: connection reset (%s)", r->error_text); break;
 	default:
-		if (r->status)
+		if (r->status && (r->status < 200 || r->status > 299))
 			buf_printf(&b, "agent error: HTTP %ld", r->status);
+		else if (r->status)
+			buf_printf(&b, "agent error: %s", r->error_text); /* too large, too deep */
 		else
 			buf_printf(&b, "unreachable: %s", r->error_text);
 	}
@@ -527,7 +534,7 @@ static void probe_done(const struct http_response *r, void *arg)
 		n->changed_at = n->attempted_at; /* failures, last_error and age_s moved */
 		free(n->last_error);
 		n->last_error =
-			err == -EBADMSG
+			err == -EBADMSG && !r->error
 				? strdup("agent error: the health answer is not a JSON object")
 				: probe_reason(r, n->host, c->cfg->probe.timeout_ms);
 	}

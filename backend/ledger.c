@@ -1,5 +1,6 @@
 /* The checkpoint ledger: a cached copy, and an outbox of records. */
 #include "backend/ledger.h"
+#include "backend/models.h"
 #include "backend/rest.h"
 
 #include <errno.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #define DELIVER_EVERY_US (1000000ull)
+#define DELIVER_MAX_US   (16 * 1000000ull) /* the longest wait between two delivery attempts */
 
 struct ledger_waiter {
 	ledger_done_fn done;
@@ -35,6 +37,9 @@ struct ledger {
 	bool fetching;                 /* protected by lock */
 	struct ledger_waiter *waiters; /* protected by lock */
 	bool delivering;               /* loop thread only */
+	unsigned deliver_failures;     /* failed deliveries in a row; loop thread only */
+	uint64_t deliver_due_us;       /* no delivery before this; loop thread only */
+	char *refused;                 /* the last record the ledger refused, why; lock */
 	double changed_at;
 	uint64_t counter; /* for record ids; protected by lock */
 };
@@ -69,6 +74,7 @@ void ledger_free(struct ledger *l)
 	json_decref(l->entries);
 	json_decref(l->pending);
 	free(l->last_error);
+	free(l->refused);
 	while (l->waiters) {
 		struct ledger_waiter *next = l->waiters->next;
 		free(l->waiters);
@@ -178,6 +184,7 @@ static void fetch_done(void *arg, int err, long status, const char *body, size_t
 		l->failed_us = 0;
 		free(l->last_error);
 		l->last_error = NULL;
+		l->deliver_due_us = 0; /* the ledger answers again: deliver without waiting */
 		if (changed)
 			l->changed_at = l->fetched_at;
 		char *text = json_dumps(sorted, JSON_COMPACT);
@@ -261,7 +268,16 @@ static void deliver_done(void *arg, int err, long status, const char *body, size
 	struct delivery *d = arg;
 	struct ledger *l = d->l;
 	l->delivering = false;
+	if (err == -ECANCELED) {
+		free(d);
+		return;
+	}
 	if (!err) {
+		if (l->deliver_failures)
+			log_info("ledger: delivering again after %u failed attempt%s",
+				 l->deliver_failures, l->deliver_failures == 1 ? "" : "s");
+		l->deliver_failures = 0;
+		l->deliver_due_us = 0;
 		store_outbox_done(l->store, d->id);
 		pthread_mutex_lock(&l->lock);
 		/* the copy gets it at the next fetch; until then it stays shown as pending */
@@ -274,13 +290,34 @@ static void deliver_done(void *arg, int err, long status, const char *body, size
 		deliver_next(l);
 		return;
 	}
-	if (status >= 400 && status < 500 && status != 401 && status != 403 && status != 408 &&
-	    status != 429) {
-		/* the ledger will never take it: say so, and do not block the rest */
-		log_err("ledger: record (outbox entry %lld) refused: %s", (long long) d->id, why);
-		cluster_set_alert(l->cluster, "ledger record", why);
+	char clean[512];
+	util_escape_controls(why, clean, sizeof(clean));
+	if (status == 400 || status == 409 || status == 422) {
+		/* the ledger read it and will never take it: say so (in alerts and in
+		 * ledger/source), and do not block the rest. Anything else (404 from an agent
+		 * without --ledger, 5xx, no answer) may pass: the record waits. */
+		log_err("ledger: record (outbox entry %lld) refused: %s", (long long) d->id, clean);
+		cluster_set_alert(l->cluster, "ledger record", clean);
+		struct buf b;
+		buf_init(&b);
+		buf_printf(&b, "outbox entry %lld: %s", (long long) d->id, clean);
+		pthread_mutex_lock(&l->lock);
+		free(l->refused);
+		l->refused = buf_steal(&b, NULL);
+		pthread_mutex_unlock(&l->lock);
 		store_outbox_done(l->store, d->id);
+		free(d);
+		deliver_next(l);
+		return;
 	}
+	/* kept; tried again after a growing wait (one log line when it starts failing) */
+	if (l->deliver_failures++ == 0)
+		log_warn("ledger: delivery of outbox entry %lld failing: %s; retrying with backoff",
+			 (long long) d->id, clean);
+	uint64_t wait = DELIVER_EVERY_US;
+	for (unsigned i = 1; i < l->deliver_failures && wait < DELIVER_MAX_US; i++)
+		wait *= 2;
+	l->deliver_due_us = clock_now_us() + (wait < DELIVER_MAX_US ? wait : DELIVER_MAX_US);
 	free(d);
 }
 
@@ -307,7 +344,8 @@ static void deliver_next(struct ledger *l)
 	l->pending = pending;
 	pthread_mutex_unlock(&l->lock);
 	struct endpoint base, url;
-	bool have_base = n && ledger_base(l, &base, NULL) == 0;
+	bool have_base =
+		n && clock_now_us() >= l->deliver_due_us && ledger_base(l, &base, NULL) == 0;
 	if (have_base) {
 		endpoint_init_sub(&url, &base, "/record");
 		char *token = ledger_token(l);
@@ -403,7 +441,8 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *) a, *(char *const *) b);
 }
 
-char **ledger_metrics(struct ledger *l, size_t *ret_n)
+/* The metric names of every entry, as the ledger spells them, sorted. */
+static char **metrics_raw(struct ledger *l, size_t *ret_n)
 {
 	pthread_mutex_lock(&l->lock);
 	json_t *all = view_locked(l);
@@ -429,6 +468,43 @@ char **ledger_metrics(struct ledger *l, size_t *ret_n)
 	json_decref(all);
 	*ret_n = m;
 	return names;
+}
+
+char **ledger_metrics(struct ledger *l, size_t *ret_n)
+{
+	size_t n = 0, m = 0;
+	char **raw = metrics_raw(l, &n);
+	char **files = calloc(n + 1, sizeof(*files));
+	struct buf left;
+	buf_init(&left);
+	for (size_t i = 0; i < n; i++) {
+		/* names from a remote host: encoded like model names ('%' and '/'), and left
+		 * out (with an alert) when even that is no file name: "", ".", "..", control
+		 * bytes, too long */
+		char *f = models_encode_name(raw[i]);
+		if (name_is_valid(f)) {
+			files[m++] = f;
+		} else {
+			char clean[128];
+			util_escape_controls(raw[i], clean, sizeof(clean));
+			buf_printf(&left, "%s\"%s\"", left.len ? ", " : "", clean);
+			free(f);
+		}
+		free(raw[i]);
+	}
+	free(raw);
+	qsort(files, m, sizeof(*files), cmp_str);
+	struct buf why;
+	buf_init(&why);
+	if (left.len)
+		buf_printf(&why,
+			   "metric names that cannot be file names, left out of ledger/best/: %s",
+			   left.data);
+	cluster_set_alert(l->cluster, "ledger metrics", why.data);
+	buf_free(&why);
+	buf_free(&left);
+	*ret_n = m;
+	return files;
 }
 
 int ledger_render_entry(struct ledger *l, const char *step, struct buf *out)
@@ -475,8 +551,11 @@ static json_t *best_of(json_t *all, const char *metric)
 	return best;
 }
 
-int ledger_render_best(struct ledger *l, const char *metric, struct buf *out)
+int ledger_render_best(struct ledger *l, const char *file, struct buf *out)
 {
+	_cleanup_free_ char *metric = models_decode_name(file);
+	if (!metric)
+		return -ENOENT;
 	pthread_mutex_lock(&l->lock);
 	json_t *all = view_locked(l);
 	pthread_mutex_unlock(&l->lock);
@@ -513,7 +592,7 @@ void ledger_render_summary(struct ledger *l, struct buf *out)
 	json_object_set_new(doc, "pending", json_integer((json_int_t) pending));
 	json_t *best = json_object();
 	size_t nm = 0;
-	char **metrics = ledger_metrics(l, &nm);
+	char **metrics = metrics_raw(l, &nm);
 	for (size_t i = 0; i < nm; i++) {
 		json_t *e = best_of(all, metrics[i]);
 		json_t *b = json_object();
@@ -570,6 +649,8 @@ void ledger_render_source(struct ledger *l, struct buf *out)
 	json_object_set_new(doc, "entries", json_integer((json_int_t) json_array_size(l->entries)));
 	json_object_set_new(doc, "pending_records",
 			    json_integer((json_int_t) json_array_size(l->pending)));
+	if (l->refused)
+		json_object_set_new(doc, "refused", json_string(l->refused));
 	pthread_mutex_unlock(&l->lock);
 	put_json(out, doc);
 	json_decref(doc);

@@ -32,11 +32,14 @@ int ledger_refresh(struct ledger *l, ledger_done_fn done, void *arg);
 
 /* Steps of the entries, ascending, as strings; new NULL-terminated array. */
 char **ledger_steps(struct ledger *l, size_t *ret_n);
-/* Metric names seen in any entry, sorted; new NULL-terminated array. */
+/* The file names of the metrics seen in any entry (encoded as models_encode_name does;
+ * names that cannot be file names even so are left out, with an alert), sorted; new
+ * NULL-terminated array. */
 char **ledger_metrics(struct ledger *l, size_t *ret_n);
-/* entries/STEP, best/METRIC, summary, source: JSON into out. -ENOENT when there is none. */
+/* entries/STEP, best/FILE (FILE from ledger_metrics), summary, source: JSON into out.
+ * -ENOENT when there is none. */
 int ledger_render_entry(struct ledger *l, const char *step, struct buf *out);
-int ledger_render_best(struct ledger *l, const char *metric, struct buf *out);
+int ledger_render_best(struct ledger *l, const char *file, struct buf *out);
 void ledger_render_summary(struct ledger *l, struct buf *out);
 void ledger_render_source(struct ledger *l, struct buf *out);
 double ledger_changed_at(struct ledger *l);

@@ -9,10 +9,14 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define LOOP_MAX_FDS 8
+#define LOOP_MAX_FDS     8
+#define DEFAULT_MAX_BODY (1u << 20) /* an answer's size when the request names none */
+#define LOW_SPEED_BYTES  64L        /* an answer slower than this per second... */
+#define LOW_SPEED_MIN_S  1L         /* ...for half its deadline, at least this, is cut */
 
 struct post {
 	loop_fn fn;
@@ -59,7 +63,8 @@ struct loop {
 	uint64_t curl_due_us; /* when curl wants its timeout action; 0: no timer */
 	pthread_t thread;
 	bool started;
-	bool stop; /* protected by lock */
+	bool stop;            /* protected by lock */
+	atomic_bool stopping; /* no new transfers: loop_begin_stop or loop_stop was called */
 	pthread_mutex_t lock;
 	struct post *posts_head;          /* protected by lock */
 	struct post *posts_tail;          /* protected by lock */
@@ -388,6 +393,9 @@ static void xfer_unlink(struct loop *l, struct xfer *x)
 
 int loop_http(struct loop *l, const struct http_request *req, http_done_fn done, void *arg)
 {
+	/* a completion callback run by loop_stop must not start what nobody will finish */
+	if (atomic_load(&l->stopping))
+		return -ECANCELED;
 	if (req->refused)
 		return loop_refuse(l, req->refused, done, arg);
 	if (!req->tls && strncmp(req->url, "http://", 7) != 0)
@@ -399,7 +407,7 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 	x->done = done;
 	x->arg = arg;
 	x->on_chunk = req->on_chunk;
-	x->max_body = req->max_body ? req->max_body : (8u << 20);
+	x->max_body = req->max_body ? req->max_body : DEFAULT_MAX_BODY;
 	x->easy = curl_easy_init();
 	if (!x->easy)
 		goto err_free_xfer;
@@ -413,7 +421,16 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 		xfer_set_tls(e, req->tls);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
 			 req->connect_timeout_ms > 0 ? req->connect_timeout_ms : 2000L);
-	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : 5000L);
+	long timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : 5000L;
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+	if (!req->on_chunk) {
+		/* a dribble keeps no socket busy for more than half its deadline (streams
+		 * may idle, so they are left out) */
+		long slow_s =
+			timeout_ms / 2000 > LOW_SPEED_MIN_S ? timeout_ms / 2000 : LOW_SPEED_MIN_S;
+		curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, LOW_SPEED_BYTES);
+		curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, slow_s);
+	}
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, xfer_write);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
@@ -489,11 +506,22 @@ static void xfer_finish(struct loop *l, struct xfer *x, CURLcode code)
 	resp.body_len = x->body.len;
 	if (x->too_big)
 		code = CURLE_WRITE_ERROR;
+	/* every reader of a collected answer parses JSON: refuse absurd nesting once, here */
+	bool too_deep = code == CURLE_OK && !x->on_chunk &&
+			util_json_depth(resp.body, resp.body_len, JSON_MAX_DEPTH) > JSON_MAX_DEPTH;
+	bool too_many =
+		code == CURLE_OK && !x->on_chunk && !too_deep &&
+		util_json_values(resp.body, resp.body_len, JSON_MAX_VALUES) > JSON_MAX_VALUES;
 	resp.error = http_error_to_errno(code, status);
 	resp.insecure = code == CURLE_SSL_PINNEDPUBKEYNOTMATCH ||
 			code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CACERT_BADFILE;
 	if (code == CURLE_ABORTED_BY_CALLBACK)
 		resp.error = -ECANCELED;
+	if (too_deep || too_many) {
+		resp.error = -EBADMSG;
+		resp.body = "";
+		resp.body_len = 0;
+	}
 	if (code == CURLE_COULDNT_CONNECT) {
 		long oserr = 0;
 		curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &oserr);
@@ -506,6 +534,12 @@ static void xfer_finish(struct loop *l, struct xfer *x, CURLcode code)
 		buf_puts(&why, "cancelled");
 	else if (x->too_big)
 		buf_printf(&why, "answer larger than %zu bytes", x->max_body);
+	else if (too_deep)
+		buf_printf(&why, "answer nested deeper than %d levels", JSON_MAX_DEPTH);
+	else if (too_many)
+		buf_printf(&why, "answer holding more than %d values", JSON_MAX_VALUES);
+	else if (code == CURLE_OPERATION_TIMEDOUT && strstr(x->errbuf, "too slow"))
+		buf_printf(&why, "answer slower than %ld bytes/s", LOW_SPEED_BYTES);
 	else if (code != CURLE_OK)
 		http_error_describe(code, x->errbuf, &why);
 	else if (resp.error)
@@ -641,8 +675,14 @@ int loop_start(struct loop *l)
 	return 0;
 }
 
+void loop_begin_stop(struct loop *l)
+{
+	atomic_store(&l->stopping, true);
+}
+
 void loop_stop(struct loop *l)
 {
+	atomic_store(&l->stopping, true);
 	if (!l->started)
 		return;
 	pthread_mutex_lock(&l->lock);

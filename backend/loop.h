@@ -61,8 +61,11 @@ struct http_request {
 /* Creates the loop; the thread starts with loop_start(). Returns 0 or -errno. */
 int loop_new(struct loop **ret);
 int loop_start(struct loop *l);
+/* Thread-safe: from now on loop_http refuses new exchanges with -ECANCELED (those in
+ * flight go on). The first step of a stop. */
+void loop_begin_stop(struct loop *l);
 /* Asks the thread to finish, joins it, and fails every request still in flight with
- * -ECANCELED (their callbacks run on the calling thread). */
+ * -ECANCELED (their callbacks run on the calling thread and cannot start new ones). */
 void loop_stop(struct loop *l);
 void loop_free(struct loop *l);
 /* True when called on the loop thread. */
@@ -82,7 +85,7 @@ void loop_fd_remove(struct loop *l, int fd);
 
 /* Loop thread only: starts an HTTP exchange; done(resp, arg) runs on the loop thread
  * exactly once, at the latest at the request's total deadline. Returns 0 or -errno
- * (then done is not called). */
+ * (then done is not called); -ECANCELED once the loop is stopping. */
 int loop_http(struct loop *l, const struct http_request *req, http_done_fn done, void *arg);
 
 /* Number of exchanges in flight (loop thread only). */

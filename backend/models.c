@@ -5,6 +5,7 @@
 #include "backend/rest.h"
 
 #include <errno.h>
+#include <math.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -15,6 +16,7 @@
 
 #define OPS_MAX         20                  /* operations kept per node for ctl */
 #define LIST_MAX_BODY   (4u << 20)          /* a model list larger than this is refused */
+#define PULL_MAX_BYTES  1e15                /* a pull's total beyond this is not believed */
 #define PULL_TIMEOUT_MS (12L * 3600 * 1000) /* a pull downloads gigabytes */
 #define LOAD_TIMEOUT_MS (10L * 60 * 1000)   /* loading a large model from disk */
 #define CTL_TIMEOUT_MS  (30L * 1000)        /* delete and unload: quick for Ollama */
@@ -1229,12 +1231,14 @@ static void pull_line(const char *line, size_t len, void *arg)
 		double t = json_number_value(total);
 		double c = json_number_value(json_object_get(doc, "completed"));
 		job->heard = true;
-		if (t > 0) {
+		/* numbers from the network: a percentage only of sizes a download can have */
+		if (isfinite(t) && isfinite(c) && t >= 1 && t <= PULL_MAX_BYTES && c >= 0 &&
+		    c <= t) {
 			char done[24], all[24];
 			human_size(c, done);
 			human_size(t, all);
 			op_set(job->m, job->node, job->op_id, OP_RUNNING, "%s: %d%% (%s of %s)",
-			       status, (int) (c * 100 / t), done, all);
+			       status, (int) (c / t * 100.0), done, all);
 		} else {
 			op_set(job->m, job->node, job->op_id, OP_RUNNING, "%s", status);
 		}

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define REST_MAX_BODY (4u << 20) /* services and the ledger: larger answers are refused */
+
 struct rest_call {
 	struct loop *loop;
 	char *method, *token, *body;
@@ -92,6 +94,7 @@ static void rest_start(void *arg)
 		.connect_timeout_ms = c->timeout_ms,
 		.timeout_ms = c->timeout_ms,
 		.on_chunk = c->on_chunk ? rest_chunk : NULL,
+		.max_body = REST_MAX_BODY,
 	};
 	endpoint_apply(&c->where, &req);
 	int r = loop_http(c->loop, &req, rest_finished, c);

@@ -5,6 +5,7 @@
 #include "backend/spec.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -16,6 +17,18 @@
 #define AGENT_TIMEOUT_MS 5000L
 #define N_STREAMS        2
 #define TOMBSTONES       64
+#define FETCH_TRIES      6                 /* failed output fetches before a stream gives up */
+#define RETRY_FIRST_US   (250 * 1000ull)   /* first wait after a failed fetch or dispatch */
+#define RETRY_MAX_US     (30 * 1000000ull) /* the longest wait between two attempts */
+
+/* An integer from the network, or 0 when it is missing or outside [lo, hi]. */
+static int int_in_range(const json_t *x, int lo, int hi)
+{
+	if (!json_is_integer(x))
+		return 0;
+	json_int_t v = json_integer_value(x);
+	return v >= lo && v <= hi ? (int) v : 0;
+}
 
 static const char *const stream_names[N_STREAMS] = {"stdout", "stderr"};
 
@@ -37,10 +50,15 @@ struct task {
 	size_t n_children;
 	struct buf out[N_STREAMS]; /* output kept by the control plane */
 	bool out_full[N_STREAMS];
-	bool fetching[N_STREAMS];      /* a fetch is in flight (loop thread) */
-	size_t remote_size[N_STREAMS]; /* the agent's last reported size */
-	bool dispatching;              /* a POST is in flight */
-	bool acked;                    /* the agent has confirmed this attempt */
+	bool fetching[N_STREAMS];           /* a fetch is in flight (loop thread) */
+	size_t remote_size[N_STREAMS];      /* the agent's last reported size */
+	unsigned fetch_failures[N_STREAMS]; /* failed fetches in a row */
+	uint64_t fetch_due_us[N_STREAMS];   /* no fetch before this (backoff) */
+	char *output_note;                  /* why some output is missing, once given up */
+	unsigned dispatch_failures;         /* failed dispatches in a row */
+	uint64_t dispatch_due_us;           /* no dispatch before this (backoff) */
+	bool dispatching;                   /* a POST is in flight */
+	bool acked;                         /* the agent has confirmed this attempt */
 	bool cancel_requested;
 	bool cancel_sent;
 	char *remote_state; /* the agent's final state, once seen; finalised after output */
@@ -335,6 +353,8 @@ static void add_locked(struct tasks *t, struct task *k)
 
 static void task_free(struct task *k)
 {
+	if (k)
+		free(k->output_note);
 	store_task_clear(&k->row);
 	spec_free(k->spec);
 	json_decref(k->spec_json);
@@ -622,8 +642,8 @@ static void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 		json_t *h = v->health;
 		sn->cpu = json_number_value(json_object_get(h, "cpu_percent")) / 100.0;
 		sn->mem = json_number_value(json_object_get(h, "mem_percent")) / 100.0;
-		sn->cores = (int) json_integer_value(json_object_get(h, "cores"));
-		sn->ram_mb = (int) json_integer_value(json_object_get(h, "mem_total_mb"));
+		sn->cores = int_in_range(json_object_get(h, "cores"), 0, 1 << 20);
+		sn->ram_mb = int_in_range(json_object_get(h, "mem_total_mb"), 0, INT_MAX);
 		sn->gpus = (int) json_array_size(json_object_get(h, "gpus"));
 		const struct cfg_host *host = config_find_host(cfg, v->name);
 		sn->queue_depth = host ? host->queue_depth : 10;
@@ -1223,6 +1243,15 @@ static int agent_call(struct tasks *t, const char *node, const char *method, con
 
 static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, struct waiter **wake);
 
+/* Exponential backoff: the wait before attempt n + 1 after n failures in a row. */
+static uint64_t retry_delay_us(unsigned failures)
+{
+	uint64_t d = RETRY_FIRST_US;
+	for (unsigned i = 1; i < failures && d < RETRY_MAX_US; i++)
+		d *= 2;
+	return d < RETRY_MAX_US ? d : RETRY_MAX_US;
+}
+
 static void poll_send(struct tasks *t, const char *node);
 
 static void dispatch_done(const struct http_response *r, void *arg)
@@ -1235,6 +1264,13 @@ static void dispatch_done(const struct http_response *r, void *arg)
 	struct task *k = find_locked(t, c->id);
 	if (k) {
 		k->dispatching = false;
+		if (!r->error && k->dispatch_failures) {
+			log_info("dispatch of %s to %s went through after %u failed attempt%s",
+				 k->row.id, k->row.node, k->dispatch_failures,
+				 k->dispatch_failures == 1 ? "" : "s");
+			k->dispatch_failures = 0;
+			set_str(&k->row.reason, NULL);
+		}
 		if (!r->error) {
 			/* 201: started; 200: the agent knew this dispatch id already, and its
 			 * answer says how that run is doing (it may have ended long ago) */
@@ -1257,11 +1293,22 @@ static void dispatch_done(const struct http_response *r, void *arg)
 				 e ? e : r->error_text);
 			json_decref(doc);
 			set_state_locked(t, k, TASK_FAILED, why, &wake);
-		} else {
+		} else if (r->error != -ECANCELED) {
 			/* Unknown whether it arrived: the node's poll finds out and re-sends
-			 * the same dispatch id, which the agent runs at most once. */
-			log_warn("dispatch of %s to %s: %s; will retry", k->row.id, k->row.node,
-				 r->error_text);
+			 * the same dispatch id, which the agent runs at most once, after a
+			 * growing wait. One log line when it starts failing, one when it
+			 * recovers. */
+			char why[512];
+			util_escape_controls(r->error_text, why, sizeof(why));
+			if (k->dispatch_failures++ == 0)
+				log_warn("dispatch of %s to %s failing: %s; retrying with backoff",
+					 k->row.id, k->row.node, why);
+			k->dispatch_due_us = clock_now_us() + retry_delay_us(k->dispatch_failures);
+			char reason[640];
+			snprintf(reason, sizeof(reason),
+				 "the agent on %s did not take it (%s); attempt %u, retrying",
+				 k->row.node, why, k->dispatch_failures);
+			set_str(&k->row.reason, reason);
 		}
 	}
 	pthread_mutex_unlock(&t->lock);
@@ -1296,7 +1343,7 @@ static char *run_as_user_locked(struct tasks *t, const struct task *k)
 /* Sends the task to its node. Lock held; loop thread. */
 static void dispatch_locked(struct tasks *t, struct task *k)
 {
-	if (k->dispatching)
+	if (k->dispatching || (k->dispatch_due_us && clock_now_us() < k->dispatch_due_us))
 		return;
 	json_t *body = json_object();
 	json_object_set_new(body, "id", json_string(k->row.dispatch_id));
@@ -1328,8 +1375,33 @@ static void dispatch_locked(struct tasks *t, struct task *k)
 	free(text);
 }
 
-static void fetch_output_locked(struct tasks *t, struct task *k, int s);
+static int fetch_output_locked(struct tasks *t, struct task *k, int s);
 static void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **wake);
+
+/* A fetch of stream s failed: retried after a growing wait, FETCH_TRIES times, then the
+ * stream ends with what came and the task's reason says why. */
+static void fetch_failed_locked(struct task *k, int s, const char *why)
+{
+	k->fetch_failures[s]++;
+	k->fetch_due_us[s] = clock_now_us() + retry_delay_us(k->fetch_failures[s]);
+	if (k->fetch_failures[s] < FETCH_TRIES)
+		return;
+	char clean[256];
+	util_escape_controls(why, clean, sizeof(clean));
+	struct buf note;
+	buf_init(&note);
+	buf_printf(&note, "%s incomplete: %zu of %zu bytes fetched; the agent answered %s %u times",
+		   stream_names[s], k->out[s].len, k->remote_size[s], clean, k->fetch_failures[s]);
+	log_warn("task %s: %s", k->row.id, note.data);
+	struct buf mark;
+	buf_init(&mark);
+	buf_printf(&mark, "\n[clusterfs: %s]\n", note.data);
+	buf_append(&k->out[s], mark.data, mark.len);
+	buf_free(&mark);
+	k->out_full[s] = true;
+	free(k->output_note);
+	k->output_note = buf_steal(&note, NULL);
+}
 
 static void fetch_done(const struct http_response *r, void *arg)
 {
@@ -1341,6 +1413,11 @@ static void fetch_done(const struct http_response *r, void *arg)
 	if (k) {
 		int s = c->stream;
 		k->fetching[s] = false;
+		bool more = k->out[s].len < k->remote_size[s];
+		if (r->error != -ECANCELED && (r->error || (more && !r->body_len)))
+			fetch_failed_locked(k, s, r->error ? r->error_text : "an empty answer");
+		else if (!r->error && r->body_len)
+			k->fetch_failures[s] = 0;
 		if (!r->error && r->body_len) {
 			size_t room = TASKS_OUTPUT_MAX - k->out[s].len;
 			size_t n = r->body_len < room ? r->body_len : room;
@@ -1356,25 +1433,48 @@ static void fetch_done(const struct http_response *r, void *arg)
 		if (!r->error && k->out[s].len < k->remote_size[s] && !k->out_full[s] &&
 		    r->body_len)
 			fetch_output_locked(t, k, s);
-		finalize_if_ready_locked(t, k, &wake);
+		if (r->error != -ECANCELED)
+			finalize_if_ready_locked(t, k, &wake);
 	}
 	pthread_mutex_unlock(&t->lock);
 	call_waiters(wake);
 	call_free(c);
 }
 
-static void fetch_output_locked(struct tasks *t, struct task *k, int s)
+/* Starts a fetch of the next piece of stream s. 0 when one is under way; -EAGAIN while
+ * a failed one waits for its retry; -ECANCELED when stopping; -ENOENT when there is
+ * nothing to fetch or nowhere to fetch it from. */
+static int fetch_output_locked(struct tasks *t, struct task *k, int s)
 {
-	if (k->fetching[s] || k->out_full[s] || !k->row.node || !k->row.dispatch_id)
-		return;
+	if (k->fetching[s])
+		return 0;
+	if (k->out_full[s] || !k->row.node || !k->row.dispatch_id)
+		return -ENOENT;
+	if (k->fetch_due_us[s] && clock_now_us() < k->fetch_due_us[s])
+		return -EAGAIN;
 	char path[512];
 	snprintf(path, sizeof(path), "/api/node/tasks/%s/%s?offset=%zu&limit=%u",
 		 k->row.dispatch_id, stream_names[s], k->out[s].len, FETCH_MAX);
 	struct call *c = call_new(t, k->row.id, s);
-	if (agent_call(t, k->row.node, "GET", path, NULL, fetch_done, c) == 0)
+	int r = agent_call(t, k->row.node, "GET", path, NULL, fetch_done, c);
+	if (r == 0)
 		k->fetching[s] = true;
 	else
 		call_free(c);
+	return r;
+}
+
+/* Forgets the retry state of the previous attempt. */
+static void attempt_reset_locked(struct task *k)
+{
+	for (int s = 0; s < N_STREAMS; s++) {
+		k->fetch_failures[s] = 0;
+		k->fetch_due_us[s] = 0;
+	}
+	free(k->output_note);
+	k->output_note = NULL;
+	k->dispatch_failures = 0;
+	k->dispatch_due_us = 0;
 }
 
 static void requeue_or_fail_locked(struct tasks *t, struct task *k, const char *state,
@@ -1396,6 +1496,7 @@ static void requeue_or_fail_locked(struct tasks *t, struct task *k, const char *
 			k->remote_size[s] = 0;
 			k->out_full[s] = false;
 		}
+		attempt_reset_locked(k);
 		set_state_locked(t, k, TASK_QUEUED, reason, wake);
 		return;
 	}
@@ -1411,9 +1512,9 @@ static void finalize_if_ready_locked(struct tasks *t, struct task *k, struct wai
 		if (k->fetching[s])
 			return;
 		if (k->out[s].len < k->remote_size[s] && !k->out_full[s]) {
-			fetch_output_locked(t, k, s);
-			if (k->fetching[s])
-				return;
+			int r = fetch_output_locked(t, k, s);
+			if (k->fetching[s] || r == -EAGAIN || r == -ECANCELED)
+				return; /* the tick tries again once the wait is over */
 		}
 	}
 	for (int s = 0; s < N_STREAMS; s++)
@@ -1426,9 +1527,9 @@ static void finalize_if_ready_locked(struct tasks *t, struct task *k, struct wai
 	char *why = k->remote_error;
 	k->remote_state = k->remote_error = NULL;
 	if (!strcmp(state, TASK_SUCCEEDED))
-		set_state_locked(t, k, TASK_SUCCEEDED, NULL, wake);
+		set_state_locked(t, k, TASK_SUCCEEDED, k->output_note, wake);
 	else
-		requeue_or_fail_locked(t, k, state, why, wake);
+		requeue_or_fail_locked(t, k, state, why ? why : k->output_note, wake);
 	free(state);
 	free(why);
 }
@@ -1444,7 +1545,9 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
 		return;
 	for (int s = 0; s < N_STREAMS; s++) {
 		json_t *sz = json_object_get(o, s ? "stderr_size" : "stdout_size");
-		if (json_is_integer(sz))
+		/* a size from the network: only what a size can be */
+		if (json_is_integer(sz) && json_integer_value(sz) >= 0 &&
+		    (uint64_t) json_integer_value(sz) <= SIZE_MAX / 2)
 			k->remote_size[s] = (size_t) json_integer_value(sz);
 		if (k->out[s].len < k->remote_size[s])
 			fetch_output_locked(t, k, s);
@@ -1458,7 +1561,10 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
 		const char *err = json_string_value(json_object_get(o, "error"));
 		set_str(&k->remote_error, err);
 		k->remote_state = strdup(state);
-		k->remote_exit = json_is_integer(ec) ? (int) json_integer_value(ec) : -1;
+		k->remote_exit = json_is_integer(ec) && json_integer_value(ec) >= 0 &&
+						 json_integer_value(ec) <= 65535
+					 ? (int) json_integer_value(ec)
+					 : -1;
 		finalize_if_ready_locked(t, k, wake);
 	}
 }
@@ -1752,6 +1858,8 @@ static void tasks_tick(void *arg)
 			requeue_or_fail_locked(t, k, TASK_LOST, "its node went offline", &wake);
 			continue;
 		}
+		if (k->remote_state)
+			finalize_if_ready_locked(t, k, &wake); /* output fetches waiting to retry */
 		if (k->cancel_requested && !k->cancel_sent && k->row.dispatch_id) {
 			char path[512];
 			snprintf(path, sizeof(path), "/api/node/tasks/%s/cancel",
@@ -1915,6 +2023,7 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 			k->remote_size[s] = 0;
 			k->out_full[s] = false;
 		}
+		attempt_reset_locked(k);
 		set_state_locked(t, k, TASK_QUEUED, "retried by hand", &wake);
 	} else if (!strcmp(word, "priority")) {
 		int p = -1;

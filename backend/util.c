@@ -157,6 +157,8 @@ bool log_stderr_is_journal(void)
 	return log_journal;
 }
 
+/* One line per message whatever it quotes: control bytes (an ESC from a spec, a newline
+ * from an agent's error) are written as \xHH. */
 void log_msg(enum log_level level, const char *fmt, ...)
 {
 	static const char *const names[] = {"error", "warning", "info", "debug"};
@@ -164,16 +166,23 @@ void log_msg(enum log_level level, const char *fmt, ...)
 	if (level > log_max)
 		return;
 	pthread_once(&log_journal_once, log_detect_journal);
-	struct buf m;
+	struct buf raw, m;
+	buf_init(&raw);
 	buf_init(&m);
 	va_list ap;
 	va_start(ap, fmt);
-	buf_vprintf(&m, fmt, ap);
+	buf_vprintf(&raw, fmt, ap);
 	va_end(ap);
-	/* one line per event: a newline inside a value cannot start a forged entry */
-	for (size_t i = 0; i < m.len; i++)
-		if (m.data[i] == '\n' || m.data[i] == '\r')
-			m.data[i] = ' ';
+	/* one line per event: a newline inside a value cannot start a forged entry, and an
+	 * ESC cannot drive the terminal of whoever reads the log */
+	for (size_t i = 0; i < raw.len; i++) {
+		unsigned char c = (unsigned char) raw.data[i];
+		if (c < 0x20 || c == 0x7f)
+			buf_printf(&m, "\\x%02x", c);
+		else
+			buf_append(&m, (const char *) &c, 1);
+	}
+	buf_free(&raw);
 	if (log_syslog) {
 		syslog(prio[level], "%s", m.data ? m.data : "");
 	} else {
@@ -451,4 +460,65 @@ char *xstrdup(const char *s)
 	if (!d)
 		abort();
 	return d;
+}
+
+size_t util_json_depth(const char *text, size_t len, size_t limit)
+{
+	size_t depth = 0, max = 0;
+	bool in_string = false;
+	for (size_t i = 0; i < len && max <= limit; i++) {
+		char ch = text[i];
+		if (in_string) {
+			if (ch == '\\')
+				i++;
+			else if (ch == '"')
+				in_string = false;
+		} else if (ch == '"') {
+			in_string = true;
+		} else if (ch == '[' || ch == '{') {
+			if (++depth > max)
+				max = depth;
+		} else if ((ch == ']' || ch == '}') && depth > 0) {
+			depth--;
+		}
+	}
+	return max;
+}
+
+size_t util_json_values(const char *text, size_t len, size_t limit)
+{
+	size_t n = len ? 1 : 0;
+	bool in_string = false;
+	for (size_t i = 0; i < len && n <= limit; i++) {
+		char ch = text[i];
+		if (in_string) {
+			if (ch == '\\')
+				i++;
+			else if (ch == '"')
+				in_string = false;
+		} else if (ch == '"') {
+			in_string = true;
+		} else if (ch == '[' || ch == '{' || ch == ',') {
+			n++;
+		}
+	}
+	return n;
+}
+
+char *util_escape_controls(const char *in, char *out, size_t n)
+{
+	size_t o = 0;
+	if (!n)
+		return out;
+	for (const unsigned char *p = (const unsigned char *) in; *p && o + 1 < n; p++) {
+		if (*p < 0x20 || *p == 0x7f) {
+			if (o + 5 >= n)
+				break;
+			o += (size_t) snprintf(out + o, n - o, "\\x%02x", *p);
+		} else {
+			out[o++] = (char) *p;
+		}
+	}
+	out[o] = '\0';
+	return out;
 }

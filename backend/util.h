@@ -84,6 +84,27 @@ bool name_is_valid(const char *name);
 const char *util_closest_word(const char *word, const char *const *candidates, size_t n,
 			      size_t max_distance);
 
+/* Documents from the network nested deeper than this are refused (jansson's own limit is
+ * 2048, deep enough to cost real time and stack in every walk of the tree). */
+#define JSON_MAX_DEPTH 32
+
+/* The deepest nesting of arrays and objects in JSON text (brackets inside strings do not
+ * count; the text need not be valid). Stops counting at `limit` + 1. */
+size_t util_json_depth(const char *text, size_t len, size_t limit);
+
+/* Answers holding more values than this are refused too: 480,000 empty arrays fit in
+ * 1 MiB and take 200 MB as jansson values. */
+#define JSON_MAX_VALUES 200000
+
+/* About how many values JSON text holds (arrays, objects, and the separators between
+ * members, outside strings). Stops counting at `limit` + 1. */
+size_t util_json_values(const char *text, size_t len, size_t limit);
+
+/* Copies `in` into out (size n, NUL-terminated), with control bytes and DEL written as
+ * \xHH escapes, so a sentence from outside cannot steer a terminal or forge log lines.
+ * Returns out. */
+char *util_escape_controls(const char *in, char *out, size_t n);
+
 static inline void freep(void *p)
 {
 	extern void free(void *);

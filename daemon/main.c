@@ -15,8 +15,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -245,6 +247,81 @@ static int check_mountpoint(const char *mp)
 	return 0;
 }
 
+/* ---- stopping: SIGTERM, SIGINT and SIGHUP are taken by a thread of their own with
+ * sigwait(), which ends the cache notifications first, while FUSE requests are still
+ * answered (fs_set_session), and only then ends the request loop. libfuse's own handlers
+ * would end the loop first, and a notification waiting for a directory lock that a
+ * request holds would then wait forever. ---- */
+
+#define STOP_WAKE_US 20000 /* how often the main thread is nudged until its loop returns */
+
+struct stopper {
+	sigset_t signals;        /* the stop signals, blocked in every thread */
+	pthread_t thread;        /* waits for them */
+	pthread_t main;          /* runs fuse_session_loop_mt */
+	struct fuse_session *se; /* borrowed */
+	struct fs *fs;           /* borrowed */
+	struct loop *loop;       /* borrowed */
+	atomic_bool loop_done;   /* the request loop returned */
+};
+
+static void on_wake(int sig)
+{
+	/* only interrupts the main thread's sem_wait in fuse_session_loop_mt */
+}
+
+static void *stopper_main(void *arg)
+{
+	struct stopper *st = arg;
+	int sig;
+	while (sigwait(&st->signals, &sig) != 0)
+		;
+	if (atomic_load(&st->loop_done))
+		return NULL; /* the loop ended by an unmount; main woke us */
+	log_info("stopping on signal %d", sig);
+	fs_set_session(st->fs, NULL);
+	loop_begin_stop(st->loop);
+	fuse_session_exit(st->se);
+	while (!atomic_load(&st->loop_done)) {
+		pthread_kill(st->main, SIGUSR1);
+		usleep(STOP_WAKE_US);
+	}
+	return NULL;
+}
+
+/* Blocks the stop signals in the calling thread and in every thread it starts later. */
+static int stopper_block_signals(struct stopper *st)
+{
+	sigemptyset(&st->signals);
+	sigaddset(&st->signals, SIGTERM);
+	sigaddset(&st->signals, SIGINT);
+	sigaddset(&st->signals, SIGHUP);
+	struct sigaction sa = {.sa_handler = SIG_IGN};
+	sigaction(SIGPIPE, &sa, NULL);
+	sa.sa_handler = on_wake; /* without SA_RESTART: sem_wait returns EINTR */
+	sigaction(SIGUSR1, &sa, NULL);
+	return -pthread_sigmask(SIG_BLOCK, &st->signals, NULL);
+}
+
+static int stopper_start(struct stopper *st, struct fuse_session *se, struct fs *fs,
+			 struct loop *loop)
+{
+	st->se = se;
+	st->fs = fs;
+	st->loop = loop;
+	st->main = pthread_self();
+	atomic_store(&st->loop_done, false);
+	return -pthread_create(&st->thread, NULL, stopper_main, st);
+}
+
+/* After the request loop returned, for whatever reason. */
+static void stopper_join(struct stopper *st)
+{
+	atomic_store(&st->loop_done, true);
+	pthread_kill(st->thread, SIGTERM);
+	pthread_join(st->thread, NULL);
+}
+
 static void reload_now(void *arg)
 {
 	struct daemon *d = arg;
@@ -408,12 +485,13 @@ int main(int argc, char **argv)
 		ret = EXIT_USAGE;
 		goto out;
 	}
-	if (fuse_set_signal_handlers(se) != 0)
+	struct stopper stopper;
+	if (stopper_block_signals(&stopper) < 0)
 		goto out;
 	if (fuse_session_mount(se, mountpoint) != 0) {
 		report("clusterfs: cannot mount on %s (see the message above)\n", mountpoint);
 		ret = EXIT_MOUNTPOINT;
-		goto out_remove_handlers;
+		goto out;
 	}
 	/* Threads start after the fork. */
 	if (fuse_daemonize(foreground) != 0)
@@ -445,9 +523,14 @@ int main(int argc, char **argv)
 		 mp_abs ? mp_abs : mountpoint, cfg->n_hosts, cfg->n_hosts == 1 ? "" : "s",
 		 d.config_path ? d.config_path : "(built-in one-node default)", d.state_dir);
 
+	if (stopper_start(&stopper, se, fs, d.loop) < 0) {
+		log_err("cannot start the signal thread");
+		goto out_unmount;
+	}
 	struct fuse_loop_config lc = {.clone_fd = 0, .max_idle_threads = 16};
 	r = fuse_session_loop_mt(se, &lc);
-	/* libfuse reports the signal that ended the loop: that is a clean stop */
+	stopper_join(&stopper);
+	/* a stop signal ends the loop with 0; an unmount too */
 	ret = (r == 0 || r == SIGTERM || r == SIGINT || r == SIGHUP) ? EXIT_OK : EXIT_FAILURE_OTHER;
 	log_info("unmounting %s", mp_abs ? mp_abs : mountpoint);
 	fs_set_session(fs, NULL);
@@ -458,8 +541,6 @@ int main(int argc, char **argv)
 
 out_unmount:
 	fuse_session_unmount(se);
-out_remove_handlers:
-	fuse_remove_signal_handlers(se);
 out:
 	if (se)
 		fuse_session_destroy(se);

@@ -16,6 +16,7 @@
 
 #define TIMEOUT_S        1.0 /* kernel entry and attribute cache */
 #define MAX_NOTIFY_QUEUE 4096
+#define NOTIFY_STOP_US   1000000 /* how long a stop waits for a notification in flight */
 
 struct notify {
 	uint64_t ino; /* inode to invalidate, or the parent of `name` */
@@ -41,6 +42,8 @@ struct fs {
 	struct dir_handle *dirs; /* open directories, likewise; protected by lock */
 	pthread_t notifier;
 	bool notifier_running;
+	bool notifier_done;  /* the notifier returned; protected by lock */
+	bool notifier_stuck; /* left in the kernel at a stop: f is never freed */
 };
 
 /* An open file: the content as rendered at open, so one read sequence sees one document. */
@@ -109,6 +112,8 @@ void fs_free(struct fs *f)
 		dir_handle_free(f->dirs);
 	inode_table_free(f->itab);
 	drafts_free(f->ctx.drafts);
+	if (f->notifier_stuck)
+		return; /* the notifier may still wake up and take f->lock */
 	pthread_mutex_destroy(&f->lock);
 	pthread_cond_destroy(&f->cond);
 	free(f);
@@ -145,6 +150,8 @@ static void *notifier_main(void *arg)
 		}
 		pthread_mutex_lock(&f->lock);
 	}
+	f->notifier_done = true;
+	pthread_cond_broadcast(&f->cond);
 	pthread_mutex_unlock(&f->lock);
 	return NULL;
 }
@@ -159,12 +166,18 @@ static void notify_free_list(struct notify *q)
 	}
 }
 
+/* Stopping ends the notifications while FUSE requests are still answered: an entry
+ * invalidation waits for its directory's lock, which a request on that directory holds
+ * until the daemon answers it, so the notifier must be done before the answering stops.
+ * The wait is bounded: a notification that is still stuck then is left behind (its
+ * thread detached) rather than blocking the stop. */
 void fs_set_session(struct fs *f, struct fuse_session *se)
 {
 	if (se) {
 		pthread_mutex_lock(&f->lock);
 		f->se = se;
 		f->stop = false;
+		f->notifier_done = false;
 		pthread_mutex_unlock(&f->lock);
 		if (pthread_create(&f->notifier, NULL, notifier_main, f) == 0)
 			f->notifier_running = true;
@@ -176,10 +189,27 @@ void fs_set_session(struct fs *f, struct fuse_session *se)
 	notify_free_list(f->queue);
 	f->queue = NULL;
 	f->n_queue = 0;
-	pthread_cond_signal(&f->cond);
+	pthread_cond_broadcast(&f->cond);
+	if (f->notifier_running) {
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += NOTIFY_STOP_US / 1000000;
+		while (!f->notifier_done &&
+		       pthread_cond_timedwait(&f->cond, &f->lock, &until) != ETIMEDOUT)
+			;
+	}
+	bool done = f->notifier_done;
 	pthread_mutex_unlock(&f->lock);
-	if (f->notifier_running)
-		pthread_join(f->notifier, NULL);
+	if (f->notifier_running) {
+		if (done) {
+			pthread_join(f->notifier, NULL);
+		} else {
+			log_warn(
+				"a cache invalidation is still in the kernel; stopping without it");
+			pthread_detach(f->notifier);
+			f->notifier_stuck = true;
+		}
+	}
 	f->notifier_running = false;
 }
 
@@ -1055,14 +1085,6 @@ static char *submit_name(const char *draft)
 	return id;
 }
 
-static void notify_entry(struct fs *f, const char *dir, const char *name)
-{
-	pthread_mutex_lock(&f->lock);
-	notify_push_locked(f, inode_hash_path(dir), name);
-	pthread_cond_signal(&f->cond);
-	pthread_mutex_unlock(&f->lock);
-}
-
 /* Submits draft `draft` (content in text) as task `id`. On success the draft and any
  * NAME.error go; on failure NAME.error says why. Returns 0 or -errno. */
 static int submit_draft(struct fs *f, const char *draft, const char *id, const char *text,
@@ -1074,14 +1096,17 @@ static int submit_draft(struct fs *f, const char *draft, const char *id, const c
 	char *errname = malloc(strlen(id) + 8);
 	sprintf(errname, "%s.error", id);
 	if (r == 0) {
+		/* no entry invalidation: names in tasks/new/ are never cached (lookup_finish),
+		 * and one would wait for the directory lock a submitter may hold */
 		drafts_remove(f->ctx.drafts, draft);
-		notify_entry(f, "/tasks/new", draft);
-		if (drafts_remove(f->ctx.drafts, errname) == 0)
-			notify_entry(f, "/tasks/new", errname);
+		drafts_remove(f->ctx.drafts, errname);
 	} else {
 		struct buf b;
 		buf_init(&b);
-		buf_printf(&b, "%s: %s\n", draft, err[0] ? err : strerror(-r));
+		/* the sentence may quote the spec: no raw control bytes into a file */
+		char clean[4 * sizeof(err) + 1];
+		util_escape_controls(err[0] ? err : strerror(-r), clean, sizeof(clean));
+		buf_printf(&b, "%s: %s\n", draft, clean);
 		drafts_put(f->ctx.drafts, errname, uid, gid, b.data);
 		log_info("task %s rejected: %s", id, err[0] ? err : strerror(-r));
 		buf_free(&b);
@@ -1460,8 +1485,8 @@ static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		r = drafts_read(f->ctx.drafts, name, &text);
 	if (r == 0)
 		r = submit_draft(f, name, id, text.data ? text.data : "", text.len, di.uid, di.gid);
-	if (r == 0 && drafts_remove(f->ctx.drafts, newname) == 0)
-		notify_entry(f, "/tasks/new", newname);
+	if (r == 0)
+		drafts_remove(f->ctx.drafts, newname);
 	if (r < 0 && r != -EEXIST) {
 		/* rejected: the spec stays, under the name it was given, for fixing */
 		drafts_rename(f->ctx.drafts, name, newname);

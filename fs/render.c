@@ -6,9 +6,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define HEALTH_MAX_CORES  (1 << 20) /* more than any node has: larger is a lie */
+#define HEALTH_MAX_RAM_MB 1e12
+
+#define RENDER_INDENT_MAX (4u << 20) /* a larger indented document is written compact */
+
+/* Documents hold what agents sent (at most 1 MiB, 32 levels, per answer); indenting 32
+ * levels of tiny objects would multiply that, so an indented rendering past
+ * RENDER_INDENT_MAX is replaced by the compact one: a file's size stays near its data's. */
 static void put_json(struct buf *out, json_t *doc)
 {
 	char *s = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+	if (s && strlen(s) > RENDER_INDENT_MAX) {
+		free(s);
+		s = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+	}
 	if (s) {
 		buf_puts(out, s);
 		free(s);
@@ -169,10 +181,13 @@ static void free_views(struct node_view *views, size_t n)
 	free(views);
 }
 
-static double health_num(const struct node_view *v, const char *key)
+/* A number of an agent's health answer, or 0 when it is missing or outside [0, max]:
+ * the sums below must stay representable (a node claiming 1e300 cores adds nothing). */
+static double health_num(const struct node_view *v, const char *key, double max)
 {
 	json_t *x = json_object_get(v->health, key);
-	return json_is_number(x) ? json_number_value(x) : 0;
+	double d = json_is_number(x) ? json_number_value(x) : 0;
+	return isfinite(d) && d >= 0 && d <= max ? d : 0;
 }
 
 /* /health: one object keyed by node name, each value that node's health document. */
@@ -210,10 +225,10 @@ static void render_stats(const struct tree_ctx *ctx, struct buf *out, double *re
 		if (views[i].reachable)
 			reachable++;
 		if (views[i].health) {
-			double nc = health_num(&views[i], "cores");
+			double nc = health_num(&views[i], "cores", HEALTH_MAX_CORES);
 			cores += nc;
-			cpu_busy += nc * health_num(&views[i], "cpu_percent") / 100.0;
-			ram += health_num(&views[i], "mem_total_mb");
+			cpu_busy += nc * health_num(&views[i], "cpu_percent", 100) / 100.0;
+			ram += health_num(&views[i], "mem_total_mb", HEALTH_MAX_RAM_MB);
 			gpus += (double) json_array_size(json_object_get(views[i].health, "gpus"));
 		}
 	}

@@ -53,6 +53,39 @@ def wait_until(pred, timeout=10.0, step=0.05, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def mounted(path):
+    """/proc/mounts lists the mountpoint (a FUSE mount whose daemon died is still listed,
+    though os.path.ismount() is false for it)."""
+    path = os.path.abspath(path)  # no stat: the mount may not answer
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+def abort_fuse_connection(path):
+    """Aborts the FUSE connection of the mount on path through fusectl (mounted if need
+    be): the last resort for a daemon that cannot exit because a request waits for it."""
+    path = os.path.abspath(path)  # no stat: the mount may not answer
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == path:
+                major, minor = (int(x) for x in fields[2].split(":"))
+                break
+        else:
+            return False
+    conns = Path("/sys/fs/fuse/connections")
+    with open("/proc/mounts") as f:
+        have_fusectl = any(line.split()[2] == "fusectl" for line in f)
+    if not have_fusectl:
+        subprocess.run(["mount", "-t", "fusectl", "none", str(conns)], check=False,
+                       stderr=subprocess.DEVNULL)
+    try:
+        (conns / str((major << 20) | minor) / "abort").write_text("1")
+        return True
+    except OSError:
+        return False
+
+
 def write_token(path, value):
     path = Path(path)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -145,17 +178,23 @@ class Mount:
     def json(self, *parts):
         return json.loads(self.read(*parts))
 
-    def stop(self):
+    def stop(self, timeout=30):
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(30)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
-        if os.path.ismount(self.mnt):
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    # a thread stuck in the kernel on this very mount: cut the connection
+                    abort_fuse_connection(self.mnt)
+                    self.proc.wait()
+        # always: a daemon that died leaves its mount listed (and ENOTCONN) until this
+        if mounted(self.mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
-        if not os.path.ismount(self.mnt):
+        if not mounted(self.mnt):
             try:
                 self.mnt.rmdir()
             except OSError:

@@ -493,3 +493,36 @@ def test_ipv6_listen(tmpdir_path):
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+def test_half_sent_requests_do_not_lock_out_authenticated_clients(agent):
+    """300 idle connections from loopback, each with half a request sent: an authenticated
+    request from the same address is still answered within a probe timeout (1 s), and the
+    idle ones are closed after the agent's idle timeout."""
+    socks = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", agent.port), timeout=5)
+            s.sendall(b"GET /api/node/health HTTP/1.1\r\nHost: x\r\n")
+            socks.append(s)
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=1.0)
+        try:
+            status, _, body = do_request(conn, "GET", "/api/node/health")
+        finally:
+            conn.close()
+        assert status == 200 and "cores" in body
+        assert time.monotonic() - t0 < 1.0
+        # the idle ones are cut: reading one ends (EOF or reset) within the idle timeout
+        s = socks[0]
+        s.settimeout(10)
+        t0 = time.monotonic()
+        try:
+            s.recv(1)
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - t0 < 8
+    finally:
+        for s in socks:
+            s.close()

@@ -752,3 +752,34 @@ def test_list_since_filters_finished(agent):
     code, doc = agent.request("GET", "/api/node/tasks?since=0")
     assert sorted(x["id"] for x in doc["tasks"]) == ["old", "slow"]
     assert agent.request("GET", "/api/node/tasks?since=soon")[0] == 400
+
+
+def test_task_that_never_got_the_go_ahead_is_not_lost(start_agent, tmpdir_path):
+    """An agent killed between writing a task's spec.json and the go-ahead leaves the
+    directory with spec.json, supervisor, stdout, stderr and work/, but no pid file and no
+    result (supervisor.h): the supervisor never forked the task. A restarted agent must
+    not call it lost: it forgets it, so that the same id, sent again, runs."""
+    counter = os.path.join(tmpdir_path, "runs-never")
+    body = {"id": "unborn", "cmd": "echo run >> %s" % counter}
+    agent = start_agent()
+    status, doc = agent.post(body)
+    assert status == 201, doc
+    agent.wait_final("unborn")
+    assert agent.stop() == 0
+    d = task_dir(agent, "unborn")
+    for name in ("pid", "pgid", "result.json"):
+        os.unlink(os.path.join(d, name))
+    for name in ("stdout", "stderr"):
+        open(os.path.join(d, name), "w").close()
+    os.unlink(counter)
+
+    agent = start_agent()
+    status, doc = agent.get("unborn")
+    assert status == 404, doc
+    status, listing = agent.request("GET", "/api/node/tasks")
+    assert status == 200 and all(t["id"] != "unborn" for t in listing["tasks"])
+    assert "never started" in agent.stderr()
+    status, doc = agent.post(body)
+    assert status == 201, doc
+    assert agent.wait_final("unborn")["state"] == "succeeded"
+    assert read_file(counter) == "run\n"

@@ -24,22 +24,25 @@ def _run(*args):
 @pytest.fixture(scope="module")
 def users():
     """Two users with homes; alice is also in GROUP. Removed at the end."""
-    made = []
+    made, made_group = [], False
     try:
         grp.getgrnam(GROUP)
     except KeyError:
         _run("groupadd", GROUP)
-    for name, extra in ((ALICE, ["-G", GROUP]), (BOB, [])):
+        made_group = True
+    for name in (ALICE, BOB):
         try:
             pwd.getpwnam(name)
         except KeyError:
-            _run("useradd", "-m", "-d", f"/tmp/home-{name}", "-s", "/bin/sh", *extra, name)
+            _run("useradd", "-m", "-d", f"/tmp/home-{name}", "-s", "/bin/sh", name)
             made.append(name)
+    _run("usermod", "-a", "-G", GROUP, ALICE)  # also when alice was left by a crashed run
     yield {n: pwd.getpwnam(n) for n in (ALICE, BOB)}
     for name in made:
         subprocess.run(["userdel", "-r", name], check=False, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
-    subprocess.run(["groupdel", GROUP], check=False, stderr=subprocess.DEVNULL)
+    if made_group:
+        subprocess.run(["groupdel", GROUP], check=False, stderr=subprocess.DEVNULL)
 
 
 # Code run as another user: each op reports "ok" or the errno's name.

@@ -1,6 +1,8 @@
 """The checkpoint ledger: served by an agent with --ledger, cached and queued by clusterfs."""
 import json
 import os
+import sys
+from pathlib import Path
 import signal
 import time
 import urllib.request
@@ -108,3 +110,68 @@ def test_outage_cached_and_exactly_once(tmp_path, token, mount):
             trainer2.stop()
     finally:
         trainer.stop()
+
+
+def test_record_waits_through_404_until_the_ledger_is_served(tmp_path, token, mount):
+    """An agent without --ledger answers 404 to records: they must wait, not be dropped,
+    and arrive once the agent serves the ledger."""
+    plain = Agent(tmp_path, "trainer", token)
+    port = plain.port
+    try:
+        m = mount(ledger_cfg(tmp_path, [plain], token, plain))
+        record(m, {"step": 7, "metrics": {"val_loss": 0.5}, "path": "/ckpt/7"})
+        time.sleep(3)  # several delivery attempts, each answered 404
+        assert m.json("ledger", "source")["pending_records"] == 1
+        assert "refused" not in m.json("ledger", "source")
+    finally:
+        plain.stop()
+    served = Agent(tmp_path, "trainer", token, port=port,
+                   extra=("--ledger", str(tmp_path / "ledger.db")))
+    try:
+        wait_until(lambda: [e["step"] for e in agent_entries(served, token)] == [7], 20,
+                   what="the record delivered")
+        wait_until(lambda: m.json("ledger", "source")["pending_records"] == 0, 10,
+                   what="the outbox empty")
+    finally:
+        served.stop()
+
+
+def test_record_refused_is_dropped_with_the_reason(tmp_path, token, trainer, mount):
+    """A record the ledger refuses for what it is (409: the step exists) is dropped, with
+    the reason in alerts and in ledger/source."""
+    m = mount(ledger_cfg(tmp_path, [trainer], token, trainer))
+    record(m, {"step": 1, "metrics": {"val_loss": 0.5}, "path": "/ckpt/1"})
+    wait_until(lambda: len(agent_entries(trainer, token)) == 1, what="delivery")
+    record(m, {"step": 1, "metrics": {"val_loss": 0.4}, "path": "/ckpt/1b"})
+    wait_until(lambda: "refused" in m.json("ledger", "source"), 10, what="the refusal")
+    assert "recorded already" in m.json("ledger", "source")["refused"]
+    assert m.json("ledger", "source")["pending_records"] == 0
+    assert "recorded already" in m.read("alerts")
+
+
+def test_metric_names_from_the_ledger_become_valid_file_names(tmp_path, token, mount):
+    """A ledger host is remote: metric names "", ".", "..", "a/b", "50%" or with an ESC
+    byte never become such entries of ledger/best/; encodable ones are encoded reversibly
+    (like model names), the rest are left out with an alert."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_hostile import Hostile
+    ledger = Hostile("ledgernames")
+    try:
+        cfg = make_config(tmp_path / "hosts.json", [ledger], token,
+                          probe={"timeout_ms": 1000, "interval_s": 1})
+        d = json.loads(cfg.read_text())
+        d["hosts"]["hostile"]["services"]["ledger"] = {"port": ledger.port,
+                                                       "path": "/api/ledger"}
+        cfg.write_text(json.dumps(d))
+        m = mount(cfg)
+        names = wait_until(lambda: sorted(os.listdir(m.path("ledger", "best"))), 10,
+                           what="ledger/best listed")
+        assert names == ["50%25", "a%2Fb", "ok"], names
+        assert m.json("ledger", "best", "a%2Fb")["best_by"] == "a/b"
+        assert m.json("ledger", "best", "50%25")["best_by"] == "50%"
+        assert m.json("ledger", "best", "ok")["best_by"] == "ok"
+        alerts = m.read("alerts")
+        assert "left out of ledger/best/" in alerts and '"esc\\x1bname"' in alerts, alerts
+        assert "\x1b" not in alerts
+    finally:
+        ledger.stop()

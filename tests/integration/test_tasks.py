@@ -394,3 +394,15 @@ def test_full_disk_loses_nothing(tmp_path, token, agents, mount):
         m.stop()
     finally:
         subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def test_error_sentences_escape_control_bytes(tmp_path, token, agents, mount):
+    """A spec with an ESC byte in a field name: NAME.error and the log quote it as \\x1b."""
+    ags = agents(1)
+    m = mount(make_config(tmp_path / "hosts.json", ags, token))
+    with pytest.raises(OSError):
+        submit(m, "esc", '\x1b[2Jevil')
+    err = m.read("tasks", "new", "esc.error")
+    assert "\x1b" not in err and "\\x1b" in err, repr(err)
+    log = m.log_path.read_text()
+    assert "\x1b" not in log and "near '\\x1b'" in log

@@ -279,6 +279,28 @@ static void test_closest_word(void)
 	CHECK(util_closest_word(longw, lw, 1, 2) == lw[0], "closest: long words work");
 }
 
+static void test_json_depth(void)
+{
+	char deep[4001];
+	memset(deep, '[', 2000);
+	deep[2000] = '1';
+	memset(deep + 2001, ']', 2000);
+	CHECK(util_json_depth(deep, sizeof(deep), JSON_MAX_DEPTH) == JSON_MAX_DEPTH + 1,
+	      "json depth: stops counting past the limit");
+	const char *flat = "{\"a\": [1, {\"b\": \"[[[[{{{{\\\"[[\"}]}";
+	CHECK(util_json_depth(flat, strlen(flat), 32) == 3, "json depth: strings do not count");
+	CHECK(util_json_depth("", 0, 32) == 0, "json depth: empty text");
+	CHECK(util_json_depth("]]]}}", 5, 32) == 0, "json depth: stray closers");
+	CHECK(util_json_values("[1,2,{\"a,b\":[3]}]", 17, 100) == 6, "json values: counted");
+	CHECK(util_json_values("[[],[],[]]", 10, 2) == 3, "json values: stops past the limit");
+	char out[64];
+	CHECK(strcmp(util_escape_controls("a\x1b[2Jb\\c\n", out, sizeof(out)),
+		     "a\\x1b[2Jb\\c\\x0a") == 0,
+	      "escape: control bytes as \\xHH");
+	CHECK(strlen(util_escape_controls("\x01\x01\x01\x01", out, 10)) <= 9,
+	      "escape: bounded by the output size");
+}
+
 int main(void)
 {
 	if (!mkdtemp(tmpdir)) {
@@ -292,6 +314,7 @@ int main(void)
 	test_file_read_all();
 	test_clock();
 	test_closest_word();
+	test_json_depth();
 
 	static const char *const names[] = {"ok",  "ro",  "unsafe", "empty", "blank", "space",
 					    "ctl", "big", "f",      "e",     NULL};

@@ -11,14 +11,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
-#define SERVER_THREADS           2
-#define SERVER_CONNECTION_LIMIT  256
-#define SERVER_PER_IP_LIMIT      64
-#define SERVER_TIMEOUT_S         30
+#define SERVER_THREADS 2
+/* Idle and half-sent requests cannot lock clients out: a connection idle for
+ * SERVER_TIMEOUT_S is closed (authenticated ones keep SERVER_AUTH_TIMEOUT_S for
+ * keep-alive), and one address takes at most half of the connections. */
+#define SERVER_CONNECTION_LIMIT  1024
+#define SERVER_PER_IP_LIMIT      512
+#define SERVER_TIMEOUT_S         5
+#define SERVER_AUTH_TIMEOUT_S    30
 #define SERVER_CONNECTION_MEMORY (64 * 1024)
 #define SERVER_LISTEN_BACKLOG    128
 /* An oversized body sent without Content-Length is read and dropped up to this much so
@@ -476,6 +481,8 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 	st->responded = true;
 	if (!server_is_authorized(srv, conn))
 		return server_reply_unauthorized(conn);
+	MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
+				  (unsigned int) SERVER_AUTH_TIMEOUT_S);
 	if (st->too_large)
 		return server_reply_too_large(conn);
 	st->conn = conn;
@@ -652,6 +659,14 @@ int server_start(const struct server_config *cfg, struct server **ret_server)
 	if (!srv) {
 		close(cfg->listen_fd);
 		return -ENOMEM;
+	}
+	/* room for every connection the limits allow, as far as the hard limit lets us */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < SERVER_CONNECTION_LIMIT + 256) {
+		rl.rlim_cur = rl.rlim_max < SERVER_CONNECTION_LIMIT + 256
+				      ? rl.rlim_max
+				      : SERVER_CONNECTION_LIMIT + 256;
+		setrlimit(RLIMIT_NOFILE, &rl);
 	}
 	srv->token = cfg->token;
 	srv->routes = cfg->routes;

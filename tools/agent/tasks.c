@@ -371,8 +371,37 @@ static int task_cmp_started(const void *a, const void *b)
 	return strcmp(x->id, y->id);
 }
 
+static void task_remove_dir(struct tasks *t, const char *id);
+
+#define NEVER_STARTED_WAIT_US (2 * 1000 * 1000) /* for a supervisor still starting up */
+
+/* Whether k, just loaded, never ran: an agent died between writing its spec.json and the
+ * go-ahead, so its supervisor exits (or exited) without forking the task, which leaves
+ * no pid file and no result. A supervisor still alive is given a moment: without its
+ * agent it exits; if it forked the task after all, the pid file appears. */
+static bool task_never_started(struct tasks *t, struct task *k)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/%s", k->id, TASK_FILE_RESULT);
+	uint64_t until = clock_now_us() + NEVER_STARTED_WAIT_US;
+	for (;;) {
+		if (k->pid || faccessat(t->dirfd, path, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+			return false;
+		if (!k->sup.pid || !supervisor_is_alive(&k->sup, t->boot_id))
+			break;
+		if (clock_now_us() >= until)
+			return false; /* a supervisor that lives on: adopted as running */
+		usleep(10000);
+		k->pid = task_read_pid(t, k->id, TASK_FILE_PID);
+	}
+	k->pid = task_read_pid(t, k->id, TASK_FILE_PID);
+	return !k->pid && faccessat(t->dirfd, path, F_OK, AT_SYMLINK_NOFOLLOW) < 0;
+}
+
 /* Re-adopts every task in the directory: finished, still running under a supervisor that
- * outlived an earlier agent, or lost. Before any thread can see the registry. */
+ * outlived an earlier agent, or lost. A task that never started is forgotten (its
+ * directory removed), so that the control plane, not finding it, sends it again under
+ * the same id. Before any thread can see the registry. */
 static int tasks_scan(struct tasks *t)
 {
 	int fd = dup(t->dirfd);
@@ -405,6 +434,14 @@ static int tasks_scan(struct tasks *t)
 		}
 		if (r < 0)
 			break;
+		if (task_never_started(t, k)) {
+			log_info("task %s never started (its agent stopped before the go-ahead): "
+				 "forgotten, so that it can be sent again",
+				 k->id);
+			task_remove_dir(t, k->id);
+			task_free(k);
+			continue;
+		}
 		task_refresh_locked(t, k);
 		running += k->state == TASK_RUNNING;
 		if ((r = tasks_insert_locked(t, k)) < 0) {
