@@ -12,10 +12,11 @@ if [ ! -d "$build" ]; then
 	CC=clang meson setup "$build" -Dfuzz=true -Db_sanitize=address -Db_lundef=false \
 		-Dbuildtype=debugoptimized >/dev/null
 fi
-ninja -C "$build" tests/fuzz/fuzz-spec tests/fuzz/fuzz-config tests/fuzz/fuzz-response >/dev/null
+ninja -C "$build" tests/fuzz/fuzz-spec tests/fuzz/fuzz-config tests/fuzz/fuzz-response \
+	tests/fuzz/fuzz-agent >/dev/null
 status=0
 summary=()
-for t in spec config response; do
+for t in spec config response agent; do
 	corpus="$build/corpus/$t"
 	crashes="$build/crashes/$t"
 	mkdir -p "$corpus" "$crashes"

@@ -237,6 +237,21 @@ static bool route_match(const char *pattern, const char *path, struct route_capt
 	return true;
 }
 
+int server_match_route(const struct route *routes, size_t n_routes, const char *method,
+		       const char *path, size_t *ret_params)
+{
+	struct route_capture caps[SERVER_MAX_PARAMS];
+	for (size_t i = 0; i < n_routes; i++) {
+		size_t n;
+		if (route_match(routes[i].pattern, path, caps, &n) &&
+		    strcmp(routes[i].method, method) == 0) {
+			*ret_params = n;
+			return (int) i;
+		}
+	}
+	return -ENOENT;
+}
+
 /* Runs the handler of the route matching method and path, or answers 404/405. */
 /* Suspends a request whose handler deferred its answer; false when the server stops
  * (then it is answered now). Handler thread. */

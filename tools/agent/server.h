@@ -93,5 +93,9 @@ int server_start(const struct server_config *cfg, struct server **ret_server);
 /* Stops accepting, finishes or drops open connections, joins the threads and frees `srv`.
  * NULL is a no-op. */
 void server_stop(struct server *srv);
+/* The row of `routes` that serves method and path, as the server picks it (for tests and
+ * the fuzzer): its index and the number of "{name}" captures, or -ENOENT. */
+int server_match_route(const struct route *routes, size_t n_routes, const char *method,
+		       const char *path, size_t *ret_params);
 /* Thread-safe: runs the handlers of every deferred request again (something changed). */
 void server_wake(struct server *srv);

@@ -615,7 +615,7 @@ static int task_reply_locked(struct tasks *t, const struct task *k, unsigned sta
 }
 
 /* Checks a POST body against TASKS-API.md. 0, or -EINVAL with a sentence in msg. */
-static int task_request_check(json_t *doc, char *msg, size_t msglen)
+int tasks_check_request(json_t *doc, char *msg, size_t msglen)
 {
 	static const char *const fields[] = {"id", "cmd", "env", "cwd", "timeout_s", "user"};
 	const size_t n_fields = sizeof(fields) / sizeof(fields[0]);
@@ -1080,7 +1080,7 @@ int tasks_handle_create(struct tasks *t, struct request *req, struct response *r
 		response_set_error(resp, 400, "invalid JSON: %s", jerr.text);
 		return 0;
 	}
-	if (task_request_check(doc, msg, sizeof(msg)) < 0) {
+	if (tasks_check_request(doc, msg, sizeof(msg)) < 0) {
 		response_set_error(resp, 400, "%s", msg);
 		json_decref(doc);
 		return 0;

@@ -4,6 +4,7 @@
  * result.json, so a restarted agent rebuilds it exactly by scanning that directory. */
 #pragma once
 
+#include <jansson.h>
 #include <stddef.h>
 
 #include "tools/agent/server.h"
@@ -33,6 +34,10 @@ void tasks_set_notify(struct tasks *t, void (*fn)(void *arg), void *arg);
 void tasks_reap(struct tasks *t);
 /* The number of running tasks. Thread-safe. */
 size_t tasks_count_running(struct tasks *t);
+
+/* Checks a POST /api/node/tasks body before anything is created: 0, or -EINVAL with one
+ * sentence in msg (an unknown field, a bad id, cmd, env, cwd, timeout or user). Borrows. */
+int tasks_check_request(json_t *doc, char *msg, size_t msglen);
 
 /* The HTTP handlers, thread-safe. req->params[0] is the task id where the path has one. */
 /* POST /api/node/tasks */
