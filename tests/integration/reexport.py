@@ -1,0 +1,327 @@
+"""nfs-ganesha (VFS FSAL, NFSv4 only) and Samba exporting a directory, each with its own
+configuration, state, logs and pid under a directory of the caller's, on loopback only.
+
+Shared by tests/integration/test_reexport.py and tests/bench/reexport.sh (which runs this
+file as a program). The configurations are the ones README's "Re-exporting over NFS and
+SMB" section shows; keep them in step."""
+import base64
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GANESHA_CONF = """\
+NFS_CORE_PARAM {{
+	# NFSv4 only: v3 needs its MOUNT program registered with rpcbind, and ganesha
+	# exits when it cannot register it
+	Protocols = 4;
+	NFS_Port = {port};
+	Bind_addr = 127.0.0.1;
+	Enable_NLM = false;
+	Enable_RQUOTA = false;
+	Enable_UDP = false;
+}}
+NFS_KRB5 {{ Active_krb5 = false; }}
+NFSV4 {{
+	RecoveryBackend = fs;
+	RecoveryRoot = {dir}/recovery;
+	Graceless = true;
+	Only_Numeric_Owners = true;
+}}
+EXPORT {{
+	Export_Id = 1;
+	Path = {path};
+	Pseudo = /export;
+	Access_Type = {access};
+	Squash = No_Root_Squash;
+	Protocols = 4;
+	Transports = TCP;
+	SecType = sys;
+	# ganesha's own attribute cache would keep a size the next render no longer has
+	Attr_Expiration_Time = 0;
+	FSAL {{ Name = VFS; }}
+}}
+LOG {{ Default_Log_Level = EVENT; }}
+"""
+
+SMB_CONF = """\
+[global]
+	server role = standalone server
+	interfaces = 127.0.0.1
+	bind interfaces only = yes
+	smb ports = {port}
+	disable netbios = yes
+	server min protocol = SMB2
+	private dir = {dir}/private
+	lock directory = {dir}/lock
+	state directory = {dir}/state
+	cache directory = {dir}/cache
+	pid directory = {dir}/pid
+	ncalrpc dir = {dir}/ncalrpc
+	log file = {dir}/log.%m
+	logging = file
+	passdb backend = tdbsam:{dir}/private/passdb.tdb
+	load printers = no
+	printing = bsd
+	printcap name = /dev/null
+	disable spoolss = yes
+	map to guest = Never
+[export]
+	path = {path}
+	read only = {read_only}
+	# NTFS-illegal characters in names (':' in model names) map to the private-use
+	# characters Windows and macOS use for them (Services for Mac); without it a name
+	# with ':' is a stream name to the client and fails with EINVAL
+	vfs objects = catia
+	catia:mappings = 0x22:0xf020,0x2a:0xf021,0x3a:0xf022,0x3c:0xf023,0x3e:0xf024,0x3f:0xf025,0x5c:0xf026,0x7c:0xf027
+	# clusterfs keeps no xattrs, takes no locks and has no leases: ask for none
+	ea support = no
+	store dos attributes = no
+	map archive = no
+	map readonly = no
+	kernel share modes = no
+	kernel oplocks = no
+	oplocks = no
+	level2 oplocks = no
+	posix locking = no
+	strict allocate = no
+"""
+
+SMB_USER = "root"
+SMB_MAP = {c: chr(0xf020 + i) for i, c in enumerate('"*:<>?\\|')}
+
+
+def smb_name(rel):
+    """The name an SMB client uses for REL under catia's mapping, '/' as '\\'."""
+    return "".join(SMB_MAP.get(ch, ch) for ch in rel)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port):
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(proc, port, log, what, deadline_s=20.0):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: "
+                               + Path(log).read_text(errors="replace")[-2000:])
+        if _listening(port):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {deadline_s}s")
+
+
+def _stop(proc, timeout=20):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Ganesha:
+    """ganesha.nfsd -F exporting PATH as nfs://127.0.0.1:PORT/export (NFSv4)."""
+
+    def __init__(self, d, path, port=None, access="RW"):
+        self.dir = Path(d)
+        (self.dir / "recovery").mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)
+        self.port = port or free_port()
+        self.conf = self.dir / "ganesha.conf"
+        self.conf.write_text(GANESHA_CONF.format(port=self.port, dir=self.dir,
+                                                 path=self.path, access=access))
+        self.log = self.dir / "ganesha.log"
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["ganesha.nfsd", "-F", "-L", str(self.log), "-f", str(self.conf), "-p",
+             str(self.dir / "ganesha.pid")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        _wait(self.proc, self.port, self.log, "ganesha.nfsd")
+
+    def url(self, rel=""):
+        return f"nfs://127.0.0.1/export/{rel}?version=4&nfsport={self.port}"
+
+    def stop(self):
+        _stop(self.proc)
+
+
+class Samba:
+    """smbd -F serving PATH as //127.0.0.1/export on PORT, to SMB_USER with a password
+    kept in its own private dir."""
+
+    def __init__(self, d, path, port=None, read_only="no"):
+        self.dir = Path(d)
+        for sub in ("private", "lock", "state", "cache", "pid", "ncalrpc"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir / "private", 0o700)
+        self.path = Path(path)
+        self.port = port or free_port()
+        self.conf = self.dir / "smb.conf"
+        self.conf.write_text(SMB_CONF.format(port=self.port, dir=self.dir, path=self.path,
+                                             read_only=read_only))
+        self.password = "pw-" + os.urandom(6).hex()
+        # smbpasswd -s reads the new password twice from stdin
+        subprocess.run(["smbpasswd", "-c", str(self.conf), "-s", "-a", SMB_USER],
+                       input=f"{self.password}\n{self.password}\n", text=True, check=True,
+                       capture_output=True)
+        self.log = self.dir / "smbd.out"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                ["smbd", "-F", "--no-process-group", "-s", str(self.conf), "--debug-stdout",
+                 "-d", "1"], stdout=out, stderr=subprocess.STDOUT,
+                # smbd signals its whole process group when it exits: its own group
+                start_new_session=True)
+        _wait(self.proc, self.port, self.log, "smbd")
+
+    def smbclient(self, command, timeout=10):
+        """smbclient -c COMMAND against the share; returns the CompletedProcess."""
+        auth = self.dir / "auth"
+        if not auth.exists():
+            fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, f"username={SMB_USER}\npassword={self.password}\n".encode())
+            os.close(fd)
+        return subprocess.run(["smbclient", "-s", str(self.conf), "-p", str(self.port),
+                               "-A", str(auth), "//127.0.0.1/export", "-c", command],
+                              capture_output=True, timeout=timeout)
+
+    def url(self, rel=""):
+        from urllib.parse import quote
+        return f"smb://127.0.0.1:{self.port}/export/{quote(smb_name(rel))}"
+
+    def stop(self):
+        _stop(self.proc)
+
+
+def smbc_context(samba):
+    """A libsmbclient context (python3-smbc) logged in as SMB_USER: one session for many
+    reads, so that each read can be timed on its own."""
+    import smbc
+    ctx = smbc.Context()
+    ctx.functionAuthData = lambda srv, share, wg, user, pw: ("WORKGROUP", SMB_USER,
+                                                             samba.password)
+    return ctx
+
+
+class SmbReader:
+    """libsmbclient reads (python3-smbc) in a worker process, one session for many
+    reads so that each can be timed, each bounded by TIMEOUT_S: the binding holds the
+    GIL while it waits, so the waiting and the timing are done here, and a hung worker
+    is killed and a fresh one started for the next read."""
+
+    def __init__(self, samba, timeout_s):
+        self.samba = samba
+        self.timeout_s = timeout_s
+        self.proc = None
+
+    def _start(self):
+        self.proc = subprocess.Popen(
+            ["/usr/bin/python3", __file__, "smb-read", str(self.samba.port),
+             self.samba.password], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def read(self, rel):
+        """(data or None, error or None, seconds)"""
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        t = time.monotonic()
+        self.proc.stdin.write(rel + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout_s)
+        el = time.monotonic() - t
+        if not ready:
+            self.close()
+            return None, f"hung: no end of file within {self.timeout_s}s", el
+        r = json.loads(self.proc.stdout.readline())
+        return (base64.b64decode(r["data"]) if r["data"] is not None else None,
+                r["err"], el)
+
+    def close(self):
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+def _smb_read(argv):
+    class S:
+        port, password = int(argv[0]), argv[1]
+    ctx = smbc_context(S)
+    url = Samba.url.__get__(S)
+    for line in sys.stdin:
+        rel, data, err = line.rstrip("\n"), None, None
+        try:
+            f = ctx.open(url(rel))
+            chunks = []
+            while True:
+                b = f.read(65536)
+                if not b:
+                    break
+                chunks.append(b)
+            f.close()
+            data = base64.b64encode(b"".join(chunks)).decode()
+        except Exception as e:
+            err = f"error: {e}"
+        print(json.dumps({"data": data, "err": err}), flush=True)
+
+
+def _bench(argv):
+    """reexport.py bench DIR NAME FILES...: exports DIR through both and prints
+    'NAME nfs FILES_PER_S' and 'NAME smb FILES_PER_S' for reading every FILE (relative
+    to DIR) once per round, for ROUNDS rounds (environment, default 5)."""
+    d, name, files = Path(argv[0]), argv[1], argv[2:]
+    rounds = int(os.environ.get("ROUNDS", "5"))
+    work = Path(os.environ["WORK"]) / name
+    g = Ganesha(work / "ganesha", d, access="RO")
+    s = Samba(work / "samba", d, read_only="yes")
+    try:
+        t = time.monotonic()
+        for _ in range(rounds):
+            for f in files:
+                subprocess.run(["nfs-cat", g.url(f)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=10, check=True)
+        nfs = rounds * len(files) / (time.monotonic() - t)
+        reader = SmbReader(s, 10)
+        t = time.monotonic()
+        for _ in range(rounds):
+            for f in files:
+                data, err, _ = reader.read(f)
+                assert err is None, (f, err)
+        smb = rounds * len(files) / (time.monotonic() - t)
+        # and the CLI, one process per file as a script would use it
+        t = time.monotonic()
+        for f in files:
+            r = s.smbclient(f"get \"{smb_name(f)}\" /dev/null")
+            assert r.returncode == 0, r.stderr
+        smbcli = len(files) / (time.monotonic() - t)
+        print(f"{name} nfs-cat {nfs:.1f}")
+        print(f"{name} libsmbclient {smb:.1f}")
+        print(f"{name} smbclient {smbcli:.1f}")
+    finally:
+        s.stop()
+        g.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "bench":
+        _bench(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "smb-read":
+        _smb_read(sys.argv[2:])
+    else:
+        sys.exit("usage: reexport.py bench DIR NAME FILES...")
