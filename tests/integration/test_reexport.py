@@ -33,6 +33,12 @@ def status(m, name):
     return m.read("tasks", name, "status").strip()
 
 
+def cancel_and_wait(m, name):
+    with open(m.path("tasks", name, "ctl"), "w") as f:
+        f.write("cancel\n")
+    wait_until(lambda: status(m, name) == "cancelled", 15, what=f"{name} cancelled")
+
+
 class Cluster:
     pass
 
@@ -93,6 +99,8 @@ def cluster(tmp_path_factory):
         submit(m, "bad", {"cmd": "echo oops >&2; exit 3", "node": "n2"})
         submit(m, "gone", {"cmd": "sleep 300", "node": "n2"})
         submit(m, "busy", {"cmd": "sleep 600", "node": "n1"})
+        # a task's supervisor outlives its agent by design: end it before the agents stop
+        started.append(lambda: cancel_and_wait(c.m, "busy"))
         with open(m.path("nodes", "n3", "ctl"), "w") as f:
             f.write("drain\n")
         submit(m, "later", {"cmd": "true", "node": "n3"})
