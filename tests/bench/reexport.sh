@@ -88,7 +88,7 @@ alive_and() { # PID COMMAND...: fails at once (exit) when PID died
 printf 'bench-%s\n' "$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')" >"$tmp/token"
 chmod 600 "$tmp/token"
 
-for attempt in 1 2 3 4 5 6 7 8 9 10; do
+for _ in 1 2 3 4 5 6 7 8 9 10; do
 	base=$((10000 + RANDOM % 20000))
 	"$BUILD/tools/clusterfs-agent-sim" --base-port "$base" --count "$NODES" \
 		--token-file "$tmp/token" 2>>"$tmp/sim.log" &
