@@ -5,6 +5,7 @@ Shared by tests/integration/test_reexport.py and tests/bench/reexport.sh (which 
 file as a program). The configurations are the ones README's "Re-exporting over NFS and
 SMB" section shows; keep them in step."""
 import base64
+import ctypes
 import json
 import os
 import select
@@ -218,6 +219,69 @@ def smbc_context(samba):
     ctx.functionAuthData = lambda srv, share, wg, user, pw: ("WORKGROUP", SMB_USER,
                                                              samba.password)
     return ctx
+
+
+class LibNfs:
+    """One libnfs (libnfs13) NFSv4 session through ctypes: what a client keeps between
+    calls, its file handles. nfs-cat looks every path up afresh; this keeps the handles
+    and presents them again after a restart. libnfs 4.0 does not reconnect a v4 session,
+    so wire() takes the handle's bytes out of a struct nfsfh and present() puts them into
+    one of a new session (libnfs-private.h: struct nfsfh begins with struct nfs_fh
+    {int len; char *val;}), then asks for its attributes (PUTFH + GETATTR: no open
+    state is involved, so what is checked is the handle alone)."""
+
+    class _Url(ctypes.Structure):
+        _fields_ = [("server", ctypes.c_char_p), ("path", ctypes.c_char_p),
+                    ("file", ctypes.c_char_p)]
+
+    class _Fh(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_int), ("val", ctypes.POINTER(ctypes.c_ubyte))]
+
+    def __init__(self, ganesha):
+        lib = self.lib = ctypes.CDLL("libnfs.so.13")
+        lib.nfs_init_context.restype = ctypes.c_void_p
+        lib.nfs_get_error.restype = ctypes.c_char_p
+        lib.nfs_get_error.argtypes = [ctypes.c_void_p]
+        lib.nfs_parse_url_full.restype = ctypes.c_void_p
+        lib.nfs_parse_url_full.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self.ctx = ctypes.c_void_p(lib.nfs_init_context())
+        lib.nfs_set_timeout(self.ctx, 5000)
+        url = lib.nfs_parse_url_full(self.ctx, ganesha.url().encode())
+        if not url:
+            raise OSError(self.error())
+        u = ctypes.cast(url, ctypes.POINTER(self._Url)).contents
+        if lib.nfs_mount(self.ctx, u.server, b"/export") != 0:
+            raise OSError(self.error())
+        self._keep = []
+
+    def error(self):
+        return (self.lib.nfs_get_error(self.ctx) or b"").decode(errors="replace")
+
+    def close(self):
+        """Ends the session (its handles with it)."""
+        self.lib.nfs_destroy_context(self.ctx)
+        self._keep.clear()
+
+    def open(self, rel):
+        fh = ctypes.c_void_p()
+        if self.lib.nfs_open(self.ctx, ("/" + rel).encode(), os.O_RDONLY,
+                             ctypes.byref(fh)) != 0:
+            raise OSError(f"open {rel}: {self.error()}")
+        return fh
+
+    def wire(self, fh):
+        f = ctypes.cast(fh, ctypes.POINTER(self._Fh)).contents
+        return bytes(f.val[:f.len])
+
+    def present(self, carrier, raw):
+        """GETATTR on the handle RAW, carried in the open handle CARRIER: None when it
+        resolves, else libnfs's error (NFS4ERR_STALE when it does not)."""
+        buf = (ctypes.c_ubyte * len(raw)).from_buffer_copy(raw)
+        self._keep.append(buf)
+        f = ctypes.cast(carrier, ctypes.POINTER(self._Fh)).contents
+        f.len, f.val = len(raw), ctypes.cast(buf, ctypes.POINTER(ctypes.c_ubyte))
+        st = ctypes.create_string_buffer(512)
+        return None if self.lib.nfs_fstat64(self.ctx, carrier, st) == 0 else self.error()
 
 
 class SmbReader:
