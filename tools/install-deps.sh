@@ -2,12 +2,17 @@
 # Installs the Debian 12 packages clusterfs needs to build, run and test: the build, the man
 # pages (scdoc, man-db), the Debian packages (debhelper, dpkg-dev, fakeroot, lintian), the
 # checks of the installed units (systemd-analyze) and of /cluster/metrics (promtool, from
-# prometheus).
+# prometheus), and the re-export tests (nfs-ganesha with its VFS FSAL, libnfs's nfs-cat and
+# nfs-ls, Samba with the catia VFS module, smbclient, python3-smbc; their services are not
+# enabled: the tests start their own on loopback).
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc libfuse3-dev fuse3 libcurl4-openssl-dev libjansson-dev
 	libsqlite3-dev libmicrohttpd-dev python3 python3-pytest curl iproute2 util-linux
 	procps clang-format libgnutls28-dev tcpdump scdoc man-db groff-base debhelper dpkg-dev
-	fakeroot lintian adduser systemd prometheus)
+	fakeroot lintian adduser systemd prometheus nfs-ganesha nfs-ganesha-vfs libnfs-utils
+	samba samba-vfs-modules smbclient python3-smbc)
+# installed without recommends: not rpcbind, winbind or the NFS kernel tools
+norec=(prometheus nfs-ganesha nfs-ganesha-vfs samba samba-vfs-modules)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -19,15 +24,20 @@ if [ ${#missing[@]} -gt 0 ]; then
 	fi
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
-	rest=()
-	for p in "${missing[@]}"; do [ "$p" = prometheus ] || rest+=("$p"); done
+	rest=() bare=()
+	for p in "${missing[@]}"; do
+		if [[ " ${norec[*]} " == *" $p "* ]]; then bare+=("$p"); else rest+=("$p"); fi
+	done
 	[ ${#rest[@]} -eq 0 ] || apt-get install -y -qq "${rest[@]}" >/dev/null
-	if [ ${#rest[@]} -ne ${#missing[@]} ]; then
-		# only its promtool is used: not the recommended node exporter, not the server
-		apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+	if [ ${#bare[@]} -gt 0 ]; then
+		apt-get install -y -qq --no-install-recommends "${bare[@]}" >/dev/null
 		if [ -d /run/systemd/system ]; then
-			systemctl disable --now prometheus.service >/dev/null 2>&1 || true
-			echo "install-deps: installed prometheus for promtool; disabled its server" >&2
+			# only promtool is used from prometheus, and the tests run their own ganesha
+			# and smbd: the packages' servers stay off
+			for u in prometheus nfs-ganesha smbd nmbd samba-ad-dc; do
+				systemctl disable --now "$u.service" >/dev/null 2>&1 || true
+			done
+			echo "install-deps: disabled the servers of ${bare[*]}" >&2
 		fi
 	fi
 fi
