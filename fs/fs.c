@@ -44,6 +44,25 @@ struct fs {
 	bool notifier_running;
 	bool notifier_done;  /* the notifier returned; protected by lock */
 	bool notifier_stuck; /* left in the kernel at a stop: f is never freed */
+	pthread_mutex_t held_lock;
+	struct held *held; /* HELD_SLOTS snapshots by inode; protected by held_lock */
+};
+
+/* What a stat reported is what an open then reads (DESIGN §2): for the files an open
+ * refreshes (health, status), a stat refreshes them first when stale, and the bytes it
+ * rendered are held; an open of the same inode within probe.max_age_ms (at most HELD_US)
+ * serves them, even when a probe changed the data meanwhile: they are as fresh as the
+ * open's own refresh would make them. NFS and SMB servers take the size from a GETATTR and
+ * read up to it; without this, a probe landing between the two changes the document
+ * under them. */
+#define HELD_SLOTS 1024
+#define HELD_US    (1000 * 1000ull) /* at most; probe.max_age_ms when shorter */
+
+struct held {
+	uint64_t ino; /* 0: empty */
+	uint64_t at_us;
+	double mtime;
+	struct buf bytes;
 };
 
 /* An open file: the content as rendered at open, so one read sequence sees one document. */
@@ -58,6 +77,7 @@ struct handle {
 	bool writable;              /* collects writes for a POST or a record at flush */
 	bool writer;                /* opened for writing */
 	bool dirty;                 /* written since the last flush */
+	uint64_t ino;               /* the inode opened */
 };
 
 /* A directory listing, taken at opendir. */
@@ -92,6 +112,8 @@ int fs_new(const struct tree_ctx *backends, struct fs **ret)
 	f->uid = getuid();
 	f->gid = getgid();
 	pthread_mutex_init(&f->lock, NULL);
+	pthread_mutex_init(&f->held_lock, NULL);
+	f->held = xcalloc(HELD_SLOTS, sizeof(*f->held));
 	pthread_cond_init(&f->cond, NULL);
 	*ret = f;
 	return 0;
@@ -115,6 +137,10 @@ void fs_free(struct fs *f)
 	if (f->notifier_stuck)
 		return; /* the notifier may still wake up and take f->lock */
 	pthread_mutex_destroy(&f->lock);
+	for (size_t i = 0; i < HELD_SLOTS; i++)
+		buf_free(&f->held[i].bytes);
+	free(f->held);
+	pthread_mutex_destroy(&f->held_lock);
 	pthread_cond_destroy(&f->cond);
 	free(f);
 }
@@ -381,6 +407,48 @@ static void task_file_owner(struct fs *f, const struct tree_entry *e, struct sta
 		st->st_mode = (st->st_mode & ~07777u) | (group ? 0640 : 0600);
 }
 
+/* Files whose bytes a stat holds for the next open: those an open refreshes (health,
+ * status), whose freshness is probe.max_age_ms anyway. Other files change only with
+ * events, and an open renders them as they are then. */
+static bool kind_is_held(enum tree_kind kind)
+{
+	return tree_kind_refreshes(kind);
+}
+
+static void held_put(struct fs *f, uint64_t ino, const struct buf *bytes, double mtime)
+{
+	pthread_mutex_lock(&f->held_lock);
+	struct held *h = &f->held[ino % HELD_SLOTS];
+	h->ino = ino;
+	h->at_us = clock_now_us();
+	h->mtime = mtime;
+	h->bytes.len = 0;
+	buf_append(&h->bytes, bytes->data ? bytes->data : "", bytes->len);
+	pthread_mutex_unlock(&f->held_lock);
+}
+
+/* Copies the bytes a stat of ino rendered into out (out may be NULL): true, or false when
+ * there are none young enough. A stat renders data as fresh as a refresh makes it, so
+ * bytes younger than probe.max_age_ms are as fresh as an open's refresh would make them;
+ * at most HELD_US. */
+static bool held_get(struct fs *f, uint64_t ino, struct buf *out, double *ret_mtime)
+{
+	struct config *cfg = cluster_get_config(f->cluster);
+	uint64_t window = (uint64_t) cfg->probe.max_age_ms * 1000u;
+	config_unref(cfg);
+	if (window > HELD_US)
+		window = HELD_US;
+	pthread_mutex_lock(&f->held_lock);
+	struct held *h = &f->held[ino % HELD_SLOTS];
+	bool ok = h->ino == ino && clock_now_us() - h->at_us < window;
+	if (ok && out) {
+		buf_append(out, h->bytes.data ? h->bytes.data : "", h->bytes.len);
+		*ret_mtime = h->mtime;
+	}
+	pthread_mutex_unlock(&f->held_lock);
+	return ok;
+}
+
 static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 {
 	struct tree_entry e;
@@ -435,7 +503,17 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 		st->st_size = (off_t) size;
 	} else {
 		size_t size = 0;
-		r = render_stat(&f->ctx, &e, &size, &mtime);
+		if (kind_is_held(e.kind)) {
+			struct buf bytes;
+			buf_init(&bytes);
+			r = render_file(&f->ctx, &e, &bytes, &mtime, NULL);
+			size = bytes.len;
+			if (r == 0)
+				held_put(f, st->st_ino, &bytes, mtime);
+			buf_free(&bytes);
+		} else {
+			r = render_stat(&f->ctx, &e, &size, &mtime);
+		}
 		if (r < 0) {
 			tree_entry_clear(&e);
 			return r;
@@ -489,7 +567,7 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
  * finished from the loop thread once the backend has fetched (at most the probe timeout
  * later); no FUSE thread waits meanwhile ---- */
 
-enum pending_op { PENDING_LOOKUP, PENDING_OPENDIR, PENDING_OPEN };
+enum pending_op { PENDING_LOOKUP, PENDING_OPENDIR, PENDING_OPEN, PENDING_GETATTR };
 
 struct pending {
 	enum pending_op op;
@@ -567,6 +645,23 @@ static int refresh_then(struct fs *f, const struct tree_entry *e, struct pending
 	return 1;
 }
 
+/* A stat of a file that an open would refresh (health, status) refreshes it first, so
+ * that the size it reports is that of the bytes the open then reads (see struct held):
+ * answered from the loop thread when the probe ended. 1 when nothing needs to wait. */
+static int stat_refresh_then(struct fs *f, const char *path, struct pending *p)
+{
+	struct tree_entry e;
+	int r = 1;
+	if (held_get(f, inode_hash_path(path), NULL, NULL))
+		return 1; /* a stat just refreshed and rendered it */
+	if (tree_classify(&f->ctx, path, &e) == 0) {
+		if (tree_kind_refreshes(e.kind))
+			r = refresh_then(f, &e, p);
+		tree_entry_clear(&e);
+	}
+	return r;
+}
+
 static struct pending *pending_new(enum pending_op op, fuse_req_t req, struct fs *f)
 {
 	struct pending *p = calloc(1, sizeof(*p));
@@ -633,6 +728,19 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		}
 		tree_entry_clear(&e);
 	}
+	if (dir && name_is_valid(name)) {
+		char *path = tree_join(dir, name);
+		struct pending *p = pending_new(PENDING_LOOKUP, req, f);
+		p->ino = parent;
+		p->name = strdup(name);
+		int r = stat_refresh_then(f, path, p);
+		free(path);
+		if (r == 0) {
+			free(dir);
+			return;
+		}
+		pending_free(p);
+	}
 	free(dir);
 	lookup_finish(req, f, parent, name);
 }
@@ -652,9 +760,8 @@ static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 	fuse_reply_none(req);
 }
 
-static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static void getattr_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino)
 {
-	struct fs *f = fuse_req_userdata(req);
 	char *path = fs_ino_path(f, ino);
 	if (!path)
 		return (void) fuse_reply_err(req, ESTALE);
@@ -665,6 +772,22 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (r < 0)
 		return (void) fuse_reply_err(req, -r);
 	fuse_reply_attr(req, &st, timeout);
+}
+
+static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *f = fuse_req_userdata(req);
+	char *path = fs_ino_path(f, ino);
+	if (!path)
+		return (void) fuse_reply_err(req, ESTALE);
+	struct pending *p = pending_new(PENDING_GETATTR, req, f);
+	p->ino = ino;
+	int r = stat_refresh_then(f, path, p);
+	free(path);
+	if (r == 0)
+		return;
+	pending_free(p);
+	getattr_finish(req, f, ino);
 }
 
 static void dir_handle_free(struct dir_handle *d)
@@ -832,8 +955,14 @@ static void open_finish(fuse_req_t req, struct fs *f, struct handle *h, struct f
 	int r = 0;
 	if (h->e.kind == TREE_DRAFT)
 		r = drafts_read(f->ctx.drafts, h->e.name, &h->content);
-	else if (h->e.kind != TREE_TASK_WAIT)
+	else if (kind_is_held(h->e.kind) && held_get(f, h->ino, &h->content, &mtime))
+		r = 0; /* what the stat before this open reported */
+	else if (h->e.kind != TREE_TASK_WAIT) {
 		r = render_file(&f->ctx, &h->e, &h->content, &mtime, &h->seq);
+		/* and what an fstat of it now reports */
+		if (r == 0 && kind_is_held(h->e.kind))
+			held_put(f, h->ino, &h->content, mtime);
+	}
 	if (r < 0) {
 		handle_free(h);
 		return (void) fuse_reply_err(req, -r);
@@ -855,6 +984,7 @@ static void pending_finish(struct pending *p)
 {
 	switch (p->op) {
 	case PENDING_LOOKUP: lookup_finish(p->req, p->f, p->ino, p->name); break;
+	case PENDING_GETATTR: getattr_finish(p->req, p->f, p->ino); break;
 	case PENDING_OPENDIR: opendir_finish(p->req, p->f, p->ino, &p->fi); break;
 	case PENDING_OPEN:
 		if (p->h->e.node && !cluster_has_node(p->f->cluster, p->h->e.node)) {
@@ -907,6 +1037,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return (void) fuse_reply_err(req, ESTALE);
 	struct handle *h = handle_new(f);
 	h->uid = fuse_req_ctx(req)->uid;
+	h->ino = ino;
 	int r = tree_classify(&f->ctx, path, &h->e);
 	free(path);
 	if (r < 0) {
@@ -952,6 +1083,9 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			handle_free(h);
 		return;
 	}
+	/* a stat just rendered it (fresh: a stat of a stale file refreshes first) */
+	if (kind_is_held(h->e.kind) && held_get(f, ino, NULL, NULL))
+		return open_finish(req, f, h, fi);
 	struct pending *p = pending_new(PENDING_OPEN, req, f);
 	p->fi = *fi;
 	p->h = h;

@@ -234,20 +234,11 @@ def report(failures):
             + "\n".join(failures[:60]))
 
 
-# Documents whose bytes change with the clock alone (age_s, latency_ms, checked_at): their
-# size changes between the attributes a client got and the bytes it then reads, so NFS
-# reads of them hang now and then and SMB reads come back short, until snapshots by
-# generation (issue 10 item 1, on another branch) make them hold still. Their failures
-# make a test xfail with the report; any other file's failure fails it. Once item 1 is
-# merged, empty this set: then every file must pass.
-MOVING_WITH_THE_CLOCK = re.compile(r"nodes/[^/]+/health|ledger/source")
-
-
 def judge(failures):
-    others = [f for f in failures if not MOVING_WITH_THE_CLOCK.fullmatch(failed_file(f))]
-    assert not others, report(failures)
-    if failures:
-        pytest.xfail("issue 10 item 1 (snapshots by generation): " + report(failures))
+    """Every read complete and valid: documents hold still between changes of their data
+    (nothing in them moves with the clock alone), so the size a client saw is the size
+    it reads."""
+    assert not failures, report(failures)
 
 
 # ---- the tests ----
