@@ -42,6 +42,8 @@ struct node {
 	bool system_in_flight;
 	bool draining;
 	struct waiter *waiters; /* loop thread only */
+	uint64_t pushed_us;     /* monotonic time of the last heartbeat, 0 if none */
+	bool last_pushed;       /* the last success was a heartbeat, not a probe */
 };
 
 struct event {
@@ -507,6 +509,7 @@ static void probe_done(const struct http_response *r, void *arg)
 		free(n->last_error);
 		n->last_error = NULL;
 		n->last_ok_us = now;
+		n->last_pushed = false;
 		n->checked_at = n->attempted_at;
 		n->latency_ms = r->elapsed_ms;
 		n->changed_at = n->attempted_at;
@@ -593,8 +596,18 @@ static void node_probe(struct cluster *c, struct node *n, uint64_t now)
 		n->system_in_flight = true;
 }
 
+/* A node whose heartbeats arrive on time is not probed: it says how it is. One missed
+ * heartbeat is tolerated before probes resume. */
+static bool node_push_is_fresh(struct cluster *c, struct node *n, uint64_t now)
+{
+	uint64_t period = (uint64_t) c->cfg->probe.heartbeat_s * 1000000u;
+	return n->pushed_us && now - n->pushed_us <= 2 * period + TICK_US;
+}
+
 static bool node_is_fresh(struct cluster *c, struct node *n, uint64_t now)
 {
+	if (node_push_is_fresh(c, n, now))
+		return true;
 	uint64_t max_age = (uint64_t) c->cfg->probe.max_age_ms * 1000u;
 	return n->last_ok_us && n->failures == 0 && now - n->last_ok_us <= max_age;
 }
@@ -611,7 +624,8 @@ static void cluster_tick(void *arg)
 	uint64_t interval = (uint64_t) c->cfg->probe.interval_s * 1000000u;
 	for (size_t i = 0; i < c->n_nodes; i++) {
 		struct node *n = c->nodes[i];
-		if (!n->last_try_us || now - n->last_try_us >= interval)
+		if ((!n->last_try_us || now - n->last_try_us >= interval) &&
+		    !node_push_is_fresh(c, n, now))
 			node_probe(c, n, now);
 		enum node_level old;
 		if (node_evaluate(c, n, now, &old)) {
@@ -915,9 +929,90 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 	v.age_s = n->last_ok_us ? (double) (clock_now_us() - n->last_ok_us) / 1e6 : -1;
 	v.latency_ms = n->latency_ms;
 	v.changed_at = n->changed_at;
+	v.via = n->last_pushed ? "push" : "pull";
+	v.joined = h->dropin != NULL;
 	pthread_rwlock_unlock(&c->lock);
 	*ret = v;
 	return 0;
+}
+
+struct heartbeat {
+	struct cluster *c;
+	char *name;
+	json_t *health, *system;
+	double at; /* wall */
+};
+
+/* Loop thread: a heartbeat counts as a successful probe that took no time. */
+static void heartbeat_on_loop(void *arg)
+{
+	struct heartbeat *hb = arg;
+	struct cluster *c = hb->c;
+	uint64_t now = clock_now_us();
+
+	pthread_rwlock_wrlock(&c->lock);
+	struct node *n = cluster_find(c, hb->name);
+	if (!n) {
+		pthread_rwlock_unlock(&c->lock);
+		goto out_free;
+	}
+	bool was_ok = n->failures == 0 && n->last_ok_us;
+	json_decref(n->health);
+	n->health = hb->health;
+	hb->health = NULL;
+	if (hb->system) {
+		json_decref(n->system);
+		n->system = hb->system;
+		hb->system = NULL;
+		n->system_us = now;
+	}
+	n->failures = 0;
+	n->insecure = false;
+	free(n->last_error);
+	n->last_error = NULL;
+	n->last_ok_us = now;
+	n->pushed_us = now;
+	n->last_pushed = true;
+	n->checked_at = n->attempted_at = hb->at;
+	n->latency_ms = 0;
+	n->changed_at = hb->at;
+	enum node_level old;
+	bool level_changed = node_evaluate(c, n, now, &old);
+	bool back = !was_ok && old != NODE_UNKNOWN;
+	if (level_changed)
+		node_event_level(c, n, old);
+	pthread_rwlock_unlock(&c->lock);
+	if (back)
+		cluster_add_event(c, "node", hb->name, "heard from again (heartbeat)");
+	cluster_notify(c, hb->name);
+out_free:
+	json_decref(hb->health);
+	json_decref(hb->system);
+	free(hb->name);
+	free(hb);
+}
+
+int cluster_heartbeat(struct cluster *c, const char *name, json_t *health, json_t *system)
+{
+	pthread_rwlock_rdlock(&c->lock);
+	bool known = cluster_find(c, name) != NULL;
+	pthread_rwlock_unlock(&c->lock);
+	if (!known)
+		return -ENOENT;
+	struct heartbeat *hb = xcalloc(1, sizeof(*hb));
+	hb->c = c;
+	hb->name = xstrdup(name);
+	hb->health = json_incref(health);
+	hb->system = json_incref(system);
+	hb->at = clock_wall_s();
+	int r = loop_post(c->loop, heartbeat_on_loop, hb);
+	if (r < 0) {
+		json_decref(hb->health);
+		json_decref(hb->system);
+		free(hb->name);
+		free(hb);
+	}
+	return r;
 }
 
 int cluster_set_draining(struct cluster *c, const char *name, bool draining)

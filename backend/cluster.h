@@ -52,6 +52,8 @@ struct node_view {
 	double age_s;        /* seconds since the last success, -1 if none */
 	double latency_ms;   /* of the last successful probe */
 	double changed_at;   /* wall time the node's shown data last changed */
+	const char *via;     /* static: how it was last heard from, "pull" (a probe) or "push" */
+	bool joined;         /* it registered itself: its entry is a hosts.d drop-in */
 };
 
 void node_view_clear(struct node_view *v);
@@ -109,6 +111,12 @@ typedef void (*cluster_refresh_fn)(void *arg, int err);
  * thread when the node's probe finished, which is at most probe.timeout_ms from now.
  * Returns 0 or -errno (then done is not called). */
 int cluster_refresh_node(struct cluster *c, const char *name, cluster_refresh_fn done, void *arg);
+
+/* Any thread: a pushed heartbeat of node `name` (a joined agent's health document, and
+ * its system document or NULL; both borrowed, references are taken). It counts as a
+ * successful probe; while heartbeats arrive on time the node is not probed. 0, or -ENOENT
+ * for a node that is not in the config (yet). */
+int cluster_heartbeat(struct cluster *c, const char *name, json_t *health, json_t *system);
 
 /* Any thread: a drained node takes no new work and finishes what it has. 0 or -ENOENT. */
 int cluster_set_draining(struct cluster *c, const char *name, bool draining);

@@ -77,6 +77,10 @@ static void render_info(const struct node_view *v, struct buf *out)
 	json_object_set_new(doc, "role", json_string(v->role));
 	json_object_set_new(doc, "tier", json_string(v->tier));
 	json_object_set_new(doc, "capabilities", json_incref(v->capabilities));
+	/* how the node is reached: pulled by probes, or pushing heartbeats; and since when */
+	json_object_set_new(doc, "reached", json_string(v->via ? v->via : "pull"));
+	json_object_set_new(doc, "last_heard_at", json_time(v->checked_at));
+	json_object_set_new(doc, "joined", json_boolean(v->joined));
 	if (v->system) {
 		const char *k;
 		json_t *x;

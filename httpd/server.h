@@ -60,6 +60,9 @@ const char *request_get_header(const struct request *req, const char *name);
 /* Value of a query string argument ("?name=value"), percent-decoded, or NULL; borrowed. */
 const char *request_get_query(const struct request *req, const char *name);
 
+/* The numeric address of the peer (IPv4, or IPv6 without brackets) into out. 0 or -errno. */
+int request_peer_address(const struct request *req, char *out, size_t outlen);
+
 /* Sets the status and body to `value` serialised plus "\n". Steals `value`. 0 or -ENOMEM. */
 int response_set_json(struct response *resp, unsigned status, json_t *value);
 /* Sets {"error": message} with a printf-style message; unprintable bytes become '?'. */

@@ -1,5 +1,5 @@
 /* The agent's HTTP server on libmicrohttpd. */
-#include "tools/agent/server.h"
+#include "httpd/server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -66,6 +66,26 @@ const char *request_get_header(const struct request *req, const char *name)
 const char *request_get_query(const struct request *req, const char *name)
 {
 	return MHD_lookup_connection_value(req->connection, MHD_GET_ARGUMENT_KIND, name);
+}
+
+int request_peer_address(const struct request *req, char *out, size_t outlen)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(req->connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	if (!ci || !ci->client_addr)
+		return -ENOTCONN;
+	const struct sockaddr *sa = ci->client_addr;
+	const void *raw = NULL;
+	if (sa->sa_family == AF_INET)
+		raw = &((const struct sockaddr_in *) (const void *) sa)->sin_addr;
+	else if (sa->sa_family == AF_INET6)
+		raw = &((const struct sockaddr_in6 *) (const void *) sa)->sin6_addr;
+	if (!raw || !inet_ntop(sa->sa_family, raw, out, (socklen_t) outlen))
+		return -EAFNOSUPPORT;
+	/* an IPv4 client of a dual-stack socket: show it as IPv4 */
+	if (strncmp(out, "::ffff:", 7) == 0 && strchr(out + 7, '.'))
+		memmove(out, out + 7, strlen(out + 7) + 1);
+	return 0;
 }
 
 static void response_init(struct response *resp)

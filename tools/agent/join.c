@@ -1,0 +1,334 @@
+/* The agent's side of joining: registration, heartbeats and leaving, over HTTPS. */
+#include "tools/agent/join.h"
+#include "backend/util.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define JOIN_TIMEOUT_MS     10000       /* one request, connection included */
+#define JOIN_BACKOFF_MIN_MS 500         /* first retry of an unreachable control plane */
+#define JOIN_BACKOFF_MAX_MS 30000       /* retries never wait longer */
+#define JOIN_MAX_ANSWER     (64 * 1024) /* the control plane's answers are small */
+#define JOIN_SYSTEM_EVERY   20          /* heartbeats between two system documents */
+
+struct agent_join {
+	const struct join_options *opts;
+	const struct api_context *api;
+	char *join_token; /* secret */
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond; /* signalled by agent_join_stop() */
+	bool stopping;       /* protected by lock */
+	bool failed;         /* written by the thread before it ends; read after the join */
+};
+
+struct answer {
+	long status;
+	struct buf body;
+	char error[CURL_ERROR_SIZE];
+};
+
+static size_t answer_write(char *data, size_t size, size_t n, void *arg)
+{
+	struct answer *a = arg;
+	if (a->body.len + size * n > JOIN_MAX_ANSWER)
+		return 0;
+	buf_append(&a->body, data, size * n);
+	return size * n;
+}
+
+/* POSTs `doc` (borrowed) as JSON to URL + path with the join token. The status is 0 when
+ * no HTTP answer came (a.error says why). */
+static void join_post(const struct join_options *o, const char *join_token, const char *path,
+		      const json_t *doc, struct answer *a)
+{
+	char *body = json_dumps(doc, JSON_COMPACT);
+	char url[1024], auth[1024], pin[128];
+	snprintf(url, sizeof(url), "%s%s", o->url, path);
+	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", join_token);
+	memset(a, 0, sizeof(*a));
+	buf_init(&a->body);
+
+	CURL *e = curl_easy_init();
+	struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+	h = curl_slist_append(h, auth);
+	curl_easy_setopt(e, CURLOPT_URL, url);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "https");
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "{}");
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) JOIN_TIMEOUT_MS);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long) JOIN_TIMEOUT_MS);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, answer_write);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, a);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, a->error);
+	curl_easy_setopt(e, CURLOPT_SSLVERSION, (long) CURL_SSLVERSION_TLSv1_2);
+	if (o->ca_file)
+		curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
+	if (o->fingerprint) {
+		snprintf(pin, sizeof(pin), "sha256//%s", o->fingerprint + strlen("sha256:"));
+		curl_easy_setopt(e, CURLOPT_PINNEDPUBLICKEY, pin);
+		if (!o->ca_file) {
+			/* a self-signed certificate has no CA: the pin alone verifies it */
+			curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+			curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+		}
+	}
+	CURLcode code = curl_easy_perform(e);
+	if (code == CURLE_OK)
+		curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &a->status);
+	else if (!a->error[0])
+		snprintf(a->error, sizeof(a->error), "%s", curl_easy_strerror(code));
+	curl_slist_free_all(h);
+	curl_easy_cleanup(e);
+	explicit_bzero(auth, sizeof(auth));
+	if (body) {
+		explicit_bzero(body, strlen(body)); /* it may hold the agent's token */
+		free(body);
+	}
+}
+
+/* The control plane's {"error": ...}, or the body, for a log line. Borrowed from `a`. */
+static const char *answer_reason(struct answer *a, char *out, size_t outlen)
+{
+	json_t *doc = json_loadb(a->body.data ? a->body.data : "", a->body.len, 0, NULL);
+	const char *e = json_string_value(json_object_get(doc, "error"));
+	snprintf(out, outlen, "%s", e ? e : a->error[0] ? a->error : "(no reason given)");
+	json_decref(doc);
+	return out;
+}
+
+/* Sleeps ms, or less when stopping. True when stopping. */
+static bool join_sleep(struct agent_join *j, long ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&j->lock);
+	while (!j->stopping && pthread_cond_timedwait(&j->cond, &j->lock, &ts) != ETIMEDOUT)
+		;
+	bool stop = j->stopping;
+	pthread_mutex_unlock(&j->lock);
+	return stop;
+}
+
+static json_t *join_registration(const struct agent_join *j)
+{
+	const struct join_options *o = j->opts;
+	json_t *doc = json_pack("{ss si ss ss}", "name", j->api->name, "port", o->port, "token",
+				o->agent_token, "version", CLUSTERFS_VERSION);
+	if (o->agent_fingerprint)
+		json_object_set_new(doc, "fingerprint", json_string(o->agent_fingerprint));
+	if (o->advertise)
+		json_object_set_new(doc, "host", json_string(o->advertise));
+	if (o->role)
+		json_object_set_new(doc, "role", json_string(o->role));
+	if (o->capabilities) {
+		json_t *caps = json_array();
+		char *copy = xstrdup(o->capabilities), *save = NULL;
+		for (char *c = strtok_r(copy, ",", &save); c; c = strtok_r(NULL, ",", &save))
+			json_array_append_new(caps, json_string(c));
+		free(copy);
+		json_object_set_new(doc, "capabilities", caps);
+	}
+	return doc;
+}
+
+/* Registers until it succeeds (true, *ret_heartbeat_s set), is refused or stops (false). */
+static bool join_register(struct agent_join *j, int *ret_heartbeat_s)
+{
+	json_t *doc = join_registration(j);
+	long backoff = JOIN_BACKOFF_MIN_MS;
+	bool ok = false;
+	char why[512];
+	for (;;) {
+		struct answer a;
+		join_post(j->opts, j->join_token, "/api/join", doc, &a);
+		if (a.status == 200 || a.status == 201) {
+			json_t *ans =
+				json_loadb(a.body.data ? a.body.data : "", a.body.len, 0, NULL);
+			json_int_t hb = json_integer_value(json_object_get(ans, "heartbeat_s"));
+			*ret_heartbeat_s = hb > 0 && hb <= 86400 ? (int) hb : 45;
+			json_decref(ans);
+			log_info("joined %s as %s%s; heartbeat every %d s", j->opts->url,
+				 j->api->name, a.status == 200 ? " (again: entry updated)" : "",
+				 *ret_heartbeat_s);
+			buf_free(&a.body);
+			ok = true;
+			break;
+		}
+		if (a.status >= 400 && a.status < 500 && a.status != 408 && a.status != 429) {
+			log_err("the control plane %s refused to let %s join (HTTP %ld): %s",
+				j->opts->url, j->api->name, a.status,
+				answer_reason(&a, why, sizeof(why)));
+			buf_free(&a.body);
+			j->failed = true;
+			break;
+		}
+		log_warn("cannot join %s yet (%s); retrying in %ld ms", j->opts->url,
+			 a.status ? "HTTP error" : a.error, backoff);
+		buf_free(&a.body);
+		if (join_sleep(j, backoff))
+			break;
+		backoff = backoff * 2 > JOIN_BACKOFF_MAX_MS ? JOIN_BACKOFF_MAX_MS : backoff * 2;
+	}
+	json_decref(doc);
+	return ok;
+}
+
+static void *join_main(void *arg)
+{
+	struct agent_join *j = arg;
+	int period_s = 45;
+	if (!join_register(j, &period_s)) {
+		if (j->failed)
+			kill(getpid(), SIGTERM); /* the agent's main thread ends, and says why */
+		return NULL;
+	}
+	char err[256], why[512];
+	unsigned beat = 0;
+	long wait_ms = 0; /* the first heartbeat goes at once: the node shows up healthy */
+	while (!join_sleep(j, wait_ms)) {
+		json_t *health = NULL, *system = NULL;
+		wait_ms = (long) period_s * 1000;
+		if (api_health_doc(j->api, &health, err, sizeof(err)) < 0) {
+			log_warn("heartbeat skipped: %s", err);
+			continue;
+		}
+		if (beat % JOIN_SYSTEM_EVERY == 0 &&
+		    api_system_doc(j->api, &system, err, sizeof(err)) < 0)
+			system = NULL;
+		json_t *doc = json_pack("{ss ss so}", "name", j->api->name, "token",
+					j->opts->agent_token, "health", health);
+		if (system)
+			json_object_set_new(doc, "system", system);
+		struct answer a;
+		join_post(j->opts, j->join_token, "/api/join/heartbeat", doc, &a);
+		json_decref(doc);
+		if (a.status == 200) {
+			beat++;
+		} else if (a.status == 404) {
+			/* registered a moment ago: the control plane loads the file first */
+			wait_ms = 1000;
+		} else if (a.status == 403) {
+			log_warn("the control plane no longer knows %s (%s): its entry was "
+				 "removed; heartbeats stop (run --join again to rejoin)",
+				 j->api->name, answer_reason(&a, why, sizeof(why)));
+			buf_free(&a.body);
+			break;
+		} else {
+			log_warn("heartbeat to %s failed: %s", j->opts->url,
+				 a.status ? answer_reason(&a, why, sizeof(why)) : a.error);
+			wait_ms = JOIN_BACKOFF_MIN_MS * 4 < wait_ms ? JOIN_BACKOFF_MIN_MS * 4
+								    : wait_ms;
+		}
+		buf_free(&a.body);
+	}
+	return NULL;
+}
+
+static int join_read_token(const struct join_options *o, char **ret, char *errbuf, size_t errlen)
+{
+	if (!o->token_file) {
+		snprintf(errbuf, errlen, "--join needs --join-token-file FILE (the join token)");
+		return -EINVAL;
+	}
+	if (strncmp(o->url, "https://", 8) != 0) {
+		snprintf(errbuf, errlen, "--join %s: the join URL must be https://HOST:PORT",
+			 o->url);
+		return -EINVAL;
+	}
+	if (o->fingerprint && strncmp(o->fingerprint, "sha256:", 7) != 0) {
+		snprintf(errbuf, errlen, "--join-fingerprint must be \"sha256:BASE64\"");
+		return -EINVAL;
+	}
+	return token_read_file(o->token_file, ret, errbuf, errlen);
+}
+
+int agent_join_start(const struct join_options *opts, const struct api_context *api,
+		     struct agent_join **ret, char *errbuf, size_t errlen)
+{
+	struct agent_join *j = xcalloc(1, sizeof(*j));
+	int r = join_read_token(opts, &j->join_token, errbuf, errlen);
+	if (r < 0) {
+		free(j);
+		return r;
+	}
+	j->opts = opts;
+	j->api = api;
+	pthread_mutex_init(&j->lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&j->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	curl_global_init(CURL_GLOBAL_ALL);
+	r = -pthread_create(&j->thread, NULL, join_main, j);
+	if (r < 0) {
+		snprintf(errbuf, errlen, "cannot start the join thread: %s", strerror(-r));
+		explicit_bzero(j->join_token, strlen(j->join_token));
+		free(j->join_token);
+		free(j);
+		return r;
+	}
+	*ret = j;
+	return 0;
+}
+
+bool agent_join_stop(struct agent_join *j)
+{
+	if (!j)
+		return false;
+	pthread_mutex_lock(&j->lock);
+	j->stopping = true;
+	pthread_cond_broadcast(&j->cond);
+	pthread_mutex_unlock(&j->lock);
+	pthread_join(j->thread, NULL);
+	pthread_cond_destroy(&j->cond);
+	pthread_mutex_destroy(&j->lock);
+	explicit_bzero(j->join_token, strlen(j->join_token));
+	free(j->join_token);
+	bool failed = j->failed;
+	free(j);
+	return failed;
+}
+
+int agent_join_leave(const struct join_options *opts, const char *name)
+{
+	char err[512], why[512];
+	char *join_token = NULL;
+	int r = join_read_token(opts, &join_token, err, sizeof(err));
+	if (r < 0) {
+		log_err("%s", err);
+		return r;
+	}
+	curl_global_init(CURL_GLOBAL_ALL);
+	json_t *doc = json_pack("{ss ss}", "name", name, "token", opts->agent_token);
+	struct answer a;
+	join_post(opts, join_token, "/api/join/leave", doc, &a);
+	json_decref(doc);
+	explicit_bzero(join_token, strlen(join_token));
+	free(join_token);
+	r = 0;
+	if (a.status == 200) {
+		log_info("%s left %s: the control plane removed its entry", name, opts->url);
+	} else {
+		log_err("cannot leave %s: %s", opts->url,
+			a.status ? answer_reason(&a, why, sizeof(why)) : a.error);
+		r = a.status ? -EPERM : -EHOSTUNREACH;
+	}
+	buf_free(&a.body);
+	return r;
+}
