@@ -43,6 +43,7 @@ struct node {
 	bool draining;
 	struct waiter *waiters; /* loop thread only */
 	uint64_t pushed_us;     /* monotonic time of the last heartbeat, 0 if none */
+	uint64_t added_us;      /* when it appeared in the config (monotonic) */
 	bool last_pushed;       /* the last success was a heartbeat, not a probe */
 };
 
@@ -114,6 +115,7 @@ static struct node *node_new(const struct cfg_host *h)
 	n->reasons = json_array();
 	json_array_append_new(n->reasons, json_string("not probed yet"));
 	n->changed_at = clock_wall_s();
+	n->added_us = clock_now_us();
 	return n;
 }
 
@@ -359,7 +361,10 @@ static bool node_evaluate(struct cluster *c, struct node *n, uint64_t now, enum 
 		if (n->failures >= p->unhealthy_after || n->insecure)
 			level = NODE_UNHEALTHY;
 	}
-	uint64_t since = n->last_ok_us ? n->last_ok_us : c->started_us;
+	/* a node never heard from is silent since it was added, or since the start */
+	uint64_t since = n->last_ok_us                 ? n->last_ok_us
+			 : n->added_us > c->started_us ? n->added_us
+						       : c->started_us;
 	uint64_t silent = now > since ? now - since : 0;
 	if (n->failures > 0 || !n->last_ok_us) {
 		char line[160];

@@ -103,14 +103,31 @@ static json_t *join_body(struct request *req, struct response *resp)
 }
 
 /* Checks the agent token in body "token" against the one the control plane holds for
- * joined node `name` (its hosts.d token file), in constant time. */
-static bool join_agent_proves(struct join *j, const char *name, const char *token)
+ * joined node `name`, in constant time: 0 when it matches the loaded config's; -ENOENT
+ * when the node is registered (its token file matches) but not loaded yet; else -EPERM. */
+static int join_agent_proves(struct join *j, const char *name, const char *token)
 {
+	if (!token || !name_is_valid(name) || name[0] == '.')
+		return -EPERM;
 	struct config *cfg = cluster_get_config(j->cluster);
 	const struct cfg_host *h = config_find_host(cfg, name);
-	bool ok = h && h->dropin && h->token && token && secret_equal(token, h->token);
+	int r = -EPERM;
+	if (h && h->dropin && h->token && secret_equal(token, h->token)) {
+		r = 0;
+	} else if (!h && cfg->dropin_dir) {
+		char path[4096], *held = NULL, err[256];
+		snprintf(path, sizeof(path), "%s/%s.json", cfg->dropin_dir, name);
+		bool registered = access(path, F_OK) == 0;
+		snprintf(path, sizeof(path), "%s/%s.token", cfg->dropin_dir, name);
+		if (registered && token_read_file(path, &held, err, sizeof(err)) == 0) {
+			if (secret_equal(token, held))
+				r = -ENOENT;
+			explicit_bzero(held, strlen(held));
+			free(held);
+		}
+	}
 	config_unref(cfg);
-	return ok;
+	return r;
 }
 
 /* POST /api/join: {"name", "port", "token", "fingerprint"?, "host"?, "role"?,
@@ -247,6 +264,16 @@ out:
 	return 0;
 }
 
+/* The heartbeat period in force: an edit of probe.heartbeat_s reaches the agents with the
+ * answer to their next heartbeat. */
+static int join_heartbeat_s(struct join *j)
+{
+	struct config *cfg = cluster_get_config(j->cluster);
+	int s = cfg->probe.heartbeat_s;
+	config_unref(cfg);
+	return s;
+}
+
 /* POST /api/join/heartbeat: {"name", "token", "health": {...}}. */
 static int join_heartbeat(struct request *req, struct response *resp)
 {
@@ -257,10 +284,13 @@ static int join_heartbeat(struct request *req, struct response *resp)
 	const char *name = json_string_value(json_object_get(body, "name"));
 	const char *token = json_string_value(json_object_get(body, "token"));
 	json_t *health = json_object_get(body, "health");
+	int proof;
 	if (!name || !json_is_object(health)) {
 		response_set_error(resp, 400,
 				   "a heartbeat needs \"name\", \"token\" and \"health\"");
-	} else if (!join_agent_proves(j, name, token)) {
+	} else if ((proof = join_agent_proves(j, name, token)) == -ENOENT) {
+		response_set_error(resp, 404, "node %s is not loaded yet", name);
+	} else if (proof < 0) {
 		/* unknown, not joined, or another agent's token: all look the same */
 		response_set_error(resp, 403, "no joined node %s holds this token", name);
 	} else {
@@ -270,7 +300,9 @@ static int join_heartbeat(struct request *req, struct response *resp)
 		if (r < 0)
 			response_set_error(resp, 404, "node %s is not loaded yet", name);
 		else
-			response_set_json(resp, 200, json_pack("{sb}", "ok", 1));
+			response_set_json(
+				resp, 200,
+				json_pack("{sb si}", "ok", 1, "heartbeat_s", join_heartbeat_s(j)));
 	}
 	json_decref(body);
 	return 0;
@@ -298,7 +330,7 @@ static int join_leave(struct request *req, struct response *resp)
 		return 0;
 	const char *name = json_string_value(json_object_get(body, "name"));
 	const char *token = json_string_value(json_object_get(body, "token"));
-	if (!name || !join_agent_proves(j, name, token)) {
+	if (!name || join_agent_proves(j, name, token) < 0) {
 		response_set_error(resp, 403, "no joined node %s holds this token",
 				   name ? name : "(none)");
 	} else {

@@ -269,3 +269,71 @@ def test_leave_removes_the_node(cp, join_agents):
     assert r.returncode == 3 and "no joined node stayer holds this token" in r.stderr
     assert (cp["dropins"] / "stayer.json").exists()
     assert b.proc.poll() is None
+
+
+def events_of(m, name):
+    return [l for l in m.read("events").splitlines() if f" {name} " in l or f" {name}:" in l]
+
+
+def test_heartbeats_keep_a_node_healthy_with_probes_blocked(cp, join_agents):
+    """Probes to this agent are dropped in its namespace (iptables), so only its pushed
+    heartbeats can keep it healthy; when they stop it goes stale, then offline, as a
+    pulled node would; when they resume it is healthy again."""
+    m = cp["mount"]
+    port = 9201
+    subprocess.run(["ip", "netns", "exec", cp["ns"], "iptables", "-A", "INPUT", "-p", "tcp",
+                    "--dport", str(port), "-j", "DROP"], check=True)
+    try:
+        a = join_agents("pushed1", port)
+        wait_until(lambda: node_status(m, "pushed1") == "healthy", 10, what="pushed1 healthy")
+        # a probe cannot get through: the control plane's connection times out
+        r = subprocess.run(["curl", "-sk", "--max-time", "1", f"https://{cp['addr']}:{port}/"],
+                           capture_output=True)
+        assert r.returncode == 28  # timed out
+        # heartbeats go on for longer than stale_after_s: seen as distinct last_heard_at
+        seen = set()
+
+        def beats():
+            seen.add(m.json("nodes", "pushed1", "info")["last_heard_at"])
+            return len(seen) >= PROBE["stale_after_s"] + 2
+
+        wait_until(beats, 20, step=0.2, what="heartbeats")
+        info = m.json("nodes", "pushed1", "info")
+        assert info["reached"] == "push"
+        assert node_status(m, "pushed1") == "healthy"
+        assert not [e for e in events_of(m, "pushed1") if "stale" in e or "offline" in e]
+        health = m.json("nodes", "pushed1", "health")
+        assert health["reachable"] is True and health["cores"] >= 1
+        # the heartbeat stops: stale, then offline, by the seed's protocol
+        a.proc.send_signal(19)  # SIGSTOP
+        wait_until(lambda: node_status(m, "pushed1") == "stale", 20, what="stale")
+        wait_until(lambda: node_status(m, "pushed1") == "offline", 20, what="offline")
+        reasons = m.json("nodes", "pushed1", "health")["reasons"]
+        assert any("offline after" in r for r in reasons), reasons
+        a.proc.send_signal(18)  # SIGCONT
+        wait_until(lambda: node_status(m, "pushed1") == "healthy", 20, what="healthy again")
+        assert any("heard from again" in e for e in events_of(m, "pushed1"))
+    finally:
+        subprocess.run(["ip", "netns", "exec", cp["ns"], "iptables", "-D", "INPUT", "-p", "tcp",
+                        "--dport", str(port), "-j", "DROP"], check=False)
+
+
+def test_heartbeat_with_another_nodes_token_is_refused(cp, join_agents):
+    """A heartbeat must carry the token of the node it speaks for."""
+    m = cp["mount"]
+    a = join_agents("hb1", 9211)
+    join_agents("hb2", 9212)
+    wait_until(lambda: m.path("nodes", "hb2").is_dir(), 10, what="hb2 in nodes/")
+    body = json.dumps({"name": "hb2", "token": (a.dir / "agent.token").read_text().strip(),
+                       "health": {"cores": 1}})
+    r = subprocess.run(["ip", "netns", "exec", cp["ns"], "curl", "-sk", "--max-time", "5",
+                        "-o", "/dev/null", "-w", "%{http_code}",
+                        "-H", f"Authorization: Bearer {cp['join_token'].read_text().strip()}",
+                        "-H", "Content-Type: application/json", "--data", body,
+                        f"{cp['url']}/api/join/heartbeat"], capture_output=True, text=True)
+    assert r.stdout == "403"
+    # and without the join token nothing is even read
+    r = subprocess.run(["ip", "netns", "exec", cp["ns"], "curl", "-sk", "--max-time", "5",
+                        "-o", "/dev/null", "-w", "%{http_code}", "--data", body,
+                        f"{cp['url']}/api/join/heartbeat"], capture_output=True, text=True)
+    assert r.stdout == "401"

@@ -219,9 +219,18 @@ static void *join_main(void *arg)
 		json_decref(doc);
 		if (a.status == 200) {
 			beat++;
+			json_t *ans =
+				json_loadb(a.body.data ? a.body.data : "", a.body.len, 0, NULL);
+			json_int_t hb = json_integer_value(json_object_get(ans, "heartbeat_s"));
+			if (hb > 0 && hb <= 86400 && hb != period_s) {
+				log_info("heartbeat every %lld s from now on", (long long) hb);
+				period_s = (int) hb;
+				wait_ms = (long) period_s * 1000;
+			}
+			json_decref(ans);
 		} else if (a.status == 404) {
 			/* registered a moment ago: the control plane loads the file first */
-			wait_ms = 1000;
+			wait_ms = 250;
 		} else if (a.status == 403) {
 			log_warn("the control plane no longer knows %s (%s): its entry was "
 				 "removed; heartbeats stop (run --join again to rejoin)",
