@@ -44,6 +44,7 @@ struct node {
 	struct waiter *waiters; /* loop thread only */
 	uint64_t pushed_us;     /* monotonic time of the last heartbeat, 0 if none */
 	uint64_t added_us;      /* when it appeared in the config (monotonic) */
+	bool forgotten;         /* its drop-in was removed for join.forget_after_s */
 	bool last_pushed;       /* the last success was a heartbeat, not a probe */
 };
 
@@ -617,13 +618,23 @@ static bool node_is_fresh(struct cluster *c, struct node *n, uint64_t now)
 	return n->last_ok_us && n->failures == 0 && now - n->last_ok_us <= max_age;
 }
 
+/* A joined node offline for join.forget_after_s is removed (SOMA's stale node removal). */
+static bool node_is_forgotten(struct cluster *c, struct node *n, uint64_t now)
+{
+	int after = c->cfg->join.forget_after_s;
+	if (!after || n->forgotten || !n->host->dropin || n->level != NODE_OFFLINE)
+		return false;
+	uint64_t since = n->last_ok_us ? n->last_ok_us : n->added_us;
+	return now - since >= (uint64_t) after * 1000000u;
+}
+
 /* Every second: probe the nodes that are due, and apply the time-based levels. */
 static void cluster_tick(void *arg)
 {
 	struct cluster *c = arg;
 	uint64_t now = clock_now_us();
-	char **changed = NULL;
-	size_t n_changed = 0;
+	char **changed = NULL, **forget = NULL;
+	size_t n_changed = 0, n_forget = 0;
 
 	pthread_rwlock_wrlock(&c->lock);
 	uint64_t interval = (uint64_t) c->cfg->probe.interval_s * 1000000u;
@@ -638,13 +649,29 @@ static void cluster_tick(void *arg)
 			changed = realloc(changed, (n_changed + 1) * sizeof(*changed));
 			changed[n_changed++] = strdup(n->name);
 		}
+		if (node_is_forgotten(c, n, now)) {
+			n->forgotten = true;
+			forget = realloc(forget, (n_forget + 1) * sizeof(*forget));
+			forget[n_forget++] = strdup(n->name);
+		}
 	}
+	int forget_after_s = c->cfg->join.forget_after_s;
 	pthread_rwlock_unlock(&c->lock);
 	for (size_t i = 0; i < n_changed; i++) {
 		cluster_notify(c, changed[i]);
 		free(changed[i]);
 	}
 	free(changed);
+	for (size_t i = 0; i < n_forget; i++) {
+		char why[96];
+		snprintf(why, sizeof(why), "offline for %d s (join.forget_after_s)",
+			 forget_after_s);
+		int r = cluster_forget_node(c, forget[i], why);
+		if (r < 0 && r != -ENOENT)
+			log_err("cannot forget node %s: %s", forget[i], strerror(-r));
+		free(forget[i]);
+	}
+	free(forget);
 	c->tick = loop_timer_add(c->loop, now + TICK_US, cluster_tick, c);
 }
 
@@ -1017,6 +1044,17 @@ int cluster_heartbeat(struct cluster *c, const char *name, json_t *health, json_
 		free(hb->name);
 		free(hb);
 	}
+	return r;
+}
+
+int cluster_forget_node(struct cluster *c, const char *name, const char *why)
+{
+	pthread_rwlock_rdlock(&c->lock);
+	struct node *n = cluster_find(c, name);
+	int r = n ? config_remove_dropin(n->host) : -ENOENT;
+	pthread_rwlock_unlock(&c->lock);
+	if (r == 0)
+		cluster_add_event(c, "node", name, "removed: %s", why);
 	return r;
 }
 

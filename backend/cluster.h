@@ -118,6 +118,11 @@ int cluster_refresh_node(struct cluster *c, const char *name, cluster_refresh_fn
  * for a node that is not in the config (yet). */
 int cluster_heartbeat(struct cluster *c, const char *name, json_t *health, json_t *system);
 
+/* Any thread: forgets a joined node: deletes its hosts.d drop-in (the config reload then
+ * removes it; its finished tasks stay in the history). `why` goes into the event. 0,
+ * -ENOENT, -EPERM for a node typed into hosts.json, or -errno. */
+int cluster_forget_node(struct cluster *c, const char *name, const char *why);
+
 /* Any thread: a drained node takes no new work and finishes what it has. 0 or -ENOENT. */
 int cluster_set_draining(struct cluster *c, const char *name, bool draining);
 /* Any thread: probes a node now, without waiting for the answer. 0 or -ENOENT. */

@@ -642,6 +642,14 @@ static int parse_join(struct loader *ld, const json_t *doc)
 		r = parse_string(ld, join, "token_file", true, &token_file);
 	if (r == 0)
 		r = parse_int(ld, join, "forget_after_s", 0, 365 * 86400, &j->forget_after_s);
+	if (r == 0 && j->forget_after_s && j->forget_after_s < ld->c->probe.offline_after_s) {
+		ld_push(ld, "forget_after_s");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "join.forget_after_s (%d) must be 0 (never) or at least "
+			    "probe.offline_after_s (%d): a node is forgotten once it is offline",
+			    j->forget_after_s, ld->c->probe.offline_after_s);
+		ld_pop(ld);
+	}
 	if (r == 0 && (!listen || !token_file))
 		r = ld_fail(ld, LOCATE_VALUE,
 			    "%s needs \"listen\" (\"ADDR:PORT\") and \"token_file\" (the join "
@@ -1568,6 +1576,21 @@ static int load_dropins(struct config *c, char *errbuf, size_t errlen)
 	return r;
 }
 
+int config_remove_dropin(const struct cfg_host *h)
+{
+	if (!h->dropin)
+		return -EPERM;
+	if (unlink(h->dropin) < 0)
+		return -errno;
+	/* its token file, if the join listener put it there (not one the entry names) */
+	const char *slash = strrchr(h->dropin, '/');
+	if (h->token_file && slash &&
+	    strncmp(h->token_file, h->dropin, (size_t) (slash - h->dropin) + 1) == 0 &&
+	    !strchr(h->token_file + (slash - h->dropin) + 1, '/'))
+		unlink(h->token_file);
+	return 0;
+}
+
 int config_check_host(const char *name, const json_t *entry, char *errbuf, size_t errlen)
 {
 	struct config *c = config_alloc();
@@ -1905,6 +1928,8 @@ static json_t *render_host(const struct cfg_host *h)
 	json_object_set_new(o, "token_file",
 			    h->token_file ? json_string(h->token_file) : json_null());
 	json_object_set_new(o, "token", h->token ? json_string("(redacted)") : json_null());
+	if (h->dropin)
+		json_object_set_new(o, "dropin", json_string(h->dropin));
 	return o;
 }
 
@@ -1938,7 +1963,17 @@ char *config_render(const struct config *c)
 			  c->probe.timeout_ms, "stale_after_s", c->probe.stale_after_s,
 			  "offline_after_s", c->probe.offline_after_s, "unhealthy_after",
 			  c->probe.unhealthy_after, "max_age_ms", c->probe.max_age_ms);
+	json_object_set_new(probe, "heartbeat_s", json_integer(c->probe.heartbeat_s));
 	json_object_set_new(o, "probe", probe);
+	if (c->join.enabled)
+		json_object_set_new(o, "join",
+				    json_pack("{ss ss ss s{ss ss} si}", "listen", c->join.listen,
+					      "token_file", c->join.token_file, "token",
+					      "(redacted)", "tls", "cert_file", c->join.cert_file,
+					      "key_file", c->join.key_file, "forget_after_s",
+					      c->join.forget_after_s));
+	if (c->dropin_dir)
+		json_object_set_new(o, "dropin_dir", json_string(c->dropin_dir));
 	th = json_pack("{so so so so}", "cpu", render_pair(c->thresholds.cpu), "memory",
 		       render_pair(c->thresholds.memory), "disk", render_pair(c->thresholds.disk),
 		       "load", render_pair(c->thresholds.load));

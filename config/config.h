@@ -136,6 +136,11 @@ struct config {
  * here; a missing or unsafe token file is an error. Returns a new reference. */
 int config_load_file(const char *path, struct config **ret, char *errbuf, size_t errlen);
 
+/* Deletes the drop-in a joined host was loaded from (hosts.d/NAME.json) and, when it lies
+ * beside it, its token file; the watcher's reload then removes the node. 0, -EPERM for a
+ * host typed into hosts.json (edit that file instead), or -errno from unlink. */
+int config_remove_dropin(const struct cfg_host *h);
+
 /* Validates one host entry (what hosts.NAME or hosts.d/NAME.json holds) as a load would,
  * without reading files. 0, or -EINVAL with one sentence in errbuf. */
 int config_check_host(const char *name, const json_t *entry, char *errbuf, size_t errlen);

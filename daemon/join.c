@@ -308,19 +308,6 @@ static int join_heartbeat(struct request *req, struct response *resp)
 	return 0;
 }
 
-int join_remove_dropin(const char *dropin_dir, const char *name)
-{
-	char path[4096];
-	if (!dropin_dir || !name_is_valid(name) || name[0] == '.')
-		return -ENOENT;
-	snprintf(path, sizeof(path), "%s/%s.json", dropin_dir, name);
-	if (unlink(path) < 0)
-		return -errno;
-	snprintf(path, sizeof(path), "%s/%s.token", dropin_dir, name);
-	unlink(path);
-	return 0;
-}
-
 /* POST /api/join/leave: {"name", "token"}. */
 static int join_leave(struct request *req, struct response *resp)
 {
@@ -334,17 +321,14 @@ static int join_leave(struct request *req, struct response *resp)
 		response_set_error(resp, 403, "no joined node %s holds this token",
 				   name ? name : "(none)");
 	} else {
-		struct config *cfg = cluster_get_config(j->cluster);
 		pthread_mutex_lock(&j->write_lock);
-		int r = join_remove_dropin(cfg->dropin_dir, name);
+		int r = cluster_forget_node(j->cluster, name, "left (the agent asked)");
 		pthread_mutex_unlock(&j->write_lock);
-		config_unref(cfg);
 		if (r < 0) {
 			response_set_error(resp, 500, "cannot remove the drop-in: %s",
 					   strerror(-r));
 		} else {
 			log_info("join: %s left", name);
-			cluster_add_event(j->cluster, "node", name, "left (the agent asked)");
 			response_set_json(resp, 200, json_pack("{sb}", "ok", 1));
 		}
 	}

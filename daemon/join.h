@@ -29,6 +29,3 @@ int join_start(struct join *j, char *errbuf, size_t errlen);
 void join_stop(struct join *j);
 /* The address it listens on, "ADDR:PORT" (useful with port 0). Borrowed. */
 const char *join_bound(const struct join *j);
-/* Removes the drop-in (and its token file) of joined node `name`: 0, -ENOENT when it has
- * none (typed into hosts.json, or unknown), or -errno. Any thread. */
-int join_remove_dropin(const char *dropin_dir, const char *name);

@@ -483,7 +483,7 @@ static const char readme_text[] =
 	"    capabilities  one per line\n"
 	"    reliability   0..100 from the node's task history (routing uses it)\n"
 	"    tasks/        symlinks to the tasks placed here\n"
-	"    ctl           write: drain | resume | probe\n"
+	"    ctl           write: drain | resume | probe | remove (a joined node)\n"
 	"    models/       one JSON file per model on this node; ctl: pull | delete | load |\n"
 	"                  unload NAME, and reading ctl shows what runs and how far\n"
 	"  models/MODEL/   nodes (has it), loaded (holds it in memory), info\n"
@@ -610,7 +610,9 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 			*ret_seq = seq;
 		return 0;
 	}
-	case TREE_NODE_CTL: buf_puts(out, "write one of: drain | resume | probe\n"); return 0;
+	case TREE_NODE_CTL:
+		buf_puts(out, "write one of: drain | resume | probe | remove\n");
+		return 0;
 	case TREE_SERVICE_FILE:
 		services_last_answer(ctx->services, e->name, e->file, out);
 		return 0;

@@ -337,3 +337,54 @@ def test_heartbeat_with_another_nodes_token_is_refused(cp, join_agents):
                         "-o", "/dev/null", "-w", "%{http_code}", "--data", body,
                         f"{cp['url']}/api/join/heartbeat"], capture_output=True, text=True)
     assert r.stdout == "401"
+
+
+def test_remove_by_ctl_forgets_a_joined_node_only(cp, join_agents):
+    m = cp["mount"]
+    join_agents("ctl1", 9221)
+    wait_until(lambda: m.path("nodes", "ctl1").is_dir(), 10, what="ctl1 in nodes/")
+    m.path("nodes", "ctl1", "ctl").write_text("remove\n")
+    assert not (cp["dropins"] / "ctl1.json").exists()
+    assert not (cp["dropins"] / "ctl1.token").exists()
+    wait_until(lambda: not m.path("nodes", "ctl1").exists(), 10, what="ctl1 removed")
+    assert any("removed: echo remove > ctl" in e for e in events_of(m, "ctl1"))
+    # a node typed into hosts.json is not the tree's to delete
+    cfg = json.loads(cp["config"].read_text())
+    cfg["hosts"]["typed2"] = {"host": "127.0.0.1", "port": 9}
+    tmp = cp["config"].with_suffix(".tmp")
+    tmp.write_text(json.dumps(cfg))
+    tmp.rename(cp["config"])
+    try:
+        wait_until(lambda: m.path("nodes", "typed2").is_dir(), 10, what="typed2")
+        with pytest.raises(PermissionError):
+            m.path("nodes", "typed2", "ctl").write_text("remove\n")
+        assert "typed2" in json.loads(cp["config"].read_text())["hosts"]
+    finally:
+        del cfg["hosts"]["typed2"]
+        tmp.write_text(json.dumps(cfg))
+        tmp.rename(cp["config"])
+    wait_until(lambda: not m.path("nodes", "typed2").exists(), 10, what="typed2 gone")
+
+
+def test_offline_joined_node_is_forgotten_after_forget_after_s(cp, join_agents):
+    m = cp["mount"]
+    a = join_agents("forget1", 9231)
+    wait_until(lambda: node_status(m, "forget1") == "healthy", 10, what="forget1 healthy")
+    cfg = json.loads(cp["config"].read_text())
+    cfg["join"]["forget_after_s"] = PROBE["offline_after_s"] + 1
+    tmp = cp["config"].with_suffix(".tmp")
+    tmp.write_text(json.dumps(cfg))
+    tmp.rename(cp["config"])
+    try:
+        wait_until(lambda: json.loads(m.read("config"))["join"]["forget_after_s"] > 0, 10,
+                   what="forget_after_s in force")
+        a.proc.send_signal(19)  # SIGSTOP: no heartbeat, no answer to probes
+        wait_until(lambda: node_status(m, "forget1") == "offline", 20, what="offline")
+        wait_until(lambda: not m.path("nodes", "forget1").exists(), 20, what="forgotten")
+        assert not (cp["dropins"] / "forget1.json").exists()
+        assert any("removed: offline for 7 s (join.forget_after_s)" in e
+                   for e in events_of(m, "forget1"))
+    finally:
+        del cfg["join"]["forget_after_s"]
+        tmp.write_text(json.dumps(cfg))
+        tmp.rename(cp["config"])
