@@ -961,7 +961,7 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 	v.age_s = n->last_ok_us ? (double) (clock_now_us() - n->last_ok_us) / 1e6 : -1;
 	v.latency_ms = n->latency_ms;
 	v.changed_at = n->changed_at;
-	v.via = n->last_pushed ? "push" : "pull";
+	v.via = h->reverse ? "reverse" : n->last_pushed ? "push" : "pull";
 	v.joined = h->dropin != NULL;
 	pthread_rwlock_unlock(&c->lock);
 	*ret = v;

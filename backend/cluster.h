@@ -52,7 +52,8 @@ struct node_view {
 	double age_s;        /* seconds since the last success, -1 if none */
 	double latency_ms;   /* of the last successful probe */
 	double changed_at;   /* wall time the node's shown data last changed */
-	const char *via;     /* static: how it was last heard from, "pull" (a probe) or "push" */
+	const char *via;     /* static: "reverse" (behind NAT, over its channel), else how it
+			      * was last heard from: "pull" (a probe) or "push" (a heartbeat) */
 	bool joined;         /* it registered itself: its entry is a hosts.d drop-in */
 };
 

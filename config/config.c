@@ -924,10 +924,21 @@ static int parse_host_services(struct loader *ld, const json_t *host, struct cfg
 
 static int parse_host(struct loader *ld, const char *name, const json_t *v, struct cfg_host *h)
 {
-	static const char *const keys[] = {
-		"host",          "name",   "role",       "tier",     "capabilities",
-		"queue_depth",   "port",   "token_file", "services", "tls",
-		"insecure_http", "run_as", NULL};
+	static const char *const keys[] = {"host",
+					   "name",
+					   "role",
+					   "tier",
+					   "capabilities",
+					   "queue_depth",
+					   "port",
+					   "token_file",
+					   "services",
+					   "tls",
+					   "insecure_http",
+					   "run_as",
+					   "reverse",
+					   "agent_fingerprint",
+					   NULL};
 	const char *address = NULL, *display = NULL, *role = "", *tier = NULL, *token_file = NULL;
 	int port = 0, r;
 
@@ -993,6 +1004,17 @@ static int parse_host(struct loader *ld, const char *name, const json_t *v, stru
 		r = parse_string(ld, v, "token_file", true, &token_file);
 	if (r == 0)
 		r = parse_run_as(ld, v, &h->run_as);
+	if (r == 0)
+		r = parse_bool(ld, v, "reverse", &h->reverse);
+	const char *agent_fp = NULL;
+	if (r == 0)
+		r = parse_string(ld, v, "agent_fingerprint", true, &agent_fp);
+	if (r == 0 && agent_fp && !config_fingerprint_is_valid(agent_fp)) {
+		ld_push(ld, "agent_fingerprint");
+		r = ld_fail(ld, LOCATE_VALUE, "%s must be \"sha256:BASE64\", not %s", ld_where(ld),
+			    ld_quote(ld, 0, agent_fp));
+		ld_pop(ld);
+	}
 	if (r == 0)
 		r = parse_transport(ld, v, &h->transport);
 	if (r == 0)

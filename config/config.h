@@ -68,6 +68,7 @@ struct cfg_host {
 	enum cfg_run_as run_as;         /* "run_as", or CFG_RUN_AS_INHERIT */
 	struct cfg_transport transport; /* of the agent: the host's "tls" and "insecure_http" */
 	char *dropin; /* the hosts.d/NAME.json it was loaded from (a joined node), or NULL */
+	bool reverse; /* "reverse": reached through the join listener's relay (behind NAT) */
 };
 
 struct cfg_probe {

@@ -1,5 +1,6 @@
 /* The join listener: agents register themselves, push heartbeats and leave. */
 #include "daemon/join.h"
+#include "daemon/relay.h"
 #include "backend/util.h"
 #include "httpd/server.h"
 #include "httpd/tls.h"
@@ -21,7 +22,11 @@ struct join {
 	char *token;             /* the join token; the server borrows it */
 	char *cert_pem, *key_pem;
 	char bound[64];
-	int listen_fd; /* bound, until the server owns it; -1 then */
+	int listen_fd;       /* bound, until the server owns it; -1 then */
+	int port;            /* of bound */
+	char relay_host[64]; /* where the control plane reaches its own listener */
+	char *fingerprint;   /* of the listener's certificate: what reverse drop-ins pin */
+	struct relay *relay;
 	/* Registrations check, then write: one at a time, so two agents racing for one name
 	 * cannot both win. */
 	pthread_mutex_t write_lock;
@@ -70,8 +75,9 @@ static int dropin_fingerprint(const char *dir, const char *name, char **ret)
 	json_t *doc = json_load_file(path, 0, NULL);
 	if (!doc)
 		return access(path, F_OK) == 0 ? -EBADMSG : -ENOENT;
-	const char *fp =
-		json_string_value(json_object_get(json_object_get(doc, "tls"), "fingerprint"));
+	const char *fp = json_string_value(json_object_get(doc, "agent_fingerprint"));
+	if (!fp)
+		fp = json_string_value(json_object_get(json_object_get(doc, "tls"), "fingerprint"));
 	*ret = xstrdup(fp ? fp : "");
 	json_decref(doc);
 	return 0;
@@ -146,6 +152,7 @@ static int join_register(struct request *req, struct response *resp)
 	json_t *role = json_object_get(body, "role");
 	json_t *caps = json_object_get(body, "capabilities");
 	const char *version = json_string_value(json_object_get(body, "version"));
+	bool reverse = json_is_true(json_object_get(body, "reverse"));
 	char peer[64] = "";
 	char err[512];
 	json_t *entry = NULL;
@@ -180,13 +187,25 @@ static int join_register(struct request *req, struct response *resp)
 	/* The drop-in: what hosts.NAME would hold. The token goes into a file of its own. */
 	char token_name[300];
 	snprintf(token_name, sizeof(token_name), "%s.token", name);
-	entry = json_pack("{ss sO ss}", "host", address, "port", port, "token_file", token_name);
+	if (reverse) {
+		/* behind NAT: reached through this listener's relay, which it pins */
+		char relay_path[320];
+		snprintf(relay_path, sizeof(relay_path), "/api/join/relay/%s", name);
+		entry = json_pack("{ss s{s{si ss}} ss s{ss} sb}", "host", j->relay_host, "services",
+				  "agent", "port", j->port, "path", relay_path, "token_file",
+				  token_name, "tls", "fingerprint", j->fingerprint, "reverse", 1);
+		if (fp)
+			json_object_set_new(entry, "agent_fingerprint", json_string(fp));
+	} else {
+		entry = json_pack("{ss sO ss}", "host", address, "port", port, "token_file",
+				  token_name);
+		if (fp)
+			json_object_set_new(entry, "tls", json_pack("{ss}", "fingerprint", fp));
+	}
 	if (json_is_string(role))
 		json_object_set(entry, "role", role);
 	if (caps)
 		json_object_set(entry, "capabilities", caps);
-	if (fp)
-		json_object_set_new(entry, "tls", json_pack("{ss}", "fingerprint", fp));
 	if (config_check_host(name, entry, err, sizeof(err)) < 0) {
 		response_set_error(resp, 400, "invalid registration: %s", err);
 		goto out;
@@ -252,9 +271,9 @@ static int join_register(struct request *req, struct response *resp)
 			  update ? "joined again" : "joined", address,
 			  (long long) json_integer_value(port));
 	response_set_json(resp, update ? 200 : 201,
-			  json_pack("{ss ss si s{ss}}", "name", name, "file", file_name,
-				    "heartbeat_s", cfg->probe.heartbeat_s, "reached", "via",
-				    "push"));
+			  json_pack("{ss ss si ss}", "name", name, "file", file_name, "heartbeat_s",
+				    cfg->probe.heartbeat_s, "reached",
+				    reverse ? "reverse" : "push"));
 out:
 	free(text);
 	free(old_fp);
@@ -336,11 +355,59 @@ static int join_leave(struct request *req, struct response *resp)
 	return 0;
 }
 
+static int join_relay(struct request *req, struct response *resp)
+{
+	struct join *j = req->userdata;
+	return relay_handle_request(j->relay, req, resp);
+}
+
+static int join_work(struct request *req, struct response *resp)
+{
+	struct join *j = req->userdata;
+	return relay_handle_work(j->relay, req, resp);
+}
+
+static int join_result(struct request *req, struct response *resp)
+{
+	struct join *j = req->userdata;
+	return relay_handle_result(j->relay, req, resp);
+}
+
 static const struct route join_routes[] = {
 	{"POST", "/api/join", join_register},
 	{"POST", "/api/join/heartbeat", join_heartbeat},
 	{"POST", "/api/join/leave", join_leave},
+	{"GET", "/api/join/work/{name}", join_work},
+	{"POST", "/api/join/result/{name}", join_result},
+	{"GET", "/api/join/relay/{name}/{*}", join_relay},
+	{"POST", "/api/join/relay/{name}/{*}", join_relay},
+	{"PUT", "/api/join/relay/{name}/{*}", join_relay},
+	{"DELETE", "/api/join/relay/{name}/{*}", join_relay},
 };
+
+/* The reverse channel's paths (/api/join/{relay,work,result}/NAME...) belong to node NAME
+ * and take its agent token; every other path takes the join token. */
+static bool join_authorize(void *userdata, const char *path, const char *bearer)
+{
+	static const char *const node_paths[] = {"/api/join/relay/", "/api/join/work/",
+						 "/api/join/result/"};
+	struct join *j = userdata;
+	if (!bearer)
+		return false;
+	for (size_t i = 0; i < sizeof(node_paths) / sizeof(node_paths[0]); i++) {
+		size_t l = strlen(node_paths[i]);
+		if (strncmp(path, node_paths[i], l) != 0)
+			continue;
+		char name[256];
+		size_t n = strcspn(path + l, "/");
+		if (n == 0 || n >= sizeof(name))
+			return false;
+		memcpy(name, path + l, n);
+		name[n] = '\0';
+		return join_agent_proves(j, name, bearer) == 0;
+	}
+	return secret_equal(bearer, j->token);
+}
 
 int join_new(const struct config *cfg, struct cluster *cluster, struct join **ret, char *errbuf,
 	     size_t errlen)
@@ -362,6 +429,23 @@ int join_new(const struct config *cfg, struct cluster *cluster, struct join **re
 				      : strerror(-r));
 		goto err_free;
 	}
+	r = tls_fingerprint_pem(j->cert_pem, &j->fingerprint, errbuf, errlen);
+	if (r < 0)
+		goto err_free;
+	/* the relay is reached on the listener's own address; a wildcard one on loopback */
+	const char *colon = strrchr(j->bound, ':');
+	j->port = colon ? atoi(colon + 1) : 0;
+	size_t hl = colon ? (size_t) (colon - j->bound) : 0;
+	if (hl >= 2 && j->bound[0] == '[')
+		snprintf(j->relay_host, sizeof(j->relay_host), "%.*s", (int) (hl - 2),
+			 j->bound + 1);
+	else
+		snprintf(j->relay_host, sizeof(j->relay_host), "%.*s", (int) hl, j->bound);
+	if (strcmp(j->relay_host, "0.0.0.0") == 0)
+		snprintf(j->relay_host, sizeof(j->relay_host), "127.0.0.1");
+	else if (strcmp(j->relay_host, "::") == 0)
+		snprintf(j->relay_host, sizeof(j->relay_host), "::1");
+	j->relay = relay_new();
 	*ret = j;
 	return 0;
 
@@ -380,9 +464,12 @@ int join_start(struct join *j, char *errbuf, size_t errlen)
 		.userdata = j,
 		.tls_cert_pem = j->cert_pem,
 		.tls_key_pem = j->key_pem,
+		.authorize = join_authorize,
 	};
 	j->listen_fd = -1; /* the server owns it now, even on failure */
 	int r = server_start(&sc, &j->srv);
+	if (r == 0)
+		relay_set_server(j->relay, j->srv);
 	if (r < 0)
 		snprintf(errbuf, errlen, "cannot start the join listener on %s: %s", j->bound,
 			 strerror(-r));
@@ -394,6 +481,8 @@ void join_stop(struct join *j)
 	if (!j)
 		return;
 	server_stop(j->srv);
+	relay_free(j->relay);
+	free(j->fingerprint);
 	if (j->listen_fd >= 0)
 		close(j->listen_fd);
 	pthread_mutex_destroy(&j->write_lock);

@@ -388,3 +388,92 @@ def test_offline_joined_node_is_forgotten_after_forget_after_s(cp, join_agents):
         del cfg["join"]["forget_after_s"]
         tmp.write_text(json.dumps(cfg))
         tmp.rename(cp["config"])
+
+
+def submit(m, name, spec):
+    with open(m.path("tasks", "new", f"{name}.json"), "w") as f:
+        f.write(json.dumps(spec))
+
+
+def read_wait(m, name, timeout=60):
+    import threading
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("v", m.read("tasks", name, "wait")))
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"wait for {name} did not return within {timeout}s"
+    return out["v"]
+
+
+def test_reverse_node_behind_nat_runs_tasks_exactly_once(cp, join_agents, tmp_path):
+    """The agent's namespace drops every new inbound connection (iptables), as a NAT
+    would: the control plane cannot dial it. It joins with --reverse and is reached over
+    the long poll it keeps open: probes, a task whose stdout is read while it grows, a
+    cancel, and a kill -9 of clusterfs in the middle of 100 submissions after which every
+    accepted task ran exactly once on it."""
+    rule = ["!", "-i", "lo", "-p", "tcp", "--syn", "-j", "DROP"]
+    subprocess.run(["ip", "netns", "exec", cp["ns"], "iptables", "-A", "INPUT", *rule],
+                   check=True)
+    try:
+        a = join_agents("nat1", 9301, extra=["--reverse"])
+        m = cp["mount"]
+        wait_until(lambda: node_status(m, "nat1") == "healthy", 15, what="nat1 healthy")
+        info = m.json("nodes", "nat1", "info")
+        assert info["reached"] == "reverse" and info["joined"] is True
+        entry = json.loads((cp["dropins"] / "nat1.json").read_text())
+        assert entry["reverse"] is True and entry["agent_fingerprint"] == a.fp
+        assert entry["services"]["agent"]["path"] == "/api/join/relay/nat1"
+        # the agent itself cannot be dialled
+        r = subprocess.run(["curl", "-sk", "--max-time", "1", f"https://{cp['addr']}:9301/"],
+                           capture_output=True)
+        assert r.returncode == 28
+        assert b"reverse channel to" in a.text() and b" up" in a.text()
+
+        # stdout read while it grows, then a cancel
+        submit(m, "grow", {"cmd": "for i in 1 2 3 4 5 6; do echo line$i; sleep 0.3; done; "
+                                  "sleep 60", "node": "nat1"})
+        wait_until(lambda: "line1" in m.read("tasks", "grow", "stdout"), 20, what="line1")
+        first = m.read("tasks", "grow", "stdout")
+        wait_until(lambda: "line6" in m.read("tasks", "grow", "stdout"), 20, what="line6")
+        assert len(m.read("tasks", "grow", "stdout")) > len(first)
+        assert m.read("tasks", "grow", "status").strip() == "running"
+        with open(m.path("tasks", "grow", "ctl"), "w") as f:
+            f.write("cancel\n")
+        assert read_wait(m, "grow", 30).startswith("cancelled"), "cancel over the channel"
+
+        # kill -9 of the daemon in the middle of 100 submissions
+        ran = tmp_path / "ran"
+        ran.touch()
+        os.chmod(tmp_path, 0o755)
+        accepted = []
+        import threading
+
+        def killer():
+            wait_until(lambda: len(accepted) >= 30, 60, step=0.001, what="30 submissions")
+            m.proc.send_signal(9)
+
+        threading.Thread(target=killer).start()
+        for i in range(100):
+            try:
+                submit(m, f"r{i}", {"cmd": f"echo r{i} >> {ran}", "node": "nat1"})
+                accepted.append(f"r{i}")
+            except OSError:
+                break
+        m.proc.wait(10)
+        m.stop()
+        assert 0 < len(accepted) < 100, "the kill should land in the middle"
+        (cp["tmp"] / "m2").mkdir(exist_ok=True)
+        m2 = Mount(cp["tmp"] / "m2", cp["config"], state=m.state)
+        cp["mount"] = m2
+        wait_until(lambda: b"join listener on" in m2.log_path.read_bytes(), 10,
+                   what="join listener again")
+        for name in accepted:
+            assert read_wait(m2, name, 120) == "succeeded 0\n", name
+        lines = ran.read_text().split()
+        for name in accepted:
+            assert lines.count(name) == 1, (name, lines.count(name))
+        assert all(lines.count(x) == 1 for x in set(lines))
+        assert m2.json("nodes", "nat1", "info")["reached"] == "reverse"
+    finally:
+        subprocess.run(["ip", "netns", "exec", cp["ns"], "iptables", "-D", "INPUT", *rule],
+                       check=False)

@@ -22,12 +22,17 @@ struct join_options {
 	int port;                      /* the agent's port */
 	const char *agent_token;       /* borrowed: handed to the control plane at registration */
 	const char *agent_fingerprint; /* of the agent's certificate, or NULL (plain HTTP) */
+	bool reverse;          /* --reverse: the control plane cannot dial us; keep a channel */
+	const char *local_url; /* "https://ADDR:PORT" of our own API, for relayed requests */
 };
 
 struct agent_join;
 
 /* Starts registering (retried with backoff while the control plane is unreachable) and,
- * once registered, heartbeats. A refusal (401, 409, 400) is final: it is logged and the
+ * once registered, heartbeats; with `reverse`, also the reverse channel: one long poll
+ * (GET /api/join/work/NAME?wait=30) that brings the control plane's requests, each run
+ * against our own API on a thread of its own and answered with a POST (re-established
+ * with backoff when it drops). A refusal (401, 409, 400) is final: it is logged and the
  * agent is asked to stop (SIGTERM to itself), and agent_join_stop() then says so.
  * `opts` and `api` are borrowed and must outlive the thread. 0 or -errno with errbuf. */
 int agent_join_start(const struct join_options *opts, const struct api_context *api,

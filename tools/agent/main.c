@@ -94,7 +94,7 @@ static void agent_usage(FILE *out)
 		"                       [--name NAME] [--ledger FILE] [--tls-cert FILE --tls-key FILE]\n"
 		"                       [--join https://HOST:PORT --join-token-file FILE\n"
 		"                        [--join-ca FILE | --join-fingerprint FP] [--advertise ADDR]\n"
-		"                        [--role ROLE] [--capabilities A,B]] [-v]\n"
+		"                        [--role ROLE] [--capabilities A,B] [--reverse]] [-v]\n"
 		"       clusterfs-agent --leave --join URL --join-token-file FILE --token-file FILE\n"
 		"                       [--name NAME] [--join-ca FILE | --join-fingerprint FP]\n"
 		"       clusterfs-agent --init DIR [--name NAME] [--listen ADDR:PORT]\n"
@@ -139,6 +139,8 @@ static void agent_usage(FILE *out)
 		"                      (default: the one the join request comes from)\n"
 		"  --role ROLE         the role to register with\n"
 		"  --capabilities A,B  the capabilities to register with\n"
+		"  --reverse           behind NAT: the control plane reaches this agent over a\n"
+		"                      channel the agent keeps open (a long poll to --join URL)\n"
 		"  --leave             ask the control plane to forget this node, and exit\n"
 		"  -v, --verbose       log every connection and request\n"
 		"  --help              print this help and exit\n"
@@ -169,6 +171,7 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		OPT_ROLE,
 		OPT_CAPABILITIES,
 		OPT_LEAVE,
+		OPT_REVERSE,
 	};
 	static const struct option longopts[] = {
 		{"listen", required_argument, NULL, OPT_LISTEN},
@@ -188,6 +191,7 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		{"role", required_argument, NULL, OPT_ROLE},
 		{"capabilities", required_argument, NULL, OPT_CAPABILITIES},
 		{"leave", no_argument, NULL, OPT_LEAVE},
+		{"reverse", no_argument, NULL, OPT_REVERSE},
 		{"verbose", no_argument, NULL, 'v'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, OPT_VERSION},
@@ -219,6 +223,7 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		case OPT_ROLE: opts.join.role = optarg; break;
 		case OPT_CAPABILITIES: opts.join.capabilities = optarg; break;
 		case OPT_LEAVE: opts.leave = true; break;
+		case OPT_REVERSE: opts.join.reverse = true; break;
 		case 'h': agent_usage(stdout); return 1;
 		case OPT_VERSION: printf("clusterfs-agent %s\n", CLUSTERFS_VERSION); return 1;
 		default: agent_usage(stderr); return -EINVAL;
@@ -250,9 +255,9 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		agent_usage(stderr);
 		return -EINVAL;
 	}
-	if (!opts.join.url &&
-	    (opts.leave || opts.join.token_file || opts.join.ca_file || opts.join.fingerprint ||
-	     opts.join.advertise || opts.join.role || opts.join.capabilities)) {
+	if (!opts.join.url && (opts.leave || opts.join.reverse || opts.join.token_file ||
+			       opts.join.ca_file || opts.join.fingerprint || opts.join.advertise ||
+			       opts.join.role || opts.join.capabilities)) {
 		fprintf(stderr, "clusterfs-agent: --leave and the --join-* options, --advertise, "
 				"--role and --capabilities go with --join URL\n");
 		agent_usage(stderr);
@@ -672,9 +677,21 @@ int main(int argc, char **argv)
 
 	char *agent_fp = NULL;
 	struct agent_join *join = NULL;
+	char local_url[INET6_ADDRSTRLEN + 32];
 	if (opts.join.url) {
 		const char *colon = strrchr(bound, ':');
 		opts.join.port = colon ? atoi(colon + 1) : 0;
+		/* relayed requests come back to our own API; a wildcard address on loopback */
+		if (strncmp(bound, "0.0.0.0:", 8) == 0)
+			snprintf(local_url, sizeof(local_url), "%s://127.0.0.1%s",
+				 tls_cert ? "https" : "http", colon);
+		else if (strncmp(bound, "[::]:", 5) == 0)
+			snprintf(local_url, sizeof(local_url), "%s://[::1]%s",
+				 tls_cert ? "https" : "http", colon);
+		else
+			snprintf(local_url, sizeof(local_url), "%s://%s",
+				 tls_cert ? "https" : "http", bound);
+		opts.join.local_url = local_url;
 		if (tls_cert &&
 		    tls_fingerprint_pem(tls_cert, &agent_fp, errbuf, sizeof(errbuf)) == 0)
 			opts.join.agent_fingerprint = agent_fp;
