@@ -32,6 +32,11 @@ struct agent_join {
 	pthread_t reverse_thread;
 	bool reverse_started;
 	int workers; /* relayed requests running; protected by lock */
+	/* Connections and TLS sessions shared by every transfer (the relayed requests run on
+	 * threads of their own): a relayed request reuses a connection to our own API and to
+	 * the control plane instead of two TLS handshakes. */
+	CURLSH *share;
+	pthread_mutex_t share_locks[CURL_LOCK_DATA_LAST];
 };
 
 #define JOIN_WORK_WAIT_S   30  /* the reverse channel's long poll */
@@ -57,6 +62,7 @@ struct outgoing {
 	long timeout_ms;
 	const char *ca_file, *fingerprint; /* how the peer is verified */
 	const volatile bool *abort;        /* aborts the transfer when it becomes true */
+	CURLSH *share;                     /* or NULL */
 };
 
 static size_t answer_write(char *data, size_t size, size_t n, void *arg)
@@ -143,6 +149,9 @@ static void join_http(const struct outgoing *o, struct answer *a)
 		curl_easy_setopt(e, CURLOPT_XFERINFODATA, (void *) o->abort);
 		curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
 	}
+	if (o->share)
+		curl_easy_setopt(e, CURLOPT_SHARE, o->share);
+	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
 	if (o->ca_file)
 		curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
 	if (o->fingerprint) {
@@ -308,6 +317,7 @@ static void relayed_run(struct relayed *w)
 		.timeout_ms = JOIN_RELAY_TIMEOUT * 1000L,
 		.fingerprint = o->agent_fingerprint,
 		.abort = &j->stopping,
+		.share = j->share,
 	};
 	struct answer a;
 	join_http(&local, &a);
@@ -343,6 +353,7 @@ static void relayed_run(struct relayed *w)
 		.ca_file = o->ca_file,
 		.fingerprint = o->fingerprint,
 		.abort = &j->stopping,
+		.share = j->share,
 	};
 	struct answer r;
 	join_http(&back, &r);
@@ -432,6 +443,7 @@ static void *reverse_main(void *arg)
 			.ca_file = o->ca_file,
 			.fingerprint = o->fingerprint,
 			.abort = &j->stopping,
+			.share = j->share,
 		};
 		struct answer a;
 		join_http(&poll, &a);
@@ -469,6 +481,18 @@ static void *reverse_main(void *arg)
 		buf_free(&a.body);
 	}
 	return NULL;
+}
+
+static void share_lock(CURL *e, curl_lock_data data, curl_lock_access access, void *arg)
+{
+	struct agent_join *j = arg;
+	pthread_mutex_lock(&j->share_locks[data]);
+}
+
+static void share_unlock(CURL *e, curl_lock_data data, void *arg)
+{
+	struct agent_join *j = arg;
+	pthread_mutex_unlock(&j->share_locks[data]);
 }
 
 static void *join_main(void *arg)
@@ -569,9 +593,22 @@ int agent_join_start(const struct join_options *opts, const struct api_context *
 	pthread_cond_init(&j->cond, &ca);
 	pthread_condattr_destroy(&ca);
 	curl_global_init(CURL_GLOBAL_ALL);
+	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+		pthread_mutex_init(&j->share_locks[i], NULL);
+	j->share = curl_share_init();
+	if (j->share) {
+		curl_share_setopt(j->share, CURLSHOPT_LOCKFUNC, share_lock);
+		curl_share_setopt(j->share, CURLSHOPT_UNLOCKFUNC, share_unlock);
+		curl_share_setopt(j->share, CURLSHOPT_USERDATA, j);
+		curl_share_setopt(j->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+		curl_share_setopt(j->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+		curl_share_setopt(j->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+	}
 	r = -pthread_create(&j->thread, NULL, join_main, j);
 	if (r < 0) {
 		snprintf(errbuf, errlen, "cannot start the join thread: %s", strerror(-r));
+		if (j->share)
+			curl_share_cleanup(j->share);
 		explicit_bzero(j->join_token, strlen(j->join_token));
 		free(j->join_token);
 		free(j);
@@ -599,6 +636,10 @@ bool agent_join_stop(struct agent_join *j)
 	pthread_mutex_unlock(&j->lock);
 	pthread_cond_destroy(&j->cond);
 	pthread_mutex_destroy(&j->lock);
+	if (j->share)
+		curl_share_cleanup(j->share);
+	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+		pthread_mutex_destroy(&j->share_locks[i]);
 	explicit_bzero(j->join_token, strlen(j->join_token));
 	free(j->join_token);
 	bool failed = j->failed;
