@@ -12,6 +12,9 @@
 #define RELAY_TIMEOUT_US (120 * 1000000ull) /* a relayed request waits at most this long */
 #define RELAY_MAX_WAIT_S 60                 /* the longest work poll */
 #define RELAY_BATCH      64                 /* requests handed down per work answer */
+/* A node with no poll open and none seen this long is not connected: its requests fail at
+ * once, as for a dead host, instead of holding a connection each. */
+#define RELAY_GONE_US (5 * 1000000ull)
 
 enum item_state { ITEM_QUEUED, ITEM_SENT, ITEM_DONE };
 
@@ -36,6 +39,7 @@ struct rnode {
 	struct item *queue, *queue_tail; /* waiting to be handed down, oldest first */
 	struct item *sent;               /* handed down, waiting for the answer */
 	void *poller;                    /* the work poll parked for this node, or NULL */
+	uint64_t seen_us;                /* when a work poll of it last ran (monotonic) */
 	struct rnode *next;
 };
 
@@ -185,6 +189,18 @@ int relay_handle_request(struct relay *r, struct request *req, struct response *
 
 		pthread_mutex_lock(&r->lock);
 		struct rnode *n = relay_node(r, req->params[0], true);
+		if (!n->poller && clock_now_us() - n->seen_us > RELAY_GONE_US) {
+			pthread_mutex_unlock(&r->lock);
+			req->state = NULL;
+			req->state_free = NULL;
+			item_free(it);
+			free(ref);
+			response_set_error(resp, 503,
+					   "node %s is not connected: its agent keeps no reverse "
+					   "channel open",
+					   req->params[0]);
+			return 0;
+		}
 		it->id = r->next_id++;
 		it->node = n;
 		it->state = ITEM_QUEUED;
@@ -290,6 +306,7 @@ int relay_handle_work(struct relay *r, struct request *req, struct response *res
 	}
 	pthread_mutex_lock(&r->lock);
 	struct rnode *n = relay_node(r, name, true);
+	n->seen_us = clock_now_us();
 	json_t *work = NULL;
 	if (n->queue) {
 		work = relay_take(n);

@@ -427,7 +427,6 @@ def test_reverse_node_behind_nat_runs_tasks_exactly_once(cp, join_agents, tmp_pa
         r = subprocess.run(["curl", "-sk", "--max-time", "1", f"https://{cp['addr']}:9301/"],
                            capture_output=True)
         assert r.returncode == 28
-        assert b"reverse channel to" in a.text() and b" up" in a.text()
 
         # stdout read while it grows, then a cancel
         submit(m, "grow", {"cmd": "for i in 1 2 3 4 5 6; do echo line$i; sleep 0.3; done; "
