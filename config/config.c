@@ -1570,7 +1570,8 @@ static int load_dropins(struct config *c, char *errbuf, size_t errlen)
 		names[n++] = xstrndup(e->d_name, l - 5);
 	}
 	closedir(d);
-	qsort(names, n, sizeof(*names), name_cmp);
+	if (n)
+		qsort(names, n, sizeof(*names), name_cmp);
 	c->hosts = xrealloc(c->hosts, (c->n_hosts + n + 1) * sizeof(*c->hosts));
 	size_t n_typed = c->n_hosts;
 	int r = 0;
