@@ -43,6 +43,7 @@ def cp(tmp_path_factory):
     net = f"10.251.{os.getpid() % 250}"
     ip("netns", "add", ns)
     m = None
+    state = {}
     try:
         ip("link", "add", a, "type", "veth", "peer", "name", b)
         ip("link", "set", b, "netns", ns)
@@ -63,12 +64,16 @@ def cp(tmp_path_factory):
         m = Mount(tmp / "m", cfg)
         wait_until(lambda: b"join listener on" in m.log_path.read_bytes(), 10,
                    what="join listener")
-        yield {"tmp": tmp, "ns": ns, "local": f"{net}.1", "addr": f"{net}.2", "mount": m,
-               "url": f"https://{net}.1:{join_port}", "fp": cp_fp, "join_token": join_token,
-               "config": cfg, "dropins": tmp / "hosts.d"}
+        state = {"tmp": tmp, "ns": ns, "local": f"{net}.1", "addr": f"{net}.2", "mount": m,
+                 "url": f"https://{net}.1:{join_port}", "fp": cp_fp, "join_token": join_token,
+                 "config": cfg, "dropins": tmp / "hosts.d"}
+        yield state
     finally:
+        # the reverse test restarts the daemon: stop whichever mount is current
         if m:
             m.stop()
+        if m and state.get("mount") is not m:
+            state["mount"].stop()
         ip("link", "del", a, check=False)
         ip("netns", "del", ns, check=False)
 
