@@ -83,6 +83,19 @@ static int dropin_fingerprint(const char *dir, const char *name, char **ret)
 	return 0;
 }
 
+/* Whether `token` equals the agent token stored for drop-in `name` (constant time). */
+static bool join_token_matches(const char *dir, const char *name, const char *token)
+{
+	char path[4096], *held = NULL, err[256];
+	snprintf(path, sizeof(path), "%s/%s.token", dir, name);
+	if (token_read_file(path, &held, err, sizeof(err)) < 0)
+		return false;
+	bool ok = secret_equal(token, held);
+	explicit_bzero(held, strlen(held));
+	free(held);
+	return ok;
+}
+
 /* Whether `token` is usable as an agent token: printable ASCII without spaces. */
 static bool token_is_sane(const char *token)
 {
@@ -243,6 +256,17 @@ static int join_register(struct request *req, struct response *resp)
 				   r == -EBADMSG ? "something unreadable"
 				   : old_fp[0]   ? "another certificate fingerprint"
 						 : "no certificate");
+		goto out;
+	}
+	if (update && !join_token_matches(cfg->dropin_dir, name, token)) {
+		/* a fingerprint is public: re-joining must also prove the agent's own token,
+		 * or anyone with the join token could take a registered node's work */
+		pthread_mutex_unlock(&j->write_lock);
+		response_set_error(
+			resp, 409,
+			"the name \"%s\" is registered by an agent with another token; "
+			"run --leave with the old token, or remove hosts.d/%s.json first",
+			name, name);
 		goto out;
 	}
 	char file_name[300];

@@ -192,6 +192,18 @@ def test_name_clash_gets_409_and_the_file_stays(cp, join_agents):
     assert b"HTTP 409" in other.text() and b"taken by another host" in other.text()
     assert (cp["dropins"] / "clash.json").read_bytes() == before
     assert json.loads(before)["tls"]["fingerprint"] == first.fp
+    # the fingerprint is public: claiming it with another agent token is refused too
+    body = json.dumps({"name": "clash", "port": 9123, "fingerprint": first.fp,
+                       "token": "taken-over-" + os.urandom(8).hex()})
+    r = subprocess.run(["ip", "netns", "exec", cp["ns"], "curl", "-sk", "--max-time", "5",
+                        "-w", "\n%{http_code}", "-H",
+                        f"Authorization: Bearer {cp['join_token'].read_text().strip()}",
+                        "-H", "Content-Type: application/json", "--data", body,
+                        f"{cp['url']}/api/join"], capture_output=True, text=True)
+    assert r.stdout.endswith("409") and "another token" in r.stdout, r.stdout
+    assert (cp["dropins"] / "clash.json").read_bytes() == before
+    assert (cp["dropins"] / "clash.token").read_text().strip() == \
+        (first.dir / "agent.token").read_text().strip()
 
 
 def test_typed_entry_wins_over_a_dropin_with_an_alert(cp, join_agents):
