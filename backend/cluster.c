@@ -45,6 +45,10 @@ struct node {
 	bool system_in_flight;
 	bool draining;
 	struct waiter *waiters; /* loop thread only */
+	uint64_t pushed_us;     /* monotonic time of the last heartbeat, 0 if none */
+	uint64_t added_us;      /* when it appeared in the config (monotonic) */
+	bool forgotten;         /* its drop-in was removed for join.forget_after_s */
+	bool last_pushed;       /* the last success was a heartbeat, not a probe */
 };
 
 struct event {
@@ -119,6 +123,7 @@ static struct node *node_new(const struct cfg_host *h)
 	n->reasons = json_array();
 	json_array_append_new(n->reasons, json_string("not probed yet"));
 	n->changed_at = clock_wall_s();
+	n->added_us = clock_now_us();
 	return n;
 }
 
@@ -364,7 +369,10 @@ static bool node_evaluate(struct cluster *c, struct node *n, uint64_t now, enum 
 		if (n->failures >= p->unhealthy_after || n->insecure)
 			level = NODE_UNHEALTHY;
 	}
-	uint64_t since = n->last_ok_us ? n->last_ok_us : c->started_us;
+	/* a node never heard from is silent since it was added, or since the start */
+	uint64_t since = n->last_ok_us                 ? n->last_ok_us
+			 : n->added_us > c->started_us ? n->added_us
+						       : c->started_us;
 	uint64_t silent = now > since ? now - since : 0;
 	if (n->failures > 0 || !n->last_ok_us) {
 		char line[160];
@@ -521,6 +529,7 @@ static void probe_done(const struct http_response *r, void *arg)
 		free(n->last_error);
 		n->last_error = NULL;
 		n->last_ok_us = now;
+		n->last_pushed = false;
 		n->checked_at = n->attempted_at;
 		n->latency_ms = r->elapsed_ms;
 		double s = r->elapsed_ms / 1000.0;
@@ -613,10 +622,30 @@ static void node_probe(struct cluster *c, struct node *n, uint64_t now)
 		n->system_in_flight = true;
 }
 
+/* A node whose heartbeats arrive on time is not probed: it says how it is. One missed
+ * heartbeat is tolerated before probes resume. */
+static bool node_push_is_fresh(struct cluster *c, struct node *n, uint64_t now)
+{
+	uint64_t period = (uint64_t) c->cfg->probe.heartbeat_s * 1000000u;
+	return n->pushed_us && now - n->pushed_us <= 2 * period + TICK_US;
+}
+
 static bool node_is_fresh(struct cluster *c, struct node *n, uint64_t now)
 {
+	if (node_push_is_fresh(c, n, now))
+		return true;
 	uint64_t max_age = (uint64_t) c->cfg->probe.max_age_ms * 1000u;
 	return n->last_ok_us && n->failures == 0 && now - n->last_ok_us <= max_age;
+}
+
+/* A joined node offline for join.forget_after_s is removed (SOMA's stale node removal). */
+static bool node_is_forgotten(struct cluster *c, struct node *n, uint64_t now)
+{
+	int after = c->cfg->join.forget_after_s;
+	if (!after || n->forgotten || !n->host->dropin || n->level != NODE_OFFLINE)
+		return false;
+	uint64_t since = n->last_ok_us ? n->last_ok_us : n->added_us;
+	return now - since >= (uint64_t) after * 1000000u;
 }
 
 /* Every second: probe the nodes that are due, and apply the time-based levels. */
@@ -624,14 +653,15 @@ static void cluster_tick(void *arg)
 {
 	struct cluster *c = arg;
 	uint64_t now = clock_now_us();
-	char **changed = NULL;
-	size_t n_changed = 0;
+	char **changed = NULL, **forget = NULL;
+	size_t n_changed = 0, n_forget = 0;
 
 	pthread_rwlock_wrlock(&c->lock);
 	uint64_t interval = (uint64_t) c->cfg->probe.interval_s * 1000000u;
 	for (size_t i = 0; i < c->n_nodes; i++) {
 		struct node *n = c->nodes[i];
-		if (!n->last_try_us || now - n->last_try_us >= interval)
+		if ((!n->last_try_us || now - n->last_try_us >= interval) &&
+		    !node_push_is_fresh(c, n, now))
 			node_probe(c, n, now);
 		enum node_level old;
 		if (node_evaluate(c, n, now, &old)) {
@@ -639,13 +669,29 @@ static void cluster_tick(void *arg)
 			changed = realloc(changed, (n_changed + 1) * sizeof(*changed));
 			changed[n_changed++] = strdup(n->name);
 		}
+		if (node_is_forgotten(c, n, now)) {
+			n->forgotten = true;
+			forget = realloc(forget, (n_forget + 1) * sizeof(*forget));
+			forget[n_forget++] = strdup(n->name);
+		}
 	}
+	int forget_after_s = c->cfg->join.forget_after_s;
 	pthread_rwlock_unlock(&c->lock);
 	for (size_t i = 0; i < n_changed; i++) {
 		cluster_notify(c, changed[i]);
 		free(changed[i]);
 	}
 	free(changed);
+	for (size_t i = 0; i < n_forget; i++) {
+		char why[96];
+		snprintf(why, sizeof(why), "offline for %d s (join.forget_after_s)",
+			 forget_after_s);
+		int r = cluster_forget_node(c, forget[i], why);
+		if (r < 0 && r != -ENOENT)
+			log_err("cannot forget node %s: %s", forget[i], strerror(-r));
+		free(forget[i]);
+	}
+	free(forget);
 	c->tick = loop_timer_add(c->loop, now + TICK_US, cluster_tick, c);
 }
 
@@ -938,9 +984,101 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 	v.latency_sum_s = n->latency_sum_s;
 	v.latency_count = n->latency_count;
 	v.changed_at = n->changed_at;
+	v.via = h->reverse ? "reverse" : n->last_pushed ? "push" : "pull";
+	v.joined = h->dropin != NULL;
 	pthread_rwlock_unlock(&c->lock);
 	*ret = v;
 	return 0;
+}
+
+struct heartbeat {
+	struct cluster *c;
+	char *name;
+	json_t *health, *system;
+	double at; /* wall */
+};
+
+/* Loop thread: a heartbeat counts as a successful probe that took no time. */
+static void heartbeat_on_loop(void *arg)
+{
+	struct heartbeat *hb = arg;
+	struct cluster *c = hb->c;
+	uint64_t now = clock_now_us();
+
+	pthread_rwlock_wrlock(&c->lock);
+	struct node *n = cluster_find(c, hb->name);
+	if (!n) {
+		pthread_rwlock_unlock(&c->lock);
+		goto out_free;
+	}
+	bool was_ok = n->failures == 0 && n->last_ok_us;
+	json_decref(n->health);
+	n->health = hb->health;
+	hb->health = NULL;
+	if (hb->system) {
+		json_decref(n->system);
+		n->system = hb->system;
+		hb->system = NULL;
+		n->system_us = now;
+	}
+	n->failures = 0;
+	n->insecure = false;
+	free(n->last_error);
+	n->last_error = NULL;
+	n->last_ok_us = now;
+	n->pushed_us = now;
+	n->last_pushed = true;
+	n->checked_at = n->attempted_at = hb->at;
+	n->latency_ms = 0;
+	n->changed_at = hb->at;
+	enum node_level old;
+	bool level_changed = node_evaluate(c, n, now, &old);
+	bool back = !was_ok && old != NODE_UNKNOWN;
+	if (level_changed)
+		node_event_level(c, n, old);
+	pthread_rwlock_unlock(&c->lock);
+	if (back)
+		cluster_add_event(c, "node", hb->name, "heard from again (heartbeat)");
+	cluster_notify(c, hb->name);
+out_free:
+	json_decref(hb->health);
+	json_decref(hb->system);
+	free(hb->name);
+	free(hb);
+}
+
+int cluster_heartbeat(struct cluster *c, const char *name, json_t *health, json_t *system)
+{
+	pthread_rwlock_rdlock(&c->lock);
+	bool known = cluster_find(c, name) != NULL;
+	pthread_rwlock_unlock(&c->lock);
+	if (!known)
+		return -ENOENT;
+	struct heartbeat *hb = xcalloc(1, sizeof(*hb));
+	hb->c = c;
+	hb->name = xstrdup(name);
+	hb->health = json_incref(health);
+	hb->system = json_incref(system);
+	hb->at = clock_wall_s();
+	int r = loop_post(c->loop, heartbeat_on_loop, hb);
+	if (r < 0) {
+		json_decref(hb->health);
+		json_decref(hb->system);
+		free(hb->name);
+		free(hb);
+	}
+	return r;
+}
+
+int cluster_forget_node(struct cluster *c, const char *name, const char *why)
+{
+	pthread_rwlock_rdlock(&c->lock);
+	struct node *n = cluster_find(c, name);
+	int r = n ? config_remove_dropin(n->host) : -ENOENT;
+	pthread_rwlock_unlock(&c->lock);
+	if (r == 0)
+		cluster_add_event(c, "node", name, "removed: %s", why);
+	return r;
 }
 
 int cluster_set_draining(struct cluster *c, const char *name, bool draining)

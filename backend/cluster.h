@@ -61,6 +61,9 @@ struct node_view {
 	double latency_sum_s;
 	uint64_t latency_count;
 	double changed_at; /* wall time the node's shown data last changed */
+	const char *via;   /* static: "reverse" (behind NAT, over its channel), else how it
+			      * was last heard from: "pull" (a probe) or "push" (a heartbeat) */
+	bool joined;       /* it registered itself: its entry is a hosts.d drop-in */
 };
 
 void node_view_clear(struct node_view *v);
@@ -118,6 +121,17 @@ typedef void (*cluster_refresh_fn)(void *arg, int err);
  * thread when the node's probe finished, which is at most probe.timeout_ms from now.
  * Returns 0 or -errno (then done is not called). */
 int cluster_refresh_node(struct cluster *c, const char *name, cluster_refresh_fn done, void *arg);
+
+/* Any thread: a pushed heartbeat of node `name` (a joined agent's health document, and
+ * its system document or NULL; both borrowed, references are taken). It counts as a
+ * successful probe; while heartbeats arrive on time the node is not probed. 0, or -ENOENT
+ * for a node that is not in the config (yet). */
+int cluster_heartbeat(struct cluster *c, const char *name, json_t *health, json_t *system);
+
+/* Any thread: forgets a joined node: deletes its hosts.d drop-in (the config reload then
+ * removes it; its finished tasks stay in the history). `why` goes into the event. 0,
+ * -ENOENT, -EPERM for a node typed into hosts.json, or -errno. */
+int cluster_forget_node(struct cluster *c, const char *name, const char *why);
 
 /* Any thread: a drained node takes no new work and finishes what it has. 0 or -ENOENT. */
 int cluster_set_draining(struct cluster *c, const char *name, bool draining);

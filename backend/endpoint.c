@@ -61,6 +61,18 @@ void endpoint_init(struct endpoint *e, const struct config *cfg, const char *add
 void endpoint_init_agent(struct endpoint *e, const struct config *cfg, const struct cfg_host *h,
 			 const char *path)
 {
+	/* services.agent.path prefixes every agent path: a reverse node is reached through
+	 * the join listener's relay (/api/join/relay/NAME) */
+	const struct cfg_service *svc = config_host_service(h, "agent");
+	if (svc && svc->path && svc->path[0]) {
+		struct buf b;
+		buf_init(&b);
+		buf_printf(&b, "%s%s", svc->path, path);
+		endpoint_init(e, cfg, h->address, h->agent_port, &h->transport, b.data,
+			      "this host");
+		buf_free(&b);
+		return;
+	}
 	endpoint_init(e, cfg, h->address, h->agent_port, &h->transport, path, "this host");
 }
 

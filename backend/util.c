@@ -522,3 +522,19 @@ char *util_escape_controls(const char *in, char *out, size_t n)
 	out[o] = '\0';
 	return out;
 }
+
+void *xrealloc(void *p, size_t size)
+{
+	void *q = realloc(p, size ? size : 1);
+	if (!q)
+		abort();
+	return q;
+}
+
+char *xstrndup(const char *s, size_t n)
+{
+	char *d = strndup(s, n);
+	if (!d)
+		abort();
+	return d;
+}

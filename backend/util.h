@@ -70,6 +70,9 @@ long util_base64_decode(const char *s, unsigned char *out, size_t cap);
 /* calloc and strdup that abort when memory runs out (small, bounded allocations). */
 void *xcalloc(size_t n, size_t size);
 char *xstrdup(const char *s);
+/* realloc and strndup that abort on no memory, like xcalloc and xstrdup. */
+void *xrealloc(void *p, size_t size);
+char *xstrndup(const char *s, size_t n);
 
 /* Compares two strings in time that depends only on the length of `b`. */
 bool secret_equal(const char *a, const char *b);

@@ -9,6 +9,7 @@
  * CONFIG_MAX_FILE_SIZE, and checking every strdup would hide the logic. */
 #include "config/config.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <grp.h>
 #include <limits.h>
@@ -33,6 +34,7 @@ static const struct cfg_probe probe_defaults = {
 	.offline_after_s = 600,
 	.unhealthy_after = 3,
 	.max_age_ms = 1000,
+	.heartbeat_s = 45,
 };
 
 static const struct cfg_thresholds threshold_defaults = {
@@ -64,7 +66,8 @@ struct loader {
 	struct config *c; /* being filled */
 	struct locate_step path[LOADER_MAX_DEPTH];
 	size_t depth;
-	char where[256];    /* scratch for ld_where() */
+	size_t skip;     /* leading steps of path not in text (1 in a drop-in: the host's name) */
+	char where[256]; /* scratch for ld_where() */
 	char quoted[2][96]; /* scratch for ld_quote() */
 	char value[64];     /* scratch for ld_value() */
 };
@@ -188,8 +191,9 @@ static int ld_fail(struct loader *ld, enum locate_target target, const char *fmt
 	va_start(ap, fmt);
 	buf_vprintf(&msg, fmt, ap);
 	va_end(ap);
-	if (ld->text &&
-	    locate_json(ld->text, ld->len, ld->path, ld->depth, target, &line, &col) == 0)
+	if (ld->text && ld->depth >= ld->skip &&
+	    locate_json(ld->text, ld->len, ld->path + ld->skip, ld->depth - ld->skip, target, &line,
+			&col) == 0)
 		set_error(ld->errbuf, ld->errlen, "%s:%d:%d: %s", ld->name, line, col,
 			  msg.data ? msg.data : "");
 	else
@@ -575,8 +579,8 @@ static int parse_auth(struct loader *ld, const json_t *doc)
 static int parse_probe(struct loader *ld, const json_t *doc)
 {
 	static const char *const keys[] = {
-		"interval_s", "timeout_ms", "stale_after_s", "offline_after_s", "unhealthy_after",
-		"max_age_ms", NULL};
+		"interval_s",      "timeout_ms", "stale_after_s", "offline_after_s",
+		"unhealthy_after", "max_age_ms", "heartbeat_s",   NULL};
 	struct cfg_probe *p = &ld->c->probe;
 	json_t *probe = json_object_get(doc, "probe");
 	int r;
@@ -599,6 +603,8 @@ static int parse_probe(struct loader *ld, const json_t *doc)
 		r = parse_int(ld, probe, "unhealthy_after", 1, 1000, &p->unhealthy_after);
 	if (r == 0)
 		r = parse_int(ld, probe, "max_age_ms", 0, 3600000, &p->max_age_ms);
+	if (r == 0)
+		r = parse_int(ld, probe, "heartbeat_s", 1, 86400, &p->heartbeat_s);
 	if (r == 0 && p->offline_after_s < p->stale_after_s) {
 		ld_push(ld, json_object_get(probe, "offline_after_s") ? "offline_after_s"
 								      : "stale_after_s");
@@ -609,6 +615,75 @@ static int parse_probe(struct loader *ld, const json_t *doc)
 	}
 	ld_pop(ld);
 	return r;
+}
+
+/* "join": {"listen": "ADDR:PORT", "token_file": F, "tls": {"cert_file", "key_file"},
+ * "forget_after_s": N}. Join traffic is HTTPS from the start: tls is required. */
+static int parse_join(struct loader *ld, const json_t *doc)
+{
+	static const char *const keys[] = {"listen", "token_file", "tls", "forget_after_s", NULL};
+	static const char *const tls_keys[] = {"cert_file", "key_file", NULL};
+	struct cfg_join *j = &ld->c->join;
+	json_t *join = json_object_get(doc, "join"), *tls;
+	const char *listen = NULL, *token_file = NULL, *cert = NULL, *key = NULL;
+	int r;
+
+	if (!join)
+		return 0;
+	ld_push(ld, "join");
+	r = expect_object(ld, join);
+	if (r == 0)
+		r = reject_inline_token(ld, join);
+	if (r == 0)
+		r = check_keys(ld, join, keys);
+	if (r == 0)
+		r = parse_string(ld, join, "listen", true, &listen);
+	if (r == 0)
+		r = parse_string(ld, join, "token_file", true, &token_file);
+	if (r == 0)
+		r = parse_int(ld, join, "forget_after_s", 0, 365 * 86400, &j->forget_after_s);
+	if (r == 0 && j->forget_after_s && j->forget_after_s < ld->c->probe.offline_after_s) {
+		ld_push(ld, "forget_after_s");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "join.forget_after_s (%d) must be 0 (never) or at least "
+			    "probe.offline_after_s (%d): a node is forgotten once it is offline",
+			    j->forget_after_s, ld->c->probe.offline_after_s);
+		ld_pop(ld);
+	}
+	if (r == 0 && (!listen || !token_file))
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s needs \"listen\" (\"ADDR:PORT\") and \"token_file\" (the join "
+			    "token, mode 0600)",
+			    ld_where(ld));
+	tls = r == 0 ? json_object_get(join, "tls") : NULL;
+	if (r == 0 && !tls)
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s needs \"tls\": {\"cert_file\": F, \"key_file\": F}: join "
+			    "traffic carries tokens and is HTTPS only",
+			    ld_where(ld));
+	if (r == 0) {
+		ld_push(ld, "tls");
+		r = expect_object(ld, tls);
+		if (r == 0)
+			r = check_keys(ld, tls, tls_keys);
+		if (r == 0)
+			r = parse_string(ld, tls, "cert_file", true, &cert);
+		if (r == 0)
+			r = parse_string(ld, tls, "key_file", true, &key);
+		if (r == 0 && (!cert || !key))
+			r = ld_fail(ld, LOCATE_VALUE, "%s needs both cert_file and key_file",
+				    ld_where(ld));
+		ld_pop(ld);
+	}
+	ld_pop(ld);
+	if (r < 0)
+		return r;
+	j->enabled = true;
+	j->listen = xstrdup(listen);
+	j->token_file = path_join(ld->dir, token_file);
+	j->cert_file = path_join(ld->dir, cert);
+	j->key_file = path_join(ld->dir, key);
+	return 0;
 }
 
 static int parse_tasks(struct loader *ld, const json_t *doc)
@@ -849,10 +924,21 @@ static int parse_host_services(struct loader *ld, const json_t *host, struct cfg
 
 static int parse_host(struct loader *ld, const char *name, const json_t *v, struct cfg_host *h)
 {
-	static const char *const keys[] = {
-		"host",          "name",   "role",       "tier",     "capabilities",
-		"queue_depth",   "port",   "token_file", "services", "tls",
-		"insecure_http", "run_as", NULL};
+	static const char *const keys[] = {"host",
+					   "name",
+					   "role",
+					   "tier",
+					   "capabilities",
+					   "queue_depth",
+					   "port",
+					   "token_file",
+					   "services",
+					   "tls",
+					   "insecure_http",
+					   "run_as",
+					   "reverse",
+					   "agent_fingerprint",
+					   NULL};
 	const char *address = NULL, *display = NULL, *role = "", *tier = NULL, *token_file = NULL;
 	int port = 0, r;
 
@@ -918,6 +1004,17 @@ static int parse_host(struct loader *ld, const char *name, const json_t *v, stru
 		r = parse_string(ld, v, "token_file", true, &token_file);
 	if (r == 0)
 		r = parse_run_as(ld, v, &h->run_as);
+	if (r == 0)
+		r = parse_bool(ld, v, "reverse", &h->reverse);
+	const char *agent_fp = NULL;
+	if (r == 0)
+		r = parse_string(ld, v, "agent_fingerprint", true, &agent_fp);
+	if (r == 0 && agent_fp && !config_fingerprint_is_valid(agent_fp)) {
+		ld_push(ld, "agent_fingerprint");
+		r = ld_fail(ld, LOCATE_VALUE, "%s must be \"sha256:BASE64\", not %s", ld_where(ld),
+			    ld_quote(ld, 0, agent_fp));
+		ld_pop(ld);
+	}
 	if (r == 0)
 		r = parse_transport(ld, v, &h->transport);
 	if (r == 0)
@@ -1275,6 +1372,11 @@ static int read_tokens(struct loader *ld, const json_t *doc)
 		struct cfg_host *h = &c->hosts[i];
 		if (h->token_file) {
 			r = token_read_file(h->token_file, &h->token, msg, sizeof(msg));
+			if (r < 0 && h->dropin) {
+				set_error(ld->errbuf, ld->errlen, "%s: token_file: %s", h->dropin,
+					  msg);
+				break;
+			}
 			if (r < 0) {
 				ld_push(ld, "hosts");
 				ld_push(ld, h->name);
@@ -1291,6 +1393,16 @@ static int read_tokens(struct loader *ld, const json_t *doc)
 		}
 	}
 	free_secret(global);
+	if (r == 0 && c->join.enabled) {
+		r = token_read_file(c->join.token_file, &c->join.token, msg, sizeof(msg));
+		if (r < 0) {
+			ld_push(ld, "join");
+			ld_push(ld, "token_file");
+			ld_fail(ld, LOCATE_VALUE, "%s", msg);
+			ld_pop(ld);
+			ld_pop(ld);
+		}
+	}
 	return r;
 }
 
@@ -1313,6 +1425,7 @@ static void host_clear(struct cfg_host *h)
 	free(h->services);
 	free_secret(h->token);
 	free(h->token_file);
+	free(h->dropin);
 	transport_clear(&h->transport);
 }
 
@@ -1335,6 +1448,15 @@ static void config_free(struct config *c)
 	json_decref(c->routing);
 	json_decref(c->services);
 	json_decref(c->doc);
+	free(c->join.listen);
+	free(c->join.token_file);
+	free_secret(c->join.token);
+	free(c->join.cert_file);
+	free(c->join.key_file);
+	free(c->dropin_dir);
+	for (size_t i = 0; i < c->n_warnings; i++)
+		free(c->warnings[i]);
+	free(c->warnings);
 	free(c);
 }
 
@@ -1361,6 +1483,154 @@ static void syntax_error(const char *name, const json_error_t *e, char *errbuf, 
 		set_error(errbuf, errlen, "%s:%sinvalid JSON: %s", name, pos, e->text);
 }
 
+static void add_warning(struct config *c, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void add_warning(struct config *c, const char *fmt, ...)
+{
+	struct buf b;
+	va_list ap;
+	buf_init(&b);
+	va_start(ap, fmt);
+	buf_vprintf(&b, fmt, ap);
+	va_end(ap);
+	c->warnings = xrealloc(c->warnings, (c->n_warnings + 1) * sizeof(*c->warnings));
+	c->warnings[c->n_warnings++] = buf_steal(&b, NULL);
+}
+
+static int name_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* Parses one hosts.d/NAME.json into the next slot of c->hosts (room is made by the
+ * caller). Errors carry the drop-in's own FILE:LINE:COLUMN. */
+static void host_clear(struct cfg_host *h);
+static int load_dropin(struct config *c, const char *name, const char *file, char *errbuf,
+		       size_t errlen)
+{
+	char *text = NULL;
+	size_t len = 0;
+	json_error_t jerr;
+	int r = file_read_all(file, CONFIG_MAX_DROPIN_SIZE, &text, &len);
+	if (r < 0) {
+		set_error(errbuf, errlen, "%s: cannot read the drop-in: %s", file,
+			  r == -EFBIG ? "larger than 64 KiB" : strerror(-r));
+		return r;
+	}
+	json_t *v = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!v) {
+		syntax_error(file, &jerr, errbuf, errlen);
+		free(text);
+		return -EINVAL;
+	}
+	struct loader ld = {
+		.text = text,
+		.len = len,
+		.name = file,
+		.dir = c->dropin_dir,
+		.errbuf = errbuf,
+		.errlen = errlen,
+		.c = c,
+		.skip = 1,
+	};
+	struct cfg_host *h = &c->hosts[c->n_hosts];
+	memset(h, 0, sizeof(*h));
+	/* positions are looked up from the file's root: the host object is the document */
+	r = parse_host(&ld, name, v, h);
+	if (r < 0) {
+		host_clear(h);
+		memset(h, 0, sizeof(*h));
+	} else {
+		h->dropin = xstrdup(file);
+		c->n_hosts++;
+	}
+	json_decref(v);
+	free(text);
+	return r;
+}
+
+/* Loads every hosts.d/NAME.json (a missing directory is no drop-ins), in name order so
+ * that the first error reported is always the same one. */
+static int load_dropins(struct config *c, char *errbuf, size_t errlen)
+{
+	DIR *d = opendir(c->dropin_dir);
+	if (!d)
+		return errno == ENOENT || errno == ENOTDIR ? 0 : -errno;
+	char **names = NULL;
+	size_t n = 0, cap = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		size_t l = strlen(e->d_name);
+		if (e->d_name[0] == '.' || l <= 5 || strcmp(e->d_name + l - 5, ".json") != 0)
+			continue;
+		if (n == cap) {
+			cap = cap ? 2 * cap : 16;
+			names = xrealloc(names, cap * sizeof(*names));
+		}
+		names[n++] = xstrndup(e->d_name, l - 5);
+	}
+	closedir(d);
+	if (n)
+		qsort(names, n, sizeof(*names), name_cmp);
+	c->hosts = xrealloc(c->hosts, (c->n_hosts + n + 1) * sizeof(*c->hosts));
+	size_t n_typed = c->n_hosts;
+	int r = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		char *file = NULL;
+		struct buf b;
+		buf_init(&b);
+		buf_printf(&b, "%s/%s.json", c->dropin_dir, names[i]);
+		file = buf_steal(&b, NULL);
+		struct cfg_host key = {.name = names[i]};
+		if (bsearch(&key, c->hosts, n_typed, sizeof(*c->hosts), host_cmp))
+			add_warning(c,
+				    "%s is ignored: hosts.json has a host named \"%s\", which "
+				    "wins; rename one of them",
+				    file, names[i]);
+		else
+			r = load_dropin(c, names[i], file, errbuf, errlen);
+		free(file);
+	}
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	if (r == 0)
+		qsort(c->hosts, c->n_hosts, sizeof(*c->hosts), host_cmp);
+	return r;
+}
+
+int config_remove_dropin(const struct cfg_host *h)
+{
+	if (!h->dropin)
+		return -EPERM;
+	if (unlink(h->dropin) < 0)
+		return -errno;
+	/* its token file, if the join listener put it there (not one the entry names) */
+	const char *slash = strrchr(h->dropin, '/');
+	if (h->token_file && slash &&
+	    strncmp(h->token_file, h->dropin, (size_t) (slash - h->dropin) + 1) == 0 &&
+	    !strchr(h->token_file + (slash - h->dropin) + 1, '/'))
+		unlink(h->token_file);
+	return 0;
+}
+
+int config_check_host(const char *name, const json_t *entry, char *errbuf, size_t errlen)
+{
+	struct config *c = config_alloc();
+	struct cfg_host h = {0};
+	struct loader ld = {
+		.name = "the registration",
+		.dir = "/",
+		.errbuf = errbuf,
+		.errlen = errlen,
+		.c = c,
+	};
+	int r = parse_host(&ld, name, entry, &h);
+	host_clear(&h);
+	config_free(c);
+	return r;
+}
+
 static int load_text(const char *text, size_t len, const char *name, const char *dir,
 		     const char *path, struct config **ret, char *errbuf, size_t errlen)
 {
@@ -1374,7 +1644,7 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 		"cluster", "auth",       "probe",           "thresholds",
 		"tasks",   "hosts",      "routing",         "services",
 		"tls",     "local_host", "default_trainer", "default_inference",
-		NULL};
+		"join",    NULL};
 	json_error_t jerr;
 	json_t *doc;
 	struct config *c;
@@ -1423,7 +1693,13 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 	if (r == 0)
 		r = parse_tasks(&ld, doc);
 	if (r == 0)
+		r = parse_join(&ld, doc);
+	if (r == 0)
 		r = parse_hosts(&ld, doc);
+	if (r == 0 && path) {
+		c->dropin_dir = path_join(dir, CONFIG_DROPIN_DIR);
+		r = load_dropins(c, errbuf, errlen);
+	}
 	if (r == 0)
 		r = parse_routing(&ld, doc);
 	if (r == 0)
@@ -1675,6 +1951,8 @@ static json_t *render_host(const struct cfg_host *h)
 	json_object_set_new(o, "token_file",
 			    h->token_file ? json_string(h->token_file) : json_null());
 	json_object_set_new(o, "token", h->token ? json_string("(redacted)") : json_null());
+	if (h->dropin)
+		json_object_set_new(o, "dropin", json_string(h->dropin));
 	return o;
 }
 
@@ -1708,7 +1986,17 @@ char *config_render(const struct config *c)
 			  c->probe.timeout_ms, "stale_after_s", c->probe.stale_after_s,
 			  "offline_after_s", c->probe.offline_after_s, "unhealthy_after",
 			  c->probe.unhealthy_after, "max_age_ms", c->probe.max_age_ms);
+	json_object_set_new(probe, "heartbeat_s", json_integer(c->probe.heartbeat_s));
 	json_object_set_new(o, "probe", probe);
+	if (c->join.enabled)
+		json_object_set_new(o, "join",
+				    json_pack("{ss ss ss s{ss ss} si}", "listen", c->join.listen,
+					      "token_file", c->join.token_file, "token",
+					      "(redacted)", "tls", "cert_file", c->join.cert_file,
+					      "key_file", c->join.key_file, "forget_after_s",
+					      c->join.forget_after_s));
+	if (c->dropin_dir)
+		json_object_set_new(o, "dropin_dir", json_string(c->dropin_dir));
 	th = json_pack("{so so so so}", "cpu", render_pair(c->thresholds.cpu), "memory",
 		       render_pair(c->thresholds.memory), "disk", render_pair(c->thresholds.disk),
 		       "load", render_pair(c->thresholds.load));

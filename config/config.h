@@ -67,6 +67,8 @@ struct cfg_host {
 	char *token_file;
 	enum cfg_run_as run_as;         /* "run_as", or CFG_RUN_AS_INHERIT */
 	struct cfg_transport transport; /* of the agent: the host's "tls" and "insecure_http" */
+	char *dropin; /* the hosts.d/NAME.json it was loaded from (a joined node), or NULL */
+	bool reverse; /* "reverse": reached through the join listener's relay (behind NAT) */
 };
 
 struct cfg_probe {
@@ -76,6 +78,19 @@ struct cfg_probe {
 	int offline_after_s; /* default 600 */
 	int unhealthy_after; /* failures in a row, default 3 */
 	int max_age_ms;      /* open of health refreshes data older than this, default 1000 */
+	int heartbeat_s;     /* joined agents push their health this often, default 45 */
+};
+
+/* "join": the control plane's listener for agents that register themselves (off when
+ * absent). Paths are resolved against the config's directory. */
+struct cfg_join {
+	bool enabled;
+	char *listen;       /* "ADDR:PORT" */
+	char *token_file;   /* the join token's file (mode 0600), separate from the agents' token */
+	char *token;        /* secret: its content */
+	char *cert_file;    /* tls.cert_file: the listener's certificate (HTTPS only) */
+	char *key_file;     /* tls.key_file */
+	int forget_after_s; /* joined nodes offline this long are removed; 0 (default): never */
 };
 
 /* [warning, critical] pairs. A metric above the value reaches that level. */
@@ -103,13 +118,33 @@ struct config {
 	size_t n_service_transports;
 	char *tls_ca_file; /* top-level tls.ca_file resolved, or NULL: the system CAs */
 	json_t *doc;       /* the whole document as loaded (contains no secrets) */
+	struct cfg_join join;
+	char *dropin_dir; /* hosts.d beside the config file (may not exist), or NULL */
+	/* Sentences about a load that succeeded but deserves attention (a drop-in shadowed by
+	 * a hosts.json entry of the same name), for /cluster/alerts. */
+	char **warnings;
+	size_t n_warnings;
 };
 
-/* Loads and validates a config file. On failure returns -errno and writes one sentence
+#define CONFIG_DROPIN_DIR      "hosts.d"
+#define CONFIG_MAX_DROPIN_SIZE (64u << 10)
+
+/* Loads and validates a config file, and with it every hosts.d/NAME.json beside it: one
+ * host entry each (the object hosts.NAME would hold), validated the same way; a hosts.json
+ * entry of the same name wins (with a warning). Files starting with '.' are ignored. On failure returns -errno and writes one sentence
  * into errbuf, starting with "FILE:LINE:COLUMN: " wherever a position is known
  * (syntax errors, and semantic errors located in the source text). Token files are read
  * here; a missing or unsafe token file is an error. Returns a new reference. */
 int config_load_file(const char *path, struct config **ret, char *errbuf, size_t errlen);
+
+/* Deletes the drop-in a joined host was loaded from (hosts.d/NAME.json) and, when it lies
+ * beside it, its token file; the watcher's reload then removes the node. 0, -EPERM for a
+ * host typed into hosts.json (edit that file instead), or -errno from unlink. */
+int config_remove_dropin(const struct cfg_host *h);
+
+/* Validates one host entry (what hosts.NAME or hosts.d/NAME.json holds) as a load would,
+ * without reading files. 0, or -EINVAL with one sentence in errbuf. */
+int config_check_host(const char *name, const json_t *entry, char *errbuf, size_t errlen);
 
 /* Same, from a string; `name` is used in messages. Relative token_file paths resolve
  * against `dir` (may be NULL: current directory). */

@@ -1,17 +1,23 @@
-/* inotify on the config file's directory. Watching the file itself would lose it at the
- * first editor save that writes a new file and renames it over the old one. */
+/* inotify on the config file's directory, and on the hosts.d drop-in directory beside it.
+ * Watching the file itself would lose it at the first editor save that writes a new file
+ * and renames it over the old one. */
 #include "config/watch.h"
 
+#include "config/config.h"
+
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
 #include <unistd.h>
 
 struct config_watch {
-	int fd;     /* inotify instance, non-blocking, close-on-exec */
-	int wd;     /* watch descriptor of the directory */
-	char *base; /* the config file's name within its directory */
+	int fd;           /* inotify instance, non-blocking, close-on-exec */
+	int wd;           /* watch descriptor of the directory */
+	char *base;       /* the config file's name within its directory */
+	char *dropin_dir; /* DIR/hosts.d */
+	int wd_dropin;    /* its watch descriptor, or -1 while it does not exist */
 };
 
 #define WATCH_MASK                                                                                 \
@@ -52,6 +58,12 @@ int config_watch_new(const char *path, struct config_watch **ret)
 		r = -errno;
 		goto err_free_watch;
 	}
+	if (asprintf(&w->dropin_dir, "%s/%s", dir, CONFIG_DROPIN_DIR) < 0) {
+		w->dropin_dir = NULL;
+		r = -ENOMEM;
+		goto err_free_watch;
+	}
+	w->wd_dropin = inotify_add_watch(w->fd, w->dropin_dir, WATCH_MASK);
 	free(dir);
 	*ret = w;
 	return 0;
@@ -69,6 +81,7 @@ void config_watch_free(struct config_watch *w)
 	if (w->fd >= 0)
 		close(w->fd);
 	free(w->base);
+	free(w->dropin_dir);
 	free(w);
 }
 
@@ -92,10 +105,24 @@ bool config_watch_read(struct config_watch *w)
 			const struct inotify_event *ev = (const struct inotify_event *) (void *) p;
 			/* The directory itself went away or moved, or the queue overflowed and
 			 * events were lost: the file may have changed, so say so. */
-			if (ev->mask & (IN_Q_OVERFLOW | IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED))
+			if (ev->wd == w->wd_dropin && w->wd_dropin >= 0) {
+				/* a drop-in changed (files starting with '.' are in the making) */
+				if (ev->mask & IN_IGNORED)
+					w->wd_dropin = -1;
+				if ((ev->mask & IN_IGNORED) || (ev->len > 0 && ev->name[0] != '.'))
+					hit = true;
+			} else if (ev->mask &
+				   (IN_Q_OVERFLOW | IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED)) {
 				hit = true;
-			else if (ev->len > 0 && strcmp(ev->name, w->base) == 0)
+			} else if (ev->len > 0 && strcmp(ev->name, w->base) == 0) {
 				hit = true;
+			} else if (ev->len > 0 && strcmp(ev->name, CONFIG_DROPIN_DIR) == 0) {
+				/* hosts.d appeared (or went): watch it from now on */
+				if (w->wd_dropin < 0)
+					w->wd_dropin =
+						inotify_add_watch(w->fd, w->dropin_dir, WATCH_MASK);
+				hit = true;
+			}
 			p += sizeof(*ev) + ev->len;
 		}
 	}

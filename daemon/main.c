@@ -10,6 +10,7 @@
 #include "backend/util.h"
 #include "config/config.h"
 #include "config/watch.h"
+#include "daemon/join.h"
 #include "fs/fs.h"
 
 #include <errno.h>
@@ -50,7 +51,21 @@ struct daemon {
 	struct models *models;
 	struct config_watch *watch;
 	struct loop_timer *reload_timer;
+	struct join *join; /* the join listener, or NULL (config "join" absent) */
 };
+
+/* The warnings of a load (drop-ins shadowed by hosts.json) as one alert, or none. */
+static void apply_warnings(struct daemon *d, const struct config *cfg)
+{
+	struct buf b;
+	buf_init(&b);
+	for (size_t i = 0; i < cfg->n_warnings; i++) {
+		buf_printf(&b, "%s%s", i ? "; " : "", cfg->warnings[i]);
+		log_warn("config: %s", cfg->warnings[i]);
+	}
+	cluster_set_alert(d->cluster, "config hosts.d", b.len ? b.data : NULL);
+	buf_free(&b);
+}
 
 /* A startup error on stderr; under systemd with the journal's error priority, "<3>". */
 static void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -339,6 +354,10 @@ static void reload_now(void *arg)
 	log_info("config reloaded from %s: %zu node%s", d->config_path, cfg->n_hosts,
 		 cfg->n_hosts == 1 ? "" : "s");
 	cluster_set_config(d->cluster, cfg);
+	apply_warnings(d, cfg);
+	if (cfg->join.enabled != (d->join != NULL))
+		log_warn("config: \"join\" was %s; that takes effect at the next mount",
+			 d->join ? "removed" : "added");
 	config_unref(cfg);
 }
 
@@ -462,6 +481,14 @@ int main(int argc, char **argv)
 		report("clusterfs: out of memory\n");
 		goto out;
 	}
+	if (cfg->join.enabled) {
+		r = join_new(cfg, d.cluster, &d.join, err, sizeof(err));
+		if (r < 0) {
+			report("clusterfs: invalid config: join: %s\n", err);
+			ret = EXIT_CONFIG;
+			goto out;
+		}
+	}
 	cluster_add_listener(d.cluster, fs_on_cluster_change, fs);
 	cluster_add_listener(d.cluster, tasks_on_cluster_change, d.tasks);
 
@@ -513,6 +540,14 @@ int main(int argc, char **argv)
 	}
 	fs_set_session(fs, se);
 	cluster_start(d.cluster);
+	apply_warnings(&d, cfg);
+	if (d.join) {
+		r = join_start(d.join, err, sizeof(err));
+		if (r < 0)
+			log_err("%s", err);
+		else
+			log_info("join listener on %s (HTTPS)", join_bound(d.join));
+	}
 	r = tasks_start(d.tasks);
 	if (r < 0)
 		log_err("cannot load the tasks from the store: %s", strerror(-r));
@@ -533,6 +568,8 @@ int main(int argc, char **argv)
 	/* a stop signal ends the loop with 0; an unmount too */
 	ret = (r == 0 || r == SIGTERM || r == SIGINT || r == SIGHUP) ? EXIT_OK : EXIT_FAILURE_OTHER;
 	log_info("unmounting %s", mp_abs ? mp_abs : mountpoint);
+	join_stop(d.join);
+	d.join = NULL;
 	fs_set_session(fs, NULL);
 	loop_stop(d.loop);
 	/* answers reads still waiting on tasks while the session can still carry them */
@@ -549,6 +586,7 @@ out:
 		loop_stop(d.loop);
 	if (d.reload_timer && d.loop)
 		loop_timer_cancel(d.loop, d.reload_timer);
+	join_stop(d.join);
 	fs_free(fs);
 	tasks_free(d.tasks);
 	services_free(d.services);

@@ -1326,9 +1326,15 @@ static void node_ctl(fuse_req_t req, struct fs *f, struct handle *h, const char 
 		r = cluster_set_draining(f->cluster, h->e.node, false);
 	else if (!strcmp(cmd, "probe"))
 		r = cluster_probe_now(f->cluster, h->e.node);
-	else {
-		log_info("nodes/%s/ctl: unknown command \"%s\" (drain, resume or probe)", h->e.node,
-			 cmd);
+	else if (!strcmp(cmd, "remove")) {
+		r = cluster_forget_node(f->cluster, h->e.node, "echo remove > ctl");
+		if (r == -EPERM)
+			log_info("nodes/%s/ctl: remove forgets joined nodes only; %s is typed into "
+				 "hosts.json: delete it there",
+				 h->e.node, h->e.node);
+	} else {
+		log_info("nodes/%s/ctl: unknown command \"%s\" (drain, resume, probe or remove)",
+			 h->e.node, cmd);
 		r = -EINVAL;
 	}
 	if (r < 0)

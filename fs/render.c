@@ -100,6 +100,10 @@ static void render_info(const struct node_view *v, struct buf *out)
 	json_object_set_new(doc, "role", json_string(v->role));
 	json_object_set_new(doc, "tier", json_string(v->tier));
 	json_object_set_new(doc, "capabilities", json_incref(v->capabilities));
+	/* how the node is reached: pulled by probes, or pushing heartbeats; and since when */
+	json_object_set_new(doc, "reached", json_string(v->via ? v->via : "pull"));
+	json_object_set_new(doc, "last_heard_at", json_time(v->checked_at));
+	json_object_set_new(doc, "joined", json_boolean(v->joined));
 	if (v->system) {
 		const char *k;
 		json_t *x;
@@ -506,7 +510,7 @@ static const char readme_text[] =
 	"    capabilities  one per line\n"
 	"    reliability   0..100 from the node's task history (routing uses it)\n"
 	"    tasks/        symlinks to the tasks placed here\n"
-	"    ctl           write: drain | resume | probe\n"
+	"    ctl           write: drain | resume | probe | remove (a joined node)\n"
 	"    models/       one JSON file per model on this node; ctl: pull | delete | load |\n"
 	"                  unload NAME, and reading ctl shows what runs and how far\n"
 	"  models/MODEL/   nodes (has it), loaded (holds it in memory), info\n"
@@ -634,7 +638,9 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 			*ret_seq = seq;
 		return 0;
 	}
-	case TREE_NODE_CTL: buf_puts(out, "write one of: drain | resume | probe\n"); return 0;
+	case TREE_NODE_CTL:
+		buf_puts(out, "write one of: drain | resume | probe | remove\n");
+		return 0;
 	case TREE_SERVICE_FILE:
 		services_last_answer(ctx->services, e->name, e->file, out);
 		return 0;

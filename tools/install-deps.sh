@@ -9,10 +9,10 @@ set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc libfuse3-dev fuse3 libcurl4-openssl-dev libjansson-dev
 	libsqlite3-dev libmicrohttpd-dev python3 python3-pytest curl iproute2 util-linux
 	procps clang-format libgnutls28-dev tcpdump scdoc man-db groff-base debhelper dpkg-dev
-	fakeroot lintian adduser systemd prometheus nfs-ganesha nfs-ganesha-vfs libnfs-utils
+	fakeroot lintian adduser systemd prometheus iptables nfs-ganesha nfs-ganesha-vfs libnfs-utils
 	samba samba-vfs-modules smbclient python3-smbc)
 # installed without recommends: not rpcbind, winbind or the NFS kernel tools
-norec=(prometheus nfs-ganesha nfs-ganesha-vfs samba samba-vfs-modules)
+norec=(prometheus iptables nfs-ganesha nfs-ganesha-vfs samba samba-vfs-modules)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -2,7 +2,7 @@
  * the route table's matching of METHOD and PATH, and the checks of a task request's body
  * (what any holder of the token can send). Input: "METHOD PATH\nBODY". */
 #include "tools/agent/api.h"
-#include "tools/agent/server.h"
+#include "httpd/server.h"
 #include "tools/agent/tasks.h"
 
 #include <jansson.h>

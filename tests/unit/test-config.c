@@ -793,6 +793,92 @@ static void test_watch(void)
 	free(other);
 }
 
+/* hosts.d drop-ins: loaded with the file, shadowed by hosts.json with a warning, errors
+ * located in the drop-in itself, and the watch sees them. */
+static void test_dropins(void)
+{
+	char *dir = tmp_path("dropin-cfg"), *cfg, *dd, *f;
+	struct config *c = NULL;
+	struct config_watch *w = NULL;
+	struct buf b;
+	int r;
+
+	mkdir(dir, 0700);
+	buf_init(&b);
+	buf_printf(&b, "%s/hosts.json", dir);
+	cfg = buf_steal(&b, NULL);
+	buf_printf(&b, "%s/hosts.d", dir);
+	dd = buf_steal(&b, NULL);
+	write_file(cfg, "{\"hosts\": {\"typed\": {\"host\": \"10.0.0.1\"}}}", 0644);
+
+	r = config_load_file(cfg, &c, err, sizeof(err));
+	CHECK(r == 0 && c->n_hosts == 1 && c->n_warnings == 0, "dropins: none without hosts.d");
+	config_unref(c);
+
+	r = config_watch_new(cfg, &w);
+	CHECK(r == 0, "dropins: watch");
+	mkdir(dd, 0755);
+	CHECK(w && watch_saw(w, 1000), "dropins: hosts.d appearing is seen");
+	buf_printf(&b, "%s/joined.json", dd);
+	f = buf_steal(&b, NULL);
+	write_file(f, "{\"host\": \"10.0.0.2\", \"port\": 9000, \"role\": \"worker\"}", 0644);
+	CHECK(w && watch_saw(w, 1000), "dropins: a drop-in written is seen");
+	r = config_load_file(cfg, &c, err, sizeof(err));
+	const struct cfg_host *h = r == 0 ? config_find_host(c, "joined") : NULL;
+	CHECK(h && h->agent_port == 9000 && h->dropin && strcmp(h->dropin, f) == 0 &&
+		      config_find_host(c, "typed") && !config_find_host(c, "typed")->dropin,
+	      "dropins: loaded beside the typed hosts, sorted, with their file");
+	CHECK(h && config_remove_dropin(h) == 0 && access(f, F_OK) < 0,
+	      "dropins: config_remove_dropin deletes the file");
+	CHECK(config_remove_dropin(config_find_host(c, "typed")) == -EPERM,
+	      "dropins: a typed host is not removed");
+	config_unref(c);
+	free(f);
+
+	buf_printf(&b, "%s/typed.json", dd);
+	f = buf_steal(&b, NULL);
+	write_file(f, "{\"host\": \"10.0.0.3\"}", 0644);
+	r = config_load_file(cfg, &c, err, sizeof(err));
+	CHECK(r == 0 && c->n_hosts == 1 && c->n_warnings == 1 &&
+		      strstr(c->warnings[0], "hosts.json has a host named \"typed\"") &&
+		      strcmp(config_find_host(c, "typed")->address, "10.0.0.1") == 0,
+	      "dropins: hosts.json wins, with a warning");
+	config_unref(c);
+	unlink(f);
+	free(f);
+
+	buf_printf(&b, "%s/bad.json", dd);
+	f = buf_steal(&b, NULL);
+	write_file(f, "{\n  \"host\": \"10.0.0.4\",\n  \"port\": \"x\"\n}\n", 0644);
+	c = NULL;
+	r = config_load_file(cfg, &c, err, sizeof(err));
+	buf_printf(&b, "%s:3:", f);
+	CHECK(r == -EINVAL && !c && starts_with(err, b.data), "dropins: error at file:line");
+	buf_free(&b);
+	write_file(f, "{\"host\": ", 0644);
+	r = config_load_file(cfg, &c, err, sizeof(err));
+	CHECK(r == -EINVAL && starts_with(err, f), "dropins: syntax error names the drop-in");
+	unlink(f);
+	free(f);
+
+	buf_printf(&b, "%s/.in-the-making.json", dd);
+	f = buf_steal(&b, NULL);
+	write_file(f, "not json", 0644);
+	r = config_load_file(cfg, &c, err, sizeof(err));
+	CHECK(r == 0 && c->n_hosts == 1, "dropins: dot files are ignored");
+	config_unref(c);
+	unlink(f);
+	free(f);
+
+	config_watch_free(w);
+	rmdir(dd);
+	unlink(cfg);
+	rmdir(dir);
+	free(dd);
+	free(cfg);
+	free(dir);
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
 	return remove(path);
@@ -822,6 +908,7 @@ int main(void)
 	test_file_errors();
 	test_locate();
 	test_watch();
+	test_dropins();
 
 	nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 	printf("1..%d\n", n_checks);

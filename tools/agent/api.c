@@ -75,15 +75,6 @@ static void json_push(json_t *array, json_t *value, bool *ok)
 }
 
 /* Returns `doc` as the 200 response, or -ENOMEM when building it failed. Steals doc. */
-static int api_reply(struct response *resp, json_t *doc, bool ok)
-{
-	if (!ok) {
-		json_decref(doc);
-		return -ENOMEM;
-	}
-	return response_set_json(resp, 200, doc);
-}
-
 static void host_get_name(char *out, size_t outlen)
 {
 	if (gethostname(out, outlen) < 0)
@@ -115,9 +106,8 @@ static json_t *api_gpus_json(const struct sysinfo_sample *smp, bool full, bool *
 }
 
 /* GET /api/node/health: the load figures the control plane schedules by. */
-static int api_get_health(struct request *req, struct response *resp)
+int api_health_doc(const struct api_context *ctx, json_t **ret_doc, char *errbuf, size_t errlen)
 {
-	const struct api_context *ctx = req->userdata;
 	char hostname[HOST_NAME_MAX + 1];
 	struct sysinfo_sample smp;
 	struct sysinfo_mem mem;
@@ -127,21 +117,21 @@ static int api_get_health(struct request *req, struct response *resp)
 	int r;
 
 	if ((r = sysinfo_read_uptime(&uptime)) < 0) {
-		response_set_error(resp, 500, "cannot read /proc/uptime: %s", strerror(-r));
-		return 0;
+		snprintf(errbuf, errlen, "cannot read /proc/uptime: %s", strerror(-r));
+		return r;
 	}
 	if ((r = sysinfo_read_loadavg(load)) < 0) {
-		response_set_error(resp, 500, "cannot read /proc/loadavg: %s", strerror(-r));
-		return 0;
+		snprintf(errbuf, errlen, "cannot read /proc/loadavg: %s", strerror(-r));
+		return r;
 	}
 	if ((r = sysinfo_read_mem(&mem)) < 0) {
-		response_set_error(resp, 500, "cannot read /proc/meminfo: %s", strerror(-r));
-		return 0;
+		snprintf(errbuf, errlen, "cannot read /proc/meminfo: %s", strerror(-r));
+		return r;
 	}
 	if ((r = sysinfo_read_disk(ctx->state_dir, &disk)) < 0) {
-		response_set_error(resp, 500, "cannot read the filesystem of %s: %s",
-				   ctx->state_dir, strerror(-r));
-		return 0;
+		snprintf(errbuf, errlen, "cannot read the filesystem of %s: %s", ctx->state_dir,
+			 strerror(-r));
+		return r;
 	}
 	sysinfo_sampler_get(ctx->sampler, &smp);
 	host_get_name(hostname, sizeof(hostname));
@@ -171,13 +161,30 @@ static int api_get_health(struct request *req, struct response *resp)
 	json_put(doc, "gpus", api_gpus_json(&smp, true, &ok), &ok);
 	json_put(doc, "tasks_running", json_integer((json_int_t) tasks_count_running(ctx->tasks)),
 		 &ok);
-	return api_reply(resp, doc, ok);
+	if (!ok) {
+		json_decref(doc);
+		snprintf(errbuf, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	*ret_doc = doc;
+	return 0;
+}
+
+static int api_get_health(struct request *req, struct response *resp)
+{
+	char err[256];
+	json_t *doc = NULL;
+	int r = api_health_doc(req->userdata, &doc, err, sizeof(err));
+	if (r < 0) {
+		response_set_error(resp, 500, "%s", err);
+		return 0;
+	}
+	return response_set_json(resp, 200, doc);
 }
 
 /* GET /api/node/system: the inventory, which changes rarely. */
-static int api_get_system(struct request *req, struct response *resp)
+int api_system_doc(const struct api_context *ctx, json_t **ret_doc, char *errbuf, size_t errlen)
 {
-	const struct api_context *ctx = req->userdata;
 	char hostname[HOST_NAME_MAX + 1];
 	struct sysinfo_disk disks[SYSINFO_MAX_DISKS];
 	struct sysinfo_sample smp;
@@ -188,13 +195,13 @@ static int api_get_system(struct request *req, struct response *resp)
 	int r, n_disks;
 
 	if ((r = sysinfo_read_mem(&mem)) < 0) {
-		response_set_error(resp, 500, "cannot read /proc/meminfo: %s", strerror(-r));
-		return 0;
+		snprintf(errbuf, errlen, "cannot read /proc/meminfo: %s", strerror(-r));
+		return r;
 	}
 	if ((r = sysinfo_read_boot_time(&boot_time)) < 0) {
-		response_set_error(resp, 500, "cannot read the boot time from /proc/stat: %s",
-				   strerror(-r));
-		return 0;
+		snprintf(errbuf, errlen, "cannot read the boot time from /proc/stat: %s",
+			 strerror(-r));
+		return r;
 	}
 	n_disks = sysinfo_list_disks(ctx->state_dir, disks, SYSINFO_MAX_DISKS);
 	sysinfo_read_host(&host);
@@ -223,7 +230,25 @@ static int api_get_system(struct request *req, struct response *resp)
 	json_put(doc, "disks", disk_list, &ok);
 	json_put(doc, "gpus", api_gpus_json(&smp, false, &ok), &ok);
 	json_put(doc, "boot_time", json_integer((json_int_t) boot_time), &ok);
-	return api_reply(resp, doc, ok);
+	if (!ok) {
+		json_decref(doc);
+		snprintf(errbuf, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	*ret_doc = doc;
+	return 0;
+}
+
+static int api_get_system(struct request *req, struct response *resp)
+{
+	char err[256];
+	json_t *doc = NULL;
+	int r = api_system_doc(req->userdata, &doc, err, sizeof(err));
+	if (r < 0) {
+		response_set_error(resp, 500, "%s", err);
+		return 0;
+	}
+	return response_set_json(resp, 200, doc);
 }
 
 /* The task API: thin wrappers that hand the registry to tasks.c. */

@@ -2,9 +2,10 @@
  * task API under /api/node/tasks (tasks.h). */
 #pragma once
 
+#include <jansson.h>
 #include <stddef.h>
 
-#include "tools/agent/server.h"
+#include "httpd/server.h"
 #include "tools/agent/sysinfo.h"
 #include "tools/agent/tasks.h"
 
@@ -17,6 +18,11 @@ struct api_context {
 	struct tasks *tasks;             /* the task registry */
 	struct ledger *ledger;           /* --ledger FILE (ledger.h); NULL: none */
 };
+
+/* The documents of GET /api/node/health and GET /api/node/system, also pushed by a joined
+ * agent (join.h). Return a new reference, 0 or -errno with one sentence in errbuf. */
+int api_health_doc(const struct api_context *ctx, json_t **ret_doc, char *errbuf, size_t errlen);
+int api_system_doc(const struct api_context *ctx, json_t **ret_doc, char *errbuf, size_t errlen);
 
 /* The route table, api_n_routes rows. */
 extern const struct route api_routes[];

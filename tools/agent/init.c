@@ -1,7 +1,7 @@
 /* `clusterfs-agent --init`: token, certificate, and the hosts.json entry to paste. */
 #include "tools/agent/init.h"
 #include "backend/util.h"
-#include "tools/agent/tls.h"
+#include "httpd/tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -18,7 +18,7 @@
 
 #include <stddef.h>
 
-#include "tools/agent/server.h"
+#include "httpd/server.h"
 
 #define LEDGER_ENTRY_MAX     (64 * 1024) /* bytes in a recorded entry; more is 413 */
 #define LEDGER_RECORD_ID_MAX 128         /* characters in a record_id */

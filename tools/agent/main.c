@@ -7,11 +7,12 @@
 #include "tools/agent/api.h"
 #include "tools/agent/init.h"
 #include "tools/agent/ledger.h"
-#include "tools/agent/server.h"
+#include "httpd/server.h"
 #include "tools/agent/supervisor.h"
 #include "tools/agent/sysinfo.h"
 #include "tools/agent/tasks.h"
-#include "tools/agent/tls.h"
+#include "httpd/tls.h"
+#include "tools/agent/join.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -31,6 +32,7 @@
 #define AGENT_SYSTEM_STATE_DIR "/var/lib/clusterfs-agent"
 #define AGENT_EXIT_RUNTIME     1 /* could not start: port taken, state dir unusable */
 #define AGENT_EXIT_USAGE       2 /* bad command line or token file */
+#define AGENT_EXIT_JOIN        3 /* the control plane refused --join or --leave */
 
 struct agent_options {
 	const char *listen;
@@ -44,6 +46,8 @@ struct agent_options {
 	const char *fingerprint; /* --fingerprint CERT: print its fingerprint and exit */
 	bool listen_given;
 	bool verbose;
+	struct join_options join; /* --join URL and its companions; join.url NULL: none */
+	bool leave;               /* --leave: deregister from --join URL and exit */
 };
 
 /* The default state directory: system-wide for root, per user otherwise. Returns a new
@@ -88,7 +92,11 @@ static void agent_usage(FILE *out)
 	fprintf(out,
 		"Usage: clusterfs-agent [--listen ADDR:PORT] --token-file FILE [--state-dir DIR]\n"
 		"                       [--name NAME] [--ledger FILE] [--tls-cert FILE --tls-key FILE]\n"
-		"                       [-v]\n"
+		"                       [--join https://HOST:PORT --join-token-file FILE\n"
+		"                        [--join-ca FILE | --join-fingerprint FP] [--advertise ADDR]\n"
+		"                        [--role ROLE] [--capabilities A,B] [--reverse]] [-v]\n"
+		"       clusterfs-agent --leave --join URL --join-token-file FILE --token-file FILE\n"
+		"                       [--name NAME] [--join-ca FILE | --join-fingerprint FP]\n"
 		"       clusterfs-agent --init DIR [--name NAME] [--listen ADDR:PORT]\n"
 		"                       [--tls-cert FILE --tls-key FILE]\n"
 		"       clusterfs-agent --fingerprint CERTFILE\n"
@@ -121,6 +129,19 @@ static void agent_usage(FILE *out)
 		"                      starts the agent, and exit\n"
 		"  --fingerprint CERT  print the SHA-256 fingerprint of the certificate's public\n"
 		"                      key (\"sha256:BASE64\", for hosts.json's tls.fingerprint)\n"
+		"  --join URL          register with the control plane's join listener\n"
+		"                      (https://HOST:PORT; hosts.d/NAME.json is written there)\n"
+		"                      and push a heartbeat every probe.heartbeat_s seconds\n"
+		"  --join-token-file F the join token (mode 0600), not the agent's token\n"
+		"  --join-ca FILE      verify the control plane's certificate against FILE...\n"
+		"  --join-fingerprint FP ...or pin its key (\"sha256:BASE64\"); default: system CAs\n"
+		"  --advertise ADDR    the address the control plane should reach this agent at\n"
+		"                      (default: the one the join request comes from)\n"
+		"  --role ROLE         the role to register with\n"
+		"  --capabilities A,B  the capabilities to register with\n"
+		"  --reverse           behind NAT: the control plane reaches this agent over a\n"
+		"                      channel the agent keeps open (a long poll to --join URL)\n"
+		"  --leave             ask the control plane to forget this node, and exit\n"
 		"  -v, --verbose       log every connection and request\n"
 		"  --help              print this help and exit\n"
 		"  --version           print the version and exit\n",
@@ -142,6 +163,15 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		OPT_TLS_KEY,
 		OPT_INIT,
 		OPT_FINGERPRINT,
+		OPT_JOIN,
+		OPT_JOIN_TOKEN_FILE,
+		OPT_JOIN_CA,
+		OPT_JOIN_FINGERPRINT,
+		OPT_ADVERTISE,
+		OPT_ROLE,
+		OPT_CAPABILITIES,
+		OPT_LEAVE,
+		OPT_REVERSE,
 	};
 	static const struct option longopts[] = {
 		{"listen", required_argument, NULL, OPT_LISTEN},
@@ -153,6 +183,15 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		{"tls-key", required_argument, NULL, OPT_TLS_KEY},
 		{"init", required_argument, NULL, OPT_INIT},
 		{"fingerprint", required_argument, NULL, OPT_FINGERPRINT},
+		{"join", required_argument, NULL, OPT_JOIN},
+		{"join-token-file", required_argument, NULL, OPT_JOIN_TOKEN_FILE},
+		{"join-ca", required_argument, NULL, OPT_JOIN_CA},
+		{"join-fingerprint", required_argument, NULL, OPT_JOIN_FINGERPRINT},
+		{"advertise", required_argument, NULL, OPT_ADVERTISE},
+		{"role", required_argument, NULL, OPT_ROLE},
+		{"capabilities", required_argument, NULL, OPT_CAPABILITIES},
+		{"leave", no_argument, NULL, OPT_LEAVE},
+		{"reverse", no_argument, NULL, OPT_REVERSE},
 		{"verbose", no_argument, NULL, 'v'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, OPT_VERSION},
@@ -176,6 +215,15 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		case OPT_STATE_DIR: opts.state_dir = optarg; break;
 		case OPT_NAME: opts.name = optarg; break;
 		case OPT_LEDGER: opts.ledger = optarg; break;
+		case OPT_JOIN: opts.join.url = optarg; break;
+		case OPT_JOIN_TOKEN_FILE: opts.join.token_file = optarg; break;
+		case OPT_JOIN_CA: opts.join.ca_file = optarg; break;
+		case OPT_JOIN_FINGERPRINT: opts.join.fingerprint = optarg; break;
+		case OPT_ADVERTISE: opts.join.advertise = optarg; break;
+		case OPT_ROLE: opts.join.role = optarg; break;
+		case OPT_CAPABILITIES: opts.join.capabilities = optarg; break;
+		case OPT_LEAVE: opts.leave = true; break;
+		case OPT_REVERSE: opts.join.reverse = true; break;
 		case 'h': agent_usage(stdout); return 1;
 		case OPT_VERSION: printf("clusterfs-agent %s\n", CLUSTERFS_VERSION); return 1;
 		default: agent_usage(stderr); return -EINVAL;
@@ -204,6 +252,19 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 			"clusterfs-agent: --%s takes no --token-file, --state-dir or "
 			"--ledger\n",
 			opts.init_dir ? "init" : "fingerprint");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (!opts.join.url && (opts.leave || opts.join.reverse || opts.join.token_file ||
+			       opts.join.ca_file || opts.join.fingerprint || opts.join.advertise ||
+			       opts.join.role || opts.join.capabilities)) {
+		fprintf(stderr, "clusterfs-agent: --leave and the --join-* options, --advertise, "
+				"--role and --capabilities go with --join URL\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (opts.join.url && !opts.join.token_file) {
+		fprintf(stderr, "clusterfs-agent: --join needs --join-token-file FILE\n");
 		agent_usage(stderr);
 		return -EINVAL;
 	}
@@ -477,6 +538,17 @@ int main(int argc, char **argv)
 		log_err("%s", errbuf);
 		return AGENT_EXIT_USAGE;
 	}
+	opts.join.agent_token = token;
+	if (opts.leave) {
+		if (!opts.name && gethostname(host, sizeof(host)) == 0) {
+			host[sizeof(host) - 1] = '\0';
+			opts.name = host;
+		}
+		r = agent_join_leave(&opts.join, opts.name ? opts.name : "");
+		explicit_bzero(token, strlen(token));
+		free(token);
+		return r == 0 ? 0 : r == -EPERM ? AGENT_EXIT_JOIN : AGENT_EXIT_RUNTIME;
+	}
 	if (opts.tls_cert) {
 		r = tls_read_pair(opts.tls_cert, opts.tls_key, &tls_cert, &tls_key, errbuf,
 				  sizeof(errbuf));
@@ -603,10 +675,46 @@ int main(int argc, char **argv)
 	tasks_set_notify(tasks, server_wake_cb, srv);
 	log_info("listening on %s as %s%s", bound, opts.name, tls_cert ? " (HTTPS)" : "");
 
+	char *agent_fp = NULL;
+	struct agent_join *join = NULL;
+	char local_url[INET6_ADDRSTRLEN + 32];
+	if (opts.join.url) {
+		const char *colon = strrchr(bound, ':');
+		opts.join.port = colon ? atoi(colon + 1) : 0;
+		/* relayed requests come back to our own API; a wildcard address on loopback */
+		if (strncmp(bound, "0.0.0.0:", 8) == 0)
+			snprintf(local_url, sizeof(local_url), "%s://127.0.0.1%s",
+				 tls_cert ? "https" : "http", colon);
+		else if (strncmp(bound, "[::]:", 5) == 0)
+			snprintf(local_url, sizeof(local_url), "%s://[::1]%s",
+				 tls_cert ? "https" : "http", colon);
+		else
+			snprintf(local_url, sizeof(local_url), "%s://%s",
+				 tls_cert ? "https" : "http", bound);
+		opts.join.local_url = local_url;
+		if (tls_cert &&
+		    tls_fingerprint_pem(tls_cert, &agent_fp, errbuf, sizeof(errbuf)) == 0)
+			opts.join.agent_fingerprint = agent_fp;
+		else
+			log_warn("joining without --tls-cert: the control plane will speak plain "
+				 "HTTP to this agent, which it allows only on loopback");
+		r = agent_join_start(&opts.join, &api, &join, errbuf, sizeof(errbuf));
+		if (r < 0) {
+			log_err("%s", errbuf);
+			ret = AGENT_EXIT_USAGE;
+			tasks_set_notify(tasks, NULL, NULL);
+			server_stop(srv);
+			free(agent_fp);
+			goto out_stop_sampler;
+		}
+	}
+
 	agent_wait_for_signal(&sigs, tasks);
+	bool join_failed = agent_join_stop(join);
+	free(agent_fp);
 	tasks_set_notify(tasks, NULL, NULL);
 	server_stop(srv);
-	ret = 0;
+	ret = join_failed ? AGENT_EXIT_JOIN : 0;
 
 out_stop_sampler:
 	ledger_close(ledger);

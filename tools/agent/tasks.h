@@ -7,7 +7,7 @@
 #include <jansson.h>
 #include <stddef.h>
 
-#include "tools/agent/server.h"
+#include "httpd/server.h"
 
 #define TASKS_MAX_RUNNING 256           /* more running tasks are refused with 503 */
 #define TASKS_ID_MAX      200           /* bytes in a task id */

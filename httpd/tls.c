@@ -1,5 +1,5 @@
 /* TLS material of the agent, with GnuTLS. */
-#include "tools/agent/tls.h"
+#include "httpd/tls.h"
 #include "backend/util.h"
 
 #include <arpa/inet.h>

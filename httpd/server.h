@@ -28,6 +28,12 @@ struct request {
 	void *userdata;                    /* as passed to server_start() */
 	bool expired;                      /* a deferred answer's deadline has passed */
 	struct MHD_Connection *connection; /* private to server.c */
+	/* A handler's own state for this request, kept across the runs of a deferred one:
+	 * set by the handler, freed with state_free when the request ends (however it
+	 * ends). `handle` names the request for server_wake_request(). */
+	void *state;
+	void (*state_free)(void *state);
+	void *handle;
 };
 
 #define RESPONSE_MAX_HEADERS 8
@@ -46,7 +52,8 @@ struct response {
 };
 
 /* One row of the route table. `pattern` is matched segment by segment; a "{name}"
- * segment matches any one non-empty segment and is passed in req->params. The handler
+ * segment matches any one non-empty segment and is passed in req->params; a final "{*}"
+ * matches the rest of the path (one or more segments), passed without its leading '/'. The handler
  * returns 0 after filling `resp`, or -errno; a negative return, or a response left
  * without a status, becomes 500. */
 struct route {
@@ -57,8 +64,13 @@ struct route {
 
 /* Value of a request header, or NULL. Case-insensitive name; borrowed. */
 const char *request_get_header(const struct request *req, const char *name);
+/* The query string as received ("a=1&b=2", re-encoded), appended to out; "" when none. */
+void request_get_query_string(const struct request *req, struct buf *out);
 /* Value of a query string argument ("?name=value"), percent-decoded, or NULL; borrowed. */
 const char *request_get_query(const struct request *req, const char *name);
+
+/* The numeric address of the peer (IPv4, or IPv6 without brackets) into out. 0 or -errno. */
+int request_peer_address(const struct request *req, char *out, size_t outlen);
 
 /* Sets the status and body to `value` serialised plus "\n". Steals `value`. 0 or -ENOMEM. */
 int response_set_json(struct response *resp, unsigned status, json_t *value);
@@ -78,6 +90,9 @@ struct server_config {
 	 * HTTP; borrowed, must outlive the server. */
 	const char *tls_cert_pem;
 	const char *tls_key_pem;
+	/* Instead of `token`: decides per request whether `bearer` (NULL when there is none)
+	 * may use `path`. Runs on a server thread; must compare secrets in constant time. */
+	bool (*authorize)(void *userdata, const char *path, const char *bearer);
 };
 
 struct server;
@@ -99,3 +114,6 @@ int server_match_route(const struct route *routes, size_t n_routes, const char *
 		       const char *path, size_t *ret_params);
 /* Thread-safe: runs the handlers of every deferred request again (something changed). */
 void server_wake(struct server *srv);
+/* Thread-safe: runs the handler of one deferred request (req->handle) again. The caller
+ * must know the request has not ended: its state_free has not run. */
+void server_wake_request(struct server *srv, void *handle);

@@ -1,5 +1,5 @@
 /* The agent's HTTP server on libmicrohttpd. */
-#include "tools/agent/server.h"
+#include "httpd/server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -36,7 +36,8 @@ struct request_state;
 
 struct server {
 	struct MHD_Daemon *daemon;
-	const char *token;          /* borrowed, immutable */
+	const char *token; /* borrowed, immutable */
+	bool (*authorize)(void *userdata, const char *path, const char *bearer);
 	const struct route *routes; /* borrowed, immutable */
 	size_t n_routes;
 	void *userdata;
@@ -61,6 +62,10 @@ struct request_state {
 	uint64_t deadline_us;
 	struct MHD_Connection *conn;
 	struct request_state *pnext, *pprev; /* in server->parked */
+	bool parked;                         /* in server->parked; protected by park_lock */
+	bool wake_pending;   /* woken before it parked: run again at once; park_lock */
+	void *handler_state; /* struct request's state and state_free */
+	void (*handler_state_free)(void *state);
 };
 
 const char *request_get_header(const struct request *req, const char *name)
@@ -68,9 +73,60 @@ const char *request_get_header(const struct request *req, const char *name)
 	return MHD_lookup_connection_value(req->connection, MHD_HEADER_KIND, name);
 }
 
+static enum MHD_Result query_append(void *cls, enum MHD_ValueKind kind, const char *key,
+				    const char *value)
+{
+	struct buf *out = cls;
+	static const char hex[] = "0123456789ABCDEF";
+	const char *parts[2] = {key, value};
+	if (out->len && out->data[out->len - 1] != '?')
+		buf_puts(out, "&");
+	for (int i = 0; i < 2 && parts[i]; i++) {
+		if (i)
+			buf_puts(out, "=");
+		for (const unsigned char *p = (const unsigned char *) parts[i]; *p; p++) {
+			if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+			    (*p >= '0' && *p <= '9') || strchr("-._~", *p)) {
+				buf_append(out, (const char *) p, 1);
+			} else {
+				char e[3] = {'%', hex[*p >> 4], hex[*p & 15]};
+				buf_append(out, e, 3);
+			}
+		}
+	}
+	return MHD_YES;
+}
+
+void request_get_query_string(const struct request *req, struct buf *out)
+{
+	size_t start = out->len;
+	MHD_get_connection_values(req->connection, MHD_GET_ARGUMENT_KIND, query_append, out);
+	(void) start;
+}
+
 const char *request_get_query(const struct request *req, const char *name)
 {
 	return MHD_lookup_connection_value(req->connection, MHD_GET_ARGUMENT_KIND, name);
+}
+
+int request_peer_address(const struct request *req, char *out, size_t outlen)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(req->connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	if (!ci || !ci->client_addr)
+		return -ENOTCONN;
+	const struct sockaddr *sa = ci->client_addr;
+	const void *raw = NULL;
+	if (sa->sa_family == AF_INET)
+		raw = &((const struct sockaddr_in *) (const void *) sa)->sin_addr;
+	else if (sa->sa_family == AF_INET6)
+		raw = &((const struct sockaddr_in6 *) (const void *) sa)->sin6_addr;
+	if (!raw || !inet_ntop(sa->sa_family, raw, out, (socklen_t) outlen))
+		return -EAFNOSUPPORT;
+	/* an IPv4 client of a dual-stack socket: show it as IPv4 */
+	if (strncmp(out, "::ffff:", 7) == 0 && strchr(out + 7, '.'))
+		memmove(out, out + 7, strlen(out + 7) + 1);
+	return 0;
 }
 
 static void response_init(struct response *resp)
@@ -189,16 +245,20 @@ static enum MHD_Result server_reply_too_large(struct MHD_Connection *conn)
 }
 
 /* Checks "Authorization: Bearer TOKEN" in constant time with respect to the token. */
-static bool server_is_authorized(const struct server *srv, struct MHD_Connection *conn)
+static bool server_is_authorized(const struct server *srv, struct MHD_Connection *conn,
+				 const char *path)
 {
 	const char *h =
 		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
 	if (!h || strncasecmp(h, "Bearer", 6) != 0 || (h[6] != ' ' && h[6] != '\t'))
-		return false;
-	h += 6;
-	while (*h == ' ' || *h == '\t')
+		h = NULL;
+	else
+		h += 6;
+	while (h && (*h == ' ' || *h == '\t'))
 		h++;
-	return secret_equal(h, srv->token);
+	if (srv->authorize)
+		return srv->authorize(srv->userdata, path, h);
+	return h && secret_equal(h, srv->token);
 }
 
 /* A segment range of the path that matched a "{name}" pattern segment. */
@@ -219,6 +279,14 @@ static bool route_match(const char *pattern, const char *path, struct route_capt
 		p++;
 		s++;
 		size_t pl = strcspn(p, "/"), sl = strcspn(s, "/");
+		if (pl == 3 && memcmp(p, "{*}", 3) == 0 && !p[3]) {
+			if (sl == 0 || n == SERVER_MAX_PARAMS)
+				return false;
+			caps[n].off = (size_t) (s - path);
+			caps[n].len = strlen(s);
+			*ret_n = n + 1;
+			return true;
+		}
 		if (pl >= 2 && p[0] == '{' && p[pl - 1] == '}') {
 			if (sl == 0 || n == SERVER_MAX_PARAMS)
 				return false;
@@ -253,16 +321,26 @@ int server_match_route(const struct route *routes, size_t n_routes, const char *
 }
 
 /* Runs the handler of the route matching method and path, or answers 404/405. */
-/* Suspends a request whose handler deferred its answer; false when the server stops
- * (then it is answered now). Handler thread. */
-static bool server_park(struct server *srv, struct request_state *st, uint64_t deadline_us)
+enum park_result { PARKED, PARK_STOPPING, PARK_WOKEN };
+
+/* Suspends a request whose handler deferred its answer. PARK_STOPPING when the server
+ * stops (then it is answered now), PARK_WOKEN when server_wake_request() came first (then
+ * the handler runs again now). Handler thread. */
+static enum park_result server_park(struct server *srv, struct request_state *st,
+				    uint64_t deadline_us)
 {
 	pthread_mutex_lock(&srv->park_lock);
 	if (srv->stopping) {
 		pthread_mutex_unlock(&srv->park_lock);
-		return false;
+		return PARK_STOPPING;
+	}
+	if (st->wake_pending) {
+		st->wake_pending = false;
+		pthread_mutex_unlock(&srv->park_lock);
+		return PARK_WOKEN;
 	}
 	st->deferred = true;
+	st->parked = true;
 	st->expired = false;
 	st->deadline_us = deadline_us;
 	st->pprev = NULL;
@@ -274,7 +352,7 @@ static bool server_park(struct server *srv, struct request_state *st, uint64_t d
 	MHD_suspend_connection(st->conn);
 	pthread_cond_signal(&srv->park_cond);
 	pthread_mutex_unlock(&srv->park_lock);
-	return true;
+	return PARKED;
 }
 
 /* Resumes a parked request. park_lock held. */
@@ -287,8 +365,20 @@ static void server_unpark_locked(struct server *srv, struct request_state *st, b
 	if (st->pnext)
 		st->pnext->pprev = st->pprev;
 	st->pnext = st->pprev = NULL;
+	st->parked = false;
 	st->expired = expired;
 	MHD_resume_connection(st->conn);
+}
+
+void server_wake_request(struct server *srv, void *handle)
+{
+	struct request_state *st = handle;
+	pthread_mutex_lock(&srv->park_lock);
+	if (st && st->parked)
+		server_unpark_locked(srv, st, false);
+	else if (st)
+		st->wake_pending = true; /* its handler is running: it parks, or runs again */
+	pthread_mutex_unlock(&srv->park_lock);
 }
 
 void server_wake(struct server *srv)
@@ -378,6 +468,9 @@ static enum MHD_Result server_dispatch(struct server *srv, struct MHD_Connection
 			.userdata = srv->userdata,
 			.expired = st->expired,
 			.connection = conn,
+			.state = st->handler_state,
+			.state_free = st->handler_state_free,
+			.handle = st,
 		};
 		int r = scratch ? 0 : -ENOMEM;
 		if (r == 0) {
@@ -386,17 +479,19 @@ static enum MHD_Result server_dispatch(struct server *srv, struct MHD_Connection
 				req.params[i] = scratch + caps[i].off;
 			}
 			r = found->handler(&req, &resp);
+			st->handler_state = req.state;
+			st->handler_state_free = req.state_free;
 		}
 		free(scratch);
 		if (r == 0 && resp.status == 0 && resp.defer_until_us && !st->expired) {
 			response_free(&resp);
-			if (server_park(srv, st, resp.defer_until_us)) {
-				buf_free(&allow);
-				return MHD_YES;
-			}
-			/* stopping: the handler answers with what it has */
-			st->expired = true;
+			enum park_result pk = server_park(srv, st, resp.defer_until_us);
 			buf_free(&allow);
+			if (pk == PARKED)
+				return MHD_YES;
+			/* stopping: the handler answers with what it has; woken: it looks again */
+			if (pk == PARK_STOPPING)
+				st->expired = true;
 			return server_dispatch(srv, conn, method, path, st);
 		}
 		if (r < 0 || resp.status == 0) {
@@ -456,7 +551,7 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 		 * the connection alive. */
 		unsigned long long length;
 		if (request_has_body(conn, &length)) {
-			if (!server_is_authorized(srv, conn)) {
+			if (!server_is_authorized(srv, conn, url)) {
 				st->responded = true;
 				return server_reply_unauthorized(conn);
 			}
@@ -494,7 +589,7 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 	if (st->responded)
 		return MHD_YES;
 	st->responded = true;
-	if (!server_is_authorized(srv, conn))
+	if (!server_is_authorized(srv, conn, url))
 		return server_reply_unauthorized(conn);
 	MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
 				  (unsigned int) SERVER_AUTH_TIMEOUT_S);
@@ -510,6 +605,8 @@ static void server_request_completed(void *cls, struct MHD_Connection *conn, voi
 	struct request_state *st = *con_cls;
 	if (!st)
 		return;
+	if (st->handler_state_free)
+		st->handler_state_free(st->handler_state);
 	buf_free(&st->body);
 	free(st);
 	*con_cls = NULL;
@@ -684,6 +781,7 @@ int server_start(const struct server_config *cfg, struct server **ret_server)
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
 	srv->token = cfg->token;
+	srv->authorize = cfg->authorize;
 	srv->routes = cfg->routes;
 	srv->n_routes = cfg->n_routes;
 	srv->userdata = cfg->userdata;
