@@ -54,6 +54,7 @@ struct task {
 	struct task **list;         /* the list it is on (&t->queued, &t->active), or NULL */
 	struct task *lprev, *lnext; /* on that list */
 	char *active_node;          /* the node whose active count includes this task */
+	json_t *remote_doc;         /* the node's last task object (its id says which attempt) */
 };
 
 /* One node's task counts, kept as states change: its load now and the history that
@@ -110,6 +111,7 @@ struct tasks {
 	struct node_poll *polls;                    /* loop thread only */
 	struct loop_timer *tick;                    /* loop thread only */
 	bool started;
+	struct tasks_target target; /* set before the start */
 };
 
 bool task_state_is_final(const char *s)
@@ -133,6 +135,8 @@ void task_view_clear(struct task_view *v)
 	free(v->placement);
 	free(v->user);
 	free(v->run_as);
+	free(v->dispatch_id);
+	json_decref(v->remote);
 	json_decref(v->spec);
 	json_decref(v->children);
 	memset(v, 0, sizeof(*v));
@@ -291,6 +295,7 @@ static void add_locked(struct tasks *t, struct task *k)
 
 static void task_free(struct task *k)
 {
+	json_decref(k->remote_doc);
 	store_task_clear(&k->row);
 	spec_free(k->spec);
 	json_decref(k->spec_json);
@@ -581,7 +586,7 @@ static void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 		sn->ram_mb = (int) json_integer_value(json_object_get(h, "mem_total_mb"));
 		sn->gpus = (int) json_array_size(json_object_get(h, "gpus"));
 		const struct cfg_host *host = config_find_host(cfg, v->name);
-		sn->queue_depth = host ? host->queue_depth : 10;
+		sn->queue_depth = host ? host->queue_depth : config_queue_depth(cfg, v->name);
 		k++;
 		free(names[i]);
 	}
@@ -954,6 +959,10 @@ int tasks_get(struct tasks *t, const char *id, struct task_view *ret)
 	v.changed_at = k->changed_at;
 	v.stdout_len = k->out[0].len;
 	v.stderr_len = k->out[1].len;
+	v.dispatch_id = k->row.dispatch_id ? strdup(k->row.dispatch_id) : NULL;
+	const char *rid = json_string_value(json_object_get(k->remote_doc, "id"));
+	if (rid && k->row.dispatch_id && !strcmp(rid, k->row.dispatch_id))
+		v.remote = json_deep_copy(k->remote_doc);
 	pthread_mutex_unlock(&t->lock);
 	*ret = v;
 	return 0;
@@ -1150,9 +1159,16 @@ static int agent_endpoint(struct tasks *t, const char *node, const char *path,
 	return h ? 0 : -ENOENT;
 }
 
+static bool target_owns(struct tasks *t, const char *node)
+{
+	return t->target.owns && node && t->target.owns(t->target.arg, node);
+}
+
 static int agent_call(struct tasks *t, const char *node, const char *method, const char *path,
 		      const char *body, http_done_fn done, struct call *c)
 {
+	if (target_owns(t, node))
+		return t->target.call(t->target.arg, node, method, path, body, done, c);
 	char *token = NULL;
 	struct endpoint ep;
 	if (agent_endpoint(t, node, path, &ep, &token) < 0)
@@ -1273,6 +1289,11 @@ static void dispatch_locked(struct tasks *t, struct task *k)
 	if (user)
 		json_object_set_new(body, "user", json_string(user));
 	free(user);
+	if (target_owns(t, k->row.node))
+		/* what a scheduler of its own needs; agents are not sent fields they refuse */
+		json_object_update_new(body, json_pack("{si si si si}", "cpus", k->spec->cpus,
+						       "mem_mb", k->spec->mem_mb, "gpus",
+						       k->spec->gpus, "priority", k->row.priority));
 	char *text = json_dumps(body, JSON_COMPACT);
 	json_decref(body);
 	struct call *c = call_new(t, k->row.id, 0);
@@ -1397,6 +1418,8 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
 	if (!state || !id || !k->row.dispatch_id || strcmp(id, k->row.dispatch_id) ||
 	    task_state_is_final(k->row.state) || !strcmp(k->row.state, TASK_QUEUED))
 		return;
+	json_decref(k->remote_doc);
+	k->remote_doc = json_incref(o);
 	for (int s = 0; s < N_STREAMS; s++) {
 		json_t *sz = json_object_get(o, s ? "stderr_size" : "stdout_size");
 		if (json_is_integer(sz))
@@ -1700,6 +1723,8 @@ static void tasks_tick(void *arg)
 			continue;
 		enum node_level level;
 		if (cluster_get_level(t->cluster, k->row.node, &level) < 0) {
+			if (target_owns(t, k->row.node))
+				continue; /* its source has not listed it since the start yet */
 			requeue_or_fail_locked(t, k, TASK_LOST, "its node left the cluster", &wake);
 			continue;
 		}
@@ -1901,6 +1926,11 @@ out_unlock:
 	if (r == 0)
 		post_schedule(t);
 	return r;
+}
+
+void tasks_set_target(struct tasks *t, const struct tasks_target *target)
+{
+	t->target = *target;
 }
 
 void tasks_on_cluster_change(void *arg, const char *node)

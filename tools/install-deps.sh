@@ -2,12 +2,14 @@
 # Installs the Debian 12 packages clusterfs needs to build, run and test: the build, the man
 # pages (scdoc, man-db), the Debian packages (debhelper, dpkg-dev, fakeroot, lintian), the
 # checks of the installed units (systemd-analyze) and of /cluster/metrics (promtool, from
-# prometheus).
+# prometheus), and the Slurm cluster the Slurm tests start (slurmctld, slurmd, slurmrestd, the
+# JWT plugin, the clients, munge; their services are not started: the tests run their own).
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc libfuse3-dev fuse3 libcurl4-openssl-dev libjansson-dev
 	libsqlite3-dev libmicrohttpd-dev python3 python3-pytest curl iproute2 util-linux
 	procps clang-format libgnutls28-dev tcpdump scdoc man-db groff-base debhelper dpkg-dev
-	fakeroot lintian adduser systemd prometheus)
+	fakeroot lintian adduser systemd prometheus slurmctld slurmd slurmrestd slurm-client
+	slurm-wlm-jwt-plugin munge)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -20,14 +22,26 @@ if [ ${#missing[@]} -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	rest=()
-	for p in "${missing[@]}"; do [ "$p" = prometheus ] || rest+=("$p"); done
+	for p in "${missing[@]}"; do
+		case "$p" in prometheus | slurm* | munge) ;; *) rest+=("$p") ;; esac
+	done
 	[ ${#rest[@]} -eq 0 ] || apt-get install -y -qq "${rest[@]}" >/dev/null
-	if [ ${#rest[@]} -ne ${#missing[@]} ]; then
+	if printf '%s\n' "${missing[@]}" | grep -qx prometheus; then
 		# only its promtool is used: not the recommended node exporter, not the server
 		apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 		if [ -d /run/systemd/system ]; then
 			systemctl disable --now prometheus.service >/dev/null 2>&1 || true
 			echo "install-deps: installed prometheus for promtool; disabled its server" >&2
+		fi
+	fi
+	slurm=()
+	for p in "${missing[@]}"; do case "$p" in slurm* | munge) slurm+=("$p") ;; esac; done
+	if [ ${#slurm[@]} -gt 0 ]; then
+		apt-get install -y -qq --no-install-recommends "${slurm[@]}" >/dev/null
+		if [ -d /run/systemd/system ]; then
+			# the tests start their own daemons, with their own configs and keys
+			systemctl disable --now munge.service slurmctld.service slurmd.service \
+				slurmrestd.service >/dev/null 2>&1 || true
 		fi
 	fi
 fi
