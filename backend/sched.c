@@ -60,6 +60,8 @@ double sched_tier_boost(const char *tier)
 /* Slots: the tier's concurrency, capped by the node's configured queue depth. */
 static int node_slots(const struct sched_node *n)
 {
+	if (n->slots > 0)
+		return n->slots;
 	int max = sched_max_concurrent(n);
 	return n->queue_depth > 0 && n->queue_depth < max ? n->queue_depth : max;
 }

@@ -45,7 +45,8 @@ static struct cfg_slurm *cfg_slurm_of(struct config *cfg)
 static void token_refresh(struct slurm *s, const struct cfg_slurm *sl)
 {
 	struct stat st;
-	if (stat(sl->token_file, &st) == 0 && s->token && st.st_mtim.tv_sec == s->token_st.st_mtim.tv_sec &&
+	if (stat(sl->token_file, &st) == 0 && s->token &&
+	    st.st_mtim.tv_sec == s->token_st.st_mtim.tv_sec &&
 	    st.st_mtim.tv_nsec == s->token_st.st_mtim.tv_nsec && st.st_ino == s->token_st.st_ino &&
 	    st.st_size == s->token_st.st_size)
 		return;
@@ -202,8 +203,9 @@ static enum node_level node_level_of(json_t *node, const struct config *cfg, str
 		level = NODE_OFFLINE;
 	else if (has_flag(node, "NOT_RESPONDING"))
 		level = NODE_UNHEALTHY;
-	else if (has_flag(node, "DRAIN") || has_flag(node, "DRAINING") || has_flag(node, "DRAINED") ||
-		 !strcasecmp(state, "drain") || !strcasecmp(state, "draining"))
+	else if (has_flag(node, "DRAIN") || has_flag(node, "DRAINING") ||
+		 has_flag(node, "DRAINED") || !strcasecmp(state, "drain") ||
+		 !strcasecmp(state, "draining"))
 		level = NODE_DRAINING;
 	else if (!strcasecmp(state, "idle") || !strcasecmp(state, "mixed") ||
 		 !strcasecmp(state, "allocated") || !strcasecmp(state, "completing")) {
@@ -273,14 +275,15 @@ static void publish_nodes(struct slurm *s, const struct config *cfg, const char 
 			json_string_value(json_object_get(node, "state")) ?: "", "state_flags",
 			json_deep_copy(json_object_get(node, "state_flags")), "alloc_cpus", ac,
 			"idle_cpus", (int) json_integer_value(json_object_get(node, "idle_cpus")),
-			"load", json_number_value(json_object_get(node, "cpu_load")) / 100.0, "gres",
-			gres ? gres : "", "gres_used",
+			"load", json_number_value(json_object_get(node, "cpu_load")) / 100.0,
+			"gres", gres ? gres : "", "gres_used",
 			json_string_value(json_object_get(node, "gres_used")) ?: "", "reason",
 			json_string_value(json_object_get(node, "reason")) ?: "");
-		json_t *health = json_pack("{si sf sf si si so so}", "cores", nc, "cpu_percent",
-					   nc ? 100.0 * ac / nc : 0.0, "mem_percent",
-					   mem ? 100.0 * amem / mem : 0.0, "mem_total_mb", mem,
-					   "mem_available_mb", fmem, "gpus", gpu_list, "slurm", detail);
+		json_t *health =
+			json_pack("{si sf sf si si so so}", "cores", nc, "cpu_percent",
+				  nc ? 100.0 * ac / nc : 0.0, "mem_percent",
+				  mem ? 100.0 * amem / mem : 0.0, "mem_total_mb", mem,
+				  "mem_available_mb", fmem, "gpus", gpu_list, "slurm", detail);
 		json_t *caps = json_array();
 		if (gpus)
 			json_array_append_new(caps, json_string("gpu"));
@@ -290,9 +293,9 @@ static void publish_nodes(struct slurm *s, const struct config *cfg, const char 
 			json_string_value(json_object_get(node, "operating_system")) ?: "", "arch",
 			json_string_value(json_object_get(node, "architecture")) ?: "", "cores", nc,
 			"ram_mb", mem, "gpus", gpus, "slurmd_version",
-			json_string_value(json_object_get(node, "slurmd_version")) ?: "", "partitions",
-			json_deep_copy(json_object_get(node, "partitions")), "capabilities", caps,
-			"slurm_node", name);
+			json_string_value(json_object_get(node, "slurmd_version")) ?: "",
+			"partitions", json_deep_copy(json_object_get(node, "partitions")),
+			"capabilities", caps, "slurm_node", name);
 		json_t *reasons = json_array();
 		json_array_append_new(reasons, json_string(why.data));
 		if (error) {
@@ -315,7 +318,9 @@ static void publish_nodes(struct slurm *s, const struct config *cfg, const char 
 		};
 		const char *st = json_string_value(json_object_get(node, "state"));
 		json_object_set_new(states, st ? st : "unknown",
-				    json_integer(json_integer_value(json_object_get(states, st ? st : "unknown")) + 1));
+				    json_integer(json_integer_value(json_object_get(
+							 states, st ? st : "unknown")) +
+						 1));
 		if (level == NODE_HEALTHY || level == NODE_WARNING) {
 			up++;
 			cpus += nc;
@@ -334,12 +339,11 @@ static void publish_nodes(struct slurm *s, const struct config *cfg, const char 
 	json_t *gpu_list = json_array();
 	for (int g = 0; g < max_gpus; g++)
 		json_array_append_new(gpu_list, json_pack("{si}", "index", g));
-	json_t *health = json_pack("{si si sf sf so s{ss si si si si so}}", "cores", max_cpus,
-				   "mem_total_mb", max_mem, "cpu_percent",
-				   cpus ? 100.0 * alloc / cpus : 0.0, "mem_percent", 0.0, "gpus",
-				   gpu_list, "slurm", "partition", sl->partition, "nodes", (int) k,
-				   "nodes_up", up, "cpus_up", cpus, "cpus_allocated", alloc,
-				   "node_states", states);
+	json_t *health = json_pack(
+		"{si si sf sf so s{ss si si si si so}}", "cores", max_cpus, "mem_total_mb", max_mem,
+		"cpu_percent", cpus ? 100.0 * alloc / cpus : 0.0, "mem_percent", 0.0, "gpus",
+		gpu_list, "slurm", "partition", sl->partition, "nodes", (int) k, "nodes_up", up,
+		"cpus_up", cpus, "cpus_allocated", alloc, "node_states", states);
 	json_t *system = json_pack("{ss ss si si si ss}", "hostname", sl->address, "os", "Slurm",
 				   "cores", max_cpus, "ram_mb", max_mem, "gpus", max_gpus, "api",
 				   s->api ? s->api : "");
@@ -358,8 +362,8 @@ static void publish_nodes(struct slurm *s, const struct config *cfg, const char 
 		level = NODE_CRITICAL;
 	} else {
 		char line[200];
-		snprintf(line, sizeof(line), "partition %s: %d of %zu nodes take work", sl->partition,
-			 up, k);
+		snprintf(line, sizeof(line), "partition %s: %d of %zu nodes take work",
+			 sl->partition, up, k);
 		json_array_append_new(reasons, json_string(line));
 	}
 	v[k] = (struct cluster_external){
@@ -699,10 +703,10 @@ static json_t *job_as_task(const struct cfg_slurm *sl, json_t *job)
 	output_path(sl, name, 1, &p);
 	long long err = file_size(p.data);
 	buf_free(&p);
-	json_t *o = json_pack("{ss ss sI sI sI sI ss ss}", "id", name, "state", state, "stdout_size",
-			      (json_int_t) out, "stderr_size", (json_int_t) err, "slurm_job_id",
-			      json_integer_value(json_object_get(job, "job_id")), "exit_code",
-			      (json_int_t) exit_code, "slurm_state", st, "slurm_node",
+	json_t *o = json_pack("{ss ss sI sI sI sI ss ss}", "id", name, "state", state,
+			      "stdout_size", (json_int_t) out, "stderr_size", (json_int_t) err,
+			      "slurm_job_id", json_integer_value(json_object_get(job, "job_id")),
+			      "exit_code", (json_int_t) exit_code, "slurm_state", st, "slurm_node",
 			      json_string_value(json_object_get(job, "nodes")) ?: "");
 	if (error[0])
 		json_object_set_new(o, "error", json_string(error));
@@ -724,8 +728,9 @@ static json_t *jobs_index(struct slurm *s, json_t *doc)
 				   json_integer_value(json_object_get(job, "job_id")))
 			continue;
 		json_object_set(by_name, name, job);
-		json_object_set_new(s->jobs, name,
-				    json_integer(json_integer_value(json_object_get(job, "job_id"))));
+		json_object_set_new(
+			s->jobs, name,
+			json_integer(json_integer_value(json_object_get(job, "job_id"))));
 	}
 	return by_name;
 }
@@ -834,8 +839,9 @@ static void submit_done(const struct http_response *r, void *arg)
 	} else {
 		json_object_set_new(c->s->jobs, c->id, json_integer(json_integer_value(jid)));
 		c->status = 201;
-		buf_printf(&c->answer, "{\"id\":\"%s\",\"state\":\"running\",\"slurm_job_id\":%lld}",
-			   c->id, (long long) json_integer_value(jid));
+		buf_printf(&c->answer,
+			   "{\"id\":\"%s\",\"state\":\"running\",\"slurm_job_id\":%lld}", c->id,
+			   (long long) json_integer_value(jid));
 	}
 	json_decref(doc);
 	tcall_finish(c);
@@ -854,7 +860,8 @@ static void list_done(const struct http_response *r, void *arg)
 			tcall_set_error(c, r);
 		else {
 			c->error = -EPROTO;
-			c->error_text = strdup("slurmrestd's job list is not what v0.0.38 documents");
+			c->error_text =
+				strdup("slurmrestd's job list is not what v0.0.38 documents");
 		}
 		json_decref(doc);
 		config_unref(cfg);
@@ -886,7 +893,8 @@ static void list_done(const struct http_response *r, void *arg)
 			tcall_finish(c);
 		} else {
 			char rest[64];
-			snprintf(rest, sizeof(rest), "/job/%lld", (long long) json_integer_value(jid));
+			snprintf(rest, sizeof(rest), "/job/%lld",
+				 (long long) json_integer_value(jid));
 			struct buf p;
 			buf_init(&p);
 			api_path(s, rest, &p);
@@ -903,8 +911,8 @@ static void list_done(const struct http_response *r, void *arg)
 		json_t *job;
 		json_object_foreach (by_name, name, job)
 			json_array_append_new(tasks, job_as_task(cfg->slurm, job));
-		json_t *o = json_pack("{so sf si}", "tasks", tasks, "time", clock_wall_s(), "index",
-				      1);
+		json_t *o =
+			json_pack("{so sf si}", "tasks", tasks, "time", clock_wall_s(), "index", 1);
 		char *text = json_dumps(o, JSON_COMPACT);
 		buf_puts(&c->answer, text);
 		free(text);
@@ -1050,7 +1058,8 @@ int slurm_task_call(void *arg, const char *node, const char *method, const char 
 		c->kind = CALL_POLL;
 		/* a long poll: held a moment, as the agent holds it until something changes */
 		if (strstr(rest, "index="))
-			loop_timer_add(s->loop, clock_now_us() + POLL_HOLD_US, list_send_on_timer, c);
+			loop_timer_add(s->loop, clock_now_us() + POLL_HOLD_US, list_send_on_timer,
+				       c);
 		else
 			list_send(c);
 		return 0;
@@ -1068,7 +1077,8 @@ int slurm_task_call(void *arg, const char *node, const char *method, const char 
 		cancel_send(c);
 		return 0;
 	}
-	if (!strcmp(method, "GET") && (!strncmp(tail, "/stdout", 7) || !strncmp(tail, "/stderr", 7))) {
+	if (!strcmp(method, "GET") &&
+	    (!strncmp(tail, "/stdout", 7) || !strncmp(tail, "/stderr", 7))) {
 		c->kind = CALL_OUTPUT;
 		c->stream = !strncmp(tail, "/stderr", 7);
 		const char *q = strstr(tail, "offset=");

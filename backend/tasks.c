@@ -114,6 +114,8 @@ struct tasks {
 	struct tasks_target target; /* set before the start */
 };
 
+static bool target_owns(struct tasks *t, const char *node);
+
 bool task_state_is_final(const char *s)
 {
 	return !strcmp(s, TASK_SUCCEEDED) || !strcmp(s, TASK_FAILED) ||
@@ -587,6 +589,8 @@ static void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 		sn->gpus = (int) json_array_size(json_object_get(h, "gpus"));
 		const struct cfg_host *host = config_find_host(cfg, v->name);
 		sn->queue_depth = host ? host->queue_depth : config_queue_depth(cfg, v->name);
+		if (target_owns(t, v->name))
+			sn->slots = sn->queue_depth; /* Slurm queues what it cannot run yet */
 		k++;
 		free(names[i]);
 	}
@@ -803,7 +807,7 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 	}
 	bool all = spec->node && !strcmp(spec->node, "all");
 	if (spec->node && !all && strcmp(spec->node, "any") &&
-	    !cluster_has_node(t->cluster, spec->node)) {
+	    !cluster_has_node(t->cluster, spec->node) && !target_owns(t, spec->node)) {
 		pthread_mutex_unlock(&t->lock);
 		snprintf(errbuf, errlen,
 			 "field \"node\" names %s, which is not a node of this cluster",

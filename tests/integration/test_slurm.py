@@ -40,21 +40,26 @@ def jobs_named(slurm, m, task):
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("slurm")
     slurm = Slurm()
-    token = write_token(tmp / "token", "agent-token-unused")
-    jwt = slurm.write_token_file(tmp / "slurm.jwt")
-    cfg_path = make_config(
-        tmp / "hosts.json", [], token, probe={"interval_s": 1},
-        slurm={"rest": f"http://127.0.0.1:{slurm.rest_port}", "token_file": str(jwt),
-               "user": "nobody", "partition": PARTITION, "output_dir": str(slurm.out),
-               "interval_s": 1})
-    d = tmp / "m"
-    d.mkdir()
-    m = Mount(d, cfg_path)
-    state = {"slurm": slurm, "m": m, "tmp": tmp, "jwt": jwt, "cfg": cfg_path, "dir": d}
+    state = {"slurm": slurm, "m": None}
     try:
+        token = write_token(tmp / "token", "agent-token-unused")
+        jwt = slurm.write_token_file(tmp / "slurm.jwt")
+        cfg_path = make_config(
+            tmp / "hosts.json", [], token, probe={"interval_s": 1},
+            slurm={"rest": f"http://127.0.0.1:{slurm.rest_port}", "token_file": str(jwt),
+                   "user": "nobody", "partition": PARTITION, "output_dir": str(slurm.out),
+                   "interval_s": 1})
+        d = tmp / "m"
+        d.mkdir()
+        state.update(tmp=tmp, jwt=jwt, cfg=cfg_path, dir=d)
+        state["m"] = m = Mount(d, cfg_path)
+        # Slurm's time limits are whole minutes, checked every half minute or so: this
+        # task is started first and looked at last (test_time_limit_gives_timed_out)
+        submit(m, "tlimit", {"cmd": "echo begun; sleep 600", "node": "slurm", "timeout_s": 1})
         yield state
     finally:
-        state["m"].stop()
+        if state["m"]:
+            state["m"].stop()
         slurm.stop()
 
 
@@ -200,3 +205,20 @@ def test_drain_in_slurm_and_through_ctl(env):
     with open(m.path("nodes", "slurm", "ctl"), "w") as f:
         f.write("resume\n")
     assert wait_task(m, "held") == "succeeded 0\n"
+
+
+def test_time_limit_gives_timed_out(env):
+    """timeout_s 1 is a time limit of one minute (Slurm counts minutes)."""
+    m, slurm = env["m"], env["slurm"]
+    assert m.json("tasks", "tlimit", "spec")["timeout_s"] == 1
+    assert wait_task(m, "tlimit", timeout=180).startswith("timed_out ")
+    assert m.read("tasks", "tlimit", "stdout") == "begun\n"
+    did, named = jobs_named(slurm, m, "tlimit")
+    assert [j[2] for j in named] == ["TIMEOUT"]
+    assert "time limit" in m.json("tasks", "tlimit", "info")["reason"]
+
+
+def test_secrets_stay_out_of_logs(env):
+    jwt = env["jwt"].read_text().strip()
+    assert jwt and jwt not in (env["dir"] / "clusterfs.log").read_text()
+    assert jwt not in env["m"].read("events")
