@@ -41,8 +41,8 @@ struct http_request {
 	const char *method; /* "GET" or "POST" */
 	const char *url;    /* copied */
 	const char *token;  /* bearer token, or NULL; copied, never logged */
-	/* further header lines ("Name: value"), NULL-terminated, or NULL; copied, wiped after
-	 * use (they may carry secrets), never logged */
+	/* further header lines ("Name: value"), NULL-terminated, or NULL; copied, never
+	 * logged (they may carry secrets, as token does) */
 	const char *const *headers;
 	const char *body; /* for POST; copied */
 	size_t body_len;

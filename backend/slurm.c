@@ -156,29 +156,27 @@ static bool has_flag(json_t *node, const char *flag)
 	return false;
 }
 
-/* GPUs from a GRES string such as "gpu:2" or "gpu:a100:4(S:0),tmpdisk:100". */
+/* GPUs from a GRES string such as "gpu:2", "gpu:a100:4(S:0)" or "gpu:1,tmpdisk:100": per
+ * gpu item its last number before any "(", else 1. */
 static int gres_gpus(const char *gres)
 {
 	int n = 0;
-	for (const char *p = gres; p && (p = strstr(p, "gpu")); p += 3) {
-		if (p != gres && p[-1] != ',')
-			continue;
-		const char *colon = strrchr(p, ':');
-		const char *end = strchr(p, ',');
-		const char *c = p + 3;
-		int v = 0;
-		while (*c == ':' && (!end || c < end)) {
-			const char *next = c + 1;
-			if (*next >= '0' && *next <= '9') {
-				v = atoi(next);
-				break;
-			}
-			c = strchr(next, ':');
-			if (!c || (end && c > end))
-				break;
+	while (gres && *gres) {
+		size_t len = strcspn(gres, ",");
+		if (len >= 3 && !strncmp(gres, "gpu", 3) && (len == 3 || gres[3] == ':')) {
+			size_t end = strcspn(gres, ",(");
+			int count = 1;
+			const char *colon = NULL;
+			for (const char *p = gres; p < gres + end; p++)
+				if (*p == ':')
+					colon = p;
+			if (colon && colon[1] >= '0' && colon[1] <= '9')
+				count = atoi(colon + 1);
+			n += count;
 		}
-		(void) colon;
-		n += v ? v : 1;
+		gres += len;
+		if (*gres == ',')
+			gres++;
 	}
 	return n;
 }
@@ -684,6 +682,11 @@ static json_t *job_as_task(const struct cfg_slurm *sl, json_t *job)
 	} else if (!strcmp(st, "TIMEOUT")) {
 		state = "timed_out";
 		snprintf(error, sizeof(error), "Slurm ended it at its time limit");
+	} else if (!strcmp(st, "CANCELLED") && reason &&
+		   !strcmp(reason, "DependencyNeverSatisfied")) {
+		state = "failed";
+		snprintf(error, sizeof(error),
+			 "a task in \"after\" did not succeed (Slurm: DependencyNeverSatisfied)");
 	} else if (!strcmp(st, "CANCELLED")) {
 		state = "cancelled";
 	} else if (!strcmp(st, "NODE_FAIL") || !strcmp(st, "BOOT_FAIL") ||
@@ -803,6 +806,23 @@ static void submit_send(struct tcall *c, struct config *cfg)
 	json_t *prio = json_object_get(d, "priority");
 	if (json_is_integer(prio) && json_integer_value(prio) > 0)
 		json_object_set_new(job, "nice", json_integer(100 * json_integer_value(prio)));
+	/* dependencies that run in Slurm too: Slurm holds the job until they succeeded, and
+	 * cancels it when one did not (kill_on_invalid_dependency) */
+	json_t *after = json_object_get(d, "after_dispatch"), *a;
+	size_t ai;
+	struct buf dep;
+	buf_init(&dep);
+	json_array_foreach (after, ai, a) {
+		json_t *jid = json_object_get(c->s->jobs, json_string_value(a) ?: "");
+		if (jid)
+			buf_printf(&dep, "%s%lld",
+				   dep.len ? ":" : "afterok:", (long long) json_integer_value(jid));
+	}
+	if (dep.len) {
+		json_object_set_new(job, "dependency", json_string(dep.data));
+		json_object_set_new(job, "kill_on_invalid_dependency", json_true());
+	}
+	buf_free(&dep);
 	json_t *sub = json_pack("{ss so}", "script", script.data, "job", job);
 	char *text = json_dumps(sub, JSON_COMPACT);
 	json_decref(sub);

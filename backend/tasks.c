@@ -1298,6 +1298,16 @@ static void dispatch_locked(struct tasks *t, struct task *k)
 		json_object_update_new(body, json_pack("{si si si si}", "cpus", k->spec->cpus,
 						       "mem_mb", k->spec->mem_mb, "gpus",
 						       k->spec->gpus, "priority", k->row.priority));
+	if (target_owns(t, k->row.node) && k->spec->n_after) {
+		/* the dependencies still running there: the target holds this one for them */
+		json_t *after = json_array();
+		for (size_t d = 0; d < k->spec->n_after; d++) {
+			struct task *dep = find_locked(t, k->spec->after[d]);
+			if (dep && !task_state_is_final(dep->row.state) && dep->row.dispatch_id)
+				json_array_append_new(after, json_string(dep->row.dispatch_id));
+		}
+		json_object_set_new(body, "after_dispatch", after);
+	}
 	char *text = json_dumps(body, JSON_COMPACT);
 	json_decref(body);
 	struct call *c = call_new(t, k->row.id, 0);
@@ -1584,6 +1594,27 @@ static int queued_cmp(const void *a, const void *b)
 	return x->row.seq < y->row.seq ? -1 : x->row.seq > y->row.seq;
 }
 
+/* True when task k goes to a target and every dependency that has not ended runs there
+ * under an attempt the target has confirmed: then the target holds k until they succeeded
+ * (Slurm's dependency=afterok), and k is dispatched now. Lock held. */
+static bool deps_held_by_target_locked(struct tasks *t, const struct task *k)
+{
+	const char *node = k->spec->node;
+	if (!node || !target_owns(t, node))
+		return false;
+	for (size_t d = 0; d < k->spec->n_after; d++) {
+		struct task *dep = find_locked(t, k->spec->after[d]);
+		if (!dep)
+			return false;
+		if (task_state_is_final(dep->row.state))
+			continue;
+		if (!state_is_active(dep->row.state) || !dep->acked || !dep->row.node ||
+		    strcmp(dep->row.node, node) || !dep->row.dispatch_id)
+			return false;
+	}
+	return true;
+}
+
 /* Places what can be placed, in priority order. Lock held. */
 static void schedule_locked(struct tasks *t, struct waiter **wake)
 {
@@ -1631,7 +1662,7 @@ static void schedule_locked(struct tasks *t, struct waiter **wake)
 		}
 		/* why a task waits is shown, not stored: it is worked out again after a
 		 * restart */
-		if (wait_deps) {
+		if (wait_deps && !deps_held_by_target_locked(t, k)) {
 			if (!k->row.reason || strncmp(k->row.reason, "waiting for", 11)) {
 				set_str(&k->row.reason,
 					"waiting for the tasks in \"after\" to succeed");

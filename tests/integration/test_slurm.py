@@ -79,6 +79,10 @@ def test_nodes_appear_with_status_from_slurm(env):
     assert "22.05" in json.dumps(info)
     assert m.read("nodes", "slurm-c1", "tier").strip() in ("light", "standard", "powerhouse")
     assert m.read("nodes", "slurm", "status") == "healthy\n"
+    topo = m.json("topology.json")
+    assert {"slurm", "slurm-c1", "slurm-c2"} <= {n["name"] for n in topo["nodes"]}
+    assert m.json("stats")["nodes"]["total"] == 3
+    assert 'slurm-c1' in m.read("metrics") and "slurm-c1" in m.read("topology.dot")
     # the JWT is not in the tree
     jwt = env["jwt"].read_text().strip()
     assert jwt not in m.read("config")
@@ -141,12 +145,32 @@ def test_kill9_between_submission_and_end_submits_once(env):
 
 
 def test_after_between_slurm_tasks(env):
-    m = env["m"]
-    marker = env["slurm"].out / "first-done"
-    submit(m, "a1", {"cmd": f"sleep 1; touch {marker}", "node": "slurm"})
+    """Both in Slurm: the second is submitted while the first runs, as afterok: on its job."""
+    m, slurm = env["m"], env["slurm"]
+    marker = slurm.out / "first-done"
+    gate = slurm.out / "first-go"
+    submit(m, "a1", {"cmd": f"while [ ! -e {gate} ]; do sleep 0.1; done; touch {marker}",
+                     "node": "slurm"})
     submit(m, "a2", {"cmd": f"test -e {marker}", "node": "slurm", "after": ["a1"]})
+    wait_until(lambda: m.json("tasks", "a2", "info").get("slurm"), 20,
+               what="a2 submitted while a1 runs")
+    assert m.read("tasks", "a1", "status") == "running\n"
+    did2, jobs2 = jobs_named(slurm, m, "a2")
+    assert [j[2] for j in jobs2] == ["PENDING"]
+    r = slurm.scontrol("show", "job", jobs2[0][1])
+    job_id1 = m.json("tasks", "a1", "info")["slurm"]["job_id"]
+    assert f"Dependency=afterok:{job_id1}" in r.stdout
+    gate.touch()
     assert wait_task(m, "a2") == "succeeded 0\n"
     assert m.read("tasks", "a1", "status") == "succeeded\n"
+    # a dependency that fails: Slurm never starts the job, and the task fails saying why
+    submit(m, "b1", {"cmd": "sleep 1; exit 3", "node": "slurm"})
+    wait_until(lambda: m.json("tasks", "b1", "info").get("slurm"), 20, what="b1 in Slurm")
+    submit(m, "b2", {"cmd": "echo never", "node": "slurm", "after": ["b1"]})
+    assert wait_task(m, "b1") == "failed 3\n"
+    assert wait_task(m, "b2").startswith("failed ")
+    assert m.read("tasks", "b2", "stdout") == ""
+    assert "did not succeed" in m.json("tasks", "b2", "info")["reason"]
 
 
 def test_wrong_jwt_raises_an_alert(env):
