@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define REST_TIMEOUT_MS 5000L
@@ -24,6 +25,7 @@ struct slurm {
 	char *token;      /* the JWT, or NULL; never logged */
 	struct stat token_st;
 	char *token_error;   /* why there is no usable token, or NULL */
+	double token_exp;    /* the JWT's "exp" (wall clock), 0 when unknown */
 	bool listing;        /* a node listing is in flight */
 	uint64_t next_round; /* monotonic: when the next listing is due */
 	int failures;        /* listings failed in a row */
@@ -40,6 +42,8 @@ static struct cfg_slurm *cfg_slurm_of(struct config *cfg)
 {
 	return cfg ? cfg->slurm : NULL;
 }
+
+static double jwt_expiry(const char *jwt);
 
 /* Reads the JWT when its file changed (or first). Loop thread. */
 static void token_refresh(struct slurm *s, const struct cfg_slurm *sl)
@@ -66,6 +70,36 @@ static void token_refresh(struct slurm *s, const struct cfg_slurm *sl)
 	}
 	s->token = tok;
 	s->token_st = st;
+	s->token_exp = jwt_expiry(tok);
+}
+
+/* The "exp" claim of a JWT (seconds since the epoch), or 0 when it has none or cannot be
+ * read. The signature is slurmctld's to check; this only tells an expired token apart. */
+static double jwt_expiry(const char *jwt)
+{
+	const char *p = strchr(jwt, '.');
+	const char *end = p ? strchr(p + 1, '.') : NULL;
+	if (!end)
+		return 0;
+	size_t n = (size_t) (end - p - 1);
+	char *b64 = malloc(n + 4);
+	if (!b64)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		b64[i] = p[1 + i] == '-' ? '+' : p[1 + i] == '_' ? '/' : p[1 + i];
+	while (n % 4)
+		b64[n++] = '=';
+	b64[n] = '\0';
+	unsigned char out[4096];
+	long len = util_base64_decode(b64, out, sizeof(out));
+	free(b64);
+	if (len <= 0)
+		return 0;
+	json_t *claims = json_loadb((const char *) out, (size_t) len, 0, NULL);
+	json_t *exp = json_object_get(claims, "exp");
+	double v = json_is_number(exp) ? json_number_value(exp) : 0;
+	json_decref(claims);
+	return v;
 }
 
 /* Starts a request to slurmrestd: GET/POST/DELETE of `path` with the JWT. */
@@ -509,6 +543,17 @@ static void slurm_tick(void *arg)
 	if (sl && now >= s->next_round && !s->listing && !s->discovering) {
 		token_refresh(s, sl);
 		s->next_round = now + (uint64_t) sl->interval_s * 1000000u;
+		if (!s->token_error && s->token_exp > 0 && s->token_exp <= clock_wall_s()) {
+			char when[64], msg[800];
+			time_t t = (time_t) s->token_exp;
+			struct tm tm;
+			strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+			snprintf(msg, sizeof(msg),
+				 "the JWT in %s expired at %s; renew it (scontrol token "
+				 "username=%s lifespan=SECONDS) and write it to that file",
+				 sl->token_file, when, sl->user);
+			s->token_error = strdup(msg);
+		}
 		if (s->token_error) {
 			cluster_set_alert(s->cluster, "slurm", s->token_error);
 			s->failures++;

@@ -182,9 +182,15 @@ def test_wrong_jwt_raises_an_alert(env):
         alert = m.read("alerts")
         assert "scontrol token" in alert and "bm90LXRoZS1rZXk" not in alert
         assert "bm90LXRoZS1rZXk" not in m.read("events")
+        # an expired one is told apart before it is sent: {"exp": 1, "sun": "nobody"}
+        write_token(jwt, "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjEsInN1biI6Im5vYm9keSJ9.c2ln")
+        wait_until(lambda: "expired at 1970-01-01T00:00:01Z" in m.read("alerts"), 15,
+                   what="expired alert")
+        assert "c2ln" not in m.read("alerts")
     finally:
         write_token(jwt, good.strip())
-    wait_until(lambda: "refused the JWT" not in m.read("alerts"), 15, what=f"alert cleared: {m.read('alerts')}")
+    wait_until(lambda: "refused the JWT" not in m.read("alerts") and
+               "expired" not in m.read("alerts"), 15, what=f"alert cleared: {m.read('alerts')}")
 
 
 def test_slurmrestd_stopped_keeps_last_state_and_says_why(env):
