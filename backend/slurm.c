@@ -805,6 +805,32 @@ static void submit_send(struct tcall *c, struct config *cfg)
 	struct buf script, path;
 	buf_init(&script);
 	buf_init(&path);
+	/* Output of this dispatch id exists, but slurmctld knows no job of that name: it ran,
+	 * and Slurm purged it (MinJobAge) while no control plane watched. Not again. */
+	output_path(sl, c->id, 0, &path);
+	long long out = file_size(path.data);
+	bool ran = access(path.data, F_OK) == 0;
+	path.len = 0;
+	output_path(sl, c->id, 1, &path);
+	long long err = file_size(path.data);
+	ran = ran || access(path.data, F_OK) == 0;
+	path.len = 0;
+	if (ran) {
+		json_t *o = json_pack(
+			"{ss ss sI sI si ss}", "id", c->id, "state", "lost", "stdout_size",
+			(json_int_t) out, "stderr_size", (json_int_t) err, "exit_code", -1, "error",
+			"its Slurm job ended and was purged by slurmctld (MinJobAge) before clusterfs "
+			"saw its end; its output is kept, and it is not submitted again");
+		char *text = json_dumps(o, JSON_COMPACT);
+		json_decref(o);
+		buf_puts(&c->answer, text);
+		free(text);
+		c->status = 200;
+		buf_free(&path);
+		buf_free(&script);
+		tcall_answer(c, 0);
+		return;
+	}
 	buf_puts(&script, "#!/bin/sh\n");
 	json_t *cmd = json_object_get(d, "cmd");
 	if (json_is_string(cmd)) {

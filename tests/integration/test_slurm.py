@@ -173,6 +173,21 @@ def test_after_between_slurm_tasks(env):
     assert "did not succeed" in m.json("tasks", "b2", "info")["reason"]
 
 
+def test_job_purged_by_slurm_is_not_submitted_again(env):
+    """A dispatch whose output exists but whose job slurmctld no longer knows (ended and
+    purged after MinJobAge while no control plane ran) is not run a second time."""
+    m, slurm = env["m"], env["slurm"]
+    instance = m.json("tasks", "fails", "info")["dispatch_id"].rsplit(".", 2)[0]
+    did = f"{instance}.purged.1"
+    (slurm.out / f"{did}.out").write_text("ran before\n")
+    submit(m, "purged", {"cmd": "echo again", "node": "slurm"})
+    assert wait_task(m, "purged") == "lost -1\n"
+    assert m.json("tasks", "purged", "info")["dispatch_id"] == did
+    assert m.read("tasks", "purged", "stdout") == "ran before\n"
+    assert "purged" in m.json("tasks", "purged", "info")["reason"]
+    assert [j for j in slurm.jobs() if j[0] == did] == []
+
+
 def test_wrong_jwt_raises_an_alert(env):
     m, jwt = env["m"], env["jwt"]
     good = jwt.read_text()
