@@ -565,7 +565,10 @@ static void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct node_view *v = &in->views[k];
-		if (cluster_get_node(t->cluster, names[i], v) < 0) {
+		/* a Slurm cluster's own nodes are Slurm's to place on, not ours */
+		if ((cluster_node_is_external(t->cluster, names[i], NULL) &&
+		     !target_owns(t, names[i])) ||
+		    cluster_get_node(t->cluster, names[i], v) < 0) {
 			free(names[i]);
 			continue;
 		}
@@ -589,8 +592,10 @@ static void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 		sn->gpus = (int) json_array_size(json_object_get(h, "gpus"));
 		const struct cfg_host *host = config_find_host(cfg, v->name);
 		sn->queue_depth = host ? host->queue_depth : config_queue_depth(cfg, v->name);
-		if (target_owns(t, v->name))
+		if (target_owns(t, v->name)) {
 			sn->slots = sn->queue_depth; /* Slurm queues what it cannot run yet */
+			sn->by_name_only = true;
+		}
 		k++;
 		free(names[i]);
 	}

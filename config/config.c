@@ -1020,7 +1020,10 @@ static int parse_routing_list(struct loader *ld, const json_t *policy, const cha
 		json_t *e = json_array_get(v, i);
 		ld_push_index(ld, i);
 		if (strcmp(key, "hosts") == 0) {
-			r = check_host_ref(ld, e);
+			/* the Slurm cluster's node may be routed to like a host */
+			bool slurm = ld->c->slurm && json_is_string(e) &&
+				     !strcmp(json_string_value(e), ld->c->slurm->name);
+			r = slurm ? 0 : check_host_ref(ld, e);
 		} else if (!json_is_string(e) || json_string_length(e) == 0) {
 			r = ld_fail(ld, LOCATE_VALUE, "%s must be a non-empty string, not %s",
 				    ld_where(ld), ld_value(ld, e));
@@ -1610,6 +1613,8 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 	if (r == 0)
 		r = parse_hosts(&ld, doc);
 	if (r == 0)
+		r = parse_slurm(&ld, doc);
+	if (r == 0)
 		r = parse_routing(&ld, doc);
 	if (r == 0)
 		r = parse_services(&ld, doc);
@@ -1617,8 +1622,6 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 		r = parse_seed_refs(&ld, doc);
 	if (r == 0)
 		r = read_tokens(&ld, doc);
-	if (r == 0)
-		r = parse_slurm(&ld, doc);
 	if (r < 0) {
 		config_free(c);
 		return r;

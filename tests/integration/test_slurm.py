@@ -48,7 +48,8 @@ def env(tmp_path_factory):
             tmp / "hosts.json", [], token, probe={"interval_s": 1},
             slurm={"rest": f"http://127.0.0.1:{slurm.rest_port}", "token_file": str(jwt),
                    "user": "nobody", "partition": PARTITION, "output_dir": str(slurm.out),
-                   "interval_s": 1})
+                   "interval_s": 1},
+            routing={"hpc": {"hosts": ["slurm"]}})
         d = tmp / "m"
         d.mkdir()
         state.update(tmp=tmp, jwt=jwt, cfg=cfg_path, dir=d)
@@ -105,6 +106,21 @@ def test_task_runs_as_a_job_and_output_grows(env):
     assert m.read("tasks", "grow", "stderr") == "err\n"
     assert m.read("tasks", "grow", "exit_code") == "0\n"
     assert m.read("tasks", "grow", "node") == "slurm\n"
+
+
+def test_routing_type_names_slurm_and_any_never_lands_on_slurm(env):
+    m = env["m"]
+    submit(m, "routed", {"cmd": "echo routed", "type": "hpc"})
+    assert wait_task(m, "routed") == "succeeded 0\n"
+    assert m.read("tasks", "routed", "node") == "slurm\n"
+    assert m.read("tasks", "routed", "stdout") == "routed\n"
+    # "any" is for the agents' nodes: Slurm's nodes and the cluster take only what names them
+    submit(m, "anywhere", {"cmd": "true"})
+    wait_until(lambda: "takes only tasks that name it" in
+               (m.json("tasks", "anywhere", "info")["reason"] or ""), 10, what="the reason")
+    assert m.read("tasks", "anywhere", "status") == "queued\n"
+    with open(m.path("tasks", "anywhere", "ctl"), "w") as f:
+        f.write("cancel\n")
 
 
 def test_failing_job_exit_code(env):

@@ -586,6 +586,17 @@ static void test_slurm(void)
 	r = load_text(text, &c);
 	printf("# %s\n", err);
 	CHECK(r == -EINVAL && strstr(err, "also a host"), "a name taken by a host is refused");
+
+	snprintf(text, sizeof(text),
+		 "%s\"rest\": \"http://h:1\", \"token_file\": \"slurm.jwt\", \"user\": \"u\", "
+		 "\"partition\": \"p\", \"output_dir\": \"o\"},\n\"routing\": {\"hpc\": "
+		 "{\"hosts\": [\"slurm\", \"a\"]}}}",
+		 head);
+	r = load_text(text, &c);
+	printf("# %s\n", err);
+	CHECK(r == 0, "a routing policy may name the Slurm cluster");
+	if (r == 0)
+		config_unref(c);
 	free(jwt);
 }
 
