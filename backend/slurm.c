@@ -758,6 +758,14 @@ static json_t *job_as_task(const struct cfg_slurm *sl, json_t *job)
 			      json_string_value(json_object_get(job, "nodes")) ?: "");
 	if (error[0])
 		json_object_set_new(o, "error", json_string(error));
+	json_object_set_new(o, "slurm_reason", json_string(reason ? reason : ""));
+	static const char *const times[] = {"submit_time", "start_time", "end_time"};
+	json_t *tv = json_object();
+	for (size_t i = 0; i < 3; i++) {
+		json_int_t v = json_integer_value(json_object_get(job, times[i]));
+		json_object_set_new(tv, times[i], v > 0 ? json_integer(v) : json_null());
+	}
+	json_object_set_new(o, "slurm_times", tv);
 	return o;
 }
 

@@ -555,10 +555,14 @@ static int render_task(const struct tree_ctx *ctx, const struct tree_entry *e, s
 		if (json_object_get(v.remote, "slurm_job_id"))
 			json_object_set_new(
 				doc, "slurm",
-				json_pack("{sO sO sO}", "job_id",
-					  json_object_get(v.remote, "slurm_job_id"), "state",
-					  json_object_get(v.remote, "slurm_state"), "node",
-					  json_object_get(v.remote, "slurm_node")));
+				json_pack(
+					"{sO? sO? sO? so? so?}", "job_id",
+					json_object_get(v.remote, "slurm_job_id"), "state",
+					json_object_get(v.remote, "slurm_state"), "node",
+					json_object_get(v.remote, "slurm_node"), "reason",
+					json_deep_copy(json_object_get(v.remote, "slurm_reason")),
+					"times",
+					json_deep_copy(json_object_get(v.remote, "slurm_times"))));
 		json_object_set_new(doc, "stdout_bytes", json_integer((json_int_t) v.stdout_len));
 		json_object_set_new(doc, "stderr_bytes", json_integer((json_int_t) v.stderr_len));
 		json_object_set(doc, "spec", v.spec);

@@ -106,6 +106,10 @@ def test_task_runs_as_a_job_and_output_grows(env):
     assert m.read("tasks", "grow", "stderr") == "err\n"
     assert m.read("tasks", "grow", "exit_code") == "0\n"
     assert m.read("tasks", "grow", "node") == "slurm\n"
+    sl = m.json("tasks", "grow", "info")["slurm"]
+    assert sl["state"] == "COMPLETED" and sl["node"] == "c1" and sl["job_id"] > 0
+    t = sl["times"]
+    assert t["submit_time"] <= t["start_time"] <= t["end_time"]
 
 
 def test_routing_type_names_slurm_and_any_never_lands_on_slurm(env):
