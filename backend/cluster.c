@@ -49,6 +49,12 @@ struct node {
 	uint64_t added_us;      /* when it appeared in the config (monotonic) */
 	bool forgotten;         /* its drop-in was removed for join.forget_after_s */
 	bool last_pushed;       /* the last success was a heartbeat, not a probe */
+	/* a node of an external source (a Slurm cluster): not probed here; its owner sets
+	 * its level and documents with cluster_set_external() */
+	char *owner;               /* the source's name, or NULL for a host of the config */
+	char *ext_address;         /* shown in nodes/NODE/address */
+	char *ext_role;            /* shown in nodes/NODE/role */
+	enum node_level ext_level; /* the level the owner reported, before draining */
 };
 
 struct event {
@@ -129,6 +135,9 @@ static struct node *node_new(const struct cfg_host *h)
 
 static void node_free(struct node *n)
 {
+	free(n->owner);
+	free(n->ext_address);
+	free(n->ext_role);
 	free(n->name);
 	json_decref(n->health);
 	json_decref(n->system);
@@ -353,8 +362,33 @@ static enum node_level level_from_metrics(const struct config *cfg, json_t *heal
 
 /* Recomputes a node's level from its metrics, failures and age. Loop thread, lock held
  * for writing. Returns true when the level changed; *ret_old gets the previous one. */
+static bool node_evaluate_external(struct node *n, enum node_level *ret_old)
+{
+	enum node_level level = n->ext_level;
+	json_t *reasons = json_deep_copy(n->reasons);
+	size_t k = json_array_size(reasons);
+	const char *last = k ? json_string_value(json_array_get(reasons, k - 1)) : NULL;
+	bool marked = last && !strcmp(last, "draining: takes no new work");
+	if (n->draining && (level == NODE_HEALTHY || level == NODE_WARNING)) {
+		level = NODE_DRAINING;
+		if (!marked)
+			json_array_append_new(reasons, json_string("draining: takes no new work"));
+	} else if (marked)
+		json_array_remove(reasons, k - 1);
+	*ret_old = n->level;
+	bool changed = level != n->level;
+	json_decref(n->reasons);
+	n->reasons = reasons;
+	n->level = level;
+	if (changed)
+		n->changed_at = clock_wall_s();
+	return changed;
+}
+
 static bool node_evaluate(struct cluster *c, struct node *n, uint64_t now, enum node_level *ret_old)
 {
+	if (n->owner)
+		return node_evaluate_external(n, ret_old);
 	const struct cfg_probe *p = &c->cfg->probe;
 	json_t *reasons = json_array();
 	enum node_level level = NODE_UNKNOWN;
@@ -613,6 +647,8 @@ static int node_get(struct cluster *c, struct node *n, bool system)
  * and a system probe when that information is missing or old. */
 static void node_probe(struct cluster *c, struct node *n, uint64_t now)
 {
+	if (n->owner)
+		return; /* its owner lists it, for all its nodes at once */
 	if (!n->in_flight && node_get(c, n, false) == 0) {
 		n->in_flight = true;
 		n->last_try_us = now;
@@ -642,7 +678,7 @@ static bool node_is_fresh(struct cluster *c, struct node *n, uint64_t now)
 static bool node_is_forgotten(struct cluster *c, struct node *n, uint64_t now)
 {
 	int after = c->cfg->join.forget_after_s;
-	if (!after || n->forgotten || !n->host->dropin || n->level != NODE_OFFLINE)
+	if (!after || n->forgotten || !n->host || !n->host->dropin || n->level != NODE_OFFLINE)
 		return false;
 	uint64_t since = n->last_ok_us ? n->last_ok_us : n->added_us;
 	return now - since >= (uint64_t) after * 1000000u;
@@ -778,7 +814,8 @@ int cluster_refresh_node(struct cluster *c, const char *name, cluster_refresh_fn
 
 void cluster_set_config(struct cluster *c, struct config *cfg)
 {
-	struct node **nodes = calloc(cfg->n_hosts ? cfg->n_hosts : 1, sizeof(*nodes));
+	struct node **nodes = calloc(cfg->n_hosts + c->n_nodes + 1, sizeof(*nodes));
+	size_t n_new = cfg->n_hosts;
 	struct node **gone = calloc(c->n_nodes ? c->n_nodes : 1, sizeof(*gone));
 	size_t n_gone = 0;
 	struct buf added, removed;
@@ -790,7 +827,7 @@ void cluster_set_config(struct cluster *c, struct config *cfg)
 	for (size_t i = 0; i < cfg->n_hosts; i++) {
 		const struct cfg_host *h = &cfg->hosts[i];
 		struct node *old = cluster_find(c, h->name);
-		if (old && strcmp(old->host->address, h->address) == 0 &&
+		if (old && old->host && strcmp(old->host->address, h->address) == 0 &&
 		    old->host->agent_port == h->agent_port) {
 			old->host = h;
 			nodes[i] = old;
@@ -804,6 +841,12 @@ void cluster_set_config(struct cluster *c, struct config *cfg)
 		}
 	}
 	for (size_t j = 0; j < c->n_nodes; j++) {
+		struct node *o = c->nodes[j];
+		if (o->owner && cfg->slurm && !strcmp(o->owner, cfg->slurm->name) &&
+		    !config_find_host(cfg, o->name)) {
+			nodes[n_new++] = o; /* its source stays: so does it */
+			continue;
+		}
 		if (kept[j])
 			continue;
 		gone[n_gone++] = c->nodes[j];
@@ -811,10 +854,10 @@ void cluster_set_config(struct cluster *c, struct config *cfg)
 			buf_printf(&removed, "%s%s", removed.len ? ", " : "", c->nodes[j]->name);
 	}
 	free(kept);
-	qsort(nodes, cfg->n_hosts, sizeof(*nodes), node_cmp);
+	qsort(nodes, n_new, sizeof(*nodes), node_cmp);
 	free(c->nodes);
 	c->nodes = nodes;
-	c->n_nodes = cfg->n_hosts;
+	c->n_nodes = n_new;
 	struct config *old_cfg = c->cfg;
 	c->cfg = config_ref(cfg);
 	c->changed_at = clock_wall_s();
@@ -931,7 +974,7 @@ int cluster_get_level(struct cluster *c, const char *name, enum node_level *ret)
 
 static char *tier_of(const struct cfg_host *h, json_t *system)
 {
-	if (h->tier)
+	if (h && h->tier)
 		return strdup(h->tier);
 	json_t *cores = json_object_get(system, "cores");
 	json_t *ram = json_object_get(system, "ram_mb");
@@ -959,14 +1002,17 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 	const struct cfg_host *h = n->host;
 	struct node_view v = {0};
 	v.name = strdup(n->name);
-	v.display_name = h->display_name ? strdup(h->display_name) : NULL;
-	v.address = strdup(h->address);
-	v.port = h->agent_port;
-	v.role = strdup(h->role ? h->role : "");
+	v.display_name = h && h->display_name ? strdup(h->display_name) : NULL;
+	v.address = strdup(h ? h->address : n->ext_address ? n->ext_address : "");
+	v.port = h ? h->agent_port : 0;
+	v.role = strdup(h && h->role ? h->role : n->ext_role ? n->ext_role : "");
 	v.tier = tier_of(h, n->system);
 	v.capabilities = json_array();
-	for (size_t i = 0; i < h->n_capabilities; i++)
+	for (size_t i = 0; h && i < h->n_capabilities; i++)
 		json_array_append_new(v.capabilities, json_string(h->capabilities[i]));
+	json_t *caps = json_object_get(n->system, "capabilities");
+	for (size_t i = 0; !h && i < json_array_size(caps); i++)
+		json_array_append(v.capabilities, json_array_get(caps, i));
 	v.health = json_incref(n->health);
 	v.system = json_incref(n->system);
 	v.reasons = json_deep_copy(n->reasons);
@@ -984,8 +1030,9 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 	v.latency_sum_s = n->latency_sum_s;
 	v.latency_count = n->latency_count;
 	v.changed_at = n->changed_at;
-	v.via = h->reverse ? "reverse" : n->last_pushed ? "push" : "pull";
-	v.joined = h->dropin != NULL;
+	/* a node of an external source (Slurm) has no host entry: its source pulls it */
+	v.via = h && h->reverse ? "reverse" : n->last_pushed ? "push" : "pull";
+	v.joined = h && h->dropin != NULL;
 	pthread_rwlock_unlock(&c->lock);
 	*ret = v;
 	return 0;
@@ -1141,4 +1188,117 @@ void cluster_render_alerts(struct cluster *c, struct buf *out)
 	json_object_foreach (c->alerts, key, v)
 		buf_printf(out, "%s: %s\n", key, json_string_value(v));
 	pthread_rwlock_unlock(&c->lock);
+}
+
+void cluster_set_external(struct cluster *c, const char *owner, const struct cluster_external *v,
+			  size_t n)
+{
+	struct node **gone = NULL;
+	size_t n_gone = 0;
+	char **changed = NULL;
+	size_t n_changed = 0;
+	bool set_changed = false;
+	uint64_t now = clock_now_us();
+
+	pthread_rwlock_wrlock(&c->lock);
+	if (!c->cfg->slurm || strcmp(c->cfg->slurm->name, owner)) {
+		/* the source left the config while its answer was on its way */
+		pthread_rwlock_unlock(&c->lock);
+		return;
+	}
+	/* the owner's nodes that are not in v leave */
+	size_t keep = 0;
+	for (size_t i = 0; i < c->n_nodes; i++) {
+		struct node *o = c->nodes[i];
+		bool listed = false;
+		for (size_t j = 0; j < n && o->owner && !listed; j++)
+			listed = !strcmp(v[j].name, o->name);
+		if (o->owner && !strcmp(o->owner, owner) && !listed) {
+			gone = realloc(gone, (n_gone + 1) * sizeof(*gone));
+			gone[n_gone++] = o;
+			set_changed = true;
+		} else
+			c->nodes[keep++] = o;
+	}
+	c->n_nodes = keep;
+	for (size_t j = 0; j < n; j++) {
+		const struct cluster_external *e = &v[j];
+		struct node *o = cluster_find(c, e->name);
+		if (o && !o->owner)
+			continue; /* a host of the config has the name: it wins */
+		if (!o) {
+			o = calloc(1, sizeof(*o));
+			if (!o)
+				abort();
+			o->name = strdup(e->name);
+			o->owner = strdup(owner);
+			o->reasons = json_array();
+			o->level = NODE_UNKNOWN;
+			c->nodes = realloc(c->nodes, (c->n_nodes + 1) * sizeof(*c->nodes));
+			c->nodes[c->n_nodes++] = o;
+			qsort(c->nodes, c->n_nodes, sizeof(*c->nodes), node_cmp);
+			set_changed = true;
+		}
+		bool data = !json_equal(o->health, e->health) || !json_equal(o->system, e->system);
+		free(o->ext_address);
+		o->ext_address = strdup(e->address ? e->address : "");
+		free(o->ext_role);
+		o->ext_role = strdup(e->role ? e->role : "");
+		if (e->health && e->health != o->health) {
+			json_decref(o->health);
+			o->health = json_incref(e->health);
+		}
+		if (e->system && e->system != o->system) {
+			json_decref(o->system);
+			o->system = json_incref(e->system);
+		}
+		json_decref(o->reasons);
+		o->reasons = json_deep_copy(e->reasons ? e->reasons : json_array());
+		o->ext_level = e->level;
+		o->attempted_at = clock_wall_s();
+		if (e->reachable) {
+			o->last_ok_us = now;
+			o->checked_at = o->attempted_at;
+			o->latency_ms = e->latency_ms;
+			o->failures = 0;
+		} else
+			o->failures++;
+		free(o->last_error);
+		o->last_error = e->error ? strdup(e->error) : NULL;
+		enum node_level old;
+		bool lv = node_evaluate_external(o, &old);
+		if (lv)
+			node_event_level(c, o, old);
+		if (lv || data) {
+			o->changed_at = clock_wall_s();
+			changed = realloc(changed, (n_changed + 1) * sizeof(*changed));
+			changed[n_changed++] = strdup(o->name);
+		}
+	}
+	if (set_changed)
+		c->changed_at = clock_wall_s();
+	pthread_rwlock_unlock(&c->lock);
+	for (size_t i = 0; i < n_gone; i++) {
+		node_call_waiters(gone[i], -ENOENT);
+		node_free(gone[i]);
+	}
+	free(gone);
+	for (size_t i = 0; i < n_changed; i++) {
+		cluster_notify(c, changed[i]);
+		free(changed[i]);
+	}
+	free(changed);
+	if (set_changed)
+		cluster_notify(c, NULL);
+}
+
+bool cluster_node_is_external(struct cluster *c, const char *name, char **ret_owner)
+{
+	pthread_rwlock_rdlock(&c->lock);
+	struct node *n = cluster_find(c, name);
+	bool ext = n && n->owner;
+	if (ext && ret_owner)
+		*ret_owner = strdup(n->owner);
+	pthread_rwlock_unlock(&c->lock);
+	return ext;
 }

@@ -138,6 +138,29 @@ int cluster_set_draining(struct cluster *c, const char *name, bool draining);
 /* Any thread: probes a node now, without waiting for the answer. 0 or -ENOENT. */
 int cluster_probe_now(struct cluster *c, const char *name);
 
+/* One node of an external source (a Slurm cluster), as its owner saw it. Borrowed. */
+struct cluster_external {
+	const char *name;
+	const char *address; /* shown in nodes/NODE/address */
+	const char *role;
+	enum node_level level; /* draining is applied on top by cluster_set_draining() */
+	json_t *health;        /* shown in health; may be NULL */
+	json_t *system;        /* shown in info ("cores", "ram_mb" give the tier); may be NULL */
+	json_t *reasons;       /* sentences explaining the level; may be NULL */
+	bool reachable;        /* its source answered this round */
+	double latency_ms;
+	const char *error; /* why its source did not answer, or NULL */
+};
+
+/* Loop thread: the nodes of external source `owner` (the config's slurm section's name) as
+ * listed in one round; replaces the owner's earlier set (nodes it no longer lists leave).
+ * Not probed here: a refresh answers from this data at once. Borrows v. */
+void cluster_set_external(struct cluster *c, const char *owner, const struct cluster_external *v,
+			  size_t n);
+/* Any thread: true when `name` is a node of an external source; then *ret_owner (may be
+ * NULL) is a new string naming it. */
+bool cluster_node_is_external(struct cluster *c, const char *name, char **ret_owner);
+
 /* Any thread: appends an event line ("<time> <kind> <subject> <message>"). */
 void cluster_add_event(struct cluster *c, const char *kind, const char *subject, const char *fmt,
 		       ...) __attribute__((format(printf, 4, 5)));

@@ -449,6 +449,8 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 		explicit_bzero(h.data, h.len);
 		buf_free(&h);
 	}
+	for (size_t i = 0; req->headers && req->headers[i]; i++)
+		x->headers = curl_slist_append(x->headers, req->headers[i]);
 	bool post = req->method && strcmp(req->method, "POST") == 0;
 	if (post || req->body) {
 		/* a body: POST, or another method that carries one (Ollama's DELETE does) */

@@ -41,7 +41,10 @@ struct http_request {
 	const char *method; /* "GET" or "POST" */
 	const char *url;    /* copied */
 	const char *token;  /* bearer token, or NULL; copied, never logged */
-	const char *body;   /* for POST; copied */
+	/* further header lines ("Name: value"), NULL-terminated, or NULL; copied, never
+	 * logged (they may carry secrets, as token does) */
+	const char *const *headers;
+	const char *body; /* for POST; copied */
 	size_t body_len;
 	const char *content_type; /* default application/json */
 	long connect_timeout_ms;

@@ -60,6 +60,8 @@ double sched_tier_boost(const char *tier)
 /* Slots: the tier's concurrency, capped by the node's configured queue depth. */
 static int node_slots(const struct sched_node *n)
 {
+	if (n->slots > 0)
+		return n->slots;
 	int max = sched_max_concurrent(n);
 	return n->queue_depth > 0 && n->queue_depth < max ? n->queue_depth : max;
 }
@@ -221,6 +223,14 @@ static bool check_eligible(const struct sched_request *req, const struct sched_n
 static bool node_fits(const json_t *policy, const struct sched_request *req,
 		      const struct sched_node *n, bool explicit, bool check_slots, char *reason)
 {
+	if (!explicit && n->by_name_only) {
+		const json_t *hosts = policy ? json_object_get(policy, "hosts") : NULL;
+		if (!json_is_array(hosts) || !json_list_has(hosts, n->name)) {
+			snprintf(reason, REASON_MAX,
+				 "takes only tasks that name it (\"node\" or routing hosts)");
+			return false;
+		}
+	}
 	if (!explicit && !check_policy(policy, req->type, n, reason))
 		return false;
 	return check_requirements(req, n, check_slots, reason) &&

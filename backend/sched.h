@@ -28,6 +28,9 @@ struct sched_node {
 	int cores, ram_mb, gpus; /* capacity (0 when unknown) */
 	int active;              /* tasks dispatched or running there now */
 	int queue_depth;         /* config queue_depth (default 10); caps the slots; 0: no cap */
+	bool by_name_only; /* takes only tasks that name it: "node", or its type's routing hosts */
+	int slots; /* when > 0, the slots themselves (a scheduler of its own, Slurm, places the
+		    * work behind this node), instead of the tier's capped by queue_depth */
 	int completed, total, consecutive_failures; /* task history on this node */
 };
 

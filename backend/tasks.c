@@ -74,6 +74,7 @@ struct task {
 	char *active_node;          /* the node whose active count includes this task */
 	int counted;                /* 1 + the state index its counts hold; 0: none */
 	char *counted_node;         /* the node whose state counts include it, or NULL */
+	json_t *remote_doc;         /* the node's last task object (its id says which attempt) */
 };
 
 /* One node's task counts, kept as states change: its load now and the history that
@@ -132,6 +133,7 @@ struct tasks {
 	struct node_poll *polls;                    /* loop thread only */
 	struct loop_timer *tick;                    /* loop thread only */
 	bool started;
+	struct tasks_target target; /* set before the start */
 };
 
 const char *const task_state_names[TASK_N_STATES] = {
@@ -146,6 +148,7 @@ static int state_index(const char *s)
 			return i;
 	return 0;
 }
+static bool target_owns(struct tasks *t, const char *node);
 
 bool task_state_is_final(const char *s)
 {
@@ -168,6 +171,8 @@ void task_view_clear(struct task_view *v)
 	free(v->placement);
 	free(v->user);
 	free(v->run_as);
+	free(v->dispatch_id);
+	json_decref(v->remote);
 	json_decref(v->spec);
 	json_decref(v->children);
 	memset(v, 0, sizeof(*v));
@@ -353,8 +358,10 @@ static void add_locked(struct tasks *t, struct task *k)
 
 static void task_free(struct task *k)
 {
-	if (k)
+	if (k) {
 		free(k->output_note);
+		json_decref(k->remote_doc);
+	}
 	store_task_clear(&k->row);
 	spec_free(k->spec);
 	json_decref(k->spec_json);
@@ -623,7 +630,10 @@ static void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct node_view *v = &in->views[k];
-		if (cluster_get_node(t->cluster, names[i], v) < 0) {
+		/* a Slurm cluster's own nodes are Slurm's to place on, not ours */
+		if ((cluster_node_is_external(t->cluster, names[i], NULL) &&
+		     !target_owns(t, names[i])) ||
+		    cluster_get_node(t->cluster, names[i], v) < 0) {
 			free(names[i]);
 			continue;
 		}
@@ -646,7 +656,11 @@ static void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 		sn->ram_mb = int_in_range(json_object_get(h, "mem_total_mb"), 0, INT_MAX);
 		sn->gpus = (int) json_array_size(json_object_get(h, "gpus"));
 		const struct cfg_host *host = config_find_host(cfg, v->name);
-		sn->queue_depth = host ? host->queue_depth : 10;
+		sn->queue_depth = host ? host->queue_depth : config_queue_depth(cfg, v->name);
+		if (target_owns(t, v->name)) {
+			sn->slots = sn->queue_depth; /* Slurm queues what it cannot run yet */
+			sn->by_name_only = true;
+		}
 		k++;
 		free(names[i]);
 	}
@@ -863,7 +877,7 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 	}
 	bool all = spec->node && !strcmp(spec->node, "all");
 	if (spec->node && !all && strcmp(spec->node, "any") &&
-	    !cluster_has_node(t->cluster, spec->node)) {
+	    !cluster_has_node(t->cluster, spec->node) && !target_owns(t, spec->node)) {
 		pthread_mutex_unlock(&t->lock);
 		snprintf(errbuf, errlen,
 			 "field \"node\" names %s, which is not a node of this cluster",
@@ -1019,6 +1033,10 @@ int tasks_get(struct tasks *t, const char *id, struct task_view *ret)
 	v.changed_at = k->changed_at;
 	v.stdout_len = k->out[0].len;
 	v.stderr_len = k->out[1].len;
+	v.dispatch_id = k->row.dispatch_id ? strdup(k->row.dispatch_id) : NULL;
+	const char *rid = json_string_value(json_object_get(k->remote_doc, "id"));
+	if (rid && k->row.dispatch_id && !strcmp(rid, k->row.dispatch_id))
+		v.remote = json_deep_copy(k->remote_doc);
 	pthread_mutex_unlock(&t->lock);
 	*ret = v;
 	return 0;
@@ -1215,9 +1233,16 @@ static int agent_endpoint(struct tasks *t, const char *node, const char *path,
 	return h ? 0 : -ENOENT;
 }
 
+static bool target_owns(struct tasks *t, const char *node)
+{
+	return t->target.owns && node && t->target.owns(t->target.arg, node);
+}
+
 static int agent_call(struct tasks *t, const char *node, const char *method, const char *path,
 		      const char *body, http_done_fn done, struct call *c)
 {
+	if (target_owns(t, node))
+		return t->target.call(t->target.arg, node, method, path, body, done, c);
 	char *token = NULL;
 	struct endpoint ep;
 	if (agent_endpoint(t, node, path, &ep, &token) < 0)
@@ -1365,6 +1390,21 @@ static void dispatch_locked(struct tasks *t, struct task *k)
 	if (user)
 		json_object_set_new(body, "user", json_string(user));
 	free(user);
+	if (target_owns(t, k->row.node))
+		/* what a scheduler of its own needs; agents are not sent fields they refuse */
+		json_object_update_new(body, json_pack("{si si si si}", "cpus", k->spec->cpus,
+						       "mem_mb", k->spec->mem_mb, "gpus",
+						       k->spec->gpus, "priority", k->row.priority));
+	if (target_owns(t, k->row.node) && k->spec->n_after) {
+		/* the dependencies still running there: the target holds this one for them */
+		json_t *after = json_array();
+		for (size_t d = 0; d < k->spec->n_after; d++) {
+			struct task *dep = find_locked(t, k->spec->after[d]);
+			if (dep && !task_state_is_final(dep->row.state) && dep->row.dispatch_id)
+				json_array_append_new(after, json_string(dep->row.dispatch_id));
+		}
+		json_object_set_new(body, "after_dispatch", after);
+	}
 	char *text = json_dumps(body, JSON_COMPACT);
 	json_decref(body);
 	struct call *c = call_new(t, k->row.id, 0);
@@ -1543,6 +1583,8 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
 	if (!state || !id || !k->row.dispatch_id || strcmp(id, k->row.dispatch_id) ||
 	    task_state_is_final(k->row.state) || !strcmp(k->row.state, TASK_QUEUED))
 		return;
+	json_decref(k->remote_doc);
+	k->remote_doc = json_incref(o);
 	for (int s = 0; s < N_STREAMS; s++) {
 		json_t *sz = json_object_get(o, s ? "stderr_size" : "stdout_size");
 		/* a size from the network: only what a size can be */
@@ -1708,6 +1750,27 @@ static int queued_cmp(const void *a, const void *b)
 	return x->row.seq < y->row.seq ? -1 : x->row.seq > y->row.seq;
 }
 
+/* True when task k goes to a target and every dependency that has not ended runs there
+ * under an attempt the target has confirmed: then the target holds k until they succeeded
+ * (Slurm's dependency=afterok), and k is dispatched now. Lock held. */
+static bool deps_held_by_target_locked(struct tasks *t, const struct task *k)
+{
+	const char *node = k->spec->node;
+	if (!node || !target_owns(t, node))
+		return false;
+	for (size_t d = 0; d < k->spec->n_after; d++) {
+		struct task *dep = find_locked(t, k->spec->after[d]);
+		if (!dep)
+			return false;
+		if (task_state_is_final(dep->row.state))
+			continue;
+		if (!state_is_active(dep->row.state) || !dep->acked || !dep->row.node ||
+		    strcmp(dep->row.node, node) || !dep->row.dispatch_id)
+			return false;
+	}
+	return true;
+}
+
 /* Places what can be placed, in priority order. Lock held. */
 static void schedule_locked(struct tasks *t, struct waiter **wake)
 {
@@ -1755,7 +1818,7 @@ static void schedule_locked(struct tasks *t, struct waiter **wake)
 		}
 		/* why a task waits is shown, not stored: it is worked out again after a
 		 * restart */
-		if (wait_deps) {
+		if (wait_deps && !deps_held_by_target_locked(t, k)) {
 			if (!k->row.reason || strncmp(k->row.reason, "waiting for", 11)) {
 				set_str(&k->row.reason,
 					"waiting for the tasks in \"after\" to succeed");
@@ -1851,6 +1914,8 @@ static void tasks_tick(void *arg)
 			continue;
 		enum node_level level;
 		if (cluster_get_level(t->cluster, k->row.node, &level) < 0) {
+			if (target_owns(t, k->row.node))
+				continue; /* its source has not listed it since the start yet */
 			requeue_or_fail_locked(t, k, TASK_LOST, "its node left the cluster", &wake);
 			continue;
 		}
@@ -2055,6 +2120,11 @@ out_unlock:
 	if (r == 0)
 		post_schedule(t);
 	return r;
+}
+
+void tasks_set_target(struct tasks *t, const struct tasks_target *target)
+{
+	t->target = *target;
 }
 
 void tasks_on_cluster_change(void *arg, const char *node)

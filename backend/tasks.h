@@ -59,6 +59,8 @@ struct task_view {
 	char *run_as; /* the user name sent to the node for the current attempt, or NULL */
 	double submitted_at, started_at, finished_at, changed_at;
 	size_t stdout_len, stderr_len;
+	char *dispatch_id; /* the current attempt's id on its node, or NULL */
+	json_t *remote;    /* the node's last task object for that attempt, or NULL */
 };
 
 void task_view_clear(struct task_view *v);
@@ -124,6 +126,20 @@ double tasks_node_reliability(struct tasks *t, const char *node, int *ret_comple
 
 /* Per node: tasks active (dispatched or running) there now. */
 int tasks_active_on(struct tasks *t, const char *node);
+
+/* Where the tasks of some nodes go instead of an agent: a module that answers the agent's
+ * task protocol itself (backend/slurm.c). owns() is called on any thread; call() on the
+ * loop thread, with the arguments of an agent request, and must answer (done) after it
+ * returns, never from within. */
+struct tasks_target {
+	bool (*owns)(void *arg, const char *node);
+	int (*call)(void *arg, const char *node, const char *method, const char *path,
+		    const char *body, http_done_fn done, void *done_arg);
+	void *arg;
+};
+
+/* Sets the target (copied) before tasks_start(). */
+void tasks_set_target(struct tasks *t, const struct tasks_target *target);
 
 /* A cluster_change_fn: a node changed, so queued work may fit now. */
 void tasks_on_cluster_change(void *arg, const char *node);

@@ -1117,7 +1117,10 @@ static int parse_routing_list(struct loader *ld, const json_t *policy, const cha
 		json_t *e = json_array_get(v, i);
 		ld_push_index(ld, i);
 		if (strcmp(key, "hosts") == 0) {
-			r = check_host_ref(ld, e);
+			/* the Slurm cluster's node may be routed to like a host */
+			bool slurm = ld->c->slurm && json_is_string(e) &&
+				     !strcmp(json_string_value(e), ld->c->slurm->name);
+			r = slurm ? 0 : check_host_ref(ld, e);
 		} else if (!json_is_string(e) || json_string_length(e) == 0) {
 			r = ld_fail(ld, LOCATE_VALUE, "%s must be a non-empty string, not %s",
 				    ld_where(ld), ld_value(ld, e));
@@ -1406,6 +1409,190 @@ static int read_tokens(struct loader *ld, const json_t *doc)
 	return r;
 }
 
+/* "rest": "http://HOST:PORT" or "https://HOST:PORT" (no path). */
+static int parse_rest_url(struct loader *ld, const char *url, struct cfg_slurm *sl)
+{
+	const char *rest = NULL;
+	if (strncmp(url, "http://", 7) == 0)
+		rest = url + 7;
+	else if (strncmp(url, "https://", 8) == 0) {
+		rest = url + 8;
+		sl->transport.tls = true;
+	}
+	char host[256] = "";
+	int port = 6820, n = 0;
+	bool ok = rest && *rest && *rest != '/' && *rest != ':';
+	if (ok && rest[0] == '[') {
+		ok = sscanf(rest, "[%255[^]]]%n", host, &n) == 1;
+	} else if (ok) {
+		size_t len = strcspn(rest, ":/");
+		ok = len < sizeof(host);
+		if (ok) {
+			memcpy(host, rest, len);
+			host[len] = '\0';
+			n = (int) len;
+		}
+	}
+	if (ok && rest[n] == ':') {
+		char *end;
+		long p = strtol(rest + n + 1, &end, 10);
+		ok = end != rest + n + 1 && p > 0 && p < 65536;
+		port = (int) p;
+		n = (int) (end - rest);
+	}
+	if (ok && rest[n] == '/' && rest[n + 1] == '\0')
+		n++;
+	ok = ok && rest[n] == '\0' && host[0];
+	if (!ok) {
+		ld_push(ld, "rest");
+		int r = ld_fail(ld, LOCATE_VALUE,
+				"%s must be slurmrestd's address as http://HOST:PORT or "
+				"https://HOST:PORT, not %s",
+				ld_where(ld), ld_quote(ld, 0, url));
+		ld_pop(ld);
+		return r;
+	}
+	sl->address = xstrdup(host);
+	sl->port = port;
+	return 0;
+}
+
+static void slurm_free(struct cfg_slurm *sl)
+{
+	if (!sl)
+		return;
+	free(sl->name);
+	free(sl->prefix);
+	free(sl->address);
+	free(sl->token_file);
+	free(sl->user);
+	free(sl->partition);
+	free(sl->api);
+	free(sl->output_dir);
+	transport_clear(&sl->transport);
+	free(sl);
+}
+
+/* A string member that must be given. */
+static int require_string(struct loader *ld, const json_t *obj, const char *key, const char **out)
+{
+	int r = parse_string(ld, obj, key, true, out);
+	if (r == 0 && !*out)
+		r = ld_fail(ld, LOCATE_KEY, "%s needs \"%s\"", ld_where(ld), key);
+	return r;
+}
+
+/* The "slurm" section (README, "Slurm"). The JWT itself is read by the backend, which
+ * re-reads it when the file changes; here the file must exist and be private. */
+static int parse_slurm(struct loader *ld, const json_t *doc)
+{
+	static const char *const keys[] = {"name",       "prefix",      "rest", "token_file",
+					   "user",       "partition",   "api",  "output_dir",
+					   "interval_s", "queue_depth", "tls",  "insecure_http",
+					   NULL};
+	json_t *v = json_object_get(doc, "slurm");
+	const char *name = "slurm", *prefix = NULL, *rest = NULL, *token_file = NULL, *user = NULL,
+		   *partition = NULL, *api = NULL, *output_dir = NULL;
+	int r;
+
+	if (!v)
+		return 0;
+	struct cfg_slurm *sl = xcalloc(1, sizeof(*sl));
+	sl->interval_s = ld->c->probe.interval_s;
+	sl->queue_depth = 64;
+	ld_push(ld, "slurm");
+	r = expect_object(ld, v);
+	if (r == 0)
+		r = reject_inline_token(ld, v);
+	if (r == 0)
+		r = check_keys(ld, v, keys);
+	if (r == 0)
+		r = parse_string(ld, v, "name", true, &name);
+	if (r == 0 && (!name_is_valid(name) || name[0] == '.' || name[0] == '-')) {
+		ld_push(ld, "name");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s must be a node name (letters, digits, '.', '_', '-'), not %s",
+			    ld_where(ld), ld_quote(ld, 0, name));
+		ld_pop(ld);
+	}
+	if (r == 0)
+		r = parse_string(ld, v, "prefix", false, &prefix);
+	if (r == 0 && prefix && prefix[0] && !name_is_valid(prefix)) {
+		ld_push(ld, "prefix");
+		r = ld_fail(ld, LOCATE_VALUE, "%s must be printable and without '/', not %s",
+			    ld_where(ld), ld_quote(ld, 0, prefix));
+		ld_pop(ld);
+	}
+	if (r == 0)
+		r = require_string(ld, v, "rest", &rest);
+	if (r == 0)
+		r = parse_rest_url(ld, rest, sl);
+	if (r == 0)
+		r = require_string(ld, v, "token_file", &token_file);
+	if (r == 0)
+		r = require_string(ld, v, "user", &user);
+	if (r == 0)
+		r = require_string(ld, v, "partition", &partition);
+	if (r == 0)
+		r = require_string(ld, v, "output_dir", &output_dir);
+	if (r == 0)
+		r = parse_string(ld, v, "api", true, &api);
+	if (r == 0 && api &&
+	    (strncmp(api, "v0.0.", 5) || !api[5] ||
+	     strspn(api + 5, "0123456789") != strlen(api + 5))) {
+		ld_push(ld, "api");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s must be an OpenAPI version of slurmrestd such as \"v0.0.38\", not "
+			    "%s",
+			    ld_where(ld), ld_quote(ld, 0, api));
+		ld_pop(ld);
+	}
+	if (r == 0)
+		r = parse_int(ld, v, "interval_s", 1, 86400, &sl->interval_s);
+	if (r == 0)
+		r = parse_int(ld, v, "queue_depth", 1, 100000, &sl->queue_depth);
+	if (r == 0)
+		r = parse_transport(ld, v, &sl->transport);
+	if (r == 0 && config_find_host(ld->c, name)) {
+		ld_push(ld, "name");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s %s is also a host in \"hosts\"; give the Slurm cluster another "
+			    "\"name\"",
+			    ld_where(ld), ld_quote(ld, 0, name));
+		ld_pop(ld);
+	}
+	if (r == 0) {
+		char msg[512], *secret = NULL;
+		sl->token_file = path_join(ld->dir, token_file);
+		/* the file must be there and private now; its content is the backend's */
+		r = token_read_file(sl->token_file, &secret, msg, sizeof(msg));
+		free_secret(secret);
+		if (r < 0) {
+			ld_push(ld, "token_file");
+			ld_fail(ld, LOCATE_VALUE, "%s", msg);
+			ld_pop(ld);
+		}
+	}
+	ld_pop(ld);
+	if (r < 0) {
+		slurm_free(sl);
+		return r;
+	}
+	sl->name = xstrdup(name);
+	if (prefix)
+		sl->prefix = xstrdup(prefix);
+	else {
+		sl->prefix = xcalloc(1, strlen(name) + 2);
+		sprintf(sl->prefix, "%s-", name);
+	}
+	sl->user = xstrdup(user);
+	sl->partition = xstrdup(partition);
+	sl->api = api ? xstrdup(api) : NULL;
+	sl->output_dir = path_join(ld->dir, output_dir);
+	ld->c->slurm = sl;
+	return 0;
+}
+
 static void host_clear(struct cfg_host *h)
 {
 	free(h->name);
@@ -1457,6 +1644,7 @@ static void config_free(struct config *c)
 	for (size_t i = 0; i < c->n_warnings; i++)
 		free(c->warnings[i]);
 	free(c->warnings);
+	slurm_free(c->slurm);
 	free(c);
 }
 
@@ -1640,11 +1828,21 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 		.errbuf = errbuf,
 		.errlen = errlen,
 	};
-	static const char *const keys[] = {
-		"cluster", "auth",       "probe",           "thresholds",
-		"tasks",   "hosts",      "routing",         "services",
-		"tls",     "local_host", "default_trainer", "default_inference",
-		"join",    NULL};
+	static const char *const keys[] = {"cluster",
+					   "auth",
+					   "probe",
+					   "thresholds",
+					   "tasks",
+					   "hosts",
+					   "routing",
+					   "services",
+					   "tls",
+					   "local_host",
+					   "default_trainer",
+					   "default_inference",
+					   "join",
+					   "slurm",
+					   NULL};
 	json_error_t jerr;
 	json_t *doc;
 	struct config *c;
@@ -1700,6 +1898,8 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 		c->dropin_dir = path_join(dir, CONFIG_DROPIN_DIR);
 		r = load_dropins(c, errbuf, errlen);
 	}
+	if (r == 0)
+		r = parse_slurm(&ld, doc);
 	if (r == 0)
 		r = parse_routing(&ld, doc);
 	if (r == 0)
@@ -1870,6 +2070,16 @@ void config_unref(struct config *c)
 		config_free(c);
 }
 
+int config_queue_depth(const struct config *c, const char *name)
+{
+	const struct cfg_host *h = config_find_host(c, name);
+	if (h)
+		return h->queue_depth;
+	if (c->slurm && !strcmp(name, c->slurm->name))
+		return c->slurm->queue_depth;
+	return 10;
+}
+
 const struct cfg_host *config_find_host(const struct config *c, const char *name)
 {
 	struct cfg_host key = {.name = (char *) name};
@@ -2022,6 +2232,18 @@ char *config_render(const struct config *c)
 			render_transport(sv, t);
 	}
 	json_object_set_new(o, "services", services);
+	if (c->slurm) {
+		const struct cfg_slurm *sl = c->slurm;
+		json_t *so = json_pack("{ss ss ss si ss ss ss so ss si si}", "name", sl->name,
+				       "prefix", sl->prefix, "address", sl->address, "port",
+				       sl->port, "token_file", sl->token_file, "user", sl->user,
+				       "partition", sl->partition, "api",
+				       sl->api ? json_string(sl->api) : json_string("(discovered)"),
+				       "output_dir", sl->output_dir, "interval_s", sl->interval_s,
+				       "queue_depth", sl->queue_depth);
+		render_transport(so, &sl->transport);
+		json_object_set_new(o, "slurm", so);
+	}
 	for (size_t i = 0; seed_keys[i]; i++) {
 		json_t *v = c->doc ? json_object_get(c->doc, seed_keys[i]) : NULL;
 		if (v)

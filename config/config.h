@@ -101,6 +101,25 @@ struct cfg_thresholds {
 	double load[2];   /* 1-minute load average, default 4.0 8.0 */
 };
 
+/* The "slurm" section: a Slurm cluster reached through slurmrestd (README, "Slurm"). Its
+ * nodes appear under nodes/ as PREFIX + the Slurm node name, and the cluster itself as a
+ * node named `name` that tasks can name ("node": "slurm"). */
+struct cfg_slurm {
+	char *name;       /* "name", default "slurm": the node tasks are placed on */
+	char *prefix;     /* "prefix" of the Slurm nodes' names, default NAME + "-" */
+	char *address;    /* from "rest": "http://HOST:PORT" */
+	int port;         /* from "rest", default 6820 */
+	char *token_file; /* the JWT's file, resolved; read (and re-read) by backend/slurm.c */
+	char *user;       /* X-SLURM-USER-NAME: the user jobs are submitted as */
+	char *partition;  /* the partition whose nodes are shown and where jobs go */
+	char *api;        /* "v0.0.38", or NULL: discovered from slurmrestd's OpenAPI */
+	char *output_dir; /* where jobs write DISPATCH_ID.out and .err; the control plane reads
+			   * them there (a filesystem both see) */
+	int interval_s;   /* nodes are listed this often; default probe.interval_s */
+	int queue_depth;  /* jobs clusterfs keeps in Slurm at once, default 64 */
+	struct cfg_transport transport; /* "tls", "insecure_http"; https when "rest" says so */
+};
+
 struct config {
 	int refcount;     /* atomic */
 	char *path;       /* absolute path of the file, or NULL for the built-in default */
@@ -124,6 +143,7 @@ struct config {
 	 * a hosts.json entry of the same name), for /cluster/alerts. */
 	char **warnings;
 	size_t n_warnings;
+	struct cfg_slurm *slurm; /* the "slurm" section, or NULL */
 };
 
 #define CONFIG_DROPIN_DIR      "hosts.d"
@@ -159,6 +179,10 @@ int config_default(struct config **ret, char *errbuf, size_t errlen);
 /* Where the default token lives: $CLUSTERFS_TOKEN_FILE, else $XDG_CONFIG_HOME/clusterfs/token,
  * else $HOME/.config/clusterfs/token. Returns a new string. */
 char *config_default_token_path(void);
+
+/* The queue depth of node `name`: a host's queue_depth, the Slurm cluster's for its node,
+ * else 10. */
+int config_queue_depth(const struct config *c, const char *name);
 
 struct config *config_ref(struct config *c);
 void config_unref(struct config *c);

@@ -4,6 +4,7 @@
 #include "backend/ledger.h"
 #include "backend/loop.h"
 #include "backend/models.h"
+#include "backend/slurm.h"
 #include "backend/services.h"
 #include "backend/store.h"
 #include "backend/tasks.h"
@@ -49,6 +50,7 @@ struct daemon {
 	struct services *services;
 	struct ledger *ledger;
 	struct models *models;
+	struct slurm *slurm;
 	struct config_watch *watch;
 	struct loop_timer *reload_timer;
 	struct join *join; /* the join listener, or NULL (config "join" absent) */
@@ -466,7 +468,8 @@ int main(int argc, char **argv)
 	    tasks_new(d.loop, d.cluster, d.store, &d.tasks) < 0 ||
 	    services_new(d.loop, d.cluster, &d.services) < 0 ||
 	    ledger_new(d.loop, d.cluster, d.store, &d.ledger) < 0 ||
-	    models_new(d.loop, d.cluster, &d.models) < 0) {
+	    models_new(d.loop, d.cluster, &d.models) < 0 ||
+	    slurm_new(d.loop, d.cluster, &d.slurm) < 0) {
 		report("clusterfs: out of memory\n");
 		goto out;
 	}
@@ -491,6 +494,10 @@ int main(int argc, char **argv)
 	}
 	cluster_add_listener(d.cluster, fs_on_cluster_change, fs);
 	cluster_add_listener(d.cluster, tasks_on_cluster_change, d.tasks);
+	/* tasks placed on the Slurm cluster's node go to slurmrestd, not to an agent */
+	tasks_set_target(d.tasks, &(struct tasks_target){.owns = slurm_owns_node,
+							 .call = slurm_task_call,
+							 .arg = d.slurm});
 
 	/* Mount options: modes mean something (default_permissions); as root, other users
 	 * and NFS/SMB exports see the tree too. */
@@ -548,6 +555,7 @@ int main(int argc, char **argv)
 		else
 			log_info("join listener on %s (HTTPS)", join_bound(d.join));
 	}
+	slurm_start(d.slurm);
 	r = tasks_start(d.tasks);
 	if (r < 0)
 		log_err("cannot load the tasks from the store: %s", strerror(-r));
@@ -592,6 +600,7 @@ out:
 	services_free(d.services);
 	ledger_free(d.ledger);
 	models_free(d.models);
+	slurm_free(d.slurm);
 	cluster_free(d.cluster);
 	loop_free(d.loop);
 	store_close(d.store);

@@ -71,7 +71,7 @@ static json_t *health_doc(const struct node_view *v)
 			"cpu_percent",      "cores",        "load",      "mem_total_mb",
 			"mem_available_mb", "mem_percent",  "disk_path", "disk_total_mb",
 			"disk_free_mb",     "disk_percent", "gpus",      "uptime_s",
-			"tasks_running",    "version",      "hostname",
+			"tasks_running",    "version",      "hostname",  "slurm",
 		};
 		for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 			json_t *x = json_object_get(v->health, keys[i]);
@@ -580,6 +580,20 @@ static int render_task(const struct tree_ctx *ctx, const struct tree_entry *e, s
 			json_object_set_new(doc, "parent", json_string(v.parent));
 		if (v.children)
 			json_object_set(doc, "children", v.children);
+		json_object_set_new(doc, "dispatch_id",
+				    v.dispatch_id ? json_string(v.dispatch_id) : json_null());
+		/* a Slurm job's id, state and node, as slurmrestd last said */
+		if (json_object_get(v.remote, "slurm_job_id"))
+			json_object_set_new(
+				doc, "slurm",
+				json_pack(
+					"{sO? sO? sO? so? so?}", "job_id",
+					json_object_get(v.remote, "slurm_job_id"), "state",
+					json_object_get(v.remote, "slurm_state"), "node",
+					json_object_get(v.remote, "slurm_node"), "reason",
+					json_deep_copy(json_object_get(v.remote, "slurm_reason")),
+					"times",
+					json_deep_copy(json_object_get(v.remote, "slurm_times"))));
 		json_object_set_new(doc, "stdout_bytes", json_integer((json_int_t) v.stdout_len));
 		json_object_set_new(doc, "stderr_bytes", json_integer((json_int_t) v.stderr_len));
 		json_object_set(doc, "spec", v.spec);

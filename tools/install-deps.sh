@@ -4,15 +4,18 @@
 # checks of the installed units (systemd-analyze) and of /cluster/metrics (promtool, from
 # prometheus), and the re-export tests (nfs-ganesha with its VFS FSAL, libnfs's nfs-cat and
 # nfs-ls, Samba with the catia VFS module, smbclient, python3-smbc; their services are not
-# enabled: the tests start their own on loopback).
+# enabled: the tests start their own on loopback), and the Slurm cluster the Slurm tests
+# start (slurmctld, slurmd, slurmrestd, the JWT plugin, the clients, munge; likewise).
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc libfuse3-dev fuse3 libcurl4-openssl-dev libjansson-dev
 	libsqlite3-dev libmicrohttpd-dev python3 python3-pytest curl iproute2 util-linux
 	procps clang-format libgnutls28-dev tcpdump scdoc man-db groff-base debhelper dpkg-dev
 	fakeroot lintian adduser systemd prometheus iptables nfs-ganesha nfs-ganesha-vfs libnfs-utils
-	samba samba-vfs-modules smbclient python3-smbc)
-# installed without recommends: not rpcbind, winbind or the NFS kernel tools
-norec=(prometheus iptables nfs-ganesha nfs-ganesha-vfs samba samba-vfs-modules)
+	samba samba-vfs-modules smbclient python3-smbc slurmctld slurmd slurmrestd slurm-client
+	slurm-wlm-jwt-plugin munge)
+# installed without recommends: not rpcbind, winbind, the NFS kernel tools, the node exporter
+norec=(prometheus iptables nfs-ganesha nfs-ganesha-vfs samba samba-vfs-modules slurmctld slurmd
+	slurmrestd slurm-client slurm-wlm-jwt-plugin munge)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -32,9 +35,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 	if [ ${#bare[@]} -gt 0 ]; then
 		apt-get install -y -qq --no-install-recommends "${bare[@]}" >/dev/null
 		if [ -d /run/systemd/system ]; then
-			# only promtool is used from prometheus, and the tests run their own ganesha
-			# and smbd: the packages' servers stay off
-			for u in prometheus nfs-ganesha smbd nmbd samba-ad-dc; do
+			# only promtool is used from prometheus, and the tests run their own ganesha,
+			# smbd, munge and Slurm daemons: the packages' servers stay off
+			for u in prometheus nfs-ganesha smbd nmbd samba-ad-dc munge slurmctld slurmd \
+				slurmrestd; do
 				systemctl disable --now "$u.service" >/dev/null 2>&1 || true
 			done
 			echo "install-deps: disabled the servers of ${bare[*]}" >&2

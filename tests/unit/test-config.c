@@ -492,6 +492,114 @@ static void test_tokens(void)
 	free(own);
 }
 
+static void test_slurm(void)
+{
+	struct config *c = NULL;
+	char *jwt = tmp_path("slurm.jwt");
+	const char *head = "{\"hosts\": {\"a\": {\"host\": \"h\"}},\n\"slurm\": {";
+	char text[1024];
+	int r;
+
+	write_tmp("slurm.jwt", "header.payload.signature\n", 0600);
+	snprintf(text, sizeof(text),
+		 "%s\"rest\": \"http://127.0.0.1:6820\", \"token_file\": \"slurm.jwt\", "
+		 "\"user\": \"alice\", \"partition\": \"gpu\", \"output_dir\": \"out\"}}",
+		 head);
+	r = load_text(text, &c);
+	printf("# %s\n", err);
+	CHECK(r == 0 && c->slurm && !strcmp(c->slurm->name, "slurm") &&
+		      !strcmp(c->slurm->prefix, "slurm-") &&
+		      !strcmp(c->slurm->address, "127.0.0.1") && c->slurm->port == 6820 &&
+		      !strcmp(c->slurm->token_file, jwt) && !c->slurm->api &&
+		      !c->slurm->transport.tls && c->slurm->queue_depth == 64 &&
+		      config_queue_depth(c, "slurm") == 64 && config_queue_depth(c, "a") == 10,
+	      "a slurm section loads with its defaults");
+	if (r == 0) {
+		char *shown = config_render(c);
+		CHECK(shown && strstr(shown, "slurm.jwt") && !strstr(shown, "header.payload"),
+		      "the rendered config names the JWT's file, never the JWT");
+		free(shown);
+		config_unref(c);
+	}
+
+	snprintf(text, sizeof(text),
+		 "%s\"rest\": \"https://slurm.example:6821\", \"token_file\": \"slurm.jwt\",\n"
+		 "\"user\": \"alice\", \"partition\": \"gpu\", \"output_dir\": \"/o\", "
+		 "\"api\": \"v0.0.38\", \"name\": \"hpc\", \"prefix\": \"\"}}",
+		 head);
+	r = load_text(text, &c);
+	CHECK(r == 0 && c->slurm->transport.tls && c->slurm->port == 6821 &&
+		      !strcmp(c->slurm->api, "v0.0.38") && !strcmp(c->slurm->prefix, ""),
+	      "https, a port, an API version, a name and an empty prefix");
+	if (r == 0)
+		config_unref(c);
+
+	snprintf(text, sizeof(text),
+		 "%s\"rest\": \"http://127.0.0.1:6820\", \"token_file\": \"slurm.jwt\",\n"
+		 "\"usr\": \"alice\", \"partition\": \"gpu\", \"output_dir\": \"out\"}}",
+		 head);
+	r = load_text(text, &c);
+	printf("# %s\n", err);
+	CHECK(r == -EINVAL && starts_with(err, "t.json:3:1: ") &&
+		      strstr(err, "did you mean \"user\"?"),
+	      "a misspelt slurm key is located, with a did-you-mean");
+
+	snprintf(text, sizeof(text),
+		 "%s\"rest\": \"127.0.0.1:6820\", \"token_file\": \"slurm.jwt\"}}", head);
+	r = load_text(text, &c);
+	printf("# %s\n", err);
+	CHECK(r == -EINVAL && starts_with(err, "t.json:2:19: ") && strstr(err, "http://HOST:PORT"),
+	      "a rest address without a scheme is located");
+
+	snprintf(text, sizeof(text),
+		 "%s\"rest\": \"http://h:1\", \"token_file\": \"slurm.jwt\", \"user\": \"u\", "
+		 "\"partition\": \"p\", \"output_dir\": \"o\", \"api\": \"38\"}}",
+		 head);
+	r = load_text(text, &c);
+	printf("# %s\n", err);
+	CHECK(r == -EINVAL && strstr(err, "slurm.api") && strstr(err, "v0.0.38"),
+	      "an API version not of the form v0.0.N");
+
+	write_tmp("slurm.jwt", "header.payload.signature\n", 0644);
+	snprintf(text, sizeof(text),
+		 "%s\"rest\": \"http://h:1\", \"token_file\": \"slurm.jwt\", \"user\": \"u\", "
+		 "\"partition\": \"p\", \"output_dir\": \"o\"}}",
+		 head);
+	r = load_text(text, &c);
+	printf("# %s\n", err);
+	CHECK(r == -EPERM && starts_with(err, "t.json:2:47: ") && strstr(err, jwt) &&
+		      !strstr(err, "header.payload"),
+	      "a JWT file others can read is refused, located, without its content");
+
+	snprintf(text, sizeof(text),
+		 "%s\"rest\": \"http://h:1\", \"token_file\": \"slurm.jwt\", \"user\": \"u\"}}",
+		 head);
+	write_tmp("slurm.jwt", "x\n", 0600);
+	r = load_text(text, &c);
+	printf("# %s\n", err);
+	CHECK(r == -EINVAL && strstr(err, "needs \"partition\""), "a missing partition is named");
+
+	snprintf(text, sizeof(text),
+		 "%s\"name\": \"a\", \"rest\": \"http://h:1\", \"token_file\": \"slurm.jwt\", "
+		 "\"user\": \"u\", \"partition\": \"p\", \"output_dir\": \"o\"}}",
+		 head);
+	r = load_text(text, &c);
+	printf("# %s\n", err);
+	CHECK(r == -EINVAL && strstr(err, "also a host"), "a name taken by a host is refused");
+
+	snprintf(text, sizeof(text),
+		 "%s\"rest\": \"http://h:1\", \"token_file\": \"slurm.jwt\", \"user\": \"u\", "
+		 "\"partition\": \"p\", \"output_dir\": \"o\"},\n\"routing\": {\"hpc\": "
+		 "{\"hosts\": [\"slurm\", \"a\"]}}}",
+		 head);
+	r = load_text(text, &c);
+	printf("# %s\n", err);
+	CHECK(r == 0, "a routing policy may name the Slurm cluster");
+	if (r == 0)
+		config_unref(c);
+	free(jwt);
+}
+
 static void test_render(void)
 {
 	static const char secret[] = "S3cr3t-V4lue-never-shown";
@@ -902,6 +1010,7 @@ int main(void)
 	test_defaults();
 	test_tokens();
 	test_render();
+	test_slurm();
 	test_tls();
 	test_default_config();
 	test_refcount();

@@ -499,6 +499,36 @@ static void test_reliability_rules(void)
 	CHECK(r == -EAGAIN, "explicit: NULL node means any");
 }
 
+/* A node that stands for a scheduler of its own (Slurm): its own slots, and only the tasks
+ * that name it. */
+static void test_by_name_only(void)
+{
+	struct config *cfg = load(
+		"{\"hosts\": {\"n1\": {\"host\": \"10.0.0.1\"}, \"n2\": {\"host\": \"10.0.0.2\"}},"
+		" \"routing\": {\"hpc\": {\"hosts\": [\"n2\"]}}}");
+	struct sched_node ns[2] = {mk("n1"), mk("n2")};
+	struct sched_request req = any;
+	size_t i;
+	int r;
+
+	CHECK(cfg != NULL, "by name only: config loads");
+	if (!cfg)
+		return;
+	ns[1].by_name_only = true, ns[1].slots = 100, ns[1].active = 50, ns[1].cpu = 0;
+	ns[0].level = NODE_OFFLINE;
+	r = place(cfg, &req, ns, 2, &i);
+	CHECK(r == -EAGAIN && strstr(why_text, "n2 takes only tasks that name it"),
+	      "by name only: not placed on for \"any\"");
+	req.type = "hpc";
+	r = place(cfg, &req, ns, 2, &i);
+	CHECK(r == 0 && i == 1 && strstr(why_text, "slots 50/100"),
+	      "by name only: its routing hosts name it; its own slots");
+	req.type = NULL, req.node = "n2";
+	r = place(cfg, &req, ns, 2, &i);
+	CHECK(r == 0 && i == 1, "by name only: named explicitly");
+	config_unref(cfg);
+}
+
 static void test_place_all(void)
 {
 	struct sched_node ns[5] = {mk("n1"), mk("n2"), mk("n3"), mk("n4"), mk("n5")};
@@ -557,6 +587,7 @@ int main(void)
 	test_eligibility();
 	test_reliability_rules();
 	test_place_all();
+	test_by_name_only();
 	printf("1..%d\n", n_checks);
 	if (n_failed)
 		printf("# %d of %d checks failed\n", n_failed, n_checks);
