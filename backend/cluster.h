@@ -115,6 +115,12 @@ int cluster_set_draining(struct cluster *c, const char *name, bool draining);
 /* Any thread: probes a node now, without waiting for the answer. 0 or -ENOENT. */
 int cluster_probe_now(struct cluster *c, const char *name);
 
+struct store;
+/* Main thread, before cluster_start: events and drains are kept in `store` (borrowed; it
+ * outlives the cluster) from now on; the events and drains kept before a restart are
+ * loaded (the newest events.keep events, up to 10000 of them in memory). 0 or -errno. */
+int cluster_attach_store(struct cluster *c, struct store *store);
+
 /* Any thread: appends an event line ("<time> <kind> <subject> <message>"). */
 void cluster_add_event(struct cluster *c, const char *kind, const char *subject, const char *fmt,
 		       ...) __attribute__((format(printf, 4, 5)));

@@ -44,7 +44,13 @@ static const char *const migrations[] = {
 	/* 2: who submitted, by name and group (tasks run as that user, files belong to it) */
 	"ALTER TABLE tasks ADD COLUMN user TEXT;"
 	"ALTER TABLE tasks ADD COLUMN gid INTEGER NOT NULL DEFAULT 0;",
+	/* 3: what happened and which nodes are drained, kept across restarts */
+	"CREATE TABLE events(seq INTEGER PRIMARY KEY, at REAL NOT NULL, line TEXT NOT NULL);"
+	"CREATE TABLE drains(node TEXT PRIMARY KEY, since REAL NOT NULL);",
 };
+
+_Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
+	       "one migration per schema version");
 
 static int sqlite_to_errno(int rc)
 {
@@ -614,4 +620,120 @@ int store_cache_get(struct store *s, const char *key, char **ret_json, double *r
 	}
 	sqlite3_finalize(st);
 	return r;
+}
+
+int store_events_add(struct store *s, const struct store_event *evs, size_t n, int64_t keep)
+{
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	int r = exec_sql(db, "BEGIN IMMEDIATE");
+	if (r < 0)
+		return r;
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO events VALUES(?,?,?)", -1, &st,
+				    NULL);
+	r = sqlite_to_errno(rc);
+	int64_t newest = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		sqlite3_reset(st);
+		sqlite3_bind_int64(st, 1, evs[i].seq);
+		sqlite3_bind_double(st, 2, evs[i].at);
+		sqlite3_bind_text(st, 3, evs[i].line, (int) evs[i].len, SQLITE_TRANSIENT);
+		r = sqlite_to_errno(sqlite3_step(st));
+		if (evs[i].seq > newest)
+			newest = evs[i].seq;
+	}
+	sqlite3_finalize(st);
+	/* the retention: a range of the primary key, so pruning costs what it removes */
+	if (r == 0 && keep > 0 && newest > keep) {
+		r = sqlite_to_errno(
+			sqlite3_prepare_v2(db, "DELETE FROM events WHERE seq <= ?", -1, &st, NULL));
+		if (r == 0) {
+			sqlite3_bind_int64(st, 1, newest - keep);
+			r = stmt_run(st);
+		}
+	}
+	if (r == 0)
+		r = exec_sql(db, "COMMIT");
+	if (r < 0)
+		exec_sql(db, "ROLLBACK");
+	return r;
+}
+
+int store_events_load(struct store *s, size_t max, struct store_event **ret, size_t *ret_n)
+{
+	sqlite3_stmt *st;
+	int rc = store_prepare(s,
+			       "SELECT seq, at, line FROM (SELECT * FROM events ORDER BY seq DESC"
+			       " LIMIT ?) ORDER BY seq",
+			       &st);
+	if (rc < 0)
+		return rc;
+	sqlite3_bind_int64(st, 1, (sqlite3_int64) max);
+	struct store_event *evs = NULL;
+	size_t n = 0, cap = 0;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (n == cap) {
+			cap = cap ? 2 * cap : 64;
+			evs = realloc(evs, cap * sizeof(*evs));
+		}
+		struct store_event *e = &evs[n++];
+		e->seq = sqlite3_column_int64(st, 0);
+		e->at = sqlite3_column_double(st, 1);
+		e->len = (size_t) sqlite3_column_bytes(st, 2);
+		e->line = malloc(e->len + 1);
+		memcpy(e->line, sqlite3_column_text(st, 2), e->len);
+		e->line[e->len] = '\0';
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		store_events_free(evs, n);
+		return sqlite_to_errno(rc);
+	}
+	*ret = evs;
+	*ret_n = n;
+	return 0;
+}
+
+void store_events_free(struct store_event *evs, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(evs[i].line);
+	free(evs);
+}
+
+int store_set_drain(struct store *s, const char *node, bool draining, double since)
+{
+	sqlite3_stmt *st;
+	int r = store_prepare(s,
+			      draining ? "INSERT OR IGNORE INTO drains VALUES(?,?)"
+				       : "DELETE FROM drains WHERE node=?",
+			      &st);
+	if (r < 0)
+		return r;
+	bind_text(st, 1, node);
+	if (draining)
+		sqlite3_bind_double(st, 2, since);
+	return stmt_run(st);
+}
+
+int store_load_drains(struct store *s, char ***ret_nodes, size_t *ret_n)
+{
+	sqlite3_stmt *st;
+	int rc = store_prepare(s, "SELECT node FROM drains ORDER BY node", &st);
+	if (rc < 0)
+		return rc;
+	char **nodes = NULL;
+	size_t n = 0;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		nodes = realloc(nodes, (n + 2) * sizeof(*nodes));
+		nodes[n++] = col_text(st, 0);
+	}
+	sqlite3_finalize(st);
+	if (nodes)
+		nodes[n] = NULL;
+	*ret_nodes = nodes;
+	*ret_n = n;
+	return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
 }

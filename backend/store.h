@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 
 struct store;
 
@@ -87,3 +87,23 @@ int store_outbox_done(struct store *s, int64_t id);
 int store_cache_put(struct store *s, const char *key, const char *json, double fetched_at);
 /* 0 and a new string, or -ENOENT. */
 int store_cache_get(struct store *s, const char *key, char **ret_json, double *ret_fetched_at);
+
+/* One event line as kept: its sequence number (unique, rising), wall time and text (with
+ * its newline; owned by whoever holds the struct). */
+struct store_event {
+	int64_t seq;
+	double at;
+	char *line;
+	size_t len;
+};
+
+/* Appends events in one transaction, then drops all but the newest `keep` (0: keep all). */
+int store_events_add(struct store *s, const struct store_event *evs, size_t n, int64_t keep);
+/* Loads the newest `max` events, oldest first: a new array (free with store_events_free). */
+int store_events_load(struct store *s, size_t max, struct store_event **ret, size_t *ret_n);
+void store_events_free(struct store_event *evs, size_t n);
+
+/* Drained nodes: marks (since: wall time) or clears one; loads the names (a new
+ * NULL-terminated array, or NULL when none: free each string and the array). */
+int store_set_drain(struct store *s, const char *node, bool draining, double since);
+int store_load_drains(struct store *s, char ***ret_nodes, size_t *ret_n);

@@ -374,6 +374,9 @@ int main(int argc, char **argv)
 		report("clusterfs: out of memory\n");
 		goto out;
 	}
+	r = cluster_attach_store(d.cluster, d.store);
+	if (r < 0)
+		log_warn("cannot load the events and drains kept in the store: %s", strerror(-r));
 	struct tree_ctx backends = {
 		.cluster = d.cluster,
 		.tasks = d.tasks,
