@@ -107,3 +107,15 @@ void store_events_free(struct store_event *evs, size_t n);
  * NULL-terminated array, or NULL when none: free each string and the array). */
 int store_set_drain(struct store *s, const char *node, bool draining, double since);
 int store_load_drains(struct store *s, char ***ret_nodes, size_t *ret_n);
+
+/* A consistent copy of the store as it is now (sqlite's online backup API, one read
+ * transaction: a commit is in it or not, and writers are not held up), in a new unlinked
+ * file of the state directory: *ret_fd reads it from offset 0 (the caller closes it).
+ * errbuf gets a sentence on failure. */
+int store_snapshot(struct store *s, int *ret_fd, char *errbuf, size_t errlen);
+
+/* Makes DIR/clusterfs.db a copy of the store in `file` (a store_snapshot, or a copy of a
+ * stopped daemon's clusterfs.db): checks it is a sound clusterfs store of a schema version
+ * this clusterfs knows (*ret_version gets it), replaces what DIR held (the caller decides
+ * whether it may) and migrates it. errbuf gets a sentence on failure. */
+int store_restore(const char *file, const char *dir, int *ret_version, char *errbuf, size_t errlen);

@@ -1,5 +1,6 @@
 /* The FUSE lowlevel filesystem. */
 #include "fs/fs.h"
+#include "fs/backup.h"
 #include "fs/inode.h"
 #include "fs/render.h"
 #include "fs/tree.h"
@@ -55,6 +56,7 @@ struct handle {
 	bool writable;              /* collects writes for a POST or a record at flush */
 	bool writer;                /* opened for writing */
 	bool dirty;                 /* written since the last flush */
+	int snap_fd;                /* backup/state.db: the copy made at open, or -1 */
 };
 
 /* A directory listing, taken at opendir. */
@@ -741,6 +743,8 @@ static void handle_free(struct handle *h)
 	pthread_mutex_unlock(&h->lock);
 	tree_entry_clear(&h->e);
 	buf_free(&h->content);
+	if (h->snap_fd >= 0)
+		close(h->snap_fd);
 	pthread_mutex_destroy(&h->lock);
 	free(h);
 }
@@ -750,6 +754,7 @@ static struct handle *handle_new(struct fs *f)
 	struct handle *h = calloc(1, sizeof(*h));
 	pthread_mutex_init(&h->lock, NULL);
 	buf_init(&h->content);
+	h->snap_fd = -1;
 	h->f = f;
 	pthread_mutex_lock(&f->lock);
 	h->next = f->handles;
@@ -768,6 +773,8 @@ static void open_finish(fuse_req_t req, struct fs *f, struct handle *h, struct f
 	int r = 0;
 	if (h->e.kind == TREE_DRAFT)
 		r = drafts_read(f->ctx.drafts, h->e.name, &h->content);
+	else if (h->e.kind == TREE_BACKUP_STATE)
+		r = fs_backup_open(f->ctx.store, &h->snap_fd);
 	else if (h->e.kind != TREE_TASK_WAIT)
 		r = render_file(&f->ctx, &h->e, &h->content, &mtime, &h->seq);
 	if (r < 0) {
@@ -979,6 +986,8 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct handle *h = (struct handle *) (uintptr_t) fi->fh;
 	if (h->e.kind == TREE_TASK_WAIT)
 		return read_wait(req, f, h, size, off);
+	if (h->snap_fd >= 0)
+		return fs_backup_read(req, h->snap_fd, size, off);
 	pthread_mutex_lock(&h->lock);
 	if (tree_kind_is_append_only(h->e.kind) && (size_t) off >= h->content.len) {
 		if (h->e.kind == TREE_EVENTS) {

@@ -487,6 +487,7 @@ static const char readme_text[] =
 	"                  record to record a checkpoint (kept and delivered while the\n"
 	"                  ledger host is away)\n"
 	"  services/NAME/FILE  REST endpoints from the config: reading GETs, writing POSTs\n"
+	"  backup/state.db a consistent copy of the store, made when it is opened: cp it\n"
 	"  tasks/\n"
 	"    new/          drop NAME.json here to submit task NAME; a rejected spec stays,\n"
 	"                  with NAME.error saying why\n"
@@ -646,6 +647,10 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 		free(model);
 		return r;
 	}
+	case TREE_BACKUP_STATE:
+		/* the copy is made at open (fs/backup.c); its size is not known before */
+		*ret_mtime = clock_wall_s();
+		return 0;
 	case TREE_NODE_MODELS_CTL:
 		*ret_mtime = models_changed_at(ctx->models);
 		models_ctl_render(ctx->models, e->node, out);

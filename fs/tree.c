@@ -13,6 +13,7 @@ struct named_kind {
 static const struct named_kind root_files[] = {
 	{"README", TREE_README},
 	{"alerts", TREE_ALERTS},
+	{"backup", TREE_BACKUP},
 	{"config", TREE_CONFIG},
 	{"events", TREE_EVENTS},
 	{"ledger", TREE_LEDGER},
@@ -154,6 +155,13 @@ int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entr
 		r = 0;
 		goto out;
 	}
+	if (top == TREE_BACKUP) {
+		if (n == 2 && !strcmp(parts[1], "state.db")) {
+			e.kind = TREE_BACKUP_STATE;
+			r = 0;
+		}
+		goto out;
+	}
 	if (top == TREE_NODES) {
 		if (!cluster_has_node(ctx->cluster, parts[1]))
 			goto out;
@@ -289,7 +297,7 @@ out:
 
 bool tree_kind_is_dir(enum tree_kind kind)
 {
-	return kind >= TREE_ROOT && kind <= TREE_NODE_MODELS;
+	return kind >= TREE_ROOT && kind <= TREE_BACKUP;
 }
 
 bool tree_kind_is_link(enum tree_kind kind)
@@ -332,6 +340,8 @@ mode_t tree_kind_mode(enum tree_kind kind)
 		return 0644; /* refined per file by the fs: 0444 for GET, 0644 for POST */
 	if (kind == TREE_DRAFT)
 		return 0644;
+	if (kind == TREE_BACKUP_STATE)
+		return 0400; /* every spec's env is in it: the daemon's user's alone */
 	return 0444;
 }
 
@@ -409,6 +419,11 @@ char **tree_list(const struct tree_ctx *ctx, const char *path, size_t *ret_n, in
 	case TREE_LEDGER_BEST: names = ledger_metrics(ctx->ledger, ret_n); break;
 	case TREE_MODELS: names = models_list(ctx->models, ret_n); break;
 	case TREE_MODEL: names = names_from_table(model_files, N_OF(model_files), ret_n); break;
+	case TREE_BACKUP:
+		names = calloc(2, sizeof(*names));
+		names[0] = strdup("state.db");
+		*ret_n = 1;
+		break;
 	case TREE_NODE_MODELS: {
 		size_t n = 0;
 		char **m = models_node_list(ctx->models, e.node, &n);
