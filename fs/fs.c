@@ -3,6 +3,7 @@
 #include "fs/backup.h"
 #include "fs/inode.h"
 #include "fs/render.h"
+#include "fs/render_placement.h"
 #include "fs/tree.h"
 #include "backend/spec.h"
 
@@ -881,7 +882,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			return service_get_open(req, f, h, fi);
 		h->writable = writing;
 	}
-	if (h->e.kind == TREE_LEDGER_RECORD)
+	if (h->e.kind == TREE_LEDGER_RECORD || h->e.kind == TREE_PLACEMENT)
 		h->writable = writing;
 	if (writing && !tree_kind_is_ctl(h->e.kind) && h->e.kind != TREE_DRAFT && !h->writable) {
 		handle_free(h);
@@ -989,6 +990,18 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (h->snap_fd >= 0)
 		return fs_backup_read(req, h->snap_fd, size, off);
 	pthread_mutex_lock(&h->lock);
+	if (h->e.kind == TREE_PLACEMENT && h->writable && h->seq != 1) {
+		/* the answer to what was written on this handle (or to a default task) */
+		struct buf answer;
+		char err[512];
+		buf_init(&answer);
+		render_placement(&f->ctx, h->content.len ? h->content.data : NULL, h->content.len,
+				 &answer, err, sizeof(err));
+		buf_free(&h->content);
+		h->content = answer;
+		h->dirty = false;
+		h->seq = 1; /* answered: the next write starts a new spec */
+	}
 	if (tree_kind_is_append_only(h->e.kind) && (size_t) off >= h->content.len) {
 		if (h->e.kind == TREE_EVENTS) {
 			h->seq = cluster_render_events(f->cluster, h->seq, &h->content);
@@ -1249,6 +1262,21 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 		if ((size_t) off + size > max)
 			return (void) fuse_reply_err(req, EFBIG);
 		pthread_mutex_lock(&h->lock);
+		if (h->e.kind == TREE_PLACEMENT) {
+			/* seq: 0 nothing answered yet, 1 answered, 2 + BASE a new spec written
+			 * from offset BASE on (after reading an answer, a writer that did not
+			 * seek back writes past it) */
+			if (h->seq == 1) {
+				buf_free(&h->content);
+				h->seq = 2 + (uint64_t) off;
+			}
+			off_t base = h->seq >= 2 ? (off_t) (h->seq - 2) : 0;
+			if (off < base) {
+				pthread_mutex_unlock(&h->lock);
+				return (void) fuse_reply_err(req, EINVAL);
+			}
+			off -= base;
+		}
 		if ((size_t) off > h->content.len) {
 			char *zeros = calloc(1, (size_t) off - h->content.len);
 			buf_append(&h->content, zeros, (size_t) off - h->content.len);
@@ -1306,7 +1334,17 @@ static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			return (void) fuse_reply_err(req, 0);
 		}
 		int r;
-		if (h->e.kind == TREE_LEDGER_RECORD) {
+		if (h->e.kind == TREE_PLACEMENT) {
+			/* a spec nobody read the answer to: close says whether it was good */
+			struct buf answer;
+			char err[512];
+			buf_init(&answer);
+			r = render_placement(&f->ctx, body.data, body.len, &answer, err,
+					     sizeof(err));
+			if (r < 0)
+				log_info("placement: %s", err);
+			buf_free(&answer);
+		} else if (h->e.kind == TREE_LEDGER_RECORD) {
 			char err[512] = "";
 			r = ledger_record(f->ctx.ledger, body.data, body.len, err, sizeof(err));
 			if (r < 0)

@@ -1,5 +1,6 @@
 /* Rendering: the content of every file, from the cluster model. */
 #include "fs/render.h"
+#include "fs/render_placement.h"
 
 #include <errno.h>
 #include <math.h>
@@ -218,6 +219,7 @@ static void render_stats(const struct tree_ctx *ctx, struct buf *out, double *re
 		json_object_set_new(tasks, groups[g], json_integer((json_int_t) n_g));
 	}
 	json_object_set_new(doc, "tasks", tasks);
+	json_object_set_new(doc, "tasks_per_node", render_tasks_per_node(ctx));
 	double tmt = tasks_changed_at(ctx->tasks);
 	if (tmt > *ret_mtime)
 		*ret_mtime = tmt;
@@ -487,6 +489,9 @@ static const char readme_text[] =
 	"                  record to record a checkpoint (kept and delivered while the\n"
 	"                  ledger host is away)\n"
 	"  services/NAME/FILE  REST endpoints from the config: reading GETs, writing POSTs\n"
+	"  placement       JSON: the nodes ranked for a default task, each score's parts, and\n"
+	"                  why a node is not eligible; write a spec and read back on the same\n"
+	"                  handle to rank for it (nothing is submitted)\n"
 	"  backup/state.db a consistent copy of the store, made when it is opened: cp it\n"
 	"  tasks/\n"
 	"    new/          drop NAME.json here to submit task NAME; a rejected spec stays,\n"
@@ -646,6 +651,12 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 						out);
 		free(model);
 		return r;
+	}
+	case TREE_PLACEMENT: {
+		char err[512];
+		*ret_mtime = clock_wall_s();
+		render_placement(ctx, NULL, 0, out, err, sizeof(err));
+		return 0;
 	}
 	case TREE_BACKUP_STATE:
 		/* the copy is made at open (fs/backup.c); its size is not known before */

@@ -20,6 +20,7 @@ static const struct named_kind root_files[] = {
 	{"metrics", TREE_METRICS},
 	{"models", TREE_MODELS},
 	{"nodes", TREE_NODES},
+	{"placement", TREE_PLACEMENT},
 	{"services", TREE_SERVICES},
 	{"stats", TREE_STATS},
 	{"tasks", TREE_TASKS},
@@ -334,6 +335,8 @@ mode_t tree_kind_mode(enum tree_kind kind)
 		return 0777;
 	if (kind == TREE_TASK_CTL)
 		return 0666; /* the submitter is checked on write */
+	if (kind == TREE_PLACEMENT)
+		return 0666; /* anyone may ask; nothing is submitted */
 	if (kind == TREE_NODE_CTL || kind == TREE_NODE_MODELS_CTL || kind == TREE_LEDGER_RECORD)
 		return 0644; /* writes are the owner's (root's) */
 	if (kind == TREE_SERVICE_FILE)

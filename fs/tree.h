@@ -55,6 +55,7 @@ enum tree_kind {
 	TREE_TOPOLOGY_JSON,
 	TREE_TOPOLOGY_DOT,
 	TREE_METRICS,
+	TREE_PLACEMENT, /* ranked nodes; write a spec, read back on the same handle */
 	/* files in nodes/NODE/ */
 	TREE_NODE_STATUS,
 	TREE_NODE_HEALTH,
