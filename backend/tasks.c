@@ -1058,6 +1058,42 @@ double tasks_node_reliability(struct tasks *t, const char *node, int *ret_comple
 	return sched_reliability(&sn);
 }
 
+/* One task as recent-tasks.json shows it: only what status, node and exit_code show to
+ * everyone (the spec is its submitter's). Lock held. */
+static json_t *recent_entry_locked(const struct task *k)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "id", json_string(k->row.id));
+	json_object_set_new(o, "state", json_string(k->row.state));
+	json_object_set_new(o, "node", k->row.node ? json_string(k->row.node) : json_null());
+	json_object_set_new(o, "exit_code",
+			    k->row.exit_code >= 0 ? json_integer(k->row.exit_code) : json_null());
+	json_object_set_new(o, "parent", k->row.parent ? json_string(k->row.parent) : json_null());
+	json_object_set_new(o, "submitted_at", json_real(k->row.submitted_at));
+	json_object_set_new(o, "started_at",
+			    k->row.started_at > 0 ? json_real(k->row.started_at) : json_null());
+	json_object_set_new(o, "finished_at",
+			    k->row.finished_at > 0 ? json_real(k->row.finished_at) : json_null());
+	return o;
+}
+
+json_t *tasks_recent(struct tasks *t, size_t max)
+{
+	json_t *doc = json_object(), *active = json_array(), *recent = json_array();
+	pthread_mutex_lock(&t->lock);
+	/* what is in flight (its own list), then the newest by submission: both bounded */
+	size_t n_active = 0;
+	for (struct task *k = t->active; k && n_active < max; k = k->lnext, n_active++)
+		json_array_append_new(active, recent_entry_locked(k));
+	for (size_t i = 0; i < max && i < t->n; i++)
+		json_array_append_new(recent, recent_entry_locked(t->v[t->n - 1 - i]));
+	json_object_set_new(doc, "total", json_integer((json_int_t) t->n));
+	pthread_mutex_unlock(&t->lock);
+	json_object_set_new(doc, "active", active);
+	json_object_set_new(doc, "recent", recent);
+	return doc;
+}
+
 void tasks_node_counts(struct tasks *t, const char *node, int *ret_active, int *ret_succeeded_hour,
 		       int *ret_failed_hour)
 {

@@ -122,6 +122,12 @@ int tasks_active_on(struct tasks *t, const char *node);
 void tasks_node_counts(struct tasks *t, const char *node, int *ret_active, int *ret_succeeded_hour,
 		       int *ret_failed_hour);
 
+/* recent-tasks.json: {"total", "active": the dispatched and running tasks, "recent": the
+ * newest `max` by submission, newest first}; each {id, state, node, exit_code, parent,
+ * submitted_at, started_at, finished_at}, nothing private. Costs what it shows. New
+ * reference. */
+json_t *tasks_recent(struct tasks *t, size_t max);
+
 /* The placement a spec would get now, without submitting it (sched_rank's document plus
  * "spec": the spec as it would be accepted, without "cmd", which it need not have).
  * text NULL: a default task. -EINVAL with a sentence in errbuf for a bad spec. */

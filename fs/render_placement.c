@@ -15,8 +15,8 @@ static void round_scores(json_t *v)
 	if (json_is_object(v)) {
 		json_object_foreach (v, key, x) {
 			if (json_is_real(x))
-				json_real_set(x, (double) llround(json_real_value(x) * 1000) /
-							 1000);
+				json_real_set(x,
+					      (double) llround(json_real_value(x) * 1000) / 1000);
 			else
 				round_scores(x);
 		}

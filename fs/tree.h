@@ -55,7 +55,9 @@ enum tree_kind {
 	TREE_TOPOLOGY_JSON,
 	TREE_TOPOLOGY_DOT,
 	TREE_METRICS,
-	TREE_PLACEMENT, /* ranked nodes; write a spec, read back on the same handle */
+	TREE_PLACEMENT,    /* ranked nodes; write a spec, read back on the same handle */
+	TREE_DASHBOARD,    /* dashboard.html */
+	TREE_RECENT_TASKS, /* recent-tasks.json */
 	/* files in nodes/NODE/ */
 	TREE_NODE_STATUS,
 	TREE_NODE_HEALTH,
