@@ -867,6 +867,24 @@ static int check_restorable(sqlite3 *db, const char *file, int *ret_version, cha
 	return 0;
 }
 
+/* The pid of a process that has the store at `db` open, or 0. Every sqlite connection to
+ * a WAL database holds a read lock on the "dead man switch" byte of its -shm file (the
+ * unix VFS: byte 128) for as long as it is open, so a write-lock probe there finds it. */
+static pid_t store_user_pid(const char *db)
+{
+	struct buf shm;
+	buf_init(&shm);
+	buf_printf(&shm, "%s-shm", db);
+	int fd = open(shm.data, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	buf_free(&shm);
+	if (fd < 0)
+		return 0;
+	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 128, .l_len = 1};
+	pid_t pid = fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK ? fl.l_pid : 0;
+	close(fd);
+	return pid;
+}
+
 int store_restore(const char *file, const char *dir, int *ret_version, char *errbuf, size_t errlen)
 {
 	sqlite3 *src = NULL;
@@ -883,6 +901,14 @@ int store_restore(const char *file, const char *dir, int *ret_version, char *err
 	buf_printf(&tmp, "%s/.restore-XXXXXX", dir);
 	buf_printf(&dest, "%s/clusterfs.db", dir);
 	int fd = -1;
+	pid_t user = r == 0 ? store_user_pid(dest.data) : 0;
+	if (user) {
+		snprintf(errbuf, errlen,
+			 "%s is open in process %d (a clusterfs daemon that uses this state "
+			 "directory?): stop it first, even with --force",
+			 dest.data, (int) user);
+		r = -EBUSY;
+	}
 	if (r == 0) {
 		fd = mkostemp(tmp.data, O_CLOEXEC);
 		if (fd < 0) {

@@ -126,6 +126,10 @@ def test_restore_into_a_new_state_dir_and_mount_it(copied):
         assert before <= names
         some = sorted(before)[0]
         assert json.loads(m.read("tasks", some, "spec"))["cmd"] == "true"
+        # not even --force replaces a store a running daemon has open
+        r = restore(copied["copy"], "-s", new, "--force")
+        assert r.returncode == 6
+        assert f"is open in process {m.proc.pid}" in r.stderr and "stop it first" in r.stderr
     finally:
         m.stop()
 
