@@ -261,6 +261,21 @@ void store_close(struct store *s)
 	free(s);
 }
 
+void store_close_connections(struct store *s)
+{
+	pthread_mutex_lock(&s->lock);
+	struct conn *c = s->conns;
+	s->conns = NULL;
+	pthread_mutex_unlock(&s->lock);
+	pthread_setspecific(s->key, NULL);
+	while (c) {
+		struct conn *next = c->next;
+		sqlite3_close_v2(c->db);
+		free(c);
+		c = next;
+	}
+}
+
 void store_set_durable(struct store *s, bool full)
 {
 	sqlite3 *db = store_db(s);

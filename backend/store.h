@@ -40,6 +40,10 @@ void store_task_clear(struct store_task *t);
  * errbuf gets a sentence on failure. */
 int store_open(const char *dir, struct store **ret, char *errbuf, size_t errlen);
 void store_close(struct store *s);
+/* Closes every connection (the calling thread's is the only one allowed to exist); the
+ * next call on a thread opens its own again. Before fork(): sqlite's locks belong to the
+ * process that took them, so a connection must not cross into the child. */
+void store_close_connections(struct store *s);
 
 /* For the calling thread's connection: full durability (an fsync per commit, the
  * default: what a submission needs before close() returns) or not (commits survive a

@@ -492,7 +492,9 @@ int main(int argc, char **argv)
 		ret = EXIT_MOUNTPOINT;
 		goto out_remove_handlers;
 	}
-	/* Threads start after the fork. */
+	/* Threads start after the fork, and the store's connections are made after it: a
+	 * sqlite connection must not cross a fork (the child would not hold its locks). */
+	store_close_connections(d.store);
 	if (fuse_daemonize(foreground) != 0)
 		goto out_unmount;
 	if (!foreground)

@@ -3,11 +3,14 @@ online backup API) while submitters go on, and clusterfs --restore brings it bac
 new state directory that a real mount serves. Real daemon, real agent, real sqlite."""
 import json
 import os
+import re
 import sqlite3
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +179,40 @@ def test_restore_refuses_what_is_not_a_store(tmp_path):
     r = subprocess.run([str(DAEMON_BIN), "--force", "-s", str(tmp_path / "s5")],
                        capture_output=True, text=True, timeout=10)
     assert r.returncode == 2 and "--force goes with --restore FILE" in r.stderr
+
+
+def test_restore_refuses_the_store_of_a_detached_daemon(copied, tmp_path):
+    """A daemon that detached at mount (no -f) made its store connections after the fork,
+    so it holds sqlite's locks and --restore sees it."""
+    mnt = Path(tempfile.mkdtemp(prefix="clusterfs-mnt-"))
+    state = tmp_path / "state"
+    env = {**os.environ, "CLUSTERFS_DEFAULT_AGENT": "127.0.0.1:9",
+           "CLUSTERFS_TOKEN_FILE": str(copied["tmp"] / "token")}
+    pid = None
+    try:
+        r = subprocess.run([str(DAEMON_BIN), "-s", str(state), str(mnt)], env=env,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: os.path.ismount(mnt), what="detached mount")
+        assert "events" in os.listdir(mnt)
+        r = restore(copied["copy"], "-s", state, "--force")
+        assert r.returncode == 6, r.stderr
+        m = re.search(r"is open in process (\d+)", r.stderr)
+        assert m, r.stderr
+        pid = int(m.group(1))
+        assert Path(f"/proc/{pid}/exe").resolve() == DAEMON_BIN.resolve()
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+        if pid:
+            def gone():
+                try:
+                    os.kill(pid, 0)
+                    return False
+                except ProcessLookupError:
+                    return True
+            wait_until(gone, 30, what="the detached daemon to exit")
+        if not os.path.ismount(mnt):
+            mnt.rmdir()
+    # stopped: now it may be replaced
+    r = restore(copied["copy"], "-s", state, "--force")
+    assert r.returncode == 0, r.stderr
