@@ -1,6 +1,7 @@
 /* The cluster model: node state, the probe protocol and health levels, events. */
 #include "backend/cluster.h"
 #include "backend/endpoint.h"
+#include "backend/store.h"
 
 #include <errno.h>
 #include <math.h>
@@ -63,6 +64,14 @@ struct event {
 	size_t len;
 };
 
+/* Something to write to the store, in the order it happened: an event, or a drain. */
+struct pending {
+	struct store_event ev; /* ev.line set: an event (owned) */
+	char *node;            /* else a drain (draining) or resume of this node (owned) */
+	bool draining;
+	struct pending *next;
+};
+
 struct cluster {
 	struct loop *loop;
 	pthread_rwlock_t lock;
@@ -86,6 +95,11 @@ struct cluster {
 	uint64_t events_seq; /* sequence number of the newest */
 	size_t events_bytes;
 	double events_changed_at;
+	/* writes for the store, made on the loop thread in order; protected by events_lock */
+	struct store *store; /* set once by cluster_attach_store, before cluster_start */
+	struct pending *pend_head, *pend_tail;
+	bool flush_posted;
+	json_t *drained; /* names of drained nodes (object used as a set); protected by lock */
 };
 
 const double cluster_latency_bounds_s[CLUSTER_LATENCY_BUCKETS] = {
@@ -132,6 +146,8 @@ static struct node *node_new(const struct cfg_host *h)
 	n->added_us = clock_now_us();
 	return n;
 }
+
+static void cluster_flush_store(void *arg);
 
 static void node_free(struct node *n)
 {
@@ -189,6 +205,7 @@ int cluster_new(struct loop *loop, struct config *cfg, struct cluster **ret)
 	}
 	c->cfg = config_ref(cfg);
 	c->alerts = json_object();
+	c->drained = json_object();
 	c->n_nodes = cfg->n_hosts;
 	c->nodes = calloc(cfg->n_hosts ? cfg->n_hosts : 1, sizeof(*c->nodes));
 	for (size_t i = 0; i < cfg->n_hosts; i++)
@@ -204,6 +221,7 @@ void cluster_free(struct cluster *c)
 {
 	if (!c)
 		return;
+	cluster_flush_store(c); /* what the loop did not write yet (it has stopped) */
 	for (size_t i = 0; i < c->n_nodes; i++) {
 		struct waiter *w = c->nodes[i]->waiters;
 		while (w) {
@@ -221,6 +239,7 @@ void cluster_free(struct cluster *c)
 	for (size_t i = 0; i < c->n_events; i++)
 		free(c->events[(c->events_first + i) % EVENTS_MAX].line);
 	free(c->events);
+	json_decref(c->drained);
 	pthread_rwlock_destroy(&c->lock);
 	pthread_mutex_destroy(&c->events_lock);
 	free(c);
@@ -235,6 +254,90 @@ void cluster_add_listener(struct cluster *c, cluster_change_fn fn, void *arg)
 }
 
 /* ---- events ---- */
+
+/* Appends one write for the store; caller holds events_lock. Returns true when a flush
+ * must be posted to the loop. */
+static bool pending_push(struct cluster *c, struct pending *p)
+{
+	if (c->pend_tail)
+		c->pend_tail->next = p;
+	else
+		c->pend_head = p;
+	c->pend_tail = p;
+	if (c->flush_posted)
+		return false;
+	c->flush_posted = true;
+	return true;
+}
+
+static void pending_free(struct pending *p)
+{
+	while (p) {
+		struct pending *next = p->next;
+		free(p->ev.line);
+		free(p->node);
+		free(p);
+		p = next;
+	}
+}
+
+/* Writes what is pending: events in one transaction (then the oldest beyond events.keep
+ * are dropped), and drains. On the loop thread, or on any thread once it has stopped. */
+static void cluster_flush_store(void *arg)
+{
+	struct cluster *c = arg;
+	pthread_mutex_lock(&c->events_lock);
+	struct pending *p = c->pend_head;
+	c->pend_head = c->pend_tail = NULL;
+	c->flush_posted = false;
+	pthread_mutex_unlock(&c->events_lock);
+	if (!p || !c->store) {
+		pending_free(p);
+		return;
+	}
+	pthread_rwlock_rdlock(&c->lock);
+	int64_t keep = c->cfg->events.keep;
+	pthread_rwlock_unlock(&c->lock);
+	struct store_event *evs = NULL;
+	size_t n = 0, cap = 0;
+	for (struct pending *q = p; q; q = q->next) {
+		if (q->ev.line) {
+			if (n == cap) {
+				cap = cap ? 2 * cap : 16;
+				evs = realloc(evs, cap * sizeof(*evs));
+			}
+			evs[n++] = q->ev;
+			continue;
+		}
+		/* a drain: the events before it are written first, in order */
+		if (n && store_events_add(c->store, evs, n, keep) < 0)
+			log_warn("cannot keep %zu event%s in the store", n, n == 1 ? "" : "s");
+		n = 0;
+		int r = store_set_drain(c->store, q->node, q->draining, clock_wall_s());
+		if (r < 0)
+			log_warn("cannot keep the drain of %s in the store: %s", q->node,
+				 strerror(-r));
+	}
+	if (n && store_events_add(c->store, evs, n, keep) < 0)
+		log_warn("cannot keep %zu event%s in the store", n, n == 1 ? "" : "s");
+	free(evs);
+	pending_free(p);
+}
+
+/* Queues one write for the store and wakes the loop to make it. */
+static void cluster_queue_store(struct cluster *c, struct pending *p)
+{
+	pthread_mutex_lock(&c->events_lock);
+	bool post = c->store && pending_push(c, p);
+	if (!c->store)
+		pending_free(p);
+	pthread_mutex_unlock(&c->events_lock);
+	if (post && loop_post(c->loop, cluster_flush_store, c) < 0) {
+		pthread_mutex_lock(&c->events_lock);
+		c->flush_posted = false; /* the next write tries again; cluster_free writes */
+		pthread_mutex_unlock(&c->events_lock);
+	}
+}
 
 void cluster_add_event(struct cluster *c, const char *kind, const char *subject, const char *fmt,
 		       ...)
@@ -270,7 +373,71 @@ void cluster_add_event(struct cluster *c, const char *kind, const char *subject,
 	c->events_bytes += e->len;
 	c->n_events++;
 	c->events_changed_at = now;
+	bool post = false;
+	if (c->store) {
+		struct pending *p = calloc(1, sizeof(*p));
+		if (p) {
+			p->ev.seq = (int64_t) e->seq;
+			p->ev.at = now;
+			p->ev.line = strndup(e->line, e->len);
+			p->ev.len = e->len;
+			post = pending_push(c, p);
+		}
+	}
 	pthread_mutex_unlock(&c->events_lock);
+	if (post && loop_post(c->loop, cluster_flush_store, c) < 0) {
+		pthread_mutex_lock(&c->events_lock);
+		c->flush_posted = false;
+		pthread_mutex_unlock(&c->events_lock);
+	}
+}
+
+int cluster_attach_store(struct cluster *c, struct store *store)
+{
+	pthread_rwlock_rdlock(&c->lock);
+	size_t keep = (size_t) c->cfg->events.keep;
+	pthread_rwlock_unlock(&c->lock);
+	struct store_event *evs = NULL;
+	size_t n = 0;
+	int r = store_events_load(store, keep < EVENTS_MAX ? keep : EVENTS_MAX, &evs, &n);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&c->events_lock);
+	/* the events from before the restart come first, with their own numbers */
+	for (size_t i = 0; i < n && c->n_events < EVENTS_MAX; i++) {
+		struct event *e = &c->events[(c->events_first + c->n_events++) % EVENTS_MAX];
+		e->seq = (uint64_t) evs[i].seq;
+		e->line = evs[i].line;
+		e->len = evs[i].len;
+		evs[i].line = NULL;
+		c->events_bytes += e->len;
+		c->events_changed_at = evs[i].at;
+	}
+	if (n)
+		c->events_seq = (uint64_t) evs[n - 1].seq;
+	c->store = store;
+	pthread_mutex_unlock(&c->events_lock);
+	store_events_free(evs, n);
+
+	char **drained = NULL;
+	size_t n_drained = 0;
+	r = store_load_drains(store, &drained, &n_drained);
+	if (r < 0)
+		return r;
+	pthread_rwlock_wrlock(&c->lock);
+	for (size_t i = 0; i < n_drained; i++) {
+		json_object_set_new(c->drained, drained[i], json_true());
+		struct node *nd = cluster_find(c, drained[i]);
+		if (nd)
+			nd->draining = true;
+	}
+	pthread_rwlock_unlock(&c->lock);
+	for (size_t i = 0; i < n_drained; i++) {
+		cluster_add_event(c, "node", drained[i], "drain: kept from before the restart");
+		free(drained[i]);
+	}
+	free(drained);
+	return 0;
 }
 
 uint64_t cluster_render_events(struct cluster *c, uint64_t after, struct buf *out)
@@ -836,6 +1003,8 @@ void cluster_set_config(struct cluster *c, struct config *cfg)
 					kept[j] = true;
 		} else {
 			nodes[i] = node_new(h);
+			nodes[i]->draining =
+				old ? old->draining : json_object_get(c->drained, h->name) != NULL;
 			if (!old)
 				buf_printf(&added, "%s%s", added.len ? ", " : "", h->name);
 		}
@@ -1138,15 +1307,26 @@ int cluster_set_draining(struct cluster *c, const char *name, bool draining)
 	}
 	bool changed = n->draining != draining;
 	n->draining = draining;
+	if (draining)
+		json_object_set_new(c->drained, name, json_true());
+	else
+		json_object_del(c->drained, name);
 	enum node_level old = n->level;
 	bool level_changed = node_evaluate(c, n, clock_now_us(), &old);
 	if (level_changed)
 		node_event_level(c, n, old);
 	pthread_rwlock_unlock(&c->lock);
-	if (changed)
+	if (changed) {
 		cluster_add_event(c, "node", name, "%s",
 				  draining ? "drain: takes no new work"
 					   : "resume: takes work again");
+		struct pending *p = calloc(1, sizeof(*p));
+		if (p) {
+			p->node = strdup(name);
+			p->draining = draining;
+			cluster_queue_store(c, p);
+		}
+	}
 	cluster_notify(c, name);
 	return 0;
 }

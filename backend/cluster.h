@@ -160,6 +160,11 @@ void cluster_set_external(struct cluster *c, const char *owner, const struct clu
 /* Any thread: true when `name` is a node of an external source; then *ret_owner (may be
  * NULL) is a new string naming it. */
 bool cluster_node_is_external(struct cluster *c, const char *name, char **ret_owner);
+struct store;
+/* Main thread, before cluster_start: events and drains are kept in `store` (borrowed; it
+ * outlives the cluster) from now on; the events and drains kept before a restart are
+ * loaded (the newest events.keep events, up to 10000 of them in memory). 0 or -errno. */
+int cluster_attach_store(struct cluster *c, struct store *store);
 
 /* Any thread: appends an event line ("<time> <kind> <subject> <message>"). */
 void cluster_add_event(struct cluster *c, const char *kind, const char *subject, const char *fmt,

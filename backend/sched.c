@@ -374,3 +374,103 @@ size_t sched_place_all(const struct config *cfg, const struct sched_request *req
 	buf_free(&skipped);
 	return count;
 }
+
+/* One node's line in a ranking: its score and the parts of it, its load, and whether it
+ * is eligible (with the first reason when not). */
+static json_t *rank_entry(const json_t *policy, const struct sched_request *req,
+			  const struct sched_node *n, bool explicit, bool check_slots, bool asked)
+{
+	char reason[REASON_MAX] = "";
+	bool fits = asked && node_fits(policy, req, n, explicit, check_slots, reason);
+	if (!asked)
+		snprintf(reason, REASON_MAX, "not the node asked for (%s)", req->node);
+	int slots = node_slots(n);
+	double busy = n->active >= slots ? 1.0 : n->active > 0 ? (double) n->active / slots : 0.0;
+	double health = n->level == NODE_HEALTHY ? 1.0 : 0.5;
+	json_t *parts = json_object();
+	json_object_set_new(parts, "cpu", json_real(0.4 * (1 - fraction(n->cpu))));
+	json_object_set_new(parts, "mem", json_real(0.3 * (1 - fraction(n->mem))));
+	json_object_set_new(parts, "slots", json_real(0.2 * (1 - busy)));
+	json_object_set_new(parts, "health", json_real(0.1 * health));
+	json_object_set_new(parts, "tier", json_real(sched_tier_boost(n->tier)));
+	json_t *e = json_object();
+	json_object_set_new(e, "node", json_string(n->name));
+	json_object_set_new(e, "eligible", json_boolean(fits));
+	json_object_set_new(e, "rank", json_null());
+	json_object_set_new(e, "score", json_real(node_score(n)));
+	json_object_set_new(e, "parts", parts);
+	json_object_set_new(e, "reason", fits ? json_null() : json_string(reason));
+	json_object_set_new(e, "status", json_string(node_level_name(n->level)));
+	json_object_set_new(e, "tier", json_string(n->tier ? n->tier : "unknown"));
+	json_object_set_new(e, "cpu_percent", json_real(100 * fraction(n->cpu)));
+	json_object_set_new(e, "mem_percent", json_real(100 * fraction(n->mem)));
+	json_object_set_new(e, "active", json_integer(n->active));
+	json_object_set_new(e, "slots", json_integer(slots));
+	json_object_set_new(e, "reliability", json_real(sched_reliability(n)));
+	return e;
+}
+
+/* Eligible first, by score (highest first), then by name; then the others by name. */
+static int rank_cmp(const void *pa, const void *pb)
+{
+	const json_t *a = *(const json_t *const *) pa, *b = *(const json_t *const *) pb;
+	bool ea = json_is_true(json_object_get(a, "eligible"));
+	bool eb = json_is_true(json_object_get(b, "eligible"));
+	if (ea != eb)
+		return ea ? -1 : 1;
+	if (ea) {
+		double sa = json_real_value(json_object_get(a, "score"));
+		double sb = json_real_value(json_object_get(b, "score"));
+		if (sa > sb + SCORE_EPS)
+			return -1;
+		if (sb > sa + SCORE_EPS)
+			return 1;
+	}
+	return strcmp(json_string_value(json_object_get(a, "node")),
+		      json_string_value(json_object_get(b, "node")));
+}
+
+json_t *sched_rank(const struct config *cfg, const struct sched_request *req,
+		   const struct sched_node *nodes, size_t n)
+{
+	const json_t *policy = routing_policy(cfg, req);
+	bool all = !is_any(req->node) && strcmp(req->node, "all") == 0;
+	bool explicit = !is_any(req->node) && !all;
+	json_t **entries = calloc(n ? n : 1, sizeof(*entries));
+	for (size_t i = 0; i < n; i++) {
+		bool asked = !explicit || strcmp(nodes[i].name, req->node) == 0;
+		entries[i] =
+			rank_entry(explicit ? NULL : policy, req, &nodes[i], explicit, !all, asked);
+	}
+	qsort(entries, n, sizeof(*entries), rank_cmp);
+	json_t *list = json_array();
+	int rank = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (json_is_true(json_object_get(entries[i], "eligible")))
+			json_object_set_new(entries[i], "rank", json_integer(++rank));
+		json_array_append_new(list, entries[i]);
+	}
+	free(entries);
+
+	/* the sentence the task would get, from the same rules */
+	struct buf why;
+	buf_init(&why);
+	json_t *placed = json_array();
+	if (all) {
+		size_t *idx = calloc(n ? n : 1, sizeof(*idx));
+		size_t k = sched_place_all(cfg, req, nodes, n, idx, &why);
+		for (size_t i = 0; i < k; i++)
+			json_array_append_new(placed, json_string(nodes[idx[i]].name));
+		free(idx);
+	} else {
+		size_t idx;
+		if (sched_place(cfg, req, nodes, n, &idx, &why) == 0)
+			json_array_append_new(placed, json_string(nodes[idx].name));
+	}
+	json_t *doc = json_object();
+	json_object_set_new(doc, "placed", placed);
+	json_object_set_new(doc, "why", json_string(why.data ? why.data : ""));
+	json_object_set_new(doc, "nodes", list);
+	buf_free(&why);
+	return doc;
+}

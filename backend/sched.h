@@ -83,3 +83,13 @@ int sched_place(const struct config *cfg, const struct sched_request *req,
 size_t sched_place_all(const struct config *cfg, const struct sched_request *req,
 		       const struct sched_node *nodes, size_t n, size_t *ret_indices,
 		       struct buf *why);
+
+/* The ranking behind sched_place (or sched_place_all for node "all"), for people to read:
+ * {"placed": [names], "why": the sentence the task would get, "nodes": [...]}, one entry
+ * per node: node, eligible, rank (1.. among the eligible, by score; null otherwise),
+ * score and its parts (cpu 0.4*(1-cpu), mem 0.3*(1-mem), slots 0.2*(1-active/slots),
+ * health 0.1 or 0.05, tier boost), reason (the first rule it fails, or null), status,
+ * tier, cpu_percent, mem_percent, active, slots, reliability. Eligible nodes come first,
+ * best first; the others by name. Returns a new reference. */
+json_t *sched_rank(const struct config *cfg, const struct sched_request *req,
+		   const struct sched_node *nodes, size_t n);

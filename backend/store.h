@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 
 struct store;
 
@@ -40,6 +40,10 @@ void store_task_clear(struct store_task *t);
  * errbuf gets a sentence on failure. */
 int store_open(const char *dir, struct store **ret, char *errbuf, size_t errlen);
 void store_close(struct store *s);
+/* Closes every connection (the calling thread's is the only one allowed to exist); the
+ * next call on a thread opens its own again. Before fork(): sqlite's locks belong to the
+ * process that took them, so a connection must not cross into the child. */
+void store_close_connections(struct store *s);
 
 /* For the calling thread's connection: full durability (an fsync per commit, the
  * default: what a submission needs before close() returns) or not (commits survive a
@@ -87,3 +91,35 @@ int store_outbox_done(struct store *s, int64_t id);
 int store_cache_put(struct store *s, const char *key, const char *json, double fetched_at);
 /* 0 and a new string, or -ENOENT. */
 int store_cache_get(struct store *s, const char *key, char **ret_json, double *ret_fetched_at);
+
+/* One event line as kept: its sequence number (unique, rising), wall time and text (with
+ * its newline; owned by whoever holds the struct). */
+struct store_event {
+	int64_t seq;
+	double at;
+	char *line;
+	size_t len;
+};
+
+/* Appends events in one transaction, then drops all but the newest `keep` (0: keep all). */
+int store_events_add(struct store *s, const struct store_event *evs, size_t n, int64_t keep);
+/* Loads the newest `max` events, oldest first: a new array (free with store_events_free). */
+int store_events_load(struct store *s, size_t max, struct store_event **ret, size_t *ret_n);
+void store_events_free(struct store_event *evs, size_t n);
+
+/* Drained nodes: marks (since: wall time) or clears one; loads the names (a new
+ * NULL-terminated array, or NULL when none: free each string and the array). */
+int store_set_drain(struct store *s, const char *node, bool draining, double since);
+int store_load_drains(struct store *s, char ***ret_nodes, size_t *ret_n);
+
+/* A consistent copy of the store as it is now (sqlite's online backup API, one read
+ * transaction: a commit is in it or not, and writers are not held up), in a new unlinked
+ * file of the state directory: *ret_fd reads it from offset 0 (the caller closes it).
+ * errbuf gets a sentence on failure. */
+int store_snapshot(struct store *s, int *ret_fd, char *errbuf, size_t errlen);
+
+/* Makes DIR/clusterfs.db a copy of the store in `file` (a store_snapshot, or a copy of a
+ * stopped daemon's clusterfs.db): checks it is a sound clusterfs store of a schema version
+ * this clusterfs knows (*ret_version gets it), replaces what DIR held (the caller decides
+ * whether it may) and migrates it. errbuf gets a sentence on failure. */
+int store_restore(const char *file, const char *dir, int *ret_version, char *errbuf, size_t errlen);

@@ -77,6 +77,41 @@ struct task {
 	json_t *remote_doc;         /* the node's last task object (its id says which attempt) */
 };
 
+/* Counts by minute for the last hour: a ring of 60, so that "how many in the last hour"
+ * costs 60 additions, never a walk of the history. */
+struct minute_counts {
+	int64_t minute[60]; /* the minute (wall time / 60) slot i counts, or 0 */
+	int succeeded[60];
+	int failed[60]; /* failed, timed out, cancelled or lost */
+};
+
+static void minute_counts_add(struct minute_counts *m, double at, bool ok)
+{
+	int64_t minute = (int64_t) (at / 60);
+	int i = (int) (minute % 60);
+	if (m->minute[i] != minute) {
+		m->minute[i] = minute;
+		m->succeeded[i] = m->failed[i] = 0;
+	}
+	if (ok)
+		m->succeeded[i]++;
+	else
+		m->failed[i]++;
+}
+
+static void minute_counts_hour(const struct minute_counts *m, double now, int *ret_ok,
+			       int *ret_failed)
+{
+	int64_t minute = (int64_t) (now / 60);
+	*ret_ok = *ret_failed = 0;
+	for (int i = 0; i < 60; i++) {
+		if (m->minute[i] > minute - 60 && m->minute[i] <= minute) {
+			*ret_ok += m->succeeded[i];
+			*ret_failed += m->failed[i];
+		}
+	}
+}
+
 /* One node's task counts, kept as states change: its load now and the history that
  * reliability comes from (DESIGN §6). */
 struct node_load {
@@ -86,6 +121,7 @@ struct node_load {
 	int total;                    /* ended there, cancellations not counted */
 	int consecutive;              /* failures since the last success */
 	size_t states[TASK_N_STATES]; /* tasks placed there, by state */
+	struct minute_counts ended;   /* tasks that ended there, by the minute they ended */
 	struct node_load *next;
 };
 
@@ -291,6 +327,9 @@ void tasks_count_states(struct tasks *t, const char *node, size_t ret_counts[TAS
 /* A task ended on its node: the node's history, as reliability reads it. Lock held. */
 static void book_end_locked(struct tasks *t, const struct task *k)
 {
+	if (k->row.node && !k->n_children && k->row.finished_at > 0)
+		minute_counts_add(&node_load_locked(t, k->row.node, true)->ended,
+				  k->row.finished_at, !strcmp(k->row.state, TASK_SUCCEEDED));
 	if (!k->row.node || k->n_children || !strcmp(k->row.state, TASK_CANCELLED))
 		return;
 	struct node_load *n = node_load_locked(t, k->row.node, true);
@@ -1100,6 +1139,99 @@ double tasks_node_reliability(struct tasks *t, const char *node, int *ret_comple
 	if (ret_total)
 		*ret_total = sn.total;
 	return sched_reliability(&sn);
+}
+
+/* One task as recent-tasks.json shows it: only what status, node and exit_code show to
+ * everyone (the spec is its submitter's). Lock held. */
+static json_t *recent_entry_locked(const struct task *k)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "id", json_string(k->row.id));
+	json_object_set_new(o, "state", json_string(k->row.state));
+	json_object_set_new(o, "node", k->row.node ? json_string(k->row.node) : json_null());
+	json_object_set_new(o, "exit_code",
+			    k->row.exit_code >= 0 ? json_integer(k->row.exit_code) : json_null());
+	json_object_set_new(o, "parent", k->row.parent ? json_string(k->row.parent) : json_null());
+	json_object_set_new(o, "submitted_at", json_real(k->row.submitted_at));
+	json_object_set_new(o, "started_at",
+			    k->row.started_at > 0 ? json_real(k->row.started_at) : json_null());
+	json_object_set_new(o, "finished_at",
+			    k->row.finished_at > 0 ? json_real(k->row.finished_at) : json_null());
+	return o;
+}
+
+json_t *tasks_recent(struct tasks *t, size_t max)
+{
+	json_t *doc = json_object(), *active = json_array(), *recent = json_array();
+	pthread_mutex_lock(&t->lock);
+	/* what is in flight (its own list), then the newest by submission: both bounded */
+	size_t n_active = 0;
+	for (struct task *k = t->active; k && n_active < max; k = k->lnext, n_active++)
+		json_array_append_new(active, recent_entry_locked(k));
+	for (size_t i = 0; i < max && i < t->n; i++)
+		json_array_append_new(recent, recent_entry_locked(t->v[t->n - 1 - i]));
+	json_object_set_new(doc, "total", json_integer((json_int_t) t->n));
+	pthread_mutex_unlock(&t->lock);
+	json_object_set_new(doc, "active", active);
+	json_object_set_new(doc, "recent", recent);
+	return doc;
+}
+
+void tasks_node_counts(struct tasks *t, const char *node, int *ret_active, int *ret_succeeded_hour,
+		       int *ret_failed_hour)
+{
+	double now = clock_wall_s();
+	*ret_active = *ret_succeeded_hour = *ret_failed_hour = 0;
+	pthread_mutex_lock(&t->lock);
+	struct node_load *nl = node_load_locked(t, node, false);
+	if (nl) {
+		*ret_active = nl->active;
+		minute_counts_hour(&nl->ended, now, ret_succeeded_hour, ret_failed_hour);
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
+int tasks_rank(struct tasks *t, const char *text, size_t len, json_t **ret, char *errbuf,
+	       size_t errlen)
+{
+	json_error_t jerr;
+	json_t *doc = text ? json_loadb(text, len, 0, &jerr) : json_object();
+	if (!doc) {
+		snprintf(errbuf, errlen, "line %d, column %d: %s", jerr.line, jerr.column,
+			 jerr.text);
+		return -EINVAL;
+	}
+	if (!json_is_object(doc)) {
+		json_decref(doc);
+		snprintf(errbuf, errlen, "a spec is a JSON object, e.g. {\"type\": \"build\"}");
+		return -EINVAL;
+	}
+	/* a spec to place needs no command: it is not run */
+	if (!json_object_get(doc, "cmd"))
+		json_object_set_new(doc, "cmd", json_string("true"));
+	char *canon = json_dumps(doc, JSON_COMPACT);
+	json_decref(doc);
+	struct task_spec *spec = NULL;
+	int r = spec_parse(canon, strlen(canon), &spec, errbuf, errlen);
+	free(canon);
+	if (r < 0)
+		return r;
+	struct sched_input in;
+	pthread_mutex_lock(&t->lock);
+	sched_input_build_locked(t, &in);
+	pthread_mutex_unlock(&t->lock);
+	struct sched_request req;
+	sched_request_of(spec, &req);
+	struct config *cfg = cluster_get_config(t->cluster);
+	json_t *rank = sched_rank(cfg, &req, in.nodes, in.n);
+	config_unref(cfg);
+	json_t *asked = spec_to_json(spec);
+	json_object_del(asked, "cmd");
+	json_object_set_new(rank, "spec", asked);
+	sched_input_free(&in);
+	spec_free(spec);
+	*ret = rank;
+	return 0;
 }
 
 int tasks_active_on(struct tasks *t, const char *node)

@@ -126,6 +126,22 @@ double tasks_node_reliability(struct tasks *t, const char *node, int *ret_comple
 
 /* Per node: tasks active (dispatched or running) there now. */
 int tasks_active_on(struct tasks *t, const char *node);
+/* Per node: tasks active there now, and those that ended there in the last hour (from
+ * counters by the minute, kept as tasks end: no walk of the history). */
+void tasks_node_counts(struct tasks *t, const char *node, int *ret_active, int *ret_succeeded_hour,
+		       int *ret_failed_hour);
+
+/* recent-tasks.json: {"total", "active": the dispatched and running tasks, "recent": the
+ * newest `max` by submission, newest first}; each {id, state, node, exit_code, parent,
+ * submitted_at, started_at, finished_at}, nothing private. Costs what it shows. New
+ * reference. */
+json_t *tasks_recent(struct tasks *t, size_t max);
+
+/* The placement a spec would get now, without submitting it (sched_rank's document plus
+ * "spec": the spec as it would be accepted, without "cmd", which it need not have).
+ * text NULL: a default task. -EINVAL with a sentence in errbuf for a bad spec. */
+int tasks_rank(struct tasks *t, const char *text, size_t len, json_t **ret, char *errbuf,
+	       size_t errlen);
 
 /* Where the tasks of some nodes go instead of an agent: a module that answers the agent's
  * task protocol itself (backend/slurm.c). owns() is called on any thread; call() on the

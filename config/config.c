@@ -686,6 +686,24 @@ static int parse_join(struct loader *ld, const json_t *doc)
 	return 0;
 }
 
+static int parse_events(struct loader *ld, const json_t *doc)
+{
+	static const char *const keys[] = {"keep", NULL};
+	json_t *events = json_object_get(doc, "events");
+	int r;
+
+	if (!events)
+		return 0;
+	ld_push(ld, "events");
+	r = expect_object(ld, events);
+	if (r == 0)
+		r = check_keys(ld, events, keys);
+	if (r == 0)
+		r = parse_int(ld, events, "keep", 100, 10000000, &ld->c->events.keep);
+	ld_pop(ld);
+	return r;
+}
+
 static int parse_tasks(struct loader *ld, const json_t *doc)
 {
 	static const char *const keys[] = {
@@ -1655,6 +1673,7 @@ static struct config *config_alloc(void)
 	c->probe = probe_defaults;
 	c->thresholds = threshold_defaults;
 	c->tasks = tasks_defaults;
+	c->events.keep = 10000;
 	return c;
 }
 
@@ -1828,21 +1847,11 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 		.errbuf = errbuf,
 		.errlen = errlen,
 	};
-	static const char *const keys[] = {"cluster",
-					   "auth",
-					   "probe",
-					   "thresholds",
-					   "tasks",
-					   "hosts",
-					   "routing",
-					   "services",
-					   "tls",
-					   "local_host",
-					   "default_trainer",
-					   "default_inference",
-					   "join",
-					   "slurm",
-					   NULL};
+	static const char *const keys[] = {
+		"cluster", "auth",       "probe",           "thresholds",
+		"tasks",   "hosts",      "routing",         "services",
+		"tls",     "local_host", "default_trainer", "default_inference",
+		"join",    "slurm",      "events",          NULL};
 	json_error_t jerr;
 	json_t *doc;
 	struct config *c;
@@ -1892,6 +1901,8 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 		r = parse_tasks(&ld, doc);
 	if (r == 0)
 		r = parse_join(&ld, doc);
+	if (r == 0)
+		r = parse_events(&ld, doc);
 	if (r == 0)
 		r = parse_hosts(&ld, doc);
 	if (r == 0 && path) {
@@ -2219,6 +2230,7 @@ char *config_render(const struct config *c)
 			  "drafts_per_user", c->tasks.drafts_per_user, "draft_bytes_per_user",
 			  (json_int_t) (c->tasks.draft_bytes_per_user >> 20), "queued_per_user",
 			  c->tasks.queued_per_user));
+	json_object_set_new(o, "events", json_pack("{si}", "keep", c->events.keep));
 	for (size_t i = 0; i < c->n_hosts; i++)
 		json_object_set_new(hosts, c->hosts[i].name, render_host(&c->hosts[i]));
 	json_object_set_new(o, "hosts", hosts);

@@ -51,6 +51,11 @@ struct cfg_tasks {
 	int queued_per_user;       /* unfinished tasks per uid, default 10000 */
 };
 
+/* "events": how many of them the store keeps across restarts. */
+struct cfg_events {
+	int keep; /* newest events kept, default 10000 (the events file shows up to 10000) */
+};
+
 struct cfg_host {
 	char *name;         /* key in "hosts": the directory name under nodes/ */
 	char *display_name; /* optional "name" field (the seed's "Training Server"), or NULL */
@@ -128,6 +133,7 @@ struct config {
 	struct cfg_probe probe;
 	struct cfg_thresholds thresholds;
 	struct cfg_tasks tasks;
+	struct cfg_events events;
 	struct cfg_host *hosts; /* sorted by name */
 	size_t n_hosts;
 	json_t *routing;      /* "routing" object as given (validated), or an empty object */

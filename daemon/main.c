@@ -14,6 +14,7 @@
 #include "daemon/join.h"
 #include "fs/fs.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -36,6 +37,7 @@ enum {
 	EXIT_NO_FUSE = 4,
 	EXIT_CONFIG = 5,
 	EXIT_STATE_DIR = 6,
+	EXIT_RESTORE = 7,
 };
 
 #define RELOAD_DELAY_US 100000 /* edits come in bursts: reload once they settle */
@@ -100,11 +102,17 @@ static void usage(FILE *out)
 		"  -o OPTIONS            comma-separated: config=FILE and state_dir=DIR (as -c, -s),\n"
 		"                        the rest are FUSE mount options (allow_other, ro, ...)\n"
 		"  -v, --verbose         log debug messages\n"
+		"      --restore FILE    make the state directory (-s) hold the store in FILE (a\n"
+		"                        copy of /cluster/backup/state.db) and exit; refuses a\n"
+		"                        non-empty state directory unless --force is given\n"
+		"      --force           with --restore: replace what the state directory holds\n"
+		"                        (stop the daemon that uses it first)\n"
 		"  -h, --help            show this help\n"
 		"  -V, --version         show the version\n"
 		"\n"
 		"Exit status: 0 clean unmount, 1 other error, 2 usage, 3 mountpoint missing or busy,\n"
-		"4 no /dev/fuse, 5 invalid config, 6 state directory not writable.\n"
+		"4 no /dev/fuse, 5 invalid config, 6 state directory not writable (or, with\n"
+		"--restore, not empty), 7 --restore FILE is not a store this clusterfs can use.\n"
 		"Unmount with: fusermount3 -u MOUNTPOINT (or kill -TERM the daemon).\n"
 		"fstab: none /cluster fuse.clusterfs config=/etc/clusterfs/hosts.json,_netdev 0 0\n");
 }
@@ -339,6 +347,45 @@ static void stopper_join(struct stopper *st)
 	pthread_join(st->thread, NULL);
 }
 
+/* clusterfs --restore FILE -s DIR [--force]: DIR/clusterfs.db becomes a copy of FILE. */
+static int restore_main(const char *file, const char *dir, bool force)
+{
+	if (check_state_dir(dir) < 0)
+		return EXIT_STATE_DIR;
+	DIR *dh = opendir(dir);
+	if (!dh) {
+		report("clusterfs: cannot list state directory %s: %s\n", dir, strerror(errno));
+		return EXIT_STATE_DIR;
+	}
+	struct dirent *de;
+	char held[256] = "";
+	while ((de = readdir(dh))) {
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+			snprintf(held, sizeof(held), "%s", de->d_name);
+			break;
+		}
+	}
+	closedir(dh);
+	if (held[0] && !force) {
+		report("clusterfs: state directory %s is not empty (it holds %s): restoring would "
+		       "replace its store; stop the daemon that uses it and add --force, or "
+		       "restore into an empty directory\n",
+		       dir, held);
+		return EXIT_STATE_DIR;
+	}
+	char err[1024];
+	int version = 0;
+	int r = store_restore(file, dir, &version, err, sizeof(err));
+	if (r < 0) {
+		report("clusterfs: restore: %s\n", err);
+		return r == -EINVAL || r == -EPROTO || r == -ENOENT ? EXIT_RESTORE : EXIT_STATE_DIR;
+	}
+	printf("clusterfs: restored %s (schema version %d) into %s/clusterfs.db (schema "
+	       "version %d)\n",
+	       file, version, dir, STORE_SCHEMA_VERSION);
+	return EXIT_OK;
+}
+
 static void reload_now(void *arg)
 {
 	struct daemon *d = arg;
@@ -382,11 +429,15 @@ int main(int argc, char **argv)
 		{"verbose", no_argument, NULL, 'v'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
+		{"restore", required_argument, NULL, 'R'},
+		{"force", no_argument, NULL, 'F'},
 		{NULL, 0, NULL, 0},
 	};
 	struct daemon d = {0};
 	char *config_opt = NULL;
 	bool foreground = false;
+	char *restore_file = NULL;
+	bool force = false;
 	struct buf mount_opts;
 	buf_init(&mount_opts);
 	int c;
@@ -405,8 +456,30 @@ int main(int argc, char **argv)
 		case 'v': log_set_level(LOG_DEBUG); break;
 		case 'h': usage(stdout); return EXIT_OK;
 		case 'V': printf("clusterfs %s\n", CLUSTERFS_VERSION); return EXIT_OK;
+		case 'R':
+			free(restore_file);
+			restore_file = strdup(optarg);
+			break;
+		case 'F': force = true; break;
 		default: usage(stderr); return EXIT_USAGE;
 		}
+	}
+	if (restore_file || force) {
+		int rc = EXIT_USAGE;
+		if (!restore_file)
+			report("clusterfs: --force goes with --restore FILE\n");
+		else if (optind != argc)
+			report("clusterfs: --restore takes no MOUNTPOINT\n");
+		else {
+			if (!d.state_dir)
+				d.state_dir = default_state_dir();
+			rc = restore_main(restore_file, d.state_dir, force);
+		}
+		free(restore_file);
+		free(config_opt);
+		free(d.state_dir);
+		buf_free(&mount_opts);
+		return rc;
 	}
 	/* mount.fuse3 runs "clusterfs SOURCE MOUNTPOINT -o OPTS": the source comes first */
 	if (optind == argc || argc - optind > 2) {
@@ -473,12 +546,16 @@ int main(int argc, char **argv)
 		report("clusterfs: out of memory\n");
 		goto out;
 	}
+	r = cluster_attach_store(d.cluster, d.store);
+	if (r < 0)
+		log_warn("cannot load the events and drains kept in the store: %s", strerror(-r));
 	struct tree_ctx backends = {
 		.cluster = d.cluster,
 		.tasks = d.tasks,
 		.services = d.services,
 		.ledger = d.ledger,
 		.models = d.models,
+		.store = d.store,
 	};
 	if (fs_new(&backends, &fs) < 0) {
 		report("clusterfs: out of memory\n");
@@ -527,7 +604,9 @@ int main(int argc, char **argv)
 		ret = EXIT_MOUNTPOINT;
 		goto out;
 	}
-	/* Threads start after the fork. */
+	/* Threads start after the fork, and the store's connections are made after it: a
+	 * sqlite connection must not cross a fork (the child would not hold its locks). */
+	store_close_connections(d.store);
 	if (fuse_daemonize(foreground) != 0)
 		goto out_unmount;
 	if (!foreground)

@@ -1,7 +1,9 @@
 /* The FUSE lowlevel filesystem. */
 #include "fs/fs.h"
+#include "fs/backup.h"
 #include "fs/inode.h"
 #include "fs/render.h"
+#include "fs/render_placement.h"
 #include "fs/tree.h"
 #include "backend/spec.h"
 
@@ -78,6 +80,7 @@ struct handle {
 	bool writer;                /* opened for writing */
 	bool dirty;                 /* written since the last flush */
 	uint64_t ino;               /* the inode opened */
+	int snap_fd;                /* backup/state.db: the copy made at open, or -1 */
 };
 
 /* A directory listing, taken at opendir. */
@@ -408,11 +411,12 @@ static void task_file_owner(struct fs *f, const struct tree_entry *e, struct sta
 }
 
 /* Files whose bytes a stat holds for the next open: those an open refreshes (health,
- * status), whose freshness is probe.max_age_ms anyway. Other files change only with
- * events, and an open renders them as they are then. */
+ * status), whose freshness is probe.max_age_ms anyway, and placement, which moves with
+ * every probe. Other files change only with events, and an open renders them as they
+ * are then. */
 static bool kind_is_held(enum tree_kind kind)
 {
-	return tree_kind_refreshes(kind);
+	return tree_kind_refreshes(kind) || kind == TREE_PLACEMENT;
 }
 
 static void held_put(struct fs *f, uint64_t ino, const struct buf *bytes, double mtime)
@@ -547,7 +551,8 @@ static double attr_timeout_for(struct fs *f, const char *path)
 		return 0;
 	bool volatile_attrs = tree_kind_is_append_only(e.kind) || e.kind == TREE_DRAFT ||
 			      e.kind == TREE_TASK_WAIT || e.kind == TREE_TASK_STATUS ||
-			      e.kind == TREE_TASK_EXIT_CODE || e.kind == TREE_TASK_NODE;
+			      e.kind == TREE_TASK_EXIT_CODE || e.kind == TREE_TASK_NODE ||
+			      e.kind == TREE_PLACEMENT; /* moves with every probe and task */
 	tree_entry_clear(&e);
 	return volatile_attrs ? 0.0 : TIMEOUT_S;
 }
@@ -928,6 +933,8 @@ static void handle_free(struct handle *h)
 	pthread_mutex_unlock(&h->lock);
 	tree_entry_clear(&h->e);
 	buf_free(&h->content);
+	if (h->snap_fd >= 0)
+		close(h->snap_fd);
 	pthread_mutex_destroy(&h->lock);
 	free(h);
 }
@@ -937,6 +944,7 @@ static struct handle *handle_new(struct fs *f)
 	struct handle *h = calloc(1, sizeof(*h));
 	pthread_mutex_init(&h->lock, NULL);
 	buf_init(&h->content);
+	h->snap_fd = -1;
 	h->f = f;
 	pthread_mutex_lock(&f->lock);
 	h->next = f->handles;
@@ -955,8 +963,10 @@ static void open_finish(fuse_req_t req, struct fs *f, struct handle *h, struct f
 	int r = 0;
 	if (h->e.kind == TREE_DRAFT)
 		r = drafts_read(f->ctx.drafts, h->e.name, &h->content);
-	else if (kind_is_held(h->e.kind) && held_get(f, h->ino, &h->content, &mtime))
+	else if (kind_is_held(h->e.kind) && !h->writer && held_get(f, h->ino, &h->content, &mtime))
 		r = 0; /* what the stat before this open reported */
+	else if (h->e.kind == TREE_BACKUP_STATE)
+		r = fs_backup_open(f->ctx.store, &h->snap_fd);
 	else if (h->e.kind != TREE_TASK_WAIT) {
 		r = render_file(&f->ctx, &h->e, &h->content, &mtime, &h->seq);
 		/* and what an fstat of it now reports */
@@ -1069,7 +1079,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			return service_get_open(req, f, h, fi);
 		h->writable = writing;
 	}
-	if (h->e.kind == TREE_LEDGER_RECORD)
+	if (h->e.kind == TREE_LEDGER_RECORD || h->e.kind == TREE_PLACEMENT)
 		h->writable = writing;
 	if (writing && !tree_kind_is_ctl(h->e.kind) && h->e.kind != TREE_DRAFT && !h->writable) {
 		handle_free(h);
@@ -1084,7 +1094,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	/* a stat just rendered it (fresh: a stat of a stale file refreshes first) */
-	if (kind_is_held(h->e.kind) && held_get(f, ino, NULL, NULL))
+	if (kind_is_held(h->e.kind) && !h->writer && held_get(f, ino, NULL, NULL))
 		return open_finish(req, f, h, fi);
 	struct pending *p = pending_new(PENDING_OPEN, req, f);
 	p->fi = *fi;
@@ -1177,7 +1187,21 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct handle *h = (struct handle *) (uintptr_t) fi->fh;
 	if (h->e.kind == TREE_TASK_WAIT)
 		return read_wait(req, f, h, size, off);
+	if (h->snap_fd >= 0)
+		return fs_backup_read(req, h->snap_fd, size, off);
 	pthread_mutex_lock(&h->lock);
+	if (h->e.kind == TREE_PLACEMENT && h->writable && h->seq != 1) {
+		/* the answer to what was written on this handle (or to a default task) */
+		struct buf answer;
+		char err[512];
+		buf_init(&answer);
+		render_placement(&f->ctx, h->content.len ? h->content.data : NULL, h->content.len,
+				 &answer, err, sizeof(err));
+		buf_free(&h->content);
+		h->content = answer;
+		h->dirty = false;
+		h->seq = 1; /* answered: the next write starts a new spec */
+	}
 	if (tree_kind_is_append_only(h->e.kind) && (size_t) off >= h->content.len) {
 		if (h->e.kind == TREE_EVENTS) {
 			h->seq = cluster_render_events(f->cluster, h->seq, &h->content);
@@ -1439,6 +1463,21 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 		if ((size_t) off + size > max)
 			return (void) fuse_reply_err(req, EFBIG);
 		pthread_mutex_lock(&h->lock);
+		if (h->e.kind == TREE_PLACEMENT) {
+			/* seq: 0 nothing answered yet, 1 answered, 2 + BASE a new spec written
+			 * from offset BASE on (after reading an answer, a writer that did not
+			 * seek back writes past it) */
+			if (h->seq == 1) {
+				buf_free(&h->content);
+				h->seq = 2 + (uint64_t) off;
+			}
+			off_t base = h->seq >= 2 ? (off_t) (h->seq - 2) : 0;
+			if (off < base) {
+				pthread_mutex_unlock(&h->lock);
+				return (void) fuse_reply_err(req, EINVAL);
+			}
+			off -= base;
+		}
 		if ((size_t) off > h->content.len) {
 			char *zeros = calloc(1, (size_t) off - h->content.len);
 			buf_append(&h->content, zeros, (size_t) off - h->content.len);
@@ -1496,7 +1535,17 @@ static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			return (void) fuse_reply_err(req, 0);
 		}
 		int r;
-		if (h->e.kind == TREE_LEDGER_RECORD) {
+		if (h->e.kind == TREE_PLACEMENT) {
+			/* a spec nobody read the answer to: close says whether it was good */
+			struct buf answer;
+			char err[512];
+			buf_init(&answer);
+			r = render_placement(&f->ctx, body.data, body.len, &answer, err,
+					     sizeof(err));
+			if (r < 0)
+				log_info("placement: %s", err);
+			buf_free(&answer);
+		} else if (h->e.kind == TREE_LEDGER_RECORD) {
 			char err[512] = "";
 			r = ledger_record(f->ctx.ledger, body.data, body.len, err, sizeof(err));
 			if (r < 0)

@@ -1,5 +1,7 @@
 /* Rendering: the content of every file, from the cluster model. */
 #include "fs/render.h"
+#include "fs/render_dashboard.h"
+#include "fs/render_placement.h"
 
 #include <errno.h>
 #include <math.h>
@@ -259,6 +261,7 @@ static void render_stats(const struct tree_ctx *ctx, struct buf *out, double *re
 		tasks, "failed",
 		json_integer((json_int_t) (by_state[4] + by_state[5] + by_state[6] + by_state[7])));
 	json_object_set_new(doc, "tasks", tasks);
+	json_object_set_new(doc, "tasks_per_node", render_tasks_per_node(ctx));
 	double tmt = tasks_changed_at(ctx->tasks);
 	if (tmt > *ret_mtime)
 		*ret_mtime = tmt;
@@ -434,8 +437,10 @@ static void render_metrics(const struct tree_ctx *ctx, struct buf *out, double *
 	free_views(views, n);
 }
 
-static void render_topology(struct cluster *c, bool dot, struct buf *out, double *ret_mtime)
+static void render_topology(const struct tree_ctx *ctx, bool dot, struct buf *out,
+			    double *ret_mtime)
 {
+	struct cluster *c = ctx->cluster;
 	size_t n;
 	struct node_view *views = all_views(c, &n, ret_mtime);
 	struct config *cfg = cluster_get_config(c);
@@ -468,6 +473,18 @@ static void render_topology(struct cluster *c, bool dot, struct buf *out, double
 				json_object_set_new(svcs, h->services[k].name,
 						    json_integer(h->services[k].port));
 			json_object_set_new(o, "services", svcs);
+			/* the models its servers were last seen to hold (listing models/ asks) */
+			size_t nm = 0;
+			char **files = models_node_list(ctx->models, views[i].name, &nm);
+			json_t *models = json_array();
+			for (size_t k = 0; k < nm; k++) {
+				char *name = models_decode_name(files[k]);
+				json_array_append_new(models, json_string(name ? name : files[k]));
+				free(name);
+				free(files[k]);
+			}
+			free(files);
+			json_object_set_new(o, "models", models);
 			json_array_append_new(nodes, o);
 			json_t *link = json_object();
 			json_object_set_new(link, "from", json_string("clusterfs"));
@@ -518,6 +535,14 @@ static const char readme_text[] =
 	"                  record to record a checkpoint (kept and delivered while the\n"
 	"                  ledger host is away)\n"
 	"  services/NAME/FILE  REST endpoints from the config: reading GETs, writing POSTs\n"
+	"  placement       JSON: the nodes ranked for a default task, each score's parts, and\n"
+	"                  why a node is not eligible; write a spec and read back on the same\n"
+	"                  handle to rank for it (nothing is submitted)\n"
+	"  dashboard.html  a page for a browser: serve this directory with any static web\n"
+	"                  server (python3 -m http.server -d /cluster) and open it\n"
+	"  recent-tasks.json  JSON: the tasks in flight and the newest 50 (what the\n"
+	"                  dashboard shows)\n"
+	"  backup/state.db a consistent copy of the store, made when it is opened: cp it\n"
 	"  tasks/\n"
 	"    new/          drop NAME.json here to submit task NAME; a rejected spec stays,\n"
 	"                  with NAME.error saying why\n"
@@ -643,7 +668,7 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 	case TREE_METRICS: render_metrics(ctx, out, ret_mtime); return 0;
 	case TREE_TOPOLOGY_JSON:
 	case TREE_TOPOLOGY_DOT:
-		render_topology(c, e->kind == TREE_TOPOLOGY_DOT, out, ret_mtime);
+		render_topology(ctx, e->kind == TREE_TOPOLOGY_DOT, out, ret_mtime);
 		return 0;
 	case TREE_EVENTS: {
 		uint64_t seq = cluster_render_events(c, 0, out);
@@ -694,6 +719,25 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 		free(model);
 		return r;
 	}
+	case TREE_DASHBOARD: render_dashboard(out); return 0;
+	case TREE_RECENT_TASKS:
+		*ret_mtime = tasks_changed_at(ctx->tasks);
+		render_recent_tasks(ctx, out);
+		return 0;
+	case TREE_PLACEMENT: {
+		char err[512];
+		/* it moves with the nodes' data and the tasks' */
+		double tmt = tasks_changed_at(ctx->tasks);
+		*ret_mtime = cluster_changed_at(ctx->cluster);
+		if (tmt > *ret_mtime)
+			*ret_mtime = tmt;
+		render_placement(ctx, NULL, 0, out, err, sizeof(err));
+		return 0;
+	}
+	case TREE_BACKUP_STATE:
+		/* the copy is made at open (fs/backup.c); its size is not known before */
+		*ret_mtime = clock_wall_s();
+		return 0;
 	case TREE_NODE_MODELS_CTL:
 		*ret_mtime = models_changed_at(ctx->models);
 		models_ctl_render(ctx->models, e->node, out);

@@ -13,13 +13,17 @@ struct named_kind {
 static const struct named_kind root_files[] = {
 	{"README", TREE_README},
 	{"alerts", TREE_ALERTS},
+	{"backup", TREE_BACKUP},
 	{"config", TREE_CONFIG},
+	{"dashboard.html", TREE_DASHBOARD},
 	{"events", TREE_EVENTS},
 	{"health", TREE_HEALTH},
 	{"ledger", TREE_LEDGER},
 	{"metrics", TREE_METRICS},
 	{"models", TREE_MODELS},
 	{"nodes", TREE_NODES},
+	{"placement", TREE_PLACEMENT},
+	{"recent-tasks.json", TREE_RECENT_TASKS},
 	{"services", TREE_SERVICES},
 	{"stats", TREE_STATS},
 	{"tasks", TREE_TASKS},
@@ -153,6 +157,13 @@ int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entr
 	if (n == 1) {
 		e.kind = top;
 		r = 0;
+		goto out;
+	}
+	if (top == TREE_BACKUP) {
+		if (n == 2 && !strcmp(parts[1], "state.db")) {
+			e.kind = TREE_BACKUP_STATE;
+			r = 0;
+		}
 		goto out;
 	}
 	if (top == TREE_NODES) {
@@ -290,7 +301,7 @@ out:
 
 bool tree_kind_is_dir(enum tree_kind kind)
 {
-	return kind >= TREE_ROOT && kind <= TREE_NODE_MODELS;
+	return kind >= TREE_ROOT && kind <= TREE_BACKUP;
 }
 
 bool tree_kind_is_link(enum tree_kind kind)
@@ -327,12 +338,16 @@ mode_t tree_kind_mode(enum tree_kind kind)
 		return 0777;
 	if (kind == TREE_TASK_CTL)
 		return 0666; /* the submitter is checked on write */
+	if (kind == TREE_PLACEMENT)
+		return 0666; /* anyone may ask; nothing is submitted */
 	if (kind == TREE_NODE_CTL || kind == TREE_NODE_MODELS_CTL || kind == TREE_LEDGER_RECORD)
 		return 0644; /* writes are the owner's (root's) */
 	if (kind == TREE_SERVICE_FILE)
 		return 0644; /* refined per file by the fs: 0444 for GET, 0644 for POST */
 	if (kind == TREE_DRAFT)
 		return 0644;
+	if (kind == TREE_BACKUP_STATE)
+		return 0400; /* every spec's env is in it: the daemon's user's alone */
 	return 0444;
 }
 
@@ -410,6 +425,11 @@ char **tree_list(const struct tree_ctx *ctx, const char *path, size_t *ret_n, in
 	case TREE_LEDGER_BEST: names = ledger_metrics(ctx->ledger, ret_n); break;
 	case TREE_MODELS: names = models_list(ctx->models, ret_n); break;
 	case TREE_MODEL: names = names_from_table(model_files, N_OF(model_files), ret_n); break;
+	case TREE_BACKUP:
+		names = calloc(2, sizeof(*names));
+		names[0] = strdup("state.db");
+		*ret_n = 1;
+		break;
 	case TREE_NODE_MODELS: {
 		size_t n = 0;
 		char **m = models_node_list(ctx->models, e.node, &n);

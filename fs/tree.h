@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+struct store;
+
 /* What the tree is made of. Borrowed by every call. */
 struct tree_ctx {
 	struct cluster *cluster;
@@ -21,6 +23,7 @@ struct tree_ctx {
 	struct services *services;
 	struct ledger *ledger;
 	struct models *models;
+	struct store *store; /* backup/state.db copies it */
 };
 
 enum tree_kind {
@@ -42,6 +45,7 @@ enum tree_kind {
 	TREE_MODELS,
 	TREE_MODEL,
 	TREE_NODE_MODELS,
+	TREE_BACKUP, /* the last directory kind */
 	/* files at the top */
 	TREE_README,
 	TREE_CONFIG,
@@ -51,7 +55,10 @@ enum tree_kind {
 	TREE_TOPOLOGY_JSON,
 	TREE_TOPOLOGY_DOT,
 	TREE_METRICS,
-	TREE_HEALTH, /* every node's health in one document */
+	TREE_HEALTH,       /* every node's health in one document */
+	TREE_PLACEMENT,    /* ranked nodes; write a spec, read back on the same handle */
+	TREE_DASHBOARD,    /* dashboard.html */
+	TREE_RECENT_TASKS, /* recent-tasks.json */
 	/* files in nodes/NODE/ */
 	TREE_NODE_STATUS,
 	TREE_NODE_HEALTH,
@@ -88,6 +95,8 @@ enum tree_kind {
 	TREE_MODEL_INFO,
 	TREE_NODE_MODEL,
 	TREE_NODE_MODELS_CTL,
+	/* backup/ */
+	TREE_BACKUP_STATE, /* state.db: a copy of the store made at open */
 	/* symlinks */
 	TREE_TASK_LINK,      /* tasks/GROUP/ID -> ../ID */
 	TREE_NODE_TASK_LINK, /* nodes/NODE/tasks/ID -> ../../../tasks/ID */

@@ -517,3 +517,140 @@ def test_concurrent_requests_during_pulls(fx):
         t.join(10)
     assert results == [{"status": "success"}] * 4
     assert {"m0:1b", "m1:1b", "m2:1b", "m3:1b"} <= set(fx.names())
+
+
+# ------------------------------------------------------------------------ inference
+
+def sse_events(fx, body):
+    """The data: payloads of a /v1/chat/completions stream, as they arrive."""
+    c = fx.conn()
+    try:
+        c.request("POST", "/v1/chat/completions", body=json.dumps(body))
+        r = c.getresponse()
+        assert r.status == 200, (r.status, r.read())
+        assert r.headers["Content-Type"] == "text/event-stream"
+        out = []
+        while True:
+            line = r.readline()
+            if not line:
+                break
+            if line == b"\n":
+                continue
+            assert line.startswith(b"data: ") and line.endswith(b"\n"), line
+            assert r.readline() == b"\n"  # one blank line ends each event
+            payload = line[6:-1]
+            out.append(payload if payload == b"[DONE]" else json.loads(payload))
+        return out
+    finally:
+        c.close()
+
+
+def test_openai_chat_completions(fx):
+    msgs = [{"role": "user", "content": "hello there"}]
+    r = fx.json("POST", "/v1/chat/completions", {"model": "qwen3:8b", "messages": msgs})
+    assert r["object"] == "chat.completion" and r["model"] == "qwen3:8b"
+    assert r["id"].startswith("chatcmpl-") and isinstance(r["created"], int)
+    (choice,) = r["choices"]
+    assert choice["finish_reason"] == "stop" and choice["message"]["role"] == "assistant"
+    text = choice["message"]["content"]
+    assert "qwen3:8b" in text
+    u = r["usage"]
+    assert u["prompt_tokens"] == 2 and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+
+    events = sse_events(fx, {"model": "qwen3:8b", "messages": msgs, "stream": True,
+                             "stream_options": {"include_usage": True}})
+    assert events[-1] == b"[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"]
+               for c in chunks)
+    usage = chunks[-1]
+    assert usage["choices"] == [] and usage["usage"] == u
+    deltas = [c["choices"][0] for c in chunks[:-1]]
+    assert all(d["finish_reason"] is None for d in deltas[:-1])
+    assert deltas[-1]["finish_reason"] == "stop" and deltas[-1]["delta"]["content"] == ""
+    assert "".join(d["delta"]["content"] for d in deltas) == text
+    # without include_usage: no usage chunk
+    plain = sse_events(fx, {"model": "qwen3:8b", "messages": msgs, "stream": True})
+    assert plain[-1] == b"[DONE]" and all("usage" not in c for c in plain[:-1])
+
+
+def test_openai_chat_completions_errors_and_limits(fx, start):
+    err = fx.json("POST", "/v1/chat/completions", {"messages": [{"role": "user"}]},
+                  expect=400)["error"]
+    assert err == {"message": "model is required", "type": "invalid_request_error",
+                   "param": None, "code": None}
+    err = fx.json("POST", "/v1/chat/completions", {"model": "nope:1b", "messages": [
+        {"role": "user", "content": "x"}]}, expect=404)["error"]
+    assert err["type"] == "not_found_error" and "try pulling it first" in err["message"]
+    assert fx.json("POST", "/v1/chat/completions", {"model": "qwen3:8b", "messages": []},
+                   expect=400)["error"]["type"] == "invalid_request_error"
+    r = fx.json("POST", "/v1/chat/completions", {"model": "qwen3:8b", "max_tokens": 2,
+                                                 "messages": [{"role": "user", "content": "x"}]})
+    assert r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] == 2
+    # without --openai the path does not exist
+    assert start().request("POST", "/v1/chat/completions", {"model": "qwen3:8b"})[0] == 404
+
+
+def test_options_num_predict(fx):
+    r = fx.json("POST", "/api/generate", {"model": "qwen3:8b", "prompt": "hi", "stream": False,
+                                          "options": {"num_predict": 3, "temperature": 0.1}})
+    assert r["done_reason"] == "length" and r["eval_count"] == 3
+    chat = [ev for _, ev in fx.stream("/api/chat", {
+        "model": "qwen3:8b", "messages": [{"role": "user", "content": "hi"}],
+        "options": {"num_predict": 2}})]
+    assert len(chat) == 3 and chat[-1]["done_reason"] == "length"
+
+
+def test_token_delay_streams_token_by_token(start):
+    f = start("--models", "qwen3:8b", "--token-delay-ms", "300", "--openai")
+    c = f.conn()
+    try:
+        c.request("POST", "/api/generate", body=json.dumps({"model": "qwen3:8b", "prompt": "hi"}))
+        r = c.getresponse()
+        first = json.loads(r.readline())
+        assert first["done"] is False and first["response"] == "This"
+        # the next token is not there yet: it comes after the delay
+        assert select.select([c.sock], [], [], 0)[0] == []
+        rest = [json.loads(line) for line in iter(r.readline, b"")]
+        assert rest[-1]["done"] is True
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/api/generate", {"model": "qwen3:8b", "prompt": "hi"}),
+    ("/api/chat", {"model": "qwen3:8b", "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/chat/completions", {"model": "qwen3:8b", "stream": True,
+                              "messages": [{"role": "user", "content": "hi"}]}),
+])
+def test_failures_on_demand(start, path, body):
+    # mid-stream: two tokens, then the connection drops without the final chunk and
+    # without the chunked body's end ("0\r\n\r\n"): read what a client gets, raw
+    f = start("--models", "qwen3:8b", "--fail-after-tokens", "2", "--openai")
+    payload = json.dumps(body).encode()
+    with socket.create_connection((f.host, f.port), timeout=10) as s:
+        s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(payload), payload))
+        raw = b""
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            raw += data
+    head, _, chunked = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+    assert b"Transfer-Encoding: chunked" in head
+    assert not chunked.endswith(b"0\r\n\r\n")
+    lines = [ln for ln in chunked.split(b"\n") if ln.startswith((b"{", b"data: "))]
+    assert len(lines) == 2, lines
+    assert all(b"[DONE]" not in ln and b'"done":true' not in ln.replace(b" ", b"")
+               for ln in lines)
+    # by status: what Ollama answers when its runner fails
+    g = start("--models", "qwen3:8b", "--fail-status", "500", "--openai")
+    status, _, data = g.request("POST", path, body)
+    assert status == 500
+    err = json.loads(data)["error"]
+    msg = err["message"] if isinstance(err, dict) else err
+    assert "llama runner process has terminated" in msg
+    if path.startswith("/v1/"):
+        assert err["type"] == "api_error"
