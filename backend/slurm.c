@@ -180,14 +180,22 @@ struct round {
 	uint64_t started_us;
 };
 
+/* Whether the node document's array `key` holds the string `want` (case-blind if asked). */
+static bool array_has(json_t *node, const char *key, const char *want, bool nocase)
+{
+	json_t *arr = json_object_get(node, key), *x;
+	size_t i;
+	json_array_foreach (arr, i, x) {
+		const char *v = json_string_value(x);
+		if (v && !(nocase ? strcasecmp(v, want) : strcmp(v, want)))
+			return true;
+	}
+	return false;
+}
+
 static bool has_flag(json_t *node, const char *flag)
 {
-	json_t *flags = json_object_get(node, "state_flags"), *f;
-	size_t i;
-	json_array_foreach (flags, i, f)
-		if (json_is_string(f) && !strcasecmp(json_string_value(f), flag))
-			return true;
-	return false;
+	return array_has(node, "state_flags", flag, true);
 }
 
 /* GPUs from a GRES string such as "gpu:2", "gpu:a100:4(S:0)" or "gpu:1,tmpdisk:100": per
@@ -259,12 +267,7 @@ static enum node_level node_level_of(json_t *node, const struct config *cfg, str
 
 static bool in_partition(json_t *node, const char *partition)
 {
-	json_t *parts = json_object_get(node, "partitions"), *p;
-	size_t i;
-	json_array_foreach (parts, i, p)
-		if (json_is_string(p) && !strcmp(json_string_value(p), partition))
-			return true;
-	return false;
+	return array_has(node, "partitions", partition, false);
 }
 
 /* Publishes the last listing (fresh or not) to the cluster model. `error` says why this

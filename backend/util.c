@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -241,6 +242,17 @@ int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len
 	return r;
 }
 
+void util_user_name(uid_t uid, char *out, size_t outlen)
+{
+	char buf[16384];
+	struct passwd pw, *found = NULL;
+
+	if (getpwuid_r(uid, &pw, buf, sizeof(buf), &found) == 0 && found && pw.pw_name)
+		snprintf(out, outlen, "%s", pw.pw_name);
+	else
+		snprintf(out, outlen, "%u", (unsigned) uid);
+}
+
 int token_read_file(const char *path, char **ret_token, char *errbuf, size_t errlen)
 {
 	/* the mode is checked on the file that is read, not on a name that may change */
@@ -260,11 +272,14 @@ int token_read_file(const char *path, char **ret_token, char *errbuf, size_t err
 	}
 	if (st.st_uid != geteuid() && st.st_uid != 0) {
 		close(fd);
+		char owner[64], self[64];
+		util_user_name(st.st_uid, owner, sizeof(owner));
+		util_user_name(geteuid(), self, sizeof(self));
 		snprintf(errbuf, errlen,
-			 "token file %s belongs to uid %u, not to this process's user (uid %u) or "
-			 "root; another user could change it: run: chown %u %s",
-			 path, (unsigned) st.st_uid, (unsigned) geteuid(), (unsigned) geteuid(),
-			 path);
+			 "token file %s is owned by %s (uid %u), not by %s (the user this program "
+			 "runs as) or root; a token file that belongs to uid %u can be changed by "
+			 "that user: run: chown %s %s",
+			 path, owner, (unsigned) st.st_uid, self, (unsigned) st.st_uid, self, path);
 		return -EPERM;
 	}
 	if (st.st_mode & (S_IRWXG | S_IRWXO)) {

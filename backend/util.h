@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 /* A growable byte buffer. Always NUL-terminated after its `len` bytes. */
@@ -52,9 +53,12 @@ void log_set_prefix(const char *prefix);
  * -EFBIG when larger than max. */
 int file_read_all(const char *path, size_t max, char **ret_data, size_t *ret_len);
 
-/* Reads a secret token file: refuses (-EPERM) a file readable by group or others,
- * -ENODATA when empty. Trailing whitespace is stripped. Returns a new string. */
+/* Reads a secret token file: refuses (-EPERM) a file readable by group or others or owned
+ * by a user other than ours or root (checked on the file it reads), -ENODATA when empty. Trailing whitespace is stripped. Returns a new string. */
 int token_read_file(const char *path, char **ret_token, char *errbuf, size_t errlen);
+
+/* The name of user `uid` into `out`, or its number when it has none. */
+void util_user_name(uid_t uid, char *out, size_t outlen);
 
 /* "SCHEME://ADDRESS:PORT" + path, with an IPv6 address in brackets. Returns a new string.
  * Only backend/endpoint.c calls it: every other URL comes from endpoint_init(), which

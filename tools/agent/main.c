@@ -277,63 +277,6 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 	return 0;
 }
 
-/* The name of user `uid` into `out`, or its number when it has none. */
-static void agent_user_name(uid_t uid, char *out, size_t outlen)
-{
-	char buf[16384];
-	struct passwd pw, *found = NULL;
-
-	if (getpwuid_r(uid, &pw, buf, sizeof(buf), &found) == 0 && found && pw.pw_name)
-		snprintf(out, outlen, "%s", pw.pw_name);
-	else
-		snprintf(out, outlen, "%u", (unsigned) uid);
-}
-
-/* Reads the bearer token from `path` (token_read_file(): a regular file, not accessible
- * by group or others, one printable line) and refuses one owned by a user other than
- * ours or root, who could change it. Returns a new string, 0 or -errno with a sentence in
- * errbuf. */
-static int agent_read_token(const char *path, char **ret_token, char *errbuf, size_t errlen)
-{
-	char owner[64], self[64];
-	struct stat before, after;
-	int r;
-
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-	if (fd < 0 || fstat(fd, &before) < 0) {
-		if (fd >= 0)
-			close(fd);
-		/* token_read_file() says what is wrong with it. */
-		return token_read_file(path, ret_token, errbuf, errlen);
-	}
-	if (before.st_uid != geteuid() && before.st_uid != 0) {
-		close(fd);
-		agent_user_name(before.st_uid, owner, sizeof(owner));
-		agent_user_name(geteuid(), self, sizeof(self));
-		snprintf(errbuf, errlen,
-			 "token file %s is owned by %s (uid %u), not by %s (the user "
-			 "clusterfs-agent runs as) or root, so %s could change the token; run: "
-			 "chown %s %s, or give the agent a token file of its own",
-			 path, owner, (unsigned) before.st_uid, self, owner, self, path);
-		return -EPERM;
-	}
-	char *token = NULL;
-	r = token_read_file(path, &token, errbuf, errlen);
-	close(fd);
-	if (r < 0)
-		return r;
-	/* The file read must be the one whose owner was checked. */
-	if (stat(path, &after) < 0 || after.st_dev != before.st_dev ||
-	    after.st_ino != before.st_ino) {
-		snprintf(errbuf, errlen, "token file %s was replaced while it was read", path);
-		explicit_bzero(token, strlen(token));
-		free(token);
-		return -EAGAIN;
-	}
-	*ret_token = token;
-	return 0;
-}
-
 /* Creates `path` and any missing parents with mode 0700 and checks that the agent can
  * write there. An existing directory must be the agent's user's own (whoever owns it
  * could change what the tasks run); one open to group or others is made 0700. Returns
@@ -373,8 +316,8 @@ static int agent_prepare_state_dir(const char *path, char **ret_abs, char *errbu
 		return r;
 	}
 	if (st.st_uid != geteuid()) {
-		agent_user_name(st.st_uid, owner, sizeof(owner));
-		agent_user_name(geteuid(), self, sizeof(self));
+		util_user_name(st.st_uid, owner, sizeof(owner));
+		util_user_name(geteuid(), self, sizeof(self));
 		snprintf(errbuf, errlen,
 			 "refusing state directory %s: it is owned by %s (uid %u), not by %s, "
 			 "the user clusterfs-agent runs as, and its owner could change what the "
@@ -533,7 +476,8 @@ int main(int argc, char **argv)
 						     : AGENT_EXIT_RUNTIME;
 	}
 
-	r = agent_read_token(opts.token_file, &token, errbuf, sizeof(errbuf));
+	/* token_read_file checks the file it reads: private, and ours or root's */
+	r = token_read_file(opts.token_file, &token, errbuf, sizeof(errbuf));
 	if (r < 0) {
 		log_err("%s", errbuf);
 		return AGENT_EXIT_USAGE;
