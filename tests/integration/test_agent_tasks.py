@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -783,3 +784,47 @@ def test_task_that_never_got_the_go_ahead_is_not_lost(start_agent, tmpdir_path):
     assert status == 201, doc
     assert agent.wait_final("unborn")["state"] == "succeeded"
     assert read_file(counter) == "run\n"
+
+
+def test_blocking_task_list(agent):
+    """GET /api/node/tasks?index=N&wait=S answers what changed after change N; when nothing
+    did, it waits for a task to start or end (woken, not at the deadline), holding no
+    server thread: other requests are answered meanwhile."""
+    status, doc = agent.request("GET", "/api/node/tasks?index=0")
+    assert status == 200 and isinstance(doc["index"], int) and doc["index"] > 0
+    index = doc["index"]
+    # nothing changed: an answer with wait=0 is immediate and lists nothing new
+    status, doc = agent.request("GET", f"/api/node/tasks?index={index}&wait=0")
+    assert status == 200 and doc["tasks"] == [] and doc["index"] == index
+    got = {}
+
+    def poll():
+        t = time.monotonic()
+        got["status"], got["doc"] = agent.request(
+            "GET", f"/api/node/tasks?index={index}&wait=30")
+        got["took"] = time.monotonic() - t
+
+    th = threading.Thread(target=poll)
+    th.start()
+    time.sleep(0.3)
+    assert th.is_alive(), "the poll answered before anything changed"
+    # the server still answers others while the poll waits
+    assert agent.request("GET", "/api/node/health")[0] == 200
+    status, _ = agent.post({"id": "wake-1", "cmd": ["sleep", "0.2"]})
+    assert status == 201
+    th.join(10)  # far below the poll's 30 s: it was woken by the start
+    assert not th.is_alive(), "the poll was not woken by the task's start"
+    assert got["status"] == 200
+    assert [t["id"] for t in got["doc"]["tasks"]] == ["wake-1"]
+    assert got["doc"]["index"] > index
+    # the end is a change too
+    index = got["doc"]["index"]
+    status, doc = agent.request("GET", f"/api/node/tasks?index={index}&wait=30")
+    assert status == 200 and doc["index"] > index
+    assert [t["state"] for t in doc["tasks"] if t["id"] == "wake-1"] in (["running"],
+                                                                         ["succeeded"])
+    agent.wait_final("wake-1")
+    # bad parameters are refused with a sentence
+    for q in ("index=-1", "index=x", "index=1&wait=61", "index=1&wait=abc"):
+        status, doc = agent.request("GET", "/api/node/tasks?" + q)
+        assert status == 400 and doc["error"], q
