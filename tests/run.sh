@@ -9,10 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh
 build=build
-setup=()
+setup=(-Dwerror=true) # CI builds warning-free
 if [ "${1:-}" = "--asan" ]; then
 	build=build-asan
-	setup=(-Db_sanitize=address,undefined -Db_lundef=false)
+	setup+=(-Db_sanitize=address,undefined -Db_lundef=false)
 	export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=99
 	export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=99
 	shift
