@@ -2,6 +2,7 @@
 
 Every helper stops what it started (fixtures finalize even when a test fails), so a
 failing case cannot wedge the next one."""
+import http.client
 import json
 import os
 import signal
@@ -95,22 +96,51 @@ def write_token(path, value):
     return path
 
 
-class Agent:
-    """One clusterfs-agent process on 127.0.0.1."""
+AGENT_TOKEN = "t0ken-for-tests-5f2c9a"  # the token of agents the agent tests start
+SUPERVISOR = "clusterfs-agent-supervise"  # the agent runs it from its own directory
+# CLUSTERFS_AGENT_VALGRIND=1: agents started with valgrind=True run under memcheck (not
+# their supervisors), and an error or a definite leak makes them exit 99 (checked at stop)
+AGENT_VALGRIND = os.environ.get("CLUSTERFS_AGENT_VALGRIND") == "1"
+VALGRIND_CMD = ["valgrind", "--quiet", "--trace-children=no", "--error-exitcode=99",
+                "--leak-check=full", "--errors-for-leak-kinds=definite"]
+AGENT_START_S = 60.0 if AGENT_VALGRIND else 10.0
 
-    def __init__(self, tmp, name, token_file, port=None, extra=()):
+
+class Agent:
+    """One clusterfs-agent process on 127.0.0.1, its files under tmp: the log (appended to
+    across restarts of the same name) and, unless told, its state directory. name None
+    starts it without --name. prefix runs it under another program (setpriv, valgrind)."""
+
+    def __init__(self, tmp, name, token_file, port=None, extra=(), state=None, env=None,
+                 log=None, prefix=(), valgrind=False):
         self.name = name
         self.port = port or free_port()
         self.token_file = Path(token_file)
-        self.state = Path(tmp) / f"agent-{name}-state"
-        self.log_path = Path(tmp) / f"agent-{name}.log"
+        try:
+            self.token = self.token_file.read_text().strip()
+        except OSError:
+            self.token = None  # a test of a missing token file
+        self.state = Path(state) if state else Path(tmp) / f"agent-{name}-state"
+        self.state_dir = str(self.state)
+        self.log_path = Path(log) if log else Path(tmp) / f"agent-{name}.log"
+        self.stderr_path = str(self.log_path)
+        self.killed = False
+        self.valgrind = valgrind and AGENT_VALGRIND
         self.log = open(self.log_path, "ab")
         start = self.log.tell()
-        self.proc = subprocess.Popen(
-            [str(AGENT_BIN), "--listen", f"127.0.0.1:{self.port}", "--token-file",
-             str(self.token_file), "--state-dir", str(self.state), "--name", name, *extra],
-            stdout=self.log, stderr=self.log)
-        wait_until(lambda: self._listening(start), 10, what=f"agent {name} listening")
+        args = [str(AGENT_BIN), "--listen", f"127.0.0.1:{self.port}", "--token-file",
+                str(self.token_file), "--state-dir", str(self.state)]
+        if name is not None:
+            args += ["--name", name]
+        prefix = [*prefix, *(VALGRIND_CMD if self.valgrind else [])]
+        self.proc = subprocess.Popen([*prefix, *args, *extra], stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=self.log, env=env)
+        try:
+            wait_until(lambda: self._listening(start),
+                       60 if self.valgrind else AGENT_START_S, what=f"agent {name} listening")
+        except AssertionError:
+            self.stop()
+            raise AssertionError("agent did not start listening:\n" + self.stderr())
 
     def _listening(self, start):
         if self.proc.poll() is not None:
@@ -119,22 +149,116 @@ class Agent:
             f.seek(start)
             return b"listening on " in f.read()
 
+    def stderr(self):
+        return self.log_path.read_text(errors="replace")
+
+    def connect(self, timeout=10):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def raw(self, method, path, body=None, token=True, headers=None, timeout=30):
+        """One request on a fresh connection: (status, response, body bytes). token True
+        sends the agent's own, None sends none; a body that is not bytes or str is sent
+        as JSON."""
+        h = dict(headers or {})
+        if token is not None:
+            h["Authorization"] = "Bearer " + (self.token if token is True else token)
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+            h.setdefault("Content-Type", "application/json")
+        conn = self.connect(timeout)
+        try:
+            conn.request(method, path, body=body, headers=h)
+            resp = conn.getresponse()
+            return resp.status, resp, resp.read()
+        finally:
+            conn.close()
+
+    def request(self, method, path, body=None, token=True, headers=None):
+        """(status, response, parsed JSON body); checks that the answer is a JSON line."""
+        status, resp, raw = self.raw(method, path, body, token, headers)
+        assert resp.getheader("Content-Type") == "application/json", raw
+        assert raw.endswith(b"\n"), raw
+        return status, resp, json.loads(raw)
+
     def pause(self):
         self.proc.send_signal(signal.SIGSTOP)
 
     def resume(self):
         self.proc.send_signal(signal.SIGCONT)
 
+    def kill9(self):
+        self.killed = True
+        self.proc.kill()
+        self.proc.wait()
+
     def stop(self):
+        """Stops the agent (SIGTERM, then SIGKILL after 10 s); returns its exit status,
+        None when it had been killed with kill9(), -1 when it had to be killed now."""
+        code = None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(60 if self.valgrind else 10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
+                code = -1
+        if not self.log.closed:
+            self.log.close()
+        if code is None and not self.killed:
+            code = self.proc.returncode
+        return code
+
+
+def kill_leftovers(state_dir):
+    """Kills the process groups and supervisors of an agent's tasks without a result."""
+    tasks = os.path.join(state_dir, "tasks")
+    if not os.path.isdir(tasks):
+        return
+    for task_id in os.listdir(tasks):
+        d = os.path.join(tasks, task_id)
+        if os.path.exists(os.path.join(d, "result.json")):
+            continue
+        try:
+            with open(os.path.join(d, "pgid")) as f:
+                os.killpg(int(f.read()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        try:
+            with open(os.path.join(d, "supervisor")) as f:
+                pid = int(f.read().split()[0])
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                args = f.read().split(b"\0")
+            if os.path.basename(args[0]) == SUPERVISOR.encode() and args[1] == d.encode():
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
+
+
+@pytest.fixture
+def agent_pool():
+    """Factory: agent_pool(tmp, cls=Agent, **kw) starts an agent (a cls) with files under
+    tmp. At teardown every one is stopped, the tasks they left are killed, and the test
+    fails when one did not exit 0."""
+    started = []
+
+    def start(tmp, cls=Agent, **kw):
+        kw.setdefault("log", os.path.join(tmp, "agent-%d.log" % len(started)))
+        agent = cls(tmp, **kw)
+        started.append(agent)
+        return agent
+
+    yield start
+    failures = []
+    for agent in started:
+        code = agent.stop()
+        if code not in (0, None):
+            failures.append("agent exited with %s:\n%s" % (code, agent.stderr()))
+    for state in {a.state_dir for a in started}:
+        kill_leftovers(state)
+    if failures:
+        pytest.fail("\n".join(failures))
 
 
 class Mount:

@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-from conftest import AGENT_BIN, free_port, wait_listening
+from conftest import AGENT_BIN, AGENT_TOKEN, free_port
 
 AGENT = str(AGENT_BIN)
-TOKEN = "t0ken-for-tests-5f2c9a"
+TOKEN = AGENT_TOKEN
 HEALTH_FIELDS = {
     "name", "hostname", "version", "time", "uptime_s", "cores", "cpu_percent", "load",
     "mem_total_mb", "mem_available_mb", "mem_percent", "disk_path", "disk_total_mb",
@@ -39,37 +39,6 @@ def write_token(path, token=TOKEN, mode=0o600):
     os.chmod(path, mode)
 
 
-class Agent:
-    def __init__(self, proc, port, stderr_path):
-        self.proc = proc
-        self.port = port
-        self.stderr_path = stderr_path
-
-    def stderr(self):
-        with open(self.stderr_path) as f:
-            return f.read()
-
-    def connect(self):
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-
-    def request(self, method, path, token=TOKEN, body=None, headers=None):
-        """One request on a fresh connection: (status, headers, parsed JSON body)."""
-        conn = self.connect()
-        try:
-            return do_request(conn, method, path, token, body, headers)
-        finally:
-            conn.close()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def do_request(conn, method, path, token=TOKEN, body=None, headers=None):
     h = dict(headers or {})
     if token is not None:
@@ -80,7 +49,6 @@ def do_request(conn, method, path, token=TOKEN, body=None, headers=None):
     assert resp.getheader("Content-Type") == "application/json"
     assert raw.endswith(b"\n")
     return resp.status, resp, json.loads(raw)
-
 
 
 def agent_cmd(tmp, token_file, port, extra=()):
@@ -95,33 +63,17 @@ def tmpdir_path():
 
 
 @pytest.fixture
-def start_agent(tmpdir_path):
-    """Starts agents on free ports; every one started is stopped at teardown."""
-    if not os.access(AGENT, os.X_OK):
-        pytest.fail("agent binary not found at %s; build it or set CLUSTERFS_BUILD" % AGENT)
-    started = []
+def start_agent(tmpdir_path, agent_pool):
+    """Starts agents (no --name, state in tmpdir_path/state) with the shared harness."""
+    token_file = os.path.join(tmpdir_path, "token")
 
     def start(extra=(), env=None):
-        token_file = os.path.join(tmpdir_path, "token")
         if not os.path.exists(token_file):
             write_token(token_file)
-        port = free_port()
-        stderr_path = os.path.join(tmpdir_path, "agent-%d.log" % len(started))
-        with open(stderr_path, "w") as err:
-            proc = subprocess.Popen(agent_cmd(tmpdir_path, token_file, port, extra),
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=err, env=env)
-        agent = Agent(proc, port, stderr_path)
-        started.append(agent)
-        if not wait_listening(proc, stderr_path):
-            pytest.fail("agent did not start listening:\n" + agent.stderr())
-        return agent
+        return agent_pool(tmpdir_path, name=None, token_file=token_file, extra=extra,
+                          env=env, state=os.path.join(tmpdir_path, "state"))
 
-    try:
-        yield start
-    finally:
-        for agent in started:
-            agent.stop()
+    return start
 
 
 @pytest.fixture

@@ -23,8 +23,7 @@ import time
 import pytest
 
 from conftest import free_port, wait_until
-from test_agent_tasks import (AGENT, START_S, Agent, is_alive, kill_leftovers, proc_stat,
-                              read_file, task_dir, write_token)
+from test_agent_tasks import AGENT, TaskAgent, is_alive, read_file, task_dir, write_token
 
 NODE = "node-ident"
 HOMES = "/tmp/cfsa-homes"
@@ -87,52 +86,29 @@ def tmpdir_path():
 
 
 @pytest.fixture
-def start_agent(tmpdir_path, users):
-    """Starts agents on free ports (as root, or as `as_user` via setpriv, each with a token
-    file of its user's); all are stopped at teardown, and leftover tasks are killed."""
-    started = []
+def start_agent(tmpdir_path, users, agent_pool):
+    """Starts agents named NODE (as root, or as `as_user` via setpriv, each with a token
+    file of its user's) with the shared harness: stopped at teardown, leftover tasks
+    killed."""
 
     def start(state_dir=None, as_user=None, token_file=None, extra=()):
-        state_dir = state_dir or os.path.join(tmpdir_path, "state")
         if not token_file:
             token_file = os.path.join(tmpdir_path, "token-%s" % (as_user or "root"))
             write_token(token_file)
             if as_user:
                 os.chown(token_file, users[as_user].pw_uid, users[as_user].pw_gid)
-        port = free_port()
-        stderr_path = os.path.join(tmpdir_path, "agent-%d.log" % len(started))
-        cmd = [AGENT, "--listen", "127.0.0.1:%d" % port, "--token-file", token_file,
-               "--state-dir", state_dir, "--name", NODE, *extra]
         env = dict(os.environ)
+        prefix = ()
         if as_user:
             pw = users[as_user]
-            cmd = ["setpriv", "--reuid", str(pw.pw_uid), "--regid", str(pw.pw_gid),
-                   "--init-groups", "--"] + cmd
+            prefix = ("setpriv", "--reuid", str(pw.pw_uid), "--regid", str(pw.pw_gid),
+                      "--init-groups", "--")
             env.update(HOME=pw.pw_dir, USER=as_user, LOGNAME=as_user)
-        with open(stderr_path, "w") as err:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=err, env=env)
-        agent = Agent(proc, port, stderr_path, state_dir)
-        started.append(agent)
-        end = time.monotonic() + START_S
-        while "listening on " not in agent.stderr():
-            if proc.poll() is not None or time.monotonic() > end:
-                pytest.fail("agent did not start listening:\n" + agent.stderr())
-            time.sleep(0.05)
-        return agent
+        return agent_pool(tmpdir_path, TaskAgent, name=NODE, token_file=token_file,
+                          extra=extra, env=env, prefix=prefix,
+                          state=state_dir or os.path.join(tmpdir_path, "state"))
 
-    failures = []
-    try:
-        yield start
-    finally:
-        for agent in started:
-            code = agent.stop()
-            if code not in (0, None):
-                failures.append("agent exited with %s:\n%s" % (code, agent.stderr()))
-        for state_dir in {a.state_dir for a in started}:
-            kill_leftovers(state_dir)
-    if failures:
-        pytest.fail("\n".join(failures))
+    return start
 
 
 @pytest.fixture

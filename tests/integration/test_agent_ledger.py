@@ -6,11 +6,8 @@ The binary is $CLUSTERFS_BUILD/tools/agent/clusterfs-agent (default: the
 repository's build/); these tests build nothing themselves.
 """
 
-import http.client
-import json
 import os
 import re
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -19,54 +16,22 @@ import time
 
 import pytest
 
-from conftest import AGENT_BIN, free_port, wait_listening
+from conftest import AGENT_BIN, AGENT_TOKEN, Agent, free_port
 
 AGENT = str(AGENT_BIN)
-TOKEN = "t0ken-for-ledger-tests-77d1"
+TOKEN = AGENT_TOKEN
 NO_LEDGER = "this agent serves no ledger (start it with --ledger FILE)"
 
 
 
-class Agent:
-    def __init__(self, proc, port, stderr_path):
-        self.proc = proc
-        self.port = port
-        self.stderr_path = stderr_path
-
-    def stderr(self):
-        with open(self.stderr_path) as f:
-            return f.read()
-
+class LedgerAgent(Agent):
     def request(self, method, path, body=None, token=TOKEN):
         """One request on a fresh connection: (status, parsed JSON body)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            headers = {}
-            if token is not None:
-                headers["Authorization"] = "Bearer " + token
-            if body is not None and not isinstance(body, (bytes, str)):
-                body = json.dumps(body)
-            conn.request(method, path, body=body, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-            assert resp.getheader("Content-Type") == "application/json"
-            assert raw.endswith(b"\n"), raw
-            return resp.status, json.loads(raw)
-        finally:
-            conn.close()
+        status, _, doc = super().request(method, path, body, token)
+        return status, doc
 
     def record(self, entry):
         return self.request("POST", "/api/ledger/record", entry)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
 
 
 @pytest.fixture
@@ -81,35 +46,18 @@ def ledger_file(tmpdir_path):
 
 
 @pytest.fixture
-def start_agent(tmpdir_path):
-    """Starts agents on free ports; every one started is stopped at teardown."""
-    if not os.access(AGENT, os.X_OK):
-        pytest.fail("agent binary not found at %s; build it or set CLUSTERFS_BUILD" % AGENT)
+def start_agent(tmpdir_path, agent_pool):
+    """Starts agents (no --name, one state directory) with the shared harness."""
     token_file = os.path.join(tmpdir_path, "token")
     with open(token_file, "w") as f:
         f.write(TOKEN + "\n")
     os.chmod(token_file, 0o600)
-    started = []
 
     def start(extra=()):
-        port = free_port()
-        stderr_path = os.path.join(tmpdir_path, "agent-%d.log" % len(started))
-        cmd = [AGENT, "--listen", "127.0.0.1:%d" % port, "--token-file", token_file,
-               "--state-dir", os.path.join(tmpdir_path, "state"), *extra]
-        with open(stderr_path, "w") as err:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=err)
-        agent = Agent(proc, port, stderr_path)
-        started.append(agent)
-        if not wait_listening(proc, stderr_path):
-            pytest.fail("agent did not start listening:\n" + agent.stderr())
-        return agent
+        return agent_pool(tmpdir_path, LedgerAgent, name=None, token_file=token_file,
+                          extra=extra, state=os.path.join(tmpdir_path, "state"))
 
-    try:
-        yield start
-    finally:
-        for agent in started:
-            agent.stop()
+    return start
 
 
 @pytest.fixture
@@ -433,7 +381,7 @@ def test_persists_across_restart(start_agent, ledger_file):
 def test_recorded_entry_survives_kill_9(start_agent, ledger_file):
     agent = start_agent(["--ledger", ledger_file])
     assert agent.record(entry(42, val_loss=0.42))[0] == 201
-    agent.proc.kill()
+    agent.kill9()
     agent.proc.wait()
     agent = start_agent(["--ledger", ledger_file])
     assert agent.request("GET", "/api/ledger/42")[1]["metrics"] == {"val_loss": 0.42}

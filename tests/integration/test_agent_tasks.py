@@ -9,7 +9,6 @@ every agent runs under valgrind (not its supervisors), and a case fails when val
 reports an error or a definite leak.
 """
 
-import http.client
 import json
 import os
 import signal
@@ -21,18 +20,13 @@ import time
 
 import pytest
 
-from conftest import AGENT_BIN, free_port
+from conftest import AGENT_BIN, AGENT_START_S, AGENT_TOKEN, SUPERVISOR, Agent, free_port
 
 AGENT = str(AGENT_BIN)
-SUPERVISOR = "clusterfs-agent-supervise"  # the agent runs it from its own directory
-TOKEN = "t0ken-for-task-tests-81d3"
-VALGRIND = os.environ.get("CLUSTERFS_AGENT_VALGRIND") == "1"
-VALGRIND_CMD = ["valgrind", "--quiet", "--trace-children=no", "--error-exitcode=99",
-                "--leak-check=full", "--errors-for-leak-kinds=definite"]
-START_S = 60.0 if VALGRIND else 10.0
+TOKEN = AGENT_TOKEN
+START_S = AGENT_START_S
 TASK_FIELDS = {"id", "state", "pid", "exit_code", "signal", "started_at", "finished_at",
                "stdout_size", "stderr_size"}
-
 
 
 def write_token(path, token=TOKEN):
@@ -41,38 +35,11 @@ def write_token(path, token=TOKEN):
     os.close(fd)
 
 
-class Agent:
-    def __init__(self, proc, port, stderr_path, state_dir):
-        self.proc = proc
-        self.port = port
-        self.stderr_path = stderr_path
-        self.state_dir = state_dir
-        self.killed = False
-
-    def stderr(self):
-        with open(self.stderr_path, errors="replace") as f:
-            return f.read()
-
-    def raw(self, method, path, body=None):
-        """One request on a fresh connection: (status, response, raw body bytes)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            headers = {"Authorization": "Bearer " + TOKEN}
-            if body is not None and not isinstance(body, (bytes, str)):
-                body = json.dumps(body)
-                headers["Content-Type"] = "application/json"
-            conn.request(method, path, body=body, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, resp, resp.read()
-        finally:
-            conn.close()
-
+class TaskAgent(Agent):
     def request(self, method, path, body=None):
         """(status, parsed JSON body); checks that the answer is JSON."""
-        status, resp, raw = self.raw(method, path, body)
-        assert resp.getheader("Content-Type") == "application/json", raw
-        assert raw.endswith(b"\n")
-        return status, json.loads(raw)
+        status, _, doc = super().request(method, path, body)
+        return status, doc
 
     def post(self, body):
         return self.request("POST", "/api/node/tasks", body)
@@ -100,23 +67,6 @@ class Agent:
         status, doc = self.request("GET", "/api/node/health")
         assert status == 200
         return doc
-
-    def kill9(self):
-        self.killed = True
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self):
-        """Stops the agent; returns its exit status (None when it had been killed)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60 if VALGRIND else 10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                return -1
-        return None if self.killed else self.proc.returncode
 
 
 def task_dir(agent, task_id):
@@ -159,29 +109,6 @@ def supervisor_pid(agent, task_id):
     return int(read_file(os.path.join(task_dir(agent, task_id), "supervisor")).split()[0])
 
 
-def kill_leftovers(state_dir):
-    """Kills the process groups and supervisors of tasks without a result."""
-    tasks = os.path.join(state_dir, "tasks")
-    if not os.path.isdir(tasks):
-        return
-    for task_id in os.listdir(tasks):
-        d = os.path.join(tasks, task_id)
-        if os.path.exists(os.path.join(d, "result.json")):
-            continue
-        try:
-            os.killpg(int(read_file(os.path.join(d, "pgid"))), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
-        try:
-            pid = int(read_file(os.path.join(d, "supervisor")).split()[0])
-            with open("/proc/%d/cmdline" % pid, "rb") as f:
-                args = f.read().split(b"\0")
-            if os.path.basename(args[0]) == SUPERVISOR.encode() and args[1] == d.encode():
-                os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            pass
-
-
 @pytest.fixture
 def tmpdir_path():
     with tempfile.TemporaryDirectory(prefix="clusterfs-tasks-test-") as d:
@@ -189,46 +116,18 @@ def tmpdir_path():
 
 
 @pytest.fixture
-def start_agent(tmpdir_path):
-    """Starts agents on free ports, all with the same state directory unless told; every
-    one started is stopped at teardown, and leftover tasks are killed."""
-    if not os.access(AGENT, os.X_OK):
-        pytest.fail("agent binary not found at %s; build it or set CLUSTERFS_BUILD" % AGENT)
+def start_agent(tmpdir_path, agent_pool):
+    """Starts agents (no --name), all with the same state directory unless told, with
+    the shared harness: stopped at teardown, leftover tasks killed."""
     token_file = os.path.join(tmpdir_path, "token")
     write_token(token_file)
-    started = []
 
     def start(state_dir=None, env=None):
-        state_dir = state_dir or os.path.join(tmpdir_path, "state")
-        port = free_port()
-        stderr_path = os.path.join(tmpdir_path, "agent-%d.log" % len(started))
-        cmd = [AGENT, "--listen", "127.0.0.1:%d" % port, "--token-file", token_file,
-               "--state-dir", state_dir]
-        with open(stderr_path, "w") as err:
-            proc = subprocess.Popen((VALGRIND_CMD if VALGRIND else []) + cmd,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=err, env=env)
-        agent = Agent(proc, port, stderr_path, state_dir)
-        started.append(agent)
-        end = time.monotonic() + START_S
-        while "listening on " not in agent.stderr():
-            if proc.poll() is not None or time.monotonic() > end:
-                pytest.fail("agent did not start listening:\n" + agent.stderr())
-            time.sleep(0.05)
-        return agent
+        return agent_pool(tmpdir_path, TaskAgent, name=None, token_file=token_file, env=env,
+                          state=state_dir or os.path.join(tmpdir_path, "state"),
+                          valgrind=True)
 
-    failures = []
-    try:
-        yield start
-    finally:
-        for agent in started:
-            code = agent.stop()
-            if code not in (0, None):
-                failures.append("agent exited with %s:\n%s" % (code, agent.stderr()))
-        for state_dir in {a.state_dir for a in started}:
-            kill_leftovers(state_dir)
-    if failures:
-        pytest.fail("\n".join(failures))
+    return start
 
 
 @pytest.fixture
