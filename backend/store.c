@@ -425,54 +425,6 @@ static char *col_text(sqlite3_stmt *st, int i)
 	return s ? strdup((const char *) s) : NULL;
 }
 
-int store_load_tasks(struct store *s, struct store_task **ret, size_t *ret_n)
-{
-	static const char sql[] =
-		"SELECT id, parent, spec, state, node, dispatch_id, reason, placement, exit_code,"
-		" attempts, priority, uid, submitted_at, started_at, finished_at, seq, user, gid"
-		" FROM tasks ORDER BY seq";
-	sqlite3_stmt *st;
-	int rc = store_prepare(s, sql, &st);
-	if (rc < 0)
-		return rc;
-	struct store_task *ts = NULL;
-	size_t n = 0, cap = 0;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (n == cap) {
-			cap = cap ? 2 * cap : 64;
-			ts = realloc(ts, cap * sizeof(*ts));
-		}
-		struct store_task *t = &ts[n++];
-		memset(t, 0, sizeof(*t));
-		t->id = col_text(st, 0);
-		t->parent = col_text(st, 1);
-		t->spec = col_text(st, 2);
-		t->state = col_text(st, 3);
-		t->node = col_text(st, 4);
-		t->dispatch_id = col_text(st, 5);
-		t->reason = col_text(st, 6);
-		t->placement = col_text(st, 7);
-		t->exit_code = sqlite3_column_int(st, 8);
-		t->attempts = sqlite3_column_int(st, 9);
-		t->priority = sqlite3_column_int(st, 10);
-		t->uid = (uid_t) sqlite3_column_int64(st, 11);
-		t->submitted_at = sqlite3_column_double(st, 12);
-		t->started_at = sqlite3_column_double(st, 13);
-		t->finished_at = sqlite3_column_double(st, 14);
-		t->seq = sqlite3_column_int64(st, 15);
-		t->user = col_text(st, 16);
-		t->gid = (gid_t) sqlite3_column_int64(st, 17);
-	}
-	sqlite3_finalize(st);
-	if (rc != SQLITE_DONE) {
-		store_tasks_free(ts, n);
-		return sqlite_to_errno(rc);
-	}
-	*ret = ts;
-	*ret_n = n;
-	return 0;
-}
-
 void store_tasks_free(struct store_task *ts, size_t n)
 {
 	for (size_t i = 0; i < n; i++)

@@ -60,8 +60,7 @@ int store_insert_task(struct store *s, struct store_task *t);
 int store_insert_tasks(struct store *s, struct store_task *ts, size_t n);
 /* Writes every mutable field of an existing task. */
 int store_update_task(struct store *s, const struct store_task *t);
-/* Loads every task, in submission order. Returns a new array (free with store_tasks_free). */
-int store_load_tasks(struct store *s, struct store_task **ret, size_t *ret_n);
+/* Frees an array of tasks the functions below return. */
 void store_tasks_free(struct store_task *ts, size_t n);
 /* Loads the unfinished tasks (queued, dispatched, running), in submission order: a new
  * array (free with store_tasks_free). Finished ones are read when asked for. */

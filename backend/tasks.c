@@ -2351,7 +2351,8 @@ static void prune_arm_on_loop(void *arg)
 	if (t->prune_timer)
 		loop_timer_cancel(t->loop, t->prune_timer);
 	double wait = due - clock_wall_s();
-	wait = wait < 0.001 ? 0.001 : wait > PRUNE_SAFETY_S ? PRUNE_SAFETY_S : wait;
+	/* a backlog goes in batches with room for other work between them */
+	wait = wait < 0.01 ? 0.01 : wait > PRUNE_SAFETY_S ? PRUNE_SAFETY_S : wait;
 	t->prune_timer =
 		loop_timer_add(t->loop, clock_now_us() + (uint64_t) (wait * 1e6), prune_run, t);
 }
