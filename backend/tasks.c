@@ -2372,9 +2372,10 @@ static void pruned_one(void *arg, const char *id, const char *node, const char *
 	struct tasks *t = arg;
 	pthread_mutex_lock(&t->lock);
 	struct task *k = find_locked(t, id);
-	if (k && task_state_is_final(k->row.state))
+	bool live = k && !task_state_is_final(k->row.state); /* retried meanwhile: counted */
+	if (k && !live)
 		forget_locked(t, k);
-	if (record && state) {
+	if (record && state && !live) {
 		int si = state_index(state);
 		t->state_counts[si]--;
 		struct node_load *n = node ? node_load_locked(t, node, false) : NULL;

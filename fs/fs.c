@@ -889,7 +889,8 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 /* Task directories by position: offsets 0 "." and 1 "..", then (tasks/ only) 2.. the
  * fixed names, then each task at TASK_OFF_BASE + its submission number, which the store
- * seeks to. A getdents costs what it returns, wherever it starts (DESIGN §2). */
+ * seeks to. A getdents costs what it returns, wherever it starts (DESIGN §3, "What the
+ * store keeps"). */
 #define TASK_OFF_BASE 16
 
 static const char *const tasks_fixed[] = {"new", "done", "failed", "queued", "running"};
