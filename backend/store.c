@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 struct conn {
@@ -47,6 +48,21 @@ static const char *const migrations[] = {
 	/* 3: what happened and which nodes are drained, kept across restarts */
 	"CREATE TABLE events(seq INTEGER PRIMARY KEY, at REAL NOT NULL, line TEXT NOT NULL);"
 	"CREATE TABLE drains(node TEXT PRIMARY KEY, since REAL NOT NULL);",
+	/* 4: the store is the source of listings and of finished tasks: a group by state
+	 * (0 queued, 1 dispatched or running, 2 succeeded, 3 the other ends) and indexes
+	 * that seek to a position, count by node and state, find children and the oldest
+	 * ends; the total of kept output for the retention */
+	"ALTER TABLE tasks ADD COLUMN grp INTEGER GENERATED ALWAYS AS (CASE state"
+	" WHEN 'queued' THEN 0 WHEN 'dispatched' THEN 1 WHEN 'running' THEN 1"
+	" WHEN 'succeeded' THEN 2 ELSE 3 END) VIRTUAL;"
+	"CREATE INDEX tasks_by_group ON tasks(grp, seq);"
+	"CREATE INDEX tasks_by_node ON tasks(node, seq) WHERE node IS NOT NULL;"
+	"CREATE INDEX tasks_by_node_state ON tasks(node, state, seq);"
+	"CREATE INDEX tasks_by_parent ON tasks(parent) WHERE parent IS NOT NULL;"
+	"CREATE INDEX tasks_by_end ON tasks(finished_at, seq) WHERE finished_at IS NOT NULL;"
+	"ALTER TABLE output ADD COLUMN pruned_at REAL;"
+	"CREATE TABLE totals(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+	"INSERT INTO totals SELECT 'output_bytes', coalesce(sum(length(data)), 0) FROM output;",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
@@ -409,43 +425,84 @@ static char *col_text(sqlite3_stmt *st, int i)
 	return s ? strdup((const char *) s) : NULL;
 }
 
-int store_load_tasks(struct store *s, struct store_task **ret, size_t *ret_n)
+void store_tasks_free(struct store_task *ts, size_t n)
 {
-	static const char sql[] =
-		"SELECT id, parent, spec, state, node, dispatch_id, reason, placement, exit_code,"
-		" attempts, priority, uid, submitted_at, started_at, finished_at, seq, user, gid"
-		" FROM tasks ORDER BY seq";
+	for (size_t i = 0; i < n; i++)
+		store_task_clear(&ts[i]);
+	free(ts);
+}
+
+/* Adds delta to a running total, in the caller's transaction. */
+static int totals_add(sqlite3 *db, const char *key, int64_t delta)
+{
 	sqlite3_stmt *st;
-	int rc = store_prepare(s, sql, &st);
-	if (rc < 0)
-		return rc;
+	int rc = sqlite3_prepare_v2(db,
+				    "INSERT INTO totals VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE"
+				    " SET value = value + ?2",
+				    -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return sqlite_to_errno(rc);
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, delta);
+	return stmt_run(st);
+}
+
+/* The kept bytes of one task's output (both streams), in the caller's transaction. */
+static int64_t output_bytes_of(sqlite3 *db, const char *task_id, const char *stream)
+{
+	sqlite3_stmt *st;
+	if (sqlite3_prepare_v2(db,
+			       "SELECT coalesce(sum(length(data)), 0) FROM output WHERE task_id=?"
+			       " AND (?2 IS NULL OR stream=?2)",
+			       -1, &st, NULL) != SQLITE_OK)
+		return 0;
+	bind_text(st, 1, task_id);
+	bind_text(st, 2, stream);
+	int64_t n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+	sqlite3_finalize(st);
+	return n;
+}
+
+#define TASK_COLUMNS                                                                               \
+	"id, parent, spec, state, node, dispatch_id, reason, placement, exit_code, attempts,"      \
+	" priority, uid, submitted_at, started_at, finished_at, seq, user, gid"
+
+/* Reads one row of TASK_COLUMNS. */
+static void task_from_row(sqlite3_stmt *st, struct store_task *t)
+{
+	memset(t, 0, sizeof(*t));
+	t->id = col_text(st, 0);
+	t->parent = col_text(st, 1);
+	t->spec = col_text(st, 2);
+	t->state = col_text(st, 3);
+	t->node = col_text(st, 4);
+	t->dispatch_id = col_text(st, 5);
+	t->reason = col_text(st, 6);
+	t->placement = col_text(st, 7);
+	t->exit_code = sqlite3_column_int(st, 8);
+	t->attempts = sqlite3_column_int(st, 9);
+	t->priority = sqlite3_column_int(st, 10);
+	t->uid = (uid_t) sqlite3_column_int64(st, 11);
+	t->submitted_at = sqlite3_column_double(st, 12);
+	t->started_at = sqlite3_column_double(st, 13);
+	t->finished_at = sqlite3_column_double(st, 14);
+	t->seq = sqlite3_column_int64(st, 15);
+	t->user = col_text(st, 16);
+	t->gid = (gid_t) sqlite3_column_int64(st, 17);
+}
+
+/* Steps a prepared SELECT of TASK_COLUMNS into a new array, and finalizes it. */
+static int load_rows(sqlite3_stmt *st, struct store_task **ret, size_t *ret_n)
+{
 	struct store_task *ts = NULL;
 	size_t n = 0, cap = 0;
+	int rc;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		if (n == cap) {
-			cap = cap ? 2 * cap : 64;
-			ts = realloc(ts, cap * sizeof(*ts));
+			cap = cap ? 2 * cap : 16;
+			ts = xrealloc(ts, cap * sizeof(*ts));
 		}
-		struct store_task *t = &ts[n++];
-		memset(t, 0, sizeof(*t));
-		t->id = col_text(st, 0);
-		t->parent = col_text(st, 1);
-		t->spec = col_text(st, 2);
-		t->state = col_text(st, 3);
-		t->node = col_text(st, 4);
-		t->dispatch_id = col_text(st, 5);
-		t->reason = col_text(st, 6);
-		t->placement = col_text(st, 7);
-		t->exit_code = sqlite3_column_int(st, 8);
-		t->attempts = sqlite3_column_int(st, 9);
-		t->priority = sqlite3_column_int(st, 10);
-		t->uid = (uid_t) sqlite3_column_int64(st, 11);
-		t->submitted_at = sqlite3_column_double(st, 12);
-		t->started_at = sqlite3_column_double(st, 13);
-		t->finished_at = sqlite3_column_double(st, 14);
-		t->seq = sqlite3_column_int64(st, 15);
-		t->user = col_text(st, 16);
-		t->gid = (gid_t) sqlite3_column_int64(st, 17);
+		task_from_row(st, &ts[n++]);
 	}
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE) {
@@ -457,11 +514,316 @@ int store_load_tasks(struct store *s, struct store_task **ret, size_t *ret_n)
 	return 0;
 }
 
-void store_tasks_free(struct store_task *ts, size_t n)
+int store_load_unfinished(struct store *s, struct store_task **ret, size_t *ret_n)
 {
-	for (size_t i = 0; i < n; i++)
-		store_task_clear(&ts[i]);
-	free(ts);
+	sqlite3_stmt *st;
+	int r = store_prepare(s, "SELECT " TASK_COLUMNS " FROM tasks WHERE grp < 2 ORDER BY seq",
+			      &st);
+	return r < 0 ? r : load_rows(st, ret, ret_n);
+}
+
+int store_load_task(struct store *s, const char *id, struct store_task *ret)
+{
+	sqlite3_stmt *st;
+	int r = store_prepare(s, "SELECT " TASK_COLUMNS " FROM tasks WHERE id=?", &st);
+	if (r < 0)
+		return r;
+	bind_text(st, 1, id);
+	struct store_task *ts = NULL;
+	size_t n = 0;
+	r = load_rows(st, &ts, &n);
+	if (r < 0)
+		return r;
+	if (n == 1) {
+		*ret = ts[0];
+		free(ts);
+		return 0;
+	}
+	store_tasks_free(ts, n);
+	return -ENOENT;
+}
+
+int store_load_recent(struct store *s, size_t max, struct store_task **ret, size_t *ret_n)
+{
+	sqlite3_stmt *st;
+	int r = store_prepare(s, "SELECT " TASK_COLUMNS " FROM tasks ORDER BY seq DESC LIMIT ?",
+			      &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, (sqlite3_int64) max);
+	return load_rows(st, ret, ret_n);
+}
+
+int store_list_children(struct store *s, const char *parent, char ***ret_ids, size_t *ret_n)
+{
+	sqlite3_stmt *st;
+	int rc = store_prepare(s, "SELECT id FROM tasks WHERE parent=? ORDER BY seq", &st);
+	if (rc < 0)
+		return rc;
+	bind_text(st, 1, parent);
+	char **ids = xcalloc(1, sizeof(*ids));
+	size_t n = 0;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		ids = xrealloc(ids, (n + 2) * sizeof(*ids));
+		ids[n++] = col_text(st, 0);
+		ids[n] = NULL;
+	}
+	sqlite3_finalize(st);
+	*ret_ids = ids;
+	*ret_n = n;
+	return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+int store_list_page(struct store *s, int group, const char *node, int64_t after, size_t max,
+		    store_page_fn fn, void *arg)
+{
+	/* each form walks one index from `after`: a page costs what it returns */
+	const char *sql = node ? "SELECT seq, id FROM tasks WHERE node=?3 AND seq>?1"
+				 " ORDER BY seq LIMIT ?2"
+			  : group < 0
+				  ? "SELECT seq, id FROM tasks WHERE seq>?1 ORDER BY seq LIMIT ?2"
+				  : "SELECT seq, id FROM tasks WHERE grp=?4 AND seq>?1"
+				    " ORDER BY seq LIMIT ?2";
+	sqlite3_stmt *st;
+	int rc = store_prepare(s, sql, &st);
+	if (rc < 0)
+		return rc;
+	sqlite3_bind_int64(st, 1, after);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64) max);
+	if (node)
+		bind_text(st, 3, node);
+	else if (group >= 0)
+		sqlite3_bind_int(st, 4, group);
+	int n = 0;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		n++;
+		if (fn(arg, sqlite3_column_int64(st, 0), (const char *) sqlite3_column_text(st, 1)))
+			break;
+	}
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW || rc == SQLITE_DONE ? n : sqlite_to_errno(rc);
+}
+
+int store_count_tasks(struct store *s, store_count_fn fn, void *arg)
+{
+	/* one walk of the (node, state, seq) index, which holds every row */
+	sqlite3_stmt *st;
+	int rc = store_prepare(
+		s,
+		"SELECT node, state, count(*) FROM tasks INDEXED BY tasks_by_node_state"
+		" GROUP BY node, state",
+		&st);
+	if (rc < 0)
+		return rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		fn(arg, (const char *) sqlite3_column_text(st, 0),
+		   (const char *) sqlite3_column_text(st, 1), sqlite3_column_int64(st, 2));
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+int store_node_failures_since_success(struct store *s, const char *node)
+{
+	sqlite3_stmt *st;
+	int rc = store_prepare(
+		s,
+		"SELECT count(*) FROM tasks WHERE node=?1 AND state IN ('failed', 'timed_out',"
+		" 'lost') AND seq > coalesce((SELECT max(seq) FROM tasks WHERE node=?1 AND"
+		" state='succeeded'), 0)",
+		&st);
+	if (rc < 0)
+		return 0;
+	bind_text(st, 1, node);
+	int n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
+	sqlite3_finalize(st);
+	return n;
+}
+
+int store_count_ended_since(struct store *s, double since, store_ended_fn fn, void *arg)
+{
+	sqlite3_stmt *st;
+	int rc = store_prepare(s,
+			       "SELECT node, state, finished_at FROM tasks WHERE finished_at >= ?"
+			       " AND node IS NOT NULL",
+			       &st);
+	if (rc < 0)
+		return rc;
+	sqlite3_bind_double(st, 1, since);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		fn(arg, (const char *) sqlite3_column_text(st, 0),
+		   (const char *) sqlite3_column_text(st, 1), sqlite3_column_double(st, 2));
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? 0 : sqlite_to_errno(rc);
+}
+
+int64_t store_output_total(struct store *s)
+{
+	sqlite3_stmt *st;
+	if (store_prepare(s, "SELECT value FROM totals WHERE key='output_bytes'", &st) < 0)
+		return 0;
+	int64_t n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+	sqlite3_finalize(st);
+	return n;
+}
+
+/* Empties a task's kept output, noting when (a read says so). In the caller's
+ * transaction. */
+static int prune_output_of(sqlite3 *db, const char *task_id, double now)
+{
+	int64_t old = output_bytes_of(db, task_id, NULL);
+	sqlite3_stmt *st;
+	int r = sqlite_to_errno(sqlite3_prepare_v2(db,
+						   "UPDATE output SET data = x'', pruned_at = ?2"
+						   " WHERE task_id=?1 AND length(data) > 0",
+						   -1, &st, NULL));
+	if (r < 0)
+		return r;
+	bind_text(st, 1, task_id);
+	sqlite3_bind_double(st, 2, now);
+	r = stmt_run(st);
+	if (r == 0 && old)
+		r = totals_add(db, "output_bytes", -old);
+	return r;
+}
+
+/* Removes one task's record, attempts and output. In the caller's transaction. */
+static int delete_task_of(sqlite3 *db, const char *task_id)
+{
+	int64_t old = output_bytes_of(db, task_id, NULL);
+	static const char *const sqls[] = {
+		"DELETE FROM output WHERE task_id=?",
+		"DELETE FROM attempts WHERE task_id=?",
+		"DELETE FROM tasks WHERE id=?",
+	};
+	int r = 0;
+	for (size_t i = 0; i < 3 && r == 0; i++) {
+		sqlite3_stmt *st;
+		r = sqlite_to_errno(sqlite3_prepare_v2(db, sqls[i], -1, &st, NULL));
+		if (r == 0) {
+			bind_text(st, 1, task_id);
+			r = stmt_run(st);
+		}
+	}
+	if (r == 0 && old)
+		r = totals_add(db, "output_bytes", -old);
+	return r;
+}
+
+/* What one run of store_prune removed, told after its commit. */
+struct pruned {
+	char *id, *node, *state; /* node and state: of a removed record; NULL for output */
+};
+
+int store_prune(struct store *s, const struct store_retention *p, double now, size_t batch,
+		store_pruned_fn fn, void *arg, double *ret_next)
+{
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	double next = 0;
+	int r = exec_sql(db, "BEGIN IMMEDIATE");
+	if (r < 0)
+		return r;
+	struct pruned *gone = xcalloc(batch + 1, sizeof(*gone));
+	size_t n = 0;
+	sqlite3_stmt *st;
+	/* records first: what goes needs no pruning of its output */
+	if (p->records_s > 0) {
+		r = sqlite_to_errno(sqlite3_prepare_v2(
+			db,
+			"SELECT id, node, state FROM tasks WHERE finished_at IS NOT NULL AND"
+			" finished_at < ? AND grp >= 2 ORDER BY finished_at, seq LIMIT ?",
+			-1, &st, NULL));
+		if (r == 0) {
+			sqlite3_bind_double(st, 1, now - p->records_s);
+			sqlite3_bind_int64(st, 2, (sqlite3_int64) batch);
+			while (sqlite3_step(st) == SQLITE_ROW) {
+				gone[n].id = col_text(st, 0);
+				gone[n].node = col_text(st, 1);
+				gone[n++].state = col_text(st, 2);
+			}
+			sqlite3_finalize(st);
+		}
+		for (size_t i = 0; i < n && r == 0; i++)
+			r = delete_task_of(db, gone[i].id);
+	}
+	/* then output, oldest end first, from where the last run stopped */
+	size_t n_records = n;
+	if (r == 0 && n < batch && (p->output_s > 0 || p->output_bytes > 0)) {
+		int64_t total = 0;
+		if (sqlite3_prepare_v2(db, "SELECT value FROM totals WHERE key='output_bytes'", -1,
+				       &st, NULL) == SQLITE_OK) {
+			if (sqlite3_step(st) == SQLITE_ROW)
+				total = sqlite3_column_int64(st, 0);
+			sqlite3_finalize(st);
+		}
+		double cur_at = 0;
+		long long cur_seq = 0;
+		if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key='retention_cursor'",
+				       -1, &st, NULL) == SQLITE_OK) {
+			if (sqlite3_step(st) == SQLITE_ROW &&
+			    sscanf((const char *) sqlite3_column_text(st, 0), "%lf %lld", &cur_at,
+				   &cur_seq) != 2)
+				cur_at = cur_seq = 0;
+			sqlite3_finalize(st);
+		}
+		r = sqlite_to_errno(sqlite3_prepare_v2(
+			db,
+			"SELECT id, finished_at, seq FROM tasks WHERE finished_at IS NOT NULL AND"
+			" (finished_at, seq) > (?1, ?2) AND grp >= 2 ORDER BY finished_at, seq"
+			" LIMIT ?3",
+			-1, &st, NULL));
+		if (r == 0) {
+			sqlite3_bind_double(st, 1, cur_at);
+			sqlite3_bind_int64(st, 2, cur_seq);
+			sqlite3_bind_int64(st, 3, (sqlite3_int64) (batch - n));
+			while (sqlite3_step(st) == SQLITE_ROW) {
+				double at = sqlite3_column_double(st, 1);
+				bool old = p->output_s > 0 && at < now - p->output_s;
+				bool over = p->output_bytes > 0 && total > p->output_bytes;
+				if (!old && !over) {
+					/* the next one is due when it grows old enough */
+					if (p->output_s > 0)
+						next = at + p->output_s;
+					break;
+				}
+				gone[n].id = col_text(st, 0);
+				total -= output_bytes_of(db, gone[n++].id, NULL);
+				cur_at = at;
+				cur_seq = sqlite3_column_int64(st, 2);
+			}
+			sqlite3_finalize(st);
+		}
+		for (size_t i = n_records; i < n && r == 0; i++)
+			r = prune_output_of(db, gone[i].id, now);
+		if (r == 0 && n > n_records) {
+			char cur[64];
+			snprintf(cur, sizeof(cur), "%.6f %lld", cur_at, cur_seq);
+			r = sqlite_to_errno(sqlite3_prepare_v2(
+				db, "INSERT OR REPLACE INTO meta VALUES('retention_cursor', ?)", -1,
+				&st, NULL));
+			if (r == 0) {
+				bind_text(st, 1, cur);
+				r = stmt_run(st);
+			}
+		}
+	}
+	if (r == 0)
+		r = exec_sql(db, "COMMIT");
+	if (r < 0)
+		exec_sql(db, "ROLLBACK");
+	for (size_t i = 0; i < n; i++) {
+		if (r == 0)
+			fn(arg, gone[i].id, gone[i].node, gone[i].state, i < n_records);
+		free(gone[i].id);
+		free(gone[i].node);
+		free(gone[i].state);
+	}
+	free(gone);
+	if (r < 0)
+		return r;
+	*ret_next = n == batch ? now : next;
+	return (int) n;
 }
 
 int store_add_attempt(struct store *s, const char *task_id, int attempt, const char *node,
@@ -487,21 +849,50 @@ int store_add_attempt(struct store *s, const char *task_id, int attempt, const c
 int store_put_output(struct store *s, const char *task_id, const char *stream, const char *data,
 		     size_t len)
 {
-	static const char sql[] = "INSERT OR REPLACE INTO output VALUES(?,?,?)";
-	sqlite3_stmt *st;
-	int r = store_prepare(s, sql, &st);
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	int r = exec_sql(db, "BEGIN IMMEDIATE");
 	if (r < 0)
 		return r;
-	bind_text(st, 1, task_id);
-	bind_text(st, 2, stream);
-	sqlite3_bind_blob(st, 3, data ? data : "", (int) len, SQLITE_TRANSIENT);
-	return stmt_run(st);
+	int64_t old = output_bytes_of(db, task_id, stream);
+	sqlite3_stmt *st;
+	r = sqlite_to_errno(sqlite3_prepare_v2(
+		db, "INSERT OR REPLACE INTO output(task_id, stream, data) VALUES(?,?,?)", -1, &st,
+		NULL));
+	if (r == 0) {
+		bind_text(st, 1, task_id);
+		bind_text(st, 2, stream);
+		sqlite3_bind_blob(st, 3, data ? data : "", (int) len, SQLITE_TRANSIENT);
+		r = stmt_run(st);
+	}
+	if (r == 0)
+		r = totals_add(db, "output_bytes", (int64_t) len - old);
+	if (r == 0)
+		r = exec_sql(db, "COMMIT");
+	if (r < 0)
+		exec_sql(db, "ROLLBACK");
+	return r;
+}
+
+/* What a read of pruned output gives instead. */
+static void pruned_mark(double at, struct buf *out)
+{
+	char mark[160];
+	time_t secs = (time_t) at;
+	struct tm tm;
+	gmtime_r(&secs, &tm);
+	strftime(mark, sizeof(mark),
+		 "[clusterfs: output removed by the retention policy (tasks.retention) at "
+		 "%Y-%m-%dT%H:%M:%SZ]\n",
+		 &tm);
+	buf_puts(out, mark);
 }
 
 int store_get_output(struct store *s, const char *task_id, const char *stream, char **ret_data,
 		     size_t *ret_len)
 {
-	static const char sql[] = "SELECT data FROM output WHERE task_id=? AND stream=?";
+	static const char sql[] = "SELECT data, pruned_at FROM output WHERE task_id=? AND stream=?";
 	sqlite3_stmt *st;
 	int rc = store_prepare(s, sql, &st);
 	if (rc < 0)
@@ -512,10 +903,40 @@ int store_get_output(struct store *s, const char *task_id, const char *stream, c
 	buf_init(&b);
 	buf_append(&b, "", 0);
 	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
+	if (rc == SQLITE_ROW && sqlite3_column_type(st, 1) != SQLITE_NULL)
+		pruned_mark(sqlite3_column_double(st, 1), &b);
+	else if (rc == SQLITE_ROW)
 		buf_append(&b, sqlite3_column_blob(st, 0), (size_t) sqlite3_column_bytes(st, 0));
 	sqlite3_finalize(st);
 	*ret_data = buf_steal(&b, ret_len);
+	return 0;
+}
+
+int store_output_size(struct store *s, const char *task_id, const char *stream, size_t *ret_len)
+{
+	sqlite3_stmt *st;
+	int rc = store_prepare(s,
+			       "SELECT length(data), pruned_at FROM output WHERE task_id=?1"
+			       " AND (?2 IS NULL OR stream=?2)",
+			       &st);
+	if (rc < 0)
+		return rc;
+	bind_text(st, 1, task_id);
+	bind_text(st, 2, stream);
+	size_t n = 0;
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (sqlite3_column_type(st, 1) == SQLITE_NULL) {
+			n += (size_t) sqlite3_column_int64(st, 0);
+			continue;
+		}
+		struct buf mark;
+		buf_init(&mark);
+		pruned_mark(sqlite3_column_double(st, 1), &mark);
+		n += mark.len;
+		buf_free(&mark);
+	}
+	sqlite3_finalize(st);
+	*ret_len = n;
 	return 0;
 }
 

@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define STORE_SCHEMA_VERSION 3
+#define STORE_SCHEMA_VERSION 4
 
 struct store;
 
@@ -60,20 +60,77 @@ int store_insert_task(struct store *s, struct store_task *t);
 int store_insert_tasks(struct store *s, struct store_task *ts, size_t n);
 /* Writes every mutable field of an existing task. */
 int store_update_task(struct store *s, const struct store_task *t);
-/* Loads every task, in submission order. Returns a new array (free with store_tasks_free). */
-int store_load_tasks(struct store *s, struct store_task **ret, size_t *ret_n);
+/* Frees an array of tasks the functions below return. */
 void store_tasks_free(struct store_task *ts, size_t n);
+/* Loads the unfinished tasks (queued, dispatched, running), in submission order: a new
+ * array (free with store_tasks_free). Finished ones are read when asked for. */
+int store_load_unfinished(struct store *s, struct store_task **ret, size_t *ret_n);
+/* Loads task `id` into *ret (clear with store_task_clear): 0 or -ENOENT. */
+int store_load_task(struct store *s, const char *id, struct store_task *ret);
+/* The newest `max` tasks by submission, newest first: a new array. */
+int store_load_recent(struct store *s, size_t max, struct store_task **ret, size_t *ret_n);
+/* The ids of the copies of node:"all" task `parent`, in submission order: a new
+ * NULL-terminated array (free each string and the array). */
+int store_list_children(struct store *s, const char *parent, char ***ret_ids, size_t *ret_n);
+
+/* Called per task of a page with its submission number and id (borrowed for the call);
+ * returns true to stop. */
+typedef bool (*store_page_fn)(void *arg, int64_t seq, const char *id);
+/* One page of task ids in submission order, from the first with seq > after, at most max:
+ * all tasks (group -1, node NULL), one group (0 queued, 1 dispatched or running,
+ * 2 succeeded, 3 failed, timed_out, cancelled or lost), or those placed on `node`. Seeks
+ * an index: a page costs what it returns, wherever it starts. Returns the number of rows
+ * read (a stop counts the row it stopped at) or -errno. */
+int store_list_page(struct store *s, int group, const char *node, int64_t after, size_t max,
+		    store_page_fn fn, void *arg);
+
+/* Called per (node or NULL, state) pair with the number of tasks there in that state. */
+typedef void (*store_count_fn)(void *arg, const char *node, const char *state, int64_t n);
+/* Counts every task by node and state: one walk of an index, no task read. */
+int store_count_tasks(struct store *s, store_count_fn fn, void *arg);
+/* The failures (failed, timed out, lost) on a node since its last success, in
+ * submission order. */
+int store_node_failures_since_success(struct store *s, const char *node);
+/* Called per task placed on a node that ended at or after `since`. */
+typedef void (*store_ended_fn)(void *arg, const char *node, const char *state, double at);
+int store_count_ended_since(struct store *s, double since, store_ended_fn fn, void *arg);
+
+/* The retention of finished tasks (0: no limit). */
+struct store_retention {
+	double output_s;      /* output is removed this long after its task ended */
+	int64_t output_bytes; /* the oldest output is removed while all kept exceeds this */
+	double records_s;     /* whole tasks are removed this long after they ended */
+};
+/* Told after a prune commits, per task: its record went (with its node and state, for
+ * the counts), or only its output (record false; node and state NULL). Borrowed. */
+typedef void (*store_pruned_fn)(void *arg, const char *id, const char *node, const char *state,
+				bool record);
+/* Applies the retention to at most `batch` finished tasks, oldest end first, from where
+ * the last run stopped (output) or from the oldest (records): a run costs what it
+ * removes. Removed output reads as one line saying so (store_get_output); streams that
+ * were empty stay empty. *ret_next: the wall time the
+ * next run has work (now when this one stopped at the batch; 0: none is known yet).
+ * Returns the number of tasks pruned, or -errno. */
+int store_prune(struct store *s, const struct store_retention *p, double now, size_t batch,
+		store_pruned_fn fn, void *arg, double *ret_next);
+
 /* Records one attempt's outcome. */
 int store_add_attempt(struct store *s, const char *task_id, int attempt, const char *node,
 		      const char *dispatch_id, const char *state, int exit_code, double started_at,
 		      double finished_at);
 
-/* Kept output of a task (stream "stdout" or "stderr"): replaced whole, bounded by caller. */
+/* Kept output of a task (stream "stdout" or "stderr"): replaced whole, bounded by caller;
+ * the store keeps the total of all kept output (store_output_total). */
 int store_put_output(struct store *s, const char *task_id, const char *stream, const char *data,
 		     size_t len);
-/* Returns a new buffer (may be empty) in *ret_data. */
+/* Returns a new buffer (may be empty) in *ret_data; output the retention removed reads as
+ * one line saying so. */
 int store_get_output(struct store *s, const char *task_id, const char *stream, char **ret_data,
 		     size_t *ret_len);
+/* The length of kept output (one stream, or both when stream is NULL), without reading it. */
+int store_output_size(struct store *s, const char *task_id, const char *stream, size_t *ret_len);
+/* The bytes of all kept output. */
+int64_t store_output_total(struct store *s);
 
 /* Key-value metadata. store_get_meta returns a new string or NULL. */
 int store_set_meta(struct store *s, const char *key, const char *value);

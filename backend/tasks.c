@@ -17,6 +17,8 @@
 #define AGENT_TIMEOUT_MS 5000L
 #define N_STREAMS        2
 #define TOMBSTONES       64
+#define PRUNE_BATCH      256               /* finished tasks one retention run handles */
+#define PRUNE_SAFETY_S   3600.0            /* the longest time between two retention runs */
 #define FETCH_TRIES      6                 /* failed output fetches before a stream gives up */
 #define RETRY_FIRST_US   (250 * 1000ull)   /* first wait after a failed fetch or dispatch */
 #define RETRY_MAX_US     (30 * 1000000ull) /* the longest wait between two attempts */
@@ -75,6 +77,12 @@ struct task {
 	int counted;                /* 1 + the state index its counts hold; 0: none */
 	char *counted_node;         /* the node whose state counts include it, or NULL */
 	json_t *remote_doc;         /* the node's last task object (its id says which attempt) */
+	/* a finished task is a cache entry: its output is in the store, and it is dropped
+	 * from memory when the cache is full (it is read from the store again when asked) */
+	bool out_stored;              /* out[] went to the store: read it there */
+	size_t stored_len[N_STREAMS]; /* the stored lengths */
+	bool on_lru;                  /* on tasks->lru: finished */
+	struct task *cprev, *cnext;   /* on that list, most recently used first */
 };
 
 /* Counts by minute for the last hour: a ring of 60, so that "how many in the last hour"
@@ -147,13 +155,19 @@ struct tasks {
 	struct cluster *cluster;
 	struct store *store;
 	pthread_mutex_t lock;
-	struct task **v; /* in submission order; protected by lock */
-	size_t n, cap;
+	/* in memory: every unfinished task, and a bounded cache of finished ones; the store
+	 * holds them all (listings and counts never walk memory) */
 	struct task **hash; /* protected by lock */
 	size_t n_hash;
-	uint64_t next_wait;          /* protected by lock */
-	json_t *reserved;            /* ids tasks_submit is committing; protected by lock */
-	pthread_mutex_t commit_lock; /* guards commits and committing */
+	size_t n_mem;                     /* tasks in the hash; protected by lock */
+	struct task *lru_head, *lru_tail; /* the finished ones; protected by lock */
+	size_t n_lru;                     /* protected by lock */
+	int64_t output_total;             /* bytes of output in the store; protected by lock */
+	double prune_armed_at;            /* wall time a retention run is due, 0: none; lock */
+	struct loop_timer *prune_timer;   /* loop thread only */
+	uint64_t next_wait;               /* protected by lock */
+	json_t *reserved;                 /* ids tasks_submit is committing; protected by lock */
+	pthread_mutex_t commit_lock;      /* guards commits and committing */
 	pthread_cond_t commit_cond;
 	struct commit *commits;          /* submissions waiting for the next group commit */
 	bool committing;                 /* a leader is committing */
@@ -360,16 +374,51 @@ static bool counts_for_user(const struct task *k)
 	return !k->row.parent;
 }
 
-static void add_locked(struct tasks *t, struct task *k)
+static void lru_unlink_locked(struct tasks *t, struct task *k)
 {
+	if (!k->on_lru)
+		return;
+	if (k->cprev)
+		k->cprev->cnext = k->cnext;
+	else
+		t->lru_head = k->cnext;
+	if (k->cnext)
+		k->cnext->cprev = k->cprev;
+	else
+		t->lru_tail = k->cprev;
+	k->cprev = k->cnext = NULL;
+	k->on_lru = false;
+	t->n_lru--;
+}
+
+/* Keeps a finished task on the cache's list, most recently used first; takes an
+ * unfinished one off it (unfinished tasks stay in memory). Lock held. */
+static void lru_touch_locked(struct tasks *t, struct task *k)
+{
+	lru_unlink_locked(t, k);
+	if (!task_state_is_final(k->row.state))
+		return;
+	k->cnext = t->lru_head;
+	if (t->lru_head)
+		t->lru_head->cprev = k;
+	t->lru_head = k;
+	if (!t->lru_tail)
+		t->lru_tail = k;
+	k->on_lru = true;
+	t->n_lru++;
+}
+
+/* Puts a task in memory. `stored`: read back from the store, where the counts by state
+ * and the history include it already. Lock held. */
+static void add_locked(struct tasks *t, struct task *k, bool stored)
+{
+	if (stored) {
+		k->counted = state_index(k->row.state) + 1;
+		k->counted_node = k->row.node ? xstrdup(k->row.node) : NULL;
+	}
 	if (counts_for_user(k) && !task_state_is_final(k->row.state))
 		user_load_locked(t, k->row.uid)->unfinished++;
-	if (t->n == t->cap) {
-		t->cap = t->cap ? 2 * t->cap : 256;
-		t->v = realloc(t->v, t->cap * sizeof(*t->v));
-	}
-	t->v[t->n++] = k;
-	if (t->n > t->n_hash) {
+	if (++t->n_mem > t->n_hash) {
 		size_t nh = t->n_hash * 2;
 		struct task **h = calloc(nh, sizeof(*h));
 		for (size_t i = 0; i < t->n_hash; i++) {
@@ -389,10 +438,103 @@ static void add_locked(struct tasks *t, struct task *k)
 	size_t b = hash_str(k->row.id) % t->n_hash;
 	k->hnext = t->hash[b];
 	t->hash[b] = k;
-	t->changed_at = clock_wall_s();
+	if (!stored)
+		t->changed_at = clock_wall_s();
 	track_locked(t, k);
-	if (task_state_is_final(k->row.state))
+	if (!stored && task_state_is_final(k->row.state))
 		book_end_locked(t, k);
+	lru_touch_locked(t, k);
+}
+
+static void task_free(struct task *k);
+
+/* Drops a task from memory (not from the store, nor from the counts). Lock held. */
+static void forget_locked(struct tasks *t, struct task *k)
+{
+	for (struct task **pp = &t->hash[hash_str(k->row.id) % t->n_hash]; *pp;
+	     pp = &(*pp)->hnext) {
+		if (*pp == k) {
+			*pp = k->hnext;
+			break;
+		}
+	}
+	t->n_mem--;
+	lru_unlink_locked(t, k);
+	list_unlink(k);
+	task_free(k);
+}
+
+/* Drops the least recently used finished tasks beyond tasks.finished_cached. Called only
+ * where no task pointer is held. Lock held. */
+static void cache_trim_locked(struct tasks *t)
+{
+	struct config *cfg = cluster_get_config(t->cluster);
+	size_t max = (size_t) cfg->tasks.finished_cached;
+	config_unref(cfg);
+	while (t->n_lru > max && t->lru_tail)
+		forget_locked(t, t->lru_tail);
+}
+
+/* A task from its stored row (stolen): NULL when its spec does not parse. Finished
+ * tasks leave their output in the store; unfinished ones carry it on. Lock held. */
+static struct task *task_from_row_locked(struct tasks *t, struct store_task *row)
+{
+	struct task_spec *spec = NULL;
+	char err[256];
+	if (spec_parse(row->spec, strlen(row->spec), &spec, err, sizeof(err)) < 0) {
+		log_err("store: task %s has a spec this version rejects (%s); skipped", row->id,
+			err);
+		store_task_clear(row);
+		return NULL;
+	}
+	struct task *k = xcalloc(1, sizeof(*k));
+	k->row = *row;
+	memset(row, 0, sizeof(*row));
+	k->spec = spec;
+	k->spec_json = spec_to_json(spec);
+	k->changed_at = k->row.finished_at > 0 ? k->row.finished_at : k->row.submitted_at;
+	bool final = task_state_is_final(k->row.state);
+	for (int s = 0; s < N_STREAMS; s++) {
+		buf_init(&k->out[s]);
+		if (final) {
+			store_output_size(t->store, k->row.id, stream_names[s], &k->stored_len[s]);
+			continue;
+		}
+		char *data = NULL;
+		size_t len = 0;
+		if (store_get_output(t->store, k->row.id, stream_names[s], &data, &len) == 0 && len)
+			buf_append(&k->out[s], data, len);
+		free(data);
+	}
+	k->out_stored = final;
+	if (!k->row.parent && spec->node && !strcmp(spec->node, "all"))
+		store_list_children(t->store, k->row.id, &k->children, &k->n_children);
+	return k;
+}
+
+/* Task `id` in memory, else read back from the store into the cache of finished ones.
+ * NULL when there is none. Lock held. */
+static struct task *lookup_locked(struct tasks *t, const char *id)
+{
+	struct task *k = find_locked(t, id);
+	if (!k && !json_object_get(t->reserved, id)) {
+		struct store_task row;
+		if (store_load_task(t->store, id, &row) < 0)
+			return NULL;
+		/* every unfinished task is in memory already: a row that says otherwise is
+		 * being committed, or rejected at the start */
+		if (!task_state_is_final(row.state)) {
+			store_task_clear(&row);
+			return NULL;
+		}
+		k = task_from_row_locked(t, &row);
+		if (k)
+			add_locked(t, k, true);
+		return k;
+	}
+	if (k && k->on_lru)
+		lru_touch_locked(t, k);
+	return k;
 }
 
 static void task_free(struct task *k)
@@ -447,9 +589,13 @@ void tasks_free(struct tasks *t)
 {
 	if (!t)
 		return;
-	for (size_t i = 0; i < t->n; i++)
-		task_free(t->v[i]);
-	free(t->v);
+	for (size_t b = 0; b < t->n_hash; b++) {
+		while (t->hash[b]) {
+			struct task *next = t->hash[b]->hnext;
+			task_free(t->hash[b]);
+			t->hash[b] = next;
+		}
+	}
 	free(t->hash);
 	json_decref(t->reserved);
 	pthread_mutex_destroy(&t->commit_lock);
@@ -538,6 +684,38 @@ static void post_schedule_locked(struct tasks *t)
 	}
 }
 
+static void prune_arm_locked(struct tasks *t, double due);
+
+/* A task ended: its output goes to the store and leaves memory (a failed write keeps it
+ * here), and the retention learns when there is work for it. Lock held. */
+static void output_to_store_locked(struct tasks *t, struct task *k)
+{
+	if (k->out_stored)
+		return;
+	for (int s = 0; s < N_STREAMS; s++) {
+		int r = store_put_output(t->store, k->row.id, stream_names[s], k->out[s].data,
+					 k->out[s].len);
+		if (r < 0) {
+			log_err("store: cannot keep the %s of task %s: %s", stream_names[s],
+				k->row.id, strerror(-r));
+			return;
+		}
+	}
+	for (int s = 0; s < N_STREAMS; s++) {
+		k->stored_len[s] = k->out[s].len;
+		t->output_total += (int64_t) k->out[s].len;
+		buf_free(&k->out[s]);
+	}
+	k->out_stored = true;
+	struct config *cfg = cluster_get_config(t->cluster);
+	const struct cfg_retention *p = &cfg->tasks.retention;
+	if (p->output_mb > 0 && (double) t->output_total > p->output_mb * 1048576.0)
+		prune_arm_locked(t, clock_wall_s());
+	else if (p->output_days > 0)
+		prune_arm_locked(t, k->row.finished_at + p->output_days * 86400.0);
+	config_unref(cfg);
+}
+
 static void set_state_locked(struct tasks *t, struct task *k, const char *state, const char *reason,
 			     struct waiter **wake)
 {
@@ -560,7 +738,11 @@ static void set_state_locked(struct tasks *t, struct task *k, const char *state,
 		if (!was_final)
 			book_end_locked(t, k);
 	}
+	/* the output before the state that says it is complete */
+	if (task_state_is_final(state))
+		output_to_store_locked(t, k);
 	persist_locked(t, k);
+	lru_touch_locked(t, k);
 	if (!same) {
 		if (task_state_is_final(state) && k->row.exit_code >= 0)
 			cluster_add_event(t->cluster, "task", k->row.id, "%s (exit %d)%s%s%s",
@@ -587,7 +769,7 @@ static void update_parent_locked(struct tasks *t, struct task *child, struct wai
 	size_t done = 0, ok = 0, running = 0;
 	int worst = 0;
 	for (size_t i = 0; i < p->n_children; i++) {
-		struct task *c = find_locked(t, p->children[i]);
+		struct task *c = lookup_locked(t, p->children[i]);
 		if (!c)
 			continue;
 		if (task_state_is_final(c->row.state)) {
@@ -899,14 +1081,16 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 			 who.user ? who.user : "this user", unfinished);
 		return -EDQUOT;
 	}
-	if (find_locked(t, id) || json_object_get(t->reserved, id)) {
+	if (json_object_get(t->reserved, id) || lookup_locked(t, id)) {
+		cache_trim_locked(t);
 		pthread_mutex_unlock(&t->lock);
 		spec_free(spec);
 		snprintf(errbuf, errlen, "task %s exists already", id);
 		return -EEXIST;
 	}
 	for (size_t i = 0; i < spec->n_after; i++) {
-		if (!find_locked(t, spec->after[i])) {
+		if (!lookup_locked(t, spec->after[i])) {
+			cache_trim_locked(t);
 			pthread_mutex_unlock(&t->lock);
 			snprintf(errbuf, errlen, "field \"after\" names %s, which is not a task",
 				 spec->after[i]);
@@ -1004,10 +1188,11 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 	}
 	for (size_t i = 0; i < n_batch; i++) {
 		batch[i]->row.seq = rows[i].seq;
-		add_locked(t, batch[i]);
+		add_locked(t, batch[i], false);
 	}
 	free(rows);
 	free(batch);
+	cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	cluster_add_event(t->cluster, "task", id, "submitted by %s (uid %u)%s",
 			  who.user ? who.user : "?", (unsigned) uid,
@@ -1019,11 +1204,12 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 int tasks_owner(struct tasks *t, const char *id, uid_t *ret_uid, gid_t *ret_gid)
 {
 	pthread_mutex_lock(&t->lock);
-	struct task *k = find_locked(t, id);
+	struct task *k = lookup_locked(t, id);
 	if (k) {
 		*ret_uid = k->row.uid;
 		*ret_gid = k->row.gid;
 	}
+	cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	return k ? 0 : -ENOENT;
 }
@@ -1031,7 +1217,8 @@ int tasks_owner(struct tasks *t, const char *id, uid_t *ret_uid, gid_t *ret_gid)
 bool tasks_exists(struct tasks *t, const char *id)
 {
 	pthread_mutex_lock(&t->lock);
-	bool r = find_locked(t, id) != NULL;
+	bool r = lookup_locked(t, id) != NULL;
+	cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	return r;
 }
@@ -1041,7 +1228,7 @@ static char *run_as_user_locked(struct tasks *t, const struct task *k);
 int tasks_get(struct tasks *t, const char *id, struct task_view *ret)
 {
 	pthread_mutex_lock(&t->lock);
-	struct task *k = find_locked(t, id);
+	struct task *k = lookup_locked(t, id);
 	if (!k) {
 		pthread_mutex_unlock(&t->lock);
 		return -ENOENT;
@@ -1070,49 +1257,88 @@ int tasks_get(struct tasks *t, const char *id, struct task_view *ret)
 	v.started_at = k->row.started_at;
 	v.finished_at = k->row.finished_at;
 	v.changed_at = k->changed_at;
-	v.stdout_len = k->out[0].len;
-	v.stderr_len = k->out[1].len;
+	v.stdout_len = k->out_stored ? k->stored_len[0] : k->out[0].len;
+	v.stderr_len = k->out_stored ? k->stored_len[1] : k->out[1].len;
 	v.dispatch_id = k->row.dispatch_id ? strdup(k->row.dispatch_id) : NULL;
 	const char *rid = json_string_value(json_object_get(k->remote_doc, "id"));
 	if (rid && k->row.dispatch_id && !strcmp(rid, k->row.dispatch_id))
 		v.remote = json_deep_copy(k->remote_doc);
+	cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	*ret = v;
 	return 0;
 }
 
-static bool in_group(const char *state, const char *group)
+/* A group's number in the store (see store_list_page); -1 for all; -2 for none. */
+static int group_number(const char *group)
 {
+	static const char *const groups[] = {"queued", "running", "done", "failed"};
 	if (!group)
+		return -1;
+	for (int i = 0; i < 4; i++)
+		if (!strcmp(group, groups[i]))
+			return i;
+	return -2;
+}
+
+bool tasks_state_in_group(const char *state, const char *group)
+{
+	int g = group_number(group);
+	if (g == -1)
 		return true;
-	if (!strcmp(group, "queued"))
+	if (g == 0)
 		return !strcmp(state, TASK_QUEUED);
-	if (!strcmp(group, "running"))
+	if (g == 1)
 		return state_is_active(state);
-	if (!strcmp(group, "done"))
+	if (g == 2)
 		return !strcmp(state, TASK_SUCCEEDED);
-	if (!strcmp(group, "failed"))
+	if (g == 3)
 		return task_state_is_final(state) && strcmp(state, TASK_SUCCEEDED);
+	return false;
+}
+
+int tasks_list_page(struct tasks *t, const char *group, const char *node, int64_t after, size_t max,
+		    tasks_page_fn fn, void *arg)
+{
+	int g = group_number(group);
+	if (g == -2)
+		return 0;
+	/* the store has every task as it is now: states are written through under the lock */
+	return store_list_page(t->store, node ? -1 : g, node, after, max, fn, arg);
+}
+
+struct id_array {
+	char **ids;
+	size_t n, cap;
+	int64_t last;
+};
+
+static bool id_array_add(void *arg, int64_t seq, const char *id)
+{
+	struct id_array *a = arg;
+	if (a->n + 1 >= a->cap) {
+		a->cap = a->cap ? 2 * a->cap : 256;
+		a->ids = xrealloc(a->ids, a->cap * sizeof(*a->ids));
+	}
+	a->ids[a->n++] = xstrdup(id);
+	a->last = seq;
 	return false;
 }
 
 char **tasks_list(struct tasks *t, const char *group, const char *node, size_t *ret_n)
 {
-	pthread_mutex_lock(&t->lock);
-	char **ids = calloc(t->n + 1, sizeof(*ids));
-	size_t n = 0;
-	for (size_t i = 0; i < t->n; i++) {
-		struct task *k = t->v[i];
-		if (!in_group(k->row.state, group))
-			continue;
-		if (node && (!k->row.node || strcmp(k->row.node, node)))
-			continue;
-		ids[n++] = strdup(k->row.id);
+	struct id_array a = {0};
+	a.ids = xcalloc(1, sizeof(*a.ids));
+	a.cap = 1;
+	for (;;) {
+		int r = tasks_list_page(t, group, node, a.last, 4096, id_array_add, &a);
+		if (r < 4096)
+			break;
 	}
-	pthread_mutex_unlock(&t->lock);
+	a.ids[a.n] = NULL;
 	if (ret_n)
-		*ret_n = n;
-	return ids;
+		*ret_n = a.n;
+	return a.ids;
 }
 
 double tasks_changed_at(struct tasks *t)
@@ -1142,36 +1368,44 @@ double tasks_node_reliability(struct tasks *t, const char *node, int *ret_comple
 }
 
 /* One task as recent-tasks.json shows it: only what status, node and exit_code show to
- * everyone (the spec is its submitter's). Lock held. */
-static json_t *recent_entry_locked(const struct task *k)
+ * everyone (the spec is its submitter's). */
+static json_t *recent_entry(const struct store_task *k)
 {
 	json_t *o = json_object();
-	json_object_set_new(o, "id", json_string(k->row.id));
-	json_object_set_new(o, "state", json_string(k->row.state));
-	json_object_set_new(o, "node", k->row.node ? json_string(k->row.node) : json_null());
+	json_object_set_new(o, "id", json_string(k->id));
+	json_object_set_new(o, "state", json_string(k->state));
+	json_object_set_new(o, "node", k->node ? json_string(k->node) : json_null());
 	json_object_set_new(o, "exit_code",
-			    k->row.exit_code >= 0 ? json_integer(k->row.exit_code) : json_null());
-	json_object_set_new(o, "parent", k->row.parent ? json_string(k->row.parent) : json_null());
-	json_object_set_new(o, "submitted_at", json_real(k->row.submitted_at));
+			    k->exit_code >= 0 ? json_integer(k->exit_code) : json_null());
+	json_object_set_new(o, "parent", k->parent ? json_string(k->parent) : json_null());
+	json_object_set_new(o, "submitted_at", json_real(k->submitted_at));
 	json_object_set_new(o, "started_at",
-			    k->row.started_at > 0 ? json_real(k->row.started_at) : json_null());
+			    k->started_at > 0 ? json_real(k->started_at) : json_null());
 	json_object_set_new(o, "finished_at",
-			    k->row.finished_at > 0 ? json_real(k->row.finished_at) : json_null());
+			    k->finished_at > 0 ? json_real(k->finished_at) : json_null());
 	return o;
 }
 
 json_t *tasks_recent(struct tasks *t, size_t max)
 {
 	json_t *doc = json_object(), *active = json_array(), *recent = json_array();
-	pthread_mutex_lock(&t->lock);
 	/* what is in flight (its own list), then the newest by submission: both bounded */
+	size_t total = 0;
+	pthread_mutex_lock(&t->lock);
 	size_t n_active = 0;
 	for (struct task *k = t->active; k && n_active < max; k = k->lnext, n_active++)
-		json_array_append_new(active, recent_entry_locked(k));
-	for (size_t i = 0; i < max && i < t->n; i++)
-		json_array_append_new(recent, recent_entry_locked(t->v[t->n - 1 - i]));
-	json_object_set_new(doc, "total", json_integer((json_int_t) t->n));
+		json_array_append_new(active, recent_entry(&k->row));
+	for (int i = 0; i < TASK_N_STATES; i++)
+		total += t->state_counts[i];
 	pthread_mutex_unlock(&t->lock);
+	struct store_task *rows = NULL;
+	size_t n = 0;
+	if (store_load_recent(t->store, max, &rows, &n) == 0) {
+		for (size_t i = 0; i < n; i++)
+			json_array_append_new(recent, recent_entry(&rows[i]));
+		store_tasks_free(rows, n);
+	}
+	json_object_set_new(doc, "total", json_integer((json_int_t) total));
 	json_object_set_new(doc, "active", active);
 	json_object_set_new(doc, "recent", recent);
 	return doc;
@@ -1247,15 +1481,26 @@ int tasks_read_output(struct tasks *t, const char *id, const char *stream, size_
 {
 	int s = !strcmp(stream, "stderr");
 	pthread_mutex_lock(&t->lock);
-	struct task *k = find_locked(t, id);
+	struct task *k = lookup_locked(t, id);
 	if (!k) {
 		pthread_mutex_unlock(&t->lock);
 		return -ENOENT;
 	}
-	if (offset < k->out[s].len)
+	bool stored = k->out_stored;
+	if (!stored && offset < k->out[s].len)
 		buf_append(out, k->out[s].data + offset, k->out[s].len - offset);
+	cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
-	return 0;
+	if (!stored)
+		return 0;
+	/* a finished task's output does not change: read without the lock */
+	char *data = NULL;
+	size_t len = 0;
+	int r = store_get_output(t->store, id, stream_names[s], &data, &len);
+	if (r == 0 && offset < len)
+		buf_append(out, data + offset, len - offset);
+	free(data);
+	return r;
 }
 
 /* ---- waiting ---- */
@@ -1286,12 +1531,13 @@ int tasks_wait(struct tasks *t, const char *id, uint64_t wait, tasks_wait_fn don
 		pthread_mutex_unlock(&t->lock);
 		return -EINTR;
 	}
-	struct task *k = find_locked(t, id);
+	struct task *k = lookup_locked(t, id);
 	if (!k) {
 		pthread_mutex_unlock(&t->lock);
 		return -ENOENT;
 	}
 	if (task_state_is_final(k->row.state)) {
+		cache_trim_locked(t);
 		pthread_mutex_unlock(&t->lock);
 		return 1;
 	}
@@ -1308,18 +1554,21 @@ int tasks_wait(struct tasks *t, const char *id, uint64_t wait, tasks_wait_fn don
 void *tasks_wait_cancel(struct tasks *t, uint64_t wait)
 {
 	pthread_mutex_lock(&t->lock);
-	for (size_t i = 0; i < t->n; i++) {
-		for (struct waiter **pp = &t->v[i]->waiters; *pp; pp = &(*pp)->next) {
-			if ((*pp)->id == wait) {
-				struct waiter *w = *pp;
-				*pp = w->next;
-				void *arg = w->arg;
-				free(w);
-				pthread_mutex_unlock(&t->lock);
-				return arg;
+	/* waiters wait for unfinished tasks: those on the work lists */
+	struct task *lists[2] = {t->queued, t->active};
+	for (int l = 0; l < 2; l++)
+		for (struct task *k = lists[l]; k; k = k->lnext) {
+			for (struct waiter **pp = &k->waiters; *pp; pp = &(*pp)->next) {
+				if ((*pp)->id == wait) {
+					struct waiter *w = *pp;
+					*pp = w->next;
+					void *arg = w->arg;
+					free(w);
+					pthread_mutex_unlock(&t->lock);
+					return arg;
+				}
 			}
 		}
-	}
 	/* not registered (yet): leave a mark so that a late registration fails */
 	t->tombstones[t->next_tombstone++ % TOMBSTONES] = wait;
 	pthread_mutex_unlock(&t->lock);
@@ -1582,9 +1831,10 @@ static void fetch_done(const struct http_response *r, void *arg)
 	struct waiter *wake = NULL;
 	pthread_mutex_lock(&t->lock);
 	struct task *k = find_locked(t, c->id);
-	if (k) {
+	if (k)
+		k->fetching[c->stream] = false;
+	if (k && !k->out_stored) { /* output that comes after the end is not kept */
 		int s = c->stream;
-		k->fetching[s] = false;
 		bool more = k->out[s].len < k->remote_size[s];
 		if (r->error != -ECANCELED && (r->error || (more && !r->body_len)))
 			fetch_failed_locked(k, s, r->error ? r->error_text : "an empty answer");
@@ -1689,9 +1939,6 @@ static void finalize_if_ready_locked(struct tasks *t, struct task *k, struct wai
 				return; /* the tick tries again once the wait is over */
 		}
 	}
-	for (int s = 0; s < N_STREAMS; s++)
-		store_put_output(t->store, k->row.id, stream_names[s], k->out[s].data,
-				 k->out[s].len);
 	k->row.exit_code = k->remote_exit;
 	store_add_attempt(t->store, k->row.id, k->row.attempts, k->row.node, k->row.dispatch_id,
 			  k->remote_state, k->remote_exit, k->row.started_at, clock_wall_s());
@@ -1891,7 +2138,7 @@ static bool deps_held_by_target_locked(struct tasks *t, const struct task *k)
 	if (!node || !target_owns(t, node))
 		return false;
 	for (size_t d = 0; d < k->spec->n_after; d++) {
-		struct task *dep = find_locked(t, k->spec->after[d]);
+		struct task *dep = lookup_locked(t, k->spec->after[d]);
 		if (!dep)
 			return false;
 		if (task_state_is_final(dep->row.state))
@@ -1934,7 +2181,7 @@ static void schedule_locked(struct tasks *t, struct waiter **wake)
 		bool wait_deps = false;
 		const char *failed_dep = NULL;
 		for (size_t d = 0; d < k->spec->n_after; d++) {
-			struct task *dep = find_locked(t, k->spec->after[d]);
+			struct task *dep = lookup_locked(t, k->spec->after[d]);
 			if (!dep || !task_state_is_final(dep->row.state)) {
 				wait_deps = true;
 			} else if (strcmp(dep->row.state, TASK_SUCCEEDED)) {
@@ -2015,6 +2262,7 @@ static void schedule_on_loop(void *arg)
 	pthread_mutex_lock(&t->lock);
 	t->schedule_posted = false;
 	schedule_locked(t, &wake);
+	cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	call_waiters(wake);
 }
@@ -2076,6 +2324,7 @@ static void tasks_tick(void *arg)
 		}
 	}
 	schedule_locked(t, &wake);
+	cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	free(work);
 	call_waiters(wake);
@@ -2088,6 +2337,89 @@ static void tasks_tick(void *arg)
 	t->tick = loop_timer_add(t->loop, clock_now_us() + TICK_US, tasks_tick, t);
 }
 
+/* ---- retention of finished tasks (loop thread) ---- */
+
+static void prune_run(void *arg);
+
+/* Arms the retention's timer for its due time (loop thread). */
+static void prune_arm_on_loop(void *arg)
+{
+	struct tasks *t = arg;
+	pthread_mutex_lock(&t->lock);
+	double due = t->prune_armed_at;
+	pthread_mutex_unlock(&t->lock);
+	if (t->prune_timer)
+		loop_timer_cancel(t->loop, t->prune_timer);
+	double wait = due - clock_wall_s();
+	/* a backlog goes in batches with room for other work between them */
+	wait = wait < 0.01 ? 0.01 : wait > PRUNE_SAFETY_S ? PRUNE_SAFETY_S : wait;
+	t->prune_timer =
+		loop_timer_add(t->loop, clock_now_us() + (uint64_t) (wait * 1e6), prune_run, t);
+}
+
+/* Asks for a retention run at wall time `due`, unless one comes before. Lock held. */
+static void prune_arm_locked(struct tasks *t, double due)
+{
+	if (!t->started || (t->prune_armed_at > 0 && t->prune_armed_at <= due))
+		return;
+	t->prune_armed_at = due;
+	loop_post(t->loop, prune_arm_on_loop, t);
+}
+
+/* What a run removed: counts of removed records go down; the cached copy goes. */
+static void pruned_one(void *arg, const char *id, const char *node, const char *state, bool record)
+{
+	struct tasks *t = arg;
+	pthread_mutex_lock(&t->lock);
+	struct task *k = find_locked(t, id);
+	bool live = k && !task_state_is_final(k->row.state); /* retried meanwhile: counted */
+	if (k && !live)
+		forget_locked(t, k);
+	if (record && state && !live) {
+		int si = state_index(state);
+		t->state_counts[si]--;
+		struct node_load *n = node ? node_load_locked(t, node, false) : NULL;
+		if (n) {
+			n->states[si]--;
+			if (strcmp(state, TASK_CANCELLED)) {
+				n->total--;
+				n->completed -= !strcmp(state, TASK_SUCCEEDED);
+			}
+		}
+		t->changed_at = clock_wall_s();
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
+/* One bounded run of tasks.retention; the next is armed for when there is work again
+ * (a task's end arms one too), at most PRUNE_SAFETY_S away. */
+static void prune_run(void *arg)
+{
+	struct tasks *t = arg;
+	t->prune_timer = NULL;
+	struct config *cfg = cluster_get_config(t->cluster);
+	const struct cfg_retention *c = &cfg->tasks.retention;
+	struct store_retention p = {.output_s = c->output_days * 86400.0,
+				    .output_bytes = (int64_t) (c->output_mb * 1048576.0),
+				    .records_s = c->records_days * 86400.0};
+	config_unref(cfg);
+	pthread_mutex_lock(&t->lock);
+	t->prune_armed_at = 0;
+	pthread_mutex_unlock(&t->lock);
+	double now = clock_wall_s(), next = 0;
+	int n = store_prune(t->store, &p, now, PRUNE_BATCH, pruned_one, t, &next);
+	if (n < 0)
+		log_err("store: the retention of finished tasks failed: %s", strerror(-n));
+	pthread_mutex_lock(&t->lock);
+	t->output_total = store_output_total(t->store);
+	if (next <= 0 || next > now + PRUNE_SAFETY_S)
+		next = now + PRUNE_SAFETY_S;
+	if (t->prune_armed_at <= 0 || t->prune_armed_at > next)
+		t->prune_armed_at = next;
+	pthread_mutex_unlock(&t->lock);
+	prune_arm_on_loop(t);
+}
+
 static void tasks_start_on_loop(void *arg)
 {
 	struct tasks *t = arg;
@@ -2095,63 +2427,74 @@ static void tasks_start_on_loop(void *arg)
 	 * submissions, on FUSE threads, keep an fsync per commit */
 	store_set_durable(t->store, false);
 	tasks_tick(t);
+	prune_run(t);
+}
+
+/* The counts of the tasks in the store, by state and node (tasks_start). Lock held. */
+static void count_one(void *arg, const char *node, const char *state, int64_t n)
+{
+	struct tasks *t = arg;
+	int si = state_index(state);
+	t->state_counts[si] += (size_t) n;
+	if (!node)
+		return;
+	struct node_load *nl = node_load_locked(t, node, true);
+	nl->states[si] += (size_t) n;
+	if (task_state_is_final(state) && strcmp(state, TASK_CANCELLED)) {
+		nl->total += (int) n;
+		if (!strcmp(state, TASK_SUCCEEDED))
+			nl->completed += (int) n;
+	}
+}
+
+static void ended_one(void *arg, const char *node, const char *state, double at)
+{
+	struct tasks *t = arg;
+	if (task_state_is_final(state))
+		minute_counts_add(&node_load_locked(t, node, true)->ended, at,
+				  !strcmp(state, TASK_SUCCEEDED));
 }
 
 int tasks_start(struct tasks *t)
 {
+	/* the counts and the history come from the store's indexes; only the unfinished
+	 * tasks are read (finished ones are read when asked for) */
+	pthread_mutex_lock(&t->lock);
+	int r = store_count_tasks(t->store, count_one, t);
+	if (r == 0)
+		r = store_count_ended_since(t->store, clock_wall_s() - 3600, ended_one, t);
+	for (size_t b = 0; r == 0 && b < NODE_BUCKETS; b++)
+		for (struct node_load *n = t->node_loads[b]; n; n = n->next)
+			n->consecutive = store_node_failures_since_success(t->store, n->node);
+	t->output_total = store_output_total(t->store);
+	pthread_mutex_unlock(&t->lock);
 	struct store_task *rows = NULL;
 	size_t n = 0;
-	int r = store_load_tasks(t->store, &rows, &n);
+	if (r == 0)
+		r = store_load_unfinished(t->store, &rows, &n);
 	if (r < 0)
 		return r;
-	size_t recovered = 0;
+	size_t recovered = 0, total = 0;
 	pthread_mutex_lock(&t->lock);
 	for (size_t i = 0; i < n; i++) {
-		struct task_spec *spec = NULL;
-		char err[256];
-		if (spec_parse(rows[i].spec, strlen(rows[i].spec), &spec, err, sizeof(err)) < 0) {
-			log_err("store: task %s has a spec this version rejects (%s); skipped",
-				rows[i].id, err);
+		struct task *k = task_from_row_locked(t, &rows[i]);
+		if (!k)
 			continue;
-		}
-		struct task *k = calloc(1, sizeof(*k));
-		k->row = rows[i];
-		memset(&rows[i], 0, sizeof(rows[i]));
-		k->spec = spec;
-		k->spec_json = spec_to_json(spec);
-		k->changed_at = k->row.finished_at > 0 ? k->row.finished_at : k->row.submitted_at;
-		for (int s = 0; s < N_STREAMS; s++) {
-			buf_init(&k->out[s]);
-			char *data = NULL;
-			size_t len = 0;
-			if (store_get_output(t->store, k->row.id, stream_names[s], &data, &len) ==
-				    0 &&
-			    len)
-				buf_append(&k->out[s], data, len);
-			free(data);
-		}
 		if (state_is_active(k->row.state))
 			recovered++;
-		add_locked(t, k);
+		add_locked(t, k, true);
 	}
-	/* parents learn their children again */
-	for (size_t i = 0; i < t->n; i++) {
-		struct task *c = t->v[i];
-		if (!c->row.parent)
-			continue;
-		struct task *p = find_locked(t, c->row.parent);
-		if (!p)
-			continue;
-		p->children = realloc(p->children, (p->n_children + 1) * sizeof(char *));
-		p->children[p->n_children++] = strdup(c->row.id);
-	}
+	for (int i = 0; i < TASK_N_STATES; i++)
+		total += t->state_counts[i];
 	t->started = true;
 	pthread_mutex_unlock(&t->lock);
 	store_tasks_free(rows, n);
-	if (n)
-		cluster_add_event(t->cluster, "tasks", "store",
-				  "loaded %zu task%s; reconciling %zu dispatched or running", n,
-				  n == 1 ? "" : "s", recovered);
+	if (total)
+		cluster_add_event(
+			t->cluster, "tasks", "store",
+			"%zu task%s stored, %zu unfinished; reconciling %zu dispatched or "
+			"running",
+			total, total == 1 ? "" : "s", n, recovered);
 	return loop_post(t->loop, tasks_start_on_loop, t);
 }
 
@@ -2168,7 +2511,7 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 	struct waiter *wake = NULL;
 	int r = 0;
 	pthread_mutex_lock(&t->lock);
-	struct task *k = find_locked(t, id);
+	struct task *k = lookup_locked(t, id);
 	if (!k) {
 		r = -ENOENT;
 		goto out_unlock;
@@ -2219,7 +2562,9 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 			buf_free(&k->out[s]);
 			k->remote_size[s] = 0;
 			k->out_full[s] = false;
+			k->stored_len[s] = 0;
 		}
+		k->out_stored = false; /* the next attempt's output replaces the stored one */
 		attempt_reset_locked(k);
 		set_state_locked(t, k, TASK_QUEUED, "retried by hand", &wake);
 	} else if (!strcmp(word, "priority")) {
@@ -2247,6 +2592,7 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 		r = -EINVAL;
 	}
 out_unlock:
+	cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	call_waiters(wake);
 	if (r == 0)

@@ -3,9 +3,12 @@
  * dispatch carries an id that is stable across restarts and unique across control planes,
  * so that an agent runs each attempt exactly once.
  *
- * Public functions are thread-safe unless they say otherwise. The state lives in memory
- * under tasks->lock and is written through to the store; network work happens on the
- * loop thread. */
+ * Public functions are thread-safe unless they say otherwise. Unfinished tasks live in
+ * memory under tasks->lock and are written through to the store; finished ones are in the
+ * store, with the tasks.finished_cached most recently used of them kept in memory too (a
+ * lookup of another reads it back: one indexed row). Listings read the store by position;
+ * the counts are kept as states change and read from the store's indexes at the start.
+ * Network work happens on the loop thread. */
 #pragma once
 
 #include "backend/cluster.h"
@@ -68,8 +71,10 @@ void task_view_clear(struct task_view *v);
 /* Creates the task manager. Borrows loop, cluster and store: they outlive it. */
 int tasks_new(struct loop *loop, struct cluster *cluster, struct store *store, struct tasks **ret);
 void tasks_free(struct tasks *t);
-/* Loads the stored tasks (recovery: queued stay queued, dispatched and running ones are
- * reconciled with their agents) and starts scheduling on the loop thread. */
+/* Reads the counts from the store and loads its unfinished tasks (recovery: queued stay
+ * queued, dispatched and running ones are reconciled with their agents; finished ones
+ * stay in the store until asked for), then starts scheduling and the retention
+ * (tasks.retention) on the loop thread. */
 int tasks_start(struct tasks *t);
 
 /* Submits task `id` from spec text for the user uid (group gid) of the FUSE request.
@@ -79,14 +84,30 @@ int tasks_start(struct tasks *t);
  * name), -EDQUOT when the user has tasks.queued_per_user unfinished tasks (DESIGN §8). */
 int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, uid_t uid,
 		 gid_t gid, char *errbuf, size_t errlen);
+/* tasks_exists, tasks_owner and tasks_get find a task in memory, or else read it from the
+ * store (one indexed row) into the cache of finished tasks. */
 bool tasks_exists(struct tasks *t, const char *id);
 /* The owner of a task's files: its submitter's uid and gid. 0 or -ENOENT. */
 int tasks_owner(struct tasks *t, const char *id, uid_t *ret_uid, gid_t *ret_gid);
 int tasks_get(struct tasks *t, const char *id, struct task_view *ret);
 
-/* Task ids, in submission order: all of them (group NULL), or those in a group
- * ("queued", "running" = dispatched or running, "done" = succeeded, "failed" = failed,
- * timed_out, cancelled or lost), or those placed on `node`. New NULL-terminated array. */
+/* True when a task in `state` is in `group` (NULL: every state; "queued", "running" =
+ * dispatched or running, "done" = succeeded, "failed" = failed, timed_out, cancelled or
+ * lost; any other name: none). */
+bool tasks_state_in_group(const char *state, const char *group);
+/* Called per task of a page: its position (submission number) and id, borrowed for the
+ * call. Returns true to stop. */
+typedef bool (*tasks_page_fn)(void *arg, int64_t pos, const char *id);
+/* One page of task ids in submission order, from the first after position `after` (0:
+ * from the start), at most max: all of them (group and node NULL), those in a group, or
+ * those placed on `node` (group ignored). Reads the store by index: a page costs what it
+ * returns wherever it starts, and a reader that carries on from the last position it was
+ * given sees every task that stayed in the group exactly once, whatever is added or
+ * finishes meanwhile. Returns the number of ids given (a stop counts its own), or -errno. */
+int tasks_list_page(struct tasks *t, const char *group, const char *node, int64_t after, size_t max,
+		    tasks_page_fn fn, void *arg);
+/* Every id tasks_list_page would give, in one new NULL-terminated array: costs the whole
+ * history (for tools and tests, not for a directory read). */
 char **tasks_list(struct tasks *t, const char *group, const char *node, size_t *ret_n);
 /* Tasks by state (indexes of task_state_names): all of them (node NULL), or those placed
  * on `node`. Kept as states change: costs nothing per task. */
@@ -94,7 +115,9 @@ void tasks_count_states(struct tasks *t, const char *node, size_t ret_counts[TAS
 /* Wall time the set of tasks last changed (for directory mtimes). */
 double tasks_changed_at(struct tasks *t);
 
-/* Appends a task's output ("stdout" or "stderr") from byte `offset` to out. */
+/* Appends a task's output ("stdout" or "stderr") from byte `offset` to out: from memory
+ * while it runs, from the store once it ended. Output the retention removed reads as one
+ * line saying so ("[clusterfs: output removed by the retention policy ...]"). */
 int tasks_read_output(struct tasks *t, const char *id, const char *stream, size_t offset,
 		      struct buf *out);
 
@@ -132,9 +155,9 @@ void tasks_node_counts(struct tasks *t, const char *node, int *ret_active, int *
 		       int *ret_failed_hour);
 
 /* recent-tasks.json: {"total", "active": the dispatched and running tasks, "recent": the
- * newest `max` by submission, newest first}; each {id, state, node, exit_code, parent,
- * submitted_at, started_at, finished_at}, nothing private. Costs what it shows. New
- * reference. */
+ * newest `max` by submission, newest first (read from the store)}; each {id, state, node,
+ * exit_code, parent, submitted_at, started_at, finished_at}, nothing private. Costs what
+ * it shows. New reference. */
 json_t *tasks_recent(struct tasks *t, size_t max);
 
 /* The placement a spec would get now, without submitting it (sched_rank's document plus

@@ -50,6 +50,8 @@ static const struct cfg_tasks tasks_defaults = {
 	.drafts_per_user = 64,
 	.draft_bytes_per_user = 16l << 20,
 	.queued_per_user = 10000,
+	.finished_cached = 1000,
+	.retention = {.output_days = 30, .output_mb = 1024, .records_days = 0},
 };
 
 static const char *const tier_names[] = {"powerhouse", "standard", "light", NULL};
@@ -704,11 +706,67 @@ static int parse_events(struct loader *ld, const json_t *doc)
 	return r;
 }
 
+/* Reads an optional number member within [min, max]; leaves *out alone when absent. */
+static int parse_number(struct loader *ld, const json_t *obj, const char *key, double min,
+			double max, double *out)
+{
+	json_t *v = json_object_get(obj, key);
+	int r = 0;
+	if (!v)
+		return 0;
+	ld_push(ld, key);
+	if (!json_is_number(v) || json_number_value(v) < min || json_number_value(v) > max)
+		r = ld_fail(ld, LOCATE_VALUE, "%s must be a number from %g to %g, not %s",
+			    ld_where(ld), min, max, ld_value(ld, v));
+	else
+		*out = json_number_value(v);
+	ld_pop(ld);
+	return r;
+}
+
+/* tasks.retention: how long finished tasks' output and records are kept (0: for ever). */
+static int parse_retention(struct loader *ld, const json_t *tasks)
+{
+	static const char *const keys[] = {"output_days", "output_mb", "records_days", NULL};
+	struct cfg_retention *p = &ld->c->tasks.retention;
+	json_t *v = json_object_get(tasks, "retention");
+	int r;
+
+	if (!v)
+		return 0;
+	ld_push(ld, "retention");
+	r = expect_object(ld, v);
+	if (r == 0)
+		r = check_keys(ld, v, keys);
+	if (r == 0)
+		r = parse_number(ld, v, "output_days", 0, 36500, &p->output_days);
+	if (r == 0)
+		r = parse_number(ld, v, "output_mb", 0, 1 << 30, &p->output_mb);
+	if (r == 0)
+		r = parse_number(ld, v, "records_days", 0, 36500, &p->records_days);
+	if (r == 0 && p->records_days > 0 && p->output_days > p->records_days) {
+		ld_push(ld, "output_days");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s is %g, longer than records_days (%g): output goes with its task's "
+			    "record, so keep it at most as long",
+			    ld_where(ld), p->output_days, p->records_days);
+		ld_pop(ld);
+	}
+	ld_pop(ld);
+	return r;
+}
+
 static int parse_tasks(struct loader *ld, const json_t *doc)
 {
-	static const char *const keys[] = {
-		"run_as",          "allow_root", "group", "drafts_per_user", "draft_bytes_per_user",
-		"queued_per_user", NULL};
+	static const char *const keys[] = {"run_as",
+					   "allow_root",
+					   "group",
+					   "drafts_per_user",
+					   "draft_bytes_per_user",
+					   "queued_per_user",
+					   "finished_cached",
+					   "retention",
+					   NULL};
 	struct cfg_tasks *t = &ld->c->tasks;
 	json_t *tasks = json_object_get(doc, "tasks");
 	const char *group = NULL;
@@ -731,6 +789,10 @@ static int parse_tasks(struct loader *ld, const json_t *doc)
 		r = parse_int(ld, tasks, "draft_bytes_per_user", 1, 1024, &bytes_mb);
 	if (r == 0)
 		r = parse_int(ld, tasks, "queued_per_user", 1, 10000000, &t->queued_per_user);
+	if (r == 0)
+		r = parse_int(ld, tasks, "finished_cached", 0, 10000000, &t->finished_cached);
+	if (r == 0)
+		r = parse_retention(ld, tasks);
 	if (r == 0)
 		r = parse_string(ld, tasks, "group", true, &group);
 	if (r == 0 && group) {
@@ -2224,12 +2286,15 @@ char *config_render(const struct config *c)
 	json_object_set_new(o, "thresholds", th);
 	json_object_set_new(
 		o, "tasks",
-		json_pack("{ss sb so si sI si}", "run_as", config_run_as_name(c->tasks.run_as),
-			  "allow_root", c->tasks.allow_root, "group",
-			  c->tasks.group ? json_string(c->tasks.group) : json_null(),
+		json_pack("{ss sb so si sI si si s{sf sf sf}}", "run_as",
+			  config_run_as_name(c->tasks.run_as), "allow_root", c->tasks.allow_root,
+			  "group", c->tasks.group ? json_string(c->tasks.group) : json_null(),
 			  "drafts_per_user", c->tasks.drafts_per_user, "draft_bytes_per_user",
 			  (json_int_t) (c->tasks.draft_bytes_per_user >> 20), "queued_per_user",
-			  c->tasks.queued_per_user));
+			  c->tasks.queued_per_user, "finished_cached", c->tasks.finished_cached,
+			  "retention", "output_days", c->tasks.retention.output_days, "output_mb",
+			  c->tasks.retention.output_mb, "records_days",
+			  c->tasks.retention.records_days));
 	json_object_set_new(o, "events", json_pack("{si}", "keep", c->events.keep));
 	for (size_t i = 0; i < c->n_hosts; i++)
 		json_object_set_new(hosts, c->hosts[i].name, render_host(&c->hosts[i]));

@@ -40,6 +40,13 @@ enum cfg_run_as {
 	CFG_RUN_AS_AGENT,        /* the agent's own user (single-user clusters, said explicitly) */
 };
 
+/* "tasks.retention": how long finished tasks are kept; 0: for ever. */
+struct cfg_retention {
+	double output_days;  /* output, after its task ended; default 30 */
+	double output_mb;    /* all kept output, the oldest removed first; default 1024 */
+	double records_days; /* whole tasks; default 0 (kept) */
+};
+
 /* "tasks": who may submit, as whom tasks run, and what one user may hold. */
 struct cfg_tasks {
 	enum cfg_run_as run_as;    /* default CFG_RUN_AS_SUBMITTER */
@@ -49,6 +56,8 @@ struct cfg_tasks {
 	int drafts_per_user;       /* files in tasks/new/ per uid, default 64 */
 	long draft_bytes_per_user; /* their bytes per uid, default 16 MiB */
 	int queued_per_user;       /* unfinished tasks per uid, default 10000 */
+	int finished_cached;       /* finished tasks also kept in memory, default 1000 */
+	struct cfg_retention retention;
 };
 
 /* "events": how many of them the store keeps across restarts. */

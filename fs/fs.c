@@ -83,10 +83,14 @@ struct handle {
 	int snap_fd;                /* backup/state.db: the copy made at open, or -1 */
 };
 
-/* A directory listing, taken at opendir. */
+/* A directory listing, taken at opendir; the task directories (tasks/, tasks/GROUP/,
+ * nodes/NODE/tasks/) are read from the store page by page instead (names NULL). */
 struct dir_handle {
 	char **names;
 	size_t n;
+	enum tree_kind kind; /* what path is */
+	char *group;         /* tasks/GROUP/: the group; nodes/NODE/tasks/: NULL */
+	char *node;          /* nodes/NODE/tasks/: the node */
 	char *path;
 	struct fs *f;
 	struct dir_handle *prev, *next; /* in f->dirs, protected by f->lock */
@@ -809,8 +813,15 @@ static void dir_handle_free(struct dir_handle *d)
 	for (size_t i = 0; i < d->n; i++)
 		free(d->names[i]);
 	free(d->names);
+	free(d->group);
+	free(d->node);
 	free(d->path);
 	free(d);
+}
+
+static bool kind_is_task_dir(enum tree_kind kind)
+{
+	return kind == TREE_TASKS || kind == TREE_TASKS_GROUP || kind == TREE_NODE_TASKS;
 }
 
 static void opendir_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -820,14 +831,28 @@ static void opendir_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct 
 		return (void) fuse_reply_err(req, ESTALE);
 	int err = 0;
 	size_t n = 0;
-	char **names = tree_list(&f->ctx, path, &n, &err);
-	if (!names) {
+	struct tree_entry e;
+	err = tree_classify(&f->ctx, path, &e);
+	if (err < 0) {
 		free(path);
 		return (void) fuse_reply_err(req, -err);
+	}
+	char **names = NULL;
+	if (!kind_is_task_dir(e.kind)) {
+		names = tree_list(&f->ctx, path, &n, &err);
+		if (!names) {
+			tree_entry_clear(&e);
+			free(path);
+			return (void) fuse_reply_err(req, -err);
+		}
 	}
 	struct dir_handle *d = calloc(1, sizeof(*d));
 	d->names = names;
 	d->n = n;
+	d->kind = e.kind;
+	d->group = e.kind == TREE_TASKS_GROUP ? strdup(e.name) : NULL;
+	d->node = e.kind == TREE_NODE_TASKS ? strdup(e.node) : NULL;
+	tree_entry_clear(&e);
 	d->path = path;
 	d->f = f;
 	pthread_mutex_lock(&f->lock);
@@ -862,6 +887,71 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	opendir_finish(req, f, ino, fi);
 }
 
+/* Task directories by position: offsets 0 "." and 1 "..", then (tasks/ only) 2.. the
+ * fixed names, then each task at TASK_OFF_BASE + its submission number, which the store
+ * seeks to. A getdents costs what it returns, wherever it starts (DESIGN §3, "What the
+ * store keeps"). */
+#define TASK_OFF_BASE 16
+
+static const char *const tasks_fixed[] = {"new", "done", "failed", "queued", "running"};
+
+struct task_page {
+	fuse_req_t req;
+	struct dir_handle *d;
+	char *out;
+	size_t size, used;
+	bool full;
+};
+
+static bool task_page_add(void *arg, int64_t pos, const char *id)
+{
+	struct task_page *p = arg;
+	struct stat st = {0};
+	char *child = tree_join(p->d->path, id);
+	st.st_ino = inode_hash_path(child);
+	free(child);
+	st.st_mode = p->d->kind == TREE_TASKS ? S_IFDIR : S_IFLNK;
+	size_t need = fuse_add_direntry(p->req, p->out + p->used, p->size - p->used, id, &st,
+					TASK_OFF_BASE + pos);
+	if (need > p->size - p->used) {
+		p->full = true;
+		return true;
+	}
+	p->used += need;
+	return false;
+}
+
+static void readdir_tasks(fuse_req_t req, struct fs *f, struct dir_handle *d, char *out,
+			  size_t size, off_t off)
+{
+	struct task_page p = {.req = req, .d = d, .out = out, .size = size};
+	size_t n_fixed = d->kind == TREE_TASKS ? sizeof(tasks_fixed) / sizeof(tasks_fixed[0]) : 0;
+	for (off_t i = off; i < 2 + (off_t) n_fixed && !p.full; i++) {
+		struct stat st = {.st_mode = S_IFDIR};
+		const char *name = i == 0 ? "." : i == 1 ? ".." : tasks_fixed[i - 2];
+		char *child = i == 0   ? strdup(d->path)
+			      : i == 1 ? tree_parent(d->path)
+				       : tree_join(d->path, name);
+		st.st_ino = inode_hash_path(child);
+		free(child);
+		size_t need = fuse_add_direntry(req, out + p.used, size - p.used, name, &st, i + 1);
+		if (need > size - p.used)
+			p.full = true;
+		else
+			p.used += need;
+	}
+	int64_t after = off >= TASK_OFF_BASE ? (int64_t) off - TASK_OFF_BASE : 0;
+	/* at least one entry per call, and rarely a second query */
+	size_t max = size / 32 + 1;
+	if (!p.full) {
+		int r = tasks_list_page(f->ctx.tasks, d->group, d->node, after, max, task_page_add,
+					&p);
+		if (r < 0 && !p.used)
+			return (void) fuse_reply_err(req, -r);
+	}
+	fuse_reply_buf(req, out, p.used);
+}
+
 static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
@@ -869,6 +959,11 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	char *out = malloc(size);
 	if (!out)
 		return (void) fuse_reply_err(req, ENOMEM);
+	if (kind_is_task_dir(d->kind)) {
+		readdir_tasks(req, fuse_req_userdata(req), d, out, size, off);
+		free(out);
+		return;
+	}
 	size_t used = 0;
 	/* offsets: 0 ".", 1 "..", 2+i names[i] */
 	for (off_t i = off; i < (off_t) d->n + 2; i++) {

@@ -106,25 +106,13 @@ static bool is_group(const char *name)
 	return false;
 }
 
-/* True when task `id` is in `group`, or on `node`. */
+/* True when task `id` is in `group`, or on `node`: one lookup, never a listing. */
 static bool task_in(const struct tree_ctx *ctx, const char *id, const char *group, const char *node)
 {
 	struct task_view v;
 	if (tasks_get(ctx->tasks, id, &v) < 0)
 		return false;
-	bool r;
-	if (node) {
-		r = v.node && !strcmp(v.node, node);
-	} else {
-		size_t n = 0;
-		char **ids = tasks_list(ctx->tasks, group, NULL, &n);
-		r = false;
-		for (size_t i = 0; i < n; i++) {
-			r |= !strcmp(ids[i], id);
-			free(ids[i]);
-		}
-		free(ids);
-	}
+	bool r = node ? v.node && !strcmp(v.node, node) : tasks_state_in_group(v.state, group);
 	task_view_clear(&v);
 	return r;
 }
