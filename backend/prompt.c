@@ -24,7 +24,7 @@ struct answer {
 	bool done;       /* Ollama's "done": true, or OpenAI's "data: [DONE]" */
 	char *error;     /* an error object in the stream, or NULL */
 	char *done_reason;
-	json_int_t prompt_tokens, completion_tokens; /* -1: not told */
+	json_int_t prompt_tokens, completion_tokens;              /* -1: not told */
 	double load_ms, prompt_eval_ms, eval_ms, server_total_ms; /* -1: not told */
 	void (*on_piece)(const char *s, size_t n, void *arg);
 	void *arg;
@@ -112,12 +112,14 @@ static void openai_event(struct answer *a, json_t *o)
 	const json_t *err = json_object_get(o, "error");
 	if (err) {
 		const char *m = json_string_value(json_object_get(err, "message"));
-		set_once(&a->error, m ? m : json_is_string(err) ? json_string_value(err) : "an error");
+		set_once(&a->error, m                     ? m
+				    : json_is_string(err) ? json_string_value(err)
+							  : "an error");
 		return;
 	}
 	json_t *choice = json_array_get(json_object_get(o, "choices"), 0);
-	answer_piece(a, json_string_value(
-				json_object_get(json_object_get(choice, "delta"), "content")));
+	answer_piece(
+		a, json_string_value(json_object_get(json_object_get(choice, "delta"), "content")));
 	set_once(&a->done_reason, json_string_value(json_object_get(choice, "finish_reason")));
 	json_t *usage = json_object_get(o, "usage");
 	if (json_is_object(usage)) {
@@ -158,7 +160,8 @@ static void answer_line(const char *line, size_t len, void *arg)
 static void answer_feed(struct answer *a, const char *data, size_t len)
 {
 	if (a->head.len < HEAD_MAX)
-		buf_append(&a->head, data, len < HEAD_MAX - a->head.len ? len : HEAD_MAX - a->head.len);
+		buf_append(&a->head, data,
+			   len < HEAD_MAX - a->head.len ? len : HEAD_MAX - a->head.len);
 	models_lines_feed(&a->lines, data, len, answer_line, a);
 }
 
@@ -185,10 +188,11 @@ char *prompts_parse_stream(bool openai, bool chat, const char *const *chunks, si
 	for (size_t i = 0; i < n; i++)
 		answer_feed(&a, chunks[i], strlen(chunks[i]));
 	answer_finish(&a);
-	json_t *o = json_pack("{s:s% s:b s:s? s:s? s:o s:o}", "text", a.text.data ? a.text.data : "",
-			      a.text.len, "done", a.done, "error", a.error, "done_reason",
-			      a.done_reason, "prompt_tokens", count_or_null(a.prompt_tokens),
-			      "completion_tokens", count_or_null(a.completion_tokens));
+	json_t *o =
+		json_pack("{s:s% s:b s:s? s:s? s:o s:o}", "text", a.text.data ? a.text.data : "",
+			  a.text.len, "done", a.done, "error", a.error, "done_reason",
+			  a.done_reason, "prompt_tokens", count_or_null(a.prompt_tokens),
+			  "completion_tokens", count_or_null(a.completion_tokens));
 	char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(o);
 	answer_clear(&a);
@@ -329,8 +333,8 @@ static char *run_result(const struct run *r, uint64_t now, const char *error)
 			    a->done_reason ? json_string(a->done_reason) : json_null());
 	json_object_set_new(o, "prompt_tokens", count_or_null(a->prompt_tokens));
 	json_object_set_new(o, "completion_tokens", count_or_null(a->completion_tokens));
-	json_object_set_new(o, "tokens_per_s", rate >= 0 ? json_real(round(rate * 10) / 10)
-							 : json_null());
+	json_object_set_new(o, "tokens_per_s",
+			    rate >= 0 ? json_real(round(rate * 10) / 10) : json_null());
 	json_object_set_new(o, "timings", timings);
 	json_object_set_new(o, "error", error ? json_string(error) : json_null());
 	json_object_set_new(o, "dispatch_id", json_string(r->dispatch_id));
@@ -402,9 +406,9 @@ static char *request_body(const json_t *spec, bool openai)
 	json_object_set_new(o, "model", json_string(model));
 	if (openai) {
 		if (json_is_string(prompt))
-			json_object_set_new(o, "messages",
-					    json_pack("[{s:s, s:O}]", "role", "user", "content",
-						      prompt));
+			json_object_set_new(
+				o, "messages",
+				json_pack("[{s:s, s:O}]", "role", "user", "content", prompt));
 		else
 			json_object_set(o, "messages", messages);
 		json_object_set_new(o, "stream", json_true());
@@ -555,9 +559,10 @@ static void prompts_pull(void *arg, const char *node, const char *model, struct 
 		q = q->next;
 	bool ask = !q || (q->error && now - q->when_us >= PULL_AGAIN_US);
 	if (q && q->error && !ask) {
-		buf_printf(why, "the pull of %s on %s failed (%s); asking again in %llu s", model,
-			   node, q->error,
-			   (unsigned long long) ((PULL_AGAIN_US - (now - q->when_us)) / 1000000 + 1));
+		buf_printf(
+			why, "the pull of %s on %s failed (%s); asking again in %llu s", model,
+			node, q->error,
+			(unsigned long long) ((PULL_AGAIN_US - (now - q->when_us)) / 1000000 + 1));
 		pthread_mutex_unlock(&p->lock);
 		return;
 	}
@@ -576,8 +581,9 @@ static void prompts_pull(void *arg, const char *node, const char *model, struct 
 		q->when_us = now;
 	}
 	pthread_mutex_unlock(&p->lock);
-	buf_printf(why, "no node has model %s: pulling it on %s first (\"pull\": true; progress in "
-			"nodes/%s/models/ctl)",
+	buf_printf(why,
+		   "no node has model %s: pulling it on %s first (\"pull\": true; progress in "
+		   "nodes/%s/models/ctl)",
 		   model, node, node);
 	if (!ask)
 		return;

@@ -354,7 +354,8 @@ int sched_place(const struct config *cfg, const struct sched_request *req,
 			next_score = best_score;
 			best = i;
 			best_score = s;
-		} else if (next == SIZE_MAX || better(req, &nodes[i], s, &nodes[next], next_score)) {
+		} else if (next == SIZE_MAX ||
+			   better(req, &nodes[i], s, &nodes[next], next_score)) {
 			next = i;
 			next_score = s;
 		}

@@ -25,10 +25,10 @@
 #define SHOWN_MAX  48 /* characters of a value shown in a message */
 #define MODEL_MAX  512
 
-static const char *const spec_fields[] = {
-	"cmd",	    "model",	"prompt", "messages",  "options", "pull",
-	"node",	    "type",	"requires", "resources", "priority", "env",
-	"cwd",	    "timeout_s", "retries", "after"};
+static const char *const spec_fields[] = {"cmd",      "model",     "prompt",   "messages",
+					  "options",  "pull",      "node",     "type",
+					  "requires", "resources", "priority", "env",
+					  "cwd",      "timeout_s", "retries",  "after"};
 #define N_SPEC_FIELDS (sizeof(spec_fields) / sizeof(spec_fields[0]))
 
 static const char *const resource_fields[] = {"cpus", "mem_mb", "gpus"};
@@ -312,10 +312,11 @@ static int parse_model(struct parser *p, const json_t *v, struct task_spec *s)
 		ok = *c > ' ' && *c != 0x7f;
 	if (!ok) {
 		show_value(v, shown, sizeof(shown));
-		return fail(p,
-			    "field \"model\" must be a model name, like \"qwen3:8b\" (no spaces, at "
-			    "most %d bytes), not %s",
-			    MODEL_MAX, shown);
+		return fail(
+			p,
+			"field \"model\" must be a model name, like \"qwen3:8b\" (no spaces, at "
+			"most %d bytes), not %s",
+			MODEL_MAX, shown);
 	}
 	s->model = xstrdup(m);
 	return 0;
@@ -340,10 +341,11 @@ static int parse_messages(struct parser *p, const json_t *v, struct task_spec *s
 
 	if (!json_is_array(v) || json_array_size(v) == 0) {
 		show_value(v, shown, sizeof(shown));
-		return fail(p,
-			    "field \"messages\" must be a non-empty list of {\"role\", \"content\"} "
-			    "objects, not %s",
-			    shown);
+		return fail(
+			p,
+			"field \"messages\" must be a non-empty list of {\"role\", \"content\"} "
+			"objects, not %s",
+			shown);
 	}
 	for (size_t i = 0; i < json_array_size(v); i++) {
 		const json_t *m = json_array_get(v, i);
@@ -354,10 +356,11 @@ static int parse_messages(struct parser *p, const json_t *v, struct task_spec *s
 		if (!json_is_object(m) || !known ||
 		    !json_is_string(json_object_get(m, "content"))) {
 			show_value(m, shown, sizeof(shown));
-			return fail(p,
-				    "field \"messages[%zu]\" must be an object with \"role\" (system, "
-				    "user, assistant or tool) and \"content\" (a string), not %s",
-				    i, shown);
+			return fail(
+				p,
+				"field \"messages[%zu]\" must be an object with \"role\" (system, "
+				"user, assistant or tool) and \"content\" (a string), not %s",
+				i, shown);
 		}
 	}
 	s->messages = json_deep_copy(v);
@@ -609,22 +612,14 @@ static const struct {
 	const char *name;
 	int (*parse)(struct parser *p, const json_t *v, struct task_spec *s);
 } field_parsers[] = {
-	{"cmd", parse_cmd},
-	{"model", parse_model},
-	{"prompt", parse_prompt},
-	{"messages", parse_messages},
-	{"options", parse_options},
-	{"pull", parse_pull},
-	{"node", parse_node},
-	{"type", parse_type},
-	{"requires", parse_requires},
-	{"resources", parse_resources},
-	{"priority", parse_priority},
-	{"env", parse_env},
-	{"cwd", parse_cwd},
-	{"timeout_s", parse_timeout},
-	{"retries", parse_retries},
-	{"after", parse_after},
+	{"cmd", parse_cmd},           {"model", parse_model},
+	{"prompt", parse_prompt},     {"messages", parse_messages},
+	{"options", parse_options},   {"pull", parse_pull},
+	{"node", parse_node},         {"type", parse_type},
+	{"requires", parse_requires}, {"resources", parse_resources},
+	{"priority", parse_priority}, {"env", parse_env},
+	{"cwd", parse_cwd},           {"timeout_s", parse_timeout},
+	{"retries", parse_retries},   {"after", parse_after},
 };
 _Static_assert(sizeof(field_parsers) / sizeof(field_parsers[0]) == N_SPEC_FIELDS,
 	       "field_parsers and spec_fields list the same fields");
@@ -801,9 +796,11 @@ json_t *spec_to_json(const struct task_spec *s)
 		if (s->prompt)
 			ok = ok && json_object_set_new(o, "prompt", json_string(s->prompt)) == 0;
 		else
-			ok = ok && json_object_set_new(o, "messages", json_deep_copy(s->messages)) == 0;
-		ok = ok && json_object_set_new(o, "options", s->options ? json_deep_copy(s->options)
-									: json_object()) == 0;
+			ok = ok &&
+			     json_object_set_new(o, "messages", json_deep_copy(s->messages)) == 0;
+		ok = ok && json_object_set_new(o, "options",
+					       s->options ? json_deep_copy(s->options)
+							  : json_object()) == 0;
 		ok = ok && json_object_set_new(o, "pull", json_boolean(s->pull)) == 0;
 	} else if (s->shell) {
 		ok = json_object_set_new(o, "cmd", json_string(s->shell)) == 0;
@@ -834,8 +831,8 @@ json_t *spec_to_json(const struct task_spec *s)
 
 	ok = ok && json_object_set_new(o, "priority", json_string(priority_names[prio])) == 0;
 	if (!s->model) {
-		ok = ok && json_object_set_new(o, "env", s->env ? json_deep_copy(s->env)
-							       : json_object()) == 0;
+		ok = ok && json_object_set_new(
+				   o, "env", s->env ? json_deep_copy(s->env) : json_object()) == 0;
 		ok = ok &&
 		     json_object_set_new(o, "cwd", s->cwd ? json_string(s->cwd) : json_null()) == 0;
 	}

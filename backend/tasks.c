@@ -171,7 +171,7 @@ struct tasks {
 	struct node_poll *polls;                    /* loop thread only */
 	struct loop_timer *tick;                    /* loop thread only */
 	bool started;
-	struct tasks_target target; /* set before the start */
+	struct tasks_target target;   /* set before the start */
 	struct tasks_prompts prompts; /* set before the start */
 };
 
@@ -1945,7 +1945,8 @@ static void prompt_pull_locked(struct tasks *t, const struct config *cfg,
 			       struct buf *why)
 {
 	for (size_t i = 0; i < in->n; i++)
-		if (in->nodes[i].model != SCHED_MODEL_ABSENT && in->nodes[i].model != SCHED_MODEL_NOSERVE)
+		if (in->nodes[i].model != SCHED_MODEL_ABSENT &&
+		    in->nodes[i].model != SCHED_MODEL_NOSERVE)
 			return; /* some node has it: wait for that one */
 	for (size_t i = 0; i < in->n; i++)
 		if (in->nodes[i].model == SCHED_MODEL_ABSENT)
@@ -2386,14 +2387,14 @@ void tasks_set_prompts(struct tasks *t, const struct tasks_prompts *prompts)
 static struct task *prompt_attempt_locked(struct tasks *t, const char *id, const char *dispatch_id)
 {
 	struct task *k = find_locked(t, id);
-	if (!k || !k->spec->model || !k->row.dispatch_id || strcmp(k->row.dispatch_id, dispatch_id) ||
-	    !state_is_active(k->row.state))
+	if (!k || !k->spec->model || !k->row.dispatch_id ||
+	    strcmp(k->row.dispatch_id, dispatch_id) || !state_is_active(k->row.state))
 		return NULL;
 	return k;
 }
 
-bool tasks_prompt_output(struct tasks *t, const char *id, const char *dispatch_id,
-			 const char *data, size_t len)
+bool tasks_prompt_output(struct tasks *t, const char *id, const char *dispatch_id, const char *data,
+			 size_t len)
 {
 	pthread_mutex_lock(&t->lock);
 	struct task *k = prompt_attempt_locked(t, id, dispatch_id);

@@ -179,8 +179,8 @@ struct tasks_prompts {
 void tasks_set_prompts(struct tasks *t, const struct tasks_prompts *prompts);
 /* Loop thread: more stdout of attempt dispatch_id of task id. False when that attempt is
  * over (cancelled, lost, retried): the runner should stop. */
-bool tasks_prompt_output(struct tasks *t, const char *id, const char *dispatch_id,
-			 const char *data, size_t len);
+bool tasks_prompt_output(struct tasks *t, const char *id, const char *dispatch_id, const char *data,
+			 size_t len);
 /* Loop thread: the attempt ended in state (succeeded, failed, timed_out, cancelled), why
  * NULL or a sentence, result the JSON for tasks/ID/result. A failure is retried on another
  * node that has the model when the spec allows retries. */

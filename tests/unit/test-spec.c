@@ -13,8 +13,8 @@
 
 static char err[512];
 
-#define MISSING_CMD                                                                      \
-	"missing required field \"cmd\" (a shell string or an argv list), or \"model\" and " \
+#define MISSING_CMD                                                                                \
+	"missing required field \"cmd\" (a shell string or an argv list), or \"model\" and "       \
 	"\"prompt\" for a prompt task"
 
 static struct task_spec *parse_ok(const char *text)
@@ -198,14 +198,9 @@ static void test_fields(void)
 	CHECK(rejects("{\"comand\": \"make\", \"cmd\": \"x\"}",
 		      "unknown field \"comand\"; did you mean \"cmd\"?"),
 	      "unknown: reported even when cmd is there");
-	CHECK(rejects("{}", MISSING_CMD),
-	      "missing: no cmd");
-	CHECK(rejects("{\"cmd\": null}",
-		      MISSING_CMD),
-	      "missing: cmd null");
-	CHECK(rejects("{\"node\": \"n1\"}",
-		      MISSING_CMD),
-	      "missing: other fields but no cmd");
+	CHECK(rejects("{}", MISSING_CMD), "missing: no cmd");
+	CHECK(rejects("{\"cmd\": null}", MISSING_CMD), "missing: cmd null");
+	CHECK(rejects("{\"node\": \"n1\"}", MISSING_CMD), "missing: other fields but no cmd");
 
 	/* cmd */
 	CHECK(rejects("{\"cmd\": \"\"}", "field \"cmd\" must not be empty"), "cmd: empty string");
@@ -538,7 +533,8 @@ static void test_prompts(void)
 		      json_real_value(json_object_get(s->options, "temperature")) == 0.5,
 	      "prompt: model, prompt, options and pull");
 	spec_free(s);
-	s = parse_ok("{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}");
+	s = parse_ok(
+		"{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}");
 	CHECK(s && !s->prompt && json_array_size(s->messages) == 1 && !s->pull && !s->options,
 	      "prompt: messages for a chat");
 	spec_free(s);
