@@ -629,6 +629,8 @@ int prompts_new(struct loop *loop, struct cluster *cluster, struct models *model
 							 .start = prompts_start,
 							 .cancel = prompts_cancel,
 							 .arg = p});
+	/* node "all" is decided at submission, from the lists as they are: have some */
+	models_refresh(models, NULL, NULL, NULL);
 	*ret = p;
 	return 0;
 }

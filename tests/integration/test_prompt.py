@@ -205,6 +205,17 @@ def test_cancel_aborts_the_request(tmp_path, token, agents, mount, ollamas):
     assert "aborted" in m.json("tasks", "long", "info")["reason"]
 
 
+def test_timeout(tmp_path, token, agents, mount, ollamas):
+    ags = agents(1)
+    o = ollamas(["qwen3:8b"], delay_ms=500)
+    m = mount(config(tmp_path, ags, token, {"n1": {"ollama": {"port": o.port}}}))
+    healthy(m, "n1")
+    submit(m, "late", {"model": "qwen3:8b", "prompt": "x", "timeout_s": 1})
+    assert wait_task(m, "late").startswith("timed_out"), m.json("tasks", "late", "info")
+    r = m.json("tasks", "late", "result")
+    assert r["error"] and canned("qwen3:8b").startswith(r["text"]) and r["text"]
+
+
 def test_missing_model_waits_then_runs(tmp_path, token, agents, mount, ollamas):
     ags = agents(2)
     o1 = ollamas(["qwen3:8b"])
@@ -358,3 +369,24 @@ def test_restart_asks_again(tmp_path, token, agents, ollamas):
         assert m3.read("tasks", "again", "stdout") == canned("qwen3:8b")
     finally:
         m3.stop()
+
+
+def test_placement_ranks_by_model(tmp_path, token, agents, mount, ollamas):
+    ags = agents(3)
+    o1 = ollamas(["qwen3:8b"])
+    o2 = ollamas(["qwen3:8b"], loaded=["qwen3:8b"])
+    m = mount(config(tmp_path, ags, token, {"n1": {"ollama": {"port": o1.port}},
+                                            "n2": {"ollama": {"port": o2.port}}}))
+    healthy(m, "n1", "n2", "n3")
+    wait_until(lambda: m.read("models", "qwen3:8b", "loaded") == "n2\n", what="loaded")
+    with open(m.path("placement"), "r+") as f:
+        f.write(json.dumps({"model": "qwen3:8b", "prompt": "x"}))
+        f.seek(0)
+        doc = json.loads(f.read())
+    # loaded first, then present; a node without a model server is not eligible
+    assert doc["placed"] == ["n2"] and "model qwen3:8b loaded" in doc["why"]
+    by = {n["node"]: n for n in doc["nodes"]}
+    assert by["n2"]["rank"] == 1 and by["n2"]["model"] == "loaded"
+    assert by["n1"]["rank"] == 2 and by["n1"]["model"] == "present"
+    assert by["n3"]["eligible"] is False and by["n3"]["reason"] == "has no model server"
+    assert doc["spec"]["model"] == "qwen3:8b" and "cmd" not in doc["spec"]
