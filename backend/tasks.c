@@ -1232,8 +1232,11 @@ int tasks_rank(struct tasks *t, const char *text, size_t len, json_t **ret, char
 		return -EINVAL;
 	}
 	/* a spec to place needs no command: it is not run */
+	bool asked_text = json_object_get(doc, "prompt") || json_object_get(doc, "messages");
 	if (!json_object_get(doc, "cmd") && !json_object_get(doc, "model"))
 		json_object_set_new(doc, "cmd", json_string("true"));
+	else if (json_object_get(doc, "model") && !asked_text)
+		json_object_set_new(doc, "prompt", json_string("?")); /* nor a prompt */
 	char *canon = json_dumps(doc, JSON_COMPACT);
 	json_decref(doc);
 	struct task_spec *spec = NULL;
@@ -1253,6 +1256,8 @@ int tasks_rank(struct tasks *t, const char *text, size_t len, json_t **ret, char
 	config_unref(cfg);
 	json_t *asked = spec_to_json(spec);
 	json_object_del(asked, "cmd");
+	if (!asked_text)
+		json_object_del(asked, "prompt");
 	json_object_set_new(rank, "spec", asked);
 	sched_input_free(&in);
 	spec_free(spec);
@@ -1971,6 +1976,8 @@ static void prompt_start_locked(struct tasks *t, struct task *k, struct waiter *
 	int r = t->prompts.start ? t->prompts.start(t->prompts.arg, k->row.id, k->row.dispatch_id,
 						    k->row.node, k->spec_json)
 				 : -EOPNOTSUPP;
+	if (r == -ECANCELED)
+		return; /* stopping: it stays dispatched, and the next start asks again */
 	if (r < 0) {
 		char why[300];
 		snprintf(why, sizeof(why), "cannot ask the model server on %s: %s", k->row.node,

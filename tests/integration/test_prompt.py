@@ -380,7 +380,7 @@ def test_placement_ranks_by_model(tmp_path, token, agents, mount, ollamas):
     healthy(m, "n1", "n2", "n3")
     wait_until(lambda: m.read("models", "qwen3:8b", "loaded") == "n2\n", what="loaded")
     with open(m.path("placement"), "r+") as f:
-        f.write(json.dumps({"model": "qwen3:8b", "prompt": "x"}))
+        f.write(json.dumps({"model": "qwen3:8b"}))  # no prompt needed to ask
         f.seek(0)
         doc = json.loads(f.read())
     # loaded first, then present; a node without a model server is not eligible
@@ -390,3 +390,27 @@ def test_placement_ranks_by_model(tmp_path, token, agents, mount, ollamas):
     assert by["n1"]["rank"] == 2 and by["n1"]["model"] == "present"
     assert by["n3"]["eligible"] is False and by["n3"]["reason"] == "has no model server"
     assert doc["spec"]["model"] == "qwen3:8b" and "cmd" not in doc["spec"]
+    assert "prompt" not in doc["spec"]
+
+
+def test_routing_and_requires_apply(tmp_path, token, agents, mount, ollamas):
+    ags = agents(2)
+    o1 = ollamas(["qwen3:8b"], loaded=["qwen3:8b"])
+    o2 = ollamas(["qwen3:8b"])
+    m = mount(config(tmp_path, ags, token, {"n1": {"ollama": {"port": o1.port}},
+                                            "n2": {"ollama": {"port": o2.port}}},
+                     routing={"deep_reasoning": {"hosts": ["n2"]}}))
+    healthy(m, "n1", "n2")
+    wait_until(lambda: m.read("models", "qwen3:8b", "loaded") == "n1\n", what="loaded")
+    # the type's hosts win over the loaded model elsewhere
+    submit(m, "deep", {"model": "qwen3:8b", "prompt": "think", "type": "deep_reasoning"})
+    assert wait_task(m, "deep") == "succeeded 0\n"
+    assert m.read("tasks", "deep", "node") == "n2\n"
+    # a capability no node has: it waits, and says why
+    submit(m, "gpu", {"model": "qwen3:8b", "prompt": "x", "requires": ["gpu"]})
+    wait_until(lambda: "lacks capability gpu" in (m.json("tasks", "gpu", "info")["reason"]
+                                                   or ""), what="reason")
+    assert m.read("tasks", "gpu", "status") == "queued\n"
+    with open(m.path("tasks", "gpu", "ctl"), "w") as f:
+        f.write("cancel")
+    assert wait_task(m, "gpu").startswith("cancelled")
