@@ -515,6 +515,22 @@ static int prompts_holds(void *arg, const char *node, const char *model)
 	 * placement runs again when they come */
 	if (h == MODELS_ABSENT)
 		models_refresh(p->models, node, refreshed, p);
+	if (h >= MODELS_PRESENT) {
+		/* a pull that brought it is over: a later "pull": true may ask again */
+		pthread_mutex_lock(&p->lock);
+		for (struct pull **pp = &p->pulls; *pp; pp = &(*pp)->next) {
+			struct pull *q = *pp;
+			if (!strcmp(q->node, node) && !strcmp(q->model, model)) {
+				*pp = q->next;
+				free(q->node);
+				free(q->model);
+				free(q->error);
+				free(q);
+				break;
+			}
+		}
+		pthread_mutex_unlock(&p->lock);
+	}
 	switch (h) {
 	case MODELS_NO_SERVER: return SCHED_MODEL_NOSERVE;
 	case MODELS_ABSENT: return SCHED_MODEL_ABSENT;
@@ -529,21 +545,28 @@ struct pull_ask {
 	char *node, *model;
 };
 
-static void pull_answered(void *arg, int err, const char *why)
+/* The server (or models_ctl) refused a pull: placement says why, and asks again later. */
+static void pull_refused(struct prompts *p, const char *node, const char *model, const char *why)
 {
-	struct pull_ask *a = arg;
-	struct prompts *p = a->p;
 	pthread_mutex_lock(&p->lock);
 	for (struct pull *q = p->pulls; q; q = q->next) {
-		if (!strcmp(q->node, a->node) && !strcmp(q->model, a->model) && err) {
+		if (!strcmp(q->node, node) && !strcmp(q->model, model)) {
 			free(q->error);
-			q->error = strdup(why && why[0] ? why : strerror(-err));
+			q->error = strdup(why);
 			q->when_us = clock_now_us();
 		}
 	}
 	pthread_mutex_unlock(&p->lock);
-	if (err)
+}
+
+static void pull_answered(void *arg, int err, const char *why)
+{
+	struct pull_ask *a = arg;
+	struct prompts *p = a->p;
+	if (err) {
+		pull_refused(p, a->node, a->model, why && why[0] ? why : strerror(-err));
 		tasks_on_cluster_change(p->tasks, a->node);
+	}
 	free(a->node);
 	free(a->model);
 	free(a);
@@ -600,10 +623,7 @@ static void prompts_pull(void *arg, const char *node, const char *model, struct 
 	int r = models_ctl(p->models, node, cmd.data, pull_answered, a, err, sizeof(err));
 	buf_free(&cmd);
 	if (r < 0) {
-		pthread_mutex_lock(&p->lock);
-		q->error = strdup(err);
-		q->when_us = now;
-		pthread_mutex_unlock(&p->lock);
+		pull_refused(p, node, model, err);
 		free(a->node);
 		free(a->model);
 		free(a);

@@ -245,6 +245,13 @@ def test_pull_first_when_asked(tmp_path, token, agents, mount, ollamas):
     assert "pull llama3.2:1b" in m.read("nodes", "n1", "models", "ctl")
     assert m.read("tasks", "pulled", "stdout") == canned("llama3.2:1b")
     assert "pulling on n1 for a prompt task" in m.read("events")
+    # a pull the server refuses: the task waits, saying why
+    submit(m, "nope", {"model": "missingthing:1b", "prompt": "x", "pull": True})
+    reason = wait_until(lambda: (r := m.json("tasks", "nope", "info")["reason"] or "") and
+                        "failed" in r and r, 15, what="refusal")
+    assert "the pull of missingthing:1b on n1 failed (pull model manifest: file does not " \
+           "exist); asking again in" in reason, reason
+    assert m.read("tasks", "nope", "status") == "queued\n"
 
 
 def test_node_all_asks_every_node_with_the_model(tmp_path, token, agents, mount, ollamas):
