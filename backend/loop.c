@@ -555,6 +555,18 @@ static void xfer_finish(struct loop *l, struct xfer *x, CURLcode code)
 	xfer_free(x);
 }
 
+int loop_http_abort(struct loop *l, http_done_fn done, void *arg)
+{
+	for (struct xfer *x = l->xfers; x; x = x->next) {
+		if (x->done == done && x->arg == arg) {
+			/* removing a transfer mid-way closes its connection: the server sees it */
+			xfer_finish(l, x, CURLE_ABORTED_BY_CALLBACK);
+			return 0;
+		}
+	}
+	return -ENOENT;
+}
+
 static void loop_run_posts(struct loop *l)
 {
 	pthread_mutex_lock(&l->lock);

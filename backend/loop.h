@@ -91,6 +91,11 @@ void loop_fd_remove(struct loop *l, int fd);
  * (then done is not called); -ECANCELED once the loop is stopping. */
 int loop_http(struct loop *l, const struct http_request *req, http_done_fn done, void *arg);
 
+/* Loop thread only, never from within a curl callback (on_chunk): ends the exchange
+ * started with (done, arg) now, closing its connection; done runs before this returns,
+ * with -ECANCELED and error_text "cancelled". 0, or -ENOENT when none is in flight. */
+int loop_http_abort(struct loop *l, http_done_fn done, void *arg);
+
 /* Number of exchanges in flight (loop thread only). */
 size_t loop_http_active(const struct loop *l);
 

@@ -997,6 +997,63 @@ int models_node_render(struct models *m, const char *node, const char *name, str
 	return r;
 }
 
+/* How server sv holds model: MODELS_ABSENT, _PRESENT or _LOADED. Caller holds m->lock. */
+static enum models_holding server_holds(const struct server *sv, const char *model)
+{
+	size_t i;
+	json_t *v;
+	if (sv->openai) {
+		json_array_foreach (sv->data, i, v)
+			if (same_model(json_string_value(json_object_get(v, "id")), model))
+				return MODELS_PRESENT;
+		return MODELS_ABSENT;
+	}
+	if (ps_find(sv->ps, model))
+		return MODELS_LOADED;
+	return ps_find(sv->tags, model) ? MODELS_PRESENT : MODELS_ABSENT;
+}
+
+enum models_holding models_node_holds(struct models *m, const char *node, const char *model)
+{
+	if (!models_node_has_server(m, node))
+		return MODELS_NO_SERVER;
+	enum models_holding best = MODELS_ABSENT;
+	pthread_mutex_lock(&m->lock);
+	struct mnode *n = node_find(m, node);
+	for (size_t s = 0; n && s < n->n_servers; s++) {
+		enum models_holding h = server_holds(&n->servers[s], model);
+		if (h > best)
+			best = h;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return best;
+}
+
+int models_server_for(struct models *m, const char *node, const char *model,
+		      struct endpoint *ret_base, bool *ret_openai, char **ret_where)
+{
+	int r = -ENOENT;
+	pthread_mutex_lock(&m->lock);
+	struct mnode *n = node_find(m, node);
+	const struct server *pick = NULL;
+	enum models_holding best = MODELS_ABSENT;
+	for (size_t s = 0; n && s < n->n_servers; s++) {
+		enum models_holding h = server_holds(&n->servers[s], model);
+		if (h > best) {
+			best = h;
+			pick = &n->servers[s];
+		}
+	}
+	if (pick) {
+		endpoint_init_sub(ret_base, &pick->base, "");
+		*ret_openai = pick->openai;
+		*ret_where = strdup(pick->where);
+		r = 0;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return r;
+}
+
 /* Every node's entries, node -> (name -> entry), for the nodes in the config. New object. */
 static json_t *cluster_entries(struct models *m)
 {

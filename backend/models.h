@@ -54,6 +54,23 @@ typedef void (*models_ctl_fn)(void *arg, int err, const char *why);
 int models_ctl(struct models *m, const char *node, const char *cmd, models_ctl_fn done, void *arg,
 	       char *errbuf, size_t errlen);
 
+/* How a node holds a model, as last fetched (prompt placement reads it). */
+enum models_holding {
+	MODELS_NO_SERVER = -1, /* the node has no model server */
+	MODELS_ABSENT = 0,
+	MODELS_PRESENT = 1, /* listed by one of its servers */
+	MODELS_LOADED = 2,  /* in an Ollama server's memory (/api/ps) */
+};
+enum models_holding models_node_holds(struct models *m, const char *node, const char *model);
+
+/* The server of `node` to ask `model` (by name, not file name): one that has it loaded,
+ * else one that lists it. Fills *ret_base (the server's base endpoint, a copy to clear with
+ * endpoint_clear), *ret_openai and *ret_where (a new "SERVICE at ADDR:PORT"). 0, or -ENOENT
+ * when no server of the node lists the model. */
+struct endpoint;
+int models_server_for(struct models *m, const char *node, const char *model,
+		      struct endpoint *ret_base, bool *ret_openai, char **ret_where);
+
 /* The cluster-wide view: encoded names of every model on any node, sorted. */
 char **models_list(struct models *m, size_t *ret_n);
 /* models/MODEL/nodes and loaded: one node name per line. info: JSON with the model's

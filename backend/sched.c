@@ -149,10 +149,34 @@ static bool has_capability(const struct sched_node *n, const char *cap)
 	return false;
 }
 
-/* Rule 2: capabilities, free slots (when check_slots), resources. */
+static const char *model_word(int level)
+{
+	switch (level) {
+	case SCHED_MODEL_LOADED: return "loaded";
+	case SCHED_MODEL_PRESENT: return "present";
+	case SCHED_MODEL_NOSERVE: return "no server";
+	case SCHED_MODEL_FAILED: return "failed here";
+	default: return "absent";
+	}
+}
+
+/* Rule 2: the model, capabilities, free slots (when check_slots), resources. */
 static bool check_requirements(const struct sched_request *req, const struct sched_node *n,
 			       bool check_slots, char *reason)
 {
+	if (req->model && n->model == SCHED_MODEL_NOSERVE) {
+		snprintf(reason, REASON_MAX, "has no model server");
+		return false;
+	}
+	if (req->model && n->model == SCHED_MODEL_FAILED) {
+		snprintf(reason, REASON_MAX, "the last attempt failed here; another node has %.64s",
+			 req->model);
+		return false;
+	}
+	if (req->model && n->model < SCHED_MODEL_PRESENT) {
+		snprintf(reason, REASON_MAX, "lacks model %.64s", req->model);
+		return false;
+	}
 	for (size_t i = 0; i < req->n_requires; i++) {
 		if (!has_capability(n, req->requires[i])) {
 			snprintf(reason, REASON_MAX, "lacks capability %s", req->requires[i]);
@@ -237,9 +261,13 @@ static bool node_fits(const json_t *policy, const struct sched_request *req,
 	       check_eligible(req, n, explicit, reason);
 }
 
-/* The winner between a and b: higher score, then smaller name. */
-static bool better(const struct sched_node *a, double sa, const struct sched_node *b, double sb)
+/* The winner between a and b: the model loaded (for a prompt), then the higher score, then
+ * the smaller name. */
+static bool better(const struct sched_request *req, const struct sched_node *a, double sa,
+		   const struct sched_node *b, double sb)
 {
+	if (req->model && a->model != b->model)
+		return a->model > b->model;
 	if (sa > sb + SCORE_EPS)
 		return true;
 	if (sb > sa + SCORE_EPS)
@@ -247,7 +275,8 @@ static bool better(const struct sched_node *a, double sa, const struct sched_nod
 	return strcmp(a->name, b->name) < 0;
 }
 
-static void explain_choice(struct buf *why, const struct sched_node *n, double score, bool explicit)
+static void explain_choice(struct buf *why, const struct sched_request *req,
+			   const struct sched_node *n, double score, bool explicit)
 {
 	double boost = sched_tier_boost(n->tier);
 
@@ -258,6 +287,8 @@ static void explain_choice(struct buf *why, const struct sched_node *n, double s
 		100 * fraction(n->mem), n->active, node_slots(n),
 		n->level == NODE_HEALTHY ? "healthy" : "warning", n->tier ? n->tier : "unknown",
 		boost);
+	if (req->model)
+		buf_printf(why, ", model %.64s %s", req->model, model_word(n->model));
 }
 
 /* Explicit placement: the named node, if it fits. */
@@ -274,7 +305,7 @@ static int place_explicit(const struct sched_request *req, const struct sched_no
 				   reason);
 			return -EAGAIN;
 		}
-		explain_choice(why, &nodes[i], node_score(&nodes[i]), true);
+		explain_choice(why, req, &nodes[i], node_score(&nodes[i]), true);
 		*ret_index = i;
 		return 0;
 	}
@@ -318,12 +349,13 @@ int sched_place(const struct config *cfg, const struct sched_request *req,
 			continue;
 		}
 		double s = node_score(&nodes[i]);
-		if (best == SIZE_MAX || better(&nodes[i], s, &nodes[best], best_score)) {
+		if (best == SIZE_MAX || better(req, &nodes[i], s, &nodes[best], best_score)) {
 			next = best;
 			next_score = best_score;
 			best = i;
 			best_score = s;
-		} else if (next == SIZE_MAX || better(&nodes[i], s, &nodes[next], next_score)) {
+		} else if (next == SIZE_MAX ||
+			   better(req, &nodes[i], s, &nodes[next], next_score)) {
 			next = i;
 			next_score = s;
 		}
@@ -335,7 +367,7 @@ int sched_place(const struct config *cfg, const struct sched_request *req,
 		buf_free(&skipped);
 		return -EAGAIN;
 	}
-	explain_choice(why, &nodes[best], best_score, false);
+	explain_choice(why, req, &nodes[best], best_score, false);
 	if (next != SIZE_MAX)
 		buf_printf(why, "; next %s %.3f", nodes[next].name, next_score);
 	buf_free(&skipped);
@@ -407,6 +439,8 @@ static json_t *rank_entry(const json_t *policy, const struct sched_request *req,
 	json_object_set_new(e, "active", json_integer(n->active));
 	json_object_set_new(e, "slots", json_integer(slots));
 	json_object_set_new(e, "reliability", json_real(sched_reliability(n)));
+	if (req->model)
+		json_object_set_new(e, "model", json_string(model_word(n->model)));
 	return e;
 }
 
@@ -418,6 +452,11 @@ static int rank_cmp(const void *pa, const void *pb)
 	bool eb = json_is_true(json_object_get(b, "eligible"));
 	if (ea != eb)
 		return ea ? -1 : 1;
+	/* a prompt's model loaded before present, as placement has it */
+	bool la = !strcmp(json_string_value(json_object_get(a, "model")) ?: "", "loaded");
+	bool lb = !strcmp(json_string_value(json_object_get(b, "model")) ?: "", "loaded");
+	if (ea && la != lb)
+		return la ? -1 : 1;
 	if (ea) {
 		double sa = json_real_value(json_object_get(a, "score"));
 		double sb = json_real_value(json_object_get(b, "score"));

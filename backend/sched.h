@@ -32,7 +32,15 @@ struct sched_node {
 	int slots; /* when > 0, the slots themselves (a scheduler of its own, Slurm, places the
 		    * work behind this node), instead of the tier's capped by queue_depth */
 	int completed, total, consecutive_failures; /* task history on this node */
+	int model; /* with a request's model: one of SCHED_MODEL_* (0 otherwise) */
 };
+
+/* How a node holds the model a prompt task asks for. */
+#define SCHED_MODEL_FAILED  (-2) /* has it, but the task's last attempt failed there */
+#define SCHED_MODEL_NOSERVE (-1) /* has no model server */
+#define SCHED_MODEL_ABSENT  0
+#define SCHED_MODEL_PRESENT 1
+#define SCHED_MODEL_LOADED  2
 
 /* What a task asks for. Borrows every pointer. */
 struct sched_request {
@@ -42,6 +50,7 @@ struct sched_request {
 	size_t n_requires;
 	int cpus, mem_mb, gpus; /* 0 when not asked */
 	int priority;           /* 0..3; 0 (P0) needs reliability >= SCHED_P0_MIN */
+	const char *model;      /* a prompt task's model (nodes[].model says who has it), or NULL */
 };
 
 /* Reliability 0..100: completed/total*100 (100 when total is 0), minus 10 per consecutive
@@ -60,14 +69,17 @@ double sched_tier_boost(const char *tier);
  *     type's policy in cfg->routing applies (cfg may be NULL): a node must be in every
  *     list the policy gives (hosts, roles, tiers; an empty list admits nobody); a type
  *     without a policy admits every node;
- *  2. requirements: every capability in req->requires, a free slot (active below
+ *  2. requirements: the model, when req->model (nodes[].model PRESENT or LOADED), every
+ *     capability in req->requires, a free slot (active below
  *     sched_max_concurrent() capped by queue_depth), and the resources asked
  *     (cpus <= cores, mem_mb <= ram_mb, gpus <= gpus; unknown capacity fits nothing);
  *  3. eligible: level healthy or warning, not draining, reliability >= SCHED_DEMOTE_BELOW
  *     (unless explicit);
  *  4. a P0 task needs reliability >= SCHED_P0_MIN (explicit or not);
  *  5. score 0.4*(1-cpu) + 0.3*(1-mem) + 0.2*(1-active/slots) + 0.1*health (healthy 1,
- *     warning 0.5) + tier boost; the highest wins, a tie goes to the smaller name.
+ *     warning 0.5) + tier boost; the highest wins, a tie goes to the smaller name. With
+ *     req->model, a node that has the model loaded wins over one that only has it, and
+ *     the score decides between nodes alike in that.
  * Returns 0 and *ret_index; -EAGAIN when no node fits now (it may later); -ENOENT when
  * the explicit node does not exist; -EINVAL for node "all" (use sched_place_all). Always
  * appends one sentence to `why`, e.g. "placed on n2: score 0.873 (cpu 12%, mem 40%,
@@ -89,7 +101,8 @@ size_t sched_place_all(const struct config *cfg, const struct sched_request *req
  * per node: node, eligible, rank (1.. among the eligible, by score; null otherwise),
  * score and its parts (cpu 0.4*(1-cpu), mem 0.3*(1-mem), slots 0.2*(1-active/slots),
  * health 0.1 or 0.05, tier boost), reason (the first rule it fails, or null), status,
- * tier, cpu_percent, mem_percent, active, slots, reliability. Eligible nodes come first,
+ * tier, cpu_percent, mem_percent, active, slots, reliability, and with req->model "model"
+ * ("loaded", "present", "absent", "no server" or "failed here"). Eligible nodes come first,
  * best first; the others by name. Returns a new reference. */
 json_t *sched_rank(const struct config *cfg, const struct sched_request *req,
 		   const struct sched_node *nodes, size_t n);

@@ -23,10 +23,12 @@
 #define GPUS_MAX   64
 #define CWD_MAX    4095
 #define SHOWN_MAX  48 /* characters of a value shown in a message */
+#define MODEL_MAX  512
 
-static const char *const spec_fields[] = {"cmd",       "node",     "type", "requires",
-					  "resources", "priority", "env",  "cwd",
-					  "timeout_s", "retries",  "after"};
+static const char *const spec_fields[] = {"cmd",      "model",     "prompt",   "messages",
+					  "options",  "pull",      "node",     "type",
+					  "requires", "resources", "priority", "env",
+					  "cwd",      "timeout_s", "retries",  "after"};
 #define N_SPEC_FIELDS (sizeof(spec_fields) / sizeof(spec_fields[0]))
 
 static const char *const resource_fields[] = {"cpus", "mem_mb", "gpus"};
@@ -72,6 +74,11 @@ static const struct alias spec_aliases[] = {
 	{"depends_on", "after"},
 	{"dependencies", "after"},
 	{"deps", "after"},
+	{"llm", "model"},
+	{"input", "prompt"},
+	{"query", "prompt"},
+	{"chat", "messages"},
+	{"parameters", "options"},
 	{NULL, NULL},
 };
 
@@ -295,6 +302,99 @@ static int parse_cmd(struct parser *p, const json_t *v, struct task_spec *s)
 	return 0;
 }
 
+static int parse_model(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16];
+	const char *m = json_string_value(v);
+	bool ok = m && m[0] && strlen(m) <= MODEL_MAX;
+
+	for (const unsigned char *c = (const unsigned char *) m; ok && *c; c++)
+		ok = *c > ' ' && *c != 0x7f;
+	if (!ok) {
+		show_value(v, shown, sizeof(shown));
+		return fail(
+			p,
+			"field \"model\" must be a model name, like \"qwen3:8b\" (no spaces, at "
+			"most %d bytes), not %s",
+			MODEL_MAX, shown);
+	}
+	s->model = xstrdup(m);
+	return 0;
+}
+
+static int parse_prompt(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16];
+
+	if (!json_is_string(v) || json_string_length(v) == 0) {
+		show_value(v, shown, sizeof(shown));
+		return fail(p, "field \"prompt\" must be a non-empty string, not %s", shown);
+	}
+	s->prompt = xstrdup(json_string_value(v));
+	return 0;
+}
+
+static int parse_messages(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	static const char *const roles[] = {"system", "user", "assistant", "tool"};
+	char shown[SHOWN_MAX + 16];
+
+	if (!json_is_array(v) || json_array_size(v) == 0) {
+		show_value(v, shown, sizeof(shown));
+		return fail(
+			p,
+			"field \"messages\" must be a non-empty list of {\"role\", \"content\"} "
+			"objects, not %s",
+			shown);
+	}
+	for (size_t i = 0; i < json_array_size(v); i++) {
+		const json_t *m = json_array_get(v, i);
+		const char *role = json_string_value(json_object_get(m, "role"));
+		bool known = false;
+		for (size_t r = 0; role && r < sizeof(roles) / sizeof(roles[0]); r++)
+			known |= !strcmp(role, roles[r]);
+		if (!json_is_object(m) || !known ||
+		    !json_is_string(json_object_get(m, "content"))) {
+			show_value(m, shown, sizeof(shown));
+			return fail(
+				p,
+				"field \"messages[%zu]\" must be an object with \"role\" (system, "
+				"user, assistant or tool) and \"content\" (a string), not %s",
+				i, shown);
+		}
+	}
+	s->messages = json_deep_copy(v);
+	return 0;
+}
+
+static int parse_options(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16];
+
+	if (!json_is_object(v)) {
+		show_value(v, shown, sizeof(shown));
+		return fail(p,
+			    "field \"options\" must be an object, like {\"temperature\": 0.2}, not "
+			    "%s",
+			    shown);
+	}
+	if (json_object_size(v) > 0)
+		s->options = json_deep_copy(v);
+	return 0;
+}
+
+static int parse_pull(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16];
+
+	if (!json_is_boolean(v)) {
+		show_value(v, shown, sizeof(shown));
+		return fail(p, "field \"pull\" must be true or false, not %s", shown);
+	}
+	s->pull = json_is_true(v);
+	return 0;
+}
+
 static int parse_node(struct parser *p, const json_t *v, struct task_spec *s)
 {
 	char shown[SHOWN_MAX + 16];
@@ -512,17 +612,14 @@ static const struct {
 	const char *name;
 	int (*parse)(struct parser *p, const json_t *v, struct task_spec *s);
 } field_parsers[] = {
-	{"cmd", parse_cmd},
-	{"node", parse_node},
-	{"type", parse_type},
-	{"requires", parse_requires},
-	{"resources", parse_resources},
-	{"priority", parse_priority},
-	{"env", parse_env},
-	{"cwd", parse_cwd},
-	{"timeout_s", parse_timeout},
-	{"retries", parse_retries},
-	{"after", parse_after},
+	{"cmd", parse_cmd},           {"model", parse_model},
+	{"prompt", parse_prompt},     {"messages", parse_messages},
+	{"options", parse_options},   {"pull", parse_pull},
+	{"node", parse_node},         {"type", parse_type},
+	{"requires", parse_requires}, {"resources", parse_resources},
+	{"priority", parse_priority}, {"env", parse_env},
+	{"cwd", parse_cwd},           {"timeout_s", parse_timeout},
+	{"retries", parse_retries},   {"after", parse_after},
 };
 _Static_assert(sizeof(field_parsers) / sizeof(field_parsers[0]) == N_SPEC_FIELDS,
 	       "field_parsers and spec_fields list the same fields");
@@ -539,7 +636,54 @@ void spec_free(struct task_spec *s)
 	json_decref(s->env);
 	free(s->cwd);
 	strv_free(s->after);
+	free(s->model);
+	free(s->prompt);
+	json_decref(s->messages);
+	json_decref(s->options);
 	free(s);
+}
+
+static bool has(const json_t *doc, const char *field)
+{
+	const json_t *v = json_object_get(doc, field);
+	return v && !json_is_null(v);
+}
+
+/* A command ("cmd") or a prompt ("model" with "prompt" or "messages"): exactly one kind,
+ * and only the fields that kind has. */
+static int check_kind(struct parser *p, const json_t *doc)
+{
+	static const char *const prompt_only[] = {"prompt", "messages", "options", "pull"};
+	static const char *const cmd_only[] = {"env", "cwd"};
+
+	if (has(doc, "cmd") && has(doc, "model"))
+		return fail(p, "a spec is a command (\"cmd\") or a prompt (\"model\" with "
+			       "\"prompt\" or \"messages\"), not both");
+	if (has(doc, "model")) {
+		if (has(doc, "prompt") && has(doc, "messages"))
+			return fail(p, "give \"prompt\" (one text) or \"messages\" (a chat), not "
+				       "both");
+		if (!has(doc, "prompt") && !has(doc, "messages"))
+			return fail(p, "a prompt task needs \"prompt\" (a string) or "
+				       "\"messages\" (a chat) beside \"model\"");
+		for (size_t i = 0; i < sizeof(cmd_only) / sizeof(cmd_only[0]); i++)
+			if (has(doc, cmd_only[i]))
+				return fail(p,
+					    "field \"%s\" is for commands; a prompt task runs no "
+					    "process",
+					    cmd_only[i]);
+		return 0;
+	}
+	for (size_t i = 0; i < sizeof(prompt_only) / sizeof(prompt_only[0]); i++)
+		if (has(doc, prompt_only[i]))
+			return fail(p,
+				    "field \"%s\" belongs to a prompt task, which needs \"model\" "
+				    "(and no \"cmd\")",
+				    prompt_only[i]);
+	if (!has(doc, "cmd"))
+		return fail(p, "missing required field \"cmd\" (a shell string or an argv list), "
+			       "or \"model\" and \"prompt\" for a prompt task");
+	return 0;
 }
 
 /* Explains a jansson load error in one sentence. */
@@ -603,10 +747,10 @@ int spec_parse(const char *text, size_t len, struct task_spec **ret_spec, char *
 			return r;
 		}
 	}
-	v = json_object_get(doc, "cmd");
-	if (!v || json_is_null(v)) {
+	r = check_kind(&p, doc);
+	if (r < 0) {
 		json_decref(doc);
-		return fail(&p, "missing required field \"cmd\" (a shell string or an argv list)");
+		return r;
 	}
 
 	s = xcalloc(1, sizeof(*s));
@@ -647,7 +791,18 @@ json_t *spec_to_json(const struct task_spec *s)
 
 	if (!ok)
 		return NULL;
-	if (s->shell) {
+	if (s->model) {
+		ok = json_object_set_new(o, "model", json_string(s->model)) == 0;
+		if (s->prompt)
+			ok = ok && json_object_set_new(o, "prompt", json_string(s->prompt)) == 0;
+		else
+			ok = ok &&
+			     json_object_set_new(o, "messages", json_deep_copy(s->messages)) == 0;
+		ok = ok && json_object_set_new(o, "options",
+					       s->options ? json_deep_copy(s->options)
+							  : json_object()) == 0;
+		ok = ok && json_object_set_new(o, "pull", json_boolean(s->pull)) == 0;
+	} else if (s->shell) {
 		ok = json_object_set_new(o, "cmd", json_string(s->shell)) == 0;
 	} else {
 		a = json_array();
@@ -675,9 +830,12 @@ json_t *spec_to_json(const struct task_spec *s)
 	json_decref(res);
 
 	ok = ok && json_object_set_new(o, "priority", json_string(priority_names[prio])) == 0;
-	ok = ok &&
-	     json_object_set_new(o, "env", s->env ? json_deep_copy(s->env) : json_object()) == 0;
-	ok = ok && json_object_set_new(o, "cwd", s->cwd ? json_string(s->cwd) : json_null()) == 0;
+	if (!s->model) {
+		ok = ok && json_object_set_new(
+				   o, "env", s->env ? json_deep_copy(s->env) : json_object()) == 0;
+		ok = ok &&
+		     json_object_set_new(o, "cwd", s->cwd ? json_string(s->cwd) : json_null()) == 0;
+	}
 	ok = ok && json_object_set_new(o, "timeout_s", json_integer(s->timeout_s)) == 0;
 	ok = ok && json_object_set_new(o, "retries", json_integer(s->retries)) == 0;
 

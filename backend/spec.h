@@ -30,6 +30,12 @@ struct task_spec {
 	int retries;   /* 0..SPEC_RETRIES_MAX, default 0 */
 	char **after;  /* task ids that must have succeeded first, NULL-terminated, never NULL */
 	size_t n_after;
+	/* A prompt task (no cmd): the control plane asks a model server of the node. */
+	char *model;      /* "model", or NULL for a command */
+	char *prompt;     /* "prompt" (one text), or NULL */
+	json_t *messages; /* "messages" (a chat: [{role, content}, ...]), or NULL */
+	json_t *options;  /* "options" passed through to the server, or NULL when none */
+	bool pull;        /* "pull": pull the model first when no node has it */
 };
 
 /* Parses and checks a spec from text (len bytes, not necessarily NUL-terminated).
@@ -47,6 +53,8 @@ void spec_free(struct task_spec *s);
 
 /* The canonical JSON of a spec: every field in a fixed order, defaults filled in, cmd as
  * given; "type" and "cwd" are null when unset, "resources" holds only what was asked.
+ * A prompt task has model, prompt or messages, options and pull in cmd's place, and no env
+ * or cwd.
  * spec_parse() accepts it back. Returns a new reference, or NULL when out of memory. */
 json_t *spec_to_json(const struct task_spec *s);
 

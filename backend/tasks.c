@@ -83,6 +83,8 @@ struct task {
 	size_t stored_len[N_STREAMS]; /* the stored lengths */
 	bool on_lru;                  /* on tasks->lru: finished */
 	struct task *cprev, *cnext;   /* on that list, most recently used first */
+	char *result;                 /* a prompt task's final JSON, or NULL */
+	char *avoid_node;             /* a prompt task's node of its last failed attempt, or NULL */
 };
 
 /* Counts by minute for the last hour: a ring of 60, so that "how many in the last hour"
@@ -183,7 +185,8 @@ struct tasks {
 	struct node_poll *polls;                    /* loop thread only */
 	struct loop_timer *tick;                    /* loop thread only */
 	bool started;
-	struct tasks_target target; /* set before the start */
+	struct tasks_target target;   /* set before the start */
+	struct tasks_prompts prompts; /* set before the start */
 };
 
 const char *const task_state_names[TASK_N_STATES] = {
@@ -507,6 +510,13 @@ static struct task *task_from_row_locked(struct tasks *t, struct store_task *row
 		free(data);
 	}
 	k->out_stored = final;
+	char *result = NULL;
+	size_t result_len = 0;
+	if (spec->model && final &&
+	    store_get_output(t->store, k->row.id, "result", &result, &result_len) == 0 &&
+	    result_len)
+		k->result = xstrndup(result, result_len);
+	free(result);
 	if (!k->row.parent && spec->node && !strcmp(spec->node, "all"))
 		store_list_children(t->store, k->row.id, &k->children, &k->n_children);
 	return k;
@@ -542,6 +552,8 @@ static void task_free(struct task *k)
 	if (k) {
 		free(k->output_note);
 		json_decref(k->remote_doc);
+		free(k->result);
+		free(k->avoid_node);
 	}
 	store_task_clear(&k->row);
 	spec_free(k->spec);
@@ -924,6 +936,25 @@ static void sched_request_of(const struct task_spec *s, struct sched_request *re
 	req->mem_mb = s->mem_mb;
 	req->gpus = s->gpus;
 	req->priority = s->priority;
+	req->model = s->model;
+}
+
+/* How each node holds a prompt task's model (none for a command); the node where its last
+ * attempt failed is passed over while another has the model. Lock held. */
+static void prompt_holdings_locked(struct tasks *t, const struct task_spec *s, const char *avoid,
+				   struct sched_input *in)
+{
+	bool elsewhere = false;
+	for (size_t i = 0; i < in->n; i++) {
+		struct sched_node *n = &in->nodes[i];
+		n->model = s->model && t->prompts.holds
+				   ? t->prompts.holds(t->prompts.arg, n->name, s->model)
+				   : SCHED_MODEL_ABSENT;
+		elsewhere |= n->model >= SCHED_MODEL_PRESENT && avoid && strcmp(n->name, avoid);
+	}
+	for (size_t i = 0; elsewhere && i < in->n; i++)
+		if (!strcmp(in->nodes[i].name, avoid) && in->nodes[i].model >= SCHED_MODEL_PRESENT)
+			in->nodes[i].model = SCHED_MODEL_FAILED;
 }
 
 static void post_schedule(struct tasks *t);
@@ -1117,6 +1148,7 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 		sched_input_build_locked(t, &in);
 		struct sched_request req;
 		sched_request_of(spec, &req);
+		prompt_holdings_locked(t, spec, NULL, &in);
 		req.node = "any";
 		size_t *idx = calloc(in.n + 1, sizeof(*idx));
 		struct buf why;
@@ -1441,8 +1473,11 @@ int tasks_rank(struct tasks *t, const char *text, size_t len, json_t **ret, char
 		return -EINVAL;
 	}
 	/* a spec to place needs no command: it is not run */
-	if (!json_object_get(doc, "cmd"))
+	bool asked_text = json_object_get(doc, "prompt") || json_object_get(doc, "messages");
+	if (!json_object_get(doc, "cmd") && !json_object_get(doc, "model"))
 		json_object_set_new(doc, "cmd", json_string("true"));
+	else if (json_object_get(doc, "model") && !asked_text)
+		json_object_set_new(doc, "prompt", json_string("?")); /* nor a prompt */
 	char *canon = json_dumps(doc, JSON_COMPACT);
 	json_decref(doc);
 	struct task_spec *spec = NULL;
@@ -1453,6 +1488,7 @@ int tasks_rank(struct tasks *t, const char *text, size_t len, json_t **ret, char
 	struct sched_input in;
 	pthread_mutex_lock(&t->lock);
 	sched_input_build_locked(t, &in);
+	prompt_holdings_locked(t, spec, NULL, &in);
 	pthread_mutex_unlock(&t->lock);
 	struct sched_request req;
 	sched_request_of(spec, &req);
@@ -1461,6 +1497,8 @@ int tasks_rank(struct tasks *t, const char *text, size_t len, json_t **ret, char
 	config_unref(cfg);
 	json_t *asked = spec_to_json(spec);
 	json_object_del(asked, "cmd");
+	if (!asked_text)
+		json_object_del(asked, "prompt");
 	json_object_set_new(rank, "spec", asked);
 	sched_input_free(&in);
 	spec_free(spec);
@@ -1485,6 +1523,15 @@ int tasks_read_output(struct tasks *t, const char *id, const char *stream, size_
 	if (!k) {
 		pthread_mutex_unlock(&t->lock);
 		return -ENOENT;
+	}
+	if (!strcmp(stream, "result")) {
+		/* in memory whenever the task is: task_from_row_locked reads it back */
+		size_t n = k->result ? strlen(k->result) : 0;
+		if (offset < n)
+			buf_append(out, k->result + offset, n - offset);
+		cache_trim_locked(t);
+		pthread_mutex_unlock(&t->lock);
+		return 0;
 	}
 	bool stored = k->out_stored;
 	if (!stored && offset < k->out[s].len)
@@ -1889,6 +1936,8 @@ static int fetch_output_locked(struct tasks *t, struct task *k, int s)
 /* Forgets the retry state of the previous attempt. */
 static void attempt_reset_locked(struct task *k)
 {
+	free(k->result);
+	k->result = NULL;
 	for (int s = 0; s < N_STREAMS; s++) {
 		k->fetch_failures[s] = 0;
 		k->fetch_due_us[s] = 0;
@@ -1910,6 +1959,8 @@ static void requeue_or_fail_locked(struct tasks *t, struct task *k, const char *
 		store_add_attempt(t->store, k->row.id, k->row.attempts, k->row.node,
 				  k->row.dispatch_id, state, k->row.exit_code, k->row.started_at,
 				  clock_wall_s());
+		if (k->spec->model)
+			set_str(&k->avoid_node, k->row.node); /* retried on another node */
 		set_str(&k->row.node, NULL);
 		set_str(&k->row.dispatch_id, NULL);
 		k->row.exit_code = -1;
@@ -2073,8 +2124,8 @@ static void poll_done(const struct http_response *r, void *arg)
 	struct task **work = active_snapshot_locked(t, c->id);
 	for (size_t i = 0; work[i]; i++) {
 		struct task *k = work[i];
-		if (!state_is_active(k->row.state) || !k->row.dispatch_id)
-			continue;
+		if (!state_is_active(k->row.state) || !k->row.dispatch_id || k->spec->model)
+			continue; /* a prompt is the runner's, not the agent's */
 		json_t *found = NULL, *o;
 		size_t j;
 		json_array_foreach (list, j, o) {
@@ -2150,6 +2201,53 @@ static bool deps_held_by_target_locked(struct tasks *t, const struct task *k)
 	return true;
 }
 
+/* A prompt task's model is on no node and the spec says "pull": the node placement would
+ * pick if it had the model pulls it (once; the runner keeps track), and `why` says so. */
+static void prompt_pull_locked(struct tasks *t, const struct config *cfg,
+			       const struct sched_request *req, struct sched_input *in,
+			       struct buf *why)
+{
+	for (size_t i = 0; i < in->n; i++)
+		if (in->nodes[i].model != SCHED_MODEL_ABSENT &&
+		    in->nodes[i].model != SCHED_MODEL_NOSERVE)
+			return; /* some node has it: wait for that one */
+	for (size_t i = 0; i < in->n; i++)
+		if (in->nodes[i].model == SCHED_MODEL_ABSENT)
+			in->nodes[i].model = SCHED_MODEL_PRESENT;
+	size_t idx;
+	struct buf dummy;
+	buf_init(&dummy);
+	if (sched_place(cfg, req, in->nodes, in->n, &idx, &dummy) == 0 && t->prompts.pull) {
+		buf_free(why);
+		buf_init(why);
+		t->prompts.pull(t->prompts.arg, in->nodes[idx].name, req->model, why);
+	}
+	buf_free(&dummy);
+	for (size_t i = 0; i < in->n; i++)
+		if (in->nodes[i].model == SCHED_MODEL_PRESENT)
+			in->nodes[i].model = SCHED_MODEL_ABSENT;
+}
+
+/* Hands a placed prompt task to the runner: running once it took it. Lock held. */
+static void prompt_start_locked(struct tasks *t, struct task *k, struct waiter **wake)
+{
+	int r = t->prompts.start ? t->prompts.start(t->prompts.arg, k->row.id, k->row.dispatch_id,
+						    k->row.node, k->spec_json)
+				 : -EOPNOTSUPP;
+	if (r == -ECANCELED)
+		return; /* stopping: it stays dispatched, and the next start asks again */
+	if (r < 0) {
+		char why[300];
+		snprintf(why, sizeof(why), "cannot ask the model server on %s: %s", k->row.node,
+			 strerror(-r));
+		requeue_or_fail_locked(t, k, TASK_FAILED, why, wake);
+		return;
+	}
+	k->acked = true;
+	k->row.started_at = clock_wall_s();
+	set_state_locked(t, k, TASK_RUNNING, NULL, wake);
+}
+
 /* Places what can be placed, in priority order. Lock held. */
 static void schedule_locked(struct tasks *t, struct waiter **wake)
 {
@@ -2209,15 +2307,20 @@ static void schedule_locked(struct tasks *t, struct waiter **wake)
 		sched_request_of(k->spec, &req);
 		struct buf key;
 		buf_init(&key);
-		buf_printf(&key, "%s|%s|%d|%d|%d|%d", req.node, req.type ? req.type : "", req.cpus,
-			   req.mem_mb, req.gpus, req.priority);
+		buf_printf(&key, "%s|%s|%d|%d|%d|%d|%s|%s", req.node, req.type ? req.type : "",
+			   req.cpus, req.mem_mb, req.gpus, req.priority, req.model ? req.model : "",
+			   k->avoid_node ? k->avoid_node : "");
 		for (size_t c = 0; c < req.n_requires; c++)
 			buf_printf(&key, "|%s", req.requires[c]);
 		const char *known = json_string_value(json_object_get(no_fit, key.data));
 		size_t idx = 0;
 		struct buf why;
 		buf_init(&why);
+		if (!known && req.model)
+			prompt_holdings_locked(t, k->spec, k->avoid_node, &in);
 		int r = known ? -EAGAIN : sched_place(cfg, &req, in.nodes, in.n, &idx, &why);
+		if (r < 0 && !known && req.model && k->spec->pull)
+			prompt_pull_locked(t, cfg, &req, &in, &why);
 		if (r < 0) {
 			const char *w = known ? known : why.data ? why.data : "no eligible node";
 			if (!k->row.reason || strcmp(k->row.reason, w)) {
@@ -2247,7 +2350,10 @@ static void schedule_locked(struct tasks *t, struct waiter **wake)
 		buf_free(&why);
 		set_state_locked(t, k, TASK_DISPATCHED, NULL, wake);
 		in.nodes[idx].active++;
-		dispatch_locked(t, k);
+		if (k->spec->model)
+			prompt_start_locked(t, k, wake);
+		else
+			dispatch_locked(t, k);
 	}
 	json_decref(no_fit);
 	config_unref(cfg);
@@ -2300,7 +2406,17 @@ static void tasks_tick(void *arg)
 			continue;
 		}
 		if (level == NODE_OFFLINE) {
+			if (k->spec->model && k->row.dispatch_id)
+				t->prompts.cancel(t->prompts.arg, k->row.dispatch_id);
 			requeue_or_fail_locked(t, k, TASK_LOST, "its node went offline", &wake);
+			continue;
+		}
+		if (k->spec->model) {
+			/* the runner streams it: nothing to poll, a cancel goes to the runner */
+			if (k->cancel_requested && !k->cancel_sent && k->row.dispatch_id) {
+				t->prompts.cancel(t->prompts.arg, k->row.dispatch_id);
+				k->cancel_sent = true;
+			}
 			continue;
 		}
 		if (k->remote_state)
@@ -2480,9 +2596,19 @@ int tasks_start(struct tasks *t)
 		struct task *k = task_from_row_locked(t, &rows[i]);
 		if (!k)
 			continue;
+		add_locked(t, k, true); /* counted as the store has it */
+		if (k->spec->model && state_is_active(k->row.state)) {
+			/* DESIGN §3: a prompt has no side effects, and its stream died with us */
+			set_str(&k->row.state, TASK_QUEUED);
+			set_str(&k->row.node, NULL);
+			set_str(&k->row.dispatch_id, NULL);
+			set_str(&k->row.reason, "clusterfs restarted while it ran: asked again");
+			buf_free(&k->out[0]);
+			persist_locked(t, k);
+			track_locked(t, k);
+		}
 		if (state_is_active(k->row.state))
 			recovered++;
-		add_locked(t, k, true);
 	}
 	for (int i = 0; i < TASK_N_STATES; i++)
 		total += t->state_counts[i];
@@ -2608,4 +2734,63 @@ void tasks_set_target(struct tasks *t, const struct tasks_target *target)
 void tasks_on_cluster_change(void *arg, const char *node)
 {
 	post_schedule(arg);
+}
+
+void tasks_set_prompts(struct tasks *t, const struct tasks_prompts *prompts)
+{
+	t->prompts = *prompts;
+}
+
+/* The prompt task whose current attempt is dispatch_id, if it still runs. Lock held. */
+static struct task *prompt_attempt_locked(struct tasks *t, const char *id, const char *dispatch_id)
+{
+	struct task *k = find_locked(t, id);
+	if (!k || !k->spec->model || !k->row.dispatch_id ||
+	    strcmp(k->row.dispatch_id, dispatch_id) || !state_is_active(k->row.state))
+		return NULL;
+	return k;
+}
+
+bool tasks_prompt_output(struct tasks *t, const char *id, const char *dispatch_id, const char *data,
+			 size_t len)
+{
+	pthread_mutex_lock(&t->lock);
+	struct task *k = prompt_attempt_locked(t, id, dispatch_id);
+	if (k && !k->out_full[0]) {
+		size_t room = TASKS_OUTPUT_MAX - k->out[0].len;
+		buf_append(&k->out[0], data, len < room ? len : room);
+		if (len > room) {
+			static const char cut[] = "\n[clusterfs: output cut at the limit]\n";
+			buf_append(&k->out[0], cut, sizeof(cut) - 1);
+			k->out_full[0] = true;
+		}
+		k->changed_at = clock_wall_s();
+	}
+	bool wanted = k && !k->cancel_requested;
+	pthread_mutex_unlock(&t->lock);
+	return wanted;
+}
+
+void tasks_prompt_end(struct tasks *t, const char *id, const char *dispatch_id, const char *state,
+		      const char *why, const char *result)
+{
+	struct waiter *wake = NULL;
+	pthread_mutex_lock(&t->lock);
+	struct task *k = prompt_attempt_locked(t, id, dispatch_id);
+	if (k) {
+		set_str(&k->result, result);
+		store_put_output(t->store, id, "stdout", k->out[0].data, k->out[0].len);
+		store_put_output(t->store, id, "result", result, result ? strlen(result) : 0);
+		k->row.exit_code = !strcmp(state, TASK_SUCCEEDED) ? 0
+				   : !strcmp(state, TASK_FAILED)  ? 1
+								  : -1;
+		store_add_attempt(t->store, id, k->row.attempts, k->row.node, dispatch_id, state,
+				  k->row.exit_code, k->row.started_at, clock_wall_s());
+		if (!strcmp(state, TASK_SUCCEEDED))
+			set_state_locked(t, k, TASK_SUCCEEDED, NULL, &wake);
+		else
+			requeue_or_fail_locked(t, k, state, why, &wake);
+	}
+	pthread_mutex_unlock(&t->lock);
+	call_waiters(wake);
 }

@@ -117,7 +117,8 @@ double tasks_changed_at(struct tasks *t);
 
 /* Appends a task's output ("stdout" or "stderr") from byte `offset` to out: from memory
  * while it runs, from the store once it ended. Output the retention removed reads as one
- * line saying so ("[clusterfs: output removed by the retention policy ...]"). */
+ * line saying so ("[clusterfs: output removed by the retention policy ...]"). "result" is
+ * a prompt task's final JSON (empty until it ended, and for commands). */
 int tasks_read_output(struct tasks *t, const char *id, const char *stream, size_t offset,
 		      struct buf *out);
 
@@ -179,6 +180,35 @@ struct tasks_target {
 
 /* Sets the target (copied) before tasks_start(). */
 void tasks_set_target(struct tasks *t, const struct tasks_target *target);
+
+/* Where prompt tasks (a spec with "model", no "cmd") go: a module that asks the nodes'
+ * model servers itself (backend/prompt.c). The task manager places them like any task,
+ * with how each node holds the model (holds(), SCHED_MODEL_*; any thread, tasks->lock
+ * held) as a rule of its own; pull() is asked, on the loop thread, for a model no node has
+ * when the spec says "pull": true, and appends one sentence to why. start() and cancel()
+ * run on the loop thread with tasks->lock held: the runner answers later, through
+ * tasks_prompt_output() and tasks_prompt_end(), never from within. */
+struct tasks_prompts {
+	int (*holds)(void *arg, const char *node, const char *model);
+	void (*pull)(void *arg, const char *node, const char *model, struct buf *why);
+	/* attempt dispatch_id of task id on node, from its canonical spec; 0 or -errno */
+	int (*start)(void *arg, const char *id, const char *dispatch_id, const char *node,
+		     const json_t *spec);
+	void (*cancel)(void *arg, const char *dispatch_id);
+	void *arg;
+};
+
+/* Sets the prompt runner (copied) before tasks_start(). */
+void tasks_set_prompts(struct tasks *t, const struct tasks_prompts *prompts);
+/* Loop thread: more stdout of attempt dispatch_id of task id. False when that attempt is
+ * over (cancelled, lost, retried): the runner should stop. */
+bool tasks_prompt_output(struct tasks *t, const char *id, const char *dispatch_id, const char *data,
+			 size_t len);
+/* Loop thread: the attempt ended in state (succeeded, failed, timed_out, cancelled), why
+ * NULL or a sentence, result the JSON for tasks/ID/result. A failure is retried on another
+ * node that has the model when the spec allows retries. */
+void tasks_prompt_end(struct tasks *t, const char *id, const char *dispatch_id, const char *state,
+		      const char *why, const char *result);
 
 /* A cluster_change_fn: a node changed, so queued work may fit now. */
 void tasks_on_cluster_change(void *arg, const char *node);

@@ -4,6 +4,7 @@
 #include "backend/ledger.h"
 #include "backend/loop.h"
 #include "backend/models.h"
+#include "backend/prompt.h"
 #include "backend/slurm.h"
 #include "backend/services.h"
 #include "backend/store.h"
@@ -53,6 +54,7 @@ struct daemon {
 	struct ledger *ledger;
 	struct models *models;
 	struct slurm *slurm;
+	struct prompts *prompts;
 	struct config_watch *watch;
 	struct loop_timer *reload_timer;
 	struct join *join; /* the join listener, or NULL (config "join" absent) */
@@ -542,7 +544,8 @@ int main(int argc, char **argv)
 	    services_new(d.loop, d.cluster, &d.services) < 0 ||
 	    ledger_new(d.loop, d.cluster, d.store, &d.ledger) < 0 ||
 	    models_new(d.loop, d.cluster, &d.models) < 0 ||
-	    slurm_new(d.loop, d.cluster, &d.slurm) < 0) {
+	    slurm_new(d.loop, d.cluster, &d.slurm) < 0 ||
+	    prompts_new(d.loop, d.cluster, d.models, d.tasks, &d.prompts) < 0) {
 		report("clusterfs: out of memory\n");
 		goto out;
 	}
@@ -678,6 +681,7 @@ out:
 	tasks_free(d.tasks);
 	services_free(d.services);
 	ledger_free(d.ledger);
+	prompts_free(d.prompts);
 	models_free(d.models);
 	slurm_free(d.slurm);
 	cluster_free(d.cluster);

@@ -546,16 +546,18 @@ static const char readme_text[] =
 	"  tasks/\n"
 	"    new/          drop NAME.json here to submit task NAME; a rejected spec stays,\n"
 	"                  with NAME.error saying why\n"
-	"    ID/           spec status node exit_code info stdout stderr wait ctl\n"
+	"    ID/           spec status node exit_code info stdout stderr result wait ctl\n"
 	"                  (wait blocks until the task ends; ctl takes cancel | retry |\n"
-	"                  priority P0..P3)\n"
+	"                  priority P0..P3; result: a prompt task's answer as JSON)\n"
 	"    queued/ running/ done/ failed/   symlinks by state\n"
 	"\n"
 	"Examples:\n"
 	"  cat nodes/*/health\n"
 	"  grep -l critical nodes/*/status\n"
 	"  tail -f events\n"
-	"  echo '{\"cmd\": \"make test\"}' > tasks/new/test.json; cat tasks/test/wait\n";
+	"  echo '{\"cmd\": \"make test\"}' > tasks/new/test.json; cat tasks/test/wait\n"
+	"  echo '{\"model\": \"qwen3:8b\", \"prompt\": \"Why?\"}' > tasks/new/q.json;\n"
+	"      tail -f tasks/q/stdout\n";
 
 static json_t *json_time_or_null(double t)
 {
@@ -631,6 +633,7 @@ static int render_task(const struct tree_ctx *ctx, const struct tree_entry *e, s
 		r = tasks_read_output(ctx->tasks, e->task,
 				      e->kind == TREE_TASK_STDOUT ? "stdout" : "stderr", 0, out);
 		break;
+	case TREE_TASK_RESULT: r = tasks_read_output(ctx->tasks, e->task, "result", 0, out); break;
 	case TREE_TASK_CTL:
 		buf_puts(out, "write one of: cancel | retry | priority P0..P3\n");
 		break;
@@ -757,6 +760,7 @@ int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct b
 	case TREE_TASK_INFO:
 	case TREE_TASK_STDOUT:
 	case TREE_TASK_STDERR:
+	case TREE_TASK_RESULT:
 	case TREE_TASK_CTL:
 	case TREE_TASK_WAIT: return render_task(ctx, e, out, ret_mtime);
 	default: return -EISDIR;

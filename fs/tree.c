@@ -48,9 +48,9 @@ static const struct named_kind node_files[] = {
 static const struct named_kind task_files[] = {
 	{"ctl", TREE_TASK_CTL},       {"exit_code", TREE_TASK_EXIT_CODE},
 	{"info", TREE_TASK_INFO},     {"node", TREE_TASK_NODE},
-	{"spec", TREE_TASK_SPEC},     {"status", TREE_TASK_STATUS},
-	{"stderr", TREE_TASK_STDERR}, {"stdout", TREE_TASK_STDOUT},
-	{"wait", TREE_TASK_WAIT},
+	{"result", TREE_TASK_RESULT}, {"spec", TREE_TASK_SPEC},
+	{"status", TREE_TASK_STATUS}, {"stderr", TREE_TASK_STDERR},
+	{"stdout", TREE_TASK_STDOUT}, {"wait", TREE_TASK_WAIT},
 };
 
 static const char *const groups[] = {"done", "failed", "queued", "running"};

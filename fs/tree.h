@@ -77,6 +77,7 @@ enum tree_kind {
 	TREE_TASK_INFO,
 	TREE_TASK_STDOUT,
 	TREE_TASK_STDERR,
+	TREE_TASK_RESULT, /* a prompt task's final JSON */
 	TREE_TASK_WAIT,
 	TREE_TASK_CTL,
 	/* files in tasks/new/ */

@@ -1,8 +1,10 @@
 /* libFuzzer target: what the daemon does with the bytes of an answer from a remote host
  * before any module looks at it: the nesting check, JSON decoding under it, the error
  * sentence of a REST answer, NDJSON line splitting at any chunk boundary, the escaping
- * of sentences, and the reversible file names of remote names. */
+ * of sentences, the reader of a model server's streamed answer (NDJSON and server-sent
+ * events), and the reversible file names of remote names. */
 #include "backend/models.h"
+#include "backend/prompt.h"
 #include "backend/rest.h"
 #include "backend/util.h"
 
@@ -45,6 +47,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	memcpy(s, data, size);
 	s[size] = '\0';
+	/* a streamed answer, cut at the same place, read as Ollama's and as OpenAI's */
+	char *head = strndup(s, cut);
+	if (head) {
+		const char *const chunks[] = {head, s + (cut < strlen(s) ? cut : strlen(s))};
+		for (int kind = 0; kind < 4; kind++)
+			free(prompts_parse_stream(kind & 1, kind & 2, chunks, 2));
+		free(head);
+	}
 	char out[512];
 	util_escape_controls(s, out, sizeof(out));
 	for (const char *p = out; *p; p++)

@@ -654,3 +654,50 @@ def test_failures_on_demand(start, path, body):
     assert "llama runner process has terminated" in msg
     if path.startswith("/v1/"):
         assert err["type"] == "api_error"
+
+
+def test_control_changes_delays_and_failures_at_run_time(start):
+    f = start("--models", "qwen3:8b", "--openai")
+    body = {"model": "qwen3:8b", "prompt": "hi"}
+    assert f.request("POST", "/api/generate", body)[0] == 200
+    # a failure on demand, then none again
+    assert f.json("POST", "/_fixture/config", {"fail_status": 503})["fail_status"] == 503
+    status, _, data = f.request("POST", "/api/generate", body)
+    assert status == 503 and "runner" in json.loads(data)["error"]
+    f.json("POST", "/_fixture/config", {"fail_status": 0, "token_delay_ms": 300})
+    c = f.conn()
+    try:
+        c.request("POST", "/api/generate", body=json.dumps(body))
+        r = c.getresponse()
+        assert json.loads(r.readline())["done"] is False
+        # the delay is in force now: the next token is not there yet
+        assert select.select([c.sock], [], [], 0)[0] == []
+    finally:
+        c.close()
+    assert f.request("POST", "/_fixture/config", {"fail_status": "x"})[0] == 400
+
+
+def test_control_installs_models_and_records_requests(start):
+    f = start("--models", "qwen3:8b", "--token-delay-ms", "100")
+    assert f.request("POST", "/api/generate", {"model": "phi4:14b", "prompt": "x"})[0] == 404
+    assert f.json("POST", "/_fixture/install", {"model": "phi4:14b"})["installed"] == "phi4:14b"
+    assert "phi4:14b" in f.names()
+    body = {"model": "phi4:14b", "prompt": "x", "options": {"temperature": 0.25}}
+    assert f.request("POST", "/api/generate", body)[0] == 200
+    # a client that goes away mid-stream is seen going
+    c = f.conn()
+    c.request("POST", "/api/chat", body=json.dumps(
+        {"model": "qwen3:8b", "messages": [{"role": "user", "content": "hi"}]}))
+    r = c.getresponse()
+    r.readline()
+    c.close()
+    wait_for = time.monotonic() + 10
+    while True:
+        reqs = f.json("GET", "/_fixture/requests")["requests"]
+        if reqs[-1]["outcome"] != "open" or time.monotonic() > wait_for:
+            break
+        time.sleep(0.05)
+    assert [r["path"] for r in reqs] == ["/api/generate", "/api/generate", "/api/chat"]
+    assert json.loads(reqs[1]["body"])["options"] == {"temperature": 0.25}
+    assert reqs[1]["outcome"] == "complete"
+    assert reqs[2]["outcome"] == "client gone" and reqs[2]["tokens_sent"] < 5

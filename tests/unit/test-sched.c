@@ -577,6 +577,36 @@ static void test_place_all(void)
 	buf_free(&why);
 }
 
+/* A prompt's model: a rule of its own, loaded before present, then the score. */
+static void test_model(void)
+{
+	struct sched_node ns[4] = {mk("n1"), mk("n2"), mk("n3"), mk("n4")};
+	struct sched_request req = {.node = "any", .priority = 2, .model = "qwen3:8b"};
+	size_t idx;
+
+	ns[0].model = SCHED_MODEL_NOSERVE;
+	ns[1].model = SCHED_MODEL_PRESENT, ns[1].cpu = 0.0; /* the better score */
+	ns[2].model = SCHED_MODEL_LOADED;
+	ns[3].model = SCHED_MODEL_ABSENT;
+	CHECK(place(NULL, &req, ns, 4, &idx) == 0 && idx == 2,
+	      "model: loaded wins over a better score");
+	CHECK(strstr(why_text, ", model qwen3:8b loaded; next n2") != NULL, "model: said");
+	ns[2].model = SCHED_MODEL_FAILED;
+	CHECK(place(NULL, &req, ns, 4, &idx) == 0 && idx == 1, "model: then present");
+	ns[1].model = SCHED_MODEL_ABSENT;
+	CHECK(place(NULL, &req, ns, 4, &idx) == -EAGAIN &&
+		      why_is("no eligible node: n1 has no model server; n2 lacks model qwen3:8b; "
+			     "n3 the last attempt failed here; another node has qwen3:8b; n4 "
+			     "lacks model qwen3:8b"),
+	      "model: none has it -> waits, with the reasons");
+	req.node = "n4";
+	CHECK(place(NULL, &req, ns, 4, &idx) == -EAGAIN &&
+		      why_is("cannot place on n4 (asked for by name): lacks model qwen3:8b"),
+	      "model: an explicit node needs it too");
+	req.model = NULL;
+	CHECK(place(NULL, &req, ns, 4, &idx) == 0 && idx == 3, "model: a command ignores it");
+}
+
 int main(void)
 {
 	test_reliability();
@@ -588,6 +618,7 @@ int main(void)
 	test_reliability_rules();
 	test_place_all();
 	test_by_name_only();
+	test_model();
 	printf("1..%d\n", n_checks);
 	if (n_failed)
 		printf("# %d of %d checks failed\n", n_failed, n_checks);

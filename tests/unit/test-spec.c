@@ -13,6 +13,10 @@
 
 static char err[512];
 
+#define MISSING_CMD                                                                                \
+	"missing required field \"cmd\" (a shell string or an argv list), or \"model\" and "       \
+	"\"prompt\" for a prompt task"
+
 static struct task_spec *parse_ok(const char *text)
 {
 	struct task_spec *s = NULL;
@@ -173,8 +177,9 @@ static void test_fields(void)
 		      "unknown field \"Node\"; did you mean \"node\"?"),
 	      "unknown: case differs");
 	CHECK(rejects("{\"cmd\": \"x\", \"xyzzy\": []}",
-		      "unknown field \"xyzzy\" (known fields: cmd, node, type, requires, "
-		      "resources, priority, env, cwd, timeout_s, retries, after)"),
+		      "unknown field \"xyzzy\" (known fields: cmd, model, prompt, messages, "
+		      "options, pull, node, type, requires, resources, priority, env, cwd, "
+		      "timeout_s, retries, after)"),
 	      "unknown: far from everything lists the known fields");
 	CHECK(rejects("{\"cmd\": \"x\", \"depends_on\": []}",
 		      "unknown field \"depends_on\"; did you mean \"after\"?"),
@@ -186,20 +191,16 @@ static void test_fields(void)
 		      "unknown field \"resources.memory\"; did you mean \"resources.mem_mb\"?"),
 	      "unknown: resources aliases");
 	CHECK(rejects("{\"cmd\": \"x\", \"a\\\"b\\n\": 1}",
-		      "unknown field \"a\\\"b\\n\" (known fields: cmd, node, type, requires, "
-		      "resources, priority, env, cwd, timeout_s, retries, after)"),
+		      "unknown field \"a\\\"b\\n\" (known fields: cmd, model, prompt, messages, "
+		      "options, pull, node, type, requires, resources, priority, env, cwd, "
+		      "timeout_s, retries, after)"),
 	      "unknown: the key is shown escaped");
 	CHECK(rejects("{\"comand\": \"make\", \"cmd\": \"x\"}",
 		      "unknown field \"comand\"; did you mean \"cmd\"?"),
 	      "unknown: reported even when cmd is there");
-	CHECK(rejects("{}", "missing required field \"cmd\" (a shell string or an argv list)"),
-	      "missing: no cmd");
-	CHECK(rejects("{\"cmd\": null}",
-		      "missing required field \"cmd\" (a shell string or an argv list)"),
-	      "missing: cmd null");
-	CHECK(rejects("{\"node\": \"n1\"}",
-		      "missing required field \"cmd\" (a shell string or an argv list)"),
-	      "missing: other fields but no cmd");
+	CHECK(rejects("{}", MISSING_CMD), "missing: no cmd");
+	CHECK(rejects("{\"cmd\": null}", MISSING_CMD), "missing: cmd null");
+	CHECK(rejects("{\"node\": \"n1\"}", MISSING_CMD), "missing: other fields but no cmd");
 
 	/* cmd */
 	CHECK(rejects("{\"cmd\": \"\"}", "field \"cmd\" must not be empty"), "cmd: empty string");
@@ -522,6 +523,65 @@ static void test_canonical(void)
 	spec_free(s);
 }
 
+/* Prompt tasks: model with prompt or messages, options and pull; never with cmd. */
+static void test_prompts(void)
+{
+	struct task_spec *s = parse_ok("{\"model\": \"qwen3:8b\", \"prompt\": \"hi\", "
+				       "\"options\": {\"temperature\": 0.5}, \"pull\": true}");
+	CHECK(s && !s->shell && !s->argv && !strcmp(s->model, "qwen3:8b") &&
+		      !strcmp(s->prompt, "hi") && !s->messages && s->pull &&
+		      json_real_value(json_object_get(s->options, "temperature")) == 0.5,
+	      "prompt: model, prompt, options and pull");
+	spec_free(s);
+	s = parse_ok(
+		"{\"model\": \"m\", \"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}");
+	CHECK(s && !s->prompt && json_array_size(s->messages) == 1 && !s->pull && !s->options,
+	      "prompt: messages for a chat");
+	spec_free(s);
+	CHECK(round_trip("{\"prompt\": \"p\", \"model\": \"m\", \"retries\": 1}",
+			 "{\"model\":\"m\",\"prompt\":\"p\",\"options\":{},\"pull\":false,"
+			 "\"node\":\"any\",\"type\":null,\"requires\":[],\"resources\":{},"
+			 "\"priority\":\"P2\",\"timeout_s\":0,\"retries\":1,\"after\":[]}"),
+	      "prompt: canonical, without env and cwd");
+	CHECK(rejects("{\"cmd\": \"x\", \"model\": \"m\", \"prompt\": \"p\"}",
+		      "a spec is a command (\"cmd\") or a prompt (\"model\" with \"prompt\" or "
+		      "\"messages\"), not both"),
+	      "prompt: and cmd");
+	CHECK(rejects("{\"cmd\": \"x\", \"prompt\": \"p\"}",
+		      "field \"prompt\" belongs to a prompt task, which needs \"model\" (and no "
+		      "\"cmd\")"),
+	      "prompt: without model");
+	CHECK(rejects("{\"model\": \"m\"}",
+		      "a prompt task needs \"prompt\" (a string) or \"messages\" (a chat) beside "
+		      "\"model\""),
+	      "prompt: model alone");
+	CHECK(rejects("{\"model\": \"m\", \"prompt\": \"p\", \"messages\": []}",
+		      "give \"prompt\" (one text) or \"messages\" (a chat), not both"),
+	      "prompt: prompt and messages");
+	CHECK(rejects("{\"model\": \"m\", \"messages\": {\"role\": \"user\"}}",
+		      "field \"messages\" must be a non-empty list of {\"role\", \"content\"} "
+		      "objects, not an object"),
+	      "prompt: messages not a list");
+	CHECK(rejects("{\"model\": \"m\", \"messages\": [{\"role\": \"boss\", \"content\": \"x\"}]}",
+		      "field \"messages[0]\" must be an object with \"role\" (system, user, "
+		      "assistant or tool) and \"content\" (a string), not an object"),
+	      "prompt: a message with an unknown role");
+	CHECK(rejects("{\"model\": \"a b\", \"prompt\": \"p\"}",
+		      "field \"model\" must be a model name, like \"qwen3:8b\" (no spaces, at "
+		      "most 512 bytes), not \"a b\""),
+	      "prompt: a model name with a space");
+	CHECK(rejects("{\"model\": \"m\", \"prompt\": \"p\", \"options\": [1]}",
+		      "field \"options\" must be an object, like {\"temperature\": 0.2}, not a "
+		      "list"),
+	      "prompt: options not an object");
+	CHECK(rejects("{\"model\": \"m\", \"prompt\": \"p\", \"pull\": \"yes\"}",
+		      "field \"pull\" must be true or false, not \"yes\""),
+	      "prompt: pull not a boolean");
+	CHECK(rejects("{\"model\": \"m\", \"prompt\": \"p\", \"env\": {\"A\": \"1\"}}",
+		      "field \"env\" is for commands; a prompt task runs no process"),
+	      "prompt: env");
+}
+
 int main(void)
 {
 	test_defaults();
@@ -531,6 +591,7 @@ int main(void)
 	test_shown_values();
 	test_names();
 	test_canonical();
+	test_prompts();
 	printf("1..%d\n", n_checks);
 	if (n_failed)
 		printf("# %d of %d checks failed\n", n_failed, n_checks);
