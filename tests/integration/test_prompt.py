@@ -421,3 +421,21 @@ def test_routing_and_requires_apply(tmp_path, token, agents, mount, ollamas):
     with open(m.path("tasks", "gpu", "ctl"), "w") as f:
         f.write("cancel")
     assert wait_task(m, "gpu").startswith("cancelled")
+
+
+def test_result_and_stdout_read_back_after_eviction(tmp_path, token, agents, mount, ollamas):
+    """With no finished task kept in memory, a prompt's stdout and result come back from
+    the store, the same bytes as the prompt's own."""
+    ags = agents(1)
+    o = ollamas(["qwen3:8b"], loaded=["qwen3:8b"])
+    m = mount(config(tmp_path, ags, token, {"n1": {"ollama": {"port": o.port}}},
+                     tasks={"finished_cached": 0}))
+    healthy(m, "n1")
+    submit(m, "p1", {"model": "qwen3:8b", "prompt": "One?"})
+    assert wait_task(m, "p1") == "succeeded 0\n"
+    submit(m, "p2", {"model": "qwen3:8b", "prompt": "Two?"})  # pushes p1 out of memory
+    assert wait_task(m, "p2") == "succeeded 0\n"
+    for name in ("p1", "p2"):
+        assert m.read("tasks", name, "stdout") == canned("qwen3:8b")
+        r = m.json("tasks", name, "result")
+        assert r["text"] == canned("qwen3:8b") and r["node"] == "n1"
