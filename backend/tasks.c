@@ -2779,7 +2779,6 @@ void tasks_prompt_end(struct tasks *t, const char *id, const char *dispatch_id, 
 	struct task *k = prompt_attempt_locked(t, id, dispatch_id);
 	if (k) {
 		set_str(&k->result, result);
-		store_put_output(t->store, id, "stdout", k->out[0].data, k->out[0].len);
 		store_put_output(t->store, id, "result", result, result ? strlen(result) : 0);
 		k->row.exit_code = !strcmp(state, TASK_SUCCEEDED) ? 0
 				   : !strcmp(state, TASK_FAILED)  ? 1
