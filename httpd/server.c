@@ -1,6 +1,8 @@
 /* The agent's HTTP server on libmicrohttpd. */
 #include "httpd/server.h"
 
+#include "backend/digest.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
@@ -138,6 +140,9 @@ static void response_init(struct response *resp)
 static void response_free(struct response *resp)
 {
 	buf_free(&resp->body);
+	if (resp->file_fd > 0)
+		close(resp->file_fd);
+	resp->file_fd = 0;
 	for (size_t i = 0; i < resp->n_headers; i++) {
 		free(resp->headers[i][0]);
 		free(resp->headers[i][1]);
@@ -200,11 +205,19 @@ void response_set_error(struct response *resp, unsigned status, const char *fmt,
 static enum MHD_Result server_queue(struct MHD_Connection *conn, struct response *resp)
 {
 	size_t len;
-	char *data = buf_steal(&resp->body, &len);
-	struct MHD_Response *r = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
-	if (!r) {
-		free(data);
-		return MHD_NO;
+	struct MHD_Response *r;
+	if (resp->file_fd > 0) {
+		r = MHD_create_response_from_fd64(resp->file_size, resp->file_fd);
+		if (!r)
+			return MHD_NO;
+		resp->file_fd = 0; /* libmicrohttpd closes it */
+	} else {
+		char *data = buf_steal(&resp->body, &len);
+		r = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+		if (!r) {
+			free(data);
+			return MHD_NO;
+		}
 	}
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
 				resp->content_type ? resp->content_type : "application/json");
@@ -244,9 +257,31 @@ static enum MHD_Result server_reply_too_large(struct MHD_Connection *conn)
 	return server_reply_error(conn, 413 /* Content Too Large */, NULL, NULL, msg);
 }
 
-/* Checks "Authorization: Bearer TOKEN" in constant time with respect to the token. */
+#define SERVER_SIGNED_MAX_S (24 * 3600) /* a signed URL is good for a day at most */
+
+/* A GET's ?expires=T&sig=S, signed with the token (server.h). */
+static bool server_is_signed(const struct server *srv, struct MHD_Connection *conn,
+			     const char *path)
+{
+	const char *sig = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "sig");
+	const char *exp = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "expires");
+	if (!srv->token || srv->authorize || !sig || !exp)
+		return false;
+	char *end;
+	errno = 0;
+	unsigned long long t = strtoull(exp, &end, 10);
+	uint64_t now = (uint64_t) time(NULL);
+	if (errno || *end || end == exp || t < now || t > now + SERVER_SIGNED_MAX_S)
+		return false;
+	char want[DIGEST_HEX_LEN + 1];
+	digest_sign_path(srv->token, path, t, want);
+	return secret_equal(sig, want);
+}
+
+/* Checks "Authorization: Bearer TOKEN" in constant time with respect to the token, or a
+ * GET's signature. */
 static bool server_is_authorized(const struct server *srv, struct MHD_Connection *conn,
-				 const char *path)
+				 const char *method, const char *path)
 {
 	const char *h =
 		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
@@ -258,6 +293,8 @@ static bool server_is_authorized(const struct server *srv, struct MHD_Connection
 		h++;
 	if (srv->authorize)
 		return srv->authorize(srv->userdata, path, h);
+	if (!h && !strcmp(method, "GET"))
+		return server_is_signed(srv, conn, path);
 	return h && secret_equal(h, srv->token);
 }
 
@@ -551,7 +588,7 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 		 * the connection alive. */
 		unsigned long long length;
 		if (request_has_body(conn, &length)) {
-			if (!server_is_authorized(srv, conn, url)) {
+			if (!server_is_authorized(srv, conn, method, url)) {
 				st->responded = true;
 				return server_reply_unauthorized(conn);
 			}
@@ -589,7 +626,7 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 	if (st->responded)
 		return MHD_YES;
 	st->responded = true;
-	if (!server_is_authorized(srv, conn, url))
+	if (!server_is_authorized(srv, conn, method, url))
 		return server_reply_unauthorized(conn);
 	MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
 				  (unsigned int) SERVER_AUTH_TIMEOUT_S);

@@ -49,6 +49,10 @@ struct response {
 	 * deadline (monotonic µs): the connection waits, holding no thread, and the handler
 	 * runs again after server_wake() or, with req->expired set, at the deadline. */
 	uint64_t defer_until_us;
+	/* When > 0, the body is this file's first file_size bytes instead, sent from the
+	 * file without being read into memory; the server owns and closes it. */
+	int file_fd;
+	uint64_t file_size;
 };
 
 /* One row of the route table. `pattern` is matched segment by segment; a "{name}"
@@ -90,6 +94,9 @@ struct server_config {
 	 * HTTP; borrowed, must outlive the server. */
 	const char *tls_cert_pem;
 	const char *tls_key_pem;
+	/* With `token`, a GET may carry ?expires=T&sig=S instead of the bearer token: S is
+	 * digest_sign_path(token, path, T) (backend/digest.h) and T a unix time not passed
+	 * yet, so that a URL the token's holder signed opens that one path until T. */
 	/* Instead of `token`: decides per request whether `bearer` (NULL when there is none)
 	 * may use `path`. Runs on a server thread; must compare secrets in constant time. */
 	bool (*authorize)(void *userdata, const char *path, const char *bearer);

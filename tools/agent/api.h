@@ -17,6 +17,7 @@ struct api_context {
 	struct sysinfo_sampler *sampler; /* CPU and GPU samples */
 	struct tasks *tasks;             /* the task registry */
 	struct ledger *ledger;           /* --ledger FILE (ledger.h); NULL: none */
+	volatile bool stopping;          /* set when the agent stops: fetches give up */
 };
 
 /* The documents of GET /api/node/health and GET /api/node/system, also pushed by a joined

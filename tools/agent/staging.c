@@ -1,0 +1,263 @@
+/* Serving a task's outputs and fetching a task's inputs (see staging.h). */
+#include "tools/agent/staging.h"
+
+#include "backend/digest.h"
+#include "backend/util.h"
+#include "tools/agent/artifacts.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define STAGING_MANIFEST_MAX (4 * 1024 * 1024)
+#define STAGING_CONNECT_MS   10000L
+#define STAGING_LOW_SPEED_S  60L /* a fetch slower than 1 KiB/s for this long fails */
+
+static bool id_is_valid(const char *id)
+{
+	size_t n = strlen(id);
+	if (!n || n > 200 || !strcmp(id, ".") || !strcmp(id, ".."))
+		return false;
+	for (const char *p = id; *p; p++)
+		if (!(('a' <= *p && *p <= 'z') || ('A' <= *p && *p <= 'Z') ||
+		      ('0' <= *p && *p <= '9') || strchr("._@:-", *p)))
+			return false;
+	return true;
+}
+
+/* The task's files.json, or NULL with the status to answer in *ret_status (404: no such
+ * task; 200 with pending: not collected yet). */
+static json_t *manifest_load(const char *state_dir, const char *id, unsigned *ret_status)
+{
+	_cleanup_free_ char *dir = NULL, *path = NULL, *text = NULL;
+	size_t len;
+	struct stat st;
+	if (asprintf(&dir, "%s/tasks/%s", state_dir, id) < 0 ||
+	    asprintf(&path, "%s/%s", dir, ARTIFACTS_MANIFEST) < 0)
+		return NULL;
+	if (stat(dir, &st) < 0) {
+		*ret_status = 404;
+		return NULL;
+	}
+	if (file_read_all(path, STAGING_MANIFEST_MAX, &text, &len) < 0) {
+		*ret_status = 200;
+		return NULL;
+	}
+	json_t *doc = json_loadb(text, len, 0, NULL);
+	*ret_status = doc ? 200 : 500;
+	return doc;
+}
+
+int staging_handle_manifest(const char *state_dir, struct request *req, struct response *resp)
+{
+	const char *id = req->params[0];
+	unsigned status = 404;
+	if (!id_is_valid(id)) {
+		response_set_error(resp, 404, "no such task: %.200s", id);
+		return 0;
+	}
+	json_t *doc = manifest_load(state_dir, id, &status);
+	if (doc)
+		return response_set_json(resp, 200, doc);
+	if (status == 200)
+		return response_set_json(resp, 200,
+					 json_pack("{s:[], s:b}", "files", "pending", true));
+	response_set_error(resp, status, status == 404 ? "no such task: %.200s"
+						       : "the file list of %.200s is unreadable",
+			   id);
+	return 0;
+}
+
+int staging_handle_file(const char *state_dir, struct request *req, struct response *resp)
+{
+	const char *id = req->params[0], *name = req->params[1];
+	unsigned status = 404;
+	json_t *doc = id_is_valid(id) && artifacts_name_is_valid(name)
+			      ? manifest_load(state_dir, id, &status)
+			      : NULL;
+	json_t *entry = NULL;
+	size_t i;
+	json_t *f;
+	json_array_foreach (json_object_get(doc, "files"), i, f)
+		if (!strcmp(json_string_value(json_object_get(f, "name")) ?: "", name))
+			entry = f;
+	if (!entry) {
+		response_set_error(resp, 404, "task %.200s has no output %.200s", id, name);
+		json_decref(doc);
+		return 0;
+	}
+	_cleanup_free_ char *path = NULL;
+	if (asprintf(&path, "%s/tasks/%s/%s/%s", state_dir, id, ARTIFACTS_DIR, name) < 0) {
+		json_decref(doc);
+		return -ENOMEM;
+	}
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		response_set_error(resp, 404, "task %.200s has no output %.200s", id, name);
+		if (fd >= 0)
+			close(fd);
+		json_decref(doc);
+		return 0;
+	}
+	response_add_header(resp, "X-Sha256", json_string_value(json_object_get(entry, "sha256")));
+	json_decref(doc);
+	resp->content_type = "application/octet-stream";
+	resp->file_fd = fd;
+	resp->file_size = (uint64_t) st.st_size;
+	resp->status = 200;
+	return 0;
+}
+
+struct fetch {
+	int fd;
+	struct digest d;
+	uint64_t got, limit;
+	int err; /* a write failed */
+	const volatile bool *stopping;
+};
+
+static size_t fetch_write(char *data, size_t size, size_t n, void *arg)
+{
+	struct fetch *f = arg;
+	size_t len = size * n;
+	if (f->limit && f->got + len > f->limit) {
+		f->err = EFBIG;
+		return 0;
+	}
+	digest_update(&f->d, data, len);
+	for (size_t off = 0; off < len;) {
+		ssize_t w = write(f->fd, data + off, len - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0) {
+			f->err = errno;
+			return 0;
+		}
+		off += (size_t) w;
+	}
+	f->got += len;
+	return len;
+}
+
+static int fetch_progress(void *arg, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
+{
+	const struct fetch *f = arg;
+	return f->stopping && *f->stopping;
+}
+
+/* Makes the directories of STATE/staging/ID/NAME. */
+static int make_parents(char *path, size_t from)
+{
+	for (char *p = path + from; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		int r = mkdir(path, 0700);
+		*p = '/';
+		if (r < 0 && errno != EEXIST)
+			return -errno;
+	}
+	return 0;
+}
+
+int staging_handle_stage(const char *state_dir, const volatile bool *stopping,
+			 struct request *req, struct response *resp)
+{
+	const char *id = req->params[0], *name = req->params[1];
+	if (!id_is_valid(id) || !artifacts_name_is_valid(name)) {
+		response_set_error(resp, 400, "not a task id and input name: %.200s/%.200s", id,
+				   name);
+		return 0;
+	}
+	json_t *doc = json_loadb(req->body, req->body_len, 0, NULL);
+	const char *url = json_string_value(json_object_get(doc, "url"));
+	const char *want = json_string_value(json_object_get(doc, "sha256"));
+	json_t *jsize = json_object_get(doc, "size");
+	const char *pin = json_string_value(json_object_get(doc, "pinned_key"));
+	if (!url || !want || strlen(want) != DIGEST_HEX_LEN ||
+	    (strncmp(url, "http://", 7) && strncmp(url, "https://", 8)) ||
+	    (jsize && !json_is_integer(jsize))) {
+		response_set_error(resp, 400,
+				   "the body must be {\"url\": \"http(s)://...\", \"sha256\": HEX, "
+				   "\"size\": N}");
+		json_decref(doc);
+		return 0;
+	}
+	_cleanup_free_ char *path = NULL, *part = NULL;
+	size_t base = strlen(state_dir) + 1;
+	if (asprintf(&path, "%s/%s/%s/%s", state_dir, ARTIFACTS_STAGING, id, name) < 0 ||
+	    asprintf(&part, "%s.part", path) < 0) {
+		json_decref(doc);
+		return -ENOMEM;
+	}
+	int r = make_parents(path, base);
+	struct fetch f = {.fd = -1, .stopping = stopping};
+	f.limit = jsize ? (uint64_t) json_integer_value(jsize) : 0;
+	digest_init(&f.d);
+	if (r == 0) {
+		f.fd = open(part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		r = f.fd < 0 ? -errno : 0;
+	}
+	if (r < 0) {
+		response_set_error(resp, 500, "input %.200s: cannot write it: %s", name,
+				   strerror(-r));
+		json_decref(doc);
+		return 0;
+	}
+	char cerr[CURL_ERROR_SIZE] = "";
+	CURL *c = curl_easy_init();
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, STAGING_CONNECT_MS);
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, STAGING_LOW_SPEED_S);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fetch_write);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &f);
+	curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, fetch_progress);
+	curl_easy_setopt(c, CURLOPT_XFERINFODATA, &f);
+	curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024);
+	if (pin) {
+		curl_easy_setopt(c, CURLOPT_PINNEDPUBLICKEY, pin);
+		curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
+		curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
+	}
+	CURLcode cc = curl_easy_perform(c);
+	curl_easy_cleanup(c);
+	char got[DIGEST_HEX_LEN + 1];
+	digest_final_hex(&f.d, got);
+	bool synced = cc == CURLE_OK && fsync(f.fd) == 0;
+	close(f.fd);
+	if (cc != CURLE_OK || !synced) {
+		unlink(part);
+		response_set_error(resp, 502, "input %.200s: the fetch failed: %s", name,
+				   f.err ? strerror(f.err) : cerr[0] ? cerr : curl_easy_strerror(cc));
+	} else if (strcasecmp(got, want) || (f.limit && f.got != f.limit)) {
+		unlink(part);
+		response_set_error(resp, 409,
+				   "input %.200s: the digest is %s, not %s as its producer recorded",
+				   name, got, want);
+	} else if (rename(part, path) < 0) {
+		r = -errno;
+		unlink(part);
+		response_set_error(resp, 500, "input %.200s: %s", name, strerror(-r));
+	} else {
+		log_info("staged input %s for %s: %" PRIu64 " bytes", name, id, f.got);
+		response_set_json(resp, 200,
+				  json_pack("{s:s, s:I, s:s}", "name", name, "size",
+					    (json_int_t) f.got, "sha256", got));
+	}
+	json_decref(doc);
+	return 0;
+}
