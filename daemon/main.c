@@ -8,6 +8,7 @@
 #include "backend/services.h"
 #include "backend/store.h"
 #include "backend/tasks.h"
+#include "backend/artifacts.h"
 #include "backend/util.h"
 #include "config/config.h"
 #include "config/watch.h"
@@ -53,6 +54,7 @@ struct daemon {
 	struct ledger *ledger;
 	struct models *models;
 	struct slurm *slurm;
+	struct artifacts *artifacts;
 	struct config_watch *watch;
 	struct loop_timer *reload_timer;
 	struct join *join; /* the join listener, or NULL (config "join" absent) */
@@ -542,7 +544,8 @@ int main(int argc, char **argv)
 	    services_new(d.loop, d.cluster, &d.services) < 0 ||
 	    ledger_new(d.loop, d.cluster, d.store, &d.ledger) < 0 ||
 	    models_new(d.loop, d.cluster, &d.models) < 0 ||
-	    slurm_new(d.loop, d.cluster, &d.slurm) < 0) {
+	    slurm_new(d.loop, d.cluster, &d.slurm) < 0 ||
+	    artifacts_new(d.loop, d.cluster, d.state_dir, &d.artifacts) < 0) {
 		report("clusterfs: out of memory\n");
 		goto out;
 	}
@@ -556,7 +559,9 @@ int main(int argc, char **argv)
 		.ledger = d.ledger,
 		.models = d.models,
 		.store = d.store,
+		.artifacts = d.artifacts,
 	};
+	tasks_set_artifacts(d.tasks, d.artifacts);
 	if (fs_new(&backends, &fs) < 0) {
 		report("clusterfs: out of memory\n");
 		goto out;
@@ -680,6 +685,7 @@ out:
 	ledger_free(d.ledger);
 	models_free(d.models);
 	slurm_free(d.slurm);
+	artifacts_free(d.artifacts);
 	cluster_free(d.cluster);
 	loop_free(d.loop);
 	store_close(d.store);

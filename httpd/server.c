@@ -42,6 +42,8 @@ struct server {
 	bool (*authorize)(void *userdata, const char *path, const char *bearer);
 	const struct route *routes; /* borrowed, immutable */
 	size_t n_routes;
+	const struct upload_route *uploads; /* borrowed, immutable */
+	size_t n_uploads;
 	void *userdata;
 	/* deferred requests (long polls), suspended until woken or their deadline */
 	pthread_mutex_t park_lock;
@@ -68,6 +70,8 @@ struct request_state {
 	bool wake_pending;   /* woken before it parked: run again at once; park_lock */
 	void *handler_state; /* struct request's state and state_free */
 	void (*handler_state_free)(void *state);
+	const struct upload_route *upload; /* whose upload() takes the body, or NULL */
+	bool upload_failed;         /* upload() refused a piece: the rest is dropped */
 };
 
 const char *request_get_header(const struct request *req, const char *name)
@@ -565,6 +569,55 @@ static bool request_has_body(struct MHD_Connection *conn, unsigned long long *re
 	return *ret_length > 0 || te != NULL;
 }
 
+/* The upload route that takes a body for method and path, or NULL. */
+static const struct upload_route *server_find_upload(const struct server *srv,
+						     const char *method, const char *path)
+{
+	struct route_capture caps[SERVER_MAX_PARAMS];
+	size_t n;
+	for (size_t i = 0; i < srv->n_uploads; i++) {
+		const struct upload_route *u = &srv->uploads[i];
+		if (!strcmp(u->method, method) && route_match(u->pattern, path, caps, &n))
+			return u;
+	}
+	return NULL;
+}
+
+/* Hands one piece of the body to the route's upload(). */
+static void server_upload(struct server *srv, struct MHD_Connection *conn, const char *method,
+			  const char *path, struct request_state *st, const char *data,
+			  size_t len)
+{
+	struct route_capture caps[SERVER_MAX_PARAMS];
+	size_t n = 0;
+	char *scratch = strdup(path);
+	if (!scratch || !route_match(st->upload->pattern, path, caps, &n)) {
+		free(scratch);
+		st->upload_failed = true;
+		return;
+	}
+	struct request req = {
+		.method = method,
+		.path = path,
+		.body = "",
+		.n_params = n,
+		.userdata = srv->userdata,
+		.connection = conn,
+		.state = st->handler_state,
+		.state_free = st->handler_state_free,
+		.handle = st,
+	};
+	for (size_t i = 0; i < n; i++) {
+		scratch[caps[i].off + caps[i].len] = '\0';
+		req.params[i] = scratch + caps[i].off;
+	}
+	if (st->upload->upload(&req, data, len) < 0)
+		st->upload_failed = true;
+	st->handler_state = req.state;
+	st->handler_state_free = req.state_free;
+	free(scratch);
+}
+
 /* libmicrohttpd's access handler: called once when the headers are in, once per chunk of
  * body, and once more when the request is complete. */
 static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, const char *url,
@@ -592,6 +645,9 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 				st->responded = true;
 				return server_reply_unauthorized(conn);
 			}
+			st->upload = server_find_upload(srv, method, url);
+			if (st->upload)
+				return MHD_YES;
 			if (length > SERVER_MAX_BODY) {
 				st->responded = true;
 				return server_reply_too_large(conn);
@@ -605,6 +661,11 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 		*upload_data_size = 0;
 		if (st->responded)
 			return MHD_YES;
+		if (st->upload) {
+			if (!st->upload_failed)
+				server_upload(srv, conn, method, url, st, upload_data, n);
+			return MHD_YES;
+		}
 		if (!st->too_large && st->body.len + n > SERVER_MAX_BODY) {
 			st->too_large = true;
 			st->discarded = st->body.len;
@@ -818,6 +879,8 @@ int server_start(const struct server_config *cfg, struct server **ret_server)
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
 	srv->token = cfg->token;
+	srv->uploads = cfg->uploads;
+	srv->n_uploads = cfg->n_uploads;
 	srv->authorize = cfg->authorize;
 	srv->routes = cfg->routes;
 	srv->n_routes = cfg->n_routes;

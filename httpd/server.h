@@ -66,6 +66,16 @@ struct route {
 	int (*handler)(struct request *req, struct response *resp);
 };
 
+/* A request whose body is not collected (nor bounded by SERVER_MAX_BODY): each piece is
+ * handed to upload() as it arrives, on a server thread, with req->body empty; then the
+ * route table's handler for the request runs; both see the same req->state. A negative
+ * return drops the rest of the body; the handler still answers. */
+struct upload_route {
+	const char *method;
+	const char *pattern; /* as in struct route */
+	int (*upload)(struct request *req, const char *data, size_t len);
+};
+
 /* Value of a request header, or NULL. Case-insensitive name; borrowed. */
 const char *request_get_header(const struct request *req, const char *name);
 /* The query string as received ("a=1&b=2", re-encoded), appended to out; "" when none. */
@@ -89,6 +99,8 @@ struct server_config {
 	const char *token;          /* borrowed; must outlive the server */
 	const struct route *routes; /* borrowed; must outlive the server */
 	size_t n_routes;
+	const struct upload_route *uploads; /* borrowed, or NULL */
+	size_t n_uploads;
 	void *userdata; /* handed to every handler in req->userdata */
 	/* PEM certificate and key to serve HTTPS with (TLS 1.2 and 1.3), or NULL for plain
 	 * HTTP; borrowed, must outlive the server. */

@@ -28,3 +28,6 @@ int api_system_doc(const struct api_context *ctx, json_t **ret_doc, char *errbuf
 /* The route table, api_n_routes rows. */
 extern const struct route api_routes[];
 extern const size_t api_n_routes;
+/* The requests whose body is streamed to disk (an input sent by the control plane). */
+extern const struct upload_route api_uploads[];
+extern const size_t api_n_uploads;

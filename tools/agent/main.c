@@ -632,6 +632,8 @@ int main(int argc, char **argv)
 		.token = token,
 		.routes = api_routes,
 		.n_routes = api_n_routes,
+		.uploads = api_uploads,
+		.n_uploads = api_n_uploads,
 		.userdata = &api,
 		.tls_cert_pem = tls_cert,
 		.tls_key_pem = tls_key,

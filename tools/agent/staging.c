@@ -153,6 +153,116 @@ static int fetch_progress(void *arg, curl_off_t a, curl_off_t b, curl_off_t c, c
 	return f->stopping && *f->stopping;
 }
 
+static int make_parents(char *path, size_t from);
+
+/* A PUT in progress: the body goes to NAME.part as it arrives. */
+struct upload {
+	int fd;
+	int err; /* -errno: writing failed, or the names were bad */
+	struct digest d;
+	uint64_t got;
+	char *path, *part;
+};
+
+static void upload_free(void *arg)
+{
+	struct upload *u = arg;
+	if (u->fd >= 0) {
+		close(u->fd);
+		unlink(u->part);
+	}
+	free(u->path);
+	free(u->part);
+	free(u);
+}
+
+static struct upload *upload_begin(const char *state_dir, struct request *req)
+{
+	if (req->state)
+		return req->state;
+	struct upload *u = calloc(1, sizeof(*u));
+	if (!u)
+		return NULL;
+	u->fd = -1;
+	digest_init(&u->d);
+	req->state = u;
+	req->state_free = upload_free;
+	const char *id = req->params[0], *name = req->params[1];
+	if (!id_is_valid(id) || !artifacts_name_is_valid(name)) {
+		u->err = -EINVAL;
+		return u;
+	}
+	if (asprintf(&u->path, "%s/%s/%s/%s", state_dir, ARTIFACTS_STAGING, id, name) < 0 ||
+	    asprintf(&u->part, "%s.part", u->path) < 0) {
+		u->err = -ENOMEM;
+		return u;
+	}
+	u->err = make_parents(u->path, strlen(state_dir) + 1);
+	if (!u->err) {
+		u->fd = open(u->part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		u->err = u->fd < 0 ? -errno : 0;
+	}
+	return u;
+}
+
+int staging_upload(const char *state_dir, struct request *req, const char *data, size_t len)
+{
+	struct upload *u = upload_begin(state_dir, req);
+	if (!u)
+		return -ENOMEM;
+	if (u->err)
+		return u->err;
+	digest_update(&u->d, data, len);
+	for (size_t off = 0; off < len;) {
+		ssize_t w = write(u->fd, data + off, len - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0) {
+			u->err = -errno;
+			return u->err;
+		}
+		off += (size_t) w;
+	}
+	u->got += len;
+	return 0;
+}
+
+int staging_handle_put(const char *state_dir, struct request *req, struct response *resp)
+{
+	const char *name = req->params[1];
+	struct upload *u = upload_begin(state_dir, req);
+	if (!u)
+		return -ENOMEM;
+	if (u->err == -EINVAL) {
+		response_set_error(resp, 400, "not a task id and input name: %.200s/%.200s",
+				   req->params[0], name);
+		return 0;
+	}
+	if (u->err || fsync(u->fd) < 0) {
+		response_set_error(resp, 500, "input %.200s: cannot write it: %s", name,
+				   strerror(u->err ? -u->err : errno));
+		return 0;
+	}
+	char got[DIGEST_HEX_LEN + 1];
+	digest_final_hex(&u->d, got);
+	const char *want = request_get_query(req, "sha256");
+	if (want && strcasecmp(want, got)) {
+		response_set_error(resp, 409, "input %.200s: the digest is %s, not %.64s", name,
+				   got, want);
+		return 0;
+	}
+	if (rename(u->part, u->path) < 0) {
+		response_set_error(resp, 500, "input %.200s: %s", name, strerror(errno));
+		return 0;
+	}
+	close(u->fd);
+	u->fd = -1;
+	log_info("staged input %s for %s: %" PRIu64 " bytes (sent)", name, req->params[0], u->got);
+	return response_set_json(resp, 200,
+				 json_pack("{s:s, s:I, s:s}", "name", name, "size",
+					   (json_int_t) u->got, "sha256", got));
+}
+
 /* Makes the directories of STATE/staging/ID/NAME. */
 static int make_parents(char *path, size_t from)
 {

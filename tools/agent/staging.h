@@ -10,7 +10,10 @@
  *                                        into STATE_DIR/staging/ID/NAME, streamed to disk,
  *                                        and checks its digest; 200 {"name", "size",
  *                                        "sha256"}, 502 when the fetch failed, 409 when the
- *                                        digest differs (nothing is kept then) */
+ *                                        digest differs (nothing is kept then)
+ *   PUT  /api/node/staging/ID/NAME[?sha256=HEX]  the input's bytes as the body, written
+ *                                        to disk as they arrive (never collected), and
+ *                                        checked against HEX when given; answers as POST */
 #pragma once
 
 #include <stdbool.h>
@@ -21,5 +24,8 @@
  * params[1] the name. `stopping`, when it becomes true, aborts a fetch in progress. */
 int staging_handle_manifest(const char *state_dir, struct request *req, struct response *resp);
 int staging_handle_file(const char *state_dir, struct request *req, struct response *resp);
+/* PUT: the upload route's piece handler, and the handler once the body is complete. */
+int staging_upload(const char *state_dir, struct request *req, const char *data, size_t len);
+int staging_handle_put(const char *state_dir, struct request *req, struct response *resp);
 int staging_handle_stage(const char *state_dir, const volatile bool *stopping,
 			 struct request *req, struct response *resp);
