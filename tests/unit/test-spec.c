@@ -174,7 +174,7 @@ static void test_fields(void)
 	      "unknown: case differs");
 	CHECK(rejects("{\"cmd\": \"x\", \"xyzzy\": []}",
 		      "unknown field \"xyzzy\" (known fields: cmd, node, type, requires, "
-		      "resources, priority, env, cwd, timeout_s, retries, after)"),
+		      "resources, priority, env, cwd, timeout_s, retries, after, outputs, inputs)"),
 	      "unknown: far from everything lists the known fields");
 	CHECK(rejects("{\"cmd\": \"x\", \"depends_on\": []}",
 		      "unknown field \"depends_on\"; did you mean \"after\"?"),
@@ -187,7 +187,7 @@ static void test_fields(void)
 	      "unknown: resources aliases");
 	CHECK(rejects("{\"cmd\": \"x\", \"a\\\"b\\n\": 1}",
 		      "unknown field \"a\\\"b\\n\" (known fields: cmd, node, type, requires, "
-		      "resources, priority, env, cwd, timeout_s, retries, after)"),
+		      "resources, priority, env, cwd, timeout_s, retries, after, outputs, inputs)"),
 	      "unknown: the key is shown escaped");
 	CHECK(rejects("{\"comand\": \"make\", \"cmd\": \"x\"}",
 		      "unknown field \"comand\"; did you mean \"cmd\"?"),
