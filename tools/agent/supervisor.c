@@ -612,7 +612,8 @@ bool supervisor_env_is_identity(const char *key)
 	       strcmp(key, "LOGNAME") == 0 || strcmp(key, "SHELL") == 0;
 }
 
-/* The minimal environment plus the spec's "env": PATH, HOME and CLUSTERFS_TASK_ID, and
+/* The minimal environment plus the spec's "env": PATH, HOME, CLUSTERFS_TASK_ID and
+ * CLUSTERFS_NODE (the agent's name, from the spec's "node"), and
  * USER, LOGNAME and SHELL too for a task with a passwd entry, whose HOME is the entry's.
  * The spec may override PATH, but neither CLUSTERFS_TASK_ID nor the identity. Sets
  * *ret_path to the PATH in effect (borrowed from envp). */
@@ -623,7 +624,8 @@ static int sup_build_env(struct sup *s, const char **ret_path)
 	const char *home = s->passwd                           ? s->home
 			   : pw && pw->pw_dir && pw->pw_dir[0] ? pw->pw_dir
 							       : getenv("HOME");
-	size_t n = 0, max = 6 + json_object_size(env) + 1;
+	const char *node = json_string_value(json_object_get(s->spec, "node"));
+	size_t n = 0, max = 7 + json_object_size(env) + 1;
 	const char *key;
 	json_t *value;
 
@@ -633,6 +635,8 @@ static int sup_build_env(struct sup *s, const char **ret_path)
 	s->envp[n++] = env_entry("PATH", SUPERVISOR_DEFAULT_PATH);
 	s->envp[n++] = env_entry("HOME", home ? home : "/");
 	s->envp[n++] = env_entry("CLUSTERFS_TASK_ID", s->id);
+	if (node)
+		s->envp[n++] = env_entry("CLUSTERFS_NODE", node);
 	if (s->passwd) {
 		s->envp[n++] = env_entry("USER", s->user);
 		s->envp[n++] = env_entry("LOGNAME", s->user);
@@ -644,6 +648,7 @@ static int sup_build_env(struct sup *s, const char **ret_path)
 	json_object_foreach (env, key, value) {
 		const char *v = json_string_value(value);
 		if (!v || !key[0] || strchr(key, '=') || strcmp(key, "CLUSTERFS_TASK_ID") == 0 ||
+		    strcmp(key, "CLUSTERFS_NODE") == 0 ||
 		    supervisor_env_is_identity(key))
 			continue;
 		char *e = env_entry(key, v);

@@ -930,6 +930,7 @@ static int task_begin(struct tasks *t, const char *id, json_t *doc,
 		if (json_is_null(json_object_get(doc, *f)))
 			json_object_del(doc, *f);
 	if (!k->user || json_object_set_new(doc, "started_at", json_real(now)) < 0 ||
+	    json_object_set_new(doc, "node", json_string(t->node)) < 0 ||
 	    task_spec_add_identity(doc, ident) < 0) {
 		task_free(k);
 		return -ENOMEM;
