@@ -271,6 +271,7 @@ static void fetch_finish(struct fetch *f, int err)
 		}
 	if (f->fd >= 0)
 		close(f->fd);
+	digest_clear(&f->d);
 	if (err)
 		unlink(f->part);
 	struct fetch_waiter *w = f->waiters;

@@ -1,9 +1,11 @@
-/* SHA-256 and HMAC-SHA256 by nettle (see digest.h). */
+/* SHA-256 and HMAC-SHA256 by libcrypto (see digest.h). */
 #include "backend/digest.h"
 
 #include <inttypes.h>
-#include <nettle/hmac.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void hex_of(const uint8_t *raw, size_t n, char *out)
@@ -18,33 +20,43 @@ static void hex_of(const uint8_t *raw, size_t n, char *out)
 
 void digest_init(struct digest *d)
 {
-	sha256_init(&d->ctx);
+	d->ctx = EVP_MD_CTX_new();
+	if (!d->ctx || EVP_DigestInit_ex(d->ctx, EVP_sha256(), NULL) != 1)
+		abort();
 }
 
 void digest_update(struct digest *d, const void *data, size_t len)
 {
-	sha256_update(&d->ctx, len, data);
+	EVP_DigestUpdate(d->ctx, data, len);
 }
 
 void digest_final_hex(struct digest *d, char out[DIGEST_HEX_LEN + 1])
 {
-	uint8_t raw[SHA256_DIGEST_SIZE];
-	sha256_digest(&d->ctx, sizeof(raw), raw);
-	hex_of(raw, sizeof(raw), out);
+	unsigned char raw[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
+	EVP_DigestFinal_ex(d->ctx, raw, &n);
+	hex_of(raw, n, out);
+	digest_clear(d);
+}
+
+void digest_clear(struct digest *d)
+{
+	EVP_MD_CTX_free(d->ctx);
+	d->ctx = NULL;
 }
 
 void digest_sign_path(const char *token, const char *path, uint64_t expires,
 		      char out[DIGEST_HEX_LEN + 1])
 {
-	struct hmac_sha256_ctx ctx;
-	uint8_t raw[SHA256_DIGEST_SIZE];
-	char tail[32];
-	int n = snprintf(tail, sizeof(tail), "\n%" PRIu64, expires);
-	hmac_sha256_set_key(&ctx, strlen(token), (const uint8_t *) token);
-	hmac_sha256_update(&ctx, 4, (const uint8_t *) "GET\n");
-	hmac_sha256_update(&ctx, strlen(path), (const uint8_t *) path);
-	hmac_sha256_update(&ctx, (size_t) n, (const uint8_t *) tail);
-	hmac_sha256_digest(&ctx, sizeof(raw), raw);
-	explicit_bzero(&ctx, sizeof(ctx));
-	hex_of(raw, sizeof(raw), out);
+	unsigned char raw[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
+	char *msg = NULL;
+	int len = asprintf(&msg, "GET\n%s\n%" PRIu64, path, expires);
+	if (len < 0)
+		abort();
+	HMAC(EVP_sha256(), token, (int) strlen(token), (const unsigned char *) msg, (size_t) len,
+	     raw, &n);
+	free(msg);
+	hex_of(raw, n, out);
+	explicit_bzero(raw, sizeof(raw));
 }

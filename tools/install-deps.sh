@@ -11,7 +11,7 @@
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc libfuse3-dev fuse3 libcurl4-openssl-dev libjansson-dev
 	libsqlite3-dev libmicrohttpd-dev python3 python3-pytest curl iproute2 util-linux
-	procps clang-format libgnutls28-dev nettle-dev tcpdump scdoc man-db groff-base debhelper dpkg-dev
+	procps clang-format libgnutls28-dev libssl-dev tcpdump scdoc man-db groff-base debhelper dpkg-dev
 	fakeroot lintian adduser systemd prometheus iptables nfs-ganesha nfs-ganesha-vfs libnfs-utils
 	samba samba-vfs-modules smbclient python3-smbc slurmctld slurmd slurmrestd slurm-client
 	slurm-wlm-jwt-plugin munge chromium python3-numpy)

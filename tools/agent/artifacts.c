@@ -178,7 +178,7 @@ static int copy_hashed(int src, int dst_dirfd, const char *name, char hex[DIGEST
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
-			return -errno;
+			goto err_clear;
 		if (n == 0)
 			break;
 		digest_update(&d, chunk, (size_t) n);
@@ -187,16 +187,21 @@ static int copy_hashed(int src, int dst_dirfd, const char *name, char hex[DIGEST
 			if (w < 0 && errno == EINTR)
 				continue;
 			if (w < 0)
-				return -errno;
+				goto err_clear;
 			off += w;
 		}
 		total += (uint64_t) n;
 	}
 	if (fsync(out) < 0)
-		return -errno;
+		goto err_clear;
 	digest_final_hex(&d, hex);
 	*ret_size = total;
 	return 0;
+
+err_clear:;
+	int r = -errno;
+	digest_clear(&d);
+	return r;
 }
 
 /* The matches of one pattern, relative to the cwd open as cwdfd, appended to names. */

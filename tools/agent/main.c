@@ -6,6 +6,7 @@
 #include "backend/util.h"
 #include "tools/agent/api.h"
 #include "tools/agent/artifacts.h"
+#include "tools/agent/staging.h"
 #include "tools/agent/init.h"
 #include "tools/agent/ledger.h"
 #include "httpd/server.h"
@@ -600,6 +601,7 @@ int main(int argc, char **argv)
 		goto out_free_state_dir;
 	}
 	tasks_set_output_limits(tasks, opts.outputs_max_files, opts.outputs_max_bytes);
+	staging_reset(state_dir);
 
 	r = sysinfo_sampler_start(&sampler);
 	if (r < 0) {

@@ -6,6 +6,8 @@
 #include "tools/agent/artifacts.h"
 
 #include <curl/curl.h>
+#include <ftw.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -116,9 +118,107 @@ int staging_handle_file(const char *state_dir, struct request *req, struct respo
 	return 0;
 }
 
+#define HASH_CHUNK (1024 * 1024)
+
+/* Hashes a file on a thread of its own as it is written, a step behind the writer, reading
+ * back what the page cache holds: the digest then costs no time on the path of the bytes
+ * (one core receives and writes, another hashes). */
+struct hasher {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int fd;           /* open for reading on the file being written */
+	uint64_t written; /* protected by lock */
+	bool done;        /* protected by lock: nothing more will be written */
+	int err;          /* a read failed (errno); read after the join */
+	struct digest d;
+};
+
+static void *hasher_main(void *arg)
+{
+	struct hasher *h = arg;
+	char *chunk = malloc(HASH_CHUNK);
+	uint64_t at = 0;
+	if (!chunk) {
+		h->err = ENOMEM;
+		return NULL;
+	}
+	for (;;) {
+		pthread_mutex_lock(&h->lock);
+		while (at == h->written && !h->done)
+			pthread_cond_wait(&h->cond, &h->lock);
+		uint64_t end = h->written;
+		bool done = h->done;
+		pthread_mutex_unlock(&h->lock);
+		if (at == end && done)
+			break;
+		while (at < end) {
+			size_t want = end - at < HASH_CHUNK ? (size_t) (end - at) : HASH_CHUNK;
+			ssize_t n = pread(h->fd, chunk, want, (off_t) at);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				h->err = n < 0 ? errno : EIO;
+				free(chunk);
+				return NULL;
+			}
+			digest_update(&h->d, chunk, (size_t) n);
+			at += (uint64_t) n;
+		}
+	}
+	free(chunk);
+	return NULL;
+}
+
+/* Starts hashing `path` as it is written. 0 or -errno. */
+static int hasher_start(struct hasher *h, const char *path)
+{
+	memset(h, 0, sizeof(*h));
+	h->fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (h->fd < 0)
+		return -errno;
+	pthread_mutex_init(&h->lock, NULL);
+	pthread_cond_init(&h->cond, NULL);
+	digest_init(&h->d);
+	int r = pthread_create(&h->thread, NULL, hasher_main, h);
+	if (r) {
+		digest_clear(&h->d);
+		close(h->fd);
+		return -r;
+	}
+	return 0;
+}
+
+static void hasher_add(struct hasher *h, uint64_t len)
+{
+	pthread_mutex_lock(&h->lock);
+	h->written += len;
+	pthread_cond_signal(&h->cond);
+	pthread_mutex_unlock(&h->lock);
+}
+
+/* Waits for the hash of everything written: 0 with the digest in out, or -errno. */
+static int hasher_finish(struct hasher *h, char out[DIGEST_HEX_LEN + 1])
+{
+	pthread_mutex_lock(&h->lock);
+	h->done = true;
+	pthread_cond_signal(&h->cond);
+	pthread_mutex_unlock(&h->lock);
+	pthread_join(h->thread, NULL);
+	close(h->fd);
+	pthread_cond_destroy(&h->cond);
+	pthread_mutex_destroy(&h->lock);
+	if (h->err) {
+		digest_clear(&h->d);
+		return -h->err;
+	}
+	digest_final_hex(&h->d, out);
+	return 0;
+}
+
 struct fetch {
 	int fd;
-	struct digest d;
+	struct hasher h;
 	uint64_t got, limit;
 	int err; /* a write failed */
 	const volatile bool *stopping;
@@ -132,7 +232,6 @@ static size_t fetch_write(char *data, size_t size, size_t n, void *arg)
 		f->err = EFBIG;
 		return 0;
 	}
-	digest_update(&f->d, data, len);
 	for (size_t off = 0; off < len;) {
 		ssize_t w = write(f->fd, data + off, len - off);
 		if (w < 0 && errno == EINTR)
@@ -144,6 +243,7 @@ static size_t fetch_write(char *data, size_t size, size_t n, void *arg)
 		off += (size_t) w;
 	}
 	f->got += len;
+	hasher_add(&f->h, len);
 	return len;
 }
 
@@ -167,6 +267,7 @@ struct upload {
 static void upload_free(void *arg)
 {
 	struct upload *u = arg;
+	digest_clear(&u->d);
 	if (u->fd >= 0) {
 		close(u->fd);
 		unlink(u->part);
@@ -311,10 +412,13 @@ int staging_handle_stage(const char *state_dir, const volatile bool *stopping,
 	int r = make_parents(path, base);
 	struct fetch f = {.fd = -1, .stopping = stopping};
 	f.limit = jsize ? (uint64_t) json_integer_value(jsize) : 0;
-	digest_init(&f.d);
 	if (r == 0) {
 		f.fd = open(part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 		r = f.fd < 0 ? -errno : 0;
+	}
+	if (r == 0 && (r = hasher_start(&f.h, part)) < 0) {
+		close(f.fd);
+		unlink(part);
 	}
 	if (r < 0) {
 		response_set_error(resp, 500, "input %.200s: cannot write it: %s", name,
@@ -323,6 +427,7 @@ int staging_handle_stage(const char *state_dir, const volatile bool *stopping,
 		return 0;
 	}
 	char cerr[CURL_ERROR_SIZE] = "";
+	uint64_t t0 = clock_now_us();
 	CURL *c = curl_easy_init();
 	curl_easy_setopt(c, CURLOPT_URL, url);
 	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -346,10 +451,12 @@ int staging_handle_stage(const char *state_dir, const volatile bool *stopping,
 	CURLcode cc = curl_easy_perform(c);
 	curl_easy_cleanup(c);
 	char got[DIGEST_HEX_LEN + 1];
-	digest_final_hex(&f.d, got);
-	bool synced = cc == CURLE_OK && fsync(f.fd) == 0;
+	int hr = hasher_finish(&f.h, got);
+	/* not fsynced: the agent empties staging/ when it starts (staging_reset) */
 	close(f.fd);
-	if (cc != CURLE_OK || !synced) {
+	if (cc == CURLE_OK && hr < 0)
+		f.err = -hr;
+	if (cc != CURLE_OK || hr < 0) {
 		unlink(part);
 		response_set_error(resp, 502, "input %.200s: the fetch failed: %s", name,
 				   f.err ? strerror(f.err) : cerr[0] ? cerr : curl_easy_strerror(cc));
@@ -363,11 +470,26 @@ int staging_handle_stage(const char *state_dir, const volatile bool *stopping,
 		unlink(part);
 		response_set_error(resp, 500, "input %.200s: %s", name, strerror(-r));
 	} else {
-		log_info("staged input %s for %s: %" PRIu64 " bytes", name, id, f.got);
+		log_info("staged input %s for %s: %" PRIu64 " bytes in %.3f s", name, id, f.got,
+			 (double) (clock_now_us() - t0) / 1e6);
 		response_set_json(resp, 200,
 				  json_pack("{s:s, s:I, s:s}", "name", name, "size",
 					    (json_int_t) f.got, "sha256", got));
 	}
 	json_decref(doc);
 	return 0;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	remove(path);
+	return 0;
+}
+
+void staging_reset(const char *state_dir)
+{
+	_cleanup_free_ char *dir = NULL;
+	if (asprintf(&dir, "%s/%s", state_dir, ARTIFACTS_STAGING) < 0)
+		return;
+	nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }

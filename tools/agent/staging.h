@@ -20,6 +20,10 @@
 
 #include "httpd/server.h"
 
+/* Empties STATE_DIR/staging: inputs are written there without an fsync (they serve a task
+ * that is about to start), so what a crash left there is not trusted. At start. */
+void staging_reset(const char *state_dir);
+
 /* Handlers; state_dir is the agent's, absolute; borrowed. req->params[0] is the id,
  * params[1] the name. `stopping`, when it becomes true, aborts a fetch in progress. */
 int staging_handle_manifest(const char *state_dir, struct request *req, struct response *resp);
