@@ -19,22 +19,22 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define RECORD_FILE      "record.json"
-#define RECORD_MAX       (4 * 1024 * 1024)
-#define RECORDS_KEPT     4096          /* records held in memory; more are read from disk */
-#define LIST_TIMEOUT_MS  10000L
-#define SIGNED_FOR_S     3600          /* a signed URL is good for this long */
-#define MIN_RATE_BPMS    1000ull       /* bytes per ms a transfer is given time for */
-#define BASE_TIMEOUT_MS  60000ull
+#define RECORD_FILE     "record.json"
+#define RECORD_MAX      (4 * 1024 * 1024)
+#define RECORDS_KEPT    4096 /* records held in memory; more are read from disk */
+#define LIST_TIMEOUT_MS 10000L
+#define SIGNED_FOR_S    3600    /* a signed URL is good for this long */
+#define MIN_RATE_BPMS   1000ull /* bytes per ms a transfer is given time for */
+#define BASE_TIMEOUT_MS 60000ull
 
 struct fetch;
 
 struct artifacts {
 	struct loop *loop;
 	struct cluster *cluster;
-	char *dir;            /* STATE_DIR/artifacts; immutable */
-	pthread_mutex_t lock; /* protects records */
-	json_t *records;      /* task id -> record, a cache of what is on disk */
+	char *dir;             /* STATE_DIR/artifacts; immutable */
+	pthread_mutex_t lock;  /* protects records */
+	json_t *records;       /* task id -> record, a cache of what is on disk */
 	struct fetch *fetches; /* files being fetched; loop thread */
 };
 
@@ -155,7 +155,8 @@ static json_t *files_checked(const json_t *list)
 		const char *name = json_string_value(json_object_get(f, "name"));
 		const char *sha = json_string_value(json_object_get(f, "sha256"));
 		json_t *size = json_object_get(f, "size");
-		if (!name || !spec_path_is_relative(name) || !sha || strlen(sha) != DIGEST_HEX_LEN ||
+		if (!name || !spec_path_is_relative(name) || !sha ||
+		    strlen(sha) != DIGEST_HEX_LEN ||
 		    strspn(sha, "0123456789abcdef") != DIGEST_HEX_LEN || !json_is_integer(size) ||
 		    json_integer_value(size) < 0)
 			continue;
@@ -316,8 +317,8 @@ static void fetch_done(const struct http_response *r, void *arg)
 
 /* Loop thread: fetches output `name` (entry `e`) of record `rec` into the kept copies,
  * joining a fetch of the same file in flight, and adds `w` (owned) to those told. */
-static void fetch_start(struct artifacts *a, const char *task, const json_t *rec,
-			const json_t *e, struct fetch_waiter *w)
+static void fetch_start(struct artifacts *a, const char *task, const json_t *rec, const json_t *e,
+			struct fetch_waiter *w)
 {
 	const char *name = json_string_value(json_object_get(e, "name"));
 	for (struct fetch *f = a->fetches; f; f = f->next)
@@ -460,8 +461,8 @@ int artifacts_collect(struct artifacts *a, const char *task, const char *node,
 
 /* ---- the tree's view ---- */
 
-int artifacts_lookup(struct artifacts *a, const char *task, const char *name,
-		     uint64_t *ret_size, double *ret_mtime)
+int artifacts_lookup(struct artifacts *a, const char *task, const char *name, uint64_t *ret_size,
+		     double *ret_mtime)
 {
 	json_t *rec = record_get(a, task);
 	if (!rec)
@@ -541,8 +542,8 @@ static void open_on_loop(void *arg)
 	free(j);
 }
 
-int artifacts_open(struct artifacts *a, const char *task, const char *name,
-		   artifacts_open_fn done, void *arg)
+int artifacts_open(struct artifacts *a, const char *task, const char *name, artifacts_open_fn done,
+		   void *arg)
 {
 	json_t *rec = record_get(a, task);
 	json_t *e = rec ? record_file(rec, name) : NULL;
@@ -636,8 +637,8 @@ static void stage_sent(const struct http_response *r, void *arg)
 	if (r->error) {
 		json_t *doc = json_loadb(r->body, r->body_len, 0, NULL);
 		const char *e = json_string_value(json_object_get(doc, "error"));
-		snprintf(s->why, sizeof(s->why), "input %s could not be staged on %s: %s",
-			 it->dest, s->node, e ? e : r->error_text);
+		snprintf(s->why, sizeof(s->why), "input %s could not be staged on %s: %s", it->dest,
+			 s->node, e ? e : r->error_text);
 		json_decref(doc);
 		s->err = r->error;
 		stage_end(s);
@@ -681,10 +682,11 @@ static void stage_next(struct stage *s)
 		if (!h) {
 			config_unref(cfg);
 			buf_free(&path);
-			snprintf(s->why, sizeof(s->why),
-				 "input %s: its producer's node %s is gone, and no copy of %s is kept "
-				 "(larger than artifacts.cache_max_mb)",
-				 it->dest, it->node, it->name);
+			snprintf(
+				s->why, sizeof(s->why),
+				"input %s: its producer's node %s is gone, and no copy of %s is kept "
+				"(larger than artifacts.cache_max_mb)",
+				it->dest, it->node, it->name);
 			s->err = -EHOSTUNREACH;
 			return stage_end(s);
 		}
@@ -720,8 +722,8 @@ static void stage_next(struct stage *s)
 	}
 	buf_free(&path);
 	if (r < 0) {
-		snprintf(s->why, sizeof(s->why), "input %s could not be staged: %s is not reachable",
-			 it->dest, s->node);
+		snprintf(s->why, sizeof(s->why),
+			 "input %s could not be staged: %s is not reachable", it->dest, s->node);
 		s->err = r;
 		stage_end(s);
 	}
@@ -814,18 +816,19 @@ int artifacts_stage(struct artifacts *a, const json_t *inputs, const json_t *pro
 			char real[PATH_MAX], rroot[PATH_MAX];
 			size_t rl = root && realpath(root, rroot) ? strlen(rroot) : 0;
 			if (!root) {
-				snprintf(s->why, sizeof(s->why),
-					 "input %s: %s is on the control plane, and the config sets no "
-					 "artifacts.inputs_root",
-					 name, sv);
+				snprintf(
+					s->why, sizeof(s->why),
+					"input %s: %s is on the control plane, and the config sets no "
+					"artifacts.inputs_root",
+					name, sv);
 			} else if (!realpath(sv, real)) {
 				snprintf(s->why, sizeof(s->why), "input %s: %s: %s", name, sv,
 					 strerror(errno));
 			} else if (!rl || strncmp(real, rroot, rl) ||
 				   (real[rl] != '/' && real[rl] != '\0' && strcmp(rroot, "/"))) {
 				snprintf(s->why, sizeof(s->why),
-					 "input %s: %s is not beneath artifacts.inputs_root (%s)", name,
-					 sv, root);
+					 "input %s: %s is not beneath artifacts.inputs_root (%s)",
+					 name, sv, root);
 			} else {
 				struct stage_item *it = stage_add(s);
 				it->dest = strdup(name);
@@ -851,7 +854,8 @@ int artifacts_stage(struct artifacts *a, const json_t *inputs, const json_t *pro
 		json_array_foreach (ids, i, id) {
 			if (s->err)
 				break;
-			if (stage_resolve_task(s, name, json_string_value(id), slash + 1, all, cfg) < 0)
+			if (stage_resolve_task(s, name, json_string_value(id), slash + 1, all,
+					       cfg) < 0)
 				s->err = -ENOENT;
 		}
 		free(prod);

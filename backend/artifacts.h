@@ -55,8 +55,8 @@ int artifacts_stage(struct artifacts *a, const json_t *inputs, const json_t *pro
 /* For the tree, from what is kept here (never the network): whether `name` (relative, ""
  * for the top) is a file (1, with its size) or a directory (0) of task's outputs, or
  * -ENOENT. *ret_mtime: when the outputs were collected. */
-int artifacts_lookup(struct artifacts *a, const char *task, const char *name,
-		     uint64_t *ret_size, double *ret_mtime);
+int artifacts_lookup(struct artifacts *a, const char *task, const char *name, uint64_t *ret_size,
+		     double *ret_mtime);
 /* The names in directory `name` ("" for the top) of task's outputs, sorted; a new
  * NULL-terminated array (empty when none). */
 char **artifacts_list(struct artifacts *a, const char *task, const char *name, size_t *ret_n);
@@ -67,5 +67,5 @@ typedef void (*artifacts_open_fn)(void *arg, int fd);
 /* Opens output `name` of `task` for reading: a descriptor (>= 0) at once when it is kept
  * here; -EINPROGRESS when it is being fetched from its node, and done() gets the
  * descriptor later; -ENOENT. */
-int artifacts_open(struct artifacts *a, const char *task, const char *name,
-		   artifacts_open_fn done, void *arg);
+int artifacts_open(struct artifacts *a, const char *task, const char *name, artifacts_open_fn done,
+		   void *arg);

@@ -496,7 +496,8 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
 	}
 	if (x->req_fd > 0) {
-		x->headers = curl_slist_append(x->headers, "Content-Type: application/octet-stream");
+		x->headers =
+			curl_slist_append(x->headers, "Content-Type: application/octet-stream");
 		x->headers = curl_slist_append(x->headers, "Expect:");
 		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
 		curl_easy_setopt(e, CURLOPT_READFUNCTION, xfer_read);

@@ -24,9 +24,9 @@
 #define CWD_MAX    4095
 #define SHOWN_MAX  48 /* characters of a value shown in a message */
 
-static const char *const spec_fields[] = {"cmd",       "node",     "type", "requires",
-					  "resources", "priority", "env",  "cwd",
-					  "timeout_s", "retries",  "after", "outputs", "inputs"};
+static const char *const spec_fields[] = {"cmd",      "node",    "type",  "requires",  "resources",
+					  "priority", "env",     "cwd",   "timeout_s", "retries",
+					  "after",    "outputs", "inputs"};
 #define N_SPEC_FIELDS (sizeof(spec_fields) / sizeof(spec_fields[0]))
 
 static const char *const resource_fields[] = {"cpus", "mem_mb", "gpus"};
@@ -577,31 +577,36 @@ static int parse_inputs(struct parser *p, const json_t *v, struct task_spec *s)
 		if (dir)
 			bare[n - 1] = '\0';
 		if (!spec_path_is_relative(bare))
-			return fail(p,
-				    "field \"inputs\": %.*s is not a name relative to the task's "
-				    "directory (no \"..\", not absolute; \"DIR/\" for several files)",
-				    SHOWN_MAX, name);
+			return fail(
+				p,
+				"field \"inputs\": %.*s is not a name relative to the task's "
+				"directory (no \"..\", not absolute; \"DIR/\" for several files)",
+				SHOWN_MAX, name);
 		const char *sv = json_string_value(src);
 		if (sv && sv[0] == '/') {
-			if (strstr(sv, "/../") || (strlen(sv) >= 3 && !strcmp(sv + strlen(sv) - 3, "/..")) ||
+			if (strstr(sv, "/../") ||
+			    (strlen(sv) >= 3 && !strcmp(sv + strlen(sv) - 3, "/..")) ||
 			    strlen(sv) > CWD_MAX)
-				return fail(p, "field \"inputs.%.*s\": %.*s must not contain \"..\"",
+				return fail(p,
+					    "field \"inputs.%.*s\": %.*s must not contain \"..\"",
 					    SHOWN_MAX, name, SHOWN_MAX, sv);
 			continue;
 		}
 		if (!sv || !input_source_task(sv, &all, task)) {
 			show_value(src, shown, sizeof(shown));
-			return fail(p,
-				    "field \"inputs.%.*s\" must be \"TASK/PATH\", \"TASK@NODE/PATH\", "
-				    "\"TASK@*/PATH\" (every copy of a node \"all\" task) or an absolute "
-				    "path on the control plane, not %s",
-				    SHOWN_MAX, name, shown);
+			return fail(
+				p,
+				"field \"inputs.%.*s\" must be \"TASK/PATH\", \"TASK@NODE/PATH\", "
+				"\"TASK@*/PATH\" (every copy of a node \"all\" task) or an absolute "
+				"path on the control plane, not %s",
+				SHOWN_MAX, name, shown);
 		}
 		if ((all || strpbrk(strchr(sv, '/'), "*?[")) && !dir)
-			return fail(p,
-				    "field \"inputs.%.*s\": %.*s may name several files, so its name "
-				    "must be a directory, ending in '/'",
-				    SHOWN_MAX, name, SHOWN_MAX, sv);
+			return fail(
+				p,
+				"field \"inputs.%.*s\": %.*s may name several files, so its name "
+				"must be a directory, ending in '/'",
+				SHOWN_MAX, name, SHOWN_MAX, sv);
 		/* the producer is a dependency: the input waits for it */
 		bool known = false;
 		for (size_t i = 0; i < s->n_after; i++)

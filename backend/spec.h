@@ -38,9 +38,9 @@ struct task_spec {
 			 * (owned reference), or NULL when none */
 };
 
-#define SPEC_OUTPUTS_MAX 64   /* patterns in "outputs" */
-#define SPEC_INPUTS_MAX  256  /* entries in "inputs" */
-#define SPEC_PATH_MAX    255  /* bytes in an output path or input name */
+#define SPEC_OUTPUTS_MAX 64  /* patterns in "outputs" */
+#define SPEC_INPUTS_MAX  256 /* entries in "inputs" */
+#define SPEC_PATH_MAX    255 /* bytes in an output path or input name */
 
 /* True when `p` is a relative path with no empty, "." or ".." component, printable, at
  * most SPEC_PATH_MAX bytes (an output's name, an input's name without its final '/'). */

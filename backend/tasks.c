@@ -173,7 +173,7 @@ struct tasks {
 	struct node_poll *polls;                    /* loop thread only */
 	struct loop_timer *tick;                    /* loop thread only */
 	bool started;
-	struct tasks_target target; /* set before the start */
+	struct tasks_target target;  /* set before the start */
 	struct artifacts *artifacts; /* set before the start, or NULL */
 };
 
@@ -1537,11 +1537,10 @@ static void dispatch_locked(struct tasks *t, struct task *k)
 		json_t *outs = json_array();
 		for (size_t o = 0; o < k->spec->n_outputs; o++)
 			json_array_append_new(outs, json_string(k->spec->outputs[o]));
-		json_object_update_new(body, json_pack("{so sI sI}", "outputs", outs,
-						       "outputs_max_files",
-						       (json_int_t) acfg->artifacts.max_files,
-						       "outputs_max_bytes",
-						       (json_int_t) acfg->artifacts.max_bytes));
+		json_object_update_new(
+			body, json_pack("{so sI sI}", "outputs", outs, "outputs_max_files",
+					(json_int_t) acfg->artifacts.max_files, "outputs_max_bytes",
+					(json_int_t) acfg->artifacts.max_bytes));
 		config_unref(acfg);
 	}
 	if (k->staged && json_array_size(k->staged))
@@ -2334,7 +2333,8 @@ static bool outputs_ready_locked(struct tasks *t, struct task *k)
 			call_free(c);
 			k->collecting = false;
 			k->collected = true;
-			set_str(&k->output_note, "its outputs could not be fetched: its node is gone");
+			set_str(&k->output_note,
+				"its outputs could not be fetched: its node is gone");
 			return true;
 		}
 	}

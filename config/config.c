@@ -1898,7 +1898,8 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 		"cluster", "auth",       "probe",           "thresholds",
 		"tasks",   "hosts",      "routing",         "services",
 		"tls",     "local_host", "default_trainer", "default_inference",
-		"join",    "slurm",      "events",          "artifacts", NULL};
+		"join",    "slurm",      "events",          "artifacts",
+		NULL};
 	json_error_t jerr;
 	json_t *doc;
 	struct config *c;

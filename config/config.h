@@ -54,11 +54,11 @@ struct cfg_tasks {
 /* "artifacts": bounds on a task's outputs, what the control plane keeps of them, and
  * where inputs from its own disk may come from (issue 14). */
 struct cfg_artifacts {
-	int max_files;       /* output files per task, default 100 */
-	long long max_bytes; /* "max_mb": their bytes per task, default 4096 MiB */
+	int max_files;             /* output files per task, default 100 */
+	long long max_bytes;       /* "max_mb": their bytes per task, default 4096 MiB */
 	long long cache_max_bytes; /* "cache_max_mb": an output at most this large is copied
 				    * to the control plane when its task ends; default 64 */
-	char *inputs_root; /* absolute: inputs from the control plane's disk lie beneath it;
+	char *inputs_root;         /* absolute: inputs from the control plane's disk lie beneath it;
 			    * NULL: none are allowed */
 };
 

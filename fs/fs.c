@@ -392,8 +392,7 @@ static struct drafts_limits draft_limits(struct fs *f)
 static bool task_file_is_private(enum tree_kind kind)
 {
 	return kind == TREE_TASK_SPEC || kind == TREE_TASK_INFO || kind == TREE_TASK_STDOUT ||
-	       kind == TREE_TASK_FILE ||
-	       kind == TREE_TASK_STDERR || kind == TREE_TASK_WAIT;
+	       kind == TREE_TASK_FILE || kind == TREE_TASK_STDERR || kind == TREE_TASK_WAIT;
 }
 
 static void task_file_owner(struct fs *f, const struct tree_entry *e, struct stat *st)

@@ -80,7 +80,7 @@ static bool in_list(char **names, const char *name)
 }
 
 #define TREE_DEPTH_MAX 16 /* path components looked at; deeper paths do not exist */
-#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+#define N_OF(a)        (sizeof(a) / sizeof((a)[0]))
 
 void tree_entry_clear(struct tree_entry *e)
 {

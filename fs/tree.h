@@ -24,7 +24,7 @@ struct tree_ctx {
 	struct services *services;
 	struct ledger *ledger;
 	struct models *models;
-	struct store *store; /* backup/state.db copies it */
+	struct store *store;         /* backup/state.db copies it */
 	struct artifacts *artifacts; /* tasks/ID/files/ */
 };
 

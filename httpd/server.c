@@ -71,7 +71,7 @@ struct request_state {
 	void *handler_state; /* struct request's state and state_free */
 	void (*handler_state_free)(void *state);
 	const struct upload_route *upload; /* whose upload() takes the body, or NULL */
-	bool upload_failed;         /* upload() refused a piece: the rest is dropped */
+	bool upload_failed;                /* upload() refused a piece: the rest is dropped */
 };
 
 const char *request_get_header(const struct request *req, const char *name)
@@ -570,8 +570,8 @@ static bool request_has_body(struct MHD_Connection *conn, unsigned long long *re
 }
 
 /* The upload route that takes a body for method and path, or NULL. */
-static const struct upload_route *server_find_upload(const struct server *srv,
-						     const char *method, const char *path)
+static const struct upload_route *server_find_upload(const struct server *srv, const char *method,
+						     const char *path)
 {
 	struct route_capture caps[SERVER_MAX_PARAMS];
 	size_t n;
@@ -585,8 +585,7 @@ static const struct upload_route *server_find_upload(const struct server *srv,
 
 /* Hands one piece of the body to the route's upload(). */
 static void server_upload(struct server *srv, struct MHD_Connection *conn, const char *method,
-			  const char *path, struct request_state *st, const char *data,
-			  size_t len)
+			  const char *path, struct request_state *st, const char *data, size_t len)
 {
 	struct route_capture caps[SERVER_MAX_PARAMS];
 	size_t n = 0;

@@ -31,7 +31,8 @@ bool artifacts_name_is_valid(const char *name)
 	for (;;) {
 		const char *end = strchr(seg, '/');
 		size_t n = end ? (size_t) (end - seg) : strlen(seg);
-		if (n == 0 || (n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.'))
+		if (n == 0 || (n == 1 && seg[0] == '.') ||
+		    (n == 2 && seg[0] == '.' && seg[1] == '.'))
 			return false;
 		if (!end)
 			return true;
@@ -63,10 +64,11 @@ int artifacts_check_request(const json_t *doc, char *msg, size_t msglen)
 		json_array_foreach (outs, i, o) {
 			const char *s = json_string_value(o);
 			if (!s || !artifacts_name_is_valid(s)) {
-				snprintf(msg, msglen,
-					 "\"outputs\": %.100s%s is not a path relative to the task's "
-					 "directory (no \"..\", not absolute)",
-					 s ? s : "an entry", s && strlen(s) > 100 ? "..." : "");
+				snprintf(
+					msg, msglen,
+					"\"outputs\": %.100s%s is not a path relative to the task's "
+					"directory (no \"..\", not absolute)",
+					s ? s : "an entry", s && strlen(s) > 100 ? "..." : "");
 				return -EINVAL;
 			}
 		}
@@ -128,7 +130,8 @@ static int open_parent(int dirfd, const char *name, uid_t uid, gid_t gid, const 
 			if (mkdirat(dirfd, dir, 0700) < 0 && errno != EEXIST)
 				return -errno;
 			fd = open_beneath(dirfd, dir, O_PATH | O_DIRECTORY);
-			if (fd >= 0 && uid != (uid_t) -1 && fchownat(fd, "", uid, gid, AT_EMPTY_PATH) < 0) {
+			if (fd >= 0 && uid != (uid_t) -1 &&
+			    fchownat(fd, "", uid, gid, AT_EMPTY_PATH) < 0) {
 				close(fd);
 				return -errno;
 			}
@@ -290,7 +293,8 @@ int artifacts_collect(int dirfd, const char *cwd, const json_t *spec, uid_t owne
 		goto out;
 	}
 	if (mkdirat(dirfd, ARTIFACTS_DIR, 0700) < 0 && errno != EEXIST) {
-		snprintf(errbuf, errlen, "outputs: cannot make %s: %s", ARTIFACTS_DIR, strerror(errno));
+		snprintf(errbuf, errlen, "outputs: cannot make %s: %s", ARTIFACTS_DIR,
+			 strerror(errno));
 		r = -EINVAL;
 		goto out;
 	}
@@ -298,33 +302,37 @@ int artifacts_collect(int dirfd, const char *cwd, const json_t *spec, uid_t owne
 	json_array_foreach (names, i, o) {
 		const char *name = json_string_value(o);
 		if (!artifacts_name_is_valid(name)) {
-			snprintf(errbuf, errlen, "output %.200s: not a name beneath the task's directory",
-				 name);
+			snprintf(errbuf, errlen,
+				 "output %.200s: not a name beneath the task's directory", name);
 			r = -EINVAL;
 			goto out;
 		}
-		_cleanup_close_ int fd = open_beneath(cwdfd, name, O_RDONLY | O_NOCTTY | O_NONBLOCK);
+		_cleanup_close_ int fd =
+			open_beneath(cwdfd, name, O_RDONLY | O_NOCTTY | O_NONBLOCK);
 		struct stat st;
 		if (fd == -EXDEV || fd == -ELOOP) {
-			snprintf(errbuf, errlen,
-				 "output %.200s: refused: a symbolic link that leads out of the task's "
-				 "directory",
-				 name);
+			snprintf(
+				errbuf, errlen,
+				"output %.200s: refused: a symbolic link that leads out of the task's "
+				"directory",
+				name);
 		} else if (fd == -ENOENT) {
 			snprintf(errbuf, errlen, "output %.200s: no such file", name);
 		} else if (fd < 0) {
 			snprintf(errbuf, errlen, "output %.200s: %s", name, strerror(-fd));
 		} else if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-			snprintf(errbuf, errlen, "output %.200s: refused: not a regular file", name);
+			snprintf(errbuf, errlen, "output %.200s: refused: not a regular file",
+				 name);
 		} else if (owner != (uid_t) -1 && st.st_uid != owner) {
 			snprintf(errbuf, errlen,
 				 "output %.200s: refused: not owned by the task's user", name);
 		} else if (total + (uint64_t) st.st_size > (uint64_t) max_bytes) {
-			snprintf(errbuf, errlen,
-				 "output %.200s: refused: the outputs would be %llu bytes, more than "
-				 "the limit of %lld",
-				 name, (unsigned long long) (total + (uint64_t) st.st_size),
-				 (long long) max_bytes);
+			snprintf(
+				errbuf, errlen,
+				"output %.200s: refused: the outputs would be %llu bytes, more than "
+				"the limit of %lld",
+				name, (unsigned long long) (total + (uint64_t) st.st_size),
+				(long long) max_bytes);
 		}
 		if (errbuf[0]) {
 			r = -EINVAL;
@@ -396,8 +404,9 @@ int artifacts_stage_into(const char *staging_dir, const char *cwd, const json_t 
 			if (c == 0 && uid != (uid_t) -1)
 				fchownat(dfd, base, uid, gid, AT_SYMLINK_NOFOLLOW);
 			if (c < 0) {
-				snprintf(errbuf, errlen, "input %.200s: cannot move it into place: %s",
-					 name, strerror(-c));
+				snprintf(errbuf, errlen,
+					 "input %.200s: cannot move it into place: %s", name,
+					 strerror(-c));
 				return -EIO;
 			}
 		}

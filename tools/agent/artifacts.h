@@ -16,13 +16,13 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#define ARTIFACTS_DIR            "files"
-#define ARTIFACTS_MANIFEST       "files.json"
-#define ARTIFACTS_STAGING        "staging"
-#define ARTIFACTS_PATTERNS_MAX   64                       /* patterns in "outputs" */
-#define ARTIFACTS_NAME_MAX       255                      /* bytes in a pattern or name */
-#define ARTIFACTS_MAX_FILES      100                      /* default: files per task */
-#define ARTIFACTS_MAX_BYTES      (4ull << 30)             /* default: bytes per task */
+#define ARTIFACTS_DIR          "files"
+#define ARTIFACTS_MANIFEST     "files.json"
+#define ARTIFACTS_STAGING      "staging"
+#define ARTIFACTS_PATTERNS_MAX 64           /* patterns in "outputs" */
+#define ARTIFACTS_NAME_MAX     255          /* bytes in a pattern or name */
+#define ARTIFACTS_MAX_FILES    100          /* default: files per task */
+#define ARTIFACTS_MAX_BYTES    (4ull << 30) /* default: bytes per task */
 
 /* Checks the "outputs" and "inputs" fields of a task request: 0, or -EINVAL with a
  * sentence in msg naming the field. Borrows. */

@@ -48,8 +48,8 @@ struct agent_options {
 	const char *fingerprint; /* --fingerprint CERT: print its fingerprint and exit */
 	bool listen_given;
 	bool verbose;
-	struct join_options join; /* --join URL and its companions; join.url NULL: none */
-	bool leave;               /* --leave: deregister from --join URL and exit */
+	struct join_options join;    /* --join URL and its companions; join.url NULL: none */
+	bool leave;                  /* --leave: deregister from --join URL and exit */
 	long long outputs_max_files; /* --outputs-max-files N: per task */
 	long long outputs_max_bytes; /* --outputs-max-bytes N: per task */
 };
@@ -242,7 +242,8 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 			errno = 0;
 			long long v = strtoll(optarg, &end, 10);
 			if (errno || *end || end == optarg || v < 0) {
-				fprintf(stderr, "clusterfs-agent: --%s takes a number of at least 0\n",
+				fprintf(stderr,
+					"clusterfs-agent: --%s takes a number of at least 0\n",
 					c == OPT_OUTPUTS_MAX_FILES ? "outputs-max-files"
 								   : "outputs-max-bytes");
 				return -EINVAL;

@@ -71,8 +71,9 @@ int staging_handle_manifest(const char *state_dir, struct request *req, struct r
 	if (status == 200)
 		return response_set_json(resp, 200,
 					 json_pack("{s:[], s:b}", "files", "pending", true));
-	response_set_error(resp, status, status == 404 ? "no such task: %.200s"
-						       : "the file list of %.200s is unreadable",
+	response_set_error(resp, status,
+			   status == 404 ? "no such task: %.200s"
+					 : "the file list of %.200s is unreadable",
 			   id);
 	return 0;
 }
@@ -379,8 +380,8 @@ static int make_parents(char *path, size_t from)
 	return 0;
 }
 
-int staging_handle_stage(const char *state_dir, const volatile bool *stopping,
-			 struct request *req, struct response *resp)
+int staging_handle_stage(const char *state_dir, const volatile bool *stopping, struct request *req,
+			 struct response *resp)
 {
 	const char *id = req->params[0], *name = req->params[1];
 	if (!id_is_valid(id) || !artifacts_name_is_valid(name)) {
@@ -459,12 +460,15 @@ int staging_handle_stage(const char *state_dir, const volatile bool *stopping,
 	if (cc != CURLE_OK || hr < 0) {
 		unlink(part);
 		response_set_error(resp, 502, "input %.200s: the fetch failed: %s", name,
-				   f.err ? strerror(f.err) : cerr[0] ? cerr : curl_easy_strerror(cc));
+				   f.err     ? strerror(f.err)
+				   : cerr[0] ? cerr
+					     : curl_easy_strerror(cc));
 	} else if (strcasecmp(got, want) || (f.limit && f.got != f.limit)) {
 		unlink(part);
-		response_set_error(resp, 409,
-				   "input %.200s: the digest is %s, not %s as its producer recorded",
-				   name, got, want);
+		response_set_error(
+			resp, 409,
+			"input %.200s: the digest is %s, not %s as its producer recorded", name,
+			got, want);
 	} else if (rename(part, path) < 0) {
 		r = -errno;
 		unlink(part);

@@ -31,5 +31,5 @@ int staging_handle_file(const char *state_dir, struct request *req, struct respo
 /* PUT: the upload route's piece handler, and the handler once the body is complete. */
 int staging_upload(const char *state_dir, struct request *req, const char *data, size_t len);
 int staging_handle_put(const char *state_dir, struct request *req, struct response *resp);
-int staging_handle_stage(const char *state_dir, const volatile bool *stopping,
-			 struct request *req, struct response *resp);
+int staging_handle_stage(const char *state_dir, const volatile bool *stopping, struct request *req,
+			 struct response *resp);

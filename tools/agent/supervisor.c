@@ -648,8 +648,7 @@ static int sup_build_env(struct sup *s, const char **ret_path)
 	json_object_foreach (env, key, value) {
 		const char *v = json_string_value(value);
 		if (!v || !key[0] || strchr(key, '=') || strcmp(key, "CLUSTERFS_TASK_ID") == 0 ||
-		    strcmp(key, "CLUSTERFS_NODE") == 0 ||
-		    supervisor_env_is_identity(key))
+		    strcmp(key, "CLUSTERFS_NODE") == 0 || supervisor_env_is_identity(key))
 			continue;
 		char *e = env_entry(key, v);
 		if (!e)

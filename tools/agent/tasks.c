@@ -623,9 +623,15 @@ static int task_reply_locked(struct tasks *t, const struct task *k, unsigned sta
 /* Checks a POST body against TASKS-API.md. 0, or -EINVAL with a sentence in msg. */
 int tasks_check_request(json_t *doc, char *msg, size_t msglen)
 {
-	static const char *const fields[] = {"id",	   "cmd",	      "env",
-					     "cwd",	   "timeout_s",	      "user",
-					     "outputs",	   "outputs_max_files", "outputs_max_bytes",
+	static const char *const fields[] = {"id",
+					     "cmd",
+					     "env",
+					     "cwd",
+					     "timeout_s",
+					     "user",
+					     "outputs",
+					     "outputs_max_files",
+					     "outputs_max_bytes",
 					     "inputs"};
 	const size_t n_fields = sizeof(fields) / sizeof(fields[0]);
 	const char *key;
@@ -780,8 +786,8 @@ static void task_check_staged(const struct tasks *t, json_t *doc, const char *id
 		if (asprintf(&rel, "../%s/%s/%s", ARTIFACTS_STAGING, id, json_string_value(o)) < 0)
 			continue;
 		if (fstatat(t->dirfd, rel, &st, 0) < 0 || !S_ISREG(st.st_mode)) {
-			snprintf(msg, msglen, "input %.200s was not staged on %s", json_string_value(o),
-				 t->node);
+			snprintf(msg, msglen, "input %.200s was not staged on %s",
+				 json_string_value(o), t->node);
 			return;
 		}
 	}
