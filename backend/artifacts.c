@@ -583,6 +583,7 @@ struct stage_item {
 	char *node;  /* the producer's node, when not local */
 	char *did;   /* its dispatch id there */
 	char *name;  /* its output's name */
+	char *task;  /* its producer's task id, when not local */
 	char *sha;   /* its digest, NULL for a local file from inputs_root */
 	uint64_t size;
 };
@@ -608,6 +609,7 @@ static void stage_free(struct stage *s)
 		free(s->items[i].node);
 		free(s->items[i].did);
 		free(s->items[i].name);
+		free(s->items[i].task);
 		free(s->items[i].sha);
 	}
 	free(s->items);
@@ -634,6 +636,19 @@ static void stage_sent(const struct http_response *r, void *arg)
 {
 	struct stage *s = arg;
 	struct stage_item *it = &s->items[s->next - 1];
+	if (r->status == 502 && !it->local && it->task) {
+		/* the destination could not fetch it from its producer (stopped, say): the
+		 * copy kept here, if there is one, is sent instead */
+		char *kept = kept_path(s->a, it->task, it->name);
+		if (access(kept, R_OK) == 0) {
+			log_info("input %s for %s: %s did not serve it; sending the copy kept here",
+				 it->dest, s->did, it->node);
+			it->local = kept;
+			s->next--;
+			return stage_next(s);
+		}
+		free(kept);
+	}
 	if (r->error) {
 		json_t *doc = json_loadb(r->body, r->body_len, 0, NULL);
 		const char *e = json_string_value(json_object_get(doc, "error"));
@@ -772,12 +787,16 @@ static int stage_resolve_task(struct stage *s, const char *name, const char *id,
 			buf_puts(&dest, name);
 		it->dest = buf_steal(&dest, NULL);
 		it->name = strdup(fn);
+		it->task = strdup(id);
 		it->sha = strdup(json_string_value(json_object_get(f, "sha256")));
 		it->size = (uint64_t) json_integer_value(json_object_get(f, "size"));
 		it->node = strdup(node);
 		it->did = strdup(json_string_value(json_object_get(rec, "dispatch_id")));
-		/* its node is gone: the copy kept here, if there is one */
-		if (!config_find_host(cfg, node)) {
+		/* its node is gone, or cannot be dialled (a reverse node, reached through the
+		 * join listener, which takes no signed URL): the copy kept here, if any */
+		const struct cfg_host *h = config_find_host(cfg, node);
+		const struct cfg_service *svc = h ? config_host_service(h, "agent") : NULL;
+		if (!h || (svc && svc->path && svc->path[0])) {
 			char *kept = kept_path(s->a, id, fn);
 			if (access(kept, R_OK) == 0)
 				it->local = kept;

@@ -126,3 +126,16 @@ def test_a_missing_input_fails_with_the_reason(cluster):
     assert "No such file" in m.json("tasks", "c1", "info")["reason"]
     assert "not beneath artifacts.inputs_root" in m.json("tasks", "c2", "info")["reason"]
     assert m.json("tasks", "c3", "info")["reason"] == "dependency pf did not succeed"
+
+
+def test_an_input_whose_producer_stopped_comes_from_the_kept_copy(cluster):
+    m, ags, _ = cluster
+    submit(m, "early", {"node": "n1", "outputs": ["w.bin"],
+                        "cmd": "head -c 70000 /dev/urandom > w.bin; sha256sum w.bin"})
+    assert wait_task(m, "early") == "succeeded 0\n"
+    digest = m.read("tasks", "early", "stdout").split()[0]
+    ags[0].stop()
+    submit(m, "late", {"node": "n2", "inputs": {"w.bin": "early/w.bin"},
+                       "cmd": "sha256sum w.bin"})
+    assert wait_task(m, "late") == "succeeded 0\n"
+    assert m.read("tasks", "late", "stdout").split()[0] == digest

@@ -403,8 +403,15 @@ int staging_handle_stage(const char *state_dir, const volatile bool *stopping, s
 		json_decref(doc);
 		return 0;
 	}
-	_cleanup_free_ char *path = NULL, *part = NULL;
+	_cleanup_free_ char *path = NULL, *part = NULL, *task = NULL;
 	size_t base = strlen(state_dir) + 1;
+	struct stat tst;
+	/* the task exists already (a dispatch sent again): it has its inputs */
+	if (asprintf(&task, "%s/tasks/%s", state_dir, id) >= 0 && stat(task, &tst) == 0) {
+		json_decref(doc);
+		return response_set_json(resp, 200,
+					 json_pack("{s:s, s:b}", "name", name, "started", true));
+	}
 	if (asprintf(&path, "%s/%s/%s/%s", state_dir, ARTIFACTS_STAGING, id, name) < 0 ||
 	    asprintf(&part, "%s.part", path) < 0) {
 		json_decref(doc);
