@@ -359,6 +359,8 @@ static void fetch_start(struct artifacts *a, const char *task, const json_t *rec
 				  path.data, NULL, 0, 0, transfer_timeout_ms(f->size), fetch_chunk,
 				  fetch_done, f);
 		buf_free(&path);
+		if (r == -ENOENT)
+			r = -EHOSTDOWN; /* its node is not in the cluster any more */
 	}
 	if (r < 0)
 		fetch_finish(f, r);

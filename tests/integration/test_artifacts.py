@@ -139,3 +139,27 @@ def test_an_input_whose_producer_stopped_comes_from_the_kept_copy(cluster):
                        "cmd": "sha256sum w.bin"})
     assert wait_task(m, "late") == "succeeded 0\n"
     assert m.read("tasks", "late", "stdout").split()[0] == digest
+
+
+def test_an_output_larger_than_the_cache_is_fetched_when_opened(tmp_path, token, agents, mount):
+    ags = agents(2)
+    cfg = make_config(tmp_path / "hosts.json", ags, token, probe={"interval_s": 1},
+                      artifacts={"cache_max_mb": 0})
+    m = mount(cfg)
+    assert m.json("nodes", "n1", "health")["reachable"]
+    submit(m, "large", {"node": "n1", "outputs": ["a.bin", "b.bin"],
+                        "cmd": "head -c 300000 /dev/urandom > a.bin; cp a.bin b.bin; "
+                               "sha256sum a.bin"})
+    assert wait_task(m, "large") == "succeeded 0\n"
+    digest = m.read("tasks", "large", "stdout").split()[0]
+    kept = m.state / "artifacts" / "large" / "files"
+    assert not (kept / "a.bin").exists()
+    assert os.stat(m.path("tasks", "large", "files", "a.bin")).st_size == 300000
+    assert sha(m.path("tasks", "large", "files", "a.bin").read_bytes()) == digest
+    assert (kept / "a.bin").exists()  # kept from then on
+    ags[0].stop()
+    assert sha(m.path("tasks", "large", "files", "a.bin").read_bytes()) == digest
+    # never opened while its node was up: not readable now, and the reason is the node
+    with pytest.raises(OSError) as e:
+        m.path("tasks", "large", "files", "b.bin").read_bytes()
+    assert e.value.errno in (errno.ECONNREFUSED, errno.EHOSTDOWN, errno.EHOSTUNREACH)
