@@ -66,3 +66,23 @@ def test_three_rounds_average_by_samples_and_the_loss_falls(tmp_path, token, age
     spec = m.json("tasks", "fl-train-r2", "spec")
     assert spec["inputs"]["base.npy"] == "fl-avg-r1/model.npy"
     assert "fl-avg-r1" in spec["after"]
+
+
+def test_the_averager_weights_by_samples_or_not(tmp_path):
+    """The averager as a task sees it: w/NODE/weights.npy and n/NODE/count.json."""
+    ws = {"a": np.array([1.0, 2.0]), "b": np.array([3.0, -2.0]), "c": np.array([0.5, 0.0])}
+    ns = {"a": 1, "b": 3, "c": 6}
+    for node in ws:
+        (tmp_path / "w" / node).mkdir(parents=True)
+        (tmp_path / "n" / node).mkdir(parents=True)
+        np.save(tmp_path / "w" / node / "weights.npy", ws[node])
+        (tmp_path / "n" / node / "count.json").write_text(
+            json.dumps({"samples": ns[node], "loss_after": 1.0}))
+    for plain, want in ((False, (ws["a"] * 1 + ws["b"] * 3 + ws["c"] * 6) / 10),
+                        (True, (ws["a"] + ws["b"] + ws["c"]) / 3)):
+        subprocess.run([sys.executable, str(TOOLS / "fedavg.py"), "average",
+                        *(["--plain"] if plain else [])], cwd=tmp_path, check=True,
+                       capture_output=True)
+        assert np.max(np.abs(np.load(tmp_path / "model.npy") - want)) <= 1e-12
+        agg = json.loads((tmp_path / "aggregate.json").read_text())
+        assert agg["method"] == ("plain" if plain else "fedavg") and agg["workers"] == ns
