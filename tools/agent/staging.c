@@ -119,7 +119,7 @@ int staging_handle_file(const char *state_dir, struct request *req, struct respo
 	return 0;
 }
 
-#define HASH_CHUNK (1024 * 1024)
+#define HASH_CHUNK (4 * 1024 * 1024)
 
 /* Hashes a file on a thread of its own as it is written, a step behind the writer, reading
  * back what the page cache holds: the digest then costs no time on the path of the bytes
@@ -450,7 +450,7 @@ int staging_handle_stage(const char *state_dir, const volatile bool *stopping, s
 	curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
 	curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, fetch_progress);
 	curl_easy_setopt(c, CURLOPT_XFERINFODATA, &f);
-	curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024);
+	curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 2L * 1024 * 1024);
 	if (pin) {
 		curl_easy_setopt(c, CURLOPT_PINNEDPUBLICKEY, pin);
 		curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
