@@ -6,6 +6,8 @@
 #include "tools/agent/artifacts.h"
 
 #include <curl/curl.h>
+#include <netdb.h>
+#include <sys/socket.h>
 #include <ftw.h>
 #include <pthread.h>
 #include <errno.h>
@@ -248,6 +250,172 @@ static size_t fetch_write(char *data, size_t size, size_t n, void *arg)
 	return len;
 }
 
+#define SPLICE_CHUNK (1024 * 1024)
+#define HEADERS_MAX  (16 * 1024)
+
+/* A plain-http GET whose body goes from the socket into the file by splice(2), never
+ * through user space (libcurl copies it twice): the receiving side's CPU is then left to
+ * the digest. Only for what it knows: an http:// URL with a numeric or resolvable host,
+ * answered 200 with a Content-Length and no transfer coding; -EPROTONOSUPPORT when it did
+ * not try (nothing was written: the caller uses libcurl), another -errno with a sentence
+ * in err when it failed. */
+static int fetch_spliced(const char *url, struct fetch *f, char *err, size_t errlen)
+{
+	char host[256], port[8] = "80";
+	const char *p = url + 7, *path;
+	if (strncmp(url, "http://", 7))
+		return -EPROTONOSUPPORT;
+	size_t hl;
+	if (*p == '[') {
+		hl = strcspn(p + 1, "]");
+		if (p[1 + hl] != ']' || hl >= sizeof(host))
+			return -EPROTONOSUPPORT;
+		memcpy(host, p + 1, hl);
+		p += hl + 2;
+	} else {
+		hl = strcspn(p, ":/");
+		if (hl >= sizeof(host))
+			return -EPROTONOSUPPORT;
+		memcpy(host, p, hl);
+		p += hl;
+	}
+	host[hl] = '\0';
+	if (*p == ':') {
+		size_t pl = strcspn(p + 1, "/");
+		if (!pl || pl >= sizeof(port))
+			return -EPROTONOSUPPORT;
+		memcpy(port, p + 1, pl);
+		port[pl] = '\0';
+		p += pl + 1;
+	}
+	path = *p == '/' ? p : NULL;
+	if (!path || strpbrk(path, " \r\n"))
+		return -EPROTONOSUPPORT;
+
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+	if (getaddrinfo(host, port, &hints, &ai) != 0 || !ai)
+		return -EPROTONOSUPPORT;
+	int sock = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct timeval tv = {.tv_sec = STAGING_LOW_SPEED_S};
+	int r = 0;
+	if (sock < 0 || setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+	    connect(sock, ai->ai_addr, ai->ai_addrlen) < 0) {
+		r = -errno;
+		snprintf(err, errlen, "cannot connect to %.64s:%s: %s", host, port,
+			 strerror(errno));
+	}
+	freeaddrinfo(ai);
+	char *head = NULL;
+	int pipefd[2] = {-1, -1};
+	if (r == 0) {
+		int n = asprintf(&head,
+				 "GET %s HTTP/1.1\r\nHost: %s:%s\r\nConnection: close\r\n"
+				 "User-Agent: clusterfs-agent\r\n\r\n",
+				 path, host, port);
+		if (n < 0 || send(sock, head, (size_t) n, MSG_NOSIGNAL) != n) {
+			r = -EIO;
+			snprintf(err, errlen, "cannot send the request to %.64s:%s", host, port);
+		}
+		free(head);
+		head = NULL;
+	}
+	/* the answer's head, and what came with it of the body */
+	char *buf = r == 0 ? malloc(HEADERS_MAX + 1) : NULL;
+	size_t got = 0;
+	char *end = NULL;
+	while (r == 0 && !end) {
+		if (!buf || got == HEADERS_MAX) {
+			r = -EPROTONOSUPPORT;
+			break;
+		}
+		ssize_t n = recv(sock, buf + got, HEADERS_MAX - got, 0);
+		if (n <= 0) {
+			r = n < 0 ? -errno : -ECONNRESET;
+			snprintf(err, errlen, "no answer from %.64s:%s: %s", host, port,
+				 strerror(-r));
+			break;
+		}
+		got += (size_t) n;
+		buf[got] = '\0';
+		end = strstr(buf, "\r\n\r\n");
+	}
+	long long length = -1;
+	if (r == 0) {
+		int status = 0;
+		*end = '\0';
+		if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
+			r = -EPROTONOSUPPORT;
+		for (char *line = strstr(buf, "\r\n"); r == 0 && line;
+		     line = strstr(line, "\r\n")) {
+			line += 2;
+			if (!strncasecmp(line, "Content-Length:", 15))
+				length = strtoll(line + 15, NULL, 10);
+			else if (!strncasecmp(line, "Transfer-Encoding:", 18))
+				r = -EPROTONOSUPPORT;
+		}
+		if (r == 0 && status != 200) {
+			r = -EIO;
+			snprintf(err, errlen, "The requested URL returned error: %d", status);
+		} else if (r == 0 && (length < 0 || (f->limit && (uint64_t) length != f->limit))) {
+			r = length < 0 ? -EPROTONOSUPPORT : -EIO;
+			snprintf(err, errlen, "the answer is %lld bytes, not %llu", length,
+				 (unsigned long long) f->limit);
+		}
+	}
+	if (r == 0) {
+		/* the body's first bytes came with the head */
+		char *body = end + 4;
+		size_t have = got - (size_t) (body - buf);
+		if (have && fetch_write(body, 1, have, f) != have)
+			r = -EIO;
+		if (r == 0 && pipe2(pipefd, O_CLOEXEC) < 0)
+			r = -errno;
+	}
+	while (r == 0 && f->got < (uint64_t) length) {
+		if (f->stopping && *f->stopping) {
+			r = -ECANCELED;
+			break;
+		}
+		uint64_t left = (uint64_t) length - f->got;
+		ssize_t n = splice(sock, NULL, pipefd[1], NULL,
+				   left < SPLICE_CHUNK ? (size_t) left : SPLICE_CHUNK,
+				   SPLICE_F_MOVE | SPLICE_F_MORE);
+		if (n <= 0) {
+			r = n < 0 ? -errno : -ECONNRESET;
+			snprintf(err, errlen, "the answer broke off after %llu bytes: %s",
+				 (unsigned long long) f->got, strerror(-r));
+			break;
+		}
+		for (ssize_t moved = 0; r == 0 && moved < n;) {
+			loff_t off = (loff_t) (f->got + (uint64_t) moved);
+			ssize_t w = splice(pipefd[0], NULL, f->fd, &off, (size_t) (n - moved),
+					   SPLICE_F_MOVE);
+			if (w <= 0) {
+				r = w < 0 ? -errno : -EIO;
+				f->err = -r;
+				break;
+			}
+			moved += w;
+		}
+		if (r == 0) {
+			f->got += (uint64_t) n;
+			hasher_add(&f->h, (uint64_t) n);
+		}
+	}
+	if (r == -EPROTONOSUPPORT && f->got) {
+		r = -EIO; /* too late to start over */
+		snprintf(err, errlen, "an answer this fetch cannot read");
+	}
+	free(buf);
+	if (pipefd[0] >= 0) {
+		close(pipefd[0]);
+		close(pipefd[1]);
+	}
+	if (sock >= 0)
+		close(sock);
+	return r;
+}
+
 static int fetch_progress(void *arg, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
 {
 	const struct fetch *f = arg;
@@ -255,6 +423,7 @@ static int fetch_progress(void *arg, curl_off_t a, curl_off_t b, curl_off_t c, c
 }
 
 static int make_parents(char *path, size_t from);
+static void remove_empty_parents(char *path, size_t keep);
 
 /* A PUT in progress: the body goes to NAME.part as it arrives. */
 struct upload {
@@ -365,6 +534,17 @@ int staging_handle_put(const char *state_dir, struct request *req, struct respon
 					   (json_int_t) u->got, "sha256", got));
 }
 
+/* Removes the directories of `path` that a failed staging left empty, down to the
+ * first `keep` bytes (STATE_DIR/staging). */
+static void remove_empty_parents(char *path, size_t keep)
+{
+	for (char *slash; (slash = strrchr(path, '/')) && (size_t) (slash - path) > keep;) {
+		*slash = '\0';
+		if (rmdir(path) < 0)
+			break;
+	}
+}
+
 /* Makes the directories of STATE/staging/ID/NAME. */
 static int make_parents(char *path, size_t from)
 {
@@ -456,7 +636,10 @@ int staging_handle_stage(const char *state_dir, const volatile bool *stopping, s
 		curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
 		curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
 	}
-	CURLcode cc = curl_easy_perform(c);
+	int sr = pin ? -EPROTONOSUPPORT : fetch_spliced(url, &f, cerr, sizeof(cerr));
+	CURLcode cc = sr == 0 ? CURLE_OK : CURLE_RECV_ERROR;
+	if (sr == -EPROTONOSUPPORT)
+		cc = curl_easy_perform(c);
 	curl_easy_cleanup(c);
 	char got[DIGEST_HEX_LEN + 1];
 	int hr = hasher_finish(&f.h, got);
@@ -487,6 +670,8 @@ int staging_handle_stage(const char *state_dir, const volatile bool *stopping, s
 				  json_pack("{s:s, s:I, s:s}", "name", name, "size",
 					    (json_int_t) f.got, "sha256", got));
 	}
+	if (resp->status != 200)
+		remove_empty_parents(path, strlen(state_dir) + 1 + strlen(ARTIFACTS_STAGING));
 	json_decref(doc);
 	return 0;
 }
