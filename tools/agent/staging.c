@@ -7,6 +7,7 @@
 
 #include <curl/curl.h>
 #include <netdb.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <ftw.h>
 #include <pthread.h>
@@ -253,6 +254,50 @@ static size_t fetch_write(char *data, size_t size, size_t n, void *arg)
 #define SPLICE_CHUNK (1024 * 1024)
 #define HEADERS_MAX  (16 * 1024)
 
+/* connect(2) that gives up after `ms`. 0, or -1 with errno set. */
+static int connect_within(int sock, const struct sockaddr *addr, socklen_t len, long ms)
+{
+	int flags = fcntl(sock, F_GETFL);
+	if (flags < 0 || fcntl(sock, F_SETFL, flags | O_NONBLOCK) < 0)
+		return -1;
+	if (connect(sock, addr, len) < 0) {
+		if (errno != EINPROGRESS)
+			return -1;
+		struct pollfd p = {.fd = sock, .events = POLLOUT};
+		int n = poll(&p, 1, (int) ms);
+		int e = 0;
+		socklen_t el = sizeof(e);
+		if (n == 0)
+			e = ETIMEDOUT;
+		else if (n < 0 || getsockopt(sock, SOL_SOCKET, SO_ERROR, &e, &el) < 0)
+			e = errno;
+		if (e) {
+			errno = e;
+			return -1;
+		}
+	}
+	return fcntl(sock, F_SETFL, flags);
+}
+
+/* Waits until sock is readable, looking at the stop flag every half second: 0, or
+ * -ECANCELED (the agent stops), or -ETIMEDOUT (nothing for STAGING_LOW_SPEED_S). */
+static int wait_readable(int sock, const struct fetch *f)
+{
+	uint64_t idle_since = clock_now_us();
+	for (;;) {
+		if (f->stopping && *f->stopping)
+			return -ECANCELED;
+		struct pollfd p = {.fd = sock, .events = POLLIN};
+		int n = poll(&p, 1, 500);
+		if (n > 0)
+			return 0;
+		if (n < 0 && errno != EINTR)
+			return -errno;
+		if (clock_now_us() - idle_since > STAGING_LOW_SPEED_S * 1000000ull)
+			return -ETIMEDOUT;
+	}
+}
+
 /* A plain-http GET whose body goes from the socket into the file by splice(2), never
  * through user space (libcurl copies it twice): the receiving side's CPU is then left to
  * the digest. Only for what it knows: an http:// URL with a numeric or resolvable host,
@@ -299,7 +344,7 @@ static int fetch_spliced(const char *url, struct fetch *f, char *err, size_t err
 	struct timeval tv = {.tv_sec = STAGING_LOW_SPEED_S};
 	int r = 0;
 	if (sock < 0 || setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
-	    connect(sock, ai->ai_addr, ai->ai_addrlen) < 0) {
+	    connect_within(sock, ai->ai_addr, ai->ai_addrlen, STAGING_CONNECT_MS) < 0) {
 		r = -errno;
 		snprintf(err, errlen, "cannot connect to %.64s:%s: %s", host, port,
 			 strerror(errno));
@@ -328,7 +373,14 @@ static int fetch_spliced(const char *url, struct fetch *f, char *err, size_t err
 			r = -EPROTONOSUPPORT;
 			break;
 		}
-		ssize_t n = recv(sock, buf + got, HEADERS_MAX - got, 0);
+		ssize_t n = (r = wait_readable(sock, f)) < 0
+				    ? -1
+				    : recv(sock, buf + got, HEADERS_MAX - got, 0);
+		if (r < 0) {
+			snprintf(err, errlen, "no answer from %.64s:%s: %s", host, port,
+				 strerror(-r));
+			break;
+		}
 		if (n <= 0) {
 			r = n < 0 ? -errno : -ECONNRESET;
 			snprintf(err, errlen, "no answer from %.64s:%s: %s", host, port,
@@ -377,6 +429,11 @@ static int fetch_spliced(const char *url, struct fetch *f, char *err, size_t err
 			break;
 		}
 		uint64_t left = (uint64_t) length - f->got;
+		if ((r = wait_readable(sock, f)) < 0) {
+			snprintf(err, errlen, "the answer stopped after %llu bytes: %s",
+				 (unsigned long long) f->got, strerror(-r));
+			break;
+		}
 		ssize_t n = splice(sock, NULL, pipefd[1], NULL,
 				   left < SPLICE_CHUNK ? (size_t) left : SPLICE_CHUNK,
 				   SPLICE_F_MOVE | SPLICE_F_MORE);
