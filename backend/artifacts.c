@@ -657,7 +657,9 @@ static void stage_sent(const struct http_response *r, void *arg)
 		snprintf(s->why, sizeof(s->why), "input %s could not be staged on %s: %s", it->dest,
 			 s->node, e ? e : r->error_text);
 		json_decref(doc);
-		s->err = r->error;
+		/* no answer, or a relay without its node: worth another try */
+		bool again = r->status == 0 || r->status == 503 || r->status == 504;
+		s->err = again && r->error != -ECANCELED ? -EAGAIN : r->error;
 		stage_end(s);
 		return;
 	}

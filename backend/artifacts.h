@@ -33,7 +33,8 @@ int artifacts_new(struct loop *loop, struct cluster *cluster, const char *state_
 void artifacts_free(struct artifacts *a);
 
 /* Called once on the loop thread when a collection or a staging has finished: err 0, or
- * -errno with one sentence in why. */
+ * -errno with one sentence in why; -EAGAIN when the node did not answer (another try may
+ * do). */
 typedef void (*artifacts_done_fn)(void *arg, int err, const char *why);
 
 /* Loop thread: fetches the file list of task `task`, attempt `dispatch_id` on `node`,
