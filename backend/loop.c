@@ -41,6 +41,7 @@ struct xfer {
 	CURL *easy;
 	struct curl_slist *headers;
 	char *req_body;
+	int req_fd; /* > 0: the body is read from it (owned) */
 	struct buf body;
 	size_t max_body;
 	bool too_big;
@@ -370,12 +371,26 @@ static size_t xfer_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
+static size_t xfer_read(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	struct xfer *x = userdata;
+	for (;;) {
+		ssize_t n = read(x->req_fd, ptr, size * nmemb);
+		if (n >= 0)
+			return (size_t) n;
+		if (errno != EINTR)
+			return CURL_READFUNC_ABORT;
+	}
+}
+
 static void xfer_free(struct xfer *x)
 {
 	if (x->easy)
 		curl_easy_cleanup(x->easy);
 	curl_slist_free_all(x->headers);
 	free(x->req_body);
+	if (x->req_fd > 0)
+		close(x->req_fd);
 	buf_free(&x->body);
 	free(x);
 }
@@ -394,15 +409,24 @@ static void xfer_unlink(struct loop *l, struct xfer *x)
 int loop_http(struct loop *l, const struct http_request *req, http_done_fn done, void *arg)
 {
 	/* a completion callback run by loop_stop must not start what nobody will finish */
-	if (atomic_load(&l->stopping))
-		return -ECANCELED;
-	if (req->refused)
-		return loop_refuse(l, req->refused, done, arg);
-	if (!req->tls && strncmp(req->url, "http://", 7) != 0)
+	int req_fd = req->body_fd;
+	if (atomic_load(&l->stopping) || req->refused ||
+	    (!req->tls && strncmp(req->url, "http://", 7) != 0)) {
+		if (req_fd > 0)
+			close(req_fd);
+		if (atomic_load(&l->stopping))
+			return -ECANCELED;
+		if (req->refused)
+			return loop_refuse(l, req->refused, done, arg);
 		return loop_refuse(l, "only http:// URLs go without TLS settings", done, arg);
+	}
 	struct xfer *x = calloc(1, sizeof(*x));
-	if (!x)
+	if (!x) {
+		if (req_fd > 0)
+			close(req_fd);
 		return -ENOMEM;
+	}
+	x->req_fd = req_fd;
 	buf_init(&x->body);
 	x->done = done;
 	x->arg = arg;
@@ -471,7 +495,17 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 		curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->req_body);
 		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
 	}
-	if (req->method && !post && strcmp(req->method, "GET") != 0)
+	if (x->req_fd > 0) {
+		x->headers =
+			curl_slist_append(x->headers, "Content-Type: application/octet-stream");
+		x->headers = curl_slist_append(x->headers, "Expect:");
+		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+		curl_easy_setopt(e, CURLOPT_READFUNCTION, xfer_read);
+		curl_easy_setopt(e, CURLOPT_READDATA, x);
+		curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t) req->body_fd_size);
+	}
+	if (req->method && !post && strcmp(req->method, "GET") != 0 &&
+	    !(x->req_fd > 0 && !strcmp(req->method, "PUT")))
 		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
 

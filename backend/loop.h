@@ -56,6 +56,11 @@ struct http_request {
 	/* For an https URL, how to verify the server; must be NULL for plain http (curl is
 	 * then limited to http, and an https URL without it is refused). */
 	const struct http_tls *tls;
+	/* When > 0, the body is read from this file descriptor as it is sent (a PUT of
+	 * body_fd_size bytes; large files are never held in memory). loop_http() takes it:
+	 * it is closed when the exchange ends, or at once when loop_http fails. */
+	int body_fd;
+	uint64_t body_fd_size;
 	/* When set, the exchange is not allowed (plain http to a remote address, say): nothing
 	 * is sent, and done() gets -EPROTO with this text as error_text. Copied. */
 	const char *refused;

@@ -25,10 +25,10 @@
 #define SHOWN_MAX  48 /* characters of a value shown in a message */
 #define MODEL_MAX  512
 
-static const char *const spec_fields[] = {"cmd",      "model",     "prompt",   "messages",
-					  "options",  "pull",      "node",     "type",
-					  "requires", "resources", "priority", "env",
-					  "cwd",      "timeout_s", "retries",  "after"};
+static const char *const spec_fields[] = {
+	"cmd",      "model", "prompt",   "messages",  "options", "pull",    "node",
+	"type",     "requires", "resources", "priority", "env",  "cwd",    "timeout_s",
+	"retries",  "after", "outputs",  "inputs"};
 #define N_SPEC_FIELDS (sizeof(spec_fields) / sizeof(spec_fields[0]))
 
 static const char *const resource_fields[] = {"cpus", "mem_mb", "gpus"};
@@ -594,6 +594,138 @@ static int parse_after(struct parser *p, const json_t *v, struct task_spec *s)
 	return 0;
 }
 
+bool spec_path_is_relative(const char *name)
+{
+	size_t len = strlen(name);
+	if (!len || len > SPEC_PATH_MAX || name[0] == '/')
+		return false;
+	for (const char *c = name; *c; c++)
+		if ((unsigned char) *c < 0x20 || *c == 0x7f)
+			return false;
+	for (const char *seg = name;;) {
+		const char *end = strchr(seg, '/');
+		size_t n = end ? (size_t) (end - seg) : strlen(seg);
+		if (n == 0 || (n == 1 && seg[0] == '.') || (n == 2 && !strncmp(seg, "..", 2)))
+			return false;
+		if (!end)
+			return true;
+		seg = end + 1;
+	}
+}
+
+static int parse_outputs(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16];
+	if (!json_is_array(v) || json_array_size(v) > SPEC_OUTPUTS_MAX) {
+		show_value(v, shown, sizeof(shown));
+		return fail(p,
+			    "field \"outputs\" must be a list of at most %d paths relative to the "
+			    "task's directory, like [\"model.npy\", \"metrics/*.json\"], not %s",
+			    SPEC_OUTPUTS_MAX, shown);
+	}
+	for (size_t i = 0; i < json_array_size(v); i++) {
+		const json_t *e = json_array_get(v, i);
+		if (!json_is_string(e) || !spec_path_is_relative(json_string_value(e))) {
+			show_value(e, shown, sizeof(shown));
+			return fail(p,
+				    "field \"outputs[%zu]\" must be a path relative to the task's "
+				    "directory (no \"..\", not absolute), not %s",
+				    i, shown);
+		}
+	}
+	strv_free(s->outputs);
+	s->outputs = strv_from_array(v, &s->n_outputs);
+	return 0;
+}
+
+/* "TASK[@NODE|@*]/PATH": the producer's task id (TASK@NODE, or TASK for "@*") into
+ * ret_task (size SPEC_NAME_MAX + 1); false when malformed. */
+static bool input_source_task(const char *src, bool *ret_all, char *ret_task)
+{
+	const char *slash = strchr(src, '/');
+	if (!slash || slash == src || (size_t) (slash - src) > SPEC_NAME_MAX ||
+	    !spec_path_is_relative(slash + 1))
+		return false;
+	size_t n = (size_t) (slash - src);
+	*ret_all = n > 2 && !strncmp(slash - 2, "@*", 2);
+	if (*ret_all)
+		n -= 2;
+	memcpy(ret_task, src, n);
+	ret_task[n] = '\0';
+	return id_is_valid(ret_task, true);
+}
+
+static int parse_inputs(struct parser *p, const json_t *v, struct task_spec *s)
+{
+	char shown[SHOWN_MAX + 16];
+	const char *name;
+	json_t *src;
+	if (!json_is_object(v) || json_object_size(v) > SPEC_INPUTS_MAX) {
+		show_value(v, shown, sizeof(shown));
+		return fail(p,
+			    "field \"inputs\" must be an object of at most %d names, like "
+			    "{\"base.npy\": \"round1@n2/model.npy\", \"w/\": "
+			    "\"train@*/weights.npy\", \"data.csv\": \"/shared/data.csv\"}, not %s",
+			    SPEC_INPUTS_MAX, shown);
+	}
+	json_object_foreach ((json_t *) v, name, src) {
+		char task[SPEC_NAME_MAX + 1], bare[SPEC_PATH_MAX + 2];
+		bool all = false;
+		size_t n = strlen(name);
+		snprintf(bare, sizeof(bare), "%s", name);
+		bool dir = n > 1 && name[n - 1] == '/';
+		if (dir)
+			bare[n - 1] = '\0';
+		if (!spec_path_is_relative(bare))
+			return fail(
+				p,
+				"field \"inputs\": %.*s is not a name relative to the task's "
+				"directory (no \"..\", not absolute; \"DIR/\" for several files)",
+				SHOWN_MAX, name);
+		const char *sv = json_string_value(src);
+		if (sv && sv[0] == '/') {
+			if (strstr(sv, "/../") ||
+			    (strlen(sv) >= 3 && !strcmp(sv + strlen(sv) - 3, "/..")) ||
+			    strlen(sv) > CWD_MAX)
+				return fail(p,
+					    "field \"inputs.%.*s\": %.*s must not contain \"..\"",
+					    SHOWN_MAX, name, SHOWN_MAX, sv);
+			continue;
+		}
+		if (!sv || !input_source_task(sv, &all, task)) {
+			show_value(src, shown, sizeof(shown));
+			return fail(
+				p,
+				"field \"inputs.%.*s\" must be \"TASK/PATH\", \"TASK@NODE/PATH\", "
+				"\"TASK@*/PATH\" (every copy of a node \"all\" task) or an absolute "
+				"path on the control plane, not %s",
+				SHOWN_MAX, name, shown);
+		}
+		if ((all || strpbrk(strchr(sv, '/'), "*?[")) && !dir)
+			return fail(
+				p,
+				"field \"inputs.%.*s\": %.*s may name several files, so its name "
+				"must be a directory, ending in '/'",
+				SHOWN_MAX, name, SHOWN_MAX, sv);
+		/* the producer is a dependency: the input waits for it */
+		bool known = false;
+		for (size_t i = 0; i < s->n_after; i++)
+			known = known || !strcmp(s->after[i], task);
+		if (!known) {
+			s->after = realloc(s->after, (s->n_after + 2) * sizeof(*s->after));
+			if (!s->after)
+				abort();
+			s->after[s->n_after++] = xstrdup(task);
+			s->after[s->n_after] = NULL;
+		}
+	}
+	if (json_object_size(v) > 0) {
+		json_decref(s->inputs);
+		s->inputs = json_deep_copy(v);
+	}
+	return 0;
+}
+
 static int parse_timeout(struct parser *p, const json_t *v, struct task_spec *s)
 {
 	return get_int(p, v, "timeout_s",
@@ -620,6 +752,7 @@ static const struct {
 	{"priority", parse_priority}, {"env", parse_env},
 	{"cwd", parse_cwd},           {"timeout_s", parse_timeout},
 	{"retries", parse_retries},   {"after", parse_after},
+	{"outputs", parse_outputs},   {"inputs", parse_inputs},
 };
 _Static_assert(sizeof(field_parsers) / sizeof(field_parsers[0]) == N_SPEC_FIELDS,
 	       "field_parsers and spec_fields list the same fields");
@@ -640,6 +773,8 @@ void spec_free(struct task_spec *s)
 	free(s->prompt);
 	json_decref(s->messages);
 	json_decref(s->options);
+	strv_free(s->outputs);
+	json_decref(s->inputs);
 	free(s);
 }
 
@@ -654,7 +789,7 @@ static bool has(const json_t *doc, const char *field)
 static int check_kind(struct parser *p, const json_t *doc)
 {
 	static const char *const prompt_only[] = {"prompt", "messages", "options", "pull"};
-	static const char *const cmd_only[] = {"env", "cwd"};
+	static const char *const cmd_only[] = {"env", "cwd", "outputs", "inputs"};
 
 	if (has(doc, "cmd") && has(doc, "model"))
 		return fail(p, "a spec is a command (\"cmd\") or a prompt (\"model\" with "
@@ -758,6 +893,7 @@ int spec_parse(const char *text, size_t len, struct task_spec **ret_spec, char *
 	s->priority = SPEC_PRIORITY_DEF;
 	s->requires = xcalloc(1, sizeof(*s->requires));
 	s->after = xcalloc(1, sizeof(*s->after));
+	s->outputs = xcalloc(1, sizeof(*s->outputs));
 
 	for (size_t i = 0; i < N_SPEC_FIELDS && r == 0; i++) {
 		v = json_object_get(doc, field_parsers[i].name);
@@ -843,6 +979,14 @@ json_t *spec_to_json(const struct task_spec *s)
 	ok = ok && array_add_strings(a, s->after, s->n_after) &&
 	     json_object_set(o, "after", a) == 0;
 	json_decref(a);
+	if (ok && s->n_outputs) {
+		a = json_array();
+		ok = array_add_strings(a, s->outputs, s->n_outputs) &&
+		     json_object_set(o, "outputs", a) == 0;
+		json_decref(a);
+	}
+	if (ok && s->inputs)
+		ok = json_object_set_new(o, "inputs", json_deep_copy(s->inputs)) == 0;
 
 	if (!ok) {
 		json_decref(o);

@@ -28,7 +28,8 @@ struct task_spec {
 	char *cwd;     /* absolute path, or NULL */
 	int timeout_s; /* 0 = none; at most SPEC_TIMEOUT_MAX */
 	int retries;   /* 0..SPEC_RETRIES_MAX, default 0 */
-	char **after;  /* task ids that must have succeeded first, NULL-terminated, never NULL */
+	char **after;  /* task ids that must have succeeded first, NULL-terminated, never NULL;
+			* with the producers of "inputs" added */
 	size_t n_after;
 	/* A prompt task (no cmd): the control plane asks a model server of the node. */
 	char *model;      /* "model", or NULL for a command */
@@ -36,7 +37,20 @@ struct task_spec {
 	json_t *messages; /* "messages" (a chat: [{role, content}, ...]), or NULL */
 	json_t *options;  /* "options" passed through to the server, or NULL when none */
 	bool pull;        /* "pull": pull the model first when no node has it */
+	char **outputs; /* "outputs": paths and globs relative to the task's cwd,
+			 * NULL-terminated, never NULL */
+	size_t n_outputs;
+	json_t *inputs; /* "inputs": object of NAME -> "TASK[@NODE|@*]/PATH" or "/ABS/PATH"
+			 * (owned reference), or NULL when none */
 };
+
+#define SPEC_OUTPUTS_MAX 64  /* patterns in "outputs" */
+#define SPEC_INPUTS_MAX  256 /* entries in "inputs" */
+#define SPEC_PATH_MAX    255 /* bytes in an output path or input name */
+
+/* True when `p` is a relative path with no empty, "." or ".." component, printable, at
+ * most SPEC_PATH_MAX bytes (an output's name, an input's name without its final '/'). */
+bool spec_path_is_relative(const char *p);
 
 /* Parses and checks a spec from text (len bytes, not necessarily NUL-terminated).
  * On failure returns -EINVAL (-ENOMEM if jansson ran out of memory) and writes ONE

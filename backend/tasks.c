@@ -1,5 +1,6 @@
 /* Tasks: submission, placement, dispatch, progress, output, waiting, cancel, recovery. */
 #include "backend/tasks.h"
+#include "backend/artifacts.h"
 #include "backend/endpoint.h"
 #include "backend/sched.h"
 #include "backend/spec.h"
@@ -85,6 +86,9 @@ struct task {
 	struct task *cprev, *cnext;   /* on that list, most recently used first */
 	char *result;                 /* a prompt task's final JSON, or NULL */
 	char *avoid_node;             /* a prompt task's node of its last failed attempt, or NULL */
+	bool collecting, collected;   /* outputs: the record is being fetched, or was (attempt) */
+	bool staging;                 /* inputs: being staged for the current attempt */
+	json_t *staged;               /* inputs: the names staged for it, or NULL */
 };
 
 /* Counts by minute for the last hour: a ring of 60, so that "how many in the last hour"
@@ -187,7 +191,11 @@ struct tasks {
 	bool started;
 	struct tasks_target target;   /* set before the start */
 	struct tasks_prompts prompts; /* set before the start */
+	struct artifacts *artifacts;  /* set before the start, or NULL */
 };
+
+static bool outputs_ready_locked(struct tasks *t, struct task *k);
+static bool inputs_ready_locked(struct tasks *t, struct task *k);
 
 const char *const task_state_names[TASK_N_STATES] = {
 	TASK_QUEUED, TASK_DISPATCHED, TASK_RUNNING,   TASK_SUCCEEDED,
@@ -554,6 +562,7 @@ static void task_free(struct task *k)
 		json_decref(k->remote_doc);
 		free(k->result);
 		free(k->avoid_node);
+		json_decref(k->staged);
 	}
 	store_task_clear(&k->row);
 	spec_free(k->spec);
@@ -1796,7 +1805,8 @@ static char *run_as_user_locked(struct tasks *t, const struct task *k)
 /* Sends the task to its node. Lock held; loop thread. */
 static void dispatch_locked(struct tasks *t, struct task *k)
 {
-	if (k->dispatching || (k->dispatch_due_us && clock_now_us() < k->dispatch_due_us))
+	if (k->dispatching || (k->dispatch_due_us && clock_now_us() < k->dispatch_due_us) ||
+	    !inputs_ready_locked(t, k))
 		return;
 	json_t *body = json_object();
 	json_object_set_new(body, "id", json_string(k->row.dispatch_id));
@@ -1818,6 +1828,19 @@ static void dispatch_locked(struct tasks *t, struct task *k)
 	if (user)
 		json_object_set_new(body, "user", json_string(user));
 	free(user);
+	if (k->spec->n_outputs && !target_owns(t, k->row.node)) {
+		struct config *acfg = cluster_get_config(t->cluster);
+		json_t *outs = json_array();
+		for (size_t o = 0; o < k->spec->n_outputs; o++)
+			json_array_append_new(outs, json_string(k->spec->outputs[o]));
+		json_object_update_new(
+			body, json_pack("{so sI sI}", "outputs", outs, "outputs_max_files",
+					(json_int_t) acfg->artifacts.max_files, "outputs_max_bytes",
+					(json_int_t) acfg->artifacts.max_bytes));
+		config_unref(acfg);
+	}
+	if (k->staged && json_array_size(k->staged))
+		json_object_set(body, "inputs", k->staged);
 	if (target_owns(t, k->row.node))
 		/* what a scheduler of its own needs; agents are not sent fields they refuse */
 		json_object_update_new(body, json_pack("{si si si si}", "cpus", k->spec->cpus,
@@ -1946,6 +1969,9 @@ static void attempt_reset_locked(struct task *k)
 	k->output_note = NULL;
 	k->dispatch_failures = 0;
 	k->dispatch_due_us = 0;
+	k->collected = k->staging = false;
+	json_decref(k->staged);
+	k->staged = NULL;
 }
 
 static void requeue_or_fail_locked(struct tasks *t, struct task *k, const char *state,
@@ -1990,6 +2016,8 @@ static void finalize_if_ready_locked(struct tasks *t, struct task *k, struct wai
 				return; /* the tick tries again once the wait is over */
 		}
 	}
+	if (!outputs_ready_locked(t, k))
+		return; /* its record is being fetched: the end comes with it */
 	k->row.exit_code = k->remote_exit;
 	store_add_attempt(t->store, k->row.id, k->row.attempts, k->row.node, k->row.dispatch_id,
 			  k->remote_state, k->remote_exit, k->row.started_at, clock_wall_s());
@@ -2792,4 +2820,147 @@ void tasks_prompt_end(struct tasks *t, const char *id, const char *dispatch_id, 
 	}
 	pthread_mutex_unlock(&t->lock);
 	call_waiters(wake);
+}
+
+/* ---- artifacts (backend/artifacts.h) ---- */
+
+void tasks_set_artifacts(struct tasks *t, struct artifacts *a)
+{
+	t->artifacts = a;
+}
+
+static void collect_done(void *arg, int err, const char *why)
+{
+	struct call *c = arg;
+	struct tasks *t = c->t;
+	struct waiter *wake = NULL;
+	pthread_mutex_lock(&t->lock);
+	struct task *k = find_locked(t, c->id);
+	if (k && k->collecting) {
+		k->collecting = false;
+		k->collected = true;
+		if (err && !k->output_note)
+			k->output_note = strdup(why);
+		finalize_if_ready_locked(t, k, &wake);
+	}
+	pthread_mutex_unlock(&t->lock);
+	call_waiters(wake);
+	call_free(c);
+}
+
+/* True when a task that ended has its outputs' record here (or has none to have); else
+ * starts fetching it. Lock held; loop thread. */
+static bool outputs_ready_locked(struct tasks *t, struct task *k)
+{
+	if (!k->spec->n_outputs || !t->artifacts || k->collected || !k->row.dispatch_id ||
+	    target_owns(t, k->row.node))
+		return true;
+	if (!k->collecting) {
+		struct call *c = call_new(t, k->row.id, 0);
+		k->collecting = true;
+		if (artifacts_collect(t->artifacts, k->row.id, k->row.node, k->row.dispatch_id,
+				      collect_done, c) < 0) {
+			call_free(c);
+			k->collecting = false;
+			k->collected = true;
+			set_str(&k->output_note,
+				"its outputs could not be fetched: its node is gone");
+			return true;
+		}
+	}
+	return false;
+}
+
+#define STAGE_TRIES 5 /* stagings a node did not answer, in a row, before the task fails */
+
+struct stage_call {
+	struct tasks *t;
+	char *id, *dispatch_id;
+	json_t *staged; /* set by artifacts_stage */
+};
+
+static void stage_done(void *arg, int err, const char *why)
+{
+	struct stage_call *sc = arg;
+	struct tasks *t = sc->t;
+	struct waiter *wake = NULL;
+	pthread_mutex_lock(&t->lock);
+	struct task *k = find_locked(t, sc->id);
+	/* still this attempt, still waiting to be sent */
+	if (k && k->staging && k->row.dispatch_id && !strcmp(k->row.dispatch_id, sc->dispatch_id) &&
+	    !strcmp(k->row.state, TASK_DISPATCHED)) {
+		k->staging = false;
+		if (err == -EAGAIN && k->dispatch_failures < STAGE_TRIES) {
+			/* the node did not answer: the node's poll sends it again after a wait */
+			k->dispatch_due_us =
+				clock_now_us() + retry_delay_us(++k->dispatch_failures);
+			char reason[900];
+			snprintf(reason, sizeof(reason), "%s; attempt %u, retrying", why,
+				 k->dispatch_failures);
+			set_str(&k->row.reason, reason);
+		} else if (err) {
+			set_state_locked(t, k, TASK_FAILED, why, &wake);
+		} else {
+			k->staged = sc->staged ? sc->staged : json_array();
+			sc->staged = NULL;
+			set_str(&k->row.reason, NULL);
+			dispatch_locked(t, k);
+		}
+	} else if (k) {
+		k->staging = false;
+	}
+	pthread_mutex_unlock(&t->lock);
+	call_waiters(wake);
+	json_decref(sc->staged);
+	free(sc->id);
+	free(sc->dispatch_id);
+	free(sc);
+}
+
+/* True when the task's inputs are staged on its node for this attempt (or it has none);
+ * else starts staging them. Lock held; loop thread. */
+static bool inputs_ready_locked(struct tasks *t, struct task *k)
+{
+	if (!k->spec->inputs || !t->artifacts || k->staged || target_owns(t, k->row.node))
+		return true;
+	if (k->staging)
+		return false;
+	/* who each source means: the copies of a node "all" task, or the task itself */
+	json_t *producers = json_object();
+	const char *name;
+	json_t *src;
+	json_object_foreach (k->spec->inputs, name, src) {
+		const char *sv = json_string_value(src);
+		const char *slash = strchr(sv, '/');
+		if (sv[0] == '/' || !slash)
+			continue;
+		char *prod = strndup(sv, (size_t) (slash - sv));
+		size_t n = strlen(prod);
+		bool all = n > 2 && !strcmp(prod + n - 2, "@*");
+		if (all)
+			prod[n - 2] = '\0';
+		struct task *p = find_locked(t, prod);
+		json_t *ids = json_array();
+		for (size_t i = 0; p && all && i < p->n_children; i++)
+			json_array_append_new(ids, json_string(p->children[i]));
+		if (p && !json_array_size(ids))
+			json_array_append_new(ids, json_string(prod));
+		json_object_set_new(producers, prod, ids);
+		free(prod);
+	}
+	struct stage_call *sc = calloc(1, sizeof(*sc));
+	sc->t = t;
+	sc->id = strdup(k->row.id);
+	sc->dispatch_id = strdup(k->row.dispatch_id);
+	k->staging = true;
+	set_str(&k->row.reason, "staging its inputs");
+	if (artifacts_stage(t->artifacts, k->spec->inputs, producers, k->row.node,
+			    k->row.dispatch_id, &sc->staged, stage_done, sc) < 0) {
+		k->staging = false;
+		free(sc->id);
+		free(sc->dispatch_id);
+		free(sc);
+	}
+	json_decref(producers);
+	return false;
 }

@@ -178,6 +178,11 @@ struct tasks_target {
 	void *arg;
 };
 
+struct artifacts;
+/* Sets the artifacts module (artifacts.h, borrowed) before tasks_start(): a task's
+ * outputs are collected before it ends, and its inputs staged before it is sent. */
+void tasks_set_artifacts(struct tasks *t, struct artifacts *a);
+
 /* Sets the target (copied) before tasks_start(). */
 void tasks_set_target(struct tasks *t, const struct tasks_target *target);
 

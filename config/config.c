@@ -54,6 +54,12 @@ static const struct cfg_tasks tasks_defaults = {
 	.retention = {.output_days = 30, .output_mb = 1024, .records_days = 0},
 };
 
+static const struct cfg_artifacts artifacts_defaults = {
+	.max_files = 100,
+	.max_bytes = 4096ll << 20,
+	.cache_max_bytes = 64ll << 20,
+};
+
 static const char *const tier_names[] = {"powerhouse", "standard", "light", NULL};
 static const char *const run_as_names[] = {"submitter", "agent", NULL};
 
@@ -811,6 +817,45 @@ static int parse_tasks(struct loader *ld, const json_t *doc)
 		ld_pop(ld);
 	}
 	t->draft_bytes_per_user = (long) bytes_mb << 20;
+	ld_pop(ld);
+	return r;
+}
+
+static int parse_artifacts(struct loader *ld, const json_t *doc)
+{
+	static const char *const keys[] = {"max_files", "max_mb", "cache_max_mb", "inputs_root",
+					   NULL};
+	struct cfg_artifacts *a = &ld->c->artifacts;
+	json_t *obj = json_object_get(doc, "artifacts");
+	int max_mb = (int) (a->max_bytes >> 20), cache_mb = (int) (a->cache_max_bytes >> 20);
+	const char *root = NULL;
+	int r;
+
+	if (!obj)
+		return 0;
+	ld_push(ld, "artifacts");
+	r = expect_object(ld, obj);
+	if (r == 0)
+		r = check_keys(ld, obj, keys);
+	if (r == 0)
+		r = parse_int(ld, obj, "max_files", 0, 100000, &a->max_files);
+	if (r == 0)
+		r = parse_int(ld, obj, "max_mb", 0, 16 * 1024 * 1024, &max_mb);
+	if (r == 0)
+		r = parse_int(ld, obj, "cache_max_mb", 0, 16 * 1024 * 1024, &cache_mb);
+	if (r == 0)
+		r = parse_string(ld, obj, "inputs_root", true, &root);
+	if (r == 0 && root) {
+		ld_push(ld, "inputs_root");
+		if (root[0] != '/')
+			r = ld_fail(ld, LOCATE_VALUE, "%s must be an absolute path, not %s",
+				    ld_where(ld), ld_quote(ld, 0, root));
+		else
+			a->inputs_root = xstrdup(root);
+		ld_pop(ld);
+	}
+	a->max_bytes = (long long) max_mb << 20;
+	a->cache_max_bytes = (long long) cache_mb << 20;
 	ld_pop(ld);
 	return r;
 }
@@ -1705,6 +1750,7 @@ static void config_free(struct config *c)
 	free(c->cluster);
 	free(c->token_file);
 	free(c->tasks.group);
+	free(c->artifacts.inputs_root);
 	free(c->tls_ca_file);
 	for (size_t i = 0; i < c->n_service_transports; i++) {
 		free(c->service_names[i]);
@@ -1735,6 +1781,7 @@ static struct config *config_alloc(void)
 	c->probe = probe_defaults;
 	c->thresholds = threshold_defaults;
 	c->tasks = tasks_defaults;
+	c->artifacts = artifacts_defaults;
 	c->events.keep = 10000;
 	return c;
 }
@@ -1913,7 +1960,8 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 		"cluster", "auth",       "probe",           "thresholds",
 		"tasks",   "hosts",      "routing",         "services",
 		"tls",     "local_host", "default_trainer", "default_inference",
-		"join",    "slurm",      "events",          NULL};
+		"join",    "slurm",      "events",          "artifacts",
+		NULL};
 	json_error_t jerr;
 	json_t *doc;
 	struct config *c;
@@ -1961,6 +2009,8 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 		r = parse_thresholds(&ld, doc);
 	if (r == 0)
 		r = parse_tasks(&ld, doc);
+	if (r == 0)
+		r = parse_artifacts(&ld, doc);
 	if (r == 0)
 		r = parse_join(&ld, doc);
 	if (r == 0)

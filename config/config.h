@@ -60,6 +60,17 @@ struct cfg_tasks {
 	struct cfg_retention retention;
 };
 
+/* "artifacts": bounds on a task's outputs, what the control plane keeps of them, and
+ * where inputs from its own disk may come from (issue 14). */
+struct cfg_artifacts {
+	int max_files;             /* output files per task, default 100 */
+	long long max_bytes;       /* "max_mb": their bytes per task, default 4096 MiB */
+	long long cache_max_bytes; /* "cache_max_mb": an output at most this large is copied
+				    * to the control plane when its task ends; default 64 */
+	char *inputs_root;         /* absolute: inputs from the control plane's disk lie beneath it;
+			    * NULL: none are allowed */
+};
+
 /* "events": how many of them the store keeps across restarts. */
 struct cfg_events {
 	int keep; /* newest events kept, default 10000 (the events file shows up to 10000) */
@@ -142,6 +153,7 @@ struct config {
 	struct cfg_probe probe;
 	struct cfg_thresholds thresholds;
 	struct cfg_tasks tasks;
+	struct cfg_artifacts artifacts;
 	struct cfg_events events;
 	struct cfg_host *hosts; /* sorted by name */
 	size_t n_hosts;

@@ -9,6 +9,7 @@
 #include "backend/services.h"
 #include "backend/store.h"
 #include "backend/tasks.h"
+#include "backend/artifacts.h"
 #include "backend/util.h"
 #include "config/config.h"
 #include "config/watch.h"
@@ -55,6 +56,7 @@ struct daemon {
 	struct models *models;
 	struct slurm *slurm;
 	struct prompts *prompts;
+	struct artifacts *artifacts;
 	struct config_watch *watch;
 	struct loop_timer *reload_timer;
 	struct join *join; /* the join listener, or NULL (config "join" absent) */
@@ -545,7 +547,8 @@ int main(int argc, char **argv)
 	    ledger_new(d.loop, d.cluster, d.store, &d.ledger) < 0 ||
 	    models_new(d.loop, d.cluster, &d.models) < 0 ||
 	    slurm_new(d.loop, d.cluster, &d.slurm) < 0 ||
-	    prompts_new(d.loop, d.cluster, d.models, d.tasks, &d.prompts) < 0) {
+	    prompts_new(d.loop, d.cluster, d.models, d.tasks, &d.prompts) < 0 ||
+	    artifacts_new(d.loop, d.cluster, d.state_dir, &d.artifacts) < 0) {
 		report("clusterfs: out of memory\n");
 		goto out;
 	}
@@ -559,7 +562,9 @@ int main(int argc, char **argv)
 		.ledger = d.ledger,
 		.models = d.models,
 		.store = d.store,
+		.artifacts = d.artifacts,
 	};
+	tasks_set_artifacts(d.tasks, d.artifacts);
 	if (fs_new(&backends, &fs) < 0) {
 		report("clusterfs: out of memory\n");
 		goto out;
@@ -684,6 +689,7 @@ out:
 	prompts_free(d.prompts);
 	models_free(d.models);
 	slurm_free(d.slurm);
+	artifacts_free(d.artifacts);
 	cluster_free(d.cluster);
 	loop_free(d.loop);
 	store_close(d.store);

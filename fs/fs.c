@@ -396,7 +396,8 @@ static struct drafts_limits draft_limits(struct fs *f)
 static bool task_file_is_private(enum tree_kind kind)
 {
 	return kind == TREE_TASK_SPEC || kind == TREE_TASK_INFO || kind == TREE_TASK_STDOUT ||
-	       kind == TREE_TASK_STDERR || kind == TREE_TASK_WAIT || kind == TREE_TASK_RESULT;
+	       kind == TREE_TASK_FILE || kind == TREE_TASK_STDERR || kind == TREE_TASK_WAIT ||
+	       kind == TREE_TASK_RESULT;
 }
 
 static void task_file_owner(struct fs *f, const struct tree_entry *e, struct stat *st)
@@ -498,6 +499,13 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 		st->st_uid = di.uid;
 		st->st_gid = di.gid;
 		mtime = di.mtime;
+	} else if (e.kind == TREE_TASK_FILE) {
+		uint64_t size = 0;
+		artifacts_lookup(f->ctx.artifacts, e.task, e.file, &size, &mtime);
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		st->st_size = (off_t) size;
+		st->st_blocks = (blkcnt_t) ((size + 511) / 512);
 	} else if (e.kind == TREE_TASK_WAIT) {
 		/* the answer's size once the task ended; 0 while it runs */
 		size_t size = 0;
@@ -537,7 +545,8 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 		st->st_blocks = (blkcnt_t) ((size + 511) / 512);
 	}
 	if (e.task && !e.node &&
-	    (e.kind == TREE_TASK || (e.kind >= TREE_TASK_SPEC && e.kind <= TREE_TASK_CTL)))
+	    (e.kind == TREE_TASK || (e.kind >= TREE_TASK_SPEC && e.kind <= TREE_TASK_FILE) ||
+	     e.kind == TREE_TASK_FILES))
 		task_file_owner(f, &e, st);
 	fill_time(&st->st_mtim, mtime);
 	st->st_ctim = st->st_mtim;
@@ -1134,6 +1143,43 @@ static void service_get_open(fuse_req_t req, struct fs *f, struct handle *h,
 	}
 }
 
+/* tasks/ID/files/NAME: the kept copy, or the node's, fetched into it first. */
+struct pending_file {
+	fuse_req_t req;
+	struct handle *h;
+	struct fuse_file_info fi;
+};
+
+static void task_file_opened(void *arg, int fd)
+{
+	struct pending_file *pf = arg;
+	if (fd < 0) {
+		handle_free(pf->h);
+		fuse_reply_err(pf->req, -fd);
+	} else {
+		pf->h->snap_fd = fd;
+		pf->fi.fh = (uint64_t) (uintptr_t) pf->h;
+		pf->fi.direct_io = 1;
+		pf->fi.noflush = 1;
+		if (fuse_reply_open(pf->req, &pf->fi) != 0)
+			handle_free(pf->h);
+	}
+	free(pf);
+}
+
+static void task_file_open(fuse_req_t req, struct fs *f, struct handle *h,
+			   struct fuse_file_info *fi)
+{
+	struct pending_file *pf = calloc(1, sizeof(*pf));
+	pf->req = req;
+	pf->h = h;
+	pf->fi = *fi;
+	int r = artifacts_open(f->ctx.artifacts, h->e.task, h->e.file, task_file_opened, pf);
+	if (r == -EINPROGRESS)
+		return;
+	task_file_opened(pf, r);
+}
+
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *f = fuse_req_userdata(req);
@@ -1176,6 +1222,8 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	if (h->e.kind == TREE_LEDGER_RECORD || h->e.kind == TREE_PLACEMENT)
 		h->writable = writing;
+	if (h->e.kind == TREE_TASK_FILE && !writing)
+		return task_file_open(req, f, h, fi);
 	if (writing && !tree_kind_is_ctl(h->e.kind) && h->e.kind != TREE_DRAFT && !h->writable) {
 		handle_free(h);
 		return (void) fuse_reply_err(req, EACCES);

@@ -47,8 +47,9 @@ static const struct named_kind node_files[] = {
 
 static const struct named_kind task_files[] = {
 	{"ctl", TREE_TASK_CTL},       {"exit_code", TREE_TASK_EXIT_CODE},
-	{"info", TREE_TASK_INFO},     {"node", TREE_TASK_NODE},
-	{"result", TREE_TASK_RESULT}, {"spec", TREE_TASK_SPEC},
+	{"files", TREE_TASK_FILES},   {"info", TREE_TASK_INFO},
+	{"node", TREE_TASK_NODE},     {"result", TREE_TASK_RESULT},
+	{"spec", TREE_TASK_SPEC},
 	{"status", TREE_TASK_STATUS}, {"stderr", TREE_TASK_STDERR},
 	{"stdout", TREE_TASK_STDOUT}, {"wait", TREE_TASK_WAIT},
 };
@@ -79,7 +80,8 @@ static bool in_list(char **names, const char *name)
 	return r;
 }
 
-#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+#define TREE_DEPTH_MAX 16 /* path components looked at; deeper paths do not exist */
+#define N_OF(a)        (sizeof(a) / sizeof((a)[0]))
 
 void tree_entry_clear(struct tree_entry *e)
 {
@@ -117,16 +119,36 @@ static bool task_in(const struct tree_ctx *ctx, const char *id, const char *grou
 	return r;
 }
 
+/* tasks/ID/files/A/B...: an output, or a directory of them (artifacts.h). */
+static int task_file_classify(const struct tree_ctx *ctx, char **parts, size_t n,
+			      struct tree_entry *e)
+{
+	struct buf name;
+	buf_init(&name);
+	for (size_t i = 0; i < n; i++)
+		buf_printf(&name, "%s%s", i ? "/" : "", parts[i]);
+	uint64_t size;
+	double mtime;
+	int r = artifacts_lookup(ctx->artifacts, e->task, name.data, &size, &mtime);
+	if (r < 0) {
+		buf_free(&name);
+		return r;
+	}
+	e->kind = r == 1 ? TREE_TASK_FILE : TREE_TASK_FILES;
+	e->file = buf_steal(&name, NULL);
+	return 0;
+}
+
 int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entry *ret)
 {
 	if (path[0] != '/')
 		return -ENOENT;
-	char *parts[5];
+	char *parts[TREE_DEPTH_MAX];
 	size_t n = 0;
 	char *copy = strdup(path);
 	char *save = NULL;
 	for (char *p = strtok_r(copy, "/", &save); p; p = strtok_r(NULL, "/", &save)) {
-		if (n == 5) {
+		if (n == TREE_DEPTH_MAX) {
 			free(copy);
 			return -ENOENT;
 		}
@@ -274,6 +296,10 @@ int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entr
 		} else if (n == 3) {
 			e.kind = find_kind(task_files, N_OF(task_files), parts[2]);
 			r = e.kind == TREE_NONE ? -ENOENT : 0;
+			if (e.kind == TREE_TASK_FILES)
+				e.file = strdup("");
+		} else if (!strcmp(parts[2], "files") && ctx->artifacts) {
+			r = task_file_classify(ctx, parts + 3, n - 3, &e);
 		}
 		goto out;
 	}
@@ -406,6 +432,14 @@ char **tree_list(const struct tree_ctx *ctx, const char *path, size_t *ret_n, in
 	case TREE_TASKS_NEW: names = drafts_list(ctx->drafts, ret_n); break;
 	case TREE_TASKS_GROUP: names = tasks_list(ctx->tasks, e.name, NULL, ret_n); break;
 	case TREE_TASK: names = names_from_table(task_files, N_OF(task_files), ret_n); break;
+	case TREE_TASK_FILES:
+		if (ctx->artifacts) {
+			names = artifacts_list(ctx->artifacts, e.task, e.file, ret_n);
+		} else {
+			names = calloc(1, sizeof(*names));
+			*ret_n = 0;
+		}
+		break;
 	case TREE_SERVICES: names = services_list(ctx->services, ret_n); break;
 	case TREE_SERVICE: names = services_files(ctx->services, e.name, ret_n); break;
 	case TREE_LEDGER: names = names_from_table(ledger_files, N_OF(ledger_files), ret_n); break;

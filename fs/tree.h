@@ -2,6 +2,7 @@
  * children. Paths are absolute within the mount ("/", "/nodes/spark1/health"). */
 #pragma once
 
+#include "backend/artifacts.h"
 #include "backend/cluster.h"
 #include "backend/ledger.h"
 #include "backend/models.h"
@@ -23,7 +24,8 @@ struct tree_ctx {
 	struct services *services;
 	struct ledger *ledger;
 	struct models *models;
-	struct store *store; /* backup/state.db copies it */
+	struct store *store;         /* backup/state.db copies it */
+	struct artifacts *artifacts; /* tasks/ID/files/ */
 };
 
 enum tree_kind {
@@ -45,7 +47,8 @@ enum tree_kind {
 	TREE_MODELS,
 	TREE_MODEL,
 	TREE_NODE_MODELS,
-	TREE_BACKUP, /* the last directory kind */
+	TREE_TASK_FILES, /* tasks/ID/files/ and its subdirectories (file: the path in it) */
+	TREE_BACKUP,     /* the last directory kind */
 	/* files at the top */
 	TREE_README,
 	TREE_CONFIG,
@@ -80,6 +83,7 @@ enum tree_kind {
 	TREE_TASK_RESULT, /* a prompt task's final JSON */
 	TREE_TASK_WAIT,
 	TREE_TASK_CTL,
+	TREE_TASK_FILE, /* tasks/ID/files/NAME: an output (file: NAME) */
 	/* files in tasks/new/ */
 	TREE_DRAFT,
 	/* services/NAME/FILE */
@@ -109,7 +113,7 @@ struct tree_entry {
 	char *node; /* the node the path lies under */
 	char *task; /* the task the path names or lies under */
 	char *name; /* a draft's, group's, service's, ledger step's or metric's name */
-	char *file; /* a service's file, or a model's file name */
+	char *file; /* a service's file, a model's file name, or a task's output's name */
 };
 
 void tree_entry_clear(struct tree_entry *e);

@@ -1,6 +1,8 @@
 /* The agent's HTTP server on libmicrohttpd. */
 #include "httpd/server.h"
 
+#include "backend/digest.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
@@ -40,6 +42,8 @@ struct server {
 	bool (*authorize)(void *userdata, const char *path, const char *bearer);
 	const struct route *routes; /* borrowed, immutable */
 	size_t n_routes;
+	const struct upload_route *uploads; /* borrowed, immutable */
+	size_t n_uploads;
 	void *userdata;
 	/* deferred requests (long polls), suspended until woken or their deadline */
 	pthread_mutex_t park_lock;
@@ -66,6 +70,8 @@ struct request_state {
 	bool wake_pending;   /* woken before it parked: run again at once; park_lock */
 	void *handler_state; /* struct request's state and state_free */
 	void (*handler_state_free)(void *state);
+	const struct upload_route *upload; /* whose upload() takes the body, or NULL */
+	bool upload_failed;                /* upload() refused a piece: the rest is dropped */
 };
 
 const char *request_get_header(const struct request *req, const char *name)
@@ -138,6 +144,9 @@ static void response_init(struct response *resp)
 static void response_free(struct response *resp)
 {
 	buf_free(&resp->body);
+	if (resp->file_fd > 0)
+		close(resp->file_fd);
+	resp->file_fd = 0;
 	for (size_t i = 0; i < resp->n_headers; i++) {
 		free(resp->headers[i][0]);
 		free(resp->headers[i][1]);
@@ -200,11 +209,19 @@ void response_set_error(struct response *resp, unsigned status, const char *fmt,
 static enum MHD_Result server_queue(struct MHD_Connection *conn, struct response *resp)
 {
 	size_t len;
-	char *data = buf_steal(&resp->body, &len);
-	struct MHD_Response *r = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
-	if (!r) {
-		free(data);
-		return MHD_NO;
+	struct MHD_Response *r;
+	if (resp->file_fd > 0) {
+		r = MHD_create_response_from_fd64(resp->file_size, resp->file_fd);
+		if (!r)
+			return MHD_NO;
+		resp->file_fd = 0; /* libmicrohttpd closes it */
+	} else {
+		char *data = buf_steal(&resp->body, &len);
+		r = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+		if (!r) {
+			free(data);
+			return MHD_NO;
+		}
 	}
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
 				resp->content_type ? resp->content_type : "application/json");
@@ -244,9 +261,31 @@ static enum MHD_Result server_reply_too_large(struct MHD_Connection *conn)
 	return server_reply_error(conn, 413 /* Content Too Large */, NULL, NULL, msg);
 }
 
-/* Checks "Authorization: Bearer TOKEN" in constant time with respect to the token. */
+#define SERVER_SIGNED_MAX_S (24 * 3600) /* a signed URL is good for a day at most */
+
+/* A GET's ?expires=T&sig=S, signed with the token (server.h). */
+static bool server_is_signed(const struct server *srv, struct MHD_Connection *conn,
+			     const char *path)
+{
+	const char *sig = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "sig");
+	const char *exp = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "expires");
+	if (!srv->token || srv->authorize || !sig || !exp)
+		return false;
+	char *end;
+	errno = 0;
+	unsigned long long t = strtoull(exp, &end, 10);
+	uint64_t now = (uint64_t) time(NULL);
+	if (errno || *end || end == exp || t < now || t > now + SERVER_SIGNED_MAX_S)
+		return false;
+	char want[DIGEST_HEX_LEN + 1];
+	digest_sign_path(srv->token, path, t, want);
+	return secret_equal(sig, want);
+}
+
+/* Checks "Authorization: Bearer TOKEN" in constant time with respect to the token, or a
+ * GET's signature. */
 static bool server_is_authorized(const struct server *srv, struct MHD_Connection *conn,
-				 const char *path)
+				 const char *method, const char *path)
 {
 	const char *h =
 		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
@@ -258,6 +297,8 @@ static bool server_is_authorized(const struct server *srv, struct MHD_Connection
 		h++;
 	if (srv->authorize)
 		return srv->authorize(srv->userdata, path, h);
+	if (!h && !strcmp(method, "GET"))
+		return server_is_signed(srv, conn, path);
 	return h && secret_equal(h, srv->token);
 }
 
@@ -528,6 +569,54 @@ static bool request_has_body(struct MHD_Connection *conn, unsigned long long *re
 	return *ret_length > 0 || te != NULL;
 }
 
+/* The upload route that takes a body for method and path, or NULL. */
+static const struct upload_route *server_find_upload(const struct server *srv, const char *method,
+						     const char *path)
+{
+	struct route_capture caps[SERVER_MAX_PARAMS];
+	size_t n;
+	for (size_t i = 0; i < srv->n_uploads; i++) {
+		const struct upload_route *u = &srv->uploads[i];
+		if (!strcmp(u->method, method) && route_match(u->pattern, path, caps, &n))
+			return u;
+	}
+	return NULL;
+}
+
+/* Hands one piece of the body to the route's upload(). */
+static void server_upload(struct server *srv, struct MHD_Connection *conn, const char *method,
+			  const char *path, struct request_state *st, const char *data, size_t len)
+{
+	struct route_capture caps[SERVER_MAX_PARAMS];
+	size_t n = 0;
+	char *scratch = strdup(path);
+	if (!scratch || !route_match(st->upload->pattern, path, caps, &n)) {
+		free(scratch);
+		st->upload_failed = true;
+		return;
+	}
+	struct request req = {
+		.method = method,
+		.path = path,
+		.body = "",
+		.n_params = n,
+		.userdata = srv->userdata,
+		.connection = conn,
+		.state = st->handler_state,
+		.state_free = st->handler_state_free,
+		.handle = st,
+	};
+	for (size_t i = 0; i < n; i++) {
+		scratch[caps[i].off + caps[i].len] = '\0';
+		req.params[i] = scratch + caps[i].off;
+	}
+	if (st->upload->upload(&req, data, len) < 0)
+		st->upload_failed = true;
+	st->handler_state = req.state;
+	st->handler_state_free = req.state_free;
+	free(scratch);
+}
+
 /* libmicrohttpd's access handler: called once when the headers are in, once per chunk of
  * body, and once more when the request is complete. */
 static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, const char *url,
@@ -551,10 +640,13 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 		 * the connection alive. */
 		unsigned long long length;
 		if (request_has_body(conn, &length)) {
-			if (!server_is_authorized(srv, conn, url)) {
+			if (!server_is_authorized(srv, conn, method, url)) {
 				st->responded = true;
 				return server_reply_unauthorized(conn);
 			}
+			st->upload = server_find_upload(srv, method, url);
+			if (st->upload)
+				return MHD_YES;
 			if (length > SERVER_MAX_BODY) {
 				st->responded = true;
 				return server_reply_too_large(conn);
@@ -568,6 +660,11 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 		*upload_data_size = 0;
 		if (st->responded)
 			return MHD_YES;
+		if (st->upload) {
+			if (!st->upload_failed)
+				server_upload(srv, conn, method, url, st, upload_data, n);
+			return MHD_YES;
+		}
 		if (!st->too_large && st->body.len + n > SERVER_MAX_BODY) {
 			st->too_large = true;
 			st->discarded = st->body.len;
@@ -589,7 +686,7 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 	if (st->responded)
 		return MHD_YES;
 	st->responded = true;
-	if (!server_is_authorized(srv, conn, url))
+	if (!server_is_authorized(srv, conn, method, url))
 		return server_reply_unauthorized(conn);
 	MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
 				  (unsigned int) SERVER_AUTH_TIMEOUT_S);
@@ -781,6 +878,8 @@ int server_start(const struct server_config *cfg, struct server **ret_server)
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
 	srv->token = cfg->token;
+	srv->uploads = cfg->uploads;
+	srv->n_uploads = cfg->n_uploads;
 	srv->authorize = cfg->authorize;
 	srv->routes = cfg->routes;
 	srv->n_routes = cfg->n_routes;

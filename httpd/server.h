@@ -49,6 +49,10 @@ struct response {
 	 * deadline (monotonic µs): the connection waits, holding no thread, and the handler
 	 * runs again after server_wake() or, with req->expired set, at the deadline. */
 	uint64_t defer_until_us;
+	/* When > 0, the body is this file's first file_size bytes instead, sent from the
+	 * file without being read into memory; the server owns and closes it. */
+	int file_fd;
+	uint64_t file_size;
 };
 
 /* One row of the route table. `pattern` is matched segment by segment; a "{name}"
@@ -60,6 +64,16 @@ struct route {
 	const char *method;
 	const char *pattern;
 	int (*handler)(struct request *req, struct response *resp);
+};
+
+/* A request whose body is not collected (nor bounded by SERVER_MAX_BODY): each piece is
+ * handed to upload() as it arrives, on a server thread, with req->body empty; then the
+ * route table's handler for the request runs; both see the same req->state. A negative
+ * return drops the rest of the body; the handler still answers. */
+struct upload_route {
+	const char *method;
+	const char *pattern; /* as in struct route */
+	int (*upload)(struct request *req, const char *data, size_t len);
 };
 
 /* Value of a request header, or NULL. Case-insensitive name; borrowed. */
@@ -85,11 +99,16 @@ struct server_config {
 	const char *token;          /* borrowed; must outlive the server */
 	const struct route *routes; /* borrowed; must outlive the server */
 	size_t n_routes;
+	const struct upload_route *uploads; /* borrowed, or NULL */
+	size_t n_uploads;
 	void *userdata; /* handed to every handler in req->userdata */
 	/* PEM certificate and key to serve HTTPS with (TLS 1.2 and 1.3), or NULL for plain
 	 * HTTP; borrowed, must outlive the server. */
 	const char *tls_cert_pem;
 	const char *tls_key_pem;
+	/* With `token`, a GET may carry ?expires=T&sig=S instead of the bearer token: S is
+	 * digest_sign_path(token, path, T) (backend/digest.h) and T a unix time not passed
+	 * yet, so that a URL the token's holder signed opens that one path until T. */
 	/* Instead of `token`: decides per request whether `bearer` (NULL when there is none)
 	 * may use `path`. Runs on a server thread; must compare secrets in constant time. */
 	bool (*authorize)(void *userdata, const char *path, const char *bearer);

@@ -6,14 +6,15 @@
 # nfs-ls, Samba with the catia VFS module, smbclient, python3-smbc; their services are not
 # enabled: the tests start their own on loopback), and the Slurm cluster the Slurm tests
 # start (slurmctld, slurmd, slurmrestd, the JWT plugin, the clients, munge; likewise).
-# And the browser test of /cluster/dashboard.html (headless chromium).
+# And the browser test of /cluster/dashboard.html (headless chromium), and numpy for the
+# federated-averaging recipe (tools/fedavg) and its test.
 set -euo pipefail
 pkgs=(meson ninja-build pkg-config gcc libfuse3-dev fuse3 libcurl4-openssl-dev libjansson-dev
 	libsqlite3-dev libmicrohttpd-dev python3 python3-pytest curl iproute2 util-linux
-	procps clang-format libgnutls28-dev tcpdump scdoc man-db groff-base debhelper dpkg-dev
+	procps clang-format libgnutls28-dev libssl-dev tcpdump scdoc man-db groff-base debhelper dpkg-dev
 	fakeroot lintian adduser systemd prometheus iptables nfs-ganesha nfs-ganesha-vfs libnfs-utils
 	samba samba-vfs-modules smbclient python3-smbc slurmctld slurmd slurmrestd slurm-client
-	slurm-wlm-jwt-plugin munge chromium)
+	slurm-wlm-jwt-plugin munge chromium python3-numpy)
 # installed without recommends: not rpcbind, winbind, the NFS kernel tools, the node exporter
 norec=(prometheus iptables nfs-ganesha nfs-ganesha-vfs samba samba-vfs-modules slurmctld slurmd
 	slurmrestd slurm-client slurm-wlm-jwt-plugin munge chromium)

@@ -493,3 +493,32 @@ def test_reverse_node_behind_nat_runs_tasks_exactly_once(cp, join_agents, tmp_pa
     finally:
         subprocess.run(["ip", "netns", "exec", cp["ns"], "iptables", "-D", "INPUT", *rule],
                        check=False)
+
+
+def test_reverse_nodes_keep_and_take_artifacts(cp, join_agents):
+    """Two nodes behind NAT: an output of a task on one is listed and read through the
+    relay (and kept by the control plane), and becomes the input of a task on the other:
+    its producer cannot be dialled, so the kept copy is sent down the other's channel."""
+    import hashlib
+    rule = ["!", "-i", "lo", "-p", "tcp", "--syn", "-j", "DROP"]
+    subprocess.run(["ip", "netns", "exec", cp["ns"], "iptables", "-A", "INPUT", *rule],
+                   check=True)
+    try:
+        join_agents("nat2", 9311, extra=["--reverse"])
+        join_agents("nat3", 9312, extra=["--reverse"])
+        m = cp["mount"]
+        for n in ("nat2", "nat3"):
+            wait_until(lambda: node_status(m, n) == "healthy", 15, what=f"{n} healthy")
+        submit(m, "rprod", {"node": "nat2", "outputs": ["w.bin"],
+                            "cmd": "head -c 200000 /dev/urandom > w.bin; sha256sum w.bin"})
+        assert read_wait(m, "rprod", 30) == "succeeded 0\n"
+        digest = m.read("tasks", "rprod", "stdout").split()[0]
+        data = m.path("tasks", "rprod", "files", "w.bin").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest
+        submit(m, "rcons", {"node": "nat3", "inputs": {"w.bin": "rprod/w.bin"},
+                            "cmd": "sha256sum w.bin"})
+        assert read_wait(m, "rcons", 30) == "succeeded 0\n", m.json("tasks", "rcons", "info")
+        assert m.read("tasks", "rcons", "stdout").split()[0] == digest
+    finally:
+        subprocess.run(["ip", "netns", "exec", cp["ns"], "iptables", "-D", "INPUT", *rule],
+                       check=False)

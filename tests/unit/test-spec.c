@@ -179,7 +179,7 @@ static void test_fields(void)
 	CHECK(rejects("{\"cmd\": \"x\", \"xyzzy\": []}",
 		      "unknown field \"xyzzy\" (known fields: cmd, model, prompt, messages, "
 		      "options, pull, node, type, requires, resources, priority, env, cwd, "
-		      "timeout_s, retries, after)"),
+		      "timeout_s, retries, after, outputs, inputs)"),
 	      "unknown: far from everything lists the known fields");
 	CHECK(rejects("{\"cmd\": \"x\", \"depends_on\": []}",
 		      "unknown field \"depends_on\"; did you mean \"after\"?"),
@@ -193,7 +193,7 @@ static void test_fields(void)
 	CHECK(rejects("{\"cmd\": \"x\", \"a\\\"b\\n\": 1}",
 		      "unknown field \"a\\\"b\\n\" (known fields: cmd, model, prompt, messages, "
 		      "options, pull, node, type, requires, resources, priority, env, cwd, "
-		      "timeout_s, retries, after)"),
+		      "timeout_s, retries, after, outputs, inputs)"),
 	      "unknown: the key is shown escaped");
 	CHECK(rejects("{\"comand\": \"make\", \"cmd\": \"x\"}",
 		      "unknown field \"comand\"; did you mean \"cmd\"?"),
@@ -417,6 +417,56 @@ static void test_fields(void)
 	      "after: a duplicate");
 }
 
+static void test_artifacts(void)
+{
+	struct task_spec *s = parse_ok(
+		"{\"cmd\": \"x\", \"after\": [\"a\"], \"outputs\": [\"m.npy\", \"metrics/*.json\"], "
+		"\"inputs\": {\"base.npy\": \"r1@n2/model.npy\", \"w/\": \"t@*/w.npy\", "
+		"\"more/\": \"a/*.txt\", \"d.csv\": \"/srv/d.csv\"}}");
+	CHECK(s && s->n_outputs == 2 && !strcmp(s->outputs[1], "metrics/*.json"),
+	      "outputs: paths and globs");
+	/* the producers join "after", once each, in the order the inputs name them */
+	CHECK(s && s->n_after == 3 && !strcmp(s->after[0], "a") && !strcmp(s->after[1], "r1@n2") &&
+		      !strcmp(s->after[2], "t"),
+	      "inputs: producers are dependencies");
+	CHECK(s && json_object_size(s->inputs) == 4, "inputs: kept as given");
+	if (s) {
+		json_t *j = spec_to_json(s);
+		char *text = json_dumps(j, JSON_COMPACT);
+		struct task_spec *again = parse_ok(text);
+		CHECK(again && again->n_after == 3 && again->n_outputs == 2,
+		      "inputs and outputs: the canonical spec parses back the same");
+		spec_free(again);
+		free(text);
+		json_decref(j);
+	}
+	spec_free(s);
+	CHECK(rejects("{\"cmd\": \"x\", \"outputs\": [\"../x\"]}",
+		      "field \"outputs[0]\" must be a path relative to the task's directory (no "
+		      "\"..\", not absolute), not \"../x\""),
+	      "outputs: .. is refused");
+	CHECK(rejects("{\"cmd\": \"x\", \"outputs\": [\"/etc/passwd\"]}",
+		      "field \"outputs[0]\" must be a path relative to the task's directory (no "
+		      "\"..\", not absolute), not \"/etc/passwd\""),
+	      "outputs: an absolute path is refused");
+	CHECK(rejects("{\"cmd\": \"x\", \"inputs\": {\"w\": \"t@*/w.npy\"}}",
+		      "field \"inputs.w\": t@*/w.npy may name several files, so its name must be a "
+		      "directory, ending in '/'"),
+	      "inputs: several files need a directory");
+	CHECK(rejects("{\"cmd\": \"x\", \"inputs\": {\"a/../b\": \"t/w\"}}",
+		      "field \"inputs\": a/../b is not a name relative to the task's directory (no "
+		      "\"..\", not absolute; \"DIR/\" for several files)"),
+	      "inputs: a name with ..");
+	CHECK(rejects("{\"cmd\": \"x\", \"inputs\": {\"a\": \"/srv/../etc/passwd\"}}",
+		      "field \"inputs.a\": /srv/../etc/passwd must not contain \"..\""),
+	      "inputs: a control-plane path with ..");
+	CHECK(rejects("{\"cmd\": \"x\", \"inputs\": {\"a\": \"nopath\"}}",
+		      "field \"inputs.a\" must be \"TASK/PATH\", \"TASK@NODE/PATH\", \"TASK@*/PATH\" "
+		      "(every copy of a node \"all\" task) or an absolute path on the control "
+		      "plane, not \"nopath\""),
+	      "inputs: a source without a path");
+}
+
 static void test_shown_values(void)
 {
 	CHECK(rejects("{\"cmd\": \"x\", \"cwd\": \"\\u00e9t\\u00e9\"}",
@@ -589,6 +639,7 @@ int main(void)
 	test_syntax();
 	test_fields();
 	test_shown_values();
+	test_artifacts();
 	test_names();
 	test_canonical();
 	test_prompts();

@@ -1,6 +1,7 @@
 /* The node API: JSON documents built from sysinfo readings. Field names are a contract
  * with the control plane. */
 #include "tools/agent/api.h"
+#include "tools/agent/staging.h"
 
 #include "backend/util.h"
 #include "tools/agent/ledger.h"
@@ -282,6 +283,36 @@ static int api_get_task_stderr(struct request *req, struct response *resp)
 	return tasks_handle_output(ctx->tasks, "stderr", req, resp);
 }
 
+static int api_task_files(struct request *req, struct response *resp)
+{
+	const struct api_context *ctx = req->userdata;
+	return staging_handle_manifest(ctx->state_dir, req, resp);
+}
+
+static int api_task_file(struct request *req, struct response *resp)
+{
+	const struct api_context *ctx = req->userdata;
+	return staging_handle_file(ctx->state_dir, req, resp);
+}
+
+static int api_stage_input(struct request *req, struct response *resp)
+{
+	const struct api_context *ctx = req->userdata;
+	return staging_handle_stage(ctx->state_dir, &ctx->stopping, req, resp);
+}
+
+static int api_stage_put(struct request *req, struct response *resp)
+{
+	const struct api_context *ctx = req->userdata;
+	return staging_handle_put(ctx->state_dir, req, resp);
+}
+
+static int api_stage_upload(struct request *req, const char *data, size_t len)
+{
+	const struct api_context *ctx = req->userdata;
+	return staging_upload(ctx->state_dir, req, data, len);
+}
+
 static int api_cancel_task(struct request *req, struct response *resp)
 {
 	const struct api_context *ctx = req->userdata;
@@ -297,6 +328,10 @@ const struct route api_routes[] = {
 	{"GET", "/api/node/tasks/{id}/stdout", api_get_task_stdout},
 	{"GET", "/api/node/tasks/{id}/stderr", api_get_task_stderr},
 	{"POST", "/api/node/tasks/{id}/cancel", api_cancel_task},
+	{"GET", "/api/node/tasks/{id}/files", api_task_files},
+	{"GET", "/api/node/tasks/{id}/files/{*}", api_task_file},
+	{"POST", "/api/node/staging/{id}/{*}", api_stage_input},
+	{"PUT", "/api/node/staging/{id}/{*}", api_stage_put},
 	/* The checkpoint ledger (ledger.h); best and summary before {step}. */
 	{"GET", "/api/ledger", ledger_handle_list},
 	{"GET", "/api/ledger/best", ledger_handle_best},
@@ -306,3 +341,9 @@ const struct route api_routes[] = {
 };
 
 const size_t api_n_routes = sizeof(api_routes) / sizeof(api_routes[0]);
+
+const struct upload_route api_uploads[] = {
+	{"PUT", "/api/node/staging/{id}/{*}", api_stage_upload},
+};
+
+const size_t api_n_uploads = sizeof(api_uploads) / sizeof(api_uploads[0]);

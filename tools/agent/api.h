@@ -17,6 +17,7 @@ struct api_context {
 	struct sysinfo_sampler *sampler; /* CPU and GPU samples */
 	struct tasks *tasks;             /* the task registry */
 	struct ledger *ledger;           /* --ledger FILE (ledger.h); NULL: none */
+	volatile bool stopping;          /* set when the agent stops: fetches give up */
 };
 
 /* The documents of GET /api/node/health and GET /api/node/system, also pushed by a joined
@@ -27,3 +28,6 @@ int api_system_doc(const struct api_context *ctx, json_t **ret_doc, char *errbuf
 /* The route table, api_n_routes rows. */
 extern const struct route api_routes[];
 extern const size_t api_n_routes;
+/* The requests whose body is streamed to disk (an input sent by the control plane). */
+extern const struct upload_route api_uploads[];
+extern const size_t api_n_uploads;

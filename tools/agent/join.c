@@ -18,7 +18,10 @@
 #define JOIN_BACKOFF_MIN_MS 500         /* first retry of an unreachable control plane */
 #define JOIN_BACKOFF_MAX_MS 30000       /* retries never wait longer */
 #define JOIN_MAX_ANSWER     (64 * 1024) /* the control plane's answers are small */
-#define JOIN_SYSTEM_EVERY   20          /* heartbeats between two system documents */
+#define JOIN_MAX_WORK                                                                              \
+	(16 * 1024 * 1024)   /* a batch of relayed requests, bodies in
+						* base64 (an input is up to 1 MiB) */
+#define JOIN_SYSTEM_EVERY 20 /* heartbeats between two system documents */
 
 struct agent_join {
 	const struct join_options *opts;
@@ -48,6 +51,7 @@ struct answer {
 	struct buf body;
 	char error[CURL_ERROR_SIZE];
 	char content_type[128], total_size[32], retry_after[32]; /* headers, "" when absent */
+	size_t max;                                              /* the body's bound */
 };
 
 /* One request: what join_http() sends. */
@@ -63,12 +67,13 @@ struct outgoing {
 	const char *ca_file, *fingerprint; /* how the peer is verified */
 	const volatile bool *abort;        /* aborts the transfer when it becomes true */
 	CURLSH *share;                     /* or NULL */
+	size_t max_answer;                 /* 0: JOIN_MAX_ANSWER */
 };
 
 static size_t answer_write(char *data, size_t size, size_t n, void *arg)
 {
 	struct answer *a = arg;
-	if (a->body.len + size * n > JOIN_MAX_ANSWER)
+	if (a->body.len + size * n > a->max)
 		return 0;
 	buf_append(&a->body, data, size * n);
 	return size * n;
@@ -114,6 +119,7 @@ static void join_http(const struct outgoing *o, struct answer *a)
 	char auth[1024], ctype[160], pin[128];
 	memset(a, 0, sizeof(*a));
 	buf_init(&a->body);
+	a->max = o->max_answer ? o->max_answer : JOIN_MAX_ANSWER;
 	snprintf(auth, sizeof(auth), "Authorization: Bearer %s", o->bearer);
 	struct curl_slist *h = curl_slist_append(NULL, auth);
 	if (o->content_type) {
@@ -318,6 +324,8 @@ static void relayed_run(struct relayed *w)
 		.fingerprint = o->agent_fingerprint,
 		.abort = &j->stopping,
 		.share = j->share,
+		/* what the listener takes back: an output's bytes may be that large */
+		.max_answer = SERVER_MAX_BODY,
 	};
 	struct answer a;
 	join_http(&local, &a);
@@ -444,6 +452,7 @@ static void *reverse_main(void *arg)
 			.fingerprint = o->fingerprint,
 			.abort = &j->stopping,
 			.share = j->share,
+			.max_answer = JOIN_MAX_WORK,
 		};
 		struct answer a;
 		join_http(&poll, &a);

@@ -5,6 +5,8 @@
  * The supervisors are clusterfs-agent-supervise, found next to this binary. */
 #include "backend/util.h"
 #include "tools/agent/api.h"
+#include "tools/agent/artifacts.h"
+#include "tools/agent/staging.h"
 #include "tools/agent/init.h"
 #include "tools/agent/ledger.h"
 #include "httpd/server.h"
@@ -46,8 +48,10 @@ struct agent_options {
 	const char *fingerprint; /* --fingerprint CERT: print its fingerprint and exit */
 	bool listen_given;
 	bool verbose;
-	struct join_options join; /* --join URL and its companions; join.url NULL: none */
-	bool leave;               /* --leave: deregister from --join URL and exit */
+	struct join_options join;    /* --join URL and its companions; join.url NULL: none */
+	bool leave;                  /* --leave: deregister from --join URL and exit */
+	long long outputs_max_files; /* --outputs-max-files N: per task */
+	long long outputs_max_bytes; /* --outputs-max-bytes N: per task */
 };
 
 /* The default state directory: system-wide for root, per user otherwise. Returns a new
@@ -129,6 +133,8 @@ static void agent_usage(FILE *out)
 		"                      starts the agent, and exit\n"
 		"  --fingerprint CERT  print the SHA-256 fingerprint of the certificate's public\n"
 		"                      key (\"sha256:BASE64\", for hosts.json's tls.fingerprint)\n"
+		"  --outputs-max-files N  at most N output files per task (default 100)\n"
+		"  --outputs-max-bytes N  at most N bytes of outputs per task (default 4 GiB)\n"
 		"  --join URL          register with the control plane's join listener\n"
 		"                      (https://HOST:PORT; hosts.d/NAME.json is written there)\n"
 		"                      and push a heartbeat every probe.heartbeat_s seconds\n"
@@ -172,6 +178,8 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		OPT_CAPABILITIES,
 		OPT_LEAVE,
 		OPT_REVERSE,
+		OPT_OUTPUTS_MAX_FILES,
+		OPT_OUTPUTS_MAX_BYTES,
 	};
 	static const struct option longopts[] = {
 		{"listen", required_argument, NULL, OPT_LISTEN},
@@ -192,12 +200,17 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		{"capabilities", required_argument, NULL, OPT_CAPABILITIES},
 		{"leave", no_argument, NULL, OPT_LEAVE},
 		{"reverse", no_argument, NULL, OPT_REVERSE},
+		{"outputs-max-files", required_argument, NULL, OPT_OUTPUTS_MAX_FILES},
+		{"outputs-max-bytes", required_argument, NULL, OPT_OUTPUTS_MAX_BYTES},
 		{"verbose", no_argument, NULL, 'v'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, OPT_VERSION},
 		{NULL, 0, NULL, 0},
 	};
-	struct agent_options opts = {.listen = AGENT_DEFAULT_LISTEN};
+	struct agent_options opts = {.listen = AGENT_DEFAULT_LISTEN,
+				     .outputs_max_files = ARTIFACTS_MAX_FILES,
+				     .outputs_max_bytes = (long long) ARTIFACTS_MAX_BYTES};
+	char *end;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "hv", longopts, NULL)) != -1) {
@@ -224,6 +237,21 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		case OPT_CAPABILITIES: opts.join.capabilities = optarg; break;
 		case OPT_LEAVE: opts.leave = true; break;
 		case OPT_REVERSE: opts.join.reverse = true; break;
+		case OPT_OUTPUTS_MAX_FILES:
+		case OPT_OUTPUTS_MAX_BYTES: {
+			errno = 0;
+			long long v = strtoll(optarg, &end, 10);
+			if (errno || *end || end == optarg || v < 0) {
+				fprintf(stderr,
+					"clusterfs-agent: --%s takes a number of at least 0\n",
+					c == OPT_OUTPUTS_MAX_FILES ? "outputs-max-files"
+								   : "outputs-max-bytes");
+				return -EINVAL;
+			}
+			*(c == OPT_OUTPUTS_MAX_FILES ? &opts.outputs_max_files
+						     : &opts.outputs_max_bytes) = v;
+			break;
+		}
 		case 'h': agent_usage(stdout); return 1;
 		case OPT_VERSION: printf("clusterfs-agent %s\n", CLUSTERFS_VERSION); return 1;
 		default: agent_usage(stderr); return -EINVAL;
@@ -573,6 +601,8 @@ int main(int argc, char **argv)
 		log_err("cannot open the task directory in %s: %s", state_dir, strerror(-r));
 		goto out_free_state_dir;
 	}
+	tasks_set_output_limits(tasks, opts.outputs_max_files, opts.outputs_max_bytes);
+	staging_reset(state_dir);
 
 	r = sysinfo_sampler_start(&sampler);
 	if (r < 0) {
@@ -605,6 +635,8 @@ int main(int argc, char **argv)
 		.token = token,
 		.routes = api_routes,
 		.n_routes = api_n_routes,
+		.uploads = api_uploads,
+		.n_uploads = api_n_uploads,
 		.userdata = &api,
 		.tls_cert_pem = tls_cert,
 		.tls_key_pem = tls_key,
@@ -654,6 +686,7 @@ int main(int argc, char **argv)
 	}
 
 	agent_wait_for_signal(&sigs, tasks);
+	api.stopping = true; /* input fetches in progress give up */
 	bool join_failed = agent_join_stop(join);
 	free(agent_fp);
 	tasks_set_notify(tasks, NULL, NULL);

@@ -2,6 +2,7 @@
 #include "tools/agent/supervisor.h"
 
 #include "backend/util.h"
+#include "tools/agent/artifacts.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -80,6 +81,7 @@ struct sup {
 	const char *home;    /* with passwd, borrowed from spec */
 	const char *shell;   /* with passwd, borrowed from spec; never empty */
 	bool not_run;        /* the child failed before the task's own code could run */
+	bool outputs_failed; /* its outputs were refused: a task that exited 0 failed */
 	uint64_t timeout_us; /* 0: none */
 	int null_fd, out_fd, err_fd;
 	char *error; /* the sentence result.json carries, if any; owned */
@@ -610,7 +612,8 @@ bool supervisor_env_is_identity(const char *key)
 	       strcmp(key, "LOGNAME") == 0 || strcmp(key, "SHELL") == 0;
 }
 
-/* The minimal environment plus the spec's "env": PATH, HOME and CLUSTERFS_TASK_ID, and
+/* The minimal environment plus the spec's "env": PATH, HOME, CLUSTERFS_TASK_ID and
+ * CLUSTERFS_NODE (the agent's name, from the spec's "node"), and
  * USER, LOGNAME and SHELL too for a task with a passwd entry, whose HOME is the entry's.
  * The spec may override PATH, but neither CLUSTERFS_TASK_ID nor the identity. Sets
  * *ret_path to the PATH in effect (borrowed from envp). */
@@ -621,7 +624,8 @@ static int sup_build_env(struct sup *s, const char **ret_path)
 	const char *home = s->passwd                           ? s->home
 			   : pw && pw->pw_dir && pw->pw_dir[0] ? pw->pw_dir
 							       : getenv("HOME");
-	size_t n = 0, max = 6 + json_object_size(env) + 1;
+	const char *node = json_string_value(json_object_get(s->spec, "node"));
+	size_t n = 0, max = 7 + json_object_size(env) + 1;
 	const char *key;
 	json_t *value;
 
@@ -631,6 +635,8 @@ static int sup_build_env(struct sup *s, const char **ret_path)
 	s->envp[n++] = env_entry("PATH", SUPERVISOR_DEFAULT_PATH);
 	s->envp[n++] = env_entry("HOME", home ? home : "/");
 	s->envp[n++] = env_entry("CLUSTERFS_TASK_ID", s->id);
+	if (node)
+		s->envp[n++] = env_entry("CLUSTERFS_NODE", node);
 	if (s->passwd) {
 		s->envp[n++] = env_entry("USER", s->user);
 		s->envp[n++] = env_entry("LOGNAME", s->user);
@@ -642,7 +648,7 @@ static int sup_build_env(struct sup *s, const char **ret_path)
 	json_object_foreach (env, key, value) {
 		const char *v = json_string_value(value);
 		if (!v || !key[0] || strchr(key, '=') || strcmp(key, "CLUSTERFS_TASK_ID") == 0 ||
-		    supervisor_env_is_identity(key))
+		    strcmp(key, "CLUSTERFS_NODE") == 0 || supervisor_env_is_identity(key))
 			continue;
 		char *e = env_entry(key, v);
 		if (!e)
@@ -1055,6 +1061,37 @@ static int sup_run(struct sup *s, pid_t child, int fail_fd, enum stop_reason *re
 	return status;
 }
 
+/* The task's staged inputs (STATE_DIR/staging/ID, beside STATE_DIR/tasks/ID) go into its
+ * working directory, given to its user, before it starts. */
+static int sup_stage_inputs(struct sup *s, char *errbuf, size_t errlen)
+{
+	if (!json_array_size(json_object_get(s->spec, "inputs")))
+		return 0;
+	_cleanup_free_ char *staging = NULL;
+	if (asprintf(&staging, "%s/../../%s/%s", s->dir, ARTIFACTS_STAGING, s->id) < 0)
+		return -ENOMEM;
+	bool give = s->passwd && s->uid != geteuid();
+	return artifacts_stage_into(staging, s->cwd, s->spec, give ? s->uid : (uid_t) -1, s->gid,
+				    errbuf, errlen);
+}
+
+/* After the task: its outputs into files/ (artifacts.h). A refusal fails the task with the
+ * reason, also in its stderr. */
+static void sup_collect_outputs(struct sup *s)
+{
+	char why[512];
+	if (!json_object_get(s->spec, "outputs") || s->not_run)
+		return;
+	bool owned = s->passwd && s->uid != geteuid();
+	if (artifacts_collect(s->dirfd, s->cwd, s->spec, owned ? s->uid : (uid_t) -1, why,
+			      sizeof(why)) == 0)
+		return;
+	s->outputs_failed = true;
+	if (!s->error)
+		s->error = strdup(why);
+	dprintf(s->err_fd, "clusterfs: %s\n", why);
+}
+
 static int sup_write_result(struct sup *s, int status, enum stop_reason reason)
 {
 	static const char *const stopped[] = {
@@ -1073,7 +1110,7 @@ static int sup_write_result(struct sup *s, int status, enum stop_reason reason)
 	if (reason == STOP_TIMEOUT || reason == STOP_CANCEL)
 		state = stopped[reason];
 	else
-		state = exit_code == 0 ? "succeeded" : "failed";
+		state = exit_code == 0 && !s->outputs_failed ? "succeeded" : "failed";
 
 	/* A child that could not become the task's user ran nothing of it: no exit code. */
 	if (s->not_run && reason == STOP_NONE)
@@ -1148,7 +1185,8 @@ int supervisor_main(int argc, char **argv)
 		sup_answer(&s, "ERR the agent exited before the task was started");
 		goto err_free;
 	}
-	if ((r = sup_open_files(&s, errbuf, sizeof(errbuf))) < 0) {
+	if ((r = sup_open_files(&s, errbuf, sizeof(errbuf))) < 0 ||
+	    (r = sup_stage_inputs(&s, errbuf, sizeof(errbuf))) < 0) {
 		sup_answer(&s, "ERR %s", errbuf);
 		goto err_free;
 	}
@@ -1180,6 +1218,7 @@ int supervisor_main(int argc, char **argv)
 	sup_answer(&s, "OK");
 
 	status = sup_run(&s, child, fail[0], &reason);
+	sup_collect_outputs(&s);
 	r = sup_write_result(&s, status, reason);
 	sup_free(&s);
 	return r < 0 ? 1 : 0;

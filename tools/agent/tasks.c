@@ -1,5 +1,6 @@
 /* The agent's task registry and task API. */
 #include "tools/agent/tasks.h"
+#include "tools/agent/artifacts.h"
 
 #include "backend/util.h"
 #include "tools/agent/spares.h"
@@ -77,6 +78,7 @@ struct tasks {
 			 * across restarts too; protected by lock */
 	void (*notify)(void *arg); /* protected by lock */
 	void *notify_arg;
+	long long outputs_max_files, outputs_max_bytes; /* immutable once serving */
 };
 
 /* Who a task is to run as, resolved when it is dispatched. */
@@ -475,6 +477,10 @@ static char *own_user_name(uid_t uid)
 int tasks_open(const char *state_dir, const char *exe, const char *node, struct tasks **ret_tasks)
 {
 	struct tasks *t = calloc(1, sizeof(*t));
+	if (t) {
+		t->outputs_max_files = ARTIFACTS_MAX_FILES;
+		t->outputs_max_bytes = (long long) ARTIFACTS_MAX_BYTES;
+	}
 	int r;
 
 	if (!t)
@@ -617,7 +623,16 @@ static int task_reply_locked(struct tasks *t, const struct task *k, unsigned sta
 /* Checks a POST body against TASKS-API.md. 0, or -EINVAL with a sentence in msg. */
 int tasks_check_request(json_t *doc, char *msg, size_t msglen)
 {
-	static const char *const fields[] = {"id", "cmd", "env", "cwd", "timeout_s", "user"};
+	static const char *const fields[] = {"id",
+					     "cmd",
+					     "env",
+					     "cwd",
+					     "timeout_s",
+					     "user",
+					     "outputs",
+					     "outputs_max_files",
+					     "outputs_max_bytes",
+					     "inputs"};
 	const size_t n_fields = sizeof(fields) / sizeof(fields[0]);
 	const char *key;
 	json_t *v;
@@ -634,7 +649,8 @@ int tasks_check_request(json_t *doc, char *msg, size_t msglen)
 			const char *near = util_closest_word(key, fields, n_fields, 2);
 			snprintf(msg, msglen,
 				 "unknown field \"%.64s\"%s%s%s; the fields are id, "
-				 "cmd, env, cwd, timeout_s and user",
+				 "cmd, env, cwd, timeout_s, user, outputs, outputs_max_files, "
+				 "outputs_max_bytes and inputs",
 				 key, near ? " (did you mean \"" : "", near ? near : "",
 				 near ? "\"?)" : "");
 			return -EINVAL;
@@ -733,7 +749,48 @@ int tasks_check_request(json_t *doc, char *msg, size_t msglen)
 			 TASKS_TIMEOUT_MAX);
 		return -EINVAL;
 	}
-	return 0;
+	return artifacts_check_request(doc, msg, msglen);
+}
+
+void tasks_set_output_limits(struct tasks *t, long long max_files, long long max_bytes)
+{
+	t->outputs_max_files = max_files;
+	t->outputs_max_bytes = max_bytes;
+}
+
+/* The agent's caps go into the spec the supervisor reads; a lower one asked for stays. */
+static void task_cap_outputs(const struct tasks *t, json_t *doc)
+{
+	static const char *const fields[] = {"outputs_max_files", "outputs_max_bytes"};
+	if (!json_object_get(doc, "outputs"))
+		return;
+	for (int i = 0; i < 2; i++) {
+		long long cap = i ? t->outputs_max_bytes : t->outputs_max_files;
+		json_t *v = json_object_get(doc, fields[i]);
+		if (!v || json_integer_value(v) > cap)
+			json_object_set_new(doc, fields[i], json_integer(cap));
+	}
+}
+
+/* Every input the request names was staged (staging.h): the sentence of one that was
+ * not, or "". */
+static void task_check_staged(const struct tasks *t, json_t *doc, const char *id, char *msg,
+			      size_t msglen)
+{
+	size_t i;
+	json_t *o;
+	msg[0] = '\0';
+	json_array_foreach (json_object_get(doc, "inputs"), i, o) {
+		_cleanup_free_ char *rel = NULL;
+		struct stat st;
+		if (asprintf(&rel, "../%s/%s/%s", ARTIFACTS_STAGING, id, json_string_value(o)) < 0)
+			continue;
+		if (fstatat(t->dirfd, rel, &st, 0) < 0 || !S_ISREG(st.st_mode)) {
+			snprintf(msg, msglen, "input %.200s was not staged on %s",
+				 json_string_value(o), t->node);
+			return;
+		}
+	}
 }
 
 /* Makes the task directory, from a spare if one is ready, and writes spec.json into it,
@@ -879,6 +936,7 @@ static int task_begin(struct tasks *t, const char *id, json_t *doc,
 		if (json_is_null(json_object_get(doc, *f)))
 			json_object_del(doc, *f);
 	if (!k->user || json_object_set_new(doc, "started_at", json_real(now)) < 0 ||
+	    json_object_set_new(doc, "node", json_string(t->node)) < 0 ||
 	    task_spec_add_identity(doc, ident) < 0) {
 		task_free(k);
 		return -ENOMEM;
@@ -1087,6 +1145,7 @@ int tasks_handle_create(struct tasks *t, struct request *req, struct response *r
 	}
 	char id[TASKS_ID_MAX + 1];
 	snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(doc, "id")));
+	task_cap_outputs(t, doc);
 
 	pthread_mutex_lock(&t->create_lock);
 	pthread_mutex_lock(&t->lock);
@@ -1099,6 +1158,11 @@ int tasks_handle_create(struct tasks *t, struct request *req, struct response *r
 	}
 	size_t running = tasks_count_running_locked(t);
 	pthread_mutex_unlock(&t->lock);
+	task_check_staged(t, doc, id, msg, sizeof(msg));
+	if (msg[0]) {
+		response_set_error(resp, 400, "%s", msg);
+		goto out_unlock_create;
+	}
 
 	/* Now, not earlier: the task runs as the user the database says at its dispatch. */
 	r = task_resolve_identity(t, doc, &ident);

@@ -22,6 +22,9 @@ struct tasks;
  * the agent's effective user unless their request names another (which only root can
  * grant). Returns a new registry, 0 or -errno. */
 int tasks_open(const char *state_dir, const char *exe, const char *node, struct tasks **ret_tasks);
+/* The caps on every task's outputs (artifacts.h): a request's own "outputs_max_files"
+ * and "outputs_max_bytes" can only lower them. Call before serving. */
+void tasks_set_output_limits(struct tasks *t, long long max_files, long long max_bytes);
 /* Frees the registry. Running tasks carry on under their supervisors. NULL is a no-op. */
 void tasks_close(struct tasks *t);
 
