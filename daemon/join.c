@@ -16,6 +16,10 @@
 #include <unistd.h>
 
 #define JOIN_MAX_TOKEN 512 /* an agent's token longer than this is refused */
+/* An agent's connection outlives its heartbeat period by this much (a heartbeat late by
+ * less comes back on it), and is never kept idle longer than JOIN_KEEP_MAX_S. */
+#define JOIN_KEEP_MARGIN_S 30
+#define JOIN_KEEP_MAX_S    600
 
 struct join {
 	struct server *srv;
@@ -34,6 +38,7 @@ struct join {
 	char listen_host[64]; /* the listen address as configured (a wildcard stays one) */
 	char *cluster_name;
 	struct dnssd *dnssd;
+	unsigned keep_s; /* an agent's idle connection is kept this long: past a heartbeat */
 	/* Registrations check, then write: one at a time, so two agents racing for one name
 	 * cannot both win. */
 	pthread_mutex_t write_lock;
@@ -474,6 +479,9 @@ int join_new(const struct config *cfg, struct cluster *cluster, struct join **re
 		snprintf(j->relay_host, sizeof(j->relay_host), "%.*s", (int) hl, j->bound);
 	snprintf(j->listen_host, sizeof(j->listen_host), "%s", j->relay_host);
 	j->announce = cfg->join.announce;
+	j->keep_s = (unsigned) cfg->probe.heartbeat_s + JOIN_KEEP_MARGIN_S;
+	if (j->keep_s > JOIN_KEEP_MAX_S)
+		j->keep_s = JOIN_KEEP_MAX_S;
 	j->cluster_name = xstrdup(cfg->cluster);
 	if (j->announce && !dnssd_supported()) {
 		snprintf(errbuf, errlen,
@@ -514,6 +522,8 @@ int join_start(struct join *j, char *errbuf, size_t errlen)
 		.tls_cert_pem = j->cert_pem,
 		.tls_key_pem = j->key_pem,
 		.authorize = join_authorize,
+		/* an agent's heartbeats come back on their connection: no handshake each */
+		.auth_timeout_s = j->keep_s,
 	};
 	j->listen_fd = -1; /* the server owns it now, even on failure */
 	int r = server_start(&sc, &j->srv);

@@ -38,6 +38,7 @@ struct server {
 	struct MHD_Daemon *daemon;
 	const char *token; /* borrowed, immutable */
 	bool (*authorize)(void *userdata, const char *path, const char *bearer);
+	unsigned auth_timeout_s;    /* idle limit of an authorised connection */
 	const struct route *routes; /* borrowed, immutable */
 	size_t n_routes;
 	void *userdata;
@@ -591,8 +592,7 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 	st->responded = true;
 	if (!server_is_authorized(srv, conn, url))
 		return server_reply_unauthorized(conn);
-	MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
-				  (unsigned int) SERVER_AUTH_TIMEOUT_S);
+	MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, srv->auth_timeout_s);
 	if (st->too_large)
 		return server_reply_too_large(conn);
 	st->conn = conn;
@@ -782,6 +782,7 @@ int server_start(const struct server_config *cfg, struct server **ret_server)
 	}
 	srv->token = cfg->token;
 	srv->authorize = cfg->authorize;
+	srv->auth_timeout_s = cfg->auth_timeout_s ? cfg->auth_timeout_s : SERVER_AUTH_TIMEOUT_S;
 	srv->routes = cfg->routes;
 	srv->n_routes = cfg->n_routes;
 	srv->userdata = cfg->userdata;

@@ -179,9 +179,10 @@ static void join_http(const struct outgoing *o, struct answer *a)
 	explicit_bzero(auth, sizeof(auth));
 }
 
-/* POSTs `doc` (borrowed) as JSON to URL + path with the join token. */
+/* POSTs `doc` (borrowed) as JSON to URL + path with the join token, on a connection of
+ * `share` (or NULL: a connection of its own). */
 static void join_post(const struct join_options *o, const char *join_token, const char *path,
-		      const json_t *doc, struct answer *a)
+		      const json_t *doc, CURLSH *share, struct answer *a)
 {
 	char *body = json_dumps(doc, JSON_COMPACT);
 	char url[1024];
@@ -196,6 +197,7 @@ static void join_post(const struct join_options *o, const char *join_token, cons
 		.timeout_ms = JOIN_TIMEOUT_MS,
 		.ca_file = o->ca_file,
 		.fingerprint = o->fingerprint,
+		.share = share,
 	};
 	join_http(&out, a);
 	if (body) {
@@ -265,7 +267,7 @@ static bool join_register(struct agent_join *j, int *ret_heartbeat_s)
 	char why[512];
 	for (;;) {
 		struct answer a;
-		join_post(j->opts, j->join_token, "/api/join", doc, &a);
+		join_post(j->opts, j->join_token, "/api/join", doc, j->share, &a);
 		if (a.status == 200 || a.status == 201) {
 			json_t *ans =
 				json_loadb(a.body.data ? a.body.data : "", a.body.len, 0, NULL);
@@ -604,7 +606,7 @@ static void *join_main(void *arg)
 		if (system)
 			json_object_set_new(doc, "system", system);
 		struct answer a;
-		join_post(j->opts, j->join_token, "/api/join/heartbeat", doc, &a);
+		join_post(j->opts, j->join_token, "/api/join/heartbeat", doc, j->share, &a);
 		json_decref(doc);
 		if (a.status == 200) {
 			beat++;
@@ -755,7 +757,7 @@ int agent_join_leave(const struct join_options *opts, const char *name)
 	}
 	json_t *doc = json_pack("{ss ss}", "name", name, "token", opts->agent_token);
 	struct answer a;
-	join_post(opts, join_token, "/api/join/leave", doc, &a);
+	join_post(opts, join_token, "/api/join/leave", doc, NULL, &a);
 	json_decref(doc);
 	explicit_bzero(join_token, strlen(join_token));
 	free(join_token);
