@@ -750,12 +750,15 @@ err_close:
 	return r;
 }
 
-/* With -v, every connection is logged as it opens: a test can tell that none came. */
+/* A new connection gets the short idle limit until a request on it is authorised. With
+ * -v, every connection is logged as it opens: a test can tell that none came. */
 static void server_notify_connection(void *cls, struct MHD_Connection *conn, void **socket_ctx,
 				     enum MHD_ConnectionNotificationCode code)
 {
 	if (code != MHD_CONNECTION_NOTIFY_STARTED)
 		return;
+	MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
+				  (unsigned int) SERVER_TIMEOUT_S);
 	const union MHD_ConnectionInfo *ci =
 		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
 	char addr[INET6_ADDRSTRLEN + 16] = "?";
@@ -800,7 +803,9 @@ int server_start(const struct server_config *cfg, struct server **ret_server)
 		{MHD_OPTION_THREAD_POOL_SIZE, SERVER_THREADS, NULL},
 		{MHD_OPTION_CONNECTION_LIMIT, SERVER_CONNECTION_LIMIT, NULL},
 		{MHD_OPTION_PER_IP_CONNECTION_LIMIT, SERVER_PER_IP_LIMIT, NULL},
-		{MHD_OPTION_CONNECTION_TIMEOUT, SERVER_TIMEOUT_S, NULL},
+		/* the long limit is the daemon's: libmicrohttpd walks every connection with a
+		 * limit of its own at each turn of its loop, so only the few new ones have one */
+		{MHD_OPTION_CONNECTION_TIMEOUT, srv->auth_timeout_s, NULL},
 		{MHD_OPTION_CONNECTION_MEMORY_LIMIT, SERVER_CONNECTION_MEMORY, NULL},
 		{MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) server_request_completed, srv},
 		{MHD_OPTION_NOTIFY_CONNECTION, (intptr_t) server_notify_connection, srv},
