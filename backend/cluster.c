@@ -1207,34 +1207,26 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 	return 0;
 }
 
-struct heartbeat {
-	struct cluster *c;
-	char *name;
-	json_t *health, *system;
-	double at; /* wall */
-};
-
-/* Loop thread: a heartbeat counts as a successful probe that took no time. */
-static void heartbeat_on_loop(void *arg)
+/* A heartbeat counts as a successful probe that took no time. Applied on the caller's
+ * thread (the join listener's) under the write lock, as a probe's answer is on the loop
+ * thread: a hop to the loop would cost a wake-up per heartbeat. */
+int cluster_heartbeat(struct cluster *c, const char *name, json_t *health, json_t *system)
 {
-	struct heartbeat *hb = arg;
-	struct cluster *c = hb->c;
 	uint64_t now = clock_now_us();
+	double at = clock_wall_s();
 
 	pthread_rwlock_wrlock(&c->lock);
-	struct node *n = cluster_find(c, hb->name);
+	struct node *n = cluster_find(c, name);
 	if (!n) {
 		pthread_rwlock_unlock(&c->lock);
-		goto out_free;
+		return -ENOENT;
 	}
 	bool was_ok = n->failures == 0 && n->last_ok_us;
 	json_decref(n->health);
-	n->health = hb->health;
-	hb->health = NULL;
-	if (hb->system) {
+	n->health = json_incref(health);
+	if (system) {
 		json_decref(n->system);
-		n->system = hb->system;
-		hb->system = NULL;
+		n->system = json_incref(system);
 		n->system_us = now;
 	}
 	n->failures = 0;
@@ -1244,9 +1236,9 @@ static void heartbeat_on_loop(void *arg)
 	n->last_ok_us = now;
 	n->pushed_us = now;
 	n->last_pushed = true;
-	n->checked_at = n->attempted_at = hb->at;
+	n->checked_at = n->attempted_at = at;
 	n->latency_ms = 0;
-	n->changed_at = hb->at;
+	n->changed_at = at;
 	enum node_level old;
 	bool level_changed = node_evaluate(c, n, now, &old);
 	bool back = !was_ok && old != NODE_UNKNOWN;
@@ -1254,36 +1246,9 @@ static void heartbeat_on_loop(void *arg)
 		node_event_level(c, n, old);
 	pthread_rwlock_unlock(&c->lock);
 	if (back)
-		cluster_add_event(c, "node", hb->name, "heard from again (heartbeat)");
-	cluster_notify(c, hb->name);
-out_free:
-	json_decref(hb->health);
-	json_decref(hb->system);
-	free(hb->name);
-	free(hb);
-}
-
-int cluster_heartbeat(struct cluster *c, const char *name, json_t *health, json_t *system)
-{
-	pthread_rwlock_rdlock(&c->lock);
-	bool known = cluster_find(c, name) != NULL;
-	pthread_rwlock_unlock(&c->lock);
-	if (!known)
-		return -ENOENT;
-	struct heartbeat *hb = xcalloc(1, sizeof(*hb));
-	hb->c = c;
-	hb->name = xstrdup(name);
-	hb->health = json_incref(health);
-	hb->system = json_incref(system);
-	hb->at = clock_wall_s();
-	int r = loop_post(c->loop, heartbeat_on_loop, hb);
-	if (r < 0) {
-		json_decref(hb->health);
-		json_decref(hb->system);
-		free(hb->name);
-		free(hb);
-	}
-	return r;
+		cluster_add_event(c, "node", name, "heard from again (heartbeat)");
+	cluster_notify(c, name);
+	return 0;
 }
 
 int cluster_forget_node(struct cluster *c, const char *name, const char *why)

@@ -2761,7 +2761,12 @@ void tasks_set_target(struct tasks *t, const struct tasks_target *target)
 
 void tasks_on_cluster_change(void *arg, const char *node)
 {
-	post_schedule(arg);
+	struct tasks *t = arg;
+	/* a change can only place queued work: a heartbeat of an idle cluster costs no
+	 * scheduling round */
+	pthread_mutex_lock(&t->lock);
+	post_schedule_locked(t);
+	pthread_mutex_unlock(&t->lock);
 }
 
 void tasks_set_prompts(struct tasks *t, const struct tasks_prompts *prompts)

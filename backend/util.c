@@ -1,6 +1,10 @@
 /* Small helpers every layer uses. */
 #include "backend/util.h"
 
+/* The default level, named before <syslog.h>, whose LOG_INFO (6) and LOG_DEBUG (7) macros
+ * shadow util.h's levels below: with them, debug lines were always written. */
+static const enum log_level log_default = LOG_INFO;
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -110,7 +114,7 @@ void clock_format_utc(double wall_s, char out[32])
 	strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-static enum log_level log_max = LOG_INFO;
+static enum log_level log_max = log_default;
 static bool log_syslog;
 static const char *log_prefix = "clusterfs";
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;

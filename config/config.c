@@ -626,10 +626,12 @@ static int parse_probe(struct loader *ld, const json_t *doc)
 }
 
 /* "join": {"listen": "ADDR:PORT", "token_file": F, "tls": {"cert_file", "key_file"},
- * "forget_after_s": N}. Join traffic is HTTPS from the start: tls is required. */
+ * "forget_after_s": N, "announce": BOOL}. Join traffic is HTTPS from the start: tls is
+ * required. */
 static int parse_join(struct loader *ld, const json_t *doc)
 {
-	static const char *const keys[] = {"listen", "token_file", "tls", "forget_after_s", NULL};
+	static const char *const keys[] = {"listen",         "token_file", "tls",
+					   "forget_after_s", "announce",   NULL};
 	static const char *const tls_keys[] = {"cert_file", "key_file", NULL};
 	struct cfg_join *j = &ld->c->join;
 	json_t *join = json_object_get(doc, "join"), *tls;
@@ -650,6 +652,8 @@ static int parse_join(struct loader *ld, const json_t *doc)
 		r = parse_string(ld, join, "token_file", true, &token_file);
 	if (r == 0)
 		r = parse_int(ld, join, "forget_after_s", 0, 365 * 86400, &j->forget_after_s);
+	if (r == 0)
+		r = parse_bool(ld, join, "announce", &j->announce);
 	if (r == 0 && j->forget_after_s && j->forget_after_s < ld->c->probe.offline_after_s) {
 		ld_push(ld, "forget_after_s");
 		r = ld_fail(ld, LOCATE_VALUE,
@@ -2323,11 +2327,12 @@ char *config_render(const struct config *c)
 	json_object_set_new(o, "probe", probe);
 	if (c->join.enabled)
 		json_object_set_new(o, "join",
-				    json_pack("{ss ss ss s{ss ss} si}", "listen", c->join.listen,
+				    json_pack("{ss ss ss s{ss ss} si sb}", "listen", c->join.listen,
 					      "token_file", c->join.token_file, "token",
 					      "(redacted)", "tls", "cert_file", c->join.cert_file,
 					      "key_file", c->join.key_file, "forget_after_s",
-					      c->join.forget_after_s));
+					      c->join.forget_after_s, "announce",
+					      c->join.announce));
 	if (c->dropin_dir)
 		json_object_set_new(o, "dropin_dir", json_string(c->dropin_dir));
 	th = json_pack("{so so so so}", "cpu", render_pair(c->thresholds.cpu), "memory",

@@ -116,6 +116,7 @@ struct cfg_join {
 	char *cert_file;    /* tls.cert_file: the listener's certificate (HTTPS only) */
 	char *key_file;     /* tls.key_file */
 	int forget_after_s; /* joined nodes offline this long are removed; 0 (default): never */
+	bool announce;      /* publish _clusterfs-join._tcp over DNS-SD (avahi), for --join auto */
 };
 
 /* [warning, critical] pairs. A metric above the value reaches that level. */

@@ -2,6 +2,7 @@
 #include "daemon/join.h"
 #include "daemon/relay.h"
 #include "backend/util.h"
+#include "httpd/dnssd.h"
 #include "httpd/server.h"
 #include "httpd/tls.h"
 
@@ -15,6 +16,10 @@
 #include <unistd.h>
 
 #define JOIN_MAX_TOKEN 512 /* an agent's token longer than this is refused */
+/* An agent's connection outlives its heartbeat period by this much (a heartbeat late by
+ * less comes back on it), and is never kept idle longer than JOIN_KEEP_MAX_S. */
+#define JOIN_KEEP_MARGIN_S 30
+#define JOIN_KEEP_MAX_S    600
 
 struct join {
 	struct server *srv;
@@ -27,6 +32,13 @@ struct join {
 	char relay_host[64]; /* where the control plane reaches its own listener */
 	char *fingerprint;   /* of the listener's certificate: what reverse drop-ins pin */
 	struct relay *relay;
+	/* join.announce: _clusterfs-join._tcp on the LAN, with the fingerprint vouched for
+	 * with the join token (tls_vouch) for `clusterfs-agent --join auto` */
+	bool announce;
+	char listen_host[64]; /* the listen address as configured (a wildcard stays one) */
+	char *cluster_name;
+	struct dnssd *dnssd;
+	unsigned keep_s; /* an agent's idle connection is kept this long: past a heartbeat */
 	/* Registrations check, then write: one at a time, so two agents racing for one name
 	 * cannot both win. */
 	pthread_mutex_t write_lock;
@@ -465,6 +477,27 @@ int join_new(const struct config *cfg, struct cluster *cluster, struct join **re
 			 j->bound + 1);
 	else
 		snprintf(j->relay_host, sizeof(j->relay_host), "%.*s", (int) hl, j->bound);
+	snprintf(j->listen_host, sizeof(j->listen_host), "%s", j->relay_host);
+	j->announce = cfg->join.announce;
+	j->keep_s = (unsigned) cfg->probe.heartbeat_s + JOIN_KEEP_MARGIN_S;
+	if (j->keep_s > JOIN_KEEP_MAX_S)
+		j->keep_s = JOIN_KEEP_MAX_S;
+	j->cluster_name = xstrdup(cfg->cluster);
+	if (j->announce && !dnssd_supported()) {
+		snprintf(errbuf, errlen,
+			 "join.announce: this clusterfs was built without avahi (DNS-SD)");
+		r = -ENOTSUP;
+		goto err_free;
+	}
+	if (j->announce &&
+	    (strncmp(j->listen_host, "127.", 4) == 0 || strcmp(j->listen_host, "::1") == 0)) {
+		snprintf(errbuf, errlen,
+			 "join.announce: join.listen %s is a loopback address, which no agent on "
+			 "the LAN can reach (listen on a LAN address, or 0.0.0.0)",
+			 cfg->join.listen);
+		r = -EINVAL;
+		goto err_free;
+	}
 	if (strcmp(j->relay_host, "0.0.0.0") == 0)
 		snprintf(j->relay_host, sizeof(j->relay_host), "127.0.0.1");
 	else if (strcmp(j->relay_host, "::") == 0)
@@ -489,21 +522,40 @@ int join_start(struct join *j, char *errbuf, size_t errlen)
 		.tls_cert_pem = j->cert_pem,
 		.tls_key_pem = j->key_pem,
 		.authorize = join_authorize,
+		/* an agent's heartbeats come back on their connection: no handshake each */
+		.auth_timeout_s = j->keep_s,
 	};
 	j->listen_fd = -1; /* the server owns it now, even on failure */
 	int r = server_start(&sc, &j->srv);
 	if (r == 0)
 		relay_set_server(j->relay, j->srv);
-	if (r < 0)
+	if (r < 0) {
 		snprintf(errbuf, errlen, "cannot start the join listener on %s: %s", j->bound,
 			 strerror(-r));
-	return r;
+		return r;
+	}
+	if (j->announce) {
+		char cluster[128], fp[128], mac[128];
+		char *vouch = tls_vouch(j->token, j->fingerprint);
+		snprintf(cluster, sizeof(cluster), "cluster=%s", j->cluster_name);
+		snprintf(fp, sizeof(fp), "fp=%s", j->fingerprint);
+		snprintf(mac, sizeof(mac), "mac=%s", vouch ? vouch : "");
+		free(vouch);
+		const char *txt[] = {"v=1", cluster, fp, mac, NULL};
+		r = dnssd_publish(DNSSD_JOIN_TYPE, j->cluster_name, j->listen_host, j->port, txt,
+				  &j->dnssd, errbuf, errlen);
+		if (r < 0)
+			return r;
+	}
+	return 0;
 }
 
 void join_stop(struct join *j)
 {
 	if (!j)
 		return;
+	dnssd_free(j->dnssd);
+	free(j->cluster_name);
 	server_stop(j->srv);
 	relay_free(j->relay);
 	free(j->fingerprint);

@@ -40,6 +40,7 @@ struct server {
 	struct MHD_Daemon *daemon;
 	const char *token; /* borrowed, immutable */
 	bool (*authorize)(void *userdata, const char *path, const char *bearer);
+	unsigned auth_timeout_s;    /* idle limit of an authorised connection */
 	const struct route *routes; /* borrowed, immutable */
 	size_t n_routes;
 	const struct upload_route *uploads; /* borrowed, immutable */
@@ -688,8 +689,7 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 	st->responded = true;
 	if (!server_is_authorized(srv, conn, method, url))
 		return server_reply_unauthorized(conn);
-	MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
-				  (unsigned int) SERVER_AUTH_TIMEOUT_S);
+	MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, srv->auth_timeout_s);
 	if (st->too_large)
 		return server_reply_too_large(conn);
 	st->conn = conn;
@@ -847,12 +847,15 @@ err_close:
 	return r;
 }
 
-/* With -v, every connection is logged as it opens: a test can tell that none came. */
+/* A new connection gets the short idle limit until a request on it is authorised. With
+ * -v, every connection is logged as it opens: a test can tell that none came. */
 static void server_notify_connection(void *cls, struct MHD_Connection *conn, void **socket_ctx,
 				     enum MHD_ConnectionNotificationCode code)
 {
 	if (code != MHD_CONNECTION_NOTIFY_STARTED)
 		return;
+	MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
+				  (unsigned int) SERVER_TIMEOUT_S);
 	const union MHD_ConnectionInfo *ci =
 		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
 	char addr[INET6_ADDRSTRLEN + 16] = "?";
@@ -881,6 +884,7 @@ int server_start(const struct server_config *cfg, struct server **ret_server)
 	srv->uploads = cfg->uploads;
 	srv->n_uploads = cfg->n_uploads;
 	srv->authorize = cfg->authorize;
+	srv->auth_timeout_s = cfg->auth_timeout_s ? cfg->auth_timeout_s : SERVER_AUTH_TIMEOUT_S;
 	srv->routes = cfg->routes;
 	srv->n_routes = cfg->n_routes;
 	srv->userdata = cfg->userdata;
@@ -898,7 +902,9 @@ int server_start(const struct server_config *cfg, struct server **ret_server)
 		{MHD_OPTION_THREAD_POOL_SIZE, SERVER_THREADS, NULL},
 		{MHD_OPTION_CONNECTION_LIMIT, SERVER_CONNECTION_LIMIT, NULL},
 		{MHD_OPTION_PER_IP_CONNECTION_LIMIT, SERVER_PER_IP_LIMIT, NULL},
-		{MHD_OPTION_CONNECTION_TIMEOUT, SERVER_TIMEOUT_S, NULL},
+		/* the long limit is the daemon's: libmicrohttpd walks every connection with a
+		 * limit of its own at each turn of its loop, so only the few new ones have one */
+		{MHD_OPTION_CONNECTION_TIMEOUT, srv->auth_timeout_s, NULL},
 		{MHD_OPTION_CONNECTION_MEMORY_LIMIT, SERVER_CONNECTION_MEMORY, NULL},
 		{MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) server_request_completed, srv},
 		{MHD_OPTION_NOTIFY_CONNECTION, (intptr_t) server_notify_connection, srv},

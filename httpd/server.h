@@ -112,6 +112,11 @@ struct server_config {
 	/* Instead of `token`: decides per request whether `bearer` (NULL when there is none)
 	 * may use `path`. Runs on a server thread; must compare secrets in constant time. */
 	bool (*authorize)(void *userdata, const char *path, const char *bearer);
+	/* How long a connection that carried an authorised request may stay idle, in
+	 * seconds; 0: 30. Longer for clients that come back at a known period (the join
+	 * listener's heartbeats), so that each comes back on its connection, without a TLS
+	 * handshake. */
+	unsigned auth_timeout_s;
 };
 
 struct server;

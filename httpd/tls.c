@@ -245,3 +245,26 @@ out:
 		abort();
 	return 0;
 }
+
+char *tls_vouch(const char *secret, const char *fingerprint)
+{
+	unsigned char mac[32];
+	struct buf msg;
+	buf_init(&msg);
+	buf_printf(&msg, "clusterfs-join %s", fingerprint);
+	int g = gnutls_hmac_fast(GNUTLS_MAC_SHA256, secret, strlen(secret), msg.data, msg.len, mac);
+	buf_free(&msg);
+	if (g < 0)
+		return NULL;
+	char *b64 = util_base64_encode(mac, sizeof(mac));
+	explicit_bzero(mac, sizeof(mac));
+	return b64;
+}
+
+bool tls_vouch_check(const char *secret, const char *fingerprint, const char *mac)
+{
+	char *want = tls_vouch(secret, fingerprint);
+	bool ok = want && mac && secret_equal(want, mac);
+	free(want);
+	return ok;
+}

@@ -4,6 +4,7 @@
  * libcurl's CURLOPT_PINNEDPUBLICKEY "sha256//BASE64" compares). */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* Reads a PEM certificate and its PEM private key for serving. The key file must be a
@@ -16,6 +17,14 @@ int tls_read_pair(const char *cert_file, const char *key_file, char **ret_cert_p
 /* The fingerprint "sha256:BASE64" of a PEM certificate. Returns a new string, 0 or -errno
  * with one sentence in errbuf. */
 int tls_fingerprint_pem(const char *cert_pem, char **ret_fp, char *errbuf, size_t errlen);
+
+/* A fingerprint vouched for by whoever holds `secret` (the join token): base64 of
+ * HMAC-SHA256(secret, "clusterfs-join " FINGERPRINT). A DNS-SD announcement carries it, so
+ * that an agent holding the join token can tell the control plane's key from an impostor's
+ * without a pin (see DESIGN, membership). Returns a new string, or NULL on no memory. */
+char *tls_vouch(const char *secret, const char *fingerprint);
+/* Whether `mac` is tls_vouch(secret, fingerprint), compared in constant time. */
+bool tls_vouch_check(const char *secret, const char *fingerprint, const char *mac);
 
 /* A new self-signed certificate (ECDSA P-256, SHA-256, valid for ten years, random serial)
  * for common name `name`, with every entry of `dns` (n_dns) and `ips` (n_ips, numeric IPv4

@@ -335,6 +335,39 @@ def test_heartbeats_keep_a_node_healthy_with_probes_blocked(cp, join_agents):
                         "--dport", str(port), "-j", "DROP"], check=False)
 
 
+def test_heartbeats_come_back_on_one_connection(cp, join_agents):
+    """The agent keeps its connection to the join listener between heartbeats, and the
+    listener keeps it open past the heartbeat period: one TLS handshake, not one per
+    heartbeat (what costs the control plane most). Counted by an iptables rule in the
+    agent's namespace that matches the SYNs sent to the join listener."""
+    m = cp["mount"]
+    join_port = cp["url"].rsplit(":", 1)[1]
+    rule = ["OUTPUT", "-p", "tcp", "--syn", "-d", cp["local"], "--dport", join_port,
+            "-j", "ACCEPT"]
+    ns = ["ip", "netns", "exec", cp["ns"], "iptables"]
+    subprocess.run([*ns, "-I", *rule], check=True)
+    try:
+        def syns():
+            r = subprocess.run([*ns, "-L", "OUTPUT", "-v", "-x", "-n"], capture_output=True,
+                               text=True, check=True)
+            return sum(int(ln.split()[0]) for ln in r.stdout.splitlines()
+                       if f"dpt:{join_port}" in ln and "flags:" in ln)
+
+        join_agents("kept1", 9205)
+        wait_until(lambda: node_status(m, "kept1") == "healthy", 10, what="kept1 healthy")
+        seen = set()
+
+        def beats():
+            seen.add(m.json("nodes", "kept1", "info")["last_heard_at"])
+            return len(seen) >= 5
+
+        wait_until(beats, 20, step=0.2, what="five heartbeats")
+        # the registration and every heartbeat: one connection
+        assert syns() == 1, (syns(), seen)
+    finally:
+        subprocess.run([*ns, "-D", *rule], check=False)
+
+
 def test_heartbeat_with_another_nodes_token_is_refused(cp, join_agents):
     """A heartbeat must carry the token of the node it speaks for."""
     m = cp["mount"]

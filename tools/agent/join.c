@@ -1,6 +1,8 @@
 /* The agent's side of joining: registration, heartbeats and leaving, over HTTPS. */
 #include "tools/agent/join.h"
 #include "backend/util.h"
+#include "httpd/dnssd.h"
+#include "httpd/tls.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -21,10 +23,14 @@
 #define JOIN_MAX_WORK                                                                              \
 	(16 * 1024 * 1024)   /* a batch of relayed requests, bodies in
 						* base64 (an input is up to 1 MiB) */
-#define JOIN_SYSTEM_EVERY 20 /* heartbeats between two system documents */
+#define JOIN_SYSTEM_EVERY 20   /* heartbeats between two system documents */
+#define JOIN_BROWSE_MS    5000 /* --join auto: one browse of the LAN */
 
 struct agent_join {
-	const struct join_options *opts;
+	const struct join_options *opts; /* &own */
+	struct join_options own;         /* the caller's, with what --join auto found */
+	char found_url[128];             /* --join auto: "https://ADDR:PORT" found */
+	char found_fp[128];              /* and the key it pins */
 	const struct api_context *api;
 	char *join_token; /* secret */
 	pthread_t thread;
@@ -179,9 +185,10 @@ static void join_http(const struct outgoing *o, struct answer *a)
 	explicit_bzero(auth, sizeof(auth));
 }
 
-/* POSTs `doc` (borrowed) as JSON to URL + path with the join token. */
+/* POSTs `doc` (borrowed) as JSON to URL + path with the join token, on a connection of
+ * `share` (or NULL: a connection of its own). */
 static void join_post(const struct join_options *o, const char *join_token, const char *path,
-		      const json_t *doc, struct answer *a)
+		      const json_t *doc, CURLSH *share, struct answer *a)
 {
 	char *body = json_dumps(doc, JSON_COMPACT);
 	char url[1024];
@@ -196,6 +203,7 @@ static void join_post(const struct join_options *o, const char *join_token, cons
 		.timeout_ms = JOIN_TIMEOUT_MS,
 		.ca_file = o->ca_file,
 		.fingerprint = o->fingerprint,
+		.share = share,
 	};
 	join_http(&out, a);
 	if (body) {
@@ -265,7 +273,7 @@ static bool join_register(struct agent_join *j, int *ret_heartbeat_s)
 	char why[512];
 	for (;;) {
 		struct answer a;
-		join_post(j->opts, j->join_token, "/api/join", doc, &a);
+		join_post(j->opts, j->join_token, "/api/join", doc, j->share, &a);
 		if (a.status == 200 || a.status == 201) {
 			json_t *ans =
 				json_loadb(a.body.data ? a.body.data : "", a.body.len, 0, NULL);
@@ -504,10 +512,84 @@ static void share_unlock(CURL *e, curl_lock_data data, void *arg)
 	pthread_mutex_unlock(&j->share_locks[data]);
 }
 
+/* --join auto: what a browse is looking for, and what it found. */
+struct discover {
+	const char *join_token; /* a vouch made with it proves a fingerprint... */
+	const char *pin;        /* ...unless --join-fingerprint pins one: then only that one */
+	char url[128], fp[128];
+};
+
+/* Whether a _clusterfs-join._tcp announcement is our control plane. Anyone on the LAN can
+ * announce: its fingerprint counts only when --join-fingerprint names it or the
+ * announcement vouches for it with our join token (tls_vouch); the TLS connection then pins
+ * it, so the join token is never sent to another key. */
+static bool join_accept(void *arg, const struct dnssd_service *s)
+{
+	struct discover *d = arg;
+	const char *fp = dnssd_service_txt(s, "fp");
+	const char *mac = dnssd_service_txt(s, "mac");
+	const char *cluster = dnssd_service_txt(s, "cluster");
+	if (!fp || strncmp(fp, "sha256:", 7) != 0 || strlen(fp) >= sizeof(d->fp)) {
+		log_warn("--join auto: \"%s\" at %s:%d announces no key fingerprint: ignored",
+			 s->name, s->address, s->port);
+		return false;
+	}
+	if (d->pin ? strcmp(fp, d->pin) != 0 : !tls_vouch_check(d->join_token, fp, mac)) {
+		log_warn("--join auto: \"%s\" at %s:%d is %s: ignored", s->name, s->address,
+			 s->port,
+			 d->pin ? "another key than --join-fingerprint"
+				: "not vouched for with our join token (another cluster, or an "
+				  "impostor)");
+		return false;
+	}
+	snprintf(d->url, sizeof(d->url), "https://%s:%d", s->address, s->port);
+	snprintf(d->fp, sizeof(d->fp), "%s", fp);
+	log_info("--join auto: found the control plane of %s at %s:%d (\"%s\" on %s, key %s)",
+		 cluster ? cluster : "(unnamed)", s->address, s->port, s->name, s->host, fp);
+	return true;
+}
+
+/* Browses until a control plane is found (true: j->own points at it), the agent stops or
+ * avahi is missing from this build (false). */
+static bool join_discover(struct agent_join *j)
+{
+	long backoff = JOIN_BACKOFF_MIN_MS;
+	char err[512];
+	for (;;) {
+		struct discover d = {.join_token = j->join_token, .pin = j->own.fingerprint};
+		int r = dnssd_browse(DNSSD_JOIN_TYPE, JOIN_BROWSE_MS,
+				     (const volatile bool *) &j->stopping, join_accept, &d, err,
+				     sizeof(err));
+		if (r == 0) {
+			memcpy(j->found_url, d.url, sizeof(d.url));
+			memcpy(j->found_fp, d.fp, sizeof(d.fp));
+			j->own.url = j->found_url;
+			j->own.fingerprint = j->found_fp;
+			return true;
+		}
+		if (j->stopping)
+			return false;
+		if (r == -ENOTSUP) {
+			log_err("--join auto: %s", err);
+			j->failed = true;
+			return false;
+		}
+		log_warn("--join auto: %s; browsing again in %ld ms", err, backoff);
+		if (join_sleep(j, backoff))
+			return false;
+		backoff = backoff * 2 > JOIN_BACKOFF_MAX_MS ? JOIN_BACKOFF_MAX_MS : backoff * 2;
+	}
+}
+
 static void *join_main(void *arg)
 {
 	struct agent_join *j = arg;
 	int period_s = 45;
+	if (strcmp(j->own.url, "auto") == 0 && !join_discover(j)) {
+		if (j->failed)
+			kill(getpid(), SIGTERM);
+		return NULL;
+	}
 	if (!join_register(j, &period_s)) {
 		if (j->failed)
 			kill(getpid(), SIGTERM); /* the agent's main thread ends, and says why */
@@ -533,7 +615,7 @@ static void *join_main(void *arg)
 		if (system)
 			json_object_set_new(doc, "system", system);
 		struct answer a;
-		join_post(j->opts, j->join_token, "/api/join/heartbeat", doc, &a);
+		join_post(j->opts, j->join_token, "/api/join/heartbeat", doc, j->share, &a);
 		json_decref(doc);
 		if (a.status == 200) {
 			beat++;
@@ -572,9 +654,9 @@ static int join_read_token(const struct join_options *o, char **ret, char *errbu
 		snprintf(errbuf, errlen, "--join needs --join-token-file FILE (the join token)");
 		return -EINVAL;
 	}
-	if (strncmp(o->url, "https://", 8) != 0) {
-		snprintf(errbuf, errlen, "--join %s: the join URL must be https://HOST:PORT",
-			 o->url);
+	if (strncmp(o->url, "https://", 8) != 0 && strcmp(o->url, "auto") != 0) {
+		snprintf(errbuf, errlen,
+			 "--join %s: the join URL must be https://HOST:PORT (or auto)", o->url);
 		return -EINVAL;
 	}
 	if (o->fingerprint && strncmp(o->fingerprint, "sha256:", 7) != 0) {
@@ -593,7 +675,8 @@ int agent_join_start(const struct join_options *opts, const struct api_context *
 		free(j);
 		return r;
 	}
-	j->opts = opts;
+	j->own = *opts;
+	j->opts = &j->own;
 	j->api = api;
 	pthread_mutex_init(&j->lock, NULL);
 	pthread_condattr_t ca;
@@ -666,9 +749,24 @@ int agent_join_leave(const struct join_options *opts, const char *name)
 		return r;
 	}
 	curl_global_init(CURL_GLOBAL_ALL);
+	struct join_options own = *opts;
+	struct discover d = {.join_token = join_token, .pin = opts->fingerprint};
+	if (strcmp(opts->url, "auto") == 0) {
+		r = dnssd_browse(DNSSD_JOIN_TYPE, 2 * JOIN_BROWSE_MS, NULL, join_accept, &d, err,
+				 sizeof(err));
+		if (r < 0) {
+			log_err("--leave --join auto: %s", err);
+			explicit_bzero(join_token, strlen(join_token));
+			free(join_token);
+			return r;
+		}
+		own.url = d.url;
+		own.fingerprint = d.fp;
+		opts = &own;
+	}
 	json_t *doc = json_pack("{ss ss}", "name", name, "token", opts->agent_token);
 	struct answer a;
-	join_post(opts, join_token, "/api/join/leave", doc, &a);
+	join_post(opts, join_token, "/api/join/leave", doc, NULL, &a);
 	json_decref(doc);
 	explicit_bzero(join_token, strlen(join_token));
 	free(join_token);

@@ -9,6 +9,7 @@
 #include "tools/agent/staging.h"
 #include "tools/agent/init.h"
 #include "tools/agent/ledger.h"
+#include "httpd/dnssd.h"
 #include "httpd/server.h"
 #include "tools/agent/supervisor.h"
 #include "tools/agent/sysinfo.h"
@@ -52,6 +53,7 @@ struct agent_options {
 	bool leave;                  /* --leave: deregister from --join URL and exit */
 	long long outputs_max_files; /* --outputs-max-files N: per task */
 	long long outputs_max_bytes; /* --outputs-max-bytes N: per task */
+	bool announce;               /* --announce: publish _clusterfs._tcp over DNS-SD (avahi) */
 };
 
 /* The default state directory: system-wide for root, per user otherwise. Returns a new
@@ -96,9 +98,10 @@ static void agent_usage(FILE *out)
 	fprintf(out,
 		"Usage: clusterfs-agent [--listen ADDR:PORT] --token-file FILE [--state-dir DIR]\n"
 		"                       [--name NAME] [--ledger FILE] [--tls-cert FILE --tls-key FILE]\n"
-		"                       [--join https://HOST:PORT --join-token-file FILE\n"
+		"                       [--join https://HOST:PORT|auto --join-token-file FILE\n"
 		"                        [--join-ca FILE | --join-fingerprint FP] [--advertise ADDR]\n"
-		"                        [--role ROLE] [--capabilities A,B] [--reverse]] [-v]\n"
+		"                        [--role ROLE] [--capabilities A,B] [--reverse]]\n"
+		"                       [--announce] [-v]\n"
 		"       clusterfs-agent --leave --join URL --join-token-file FILE --token-file FILE\n"
 		"                       [--name NAME] [--join-ca FILE | --join-fingerprint FP]\n"
 		"       clusterfs-agent --init DIR [--name NAME] [--listen ADDR:PORT]\n"
@@ -137,7 +140,10 @@ static void agent_usage(FILE *out)
 		"  --outputs-max-bytes N  at most N bytes of outputs per task (default 4 GiB)\n"
 		"  --join URL          register with the control plane's join listener\n"
 		"                      (https://HOST:PORT; hosts.d/NAME.json is written there)\n"
-		"                      and push a heartbeat every probe.heartbeat_s seconds\n"
+		"                      and push a heartbeat every probe.heartbeat_s seconds;\n"
+		"                      auto: find it on the LAN (DNS-SD _clusterfs-join._tcp,\n"
+		"                      through avahi), its key vouched for with the join token\n"
+		"                      or pinned by --join-fingerprint\n"
 		"  --join-token-file F the join token (mode 0600), not the agent's token\n"
 		"  --join-ca FILE      verify the control plane's certificate against FILE...\n"
 		"  --join-fingerprint FP ...or pin its key (\"sha256:BASE64\"); default: system CAs\n"
@@ -148,6 +154,8 @@ static void agent_usage(FILE *out)
 		"  --reverse           behind NAT: the control plane reaches this agent over a\n"
 		"                      channel the agent keeps open (a long poll to --join URL)\n"
 		"  --leave             ask the control plane to forget this node, and exit\n"
+		"  --announce          publish this agent on the LAN (DNS-SD _clusterfs._tcp,\n"
+		"                      through avahi-daemon)\n"
 		"  -v, --verbose       log every connection and request\n"
 		"  --help              print this help and exit\n"
 		"  --version           print the version and exit\n",
@@ -180,6 +188,7 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		OPT_REVERSE,
 		OPT_OUTPUTS_MAX_FILES,
 		OPT_OUTPUTS_MAX_BYTES,
+		OPT_ANNOUNCE,
 	};
 	static const struct option longopts[] = {
 		{"listen", required_argument, NULL, OPT_LISTEN},
@@ -202,6 +211,7 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		{"reverse", no_argument, NULL, OPT_REVERSE},
 		{"outputs-max-files", required_argument, NULL, OPT_OUTPUTS_MAX_FILES},
 		{"outputs-max-bytes", required_argument, NULL, OPT_OUTPUTS_MAX_BYTES},
+		{"announce", no_argument, NULL, OPT_ANNOUNCE},
 		{"verbose", no_argument, NULL, 'v'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, OPT_VERSION},
@@ -252,6 +262,7 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 						     : &opts.outputs_max_bytes) = v;
 			break;
 		}
+		case OPT_ANNOUNCE: opts.announce = true; break;
 		case 'h': agent_usage(stdout); return 1;
 		case OPT_VERSION: printf("clusterfs-agent %s\n", CLUSTERFS_VERSION); return 1;
 		default: agent_usage(stderr); return -EINVAL;
@@ -288,6 +299,18 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 			       opts.join.role || opts.join.capabilities)) {
 		fprintf(stderr, "clusterfs-agent: --leave and the --join-* options, --advertise, "
 				"--role and --capabilities go with --join URL\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (opts.join.url && strcmp(opts.join.url, "auto") == 0 && opts.join.ca_file) {
+		fprintf(stderr, "clusterfs-agent: --join auto pins the key it finds (vouched for "
+				"with the join token, or --join-fingerprint): it takes no "
+				"--join-ca\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if ((opts.init_dir || opts.fingerprint) && opts.announce) {
+		fprintf(stderr, "clusterfs-agent: --announce goes with a running agent\n");
 		agent_usage(stderr);
 		return -EINVAL;
 	}
@@ -463,6 +486,32 @@ static void agent_wait_for_signal(const sigset_t *set, struct tasks *tasks)
 			return;
 		}
 	}
+}
+
+/* --announce: _clusterfs._tcp named after the node, on the interface of the address we
+ * listen on, with TXT records saying how to reach us (its TLS key's fingerprint). */
+static int agent_announce(const struct agent_options *o, const char *bound, const char *tls_cert,
+			  struct dnssd **ret, char *errbuf, size_t errlen)
+{
+	char host[INET6_ADDRSTRLEN + 8], name[300], fp[128] = "", version[64];
+	const char *colon = strrchr(bound, ':');
+	size_t hl = colon ? (size_t) (colon - bound) : strlen(bound);
+	if (hl >= 2 && bound[0] == '[')
+		snprintf(host, sizeof(host), "%.*s", (int) (hl - 2), bound + 1);
+	else
+		snprintf(host, sizeof(host), "%.*s", (int) hl, bound);
+	snprintf(name, sizeof(name), "name=%s", o->name);
+	snprintf(version, sizeof(version), "version=%s", CLUSTERFS_VERSION);
+	if (tls_cert) {
+		char *f = NULL;
+		if (tls_fingerprint_pem(tls_cert, &f, errbuf, errlen) < 0)
+			return -EINVAL;
+		snprintf(fp, sizeof(fp), "fp=%s", f);
+		free(f);
+	}
+	const char *txt[] = {name, tls_cert ? "tls=1" : "tls=0", version, fp[0] ? fp : NULL, NULL};
+	return dnssd_publish(DNSSD_AGENT_TYPE, o->name, host, colon ? atoi(colon + 1) : 0, txt, ret,
+			     errbuf, errlen);
 }
 
 int main(int argc, char **argv)
@@ -653,7 +702,18 @@ int main(int argc, char **argv)
 
 	char *agent_fp = NULL;
 	struct agent_join *join = NULL;
+	struct dnssd *dnssd = NULL;
 	char local_url[INET6_ADDRSTRLEN + 32];
+	if (opts.announce) {
+		r = agent_announce(&opts, bound, tls_cert, &dnssd, errbuf, sizeof(errbuf));
+		if (r < 0) {
+			log_err("--announce: %s", errbuf);
+			ret = AGENT_EXIT_USAGE;
+			tasks_set_notify(tasks, NULL, NULL);
+			server_stop(srv);
+			goto out_stop_sampler;
+		}
+	}
 	if (opts.join.url) {
 		const char *colon = strrchr(bound, ':');
 		opts.join.port = colon ? atoi(colon + 1) : 0;
@@ -678,6 +738,7 @@ int main(int argc, char **argv)
 		if (r < 0) {
 			log_err("%s", errbuf);
 			ret = AGENT_EXIT_USAGE;
+			dnssd_free(dnssd);
 			tasks_set_notify(tasks, NULL, NULL);
 			server_stop(srv);
 			free(agent_fp);
@@ -688,6 +749,7 @@ int main(int argc, char **argv)
 	agent_wait_for_signal(&sigs, tasks);
 	api.stopping = true; /* input fetches in progress give up */
 	bool join_failed = agent_join_stop(join);
+	dnssd_free(dnssd);
 	free(agent_fp);
 	tasks_set_notify(tasks, NULL, NULL);
 	server_stop(srv);
