@@ -16,7 +16,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define TIMEOUT_S        1.0 /* kernel entry and attribute cache */
 #define MAX_NOTIFY_QUEUE 4096
 #define NOTIFY_STOP_US   1000000 /* how long a stop waits for a notification in flight */
 
@@ -277,19 +276,18 @@ static void collect_ino(void *arg, uint64_t ino, const char *path)
 void fs_on_cluster_change(void *arg, const char *node)
 {
 	struct fs *f = arg;
-	static const char *const tops[] = {"/stats",         "/alerts",       "/events", "/metrics",
-					   "/topology.json", "/topology.dot", "/config"};
-	static const char *const node_files[] = {"status", "health", "info",        "address",
-						 "role",   "tier",   "capabilities"};
 	struct collect col = {.f = f};
 	if (node) {
 		/* inode numbers are path hashes: ask for the node's files directly */
-		for (size_t i = 0; i < sizeof(node_files) / sizeof(node_files[0]); i++) {
-			char path[512];
-			snprintf(path, sizeof(path), "/nodes/%s/%s", node, node_files[i]);
-			uint64_t ino = inode_hash_path(path);
-			if (inode_table_known(f->itab, ino))
+		struct tree_entry e = {.node = (char *) node};
+		for (size_t i = 0; i < tree_n_rows; i++) {
+			if (!(tree_rows[i].inval & TREE_INVAL_NODE))
+				continue;
+			char *path = tree_format(tree_rows[i].pattern, &e);
+			uint64_t ino = path ? inode_hash_path(path) : 0;
+			if (path && inode_table_known(f->itab, ino))
 				collect_ino(&col, ino, path);
+			free(path);
 		}
 	} else {
 		inode_table_foreach(f->itab, "/nodes", collect_ino, &col);
@@ -297,9 +295,10 @@ void fs_on_cluster_change(void *arg, const char *node)
 	pthread_mutex_lock(&f->lock);
 	if (!f->tops_queued) {
 		/* one invalidation of the cluster-wide files per batch is enough */
-		for (size_t i = 0; i < sizeof(tops) / sizeof(tops[0]); i++) {
-			uint64_t ino = inode_hash_path(tops[i]);
-			if (inode_table_known(f->itab, ino))
+		for (size_t i = 0; i < tree_n_rows; i++) {
+			uint64_t ino = inode_hash_path(tree_rows[i].pattern);
+			if ((tree_rows[i].inval & TREE_INVAL_CLUSTER) &&
+			    inode_table_known(f->itab, ino))
 				notify_push_locked(f, ino, NULL);
 		}
 		f->tops_queued = true;
@@ -353,7 +352,7 @@ static char *fs_ino_path(struct fs *f, fuse_ino_t ino)
 			}
 			struct tree_entry e;
 			if (child && tree_classify(&f->ctx, child, &e) == 0) {
-				if (tree_kind_is_dir(e.kind)) {
+				if (e.row->type == TREE_DIR) {
 					queue = realloc(queue, (qn + 1) * sizeof(char *));
 					queue[qn++] = child;
 					child = NULL;
@@ -387,14 +386,8 @@ static struct drafts_limits draft_limits(struct fs *f)
 }
 
 /* tasks/ID/ and its files belong to the task's submitter (DESIGN §8): the files that
- * can hold secrets (the spec's env, output) are 0600, or 0640 for tasks.group; what a
- * script polls (status, node, exit_code) stays readable by all. */
-static bool task_file_is_private(enum tree_kind kind)
-{
-	return kind == TREE_TASK_SPEC || kind == TREE_TASK_INFO || kind == TREE_TASK_STDOUT ||
-	       kind == TREE_TASK_STDERR || kind == TREE_TASK_WAIT;
-}
-
+ * can hold secrets (the spec's env, output: TREE_OWN_TASK_PRIVATE) are 0600, or 0640 for
+ * tasks.group; what a script polls (status, node, exit_code) stays readable by all. */
 static void task_file_owner(struct fs *f, const struct tree_entry *e, struct stat *st)
 {
 	uid_t uid;
@@ -406,17 +399,23 @@ static void task_file_owner(struct fs *f, const struct tree_entry *e, struct sta
 	st->st_uid = uid;
 	st->st_gid = group ? cfg->tasks.group_gid : gid;
 	config_unref(cfg);
-	if (task_file_is_private(e->kind))
+	if (e->row->owner == TREE_OWN_TASK_PRIVATE)
 		st->st_mode = (st->st_mode & ~07777u) | (group ? 0640 : 0600);
 }
 
-/* Files whose bytes a stat holds for the next open: those an open refreshes (health,
- * status), whose freshness is probe.max_age_ms anyway, and placement, which moves with
- * every probe. Other files change only with events, and an open renders them as they
- * are then. */
-static bool kind_is_held(enum tree_kind kind)
+/* Files whose bytes a stat holds for the next open (TREE_CACHE_HELD): those an open
+ * refreshes (health, status), whose freshness is probe.max_age_ms anyway, and placement,
+ * which moves with every probe. Other files change only with events, and an open renders
+ * them as they are then. */
+static bool entry_is_held(const struct tree_entry *e)
 {
-	return tree_kind_refreshes(kind) || kind == TREE_PLACEMENT;
+	return e->row->cache == TREE_CACHE_HELD;
+}
+
+/* Whether an open, a stat or a lookup of e probes its node(s) first when stale. */
+static bool entry_refreshes_nodes(const struct tree_entry *e)
+{
+	return e->row->refresh == TREE_REFRESH_NODE || e->row->refresh == TREE_REFRESH_NODES;
 }
 
 static void held_put(struct fs *f, uint64_t ino, const struct buf *bytes, double mtime)
@@ -465,23 +464,17 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 	st->st_gid = f->gid;
 	st->st_blksize = 4096;
 	double mtime = cluster_started_at(f->cluster);
-	if (tree_kind_is_dir(e.kind)) {
-		st->st_mode = S_IFDIR | tree_kind_mode(e.kind);
+	if (e.row->type == TREE_DIR) {
+		st->st_mode = S_IFDIR | e.row->mode;
 		st->st_nlink = 2;
-		if (e.kind == TREE_NODES || e.kind == TREE_ROOT)
-			mtime = cluster_changed_at(f->cluster);
-		else if (e.kind == TREE_TASKS_NEW)
-			mtime = drafts_changed_at(f->ctx.drafts);
-		else if (e.kind == TREE_TASKS || e.kind == TREE_TASKS_GROUP ||
-			 e.kind == TREE_NODE_TASKS || e.kind == TREE_TASK)
-			mtime = tasks_changed_at(f->ctx.tasks);
-	} else if (tree_kind_is_link(e.kind)) {
+		mtime = render_mtime(&f->ctx, &e);
+	} else if (e.row->type == TREE_LINK) {
 		char *target = tree_link_target(&e);
 		st->st_mode = S_IFLNK | 0777;
 		st->st_nlink = 1;
 		st->st_size = (off_t) strlen(target);
 		free(target);
-	} else if (e.kind == TREE_DRAFT) {
+	} else if (e.row->owner == TREE_OWN_DRAFT) {
 		struct draft_info di;
 		r = drafts_stat(f->ctx.drafts, e.name, &di);
 		if (r < 0) {
@@ -507,7 +500,7 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 		st->st_size = (off_t) size;
 	} else {
 		size_t size = 0;
-		if (kind_is_held(e.kind)) {
+		if (entry_is_held(&e)) {
 			struct buf bytes;
 			buf_init(&bytes);
 			r = render_file(&f->ctx, &e, &bytes, &mtime, NULL);
@@ -522,7 +515,7 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 			tree_entry_clear(&e);
 			return r;
 		}
-		st->st_mode = S_IFREG | tree_kind_mode(e.kind);
+		st->st_mode = S_IFREG | e.row->mode;
 		if (e.kind == TREE_SERVICE_FILE) {
 			bool post = false;
 			services_file_exists(f->ctx.services, e.name, e.file, &post);
@@ -532,8 +525,7 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 		st->st_size = (off_t) size;
 		st->st_blocks = (blkcnt_t) ((size + 511) / 512);
 	}
-	if (e.task && !e.node &&
-	    (e.kind == TREE_TASK || (e.kind >= TREE_TASK_SPEC && e.kind <= TREE_TASK_CTL)))
+	if (e.row->owner == TREE_OWN_TASK || e.row->owner == TREE_OWN_TASK_PRIVATE)
 		task_file_owner(f, &e, st);
 	fill_time(&st->st_mtim, mtime);
 	st->st_ctim = st->st_mtim;
@@ -542,19 +534,12 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 	return 0;
 }
 
-static double attr_timeout_for(struct fs *f, const char *path)
+/* The row's timeouts for a path (both 0 for a path the tree lacks). */
+static void timeouts_for(const char *path, double *ret_entry, double *ret_attr)
 {
-	/* append-only files must show their growth to `tail -f` at once; drafts change
-	 * under every writer */
-	struct tree_entry e;
-	if (tree_classify(&f->ctx, path, &e) < 0)
-		return 0;
-	bool volatile_attrs = tree_kind_is_append_only(e.kind) || e.kind == TREE_DRAFT ||
-			      e.kind == TREE_TASK_WAIT || e.kind == TREE_TASK_STATUS ||
-			      e.kind == TREE_TASK_EXIT_CODE || e.kind == TREE_TASK_NODE ||
-			      e.kind == TREE_PLACEMENT; /* moves with every probe and task */
-	tree_entry_clear(&e);
-	return volatile_attrs ? 0.0 : TIMEOUT_S;
+	const struct tree_row *row = tree_match(path, NULL, NULL);
+	*ret_entry = row ? row->entry_timeout : 0;
+	*ret_attr = row ? row->attr_timeout : 0;
 }
 
 /* ---- operations ---- */
@@ -632,22 +617,20 @@ static int refresh_all_then(struct fs *f, struct pending *p)
  * refresh applies), 0 when p will be finished later. */
 static int refresh_then(struct fs *f, const struct tree_entry *e, struct pending *p)
 {
-	if (e->kind == TREE_HEALTH)
-		return refresh_all_then(f, p);
-	if (tree_kind_refreshes(e->kind) && e->node && !cluster_node_is_fresh(f->cluster, e->node))
+	switch (e->row->refresh) {
+	case TREE_REFRESH_NODES: return refresh_all_then(f, p);
+	case TREE_REFRESH_NODE:
+		if (!e->node || cluster_node_is_fresh(f->cluster, e->node))
+			return 1;
 		return cluster_refresh_node(f->cluster, e->node, pending_done_err, p) == 0 ? 0 : 1;
-	if (tree_kind_is_ledger(e->kind))
+	case TREE_REFRESH_LEDGER:
 		return ledger_refresh(f->ctx.ledger, pending_done, p) == 0 ? 0 : 1;
-	if (tree_kind_is_models(e->kind))
-		return models_refresh(f->ctx.models,
-				      e->kind == TREE_NODE_MODELS || e->kind == TREE_NODE_MODEL ||
-						      e->kind == TREE_NODE_MODELS_CTL
-					      ? e->node
-					      : NULL,
-				      pending_done, p) == 0
-			       ? 0
-			       : 1;
-	return 1;
+	case TREE_REFRESH_MODELS:
+		return models_refresh(f->ctx.models, NULL, pending_done, p) == 0 ? 0 : 1;
+	case TREE_REFRESH_NODE_MODELS:
+		return models_refresh(f->ctx.models, e->node, pending_done, p) == 0 ? 0 : 1;
+	default: return 1;
+	}
 }
 
 /* A stat of a file that an open would refresh (health, status) refreshes it first, so
@@ -660,7 +643,7 @@ static int stat_refresh_then(struct fs *f, const char *path, struct pending *p)
 	if (held_get(f, inode_hash_path(path), NULL, NULL))
 		return 1; /* a stat just refreshed and rendered it */
 	if (tree_classify(&f->ctx, path, &e) == 0) {
-		if (tree_kind_refreshes(e.kind))
+		if (entry_refreshes_nodes(&e))
 			r = refresh_then(f, &e, p);
 		tree_entry_clear(&e);
 	}
@@ -705,9 +688,7 @@ static void lookup_finish(fuse_req_t req, struct fs *f, fuse_ino_t parent, const
 	}
 	ep.ino = inode_table_ref(f->itab, path);
 	ep.generation = 1;
-	ep.attr_timeout = attr_timeout_for(f, path);
-	/* names in the drop directory come and go with every submission: never cached */
-	ep.entry_timeout = strncmp(path, "/tasks/new/", 11) == 0 ? 0 : TIMEOUT_S;
+	timeouts_for(path, &ep.entry_timeout, &ep.attr_timeout);
 	free(path);
 	if (fuse_reply_entry(req, &ep) != 0)
 		inode_table_forget(f->itab, ep.ino, 1);
@@ -720,7 +701,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct tree_entry e;
 	if (dir && tree_classify(&f->ctx, dir, &e) == 0) {
 		/* names in a models or ledger directory come from the network */
-		if (tree_kind_is_models(e.kind) || tree_kind_is_ledger(e.kind)) {
+		if (e.row->type == TREE_DIR && e.row->refresh != TREE_REFRESH_NONE) {
 			struct pending *p = pending_new(PENDING_LOOKUP, req, f);
 			p->ino = parent;
 			p->name = strdup(name);
@@ -772,7 +753,8 @@ static void getattr_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino)
 		return (void) fuse_reply_err(req, ESTALE);
 	struct stat st;
 	int r = fs_stat_path(f, path, &st);
-	double timeout = attr_timeout_for(f, path);
+	double entry_timeout, timeout;
+	timeouts_for(path, &entry_timeout, &timeout);
 	free(path);
 	if (r < 0)
 		return (void) fuse_reply_err(req, -r);
@@ -892,9 +874,9 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			st.st_mode = S_IFREG;
 			if (tree_classify(&((struct fs *) fuse_req_userdata(req))->ctx, child,
 					  &e) == 0) {
-				if (tree_kind_is_dir(e.kind))
+				if (e.row->type == TREE_DIR)
 					st.st_mode = S_IFDIR;
-				else if (tree_kind_is_link(e.kind))
+				else if (e.row->type == TREE_LINK)
 					st.st_mode = S_IFLNK;
 				tree_entry_clear(&e);
 			}
@@ -961,28 +943,28 @@ static void open_finish(fuse_req_t req, struct fs *f, struct handle *h, struct f
 {
 	double mtime;
 	int r = 0;
-	if (h->e.kind == TREE_DRAFT)
+	if (h->e.row->write == TREE_WRITE_DRAFT)
 		r = drafts_read(f->ctx.drafts, h->e.name, &h->content);
-	else if (kind_is_held(h->e.kind) && !h->writer && held_get(f, h->ino, &h->content, &mtime))
+	else if (entry_is_held(&h->e) && !h->writer && held_get(f, h->ino, &h->content, &mtime))
 		r = 0; /* what the stat before this open reported */
 	else if (h->e.kind == TREE_BACKUP_STATE)
 		r = fs_backup_open(f->ctx.store, &h->snap_fd);
 	else if (h->e.kind != TREE_TASK_WAIT) {
 		r = render_file(&f->ctx, &h->e, &h->content, &mtime, &h->seq);
 		/* and what an fstat of it now reports */
-		if (r == 0 && kind_is_held(h->e.kind))
+		if (r == 0 && entry_is_held(&h->e))
 			held_put(f, h->ino, &h->content, mtime);
 	}
 	if (r < 0) {
 		handle_free(h);
 		return (void) fuse_reply_err(req, -r);
 	}
-	if (h->e.kind == TREE_TASK_STDOUT || h->e.kind == TREE_TASK_STDERR)
+	if (h->e.row->cache == TREE_CACHE_GROWS && h->e.kind != TREE_EVENTS)
 		h->seq = h->content.len;
 	fi->fh = (uint64_t) (uintptr_t) h;
 	/* Content is generated: read it from the handle, never from a page cache that may
 	 * hold an older rendering; reads return short at the end, whatever st_size said. */
-	fi->direct_io = 1;
+	fi->direct_io = h->e.row->direct_io;
 	fi->keep_cache = 0;
 	/* a read-only open has nothing to say at close: spare the kernel a FLUSH round trip */
 	fi->noflush = !h->writer && !h->writable;
@@ -1054,7 +1036,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		handle_free(h);
 		return (void) fuse_reply_err(req, -r);
 	}
-	if (tree_kind_is_dir(h->e.kind)) {
+	if (h->e.row->type == TREE_DIR) {
 		handle_free(h);
 		return (void) fuse_reply_err(req, EISDIR);
 	}
@@ -1077,11 +1059,12 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 		if (!post)
 			return service_get_open(req, f, h, fi);
-		h->writable = writing;
 	}
-	if (h->e.kind == TREE_LEDGER_RECORD || h->e.kind == TREE_PLACEMENT)
+	/* a service's POST endpoint, ledger/record, placement */
+	if (h->e.row->write == TREE_WRITE_FLUSH)
 		h->writable = writing;
-	if (writing && !tree_kind_is_ctl(h->e.kind) && h->e.kind != TREE_DRAFT && !h->writable) {
+	if (writing && h->e.row->write != TREE_WRITE_CMD && h->e.row->write != TREE_WRITE_DRAFT &&
+	    !h->writable) {
 		handle_free(h);
 		return (void) fuse_reply_err(req, EACCES);
 	}
@@ -1094,7 +1077,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	/* a stat just rendered it (fresh: a stat of a stale file refreshes first) */
-	if (kind_is_held(h->e.kind) && !h->writer && held_get(f, ino, NULL, NULL))
+	if (entry_is_held(&h->e) && !h->writer && held_get(f, ino, NULL, NULL))
 		return open_finish(req, f, h, fi);
 	struct pending *p = pending_new(PENDING_OPEN, req, f);
 	p->fi = *fi;
@@ -1202,7 +1185,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		h->dirty = false;
 		h->seq = 1; /* answered: the next write starts a new spec */
 	}
-	if (tree_kind_is_append_only(h->e.kind) && (size_t) off >= h->content.len) {
+	if (h->e.row->cache == TREE_CACHE_GROWS && (size_t) off >= h->content.len) {
 		if (h->e.kind == TREE_EVENTS) {
 			h->seq = cluster_render_events(f->cluster, h->seq, &h->content);
 		} else {
@@ -1210,7 +1193,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 					  h->e.kind == TREE_TASK_STDOUT ? "stdout" : "stderr",
 					  h->content.len, &h->content);
 		}
-	} else if (h->e.kind == TREE_DRAFT && off == 0) {
+	} else if (h->e.row->write == TREE_WRITE_DRAFT && off == 0) {
 		/* a draft is read back as it is now (editors reread what they wrote) */
 		buf_free(&h->content);
 		drafts_read(f->ctx.drafts, h->e.name, &h->content);
@@ -1493,7 +1476,7 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 		pthread_mutex_unlock(&h->lock);
 		return (void) fuse_reply_write(req, size);
 	}
-	if (!tree_kind_is_ctl(h->e.kind))
+	if (h->e.row->write != TREE_WRITE_CMD)
 		return (void) fuse_reply_err(req, EBADF);
 	if (size > 256)
 		return (void) fuse_reply_err(req, EINVAL);
@@ -1612,8 +1595,8 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 					    TASKS_SPEC_MAX, &lim);
 		}
 		/* times and modes of a draft: accepted, not kept (cp -p, rsync -t) */
-	} else if (tree_kind_is_ctl(e.kind) || e.kind == TREE_LEDGER_RECORD ||
-		   e.kind == TREE_SERVICE_FILE) {
+	} else if (e.row->write == TREE_WRITE_CMD ||
+		   (e.row->write == TREE_WRITE_FLUSH && e.kind != TREE_PLACEMENT)) {
 		if (to_set &
 		    ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
 		      FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME))
@@ -1703,7 +1686,7 @@ static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 	free(path);
 	if (r < 0)
 		return (void) fuse_reply_err(req, -r);
-	if (!tree_kind_is_link(e.kind)) {
+	if (e.row->type != TREE_LINK) {
 		tree_entry_clear(&e);
 		return (void) fuse_reply_err(req, EINVAL);
 	}
