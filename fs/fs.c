@@ -45,34 +45,78 @@ struct fs {
 	bool notifier_running;
 	bool notifier_done;  /* the notifier returned; protected by lock */
 	bool notifier_stuck; /* left in the kernel at a stop: f is never freed */
-	pthread_mutex_t held_lock;
-	struct held *held; /* HELD_SLOTS snapshots by inode; protected by held_lock */
+	pthread_mutex_t snap_lock;
+	struct snap *snaps; /* SNAP_SLOTS snapshots by inode; protected by snap_lock */
 };
 
-/* What a stat reported is what an open then reads (DESIGN §2): for the files an open
- * refreshes (health, status), a stat refreshes them first when stale, and the bytes it
- * rendered are held; an open of the same inode within probe.max_age_ms (at most HELD_US)
- * serves them, even when a probe changed the data meanwhile: they are as fresh as the
- * open's own refresh would make them. NFS and SMB servers take the size from a GETATTR and
- * read up to it; without this, a probe landing between the two changes the document
- * under them. */
-#define HELD_SLOTS 1024
+/* What a stat reported is what an open then reads (DESIGN §2). A file whose row keeps a
+ * snapshot (TREE_CACHE_GEN, _HELD) is rendered once per change of the data behind it (its
+ * generation, struct stamp): stat, lookup and every open until the next change share
+ * those bytes, their size and their mtime, and a stat never renders them again. For the
+ * files an open refreshes (health, status: _HELD), a stat refreshes them first when
+ * stale, and an open of the same inode within probe.max_age_ms (at most HELD_US) serves
+ * the snapshot the stat made even when a probe changed the data meanwhile: it is as
+ * fresh as the open's own refresh would make it. NFS and SMB servers take the size from a
+ * GETATTR and read up to it; without this, a probe landing between the two changes the
+ * document under them. */
+#define SNAP_SLOTS 8192
 #define HELD_US    (1000 * 1000ull) /* at most; probe.max_age_ms when shorter */
 
-struct held {
-	uint64_t ino; /* 0: empty */
-	uint64_t at_us;
-	double mtime;
-	struct buf bytes;
+/* The generation of a file's data: what its row's gen column names. Equal stamps, equal
+ * bytes. */
+struct stamp {
+	uint64_t cluster;
+	double node, config, tasks, models;
 };
+
+/* Bytes shared by a snapshot and the handles that read them; immutable. */
+struct blob {
+	int refs; /* atomic */
+	size_t len;
+	char data[];
+};
+
+struct snap {
+	uint64_t ino; /* 0: empty */
+	struct stamp stamp;
+	uint64_t at_us; /* when rendered */
+	double mtime;
+	struct blob *bytes;
+	bool told;  /* a stat or lookup gave the kernel this size */
+	bool paged; /* an open let the page cache hold these bytes */
+};
+
+static struct blob *blob_new(const struct buf *b)
+{
+	struct blob *x = xcalloc(1, sizeof(*x) + b->len + 1);
+	x->refs = 1;
+	x->len = b->len;
+	if (b->len)
+		memcpy(x->data, b->data, b->len);
+	return x;
+}
+
+static struct blob *blob_ref(struct blob *x)
+{
+	if (x)
+		__atomic_add_fetch(&x->refs, 1, __ATOMIC_RELAXED);
+	return x;
+}
+
+static void blob_unref(struct blob *x)
+{
+	if (x && __atomic_sub_fetch(&x->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		free(x);
+}
 
 /* An open file: the content as rendered at open, so one read sequence sees one document. */
 struct handle {
 	struct tree_entry e;
 	pthread_mutex_t lock; /* guards content and seq for append-only files */
 	struct buf content;
-	uint64_t seq; /* events: the last event included */
-	uid_t uid;    /* who opened it (ctl writes are checked against it) */
+	struct blob *snap; /* the snapshot read instead of content, or NULL */
+	uint64_t seq;      /* events: the last event included */
+	uid_t uid;         /* who opened it (ctl writes are checked against it) */
 	struct fs *f;
 	struct handle *prev, *next; /* in f->handles, protected by f->lock */
 	bool writable;              /* collects writes for a POST or a record at flush */
@@ -87,6 +131,7 @@ struct dir_handle {
 	char **names;
 	size_t n;
 	char *path;
+	bool plus; /* its row lists children with their attributes (readdirplus) */
 	struct fs *f;
 	struct dir_handle *prev, *next; /* in f->dirs, protected by f->lock */
 };
@@ -114,8 +159,8 @@ int fs_new(const struct tree_ctx *backends, struct fs **ret)
 	f->uid = getuid();
 	f->gid = getgid();
 	pthread_mutex_init(&f->lock, NULL);
-	pthread_mutex_init(&f->held_lock, NULL);
-	f->held = xcalloc(HELD_SLOTS, sizeof(*f->held));
+	pthread_mutex_init(&f->snap_lock, NULL);
+	f->snaps = xcalloc(SNAP_SLOTS, sizeof(*f->snaps));
 	pthread_cond_init(&f->cond, NULL);
 	*ret = f;
 	return 0;
@@ -139,10 +184,10 @@ void fs_free(struct fs *f)
 	if (f->notifier_stuck)
 		return; /* the notifier may still wake up and take f->lock */
 	pthread_mutex_destroy(&f->lock);
-	for (size_t i = 0; i < HELD_SLOTS; i++)
-		buf_free(&f->held[i].bytes);
-	free(f->held);
-	pthread_mutex_destroy(&f->held_lock);
+	for (size_t i = 0; i < SNAP_SLOTS; i++)
+		blob_unref(f->snaps[i].bytes);
+	free(f->snaps);
+	pthread_mutex_destroy(&f->snap_lock);
 	pthread_cond_destroy(&f->cond);
 	free(f);
 }
@@ -403,53 +448,137 @@ static void task_file_owner(struct fs *f, const struct tree_entry *e, struct sta
 		st->st_mode = (st->st_mode & ~07777u) | (group ? 0640 : 0600);
 }
 
-/* Files whose bytes a stat holds for the next open (TREE_CACHE_HELD): those an open
- * refreshes (health, status), whose freshness is probe.max_age_ms anyway, and placement,
- * which moves with every probe. Other files change only with events, and an open renders
- * them as they are then. */
-static bool entry_is_held(const struct tree_entry *e)
+/* Files kept as snapshots between a stat and the opens after it (TREE_CACHE_GEN, _HELD). */
+static bool entry_is_kept(const struct tree_entry *e)
 {
-	return e->row->cache == TREE_CACHE_HELD;
+	return e->row->cache == TREE_CACHE_GEN || e->row->cache == TREE_CACHE_HELD;
 }
 
-/* Whether an open, a stat or a lookup of e probes its node(s) first when stale. */
-static bool entry_refreshes_nodes(const struct tree_entry *e)
+/* The generation of e's data now. Read before rendering: the bytes are then at least as
+ * new as the stamp says. */
+static void stamp_of(struct fs *f, const struct tree_entry *e, struct stamp *ret)
 {
-	return e->row->refresh == TREE_REFRESH_NODE || e->row->refresh == TREE_REFRESH_NODES;
+	unsigned gen = e->row->gen;
+	memset(ret, 0, sizeof(*ret));
+	if (gen & TREE_GEN_CLUSTER)
+		ret->cluster = cluster_generation(f->cluster);
+	if ((gen & TREE_GEN_NODE) && e->node) {
+		ret->node = cluster_node_changed_at(f->cluster, e->node);
+		ret->config = cluster_changed_at(f->cluster); /* address, role, tier */
+	}
+	if (gen & TREE_GEN_TASKS)
+		ret->tasks = tasks_changed_at(f->ctx.tasks);
+	if (gen & TREE_GEN_MODELS)
+		ret->models = models_changed_at(f->ctx.models);
 }
 
-static void held_put(struct fs *f, uint64_t ino, const struct buf *bytes, double mtime)
+static bool stamp_equal(const struct stamp *a, const struct stamp *b)
 {
-	pthread_mutex_lock(&f->held_lock);
-	struct held *h = &f->held[ino % HELD_SLOTS];
-	h->ino = ino;
-	h->at_us = clock_now_us();
-	h->mtime = mtime;
-	h->bytes.len = 0;
-	buf_append(&h->bytes, bytes->data ? bytes->data : "", bytes->len);
-	pthread_mutex_unlock(&f->held_lock);
+	return a->cluster == b->cluster && a->node == b->node && a->config == b->config &&
+	       a->tasks == b->tasks && a->models == b->models;
 }
 
-/* Copies the bytes a stat of ino rendered into out (out may be NULL): true, or false when
- * there are none young enough. A stat renders data as fresh as a refresh makes it, so
- * bytes younger than probe.max_age_ms are as fresh as an open's refresh would make them;
- * at most HELD_US. */
-static bool held_get(struct fs *f, uint64_t ino, struct buf *out, double *ret_mtime)
+/* The hold window of _HELD snapshots: probe.max_age_ms, at most HELD_US. */
+static uint64_t held_window_us(struct fs *f)
 {
 	struct config *cfg = cluster_get_config(f->cluster);
 	uint64_t window = (uint64_t) cfg->probe.max_age_ms * 1000u;
 	config_unref(cfg);
-	if (window > HELD_US)
-		window = HELD_US;
-	pthread_mutex_lock(&f->held_lock);
-	struct held *h = &f->held[ino % HELD_SLOTS];
-	bool ok = h->ino == ino && clock_now_us() - h->at_us < window;
-	if (ok && out) {
-		buf_append(out, h->bytes.data ? h->bytes.data : "", h->bytes.len);
-		*ret_mtime = h->mtime;
-	}
-	pthread_mutex_unlock(&f->held_lock);
+	return window > HELD_US ? HELD_US : window;
+}
+
+/* Caller holds f->snap_lock: whether slot s holds ino's snapshot for data at stamp now.
+ * For an open (for_stat false), a _HELD one also holds within the window after the last
+ * stat that reported it or the open that rendered it, whatever changed since (that stat
+ * or open refreshed it first), and past it while its node is fresh (no refresh would
+ * change it). */
+static bool snap_valid_locked(struct fs *f, const struct snap *s, uint64_t ino,
+			      const struct tree_entry *e, const struct stamp *now, bool for_stat,
+			      uint64_t window)
+{
+	if (s->ino != ino || !s->bytes)
+		return false;
+	if (e->row->cache != TREE_CACHE_HELD || for_stat)
+		return stamp_equal(&s->stamp, now);
+	if (clock_now_us() - s->at_us < window)
+		return true;
+	return stamp_equal(&s->stamp, now) && e->row->refresh == TREE_REFRESH_NODE &&
+	       cluster_node_is_fresh(f->cluster, e->node);
+}
+
+/* True when ino has a snapshot an open or stat may serve now without refreshing. */
+static bool snap_ready(struct fs *f, uint64_t ino, const struct tree_entry *e)
+{
+	struct stamp now;
+	stamp_of(f, e, &now);
+	uint64_t window = e->row->cache == TREE_CACHE_HELD ? held_window_us(f) : 0;
+	pthread_mutex_lock(&f->snap_lock);
+	bool ok = snap_valid_locked(f, &f->snaps[ino % SNAP_SLOTS], ino, e, &now, false, window);
+	pthread_mutex_unlock(&f->snap_lock);
 	return ok;
+}
+
+/* What a read of a kept file is served from. */
+struct snap_use {
+	struct blob *bytes; /* a new reference */
+	double mtime;
+	bool told;  /* the kernel was given this size (before this call) */
+	bool paged; /* an open before let the page cache hold these same bytes */
+};
+
+/* ino's snapshot, rendered now if there is none for the data as it is: 0 or -errno. A
+ * stat (for_stat) marks it told and, for a _HELD one, starts its hold window; an open that
+ * lets the page cache hold it marks it paged (snap_paged). */
+static int snap_get(struct fs *f, uint64_t ino, const struct tree_entry *e, bool for_stat,
+		    struct snap_use *ret)
+{
+	struct stamp now;
+	stamp_of(f, e, &now);
+	uint64_t window = e->row->cache == TREE_CACHE_HELD ? held_window_us(f) : 0;
+	pthread_mutex_lock(&f->snap_lock);
+	struct snap *s = &f->snaps[ino % SNAP_SLOTS];
+	if (snap_valid_locked(f, s, ino, e, &now, for_stat, window)) {
+		*ret = (struct snap_use){blob_ref(s->bytes), s->mtime, s->told, s->paged};
+		if (for_stat) {
+			s->told = true;
+			s->at_us = clock_now_us();
+		}
+		pthread_mutex_unlock(&f->snap_lock);
+		return 0;
+	}
+	pthread_mutex_unlock(&f->snap_lock);
+	struct buf b;
+	double mtime;
+	buf_init(&b);
+	int r = render_file(&f->ctx, e, &b, &mtime, NULL);
+	if (r < 0) {
+		buf_free(&b);
+		return r;
+	}
+	struct blob *bytes = blob_new(&b);
+	buf_free(&b);
+	pthread_mutex_lock(&f->snap_lock);
+	blob_unref(s->bytes);
+	*s = (struct snap){.ino = ino,
+			   .stamp = now,
+			   .at_us = clock_now_us(),
+			   .mtime = mtime,
+			   .bytes = blob_ref(bytes),
+			   .told = for_stat};
+	pthread_mutex_unlock(&f->snap_lock);
+	*ret = (struct snap_use){bytes, mtime, false, false};
+	return 0;
+}
+
+/* An open let the page cache hold ino's snapshot `bytes`: the next open of the same
+ * snapshot may keep the cache. */
+static void snap_paged(struct fs *f, uint64_t ino, const struct blob *bytes)
+{
+	pthread_mutex_lock(&f->snap_lock);
+	struct snap *s = &f->snaps[ino % SNAP_SLOTS];
+	if (s->ino == ino && s->bytes == bytes)
+		s->paged = true;
+	pthread_mutex_unlock(&f->snap_lock);
 }
 
 static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
@@ -500,14 +629,14 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 		st->st_size = (off_t) size;
 	} else {
 		size_t size = 0;
-		if (entry_is_held(&e)) {
-			struct buf bytes;
-			buf_init(&bytes);
-			r = render_file(&f->ctx, &e, &bytes, &mtime, NULL);
-			size = bytes.len;
-			if (r == 0)
-				held_put(f, st->st_ino, &bytes, mtime);
-			buf_free(&bytes);
+		if (entry_is_kept(&e)) {
+			struct snap_use u;
+			r = snap_get(f, st->st_ino, &e, true, &u);
+			if (r == 0) {
+				size = u.bytes->len;
+				mtime = u.mtime;
+				blob_unref(u.bytes);
+			}
 		} else {
 			r = render_stat(&f->ctx, &e, &size, &mtime);
 		}
@@ -634,16 +763,18 @@ static int refresh_then(struct fs *f, const struct tree_entry *e, struct pending
 }
 
 /* A stat of a file that an open would refresh (health, status) refreshes it first, so
- * that the size it reports is that of the bytes the open then reads (see struct held):
+ * that the size it reports is that of the bytes the open then reads (see struct snap):
  * answered from the loop thread when the probe ended. 1 when nothing needs to wait. */
 static int stat_refresh_then(struct fs *f, const char *path, struct pending *p)
 {
+	const struct tree_row *row = tree_match(path, NULL, NULL);
+	if (!row || (row->refresh != TREE_REFRESH_NODE && row->refresh != TREE_REFRESH_NODES))
+		return 1;
 	struct tree_entry e;
 	int r = 1;
-	if (held_get(f, inode_hash_path(path), NULL, NULL))
-		return 1; /* a stat just refreshed and rendered it */
 	if (tree_classify(&f->ctx, path, &e) == 0) {
-		if (entry_refreshes_nodes(&e))
+		/* a snapshot that needs no refresh (one a stat just made, say) is served */
+		if (!snap_ready(f, inode_hash_path(path), &e))
 			r = refresh_then(f, &e, p);
 		tree_entry_clear(&e);
 	}
@@ -811,6 +942,7 @@ static void opendir_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct 
 	d->names = names;
 	d->n = n;
 	d->path = path;
+	d->plus = tree_match(path, NULL, NULL)->plus;
 	d->f = f;
 	pthread_mutex_lock(&f->lock);
 	d->next = f->dirs;
@@ -844,8 +976,28 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	opendir_finish(req, f, ino, fi);
 }
 
-static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-		       struct fuse_file_info *fi)
+/* One entry of a READDIRPLUS answer: with the child's attributes and a lookup reference
+ * in a directory whose row says plus, else without (the kernel looks it up itself). The
+ * size it needs, as fuse_add_direntry_plus; an entry that did not fit takes no reference. */
+static size_t add_plus(fuse_req_t req, struct fs *f, struct dir_handle *d, char *buf, size_t room,
+		       const char *name, const char *child, const struct stat *st, off_t next)
+{
+	struct fuse_entry_param ep;
+	memset(&ep, 0, sizeof(ep));
+	ep.attr = *st;
+	if (d->plus && child && fs_stat_path(f, child, &ep.attr) == 0) {
+		ep.ino = inode_table_ref(f->itab, child);
+		ep.generation = 1;
+		timeouts_for(child, &ep.entry_timeout, &ep.attr_timeout);
+	}
+	size_t need = fuse_add_direntry_plus(req, buf, room, name, &ep, next);
+	if (need > room && ep.ino)
+		inode_table_forget(f->itab, ep.ino, 1);
+	return need;
+}
+
+/* READDIR, and READDIRPLUS (plus). */
+static void dir_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi, bool plus)
 {
 	struct dir_handle *d = (struct dir_handle *) (uintptr_t) fi->fh;
 	char *out = malloc(size);
@@ -881,14 +1033,29 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				tree_entry_clear(&e);
 			}
 		}
+		size_t need =
+			plus ? add_plus(req, d->f, d, out + used, size - used, name,
+					i < 2 ? NULL : child, &st, i + 1)
+			     : fuse_add_direntry(req, out + used, size - used, name, &st, i + 1);
 		free(child);
-		size_t need = fuse_add_direntry(req, out + used, size - used, name, &st, i + 1);
 		if (need > size - used)
 			break;
 		used += need;
 	}
 	fuse_reply_buf(req, out, used);
 	free(out);
+}
+
+static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	dir_read(req, size, off, fi, false);
+}
+
+static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   struct fuse_file_info *fi)
+{
+	dir_read(req, size, off, fi, true);
 }
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -915,6 +1082,7 @@ static void handle_free(struct handle *h)
 	pthread_mutex_unlock(&h->lock);
 	tree_entry_clear(&h->e);
 	buf_free(&h->content);
+	blob_unref(h->snap);
 	if (h->snap_fd >= 0)
 		close(h->snap_fd);
 	pthread_mutex_destroy(&h->lock);
@@ -943,18 +1111,17 @@ static void open_finish(fuse_req_t req, struct fs *f, struct handle *h, struct f
 {
 	double mtime;
 	int r = 0;
+	struct snap_use u = {0};
 	if (h->e.row->write == TREE_WRITE_DRAFT)
 		r = drafts_read(f->ctx.drafts, h->e.name, &h->content);
-	else if (entry_is_held(&h->e) && !h->writer && held_get(f, h->ino, &h->content, &mtime))
-		r = 0; /* what the stat before this open reported */
-	else if (h->e.kind == TREE_BACKUP_STATE)
+	else if (entry_is_kept(&h->e) && !h->writer) {
+		/* what the stat before this open reported, while the data holds */
+		r = snap_get(f, h->ino, &h->e, false, &u);
+		h->snap = u.bytes;
+	} else if (h->e.kind == TREE_BACKUP_STATE)
 		r = fs_backup_open(f->ctx.store, &h->snap_fd);
-	else if (h->e.kind != TREE_TASK_WAIT) {
+	else if (h->e.kind != TREE_TASK_WAIT)
 		r = render_file(&f->ctx, &h->e, &h->content, &mtime, &h->seq);
-		/* and what an fstat of it now reports */
-		if (r == 0 && entry_is_held(&h->e))
-			held_put(f, h->ino, &h->content, mtime);
-	}
 	if (r < 0) {
 		handle_free(h);
 		return (void) fuse_reply_err(req, -r);
@@ -962,10 +1129,14 @@ static void open_finish(fuse_req_t req, struct fs *f, struct handle *h, struct f
 	if (h->e.row->cache == TREE_CACHE_GROWS && h->e.kind != TREE_EVENTS)
 		h->seq = h->content.len;
 	fi->fh = (uint64_t) (uintptr_t) h;
-	/* Content is generated: read it from the handle, never from a page cache that may
-	 * hold an older rendering; reads return short at the end, whatever st_size said. */
-	fi->direct_io = h->e.row->direct_io;
-	fi->keep_cache = 0;
+	/* Content is generated: read from the handle, never from a page cache that may hold
+	 * an older rendering, and short at the end whatever st_size said. Except a snapshot
+	 * whose size the kernel was told (it reads up to that size from the page cache),
+	 * where the row allows: kept in the page cache while it holds. */
+	fi->direct_io = h->e.row->direct_io || !h->snap || !u.told;
+	fi->keep_cache = !fi->direct_io && u.paged;
+	if (!fi->direct_io && !u.paged)
+		snap_paged(f, h->ino, h->snap);
 	/* a read-only open has nothing to say at close: spare the kernel a FLUSH round trip */
 	fi->noflush = !h->writer && !h->writable;
 	if (fuse_reply_open(req, fi) != 0)
@@ -1076,8 +1247,8 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			handle_free(h);
 		return;
 	}
-	/* a stat just rendered it (fresh: a stat of a stale file refreshes first) */
-	if (entry_is_held(&h->e) && !h->writer && held_get(f, ino, NULL, NULL))
+	/* a snapshot that needs no refresh (a stat of a stale file refreshes first) */
+	if (h->e.row->cache == TREE_CACHE_HELD && !h->writer && snap_ready(f, ino, &h->e))
 		return open_finish(req, f, h, fi);
 	struct pending *p = pending_new(PENDING_OPEN, req, f);
 	p->fi = *fi;
@@ -1090,11 +1261,12 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 static void reply_slice(fuse_req_t req, struct handle *h, size_t size, off_t off)
 {
-	size_t len = h->content.len;
+	const char *data = h->snap ? h->snap->data : h->content.data;
+	size_t len = h->snap ? h->snap->len : h->content.len;
 	if ((size_t) off >= len)
 		return (void) fuse_reply_buf(req, NULL, 0);
 	size_t n = len - (size_t) off < size ? len - (size_t) off : size;
-	fuse_reply_buf(req, h->content.data + off, n);
+	fuse_reply_buf(req, data + off, n);
 }
 
 /* A read of tasks/ID/wait that waits for the task's end, holding no thread. */
@@ -1745,6 +1917,7 @@ static const struct fuse_lowlevel_ops ops = {
 	.readlink = fs_readlink,
 	.opendir = fs_opendir,
 	.readdir = fs_readdir,
+	.readdirplus = fs_readdirplus,
 	.releasedir = fs_releasedir,
 	.open = fs_open,
 	.create = fs_create,

@@ -202,6 +202,7 @@ static char **list_models(const struct tree_ctx *ctx, const struct tree_entry *e
 /* clang-format off */
 /* Short names for the columns' values (fs/tree.h), so that a row fits a line. */
 #define T TREE_TIMEOUT_S
+#define LONG TREE_TIMEOUT_LONG_S
 #define F TREE_FILE
 #define D TREE_DIR
 #define L TREE_LINK
@@ -223,7 +224,12 @@ static char **list_models(const struct tree_ctx *ctx, const struct tree_entry *e
 #define M_MOD TREE_MTIME_MODELS
 #define M_REND TREE_MTIME_RENDER
 #define C_OPEN TREE_CACHE_OPEN
+#define C_GEN TREE_CACHE_GEN
 #define C_HELD TREE_CACHE_HELD
+#define G_CLU TREE_GEN_CLUSTER
+#define G_NODE TREE_GEN_NODE
+#define G_TASK TREE_GEN_TASKS
+#define G_MOD TREE_GEN_MODELS
 #define C_GROW TREE_CACHE_GROWS
 #define C_NONE TREE_CACHE_NONE
 #define W_NO TREE_WRITE_NONE
@@ -234,80 +240,83 @@ static char **list_models(const struct tree_ctx *ctx, const struct tree_entry *e
 #define I_CLU TREE_INVAL_CLUSTER
 
 /* Every path of the tree. Columns: pattern, kind, type, mode, owner, refresh, mtime,
- * cache, write, invalidated by, entry and attribute timeouts (s), direct_io, renderer
- * (files), list (directories' names besides their rows' children), link target.
+ * cache, generation, write, invalidated by, entry and attribute timeouts (s), direct_io,
+ * readdirplus, renderer (files), list (directories' names besides their rows' children), link target.
  * Literal segments before "{param}" ones where both would match (tasks/new, the groups).
- * Attributes of files that change with every probe or task step, or grow, are never
- * cached (attr 0); names in tasks/new/ neither. */
+ * Timeouts: LONG where every change is notified (fs_on_cluster_change) or none happens;
+ * 0 for attributes that change with every probe or task step, or grow, and for names in
+ * tasks/new/; else T. The _HELD files keep T for their names too: a lookup is a stat,
+ * which starts the hold an open then reads. direct_io off only where the bytes change seldom (a level, the
+ * config, the node's system answer): see struct tree_row. */
 const struct tree_row tree_rows[] = {
-	{"/",                  TREE_ROOT,          D, 0555, OWN_D, R_NONE,  M_CLU,   C_OPEN, W_NO,  0,      T, T, true, NULL, NULL, NULL},
-	{"/README",            TREE_README,        F, 0444, OWN_D, R_NONE,  M_START, C_OPEN, W_NO,  0,      T, T, true, render_readme, NULL, NULL},
-	{"/config",            TREE_CONFIG,        F, 0444, OWN_D, R_NONE,  M_CLU,   C_OPEN, W_NO,  I_CLU,  T, T, true, render_config, NULL, NULL},
-	{"/stats",             TREE_STATS,         F, 0444, OWN_D, R_NONE,  M_REND,  C_OPEN, W_NO,  I_CLU,  T, T, true, render_stats, NULL, NULL},
-	{"/alerts",            TREE_ALERTS,        F, 0444, OWN_D, R_NONE,  M_REND,  C_OPEN, W_NO,  I_CLU,  T, T, true, render_alerts, NULL, NULL},
-	{"/events",            TREE_EVENTS,        F, 0444, OWN_D, R_NONE,  M_REND,  C_GROW, W_NO,  I_CLU,  T, 0, true, render_events, NULL, NULL},
-	{"/metrics",           TREE_METRICS,       F, 0444, OWN_D, R_NONE,  M_REND,  C_OPEN, W_NO,  I_CLU,  T, T, true, render_metrics, NULL, NULL},
-	{"/topology.json",     TREE_TOPOLOGY_JSON, F, 0444, OWN_D, R_NONE,  M_REND,  C_OPEN, W_NO,  I_CLU,  T, T, true, render_topology_json, NULL, NULL},
-	{"/topology.dot",      TREE_TOPOLOGY_DOT,  F, 0444, OWN_D, R_NONE,  M_REND,  C_OPEN, W_NO,  I_CLU,  T, T, true, render_topology_dot, NULL, NULL},
-	{"/health",            TREE_HEALTH,        F, 0444, OWN_D, R_NODES, M_REND,  C_HELD, W_NO,  0,      T, T, true, render_all_health, NULL, NULL},
-	{"/placement",         TREE_PLACEMENT,     F, 0666, OWN_D, R_NONE,  M_REND,  C_HELD, W_FL,  0,      T, 0, true, render_placement_file, NULL, NULL},
-	{"/dashboard.html",    TREE_DASHBOARD,     F, 0444, OWN_D, R_NONE,  M_START, C_OPEN, W_NO,  0,      T, T, true, render_dashboard_file, NULL, NULL},
-	{"/recent-tasks.json", TREE_RECENT_TASKS,  F, 0444, OWN_D, R_NONE,  M_TASK,  C_OPEN, W_NO,  0,      T, T, true, render_recent_tasks_file, NULL, NULL},
-	{"/backup",            TREE_BACKUP,        D, 0555, OWN_D, R_NONE,  M_START, C_OPEN, W_NO,  0,      T, T, true, NULL, NULL, NULL},
-	{"/backup/state.db",   TREE_BACKUP_STATE,  F, 0400, OWN_D, R_NONE,  M_REND,  C_NONE, W_NO,  0,      T, T, true, render_backup_state, NULL, NULL},
+	{"/",                            TREE_ROOT,              D, 0555,  OWN_D,  R_NONE,  M_CLU,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               NULL},
+	{"/README",                      TREE_README,            F, 0444,  OWN_D,  R_NONE,  M_START, C_GEN,  0,              W_NO,  0,      LONG, LONG, false, false, render_readme,            NULL,               NULL},
+	{"/config",                      TREE_CONFIG,            F, 0444,  OWN_D,  R_NONE,  M_CLU,   C_GEN,  G_CLU,          W_NO,  I_CLU,  LONG, LONG, false, false, render_config,            NULL,               NULL},
+	{"/stats",                       TREE_STATS,             F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_CLU | G_TASK, W_NO,  I_CLU,  LONG, T,    true,  false, render_stats,             NULL,               NULL},
+	{"/alerts",                      TREE_ALERTS,            F, 0444,  OWN_D,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  I_CLU,  LONG, T,    true,  false, render_alerts,            NULL,               NULL},
+	{"/events",                      TREE_EVENTS,            F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GROW, 0,              W_NO,  I_CLU,  LONG, 0,    true,  false, render_events,            NULL,               NULL},
+	{"/metrics",                     TREE_METRICS,           F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_CLU | G_TASK, W_NO,  I_CLU,  LONG, T,    true,  false, render_metrics,           NULL,               NULL},
+	{"/topology.json",               TREE_TOPOLOGY_JSON,     F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_CLU | G_MOD,  W_NO,  I_CLU,  LONG, T,    true,  false, render_topology_json,     NULL,               NULL},
+	{"/topology.dot",                TREE_TOPOLOGY_DOT,      F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_CLU,          W_NO,  I_CLU,  LONG, T,    true,  false, render_topology_dot,      NULL,               NULL},
+	{"/health",                      TREE_HEALTH,            F, 0444,  OWN_D,  R_NODES, M_REND,  C_HELD, G_CLU,          W_NO,  0,      T,    T,    true,  false, render_all_health,        NULL,               NULL},
+	{"/placement",                   TREE_PLACEMENT,         F, 0666,  OWN_D,  R_NONE,  M_REND,  C_HELD, G_CLU | G_TASK, W_FL,  0,      T,    0,    true,  false, render_placement_file,    NULL,               NULL},
+	{"/dashboard.html",              TREE_DASHBOARD,         F, 0444,  OWN_D,  R_NONE,  M_START, C_GEN,  0,              W_NO,  0,      LONG, LONG, false, false, render_dashboard_file,    NULL,               NULL},
+	{"/recent-tasks.json",           TREE_RECENT_TASKS,      F, 0444,  OWN_D,  R_NONE,  M_TASK,  C_GEN,  G_TASK,         W_NO,  0,      LONG, T,    true,  false, render_recent_tasks_file, NULL,               NULL},
+	{"/backup",                      TREE_BACKUP,            D, 0555,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      LONG, LONG, true,  false, NULL,                     NULL,               NULL},
+	{"/backup/state.db",             TREE_BACKUP_STATE,      F, 0400,  OWN_D,  R_NONE,  M_REND,  C_NONE, 0,              W_NO,  0,      LONG, T,    true,  false, render_backup_state,      NULL,               NULL},
 
-	{"/nodes",                      TREE_NODES,             D, 0555, OWN_D, R_NONE, M_CLU,   C_OPEN, W_NO,  0,      T, T, true, NULL, list_nodes, NULL},
-	{"/nodes/{node}",               TREE_NODE,              D, 0555, OWN_D, R_NONE, M_START, C_OPEN, W_NO,  0,      T, T, true, NULL, NULL, NULL},
-	{"/nodes/{node}/status",        TREE_NODE_STATUS,       F, 0444, OWN_D, R_NODE, M_REND,  C_HELD, W_NO,  I_NODE, T, T, true, render_node_status, NULL, NULL},
-	{"/nodes/{node}/health",        TREE_NODE_HEALTH,       F, 0444, OWN_D, R_NODE, M_REND,  C_HELD, W_NO,  I_NODE, T, T, true, render_node_health, NULL, NULL},
-	{"/nodes/{node}/info",          TREE_NODE_INFO,         F, 0444, OWN_D, R_NONE, M_REND,  C_OPEN, W_NO,  I_NODE, T, T, true, render_node_info, NULL, NULL},
-	{"/nodes/{node}/address",       TREE_NODE_ADDRESS,      F, 0444, OWN_D, R_NONE, M_REND,  C_OPEN, W_NO,  I_NODE, T, T, true, render_node_address, NULL, NULL},
-	{"/nodes/{node}/role",          TREE_NODE_ROLE,         F, 0444, OWN_D, R_NONE, M_REND,  C_OPEN, W_NO,  I_NODE, T, T, true, render_node_role, NULL, NULL},
-	{"/nodes/{node}/tier",          TREE_NODE_TIER,         F, 0444, OWN_D, R_NONE, M_REND,  C_OPEN, W_NO,  I_NODE, T, T, true, render_node_tier, NULL, NULL},
-	{"/nodes/{node}/capabilities",  TREE_NODE_CAPABILITIES, F, 0444, OWN_D, R_NONE, M_REND,  C_OPEN, W_NO,  I_NODE, T, T, true, render_node_capabilities, NULL, NULL},
-	{"/nodes/{node}/reliability",   TREE_NODE_RELIABILITY,  F, 0444, OWN_D, R_NONE, M_REND,  C_OPEN, W_NO,  0,      T, T, true, render_node_reliability, NULL, NULL},
-	{"/nodes/{node}/ctl",           TREE_NODE_CTL,          F, 0644, OWN_D, R_NONE, M_START, C_OPEN, W_CMD, 0,      T, T, true, render_node_ctl, NULL, NULL},
-	{"/nodes/{node}/tasks",         TREE_NODE_TASKS,        D, 0555, OWN_D, R_NONE, M_TASK,  C_OPEN, W_NO,  0,      T, T, true, NULL, list_node_tasks, NULL},
-	{"/nodes/{node}/tasks/{task}",  TREE_NODE_TASK_LINK,    L, 0777, OWN_D, R_NONE, M_START, C_OPEN, W_NO,  0,      T, T, true, NULL, NULL, "../../../tasks/{task}"},
-	{"/nodes/{node}/models",        TREE_NODE_MODELS,       D, 0555, OWN_D, R_NMOD, M_START, C_OPEN, W_NO,  0,      T, T, true, NULL, list_node_models, NULL},
-	{"/nodes/{node}/models/ctl",    TREE_NODE_MODELS_CTL,   F, 0644, OWN_D, R_NMOD, M_MOD,   C_OPEN, W_CMD, 0,      T, T, true, render_node_models_ctl, NULL, NULL},
-	{"/nodes/{node}/models/{model}", TREE_NODE_MODEL,       F, 0444, OWN_D, R_NMOD, M_MOD,   C_OPEN, W_NO,  0,      T, T, true, render_node_model, NULL, NULL},
+	{"/nodes",                       TREE_NODES,             D, 0555,  OWN_D,  R_NONE,  M_CLU,   C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  true,  NULL,                     list_nodes,         NULL},
+	{"/nodes/{node}",                TREE_NODE,              D, 0555,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      LONG, LONG, true,  false, NULL,                     NULL,               NULL},
+	{"/nodes/{node}/status",         TREE_NODE_STATUS,       F, 0444,  OWN_D,  R_NODE,  M_REND,  C_HELD, G_NODE,         W_NO,  I_NODE, T,    T,    false, false, render_node_status,       NULL,               NULL},
+	{"/nodes/{node}/health",         TREE_NODE_HEALTH,       F, 0444,  OWN_D,  R_NODE,  M_REND,  C_HELD, G_NODE,         W_NO,  I_NODE, T,    T,    true,  false, render_node_health,       NULL,               NULL},
+	{"/nodes/{node}/info",           TREE_NODE_INFO,         F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_info,         NULL,               NULL},
+	{"/nodes/{node}/address",        TREE_NODE_ADDRESS,      F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_address,      NULL,               NULL},
+	{"/nodes/{node}/role",           TREE_NODE_ROLE,         F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_role,         NULL,               NULL},
+	{"/nodes/{node}/tier",           TREE_NODE_TIER,         F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_tier,         NULL,               NULL},
+	{"/nodes/{node}/capabilities",   TREE_NODE_CAPABILITIES, F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_capabilities, NULL,               NULL},
+	{"/nodes/{node}/reliability",    TREE_NODE_RELIABILITY,  F, 0444,  OWN_D,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, render_node_reliability,  NULL,               NULL},
+	{"/nodes/{node}/ctl",            TREE_NODE_CTL,          F, 0644,  OWN_D,  R_NONE,  M_START, C_GEN,  0,              W_CMD, 0,      LONG, LONG, false, false, render_node_ctl,          NULL,               NULL},
+	{"/nodes/{node}/tasks",          TREE_NODE_TASKS,        D, 0555,  OWN_D,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_node_tasks,    NULL},
+	{"/nodes/{node}/tasks/{task}",   TREE_NODE_TASK_LINK,    L, 0777,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               "../../../tasks/{task}"},
+	{"/nodes/{node}/models",         TREE_NODE_MODELS,       D, 0555,  OWN_D,  R_NMOD,  M_START, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_node_models,   NULL},
+	{"/nodes/{node}/models/ctl",     TREE_NODE_MODELS_CTL,   F, 0644,  OWN_D,  R_NMOD,  M_MOD,   C_OPEN, 0,              W_CMD, 0,      LONG, T,    true,  false, render_node_models_ctl,   NULL,               NULL},
+	{"/nodes/{node}/models/{model}", TREE_NODE_MODEL,        F, 0444,  OWN_D,  R_NMOD,  M_MOD,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_node_model,        NULL,               NULL},
 
-	{"/tasks",                  TREE_TASKS,          D, 0555,  OWN_D, R_NONE, M_TASK,  C_OPEN, W_NO,  0, T, T, true, NULL, list_tasks, NULL},
-	{"/tasks/new",              TREE_TASKS_NEW,      D, 01777, OWN_D,  R_NONE, M_DRAFT, C_OPEN, W_NO,  0, T, T, true, NULL, list_drafts, NULL},
-	{"/tasks/new/{draft}",      TREE_DRAFT,          F, 0644,  OWN_DR, R_NONE, M_DRAFT, C_NONE, W_DR,  0, 0, 0, true, NULL, NULL, NULL},
-	{"/tasks/{group}",          TREE_TASKS_GROUP,    D, 0555,  OWN_D,  R_NONE, M_TASK,  C_OPEN, W_NO,  0, T, T, true, NULL, list_group, NULL},
-	{"/tasks/{group}/{task}",   TREE_TASK_LINK,      L, 0777,  OWN_D,  R_NONE, M_START, C_OPEN, W_NO,  0, T, T, true, NULL, NULL, "../{task}"},
-	{"/tasks/{task}",           TREE_TASK,           D, 0555,  OWN_T,  R_NONE, M_TASK,  C_OPEN, W_NO,  0, T, T, true, NULL, NULL, NULL},
-	{"/tasks/{task}/spec",      TREE_TASK_SPEC,      F, 0444,  OWN_P,  R_NONE, M_REND,  C_OPEN, W_NO,  0, T, T, true, render_task_spec, NULL, NULL},
-	{"/tasks/{task}/status",    TREE_TASK_STATUS,    F, 0444,  OWN_T,  R_NONE, M_REND,  C_OPEN, W_NO,  0, T, 0, true, render_task_status, NULL, NULL},
-	{"/tasks/{task}/node",      TREE_TASK_NODE,      F, 0444,  OWN_T,  R_NONE, M_REND,  C_OPEN, W_NO,  0, T, 0, true, render_task_node, NULL, NULL},
-	{"/tasks/{task}/exit_code", TREE_TASK_EXIT_CODE, F, 0444,  OWN_T,  R_NONE, M_REND,  C_OPEN, W_NO,  0, T, 0, true, render_task_exit_code, NULL, NULL},
-	{"/tasks/{task}/info",      TREE_TASK_INFO,      F, 0444,  OWN_P,  R_NONE, M_REND,  C_OPEN, W_NO,  0, T, T, true, render_task_info, NULL, NULL},
-	{"/tasks/{task}/stdout",    TREE_TASK_STDOUT,    F, 0444,  OWN_P,  R_NONE, M_REND,  C_GROW, W_NO,  0, T, 0, true, render_task_stdout, NULL, NULL},
-	{"/tasks/{task}/stderr",    TREE_TASK_STDERR,    F, 0444,  OWN_P,  R_NONE, M_REND,  C_GROW, W_NO,  0, T, 0, true, render_task_stderr, NULL, NULL},
-	{"/tasks/{task}/wait",      TREE_TASK_WAIT,      F, 0444,  OWN_P,  R_NONE, M_REND,  C_NONE, W_NO,  0, T, 0, true, render_task_wait, NULL, NULL},
-	{"/tasks/{task}/ctl",       TREE_TASK_CTL,       F, 0666,  OWN_T,  R_NONE, M_REND,  C_OPEN, W_CMD, 0, T, T, true, render_task_ctl, NULL, NULL},
+	{"/tasks",                       TREE_TASKS,             D, 0555,  OWN_D,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  true,  NULL,                     list_tasks,         NULL},
+	{"/tasks/new",                   TREE_TASKS_NEW,         D, 01777, OWN_D,  R_NONE,  M_DRAFT, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_drafts,        NULL},
+	{"/tasks/new/{draft}",           TREE_DRAFT,             F, 0644,  OWN_DR, R_NONE,  M_DRAFT, C_NONE, 0,              W_DR,  0,      0,    0,    true,  false, NULL,                     NULL,               NULL},
+	{"/tasks/{group}",               TREE_TASKS_GROUP,       D, 0555,  OWN_D,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_group,         NULL},
+	{"/tasks/{group}/{task}",        TREE_TASK_LINK,         L, 0777,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               "../{task}"},
+	{"/tasks/{task}",                TREE_TASK,              D, 0555,  OWN_T,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               NULL},
+	{"/tasks/{task}/spec",           TREE_TASK_SPEC,         F, 0444,  OWN_P,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_task_spec,         NULL,               NULL},
+	{"/tasks/{task}/status",         TREE_TASK_STATUS,       F, 0444,  OWN_T,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    0,    true,  false, render_task_status,       NULL,               NULL},
+	{"/tasks/{task}/node",           TREE_TASK_NODE,         F, 0444,  OWN_T,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    0,    true,  false, render_task_node,         NULL,               NULL},
+	{"/tasks/{task}/exit_code",      TREE_TASK_EXIT_CODE,    F, 0444,  OWN_T,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    0,    true,  false, render_task_exit_code,    NULL,               NULL},
+	{"/tasks/{task}/info",           TREE_TASK_INFO,         F, 0444,  OWN_P,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_task_info,         NULL,               NULL},
+	{"/tasks/{task}/stdout",         TREE_TASK_STDOUT,       F, 0444,  OWN_P,  R_NONE,  M_REND,  C_GROW, 0,              W_NO,  0,      T,    0,    true,  false, render_task_stdout,       NULL,               NULL},
+	{"/tasks/{task}/stderr",         TREE_TASK_STDERR,       F, 0444,  OWN_P,  R_NONE,  M_REND,  C_GROW, 0,              W_NO,  0,      T,    0,    true,  false, render_task_stderr,       NULL,               NULL},
+	{"/tasks/{task}/wait",           TREE_TASK_WAIT,         F, 0444,  OWN_P,  R_NONE,  M_REND,  C_NONE, 0,              W_NO,  0,      T,    0,    true,  false, render_task_wait,         NULL,               NULL},
+	{"/tasks/{task}/ctl",            TREE_TASK_CTL,          F, 0666,  OWN_T,  R_NONE,  M_REND,  C_OPEN, 0,              W_CMD, 0,      T,    T,    true,  false, render_task_ctl,          NULL,               NULL},
 
-	{"/services",                  TREE_SERVICES,     D, 0555, OWN_D, R_NONE, M_START, C_OPEN, W_NO, 0, T, T, true, NULL, list_services, NULL},
-	{"/services/{service}",        TREE_SERVICE,      D, 0555, OWN_D, R_NONE, M_START, C_OPEN, W_NO, 0, T, T, true, NULL, list_service_files, NULL},
+	{"/services",                    TREE_SERVICES,          D, 0555,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_services,      NULL},
+	{"/services/{service}",          TREE_SERVICE,           D, 0555,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     list_service_files, NULL},
 	/* 0444 for a GET endpoint, 0644 for a POST one (fs.c) */
-	{"/services/{service}/{file}", TREE_SERVICE_FILE, F, 0644, OWN_D, R_NONE, M_START, C_NONE, W_FL, 0, T, T, true, render_service_file, NULL, NULL},
+	{"/services/{service}/{file}",   TREE_SERVICE_FILE,      F, 0644,  OWN_D,  R_NONE,  M_START, C_NONE, 0,              W_FL,  0,      T,    T,    true,  false, render_service_file,      NULL,               NULL},
 
-	{"/ledger",                 TREE_LEDGER,           D, 0555, OWN_D, R_LED,  M_START, C_OPEN, W_NO, 0, T, T, true, NULL, NULL, NULL},
-	{"/ledger/entries",         TREE_LEDGER_ENTRIES,   D, 0555, OWN_D, R_LED,  M_START, C_OPEN, W_NO, 0, T, T, true, NULL, list_steps, NULL},
-	{"/ledger/entries/{step}",  TREE_LEDGER_ENTRY,     F, 0444, OWN_D, R_LED,  M_LED,   C_OPEN, W_NO, 0, T, T, true, render_ledger_entry, NULL, NULL},
-	{"/ledger/best",            TREE_LEDGER_BEST,      D, 0555, OWN_D, R_LED,  M_START, C_OPEN, W_NO, 0, T, T, true, NULL, list_metrics, NULL},
-	{"/ledger/best/{metric}",   TREE_LEDGER_BEST_FILE, F, 0444, OWN_D, R_LED,  M_LED,   C_OPEN, W_NO, 0, T, T, true, render_ledger_best, NULL, NULL},
-	{"/ledger/summary",         TREE_LEDGER_SUMMARY,   F, 0444, OWN_D, R_LED,  M_LED,   C_OPEN, W_NO, 0, T, T, true, render_ledger_summary, NULL, NULL},
-	{"/ledger/record",          TREE_LEDGER_RECORD,    F, 0644, OWN_D, R_NONE, M_START, C_OPEN, W_FL, 0, T, T, true, render_ledger_record, NULL, NULL},
-	{"/ledger/source",          TREE_LEDGER_SOURCE,    F, 0444, OWN_D, R_LED,  M_LED,   C_OPEN, W_NO, 0, T, T, true, render_ledger_source, NULL, NULL},
+	{"/ledger",                      TREE_LEDGER,            D, 0555,  OWN_D,  R_LED,   M_START, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     NULL,               NULL},
+	{"/ledger/entries",              TREE_LEDGER_ENTRIES,    D, 0555,  OWN_D,  R_LED,   M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     list_steps,         NULL},
+	{"/ledger/entries/{step}",       TREE_LEDGER_ENTRY,      F, 0444,  OWN_D,  R_LED,   M_LED,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_ledger_entry,      NULL,               NULL},
+	{"/ledger/best",                 TREE_LEDGER_BEST,       D, 0555,  OWN_D,  R_LED,   M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     list_metrics,       NULL},
+	{"/ledger/best/{metric}",        TREE_LEDGER_BEST_FILE,  F, 0444,  OWN_D,  R_LED,   M_LED,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_ledger_best,       NULL,               NULL},
+	{"/ledger/summary",              TREE_LEDGER_SUMMARY,    F, 0444,  OWN_D,  R_LED,   M_LED,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_ledger_summary,    NULL,               NULL},
+	{"/ledger/record",               TREE_LEDGER_RECORD,     F, 0644,  OWN_D,  R_NONE,  M_START, C_GEN,  0,              W_FL,  0,      T,    T,    false, false, render_ledger_record,     NULL,               NULL},
+	{"/ledger/source",               TREE_LEDGER_SOURCE,     F, 0444,  OWN_D,  R_LED,   M_LED,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_ledger_source,     NULL,               NULL},
 
-	{"/models",                 TREE_MODELS,       D, 0555, OWN_D, R_MOD, M_START, C_OPEN, W_NO, 0, T, T, true, NULL, list_models, NULL},
-	{"/models/{model}",         TREE_MODEL,        D, 0555, OWN_D, R_MOD, M_START, C_OPEN, W_NO, 0, T, T, true, NULL, NULL, NULL},
-	{"/models/{model}/nodes",   TREE_MODEL_NODES,  F, 0444, OWN_D, R_MOD, M_MOD,   C_OPEN, W_NO, 0, T, T, true, render_model_nodes, NULL, NULL},
-	{"/models/{model}/loaded",  TREE_MODEL_LOADED, F, 0444, OWN_D, R_MOD, M_MOD,   C_OPEN, W_NO, 0, T, T, true, render_model_loaded, NULL, NULL},
-	{"/models/{model}/info",    TREE_MODEL_INFO,   F, 0444, OWN_D, R_MOD, M_MOD,   C_OPEN, W_NO, 0, T, T, true, render_model_info, NULL, NULL},
+	{"/models",                      TREE_MODELS,            D, 0555,  OWN_D,  R_MOD,   M_START, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_models,        NULL},
+	{"/models/{model}",              TREE_MODEL,             D, 0555,  OWN_D,  R_MOD,   M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               NULL},
+	{"/models/{model}/nodes",        TREE_MODEL_NODES,       F, 0444,  OWN_D,  R_MOD,   M_MOD,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_model_nodes,       NULL,               NULL},
+	{"/models/{model}/loaded",       TREE_MODEL_LOADED,      F, 0444,  OWN_D,  R_MOD,   M_MOD,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_model_loaded,      NULL,               NULL},
+	{"/models/{model}/info",         TREE_MODEL_INFO,        F, 0444,  OWN_D,  R_MOD,   M_MOD,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_model_info,        NULL,               NULL},
 };
 /* clang-format on */
 #undef T

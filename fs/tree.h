@@ -143,7 +143,10 @@ enum tree_mtime {
 /* How a file's bytes are kept between a stat, an open and its reads. */
 enum tree_cache {
 	TREE_CACHE_OPEN,  /* rendered at open, read from the handle; a stat renders for the size */
-	TREE_CACHE_HELD,  /* a stat's rendering is held for the next open (struct held, fs.c) */
+	TREE_CACHE_GEN,   /* a snapshot kept until the data's generation (the gen column) moves:
+			  * stat, lookup and open in between share its bytes, size and mtime */
+	TREE_CACHE_HELD,  /* likewise, and refreshed first when stale; the snapshot a stat made
+			  * is what an open within probe.max_age_ms reads (struct snap, fs.c) */
 	TREE_CACHE_GROWS, /* only grows: a read past the handle's end fetches what is new */
 	TREE_CACHE_NONE,  /* not rendered: a draft, wait, backup/state.db, a service's GET */
 };
@@ -156,13 +159,23 @@ enum tree_write {
 	TREE_WRITE_DRAFT, /* kept as a draft of tasks/new/, submitted at close */
 };
 
+/* What a snapshot's generation is made of (TREE_CACHE_GEN and _HELD); none: the bytes
+ * never change. */
+#define TREE_GEN_CLUSTER 1u /* cluster_generation(): any node's data, the nodes, the config */
+#define TREE_GEN_NODE    2u /* the node's changed_at, and the config's */
+#define TREE_GEN_TASKS   4u /* tasks_changed_at() */
+#define TREE_GEN_MODELS  8u /* models_changed_at() */
+
 /* Which change of the node table invalidates the kernel's cache of a file. */
 #define TREE_INVAL_NODE    1u /* its node's data changed */
 #define TREE_INVAL_CLUSTER 2u /* any node's data, or the config, changed */
 
-#define TREE_TIMEOUT_S  1.0 /* the kernel's entry and attribute cache, by default */
-#define TREE_MAX_PARAMS 4   /* "{name}" segments per pattern */
-#define TREE_MAX_DEPTH  5   /* segments per path */
+#define TREE_TIMEOUT_S 1.0 /* the kernel's entry and attribute cache, by default */
+#define TREE_TIMEOUT_LONG_S                                                                        \
+	60.0              /* for what changes only with notified changes (a bound,
+				  * should a notification be dropped) */
+#define TREE_MAX_PARAMS 4 /* "{name}" segments per pattern */
+#define TREE_MAX_DEPTH  5 /* segments per path */
 
 /* One row of the tree table (tree_rows): every path the pattern matches is what the row
  * says. A pattern is matched segment by segment, as the agent's routes are
@@ -178,11 +191,16 @@ struct tree_row {
 	enum tree_refresh refresh;
 	enum tree_mtime mtime;
 	enum tree_cache cache;
+	unsigned gen; /* TREE_GEN_*: what the snapshot's generation is made of */
 	enum tree_write write;
 	unsigned inval;       /* TREE_INVAL_* */
 	double entry_timeout; /* seconds the kernel may keep the name */
 	double attr_timeout;  /* seconds the kernel may keep the attributes */
-	bool direct_io;       /* reads bypass the page cache */
+	bool direct_io;       /* reads bypass the page cache; without it, a snapshot whose size
+			       * the kernel was told is read through the page cache, kept
+			       * across opens while its generation holds (keep_cache) */
+	bool plus;            /* directories: listed with the children's attributes
+			       * (readdirplus), so a glob over them looks nothing up */
 	/* files: appends the content to out; may set *ret_mtime (TREE_MTIME_RENDER) and, for
 	 * events, *ret_seq (may be NULL); 0 or -errno */
 	int (*render)(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
