@@ -16,7 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MAX_NOTIFY_QUEUE 4096
+#define MAX_NOTIFY_QUEUE 65536   /* a batch: every file of 1,000 nodes at a config reload */
 #define NOTIFY_STOP_US   1000000 /* how long a stop waits for a notification in flight */
 
 struct notify {
