@@ -241,13 +241,15 @@ static char **list_models(const struct tree_ctx *ctx, const struct tree_entry *e
 
 /* Every path of the tree. Columns: pattern, kind, type, mode, owner, refresh, mtime,
  * cache, generation, write, invalidated by, entry and attribute timeouts (s), direct_io,
- * readdirplus, renderer (files), list (directories' names besides their rows' children), link target.
- * Literal segments before "{param}" ones where both would match (tasks/new, the groups).
- * Timeouts: LONG where every change is notified (fs_on_cluster_change) or none happens;
- * 0 for attributes that change with every probe or task step, or grow, and for names in
- * tasks/new/; else T. The _HELD files keep T for their names too: a lookup is a stat,
- * which starts the hold an open then reads. direct_io off only where the bytes change seldom (a level, the
- * config, the node's system answer): see struct tree_row. */
+ * readdirplus, renderer (files), list (directories' names besides their rows' own
+ * children), link target. Literal segments before "{param}" ones where both would match
+ * (tasks/new, the groups). Timeouts: LONG where every change is notified
+ * (fs_on_cluster_change) or none happens; 0 for attributes that change with every probe
+ * or task step, or grow, and for names in tasks/new/; else T. The _HELD files keep T for
+ * their names too: a lookup is a stat, which starts the hold an open then reads.
+ * direct_io off only where the bytes change seldom (the config, the node's system
+ * answer) or a stat and the open after it share one held snapshot (status, health): see
+ * struct tree_row. */
 const struct tree_row tree_rows[] = {
 	{"/",                            TREE_ROOT,              D, 0555,  OWN_D,  R_NONE,  M_CLU,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               NULL},
 	{"/README",                      TREE_README,            F, 0444,  OWN_D,  R_NONE,  M_START, C_GEN,  0,              W_NO,  0,      LONG, LONG, false, false, render_readme,            NULL,               NULL},
@@ -268,7 +270,7 @@ const struct tree_row tree_rows[] = {
 	{"/nodes",                       TREE_NODES,             D, 0555,  OWN_D,  R_NONE,  M_CLU,   C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  true,  NULL,                     list_nodes,         NULL},
 	{"/nodes/{node}",                TREE_NODE,              D, 0555,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      LONG, LONG, true,  false, NULL,                     NULL,               NULL},
 	{"/nodes/{node}/status",         TREE_NODE_STATUS,       F, 0444,  OWN_D,  R_NODE,  M_REND,  C_HELD, G_NODE,         W_NO,  I_NODE, T,    T,    false, false, render_node_status,       NULL,               NULL},
-	{"/nodes/{node}/health",         TREE_NODE_HEALTH,       F, 0444,  OWN_D,  R_NODE,  M_REND,  C_HELD, G_NODE,         W_NO,  I_NODE, T,    T,    true,  false, render_node_health,       NULL,               NULL},
+	{"/nodes/{node}/health",         TREE_NODE_HEALTH,       F, 0444,  OWN_D,  R_NODE,  M_REND,  C_HELD, G_NODE,         W_NO,  I_NODE, T,    T,    false, false, render_node_health,       NULL,               NULL},
 	{"/nodes/{node}/info",           TREE_NODE_INFO,         F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_info,         NULL,               NULL},
 	{"/nodes/{node}/address",        TREE_NODE_ADDRESS,      F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_address,      NULL,               NULL},
 	{"/nodes/{node}/role",           TREE_NODE_ROLE,         F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_role,         NULL,               NULL},
