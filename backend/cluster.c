@@ -83,6 +83,7 @@ struct cluster {
 	double changed_at;  /* protected by lock */
 	double started_at;
 	uint64_t started_us;
+	uint64_t generation;            /* cluster_generation(); atomic */
 	cluster_change_fn on_change[4]; /* set before cluster_start */
 	void *on_change_arg[4];
 	size_t n_on_change;
@@ -181,6 +182,7 @@ static struct node *cluster_find(struct cluster *c, const char *name)
 
 static void cluster_notify(struct cluster *c, const char *node)
 {
+	__atomic_add_fetch(&c->generation, 1, __ATOMIC_RELEASE);
 	for (size_t i = 0; i < c->n_on_change; i++)
 		c->on_change[i](c->on_change_arg[i], node);
 }
@@ -867,8 +869,12 @@ static void cluster_tick(void *arg)
 		    !node_push_is_fresh(c, n, now))
 			node_probe(c, n, now);
 		enum node_level old;
-		if (node_evaluate(c, n, now, &old)) {
+		double was = n->changed_at;
+		bool level_changed = node_evaluate(c, n, now, &old);
+		if (level_changed)
 			node_event_level(c, n, old);
+		/* its reasons may move without its level (an age crossing a threshold) */
+		if (level_changed || n->changed_at != was) {
 			changed = realloc(changed, (n_changed + 1) * sizeof(*changed));
 			changed[n_changed++] = strdup(n->name);
 		}
@@ -1122,6 +1128,20 @@ bool cluster_has_node(struct cluster *c, const char *name)
 	return r;
 }
 
+double cluster_node_changed_at(struct cluster *c, const char *name)
+{
+	pthread_rwlock_rdlock(&c->lock);
+	struct node *n = cluster_find(c, name);
+	double r = n ? n->changed_at : 0;
+	pthread_rwlock_unlock(&c->lock);
+	return r;
+}
+
+uint64_t cluster_generation(struct cluster *c)
+{
+	return __atomic_load_n(&c->generation, __ATOMIC_ACQUIRE);
+}
+
 bool cluster_node_is_fresh(struct cluster *c, const char *name)
 {
 	pthread_rwlock_rdlock(&c->lock);
@@ -1184,7 +1204,7 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 		json_array_append(v.capabilities, json_array_get(caps, i));
 	v.health = json_incref(n->health);
 	v.system = json_incref(n->system);
-	v.reasons = json_deep_copy(n->reasons);
+	v.reasons = json_incref(n->reasons); /* replaced whole at each change, never edited */
 	v.level = n->level;
 	v.reachable = n->last_ok_us && n->failures == 0;
 	v.draining = n->draining;
@@ -1384,7 +1404,16 @@ void cluster_set_external(struct cluster *c, const char *owner, const struct clu
 			qsort(c->nodes, c->n_nodes, sizeof(*c->nodes), node_cmp);
 			set_changed = true;
 		}
-		bool data = !json_equal(o->health, e->health) || !json_equal(o->system, e->system);
+		json_t *reasons = e->reasons ? json_deep_copy(e->reasons) : json_array();
+		/* what the node's files show: its documents, and its reachability (a success
+		 * moves checked_at), failures, error, reasons, address and role */
+		bool data = !json_equal(o->health, e->health) ||
+			    !json_equal(o->system, e->system) || e->reachable ||
+			    !e->error != !o->last_error ||
+			    (e->error && strcmp(e->error, o->last_error)) ||
+			    !json_equal(o->reasons, reasons) || !o->ext_address ||
+			    strcmp(o->ext_address, e->address ? e->address : "") || !o->ext_role ||
+			    strcmp(o->ext_role, e->role ? e->role : "");
 		free(o->ext_address);
 		o->ext_address = strdup(e->address ? e->address : "");
 		free(o->ext_role);
@@ -1398,7 +1427,7 @@ void cluster_set_external(struct cluster *c, const char *owner, const struct clu
 			o->system = json_incref(e->system);
 		}
 		json_decref(o->reasons);
-		o->reasons = json_deep_copy(e->reasons ? e->reasons : json_array());
+		o->reasons = reasons;
 		o->ext_level = e->level;
 		o->attempted_at = clock_wall_s();
 		if (e->reachable) {
@@ -1406,8 +1435,10 @@ void cluster_set_external(struct cluster *c, const char *owner, const struct clu
 			o->checked_at = o->attempted_at;
 			o->latency_ms = e->latency_ms;
 			o->failures = 0;
-		} else
+		} else {
 			o->failures++;
+			data = true;
+		}
 		free(o->last_error);
 		o->last_error = e->error ? strdup(e->error) : NULL;
 		enum node_level old;

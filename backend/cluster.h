@@ -107,6 +107,13 @@ char **cluster_list_nodes(struct cluster *c, size_t *ret_n);
 int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret);
 /* Any thread: true when the node exists. */
 bool cluster_has_node(struct cluster *c, const char *name);
+/* Any thread: wall time node `name`'s shown data last changed (node_view.changed_at),
+ * without copying its view; 0 when there is no such node. */
+double cluster_node_changed_at(struct cluster *c, const char *name);
+/* Any thread: a count that grows at every change of what is shown of the cluster (a
+ * node's data, the set of nodes, the config), before the listeners hear of it: what is
+ * rendered after reading it is at least as new as that change. */
+uint64_t cluster_generation(struct cluster *c);
 /* Any thread: a node's level, without copying its view. 0, or -ENOENT. */
 int cluster_get_level(struct cluster *c, const char *name, enum node_level *ret);
 /* Any thread: true when the node's data is younger than probe.max_age_ms. */

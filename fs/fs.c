@@ -16,8 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define TIMEOUT_S        1.0 /* kernel entry and attribute cache */
-#define MAX_NOTIFY_QUEUE 4096
+#define MAX_NOTIFY_QUEUE 65536   /* a batch: every file of 1,000 nodes at a config reload */
 #define NOTIFY_STOP_US   1000000 /* how long a stop waits for a notification in flight */
 
 struct notify {
@@ -46,34 +45,78 @@ struct fs {
 	bool notifier_running;
 	bool notifier_done;  /* the notifier returned; protected by lock */
 	bool notifier_stuck; /* left in the kernel at a stop: f is never freed */
-	pthread_mutex_t held_lock;
-	struct held *held; /* HELD_SLOTS snapshots by inode; protected by held_lock */
+	pthread_mutex_t snap_lock;
+	struct snap *snaps; /* SNAP_SLOTS snapshots by inode; protected by snap_lock */
 };
 
-/* What a stat reported is what an open then reads (DESIGN §2): for the files an open
- * refreshes (health, status), a stat refreshes them first when stale, and the bytes it
- * rendered are held; an open of the same inode within probe.max_age_ms (at most HELD_US)
- * serves them, even when a probe changed the data meanwhile: they are as fresh as the
- * open's own refresh would make them. NFS and SMB servers take the size from a GETATTR and
- * read up to it; without this, a probe landing between the two changes the document
- * under them. */
-#define HELD_SLOTS 1024
+/* What a stat reported is what an open then reads (DESIGN §2). A file whose row keeps a
+ * snapshot (TREE_CACHE_GEN, _HELD) is rendered once per change of the data behind it (its
+ * generation, struct stamp): stat, lookup and every open until the next change share
+ * those bytes, their size and their mtime, and a stat never renders them again. For the
+ * files an open refreshes (health, status: _HELD), a stat refreshes them first when
+ * stale, and an open of the same inode within probe.max_age_ms (at most HELD_US) serves
+ * the snapshot the stat made even when a probe changed the data meanwhile: it is as
+ * fresh as the open's own refresh would make it. NFS and SMB servers take the size from a
+ * GETATTR and read up to it; without this, a probe landing between the two changes the
+ * document under them. */
+#define SNAP_SLOTS 8192
 #define HELD_US    (1000 * 1000ull) /* at most; probe.max_age_ms when shorter */
 
-struct held {
-	uint64_t ino; /* 0: empty */
-	uint64_t at_us;
-	double mtime;
-	struct buf bytes;
+/* The generation of a file's data: what its row's gen column names. Equal stamps, equal
+ * bytes. */
+struct stamp {
+	uint64_t cluster;
+	double node, config, tasks, models;
 };
+
+/* Bytes shared by a snapshot and the handles that read them; immutable. */
+struct blob {
+	int refs; /* atomic */
+	size_t len;
+	char data[];
+};
+
+struct snap {
+	uint64_t ino; /* 0: empty */
+	struct stamp stamp;
+	uint64_t at_us; /* when rendered */
+	double mtime;
+	struct blob *bytes;
+	bool told;  /* a stat or lookup gave the kernel this size */
+	bool paged; /* an open let the page cache hold these bytes */
+};
+
+static struct blob *blob_new(const struct buf *b)
+{
+	struct blob *x = xcalloc(1, sizeof(*x) + b->len + 1);
+	x->refs = 1;
+	x->len = b->len;
+	if (b->len)
+		memcpy(x->data, b->data, b->len);
+	return x;
+}
+
+static struct blob *blob_ref(struct blob *x)
+{
+	if (x)
+		__atomic_add_fetch(&x->refs, 1, __ATOMIC_RELAXED);
+	return x;
+}
+
+static void blob_unref(struct blob *x)
+{
+	if (x && __atomic_sub_fetch(&x->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		free(x);
+}
 
 /* An open file: the content as rendered at open, so one read sequence sees one document. */
 struct handle {
 	struct tree_entry e;
 	pthread_mutex_t lock; /* guards content and seq for append-only files */
 	struct buf content;
-	uint64_t seq; /* events: the last event included */
-	uid_t uid;    /* who opened it (ctl writes are checked against it) */
+	struct blob *snap; /* the snapshot read instead of content, or NULL */
+	uint64_t seq;      /* events: the last event included */
+	uid_t uid;         /* who opened it (ctl writes are checked against it) */
 	struct fs *f;
 	struct handle *prev, *next; /* in f->handles, protected by f->lock */
 	bool writable;              /* collects writes for a POST or a record at flush */
@@ -92,6 +135,7 @@ struct dir_handle {
 	char *group;         /* tasks/GROUP/: the group; nodes/NODE/tasks/: NULL */
 	char *node;          /* nodes/NODE/tasks/: the node */
 	char *path;
+	bool plus; /* its row lists children with their attributes (readdirplus) */
 	struct fs *f;
 	struct dir_handle *prev, *next; /* in f->dirs, protected by f->lock */
 };
@@ -119,8 +163,8 @@ int fs_new(const struct tree_ctx *backends, struct fs **ret)
 	f->uid = getuid();
 	f->gid = getgid();
 	pthread_mutex_init(&f->lock, NULL);
-	pthread_mutex_init(&f->held_lock, NULL);
-	f->held = xcalloc(HELD_SLOTS, sizeof(*f->held));
+	pthread_mutex_init(&f->snap_lock, NULL);
+	f->snaps = xcalloc(SNAP_SLOTS, sizeof(*f->snaps));
 	pthread_cond_init(&f->cond, NULL);
 	*ret = f;
 	return 0;
@@ -144,10 +188,10 @@ void fs_free(struct fs *f)
 	if (f->notifier_stuck)
 		return; /* the notifier may still wake up and take f->lock */
 	pthread_mutex_destroy(&f->lock);
-	for (size_t i = 0; i < HELD_SLOTS; i++)
-		buf_free(&f->held[i].bytes);
-	free(f->held);
-	pthread_mutex_destroy(&f->held_lock);
+	for (size_t i = 0; i < SNAP_SLOTS; i++)
+		blob_unref(f->snaps[i].bytes);
+	free(f->snaps);
+	pthread_mutex_destroy(&f->snap_lock);
 	pthread_cond_destroy(&f->cond);
 	free(f);
 }
@@ -281,19 +325,18 @@ static void collect_ino(void *arg, uint64_t ino, const char *path)
 void fs_on_cluster_change(void *arg, const char *node)
 {
 	struct fs *f = arg;
-	static const char *const tops[] = {"/stats",         "/alerts",       "/events", "/metrics",
-					   "/topology.json", "/topology.dot", "/config"};
-	static const char *const node_files[] = {"status", "health", "info",        "address",
-						 "role",   "tier",   "capabilities"};
 	struct collect col = {.f = f};
 	if (node) {
 		/* inode numbers are path hashes: ask for the node's files directly */
-		for (size_t i = 0; i < sizeof(node_files) / sizeof(node_files[0]); i++) {
-			char path[512];
-			snprintf(path, sizeof(path), "/nodes/%s/%s", node, node_files[i]);
-			uint64_t ino = inode_hash_path(path);
-			if (inode_table_known(f->itab, ino))
+		struct tree_entry e = {.node = (char *) node};
+		for (size_t i = 0; i < tree_n_rows; i++) {
+			if (!(tree_rows[i].inval & TREE_INVAL_NODE))
+				continue;
+			char *path = tree_format(tree_rows[i].pattern, &e);
+			uint64_t ino = path ? inode_hash_path(path) : 0;
+			if (path && inode_table_known(f->itab, ino))
 				collect_ino(&col, ino, path);
+			free(path);
 		}
 	} else {
 		inode_table_foreach(f->itab, "/nodes", collect_ino, &col);
@@ -301,9 +344,10 @@ void fs_on_cluster_change(void *arg, const char *node)
 	pthread_mutex_lock(&f->lock);
 	if (!f->tops_queued) {
 		/* one invalidation of the cluster-wide files per batch is enough */
-		for (size_t i = 0; i < sizeof(tops) / sizeof(tops[0]); i++) {
-			uint64_t ino = inode_hash_path(tops[i]);
-			if (inode_table_known(f->itab, ino))
+		for (size_t i = 0; i < tree_n_rows; i++) {
+			uint64_t ino = inode_hash_path(tree_rows[i].pattern);
+			if ((tree_rows[i].inval & TREE_INVAL_CLUSTER) &&
+			    inode_table_known(f->itab, ino))
 				notify_push_locked(f, ino, NULL);
 		}
 		f->tops_queued = true;
@@ -357,7 +401,7 @@ static char *fs_ino_path(struct fs *f, fuse_ino_t ino)
 			}
 			struct tree_entry e;
 			if (child && tree_classify(&f->ctx, child, &e) == 0) {
-				if (tree_kind_is_dir(e.kind)) {
+				if (e.row->type == TREE_DIR) {
 					queue = realloc(queue, (qn + 1) * sizeof(char *));
 					queue[qn++] = child;
 					child = NULL;
@@ -391,15 +435,8 @@ static struct drafts_limits draft_limits(struct fs *f)
 }
 
 /* tasks/ID/ and its files belong to the task's submitter (DESIGN §8): the files that
- * can hold secrets (the spec's env, output) are 0600, or 0640 for tasks.group; what a
- * script polls (status, node, exit_code) stays readable by all. */
-static bool task_file_is_private(enum tree_kind kind)
-{
-	return kind == TREE_TASK_SPEC || kind == TREE_TASK_INFO || kind == TREE_TASK_STDOUT ||
-	       kind == TREE_TASK_FILE || kind == TREE_TASK_STDERR || kind == TREE_TASK_WAIT ||
-	       kind == TREE_TASK_RESULT;
-}
-
+ * can hold secrets (the spec's env, output: TREE_OWN_TASK_PRIVATE) are 0600, or 0640 for
+ * tasks.group; what a script polls (status, node, exit_code) stays readable by all. */
 static void task_file_owner(struct fs *f, const struct tree_entry *e, struct stat *st)
 {
 	uid_t uid;
@@ -411,51 +448,141 @@ static void task_file_owner(struct fs *f, const struct tree_entry *e, struct sta
 	st->st_uid = uid;
 	st->st_gid = group ? cfg->tasks.group_gid : gid;
 	config_unref(cfg);
-	if (task_file_is_private(e->kind))
+	if (e->row->owner == TREE_OWN_TASK_PRIVATE)
 		st->st_mode = (st->st_mode & ~07777u) | (group ? 0640 : 0600);
 }
 
-/* Files whose bytes a stat holds for the next open: those an open refreshes (health,
- * status), whose freshness is probe.max_age_ms anyway, and placement, which moves with
- * every probe. Other files change only with events, and an open renders them as they
- * are then. */
-static bool kind_is_held(enum tree_kind kind)
+/* Files kept as snapshots between a stat and the opens after it (TREE_CACHE_GEN, _HELD). */
+static bool entry_is_kept(const struct tree_entry *e)
 {
-	return tree_kind_refreshes(kind) || kind == TREE_PLACEMENT;
+	return e->row->cache == TREE_CACHE_GEN || e->row->cache == TREE_CACHE_HELD;
 }
 
-static void held_put(struct fs *f, uint64_t ino, const struct buf *bytes, double mtime)
+/* The generation of e's data now. Read before rendering: the bytes are then at least as
+ * new as the stamp says. */
+static void stamp_of(struct fs *f, const struct tree_entry *e, struct stamp *ret)
 {
-	pthread_mutex_lock(&f->held_lock);
-	struct held *h = &f->held[ino % HELD_SLOTS];
-	h->ino = ino;
-	h->at_us = clock_now_us();
-	h->mtime = mtime;
-	h->bytes.len = 0;
-	buf_append(&h->bytes, bytes->data ? bytes->data : "", bytes->len);
-	pthread_mutex_unlock(&f->held_lock);
+	unsigned gen = e->row->gen;
+	memset(ret, 0, sizeof(*ret));
+	if (gen & TREE_GEN_CLUSTER)
+		ret->cluster = cluster_generation(f->cluster);
+	if ((gen & TREE_GEN_NODE) && e->node) {
+		ret->node = cluster_node_changed_at(f->cluster, e->node);
+		ret->config = cluster_changed_at(f->cluster); /* address, role, tier */
+	}
+	if (gen & TREE_GEN_TASKS)
+		ret->tasks = tasks_changed_at(f->ctx.tasks);
+	if (gen & TREE_GEN_MODELS)
+		ret->models = models_changed_at(f->ctx.models);
 }
 
-/* Copies the bytes a stat of ino rendered into out (out may be NULL): true, or false when
- * there are none young enough. A stat renders data as fresh as a refresh makes it, so
- * bytes younger than probe.max_age_ms are as fresh as an open's refresh would make them;
- * at most HELD_US. */
-static bool held_get(struct fs *f, uint64_t ino, struct buf *out, double *ret_mtime)
+static bool stamp_equal(const struct stamp *a, const struct stamp *b)
+{
+	return a->cluster == b->cluster && a->node == b->node && a->config == b->config &&
+	       a->tasks == b->tasks && a->models == b->models;
+}
+
+/* The hold window of _HELD snapshots: probe.max_age_ms, at most HELD_US. */
+static uint64_t held_window_us(struct fs *f)
 {
 	struct config *cfg = cluster_get_config(f->cluster);
 	uint64_t window = (uint64_t) cfg->probe.max_age_ms * 1000u;
 	config_unref(cfg);
-	if (window > HELD_US)
-		window = HELD_US;
-	pthread_mutex_lock(&f->held_lock);
-	struct held *h = &f->held[ino % HELD_SLOTS];
-	bool ok = h->ino == ino && clock_now_us() - h->at_us < window;
-	if (ok && out) {
-		buf_append(out, h->bytes.data ? h->bytes.data : "", h->bytes.len);
-		*ret_mtime = h->mtime;
-	}
-	pthread_mutex_unlock(&f->held_lock);
+	return window > HELD_US ? HELD_US : window;
+}
+
+/* Caller holds f->snap_lock: whether slot s holds ino's snapshot for data at stamp now.
+ * For an open (for_stat false), a _HELD one also holds within the window after the last
+ * stat that reported it or the open that rendered it, whatever changed since (that stat
+ * or open refreshed it first), and past it while its node is fresh (no refresh would
+ * change it). */
+static bool snap_valid_locked(struct fs *f, const struct snap *s, uint64_t ino,
+			      const struct tree_entry *e, const struct stamp *now, bool for_stat,
+			      uint64_t window)
+{
+	if (s->ino != ino || !s->bytes)
+		return false;
+	if (e->row->cache != TREE_CACHE_HELD || for_stat)
+		return stamp_equal(&s->stamp, now);
+	if (clock_now_us() - s->at_us < window)
+		return true;
+	return stamp_equal(&s->stamp, now) && e->row->refresh == TREE_REFRESH_NODE &&
+	       cluster_node_is_fresh(f->cluster, e->node);
+}
+
+/* True when ino has a snapshot an open or stat may serve now without refreshing. */
+static bool snap_ready(struct fs *f, uint64_t ino, const struct tree_entry *e)
+{
+	struct stamp now;
+	stamp_of(f, e, &now);
+	uint64_t window = e->row->cache == TREE_CACHE_HELD ? held_window_us(f) : 0;
+	pthread_mutex_lock(&f->snap_lock);
+	bool ok = snap_valid_locked(f, &f->snaps[ino % SNAP_SLOTS], ino, e, &now, false, window);
+	pthread_mutex_unlock(&f->snap_lock);
 	return ok;
+}
+
+/* What a read of a kept file is served from. */
+struct snap_use {
+	struct blob *bytes; /* a new reference */
+	double mtime;
+	bool told;  /* the kernel was given this size (before this call) */
+	bool paged; /* an open before let the page cache hold these same bytes */
+};
+
+/* ino's snapshot, rendered now if there is none for the data as it is: 0 or -errno. A
+ * stat (for_stat) marks it told and, for a _HELD one, starts its hold window; an open that
+ * lets the page cache hold it marks it paged (snap_paged). */
+static int snap_get(struct fs *f, uint64_t ino, const struct tree_entry *e, bool for_stat,
+		    struct snap_use *ret)
+{
+	struct stamp now;
+	stamp_of(f, e, &now);
+	uint64_t window = e->row->cache == TREE_CACHE_HELD ? held_window_us(f) : 0;
+	pthread_mutex_lock(&f->snap_lock);
+	struct snap *s = &f->snaps[ino % SNAP_SLOTS];
+	if (snap_valid_locked(f, s, ino, e, &now, for_stat, window)) {
+		*ret = (struct snap_use){blob_ref(s->bytes), s->mtime, s->told, s->paged};
+		if (for_stat) {
+			s->told = true;
+			s->at_us = clock_now_us();
+		}
+		pthread_mutex_unlock(&f->snap_lock);
+		return 0;
+	}
+	pthread_mutex_unlock(&f->snap_lock);
+	struct buf b;
+	double mtime;
+	buf_init(&b);
+	int r = render_file(&f->ctx, e, &b, &mtime, NULL);
+	if (r < 0) {
+		buf_free(&b);
+		return r;
+	}
+	struct blob *bytes = blob_new(&b);
+	buf_free(&b);
+	pthread_mutex_lock(&f->snap_lock);
+	blob_unref(s->bytes);
+	*s = (struct snap){.ino = ino,
+			   .stamp = now,
+			   .at_us = clock_now_us(),
+			   .mtime = mtime,
+			   .bytes = blob_ref(bytes),
+			   .told = for_stat};
+	pthread_mutex_unlock(&f->snap_lock);
+	*ret = (struct snap_use){bytes, mtime, false, false};
+	return 0;
+}
+
+/* An open let the page cache hold ino's snapshot `bytes`: the next open of the same
+ * snapshot may keep the cache. */
+static void snap_paged(struct fs *f, uint64_t ino, const struct blob *bytes)
+{
+	pthread_mutex_lock(&f->snap_lock);
+	struct snap *s = &f->snaps[ino % SNAP_SLOTS];
+	if (s->ino == ino && s->bytes == bytes)
+		s->paged = true;
+	pthread_mutex_unlock(&f->snap_lock);
 }
 
 static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
@@ -470,23 +597,17 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 	st->st_gid = f->gid;
 	st->st_blksize = 4096;
 	double mtime = cluster_started_at(f->cluster);
-	if (tree_kind_is_dir(e.kind)) {
-		st->st_mode = S_IFDIR | tree_kind_mode(e.kind);
+	if (e.row->type == TREE_DIR) {
+		st->st_mode = S_IFDIR | e.row->mode;
 		st->st_nlink = 2;
-		if (e.kind == TREE_NODES || e.kind == TREE_ROOT)
-			mtime = cluster_changed_at(f->cluster);
-		else if (e.kind == TREE_TASKS_NEW)
-			mtime = drafts_changed_at(f->ctx.drafts);
-		else if (e.kind == TREE_TASKS || e.kind == TREE_TASKS_GROUP ||
-			 e.kind == TREE_NODE_TASKS || e.kind == TREE_TASK)
-			mtime = tasks_changed_at(f->ctx.tasks);
-	} else if (tree_kind_is_link(e.kind)) {
+		mtime = render_mtime(&f->ctx, &e);
+	} else if (e.row->type == TREE_LINK) {
 		char *target = tree_link_target(&e);
 		st->st_mode = S_IFLNK | 0777;
 		st->st_nlink = 1;
 		st->st_size = (off_t) strlen(target);
 		free(target);
-	} else if (e.kind == TREE_DRAFT) {
+	} else if (e.row->owner == TREE_OWN_DRAFT) {
 		struct draft_info di;
 		r = drafts_stat(f->ctx.drafts, e.name, &di);
 		if (r < 0) {
@@ -502,7 +623,7 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 	} else if (e.kind == TREE_TASK_FILE) {
 		uint64_t size = 0;
 		artifacts_lookup(f->ctx.artifacts, e.task, e.file, &size, &mtime);
-		st->st_mode = S_IFREG | 0444;
+		st->st_mode = S_IFREG | e.row->mode;
 		st->st_nlink = 1;
 		st->st_size = (off_t) size;
 		st->st_blocks = (blkcnt_t) ((size + 511) / 512);
@@ -519,14 +640,14 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 		st->st_size = (off_t) size;
 	} else {
 		size_t size = 0;
-		if (kind_is_held(e.kind)) {
-			struct buf bytes;
-			buf_init(&bytes);
-			r = render_file(&f->ctx, &e, &bytes, &mtime, NULL);
-			size = bytes.len;
-			if (r == 0)
-				held_put(f, st->st_ino, &bytes, mtime);
-			buf_free(&bytes);
+		if (entry_is_kept(&e)) {
+			struct snap_use u;
+			r = snap_get(f, st->st_ino, &e, true, &u);
+			if (r == 0) {
+				size = u.bytes->len;
+				mtime = u.mtime;
+				blob_unref(u.bytes);
+			}
 		} else {
 			r = render_stat(&f->ctx, &e, &size, &mtime);
 		}
@@ -534,7 +655,7 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 			tree_entry_clear(&e);
 			return r;
 		}
-		st->st_mode = S_IFREG | tree_kind_mode(e.kind);
+		st->st_mode = S_IFREG | e.row->mode;
 		if (e.kind == TREE_SERVICE_FILE) {
 			bool post = false;
 			services_file_exists(f->ctx.services, e.name, e.file, &post);
@@ -544,9 +665,7 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 		st->st_size = (off_t) size;
 		st->st_blocks = (blkcnt_t) ((size + 511) / 512);
 	}
-	if (e.task && !e.node &&
-	    (e.kind == TREE_TASK || (e.kind >= TREE_TASK_SPEC && e.kind <= TREE_TASK_FILE) ||
-	     e.kind == TREE_TASK_FILES))
+	if (e.row->owner == TREE_OWN_TASK || e.row->owner == TREE_OWN_TASK_PRIVATE)
 		task_file_owner(f, &e, st);
 	fill_time(&st->st_mtim, mtime);
 	st->st_ctim = st->st_mtim;
@@ -555,19 +674,12 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 	return 0;
 }
 
-static double attr_timeout_for(struct fs *f, const char *path)
+/* The row's timeouts for a path (both 0 for a path the tree lacks). */
+static void timeouts_for(const char *path, double *ret_entry, double *ret_attr)
 {
-	/* append-only files must show their growth to `tail -f` at once; drafts change
-	 * under every writer */
-	struct tree_entry e;
-	if (tree_classify(&f->ctx, path, &e) < 0)
-		return 0;
-	bool volatile_attrs = tree_kind_is_append_only(e.kind) || e.kind == TREE_DRAFT ||
-			      e.kind == TREE_TASK_WAIT || e.kind == TREE_TASK_STATUS ||
-			      e.kind == TREE_TASK_EXIT_CODE || e.kind == TREE_TASK_NODE ||
-			      e.kind == TREE_PLACEMENT; /* moves with every probe and task */
-	tree_entry_clear(&e);
-	return volatile_attrs ? 0.0 : TIMEOUT_S;
+	const struct tree_row *row = tree_match(path, NULL, NULL);
+	*ret_entry = row ? row->entry_timeout : 0;
+	*ret_attr = row ? row->attr_timeout : 0;
 }
 
 /* ---- operations ---- */
@@ -645,35 +757,35 @@ static int refresh_all_then(struct fs *f, struct pending *p)
  * refresh applies), 0 when p will be finished later. */
 static int refresh_then(struct fs *f, const struct tree_entry *e, struct pending *p)
 {
-	if (e->kind == TREE_HEALTH)
-		return refresh_all_then(f, p);
-	if (tree_kind_refreshes(e->kind) && e->node && !cluster_node_is_fresh(f->cluster, e->node))
+	switch (e->row->refresh) {
+	case TREE_REFRESH_NODES: return refresh_all_then(f, p);
+	case TREE_REFRESH_NODE:
+		if (!e->node || cluster_node_is_fresh(f->cluster, e->node))
+			return 1;
 		return cluster_refresh_node(f->cluster, e->node, pending_done_err, p) == 0 ? 0 : 1;
-	if (tree_kind_is_ledger(e->kind))
+	case TREE_REFRESH_LEDGER:
 		return ledger_refresh(f->ctx.ledger, pending_done, p) == 0 ? 0 : 1;
-	if (tree_kind_is_models(e->kind))
-		return models_refresh(f->ctx.models,
-				      e->kind == TREE_NODE_MODELS || e->kind == TREE_NODE_MODEL ||
-						      e->kind == TREE_NODE_MODELS_CTL
-					      ? e->node
-					      : NULL,
-				      pending_done, p) == 0
-			       ? 0
-			       : 1;
-	return 1;
+	case TREE_REFRESH_MODELS:
+		return models_refresh(f->ctx.models, NULL, pending_done, p) == 0 ? 0 : 1;
+	case TREE_REFRESH_NODE_MODELS:
+		return models_refresh(f->ctx.models, e->node, pending_done, p) == 0 ? 0 : 1;
+	default: return 1;
+	}
 }
 
 /* A stat of a file that an open would refresh (health, status) refreshes it first, so
- * that the size it reports is that of the bytes the open then reads (see struct held):
+ * that the size it reports is that of the bytes the open then reads (see struct snap):
  * answered from the loop thread when the probe ended. 1 when nothing needs to wait. */
 static int stat_refresh_then(struct fs *f, const char *path, struct pending *p)
 {
+	const struct tree_row *row = tree_match(path, NULL, NULL);
+	if (!row || (row->refresh != TREE_REFRESH_NODE && row->refresh != TREE_REFRESH_NODES))
+		return 1;
 	struct tree_entry e;
 	int r = 1;
-	if (held_get(f, inode_hash_path(path), NULL, NULL))
-		return 1; /* a stat just refreshed and rendered it */
 	if (tree_classify(&f->ctx, path, &e) == 0) {
-		if (tree_kind_refreshes(e.kind))
+		/* a snapshot that needs no refresh (one a stat just made, say) is served */
+		if (!snap_ready(f, inode_hash_path(path), &e))
 			r = refresh_then(f, &e, p);
 		tree_entry_clear(&e);
 	}
@@ -718,9 +830,7 @@ static void lookup_finish(fuse_req_t req, struct fs *f, fuse_ino_t parent, const
 	}
 	ep.ino = inode_table_ref(f->itab, path);
 	ep.generation = 1;
-	ep.attr_timeout = attr_timeout_for(f, path);
-	/* names in the drop directory come and go with every submission: never cached */
-	ep.entry_timeout = strncmp(path, "/tasks/new/", 11) == 0 ? 0 : TIMEOUT_S;
+	timeouts_for(path, &ep.entry_timeout, &ep.attr_timeout);
 	free(path);
 	if (fuse_reply_entry(req, &ep) != 0)
 		inode_table_forget(f->itab, ep.ino, 1);
@@ -733,7 +843,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct tree_entry e;
 	if (dir && tree_classify(&f->ctx, dir, &e) == 0) {
 		/* names in a models or ledger directory come from the network */
-		if (tree_kind_is_models(e.kind) || tree_kind_is_ledger(e.kind)) {
+		if (e.row->type == TREE_DIR && e.row->refresh != TREE_REFRESH_NONE) {
 			struct pending *p = pending_new(PENDING_LOOKUP, req, f);
 			p->ino = parent;
 			p->name = strdup(name);
@@ -785,7 +895,8 @@ static void getattr_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino)
 		return (void) fuse_reply_err(req, ESTALE);
 	struct stat st;
 	int r = fs_stat_path(f, path, &st);
-	double timeout = attr_timeout_for(f, path);
+	double entry_timeout, timeout;
+	timeouts_for(path, &entry_timeout, &timeout);
 	free(path);
 	if (r < 0)
 		return (void) fuse_reply_err(req, -r);
@@ -838,10 +949,9 @@ static void opendir_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct 
 	char *path = fs_ino_path(f, ino);
 	if (!path)
 		return (void) fuse_reply_err(req, ESTALE);
-	int err = 0;
 	size_t n = 0;
 	struct tree_entry e;
-	err = tree_classify(&f->ctx, path, &e);
+	int err = tree_classify(&f->ctx, path, &e);
 	if (err < 0) {
 		free(path);
 		return (void) fuse_reply_err(req, -err);
@@ -861,6 +971,7 @@ static void opendir_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct 
 	d->kind = e.kind;
 	d->group = e.kind == TREE_TASKS_GROUP ? strdup(e.name) : NULL;
 	d->node = e.kind == TREE_NODE_TASKS ? strdup(e.node) : NULL;
+	d->plus = e.row->plus;
 	tree_entry_clear(&e);
 	d->path = path;
 	d->f = f;
@@ -896,6 +1007,26 @@ static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	opendir_finish(req, f, ino, fi);
 }
 
+/* One entry of a READDIRPLUS answer: with the child's attributes and a lookup reference
+ * in a directory whose row says plus, else without (the kernel looks it up itself). The
+ * size it needs, as fuse_add_direntry_plus; an entry that did not fit takes no reference. */
+static size_t add_plus(fuse_req_t req, struct fs *f, struct dir_handle *d, char *buf, size_t room,
+		       const char *name, const char *child, const struct stat *st, off_t next)
+{
+	struct fuse_entry_param ep;
+	memset(&ep, 0, sizeof(ep));
+	ep.attr = *st;
+	if (d->plus && child && fs_stat_path(f, child, &ep.attr) == 0) {
+		ep.ino = inode_table_ref(f->itab, child);
+		ep.generation = 1;
+		timeouts_for(child, &ep.entry_timeout, &ep.attr_timeout);
+	}
+	size_t need = fuse_add_direntry_plus(req, buf, room, name, &ep, next);
+	if (need > room && ep.ino)
+		inode_table_forget(f->itab, ep.ino, 1);
+	return need;
+}
+
 /* Task directories by position: offsets 0 "." and 1 "..", then (tasks/ only) 2.. the
  * fixed names, then each task at TASK_OFF_BASE + its submission number, which the store
  * seeks to. A getdents costs what it returns, wherever it starts (DESIGN §3, "What the
@@ -907,10 +1038,27 @@ static const char *const tasks_fixed[] = {"new", "done", "failed", "queued", "ru
 struct task_page {
 	fuse_req_t req;
 	struct dir_handle *d;
+	bool plus;
 	char *out;
 	size_t size, used;
 	bool full;
 };
+
+/* Adds one entry (child NULL: "." or "..", without attributes); false when it did not fit. */
+static bool task_page_put(struct task_page *p, const char *name, const char *child,
+			  const struct stat *st, off_t next)
+{
+	size_t room = p->size - p->used;
+	size_t need = p->plus ? add_plus(p->req, p->d->f, p->d, p->out + p->used, room, name,
+					 child, st, next)
+			      : fuse_add_direntry(p->req, p->out + p->used, room, name, st, next);
+	if (need > room) {
+		p->full = true;
+		return false;
+	}
+	p->used += need;
+	return true;
+}
 
 static bool task_page_add(void *arg, int64_t pos, const char *id)
 {
@@ -918,22 +1066,16 @@ static bool task_page_add(void *arg, int64_t pos, const char *id)
 	struct stat st = {0};
 	char *child = tree_join(p->d->path, id);
 	st.st_ino = inode_hash_path(child);
-	free(child);
 	st.st_mode = p->d->kind == TREE_TASKS ? S_IFDIR : S_IFLNK;
-	size_t need = fuse_add_direntry(p->req, p->out + p->used, p->size - p->used, id, &st,
-					TASK_OFF_BASE + pos);
-	if (need > p->size - p->used) {
-		p->full = true;
-		return true;
-	}
-	p->used += need;
-	return false;
+	bool ok = task_page_put(p, id, child, &st, TASK_OFF_BASE + pos);
+	free(child);
+	return !ok; /* true: stop */
 }
 
 static void readdir_tasks(fuse_req_t req, struct fs *f, struct dir_handle *d, char *out,
-			  size_t size, off_t off)
+			  size_t size, off_t off, bool plus)
 {
-	struct task_page p = {.req = req, .d = d, .out = out, .size = size};
+	struct task_page p = {.req = req, .d = d, .plus = plus, .out = out, .size = size};
 	size_t n_fixed = d->kind == TREE_TASKS ? sizeof(tasks_fixed) / sizeof(tasks_fixed[0]) : 0;
 	for (off_t i = off; i < 2 + (off_t) n_fixed && !p.full; i++) {
 		struct stat st = {.st_mode = S_IFDIR};
@@ -942,12 +1084,8 @@ static void readdir_tasks(fuse_req_t req, struct fs *f, struct dir_handle *d, ch
 			      : i == 1 ? tree_parent(d->path)
 				       : tree_join(d->path, name);
 		st.st_ino = inode_hash_path(child);
+		task_page_put(&p, name, i < 2 ? NULL : child, &st, i + 1);
 		free(child);
-		size_t need = fuse_add_direntry(req, out + p.used, size - p.used, name, &st, i + 1);
-		if (need > size - p.used)
-			p.full = true;
-		else
-			p.used += need;
 	}
 	int64_t after = off >= TASK_OFF_BASE ? (int64_t) off - TASK_OFF_BASE : 0;
 	/* at least one entry per call, and rarely a second query */
@@ -961,15 +1099,15 @@ static void readdir_tasks(fuse_req_t req, struct fs *f, struct dir_handle *d, ch
 	fuse_reply_buf(req, out, p.used);
 }
 
-static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-		       struct fuse_file_info *fi)
+/* READDIR, and READDIRPLUS (plus). */
+static void dir_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi, bool plus)
 {
 	struct dir_handle *d = (struct dir_handle *) (uintptr_t) fi->fh;
 	char *out = malloc(size);
 	if (!out)
 		return (void) fuse_reply_err(req, ENOMEM);
 	if (kind_is_task_dir(d->kind)) {
-		readdir_tasks(req, fuse_req_userdata(req), d, out, size, off);
+		readdir_tasks(req, fuse_req_userdata(req), d, out, size, off, plus);
 		free(out);
 		return;
 	}
@@ -996,21 +1134,36 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			st.st_mode = S_IFREG;
 			if (tree_classify(&((struct fs *) fuse_req_userdata(req))->ctx, child,
 					  &e) == 0) {
-				if (tree_kind_is_dir(e.kind))
+				if (e.row->type == TREE_DIR)
 					st.st_mode = S_IFDIR;
-				else if (tree_kind_is_link(e.kind))
+				else if (e.row->type == TREE_LINK)
 					st.st_mode = S_IFLNK;
 				tree_entry_clear(&e);
 			}
 		}
+		size_t need =
+			plus ? add_plus(req, d->f, d, out + used, size - used, name,
+					i < 2 ? NULL : child, &st, i + 1)
+			     : fuse_add_direntry(req, out + used, size - used, name, &st, i + 1);
 		free(child);
-		size_t need = fuse_add_direntry(req, out + used, size - used, name, &st, i + 1);
 		if (need > size - used)
 			break;
 		used += need;
 	}
 	fuse_reply_buf(req, out, used);
 	free(out);
+}
+
+static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	dir_read(req, size, off, fi, false);
+}
+
+static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   struct fuse_file_info *fi)
+{
+	dir_read(req, size, off, fi, true);
 }
 
 static void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -1037,6 +1190,7 @@ static void handle_free(struct handle *h)
 	pthread_mutex_unlock(&h->lock);
 	tree_entry_clear(&h->e);
 	buf_free(&h->content);
+	blob_unref(h->snap);
 	if (h->snap_fd >= 0)
 		close(h->snap_fd);
 	pthread_mutex_destroy(&h->lock);
@@ -1065,29 +1219,32 @@ static void open_finish(fuse_req_t req, struct fs *f, struct handle *h, struct f
 {
 	double mtime;
 	int r = 0;
-	if (h->e.kind == TREE_DRAFT)
+	struct snap_use u = {0};
+	if (h->e.row->write == TREE_WRITE_DRAFT)
 		r = drafts_read(f->ctx.drafts, h->e.name, &h->content);
-	else if (kind_is_held(h->e.kind) && !h->writer && held_get(f, h->ino, &h->content, &mtime))
-		r = 0; /* what the stat before this open reported */
-	else if (h->e.kind == TREE_BACKUP_STATE)
+	else if (entry_is_kept(&h->e) && !h->writer) {
+		/* what the stat before this open reported, while the data holds */
+		r = snap_get(f, h->ino, &h->e, false, &u);
+		h->snap = u.bytes;
+	} else if (h->e.kind == TREE_BACKUP_STATE)
 		r = fs_backup_open(f->ctx.store, &h->snap_fd);
-	else if (h->e.kind != TREE_TASK_WAIT) {
+	else if (h->e.kind != TREE_TASK_WAIT)
 		r = render_file(&f->ctx, &h->e, &h->content, &mtime, &h->seq);
-		/* and what an fstat of it now reports */
-		if (r == 0 && kind_is_held(h->e.kind))
-			held_put(f, h->ino, &h->content, mtime);
-	}
 	if (r < 0) {
 		handle_free(h);
 		return (void) fuse_reply_err(req, -r);
 	}
-	if (h->e.kind == TREE_TASK_STDOUT || h->e.kind == TREE_TASK_STDERR)
+	if (h->e.row->cache == TREE_CACHE_GROWS && h->e.kind != TREE_EVENTS)
 		h->seq = h->content.len;
 	fi->fh = (uint64_t) (uintptr_t) h;
-	/* Content is generated: read it from the handle, never from a page cache that may
-	 * hold an older rendering; reads return short at the end, whatever st_size said. */
-	fi->direct_io = 1;
-	fi->keep_cache = 0;
+	/* Content is generated: read from the handle, never from a page cache that may hold
+	 * an older rendering, and short at the end whatever st_size said. Except a snapshot
+	 * whose size the kernel was told (it reads up to that size from the page cache),
+	 * where the row allows: kept in the page cache while it holds. */
+	fi->direct_io = h->e.row->direct_io || !h->snap || !u.told;
+	fi->keep_cache = !fi->direct_io && u.paged;
+	if (!fi->direct_io && !u.paged)
+		snap_paged(f, h->ino, h->snap);
 	/* a read-only open has nothing to say at close: spare the kernel a FLUSH round trip */
 	fi->noflush = !h->writer && !h->writable;
 	if (fuse_reply_open(req, fi) != 0)
@@ -1195,7 +1352,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		handle_free(h);
 		return (void) fuse_reply_err(req, -r);
 	}
-	if (tree_kind_is_dir(h->e.kind)) {
+	if (h->e.row->type == TREE_DIR) {
 		handle_free(h);
 		return (void) fuse_reply_err(req, EISDIR);
 	}
@@ -1218,13 +1375,14 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 		if (!post)
 			return service_get_open(req, f, h, fi);
-		h->writable = writing;
 	}
-	if (h->e.kind == TREE_LEDGER_RECORD || h->e.kind == TREE_PLACEMENT)
+	/* a service's POST endpoint, ledger/record, placement */
+	if (h->e.row->write == TREE_WRITE_FLUSH)
 		h->writable = writing;
 	if (h->e.kind == TREE_TASK_FILE && !writing)
 		return task_file_open(req, f, h, fi);
-	if (writing && !tree_kind_is_ctl(h->e.kind) && h->e.kind != TREE_DRAFT && !h->writable) {
+	if (writing && h->e.row->write != TREE_WRITE_CMD && h->e.row->write != TREE_WRITE_DRAFT &&
+	    !h->writable) {
 		handle_free(h);
 		return (void) fuse_reply_err(req, EACCES);
 	}
@@ -1236,8 +1394,8 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			handle_free(h);
 		return;
 	}
-	/* a stat just rendered it (fresh: a stat of a stale file refreshes first) */
-	if (kind_is_held(h->e.kind) && !h->writer && held_get(f, ino, NULL, NULL))
+	/* a snapshot that needs no refresh (a stat of a stale file refreshes first) */
+	if (h->e.row->cache == TREE_CACHE_HELD && !h->writer && snap_ready(f, ino, &h->e))
 		return open_finish(req, f, h, fi);
 	struct pending *p = pending_new(PENDING_OPEN, req, f);
 	p->fi = *fi;
@@ -1250,11 +1408,12 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 static void reply_slice(fuse_req_t req, struct handle *h, size_t size, off_t off)
 {
-	size_t len = h->content.len;
+	const char *data = h->snap ? h->snap->data : h->content.data;
+	size_t len = h->snap ? h->snap->len : h->content.len;
 	if ((size_t) off >= len)
 		return (void) fuse_reply_buf(req, NULL, 0);
 	size_t n = len - (size_t) off < size ? len - (size_t) off : size;
-	fuse_reply_buf(req, h->content.data + off, n);
+	fuse_reply_buf(req, data + off, n);
 }
 
 /* A read of tasks/ID/wait that waits for the task's end, holding no thread. */
@@ -1345,7 +1504,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		h->dirty = false;
 		h->seq = 1; /* answered: the next write starts a new spec */
 	}
-	if (tree_kind_is_append_only(h->e.kind) && (size_t) off >= h->content.len) {
+	if (h->e.row->cache == TREE_CACHE_GROWS && (size_t) off >= h->content.len) {
 		if (h->e.kind == TREE_EVENTS) {
 			h->seq = cluster_render_events(f->cluster, h->seq, &h->content);
 		} else {
@@ -1353,7 +1512,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 					  h->e.kind == TREE_TASK_STDOUT ? "stdout" : "stderr",
 					  h->content.len, &h->content);
 		}
-	} else if (h->e.kind == TREE_DRAFT && off == 0) {
+	} else if (h->e.row->write == TREE_WRITE_DRAFT && off == 0) {
 		/* a draft is read back as it is now (editors reread what they wrote) */
 		buf_free(&h->content);
 		drafts_read(f->ctx.drafts, h->e.name, &h->content);
@@ -1636,7 +1795,7 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 		pthread_mutex_unlock(&h->lock);
 		return (void) fuse_reply_write(req, size);
 	}
-	if (!tree_kind_is_ctl(h->e.kind))
+	if (h->e.row->write != TREE_WRITE_CMD)
 		return (void) fuse_reply_err(req, EBADF);
 	if (size > 256)
 		return (void) fuse_reply_err(req, EINVAL);
@@ -1755,8 +1914,8 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 					    TASKS_SPEC_MAX, &lim);
 		}
 		/* times and modes of a draft: accepted, not kept (cp -p, rsync -t) */
-	} else if (tree_kind_is_ctl(e.kind) || e.kind == TREE_LEDGER_RECORD ||
-		   e.kind == TREE_SERVICE_FILE) {
+	} else if (e.row->write == TREE_WRITE_CMD ||
+		   (e.row->write == TREE_WRITE_FLUSH && e.kind != TREE_PLACEMENT)) {
 		if (to_set &
 		    ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
 		      FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME))
@@ -1846,7 +2005,7 @@ static void fs_readlink(fuse_req_t req, fuse_ino_t ino)
 	free(path);
 	if (r < 0)
 		return (void) fuse_reply_err(req, -r);
-	if (!tree_kind_is_link(e.kind)) {
+	if (e.row->type != TREE_LINK) {
 		tree_entry_clear(&e);
 		return (void) fuse_reply_err(req, EINVAL);
 	}
@@ -1905,6 +2064,7 @@ static const struct fuse_lowlevel_ops ops = {
 	.readlink = fs_readlink,
 	.opendir = fs_opendir,
 	.readdir = fs_readdir,
+	.readdirplus = fs_readdirplus,
 	.releasedir = fs_releasedir,
 	.open = fs_open,
 	.create = fs_create,

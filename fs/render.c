@@ -123,39 +123,115 @@ static void render_info(const struct node_view *v, struct buf *out)
 	json_decref(doc);
 }
 
-static int render_node(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
-		       double *ret_mtime)
+/* The view of the node a file lies under, and its mtime. 0 or -ENOENT. */
+static int node_get(const struct tree_ctx *ctx, const struct tree_entry *e, struct node_view *ret,
+		    double *ret_mtime)
 {
-	struct cluster *c = ctx->cluster;
+	int r = cluster_get_node(ctx->cluster, e->node, ret);
+	if (r == 0)
+		*ret_mtime = ret->changed_at;
+	return r;
+}
+
+int render_node_status(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		       double *ret_mtime, uint64_t *ret_seq)
+{
 	struct node_view v;
-	int r = cluster_get_node(c, e->node, &v);
+	int r = node_get(ctx, e, &v, ret_mtime);
 	if (r < 0)
 		return r;
-	*ret_mtime = v.changed_at;
-	switch (e->kind) {
-	case TREE_NODE_STATUS: buf_printf(out, "%s\n", node_level_name(v.level)); break;
-	case TREE_NODE_HEALTH: render_health(&v, out); break;
-	case TREE_NODE_INFO: render_info(&v, out); break;
-	case TREE_NODE_ADDRESS: buf_printf(out, "%s:%d\n", v.address, v.port); break;
-	case TREE_NODE_ROLE: buf_printf(out, "%s\n", v.role); break;
-	case TREE_NODE_TIER: buf_printf(out, "%s\n", v.tier); break;
-	case TREE_NODE_CAPABILITIES:
-		for (size_t i = 0; i < json_array_size(v.capabilities); i++)
-			buf_printf(out, "%s\n",
-				   json_string_value(json_array_get(v.capabilities, i)));
-		break;
-	case TREE_NODE_RELIABILITY: {
-		/* one number, as scripts want it: the score routing uses */
-		buf_printf(out, "%.1f\n", tasks_node_reliability(ctx->tasks, v.name, NULL, NULL));
-		double tmt = tasks_changed_at(ctx->tasks);
-		if (tmt > *ret_mtime)
-			*ret_mtime = tmt;
-		break;
-	}
-	default: r = -EISDIR;
-	}
+	buf_printf(out, "%s\n", node_level_name(v.level));
 	node_view_clear(&v);
-	return r;
+	return 0;
+}
+
+int render_node_health(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		       double *ret_mtime, uint64_t *ret_seq)
+{
+	struct node_view v;
+	int r = node_get(ctx, e, &v, ret_mtime);
+	if (r < 0)
+		return r;
+	render_health(&v, out);
+	node_view_clear(&v);
+	return 0;
+}
+
+int render_node_info(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		     double *ret_mtime, uint64_t *ret_seq)
+{
+	struct node_view v;
+	int r = node_get(ctx, e, &v, ret_mtime);
+	if (r < 0)
+		return r;
+	render_info(&v, out);
+	node_view_clear(&v);
+	return 0;
+}
+
+int render_node_address(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			double *ret_mtime, uint64_t *ret_seq)
+{
+	struct node_view v;
+	int r = node_get(ctx, e, &v, ret_mtime);
+	if (r < 0)
+		return r;
+	buf_printf(out, "%s:%d\n", v.address, v.port);
+	node_view_clear(&v);
+	return 0;
+}
+
+int render_node_role(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		     double *ret_mtime, uint64_t *ret_seq)
+{
+	struct node_view v;
+	int r = node_get(ctx, e, &v, ret_mtime);
+	if (r < 0)
+		return r;
+	buf_printf(out, "%s\n", v.role);
+	node_view_clear(&v);
+	return 0;
+}
+
+int render_node_tier(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		     double *ret_mtime, uint64_t *ret_seq)
+{
+	struct node_view v;
+	int r = node_get(ctx, e, &v, ret_mtime);
+	if (r < 0)
+		return r;
+	buf_printf(out, "%s\n", v.tier);
+	node_view_clear(&v);
+	return 0;
+}
+
+int render_node_capabilities(const struct tree_ctx *ctx, const struct tree_entry *e,
+			     struct buf *out, double *ret_mtime, uint64_t *ret_seq)
+{
+	struct node_view v;
+	int r = node_get(ctx, e, &v, ret_mtime);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < json_array_size(v.capabilities); i++)
+		buf_printf(out, "%s\n", json_string_value(json_array_get(v.capabilities, i)));
+	node_view_clear(&v);
+	return 0;
+}
+
+/* One number, as scripts want it: the score routing uses. */
+int render_node_reliability(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			    double *ret_mtime, uint64_t *ret_seq)
+{
+	struct node_view v;
+	int r = node_get(ctx, e, &v, ret_mtime);
+	if (r < 0)
+		return r;
+	buf_printf(out, "%.1f\n", tasks_node_reliability(ctx->tasks, v.name, NULL, NULL));
+	double tmt = tasks_changed_at(ctx->tasks);
+	if (tmt > *ret_mtime)
+		*ret_mtime = tmt;
+	node_view_clear(&v);
+	return 0;
 }
 
 /* Views of every node, in name order. */
@@ -197,7 +273,8 @@ static double health_num(const struct node_view *v, const char *key, double max)
 }
 
 /* /health: one object keyed by node name, each value that node's health document. */
-static void render_all_health(const struct tree_ctx *ctx, struct buf *out, double *ret_mtime)
+int render_all_health(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		      double *ret_mtime, uint64_t *ret_seq)
 {
 	size_t n;
 	struct node_view *views = all_views(ctx->cluster, &n, ret_mtime);
@@ -207,9 +284,11 @@ static void render_all_health(const struct tree_ctx *ctx, struct buf *out, doubl
 	put_json(out, doc);
 	json_decref(doc);
 	free_views(views, n);
+	return 0;
 }
 
-static void render_stats(const struct tree_ctx *ctx, struct buf *out, double *ret_mtime)
+int render_stats(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		 double *ret_mtime, uint64_t *ret_seq)
 {
 	struct cluster *c = ctx->cluster;
 	size_t n;
@@ -270,10 +349,13 @@ static void render_stats(const struct tree_ctx *ctx, struct buf *out, double *re
 	json_decref(doc);
 	config_unref(cfg);
 	free_views(views, n);
+	return 0;
 }
 
-static void render_alerts(struct cluster *c, struct buf *out, double *ret_mtime)
+int render_alerts(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		  double *ret_mtime, uint64_t *ret_seq)
 {
+	struct cluster *c = ctx->cluster;
 	size_t n;
 	struct node_view *views = all_views(c, &n, ret_mtime);
 	char *cerr = cluster_get_config_error(c);
@@ -293,6 +375,7 @@ static void render_alerts(struct cluster *c, struct buf *out, double *ret_mtime)
 	}
 	cluster_render_alerts(c, out);
 	free_views(views, n);
+	return 0;
 }
 
 /* Prometheus label values escape backslash, quote and newline. */
@@ -323,7 +406,8 @@ static void metric_node(struct buf *out, const char *name, const char *node, dou
 
 /* /cluster/metrics: Prometheus conventions (base units, _seconds/_bytes/_ratio suffixes,
  * HELP and TYPE for each family). */
-static void render_metrics(const struct tree_ctx *ctx, struct buf *out, double *ret_mtime)
+int render_metrics(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		   double *ret_mtime, uint64_t *ret_seq)
 {
 	struct cluster *c = ctx->cluster;
 	size_t n;
@@ -435,6 +519,7 @@ static void render_metrics(const struct tree_ctx *ctx, struct buf *out, double *
 	if (tmt > *ret_mtime)
 		*ret_mtime = tmt;
 	free_views(views, n);
+	return 0;
 }
 
 static void render_topology(const struct tree_ctx *ctx, bool dot, struct buf *out,
@@ -502,6 +587,20 @@ static void render_topology(const struct tree_ctx *ctx, bool dot, struct buf *ou
 	free_views(views, n);
 }
 
+int render_topology_json(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			 double *ret_mtime, uint64_t *ret_seq)
+{
+	render_topology(ctx, false, out, ret_mtime);
+	return 0;
+}
+
+int render_topology_dot(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			double *ret_mtime, uint64_t *ret_seq)
+{
+	render_topology(ctx, true, out, ret_mtime);
+	return 0;
+}
+
 static const char readme_text[] =
 	"clusterfs: this cluster as a directory tree\n"
 	"\n"
@@ -547,8 +646,9 @@ static const char readme_text[] =
 	"    new/          drop NAME.json here to submit task NAME; a rejected spec stays,\n"
 	"                  with NAME.error saying why\n"
 	"    ID/           spec status node exit_code info stdout stderr result wait ctl\n"
-	"                  (wait blocks until the task ends; ctl takes cancel | retry |\n"
-	"                  priority P0..P3; result: a prompt task's answer as JSON)\n"
+	"                  files/ (wait blocks until the task ends; ctl takes cancel |\n"
+	"                  retry | priority P0..P3; result: a prompt task's answer as JSON;\n"
+	"                  files/: its outputs)\n"
 	"    queued/ running/ done/ failed/   symlinks by state\n"
 	"\n"
 	"Examples:\n"
@@ -564,207 +664,358 @@ static json_t *json_time_or_null(double t)
 	return t > 0 ? json_time(t) : json_null();
 }
 
-static int render_task(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
-		       double *ret_mtime)
+/* The view of the task a file lies under, and its mtime. 0 or -ENOENT. */
+static int task_get(const struct tree_ctx *ctx, const struct tree_entry *e, struct task_view *ret,
+		    double *ret_mtime)
+{
+	int r = tasks_get(ctx->tasks, e->task, ret);
+	if (r == 0)
+		*ret_mtime = ret->changed_at;
+	return r;
+}
+
+int render_task_spec(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		     double *ret_mtime, uint64_t *ret_seq)
 {
 	struct task_view v;
-	int r = tasks_get(ctx->tasks, e->task, &v);
+	int r = task_get(ctx, e, &v, ret_mtime);
 	if (r < 0)
 		return r;
-	*ret_mtime = v.changed_at;
-	switch (e->kind) {
-	case TREE_TASK_SPEC: put_json(out, v.spec); break;
-	case TREE_TASK_STATUS: buf_printf(out, "%s\n", v.state); break;
-	case TREE_TASK_NODE: buf_printf(out, "%s\n", v.node ? v.node : ""); break;
-	case TREE_TASK_EXIT_CODE:
-		if (v.exit_code >= 0)
-			buf_printf(out, "%d\n", v.exit_code);
-		else
-			buf_puts(out, "\n");
-		break;
-	case TREE_TASK_INFO: {
-		json_t *doc = json_object();
-		json_object_set_new(doc, "id", json_string(v.id));
-		json_object_set_new(doc, "state", json_string(v.state));
-		json_object_set_new(doc, "node", v.node ? json_string(v.node) : json_null());
-		json_object_set_new(doc, "exit_code",
-				    v.exit_code >= 0 ? json_integer(v.exit_code) : json_null());
-		char prio[4];
-		snprintf(prio, sizeof(prio), "P%d", v.priority);
-		json_object_set_new(doc, "priority", json_string(prio));
-		json_object_set_new(doc, "attempts", json_integer(v.attempts));
-		json_object_set_new(doc, "submitter_uid", json_integer((json_int_t) v.uid));
-		json_object_set_new(doc, "submitter", v.user ? json_string(v.user) : json_null());
-		/* who it runs as on its node: a user name, or null for the agent's own user */
-		json_object_set_new(doc, "run_as", v.run_as ? json_string(v.run_as) : json_null());
-		json_object_set_new(doc, "submitted_at", json_time_or_null(v.submitted_at));
-		json_object_set_new(doc, "started_at", json_time_or_null(v.started_at));
-		json_object_set_new(doc, "finished_at", json_time_or_null(v.finished_at));
-		json_object_set_new(doc, "reason", v.reason ? json_string(v.reason) : json_null());
-		json_object_set_new(doc, "placement",
-				    v.placement ? json_string(v.placement) : json_null());
-		if (v.parent)
-			json_object_set_new(doc, "parent", json_string(v.parent));
-		if (v.children)
-			json_object_set(doc, "children", v.children);
-		json_object_set_new(doc, "dispatch_id",
-				    v.dispatch_id ? json_string(v.dispatch_id) : json_null());
-		/* a Slurm job's id, state and node, as slurmrestd last said */
-		if (json_object_get(v.remote, "slurm_job_id"))
-			json_object_set_new(
-				doc, "slurm",
-				json_pack(
-					"{sO? sO? sO? so? so?}", "job_id",
-					json_object_get(v.remote, "slurm_job_id"), "state",
-					json_object_get(v.remote, "slurm_state"), "node",
-					json_object_get(v.remote, "slurm_node"), "reason",
-					json_deep_copy(json_object_get(v.remote, "slurm_reason")),
-					"times",
-					json_deep_copy(json_object_get(v.remote, "slurm_times"))));
-		json_object_set_new(doc, "stdout_bytes", json_integer((json_int_t) v.stdout_len));
-		json_object_set_new(doc, "stderr_bytes", json_integer((json_int_t) v.stderr_len));
-		json_object_set(doc, "spec", v.spec);
-		put_json(out, doc);
-		json_decref(doc);
-		break;
-	}
-	case TREE_TASK_STDOUT:
-	case TREE_TASK_STDERR:
-		r = tasks_read_output(ctx->tasks, e->task,
-				      e->kind == TREE_TASK_STDOUT ? "stdout" : "stderr", 0, out);
-		break;
-	case TREE_TASK_RESULT: r = tasks_read_output(ctx->tasks, e->task, "result", 0, out); break;
-	case TREE_TASK_CTL:
-		buf_puts(out, "write one of: cancel | retry | priority P0..P3\n");
-		break;
-	case TREE_TASK_WAIT:
-		if (task_state_is_final(v.state))
-			buf_printf(out, "%s %d\n", v.state, v.exit_code);
-		break;
-	default: r = -EISDIR;
-	}
+	put_json(out, v.spec);
 	task_view_clear(&v);
+	return 0;
+}
+
+int render_task_status(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		       double *ret_mtime, uint64_t *ret_seq)
+{
+	struct task_view v;
+	int r = task_get(ctx, e, &v, ret_mtime);
+	if (r < 0)
+		return r;
+	buf_printf(out, "%s\n", v.state);
+	task_view_clear(&v);
+	return 0;
+}
+
+int render_task_node(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		     double *ret_mtime, uint64_t *ret_seq)
+{
+	struct task_view v;
+	int r = task_get(ctx, e, &v, ret_mtime);
+	if (r < 0)
+		return r;
+	buf_printf(out, "%s\n", v.node ? v.node : "");
+	task_view_clear(&v);
+	return 0;
+}
+
+int render_task_exit_code(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			  double *ret_mtime, uint64_t *ret_seq)
+{
+	struct task_view v;
+	int r = task_get(ctx, e, &v, ret_mtime);
+	if (r < 0)
+		return r;
+	if (v.exit_code >= 0)
+		buf_printf(out, "%d\n", v.exit_code);
+	else
+		buf_puts(out, "\n");
+	task_view_clear(&v);
+	return 0;
+}
+
+int render_task_info(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		     double *ret_mtime, uint64_t *ret_seq)
+{
+	struct task_view v;
+	int r = task_get(ctx, e, &v, ret_mtime);
+	if (r < 0)
+		return r;
+	json_t *doc = json_object();
+	json_object_set_new(doc, "id", json_string(v.id));
+	json_object_set_new(doc, "state", json_string(v.state));
+	json_object_set_new(doc, "node", v.node ? json_string(v.node) : json_null());
+	json_object_set_new(doc, "exit_code",
+			    v.exit_code >= 0 ? json_integer(v.exit_code) : json_null());
+	char prio[4];
+	snprintf(prio, sizeof(prio), "P%d", v.priority);
+	json_object_set_new(doc, "priority", json_string(prio));
+	json_object_set_new(doc, "attempts", json_integer(v.attempts));
+	json_object_set_new(doc, "submitter_uid", json_integer((json_int_t) v.uid));
+	json_object_set_new(doc, "submitter", v.user ? json_string(v.user) : json_null());
+	/* who it runs as on its node: a user name, or null for the agent's own user */
+	json_object_set_new(doc, "run_as", v.run_as ? json_string(v.run_as) : json_null());
+	json_object_set_new(doc, "submitted_at", json_time_or_null(v.submitted_at));
+	json_object_set_new(doc, "started_at", json_time_or_null(v.started_at));
+	json_object_set_new(doc, "finished_at", json_time_or_null(v.finished_at));
+	json_object_set_new(doc, "reason", v.reason ? json_string(v.reason) : json_null());
+	json_object_set_new(doc, "placement", v.placement ? json_string(v.placement) : json_null());
+	if (v.parent)
+		json_object_set_new(doc, "parent", json_string(v.parent));
+	if (v.children)
+		json_object_set(doc, "children", v.children);
+	json_object_set_new(doc, "dispatch_id",
+			    v.dispatch_id ? json_string(v.dispatch_id) : json_null());
+	/* a Slurm job's id, state and node, as slurmrestd last said */
+	if (json_object_get(v.remote, "slurm_job_id"))
+		json_object_set_new(
+			doc, "slurm",
+			json_pack("{sO? sO? sO? so? so?}", "job_id",
+				  json_object_get(v.remote, "slurm_job_id"), "state",
+				  json_object_get(v.remote, "slurm_state"), "node",
+				  json_object_get(v.remote, "slurm_node"), "reason",
+				  json_deep_copy(json_object_get(v.remote, "slurm_reason")),
+				  "times",
+				  json_deep_copy(json_object_get(v.remote, "slurm_times"))));
+	json_object_set_new(doc, "stdout_bytes", json_integer((json_int_t) v.stdout_len));
+	json_object_set_new(doc, "stderr_bytes", json_integer((json_int_t) v.stderr_len));
+	json_object_set(doc, "spec", v.spec);
+	put_json(out, doc);
+	json_decref(doc);
+	task_view_clear(&v);
+	return 0;
+}
+
+/* stdout and stderr as they are now: the task's, kept or fetched so far. */
+static int render_output(const struct tree_ctx *ctx, const struct tree_entry *e, const char *which,
+			 struct buf *out, double *ret_mtime)
+{
+	struct task_view v;
+	int r = task_get(ctx, e, &v, ret_mtime);
+	if (r < 0)
+		return r;
+	task_view_clear(&v);
+	return tasks_read_output(ctx->tasks, e->task, which, 0, out);
+}
+
+int render_task_stdout(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		       double *ret_mtime, uint64_t *ret_seq)
+{
+	return render_output(ctx, e, "stdout", out, ret_mtime);
+}
+
+int render_task_stderr(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		       double *ret_mtime, uint64_t *ret_seq)
+{
+	return render_output(ctx, e, "stderr", out, ret_mtime);
+}
+
+int render_task_result(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		       double *ret_mtime, uint64_t *ret_seq)
+{
+	return render_output(ctx, e, "result", out, ret_mtime);
+}
+
+int render_task_ctl(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		    double *ret_mtime, uint64_t *ret_seq)
+{
+	struct task_view v;
+	int r = task_get(ctx, e, &v, ret_mtime);
+	if (r < 0)
+		return r;
+	buf_puts(out, "write one of: cancel | retry | priority P0..P3\n");
+	task_view_clear(&v);
+	return 0;
+}
+
+/* "STATE EXIT_CODE" once the task ended; empty while it runs. */
+int render_task_wait(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		     double *ret_mtime, uint64_t *ret_seq)
+{
+	struct task_view v;
+	int r = task_get(ctx, e, &v, ret_mtime);
+	if (r < 0)
+		return r;
+	if (task_state_is_final(v.state))
+		buf_printf(out, "%s %d\n", v.state, v.exit_code);
+	task_view_clear(&v);
+	return 0;
+}
+
+int render_readme(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		  double *ret_mtime, uint64_t *ret_seq)
+{
+	buf_puts(out, readme_text);
+	return 0;
+}
+
+int render_config(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		  double *ret_mtime, uint64_t *ret_seq)
+{
+	struct config *cfg = cluster_get_config(ctx->cluster);
+	char *s = config_render(cfg);
+	buf_puts(out, s);
+	if (s[0] && s[strlen(s) - 1] != '\n')
+		buf_puts(out, "\n");
+	free(s);
+	config_unref(cfg);
+	return 0;
+}
+
+int render_events(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		  double *ret_mtime, uint64_t *ret_seq)
+{
+	uint64_t seq = cluster_render_events(ctx->cluster, 0, out);
+	cluster_events_size(ctx->cluster, ret_mtime);
+	if (ret_seq)
+		*ret_seq = seq;
+	return 0;
+}
+
+int render_node_ctl(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		    double *ret_mtime, uint64_t *ret_seq)
+{
+	buf_puts(out, "write one of: drain | resume | probe | remove\n");
+	return 0;
+}
+
+int render_service_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			double *ret_mtime, uint64_t *ret_seq)
+{
+	services_last_answer(ctx->services, e->name, e->file, out);
+	return 0;
+}
+
+int render_ledger_entry(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			double *ret_mtime, uint64_t *ret_seq)
+{
+	return ledger_render_entry(ctx->ledger, e->name, out);
+}
+
+int render_ledger_best(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		       double *ret_mtime, uint64_t *ret_seq)
+{
+	return ledger_render_best(ctx->ledger, e->name, out);
+}
+
+int render_ledger_summary(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			  double *ret_mtime, uint64_t *ret_seq)
+{
+	ledger_render_summary(ctx->ledger, out);
+	return 0;
+}
+
+int render_ledger_source(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			 double *ret_mtime, uint64_t *ret_seq)
+{
+	ledger_render_source(ctx->ledger, out);
+	return 0;
+}
+
+int render_ledger_record(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			 double *ret_mtime, uint64_t *ret_seq)
+{
+	buf_puts(out, "write a JSON entry to record a checkpoint, e.g.\n"
+		      "{\"step\": 1000, \"metrics\": {\"val_loss\": 0.61}, "
+		      "\"path\": \"/ckpt/step-1000\"}\n");
+	return 0;
+}
+
+/* A model's files: e->file is the model's name, encoded for a file name. */
+int render_model_nodes(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		       double *ret_mtime, uint64_t *ret_seq)
+{
+	char *model = models_decode_name(e->file);
+	int r = model ? models_render_nodes(ctx->models, model, false, out) : -ENOENT;
+	free(model);
 	return r;
+}
+
+int render_model_loaded(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			double *ret_mtime, uint64_t *ret_seq)
+{
+	char *model = models_decode_name(e->file);
+	int r = model ? models_render_nodes(ctx->models, model, true, out) : -ENOENT;
+	free(model);
+	return r;
+}
+
+int render_model_info(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		      double *ret_mtime, uint64_t *ret_seq)
+{
+	char *model = models_decode_name(e->file);
+	int r = model ? models_render_info(ctx->models, model, out) : -ENOENT;
+	free(model);
+	return r;
+}
+
+int render_node_model(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		      double *ret_mtime, uint64_t *ret_seq)
+{
+	char *model = models_decode_name(e->file);
+	int r = model ? models_node_render(ctx->models, e->node, model, out) : -ENOENT;
+	free(model);
+	return r;
+}
+
+int render_node_models_ctl(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			   double *ret_mtime, uint64_t *ret_seq)
+{
+	models_ctl_render(ctx->models, e->node, out);
+	return 0;
+}
+
+int render_dashboard_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			  double *ret_mtime, uint64_t *ret_seq)
+{
+	render_dashboard(out);
+	return 0;
+}
+
+int render_recent_tasks_file(const struct tree_ctx *ctx, const struct tree_entry *e,
+			     struct buf *out, double *ret_mtime, uint64_t *ret_seq)
+{
+	render_recent_tasks(ctx, out);
+	return 0;
+}
+
+/* placement moves with the nodes' data and the tasks'. */
+int render_placement_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			  double *ret_mtime, uint64_t *ret_seq)
+{
+	char err[512];
+	double tmt = tasks_changed_at(ctx->tasks);
+	*ret_mtime = cluster_changed_at(ctx->cluster);
+	if (tmt > *ret_mtime)
+		*ret_mtime = tmt;
+	render_placement(ctx, NULL, 0, out, err, sizeof(err));
+	return 0;
+}
+
+/* The copy is made at open (fs/backup.c): its size is not known before. */
+int render_backup_state(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+			double *ret_mtime, uint64_t *ret_seq)
+{
+	*ret_mtime = clock_wall_s();
+	return 0;
+}
+
+/* The wall time the data behind a row last changed, as its mtime source says. */
+static double row_mtime(const struct tree_ctx *ctx, enum tree_mtime source)
+{
+	switch (source) {
+	case TREE_MTIME_CLUSTER: return cluster_changed_at(ctx->cluster);
+	case TREE_MTIME_TASKS: return tasks_changed_at(ctx->tasks);
+	case TREE_MTIME_DRAFTS: return drafts_changed_at(ctx->drafts);
+	case TREE_MTIME_LEDGER: return ledger_changed_at(ctx->ledger);
+	case TREE_MTIME_MODELS: return models_changed_at(ctx->models);
+	default: return cluster_started_at(ctx->cluster);
+	}
+}
+
+double render_mtime(const struct tree_ctx *ctx, const struct tree_entry *e)
+{
+	return row_mtime(ctx, e->row->mtime);
 }
 
 int render_file(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		double *ret_mtime, uint64_t *ret_seq)
 {
-	struct cluster *c = ctx->cluster;
-	*ret_mtime = cluster_started_at(c);
-	switch (e->kind) {
-	case TREE_README: buf_puts(out, readme_text); return 0;
-	case TREE_CONFIG: {
-		struct config *cfg = cluster_get_config(c);
-		char *s = config_render(cfg);
-		buf_puts(out, s);
-		if (s[0] && s[strlen(s) - 1] != '\n')
-			buf_puts(out, "\n");
-		free(s);
-		config_unref(cfg);
-		*ret_mtime = cluster_changed_at(c);
-		return 0;
-	}
-	case TREE_STATS: render_stats(ctx, out, ret_mtime); return 0;
-	case TREE_HEALTH: render_all_health(ctx, out, ret_mtime); return 0;
-	case TREE_ALERTS: render_alerts(c, out, ret_mtime); return 0;
-	case TREE_METRICS: render_metrics(ctx, out, ret_mtime); return 0;
-	case TREE_TOPOLOGY_JSON:
-	case TREE_TOPOLOGY_DOT:
-		render_topology(ctx, e->kind == TREE_TOPOLOGY_DOT, out, ret_mtime);
-		return 0;
-	case TREE_EVENTS: {
-		uint64_t seq = cluster_render_events(c, 0, out);
-		cluster_events_size(c, ret_mtime);
-		if (ret_seq)
-			*ret_seq = seq;
-		return 0;
-	}
-	case TREE_NODE_CTL:
-		buf_puts(out, "write one of: drain | resume | probe | remove\n");
-		return 0;
-	case TREE_SERVICE_FILE:
-		services_last_answer(ctx->services, e->name, e->file, out);
-		return 0;
-	case TREE_LEDGER_ENTRY:
-		*ret_mtime = ledger_changed_at(ctx->ledger);
-		return ledger_render_entry(ctx->ledger, e->name, out);
-	case TREE_LEDGER_BEST_FILE:
-		*ret_mtime = ledger_changed_at(ctx->ledger);
-		return ledger_render_best(ctx->ledger, e->name, out);
-	case TREE_LEDGER_SUMMARY:
-		*ret_mtime = ledger_changed_at(ctx->ledger);
-		ledger_render_summary(ctx->ledger, out);
-		return 0;
-	case TREE_LEDGER_SOURCE:
-		*ret_mtime = ledger_changed_at(ctx->ledger);
-		ledger_render_source(ctx->ledger, out);
-		return 0;
-	case TREE_LEDGER_RECORD:
-		buf_puts(out, "write a JSON entry to record a checkpoint, e.g.\n"
-			      "{\"step\": 1000, \"metrics\": {\"val_loss\": 0.61}, "
-			      "\"path\": \"/ckpt/step-1000\"}\n");
-		return 0;
-	case TREE_NODE_MODEL:
-	case TREE_MODEL_NODES:
-	case TREE_MODEL_LOADED:
-	case TREE_MODEL_INFO: {
-		char *model = models_decode_name(e->file);
-		int r = -ENOENT;
-		*ret_mtime = models_changed_at(ctx->models);
-		if (model && e->kind == TREE_NODE_MODEL)
-			r = models_node_render(ctx->models, e->node, model, out);
-		else if (model && e->kind == TREE_MODEL_INFO)
-			r = models_render_info(ctx->models, model, out);
-		else if (model)
-			r = models_render_nodes(ctx->models, model, e->kind == TREE_MODEL_LOADED,
-						out);
-		free(model);
-		return r;
-	}
-	case TREE_DASHBOARD: render_dashboard(out); return 0;
-	case TREE_RECENT_TASKS:
-		*ret_mtime = tasks_changed_at(ctx->tasks);
-		render_recent_tasks(ctx, out);
-		return 0;
-	case TREE_PLACEMENT: {
-		char err[512];
-		/* it moves with the nodes' data and the tasks' */
-		double tmt = tasks_changed_at(ctx->tasks);
-		*ret_mtime = cluster_changed_at(ctx->cluster);
-		if (tmt > *ret_mtime)
-			*ret_mtime = tmt;
-		render_placement(ctx, NULL, 0, out, err, sizeof(err));
-		return 0;
-	}
-	case TREE_BACKUP_STATE:
-		/* the copy is made at open (fs/backup.c); its size is not known before */
-		*ret_mtime = clock_wall_s();
-		return 0;
-	case TREE_NODE_MODELS_CTL:
-		*ret_mtime = models_changed_at(ctx->models);
-		models_ctl_render(ctx->models, e->node, out);
-		return 0;
-	case TREE_NODE_STATUS:
-	case TREE_NODE_HEALTH:
-	case TREE_NODE_INFO:
-	case TREE_NODE_ADDRESS:
-	case TREE_NODE_ROLE:
-	case TREE_NODE_TIER:
-	case TREE_NODE_CAPABILITIES:
-	case TREE_NODE_RELIABILITY: return render_node(ctx, e, out, ret_mtime);
-	case TREE_TASK_SPEC:
-	case TREE_TASK_STATUS:
-	case TREE_TASK_NODE:
-	case TREE_TASK_EXIT_CODE:
-	case TREE_TASK_INFO:
-	case TREE_TASK_STDOUT:
-	case TREE_TASK_STDERR:
-	case TREE_TASK_RESULT:
-	case TREE_TASK_CTL:
-	case TREE_TASK_WAIT: return render_task(ctx, e, out, ret_mtime);
-	default: return -EISDIR;
-	}
+	*ret_mtime = render_mtime(ctx, e);
+	if (!e->row->render)
+		return -EISDIR;
+	return e->row->render(ctx, e, out, ret_mtime, ret_seq);
 }
 
 int render_stat(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_size,

@@ -1,72 +1,13 @@
 /* The shape of the tree. */
 #include "fs/tree.h"
+#include "fs/render.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-struct named_kind {
-	const char *name;
-	enum tree_kind kind;
-};
-
-static const struct named_kind root_files[] = {
-	{"README", TREE_README},
-	{"alerts", TREE_ALERTS},
-	{"backup", TREE_BACKUP},
-	{"config", TREE_CONFIG},
-	{"dashboard.html", TREE_DASHBOARD},
-	{"events", TREE_EVENTS},
-	{"health", TREE_HEALTH},
-	{"ledger", TREE_LEDGER},
-	{"metrics", TREE_METRICS},
-	{"models", TREE_MODELS},
-	{"nodes", TREE_NODES},
-	{"placement", TREE_PLACEMENT},
-	{"recent-tasks.json", TREE_RECENT_TASKS},
-	{"services", TREE_SERVICES},
-	{"stats", TREE_STATS},
-	{"tasks", TREE_TASKS},
-	{"topology.dot", TREE_TOPOLOGY_DOT},
-	{"topology.json", TREE_TOPOLOGY_JSON},
-};
-
-static const struct named_kind node_files[] = {
-	{"address", TREE_NODE_ADDRESS},
-	{"capabilities", TREE_NODE_CAPABILITIES},
-	{"ctl", TREE_NODE_CTL},
-	{"health", TREE_NODE_HEALTH},
-	{"info", TREE_NODE_INFO},
-	{"models", TREE_NODE_MODELS},
-	{"reliability", TREE_NODE_RELIABILITY},
-	{"role", TREE_NODE_ROLE},
-	{"status", TREE_NODE_STATUS},
-	{"tasks", TREE_NODE_TASKS},
-	{"tier", TREE_NODE_TIER},
-};
-
-static const struct named_kind task_files[] = {
-	{"ctl", TREE_TASK_CTL},       {"exit_code", TREE_TASK_EXIT_CODE},
-	{"files", TREE_TASK_FILES},   {"info", TREE_TASK_INFO},
-	{"node", TREE_TASK_NODE},     {"result", TREE_TASK_RESULT},
-	{"spec", TREE_TASK_SPEC},
-	{"status", TREE_TASK_STATUS}, {"stderr", TREE_TASK_STDERR},
-	{"stdout", TREE_TASK_STDOUT}, {"wait", TREE_TASK_WAIT},
-};
-
-static const char *const groups[] = {"done", "failed", "queued", "running"};
-
-static const struct named_kind ledger_files[] = {
-	{"best", TREE_LEDGER_BEST},       {"entries", TREE_LEDGER_ENTRIES},
-	{"record", TREE_LEDGER_RECORD},   {"source", TREE_LEDGER_SOURCE},
-	{"summary", TREE_LEDGER_SUMMARY},
-};
-
-static const struct named_kind model_files[] = {
-	{"info", TREE_MODEL_INFO},
-	{"loaded", TREE_MODEL_LOADED},
-	{"nodes", TREE_MODEL_NODES},
-};
+#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 /* True when name is in the NULL-terminated list; frees the list. */
 static bool in_list(char **names, const char *name)
@@ -80,34 +21,6 @@ static bool in_list(char **names, const char *name)
 	return r;
 }
 
-#define TREE_DEPTH_MAX 16 /* path components looked at; deeper paths do not exist */
-#define N_OF(a)        (sizeof(a) / sizeof((a)[0]))
-
-void tree_entry_clear(struct tree_entry *e)
-{
-	free(e->node);
-	free(e->task);
-	free(e->name);
-	free(e->file);
-	memset(e, 0, sizeof(*e));
-}
-
-static enum tree_kind find_kind(const struct named_kind *table, size_t n, const char *name)
-{
-	for (size_t i = 0; i < n; i++)
-		if (!strcmp(table[i].name, name))
-			return table[i].kind;
-	return TREE_NONE;
-}
-
-static bool is_group(const char *name)
-{
-	for (size_t i = 0; i < N_OF(groups); i++)
-		if (!strcmp(groups[i], name))
-			return true;
-	return false;
-}
-
 /* True when task `id` is in `group`, or on `node`: one lookup, never a listing. */
 static bool task_in(const struct tree_ctx *ctx, const char *id, const char *group, const char *node)
 {
@@ -119,280 +32,490 @@ static bool task_in(const struct tree_ctx *ctx, const char *id, const char *grou
 	return r;
 }
 
-/* tasks/ID/files/A/B...: an output, or a directory of them (artifacts.h). */
-static int task_file_classify(const struct tree_ctx *ctx, char **parts, size_t n,
-			      struct tree_entry *e)
+/* ---- the parameters of patterns: which names a "{param}" segment accepts, whether the
+ * thing it names exists (given what the path names before it), and where it goes ---- */
+
+static bool node_exists(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s)
 {
-	struct buf name;
-	buf_init(&name);
-	for (size_t i = 0; i < n; i++)
-		buf_printf(&name, "%s%s", i ? "/" : "", parts[i]);
+	return cluster_has_node(ctx->cluster, s);
+}
+
+/* a task that exists: in the group, or on the node, the path lies under */
+static bool task_exists(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s)
+{
+	if (e->name || e->node)
+		return task_in(ctx, s, e->name, e->node);
+	return tasks_exists(ctx->tasks, s);
+}
+
+static bool draft_exists(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s)
+{
+	return drafts_exists(ctx->drafts, s);
+}
+
+static bool service_exists(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s)
+{
+	size_t n = 0;
+	return in_list(services_list(ctx->services, &n), s);
+}
+
+static bool service_file_exists(const struct tree_ctx *ctx, const struct tree_entry *e,
+				const char *s)
+{
+	return services_file_exists(ctx->services, e->name, s, NULL);
+}
+
+static bool step_exists(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s)
+{
+	size_t n = 0;
+	return in_list(ledger_steps(ctx->ledger, &n), s);
+}
+
+static bool metric_exists(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s)
+{
+	size_t n = 0;
+	return in_list(ledger_metrics(ctx->ledger, &n), s);
+}
+
+/* a model some server holds: the node's, under nodes/NODE/models/ */
+static bool model_exists(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s)
+{
+	size_t n = 0;
+	if (e->node)
+		return in_list(models_node_list(ctx->models, e->node, &n), s);
+	return in_list(models_list(ctx->models, &n), s);
+}
+
+/* a task's output (a file), or a directory of them, by its path in tasks/ID/files/ */
+static int output_kind(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s)
+{
 	uint64_t size;
 	double mtime;
-	int r = artifacts_lookup(ctx->artifacts, e->task, name.data, &size, &mtime);
-	if (r < 0) {
-		buf_free(&name);
-		return r;
+	return ctx->artifacts ? artifacts_lookup(ctx->artifacts, e->task, s, &size, &mtime)
+			      : -ENOENT;
+}
+
+static bool output_exists(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s)
+{
+	return output_kind(ctx, e, s) == 1;
+}
+
+static bool output_dir_exists(const struct tree_ctx *ctx, const struct tree_entry *e,
+			      const char *s)
+{
+	return output_kind(ctx, e, s) == 0;
+}
+
+static const char *const groups[] = {"done", "failed", "queued", "running", NULL};
+
+struct tree_param {
+	const char *name;       /* as written between the braces */
+	size_t field;           /* the char * of struct tree_entry it fills */
+	const char *const *set; /* the only names it accepts (NULL-terminated); NULL: any */
+	bool (*exists)(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s);
+	bool rest; /* "{name*}": the rest of the path, one or more segments */
+};
+
+static const struct tree_param params[] = {
+	{"node", offsetof(struct tree_entry, node), NULL, node_exists, false},
+	{"task", offsetof(struct tree_entry, task), NULL, task_exists, false},
+	{"group", offsetof(struct tree_entry, name), groups, NULL, false},
+	{"draft", offsetof(struct tree_entry, name), NULL, draft_exists, false},
+	{"service", offsetof(struct tree_entry, name), NULL, service_exists, false},
+	{"file", offsetof(struct tree_entry, file), NULL, service_file_exists, false},
+	{"step", offsetof(struct tree_entry, name), NULL, step_exists, false},
+	{"metric", offsetof(struct tree_entry, name), NULL, metric_exists, false},
+	{"model", offsetof(struct tree_entry, file), NULL, model_exists, false},
+	{"output*", offsetof(struct tree_entry, file), NULL, output_exists, true},
+	{"outdir*", offsetof(struct tree_entry, file), NULL, output_dir_exists, true},
+};
+
+/* The parameter a pattern segment names ("{node}", len 6), or NULL for a literal one. */
+static const struct tree_param *param_of(const char *seg, size_t len)
+{
+	if (len < 3 || seg[0] != '{' || seg[len - 1] != '}')
+		return NULL;
+	for (size_t i = 0; i < N_OF(params); i++)
+		if (strlen(params[i].name) == len - 2 && !memcmp(params[i].name, seg + 1, len - 2))
+			return &params[i];
+	abort(); /* a pattern names a parameter the table lacks */
+}
+
+static bool in_set(const char *const *set, const char *s, size_t len)
+{
+	for (size_t i = 0; set[i]; i++)
+		if (strlen(set[i]) == len && !memcmp(set[i], s, len))
+			return true;
+	return false;
+}
+
+/* ---- the directories' names that are not the table's own ---- */
+
+static char **list_nodes(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_n)
+{
+	return cluster_list_nodes(ctx->cluster, ret_n);
+}
+
+static char **list_node_tasks(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_n)
+{
+	return tasks_list(ctx->tasks, NULL, e->node, ret_n);
+}
+
+static char **list_node_models(const struct tree_ctx *ctx, const struct tree_entry *e,
+			       size_t *ret_n)
+{
+	return models_node_list(ctx->models, e->node, ret_n);
+}
+
+static char **list_tasks(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_n)
+{
+	return tasks_list(ctx->tasks, NULL, NULL, ret_n);
+}
+
+static char **list_group(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_n)
+{
+	return tasks_list(ctx->tasks, e->name, NULL, ret_n);
+}
+
+static char **list_drafts(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_n)
+{
+	return drafts_list(ctx->drafts, ret_n);
+}
+
+static char **list_services(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_n)
+{
+	return services_list(ctx->services, ret_n);
+}
+
+static char **list_service_files(const struct tree_ctx *ctx, const struct tree_entry *e,
+				 size_t *ret_n)
+{
+	return services_files(ctx->services, e->name, ret_n);
+}
+
+static char **list_steps(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_n)
+{
+	return ledger_steps(ctx->ledger, ret_n);
+}
+
+static char **list_metrics(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_n)
+{
+	return ledger_metrics(ctx->ledger, ret_n);
+}
+
+static char **list_models(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_n)
+{
+	return models_list(ctx->models, ret_n);
+}
+
+static char **list_outputs(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_n)
+{
+	if (!ctx->artifacts) {
+		*ret_n = 0;
+		return xcalloc(1, sizeof(char *));
 	}
-	e->kind = r == 1 ? TREE_TASK_FILE : TREE_TASK_FILES;
-	e->file = buf_steal(&name, NULL);
+	return artifacts_list(ctx->artifacts, e->task, e->file ? e->file : "", ret_n);
+}
+
+/* ---- the table ---- */
+
+/* clang-format off */
+/* Short names for the columns' values (fs/tree.h), so that a row fits a line. */
+#define T TREE_TIMEOUT_S
+#define LONG TREE_TIMEOUT_LONG_S
+#define F TREE_FILE
+#define D TREE_DIR
+#define L TREE_LINK
+#define OWN_D TREE_OWN_DAEMON
+#define OWN_T TREE_OWN_TASK
+#define OWN_P TREE_OWN_TASK_PRIVATE
+#define OWN_DR TREE_OWN_DRAFT
+#define R_NONE TREE_REFRESH_NONE
+#define R_NODE TREE_REFRESH_NODE
+#define R_NODES TREE_REFRESH_NODES
+#define R_MOD TREE_REFRESH_MODELS
+#define R_NMOD TREE_REFRESH_NODE_MODELS
+#define R_LED TREE_REFRESH_LEDGER
+#define M_START TREE_MTIME_STARTED
+#define M_CLU TREE_MTIME_CLUSTER
+#define M_TASK TREE_MTIME_TASKS
+#define M_DRAFT TREE_MTIME_DRAFTS
+#define M_LED TREE_MTIME_LEDGER
+#define M_MOD TREE_MTIME_MODELS
+#define M_REND TREE_MTIME_RENDER
+#define C_OPEN TREE_CACHE_OPEN
+#define C_GEN TREE_CACHE_GEN
+#define C_HELD TREE_CACHE_HELD
+#define G_CLU TREE_GEN_CLUSTER
+#define G_NODE TREE_GEN_NODE
+#define G_TASK TREE_GEN_TASKS
+#define G_MOD TREE_GEN_MODELS
+#define C_GROW TREE_CACHE_GROWS
+#define C_NONE TREE_CACHE_NONE
+#define W_NO TREE_WRITE_NONE
+#define W_CMD TREE_WRITE_CMD
+#define W_FL TREE_WRITE_FLUSH
+#define W_DR TREE_WRITE_DRAFT
+#define I_NODE TREE_INVAL_NODE
+#define I_CLU TREE_INVAL_CLUSTER
+
+/* Every path of the tree. Columns: pattern, kind, type, mode, owner, refresh, mtime,
+ * cache, generation, write, invalidated by, entry and attribute timeouts (s), direct_io,
+ * readdirplus, renderer (files), list (directories' names besides their rows' own
+ * children), link target. Literal segments before "{param}" ones where both would match
+ * (tasks/new, the groups). Timeouts: LONG where every change is notified
+ * (fs_on_cluster_change) or none happens; 0 for attributes that change with every probe
+ * or task step, or grow, and for names in tasks/new/; else T. The _HELD files keep T for
+ * their names too: a lookup is a stat, which starts the hold an open then reads.
+ * direct_io off only where the bytes change seldom (the config, the node's system
+ * answer) or a stat and the open after it share one held snapshot (status, health): see
+ * struct tree_row. */
+const struct tree_row tree_rows[] = {
+	{"/",                            TREE_ROOT,              D, 0555,  OWN_D,  R_NONE,  M_CLU,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               NULL},
+	{"/README",                      TREE_README,            F, 0444,  OWN_D,  R_NONE,  M_START, C_GEN,  0,              W_NO,  0,      LONG, LONG, false, false, render_readme,            NULL,               NULL},
+	{"/config",                      TREE_CONFIG,            F, 0444,  OWN_D,  R_NONE,  M_CLU,   C_GEN,  G_CLU,          W_NO,  I_CLU,  LONG, LONG, false, false, render_config,            NULL,               NULL},
+	{"/stats",                       TREE_STATS,             F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_CLU | G_TASK, W_NO,  I_CLU,  LONG, T,    true,  false, render_stats,             NULL,               NULL},
+	{"/alerts",                      TREE_ALERTS,            F, 0444,  OWN_D,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  I_CLU,  LONG, T,    true,  false, render_alerts,            NULL,               NULL},
+	{"/events",                      TREE_EVENTS,            F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GROW, 0,              W_NO,  I_CLU,  LONG, 0,    true,  false, render_events,            NULL,               NULL},
+	{"/metrics",                     TREE_METRICS,           F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_CLU | G_TASK, W_NO,  I_CLU,  LONG, T,    true,  false, render_metrics,           NULL,               NULL},
+	{"/topology.json",               TREE_TOPOLOGY_JSON,     F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_CLU | G_MOD,  W_NO,  I_CLU,  LONG, T,    true,  false, render_topology_json,     NULL,               NULL},
+	{"/topology.dot",                TREE_TOPOLOGY_DOT,      F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_CLU,          W_NO,  I_CLU,  LONG, T,    true,  false, render_topology_dot,      NULL,               NULL},
+	{"/health",                      TREE_HEALTH,            F, 0444,  OWN_D,  R_NODES, M_REND,  C_HELD, G_CLU,          W_NO,  0,      T,    T,    true,  false, render_all_health,        NULL,               NULL},
+	{"/placement",                   TREE_PLACEMENT,         F, 0666,  OWN_D,  R_NONE,  M_REND,  C_HELD, G_CLU | G_TASK, W_FL,  0,      T,    0,    true,  false, render_placement_file,    NULL,               NULL},
+	{"/dashboard.html",              TREE_DASHBOARD,         F, 0444,  OWN_D,  R_NONE,  M_START, C_GEN,  0,              W_NO,  0,      LONG, LONG, false, false, render_dashboard_file,    NULL,               NULL},
+	{"/recent-tasks.json",           TREE_RECENT_TASKS,      F, 0444,  OWN_D,  R_NONE,  M_TASK,  C_GEN,  G_TASK,         W_NO,  0,      LONG, T,    true,  false, render_recent_tasks_file, NULL,               NULL},
+	{"/backup",                      TREE_BACKUP,            D, 0555,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      LONG, LONG, true,  false, NULL,                     NULL,               NULL},
+	{"/backup/state.db",             TREE_BACKUP_STATE,      F, 0400,  OWN_D,  R_NONE,  M_REND,  C_NONE, 0,              W_NO,  0,      LONG, T,    true,  false, render_backup_state,      NULL,               NULL},
+
+	{"/nodes",                       TREE_NODES,             D, 0555,  OWN_D,  R_NONE,  M_CLU,   C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  true,  NULL,                     list_nodes,         NULL},
+	{"/nodes/{node}",                TREE_NODE,              D, 0555,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      LONG, LONG, true,  false, NULL,                     NULL,               NULL},
+	{"/nodes/{node}/status",         TREE_NODE_STATUS,       F, 0444,  OWN_D,  R_NODE,  M_REND,  C_HELD, G_NODE,         W_NO,  I_NODE, T,    T,    false, false, render_node_status,       NULL,               NULL},
+	{"/nodes/{node}/health",         TREE_NODE_HEALTH,       F, 0444,  OWN_D,  R_NODE,  M_REND,  C_HELD, G_NODE,         W_NO,  I_NODE, T,    T,    false, false, render_node_health,       NULL,               NULL},
+	{"/nodes/{node}/info",           TREE_NODE_INFO,         F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_info,         NULL,               NULL},
+	{"/nodes/{node}/address",        TREE_NODE_ADDRESS,      F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_address,      NULL,               NULL},
+	{"/nodes/{node}/role",           TREE_NODE_ROLE,         F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_role,         NULL,               NULL},
+	{"/nodes/{node}/tier",           TREE_NODE_TIER,         F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_tier,         NULL,               NULL},
+	{"/nodes/{node}/capabilities",   TREE_NODE_CAPABILITIES, F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_capabilities, NULL,               NULL},
+	{"/nodes/{node}/reliability",    TREE_NODE_RELIABILITY,  F, 0444,  OWN_D,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, render_node_reliability,  NULL,               NULL},
+	{"/nodes/{node}/ctl",            TREE_NODE_CTL,          F, 0644,  OWN_D,  R_NONE,  M_START, C_GEN,  0,              W_CMD, 0,      LONG, LONG, false, false, render_node_ctl,          NULL,               NULL},
+	{"/nodes/{node}/tasks",          TREE_NODE_TASKS,        D, 0555,  OWN_D,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_node_tasks,    NULL},
+	{"/nodes/{node}/tasks/{task}",   TREE_NODE_TASK_LINK,    L, 0777,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               "../../../tasks/{task}"},
+	{"/nodes/{node}/models",         TREE_NODE_MODELS,       D, 0555,  OWN_D,  R_NMOD,  M_START, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_node_models,   NULL},
+	{"/nodes/{node}/models/ctl",     TREE_NODE_MODELS_CTL,   F, 0644,  OWN_D,  R_NMOD,  M_MOD,   C_OPEN, 0,              W_CMD, 0,      LONG, T,    true,  false, render_node_models_ctl,   NULL,               NULL},
+	{"/nodes/{node}/models/{model}", TREE_NODE_MODEL,        F, 0444,  OWN_D,  R_NMOD,  M_MOD,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_node_model,        NULL,               NULL},
+
+	{"/tasks",                       TREE_TASKS,             D, 0555,  OWN_D,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  true,  NULL,                     list_tasks,         NULL},
+	{"/tasks/new",                   TREE_TASKS_NEW,         D, 01777, OWN_D,  R_NONE,  M_DRAFT, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_drafts,        NULL},
+	{"/tasks/new/{draft}",           TREE_DRAFT,             F, 0644,  OWN_DR, R_NONE,  M_DRAFT, C_NONE, 0,              W_DR,  0,      0,    0,    true,  false, NULL,                     NULL,               NULL},
+	{"/tasks/{group}",               TREE_TASKS_GROUP,       D, 0555,  OWN_D,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_group,         NULL},
+	{"/tasks/{group}/{task}",        TREE_TASK_LINK,         L, 0777,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               "../{task}"},
+	{"/tasks/{task}",                TREE_TASK,              D, 0555,  OWN_T,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               NULL},
+	{"/tasks/{task}/spec",           TREE_TASK_SPEC,         F, 0444,  OWN_P,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_task_spec,         NULL,               NULL},
+	{"/tasks/{task}/status",         TREE_TASK_STATUS,       F, 0444,  OWN_T,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    0,    true,  false, render_task_status,       NULL,               NULL},
+	{"/tasks/{task}/node",           TREE_TASK_NODE,         F, 0444,  OWN_T,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    0,    true,  false, render_task_node,         NULL,               NULL},
+	{"/tasks/{task}/exit_code",      TREE_TASK_EXIT_CODE,    F, 0444,  OWN_T,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    0,    true,  false, render_task_exit_code,    NULL,               NULL},
+	{"/tasks/{task}/info",           TREE_TASK_INFO,         F, 0444,  OWN_P,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_task_info,         NULL,               NULL},
+	{"/tasks/{task}/stdout",         TREE_TASK_STDOUT,       F, 0444,  OWN_P,  R_NONE,  M_REND,  C_GROW, 0,              W_NO,  0,      T,    0,    true,  false, render_task_stdout,       NULL,               NULL},
+	{"/tasks/{task}/stderr",         TREE_TASK_STDERR,       F, 0444,  OWN_P,  R_NONE,  M_REND,  C_GROW, 0,              W_NO,  0,      T,    0,    true,  false, render_task_stderr,       NULL,               NULL},
+	{"/tasks/{task}/result",         TREE_TASK_RESULT,       F, 0444,  OWN_P,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    0,    true,  false, render_task_result,       NULL,               NULL},
+	{"/tasks/{task}/wait",           TREE_TASK_WAIT,         F, 0444,  OWN_P,  R_NONE,  M_REND,  C_NONE, 0,              W_NO,  0,      T,    0,    true,  false, render_task_wait,         NULL,               NULL},
+	{"/tasks/{task}/ctl",            TREE_TASK_CTL,          F, 0666,  OWN_T,  R_NONE,  M_REND,  C_OPEN, 0,              W_CMD, 0,      T,    T,    true,  false, render_task_ctl,          NULL,               NULL},
+	/* outputs (backend/artifacts.h): read from the control plane's copy, or fetched into it at open (fs.c) */
+	{"/tasks/{task}/files",          TREE_TASK_FILES,        D, 0555,  OWN_T,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     list_outputs,       NULL},
+	{"/tasks/{task}/files/{outdir*}",TREE_TASK_FILES,        D, 0555,  OWN_T,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     list_outputs,       NULL},
+	{"/tasks/{task}/files/{output*}",TREE_TASK_FILE,         F, 0444,  OWN_P,  R_NONE,  M_REND,  C_NONE, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               NULL},
+
+	{"/services",                    TREE_SERVICES,          D, 0555,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_services,      NULL},
+	{"/services/{service}",          TREE_SERVICE,           D, 0555,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     list_service_files, NULL},
+	/* 0444 for a GET endpoint, 0644 for a POST one (fs.c) */
+	{"/services/{service}/{file}",   TREE_SERVICE_FILE,      F, 0644,  OWN_D,  R_NONE,  M_START, C_NONE, 0,              W_FL,  0,      T,    T,    true,  false, render_service_file,      NULL,               NULL},
+
+	{"/ledger",                      TREE_LEDGER,            D, 0555,  OWN_D,  R_LED,   M_START, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     NULL,               NULL},
+	{"/ledger/entries",              TREE_LEDGER_ENTRIES,    D, 0555,  OWN_D,  R_LED,   M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     list_steps,         NULL},
+	{"/ledger/entries/{step}",       TREE_LEDGER_ENTRY,      F, 0444,  OWN_D,  R_LED,   M_LED,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_ledger_entry,      NULL,               NULL},
+	{"/ledger/best",                 TREE_LEDGER_BEST,       D, 0555,  OWN_D,  R_LED,   M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     list_metrics,       NULL},
+	{"/ledger/best/{metric}",        TREE_LEDGER_BEST_FILE,  F, 0444,  OWN_D,  R_LED,   M_LED,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_ledger_best,       NULL,               NULL},
+	{"/ledger/summary",              TREE_LEDGER_SUMMARY,    F, 0444,  OWN_D,  R_LED,   M_LED,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_ledger_summary,    NULL,               NULL},
+	{"/ledger/record",               TREE_LEDGER_RECORD,     F, 0644,  OWN_D,  R_NONE,  M_START, C_GEN,  0,              W_FL,  0,      T,    T,    false, false, render_ledger_record,     NULL,               NULL},
+	{"/ledger/source",               TREE_LEDGER_SOURCE,     F, 0444,  OWN_D,  R_LED,   M_LED,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_ledger_source,     NULL,               NULL},
+
+	{"/models",                      TREE_MODELS,            D, 0555,  OWN_D,  R_MOD,   M_START, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_models,        NULL},
+	{"/models/{model}",              TREE_MODEL,             D, 0555,  OWN_D,  R_MOD,   M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               NULL},
+	{"/models/{model}/nodes",        TREE_MODEL_NODES,       F, 0444,  OWN_D,  R_MOD,   M_MOD,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_model_nodes,       NULL,               NULL},
+	{"/models/{model}/loaded",       TREE_MODEL_LOADED,      F, 0444,  OWN_D,  R_MOD,   M_MOD,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_model_loaded,      NULL,               NULL},
+	{"/models/{model}/info",         TREE_MODEL_INFO,        F, 0444,  OWN_D,  R_MOD,   M_MOD,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_model_info,        NULL,               NULL},
+};
+/* clang-format on */
+#undef T
+#undef F
+#undef D
+#undef L
+
+const size_t tree_n_rows = N_OF(tree_rows);
+
+/* Matches one pattern against a path, segment by segment (httpd/server.c's route_match,
+ * with the parameters' sets). */
+static bool row_match(const char *pattern, const char *path, struct tree_capture *caps,
+		      size_t *ret_n)
+{
+	const char *p = pattern, *s = path;
+	size_t n = 0;
+	if (!strcmp(pattern, "/")) {
+		*ret_n = 0;
+		return !strcmp(path, "/");
+	}
+	while (*p && *s) {
+		if (*p != '/' || *s != '/')
+			return false;
+		p++;
+		s++;
+		size_t pl = strcspn(p, "/"), sl = strcspn(s, "/");
+		const struct tree_param *param = param_of(p, pl);
+		if (param && param->rest) {
+			if (p[pl] || !*s || n == TREE_MAX_PARAMS)
+				return false; /* last in its pattern, and something to take */
+			sl = strlen(s);
+		}
+		if (param) {
+			if (sl == 0 || n == TREE_MAX_PARAMS ||
+			    (param->set && !in_set(param->set, s, sl)))
+				return false;
+			caps[n].off = (size_t) (s - path);
+			caps[n].len = sl;
+			n++;
+		} else if (pl != sl || memcmp(p, s, pl) != 0) {
+			return false;
+		}
+		p += pl;
+		s += sl;
+	}
+	if (*p || *s)
+		return false;
+	*ret_n = n;
+	return true;
+}
+
+const struct tree_row *tree_match(const char *path, struct tree_capture *ret_caps, size_t *ret_n)
+{
+	struct tree_capture caps[TREE_MAX_PARAMS];
+	for (size_t i = 0; i < tree_n_rows; i++) {
+		size_t n;
+		if (row_match(tree_rows[i].pattern, path, caps, &n)) {
+			if (ret_caps)
+				memcpy(ret_caps, caps, n * sizeof(*caps));
+			if (ret_n)
+				*ret_n = n;
+			return &tree_rows[i];
+		}
+	}
+	return NULL;
+}
+
+void tree_entry_clear(struct tree_entry *e)
+{
+	free(e->node);
+	free(e->task);
+	free(e->name);
+	free(e->file);
+	memset(e, 0, sizeof(*e));
+}
+
+/* The parameters of a pattern, in order (at most TREE_MAX_PARAMS). */
+static size_t row_params(const char *pattern, const struct tree_param **ret)
+{
+	size_t n = 0;
+	for (const char *p = pattern; *p; p++) {
+		if (*p != '/')
+			continue;
+		size_t len = strcspn(p + 1, "/");
+		const struct tree_param *param = param_of(p + 1, len);
+		if (param && n < TREE_MAX_PARAMS)
+			ret[n++] = param;
+	}
+	return n;
+}
+
+/* Fills e from a row's captures and checks that each parameter exists. 0 or -ENOENT. */
+static int row_entry(const struct tree_ctx *ctx, const struct tree_row *row, const char *path,
+		     const struct tree_capture *caps, size_t n, struct tree_entry *e)
+{
+	const struct tree_param *ps[TREE_MAX_PARAMS];
+	row_params(row->pattern, ps);
+	*e = (struct tree_entry){.row = row, .kind = row->kind};
+	for (size_t i = 0; i < n; i++) {
+		char *value = strndup(path + caps[i].off, caps[i].len);
+		if (ps[i]->exists && !ps[i]->exists(ctx, e, value)) {
+			free(value);
+			tree_entry_clear(e);
+			return -ENOENT;
+		}
+		*(char **) ((char *) e + ps[i]->field) = value;
+	}
 	return 0;
 }
 
 int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entry *ret)
 {
-	if (path[0] != '/')
-		return -ENOENT;
-	char *parts[TREE_DEPTH_MAX];
-	size_t n = 0;
-	char *copy = strdup(path);
-	char *save = NULL;
-	for (char *p = strtok_r(copy, "/", &save); p; p = strtok_r(NULL, "/", &save)) {
-		if (n == TREE_DEPTH_MAX) {
-			free(copy);
-			return -ENOENT;
-		}
-		parts[n++] = p;
+	/* the first row whose shape matches and whose parameters exist (rows of one shape
+	 * differ by what exists: an output's directory or file) */
+	struct tree_capture caps[TREE_MAX_PARAMS];
+	for (size_t i = 0; i < tree_n_rows; i++) {
+		size_t n;
+		if (row_match(tree_rows[i].pattern, path, caps, &n) &&
+		    row_entry(ctx, &tree_rows[i], path, caps, n, ret) == 0)
+			return 0;
 	}
-	struct tree_entry e = {0};
-	int r = -ENOENT;
-	if (n == 0) {
-		e.kind = TREE_ROOT;
-		r = 0;
-		goto out;
-	}
-	enum tree_kind top = find_kind(root_files, N_OF(root_files), parts[0]);
-	if (top == TREE_NONE)
-		goto out;
-	if (n == 1) {
-		e.kind = top;
-		r = 0;
-		goto out;
-	}
-	if (top == TREE_BACKUP) {
-		if (n == 2 && !strcmp(parts[1], "state.db")) {
-			e.kind = TREE_BACKUP_STATE;
-			r = 0;
-		}
-		goto out;
-	}
-	if (top == TREE_NODES) {
-		if (!cluster_has_node(ctx->cluster, parts[1]))
-			goto out;
-		e.node = strdup(parts[1]);
-		if (n == 2) {
-			e.kind = TREE_NODE;
-			r = 0;
-			goto out;
-		}
-		enum tree_kind k = find_kind(node_files, N_OF(node_files), parts[2]);
-		if (k == TREE_NONE)
-			goto out;
-		if (n == 3) {
-			e.kind = k;
-			r = 0;
-			goto out;
-		}
-		if (k == TREE_NODE_MODELS && n == 4) {
-			size_t nm = 0;
-			if (!strcmp(parts[3], "ctl")) {
-				e.kind = TREE_NODE_MODELS_CTL;
-			} else if (in_list(models_node_list(ctx->models, e.node, &nm), parts[3])) {
-				e.kind = TREE_NODE_MODEL;
-				e.file = strdup(parts[3]);
-			} else {
-				goto out;
+	return -ENOENT;
+}
+
+char *tree_format(const char *pattern, const struct tree_entry *e)
+{
+	struct buf b;
+	buf_init(&b);
+	for (const char *p = pattern; *p;) {
+		size_t len = *p == '/' ? 1 : strcspn(p, "/");
+		const struct tree_param *param = param_of(p, len);
+		if (param) {
+			const char *value = *(char *const *) ((const char *) e + param->field);
+			if (!value) {
+				buf_free(&b);
+				return NULL;
 			}
-			r = 0;
-			goto out;
+			buf_puts(&b, value);
+		} else {
+			buf_append(&b, p, len);
 		}
-		if (k != TREE_NODE_TASKS || n != 4 || !task_in(ctx, parts[3], NULL, e.node))
-			goto out;
-		e.kind = TREE_NODE_TASK_LINK;
-		e.task = strdup(parts[3]);
-		r = 0;
-		goto out;
+		p += len;
 	}
-	if (top == TREE_SERVICES) {
-		size_t ns = 0;
-		if (!in_list(services_list(ctx->services, &ns), parts[1]))
-			goto out;
-		e.name = strdup(parts[1]);
-		if (n == 2) {
-			e.kind = TREE_SERVICE;
-			r = 0;
-		} else if (n == 3 &&
-			   services_file_exists(ctx->services, parts[1], parts[2], NULL)) {
-			e.kind = TREE_SERVICE_FILE;
-			e.file = strdup(parts[2]);
-			r = 0;
-		}
-		goto out;
-	}
-	if (top == TREE_LEDGER) {
-		enum tree_kind k = find_kind(ledger_files, N_OF(ledger_files), parts[1]);
-		if (k == TREE_NONE ||
-		    (n == 3 && k != TREE_LEDGER_ENTRIES && k != TREE_LEDGER_BEST) || n > 3)
-			goto out;
-		if (n == 2) {
-			e.kind = k;
-			r = 0;
-			goto out;
-		}
-		size_t nl = 0;
-		char **names = k == TREE_LEDGER_ENTRIES ? ledger_steps(ctx->ledger, &nl)
-							: ledger_metrics(ctx->ledger, &nl);
-		if (!in_list(names, parts[2]))
-			goto out;
-		e.kind = k == TREE_LEDGER_ENTRIES ? TREE_LEDGER_ENTRY : TREE_LEDGER_BEST_FILE;
-		e.name = strdup(parts[2]);
-		r = 0;
-		goto out;
-	}
-	if (top == TREE_MODELS) {
-		size_t nm = 0;
-		if (!in_list(models_list(ctx->models, &nm), parts[1]) || n > 3)
-			goto out;
-		e.file = strdup(parts[1]);
-		if (n == 2) {
-			e.kind = TREE_MODEL;
-			r = 0;
-			goto out;
-		}
-		e.kind = find_kind(model_files, N_OF(model_files), parts[2]);
-		r = e.kind == TREE_NONE ? -ENOENT : 0;
-		goto out;
-	}
-	if (top == TREE_TASKS) {
-		if (!strcmp(parts[1], "new")) {
-			if (n == 2) {
-				e.kind = TREE_TASKS_NEW;
-				r = 0;
-			} else if (n == 3 && drafts_exists(ctx->drafts, parts[2])) {
-				e.kind = TREE_DRAFT;
-				e.name = strdup(parts[2]);
-				r = 0;
-			}
-			goto out;
-		}
-		if (is_group(parts[1])) {
-			e.name = strdup(parts[1]);
-			if (n == 2) {
-				e.kind = TREE_TASKS_GROUP;
-				r = 0;
-			} else if (n == 3 && task_in(ctx, parts[2], e.name, NULL)) {
-				e.kind = TREE_TASK_LINK;
-				e.task = strdup(parts[2]);
-				r = 0;
-			}
-			goto out;
-		}
-		if (!tasks_exists(ctx->tasks, parts[1]))
-			goto out;
-		e.task = strdup(parts[1]);
-		if (n == 2) {
-			e.kind = TREE_TASK;
-			r = 0;
-		} else if (n == 3) {
-			e.kind = find_kind(task_files, N_OF(task_files), parts[2]);
-			r = e.kind == TREE_NONE ? -ENOENT : 0;
-			if (e.kind == TREE_TASK_FILES)
-				e.file = strdup("");
-		} else if (!strcmp(parts[2], "files") && ctx->artifacts) {
-			r = task_file_classify(ctx, parts + 3, n - 3, &e);
-		}
-		goto out;
-	}
-out:
-	free(copy);
-	if (r < 0) {
-		tree_entry_clear(&e);
-		return r;
-	}
-	*ret = e;
-	return 0;
-}
-
-bool tree_kind_is_dir(enum tree_kind kind)
-{
-	return kind >= TREE_ROOT && kind <= TREE_BACKUP;
-}
-
-bool tree_kind_is_link(enum tree_kind kind)
-{
-	return kind == TREE_TASK_LINK || kind == TREE_NODE_TASK_LINK;
-}
-
-bool tree_kind_is_ctl(enum tree_kind kind)
-{
-	return kind == TREE_TASK_CTL || kind == TREE_NODE_CTL || kind == TREE_NODE_MODELS_CTL;
-}
-
-bool tree_kind_is_models(enum tree_kind kind)
-{
-	return kind == TREE_MODELS || kind == TREE_MODEL || kind == TREE_NODE_MODELS ||
-	       kind == TREE_MODEL_NODES || kind == TREE_MODEL_LOADED || kind == TREE_MODEL_INFO ||
-	       kind == TREE_NODE_MODEL || kind == TREE_NODE_MODELS_CTL;
-}
-
-bool tree_kind_is_ledger(enum tree_kind kind)
-{
-	return kind == TREE_LEDGER || kind == TREE_LEDGER_ENTRIES || kind == TREE_LEDGER_BEST ||
-	       kind == TREE_LEDGER_ENTRY || kind == TREE_LEDGER_BEST_FILE ||
-	       kind == TREE_LEDGER_SUMMARY || kind == TREE_LEDGER_SOURCE;
-}
-
-mode_t tree_kind_mode(enum tree_kind kind)
-{
-	if (kind == TREE_TASKS_NEW)
-		return 01777; /* anyone may submit; only the owner may remove a draft */
-	if (tree_kind_is_dir(kind))
-		return 0555;
-	if (tree_kind_is_link(kind))
-		return 0777;
-	if (kind == TREE_TASK_CTL)
-		return 0666; /* the submitter is checked on write */
-	if (kind == TREE_PLACEMENT)
-		return 0666; /* anyone may ask; nothing is submitted */
-	if (kind == TREE_NODE_CTL || kind == TREE_NODE_MODELS_CTL || kind == TREE_LEDGER_RECORD)
-		return 0644; /* writes are the owner's (root's) */
-	if (kind == TREE_SERVICE_FILE)
-		return 0644; /* refined per file by the fs: 0444 for GET, 0644 for POST */
-	if (kind == TREE_DRAFT)
-		return 0644;
-	if (kind == TREE_BACKUP_STATE)
-		return 0400; /* every spec's env is in it: the daemon's user's alone */
-	return 0444;
-}
-
-bool tree_kind_is_append_only(enum tree_kind kind)
-{
-	return kind == TREE_EVENTS || kind == TREE_TASK_STDOUT || kind == TREE_TASK_STDERR;
-}
-
-bool tree_kind_refreshes(enum tree_kind kind)
-{
-	return kind == TREE_NODE_HEALTH || kind == TREE_NODE_STATUS || kind == TREE_HEALTH;
+	return buf_steal(&b, NULL);
 }
 
 char *tree_link_target(const struct tree_entry *e)
 {
-	struct buf b;
-	buf_init(&b);
-	if (e->kind == TREE_TASK_LINK)
-		buf_printf(&b, "../%s", e->task);
-	else
-		buf_printf(&b, "../../../tasks/%s", e->task);
-	return buf_steal(&b, NULL);
+	return tree_format(e->row->target, e);
 }
 
-static char **names_from_table(const struct named_kind *table, size_t n, size_t *ret_n)
+/* Appends the names of the table's children of `row` (literal segments, and the members
+ * of a parameter's set) to names. */
+static void table_children(const struct tree_row *row, char ***names, size_t *n, size_t *cap)
 {
-	char **names = calloc(n + 1, sizeof(*names));
-	for (size_t i = 0; i < n; i++)
-		names[i] = strdup(table[i].name);
-	*ret_n = n;
-	return names;
+	size_t pl = strcmp(row->pattern, "/") ? strlen(row->pattern) : 0;
+	for (size_t i = 0; i < tree_n_rows; i++) {
+		const char *c = tree_rows[i].pattern;
+		if (strncmp(c, row->pattern, pl) || c[pl] != '/' || !c[pl + 1] ||
+		    strchr(c + pl + 1, '/'))
+			continue;
+		const char *seg = c + pl + 1;
+		const struct tree_param *param = param_of(seg, strlen(seg));
+		const char *const *set = param ? param->set : NULL;
+		for (size_t k = 0; param ? set && set[k] : k < 1; k++) {
+			if (*n + 1 >= *cap) {
+				*cap = *cap ? 2 * *cap : 16;
+				*names = xrealloc(*names, *cap * sizeof(**names));
+			}
+			(*names)[(*n)++] = xstrdup(param ? set[k] : seg);
+		}
+	}
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -408,65 +531,31 @@ char **tree_list(const struct tree_ctx *ctx, const char *path, size_t *ret_n, in
 		*ret_err = r;
 		return NULL;
 	}
+	if (e.row->type != TREE_DIR) {
+		tree_entry_clear(&e);
+		*ret_err = -ENOTDIR;
+		return NULL;
+	}
 	char **names = NULL;
-	switch (e.kind) {
-	case TREE_ROOT: names = names_from_table(root_files, N_OF(root_files), ret_n); break;
-	case TREE_NODES: names = cluster_list_nodes(ctx->cluster, ret_n); break;
-	case TREE_NODE: names = names_from_table(node_files, N_OF(node_files), ret_n); break;
-	case TREE_NODE_TASKS: names = tasks_list(ctx->tasks, NULL, e.node, ret_n); break;
-	case TREE_TASKS: {
-		size_t n = 0;
-		char **ids = tasks_list(ctx->tasks, NULL, NULL, &n);
-		names = calloc(n + 6, sizeof(*names));
-		size_t k = 0;
-		names[k++] = strdup("new");
-		for (size_t i = 0; i < N_OF(groups); i++)
-			names[k++] = strdup(groups[i]);
-		for (size_t i = 0; i < n; i++)
-			names[k++] = ids[i];
-		free(ids);
-		qsort(names, k, sizeof(*names), cmp_str);
-		*ret_n = k;
-		break;
+	size_t n = 0, cap = 0;
+	table_children(e.row, &names, &n, &cap);
+	size_t fixed = n, nl = 0;
+	char **listed = e.row->list ? e.row->list(ctx, &e, &nl) : NULL;
+	if (!fixed && listed) {
+		/* the backend's names alone, in the backend's order */
+		free(names);
+		tree_entry_clear(&e);
+		*ret_n = nl;
+		return listed;
 	}
-	case TREE_TASKS_NEW: names = drafts_list(ctx->drafts, ret_n); break;
-	case TREE_TASKS_GROUP: names = tasks_list(ctx->tasks, e.name, NULL, ret_n); break;
-	case TREE_TASK: names = names_from_table(task_files, N_OF(task_files), ret_n); break;
-	case TREE_TASK_FILES:
-		if (ctx->artifacts) {
-			names = artifacts_list(ctx->artifacts, e.task, e.file, ret_n);
-		} else {
-			names = calloc(1, sizeof(*names));
-			*ret_n = 0;
-		}
-		break;
-	case TREE_SERVICES: names = services_list(ctx->services, ret_n); break;
-	case TREE_SERVICE: names = services_files(ctx->services, e.name, ret_n); break;
-	case TREE_LEDGER: names = names_from_table(ledger_files, N_OF(ledger_files), ret_n); break;
-	case TREE_LEDGER_ENTRIES: names = ledger_steps(ctx->ledger, ret_n); break;
-	case TREE_LEDGER_BEST: names = ledger_metrics(ctx->ledger, ret_n); break;
-	case TREE_MODELS: names = models_list(ctx->models, ret_n); break;
-	case TREE_MODEL: names = names_from_table(model_files, N_OF(model_files), ret_n); break;
-	case TREE_BACKUP:
-		names = calloc(2, sizeof(*names));
-		names[0] = strdup("state.db");
-		*ret_n = 1;
-		break;
-	case TREE_NODE_MODELS: {
-		size_t n = 0;
-		char **m = models_node_list(ctx->models, e.node, &n);
-		names = calloc(n + 2, sizeof(*names));
-		names[0] = strdup("ctl");
-		for (size_t i = 0; i < n; i++)
-			names[i + 1] = m[i];
-		free(m);
-		*ret_n = n + 1;
-		qsort(names, n + 1, sizeof(*names), cmp_str);
-		break;
-	}
-	default: *ret_err = -ENOTDIR; break;
-	}
+	names = xrealloc(names, (n + nl + 1) * sizeof(*names));
+	for (size_t i = 0; i < nl; i++)
+		names[n++] = listed[i];
+	free(listed);
+	names[n] = NULL;
+	qsort(names, n, sizeof(*names), cmp_str);
 	tree_entry_clear(&e);
+	*ret_n = n;
 	return names;
 }
 

@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 struct store;
@@ -25,11 +26,14 @@ struct tree_ctx {
 	struct ledger *ledger;
 	struct models *models;
 	struct store *store;         /* backup/state.db copies it */
-	struct artifacts *artifacts; /* tasks/ID/files/ */
+	struct artifacts *artifacts; /* tasks/ID/files/, or NULL */
 };
 
+/* The paths fs/ and the renderers single out by name; a row nothing singles out may be
+ * TREE_PLAIN. */
 enum tree_kind {
 	TREE_NONE,
+	TREE_PLAIN,
 	/* directories */
 	TREE_ROOT,
 	TREE_NODES,
@@ -48,7 +52,7 @@ enum tree_kind {
 	TREE_MODEL,
 	TREE_NODE_MODELS,
 	TREE_TASK_FILES, /* tasks/ID/files/ and its subdirectories (file: the path in it) */
-	TREE_BACKUP,     /* the last directory kind */
+	TREE_BACKUP,
 	/* files at the top */
 	TREE_README,
 	TREE_CONFIG,
@@ -107,40 +111,150 @@ enum tree_kind {
 	TREE_NODE_TASK_LINK, /* nodes/NODE/tasks/ID -> ../../../tasks/ID */
 };
 
+struct tree_entry;
+
+/* What a path is. */
+enum tree_type { TREE_FILE, TREE_DIR, TREE_LINK };
+
+/* Who a path belongs to: st_uid, st_gid and, for private task files, the mode. */
+enum tree_owner {
+	TREE_OWN_DAEMON,       /* the daemon's user */
+	TREE_OWN_TASK,         /* the task's submitter (group tasks.group when set) */
+	TREE_OWN_TASK_PRIVATE, /* likewise, and 0600 (0640 with tasks.group): may hold secrets */
+	TREE_OWN_DRAFT,        /* the draft's creator; its mode, size and mtime (drafts.h) */
+};
+
+/* What is fetched from the network before a path is answered. */
+enum tree_refresh {
+	TREE_REFRESH_NONE,
+	TREE_REFRESH_NODE,        /* the node's probe when stale: at open, stat and lookup */
+	TREE_REFRESH_NODES,       /* every stale node's probe, one round; likewise */
+	TREE_REFRESH_MODELS,      /* the model servers' lists: at open, listing, lookup in it */
+	TREE_REFRESH_NODE_MODELS, /* the node's model servers; likewise */
+	TREE_REFRESH_LEDGER,      /* the ledger host's entries; likewise */
+};
+
+/* Where the mtime comes from: the wall time the data behind the path last changed. */
+enum tree_mtime {
+	TREE_MTIME_STARTED, /* the daemon's start: the data never changes */
+	TREE_MTIME_CLUSTER, /* the node table or the config */
+	TREE_MTIME_TASKS,   /* the task table */
+	TREE_MTIME_DRAFTS,  /* tasks/new/ */
+	TREE_MTIME_LEDGER,
+	TREE_MTIME_MODELS,
+	TREE_MTIME_RENDER, /* the renderer says (a node's or a task's, or the newest of several) */
+};
+
+/* How a file's bytes are kept between a stat, an open and its reads. */
+enum tree_cache {
+	TREE_CACHE_OPEN,  /* rendered at open, read from the handle; a stat renders for the size */
+	TREE_CACHE_GEN,   /* a snapshot kept until the data's generation (the gen column) moves:
+			  * stat, lookup and open in between share its bytes, size and mtime */
+	TREE_CACHE_HELD,  /* likewise, and refreshed first when stale; the snapshot a stat made
+			  * is what an open within probe.max_age_ms reads (struct snap, fs.c) */
+	TREE_CACHE_GROWS, /* only grows: a read past the handle's end fetches what is new */
+	TREE_CACHE_NONE,  /* not rendered: a draft, wait, backup/state.db, a service's GET */
+};
+
+/* What a write to a file does. */
+enum tree_write {
+	TREE_WRITE_NONE,  /* read-only: an open for writing is refused */
+	TREE_WRITE_CMD,   /* one command per write (ctl files) */
+	TREE_WRITE_FLUSH, /* collected on the handle, acted on at flush (or read back) */
+	TREE_WRITE_DRAFT, /* kept as a draft of tasks/new/, submitted at close */
+};
+
+/* What a snapshot's generation is made of (TREE_CACHE_GEN and _HELD); none: the bytes
+ * never change. */
+#define TREE_GEN_CLUSTER 1u /* cluster_generation(): any node's data, the nodes, the config */
+#define TREE_GEN_NODE    2u /* the node's changed_at, and the config's */
+#define TREE_GEN_TASKS   4u /* tasks_changed_at() */
+#define TREE_GEN_MODELS  8u /* models_changed_at() */
+
+/* Which change of the node table invalidates the kernel's cache of a file. */
+#define TREE_INVAL_NODE    1u /* its node's data changed */
+#define TREE_INVAL_CLUSTER 2u /* any node's data, or the config, changed */
+
+#define TREE_TIMEOUT_S 1.0 /* the kernel's entry and attribute cache, by default */
+#define TREE_TIMEOUT_LONG_S                                                                        \
+	60.0              /* for what changes only with notified changes (a bound,
+				  * should a notification be dropped) */
+#define TREE_MAX_PARAMS 4 /* "{name}" segments per pattern */
+#define TREE_MAX_DEPTH  16 /* segments per path (an output's subdirectories) */
+
+/* One row of the tree table (tree_rows): every path the pattern matches is what the row
+ * says. A pattern is matched segment by segment, as the agent's routes are
+ * (httpd/server.h): a literal segment matches itself, a "{param}" segment any one name
+ * the parameter accepts (tree.c's param table says which and how it is checked to
+ * exist); a "{param*}" segment, last in a pattern, one or more segments (an output's
+ * path). The first row that matches and whose parameters exist wins. */
+struct tree_row {
+	const char *pattern; /* "/nodes/{node}/health" */
+	enum tree_kind kind; /* what fs/ singles out; TREE_PLAIN when nothing */
+	enum tree_type type;
+	mode_t mode; /* permission bits */
+	enum tree_owner owner;
+	enum tree_refresh refresh;
+	enum tree_mtime mtime;
+	enum tree_cache cache;
+	unsigned gen; /* TREE_GEN_*: what the snapshot's generation is made of */
+	enum tree_write write;
+	unsigned inval;       /* TREE_INVAL_* */
+	double entry_timeout; /* seconds the kernel may keep the name */
+	double attr_timeout;  /* seconds the kernel may keep the attributes */
+	bool direct_io;       /* reads bypass the page cache; without it, a snapshot whose size
+			       * the kernel was told is read through the page cache, kept
+			       * across opens while its generation holds (keep_cache) */
+	bool plus;            /* directories: listed with the children's attributes
+			       * (readdirplus), so a glob over them looks nothing up */
+	/* files: appends the content to out; may set *ret_mtime (TREE_MTIME_RENDER) and, for
+	 * events, *ret_seq (may be NULL); 0 or -errno */
+	int (*render)(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		      double *ret_mtime, uint64_t *ret_seq);
+	/* directories: the names besides the table's own children (a new NULL-terminated
+	 * array, or NULL for none) */
+	char **(*list)(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_n);
+	const char *target; /* symlinks: the target, a pattern over the entry ("../{task}") */
+};
+
+/* The table, tree_n_rows rows, in match order. */
+extern const struct tree_row tree_rows[];
+extern const size_t tree_n_rows;
+
+/* The row a path matches by its shape alone (nothing is looked up), or NULL. Each
+ * "{param}" segment's offset and length in path go to ret_caps (TREE_MAX_PARAMS), their
+ * number to *ret_n (both may be NULL). */
+struct tree_capture {
+	size_t off, len;
+};
+const struct tree_row *tree_match(const char *path, struct tree_capture *ret_caps, size_t *ret_n);
+
+/* A pattern with its parameters filled in from an entry ("/nodes/{node}/status" and node
+ * spark1: "/nodes/spark1/status"), as a new string; NULL when the entry lacks one. */
+char *tree_format(const char *pattern, const struct tree_entry *e);
+
 /* What a path names. Owned strings, NULL when not part of the path. */
 struct tree_entry {
-	enum tree_kind kind;
-	char *node; /* the node the path lies under */
-	char *task; /* the task the path names or lies under */
+	const struct tree_row *row; /* the row it matched; borrowed from tree_rows */
+	enum tree_kind kind;        /* row->kind */
+	char *node;                 /* the node the path lies under */
+	char *task;                 /* the task the path names or lies under */
 	char *name; /* a draft's, group's, service's, ledger step's or metric's name */
-	char *file; /* a service's file, a model's file name, or a task's output's name */
+	char *file; /* a service's file, a model's file name, or a task's output's path */
 };
 
 void tree_entry_clear(struct tree_entry *e);
 
-/* Classifies a path against the tree as it is now: 0, or -ENOENT. */
+/* Classifies a path against the tree as it is now: its row, and each parameter checked to
+ * exist (the node is known, the task is in that group, ...). 0, or -ENOENT. */
 int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entry *ret);
-
-bool tree_kind_is_dir(enum tree_kind kind);
-bool tree_kind_is_link(enum tree_kind kind);
-/* The permission bits (0444 read-only files, 0555 directories, 0666 task ctl, ...). */
-mode_t tree_kind_mode(enum tree_kind kind);
-/* True for files whose content only grows (reads past the snapshot fetch what is new). */
-bool tree_kind_is_append_only(enum tree_kind kind);
-/* True for files an open refreshes from the network before answering. */
-bool tree_kind_refreshes(enum tree_kind kind);
-/* True for files that take writes (commands). */
-bool tree_kind_is_ctl(enum tree_kind kind);
-/* True for directories and files whose content needs a fresh fetch first (models,
- * ledger): opening, listing or looking up in them refreshes stale data. */
-bool tree_kind_is_models(enum tree_kind kind);
-bool tree_kind_is_ledger(enum tree_kind kind);
 
 /* A symlink's target, as a new string. */
 char *tree_link_target(const struct tree_entry *e);
 
-/* The names in a directory, sorted, without "." and "..". Returns a new NULL-terminated
- * array, or NULL with -ENOTDIR/-ENOENT in *ret_err. */
+/* The names in a directory without "." and "..": the table's children of its row and the
+ * row's list, sorted together (only the list's: in its order). Returns a new
+ * NULL-terminated array, or NULL with -ENOTDIR/-ENOENT in *ret_err. */
 char **tree_list(const struct tree_ctx *ctx, const char *path, size_t *ret_n, int *ret_err);
 
 /* Joins a directory path and a name into a new string. */
