@@ -25,10 +25,10 @@
 #define SHOWN_MAX  48 /* characters of a value shown in a message */
 #define MODEL_MAX  512
 
-static const char *const spec_fields[] = {
-	"cmd",      "model", "prompt",   "messages",  "options", "pull",    "node",
-	"type",     "requires", "resources", "priority", "env",  "cwd",    "timeout_s",
-	"retries",  "after", "outputs",  "inputs"};
+static const char *const spec_fields[] = {"cmd",      "model",   "prompt", "messages",  "options",
+					  "pull",     "node",    "type",   "requires",  "resources",
+					  "priority", "env",     "cwd",    "timeout_s", "retries",
+					  "after",    "outputs", "inputs"};
 #define N_SPEC_FIELDS (sizeof(spec_fields) / sizeof(spec_fields[0]))
 
 static const char *const resource_fields[] = {"cpus", "mem_mb", "gpus"};

@@ -37,7 +37,7 @@ struct task_spec {
 	json_t *messages; /* "messages" (a chat: [{role, content}, ...]), or NULL */
 	json_t *options;  /* "options" passed through to the server, or NULL when none */
 	bool pull;        /* "pull": pull the model first when no node has it */
-	char **outputs; /* "outputs": paths and globs relative to the task's cwd,
+	char **outputs;   /* "outputs": paths and globs relative to the task's cwd,
 			 * NULL-terminated, never NULL */
 	size_t n_outputs;
 	json_t *inputs; /* "inputs": object of NAME -> "TASK[@NODE|@*]/PATH" or "/ABS/PATH"

@@ -1049,8 +1049,8 @@ static bool task_page_put(struct task_page *p, const char *name, const char *chi
 			  const struct stat *st, off_t next)
 {
 	size_t room = p->size - p->used;
-	size_t need = p->plus ? add_plus(p->req, p->d->f, p->d, p->out + p->used, room, name,
-					 child, st, next)
+	size_t need = p->plus ? add_plus(p->req, p->d->f, p->d, p->out + p->used, room, name, child,
+					 st, next)
 			      : fuse_add_direntry(p->req, p->out + p->used, room, name, st, next);
 	if (need > room) {
 		p->full = true;

@@ -100,8 +100,7 @@ static bool output_exists(const struct tree_ctx *ctx, const struct tree_entry *e
 	return output_kind(ctx, e, s) == 1;
 }
 
-static bool output_dir_exists(const struct tree_ctx *ctx, const struct tree_entry *e,
-			      const char *s)
+static bool output_dir_exists(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s)
 {
 	return output_kind(ctx, e, s) == 0;
 }

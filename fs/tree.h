@@ -177,9 +177,9 @@ enum tree_write {
 
 #define TREE_TIMEOUT_S 1.0 /* the kernel's entry and attribute cache, by default */
 #define TREE_TIMEOUT_LONG_S                                                                        \
-	60.0              /* for what changes only with notified changes (a bound,
+	60.0               /* for what changes only with notified changes (a bound,
 				  * should a notification be dropped) */
-#define TREE_MAX_PARAMS 4 /* "{name}" segments per pattern */
+#define TREE_MAX_PARAMS 4  /* "{name}" segments per pattern */
 #define TREE_MAX_DEPTH  16 /* segments per path (an output's subdirectories) */
 
 /* One row of the tree table (tree_rows): every path the pattern matches is what the row

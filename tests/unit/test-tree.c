@@ -152,7 +152,8 @@ static void test_captures(void)
 	CHECK(row && row->kind == TREE_TASK_FILES && n == 2 &&
 		      !strcmp(p + caps[1].off, "w/n2/model.npy") && caps[1].len == 14,
 	      "a rest parameter takes the rest of the path");
-	CHECK(!tree_match("/tasks/t1/files/", caps, &n) && !tree_match("/tasks/t1/filesx/a", caps, &n),
+	CHECK(!tree_match("/tasks/t1/files/", caps, &n) &&
+		      !tree_match("/tasks/t1/filesx/a", caps, &n),
 	      "a rest parameter takes at least one segment, after its literal");
 }
 

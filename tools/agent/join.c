@@ -21,7 +21,7 @@
 #define JOIN_BACKOFF_MAX_MS 30000       /* retries never wait longer */
 #define JOIN_MAX_ANSWER     (64 * 1024) /* the control plane's answers are small */
 #define JOIN_MAX_WORK                                                                              \
-	(16 * 1024 * 1024)   /* a batch of relayed requests, bodies in
+	(16 * 1024 * 1024)     /* a batch of relayed requests, bodies in
 						* base64 (an input is up to 1 MiB) */
 #define JOIN_SYSTEM_EVERY 20   /* heartbeats between two system documents */
 #define JOIN_BROWSE_MS    5000 /* --join auto: one browse of the LAN */
