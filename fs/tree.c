@@ -18,6 +18,7 @@ static const struct named_kind root_files[] = {
 	{"dashboard.html", TREE_DASHBOARD},
 	{"events", TREE_EVENTS},
 	{"health", TREE_HEALTH},
+	{"knowledge", TREE_KNOWLEDGE},
 	{"ledger", TREE_LEDGER},
 	{"metrics", TREE_METRICS},
 	{"models", TREE_MODELS},
@@ -139,6 +140,54 @@ static int task_file_classify(const struct tree_ctx *ctx, char **parts, size_t n
 	return 0;
 }
 
+/* knowledge/A/B... and knowledge/.versions/A/B[/N] (backend/knowledge.h). */
+static int knowledge_classify(const struct tree_ctx *ctx, char **parts, size_t n,
+			      struct tree_entry *e)
+{
+	bool versions = n && !strcmp(parts[0], ".versions");
+	size_t from = versions ? 1 : 0;
+	struct buf path;
+	buf_init(&path);
+	for (size_t i = from; i < n; i++)
+		buf_printf(&path, "%s%s", i > from ? "/" : "", parts[i]);
+	const char *p = path.data ? path.data : "";
+	struct knowledge_stat ks;
+	int r = 0;
+	if (!versions) {
+		r = knowledge_stat(ctx->knowledge, p, &ks);
+		e->kind = ks.dir ? TREE_KNOWLEDGE : TREE_KNOWLEDGE_DOC;
+	} else if (knowledge_stat(ctx->knowledge, p, &ks) == 0 && ks.dir) {
+		e->kind = TREE_KNOWLEDGE_VERSIONS;
+	} else if (p[0] && knowledge_latest(ctx->knowledge, p) > 0) {
+		e->kind = TREE_KNOWLEDGE_HISTORY;
+	} else if (n >= 3) {
+		/* NAME/N: one version */
+		char *end;
+		const char *num = parts[n - 1];
+		long long v = strtoll(num, &end, 10);
+		char *doc = strndup(p, strlen(p) - strlen(num) - 1);
+		if (*end || num[0] < '1' || num[0] > '9' ||
+		    knowledge_version_stat(ctx->knowledge, doc, v, &ks) < 0) {
+			free(doc);
+			r = -ENOENT;
+		} else {
+			e->kind = TREE_KNOWLEDGE_VERSION;
+			e->name = strdup(num);
+			buf_free(&path);
+			e->file = doc;
+			return 0;
+		}
+	} else {
+		r = -ENOENT;
+	}
+	if (r < 0) {
+		buf_free(&path);
+		return r;
+	}
+	e->file = path.data ? buf_steal(&path, NULL) : strdup("");
+	return 0;
+}
+
 int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entry *ret)
 {
 	if (path[0] != '/')
@@ -164,6 +213,10 @@ int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entr
 	enum tree_kind top = find_kind(root_files, N_OF(root_files), parts[0]);
 	if (top == TREE_NONE)
 		goto out;
+	if (top == TREE_KNOWLEDGE) {
+		r = ctx->knowledge ? knowledge_classify(ctx, parts + 1, n - 1, &e) : -ENOENT;
+		goto out;
+	}
 	if (n == 1) {
 		e.kind = top;
 		r = 0;
@@ -335,6 +388,12 @@ bool tree_kind_is_models(enum tree_kind kind)
 	       kind == TREE_NODE_MODEL || kind == TREE_NODE_MODELS_CTL;
 }
 
+bool tree_kind_is_knowledge(enum tree_kind kind)
+{
+	return (kind >= TREE_KNOWLEDGE && kind <= TREE_KNOWLEDGE_HISTORY) ||
+	       kind == TREE_KNOWLEDGE_DOC || kind == TREE_KNOWLEDGE_VERSION;
+}
+
 bool tree_kind_is_ledger(enum tree_kind kind)
 {
 	return kind == TREE_LEDGER || kind == TREE_LEDGER_ENTRIES || kind == TREE_LEDGER_BEST ||
@@ -346,6 +405,10 @@ mode_t tree_kind_mode(enum tree_kind kind)
 {
 	if (kind == TREE_TASKS_NEW)
 		return 01777; /* anyone may submit; only the owner may remove a draft */
+	if (kind == TREE_KNOWLEDGE)
+		return 01777; /* anyone may write; only a document's writer may remove it */
+	if (kind == TREE_KNOWLEDGE_DOC)
+		return 0644; /* the latest writer's */
 	if (tree_kind_is_dir(kind))
 		return 0555;
 	if (tree_kind_is_link(kind))
@@ -440,6 +503,23 @@ char **tree_list(const struct tree_ctx *ctx, const char *path, size_t *ret_n, in
 			*ret_n = 0;
 		}
 		break;
+	case TREE_KNOWLEDGE:
+	case TREE_KNOWLEDGE_VERSIONS: {
+		bool top = e.kind == TREE_KNOWLEDGE && !e.file[0];
+		bool all = e.kind == TREE_KNOWLEDGE_VERSIONS;
+		size_t n = 0;
+		char **kn = knowledge_list(ctx->knowledge, e.file, all, &n);
+		names = calloc(n + 2, sizeof(*names));
+		size_t k = 0;
+		if (top)
+			names[k++] = strdup(".versions");
+		for (size_t i = 0; i < n; i++)
+			names[k++] = kn[i];
+		free(kn);
+		*ret_n = k;
+		break;
+	}
+	case TREE_KNOWLEDGE_HISTORY: names = knowledge_versions(ctx->knowledge, e.file, ret_n); break;
 	case TREE_SERVICES: names = services_list(ctx->services, ret_n); break;
 	case TREE_SERVICE: names = services_files(ctx->services, e.name, ret_n); break;
 	case TREE_LEDGER: names = names_from_table(ledger_files, N_OF(ledger_files), ret_n); break;

@@ -4,6 +4,7 @@
 
 #include "backend/artifacts.h"
 #include "backend/cluster.h"
+#include "backend/knowledge.h"
 #include "backend/ledger.h"
 #include "backend/models.h"
 #include "backend/services.h"
@@ -26,6 +27,7 @@ struct tree_ctx {
 	struct models *models;
 	struct store *store;         /* backup/state.db copies it */
 	struct artifacts *artifacts; /* tasks/ID/files/ */
+	struct knowledge *knowledge; /* knowledge/ */
 };
 
 enum tree_kind {
@@ -48,7 +50,11 @@ enum tree_kind {
 	TREE_MODEL,
 	TREE_NODE_MODELS,
 	TREE_TASK_FILES, /* tasks/ID/files/ and its subdirectories (file: the path in it) */
-	TREE_BACKUP,     /* the last directory kind */
+	/* knowledge/ (file: the path below it, "" for the top) */
+	TREE_KNOWLEDGE,          /* knowledge/ and its subdirectories */
+	TREE_KNOWLEDGE_VERSIONS, /* knowledge/.versions/ and the directories in it */
+	TREE_KNOWLEDGE_HISTORY,  /* knowledge/.versions/NAME: one document's versions */
+	TREE_BACKUP,             /* the last directory kind */
 	/* files at the top */
 	TREE_README,
 	TREE_CONFIG,
@@ -100,6 +106,9 @@ enum tree_kind {
 	TREE_MODEL_INFO,
 	TREE_NODE_MODEL,
 	TREE_NODE_MODELS_CTL,
+	/* knowledge/ */
+	TREE_KNOWLEDGE_DOC,     /* knowledge/NAME (file: NAME) */
+	TREE_KNOWLEDGE_VERSION, /* knowledge/.versions/NAME/N (file: NAME, name: N) */
 	/* backup/ */
 	TREE_BACKUP_STATE, /* state.db: a copy of the store made at open */
 	/* symlinks */
@@ -135,6 +144,7 @@ bool tree_kind_is_ctl(enum tree_kind kind);
  * ledger): opening, listing or looking up in them refreshes stale data. */
 bool tree_kind_is_models(enum tree_kind kind);
 bool tree_kind_is_ledger(enum tree_kind kind);
+bool tree_kind_is_knowledge(enum tree_kind kind);
 
 /* A symlink's target, as a new string. */
 char *tree_link_target(const struct tree_entry *e);

@@ -83,7 +83,7 @@ def test_copy_is_consistent(copied):
     assert len(before) >= 80 and after
     db = sqlite3.connect(copied["copy"])
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    assert db.execute("PRAGMA user_version").fetchone() == (4,)
+    assert db.execute("PRAGMA user_version").fetchone() == (5,)
     rows = dict(db.execute("SELECT id, spec FROM tasks"))
     db.close()
     # every task whose close() returned before the open is in the copy; none whose close()
@@ -119,7 +119,7 @@ def test_restore_into_a_new_state_dir_and_mount_it(copied):
     new = tmp / "restored"
     r = restore(copied["copy"], "-s", new)
     assert r.returncode == 0, r.stderr
-    assert f"into {new}/clusterfs.db (schema version 4)" in r.stdout
+    assert f"into {new}/clusterfs.db (schema version 5)" in r.stdout
     assert oct(os.stat(new / "clusterfs.db").st_mode & 0o777) == "0o600"
     before = {n for n, _, t1 in copied["done"] if t1 < copied["times"]["before"]}
     (tmp / "m-restored").mkdir()

@@ -1,0 +1,161 @@
+"""Knowledge: small versioned documents in /cluster/knowledge, committed to the store at
+close, with their versions under knowledge/.versions, conflicts kept beside, deletions
+as versions."""
+import errno
+import os
+import sqlite3
+import subprocess
+
+import pytest
+
+from conftest import make_config
+
+
+@pytest.fixture
+def kmount(tmp_path, token, agents, mount):
+    ags = agents(1)
+    cfg = make_config(tmp_path / "hosts.json", ags, token)
+    return mount(cfg)
+
+
+def versions(m, *name):
+    return sorted(os.listdir(m.path("knowledge", ".versions", *name)), key=int)
+
+
+def test_writes_are_versions_readable_under_versions(kmount):
+    m = kmount
+    assert os.listdir(m.path("knowledge")) == [".versions"]
+    m.path("knowledge", "notes").write_text("first\n")
+    assert m.read("knowledge", "notes") == "first\n"
+    with open(m.path("knowledge", "notes"), "a") as f:
+        f.write("second\n")
+    m.path("knowledge", "notes").write_text("third\n")
+    assert m.read("knowledge", "notes") == "third\n"
+    assert versions(m, "notes") == ["1", "2", "3"]
+    assert m.read("knowledge", ".versions", "notes", "1") == "first\n"
+    assert m.read("knowledge", ".versions", "notes", "2") == "first\nsecond\n"
+    assert m.read("knowledge", ".versions", "notes", "3") == "third\n"
+    assert os.stat(m.path("knowledge", "notes")).st_size == 6
+    with pytest.raises(OSError):
+        open(m.path("knowledge", ".versions", "notes", "1"), "w")
+    assert not os.path.exists(m.path("knowledge", ".versions", "notes", "4"))
+    # committed before close() returned: the store has it
+    db = sqlite3.connect(m.state / "clusterfs.db")
+    rows = db.execute("SELECT version, data FROM knowledge WHERE path='notes'"
+                      " ORDER BY version").fetchall()
+    assert rows == [(1, b"first\n"), (2, b"first\nsecond\n"), (3, b"third\n")]
+    db.close()
+
+
+def test_subdirectories_and_grep(kmount):
+    m = kmount
+    os.mkdir(m.path("knowledge", "runs"))
+    os.mkdir(m.path("knowledge", "runs", "r1"))
+    m.path("knowledge", "runs", "r1", "loss").write_text("loss 0.25\n")
+    m.path("knowledge", "runs", "summary").write_text("best r1\n")
+    assert sorted(os.listdir(m.path("knowledge", "runs"))) == ["r1", "summary"]
+    with pytest.raises(FileNotFoundError):
+        m.path("knowledge", "nodir", "x").write_text("x")
+    with pytest.raises(OSError) as e:
+        os.rmdir(m.path("knowledge", "runs"))
+    assert e.value.errno == errno.ENOTEMPTY
+    out = subprocess.run(["grep", "-r", "loss", str(m.path("knowledge"))],
+                         capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "runs/r1/loss:loss 0.25" in out.stdout
+    assert m.read("knowledge", ".versions", "runs", "r1", "loss", "1") == "loss 0.25\n"
+    os.mkdir(m.path("knowledge", "empty"))
+    os.rmdir(m.path("knowledge", "empty"))
+    assert not os.path.exists(m.path("knowledge", "empty"))
+
+
+def test_a_writer_behind_the_latest_gets_ebusy_and_a_conflict_file(kmount):
+    m = kmount
+    doc = m.path("knowledge", "plan")
+    doc.write_text("v1\n")
+    slow = open(doc, "r+")  # opened at version 1
+    doc.write_text("v2 by someone else\n")  # version 2
+    slow.seek(0)
+    slow.write("v2 by the slow writer\n")
+    with pytest.raises(OSError) as e:
+        slow.close()
+    assert e.value.errno == errno.EBUSY
+    assert m.read("knowledge", "plan") == "v2 by someone else\n"
+    assert m.read("knowledge", "plan.conflict") == "v2 by the slow writer\n"
+    assert versions(m, "plan") == ["1", "2"]
+    # two creators of one new name: the second close finds the first one's version
+    a = open(m.path("knowledge", "fresh"), "w")
+    b = open(m.path("knowledge", "fresh"), "w")
+    a.write("a\n")
+    b.write("b\n")
+    a.close()
+    with pytest.raises(OSError) as e:
+        b.close()
+    assert e.value.errno == errno.EBUSY
+    assert m.read("knowledge", "fresh") == "a\n"
+    assert m.read("knowledge", "fresh.conflict") == "b\n"
+
+
+def test_deletion_is_a_version(kmount):
+    m = kmount
+    doc = m.path("knowledge", "gone")
+    doc.write_text("here\n")
+    os.unlink(doc)
+    assert not doc.exists()
+    assert "gone" not in os.listdir(m.path("knowledge"))
+    assert versions(m, "gone") == ["1", "2"]
+    assert m.read("knowledge", ".versions", "gone", "1") == "here\n"
+    assert m.read("knowledge", ".versions", "gone", "2") == ""
+    assert "gone" in os.listdir(m.path("knowledge", ".versions"))
+    with pytest.raises(FileNotFoundError):
+        os.unlink(doc)
+    doc.write_text("back\n")
+    assert versions(m, "gone") == ["1", "2", "3"]
+    assert m.read("knowledge", "gone") == "back\n"
+
+
+def test_oversize_is_refused_and_nothing_is_lost(kmount):
+    m = kmount
+    doc = m.path("knowledge", "big")
+    doc.write_text("small\n")
+    fd = os.open(doc, os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"x" * 1000)
+    with pytest.raises(OSError) as e:
+        os.pwrite(fd, b"y" * 4096, (1 << 20) - 100)
+    assert e.value.errno == errno.EFBIG
+    with pytest.raises(OSError) as e:
+        os.close(fd)
+    assert e.value.errno == errno.EFBIG
+    assert m.read("knowledge", "big") == "small\n"
+    assert versions(m, "big") == ["1"]
+    with pytest.raises(OSError) as e:
+        os.truncate(doc, (1 << 20) + 1)
+    assert e.value.errno == errno.EFBIG
+    # exactly the limit is fine
+    doc.write_bytes(b"z" * (1 << 20))
+    assert os.stat(doc).st_size == 1 << 20
+    assert "larger than 1048576 bytes" in m.log_path.read_text()
+
+
+@pytest.mark.parametrize("name", [".hidden", "a b", "semi;colon", "x" * 129, "tab\tname"])
+def test_odd_names_are_refused(kmount, name):
+    m = kmount
+    with pytest.raises(OSError) as e:
+        open(m.path("knowledge", name), "w").close()
+    assert e.value.errno in (errno.EINVAL, errno.ENAMETOOLONG)
+    with pytest.raises(OSError):
+        os.mkdir(m.path("knowledge", name))
+    assert os.listdir(m.path("knowledge")) == [".versions"]
+
+
+def test_knowledge_survives_a_restart(tmp_path, token, agents, mount):
+    ags = agents(1)
+    cfg = make_config(tmp_path / "hosts.json", ags, token)
+    m = mount(cfg)
+    m.path("knowledge", "kept").write_text("one\n")
+    m.path("knowledge", "kept").write_text("two\n")
+    state = m.state
+    m.stop()
+    m2 = mount(cfg, state=state)
+    assert m2.read("knowledge", "kept") == "two\n"
+    assert versions(m2, "kept") == ["1", "2"]
