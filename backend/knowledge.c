@@ -1,5 +1,8 @@
 /* Knowledge: versioned documents in the store (migration 5 in backend/store.c). */
 #include "backend/knowledge.h"
+#include "backend/cluster.h"
+#include "backend/endpoint.h"
+#include "backend/loop.h"
 #include "backend/spec.h"
 #include "backend/store.h"
 
@@ -21,11 +24,23 @@ struct hold {
 	struct hold *next;
 };
 
+/* What one node's agent holds. Loop thread only. */
+struct replica {
+	char *node;
+	int64_t acked; /* the last seq it holds; -1: unknown until its health says */
+	bool busy;     /* a request is in flight */
+	struct knowledge *k;
+	struct replica *next;
+};
+
 struct knowledge {
 	struct store *store;
 	pthread_mutex_t lock;
 	struct hold *holds; /* creates not yet committed; protected by lock */
 	size_t n_holds;     /* protected by lock */
+	struct loop *loop;  /* replication; NULL: none */
+	struct cluster *cluster;
+	struct replica *replicas; /* loop thread only */
 };
 
 int knowledge_new(struct store *s, struct knowledge **ret)
@@ -43,6 +58,12 @@ void knowledge_free(struct knowledge *k)
 {
 	if (!k)
 		return;
+	while (k->replicas) {
+		struct replica *p = k->replicas;
+		k->replicas = p->next;
+		free(p->node);
+		free(p);
+	}
 	while (k->holds) {
 		struct hold *h = k->holds;
 		k->holds = h->next;
@@ -258,6 +279,8 @@ static int insert_version(struct knowledge *k, const char *path, int64_t version
 	return sqlite_err(rc);
 }
 
+static void knowledge_kick(struct knowledge *k);
+
 /* Commits a version after `base` (base < 0: after whatever is latest). */
 static int commit(struct knowledge *k, const char *path, int64_t base, const char *data,
 		  size_t len, bool deleted, uid_t uid, int64_t *ret_version)
@@ -293,6 +316,8 @@ static int commit(struct knowledge *k, const char *path, int64_t base, const cha
 	else if (ret_version)
 		*ret_version = s.version + 1;
 	free(parent);
+	if (r == 0)
+		knowledge_kick(k);
 	return r;
 }
 
@@ -524,4 +549,158 @@ int64_t knowledge_seq(struct knowledge *k)
 	int64_t seq = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
 	sqlite3_finalize(st);
 	return seq;
+}
+
+/* ---- replicas ---- */
+
+#define REPLICA_TIMEOUT_MS 30000
+
+static void replica_send(struct replica *p);
+
+static void replica_done(const struct http_response *resp, void *arg)
+{
+	struct replica *p = arg;
+	p->busy = false;
+	json_t *doc = resp->error ? NULL : json_loadb(resp->body, resp->body_len, 0, NULL);
+	json_t *seq = json_object_get(doc, "knowledge_seq");
+	if (json_is_integer(seq)) {
+		p->acked = json_integer_value(seq);
+		replica_send(p);
+	} else {
+		/* away or refusing: its next health document says where it stands */
+		if (resp->error && resp->error != -ECANCELED)
+			log_info("knowledge: node %s: %s", p->node,
+				 resp->error_text[0] ? resp->error_text : strerror(-resp->error));
+		p->acked = -1;
+	}
+	json_decref(doc);
+}
+
+struct next_version {
+	struct buf url;
+	struct buf body;
+	bool deleted;
+	bool found;
+};
+
+static int next_got(void *arg, int64_t seq, const char *path, int64_t version, const char *data,
+		    size_t len, bool deleted)
+{
+	struct next_version *n = arg;
+	n->found = true;
+	n->deleted = deleted;
+	buf_puts(&n->url, "/api/node/knowledge/");
+	buf_puts(&n->url, path); /* task-name characters only: nothing to encode */
+	buf_printf(&n->url, "?version=%" PRId64 "&seq=%" PRId64, version, seq);
+	if (!deleted)
+		buf_append(&n->body, data ? data : "", len);
+	return 1;
+}
+
+/* Loop thread: sends the node the version after the one it holds, if any. */
+static void replica_send(struct replica *p)
+{
+	struct knowledge *k = p->k;
+	if (p->busy || p->acked < 0)
+		return;
+	struct next_version n = {0};
+	buf_init(&n.url);
+	buf_init(&n.body);
+	if (knowledge_since(k, p->acked, 1, next_got, &n) <= 0 || !n.found)
+		goto out;
+	struct config *cfg = cluster_get_config(k->cluster);
+	const struct cfg_host *h = config_find_host(cfg, p->node);
+	if (!h) {
+		config_unref(cfg);
+		goto out;
+	}
+	struct endpoint ep;
+	endpoint_init_agent(&ep, cfg, h, n.url.data);
+	struct http_request req = {
+		.method = n.deleted ? "DELETE" : "PUT",
+		.token = h->token,
+		.body = n.deleted ? NULL : (n.body.data ? n.body.data : ""),
+		.body_len = n.body.len,
+		.content_type = "application/octet-stream",
+		.connect_timeout_ms = 5000,
+		.timeout_ms = REPLICA_TIMEOUT_MS,
+	};
+	endpoint_apply(&ep, &req);
+	if (loop_http(k->loop, &req, replica_done, p) == 0)
+		p->busy = true;
+	endpoint_clear(&ep);
+	config_unref(cfg);
+out:
+	buf_free(&n.url);
+	buf_free(&n.body);
+}
+
+static void kick_all(void *arg)
+{
+	struct knowledge *k = arg;
+	for (struct replica *p = k->replicas; p; p = p->next)
+		replica_send(p);
+}
+
+/* Any thread: a version was committed. */
+static void knowledge_kick(struct knowledge *k)
+{
+	if (k->loop)
+		loop_post(k->loop, kick_all, k);
+}
+
+struct health_note {
+	struct knowledge *k;
+	char *node;
+};
+
+/* Loop thread: what node's health says it holds. */
+static void health_noted(void *arg)
+{
+	struct health_note *hn = arg;
+	struct knowledge *k = hn->k;
+	struct node_view v;
+	if (cluster_get_node(k->cluster, hn->node, &v) == 0) {
+		json_t *seq = json_object_get(v.health, "knowledge_seq");
+		struct replica *p = k->replicas;
+		while (p && strcmp(p->node, hn->node))
+			p = p->next;
+		if (!p && json_is_integer(seq)) {
+			p = calloc(1, sizeof(*p));
+			p->node = strdup(hn->node);
+			p->k = k;
+			p->next = k->replicas;
+			k->replicas = p;
+		}
+		/* the agent is the truth: one that lost its state starts again from 0 */
+		if (p && !p->busy && json_is_integer(seq) && v.reachable) {
+			p->acked = json_integer_value(seq);
+			replica_send(p);
+		}
+		node_view_clear(&v);
+	}
+	free(hn->node);
+	free(hn);
+}
+
+void knowledge_on_cluster_change(void *arg, const char *node)
+{
+	struct knowledge *k = arg;
+	if (!node || !k->loop)
+		return;
+	struct health_note *hn = calloc(1, sizeof(*hn));
+	if (!hn)
+		return;
+	hn->k = k;
+	hn->node = strdup(node);
+	if (loop_post(k->loop, health_noted, hn) < 0) {
+		free(hn->node);
+		free(hn);
+	}
+}
+
+void knowledge_replicate(struct knowledge *k, struct loop *loop, struct cluster *cluster)
+{
+	k->loop = loop;
+	k->cluster = cluster;
 }

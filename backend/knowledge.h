@@ -77,3 +77,15 @@ int knowledge_since(struct knowledge *k, int64_t after, size_t max, knowledge_ve
 		    void *arg);
 /* The seq of the newest version (0: none). */
 int64_t knowledge_seq(struct knowledge *k);
+
+/* ---- replicas on the agents ---- */
+struct loop;
+struct cluster;
+
+/* Main thread, before cluster_start: every committed version is sent to every node's
+ * agent (PUT or DELETE /api/node/knowledge/PATH?version=N&seq=S), one at a time per
+ * node, in seq order, from the seq the node reports in its health document
+ * ("knowledge_seq"): so a node that was away catches up. Borrows both. */
+void knowledge_replicate(struct knowledge *k, struct loop *loop, struct cluster *cluster);
+/* A cluster_change_fn (arg: the struct knowledge): a node's health came in. Never blocks. */
+void knowledge_on_cluster_change(void *arg, const char *node);

@@ -583,6 +583,8 @@ int main(int argc, char **argv)
 	}
 	cluster_add_listener(d.cluster, fs_on_cluster_change, fs);
 	cluster_add_listener(d.cluster, tasks_on_cluster_change, d.tasks);
+	knowledge_replicate(d.knowledge, d.loop, d.cluster);
+	cluster_add_listener(d.cluster, knowledge_on_cluster_change, d.knowledge);
 	/* tasks placed on the Slurm cluster's node go to slurmrestd, not to an agent */
 	tasks_set_target(d.tasks, &(struct tasks_target){.owns = slurm_owns_node,
 							 .call = slurm_task_call,

@@ -169,7 +169,7 @@ def test_restore_refuses_what_is_not_a_store(tmp_path):
     db.close()
     r = restore(newer, "-s", tmp_path / "s3")
     assert r.returncode == 7
-    assert "has schema version 99, newer than this clusterfs knows (4)" in r.stderr
+    assert "has schema version 99, newer than this clusterfs knows (5)" in r.stderr
     # nothing was left in the state directories it refused
     for d in ("s1", "s2", "s3"):
         assert os.listdir(tmp_path / d) == []

@@ -5,10 +5,12 @@ import errno
 import os
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from conftest import make_config
+from conftest import Agent, make_config, wait_until
+from test_tasks import submit, wait_task
 
 
 @pytest.fixture
@@ -159,3 +161,97 @@ def test_knowledge_survives_a_restart(tmp_path, token, agents, mount):
     m2 = mount(cfg, state=state)
     assert m2.read("knowledge", "kept") == "two\n"
     assert versions(m2, "kept") == ["1", "2"]
+
+
+# ---- replicas on the agents ----
+
+def replica(a, *parts):
+    return Path(a.state_dir + "-knowledge").joinpath(*parts)
+
+
+def replica_text(a, *parts):
+    try:
+        return replica(a, *parts).read_text()
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def three(tmp_path, token, agents, mount):
+    ags = agents(3)
+    cfg = make_config(tmp_path / "hosts.json", ags, token, probe={"interval_s": 1})
+    m = mount(cfg)
+    for a in ags:
+        assert m.json("nodes", a.name, "health")["reachable"]
+    return m, ags, cfg
+
+
+def test_replicas_converge_after_an_agent_was_away(three, tmp_path):
+    m, ags, _ = three
+    os.mkdir(m.path("knowledge", "docs"))
+    m.path("knowledge", "docs", "a").write_text("one\n")
+    m.path("knowledge", "old").write_text("to be removed\n")
+    for a in ags:
+        wait_until(lambda: replica_text(a, "docs", "a") == "one\n", 20,
+                   what=f"replica on {a.name}")
+        wait_until(lambda: replica_text(a, "old") is not None, 20, what=f"old on {a.name}")
+    mode = replica(ags[0]).stat().st_mode & 0o777
+    assert mode == 0o755
+    assert replica(ags[0], "docs", "a").stat().st_mode & 0o777 == 0o644
+    away = ags[2]
+    port, state = away.port, away.state_dir
+    away.stop()
+    m.path("knowledge", "docs", "a").write_text("two\n")
+    m.path("knowledge", "docs", "a").write_text("three\n")
+    os.unlink(m.path("knowledge", "old"))
+    for a in ags[:2]:
+        wait_until(lambda: replica_text(a, "docs", "a") == "three\n", 20,
+                   what=f"replica on {a.name}")
+        wait_until(lambda: replica_text(a, "old") is None, 20, what=f"deletion on {a.name}")
+    assert replica_text(away, "docs", "a") == "one\n"  # it was away
+    back = Agent(tmp_path, away.name, away.token_file, port=port, state=state)
+    try:
+        wait_until(lambda: replica_text(back, "docs", "a") == "three\n", 30,
+                   what="the agent that was away caught up")
+        wait_until(lambda: replica_text(back, "old") is None, 30, what="deletion caught up")
+        seqs = set()
+        for a in [*ags[:2], back]:
+            wait_until(lambda: a.request("GET", "/api/node/health")[2]["knowledge_seq"] == 5,
+                       20, what=f"{a.name} reports seq 5")
+            seqs.add((Path(a.state_dir) / "knowledge.seq").read_text().strip())
+        assert seqs == {"5"}
+        # no stray temporary files in any replica
+        for a in [*ags[:2], back]:
+            names = [p.name for p in replica(a).rglob("*")]
+            assert sorted(names) == ["a", "docs"], names
+    finally:
+        back.stop()
+
+
+def test_a_task_reads_the_replica_while_the_control_plane_is_away(three, tmp_path, mount):
+    m, ags, cfg = three
+    m.path("knowledge", "facts").write_text("the sky is blue\n")
+    for a in ags:
+        wait_until(lambda: replica_text(a, "facts") == "the sky is blue\n", 20,
+                   what=f"replica on {a.name}")
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    os.chmod(gate, 0o777)
+    submit(m, "reader", {"node": "n2",
+                         "cmd": f"while [ ! -e {gate}/go ]; do sleep 0.1; done; "
+                                "cat \"$CLUSTERFS_KNOWLEDGE/facts\"; "
+                                "echo \"$CLUSTERFS_KNOWLEDGE\""})
+    wait_until(lambda: m.read("tasks", "reader", "status").strip() == "running", 20,
+               what="the task runs")
+    state = m.state
+    m.stop()
+    (gate / "go").write_text("")
+    # the agent runs the task to its end without the control plane
+    wait_until(lambda: any(t.get("state") == "succeeded"
+                           for t in ags[1].request("GET", "/api/node/tasks")[2]["tasks"]),
+               30, what="the task ended on its agent")
+    m2 = mount(cfg, state=state)
+    assert wait_task(m2, "reader") == "succeeded 0\n"
+    out = m2.read("tasks", "reader", "stdout").splitlines()
+    assert out[0] == "the sky is blue"
+    assert out[1] == ags[1].state_dir + "-knowledge"
