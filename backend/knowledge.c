@@ -251,8 +251,8 @@ int64_t knowledge_latest(struct knowledge *k, const char *path)
 }
 
 /* Inserts one version inside the caller's transaction. */
-static int insert_version(struct knowledge *k, const char *path, int64_t version,
-			  const char *data, size_t len, bool deleted, uid_t uid)
+static int insert_version(struct knowledge *k, const char *path, int64_t version, const char *data,
+			  size_t len, bool deleted, uid_t uid)
 {
 	sqlite3_stmt *st;
 	int r = prepare(k,
@@ -282,8 +282,8 @@ static int insert_version(struct knowledge *k, const char *path, int64_t version
 static void knowledge_kick(struct knowledge *k);
 
 /* Commits a version after `base` (base < 0: after whatever is latest). */
-static int commit(struct knowledge *k, const char *path, int64_t base, const char *data,
-		  size_t len, bool deleted, uid_t uid, int64_t *ret_version)
+static int commit(struct knowledge *k, const char *path, int64_t base, const char *data, size_t len,
+		  bool deleted, uid_t uid, int64_t *ret_version)
 {
 	if (!knowledge_path_is_valid(path))
 		return -EINVAL;
@@ -466,7 +466,8 @@ char **knowledge_versions(struct knowledge *k, const char *path, size_t *ret_n)
 		sqlite3_bind_text(st, 1, path, -1, SQLITE_TRANSIENT);
 		while (sqlite3_step(st) == SQLITE_ROW) {
 			char num[24];
-			snprintf(num, sizeof(num), "%" PRId64, (int64_t) sqlite3_column_int64(st, 0));
+			snprintf(num, sizeof(num), "%" PRId64,
+				 (int64_t) sqlite3_column_int64(st, 0));
 			add_name(&names, &n, &cap, num);
 		}
 		sqlite3_finalize(st);

@@ -575,7 +575,7 @@ static double attr_timeout_for(struct fs *f, const char *path)
 	bool volatile_attrs = tree_kind_is_append_only(e.kind) || e.kind == TREE_DRAFT ||
 			      e.kind == TREE_TASK_WAIT || e.kind == TREE_TASK_STATUS ||
 			      e.kind == TREE_TASK_EXIT_CODE || e.kind == TREE_TASK_NODE ||
-			      e.kind == TREE_PLACEMENT || /* moves with every probe and task */
+			      e.kind == TREE_PLACEMENT ||     /* moves with every probe and task */
 			      tree_kind_is_knowledge(e.kind); /* any writer's close changes it */
 	tree_entry_clear(&e);
 	return volatile_attrs ? 0.0 : TIMEOUT_S;
@@ -731,10 +731,10 @@ static void lookup_finish(fuse_req_t req, struct fs *f, fuse_ino_t parent, const
 	ep.generation = 1;
 	ep.attr_timeout = attr_timeout_for(f, path);
 	/* names in the drop directory come and go with every submission: never cached */
-	ep.entry_timeout = strncmp(path, "/tasks/new/", 11) == 0 ||
-					   strncmp(path, "/knowledge/", 11) == 0
-				   ? 0
-				   : TIMEOUT_S;
+	ep.entry_timeout =
+		strncmp(path, "/tasks/new/", 11) == 0 || strncmp(path, "/knowledge/", 11) == 0
+			? 0
+			: TIMEOUT_S;
 	free(path);
 	if (fuse_reply_entry(req, &ep) != 0)
 		inode_table_forget(f->itab, ep.ino, 1);
@@ -1474,8 +1474,8 @@ static bool fs_knowledge_dir(struct fs *f, fuse_ino_t parent, struct tree_entry 
 
 /* A new document: empty and held until its close commits version 1 (or the version after
  * the deletion it replaces). Takes dir. */
-static void knowledge_create(fuse_req_t req, struct fs *f, struct tree_entry *dir,
-			     const char *name, struct fuse_file_info *fi)
+static void knowledge_create(fuse_req_t req, struct fs *f, struct tree_entry *dir, const char *name,
+			     struct fuse_file_info *fi)
 {
 	int r = 0;
 	char *doc = fs_knowledge_child(dir, name, &r);
@@ -1516,8 +1516,8 @@ static void knowledge_create(fuse_req_t req, struct fs *f, struct tree_entry *di
 }
 
 /* unlink, mkdir and rmdir in knowledge/. Takes dir. */
-static void knowledge_change(fuse_req_t req, struct fs *f, struct tree_entry *dir,
-			     const char *name, char op)
+static void knowledge_change(fuse_req_t req, struct fs *f, struct tree_entry *dir, const char *name,
+			     char op)
 {
 	int r = 0;
 	char *doc = fs_knowledge_child(dir, name, &r);
@@ -1738,7 +1738,7 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 		return (void) fuse_reply_write(req, size);
 	}
 	if (h->writable) {
-		size_t max = h->e.kind == TREE_LEDGER_RECORD ? LEDGER_RECORD_MAX
+		size_t max = h->e.kind == TREE_LEDGER_RECORD   ? LEDGER_RECORD_MAX
 			     : h->e.kind == TREE_KNOWLEDGE_DOC ? KNOWLEDGE_DOC_MAX
 							       : (4u << 20);
 		if ((size_t) off + size > max) {
@@ -1820,8 +1820,9 @@ static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		pthread_mutex_unlock(&h->lock);
 		int r;
 		if (h->e.kind == TREE_KNOWLEDGE_DOC && (h->kerr || dirty)) {
-			r = h->kerr ? h->kerr : fs_knowledge_commit(&f->ctx, h->e.file, &h->kbase,
-								    &body, h->uid);
+			r = h->kerr ? h->kerr
+				    : fs_knowledge_commit(&f->ctx, h->e.file, &h->kbase, &body,
+							  h->uid);
 			if (r == -EBUSY)
 				h->kerr = r; /* the bytes are in NAME.conflict; a later close too */
 			buf_free(&body);

@@ -519,7 +519,9 @@ char **tree_list(const struct tree_ctx *ctx, const char *path, size_t *ret_n, in
 		*ret_n = k;
 		break;
 	}
-	case TREE_KNOWLEDGE_HISTORY: names = knowledge_versions(ctx->knowledge, e.file, ret_n); break;
+	case TREE_KNOWLEDGE_HISTORY:
+		names = knowledge_versions(ctx->knowledge, e.file, ret_n);
+		break;
 	case TREE_SERVICES: names = services_list(ctx->services, ret_n); break;
 	case TREE_SERVICE: names = services_files(ctx->services, e.name, ret_n); break;
 	case TREE_LEDGER: names = names_from_table(ledger_files, N_OF(ledger_files), ret_n); break;

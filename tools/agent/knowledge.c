@@ -147,8 +147,8 @@ static int write_doc(const char *root, const char *path, const char *data, size_
 	char *final = NULL, *tmp = NULL;
 	const char *slash = strrchr(path, '/');
 	if (asprintf(&final, "%s/%s", root, path) < 0 ||
-	    asprintf(&tmp, "%s/%.*s%s.%s.tmp", root, slash ? (int) (slash - path + 1) : 0, path,
-		     "", slash ? slash + 1 : path) < 0) {
+	    asprintf(&tmp, "%s/%.*s%s.%s.tmp", root, slash ? (int) (slash - path + 1) : 0, path, "",
+		     slash ? slash + 1 : path) < 0) {
 		free(final);
 		return -ENOMEM;
 	}
