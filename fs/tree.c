@@ -151,7 +151,7 @@ static int knowledge_classify(const struct tree_ctx *ctx, char **parts, size_t n
 	for (size_t i = from; i < n; i++)
 		buf_printf(&path, "%s%s", i > from ? "/" : "", parts[i]);
 	const char *p = path.data ? path.data : "";
-	struct knowledge_stat ks;
+	struct knowledge_stat ks = {0};
 	int r = 0;
 	if (!versions) {
 		r = knowledge_stat(ctx->knowledge, p, &ks);
