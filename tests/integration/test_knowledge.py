@@ -255,3 +255,13 @@ def test_a_task_reads_the_replica_while_the_control_plane_is_away(three, tmp_pat
     out = m2.read("tasks", "reader", "stdout").splitlines()
     assert out[0] == "the sky is blue"
     assert out[1] == ags[1].state_dir + "-knowledge"
+
+
+def test_a_full_size_binary_document_reaches_every_replica(three):
+    m, ags, _ = three
+    data = bytes(range(256)) * 4096  # 1 MiB, every byte value, NULs included
+    m.path("knowledge", "blob").write_bytes(data)
+    assert m.path("knowledge", "blob").read_bytes() == data
+    for a in ags:
+        wait_until(lambda: replica(a, "blob").exists() and
+                   replica(a, "blob").read_bytes() == data, 20, what=f"blob on {a.name}")
