@@ -806,12 +806,34 @@ static void getattr_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino)
 	fuse_reply_attr(req, &st, timeout);
 }
 
+/* knowledge/NAME on a writer's handle: the size of its copy, which its close commits
+ * (what lseek(SEEK_END), O_APPEND and fstat must see). */
+static void knowledge_writer_size(struct fuse_file_info *fi, struct stat *st)
+{
+	struct handle *h = fi ? (struct handle *) (uintptr_t) fi->fh : NULL;
+	if (!h || h->e.kind != TREE_KNOWLEDGE_DOC || !h->writable)
+		return;
+	pthread_mutex_lock(&h->lock);
+	st->st_size = (off_t) h->content.len;
+	st->st_blocks = (blkcnt_t) ((h->content.len + 511) / 512);
+	pthread_mutex_unlock(&h->lock);
+}
+
 static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *f = fuse_req_userdata(req);
 	char *path = fs_ino_path(f, ino);
 	if (!path)
 		return (void) fuse_reply_err(req, ESTALE);
+	if (fi && fi->fh && !strncmp(path, "/knowledge/", 11)) {
+		struct stat st;
+		int r = fs_stat_path(f, path, &st);
+		free(path);
+		if (r < 0)
+			return (void) fuse_reply_err(req, -r);
+		knowledge_writer_size(fi, &st);
+		return (void) fuse_reply_attr(req, &st, 0);
+	}
 	struct pending *p = pending_new(PENDING_GETATTR, req, f);
 	p->ino = ino;
 	int r = stat_refresh_then(f, path, p);
@@ -1953,6 +1975,7 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	} else {
 		r = -EACCES;
 	}
+	bool knowledge = e.kind == TREE_KNOWLEDGE_DOC;
 	tree_entry_clear(&e);
 	struct stat st;
 	if (r == 0)
@@ -1960,6 +1983,8 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	free(path);
 	if (r < 0)
 		return (void) fuse_reply_err(req, -r);
+	if (knowledge)
+		knowledge_writer_size(fi, &st);
 	fuse_reply_attr(req, &st, 0);
 }
 

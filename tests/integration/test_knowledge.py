@@ -139,6 +139,31 @@ def test_oversize_is_refused_and_nothing_is_lost(kmount):
     assert "larger than 1048576 bytes" in m.log_path.read_text()
 
 
+def test_truncate_rename_and_versions_are_what_they_say(kmount):
+    m = kmount
+    doc = m.path("knowledge", "t")
+    doc.write_text("abcdef")
+    os.truncate(doc, 3)  # by path: a version of its own
+    assert m.read("knowledge", "t") == "abc"
+    with open(doc, "r+") as f:  # on a writer: its copy, committed at close
+        f.truncate(1)
+        f.seek(0, os.SEEK_END)
+        f.write("z")
+    assert m.read("knowledge", "t") == "az"
+    assert versions(m, "t") == ["1", "2", "3"]
+    with pytest.raises(OSError) as e:
+        os.rename(doc, m.path("knowledge", "u"))
+    assert e.value.errno == errno.EXDEV
+    subprocess.run(["mv", str(doc), str(m.path("knowledge", "u"))], check=True)
+    assert m.read("knowledge", "u") == "az" and not doc.exists()
+    with pytest.raises(OSError):
+        os.mkdir(m.path("knowledge", ".versions", "x"))
+    with pytest.raises(OSError):
+        m.path("knowledge", ".versions", "new").write_text("x")
+    with pytest.raises(OSError) as e:
+        os.unlink(m.path("knowledge", ".versions", "u", "1"))
+
+
 @pytest.mark.parametrize("name", [".hidden", "a b", "semi;colon", "x" * 129, "tab\tname"])
 def test_odd_names_are_refused(kmount, name):
     m = kmount
