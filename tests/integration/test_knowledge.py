@@ -222,7 +222,7 @@ def test_replicas_converge_after_an_agent_was_away(three, tmp_path):
         wait_until(lambda: replica_text(a, "old") is not None, 20, what=f"old on {a.name}")
     mode = replica(ags[0]).stat().st_mode & 0o777
     assert mode == 0o755
-    assert replica(ags[0], "docs", "a").stat().st_mode & 0o777 == 0o644
+    assert replica(ags[0], "docs", "a").stat().st_mode & 0o777 == 0o444
     away = ags[2]
     port, state = away.port, away.state_dir
     away.stop()

@@ -152,7 +152,8 @@ static int write_doc(const char *root, const char *path, const char *data, size_
 		free(final);
 		return -ENOMEM;
 	}
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	unlink(tmp); /* one a crash left behind, read-only */
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
 	r = fd < 0 ? -errno : 0;
 	for (size_t off = 0; r == 0 && off < len;) {
 		ssize_t n = write(fd, data + off, len - off);
@@ -162,7 +163,7 @@ static int write_doc(const char *root, const char *path, const char *data, size_
 			off += (size_t) n;
 	}
 	if (fd >= 0) {
-		if (r == 0 && fchmod(fd, 0644) < 0)
+		if (r == 0 && fchmod(fd, 0444) < 0)
 			r = -errno;
 		if (close(fd) < 0 && r == 0)
 			r = -errno;

@@ -6,7 +6,7 @@
  * missing after an outage.
  *
  * The replica directory is STATE_DIR-knowledge, beside the 0700 state directory (tasks of
- * other users cannot enter that): 0755, documents 0644, each written to a temporary file
+ * other users cannot enter that): 0755, documents 0444, each written to a temporary file
  * and renamed into place, so a reader sees a whole version or the one before. The seq
  * is kept in STATE_DIR/knowledge.seq. Handlers run on server threads; thread-safe. */
 #pragma once
