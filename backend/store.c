@@ -63,6 +63,17 @@ static const char *const migrations[] = {
 	"ALTER TABLE output ADD COLUMN pruned_at REAL;"
 	"CREATE TABLE totals(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
 	"INSERT INTO totals SELECT 'output_bytes', coalesce(sum(length(data)), 0) FROM output;",
+	/* 5: knowledge/ (backend/knowledge.c): every version of every document, a deletion
+	 * being one with no data; seq orders all versions for the replicas; the directories
+	 * made by mkdir */
+	"CREATE TABLE knowledge(path TEXT NOT NULL, version INTEGER NOT NULL,"
+	" parent TEXT NOT NULL, data BLOB, deleted INTEGER NOT NULL DEFAULT 0,"
+	" committed_at REAL NOT NULL, uid INTEGER NOT NULL, seq INTEGER NOT NULL UNIQUE,"
+	" PRIMARY KEY(path, version));"
+	"CREATE INDEX knowledge_by_parent ON knowledge(parent, path);"
+	"CREATE TABLE knowledge_dirs(path TEXT PRIMARY KEY, parent TEXT NOT NULL,"
+	" uid INTEGER NOT NULL, created_at REAL NOT NULL);"
+	"CREATE INDEX knowledge_dirs_by_parent ON knowledge_dirs(parent);",
 };
 
 _Static_assert(sizeof(migrations) / sizeof(migrations[0]) == STORE_SCHEMA_VERSION,
@@ -167,6 +178,11 @@ static int migrate(sqlite3 *db, char *errbuf, size_t errlen)
 		}
 	}
 	return 0;
+}
+
+sqlite3 *store_thread_db(struct store *s)
+{
+	return store_db(s);
 }
 
 /* Prepares sql on the calling thread's connection. 0 or -errno. */

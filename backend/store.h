@@ -10,9 +10,14 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define STORE_SCHEMA_VERSION 4
+#define STORE_SCHEMA_VERSION 5
 
 struct store;
+struct sqlite3;
+
+/* The calling thread's connection, opened on first use (NULL on failure); borrowed, for
+ * modules that keep their own tables in the store (backend/knowledge.c). */
+struct sqlite3 *store_thread_db(struct store *s);
 
 /* One task as stored. Strings are owned; store_task_clear() frees them. */
 struct store_task {

@@ -10,6 +10,7 @@
 #include "backend/store.h"
 #include "backend/tasks.h"
 #include "backend/artifacts.h"
+#include "backend/knowledge.h"
 #include "backend/util.h"
 #include "config/config.h"
 #include "config/watch.h"
@@ -57,6 +58,7 @@ struct daemon {
 	struct slurm *slurm;
 	struct prompts *prompts;
 	struct artifacts *artifacts;
+	struct knowledge *knowledge;
 	struct config_watch *watch;
 	struct loop_timer *reload_timer;
 	struct join *join; /* the join listener, or NULL (config "join" absent) */
@@ -548,7 +550,8 @@ int main(int argc, char **argv)
 	    models_new(d.loop, d.cluster, &d.models) < 0 ||
 	    slurm_new(d.loop, d.cluster, &d.slurm) < 0 ||
 	    prompts_new(d.loop, d.cluster, d.models, d.tasks, &d.prompts) < 0 ||
-	    artifacts_new(d.loop, d.cluster, d.state_dir, &d.artifacts) < 0) {
+	    artifacts_new(d.loop, d.cluster, d.state_dir, &d.artifacts) < 0 ||
+	    knowledge_new(d.store, &d.knowledge) < 0) {
 		report("clusterfs: out of memory\n");
 		goto out;
 	}
@@ -563,6 +566,7 @@ int main(int argc, char **argv)
 		.models = d.models,
 		.store = d.store,
 		.artifacts = d.artifacts,
+		.knowledge = d.knowledge,
 	};
 	tasks_set_artifacts(d.tasks, d.artifacts);
 	if (fs_new(&backends, &fs) < 0) {
@@ -579,6 +583,8 @@ int main(int argc, char **argv)
 	}
 	cluster_add_listener(d.cluster, fs_on_cluster_change, fs);
 	cluster_add_listener(d.cluster, tasks_on_cluster_change, d.tasks);
+	knowledge_replicate(d.knowledge, d.loop, d.cluster);
+	cluster_add_listener(d.cluster, knowledge_on_cluster_change, d.knowledge);
 	/* tasks placed on the Slurm cluster's node go to slurmrestd, not to an agent */
 	tasks_set_target(d.tasks, &(struct tasks_target){.owns = slurm_owns_node,
 							 .call = slurm_task_call,
@@ -690,6 +696,7 @@ out:
 	models_free(d.models);
 	slurm_free(d.slurm);
 	artifacts_free(d.artifacts);
+	knowledge_free(d.knowledge);
 	cluster_free(d.cluster);
 	loop_free(d.loop);
 	store_close(d.store);

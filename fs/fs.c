@@ -2,6 +2,7 @@
 #include "fs/fs.h"
 #include "fs/backup.h"
 #include "fs/inode.h"
+#include "fs/knowledge.h"
 #include "fs/render.h"
 #include "fs/render_placement.h"
 #include "fs/tree.h"
@@ -124,6 +125,9 @@ struct handle {
 	bool dirty;                 /* written since the last flush */
 	uint64_t ino;               /* the inode opened */
 	int snap_fd;                /* backup/state.db: the copy made at open, or -1 */
+	int64_t kbase;              /* knowledge/NAME: the version the writer started from */
+	int kerr;                   /* knowledge/NAME: a write failed; the close says so */
+	bool kheld;                 /* knowledge/NAME: created here, held until release */
 };
 
 /* A directory listing, taken at opendir; the task directories (tasks/, tasks/GROUP/,
@@ -597,7 +601,13 @@ static int fs_stat_path(struct fs *f, const char *path, struct stat *st)
 	st->st_gid = f->gid;
 	st->st_blksize = 4096;
 	double mtime = cluster_started_at(f->cluster);
-	if (e.row->type == TREE_DIR) {
+	if (tree_kind_is_knowledge(e.kind)) {
+		r = fs_knowledge_stat(&f->ctx, &e, st, &mtime);
+		if (r < 0) {
+			tree_entry_clear(&e);
+			return r;
+		}
+	} else if (e.row->type == TREE_DIR) {
 		st->st_mode = S_IFDIR | e.row->mode;
 		st->st_nlink = 2;
 		mtime = render_mtime(&f->ctx, &e);
@@ -903,12 +913,34 @@ static void getattr_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino)
 	fuse_reply_attr(req, &st, timeout);
 }
 
+/* knowledge/NAME on a writer's handle: the size of its copy, which its close commits
+ * (what lseek(SEEK_END), O_APPEND and fstat must see). */
+static void knowledge_writer_size(struct fuse_file_info *fi, struct stat *st)
+{
+	struct handle *h = fi ? (struct handle *) (uintptr_t) fi->fh : NULL;
+	if (!h || h->e.kind != TREE_KNOWLEDGE_DOC || !h->writable)
+		return;
+	pthread_mutex_lock(&h->lock);
+	st->st_size = (off_t) h->content.len;
+	st->st_blocks = (blkcnt_t) ((h->content.len + 511) / 512);
+	pthread_mutex_unlock(&h->lock);
+}
+
 static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *f = fuse_req_userdata(req);
 	char *path = fs_ino_path(f, ino);
 	if (!path)
 		return (void) fuse_reply_err(req, ESTALE);
+	if (fi && fi->fh && !strncmp(path, "/knowledge/", 11)) {
+		struct stat st;
+		int r = fs_stat_path(f, path, &st);
+		free(path);
+		if (r < 0)
+			return (void) fuse_reply_err(req, -r);
+		knowledge_writer_size(fi, &st);
+		return (void) fuse_reply_attr(req, &st, 0);
+	}
 	struct pending *p = pending_new(PENDING_GETATTR, req, f);
 	p->ino = ino;
 	int r = stat_refresh_then(f, path, p);
@@ -1188,6 +1220,8 @@ static void handle_free(struct handle *h)
 	 * the reader to let go. */
 	pthread_mutex_lock(&h->lock);
 	pthread_mutex_unlock(&h->lock);
+	if (h->kheld)
+		knowledge_release(f->ctx.knowledge, h->e.file);
 	tree_entry_clear(&h->e);
 	buf_free(&h->content);
 	blob_unref(h->snap);
@@ -1228,6 +1262,8 @@ static void open_finish(fuse_req_t req, struct fs *f, struct handle *h, struct f
 		h->snap = u.bytes;
 	} else if (h->e.kind == TREE_BACKUP_STATE)
 		r = fs_backup_open(f->ctx.store, &h->snap_fd);
+	else if (tree_kind_is_knowledge(h->e.kind))
+		r = fs_knowledge_read(&f->ctx, &h->e, &h->content);
 	else if (h->e.kind != TREE_TASK_WAIT)
 		r = render_file(&f->ctx, &h->e, &h->content, &mtime, &h->seq);
 	if (r < 0) {
@@ -1379,6 +1415,19 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	/* a service's POST endpoint, ledger/record, placement */
 	if (h->e.row->write == TREE_WRITE_FLUSH)
 		h->writable = writing;
+	if (h->e.kind == TREE_KNOWLEDGE_DOC && writing) {
+		/* the writer edits a copy; its close commits it after the version seen now */
+		h->writable = true;
+		h->kbase = knowledge_latest(f->ctx.knowledge, h->e.file);
+		if (fi->flags & O_TRUNC)
+			h->dirty = true;
+		else
+			r = knowledge_read(f->ctx.knowledge, h->e.file, 0, &h->content);
+		if (r < 0 && r != -ENOENT) {
+			handle_free(h);
+			return (void) fuse_reply_err(req, -r);
+		}
+	}
 	if (h->e.kind == TREE_TASK_FILE && !writing)
 		return task_file_open(req, f, h, fi);
 	if (writing && h->e.row->write != TREE_WRITE_CMD && h->e.row->write != TREE_WRITE_DRAFT &&
@@ -1582,10 +1631,116 @@ static int fs_parent_is_new(struct fs *f, fuse_ino_t parent)
 	return parent == inode_hash_path("/tasks/new");
 }
 
+/* ---- knowledge/: creates, removals and directories (fs/knowledge.c) ---- */
+
+/* True when parent is a directory of knowledge/ (not of .versions/): *ret is its entry. */
+static bool fs_knowledge_dir(struct fs *f, fuse_ino_t parent, struct tree_entry *ret)
+{
+	char *path = fs_ino_path(f, parent);
+	if (!path || strncmp(path, "/knowledge", 10) != 0 ||
+	    tree_classify(&f->ctx, path, ret) < 0) {
+		free(path);
+		return false;
+	}
+	free(path);
+	if (ret->kind == TREE_KNOWLEDGE)
+		return true;
+	tree_entry_clear(ret);
+	return false;
+}
+
+/* A new document: empty and held until its close commits version 1 (or the version after
+ * the deletion it replaces). Takes dir. */
+static void knowledge_create(fuse_req_t req, struct fs *f, struct tree_entry *dir, const char *name,
+			     struct fuse_file_info *fi)
+{
+	int r = 0;
+	char *doc = fs_knowledge_child(dir, name, &r);
+	tree_entry_clear(dir);
+	if (!doc)
+		return (void) fuse_reply_err(req, -r);
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct knowledge_stat ks;
+	if (knowledge_stat(f->ctx.knowledge, doc, &ks) == 0) {
+		free(doc);
+		return (void) fuse_reply_err(req, EEXIST);
+	}
+	knowledge_hold(f->ctx.knowledge, doc, ctx->uid);
+	char *path = tree_join("/knowledge", doc);
+	struct handle *h = handle_new(f);
+	h->uid = ctx->uid;
+	h->writer = h->writable = h->dirty = h->kheld = true;
+	h->kbase = knowledge_latest(f->ctx.knowledge, doc);
+	h->e.kind = TREE_KNOWLEDGE_DOC;
+	h->e.row = tree_row_of(TREE_KNOWLEDGE_DOC);
+	h->e.file = doc;
+	struct fuse_entry_param ep;
+	memset(&ep, 0, sizeof(ep));
+	r = fs_stat_path(f, path, &ep.attr);
+	if (r < 0) {
+		free(path);
+		handle_free(h);
+		return (void) fuse_reply_err(req, -r);
+	}
+	ep.ino = inode_table_ref(f->itab, path);
+	ep.generation = 1;
+	free(path);
+	fi->fh = (uint64_t) (uintptr_t) h;
+	fi->direct_io = 1;
+	if (fuse_reply_create(req, &ep, fi) != 0) {
+		inode_table_forget(f->itab, ep.ino, 1);
+		handle_free(h);
+	}
+}
+
+/* unlink, mkdir and rmdir in knowledge/. Takes dir. */
+static void knowledge_change(fuse_req_t req, struct fs *f, struct tree_entry *dir, const char *name,
+			     char op)
+{
+	int r = 0;
+	char *doc = fs_knowledge_child(dir, name, &r);
+	tree_entry_clear(dir);
+	if (!doc)
+		return (void) fuse_reply_err(req, op == 'm' ? -r : ENOENT);
+	uid_t uid = fuse_req_ctx(req)->uid;
+	struct knowledge_stat ks;
+	if (op == 'm') {
+		r = knowledge_mkdir(f->ctx.knowledge, doc, uid);
+	} else if (knowledge_stat(f->ctx.knowledge, doc, &ks) < 0) {
+		r = -ENOENT;
+	} else if (op == 'u') {
+		r = ks.dir ? -EISDIR : knowledge_delete(f->ctx.knowledge, doc, uid);
+	} else {
+		r = !ks.dir ? -ENOTDIR : knowledge_rmdir(f->ctx.knowledge, doc);
+	}
+	if (r == 0 && op == 'm') {
+		char *path = tree_join("/knowledge", doc);
+		struct fuse_entry_param ep;
+		memset(&ep, 0, sizeof(ep));
+		r = fs_stat_path(f, path, &ep.attr);
+		if (r == 0) {
+			ep.ino = inode_table_ref(f->itab, path);
+			ep.generation = 1;
+			if (fuse_reply_entry(req, &ep) != 0)
+				inode_table_forget(f->itab, ep.ino, 1);
+		}
+		free(path);
+		free(doc);
+		if (r == 0)
+			return;
+	} else {
+		free(doc);
+	}
+	fuse_reply_err(req, -r);
+}
+
 static void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 		      struct fuse_file_info *fi)
 {
 	struct fs *f = fuse_req_userdata(req);
+	struct tree_entry dir;
+	if (fs_knowledge_dir(f, parent, &dir))
+		return knowledge_create(req, f, &dir, name, fi);
 	if (!fs_parent_is_new(f, parent))
 		return (void) fuse_reply_err(req, EACCES);
 	if (!name_is_valid(name) || strlen(name) > 200)
@@ -1761,9 +1916,18 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 		return (void) fuse_reply_write(req, size);
 	}
 	if (h->writable) {
-		size_t max = h->e.kind == TREE_LEDGER_RECORD ? LEDGER_RECORD_MAX : (4u << 20);
-		if ((size_t) off + size > max)
+		size_t max = h->e.kind == TREE_LEDGER_RECORD   ? LEDGER_RECORD_MAX
+			     : h->e.kind == TREE_KNOWLEDGE_DOC ? KNOWLEDGE_DOC_MAX
+							       : (4u << 20);
+		if ((size_t) off + size > max) {
+			if (h->e.kind == TREE_KNOWLEDGE_DOC) {
+				/* the close commits nothing: no document cut short */
+				h->kerr = -EFBIG;
+				log_info("knowledge/%s: larger than %u bytes, not committed",
+					 h->e.file, KNOWLEDGE_DOC_MAX);
+			}
 			return (void) fuse_reply_err(req, EFBIG);
+		}
 		pthread_mutex_lock(&h->lock);
 		if (h->e.kind == TREE_PLACEMENT) {
 			/* seq: 0 nothing answered yet, 1 answered, 2 + BASE a new spec written
@@ -1832,11 +1996,20 @@ static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		buf_init(&body);
 		buf_append(&body, h->content.data ? h->content.data : "", h->content.len);
 		pthread_mutex_unlock(&h->lock);
+		int r;
+		if (h->e.kind == TREE_KNOWLEDGE_DOC && (h->kerr || dirty)) {
+			r = h->kerr ? h->kerr
+				    : fs_knowledge_commit(&f->ctx, h->e.file, &h->kbase, &body,
+							  h->uid);
+			if (r == -EBUSY)
+				h->kerr = r; /* the bytes are in NAME.conflict; a later close too */
+			buf_free(&body);
+			return (void) fuse_reply_err(req, -r);
+		}
 		if (!dirty) {
 			buf_free(&body);
 			return (void) fuse_reply_err(req, 0);
 		}
-		int r;
 		if (h->e.kind == TREE_PLACEMENT) {
 			/* a spec nobody read the answer to: close says whether it was good */
 			struct buf answer;
@@ -1914,6 +2087,41 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 					    TASKS_SPEC_MAX, &lim);
 		}
 		/* times and modes of a draft: accepted, not kept (cp -p, rsync -t) */
+	} else if (e.kind == TREE_KNOWLEDGE_DOC) {
+		struct handle *h = fi ? (struct handle *) (uintptr_t) fi->fh : NULL;
+		if ((to_set & FUSE_SET_ATTR_SIZE) && attr->st_size > KNOWLEDGE_DOC_MAX) {
+			r = -EFBIG;
+		} else if ((to_set & FUSE_SET_ATTR_SIZE) && h && h->writable) {
+			/* ftruncate on a writer: its copy, committed at close */
+			pthread_mutex_lock(&h->lock);
+			size_t want = (size_t) attr->st_size;
+			if (want < h->content.len) {
+				h->content.len = want;
+				h->content.data[want] = '\0';
+			}
+			while (h->content.len < want)
+				buf_append(&h->content, "", 1);
+			h->dirty = true;
+			pthread_mutex_unlock(&h->lock);
+		} else if (to_set & FUSE_SET_ATTR_SIZE) {
+			/* truncate(2) by path: a version of its own */
+			struct buf b;
+			buf_init(&b);
+			int64_t base = knowledge_latest(f->ctx.knowledge, e.file);
+			r = knowledge_read(f->ctx.knowledge, e.file, 0, &b);
+			size_t want = (size_t) attr->st_size;
+			if (want < b.len) {
+				b.len = want;
+				b.data[want] = '\0';
+			}
+			while (r == 0 && b.len < want)
+				buf_append(&b, "", 1);
+			if (r == 0)
+				r = fs_knowledge_commit(&f->ctx, e.file, &base, &b,
+							fuse_req_ctx(req)->uid);
+			buf_free(&b);
+		}
+		/* times and modes: accepted, not kept (cp -p, rsync -t) */
 	} else if (e.row->write == TREE_WRITE_CMD ||
 		   (e.row->write == TREE_WRITE_FLUSH && e.kind != TREE_PLACEMENT)) {
 		if (to_set &
@@ -1923,6 +2131,7 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	} else {
 		r = -EACCES;
 	}
+	bool knowledge = e.kind == TREE_KNOWLEDGE_DOC;
 	tree_entry_clear(&e);
 	struct stat st;
 	if (r == 0)
@@ -1930,12 +2139,17 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	free(path);
 	if (r < 0)
 		return (void) fuse_reply_err(req, -r);
+	if (knowledge)
+		knowledge_writer_size(fi, &st);
 	fuse_reply_attr(req, &st, 0);
 }
 
 static void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *f = fuse_req_userdata(req);
+	struct tree_entry dir;
+	if (fs_knowledge_dir(f, parent, &dir))
+		return knowledge_change(req, f, &dir, name, 'u');
 	if (!fs_parent_is_new(f, parent))
 		return (void) fuse_reply_err(req, EACCES);
 	int r = drafts_remove(f->ctx.drafts, name);
@@ -1946,6 +2160,12 @@ static void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 		      const char *newname, unsigned int flags)
 {
 	struct fs *f = fuse_req_userdata(req);
+	struct tree_entry dir;
+	if (fs_knowledge_dir(f, parent, &dir)) {
+		/* no rename between versioned names: mv copies and removes instead */
+		tree_entry_clear(&dir);
+		return (void) fuse_reply_err(req, EXDEV);
+	}
 	if (!fs_parent_is_new(f, parent) || !fs_parent_is_new(f, newparent))
 		return (void) fuse_reply_err(req, EACCES);
 	if (flags & RENAME_EXCHANGE)
@@ -2027,11 +2247,19 @@ static void fs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 
 static void fs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
+	struct fs *f = fuse_req_userdata(req);
+	struct tree_entry dir;
+	if (fs_knowledge_dir(f, parent, &dir))
+		return knowledge_change(req, f, &dir, name, 'm');
 	fs_deny(req);
 }
 
 static void fs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+	struct fs *f = fuse_req_userdata(req);
+	struct tree_entry dir;
+	if (fs_knowledge_dir(f, parent, &dir))
+		return knowledge_change(req, f, &dir, name, 'r');
 	fs_deny(req);
 }
 

@@ -105,6 +105,39 @@ static bool output_dir_exists(const struct tree_ctx *ctx, const struct tree_entr
 	return output_kind(ctx, e, s) == 0;
 }
 
+/* knowledge/ (backend/knowledge.h): a directory, a document, and in .versions/ a
+ * directory, a document's history, or one version of it ("NAME/N") */
+static bool kdir_exists(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s)
+{
+	struct knowledge_stat ks = {0};
+	return ctx->knowledge && knowledge_stat(ctx->knowledge, s, &ks) == 0 && ks.dir;
+}
+
+static bool kdoc_exists(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s)
+{
+	struct knowledge_stat ks = {0};
+	return ctx->knowledge && knowledge_stat(ctx->knowledge, s, &ks) == 0 && !ks.dir;
+}
+
+static bool khistory_exists(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s)
+{
+	return ctx->knowledge && knowledge_latest(ctx->knowledge, s) > 0;
+}
+
+static bool kversion_exists(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s)
+{
+	const char *slash = strrchr(s, '/');
+	if (!ctx->knowledge || !slash || slash[1] < '1' || slash[1] > '9')
+		return false;
+	char *end;
+	long long v = strtoll(slash + 1, &end, 10);
+	struct knowledge_stat ks = {0};
+	char *doc = strndup(s, (size_t) (slash - s));
+	bool r = !*end && knowledge_version_stat(ctx->knowledge, doc, v, &ks) == 0;
+	free(doc);
+	return r;
+}
+
 static const char *const groups[] = {"done", "failed", "queued", "running", NULL};
 
 struct tree_param {
@@ -112,21 +145,26 @@ struct tree_param {
 	size_t field;           /* the char * of struct tree_entry it fills */
 	const char *const *set; /* the only names it accepts (NULL-terminated); NULL: any */
 	bool (*exists)(const struct tree_ctx *ctx, const struct tree_entry *e, const char *s);
-	bool rest; /* "{name*}": the rest of the path, one or more segments */
+	bool rest;         /* "{name*}": the rest of the path, one or more segments */
+	bool last_is_name; /* rest: its last segment goes to tree_entry.name instead */
 };
 
 static const struct tree_param params[] = {
-	{"node", offsetof(struct tree_entry, node), NULL, node_exists, false},
-	{"task", offsetof(struct tree_entry, task), NULL, task_exists, false},
-	{"group", offsetof(struct tree_entry, name), groups, NULL, false},
-	{"draft", offsetof(struct tree_entry, name), NULL, draft_exists, false},
-	{"service", offsetof(struct tree_entry, name), NULL, service_exists, false},
-	{"file", offsetof(struct tree_entry, file), NULL, service_file_exists, false},
-	{"step", offsetof(struct tree_entry, name), NULL, step_exists, false},
-	{"metric", offsetof(struct tree_entry, name), NULL, metric_exists, false},
-	{"model", offsetof(struct tree_entry, file), NULL, model_exists, false},
-	{"output*", offsetof(struct tree_entry, file), NULL, output_exists, true},
-	{"outdir*", offsetof(struct tree_entry, file), NULL, output_dir_exists, true},
+	{"node", offsetof(struct tree_entry, node), NULL, node_exists, false, false},
+	{"task", offsetof(struct tree_entry, task), NULL, task_exists, false, false},
+	{"group", offsetof(struct tree_entry, name), groups, NULL, false, false},
+	{"draft", offsetof(struct tree_entry, name), NULL, draft_exists, false, false},
+	{"service", offsetof(struct tree_entry, name), NULL, service_exists, false, false},
+	{"file", offsetof(struct tree_entry, file), NULL, service_file_exists, false, false},
+	{"step", offsetof(struct tree_entry, name), NULL, step_exists, false, false},
+	{"metric", offsetof(struct tree_entry, name), NULL, metric_exists, false, false},
+	{"model", offsetof(struct tree_entry, file), NULL, model_exists, false, false},
+	{"output*", offsetof(struct tree_entry, file), NULL, output_exists, true, false},
+	{"outdir*", offsetof(struct tree_entry, file), NULL, output_dir_exists, true, false},
+	{"kdir*", offsetof(struct tree_entry, file), NULL, kdir_exists, true, false},
+	{"kdoc*", offsetof(struct tree_entry, file), NULL, kdoc_exists, true, false},
+	{"khistory*", offsetof(struct tree_entry, file), NULL, khistory_exists, true, false},
+	{"kversion*", offsetof(struct tree_entry, file), NULL, kversion_exists, true, true},
 };
 
 /* The parameter a pattern segment names ("{node}", len 6), or NULL for a literal one. */
@@ -205,6 +243,22 @@ static char **list_metrics(const struct tree_ctx *ctx, const struct tree_entry *
 static char **list_models(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_n)
 {
 	return models_list(ctx->models, ret_n);
+}
+
+static char **list_knowledge(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_n)
+{
+	if (!ctx->knowledge) {
+		*ret_n = 0;
+		return xcalloc(1, sizeof(char *));
+	}
+	bool all = e->kind == TREE_KNOWLEDGE_VERSIONS;
+	return knowledge_list(ctx->knowledge, e->file ? e->file : "", all, ret_n);
+}
+
+static char **list_knowledge_versions(const struct tree_ctx *ctx, const struct tree_entry *e,
+				      size_t *ret_n)
+{
+	return knowledge_versions(ctx->knowledge, e->file, ret_n);
 }
 
 static char **list_outputs(const struct tree_ctx *ctx, const struct tree_entry *e, size_t *ret_n)
@@ -338,6 +392,16 @@ const struct tree_row tree_rows[] = {
 	{"/ledger/record",               TREE_LEDGER_RECORD,     F, 0644,  OWN_D,  R_NONE,  M_START, C_GEN,  0,              W_FL,  0,      T,    T,    false, false, render_ledger_record,     NULL,               NULL},
 	{"/ledger/source",               TREE_LEDGER_SOURCE,     F, 0444,  OWN_D,  R_LED,   M_LED,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_ledger_source,     NULL,               NULL},
 
+	/* knowledge/ (backend/knowledge.h, fs/knowledge.c): versioned documents; every close
+	 * of a writer may change any of them, so nothing is cached */
+	{"/knowledge",                   TREE_KNOWLEDGE,         D, 01777, OWN_D,  R_NONE,  M_REND,  C_NONE, 0,              W_NO,  0,      0,    0,    true,  false, NULL,                     list_knowledge,     NULL},
+	{"/knowledge/.versions",         TREE_KNOWLEDGE_VERSIONS,D, 0555,  OWN_D,  R_NONE,  M_REND,  C_NONE, 0,              W_NO,  0,      0,    0,    true,  false, NULL,                     list_knowledge,     NULL},
+	{"/knowledge/.versions/{kdir*}", TREE_KNOWLEDGE_VERSIONS,D, 0555,  OWN_D,  R_NONE,  M_REND,  C_NONE, 0,              W_NO,  0,      0,    0,    true,  false, NULL,                     list_knowledge,     NULL},
+	{"/knowledge/.versions/{khistory*}",TREE_KNOWLEDGE_HISTORY,D,0555, OWN_D,  R_NONE,  M_REND,  C_NONE, 0,              W_NO,  0,      0,    0,    true,  false, NULL,                     list_knowledge_versions, NULL},
+	{"/knowledge/.versions/{kversion*}",TREE_KNOWLEDGE_VERSION,F,0444, OWN_D,  R_NONE,  M_REND,  C_NONE, 0,              W_NO,  0,      0,    0,    true,  false, NULL,                     NULL,               NULL},
+	{"/knowledge/{kdir*}",           TREE_KNOWLEDGE,         D, 01777, OWN_D,  R_NONE,  M_REND,  C_NONE, 0,              W_NO,  0,      0,    0,    true,  false, NULL,                     list_knowledge,     NULL},
+	{"/knowledge/{kdoc*}",           TREE_KNOWLEDGE_DOC,     F, 0644,  OWN_D,  R_NONE,  M_REND,  C_NONE, 0,              W_FL,  0,      0,    0,    true,  false, NULL,                     NULL,               NULL},
+
 	{"/models",                      TREE_MODELS,            D, 0555,  OWN_D,  R_MOD,   M_START, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_models,        NULL},
 	{"/models/{model}",              TREE_MODEL,             D, 0555,  OWN_D,  R_MOD,   M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               NULL},
 	{"/models/{model}/nodes",        TREE_MODEL_NODES,       F, 0444,  OWN_D,  R_MOD,   M_MOD,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_model_nodes,       NULL,               NULL},
@@ -448,9 +512,28 @@ static int row_entry(const struct tree_ctx *ctx, const struct tree_row *row, con
 			tree_entry_clear(e);
 			return -ENOENT;
 		}
+		if (ps[i]->last_is_name) {
+			char *slash = strrchr(value, '/');
+			e->name = xstrdup(slash + 1);
+			*slash = '\0';
+		}
 		*(char **) ((char *) e + ps[i]->field) = value;
 	}
 	return 0;
+}
+
+bool tree_kind_is_knowledge(enum tree_kind kind)
+{
+	return (kind >= TREE_KNOWLEDGE && kind <= TREE_KNOWLEDGE_HISTORY) ||
+	       kind == TREE_KNOWLEDGE_DOC || kind == TREE_KNOWLEDGE_VERSION;
+}
+
+const struct tree_row *tree_row_of(enum tree_kind kind)
+{
+	for (size_t i = 0; i < tree_n_rows; i++)
+		if (tree_rows[i].kind == kind)
+			return &tree_rows[i];
+	return NULL;
 }
 
 int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entry *ret)

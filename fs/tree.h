@@ -4,6 +4,7 @@
 
 #include "backend/artifacts.h"
 #include "backend/cluster.h"
+#include "backend/knowledge.h"
 #include "backend/ledger.h"
 #include "backend/models.h"
 #include "backend/services.h"
@@ -27,6 +28,7 @@ struct tree_ctx {
 	struct models *models;
 	struct store *store;         /* backup/state.db copies it */
 	struct artifacts *artifacts; /* tasks/ID/files/, or NULL */
+	struct knowledge *knowledge; /* knowledge/, or NULL */
 };
 
 /* The paths fs/ and the renderers single out by name; a row nothing singles out may be
@@ -52,6 +54,10 @@ enum tree_kind {
 	TREE_MODEL,
 	TREE_NODE_MODELS,
 	TREE_TASK_FILES, /* tasks/ID/files/ and its subdirectories (file: the path in it) */
+	/* knowledge/ (file: the path below it, NULL for the top) */
+	TREE_KNOWLEDGE,          /* knowledge/ and its subdirectories */
+	TREE_KNOWLEDGE_VERSIONS, /* knowledge/.versions/ and the directories in it */
+	TREE_KNOWLEDGE_HISTORY,  /* knowledge/.versions/NAME: one document's versions */
 	TREE_BACKUP,
 	/* files at the top */
 	TREE_README,
@@ -104,6 +110,9 @@ enum tree_kind {
 	TREE_MODEL_INFO,
 	TREE_NODE_MODEL,
 	TREE_NODE_MODELS_CTL,
+	/* knowledge/ */
+	TREE_KNOWLEDGE_DOC,     /* knowledge/NAME (file: NAME) */
+	TREE_KNOWLEDGE_VERSION, /* knowledge/.versions/NAME/N (file: NAME, name: N) */
 	/* backup/ */
 	TREE_BACKUP_STATE, /* state.db: a copy of the store made at open */
 	/* symlinks */
@@ -187,7 +196,7 @@ enum tree_write {
  * (httpd/server.h): a literal segment matches itself, a "{param}" segment any one name
  * the parameter accepts (tree.c's param table says which and how it is checked to
  * exist); a "{param*}" segment, last in a pattern, one or more segments (an output's
- * path). The first row that matches and whose parameters exist wins. */
+ * or a knowledge document's path). The first row that matches and whose parameters exist wins. */
 struct tree_row {
 	const char *pattern; /* "/nodes/{node}/health" */
 	enum tree_kind kind; /* what fs/ singles out; TREE_PLAIN when nothing */
@@ -220,6 +229,13 @@ struct tree_row {
 /* The table, tree_n_rows rows, in match order. */
 extern const struct tree_row tree_rows[];
 extern const size_t tree_n_rows;
+
+/* True for the paths under knowledge/. */
+bool tree_kind_is_knowledge(enum tree_kind kind);
+
+/* The first row of a kind (a handle made for a path not in the tree yet: a knowledge
+ * document being created), or NULL. */
+const struct tree_row *tree_row_of(enum tree_kind kind);
 
 /* The row a path matches by its shape alone (nothing is looked up), or NULL. Each
  * "{param}" segment's offset and length in path go to ret_caps (TREE_MAX_PARAMS), their

@@ -213,7 +213,9 @@ def test_environment_is_minimal(start_agent):
     agent.post({"id": "env-min", "cmd": ["env"], "env": {"PATH": "/bin:/usr/bin"}})
     assert agent.wait_final("env-min")["state"] == "succeeded"
     env = dict(line.split("=", 1) for line in agent.output("env-min")[0].decode().splitlines())
-    assert set(env) == {"PATH", "HOME", "CLUSTERFS_TASK_ID", "CLUSTERFS_NODE"}
+    assert set(env) == {"PATH", "HOME", "CLUSTERFS_TASK_ID", "CLUSTERFS_NODE",
+                        "CLUSTERFS_KNOWLEDGE"}
+    assert env["CLUSTERFS_KNOWLEDGE"] == os.path.realpath(agent.state_dir) + "-knowledge"
     assert env["PATH"] == "/bin:/usr/bin"
     assert env["CLUSTERFS_TASK_ID"] == "env-min"
     assert env["CLUSTERFS_NODE"] == socket.gethostname()  # the agent's --name default

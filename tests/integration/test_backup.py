@@ -83,7 +83,7 @@ def test_copy_is_consistent(copied):
     assert len(before) >= 80 and after
     db = sqlite3.connect(copied["copy"])
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    assert db.execute("PRAGMA user_version").fetchone() == (4,)
+    assert db.execute("PRAGMA user_version").fetchone() == (5,)
     rows = dict(db.execute("SELECT id, spec FROM tasks"))
     db.close()
     # every task whose close() returned before the open is in the copy; none whose close()
@@ -119,7 +119,7 @@ def test_restore_into_a_new_state_dir_and_mount_it(copied):
     new = tmp / "restored"
     r = restore(copied["copy"], "-s", new)
     assert r.returncode == 0, r.stderr
-    assert f"into {new}/clusterfs.db (schema version 4)" in r.stdout
+    assert f"into {new}/clusterfs.db (schema version 5)" in r.stdout
     assert oct(os.stat(new / "clusterfs.db").st_mode & 0o777) == "0o600"
     before = {n for n, _, t1 in copied["done"] if t1 < copied["times"]["before"]}
     (tmp / "m-restored").mkdir()
@@ -169,7 +169,7 @@ def test_restore_refuses_what_is_not_a_store(tmp_path):
     db.close()
     r = restore(newer, "-s", tmp_path / "s3")
     assert r.returncode == 7
-    assert "has schema version 99, newer than this clusterfs knows (4)" in r.stderr
+    assert "has schema version 99, newer than this clusterfs knows (5)" in r.stderr
     # nothing was left in the state directories it refused
     for d in ("s1", "s2", "s3"):
         assert os.listdir(tmp_path / d) == []

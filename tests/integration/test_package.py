@@ -151,7 +151,8 @@ def test_debian_packages(tmp_path):
             assert pkg_status(p) == "not-installed", p
         left = [f for f in listed if f and os.path.lexists(f) and not os.path.isdir(f)]
         assert left == [], f"files of the packages left after purge: {left}"
-        for d in ("/var/lib/clusterfs", "/var/lib/clusterfs-agent", "/usr/libexec/clusterfs",
+        for d in ("/var/lib/clusterfs", "/var/lib/clusterfs-agent",
+                  "/var/lib/clusterfs-agent-knowledge", "/usr/libexec/clusterfs",
                   "/usr/share/clusterfs"):
             assert not os.path.lexists(d), f"{d} left after purge"
         assert not list(Path("/etc/systemd/system").rglob("clusterfs*")), "unit links left"

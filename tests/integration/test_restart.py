@@ -20,7 +20,7 @@ def test_events_and_drain_survive_restart(tmp_path, token, agents, mount):
 
     # the store holds them (written by the loop, or at the latest on unmount)
     db = sqlite3.connect(state / "clusterfs.db")
-    assert db.execute("PRAGMA user_version").fetchone() == (4,)
+    assert db.execute("PRAGMA user_version").fetchone() == (5,)
     assert db.execute("SELECT node FROM drains").fetchall() == [("n2",)]
     kept = "".join(r[0] for r in db.execute("SELECT line FROM events ORDER BY seq"))
     db.close()

@@ -57,6 +57,8 @@ static const struct {
 	{"/tasks/build-1/stderr", TREE_TASK_STDERR},
 	{"/tasks/build-1/result", TREE_TASK_RESULT},
 	{"/tasks/build-1/files", TREE_TASK_FILES},
+	{"/knowledge", TREE_KNOWLEDGE},
+	{"/knowledge/.versions", TREE_KNOWLEDGE_VERSIONS},
 	{"/tasks/build-1/wait", TREE_TASK_WAIT},
 	{"/tasks/build-1/ctl", TREE_TASK_CTL},
 	{"/tasks/queued", TREE_TASKS_GROUP},

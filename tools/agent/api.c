@@ -4,6 +4,7 @@
 #include "tools/agent/staging.h"
 
 #include "backend/util.h"
+#include "tools/agent/knowledge.h"
 #include "tools/agent/ledger.h"
 
 #include <errno.h>
@@ -162,6 +163,7 @@ int api_health_doc(const struct api_context *ctx, json_t **ret_doc, char *errbuf
 	json_put(doc, "gpus", api_gpus_json(&smp, true, &ok), &ok);
 	json_put(doc, "tasks_running", json_integer((json_int_t) tasks_count_running(ctx->tasks)),
 		 &ok);
+	json_put(doc, "knowledge_seq", json_integer((json_int_t) knowledge_replica_seq()), &ok);
 	if (!ok) {
 		json_decref(doc);
 		snprintf(errbuf, errlen, "out of memory");
@@ -313,6 +315,18 @@ static int api_stage_upload(struct request *req, const char *data, size_t len)
 	return staging_upload(ctx->state_dir, req, data, len);
 }
 
+static int api_knowledge_put(struct request *req, struct response *resp)
+{
+	const struct api_context *ctx = req->userdata;
+	return knowledge_handle_put(ctx->state_dir, req, resp);
+}
+
+static int api_knowledge_delete(struct request *req, struct response *resp)
+{
+	const struct api_context *ctx = req->userdata;
+	return knowledge_handle_delete(ctx->state_dir, req, resp);
+}
+
 static int api_cancel_task(struct request *req, struct response *resp)
 {
 	const struct api_context *ctx = req->userdata;
@@ -332,6 +346,8 @@ const struct route api_routes[] = {
 	{"GET", "/api/node/tasks/{id}/files/{*}", api_task_file},
 	{"POST", "/api/node/staging/{id}/{*}", api_stage_input},
 	{"PUT", "/api/node/staging/{id}/{*}", api_stage_put},
+	{"PUT", "/api/node/knowledge/{*}", api_knowledge_put},
+	{"DELETE", "/api/node/knowledge/{*}", api_knowledge_delete},
 	/* The checkpoint ledger (ledger.h); best and summary before {step}. */
 	{"GET", "/api/ledger", ledger_handle_list},
 	{"GET", "/api/ledger/best", ledger_handle_best},

@@ -16,6 +16,7 @@
 #include "tools/agent/tasks.h"
 #include "httpd/tls.h"
 #include "tools/agent/join.h"
+#include "tools/agent/knowledge.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -652,6 +653,11 @@ int main(int argc, char **argv)
 	}
 	tasks_set_output_limits(tasks, opts.outputs_max_files, opts.outputs_max_bytes);
 	staging_reset(state_dir);
+	r = knowledge_replica_open(state_dir, errbuf, sizeof(errbuf));
+	if (r < 0) {
+		log_err("%s", errbuf);
+		goto out_close_tasks;
+	}
 
 	r = sysinfo_sampler_start(&sampler);
 	if (r < 0) {

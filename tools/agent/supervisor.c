@@ -612,8 +612,9 @@ bool supervisor_env_is_identity(const char *key)
 	       strcmp(key, "LOGNAME") == 0 || strcmp(key, "SHELL") == 0;
 }
 
-/* The minimal environment plus the spec's "env": PATH, HOME, CLUSTERFS_TASK_ID and
- * CLUSTERFS_NODE (the agent's name, from the spec's "node"), and
+/* The minimal environment plus the spec's "env": PATH, HOME, CLUSTERFS_TASK_ID,
+ * CLUSTERFS_NODE (the agent's name, from the spec's "node"), CLUSTERFS_KNOWLEDGE (the
+ * node's replica of knowledge/, knowledge.h), and
  * USER, LOGNAME and SHELL too for a task with a passwd entry, whose HOME is the entry's.
  * The spec may override PATH, but neither CLUSTERFS_TASK_ID nor the identity. Sets
  * *ret_path to the PATH in effect (borrowed from envp). */
@@ -625,7 +626,8 @@ static int sup_build_env(struct sup *s, const char **ret_path)
 			   : pw && pw->pw_dir && pw->pw_dir[0] ? pw->pw_dir
 							       : getenv("HOME");
 	const char *node = json_string_value(json_object_get(s->spec, "node"));
-	size_t n = 0, max = 7 + json_object_size(env) + 1;
+	const char *knowledge = getenv("CLUSTERFS_KNOWLEDGE"); /* the agent's replica */
+	size_t n = 0, max = 8 + json_object_size(env) + 1;
 	const char *key;
 	json_t *value;
 
@@ -637,6 +639,8 @@ static int sup_build_env(struct sup *s, const char **ret_path)
 	s->envp[n++] = env_entry("CLUSTERFS_TASK_ID", s->id);
 	if (node)
 		s->envp[n++] = env_entry("CLUSTERFS_NODE", node);
+	if (knowledge)
+		s->envp[n++] = env_entry("CLUSTERFS_KNOWLEDGE", knowledge);
 	if (s->passwd) {
 		s->envp[n++] = env_entry("USER", s->user);
 		s->envp[n++] = env_entry("LOGNAME", s->user);
