@@ -65,8 +65,8 @@ struct fs {
 /* The generation of a file's data: what its row's gen column names. Equal stamps, equal
  * bytes. */
 struct stamp {
-	uint64_t cluster;
-	double node, config, tasks, models;
+	uint64_t cluster, task, node_models;
+	double node, config, tasks, models, ledger, fetched, events;
 };
 
 /* Bytes shared by a snapshot and the handles that read them; immutable. */
@@ -470,16 +470,30 @@ static void stamp_of(struct fs *f, const struct tree_entry *e, struct stamp *ret
 		ret->node = cluster_node_changed_at(f->cluster, e->node);
 		ret->config = cluster_changed_at(f->cluster); /* address, role, tier */
 	}
+	if (gen & (TREE_GEN_MODELS | TREE_GEN_TASK | TREE_GEN_LEDGER))
+		ret->config = cluster_changed_at(f->cluster);
 	if (gen & TREE_GEN_TASKS)
 		ret->tasks = tasks_changed_at(f->ctx.tasks);
 	if (gen & TREE_GEN_MODELS)
 		ret->models = models_changed_at(f->ctx.models);
+	if ((gen & TREE_GEN_TASK) && e->task)
+		ret->task = tasks_task_generation(f->ctx.tasks, e->task);
+	if (gen & TREE_GEN_LEDGER)
+		ret->ledger = ledger_changed_at(f->ctx.ledger);
+	if (gen & TREE_GEN_FETCH)
+		ret->fetched = ledger_fetched_at(f->ctx.ledger);
+	if ((gen & TREE_GEN_NODE_MODELS) && e->node)
+		ret->node_models = models_node_refreshed_us(f->ctx.models, e->node);
+	if (gen & TREE_GEN_EVENTS)
+		cluster_events_size(f->cluster, &ret->events);
 }
 
 static bool stamp_equal(const struct stamp *a, const struct stamp *b)
 {
-	return a->cluster == b->cluster && a->node == b->node && a->config == b->config &&
-	       a->tasks == b->tasks && a->models == b->models;
+	return a->cluster == b->cluster && a->task == b->task && a->node_models == b->node_models &&
+	       a->node == b->node && a->config == b->config && a->tasks == b->tasks &&
+	       a->models == b->models && a->ledger == b->ledger && a->fetched == b->fetched &&
+	       a->events == b->events;
 }
 
 /* The hold window of _HELD snapshots: probe.max_age_ms, at most HELD_US. */
