@@ -1,7 +1,7 @@
-/* What the files of fs/ share, private to fs/: fs.c (the operations: lookup, getattr,
- * open, read, release, the directories), pending.c (requests parked on a refresh),
- * notify.c (the notifier thread), submit.c (tasks/new/ and the writes), snap.c
- * (snapshots by generation).
+/* What the files of fs/ share, private to fs/: fs.c (the operations table, lookup,
+ * getattr, open, read, release), dir.c (the directories), pending.c (requests parked on
+ * a refresh), notify.c (the notifier thread), submit.c (tasks/new/ and the writes),
+ * snap.c (snapshots by generation).
  *
  * Locks. f->lock protects the session, the notify queue and its flags, and the lists of
  * open files and directories (f->handles, f->dirs); f->snap_lock protects the snapshot
@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 struct notify;
@@ -86,6 +87,115 @@ struct dir_handle {
 	struct fs *f;
 	struct dir_handle *prev, *next; /* in f->dirs, protected by f->lock */
 };
+
+/* ---- fs.c, pending.c ---- */
+
+/* A request parked on a refresh (pending.c). */
+enum pending_op { PENDING_LOOKUP, PENDING_OPENDIR, PENDING_OPEN, PENDING_GETATTR };
+
+struct pending {
+	enum pending_op op;
+	fuse_req_t req;
+	struct fs *f;
+	fuse_ino_t ino;           /* lookup: the parent; open(dir): the inode */
+	char *name;               /* lookup */
+	struct fuse_file_info fi; /* copied: FUSE's is gone once the callback returns */
+	struct handle *h;         /* open */
+	int waiting;              /* refreshes not finished yet (atomic), for /health */
+};
+
+/* ---- fs.c ---- */
+
+/* Finds the path of an inode: the table, else (an NFS handle from before a restart) a walk
+ * of the current tree. Returns a new string or NULL. */
+char *fs_ino_path(struct fs *f, fuse_ino_t ino);
+
+/* The config's limits on a user's drafts in tasks/new/. */
+struct drafts_limits draft_limits(struct fs *f);
+
+/* The attributes of path as they are now (for a kept file: its snapshot's size and
+ * mtime; nothing is rendered for a stat of unchanged data). 0 or -errno. */
+int fs_stat_path(struct fs *f, const char *path, struct stat *st);
+
+/* The row's timeouts for a path (both 0 for a path the tree lacks). */
+void timeouts_for(const char *path, double *ret_entry, double *ret_attr);
+
+/* Answers a lookup of name in parent (after the refresh it waited for, if any). */
+void lookup_finish(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name);
+
+/* Answers a getattr of ino. */
+void getattr_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino);
+
+/* Unlinks an open file from f->handles (taking f->lock) and frees it. */
+void handle_free(struct handle *h);
+
+/* A new open file of f, linked into f->handles (taking f->lock). */
+struct handle *handle_new(struct fs *f);
+
+/* Renders the file into the handle and answers the open. Runs on a FUSE worker, or on
+ * the loop thread after a refresh. Takes ownership of h. */
+void open_finish(fuse_req_t req, struct fs *f, struct handle *h, struct fuse_file_info *fi);
+
+/* Answers a read of size bytes at off from the handle's snapshot or content; 0 bytes
+ * past the end. */
+void reply_slice(fuse_req_t req, struct handle *h, size_t size, off_t off);
+
+/* ---- pending.c ---- */
+
+/* Starts the refresh `e` needs, if any: 1 when nothing needs to wait (data fresh, or no
+ * refresh applies), 0 when p will be finished later. */
+int refresh_then(struct fs *f, const struct tree_entry *e, struct pending *p);
+
+/* A stat of a file that an open would refresh (health, status) refreshes it first, so
+ * that the size it reports is that of the bytes the open then reads (see struct snap):
+ * answered from the loop thread when the probe ended. 1 when nothing needs to wait. */
+int stat_refresh_then(struct fs *f, const char *path, struct pending *p);
+
+/* A request parked until a refresh ends; pending_finish answers and frees it. */
+struct pending *pending_new(enum pending_op op, fuse_req_t req, struct fs *f);
+
+/* Frees a request that was answered without waiting. */
+void pending_free(struct pending *p);
+
+/* Opens services/NAME/FILE for reading: GETs the endpoint, answers with its body. */
+void service_get_open(fuse_req_t req, struct fs *f, struct handle *h, struct fuse_file_info *fi);
+
+/* Opens tasks/ID/files/NAME: the control plane's copy, fetched into it first if need be. */
+void task_file_open(fuse_req_t req, struct fs *f, struct handle *h, struct fuse_file_info *fi);
+
+/* A read of tasks/ID/wait: answered once the task ended, holding no thread. */
+void read_wait(fuse_req_t req, struct fs *f, struct handle *h, size_t size, off_t off);
+
+/* ---- dir.c ---- */
+
+/* Unlinks an open directory from f->dirs (taking f->lock) and frees it. */
+void dir_handle_free(struct dir_handle *d);
+
+/* Answers an opendir of ino with its listing (after the refresh it waited for). */
+void opendir_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file_info *fi);
+
+/* The directory operations (dir.c). */
+void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
+void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi);
+void fs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+
+/* ---- submit.c ---- */
+
+/* The operations that create, write and rename: tasks/new/, ctl files, flushed
+ * writes (submit.c). */
+void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+	       struct fuse_file_info *fi);
+void fs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
+	      struct fuse_file_info *fi);
+void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		struct fuse_file_info *fi);
+void fs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
+void fs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+	       const char *newname, unsigned int flags);
 
 /* ---- snap.c ---- */
 

@@ -160,7 +160,7 @@ bool snap_ready(struct fs *f, uint64_t ino, const struct tree_entry *e)
  * stat (for_stat) marks it told and, for a _HELD one, starts its hold window; an open that
  * lets the page cache hold it marks it paged (snap_paged). */
 int snap_get(struct fs *f, uint64_t ino, const struct tree_entry *e, bool for_stat,
-		    struct snap_use *ret)
+	     struct snap_use *ret)
 {
 	struct stamp now;
 	stamp_of(f, e, &now);

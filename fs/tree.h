@@ -152,7 +152,7 @@ enum tree_cache {
 	TREE_CACHE_GEN,   /* a snapshot kept until the data's generation (the gen column) moves:
 			  * stat, lookup and open in between share its bytes, size and mtime */
 	TREE_CACHE_HELD,  /* likewise, and refreshed first when stale; the snapshot a stat made
-			  * is what an open within probe.max_age_ms reads (struct snap, fs.c) */
+			  * is what an open within probe.max_age_ms reads (struct snap, snap.c) */
 	TREE_CACHE_GROWS, /* only grows: a read past the handle's end fetches what is new */
 	TREE_CACHE_NONE,  /* not rendered: a draft, wait, backup/state.db, a service's GET */
 };
