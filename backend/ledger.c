@@ -768,3 +768,11 @@ out_free_entry:
 	json_decref(e);
 	return r;
 }
+
+double ledger_fetched_at(struct ledger *l)
+{
+	pthread_mutex_lock(&l->lock);
+	double r = l->failed_at > l->fetched_at ? l->failed_at : l->fetched_at;
+	pthread_mutex_unlock(&l->lock);
+	return r;
+}

@@ -43,6 +43,9 @@ int ledger_render_best(struct ledger *l, const char *file, struct buf *out);
 void ledger_render_summary(struct ledger *l, struct buf *out);
 void ledger_render_source(struct ledger *l, struct buf *out);
 double ledger_changed_at(struct ledger *l);
+/* Wall time of the last fetch of the entries, or of the last failed one (0 before any):
+ * what ledger/source shows moves with it. */
+double ledger_fetched_at(struct ledger *l);
 
 /* True when lower values of this metric are better: names with loss, error or
  * perplexity in them. */

@@ -1613,3 +1613,12 @@ void models_free(struct models *m)
 	pthread_mutex_destroy(&m->lock);
 	free(m);
 }
+
+uint64_t models_node_refreshed_us(struct models *m, const char *node)
+{
+	pthread_mutex_lock(&m->lock);
+	struct mnode *n = node_find(m, node);
+	uint64_t r = n ? n->data_us : 0;
+	pthread_mutex_unlock(&m->lock);
+	return r;
+}

@@ -79,6 +79,9 @@ int models_render_nodes(struct models *m, const char *model, bool loaded_only, s
 int models_render_info(struct models *m, const char *model, struct buf *out);
 /* Wall time the model data last changed (for mtimes). */
 double models_changed_at(struct models *m);
+/* Monotonic start of node's last refresh of its model servers (0 when none): its model
+ * files' checked_at and error move with it. */
+uint64_t models_node_refreshed_us(struct models *m, const char *node);
 
 /* The MODEL argument of models_node_render, models_render_nodes and models_render_info is the
  * model's name (decoded from the file name by the caller); NAME in a ctl command is a model

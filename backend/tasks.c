@@ -2969,3 +2969,40 @@ static bool inputs_ready_locked(struct tasks *t, struct task *k)
 	json_decref(producers);
 	return false;
 }
+
+uint64_t tasks_task_generation(struct tasks *t, const char *id)
+{
+	uint64_t h = 0;
+	pthread_mutex_lock(&t->lock);
+	struct task *k = lookup_locked(t, id);
+	if (k) {
+		/* what tasks_get and its result show of it (a Slurm job's fields besides),
+		 * hashed (FNV-1a): not every change of a reason or an agent's answer moves
+		 * changed_at */
+		struct buf b;
+		buf_init(&b);
+		buf_printf(&b, "%.6f|%s|%s|%s|%s|%s|%d|%d|%d|%u|%u|%zu|%zu|%zu|%zu|%d",
+			   k->changed_at, k->row.state, k->row.node ? k->row.node : "",
+			   k->row.reason ? k->row.reason : "",
+			   k->row.placement ? k->row.placement : "",
+			   k->row.dispatch_id ? k->row.dispatch_id : "", k->row.exit_code,
+			   k->row.attempts, k->row.priority, (unsigned) k->row.uid,
+			   (unsigned) k->row.gid, k->out_stored ? k->stored_len[0] : k->out[0].len,
+			   k->out_stored ? k->stored_len[1] : k->out[1].len,
+			   k->result ? strlen(k->result) : 0, k->n_children,
+			   k->row.node && !k->n_children);
+		if (json_object_get(k->remote_doc, "slurm_job_id")) {
+			char *s = json_dumps(k->remote_doc, JSON_COMPACT | JSON_SORT_KEYS);
+			buf_puts(&b, s ? s : "");
+			free(s);
+		}
+		h = 1469598103934665603ull;
+		for (size_t i = 0; i < b.len; i++)
+			h = (h ^ (unsigned char) b.data[i]) * 1099511628211ull;
+		h |= 1; /* never 0, which stands for no task */
+		buf_free(&b);
+	}
+	cache_trim_locked(t);
+	pthread_mutex_unlock(&t->lock);
+	return h;
+}

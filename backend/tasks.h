@@ -114,6 +114,10 @@ char **tasks_list(struct tasks *t, const char *group, const char *node, size_t *
 void tasks_count_states(struct tasks *t, const char *node, size_t ret_counts[TASK_N_STATES]);
 /* Wall time the set of tasks last changed (for directory mtimes). */
 double tasks_changed_at(struct tasks *t);
+/* A generation of task `id`'s own data: it moves whenever what tasks_get shows of it
+ * changes (state, reason, output sizes, owner, ...), so equal values mean equal files in
+ * tasks/ID/ (fs/ keeps snapshots by it). 0 when there is no such task. */
+uint64_t tasks_task_generation(struct tasks *t, const char *id);
 
 /* Appends a task's output ("stdout" or "stderr") from byte `offset` to out: from memory
  * while it runs, from the store once it ended. Output the retention removed reads as one

@@ -374,6 +374,11 @@ int render_alerts(const struct tree_ctx *ctx, const struct tree_entry *e, struct
 		buf_puts(out, "\n");
 	}
 	cluster_render_alerts(c, out);
+	/* an alert comes and goes with an event: the file's mtime moves with them */
+	double emt = 0;
+	cluster_events_size(c, &emt);
+	if (emt > *ret_mtime)
+		*ret_mtime = emt;
 	free_views(views, n);
 	return 0;
 }
@@ -904,6 +909,9 @@ int render_ledger_source(const struct tree_ctx *ctx, const struct tree_entry *e,
 			 double *ret_mtime, uint64_t *ret_seq)
 {
 	ledger_render_source(ctx->ledger, out);
+	double fmt = ledger_fetched_at(ctx->ledger); /* fetched_at, age_s, error */
+	if (fmt > *ret_mtime)
+		*ret_mtime = fmt;
 	return 0;
 }
 

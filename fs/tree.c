@@ -303,6 +303,11 @@ static char **list_outputs(const struct tree_ctx *ctx, const struct tree_entry *
 #define G_NODE TREE_GEN_NODE
 #define G_TASK TREE_GEN_TASKS
 #define G_MOD TREE_GEN_MODELS
+#define G_THIS TREE_GEN_TASK
+#define G_LED TREE_GEN_LEDGER
+#define G_FET TREE_GEN_FETCH
+#define G_NMOD TREE_GEN_NODE_MODELS
+#define G_EV TREE_GEN_EVENTS
 #define C_GROW TREE_CACHE_GROWS
 #define C_NONE TREE_CACHE_NONE
 #define W_NO TREE_WRITE_NONE
@@ -328,7 +333,7 @@ const struct tree_row tree_rows[] = {
 	{"/README",                      TREE_README,            F, 0444,  OWN_D,  R_NONE,  M_START, C_GEN,  0,              W_NO,  0,      LONG, LONG, false, false, render_readme,            NULL,               NULL},
 	{"/config",                      TREE_CONFIG,            F, 0444,  OWN_D,  R_NONE,  M_CLU,   C_GEN,  G_CLU,          W_NO,  I_CLU,  LONG, LONG, false, false, render_config,            NULL,               NULL},
 	{"/stats",                       TREE_STATS,             F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_CLU | G_TASK, W_NO,  I_CLU,  LONG, T,    true,  false, render_stats,             NULL,               NULL},
-	{"/alerts",                      TREE_ALERTS,            F, 0444,  OWN_D,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  I_CLU,  LONG, T,    true,  false, render_alerts,            NULL,               NULL},
+	{"/alerts",                      TREE_ALERTS,            F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_CLU | G_EV,   W_NO,  I_CLU,  LONG, T,    true,  false, render_alerts,            NULL,               NULL},
 	{"/events",                      TREE_EVENTS,            F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GROW, 0,              W_NO,  I_CLU,  LONG, 0,    true,  false, render_events,            NULL,               NULL},
 	{"/metrics",                     TREE_METRICS,           F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_CLU | G_TASK, W_NO,  I_CLU,  LONG, T,    true,  false, render_metrics,           NULL,               NULL},
 	{"/topology.json",               TREE_TOPOLOGY_JSON,     F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_CLU | G_MOD,  W_NO,  I_CLU,  LONG, T,    true,  false, render_topology_json,     NULL,               NULL},
@@ -349,13 +354,13 @@ const struct tree_row tree_rows[] = {
 	{"/nodes/{node}/role",           TREE_NODE_ROLE,         F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_role,         NULL,               NULL},
 	{"/nodes/{node}/tier",           TREE_NODE_TIER,         F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_tier,         NULL,               NULL},
 	{"/nodes/{node}/capabilities",   TREE_NODE_CAPABILITIES, F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE,         W_NO,  I_NODE, LONG, LONG, false, false, render_node_capabilities, NULL,               NULL},
-	{"/nodes/{node}/reliability",    TREE_NODE_RELIABILITY,  F, 0444,  OWN_D,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, render_node_reliability,  NULL,               NULL},
+	{"/nodes/{node}/reliability",    TREE_NODE_RELIABILITY,  F, 0444,  OWN_D,  R_NONE,  M_REND,  C_GEN,  G_NODE | G_TASK, W_NO, 0,      LONG, T,    true,  false, render_node_reliability,  NULL,               NULL},
 	{"/nodes/{node}/ctl",            TREE_NODE_CTL,          F, 0644,  OWN_D,  R_NONE,  M_START, C_GEN,  0,              W_CMD, 0,      LONG, LONG, false, false, render_node_ctl,          NULL,               NULL},
 	{"/nodes/{node}/tasks",          TREE_NODE_TASKS,        D, 0555,  OWN_D,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_node_tasks,    NULL},
 	{"/nodes/{node}/tasks/{task}",   TREE_NODE_TASK_LINK,    L, 0777,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               "../../../tasks/{task}"},
 	{"/nodes/{node}/models",         TREE_NODE_MODELS,       D, 0555,  OWN_D,  R_NMOD,  M_START, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_node_models,   NULL},
-	{"/nodes/{node}/models/ctl",     TREE_NODE_MODELS_CTL,   F, 0644,  OWN_D,  R_NMOD,  M_MOD,   C_OPEN, 0,              W_CMD, 0,      LONG, T,    true,  false, render_node_models_ctl,   NULL,               NULL},
-	{"/nodes/{node}/models/{model}", TREE_NODE_MODEL,        F, 0444,  OWN_D,  R_NMOD,  M_MOD,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_node_model,        NULL,               NULL},
+	{"/nodes/{node}/models/ctl",     TREE_NODE_MODELS_CTL,   F, 0644,  OWN_D,  R_NMOD,  M_MOD,   C_GEN,  G_MOD,          W_CMD, 0,      LONG, T,    true,  false, render_node_models_ctl,   NULL,               NULL},
+	{"/nodes/{node}/models/{model}", TREE_NODE_MODEL,        F, 0444,  OWN_D,  R_NMOD,  M_MOD,   C_GEN,  G_MOD | G_NMOD, W_NO,  0,      T,    T,    true,  false, render_node_model,        NULL,               NULL},
 
 	{"/tasks",                       TREE_TASKS,             D, 0555,  OWN_D,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  true,  NULL,                     list_tasks,         NULL},
 	{"/tasks/new",                   TREE_TASKS_NEW,         D, 01777, OWN_D,  R_NONE,  M_DRAFT, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_drafts,        NULL},
@@ -363,16 +368,16 @@ const struct tree_row tree_rows[] = {
 	{"/tasks/{group}",               TREE_TASKS_GROUP,       D, 0555,  OWN_D,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_group,         NULL},
 	{"/tasks/{group}/{task}",        TREE_TASK_LINK,         L, 0777,  OWN_D,  R_NONE,  M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               "../{task}"},
 	{"/tasks/{task}",                TREE_TASK,              D, 0555,  OWN_T,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               NULL},
-	{"/tasks/{task}/spec",           TREE_TASK_SPEC,         F, 0444,  OWN_P,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_task_spec,         NULL,               NULL},
-	{"/tasks/{task}/status",         TREE_TASK_STATUS,       F, 0444,  OWN_T,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    0,    true,  false, render_task_status,       NULL,               NULL},
-	{"/tasks/{task}/node",           TREE_TASK_NODE,         F, 0444,  OWN_T,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    0,    true,  false, render_task_node,         NULL,               NULL},
-	{"/tasks/{task}/exit_code",      TREE_TASK_EXIT_CODE,    F, 0444,  OWN_T,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    0,    true,  false, render_task_exit_code,    NULL,               NULL},
-	{"/tasks/{task}/info",           TREE_TASK_INFO,         F, 0444,  OWN_P,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_task_info,         NULL,               NULL},
+	{"/tasks/{task}/spec",           TREE_TASK_SPEC,         F, 0444,  OWN_P,  R_NONE,  M_REND,  C_GEN,  G_THIS,         W_NO,  0,      T,    T,    true,  false, render_task_spec,         NULL,               NULL},
+	{"/tasks/{task}/status",         TREE_TASK_STATUS,       F, 0444,  OWN_T,  R_NONE,  M_REND,  C_GEN,  G_THIS,         W_NO,  0,      T,    0,    true,  false, render_task_status,       NULL,               NULL},
+	{"/tasks/{task}/node",           TREE_TASK_NODE,         F, 0444,  OWN_T,  R_NONE,  M_REND,  C_GEN,  G_THIS,         W_NO,  0,      T,    0,    true,  false, render_task_node,         NULL,               NULL},
+	{"/tasks/{task}/exit_code",      TREE_TASK_EXIT_CODE,    F, 0444,  OWN_T,  R_NONE,  M_REND,  C_GEN,  G_THIS,         W_NO,  0,      T,    0,    true,  false, render_task_exit_code,    NULL,               NULL},
+	{"/tasks/{task}/info",           TREE_TASK_INFO,         F, 0444,  OWN_P,  R_NONE,  M_REND,  C_GEN,  G_THIS,         W_NO,  0,      T,    T,    true,  false, render_task_info,         NULL,               NULL},
 	{"/tasks/{task}/stdout",         TREE_TASK_STDOUT,       F, 0444,  OWN_P,  R_NONE,  M_REND,  C_GROW, 0,              W_NO,  0,      T,    0,    true,  false, render_task_stdout,       NULL,               NULL},
 	{"/tasks/{task}/stderr",         TREE_TASK_STDERR,       F, 0444,  OWN_P,  R_NONE,  M_REND,  C_GROW, 0,              W_NO,  0,      T,    0,    true,  false, render_task_stderr,       NULL,               NULL},
-	{"/tasks/{task}/result",         TREE_TASK_RESULT,       F, 0444,  OWN_P,  R_NONE,  M_REND,  C_OPEN, 0,              W_NO,  0,      T,    0,    true,  false, render_task_result,       NULL,               NULL},
+	{"/tasks/{task}/result",         TREE_TASK_RESULT,       F, 0444,  OWN_P,  R_NONE,  M_REND,  C_GEN,  G_THIS,         W_NO,  0,      T,    0,    true,  false, render_task_result,       NULL,               NULL},
 	{"/tasks/{task}/wait",           TREE_TASK_WAIT,         F, 0444,  OWN_P,  R_NONE,  M_REND,  C_NONE, 0,              W_NO,  0,      T,    0,    true,  false, render_task_wait,         NULL,               NULL},
-	{"/tasks/{task}/ctl",            TREE_TASK_CTL,          F, 0666,  OWN_T,  R_NONE,  M_REND,  C_OPEN, 0,              W_CMD, 0,      T,    T,    true,  false, render_task_ctl,          NULL,               NULL},
+	{"/tasks/{task}/ctl",            TREE_TASK_CTL,          F, 0666,  OWN_T,  R_NONE,  M_REND,  C_GEN,  G_THIS,         W_CMD, 0,      T,    T,    true,  false, render_task_ctl,          NULL,               NULL},
 	/* outputs (backend/artifacts.h): read from the control plane's copy, or fetched into it at open (fs.c) */
 	{"/tasks/{task}/files",          TREE_TASK_FILES,        D, 0555,  OWN_T,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     list_outputs,       NULL},
 	{"/tasks/{task}/files/{outdir*}",TREE_TASK_FILES,        D, 0555,  OWN_T,  R_NONE,  M_TASK,  C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     list_outputs,       NULL},
@@ -385,12 +390,12 @@ const struct tree_row tree_rows[] = {
 
 	{"/ledger",                      TREE_LEDGER,            D, 0555,  OWN_D,  R_LED,   M_START, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     NULL,               NULL},
 	{"/ledger/entries",              TREE_LEDGER_ENTRIES,    D, 0555,  OWN_D,  R_LED,   M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     list_steps,         NULL},
-	{"/ledger/entries/{step}",       TREE_LEDGER_ENTRY,      F, 0444,  OWN_D,  R_LED,   M_LED,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_ledger_entry,      NULL,               NULL},
+	{"/ledger/entries/{step}",       TREE_LEDGER_ENTRY,      F, 0444,  OWN_D,  R_LED,   M_LED,   C_GEN,  G_LED,          W_NO,  0,      T,    T,    true,  false, render_ledger_entry,      NULL,               NULL},
 	{"/ledger/best",                 TREE_LEDGER_BEST,       D, 0555,  OWN_D,  R_LED,   M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     list_metrics,       NULL},
-	{"/ledger/best/{metric}",        TREE_LEDGER_BEST_FILE,  F, 0444,  OWN_D,  R_LED,   M_LED,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_ledger_best,       NULL,               NULL},
-	{"/ledger/summary",              TREE_LEDGER_SUMMARY,    F, 0444,  OWN_D,  R_LED,   M_LED,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_ledger_summary,    NULL,               NULL},
+	{"/ledger/best/{metric}",        TREE_LEDGER_BEST_FILE,  F, 0444,  OWN_D,  R_LED,   M_LED,   C_GEN,  G_LED,          W_NO,  0,      T,    T,    true,  false, render_ledger_best,       NULL,               NULL},
+	{"/ledger/summary",              TREE_LEDGER_SUMMARY,    F, 0444,  OWN_D,  R_LED,   M_LED,   C_GEN,  G_LED,          W_NO,  0,      T,    T,    true,  false, render_ledger_summary,    NULL,               NULL},
 	{"/ledger/record",               TREE_LEDGER_RECORD,     F, 0644,  OWN_D,  R_NONE,  M_START, C_GEN,  0,              W_FL,  0,      T,    T,    false, false, render_ledger_record,     NULL,               NULL},
-	{"/ledger/source",               TREE_LEDGER_SOURCE,     F, 0444,  OWN_D,  R_LED,   M_LED,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_ledger_source,     NULL,               NULL},
+	{"/ledger/source",               TREE_LEDGER_SOURCE,     F, 0444,  OWN_D,  R_LED,   M_LED,   C_GEN,  G_LED | G_FET,  W_NO,  0,      T,    T,    true,  false, render_ledger_source,     NULL,               NULL},
 
 	/* knowledge/ (backend/knowledge.h, fs/knowledge.c): versioned documents; every close
 	 * of a writer may change any of them, so nothing is cached */
@@ -404,9 +409,9 @@ const struct tree_row tree_rows[] = {
 
 	{"/models",                      TREE_MODELS,            D, 0555,  OWN_D,  R_MOD,   M_START, C_OPEN, 0,              W_NO,  0,      LONG, T,    true,  false, NULL,                     list_models,        NULL},
 	{"/models/{model}",              TREE_MODEL,             D, 0555,  OWN_D,  R_MOD,   M_START, C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, NULL,                     NULL,               NULL},
-	{"/models/{model}/nodes",        TREE_MODEL_NODES,       F, 0444,  OWN_D,  R_MOD,   M_MOD,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_model_nodes,       NULL,               NULL},
-	{"/models/{model}/loaded",       TREE_MODEL_LOADED,      F, 0444,  OWN_D,  R_MOD,   M_MOD,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_model_loaded,      NULL,               NULL},
-	{"/models/{model}/info",         TREE_MODEL_INFO,        F, 0444,  OWN_D,  R_MOD,   M_MOD,   C_OPEN, 0,              W_NO,  0,      T,    T,    true,  false, render_model_info,        NULL,               NULL},
+	{"/models/{model}/nodes",        TREE_MODEL_NODES,       F, 0444,  OWN_D,  R_MOD,   M_MOD,   C_GEN,  G_MOD,          W_NO,  0,      T,    T,    true,  false, render_model_nodes,       NULL,               NULL},
+	{"/models/{model}/loaded",       TREE_MODEL_LOADED,      F, 0444,  OWN_D,  R_MOD,   M_MOD,   C_GEN,  G_MOD,          W_NO,  0,      T,    T,    true,  false, render_model_loaded,      NULL,               NULL},
+	{"/models/{model}/info",         TREE_MODEL_INFO,        F, 0444,  OWN_D,  R_MOD,   M_MOD,   C_GEN,  G_MOD,          W_NO,  0,      T,    T,    true,  false, render_model_info,        NULL,               NULL},
 };
 /* clang-format on */
 #undef T

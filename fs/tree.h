@@ -156,11 +156,12 @@ enum tree_mtime {
 
 /* How a file's bytes are kept between a stat, an open and its reads. */
 enum tree_cache {
-	TREE_CACHE_OPEN,  /* rendered at open, read from the handle; a stat renders for the size */
+	TREE_CACHE_OPEN,  /* directories and links: no bytes to keep (a file's would be
+			  * rendered at open, and at every stat for the size) */
 	TREE_CACHE_GEN,   /* a snapshot kept until the data's generation (the gen column) moves:
 			  * stat, lookup and open in between share its bytes, size and mtime */
 	TREE_CACHE_HELD,  /* likewise, and refreshed first when stale; the snapshot a stat made
-			  * is what an open within probe.max_age_ms reads (struct snap, fs.c) */
+			  * is what an open within probe.max_age_ms reads (struct snap, snap.c) */
 	TREE_CACHE_GROWS, /* only grows: a read past the handle's end fetches what is new */
 	TREE_CACHE_NONE,  /* not rendered: a draft, wait, backup/state.db, a service's GET */
 };
@@ -175,10 +176,15 @@ enum tree_write {
 
 /* What a snapshot's generation is made of (TREE_CACHE_GEN and _HELD); none: the bytes
  * never change. */
-#define TREE_GEN_CLUSTER 1u /* cluster_generation(): any node's data, the nodes, the config */
-#define TREE_GEN_NODE    2u /* the node's changed_at, and the config's */
-#define TREE_GEN_TASKS   4u /* tasks_changed_at() */
-#define TREE_GEN_MODELS  8u /* models_changed_at() */
+#define TREE_GEN_CLUSTER     1u  /* cluster_generation(): any node's data, the nodes, the config */
+#define TREE_GEN_NODE        2u  /* the node's changed_at, and the config's */
+#define TREE_GEN_TASKS       4u  /* tasks_changed_at() */
+#define TREE_GEN_MODELS      8u  /* models_changed_at(), and the config's */
+#define TREE_GEN_TASK        16u /* the task's own data (tasks_task_generation), and the config's */
+#define TREE_GEN_LEDGER      32u /* ledger_changed_at(), and the config's */
+#define TREE_GEN_FETCH       64u /* ledger_fetched_at(): its last fetch, or failed fetch */
+#define TREE_GEN_NODE_MODELS 128u /* the node's last model refresh (models_node_refreshed_us) */
+#define TREE_GEN_EVENTS      256u /* the events' last change: every alert comes and goes with one */
 
 /* Which change of the node table invalidates the kernel's cache of a file. */
 #define TREE_INVAL_NODE    1u /* its node's data changed */
