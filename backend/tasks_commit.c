@@ -137,8 +137,8 @@ static int check_submitter(const struct config *cfg, const struct submitter *who
 	return 0;
 }
 
-int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, uid_t uid,
-		 gid_t gid, char *errbuf, size_t errlen)
+/* The checks of a task's name and size, before its spec is parsed. */
+static int check_name(const char *id, size_t len, char *errbuf, size_t errlen)
 {
 	if (len > TASKS_SPEC_MAX) {
 		snprintf(errbuf, errlen, "the spec is %zu bytes; the limit is %u", len,
@@ -161,121 +161,113 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 			return -EINVAL;
 		}
 	}
-	struct task_spec *spec = NULL;
-	int r = spec_parse(text, len, &spec, errbuf, errlen);
-	if (r < 0)
-		return r;
-	/* names, not numbers, travel to the nodes: uids differ between machines */
-	struct passwd pw, *pwres = NULL;
-	char pwbuf[4096];
-	getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &pwres);
-	struct submitter who = {.uid = uid, .gid = gid, .user = pwres ? pwres->pw_name : NULL};
-	struct config *cfg = cluster_get_config(t->cluster);
-	r = check_submitter(cfg, &who, spec, errbuf, errlen);
-	int queued_max = cfg->tasks.queued_per_user;
-	config_unref(cfg);
-	if (r < 0) {
-		spec_free(spec);
-		return r;
-	}
+	return 0;
+}
 
-	pthread_mutex_lock(&t->lock);
-	int unfinished = user_load_locked(t, uid)->unfinished;
+/* The checks that need the table: the submitter's quota, the name is free, the tasks in
+ * "after" and the node exist. Lock held. */
+static int check_table_locked(struct tasks *t, const char *id, const struct task_spec *spec,
+			      const struct submitter *who, int queued_max, char *errbuf,
+			      size_t errlen)
+{
+	int unfinished = user_load_locked(t, who->uid)->unfinished;
 	if (unfinished >= queued_max) {
-		pthread_mutex_unlock(&t->lock);
-		spec_free(spec);
 		snprintf(errbuf, errlen,
 			 "%s has %d unfinished tasks, the most one user may have "
 			 "(tasks.queued_per_user); wait for some to end",
-			 who.user ? who.user : "this user", unfinished);
+			 who->user ? who->user : "this user", unfinished);
 		return -EDQUOT;
 	}
 	if (json_object_get(t->reserved, id) || lookup_locked(t, id)) {
-		cache_trim_locked(t);
-		pthread_mutex_unlock(&t->lock);
-		spec_free(spec);
 		snprintf(errbuf, errlen, "task %s exists already", id);
 		return -EEXIST;
 	}
 	for (size_t i = 0; i < spec->n_after; i++) {
 		if (!lookup_locked(t, spec->after[i])) {
-			cache_trim_locked(t);
-			pthread_mutex_unlock(&t->lock);
 			snprintf(errbuf, errlen, "field \"after\" names %s, which is not a task",
 				 spec->after[i]);
-			spec_free(spec);
 			return -EINVAL;
 		}
 	}
 	bool all = spec->node && !strcmp(spec->node, "all");
 	if (spec->node && !all && strcmp(spec->node, "any") &&
 	    !cluster_has_node(t->cluster, spec->node) && !target_owns(t, spec->node)) {
-		pthread_mutex_unlock(&t->lock);
 		snprintf(errbuf, errlen,
 			 "field \"node\" names %s, which is not a node of this cluster",
 			 spec->node);
-		spec_free(spec);
 		return -EINVAL;
 	}
+	return 0;
+}
 
-	struct task *parent = task_from_spec(id, spec, &who, NULL);
-	struct task **batch = NULL;
-	size_t n_batch = 1;
-	if (all) {
-		struct sched_input in;
-		sched_input_build_locked(t, &in);
-		struct sched_request req;
-		sched_request_of(spec, &req);
-		prompt_holdings_locked(t, spec, NULL, &in);
-		req.node = "any";
-		size_t *idx = calloc(in.n + 1, sizeof(*idx));
-		struct buf why;
-		buf_init(&why);
-		struct config *pcfg = cluster_get_config(t->cluster);
-		size_t n = sched_place_all(pcfg, &req, in.nodes, in.n, idx, &why);
-		config_unref(pcfg);
-		if (n == 0) {
-			snprintf(errbuf, errlen, "node \"all\": %s",
-				 why.data ? why.data : "no node");
-			buf_free(&why);
-			free(idx);
-			sched_input_free(&in);
-			pthread_mutex_unlock(&t->lock);
-			task_free(parent);
-			return -EINVAL;
-		}
-		batch = calloc(n + 1, sizeof(*batch));
-		batch[0] = parent;
-		parent->children = calloc(n, sizeof(char *));
-		for (size_t i = 0; i < n; i++) {
-			const char *node = in.nodes[idx[i]].name;
-			struct buf cid;
-			buf_init(&cid);
-			buf_printf(&cid, "%s@%s", id, node);
-			struct task_spec *cs = NULL;
-			char e2[256];
-			/* the copy's spec: the same, placed on one node */
-			json_t *cj = json_deep_copy(parent->spec_json);
-			json_object_set_new(cj, "node", json_string(node));
-			char *ctext = json_dumps(cj, JSON_COMPACT);
-			json_decref(cj);
-			if (spec_parse(ctext, strlen(ctext), &cs, e2, sizeof(e2)) < 0)
-				abort(); /* a canonical spec always parses */
-			free(ctext);
-			struct task *c = task_from_spec(cid.data, cs, &who, id);
-			parent->children[parent->n_children++] = strdup(cid.data);
-			batch[n_batch++] = c;
-			buf_free(&cid);
-		}
-		set_str(&parent->row.placement, why.data);
+/* A copy of a node:"all" task for one node: the same spec, placed there. */
+static struct task *copy_for_node(struct task *parent, const char *id, const char *node,
+				  const struct submitter *who)
+{
+	struct buf cid;
+	buf_init(&cid);
+	buf_printf(&cid, "%s@%s", id, node);
+	struct task_spec *cs = NULL;
+	char e2[256];
+	json_t *cj = json_deep_copy(parent->spec_json);
+	json_object_set_new(cj, "node", json_string(node));
+	char *ctext = json_dumps(cj, JSON_COMPACT);
+	json_decref(cj);
+	if (spec_parse(ctext, strlen(ctext), &cs, e2, sizeof(e2)) < 0)
+		abort(); /* a canonical spec always parses */
+	free(ctext);
+	struct task *c = task_from_spec(cid.data, cs, who, id);
+	parent->children[parent->n_children++] = strdup(cid.data);
+	buf_free(&cid);
+	return c;
+}
+
+/* A node:"all" task and its copies, one per eligible node, in *ret_batch (the parent
+ * first); -EINVAL when no node is eligible. Lock held. */
+static int copies_locked(struct tasks *t, struct task *parent, const char *id,
+			 const struct submitter *who, struct task ***ret_batch, size_t *ret_n,
+			 char *errbuf, size_t errlen)
+{
+	const struct task_spec *spec = parent->spec;
+	struct sched_input in;
+	sched_input_build_locked(t, &in);
+	struct sched_request req;
+	sched_request_of(spec, &req);
+	prompt_holdings_locked(t, spec, NULL, &in);
+	req.node = "any";
+	size_t *idx = calloc(in.n + 1, sizeof(*idx));
+	struct buf why;
+	buf_init(&why);
+	struct config *pcfg = cluster_get_config(t->cluster);
+	size_t n = sched_place_all(pcfg, &req, in.nodes, in.n, idx, &why);
+	config_unref(pcfg);
+	if (n == 0) {
+		snprintf(errbuf, errlen, "node \"all\": %s", why.data ? why.data : "no node");
 		buf_free(&why);
 		free(idx);
 		sched_input_free(&in);
-	} else {
-		batch = calloc(1, sizeof(*batch));
-		batch[0] = parent;
+		return -EINVAL;
 	}
+	struct task **batch = calloc(n + 1, sizeof(*batch));
+	size_t n_batch = 1;
+	batch[0] = parent;
+	parent->children = calloc(n, sizeof(char *));
+	for (size_t i = 0; i < n; i++)
+		batch[n_batch++] = copy_for_node(parent, id, in.nodes[idx[i]].name, who);
+	set_str(&parent->row.placement, why.data);
+	buf_free(&why);
+	free(idx);
+	sched_input_free(&in);
+	*ret_batch = batch;
+	*ret_n = n_batch;
+	return 0;
+}
 
+/* Commits a batch (the lock dropped meanwhile) and puts it in the table. The lock is held
+ * on entry and dropped on return; the batch is freed on failure. */
+static int commit_batch_locked(struct tasks *t, const char *id, struct task **batch, size_t n_batch,
+			       char *errbuf, size_t errlen)
+{
 	/* The commit (an fsync) happens without the lock, so that other submissions and the
 	 * backend thread go on meanwhile; the id is held so no one else takes it. */
 	json_object_set_new(t->reserved, id, json_true());
@@ -283,7 +275,7 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 	struct store_task *rows = calloc(n_batch, sizeof(*rows));
 	for (size_t i = 0; i < n_batch; i++)
 		rows[i] = batch[i]->row;
-	r = group_commit(t, rows, n_batch);
+	int r = group_commit(t, rows, n_batch);
 	pthread_mutex_lock(&t->lock);
 	json_object_del(t->reserved, id);
 	if (r < 0) {
@@ -304,6 +296,59 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 	free(batch);
 	cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
+	return 0;
+}
+
+int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, uid_t uid,
+		 gid_t gid, char *errbuf, size_t errlen)
+{
+	int r = check_name(id, len, errbuf, errlen);
+	if (r < 0)
+		return r;
+	struct task_spec *spec = NULL;
+	r = spec_parse(text, len, &spec, errbuf, errlen);
+	if (r < 0)
+		return r;
+	/* names, not numbers, travel to the nodes: uids differ between machines */
+	struct passwd pw, *pwres = NULL;
+	char pwbuf[4096];
+	getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &pwres);
+	struct submitter who = {.uid = uid, .gid = gid, .user = pwres ? pwres->pw_name : NULL};
+	struct config *cfg = cluster_get_config(t->cluster);
+	r = check_submitter(cfg, &who, spec, errbuf, errlen);
+	int queued_max = cfg->tasks.queued_per_user;
+	config_unref(cfg);
+	if (r < 0) {
+		spec_free(spec);
+		return r;
+	}
+
+	pthread_mutex_lock(&t->lock);
+	r = check_table_locked(t, id, spec, &who, queued_max, errbuf, errlen);
+	if (r < 0) {
+		cache_trim_locked(t);
+		pthread_mutex_unlock(&t->lock);
+		spec_free(spec);
+		return r;
+	}
+	bool all = spec->node && !strcmp(spec->node, "all");
+	struct task *parent = task_from_spec(id, spec, &who, NULL);
+	struct task **batch = NULL;
+	size_t n_batch = 1;
+	if (all) {
+		r = copies_locked(t, parent, id, &who, &batch, &n_batch, errbuf, errlen);
+		if (r < 0) {
+			pthread_mutex_unlock(&t->lock);
+			task_free(parent);
+			return r;
+		}
+	} else {
+		batch = calloc(1, sizeof(*batch));
+		batch[0] = parent;
+	}
+	r = commit_batch_locked(t, id, batch, n_batch, errbuf, errlen);
+	if (r < 0)
+		return r;
 	cluster_add_event(t->cluster, "task", id, "submitted by %s (uid %u)%s",
 			  who.user ? who.user : "?", (unsigned) uid,
 			  all ? " for every eligible node" : "");

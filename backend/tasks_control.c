@@ -34,8 +34,8 @@ static void attempt_reset_locked(struct task *k)
 	k->staged = NULL;
 }
 
-void requeue_or_fail_locked(struct tasks *t, struct task *k, const char *state,
-				   const char *why, struct waiter **wake)
+void requeue_or_fail_locked(struct tasks *t, struct task *k, const char *state, const char *why,
+			    struct waiter **wake)
 {
 	if (strcmp(state, TASK_CANCELLED) && !k->cancel_requested &&
 	    k->row.attempts <= k->spec->retries && !k->row.parent) {

@@ -187,8 +187,7 @@ extern const char *const stream_names[N_STREAMS];
 /* ---- tasks.c: the table, the counts and the state machine ---- */
 
 void minute_counts_add(struct minute_counts *m, double at, bool ok);
-void minute_counts_hour(const struct minute_counts *m, double now, int *ret_ok,
-			       int *ret_failed);
+void minute_counts_hour(const struct minute_counts *m, double now, int *ret_ok, int *ret_failed);
 int state_index(const char *s);
 bool state_is_active(const char *s);
 struct task *find_locked(struct tasks *t, const char *id);
@@ -204,7 +203,7 @@ void set_str(char **dst, const char *src);
 void persist_locked(struct tasks *t, struct task *k);
 void call_waiters(struct waiter *w);
 void set_state_locked(struct tasks *t, struct task *k, const char *state, const char *reason,
-			     struct waiter **wake);
+		      struct waiter **wake);
 bool target_owns(struct tasks *t, const char *node);
 
 /* ---- tasks_agent.c: the agent client ---- */
@@ -219,8 +218,8 @@ void tasks_tick(void *arg);
 /* ---- tasks_control.c: retries ---- */
 
 uint64_t retry_delay_us(unsigned failures);
-void requeue_or_fail_locked(struct tasks *t, struct task *k, const char *state,
-				   const char *why, struct waiter **wake);
+void requeue_or_fail_locked(struct tasks *t, struct task *k, const char *state, const char *why,
+			    struct waiter **wake);
 
 /* ---- tasks_sched.c: scheduling ---- */
 
@@ -229,7 +228,7 @@ void sched_input_build_locked(struct tasks *t, struct sched_input *in);
 void sched_input_free(struct sched_input *in);
 void sched_request_of(const struct task_spec *s, struct sched_request *req);
 void prompt_holdings_locked(struct tasks *t, const struct task_spec *s, const char *avoid,
-				   struct sched_input *in);
+			    struct sched_input *in);
 void schedule_locked(struct tasks *t, struct waiter **wake);
 void schedule_on_loop(void *arg);
 void post_schedule(struct tasks *t);

@@ -113,7 +113,7 @@ void sched_request_of(const struct task_spec *s, struct sched_request *req)
 /* How each node holds a prompt task's model (none for a command); the node where its last
  * attempt failed is passed over while another has the model. Lock held. */
 void prompt_holdings_locked(struct tasks *t, const struct task_spec *s, const char *avoid,
-				   struct sched_input *in)
+			    struct sched_input *in)
 {
 	bool elsewhere = false;
 	for (size_t i = 0; i < in->n; i++) {
@@ -204,8 +204,8 @@ static void prompt_start_locked(struct tasks *t, struct task *k, struct waiter *
 	set_state_locked(t, k, TASK_RUNNING, NULL, wake);
 }
 
-/* Places what can be placed, in priority order. Lock held. */
-void schedule_locked(struct tasks *t, struct waiter **wake)
+/* The queued tasks to place, in priority order, or NULL when there are none. Lock held. */
+static struct task **queue_sorted_locked(struct tasks *t, size_t *ret_n)
 {
 	struct task **q = NULL;
 	size_t nq = 0, cap = 0;
@@ -220,97 +220,129 @@ void schedule_locked(struct tasks *t, struct waiter **wake)
 	}
 	if (!nq) {
 		free(q);
-		return;
+		return NULL;
 	}
 	qsort(q, nq, sizeof(*q), queued_cmp);
+	*ret_n = nq;
+	return q;
+}
+
+/* True when task k may be placed now as far as its "after" goes; it fails when one did
+ * not succeed, and its reason says it waits otherwise. Lock held. */
+static bool deps_ready_locked(struct tasks *t, struct task *k, struct waiter **wake)
+{
+	bool wait_deps = false;
+	const char *failed_dep = NULL;
+	for (size_t d = 0; d < k->spec->n_after; d++) {
+		struct task *dep = lookup_locked(t, k->spec->after[d]);
+		if (!dep || !task_state_is_final(dep->row.state)) {
+			wait_deps = true;
+		} else if (strcmp(dep->row.state, TASK_SUCCEEDED)) {
+			failed_dep = k->spec->after[d];
+			break;
+		}
+	}
+	if (failed_dep) {
+		char why[300];
+		snprintf(why, sizeof(why), "dependency %s did not succeed", failed_dep);
+		set_state_locked(t, k, TASK_FAILED, why, wake);
+		return false;
+	}
+	/* why a task waits is shown, not stored: it is worked out again after a restart */
+	if (wait_deps && !deps_held_by_target_locked(t, k)) {
+		if (!k->row.reason || strncmp(k->row.reason, "waiting for", 11)) {
+			set_str(&k->row.reason, "waiting for the tasks in \"after\" to succeed");
+			k->changed_at = clock_wall_s();
+		}
+		return false;
+	}
+	return true;
+}
+
+/* The key of a request in a pass's no-fit reasons: like requests place alike. */
+static void no_fit_key(const struct sched_request *req, const struct task *k, struct buf *key)
+{
+	buf_printf(key, "%s|%s|%d|%d|%d|%d|%s|%s", req->node, req->type ? req->type : "", req->cpus,
+		   req->mem_mb, req->gpus, req->priority, req->model ? req->model : "",
+		   k->avoid_node ? k->avoid_node : "");
+	for (size_t c = 0; c < req->n_requires; c++)
+		buf_printf(key, "|%s", req->requires[c]);
+}
+
+/* Task k is placed on node idx: attempt N of this task on this node, under an id no other
+ * attempt or control plane uses, then sent there. Lock held. */
+static void attempt_start_locked(struct tasks *t, struct task *k, struct sched_input *in,
+				 size_t idx, const char *placement, struct waiter **wake)
+{
+	k->row.attempts++;
+	set_str(&k->row.node, in->nodes[idx].name);
+	set_str(&k->row.placement, placement);
+	set_str(&k->row.reason, NULL);
+	struct buf did;
+	buf_init(&did);
+	buf_printf(&did, "%s.%s.%d", store_instance_id(t->store), k->row.id, k->row.attempts);
+	set_str(&k->row.dispatch_id, did.data);
+	k->acked = false;
+	buf_free(&did);
+	set_state_locked(t, k, TASK_DISPATCHED, NULL, wake);
+	in->nodes[idx].active++;
+	if (k->spec->model)
+		prompt_start_locked(t, k, wake);
+	else
+		dispatch_locked(t, k);
+}
+
+/* Places one queued task, or says why it waits. `no_fit` holds the requests that found
+ * no node in this pass, with the reason: a queue of like tasks costs one placement, not
+ * one per task. Lock held. */
+static void place_one_locked(struct tasks *t, const struct config *cfg, struct sched_input *in,
+			     json_t *no_fit, struct task *k, struct waiter **wake)
+{
+	struct sched_request req;
+	sched_request_of(k->spec, &req);
+	struct buf key;
+	buf_init(&key);
+	no_fit_key(&req, k, &key);
+	const char *known = json_string_value(json_object_get(no_fit, key.data));
+	size_t idx = 0;
+	struct buf why;
+	buf_init(&why);
+	if (!known && req.model)
+		prompt_holdings_locked(t, k->spec, k->avoid_node, in);
+	int r = known ? -EAGAIN : sched_place(cfg, &req, in->nodes, in->n, &idx, &why);
+	if (r < 0 && !known && req.model && k->spec->pull)
+		prompt_pull_locked(t, cfg, &req, in, &why);
+	if (r < 0) {
+		const char *w = known ? known : why.data ? why.data : "no eligible node";
+		if (!k->row.reason || strcmp(k->row.reason, w)) {
+			set_str(&k->row.reason, w);
+			k->changed_at = clock_wall_s();
+		}
+		if (!known)
+			json_object_set_new(no_fit, key.data, json_string(w));
+		buf_free(&key);
+		buf_free(&why);
+		return;
+	}
+	buf_free(&key);
+	attempt_start_locked(t, k, in, idx, why.data, wake);
+	buf_free(&why);
+}
+
+/* Places what can be placed, in priority order. Lock held. */
+void schedule_locked(struct tasks *t, struct waiter **wake)
+{
+	size_t nq = 0;
+	struct task **q = queue_sorted_locked(t, &nq);
+	if (!q)
+		return;
 	struct sched_input in;
 	sched_input_build_locked(t, &in);
 	struct config *cfg = cluster_get_config(t->cluster);
-	/* requests that found no node in this pass, with the reason: a queue of like tasks
-	 * costs one placement, not one per task */
 	json_t *no_fit = json_object();
-	for (size_t i = 0; i < nq; i++) {
-		struct task *k = q[i];
-		/* dependencies first */
-		bool wait_deps = false;
-		const char *failed_dep = NULL;
-		for (size_t d = 0; d < k->spec->n_after; d++) {
-			struct task *dep = lookup_locked(t, k->spec->after[d]);
-			if (!dep || !task_state_is_final(dep->row.state)) {
-				wait_deps = true;
-			} else if (strcmp(dep->row.state, TASK_SUCCEEDED)) {
-				failed_dep = k->spec->after[d];
-				break;
-			}
-		}
-		if (failed_dep) {
-			char why[300];
-			snprintf(why, sizeof(why), "dependency %s did not succeed", failed_dep);
-			set_state_locked(t, k, TASK_FAILED, why, wake);
-			continue;
-		}
-		/* why a task waits is shown, not stored: it is worked out again after a
-		 * restart */
-		if (wait_deps && !deps_held_by_target_locked(t, k)) {
-			if (!k->row.reason || strncmp(k->row.reason, "waiting for", 11)) {
-				set_str(&k->row.reason,
-					"waiting for the tasks in \"after\" to succeed");
-				k->changed_at = clock_wall_s();
-			}
-			continue;
-		}
-		struct sched_request req;
-		sched_request_of(k->spec, &req);
-		struct buf key;
-		buf_init(&key);
-		buf_printf(&key, "%s|%s|%d|%d|%d|%d|%s|%s", req.node, req.type ? req.type : "",
-			   req.cpus, req.mem_mb, req.gpus, req.priority, req.model ? req.model : "",
-			   k->avoid_node ? k->avoid_node : "");
-		for (size_t c = 0; c < req.n_requires; c++)
-			buf_printf(&key, "|%s", req.requires[c]);
-		const char *known = json_string_value(json_object_get(no_fit, key.data));
-		size_t idx = 0;
-		struct buf why;
-		buf_init(&why);
-		if (!known && req.model)
-			prompt_holdings_locked(t, k->spec, k->avoid_node, &in);
-		int r = known ? -EAGAIN : sched_place(cfg, &req, in.nodes, in.n, &idx, &why);
-		if (r < 0 && !known && req.model && k->spec->pull)
-			prompt_pull_locked(t, cfg, &req, &in, &why);
-		if (r < 0) {
-			const char *w = known ? known : why.data ? why.data : "no eligible node";
-			if (!k->row.reason || strcmp(k->row.reason, w)) {
-				set_str(&k->row.reason, w);
-				k->changed_at = clock_wall_s();
-			}
-			if (!known)
-				json_object_set_new(no_fit, key.data, json_string(w));
-			buf_free(&key);
-			buf_free(&why);
-			continue;
-		}
-		buf_free(&key);
-		/* committed: attempt N of this task on this node, under an id no other attempt
-		 * or control plane uses */
-		k->row.attempts++;
-		set_str(&k->row.node, in.nodes[idx].name);
-		set_str(&k->row.placement, why.data);
-		set_str(&k->row.reason, NULL);
-		struct buf did;
-		buf_init(&did);
-		buf_printf(&did, "%s.%s.%d", store_instance_id(t->store), k->row.id,
-			   k->row.attempts);
-		set_str(&k->row.dispatch_id, did.data);
-		k->acked = false;
-		buf_free(&did);
-		buf_free(&why);
-		set_state_locked(t, k, TASK_DISPATCHED, NULL, wake);
-		in.nodes[idx].active++;
-		if (k->spec->model)
-			prompt_start_locked(t, k, wake);
-		else
-			dispatch_locked(t, k);
-	}
+	for (size_t i = 0; i < nq; i++)
+		if (deps_ready_locked(t, q[i], wake))
+			place_one_locked(t, cfg, &in, no_fit, q[i], wake);
 	json_decref(no_fit);
 	config_unref(cfg);
 	sched_input_free(&in);
