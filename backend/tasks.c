@@ -12,8 +12,10 @@ static void update_parent_locked(struct tasks *t, struct task *child, struct wai
 const char *const stream_names[N_STREAMS] = {"stdout", "stderr"};
 
 const char *const task_state_names[TASK_N_STATES] = {
-	TASK_QUEUED, TASK_DISPATCHED, TASK_RUNNING,   TASK_SUCCEEDED,
-	TASK_FAILED, TASK_TIMED_OUT,  TASK_CANCELLED, TASK_LOST,
+	[TASK_S_QUEUED] = TASK_QUEUED,       [TASK_S_DISPATCHED] = TASK_DISPATCHED,
+	[TASK_S_RUNNING] = TASK_RUNNING,     [TASK_S_SUCCEEDED] = TASK_SUCCEEDED,
+	[TASK_S_FAILED] = TASK_FAILED,       [TASK_S_TIMED_OUT] = TASK_TIMED_OUT,
+	[TASK_S_CANCELLED] = TASK_CANCELLED, [TASK_S_LOST] = TASK_LOST,
 };
 
 void minute_counts_add(struct minute_counts *m, double at, bool ok)
@@ -42,23 +44,32 @@ void minute_counts_hour(const struct minute_counts *m, double now, int *ret_ok, 
 	}
 }
 
-int state_index(const char *s)
+const char *const task_group_names[_TASK_GROUP_MAX] = {
+	[TASK_G_QUEUED] = "queued",
+	[TASK_G_RUNNING] = "running",
+	[TASK_G_DONE] = "done",
+	[TASK_G_FAILED] = "failed",
+};
+
+enum task_state task_state_from_string(const char *s)
 {
-	for (int i = 0; i < TASK_N_STATES; i++)
+	for (int i = 0; s && i < _TASK_STATE_MAX; i++)
 		if (!strcmp(s, task_state_names[i]))
-			return i;
-	return 0;
+			return (enum task_state) i;
+	return _TASK_STATE_INVALID;
+}
+
+enum task_group task_group_from_string(const char *s)
+{
+	for (int i = 0; s && i < _TASK_GROUP_MAX; i++)
+		if (!strcmp(s, task_group_names[i]))
+			return (enum task_group) i;
+	return _TASK_GROUP_INVALID;
 }
 
 bool task_state_is_final(const char *s)
 {
-	return !strcmp(s, TASK_SUCCEEDED) || !strcmp(s, TASK_FAILED) ||
-	       !strcmp(s, TASK_TIMED_OUT) || !strcmp(s, TASK_CANCELLED) || !strcmp(s, TASK_LOST);
-}
-
-bool state_is_active(const char *s)
-{
-	return !strcmp(s, TASK_DISPATCHED) || !strcmp(s, TASK_RUNNING);
+	return state_final(task_state_from_string(s));
 }
 
 void task_view_clear(struct task_view *v)
@@ -139,11 +150,8 @@ static void list_push(struct task **list, struct task *k)
  * Called after every change of state or node. Lock held. */
 void track_locked(struct tasks *t, struct task *k)
 {
-	const char *s = k->row.state;
-	struct task **want = !strcmp(s, TASK_QUEUED) ? &t->queued
-			     : (!strcmp(s, TASK_DISPATCHED) || !strcmp(s, TASK_RUNNING))
-				     ? &t->active
-				     : NULL;
+	enum task_state s = k->state;
+	struct task **want = s == TASK_S_QUEUED ? &t->queued : state_active(s) ? &t->active : NULL;
 	if (k->list != want) {
 		list_unlink(k);
 		if (want)
@@ -159,7 +167,7 @@ void track_locked(struct tasks *t, struct task *k)
 		node_load_locked(t, k->row.node, true)->active++;
 		k->active_node = xstrdup(k->row.node);
 	} /* the counts by state, overall and per node */
-	int si = state_index(s);
+	int si = (int) s;
 	bool same_node = (!k->counted_node && !k->row.node) ||
 			 (k->counted_node && k->row.node && !strcmp(k->counted_node, k->row.node));
 	if (k->counted == si + 1 && same_node)
@@ -193,12 +201,12 @@ static void book_end_locked(struct tasks *t, const struct task *k)
 {
 	if (k->row.node && !k->n_children && k->row.finished_at > 0)
 		minute_counts_add(&node_load_locked(t, k->row.node, true)->ended,
-				  k->row.finished_at, !strcmp(k->row.state, TASK_SUCCEEDED));
-	if (!k->row.node || k->n_children || !strcmp(k->row.state, TASK_CANCELLED))
+				  k->row.finished_at, k->state == TASK_S_SUCCEEDED);
+	if (!k->row.node || k->n_children || k->state == TASK_S_CANCELLED)
 		return;
 	struct node_load *n = node_load_locked(t, k->row.node, true);
 	n->total++;
-	if (!strcmp(k->row.state, TASK_SUCCEEDED)) {
+	if (k->state == TASK_S_SUCCEEDED) {
 		n->completed++;
 		n->consecutive = 0;
 	} else {
@@ -246,7 +254,7 @@ static void lru_unlink_locked(struct tasks *t, struct task *k)
 static void lru_touch_locked(struct tasks *t, struct task *k)
 {
 	lru_unlink_locked(t, k);
-	if (!task_state_is_final(k->row.state))
+	if (!state_final(k->state))
 		return;
 	k->cnext = t->lru_head;
 	if (t->lru_head)
@@ -263,10 +271,10 @@ static void lru_touch_locked(struct tasks *t, struct task *k)
 void add_locked(struct tasks *t, struct task *k, bool stored)
 {
 	if (stored) {
-		k->counted = state_index(k->row.state) + 1;
+		k->counted = (int) k->state + 1;
 		k->counted_node = k->row.node ? xstrdup(k->row.node) : NULL;
 	}
-	if (counts_for_user(k) && !task_state_is_final(k->row.state))
+	if (counts_for_user(k) && !state_final(k->state))
 		user_load_locked(t, k->row.uid)->unfinished++;
 	if (++t->n_mem > t->n_hash) {
 		size_t nh = t->n_hash * 2;
@@ -291,7 +299,7 @@ void add_locked(struct tasks *t, struct task *k, bool stored)
 	if (!stored)
 		t->changed_at = clock_wall_s();
 	track_locked(t, k);
-	if (!stored && task_state_is_final(k->row.state))
+	if (!stored && state_final(k->state))
 		book_end_locked(t, k);
 	lru_touch_locked(t, k);
 }
@@ -365,7 +373,6 @@ void task_free(struct task *k)
 	free(k->children);
 	for (int s = 0; s < N_STREAMS; s++)
 		buf_free(&k->out[s]);
-	free(k->remote_state);
 	free(k->remote_error);
 	free(k->active_node);
 	free(k->counted_node);
@@ -523,14 +530,15 @@ static void output_to_store_locked(struct tasks *t, struct task *k)
 	config_unref(cfg);
 }
 
-void set_state_locked(struct tasks *t, struct task *k, const char *state, const char *reason,
+void set_state_locked(struct tasks *t, struct task *k, enum task_state state, const char *reason,
 		      struct waiter **wake)
 {
-	bool same = strcmp(k->row.state, state) == 0;
-	bool was_final = task_state_is_final(k->row.state);
-	if (counts_for_user(k) && was_final != task_state_is_final(state))
+	bool same = k->state == state;
+	bool was_final = state_final(k->state);
+	if (counts_for_user(k) && was_final != state_final(state))
 		user_load_locked(t, k->row.uid)->unfinished += was_final ? 1 : -1;
-	set_str(&k->row.state, state);
+	set_str(&k->row.state, task_state_names[state]);
+	k->state = state;
 	if (reason)
 		set_str(&k->row.reason, reason);
 	bool was_active = k->list == &t->active;
@@ -538,7 +546,7 @@ void set_state_locked(struct tasks *t, struct task *k, const char *state, const 
 	/* a slot freed or a task waits: place work now, not at the next tick */
 	if ((was_active && k->list != &t->active) || k->list == &t->queued)
 		post_schedule_locked(t);
-	if (task_state_is_final(state)) {
+	if (state_final(state)) {
 		if (k->row.finished_at <= 0)
 			k->row.finished_at = clock_wall_s();
 		wake_waiters_locked(k, wake);
@@ -546,20 +554,21 @@ void set_state_locked(struct tasks *t, struct task *k, const char *state, const 
 			book_end_locked(t, k);
 	}
 	/* the output before the state that says it is complete */
-	if (task_state_is_final(state))
+	if (state_final(state))
 		output_to_store_locked(t, k);
 	persist_locked(t, k);
 	lru_touch_locked(t, k);
 	if (!same) {
-		if (task_state_is_final(state) && k->row.exit_code >= 0)
+		if (state_final(state) && k->row.exit_code >= 0)
 			cluster_add_event(t->cluster, "task", k->row.id, "%s (exit %d)%s%s%s",
-					  state, k->row.exit_code, k->row.node ? " on " : "",
-					  k->row.node ? k->row.node : "", "");
+					  task_state_names[state], k->row.exit_code,
+					  k->row.node ? " on " : "", k->row.node ? k->row.node : "",
+					  "");
 		else
-			cluster_add_event(t->cluster, "task", k->row.id, "%s%s%s%s%s", state,
-					  k->row.node && strcmp(state, TASK_QUEUED) ? " on " : "",
-					  k->row.node && strcmp(state, TASK_QUEUED) ? k->row.node
-										    : "",
+			cluster_add_event(t->cluster, "task", k->row.id, "%s%s%s%s%s",
+					  task_state_names[state],
+					  k->row.node && state != TASK_S_QUEUED ? " on " : "",
+					  k->row.node && state != TASK_S_QUEUED ? k->row.node : "",
 					  reason ? ": " : "", reason ? reason : "");
 	}
 	if (k->row.parent)
@@ -571,7 +580,7 @@ void set_state_locked(struct tasks *t, struct task *k, const char *state, const 
 static void update_parent_locked(struct tasks *t, struct task *child, struct waiter **wake)
 {
 	struct task *p = find_locked(t, child->row.parent);
-	if (!p || task_state_is_final(p->row.state))
+	if (!p || state_final(p->state))
 		return;
 	size_t done = 0, ok = 0, running = 0;
 	int worst = 0;
@@ -579,13 +588,13 @@ static void update_parent_locked(struct tasks *t, struct task *child, struct wai
 		struct task *c = lookup_locked(t, p->children[i]);
 		if (!c)
 			continue;
-		if (task_state_is_final(c->row.state)) {
+		if (state_final(c->state)) {
 			done++;
-			if (!strcmp(c->row.state, TASK_SUCCEEDED))
+			if (c->state == TASK_S_SUCCEEDED)
 				ok++;
 			else if (c->row.exit_code > worst)
 				worst = c->row.exit_code;
-		} else if (state_is_active(c->row.state)) {
+		} else if (state_active(c->state)) {
 			running++;
 		}
 	}
@@ -593,11 +602,11 @@ static void update_parent_locked(struct tasks *t, struct task *child, struct wai
 		p->row.exit_code = ok == done ? 0 : (worst > 0 ? worst : 1);
 		char why[128];
 		snprintf(why, sizeof(why), "%zu of %zu copies succeeded", ok, done);
-		set_state_locked(t, p, ok == done ? TASK_SUCCEEDED : TASK_FAILED, why, wake);
-	} else if (running && strcmp(p->row.state, TASK_RUNNING)) {
+		set_state_locked(t, p, ok == done ? TASK_S_SUCCEEDED : TASK_S_FAILED, why, wake);
+	} else if (running && p->state != TASK_S_RUNNING) {
 		if (p->row.started_at <= 0)
 			p->row.started_at = clock_wall_s();
-		set_state_locked(t, p, TASK_RUNNING, NULL, wake);
+		set_state_locked(t, p, TASK_S_RUNNING, NULL, wake);
 	}
 }
 

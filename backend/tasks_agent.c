@@ -98,9 +98,9 @@ static void dispatch_done(const struct http_response *r, void *arg)
 			json_t *o = json_loadb(r->body, r->body_len, 0, NULL);
 			if (json_is_object(o) && json_is_string(json_object_get(o, "state")))
 				apply_remote_locked(t, k, o, &wake);
-			else if (!strcmp(k->row.state, TASK_DISPATCHED)) {
+			else if (k->state == TASK_S_DISPATCHED) {
 				k->row.started_at = clock_wall_s();
-				set_state_locked(t, k, TASK_RUNNING, NULL, &wake);
+				set_state_locked(t, k, TASK_S_RUNNING, NULL, &wake);
 			}
 			json_decref(o);
 		} else if (r->status == 400 || r->status == 413) {
@@ -110,7 +110,7 @@ static void dispatch_done(const struct http_response *r, void *arg)
 			snprintf(why, sizeof(why), "the agent on %s refused it: %s", k->row.node,
 				 e ? e : r->error_text);
 			json_decref(doc);
-			set_state_locked(t, k, TASK_FAILED, why, &wake);
+			set_state_locked(t, k, TASK_S_FAILED, why, &wake);
 		} else if (r->error != -ECANCELED) {
 			/* Unknown whether it arrived: the node's poll finds out and re-sends
 			 * the same dispatch id, which the agent runs at most once, after a
@@ -121,7 +121,8 @@ static void dispatch_done(const struct http_response *r, void *arg)
 			if (k->dispatch_failures++ == 0)
 				log_warn("dispatch of %s to %s failing: %s; retrying with backoff",
 					 k->row.id, k->row.node, why);
-			k->dispatch_due_us = clock_now_us() + retry_delay_us(k->dispatch_failures);
+			retry_policy(RETRY_DISPATCH, k, _TASK_STATE_INVALID, k->dispatch_failures,
+				     &k->dispatch_due_us);
 			char reason[640];
 			snprintf(reason, sizeof(reason),
 				 "the agent on %s did not take it (%s); attempt %u, retrying",
@@ -207,7 +208,7 @@ void dispatch_locked(struct tasks *t, struct task *k)
 		json_t *after = json_array();
 		for (size_t d = 0; d < k->spec->n_after; d++) {
 			struct task *dep = find_locked(t, k->spec->after[d]);
-			if (dep && !task_state_is_final(dep->row.state) && dep->row.dispatch_id)
+			if (dep && !state_final(dep->state) && dep->row.dispatch_id)
 				json_array_append_new(after, json_string(dep->row.dispatch_id));
 		}
 		json_object_set_new(body, "after_dispatch", after);
@@ -227,8 +228,8 @@ void dispatch_locked(struct tasks *t, struct task *k)
 static void fetch_failed_locked(struct task *k, int s, const char *why)
 {
 	k->fetch_failures[s]++;
-	k->fetch_due_us[s] = clock_now_us() + retry_delay_us(k->fetch_failures[s]);
-	if (k->fetch_failures[s] < FETCH_TRIES)
+	if (retry_policy(RETRY_FETCH, k, _TASK_STATE_INVALID, k->fetch_failures[s],
+			 &k->fetch_due_us[s]))
 		return;
 	char clean[256];
 	util_escape_controls(why, clean, sizeof(clean));
@@ -312,7 +313,7 @@ static int fetch_output_locked(struct tasks *t, struct task *k, int s)
 /* Once the agent reported a final state and all output is here: the task ends. */
 void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **wake)
 {
-	if (!k->remote_state || task_state_is_final(k->row.state))
+	if (!k->remote_ended || state_final(k->state))
 		return;
 	for (int s = 0; s < N_STREAMS; s++) {
 		if (k->fetching[s])
@@ -327,15 +328,16 @@ void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **w
 		return; /* its record is being fetched: the end comes with it */
 	k->row.exit_code = k->remote_exit;
 	store_add_attempt(t->store, k->row.id, k->row.attempts, k->row.node, k->row.dispatch_id,
-			  k->remote_state, k->remote_exit, k->row.started_at, clock_wall_s());
-	char *state = k->remote_state;
+			  task_state_names[k->remote_state], k->remote_exit, k->row.started_at,
+			  clock_wall_s());
+	enum task_state state = k->remote_state;
 	char *why = k->remote_error;
-	k->remote_state = k->remote_error = NULL;
-	if (!strcmp(state, TASK_SUCCEEDED))
-		set_state_locked(t, k, TASK_SUCCEEDED, k->output_note, wake);
+	k->remote_ended = false;
+	k->remote_error = NULL;
+	if (state == TASK_S_SUCCEEDED)
+		set_state_locked(t, k, TASK_S_SUCCEEDED, k->output_note, wake);
 	else
 		requeue_or_fail_locked(t, k, state, why ? why : k->output_note, wake);
-	free(state);
 	free(why);
 }
 
@@ -346,7 +348,7 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
 	const char *id = json_string_value(json_object_get(o, "id"));
 	/* an answer about another attempt, or about a task that has ended here */
 	if (!state || !id || !k->row.dispatch_id || strcmp(id, k->row.dispatch_id) ||
-	    task_state_is_final(k->row.state) || !strcmp(k->row.state, TASK_QUEUED))
+	    state_final(k->state) || k->state == TASK_S_QUEUED)
 		return;
 	json_decref(k->remote_doc);
 	k->remote_doc = json_incref(o);
@@ -359,15 +361,18 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
 		if (k->out[s].len < k->remote_size[s])
 			fetch_output_locked(t, k, s);
 	}
-	if (!strcmp(k->row.state, TASK_DISPATCHED)) {
+	if (k->state == TASK_S_DISPATCHED) {
 		k->row.started_at = clock_wall_s();
-		set_state_locked(t, k, TASK_RUNNING, NULL, wake);
+		set_state_locked(t, k, TASK_S_RUNNING, NULL, wake);
 	}
-	if (strcmp(state, "running") && !k->remote_state) {
+	if (strcmp(state, "running") && !k->remote_ended) {
 		json_t *ec = json_object_get(o, "exit_code");
 		const char *err = json_string_value(json_object_get(o, "error"));
 		set_str(&k->remote_error, err);
-		k->remote_state = strdup(state);
+		/* the end as the agent names it; a name this side does not know is a failure */
+		enum task_state rs = task_state_from_string(state);
+		k->remote_state = state_final(rs) ? rs : TASK_S_FAILED;
+		k->remote_ended = true;
 		k->remote_exit = json_is_integer(ec) && json_integer_value(ec) >= 0 &&
 						 json_integer_value(ec) <= 65535
 					 ? (int) json_integer_value(ec)
@@ -457,7 +462,7 @@ static void poll_done(const struct http_response *r, void *arg)
 	struct task **work = active_snapshot_locked(t, c->id);
 	for (size_t i = 0; work[i]; i++) {
 		struct task *k = work[i];
-		if (!state_is_active(k->row.state) || !k->row.dispatch_id || k->spec->model)
+		if (!state_active(k->state) || !k->row.dispatch_id || k->spec->model)
 			continue; /* a prompt is the runner's, not the agent's */
 		json_t *found = NULL, *o;
 		size_t j;
@@ -497,7 +502,8 @@ static void cancel_done(const struct http_response *r, void *arg)
 	struct tasks *t = c->t;
 	pthread_mutex_lock(&t->lock);
 	struct task *k = find_locked(t, c->id);
-	if (k && r->error && r->status != 404)
+	if (k && r->error && r->status != 404 &&
+	    retry_policy(RETRY_CANCEL, k, _TASK_STATE_INVALID, 1, NULL))
 		k->cancel_sent = false; /* try again at the next tick */
 	pthread_mutex_unlock(&t->lock);
 	call_free(c);
@@ -515,19 +521,20 @@ void tasks_tick(void *arg)
 	struct task **work = active_snapshot_locked(t, NULL);
 	for (size_t i = 0; work[i]; i++) {
 		struct task *k = work[i];
-		if (!state_is_active(k->row.state) || !k->row.node)
+		if (!state_active(k->state) || !k->row.node)
 			continue;
 		enum node_level level;
 		if (cluster_get_level(t->cluster, k->row.node, &level) < 0) {
 			if (target_owns(t, k->row.node))
 				continue; /* its source has not listed it since the start yet */
-			requeue_or_fail_locked(t, k, TASK_LOST, "its node left the cluster", &wake);
+			requeue_or_fail_locked(t, k, TASK_S_LOST, "its node left the cluster",
+					       &wake);
 			continue;
 		}
 		if (level == NODE_OFFLINE) {
 			if (k->spec->model && k->row.dispatch_id)
 				t->prompts.cancel(t->prompts.arg, k->row.dispatch_id);
-			requeue_or_fail_locked(t, k, TASK_LOST, "its node went offline", &wake);
+			requeue_or_fail_locked(t, k, TASK_S_LOST, "its node went offline", &wake);
 			continue;
 		}
 		if (k->spec->model) {
@@ -538,7 +545,7 @@ void tasks_tick(void *arg)
 			}
 			continue;
 		}
-		if (k->remote_state)
+		if (k->remote_ended)
 			finalize_if_ready_locked(t, k, &wake); /* output fetches waiting to retry */
 		if (k->cancel_requested && !k->cancel_sent && k->row.dispatch_id) {
 			char path[512];

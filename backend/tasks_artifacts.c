@@ -55,8 +55,6 @@ bool outputs_ready_locked(struct tasks *t, struct task *k)
 	return false;
 }
 
-#define STAGE_TRIES 5 /* stagings a node did not answer, in a row, before the task fails */
-
 struct stage_call {
 	struct tasks *t;
 	char *id, *dispatch_id;
@@ -72,18 +70,20 @@ static void stage_done(void *arg, int err, const char *why)
 	struct task *k = find_locked(t, sc->id);
 	/* still this attempt, still waiting to be sent */
 	if (k && k->staging && k->row.dispatch_id && !strcmp(k->row.dispatch_id, sc->dispatch_id) &&
-	    !strcmp(k->row.state, TASK_DISPATCHED)) {
+	    k->state == TASK_S_DISPATCHED) {
 		k->staging = false;
-		if (err == -EAGAIN && k->dispatch_failures < STAGE_TRIES) {
+		uint64_t due = 0;
+		if (err == -EAGAIN && retry_policy(RETRY_STAGE, k, _TASK_STATE_INVALID,
+						   k->dispatch_failures + 1, &due)) {
 			/* the node did not answer: the node's poll sends it again after a wait */
-			k->dispatch_due_us =
-				clock_now_us() + retry_delay_us(++k->dispatch_failures);
+			k->dispatch_failures++;
+			k->dispatch_due_us = due;
 			char reason[900];
 			snprintf(reason, sizeof(reason), "%s; attempt %u, retrying", why,
 				 k->dispatch_failures);
 			set_str(&k->row.reason, reason);
 		} else if (err) {
-			set_state_locked(t, k, TASK_FAILED, why, &wake);
+			set_state_locked(t, k, TASK_S_FAILED, why, &wake);
 		} else {
 			k->staged = sc->staged ? sc->staged : json_array();
 			sc->staged = NULL;

@@ -24,7 +24,8 @@ static struct task *task_from_spec(const char *id, struct task_spec *spec,
 	k->row.id = strdup(id);
 	k->row.parent = parent ? strdup(parent) : NULL;
 	k->row.spec = json_dumps(k->spec_json, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	k->row.state = strdup(TASK_QUEUED);
+	k->row.state = strdup(task_state_names[TASK_S_QUEUED]);
+	k->state = TASK_S_QUEUED;
 	k->row.exit_code = -1;
 	k->row.priority = spec->priority;
 	k->row.uid = who->uid;
@@ -151,15 +152,12 @@ static int check_name(const char *id, size_t len, char *errbuf, size_t errlen)
 			 id);
 		return -EINVAL;
 	}
-	static const char *const reserved[] = {"new", "queued", "running", "done", "failed"};
-	for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++) {
-		if (!strcmp(id, reserved[i])) {
-			snprintf(errbuf, errlen,
-				 "\"%s\" is reserved (a directory of tasks/); pick "
-				 "another name",
-				 id);
-			return -EINVAL;
-		}
+	if (!strcmp(id, "new") || task_group_from_string(id) != _TASK_GROUP_INVALID) {
+		snprintf(errbuf, errlen,
+			 "\"%s\" is reserved (a directory of tasks/); pick "
+			 "another name",
+			 id);
+		return -EINVAL;
 	}
 	return 0;
 }

@@ -28,11 +28,54 @@
 #define AGENT_TIMEOUT_MS 5000L
 #define N_STREAMS        2
 #define TOMBSTONES       64
-#define PRUNE_BATCH      256               /* finished tasks one retention run handles */
-#define PRUNE_SAFETY_S   3600.0            /* the longest time between two retention runs */
-#define FETCH_TRIES      6                 /* failed output fetches before a stream gives up */
+#define PRUNE_BATCH      256    /* finished tasks one retention run handles */
+#define PRUNE_SAFETY_S   3600.0 /* the longest time between two retention runs */
+#define FETCH_TRIES      6      /* failed output fetches before a stream gives up */
+#define STAGE_TRIES      5 /* stagings a node did not answer, in a row, before the task fails */
 #define RETRY_FIRST_US   (250 * 1000ull)   /* first wait after a failed fetch or dispatch */
 #define RETRY_MAX_US     (30 * 1000000ull) /* the longest wait between two attempts */
+
+/* A task's state inside the module (systemd's _MAX/_INVALID pattern). The strings, in
+ * this order in task_state_names[] (the TASK_* names of tasks.h), are for the store and
+ * the JSON edges only. */
+enum task_state {
+	TASK_S_QUEUED,
+	TASK_S_DISPATCHED,
+	TASK_S_RUNNING,
+	TASK_S_SUCCEEDED,
+	TASK_S_FAILED,
+	TASK_S_TIMED_OUT,
+	TASK_S_CANCELLED,
+	TASK_S_LOST,
+	_TASK_STATE_MAX,
+	_TASK_STATE_INVALID = -1,
+};
+_Static_assert(_TASK_STATE_MAX == TASK_N_STATES, "one name per state in task_state_names[]");
+
+/* The directories of tasks/ that list tasks by state, named in task_group_names[]. */
+enum task_group {
+	TASK_G_QUEUED,
+	TASK_G_RUNNING,
+	TASK_G_DONE,
+	TASK_G_FAILED,
+	_TASK_GROUP_MAX,
+	_TASK_GROUP_INVALID = -1,
+};
+extern const char *const task_group_names[_TASK_GROUP_MAX];
+
+/* The state or group a string names, or _INVALID when it names none. */
+enum task_state task_state_from_string(const char *s);
+enum task_group task_group_from_string(const char *s);
+
+static inline bool state_final(enum task_state s)
+{
+	return s >= TASK_S_SUCCEEDED && s < _TASK_STATE_MAX;
+}
+
+static inline bool state_active(enum task_state s)
+{
+	return s == TASK_S_DISPATCHED || s == TASK_S_RUNNING;
+}
 
 struct waiter {
 	uint64_t id;
@@ -46,6 +89,7 @@ struct waiter {
 /* One task. Fields are protected by tasks->lock. */
 struct task {
 	struct store_task row;
+	enum task_state state; /* row.state (the store's string) as the code reads it */
 	struct task_spec *spec;
 	json_t *spec_json;
 	char **children; /* ids of the copies of a node:"all" task */
@@ -63,8 +107,9 @@ struct task {
 	bool acked;                         /* the agent has confirmed this attempt */
 	bool cancel_requested;
 	bool cancel_sent;
-	char *remote_state; /* the agent's final state, once seen; finalised after output */
-	char *remote_error; /* the agent's sentence for why it ended, or NULL */
+	bool remote_ended;            /* the agent reported the end: finalised after output */
+	enum task_state remote_state; /* the final state it reported */
+	char *remote_error;           /* the agent's sentence for why it ended, or NULL */
 	int remote_exit;
 	double changed_at;
 	struct waiter *waiters;
@@ -188,8 +233,6 @@ extern const char *const stream_names[N_STREAMS];
 
 void minute_counts_add(struct minute_counts *m, double at, bool ok);
 void minute_counts_hour(const struct minute_counts *m, double now, int *ret_ok, int *ret_failed);
-int state_index(const char *s);
-bool state_is_active(const char *s);
 struct task *find_locked(struct tasks *t, const char *id);
 struct node_load *node_load_locked(struct tasks *t, const char *node, bool create);
 void track_locked(struct tasks *t, struct task *k);
@@ -202,7 +245,7 @@ void task_free(struct task *k);
 void set_str(char **dst, const char *src);
 void persist_locked(struct tasks *t, struct task *k);
 void call_waiters(struct waiter *w);
-void set_state_locked(struct tasks *t, struct task *k, const char *state, const char *reason,
+void set_state_locked(struct tasks *t, struct task *k, enum task_state state, const char *reason,
 		      struct waiter **wake);
 bool target_owns(struct tasks *t, const char *node);
 
@@ -217,8 +260,22 @@ void tasks_tick(void *arg);
 
 /* ---- tasks_control.c: retries ---- */
 
-uint64_t retry_delay_us(unsigned failures);
-void requeue_or_fail_locked(struct tasks *t, struct task *k, const char *state, const char *why,
+/* What may be tried again (retry_policy). */
+enum retry_what {
+	RETRY_ATTEMPT,  /* an attempt ended unsuccessfully: the task runs again ("retries") */
+	RETRY_DISPATCH, /* a dispatch the agent did not take: sent again, however often */
+	RETRY_FETCH,    /* an output fetch failed: FETCH_TRIES in a row, then the stream ends */
+	RETRY_STAGE,    /* a node did not answer a staging: STAGE_TRIES in a row */
+	RETRY_CANCEL,   /* a cancel the agent did not take: sent again at the next tick */
+};
+
+/* Decides every retry of the module: whether `what` of task k is tried again after
+ * `failures` failures in a row (RETRY_ATTEMPT: k's attempts so far, and `ended` the state
+ * the last one ended in; _TASK_STATE_INVALID for the others). When the retry waits,
+ * *ret_due_us (if not NULL) is set to the loop clock's time before which it is not made. */
+bool retry_policy(enum retry_what what, const struct task *k, enum task_state ended,
+		  unsigned failures, uint64_t *ret_due_us);
+void requeue_or_fail_locked(struct tasks *t, struct task *k, enum task_state state, const char *why,
 			    struct waiter **wake);
 
 /* ---- tasks_sched.c: scheduling ---- */

@@ -17,7 +17,7 @@ static struct task *prompt_attempt_locked(struct tasks *t, const char *id, const
 {
 	struct task *k = find_locked(t, id);
 	if (!k || !k->spec->model || !k->row.dispatch_id ||
-	    strcmp(k->row.dispatch_id, dispatch_id) || !state_is_active(k->row.state))
+	    strcmp(k->row.dispatch_id, dispatch_id) || !state_active(k->state))
 		return NULL;
 	return k;
 }
@@ -51,15 +51,18 @@ void tasks_prompt_end(struct tasks *t, const char *id, const char *dispatch_id, 
 	if (k) {
 		set_str(&k->result, result);
 		store_put_output(t->store, id, "result", result, result ? strlen(result) : 0);
-		k->row.exit_code = !strcmp(state, TASK_SUCCEEDED) ? 0
-				   : !strcmp(state, TASK_FAILED)  ? 1
-								  : -1;
-		store_add_attempt(t->store, id, k->row.attempts, k->row.node, dispatch_id, state,
-				  k->row.exit_code, k->row.started_at, clock_wall_s());
-		if (!strcmp(state, TASK_SUCCEEDED))
-			set_state_locked(t, k, TASK_SUCCEEDED, NULL, &wake);
+		/* the runner names a final state; one this side does not know is a failure */
+		enum task_state s = task_state_from_string(state);
+		if (!state_final(s))
+			s = TASK_S_FAILED;
+		k->row.exit_code = s == TASK_S_SUCCEEDED ? 0 : s == TASK_S_FAILED ? 1 : -1;
+		store_add_attempt(t->store, id, k->row.attempts, k->row.node, dispatch_id,
+				  task_state_names[s], k->row.exit_code, k->row.started_at,
+				  clock_wall_s());
+		if (s == TASK_S_SUCCEEDED)
+			set_state_locked(t, k, TASK_S_SUCCEEDED, NULL, &wake);
 		else
-			requeue_or_fail_locked(t, k, state, why, &wake);
+			requeue_or_fail_locked(t, k, s, why, &wake);
 	}
 	pthread_mutex_unlock(&t->lock);
 	call_waiters(wake);

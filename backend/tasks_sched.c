@@ -148,9 +148,9 @@ static bool deps_held_by_target_locked(struct tasks *t, const struct task *k)
 		struct task *dep = lookup_locked(t, k->spec->after[d]);
 		if (!dep)
 			return false;
-		if (task_state_is_final(dep->row.state))
+		if (state_final(dep->state))
 			continue;
-		if (!state_is_active(dep->row.state) || !dep->acked || !dep->row.node ||
+		if (!state_active(dep->state) || !dep->acked || !dep->row.node ||
 		    strcmp(dep->row.node, node) || !dep->row.dispatch_id)
 			return false;
 	}
@@ -196,12 +196,12 @@ static void prompt_start_locked(struct tasks *t, struct task *k, struct waiter *
 		char why[300];
 		snprintf(why, sizeof(why), "cannot ask the model server on %s: %s", k->row.node,
 			 strerror(-r));
-		requeue_or_fail_locked(t, k, TASK_FAILED, why, wake);
+		requeue_or_fail_locked(t, k, TASK_S_FAILED, why, wake);
 		return;
 	}
 	k->acked = true;
 	k->row.started_at = clock_wall_s();
-	set_state_locked(t, k, TASK_RUNNING, NULL, wake);
+	set_state_locked(t, k, TASK_S_RUNNING, NULL, wake);
 }
 
 /* The queued tasks to place, in priority order, or NULL when there are none. Lock held. */
@@ -235,9 +235,9 @@ static bool deps_ready_locked(struct tasks *t, struct task *k, struct waiter **w
 	const char *failed_dep = NULL;
 	for (size_t d = 0; d < k->spec->n_after; d++) {
 		struct task *dep = lookup_locked(t, k->spec->after[d]);
-		if (!dep || !task_state_is_final(dep->row.state)) {
+		if (!dep || !state_final(dep->state)) {
 			wait_deps = true;
-		} else if (strcmp(dep->row.state, TASK_SUCCEEDED)) {
+		} else if (dep->state != TASK_S_SUCCEEDED) {
 			failed_dep = k->spec->after[d];
 			break;
 		}
@@ -245,7 +245,7 @@ static bool deps_ready_locked(struct tasks *t, struct task *k, struct waiter **w
 	if (failed_dep) {
 		char why[300];
 		snprintf(why, sizeof(why), "dependency %s did not succeed", failed_dep);
-		set_state_locked(t, k, TASK_FAILED, why, wake);
+		set_state_locked(t, k, TASK_S_FAILED, why, wake);
 		return false;
 	}
 	/* why a task waits is shown, not stored: it is worked out again after a restart */
@@ -284,7 +284,7 @@ static void attempt_start_locked(struct tasks *t, struct task *k, struct sched_i
 	set_str(&k->row.dispatch_id, did.data);
 	k->acked = false;
 	buf_free(&did);
-	set_state_locked(t, k, TASK_DISPATCHED, NULL, wake);
+	set_state_locked(t, k, TASK_S_DISPATCHED, NULL, wake);
 	in->nodes[idx].active++;
 	if (k->spec->model)
 		prompt_start_locked(t, k, wake);

@@ -9,7 +9,15 @@
 
 static void prune_run(void *arg);
 
-/* A task from its stored row (stolen): NULL when its spec does not parse. Finished
+/* A state as the store's counts give it: one this version does not know is counted as
+ * queued. */
+static enum task_state stored_state(const char *s)
+{
+	enum task_state st = task_state_from_string(s);
+	return st == _TASK_STATE_INVALID ? TASK_S_QUEUED : st;
+}
+
+/* A task from its stored row (stolen): NULL when its spec or state does not parse. Finished
  * tasks leave their output in the store; unfinished ones carry it on. Lock held. */
 struct task *task_from_row_locked(struct tasks *t, struct store_task *row)
 {
@@ -21,13 +29,22 @@ struct task *task_from_row_locked(struct tasks *t, struct store_task *row)
 		store_task_clear(row);
 		return NULL;
 	}
+	enum task_state state = task_state_from_string(row->state);
+	if (state == _TASK_STATE_INVALID) {
+		log_err("store: task %s has a state this version does not know (%s); skipped",
+			row->id, row->state);
+		spec_free(spec);
+		store_task_clear(row);
+		return NULL;
+	}
 	struct task *k = xcalloc(1, sizeof(*k));
 	k->row = *row;
 	memset(row, 0, sizeof(*row));
+	k->state = state;
 	k->spec = spec;
 	k->spec_json = spec_to_json(spec);
 	k->changed_at = k->row.finished_at > 0 ? k->row.finished_at : k->row.submitted_at;
-	bool final = task_state_is_final(k->row.state);
+	bool final = state_final(k->state);
 	for (int s = 0; s < N_STREAMS; s++) {
 		buf_init(&k->out[s]);
 		if (final) {
@@ -86,18 +103,18 @@ static void pruned_one(void *arg, const char *id, const char *node, const char *
 	struct tasks *t = arg;
 	pthread_mutex_lock(&t->lock);
 	struct task *k = find_locked(t, id);
-	bool live = k && !task_state_is_final(k->row.state); /* retried meanwhile: counted */
+	bool live = k && !state_final(k->state); /* retried meanwhile: counted */
 	if (k && !live)
 		forget_locked(t, k);
 	if (record && state && !live) {
-		int si = state_index(state);
+		enum task_state si = stored_state(state);
 		t->state_counts[si]--;
 		struct node_load *n = node ? node_load_locked(t, node, false) : NULL;
 		if (n) {
 			n->states[si]--;
-			if (strcmp(state, TASK_CANCELLED)) {
+			if (si != TASK_S_CANCELLED) {
 				n->total--;
-				n->completed -= !strcmp(state, TASK_SUCCEEDED);
+				n->completed -= si == TASK_S_SUCCEEDED;
 			}
 		}
 		t->changed_at = clock_wall_s();
@@ -148,15 +165,15 @@ static void tasks_start_on_loop(void *arg)
 static void count_one(void *arg, const char *node, const char *state, int64_t n)
 {
 	struct tasks *t = arg;
-	int si = state_index(state);
+	enum task_state si = stored_state(state);
 	t->state_counts[si] += (size_t) n;
 	if (!node)
 		return;
 	struct node_load *nl = node_load_locked(t, node, true);
 	nl->states[si] += (size_t) n;
-	if (task_state_is_final(state) && strcmp(state, TASK_CANCELLED)) {
+	if (state_final(si) && si != TASK_S_CANCELLED) {
 		nl->total += (int) n;
-		if (!strcmp(state, TASK_SUCCEEDED))
+		if (si == TASK_S_SUCCEEDED)
 			nl->completed += (int) n;
 	}
 }
@@ -164,9 +181,10 @@ static void count_one(void *arg, const char *node, const char *state, int64_t n)
 static void ended_one(void *arg, const char *node, const char *state, double at)
 {
 	struct tasks *t = arg;
-	if (task_state_is_final(state))
+	enum task_state st = task_state_from_string(state);
+	if (state_final(st))
 		minute_counts_add(&node_load_locked(t, node, true)->ended, at,
-				  !strcmp(state, TASK_SUCCEEDED));
+				  st == TASK_S_SUCCEEDED);
 }
 
 int tasks_start(struct tasks *t)
@@ -195,9 +213,10 @@ int tasks_start(struct tasks *t)
 		if (!k)
 			continue;
 		add_locked(t, k, true); /* counted as the store has it */
-		if (k->spec->model && state_is_active(k->row.state)) {
+		if (k->spec->model && state_active(k->state)) {
 			/* DESIGN §3: a prompt has no side effects, and its stream died with us */
-			set_str(&k->row.state, TASK_QUEUED);
+			set_str(&k->row.state, task_state_names[TASK_S_QUEUED]);
+			k->state = TASK_S_QUEUED;
 			set_str(&k->row.node, NULL);
 			set_str(&k->row.dispatch_id, NULL);
 			set_str(&k->row.reason, "clusterfs restarted while it ran: asked again");
@@ -205,7 +224,7 @@ int tasks_start(struct tasks *t)
 			persist_locked(t, k);
 			track_locked(t, k);
 		}
-		if (state_is_active(k->row.state))
+		if (state_active(k->state))
 			recovered++;
 	}
 	for (int i = 0; i < TASK_N_STATES; i++)

@@ -73,16 +73,14 @@ int tasks_get(struct tasks *t, const char *id, struct task_view *ret)
 	return 0;
 }
 
-/* A group's number in the store (see store_list_page); -1 for all; -2 for none. */
+/* A group's number in the store (see store_list_page, which numbers them as enum
+ * task_group does); -1 for all; -2 for none. */
 static int group_number(const char *group)
 {
-	static const char *const groups[] = {"queued", "running", "done", "failed"};
 	if (!group)
 		return -1;
-	for (int i = 0; i < 4; i++)
-		if (!strcmp(group, groups[i]))
-			return i;
-	return -2;
+	enum task_group g = task_group_from_string(group);
+	return g == _TASK_GROUP_INVALID ? -2 : (int) g;
 }
 
 bool tasks_state_in_group(const char *state, const char *group)
@@ -90,15 +88,14 @@ bool tasks_state_in_group(const char *state, const char *group)
 	int g = group_number(group);
 	if (g == -1)
 		return true;
-	if (g == 0)
-		return !strcmp(state, TASK_QUEUED);
-	if (g == 1)
-		return state_is_active(state);
-	if (g == 2)
-		return !strcmp(state, TASK_SUCCEEDED);
-	if (g == 3)
-		return task_state_is_final(state) && strcmp(state, TASK_SUCCEEDED);
-	return false;
+	enum task_state s = task_state_from_string(state);
+	switch (g) {
+	case TASK_G_QUEUED: return s == TASK_S_QUEUED;
+	case TASK_G_RUNNING: return state_active(s);
+	case TASK_G_DONE: return s == TASK_S_SUCCEEDED;
+	case TASK_G_FAILED: return state_final(s) && s != TASK_S_SUCCEEDED;
+	default: return false;
+	}
 }
 
 int tasks_list_page(struct tasks *t, const char *group, const char *node, int64_t after, size_t max,

@@ -38,7 +38,7 @@ int tasks_wait(struct tasks *t, const char *id, uint64_t wait, tasks_wait_fn don
 		pthread_mutex_unlock(&t->lock);
 		return -ENOENT;
 	}
-	if (task_state_is_final(k->row.state)) {
+	if (state_final(k->state)) {
 		cache_trim_locked(t);
 		pthread_mutex_unlock(&t->lock);
 		return 1;
