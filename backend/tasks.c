@@ -1,4 +1,5 @@
-/* Tasks: the table of tasks in memory, their counts, and the state machine (DESIGN §6). */
+/* Tasks: the table of tasks in memory, their counts, and the state machine (DESIGN §2, "The
+ * tasks module"). */
 #include "backend/tasks_internal.h"
 
 #include <errno.h>
