@@ -12,7 +12,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
-#define OPS_MAX         20                  /* operations kept per node for ctl */
+#define OPS_MAX 20 /* operations kept per node for ctl */
 
 enum fetch_kind { FETCH_TAGS, FETCH_PS, FETCH_OPENAI };
 
@@ -106,13 +106,11 @@ struct job;
 bool models_same_name(const char *a, const char *b);
 bool models_host_has_server(const struct cfg_host *h);
 /* The model servers of host h, from the config. New array; free with models_servers_free. */
-struct server *models_servers_of(const struct config *cfg, const struct cfg_host *h,
-				 size_t *ret_n);
+struct server *models_servers_of(const struct config *cfg, const struct cfg_host *h, size_t *ret_n);
 void models_servers_free(struct server *svs, size_t n);
 /* The server of svs that is `like` (same service), or NULL. */
 struct server *models_server_find(struct server *svs, size_t n, const struct server *like);
-bool models_servers_same_data(const struct server *a, size_t na, const struct server *b,
-			      size_t nb);
+bool models_servers_same_data(const struct server *a, size_t na, const struct server *b, size_t nb);
 /* Caller holds m->lock: the node's state, or NULL (find), or made when absent (get). */
 struct mnode *models_node_find(struct models *m, const char *name);
 struct mnode *models_node_get(struct models *m, const char *name);

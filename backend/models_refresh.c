@@ -233,7 +233,8 @@ static void run_finish(struct run *run)
 				sv->data = json_incref(old->data);
 			buf_printf(&why, "%s%s", why.len ? "; " : "", sv->error);
 		}
-		if (!models_servers_same_data(n->servers, n->n_servers, run->servers, run->n_servers))
+		if (!models_servers_same_data(n->servers, n->n_servers, run->servers,
+					      run->n_servers))
 			m->changed_at = clock_wall_s();
 		models_servers_free(n->servers, n->n_servers);
 		n->servers = run->servers;

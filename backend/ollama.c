@@ -123,7 +123,8 @@ static json_t *ollama_entry(const char *name, json_t *t, json_t *p)
 	json_object_set_new(e, "modified_at", models_json_copy(json_object_get(t, "modified_at")));
 	json_object_set_new(e, "loaded", json_boolean(p != NULL));
 	json_object_set_new(e, "size_vram",
-			    p ? models_json_copy(json_object_get(p, "size_vram")) : json_integer(0));
+			    p ? models_json_copy(json_object_get(p, "size_vram"))
+			      : json_integer(0));
 	json_object_set_new(e, "expires_at",
 			    p ? models_json_copy(json_object_get(p, "expires_at")) : json_null());
 	return e;
@@ -179,7 +180,8 @@ int ollama_pick_server(struct models *m, const char *node, const struct server *
 			first = (int) i;
 		const struct server *known =
 			mn ? models_server_find(mn->servers, mn->n_servers, &svs[i]) : NULL;
-		if (known && (ollama_list_find(known->tags, model) || ollama_list_find(known->ps, model)))
+		if (known &&
+		    (ollama_list_find(known->tags, model) || ollama_list_find(known->ps, model)))
 			return (int) i;
 	}
 	return first;
@@ -260,8 +262,9 @@ static void pull_line(const char *line, size_t len, void *arg)
 			char done[24], all[24];
 			human_size(c, done);
 			human_size(t, all);
-			models_op_set(job->m, job->node, job->op_id, OP_RUNNING, "%s: %d%% (%s of %s)",
-			       status, (int) (c / t * 100.0), done, all);
+			models_op_set(job->m, job->node, job->op_id, OP_RUNNING,
+				      "%s: %d%% (%s of %s)", status, (int) (c / t * 100.0), done,
+				      all);
 		} else {
 			models_op_set(job->m, job->node, job->op_id, OP_RUNNING, "%s", status);
 		}
