@@ -5,6 +5,7 @@
  * backend/openai.c; the state they share is declared in backend/models_impl.h. */
 #include "backend/models.h"
 #include "backend/models_impl.h"
+#include "backend/ctl.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -323,16 +324,6 @@ static char **file_names(json_t *obj, size_t *ret_n)
 	return names;
 }
 
-static void put_json(struct buf *out, json_t *doc)
-{
-	char *s = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-	if (s) {
-		buf_puts(out, s);
-		free(s);
-	}
-	buf_puts(out, "\n");
-}
-
 bool models_node_has_server(struct models *m, const char *node)
 {
 	struct config *cfg = cluster_get_config(m->cluster);
@@ -353,9 +344,8 @@ char **models_node_list(struct models *m, const char *node, size_t *ret_n)
 	return names;
 }
 
-int models_node_render(struct models *m, const char *node, const char *name, struct buf *out)
+json_t *models_node_entry(struct models *m, const char *node, const char *name)
 {
-	int r = -ENOENT;
 	uint64_t now = clock_now_us();
 	double wall = clock_wall_s();
 	pthread_mutex_lock(&m->lock);
@@ -370,13 +360,8 @@ int models_node_render(struct models *m, const char *node, const char *name, str
 			json_object_set_new(e, "error", json_string(n->alert));
 	}
 	pthread_mutex_unlock(&m->lock);
-	if (e) {
-		put_json(out, e);
-		r = 0;
-	}
-	json_decref(e);
 	json_decref(all);
-	return r;
+	return e;
 }
 
 /* How server sv holds model: MODELS_ABSENT, _PRESENT or _LOADED. Caller holds m->lock. */
@@ -426,8 +411,7 @@ int models_server_for(struct models *m, const char *node, const char *model,
 	return r;
 }
 
-/* Every node's entries, node -> (name -> entry), for the nodes in the config. New object. */
-static json_t *cluster_entries(struct models *m)
+json_t *models_cluster_view(struct models *m)
 {
 	struct config *cfg = cluster_get_config(m->cluster);
 	json_t *nodes = json_object();
@@ -444,7 +428,7 @@ static json_t *cluster_entries(struct models *m)
 
 char **models_list(struct models *m, size_t *ret_n)
 {
-	json_t *nodes = cluster_entries(m), *names = json_object();
+	json_t *nodes = models_cluster_view(m), *names = json_object();
 	const char *node, *name;
 	json_t *all, *e;
 	json_object_foreach (nodes, node, all) {
@@ -456,67 +440,6 @@ char **models_list(struct models *m, size_t *ret_n)
 	json_decref(names);
 	json_decref(nodes);
 	return files;
-}
-
-int models_render_nodes(struct models *m, const char *name, bool loaded_only, struct buf *out)
-{
-	json_t *nodes = cluster_entries(m);
-	bool found = false;
-	const char *node;
-	json_t *all;
-	/* keys come in config order, which is sorted by name */
-	json_object_foreach (nodes, node, all) {
-		json_t *e = json_object_get(all, name);
-		if (!e)
-			continue;
-		found = true;
-		if (!loaded_only || json_is_true(json_object_get(e, "loaded")))
-			buf_printf(out, "%s\n", node);
-	}
-	json_decref(nodes);
-	return found ? 0 : -ENOENT;
-}
-
-int models_render_info(struct models *m, const char *name, struct buf *out)
-{
-	json_t *nodes = cluster_entries(m), *doc = NULL, *per_node = json_object();
-	const char *node;
-	json_t *all;
-	json_object_foreach (nodes, node, all) {
-		json_t *e = json_object_get(all, name);
-		if (!e)
-			continue;
-		if (!doc || (json_is_null(json_object_get(doc, "family")) &&
-			     json_is_string(json_object_get(e, "family")))) {
-			json_decref(doc);
-			doc = json_object();
-			json_object_set_new(doc, "name", json_string(name));
-			static const char *const model_keys[] = {"family", "parameter_size",
-								 "quantization", "owned_by"};
-			for (size_t k = 0; k < 4; k++)
-				if (json_object_get(e, model_keys[k]))
-					json_object_set(doc, model_keys[k],
-							json_object_get(e, model_keys[k]));
-		}
-		json_t *one = json_object();
-		static const char *const keys[] = {"server",      "size",   "digest",
-						   "modified_at", "loaded", "size_vram",
-						   "expires_at"};
-		for (size_t k = 0; k < 7; k++)
-			if (json_object_get(e, keys[k]))
-				json_object_set(one, keys[k], json_object_get(e, keys[k]));
-		json_object_set_new(per_node, node, one);
-	}
-	int r = -ENOENT;
-	if (doc) {
-		json_object_set(doc, "nodes", per_node);
-		put_json(out, doc);
-		r = 0;
-	}
-	json_decref(doc);
-	json_decref(per_node);
-	json_decref(nodes);
-	return r;
 }
 
 double models_changed_at(struct models *m)
@@ -571,23 +494,35 @@ void models_op_set(struct models *m, const char *node, uint64_t id, enum op_stat
 	buf_free(&b);
 }
 
-void models_ctl_render(struct models *m, const char *node, struct buf *out)
+size_t models_ops(struct models *m, const char *node, struct models_op_view **ret)
 {
-	size_t before = out->len;
+	*ret = NULL;
 	pthread_mutex_lock(&m->lock);
 	struct mnode *n = models_node_find(m, node);
-	for (size_t i = 0; n && i < n->n_ops; i++) {
+	size_t k = n ? n->n_ops : 0;
+	struct models_op_view *v = k ? calloc(k, sizeof(*v)) : NULL;
+	if (k && !v)
+		abort();
+	for (size_t i = 0; i < k; i++) {
 		const struct op *op = n->ops[i];
-		char ts[32];
-		clock_format_utc(op->started_at, ts);
-		buf_printf(out, "%s %s %s %s%s%s\n", ts, models_verb_names[op->verb], op->model,
-			   models_op_state_names[op->state], op->detail ? ": " : "",
-			   op->detail ? op->detail : "");
+		v[i].started_at = op->started_at;
+		v[i].verb = models_verb_names[op->verb];
+		v[i].model = strdup(op->model);
+		v[i].state = models_op_state_names[op->state];
+		v[i].detail = op->detail ? strdup(op->detail) : NULL;
 	}
 	pthread_mutex_unlock(&m->lock);
-	if (out->len == before)
-		buf_puts(out, "no model operations yet; write \"pull NAME\", \"delete NAME\", "
-			      "\"load NAME\" or \"unload NAME\" here\n");
+	*ret = v;
+	return k;
+}
+
+void models_ops_free(struct models_op_view *ops, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(ops[i].model);
+		free(ops[i].detail);
+	}
+	free(ops);
 }
 
 /* ---- ctl ---- */
@@ -602,46 +537,23 @@ static bool model_name_ok(const char *s)
 	return true;
 }
 
+static const struct ctl_word ctl_words[N_VERBS] = {
+	{"pull", "NAME", "a model name"},
+	{"delete", "NAME", "a model name"},
+	{"load", "NAME", "a model name"},
+	{"unload", "NAME", "a model name"},
+};
+
 /* The verb and the model name (new string) of a ctl command. Returns 0 or -errno with the
  * sentence in errbuf. */
 static int ctl_parse_command(const char *cmd, enum verb *ret_verb, char **ret_name, char *errbuf,
 			     size_t errlen)
 {
-	_cleanup_free_ char *copy = strdup(cmd ? cmd : "");
-	if (!copy)
-		return -ENOMEM;
-	char *save = NULL;
-	const char *word = strtok_r(copy, " \t\r\n", &save);
-	const char *raw = word ? strtok_r(NULL, " \t\r\n", &save) : NULL;
-	const char *extra = raw ? strtok_r(NULL, " \t\r\n", &save) : NULL;
-	int verb = -1;
-
-	if (!word) {
-		snprintf(errbuf, errlen,
-			 "empty command; write pull NAME, delete NAME, load NAME or "
-			 "unload NAME");
-		return -EINVAL;
-	}
-	for (int i = 0; i < N_VERBS; i++)
-		if (!strcmp(word, models_verb_names[i]))
-			verb = i;
-	if (verb < 0) {
-		const char *s = util_closest_word(word, models_verb_names, N_VERBS, 2);
-		snprintf(errbuf, errlen,
-			 "unknown command \"%s\"%s%s%s; write pull NAME, delete NAME, load NAME or "
-			 "unload NAME",
-			 word, s ? "; did you mean \"" : "", s ? s : "", s ? "\"" : "");
-		return -EINVAL;
-	}
-	if (!raw) {
-		snprintf(errbuf, errlen, "%s needs a model name: %s NAME", word, word);
-		return -EINVAL;
-	}
-	if (extra) {
-		snprintf(errbuf, errlen, "one command per write: %s NAME (got \"%s\" after \"%s\")",
-			 word, extra, raw);
-		return -EINVAL;
-	}
+	struct ctl_command c;
+	int r = ctl_parse(cmd, ctl_words, N_VERBS, &c, errbuf, errlen);
+	if (r < 0)
+		return r;
+	const char *raw = c.arg;
 	/* a file name copied from models/ works too: Ollama names never hold '%' */
 	char *name = strchr(raw, '%') ? models_decode_name(raw) : NULL;
 	if (!name)
@@ -649,10 +561,12 @@ static int ctl_parse_command(const char *cmd, enum verb *ret_verb, char **ret_na
 	if (!model_name_ok(name)) {
 		snprintf(errbuf, errlen, "\"%s\" is not a model name", raw);
 		free(name);
+		ctl_command_clear(&c);
 		return -EINVAL;
 	}
-	*ret_verb = verb;
+	*ret_verb = c.word;
 	*ret_name = name;
+	ctl_command_clear(&c);
 	return 0;
 }
 

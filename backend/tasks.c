@@ -1,6 +1,7 @@
 /* Tasks: submission, placement, dispatch, progress, output, waiting, cancel, recovery. */
 #include "backend/tasks.h"
 #include "backend/artifacts.h"
+#include "backend/ctl.h"
 #include "backend/endpoint.h"
 #include "backend/sched.h"
 #include "backend/spec.h"
@@ -2657,11 +2658,17 @@ int tasks_start(struct tasks *t)
 int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, char *errbuf,
 		  size_t errlen)
 {
-	char word[32] = "", arg[32] = "";
-	if (sscanf(cmd, " %31s %31s", word, arg) < 1) {
-		snprintf(errbuf, errlen, "write one of: cancel, retry, priority P0..P3");
-		return -EINVAL;
-	}
+	static const struct ctl_word words[] = {{"cancel", NULL, NULL},
+						{"retry", NULL, NULL},
+						{"priority", "P0..P3", "a priority"}};
+	struct ctl_command ctl;
+	int pr = ctl_parse(cmd, words, 3, &ctl, errbuf, errlen);
+	if (pr < 0)
+		return pr;
+	const char *word = words[ctl.word].name;
+	char arg[32];
+	snprintf(arg, sizeof(arg), "%s", ctl.arg ? ctl.arg : "");
+	ctl_command_clear(&ctl);
 	struct waiter *wake = NULL;
 	int r = 0;
 	pthread_mutex_lock(&t->lock);
@@ -2736,14 +2743,6 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 		k->row.priority = p;
 		persist_locked(t, k);
 		cluster_add_event(t->cluster, "task", id, "priority P%d", p);
-	} else {
-		const char *const words[] = {"cancel", "retry", "priority"};
-		const char *s = util_closest_word(word, words, 3, 2);
-		snprintf(errbuf, errlen,
-			 "unknown command \"%s\"%s%s%s; write cancel, retry or "
-			 "priority P0..P3",
-			 word, s ? "; did you mean \"" : "", s ? s : "", s ? "\"" : "");
-		r = -EINVAL;
 	}
 out_unlock:
 	cache_trim_locked(t);
