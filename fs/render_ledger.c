@@ -132,12 +132,10 @@ int render_ledger_source(RENDER_ARGS)
 			json_object_set_new(doc, "fetched_at", json_null());
 			json_object_set_new(doc, "age_s", json_null());
 		}
-		json_object_set_new(doc, "error",
-				    src.error ? json_string(src.error) : json_null());
+		json_object_set_new(doc, "error", src.error ? json_string(src.error) : json_null());
 	}
 	json_object_set_new(doc, "entries", json_integer((json_int_t) src.entries));
-	json_object_set_new(doc, "pending_records",
-			    json_integer((json_int_t) src.pending_records));
+	json_object_set_new(doc, "pending_records", json_integer((json_int_t) src.pending_records));
 	if (src.refused)
 		json_object_set_new(doc, "refused", json_string(src.refused));
 	put_json(out, doc);

@@ -27,8 +27,7 @@ static void test_accepted(void)
 {
 	struct ctl_command c;
 	char err[256];
-	CHECK(parse("cancel", &c, err, sizeof(err)) == 0 && c.word == 0 && !c.arg,
-	      "a word alone");
+	CHECK(parse("cancel", &c, err, sizeof(err)) == 0 && c.word == 0 && !c.arg, "a word alone");
 	ctl_command_clear(&c);
 	CHECK(parse("  retry\r\n", &c, err, sizeof(err)) == 0 && c.word == 1 && !c.arg,
 	      "spaces and line ends around it are not part of it");

@@ -164,66 +164,125 @@ static void agent_usage(FILE *out)
 
 /* Parses the command line. Returns 0, 1 when the program should exit successfully
  * (--help, --version), or -EINVAL after printing the usage to stderr. */
+/* The agent's long options. */
+enum {
+	OPT_LISTEN = 256,
+	OPT_TOKEN_FILE,
+	OPT_STATE_DIR,
+	OPT_NAME,
+	OPT_VERSION,
+	OPT_LEDGER,
+	OPT_TLS_CERT,
+	OPT_TLS_KEY,
+	OPT_INIT,
+	OPT_FINGERPRINT,
+	OPT_JOIN,
+	OPT_JOIN_TOKEN_FILE,
+	OPT_JOIN_CA,
+	OPT_JOIN_FINGERPRINT,
+	OPT_ADVERTISE,
+	OPT_ROLE,
+	OPT_CAPABILITIES,
+	OPT_LEAVE,
+	OPT_REVERSE,
+	OPT_OUTPUTS_MAX_FILES,
+	OPT_OUTPUTS_MAX_BYTES,
+	OPT_ANNOUNCE,
+};
+static const struct option agent_longopts[] = {
+	{"listen", required_argument, NULL, OPT_LISTEN},
+	{"token-file", required_argument, NULL, OPT_TOKEN_FILE},
+	{"state-dir", required_argument, NULL, OPT_STATE_DIR},
+	{"name", required_argument, NULL, OPT_NAME},
+	{"ledger", required_argument, NULL, OPT_LEDGER},
+	{"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+	{"tls-key", required_argument, NULL, OPT_TLS_KEY},
+	{"init", required_argument, NULL, OPT_INIT},
+	{"fingerprint", required_argument, NULL, OPT_FINGERPRINT},
+	{"join", required_argument, NULL, OPT_JOIN},
+	{"join-token-file", required_argument, NULL, OPT_JOIN_TOKEN_FILE},
+	{"join-ca", required_argument, NULL, OPT_JOIN_CA},
+	{"join-fingerprint", required_argument, NULL, OPT_JOIN_FINGERPRINT},
+	{"advertise", required_argument, NULL, OPT_ADVERTISE},
+	{"role", required_argument, NULL, OPT_ROLE},
+	{"capabilities", required_argument, NULL, OPT_CAPABILITIES},
+	{"leave", no_argument, NULL, OPT_LEAVE},
+	{"reverse", no_argument, NULL, OPT_REVERSE},
+	{"outputs-max-files", required_argument, NULL, OPT_OUTPUTS_MAX_FILES},
+	{"outputs-max-bytes", required_argument, NULL, OPT_OUTPUTS_MAX_BYTES},
+	{"announce", no_argument, NULL, OPT_ANNOUNCE},
+	{"verbose", no_argument, NULL, 'v'},
+	{"help", no_argument, NULL, 'h'},
+	{"version", no_argument, NULL, OPT_VERSION},
+	{NULL, 0, NULL, 0},
+};
+
+/* The combinations of options that make no command. Returns 0, or -EINVAL with the reason
+ * and the usage on stderr. */
+static int agent_check_options(const struct agent_options *o)
+{
+	if (!o->tls_cert != !o->tls_key) {
+		fprintf(stderr, "clusterfs-agent: --tls-cert and --tls-key go together: give both "
+				"(HTTPS) or neither (plain HTTP)\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (o->init_dir && o->fingerprint) {
+		fprintf(stderr,
+			"clusterfs-agent: --init and --fingerprint are separate commands\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if ((o->init_dir || o->fingerprint) && (o->token_file || o->state_dir || o->ledger)) {
+		fprintf(stderr,
+			"clusterfs-agent: --%s takes no --token-file, --state-dir or "
+			"--ledger\n",
+			o->init_dir ? "init" : "fingerprint");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (!o->join.url &&
+	    (o->leave || o->join.reverse || o->join.token_file || o->join.ca_file ||
+	     o->join.fingerprint || o->join.advertise || o->join.role || o->join.capabilities)) {
+		fprintf(stderr, "clusterfs-agent: --leave and the --join-* options, --advertise, "
+				"--role and --capabilities go with --join URL\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (o->join.url && strcmp(o->join.url, "auto") == 0 && o->join.ca_file) {
+		fprintf(stderr, "clusterfs-agent: --join auto pins the key it finds (vouched for "
+				"with the join token, or --join-fingerprint): it takes no "
+				"--join-ca\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if ((o->init_dir || o->fingerprint) && o->announce) {
+		fprintf(stderr, "clusterfs-agent: --announce goes with a running agent\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (o->join.url && !o->join.token_file) {
+		fprintf(stderr, "clusterfs-agent: --join needs --join-token-file FILE\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (!o->token_file && !o->init_dir && !o->fingerprint) {
+		fprintf(stderr, "clusterfs-agent: --token-file is required\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 static int agent_parse_options(int argc, char **argv, struct agent_options *ret_opts)
 {
-	enum {
-		OPT_LISTEN = 256,
-		OPT_TOKEN_FILE,
-		OPT_STATE_DIR,
-		OPT_NAME,
-		OPT_VERSION,
-		OPT_LEDGER,
-		OPT_TLS_CERT,
-		OPT_TLS_KEY,
-		OPT_INIT,
-		OPT_FINGERPRINT,
-		OPT_JOIN,
-		OPT_JOIN_TOKEN_FILE,
-		OPT_JOIN_CA,
-		OPT_JOIN_FINGERPRINT,
-		OPT_ADVERTISE,
-		OPT_ROLE,
-		OPT_CAPABILITIES,
-		OPT_LEAVE,
-		OPT_REVERSE,
-		OPT_OUTPUTS_MAX_FILES,
-		OPT_OUTPUTS_MAX_BYTES,
-		OPT_ANNOUNCE,
-	};
-	static const struct option longopts[] = {
-		{"listen", required_argument, NULL, OPT_LISTEN},
-		{"token-file", required_argument, NULL, OPT_TOKEN_FILE},
-		{"state-dir", required_argument, NULL, OPT_STATE_DIR},
-		{"name", required_argument, NULL, OPT_NAME},
-		{"ledger", required_argument, NULL, OPT_LEDGER},
-		{"tls-cert", required_argument, NULL, OPT_TLS_CERT},
-		{"tls-key", required_argument, NULL, OPT_TLS_KEY},
-		{"init", required_argument, NULL, OPT_INIT},
-		{"fingerprint", required_argument, NULL, OPT_FINGERPRINT},
-		{"join", required_argument, NULL, OPT_JOIN},
-		{"join-token-file", required_argument, NULL, OPT_JOIN_TOKEN_FILE},
-		{"join-ca", required_argument, NULL, OPT_JOIN_CA},
-		{"join-fingerprint", required_argument, NULL, OPT_JOIN_FINGERPRINT},
-		{"advertise", required_argument, NULL, OPT_ADVERTISE},
-		{"role", required_argument, NULL, OPT_ROLE},
-		{"capabilities", required_argument, NULL, OPT_CAPABILITIES},
-		{"leave", no_argument, NULL, OPT_LEAVE},
-		{"reverse", no_argument, NULL, OPT_REVERSE},
-		{"outputs-max-files", required_argument, NULL, OPT_OUTPUTS_MAX_FILES},
-		{"outputs-max-bytes", required_argument, NULL, OPT_OUTPUTS_MAX_BYTES},
-		{"announce", no_argument, NULL, OPT_ANNOUNCE},
-		{"verbose", no_argument, NULL, 'v'},
-		{"help", no_argument, NULL, 'h'},
-		{"version", no_argument, NULL, OPT_VERSION},
-		{NULL, 0, NULL, 0},
-	};
 	struct agent_options opts = {.listen = AGENT_DEFAULT_LISTEN,
 				     .outputs_max_files = ARTIFACTS_MAX_FILES,
 				     .outputs_max_bytes = (long long) ARTIFACTS_MAX_BYTES};
 	char *end;
 	int c;
 
-	while ((c = getopt_long(argc, argv, "hv", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "hv", agent_longopts, NULL)) != -1) {
 		switch (c) {
 		case OPT_LISTEN:
 			opts.listen = optarg;
@@ -273,57 +332,8 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		agent_usage(stderr);
 		return -EINVAL;
 	}
-	if (!opts.tls_cert != !opts.tls_key) {
-		fprintf(stderr, "clusterfs-agent: --tls-cert and --tls-key go together: give both "
-				"(HTTPS) or neither (plain HTTP)\n");
-		agent_usage(stderr);
+	if (agent_check_options(&opts) < 0)
 		return -EINVAL;
-	}
-	if (opts.init_dir && opts.fingerprint) {
-		fprintf(stderr,
-			"clusterfs-agent: --init and --fingerprint are separate commands\n");
-		agent_usage(stderr);
-		return -EINVAL;
-	}
-	if ((opts.init_dir || opts.fingerprint) &&
-	    (opts.token_file || opts.state_dir || opts.ledger)) {
-		fprintf(stderr,
-			"clusterfs-agent: --%s takes no --token-file, --state-dir or "
-			"--ledger\n",
-			opts.init_dir ? "init" : "fingerprint");
-		agent_usage(stderr);
-		return -EINVAL;
-	}
-	if (!opts.join.url && (opts.leave || opts.join.reverse || opts.join.token_file ||
-			       opts.join.ca_file || opts.join.fingerprint || opts.join.advertise ||
-			       opts.join.role || opts.join.capabilities)) {
-		fprintf(stderr, "clusterfs-agent: --leave and the --join-* options, --advertise, "
-				"--role and --capabilities go with --join URL\n");
-		agent_usage(stderr);
-		return -EINVAL;
-	}
-	if (opts.join.url && strcmp(opts.join.url, "auto") == 0 && opts.join.ca_file) {
-		fprintf(stderr, "clusterfs-agent: --join auto pins the key it finds (vouched for "
-				"with the join token, or --join-fingerprint): it takes no "
-				"--join-ca\n");
-		agent_usage(stderr);
-		return -EINVAL;
-	}
-	if ((opts.init_dir || opts.fingerprint) && opts.announce) {
-		fprintf(stderr, "clusterfs-agent: --announce goes with a running agent\n");
-		agent_usage(stderr);
-		return -EINVAL;
-	}
-	if (opts.join.url && !opts.join.token_file) {
-		fprintf(stderr, "clusterfs-agent: --join needs --join-token-file FILE\n");
-		agent_usage(stderr);
-		return -EINVAL;
-	}
-	if (!opts.token_file && !opts.init_dir && !opts.fingerprint) {
-		fprintf(stderr, "clusterfs-agent: --token-file is required\n");
-		agent_usage(stderr);
-		return -EINVAL;
-	}
 	*ret_opts = opts;
 	return 0;
 }
@@ -514,6 +524,66 @@ static int agent_announce(const struct agent_options *o, const char *bound, cons
 			     errbuf, errlen);
 }
 
+/* --fingerprint and --init: commands that run and end. Returns the exit code. */
+static int agent_run_command(const struct agent_options *opts)
+{
+	if (opts->fingerprint)
+		return agent_print_fingerprint(opts->fingerprint);
+	struct init_request init = {
+		.dir = opts->init_dir,
+		.name = opts->name,
+		.listen = opts->listen,
+		.tls_cert = opts->tls_cert,
+		.tls_key = opts->tls_key,
+	};
+	int r = init_run(&init);
+	return r == 0 ? 0 : r == -EINVAL || r == -EPERM ? AGENT_EXIT_USAGE : AGENT_EXIT_RUNTIME;
+}
+
+/* The node name: --name, else the host name (into host). Returns 0, or -1 with the reason
+ * logged. */
+static int agent_resolve_name(struct agent_options *opts, char *host, size_t len)
+{
+	if (!opts->name) {
+		if (gethostname(host, len) < 0) {
+			log_err("cannot get the hostname: %s; pass --name", strerror(errno));
+			return -1;
+		}
+		host[len - 1] = '\0';
+		opts->name = host;
+	}
+	if (!name_is_valid(opts->name)) {
+		log_err("invalid node name '%s': it must be 1 to 255 printable characters, "
+			"without '/', and not '.' or '..'",
+			opts->name);
+		return -1;
+	}
+	return 0;
+}
+
+/* Logs why server_listen failed with r. */
+static void agent_listen_failed(const struct agent_options *opts, int r)
+{
+	if (r == -EINVAL)
+		log_err("invalid --listen address '%s': expected ADDR:PORT or [ADDR6]:PORT with "
+			"a numeric address",
+			opts->listen);
+	else
+		log_err("cannot listen on %s: %s", opts->listen, strerror(-r));
+}
+
+/* The URL of our own API for relayed requests: a wildcard address becomes loopback. */
+static void agent_local_url(const char *bound, bool https, char *out, size_t len)
+{
+	const char *colon = strrchr(bound, ':');
+	if (strncmp(bound, "0.0.0.0:", 8) == 0)
+		snprintf(out, len, "%s://127.0.0.1%s", https ? "https" : "http", colon);
+	else if (strncmp(bound, "[::]:", 5) == 0)
+		snprintf(out, len, "%s://[::1]%s", https ? "https" : "http", colon);
+	else
+		snprintf(out, len, "%s://%s", https ? "https" : "http", bound);
+}
+
 int main(int argc, char **argv)
 {
 	struct agent_options opts;
@@ -537,21 +607,8 @@ int main(int argc, char **argv)
 		return r > 0 ? 0 : AGENT_EXIT_USAGE;
 	if (opts.verbose)
 		log_set_level(LOG_DEBUG);
-	if (opts.fingerprint)
-		return agent_print_fingerprint(opts.fingerprint);
-	if (opts.init_dir) {
-		struct init_request init = {
-			.dir = opts.init_dir,
-			.name = opts.name,
-			.listen = opts.listen,
-			.tls_cert = opts.tls_cert,
-			.tls_key = opts.tls_key,
-		};
-		r = init_run(&init);
-		return r == 0                        ? 0
-		       : r == -EINVAL || r == -EPERM ? AGENT_EXIT_USAGE
-						     : AGENT_EXIT_RUNTIME;
-	}
+	if (opts.fingerprint || opts.init_dir)
+		return agent_run_command(&opts);
 
 	/* token_read_file checks the file it reads: private, and ours or root's */
 	r = token_read_file(opts.token_file, &token, errbuf, sizeof(errbuf));
@@ -591,33 +648,14 @@ int main(int argc, char **argv)
 		goto out_free_token;
 	}
 
-	if (!opts.name) {
-		if (gethostname(host, sizeof(host)) < 0) {
-			log_err("cannot get the hostname: %s; pass --name", strerror(errno));
-			ret = AGENT_EXIT_USAGE;
-			goto out_free_token;
-		}
-		host[sizeof(host) - 1] = '\0';
-		opts.name = host;
-	}
-	if (!name_is_valid(opts.name)) {
-		log_err("invalid node name '%s': it must be 1 to 255 printable characters, "
-			"without '/', and not '.' or '..'",
-			opts.name);
+	if (agent_resolve_name(&opts, host, sizeof(host)) < 0) {
 		ret = AGENT_EXIT_USAGE;
 		goto out_free_token;
 	}
-
 	r = server_listen(opts.listen, &listen_fd, bound, sizeof(bound));
-	if (r == -EINVAL) {
-		log_err("invalid --listen address '%s': expected ADDR:PORT or [ADDR6]:PORT with "
-			"a numeric address",
-			opts.listen);
-		ret = AGENT_EXIT_USAGE;
-		goto out_free_token;
-	}
 	if (r < 0) {
-		log_err("cannot listen on %s: %s", opts.listen, strerror(-r));
+		agent_listen_failed(&opts, r);
+		ret = r == -EINVAL ? AGENT_EXIT_USAGE : AGENT_EXIT_RUNTIME;
 		goto out_free_token;
 	}
 
@@ -717,16 +755,7 @@ int main(int argc, char **argv)
 	if (opts.join.url) {
 		const char *colon = strrchr(bound, ':');
 		opts.join.port = colon ? atoi(colon + 1) : 0;
-		/* relayed requests come back to our own API; a wildcard address on loopback */
-		if (strncmp(bound, "0.0.0.0:", 8) == 0)
-			snprintf(local_url, sizeof(local_url), "%s://127.0.0.1%s",
-				 tls_cert ? "https" : "http", colon);
-		else if (strncmp(bound, "[::]:", 5) == 0)
-			snprintf(local_url, sizeof(local_url), "%s://[::1]%s",
-				 tls_cert ? "https" : "http", colon);
-		else
-			snprintf(local_url, sizeof(local_url), "%s://%s",
-				 tls_cert ? "https" : "http", bound);
+		agent_local_url(bound, tls_cert != NULL, local_url, sizeof(local_url));
 		opts.join.local_url = local_url;
 		if (tls_cert &&
 		    tls_fingerprint_pem(tls_cert, &agent_fp, errbuf, sizeof(errbuf)) == 0)
