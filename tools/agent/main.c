@@ -584,6 +584,204 @@ static void agent_local_url(const char *bound, bool https, char *out, size_t len
 		snprintf(out, len, "%s://%s", https ? "https" : "http", bound);
 }
 
+/* --leave: asks the control plane to forget this node. Returns the exit code. */
+static int agent_leave(struct agent_options *opts, char *host, size_t len)
+{
+	if (!opts->name && gethostname(host, len) == 0) {
+		host[len - 1] = '\0';
+		opts->name = host;
+	}
+	int r = agent_join_leave(&opts->join, opts->name ? opts->name : "");
+	return r == 0 ? 0 : r == -EPERM ? AGENT_EXIT_JOIN : AGENT_EXIT_RUNTIME;
+}
+
+/* The state directory: --state-dir, else the default (*ret_default, new), made and checked;
+ * *ret_state_dir gets its full name (new). Returns 0, or -1 with the reason logged. */
+static int agent_state_dir(struct agent_options *opts, char **ret_default, char **ret_state_dir)
+{
+	char errbuf[512];
+	int r;
+	if (!opts->state_dir) {
+		r = agent_default_state_dir(ret_default);
+		if (r < 0) {
+			log_err("cannot work out a default state directory (%s); pass --state-dir",
+				strerror(-r));
+			return -1;
+		}
+		opts->state_dir = *ret_default;
+	}
+	r = agent_prepare_state_dir(opts->state_dir, ret_state_dir, errbuf, sizeof(errbuf));
+	if (r < 0) {
+		log_err("%s", errbuf);
+		return -1;
+	}
+	return 0;
+}
+
+/* Before any thread exists, so that all of them inherit the mask and only sigwaitinfo()
+ * ever sees these signals. */
+static void agent_block_signals(sigset_t *sigs)
+{
+	sigemptyset(sigs);
+	sigaddset(sigs, SIGTERM);
+	sigaddset(sigs, SIGINT);
+	sigaddset(sigs, SIGCHLD);
+	pthread_sigmask(SIG_BLOCK, sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+}
+
+/* --join URL: registers with the control plane and keeps the heartbeat going (*ret_join).
+ * local_url (len bytes) gets our own API's URL for relayed requests; *ret_fp the
+ * certificate's fingerprint (new, or NULL). Returns 0, or -1 with the reason logged. */
+static int agent_join_begin(struct agent_options *opts, struct api_context *api, const char *bound,
+			    const char *tls_cert, char *local_url, size_t len, char **ret_fp,
+			    struct agent_join **ret_join)
+{
+	char errbuf[512];
+	const char *colon = strrchr(bound, ':');
+	opts->join.port = colon ? atoi(colon + 1) : 0;
+	agent_local_url(bound, tls_cert != NULL, local_url, len);
+	opts->join.local_url = local_url;
+	if (tls_cert && tls_fingerprint_pem(tls_cert, ret_fp, errbuf, sizeof(errbuf)) == 0)
+		opts->join.agent_fingerprint = *ret_fp;
+	else
+		log_warn("joining without --tls-cert: the control plane will speak plain "
+			 "HTTP to this agent, which it allows only on loopback");
+	int r = agent_join_start(&opts->join, api, ret_join, errbuf, sizeof(errbuf));
+	if (r < 0) {
+		log_err("%s", errbuf);
+		return -1;
+	}
+	return 0;
+}
+
+/* Serves the API on listen_fd (which it takes) until a stop signal: announces the agent
+ * (--announce) and joins (--join) meanwhile. Returns the exit code. */
+static int agent_serve(struct agent_options *opts, const char *state_dir, int listen_fd,
+		       const char *token, const char *tls_cert, const char *tls_key,
+		       const char *bound, sigset_t *sigs, struct sysinfo_sampler *sampler,
+		       struct tasks *tasks, struct ledger *ledger)
+{
+	char errbuf[512];
+	struct server *srv = NULL;
+	struct api_context api = {
+		.name = opts->name,
+		.state_dir = state_dir,
+		.sampler = sampler,
+		.tasks = tasks,
+		.ledger = ledger,
+	};
+	struct server_config cfg = {
+		.listen_fd = listen_fd,
+		.token = token,
+		.routes = api_routes,
+		.n_routes = api_n_routes,
+		.uploads = api_uploads,
+		.n_uploads = api_n_uploads,
+		.userdata = &api,
+		.tls_cert_pem = tls_cert,
+		.tls_key_pem = tls_key,
+	};
+	int r = server_start(&cfg, &srv);
+	if (r < 0) {
+		log_err("cannot start the HTTP server on %s", bound);
+		return AGENT_EXIT_RUNTIME;
+	}
+	/* a task that starts or ends answers the long polls waiting for it */
+	tasks_set_notify(tasks, server_wake_cb, srv);
+	log_info("listening on %s as %s%s", bound, opts->name, tls_cert ? " (HTTPS)" : "");
+
+	char *agent_fp = NULL;
+	struct agent_join *join = NULL;
+	struct dnssd *dnssd = NULL;
+	char local_url[INET6_ADDRSTRLEN + 32];
+	if (opts->announce) {
+		r = agent_announce(opts, bound, tls_cert, &dnssd, errbuf, sizeof(errbuf));
+		if (r < 0) {
+			log_err("--announce: %s", errbuf);
+			tasks_set_notify(tasks, NULL, NULL);
+			server_stop(srv);
+			return AGENT_EXIT_USAGE;
+		}
+	}
+	if (opts->join.url && agent_join_begin(opts, &api, bound, tls_cert, local_url,
+					       sizeof(local_url), &agent_fp, &join) < 0) {
+		dnssd_free(dnssd);
+		tasks_set_notify(tasks, NULL, NULL);
+		server_stop(srv);
+		free(agent_fp);
+		return AGENT_EXIT_USAGE;
+	}
+
+	agent_wait_for_signal(sigs, tasks);
+	api.stopping = true; /* input fetches in progress give up */
+	bool join_failed = agent_join_stop(join);
+	dnssd_free(dnssd);
+	free(agent_fp);
+	tasks_set_notify(tasks, NULL, NULL);
+	server_stop(srv);
+	return join_failed ? AGENT_EXIT_JOIN : 0;
+}
+
+/* Opens the task directory, starts the metrics sampler and opens the ledger (--ledger).
+ * Returns 0, or -1 with the reason logged and nothing left open. */
+static int agent_open(const struct agent_options *opts, const char *state_dir, const char *sup_exe,
+		      struct tasks **ret_tasks, struct sysinfo_sampler **ret_sampler,
+		      struct ledger **ret_ledger)
+{
+	char errbuf[512];
+	int r = tasks_open(state_dir, sup_exe, opts->name, ret_tasks);
+	if (r < 0) {
+		log_err("cannot open the task directory in %s: %s", state_dir, strerror(-r));
+		return -1;
+	}
+	tasks_set_output_limits(*ret_tasks, opts->outputs_max_files, opts->outputs_max_bytes);
+	staging_reset(state_dir);
+
+	r = sysinfo_sampler_start(ret_sampler);
+	if (r < 0) {
+		log_err("cannot start the metrics sampler: %s", strerror(-r));
+		goto fail;
+	}
+
+	if (opts->ledger) {
+		r = agent_create_ledger_file(opts->ledger);
+		if (r < 0) {
+			log_err("cannot create the ledger %s: %s", opts->ledger, strerror(-r));
+			goto fail;
+		}
+		r = ledger_open(opts->ledger, ret_ledger, errbuf, sizeof(errbuf));
+		if (r < 0) {
+			log_err("cannot open the ledger %s: %s", opts->ledger, errbuf);
+			goto fail;
+		}
+	}
+	return 0;
+fail:
+	ledger_close(*ret_ledger);
+	*ret_ledger = NULL;
+	sysinfo_sampler_stop(*ret_sampler);
+	*ret_sampler = NULL;
+	tasks_close(*ret_tasks);
+	*ret_tasks = NULL;
+	return -1;
+}
+
+/* The task supervisor's path (new), resolved once: an agent that cannot start tasks should
+ * say so now, not at its first task. Returns 0, or -1 with the reason logged. */
+static int agent_supervisor(char **ret_exe)
+{
+	char sup_path[PATH_MAX];
+	int r = agent_find_supervisor(sup_path, ret_exe);
+	if (r < 0) {
+		log_err("cannot use the task supervisor %s: %s; it is installed next to "
+			"clusterfs-agent",
+			sup_path, strerror(-r));
+		return -1;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct agent_options opts;
@@ -595,7 +793,6 @@ int main(int argc, char **argv)
 	struct sysinfo_sampler *sampler = NULL;
 	struct tasks *tasks = NULL;
 	struct ledger *ledger = NULL;
-	struct server *srv = NULL;
 	sigset_t sigs;
 	int listen_fd = -1;
 	int ret = AGENT_EXIT_RUNTIME;
@@ -618,14 +815,10 @@ int main(int argc, char **argv)
 	}
 	opts.join.agent_token = token;
 	if (opts.leave) {
-		if (!opts.name && gethostname(host, sizeof(host)) == 0) {
-			host[sizeof(host) - 1] = '\0';
-			opts.name = host;
-		}
-		r = agent_join_leave(&opts.join, opts.name ? opts.name : "");
+		ret = agent_leave(&opts, host, sizeof(host));
 		explicit_bzero(token, strlen(token));
 		free(token);
-		return r == 0 ? 0 : r == -EPERM ? AGENT_EXIT_JOIN : AGENT_EXIT_RUNTIME;
+		return ret;
 	}
 	if (opts.tls_cert) {
 		r = tls_read_pair(opts.tls_cert, opts.tls_key, &tls_cert, &tls_key, errbuf,
@@ -637,16 +830,8 @@ int main(int argc, char **argv)
 		}
 	}
 
-	/* Resolved once: an agent that cannot start tasks should say so now, not at its
-	 * first task. */
-	char sup_path[PATH_MAX];
-	r = agent_find_supervisor(sup_path, &sup_exe);
-	if (r < 0) {
-		log_err("cannot use the task supervisor %s: %s; it is installed next to "
-			"clusterfs-agent",
-			sup_path, strerror(-r));
+	if (agent_supervisor(&sup_exe) < 0)
 		goto out_free_token;
-	}
 
 	if (agent_resolve_name(&opts, host, sizeof(host)) < 0) {
 		ret = AGENT_EXIT_USAGE;
@@ -659,135 +844,19 @@ int main(int argc, char **argv)
 		goto out_free_token;
 	}
 
-	if (!opts.state_dir) {
-		r = agent_default_state_dir(&default_dir);
-		if (r < 0) {
-			log_err("cannot work out a default state directory (%s); pass --state-dir",
-				strerror(-r));
-			goto out_close_listen;
-		}
-		opts.state_dir = default_dir;
-	}
-	r = agent_prepare_state_dir(opts.state_dir, &state_dir, errbuf, sizeof(errbuf));
-	if (r < 0) {
-		log_err("%s", errbuf);
+	if (agent_state_dir(&opts, &default_dir, &state_dir) < 0)
 		goto out_close_listen;
-	}
+	agent_block_signals(&sigs);
 
-	/* Before any thread exists, so that all of them inherit the mask and only
-	 * sigwaitinfo() below ever sees these signals. */
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGCHLD);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-	signal(SIGPIPE, SIG_IGN);
-
-	r = tasks_open(state_dir, sup_exe, opts.name, &tasks);
-	if (r < 0) {
-		log_err("cannot open the task directory in %s: %s", state_dir, strerror(-r));
+	if (agent_open(&opts, state_dir, sup_exe, &tasks, &sampler, &ledger) < 0)
 		goto out_free_state_dir;
-	}
-	tasks_set_output_limits(tasks, opts.outputs_max_files, opts.outputs_max_bytes);
-	staging_reset(state_dir);
 
-	r = sysinfo_sampler_start(&sampler);
-	if (r < 0) {
-		log_err("cannot start the metrics sampler: %s", strerror(-r));
-		goto out_close_tasks;
-	}
-
-	if (opts.ledger) {
-		r = agent_create_ledger_file(opts.ledger);
-		if (r < 0) {
-			log_err("cannot create the ledger %s: %s", opts.ledger, strerror(-r));
-			goto out_stop_sampler;
-		}
-		r = ledger_open(opts.ledger, &ledger, errbuf, sizeof(errbuf));
-		if (r < 0) {
-			log_err("cannot open the ledger %s: %s", opts.ledger, errbuf);
-			goto out_stop_sampler;
-		}
-	}
-
-	struct api_context api = {
-		.name = opts.name,
-		.state_dir = state_dir,
-		.sampler = sampler,
-		.tasks = tasks,
-		.ledger = ledger,
-	};
-	struct server_config cfg = {
-		.listen_fd = listen_fd,
-		.token = token,
-		.routes = api_routes,
-		.n_routes = api_n_routes,
-		.uploads = api_uploads,
-		.n_uploads = api_n_uploads,
-		.userdata = &api,
-		.tls_cert_pem = tls_cert,
-		.tls_key_pem = tls_key,
-	};
-	r = server_start(&cfg, &srv);
+	ret = agent_serve(&opts, state_dir, listen_fd, token, tls_cert, tls_key, bound, &sigs,
+			  sampler, tasks, ledger);
 	listen_fd = -1; /* the server owns it now, even on failure */
-	if (r < 0) {
-		log_err("cannot start the HTTP server on %s", bound);
-		goto out_stop_sampler;
-	}
-	/* a task that starts or ends answers the long polls waiting for it */
-	tasks_set_notify(tasks, server_wake_cb, srv);
-	log_info("listening on %s as %s%s", bound, opts.name, tls_cert ? " (HTTPS)" : "");
 
-	char *agent_fp = NULL;
-	struct agent_join *join = NULL;
-	struct dnssd *dnssd = NULL;
-	char local_url[INET6_ADDRSTRLEN + 32];
-	if (opts.announce) {
-		r = agent_announce(&opts, bound, tls_cert, &dnssd, errbuf, sizeof(errbuf));
-		if (r < 0) {
-			log_err("--announce: %s", errbuf);
-			ret = AGENT_EXIT_USAGE;
-			tasks_set_notify(tasks, NULL, NULL);
-			server_stop(srv);
-			goto out_stop_sampler;
-		}
-	}
-	if (opts.join.url) {
-		const char *colon = strrchr(bound, ':');
-		opts.join.port = colon ? atoi(colon + 1) : 0;
-		agent_local_url(bound, tls_cert != NULL, local_url, sizeof(local_url));
-		opts.join.local_url = local_url;
-		if (tls_cert &&
-		    tls_fingerprint_pem(tls_cert, &agent_fp, errbuf, sizeof(errbuf)) == 0)
-			opts.join.agent_fingerprint = agent_fp;
-		else
-			log_warn("joining without --tls-cert: the control plane will speak plain "
-				 "HTTP to this agent, which it allows only on loopback");
-		r = agent_join_start(&opts.join, &api, &join, errbuf, sizeof(errbuf));
-		if (r < 0) {
-			log_err("%s", errbuf);
-			ret = AGENT_EXIT_USAGE;
-			dnssd_free(dnssd);
-			tasks_set_notify(tasks, NULL, NULL);
-			server_stop(srv);
-			free(agent_fp);
-			goto out_stop_sampler;
-		}
-	}
-
-	agent_wait_for_signal(&sigs, tasks);
-	api.stopping = true; /* input fetches in progress give up */
-	bool join_failed = agent_join_stop(join);
-	dnssd_free(dnssd);
-	free(agent_fp);
-	tasks_set_notify(tasks, NULL, NULL);
-	server_stop(srv);
-	ret = join_failed ? AGENT_EXIT_JOIN : 0;
-
-out_stop_sampler:
 	ledger_close(ledger);
 	sysinfo_sampler_stop(sampler);
-out_close_tasks:
 	tasks_close(tasks);
 out_free_state_dir:
 	free(state_dir);
