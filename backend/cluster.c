@@ -1355,6 +1355,50 @@ void cluster_render_alerts(struct cluster *c, struct buf *out)
 	pthread_rwlock_unlock(&c->lock);
 }
 
+/* Lock held (write): takes what the external source says of node o. Returns whether what
+ * the node's files show changed (its documents, reachability, error, reasons, address or
+ * role; every failed round counts). */
+static bool external_apply_locked(struct node *o, const struct cluster_external *e, uint64_t now)
+{
+	json_t *reasons = e->reasons ? json_deep_copy(e->reasons) : json_array();
+	/* what the node's files show: its documents, and its reachability (a success
+	 * moves checked_at), failures, error, reasons, address and role */
+	bool data = !json_equal(o->health, e->health) || !json_equal(o->system, e->system) ||
+		    e->reachable || !e->error != !o->last_error ||
+		    (e->error && strcmp(e->error, o->last_error)) ||
+		    !json_equal(o->reasons, reasons) || !o->ext_address ||
+		    strcmp(o->ext_address, e->address ? e->address : "") || !o->ext_role ||
+		    strcmp(o->ext_role, e->role ? e->role : "");
+	free(o->ext_address);
+	o->ext_address = strdup(e->address ? e->address : "");
+	free(o->ext_role);
+	o->ext_role = strdup(e->role ? e->role : "");
+	if (e->health && e->health != o->health) {
+		json_decref(o->health);
+		o->health = json_incref(e->health);
+	}
+	if (e->system && e->system != o->system) {
+		json_decref(o->system);
+		o->system = json_incref(e->system);
+	}
+	json_decref(o->reasons);
+	o->reasons = reasons;
+	o->ext_level = e->level;
+	o->attempted_at = clock_wall_s();
+	if (e->reachable) {
+		o->last_ok_us = now;
+		o->checked_at = o->attempted_at;
+		o->latency_ms = e->latency_ms;
+		o->failures = 0;
+	} else {
+		o->failures++;
+		data = true;
+	}
+	free(o->last_error);
+	o->last_error = e->error ? strdup(e->error) : NULL;
+	return data;
+}
+
 void cluster_set_external(struct cluster *c, const char *owner, const struct cluster_external *v,
 			  size_t n)
 {
@@ -1404,43 +1448,7 @@ void cluster_set_external(struct cluster *c, const char *owner, const struct clu
 			qsort(c->nodes, c->n_nodes, sizeof(*c->nodes), node_cmp);
 			set_changed = true;
 		}
-		json_t *reasons = e->reasons ? json_deep_copy(e->reasons) : json_array();
-		/* what the node's files show: its documents, and its reachability (a success
-		 * moves checked_at), failures, error, reasons, address and role */
-		bool data = !json_equal(o->health, e->health) ||
-			    !json_equal(o->system, e->system) || e->reachable ||
-			    !e->error != !o->last_error ||
-			    (e->error && strcmp(e->error, o->last_error)) ||
-			    !json_equal(o->reasons, reasons) || !o->ext_address ||
-			    strcmp(o->ext_address, e->address ? e->address : "") || !o->ext_role ||
-			    strcmp(o->ext_role, e->role ? e->role : "");
-		free(o->ext_address);
-		o->ext_address = strdup(e->address ? e->address : "");
-		free(o->ext_role);
-		o->ext_role = strdup(e->role ? e->role : "");
-		if (e->health && e->health != o->health) {
-			json_decref(o->health);
-			o->health = json_incref(e->health);
-		}
-		if (e->system && e->system != o->system) {
-			json_decref(o->system);
-			o->system = json_incref(e->system);
-		}
-		json_decref(o->reasons);
-		o->reasons = reasons;
-		o->ext_level = e->level;
-		o->attempted_at = clock_wall_s();
-		if (e->reachable) {
-			o->last_ok_us = now;
-			o->checked_at = o->attempted_at;
-			o->latency_ms = e->latency_ms;
-			o->failures = 0;
-		} else {
-			o->failures++;
-			data = true;
-		}
-		free(o->last_error);
-		o->last_error = e->error ? strdup(e->error) : NULL;
+		bool data = external_apply_locked(o, e, now);
 		enum node_level old;
 		bool lv = node_evaluate_external(o, &old);
 		if (lv)

@@ -117,14 +117,15 @@ static char *ledger_token(struct ledger *l)
 	return tok;
 }
 
-static json_int_t entry_step(json_t *e)
+json_int_t ledger_entry_step(json_t *e)
 {
 	return json_integer_value(json_object_get(e, "step"));
 }
 
 static int step_cmp(const void *a, const void *b)
 {
-	json_int_t x = entry_step(*(json_t *const *) a), y = entry_step(*(json_t *const *) b);
+	json_int_t x = ledger_entry_step(*(json_t *const *) a),
+		   y = ledger_entry_step(*(json_t *const *) b);
 	return x < y ? -1 : x > y;
 }
 
@@ -162,6 +163,16 @@ static json_t *view_locked(struct ledger *l)
 	json_t *sorted = normalize(all);
 	json_decref(all);
 	return sorted;
+}
+
+json_t *ledger_view(struct ledger *l, size_t *ret_pending)
+{
+	pthread_mutex_lock(&l->lock);
+	json_t *all = view_locked(l);
+	if (ret_pending)
+		*ret_pending = json_array_size(l->pending);
+	pthread_mutex_unlock(&l->lock);
+	return all;
 }
 
 /* ---- fetching ---- */
@@ -406,14 +417,6 @@ int ledger_start(struct ledger *l)
 
 /* ---- rendering ---- */
 
-static void put_json(struct buf *out, json_t *doc)
-{
-	char *s = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
-	buf_puts(out, s ? s : "null");
-	buf_puts(out, "\n");
-	free(s);
-}
-
 char **ledger_steps(struct ledger *l, size_t *ret_n)
 {
 	pthread_mutex_lock(&l->lock);
@@ -423,7 +426,7 @@ char **ledger_steps(struct ledger *l, size_t *ret_n)
 	char **steps = calloc(n + 1, sizeof(*steps));
 	json_int_t prev = -1;
 	for (size_t i = 0; i < n; i++) {
-		json_int_t s = entry_step(json_array_get(all, i));
+		json_int_t s = ledger_entry_step(json_array_get(all, i));
 		if (k && s == prev)
 			continue;
 		char num[32];
@@ -441,8 +444,7 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *) a, *(char *const *) b);
 }
 
-/* The metric names of every entry, as the ledger spells them, sorted. */
-static char **metrics_raw(struct ledger *l, size_t *ret_n)
+char **ledger_metric_names(struct ledger *l, size_t *ret_n)
 {
 	pthread_mutex_lock(&l->lock);
 	json_t *all = view_locked(l);
@@ -473,7 +475,7 @@ static char **metrics_raw(struct ledger *l, size_t *ret_n)
 char **ledger_metrics(struct ledger *l, size_t *ret_n)
 {
 	size_t n = 0, m = 0;
-	char **raw = metrics_raw(l, &n);
+	char **raw = ledger_metric_names(l, &n);
 	char **files = calloc(n + 1, sizeof(*files));
 	struct buf left;
 	buf_init(&left);
@@ -507,31 +509,7 @@ char **ledger_metrics(struct ledger *l, size_t *ret_n)
 	return files;
 }
 
-int ledger_render_entry(struct ledger *l, const char *step, struct buf *out)
-{
-	char *end;
-	long long want = strtoll(step, &end, 10);
-	if (*end || !*step)
-		return -ENOENT;
-	pthread_mutex_lock(&l->lock);
-	json_t *all = view_locked(l);
-	pthread_mutex_unlock(&l->lock);
-	int r = -ENOENT;
-	size_t i;
-	json_t *e, *found = NULL;
-	json_array_foreach (all, i, e)
-		if (entry_step(e) == want)
-			found = e; /* the last of a step wins: a pending record is newest */
-	if (found) {
-		put_json(out, found);
-		r = 0;
-	}
-	json_decref(all);
-	return r;
-}
-
-/* The best entry for a metric, or NULL. Borrowed from `all`. */
-static json_t *best_of(json_t *all, const char *metric)
+json_t *ledger_best_of(json_t *all, const char *metric)
 {
 	bool lower = ledger_lower_is_better(metric);
 	json_t *best = NULL;
@@ -551,112 +529,33 @@ static json_t *best_of(json_t *all, const char *metric)
 	return best;
 }
 
-int ledger_render_best(struct ledger *l, const char *file, struct buf *out)
+void ledger_source_get(struct ledger *l, struct ledger_source *ret)
 {
-	_cleanup_free_ char *metric = models_decode_name(file);
-	if (!metric)
-		return -ENOENT;
-	pthread_mutex_lock(&l->lock);
-	json_t *all = view_locked(l);
-	pthread_mutex_unlock(&l->lock);
-	json_t *best = best_of(all, metric);
-	int r = -ENOENT;
-	if (best) {
-		json_t *doc = json_deep_copy(best);
-		json_object_set_new(doc, "best_by", json_string(metric));
-		json_object_set_new(doc, "direction",
-				    json_string(ledger_lower_is_better(metric)
-							? "lower is better"
-							: "higher is better"));
-		put_json(out, doc);
-		json_decref(doc);
-		r = 0;
-	}
-	json_decref(all);
-	return r;
-}
-
-void ledger_render_summary(struct ledger *l, struct buf *out)
-{
-	pthread_mutex_lock(&l->lock);
-	json_t *all = view_locked(l);
-	size_t pending = json_array_size(l->pending);
-	pthread_mutex_unlock(&l->lock);
-	json_t *doc = json_object();
-	size_t n = json_array_size(all);
-	json_object_set_new(doc, "count", json_integer((json_int_t) n));
-	json_object_set_new(doc, "first_step",
-			    n ? json_integer(entry_step(json_array_get(all, 0))) : json_null());
-	json_object_set_new(doc, "last_step",
-			    n ? json_integer(entry_step(json_array_get(all, n - 1))) : json_null());
-	json_object_set_new(doc, "pending", json_integer((json_int_t) pending));
-	json_t *best = json_object();
-	size_t nm = 0;
-	char **metrics = metrics_raw(l, &nm);
-	for (size_t i = 0; i < nm; i++) {
-		json_t *e = best_of(all, metrics[i]);
-		json_t *b = json_object();
-		json_object_set_new(b, "step", json_integer(entry_step(e)));
-		json_object_set(b, "value",
-				json_object_get(json_object_get(e, "metrics"), metrics[i]));
-		json_object_set_new(
-			b, "direction",
-			json_string(ledger_lower_is_better(metrics[i]) ? "lower" : "higher"));
-		json_object_set_new(best, metrics[i], b);
-		free(metrics[i]);
-	}
-	free(metrics);
-	json_object_set_new(doc, "best", best);
-	put_json(out, doc);
-	json_decref(doc);
-	json_decref(all);
-}
-
-void ledger_render_source(struct ledger *l, struct buf *out)
-{
-	char *host = NULL;
 	struct endpoint base;
-	bool have_base = ledger_base(l, &base, &host) == 0;
-	json_t *doc = json_object();
-	pthread_mutex_lock(&l->lock);
-	if (!have_base) {
-		json_object_set_new(doc, "state", json_string("none"));
-		json_object_set_new(doc, "reason",
-				    json_string("no host of the config declares a "
-						"\"ledger\" service"));
-	} else {
-		bool live = l->fetched_us && !l->failed_us;
-		json_object_set_new(doc, "state", json_string(live ? "live" : "cached"));
-		json_object_set_new(doc, "host", json_string(host));
-		json_object_set_new(doc, "url", json_string(base.url));
-		if (l->fetched_at > 0) {
-			char ts[32];
-			clock_format_utc(l->fetched_at, ts);
-			json_object_set_new(doc, "fetched_at", json_string(ts));
-			/* the copy's age at the last failed fetch (0 while fetches succeed):
-			 * the document changes only when the ledger's state does */
-			double age = l->failed_us && l->failed_at > l->fetched_at
-					     ? l->failed_at - l->fetched_at
-					     : 0;
-			json_object_set_new(doc, "age_s", json_real(round(age * 1000) / 1000));
-		} else {
-			json_object_set_new(doc, "fetched_at", json_null());
-			json_object_set_new(doc, "age_s", json_null());
-		}
-		json_object_set_new(doc, "error",
-				    l->last_error ? json_string(l->last_error) : json_null());
-	}
-	json_object_set_new(doc, "entries", json_integer((json_int_t) json_array_size(l->entries)));
-	json_object_set_new(doc, "pending_records",
-			    json_integer((json_int_t) json_array_size(l->pending)));
-	if (l->refused)
-		json_object_set_new(doc, "refused", json_string(l->refused));
-	pthread_mutex_unlock(&l->lock);
-	put_json(out, doc);
-	json_decref(doc);
-	if (have_base)
+	*ret = (struct ledger_source){0};
+	ret->declared = ledger_base(l, &base, &ret->host) == 0;
+	if (ret->declared) {
+		ret->url = strdup(base.url);
 		endpoint_clear(&base);
-	free(host);
+	}
+	pthread_mutex_lock(&l->lock);
+	ret->live = l->fetched_us && !l->failed_us;
+	ret->fetched_at = l->fetched_at;
+	if (l->fetched_at > 0 && l->failed_us && l->failed_at > l->fetched_at)
+		ret->age_s = l->failed_at - l->fetched_at;
+	ret->error = l->last_error ? strdup(l->last_error) : NULL;
+	ret->entries = json_array_size(l->entries);
+	ret->pending_records = json_array_size(l->pending);
+	ret->refused = l->refused ? strdup(l->refused) : NULL;
+	pthread_mutex_unlock(&l->lock);
+}
+
+void ledger_source_clear(struct ledger_source *s)
+{
+	free(s->host);
+	free(s->url);
+	free(s->error);
+	free(s->refused);
 }
 
 double ledger_changed_at(struct ledger *l)

@@ -11,6 +11,7 @@
 #include "backend/store.h"
 #include "backend/util.h"
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -36,12 +37,33 @@ char **ledger_steps(struct ledger *l, size_t *ret_n);
  * names that cannot be file names even so are left out, with an alert), sorted; new
  * NULL-terminated array. */
 char **ledger_metrics(struct ledger *l, size_t *ret_n);
-/* entries/STEP, best/FILE (FILE from ledger_metrics), summary, source: JSON into out.
- * -ENOENT when there is none. */
-int ledger_render_entry(struct ledger *l, const char *step, struct buf *out);
-int ledger_render_best(struct ledger *l, const char *file, struct buf *out);
-void ledger_render_summary(struct ledger *l, struct buf *out);
-void ledger_render_source(struct ledger *l, struct buf *out);
+/* The data of ledger/entries/, best/, summary and source (fs/render_ledger.c renders them).
+ * The view: the copy and the records not delivered yet (those marked "pending": true) as
+ * one array sorted by step, a new reference; *ret_pending (may be NULL) gets the number of
+ * records not delivered yet. */
+json_t *ledger_view(struct ledger *l, size_t *ret_pending);
+/* The step of an entry of the view. */
+json_int_t ledger_entry_step(json_t *entry);
+/* The best entry of `view` by a metric (ledger_lower_is_better decides), borrowed from it,
+ * or NULL when no entry has the metric. */
+json_t *ledger_best_of(json_t *view, const char *metric);
+/* The metric names of every entry, as the ledger spells them, sorted; new NULL-terminated
+ * array. */
+char **ledger_metric_names(struct ledger *l, size_t *ret_n);
+
+/* Where the copy comes from and how it stands. Strings are new; ledger_source_clear. */
+struct ledger_source {
+	bool declared;     /* a host of the config declares a "ledger" service */
+	char *host, *url;  /* that host and the service's URL, when declared */
+	bool live;         /* the last fetch succeeded */
+	double fetched_at; /* wall time of the last good fetch, 0 when none */
+	double age_s;      /* the copy's age at the last failed fetch, 0 while fetches succeed */
+	char *error;       /* why the last fetch failed, or NULL */
+	size_t entries, pending_records;
+	char *refused; /* the last record the ledger refused, and why, or NULL */
+};
+void ledger_source_get(struct ledger *l, struct ledger_source *ret);
+void ledger_source_clear(struct ledger_source *s);
 double ledger_changed_at(struct ledger *l);
 /* Wall time of the last fetch of the entries, or of the last failed one (0 before any):
  * what ledger/source shows moves with it. */

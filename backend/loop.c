@@ -406,6 +406,95 @@ static void xfer_unlink(struct loop *l, struct xfer *x)
 	l->n_xfers--;
 }
 
+/* The transfer's URL, protocols, TLS, deadlines and callbacks. */
+static void xfer_set_options(struct xfer *x, const struct http_request *req)
+{
+	CURL *e = x->easy;
+	curl_easy_setopt(e, CURLOPT_URL, req->url);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, req->tls ? "https" : "http");
+	curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, req->tls ? "https" : "http");
+	if (req->tls)
+		xfer_set_tls(e, req->tls);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+			 req->connect_timeout_ms > 0 ? req->connect_timeout_ms : 2000L);
+	long timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : 5000L;
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+	if (!req->on_chunk) {
+		/* a dribble keeps no socket busy for more than half its deadline (streams
+		 * may idle, so they are left out) */
+		long slow_s =
+			timeout_ms / 2000 > LOW_SPEED_MIN_S ? timeout_ms / 2000 : LOW_SPEED_MIN_S;
+		curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, LOW_SPEED_BYTES);
+		curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, slow_s);
+	}
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, xfer_write);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+	curl_easy_setopt(e, CURLOPT_USERAGENT, "clusterfs/" CLUSTERFS_VERSION);
+	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
+}
+
+/* The request headers every transfer sends, the bearer token and the caller's own. */
+static void xfer_add_headers(struct xfer *x, const struct http_request *req)
+{
+	x->headers = curl_slist_append(x->headers, "Accept: application/json");
+	if (req->token) {
+		struct buf h;
+		buf_init(&h);
+		buf_printf(&h, "Authorization: Bearer %s", req->token);
+		x->headers = curl_slist_append(x->headers, h.data);
+		/* the header holds the secret: wipe our copy */
+		explicit_bzero(h.data, h.len);
+		buf_free(&h);
+	}
+	for (size_t i = 0; req->headers && req->headers[i]; i++)
+		x->headers = curl_slist_append(x->headers, req->headers[i]);
+}
+
+/* The method and the body (from memory or from req->body_fd), and the header list. Returns 0
+ * or -ENOMEM. */
+static int xfer_set_body(struct xfer *x, const struct http_request *req)
+{
+	CURL *e = x->easy;
+	bool post = req->method && strcmp(req->method, "POST") == 0;
+	if (post || req->body) {
+		/* a body: POST, or another method that carries one (Ollama's DELETE does) */
+		struct buf h;
+		buf_init(&h);
+		buf_printf(&h, "Content-Type: %s",
+			   req->content_type ? req->content_type : "application/json");
+		x->headers = curl_slist_append(x->headers, h.data);
+		buf_free(&h);
+		x->headers = curl_slist_append(x->headers, "Expect:");
+		x->req_body = malloc(req->body_len + 1);
+		if (!x->req_body)
+			return -ENOMEM;
+		if (req->body_len)
+			memcpy(x->req_body, req->body, req->body_len);
+		x->req_body[req->body_len] = '\0';
+		curl_easy_setopt(e, CURLOPT_POST, 1L);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->req_body);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
+	}
+	if (x->req_fd > 0) {
+		x->headers =
+			curl_slist_append(x->headers, "Content-Type: application/octet-stream");
+		x->headers = curl_slist_append(x->headers, "Expect:");
+		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+		curl_easy_setopt(e, CURLOPT_READFUNCTION, xfer_read);
+		curl_easy_setopt(e, CURLOPT_READDATA, x);
+		curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t) req->body_fd_size);
+	}
+	if (req->method && !post && strcmp(req->method, "GET") != 0 &&
+	    !(x->req_fd > 0 && !strcmp(req->method, "PUT")))
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
+	return 0;
+}
+
 int loop_http(struct loop *l, const struct http_request *req, http_done_fn done, void *arg)
 {
 	/* a completion callback run by loop_stop must not start what nobody will finish */
@@ -436,80 +525,12 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 	if (!x->easy)
 		goto err_free_xfer;
 
-	CURL *e = x->easy;
-	curl_easy_setopt(e, CURLOPT_URL, req->url);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, req->tls ? "https" : "http");
-	curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, req->tls ? "https" : "http");
-	if (req->tls)
-		xfer_set_tls(e, req->tls);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-			 req->connect_timeout_ms > 0 ? req->connect_timeout_ms : 2000L);
-	long timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : 5000L;
-	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-	if (!req->on_chunk) {
-		/* a dribble keeps no socket busy for more than half its deadline (streams
-		 * may idle, so they are left out) */
-		long slow_s =
-			timeout_ms / 2000 > LOW_SPEED_MIN_S ? timeout_ms / 2000 : LOW_SPEED_MIN_S;
-		curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, LOW_SPEED_BYTES);
-		curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, slow_s);
-	}
-	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, xfer_write);
-	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-	curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-	curl_easy_setopt(e, CURLOPT_USERAGENT, "clusterfs/" CLUSTERFS_VERSION);
-	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-	curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
+	xfer_set_options(x, req);
+	xfer_add_headers(x, req);
+	if (xfer_set_body(x, req) < 0)
+		goto err_free_xfer;
 
-	x->headers = curl_slist_append(x->headers, "Accept: application/json");
-	if (req->token) {
-		struct buf h;
-		buf_init(&h);
-		buf_printf(&h, "Authorization: Bearer %s", req->token);
-		x->headers = curl_slist_append(x->headers, h.data);
-		/* the header holds the secret: wipe our copy */
-		explicit_bzero(h.data, h.len);
-		buf_free(&h);
-	}
-	for (size_t i = 0; req->headers && req->headers[i]; i++)
-		x->headers = curl_slist_append(x->headers, req->headers[i]);
-	bool post = req->method && strcmp(req->method, "POST") == 0;
-	if (post || req->body) {
-		/* a body: POST, or another method that carries one (Ollama's DELETE does) */
-		struct buf h;
-		buf_init(&h);
-		buf_printf(&h, "Content-Type: %s",
-			   req->content_type ? req->content_type : "application/json");
-		x->headers = curl_slist_append(x->headers, h.data);
-		buf_free(&h);
-		x->headers = curl_slist_append(x->headers, "Expect:");
-		x->req_body = malloc(req->body_len + 1);
-		if (!x->req_body)
-			goto err_free_xfer;
-		if (req->body_len)
-			memcpy(x->req_body, req->body, req->body_len);
-		x->req_body[req->body_len] = '\0';
-		curl_easy_setopt(e, CURLOPT_POST, 1L);
-		curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->req_body);
-		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
-	}
-	if (x->req_fd > 0) {
-		x->headers =
-			curl_slist_append(x->headers, "Content-Type: application/octet-stream");
-		x->headers = curl_slist_append(x->headers, "Expect:");
-		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
-		curl_easy_setopt(e, CURLOPT_READFUNCTION, xfer_read);
-		curl_easy_setopt(e, CURLOPT_READDATA, x);
-		curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t) req->body_fd_size);
-	}
-	if (req->method && !post && strcmp(req->method, "GET") != 0 &&
-	    !(x->req_fd > 0 && !strcmp(req->method, "PUT")))
-		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
-	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
-
-	if (curl_multi_add_handle(l->multi, e) != CURLM_OK)
+	if (curl_multi_add_handle(l->multi, x->easy) != CURLM_OK)
 		goto err_free_xfer;
 	x->next = l->xfers;
 	if (l->xfers)

@@ -14,6 +14,7 @@
 #include "backend/loop.h"
 #include "backend/util.h"
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -39,13 +40,24 @@ int models_refresh(struct models *m, const char *node, models_done_fn done, void
 
 /* Encoded file names of the models on a node, sorted; new NULL-terminated array. */
 char **models_node_list(struct models *m, const char *node, size_t *ret_n);
-/* nodes/NODE/models/MODEL as JSON: name, size, family, parameter_size, quantization,
- * digest, modified_at, loaded, size_vram, expires_at, server ("ollama" or "openai").
- * -ENOENT when not there. */
-int models_node_render(struct models *m, const char *node, const char *model, struct buf *out);
-/* nodes/NODE/models/ctl as read: one line per operation (pull progress, results, errors),
- * newest last, and a usage line when there are none. */
-void models_ctl_render(struct models *m, const char *node, struct buf *out);
+/* The entry of a model on a node (what nodes/NODE/models/MODEL shows, fs/render_models.c
+ * renders it): name, size, family, parameter_size, quantization, digest, modified_at,
+ * loaded, size_vram, expires_at, server ("ollama" or "openai"), checked_at, and error when
+ * the last refresh failed. A new reference, or NULL when the node has no such model. */
+json_t *models_node_entry(struct models *m, const char *node, const char *model);
+
+/* One command written to nodes/NODE/models/ctl, as the operations list shows it. */
+struct models_op_view {
+	double started_at; /* wall */
+	const char *verb;  /* "pull", "delete", "load", "unload" (static) */
+	char *model;
+	const char *state; /* "running", "done", "failed" (static) */
+	char *detail;      /* progress or outcome, or NULL */
+};
+/* The operations of a node, oldest first: a new array in *ret (NULL when there are none);
+ * free with models_ops_free. Returns their number. */
+size_t models_ops(struct models *m, const char *node, struct models_op_view **ret);
+void models_ops_free(struct models_op_view *ops, size_t n);
 /* Runs a command written to nodes/NODE/models/ctl: "pull NAME", "delete NAME", "load
  * NAME", "unload NAME". done(arg, err, why) runs on the loop thread: for pull as soon as
  * the server accepted it (progress then shows in ctl), for the others when the server
@@ -73,17 +85,17 @@ int models_server_for(struct models *m, const char *node, const char *model,
 
 /* The cluster-wide view: encoded names of every model on any node, sorted. */
 char **models_list(struct models *m, size_t *ret_n);
-/* models/MODEL/nodes and loaded: one node name per line. info: JSON with the model's
- * details and, per node, size, digest and loaded. -ENOENT when no node has it. */
-int models_render_nodes(struct models *m, const char *model, bool loaded_only, struct buf *out);
-int models_render_info(struct models *m, const char *model, struct buf *out);
+/* Every node's entries (as models_node_entry has them, without checked_at and error),
+ * node -> (name -> entry), for the nodes of the config with a model server, in config
+ * order (sorted by name). A new object; models/MODEL/ is rendered from it. */
+json_t *models_cluster_view(struct models *m);
 /* Wall time the model data last changed (for mtimes). */
 double models_changed_at(struct models *m);
 /* Monotonic start of node's last refresh of its model servers (0 when none): its model
  * files' checked_at and error move with it. */
 uint64_t models_node_refreshed_us(struct models *m, const char *node);
 
-/* The MODEL argument of models_node_render, models_render_nodes and models_render_info is the
+/* The MODEL argument of models_node_entry and models_server_for is the
  * model's name (decoded from the file name by the caller); NAME in a ctl command is a model
  * name too, and a file name copied from models/ is accepted as well. */
 

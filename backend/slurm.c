@@ -272,116 +272,118 @@ static bool in_partition(json_t *node, const char *partition)
 
 /* Publishes the last listing (fresh or not) to the cluster model. `error` says why this
  * round failed, or is NULL. */
-static void publish_nodes(struct slurm *s, const struct config *cfg, const char *error,
-			  double latency_ms)
+/* What a partition's nodes add up to, for the cluster's own entry. */
+struct partition_totals {
+	int max_cpus, max_mem, max_gpus; /* of one node */
+	int cpus, alloc, up;             /* of the nodes that take work */
+	json_t *node_states;             /* state name -> count */
+};
+
+/* The entry of one Slurm node (named *ret_name, a new string) from its slurmrestd
+ * document; counts it into t. */
+static void node_external(const struct config *cfg, json_t *node, const char *name,
+			  const char *error, double latency_ms, char **ret_name,
+			  struct cluster_external *ret, struct partition_totals *t)
 {
 	const struct cfg_slurm *sl = cfg->slurm;
-	size_t n = json_array_size(s->last_nodes);
-	struct cluster_external *v = calloc(n + 1, sizeof(*v));
-	char **names = calloc(n + 1, sizeof(*names));
-	size_t k = 0;
-	int max_cpus = 0, max_mem = 0, max_gpus = 0;
-	int cpus = 0, alloc = 0, up = 0;
-	json_t *states = json_object();
-	json_t *node;
-	size_t i;
-	json_array_foreach (s->last_nodes, i, node) {
-		const char *name = json_string_value(json_object_get(node, "name"));
-		if (!name || !in_partition(node, sl->partition))
-			continue;
-		struct buf why, full;
-		buf_init(&why);
-		buf_init(&full);
-		enum node_level level = node_level_of(node, cfg, &why);
-		buf_printf(&full, "%s%s", sl->prefix, name);
-		names[k] = buf_steal(&full, NULL);
-		int nc = (int) json_integer_value(json_object_get(node, "cpus"));
-		int ac = (int) json_integer_value(json_object_get(node, "alloc_cpus"));
-		int mem = (int) json_integer_value(json_object_get(node, "real_memory"));
-		int amem = (int) json_integer_value(json_object_get(node, "alloc_memory"));
-		int fmem = (int) json_integer_value(json_object_get(node, "free_memory"));
-		const char *gres = json_string_value(json_object_get(node, "gres"));
-		int gpus = gres_gpus(gres);
-		json_t *gpu_list = json_array();
-		for (int g = 0; g < gpus; g++)
-			json_array_append_new(gpu_list, json_pack("{si}", "index", g));
-		json_t *detail = json_pack(
-			"{ss so si si sf ss ss ss}", "state",
-			json_string_value(json_object_get(node, "state")) ?: "", "state_flags",
-			json_deep_copy(json_object_get(node, "state_flags")), "alloc_cpus", ac,
-			"idle_cpus", (int) json_integer_value(json_object_get(node, "idle_cpus")),
-			"load", json_number_value(json_object_get(node, "cpu_load")) / 100.0,
-			"gres", gres ? gres : "", "gres_used",
-			json_string_value(json_object_get(node, "gres_used")) ?: "", "reason",
-			json_string_value(json_object_get(node, "reason")) ?: "");
-		json_t *health =
-			json_pack("{si sf sf si si so so}", "cores", nc, "cpu_percent",
-				  nc ? 100.0 * ac / nc : 0.0, "mem_percent",
-				  mem ? 100.0 * amem / mem : 0.0, "mem_total_mb", mem,
-				  "mem_available_mb", fmem, "gpus", gpu_list, "slurm", detail);
-		json_t *caps = json_array();
-		if (gpus)
-			json_array_append_new(caps, json_string("gpu"));
-		json_t *system = json_pack(
-			"{ss ss ss si si si ss so so ss}", "hostname",
-			json_string_value(json_object_get(node, "hostname")) ?: name, "os",
-			json_string_value(json_object_get(node, "operating_system")) ?: "", "arch",
-			json_string_value(json_object_get(node, "architecture")) ?: "", "cores", nc,
-			"ram_mb", mem, "gpus", gpus, "slurmd_version",
-			json_string_value(json_object_get(node, "slurmd_version")) ?: "",
-			"partitions", json_deep_copy(json_object_get(node, "partitions")),
-			"capabilities", caps, "slurm_node", name);
-		json_t *reasons = json_array();
-		json_array_append_new(reasons, json_string(why.data));
-		if (error) {
-			char line[600];
-			snprintf(line, sizeof(line), "last state: slurmrestd did not answer (%s)",
-				 error);
-			json_array_append_new(reasons, json_string(line));
-		}
-		v[k] = (struct cluster_external){
-			.name = names[k],
-			.address = json_string_value(json_object_get(node, "address")),
-			.role = sl->name,
-			.level = level,
-			.health = health,
-			.system = system,
-			.reasons = reasons,
-			.reachable = !error,
-			.latency_ms = latency_ms,
-			.error = error,
-		};
-		const char *st = json_string_value(json_object_get(node, "state"));
-		json_object_set_new(states, st ? st : "unknown",
-				    json_integer(json_integer_value(json_object_get(
-							 states, st ? st : "unknown")) +
-						 1));
-		if (level == NODE_HEALTHY || level == NODE_WARNING) {
-			up++;
-			cpus += nc;
-			alloc += ac;
-		}
-		if (nc > max_cpus)
-			max_cpus = nc;
-		if (mem > max_mem)
-			max_mem = mem;
-		if (gpus > max_gpus)
-			max_gpus = gpus;
-		buf_free(&why);
-		k++;
-	}
-	/* the cluster itself: what a task placed on it can get from one node */
+	struct buf why, full;
+	buf_init(&why);
+	buf_init(&full);
+	enum node_level level = node_level_of(node, cfg, &why);
+	buf_printf(&full, "%s%s", sl->prefix, name);
+	*ret_name = buf_steal(&full, NULL);
+	int nc = (int) json_integer_value(json_object_get(node, "cpus"));
+	int ac = (int) json_integer_value(json_object_get(node, "alloc_cpus"));
+	int mem = (int) json_integer_value(json_object_get(node, "real_memory"));
+	int amem = (int) json_integer_value(json_object_get(node, "alloc_memory"));
+	int fmem = (int) json_integer_value(json_object_get(node, "free_memory"));
+	const char *gres = json_string_value(json_object_get(node, "gres"));
+	int gpus = gres_gpus(gres);
 	json_t *gpu_list = json_array();
-	for (int g = 0; g < max_gpus; g++)
+	for (int g = 0; g < gpus; g++)
 		json_array_append_new(gpu_list, json_pack("{si}", "index", g));
-	json_t *health = json_pack(
-		"{si si sf sf so s{ss si si si si so}}", "cores", max_cpus, "mem_total_mb", max_mem,
-		"cpu_percent", cpus ? 100.0 * alloc / cpus : 0.0, "mem_percent", 0.0, "gpus",
-		gpu_list, "slurm", "partition", sl->partition, "nodes", (int) k, "nodes_up", up,
-		"cpus_up", cpus, "cpus_allocated", alloc, "node_states", states);
+	json_t *detail =
+		json_pack("{ss so si si sf ss ss ss}", "state",
+			  json_string_value(json_object_get(node, "state")) ?: "", "state_flags",
+			  json_deep_copy(json_object_get(node, "state_flags")), "alloc_cpus", ac,
+			  "idle_cpus", (int) json_integer_value(json_object_get(node, "idle_cpus")),
+			  "load", json_number_value(json_object_get(node, "cpu_load")) / 100.0,
+			  "gres", gres ? gres : "", "gres_used",
+			  json_string_value(json_object_get(node, "gres_used")) ?: "", "reason",
+			  json_string_value(json_object_get(node, "reason")) ?: "");
+	json_t *health = json_pack("{si sf sf si si so so}", "cores", nc, "cpu_percent",
+				   nc ? 100.0 * ac / nc : 0.0, "mem_percent",
+				   mem ? 100.0 * amem / mem : 0.0, "mem_total_mb", mem,
+				   "mem_available_mb", fmem, "gpus", gpu_list, "slurm", detail);
+	json_t *caps = json_array();
+	if (gpus)
+		json_array_append_new(caps, json_string("gpu"));
+	json_t *system =
+		json_pack("{ss ss ss si si si ss so so ss}", "hostname",
+			  json_string_value(json_object_get(node, "hostname")) ?: name, "os",
+			  json_string_value(json_object_get(node, "operating_system")) ?: "",
+			  "arch", json_string_value(json_object_get(node, "architecture")) ?: "",
+			  "cores", nc, "ram_mb", mem, "gpus", gpus, "slurmd_version",
+			  json_string_value(json_object_get(node, "slurmd_version")) ?: "",
+			  "partitions", json_deep_copy(json_object_get(node, "partitions")),
+			  "capabilities", caps, "slurm_node", name);
+	json_t *reasons = json_array();
+	json_array_append_new(reasons, json_string(why.data));
+	if (error) {
+		char line[600];
+		snprintf(line, sizeof(line), "last state: slurmrestd did not answer (%s)", error);
+		json_array_append_new(reasons, json_string(line));
+	}
+	*ret = (struct cluster_external){
+		.name = *ret_name,
+		.address = json_string_value(json_object_get(node, "address")),
+		.role = sl->name,
+		.level = level,
+		.health = health,
+		.system = system,
+		.reasons = reasons,
+		.reachable = !error,
+		.latency_ms = latency_ms,
+		.error = error,
+	};
+	const char *st = json_string_value(json_object_get(node, "state"));
+	json_object_set_new(t->node_states, st ? st : "unknown",
+			    json_integer(json_integer_value(json_object_get(t->node_states,
+									    st ? st : "unknown")) +
+					 1));
+	if (level == NODE_HEALTHY || level == NODE_WARNING) {
+		t->up++;
+		t->cpus += nc;
+		t->alloc += ac;
+	}
+	if (nc > t->max_cpus)
+		t->max_cpus = nc;
+	if (mem > t->max_mem)
+		t->max_mem = mem;
+	if (gpus > t->max_gpus)
+		t->max_gpus = gpus;
+	buf_free(&why);
+}
+
+/* The entry of the Slurm cluster itself (k nodes in the partition, totals t, whose node
+ * states it takes): what a task placed on it can get from one node. */
+static void cluster_external_of(struct slurm *s, const struct config *cfg, const char *error,
+				double latency_ms, size_t k, struct partition_totals *t,
+				struct cluster_external *ret)
+{
+	const struct cfg_slurm *sl = cfg->slurm;
+	json_t *gpu_list = json_array();
+	for (int g = 0; g < t->max_gpus; g++)
+		json_array_append_new(gpu_list, json_pack("{si}", "index", g));
+	json_t *health = json_pack("{si si sf sf so s{ss si si si si so}}", "cores", t->max_cpus,
+				   "mem_total_mb", t->max_mem, "cpu_percent",
+				   t->cpus ? 100.0 * t->alloc / t->cpus : 0.0, "mem_percent", 0.0,
+				   "gpus", gpu_list, "slurm", "partition", sl->partition, "nodes",
+				   (int) k, "nodes_up", t->up, "cpus_up", t->cpus, "cpus_allocated",
+				   t->alloc, "node_states", t->node_states);
 	json_t *system = json_pack("{ss ss si si si ss}", "hostname", sl->address, "os", "Slurm",
-				   "cores", max_cpus, "ram_mb", max_mem, "gpus", max_gpus, "api",
-				   s->api ? s->api : "");
+				   "cores", t->max_cpus, "ram_mb", t->max_mem, "gpus", t->max_gpus,
+				   "api", s->api ? s->api : "");
 	json_t *reasons = json_array();
 	enum node_level level = NODE_HEALTHY;
 	if (error) {
@@ -392,16 +394,16 @@ static void publish_nodes(struct slurm *s, const struct config *cfg, const char 
 		level = s->failures >= cfg->probe.unhealthy_after ? NODE_UNHEALTHY : NODE_WARNING;
 		if (!s->last_nodes)
 			level = NODE_UNHEALTHY;
-	} else if (!up) {
+	} else if (!t->up) {
 		json_array_append_new(reasons, json_string("no node of the partition takes work"));
 		level = NODE_CRITICAL;
 	} else {
 		char line[200];
 		snprintf(line, sizeof(line), "partition %s: %d of %zu nodes take work",
-			 sl->partition, up, k);
+			 sl->partition, t->up, k);
 		json_array_append_new(reasons, json_string(line));
 	}
-	v[k] = (struct cluster_external){
+	*ret = (struct cluster_external){
 		.name = sl->name,
 		.address = sl->address,
 		.role = "slurm",
@@ -413,6 +415,27 @@ static void publish_nodes(struct slurm *s, const struct config *cfg, const char 
 		.latency_ms = latency_ms,
 		.error = error,
 	};
+}
+
+static void publish_nodes(struct slurm *s, const struct config *cfg, const char *error,
+			  double latency_ms)
+{
+	const struct cfg_slurm *sl = cfg->slurm;
+	size_t n = json_array_size(s->last_nodes);
+	struct cluster_external *v = calloc(n + 1, sizeof(*v));
+	char **names = calloc(n + 1, sizeof(*names));
+	size_t k = 0;
+	struct partition_totals t = {.node_states = json_object()};
+	json_t *node;
+	size_t i;
+	json_array_foreach (s->last_nodes, i, node) {
+		const char *name = json_string_value(json_object_get(node, "name"));
+		if (!name || !in_partition(node, sl->partition))
+			continue;
+		node_external(cfg, node, name, error, latency_ms, &names[k], &v[k], &t);
+		k++;
+	}
+	cluster_external_of(s, cfg, error, latency_ms, k, &t, &v[k]);
 	cluster_set_external(s->cluster, sl->name, v, k + 1);
 	for (size_t j = 0; j <= k; j++) {
 		json_decref(v[j].health);
@@ -809,15 +832,13 @@ static void shell_quote(struct buf *b, const char *w)
 static void submit_done(const struct http_response *r, void *arg);
 
 /* POSTs the job for dispatch c (known not to exist in Slurm). */
-static void submit_send(struct tcall *c, struct config *cfg)
+/* Output of this dispatch id exists, but slurmctld knows no job of that name: it ran, and
+ * Slurm purged it (MinJobAge) while no control plane watched. Then the call is answered
+ * (lost, not submitted again) and true returned. */
+static bool submit_answer_purged(struct tcall *c, const struct cfg_slurm *sl)
 {
-	const struct cfg_slurm *sl = cfg->slurm;
-	json_t *d = c->body;
-	struct buf script, path;
-	buf_init(&script);
+	struct buf path;
 	buf_init(&path);
-	/* Output of this dispatch id exists, but slurmctld knows no job of that name: it ran,
-	 * and Slurm purged it (MinJobAge) while no control plane watched. Not again. */
 	output_path(sl, c->id, 0, &path);
 	long long out = file_size(path.data);
 	bool ran = access(path.data, F_OK) == 0;
@@ -838,36 +859,36 @@ static void submit_send(struct tcall *c, struct config *cfg)
 		free(text);
 		c->status = 200;
 		buf_free(&path);
-		buf_free(&script);
 		tcall_answer(c, 0);
-		return;
+		return true;
 	}
-	buf_puts(&script, "#!/bin/sh\n");
-	json_t *cmd = json_object_get(d, "cmd");
+	buf_free(&path);
+	return false;
+}
+
+/* The job's script: the command as a shell line, or exec of its quoted words. */
+static void submit_script(json_t *cmd, struct buf *script)
+{
+	buf_puts(script, "#!/bin/sh\n");
 	if (json_is_string(cmd)) {
-		buf_puts(&script, json_string_value(cmd));
-		buf_puts(&script, "\n");
+		buf_puts(script, json_string_value(cmd));
+		buf_puts(script, "\n");
 	} else {
-		buf_puts(&script, "exec");
+		buf_puts(script, "exec");
 		json_t *w;
 		size_t i;
 		json_array_foreach (cmd, i, w) {
-			buf_puts(&script, " ");
-			shell_quote(&script, json_string_value(w) ?: "");
+			buf_puts(script, " ");
+			shell_quote(script, json_string_value(w) ?: "");
 		}
-		buf_puts(&script, "\n");
+		buf_puts(script, "\n");
 	}
-	json_t *env = json_pack("{ss ss}", "PATH", "/usr/local/bin:/usr/bin:/bin", "CLUSTERFS_TASK",
-				c->id);
-	json_object_update(env, json_object_get(d, "env"));
-	json_t *job = json_pack("{ss ss so ss}", "name", c->id, "partition", sl->partition,
-				"environment", env, "current_working_directory",
-				json_string_value(json_object_get(d, "cwd")) ?: sl->output_dir);
-	output_path(sl, c->id, 0, &path);
-	json_object_set_new(job, "standard_output", json_string(path.data));
-	path.len = 0;
-	output_path(sl, c->id, 1, &path);
-	json_object_set_new(job, "standard_error", json_string(path.data));
+}
+
+/* The job's limits and order from the task: time limit, cpus, memory, gpus, priority as
+ * nice, and its dependencies on jobs this cluster runs (afterok). */
+static void submit_limits(struct tcall *c, json_t *d, json_t *job)
+{
 	json_int_t timeout = json_integer_value(json_object_get(d, "timeout_s"));
 	if (timeout > 0)
 		/* Slurm's limit is in minutes: the next whole minute */
@@ -905,6 +926,33 @@ static void submit_send(struct tcall *c, struct config *cfg)
 		json_object_set_new(job, "kill_on_invalid_dependency", json_true());
 	}
 	buf_free(&dep);
+}
+
+static void submit_send(struct tcall *c, struct config *cfg)
+{
+	const struct cfg_slurm *sl = cfg->slurm;
+	json_t *d = c->body;
+	struct buf script, path;
+	buf_init(&script);
+	buf_init(&path);
+	if (submit_answer_purged(c, sl)) {
+		buf_free(&path);
+		buf_free(&script);
+		return;
+	}
+	submit_script(json_object_get(d, "cmd"), &script);
+	json_t *env = json_pack("{ss ss}", "PATH", "/usr/local/bin:/usr/bin:/bin", "CLUSTERFS_TASK",
+				c->id);
+	json_object_update(env, json_object_get(d, "env"));
+	json_t *job = json_pack("{ss ss so ss}", "name", c->id, "partition", sl->partition,
+				"environment", env, "current_working_directory",
+				json_string_value(json_object_get(d, "cwd")) ?: sl->output_dir);
+	output_path(sl, c->id, 0, &path);
+	json_object_set_new(job, "standard_output", json_string(path.data));
+	path.len = 0;
+	output_path(sl, c->id, 1, &path);
+	json_object_set_new(job, "standard_error", json_string(path.data));
+	submit_limits(c, d, job);
 	json_t *sub = json_pack("{ss so}", "script", script.data, "job", job);
 	char *text = json_dumps(sub, JSON_COMPACT);
 	json_decref(sub);

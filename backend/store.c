@@ -730,6 +730,103 @@ struct pruned {
 	char *id, *node, *state; /* node and state: of a removed record; NULL for output */
 };
 
+/* Retention, step one: the records finished longer than p->records_s ago, at most batch,
+ * deleted; they are added to gone (*n of them). Returns 0 or -errno. */
+static int prune_records(sqlite3 *db, const struct store_retention *p, double now, size_t batch,
+			 struct pruned *gone, size_t *n)
+{
+	sqlite3_stmt *st;
+	int r = sqlite_to_errno(sqlite3_prepare_v2(
+		db,
+		"SELECT id, node, state FROM tasks WHERE finished_at IS NOT NULL AND"
+		" finished_at < ? AND grp >= 2 ORDER BY finished_at, seq LIMIT ?",
+		-1, &st, NULL));
+	if (r == 0) {
+		sqlite3_bind_double(st, 1, now - p->records_s);
+		sqlite3_bind_int64(st, 2, (sqlite3_int64) batch);
+		while (sqlite3_step(st) == SQLITE_ROW) {
+			gone[*n].id = col_text(st, 0);
+			gone[*n].node = col_text(st, 1);
+			gone[(*n)++].state = col_text(st, 2);
+		}
+		sqlite3_finalize(st);
+	}
+	for (size_t i = 0; i < *n && r == 0; i++)
+		r = delete_task_of(db, gone[i].id);
+	return r;
+}
+
+/* Retention, step two: output, oldest end first, from where the last run stopped (the
+ * cursor in meta), while it is older than p->output_s or the total is over p->output_bytes;
+ * up to batch entries of gone in all (*ret_n so far, updated). *next gets when the next one
+ * is due. Returns 0 or -errno. */
+static int prune_outputs(sqlite3 *db, const struct store_retention *p, double now, size_t batch,
+			 struct pruned *gone, size_t *ret_n, double *next)
+{
+	int64_t total = 0;
+	sqlite3_stmt *st;
+	size_t n = *ret_n, n_records = n;
+	int r;
+	if (sqlite3_prepare_v2(db, "SELECT value FROM totals WHERE key='output_bytes'", -1, &st,
+			       NULL) == SQLITE_OK) {
+		if (sqlite3_step(st) == SQLITE_ROW)
+			total = sqlite3_column_int64(st, 0);
+		sqlite3_finalize(st);
+	}
+	double cur_at = 0;
+	long long cur_seq = 0;
+	if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key='retention_cursor'", -1, &st,
+			       NULL) == SQLITE_OK) {
+		if (sqlite3_step(st) == SQLITE_ROW &&
+		    sscanf((const char *) sqlite3_column_text(st, 0), "%lf %lld", &cur_at,
+			   &cur_seq) != 2)
+			cur_at = cur_seq = 0;
+		sqlite3_finalize(st);
+	}
+	r = sqlite_to_errno(sqlite3_prepare_v2(
+		db,
+		"SELECT id, finished_at, seq FROM tasks WHERE finished_at IS NOT NULL AND"
+		" (finished_at, seq) > (?1, ?2) AND grp >= 2 ORDER BY finished_at, seq"
+		" LIMIT ?3",
+		-1, &st, NULL));
+	if (r == 0) {
+		sqlite3_bind_double(st, 1, cur_at);
+		sqlite3_bind_int64(st, 2, cur_seq);
+		sqlite3_bind_int64(st, 3, (sqlite3_int64) (batch - n));
+		while (sqlite3_step(st) == SQLITE_ROW) {
+			double at = sqlite3_column_double(st, 1);
+			bool old = p->output_s > 0 && at < now - p->output_s;
+			bool over = p->output_bytes > 0 && total > p->output_bytes;
+			if (!old && !over) {
+				/* the next one is due when it grows old enough */
+				if (p->output_s > 0)
+					*next = at + p->output_s;
+				break;
+			}
+			gone[n].id = col_text(st, 0);
+			total -= output_bytes_of(db, gone[n++].id, NULL);
+			cur_at = at;
+			cur_seq = sqlite3_column_int64(st, 2);
+		}
+		sqlite3_finalize(st);
+	}
+	for (size_t i = n_records; i < n && r == 0; i++)
+		r = prune_output_of(db, gone[i].id, now);
+	if (r == 0 && n > n_records) {
+		char cur[64];
+		snprintf(cur, sizeof(cur), "%.6f %lld", cur_at, cur_seq);
+		r = sqlite_to_errno(sqlite3_prepare_v2(
+			db, "INSERT OR REPLACE INTO meta VALUES('retention_cursor', ?)", -1, &st,
+			NULL));
+		if (r == 0) {
+			bind_text(st, 1, cur);
+			r = stmt_run(st);
+		}
+	}
+	*ret_n = n;
+	return r;
+}
+
 int store_prune(struct store *s, const struct store_retention *p, double now, size_t batch,
 		store_pruned_fn fn, void *arg, double *ret_next)
 {
@@ -742,88 +839,12 @@ int store_prune(struct store *s, const struct store_retention *p, double now, si
 		return r;
 	struct pruned *gone = xcalloc(batch + 1, sizeof(*gone));
 	size_t n = 0;
-	sqlite3_stmt *st;
 	/* records first: what goes needs no pruning of its output */
-	if (p->records_s > 0) {
-		r = sqlite_to_errno(sqlite3_prepare_v2(
-			db,
-			"SELECT id, node, state FROM tasks WHERE finished_at IS NOT NULL AND"
-			" finished_at < ? AND grp >= 2 ORDER BY finished_at, seq LIMIT ?",
-			-1, &st, NULL));
-		if (r == 0) {
-			sqlite3_bind_double(st, 1, now - p->records_s);
-			sqlite3_bind_int64(st, 2, (sqlite3_int64) batch);
-			while (sqlite3_step(st) == SQLITE_ROW) {
-				gone[n].id = col_text(st, 0);
-				gone[n].node = col_text(st, 1);
-				gone[n++].state = col_text(st, 2);
-			}
-			sqlite3_finalize(st);
-		}
-		for (size_t i = 0; i < n && r == 0; i++)
-			r = delete_task_of(db, gone[i].id);
-	}
-	/* then output, oldest end first, from where the last run stopped */
+	if (p->records_s > 0)
+		r = prune_records(db, p, now, batch, gone, &n);
 	size_t n_records = n;
-	if (r == 0 && n < batch && (p->output_s > 0 || p->output_bytes > 0)) {
-		int64_t total = 0;
-		if (sqlite3_prepare_v2(db, "SELECT value FROM totals WHERE key='output_bytes'", -1,
-				       &st, NULL) == SQLITE_OK) {
-			if (sqlite3_step(st) == SQLITE_ROW)
-				total = sqlite3_column_int64(st, 0);
-			sqlite3_finalize(st);
-		}
-		double cur_at = 0;
-		long long cur_seq = 0;
-		if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key='retention_cursor'",
-				       -1, &st, NULL) == SQLITE_OK) {
-			if (sqlite3_step(st) == SQLITE_ROW &&
-			    sscanf((const char *) sqlite3_column_text(st, 0), "%lf %lld", &cur_at,
-				   &cur_seq) != 2)
-				cur_at = cur_seq = 0;
-			sqlite3_finalize(st);
-		}
-		r = sqlite_to_errno(sqlite3_prepare_v2(
-			db,
-			"SELECT id, finished_at, seq FROM tasks WHERE finished_at IS NOT NULL AND"
-			" (finished_at, seq) > (?1, ?2) AND grp >= 2 ORDER BY finished_at, seq"
-			" LIMIT ?3",
-			-1, &st, NULL));
-		if (r == 0) {
-			sqlite3_bind_double(st, 1, cur_at);
-			sqlite3_bind_int64(st, 2, cur_seq);
-			sqlite3_bind_int64(st, 3, (sqlite3_int64) (batch - n));
-			while (sqlite3_step(st) == SQLITE_ROW) {
-				double at = sqlite3_column_double(st, 1);
-				bool old = p->output_s > 0 && at < now - p->output_s;
-				bool over = p->output_bytes > 0 && total > p->output_bytes;
-				if (!old && !over) {
-					/* the next one is due when it grows old enough */
-					if (p->output_s > 0)
-						next = at + p->output_s;
-					break;
-				}
-				gone[n].id = col_text(st, 0);
-				total -= output_bytes_of(db, gone[n++].id, NULL);
-				cur_at = at;
-				cur_seq = sqlite3_column_int64(st, 2);
-			}
-			sqlite3_finalize(st);
-		}
-		for (size_t i = n_records; i < n && r == 0; i++)
-			r = prune_output_of(db, gone[i].id, now);
-		if (r == 0 && n > n_records) {
-			char cur[64];
-			snprintf(cur, sizeof(cur), "%.6f %lld", cur_at, cur_seq);
-			r = sqlite_to_errno(sqlite3_prepare_v2(
-				db, "INSERT OR REPLACE INTO meta VALUES('retention_cursor', ?)", -1,
-				&st, NULL));
-			if (r == 0) {
-				bind_text(st, 1, cur);
-				r = stmt_run(st);
-			}
-		}
-	}
+	if (r == 0 && n < batch && (p->output_s > 0 || p->output_bytes > 0))
+		r = prune_outputs(db, p, now, batch, gone, &n, &next);
 	if (r == 0)
 		r = exec_sql(db, "COMMIT");
 	if (r < 0)

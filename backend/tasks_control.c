@@ -1,5 +1,6 @@
 /* Tasks: the retry policy, and the ctl commands (cancel, retry, priority). */
 #include "backend/tasks_internal.h"
+#include "backend/ctl.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -163,11 +164,17 @@ static int ctl_priority_locked(struct tasks *t, struct task *k, const char *arg,
 int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, char *errbuf,
 		  size_t errlen)
 {
-	char word[32] = "", arg[32] = "";
-	if (sscanf(cmd, " %31s %31s", word, arg) < 1) {
-		snprintf(errbuf, errlen, "write one of: cancel, retry, priority P0..P3");
-		return -EINVAL;
-	}
+	static const struct ctl_word words[] = {{"cancel", NULL, NULL},
+						{"retry", NULL, NULL},
+						{"priority", "P0..P3", "a priority"}};
+	struct ctl_command ctl;
+	int pr = ctl_parse(cmd, words, 3, &ctl, errbuf, errlen);
+	if (pr < 0)
+		return pr;
+	const char *word = words[ctl.word].name;
+	char arg[32];
+	snprintf(arg, sizeof(arg), "%s", ctl.arg ? ctl.arg : "");
+	ctl_command_clear(&ctl);
 	struct waiter *wake = NULL;
 	int r = 0;
 	pthread_mutex_lock(&t->lock);
@@ -186,16 +193,8 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 		r = ctl_cancel_locked(t, k, uid, &wake, errbuf, errlen);
 	} else if (!strcmp(word, "retry")) {
 		r = ctl_retry_locked(t, k, &wake, errbuf, errlen);
-	} else if (!strcmp(word, "priority")) {
-		r = ctl_priority_locked(t, k, arg, errbuf, errlen);
 	} else {
-		const char *const words[] = {"cancel", "retry", "priority"};
-		const char *s = util_closest_word(word, words, 3, 2);
-		snprintf(errbuf, errlen,
-			 "unknown command \"%s\"%s%s%s; write cancel, retry or "
-			 "priority P0..P3",
-			 word, s ? "; did you mean \"" : "", s ? s : "", s ? "\"" : "");
-		r = -EINVAL;
+		r = ctl_priority_locked(t, k, arg, errbuf, errlen);
 	}
 out_unlock:
 	cache_trim_locked(t);

@@ -1051,6 +1051,70 @@ static int parse_host_services(struct loader *ld, const json_t *host, struct cfg
 	return r;
 }
 
+/* A host's "host" (required: an address), "name", "role" and "tier", borrowed from v.
+ * Returns 0 or the loader's error. */
+static int parse_host_identity(struct loader *ld, const json_t *v, const char **address,
+			       const char **display, const char **role, const char **tier)
+{
+	int r = 0;
+	if (!json_object_get(v, "host"))
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s has no \"host\"; give the machine's address, e.g. \"host\": "
+			    "\"10.0.0.1\"",
+			    ld_where(ld));
+	if (r == 0)
+		r = parse_string(ld, v, "host", true, address);
+	if (r == 0 && !address_ok(*address)) {
+		ld_push(ld, "host");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s must be an IP address or DNS name without spaces, '/', '?', '#' or "
+			    "'@', not %s",
+			    ld_where(ld), ld_quote(ld, 0, *address));
+		ld_pop(ld);
+	}
+	if (r == 0)
+		r = parse_string(ld, v, "name", false, display);
+	if (r == 0)
+		r = parse_string(ld, v, "role", false, role);
+	if (r == 0 && (*role)[0] && !name_is_valid(*role)) {
+		ld_push(ld, "role");
+		r = ld_fail(ld, LOCATE_VALUE, "%s must be printable, without '/', not %s",
+			    ld_where(ld), ld_quote(ld, 0, *role));
+		ld_pop(ld);
+	}
+	if (r == 0)
+		r = parse_string(ld, v, "tier", true, tier);
+	if (r == 0 && *tier && !in_list(*tier, tier_names)) {
+		ld_push(ld, "tier");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s must be \"powerhouse\", \"standard\" or \"light\", not %s",
+			    ld_where(ld), ld_quote(ld, 0, *tier));
+		ld_pop(ld);
+	}
+	return r;
+}
+
+/* The agent's port of h: services.agent.port or "port" (the same when both are given), else
+ * the default. Returns 0 or the loader's error. */
+static int host_agent_port(struct loader *ld, struct cfg_host *h, int port)
+{
+	int r = 0;
+	const struct cfg_service *agent = config_host_service(h, "agent");
+	if (agent && port && agent->port != port) {
+		ld_push(ld, "port");
+		r = ld_fail(ld, LOCATE_VALUE,
+			    "%s is %d but services.agent.port of the same host is %d; give "
+			    "the agent's port once",
+			    ld_where(ld), port, agent->port);
+		ld_pop(ld);
+	} else if (agent) {
+		h->agent_port = agent->port;
+	} else if (port) {
+		h->agent_port = port;
+	}
+	return r;
+}
+
 static int parse_host(struct loader *ld, const char *name, const json_t *v, struct cfg_host *h)
 {
 	static const char *const keys[] = {"host",
@@ -1089,40 +1153,8 @@ static int parse_host(struct loader *ld, const char *name, const json_t *v, stru
 		r = reject_inline_token(ld, v);
 	if (r == 0)
 		r = check_keys(ld, v, keys);
-	if (r == 0 && !json_object_get(v, "host"))
-		r = ld_fail(ld, LOCATE_VALUE,
-			    "%s has no \"host\"; give the machine's address, e.g. \"host\": "
-			    "\"10.0.0.1\"",
-			    ld_where(ld));
 	if (r == 0)
-		r = parse_string(ld, v, "host", true, &address);
-	if (r == 0 && !address_ok(address)) {
-		ld_push(ld, "host");
-		r = ld_fail(ld, LOCATE_VALUE,
-			    "%s must be an IP address or DNS name without spaces, '/', '?', '#' or "
-			    "'@', not %s",
-			    ld_where(ld), ld_quote(ld, 0, address));
-		ld_pop(ld);
-	}
-	if (r == 0)
-		r = parse_string(ld, v, "name", false, &display);
-	if (r == 0)
-		r = parse_string(ld, v, "role", false, &role);
-	if (r == 0 && role[0] && !name_is_valid(role)) {
-		ld_push(ld, "role");
-		r = ld_fail(ld, LOCATE_VALUE, "%s must be printable, without '/', not %s",
-			    ld_where(ld), ld_quote(ld, 0, role));
-		ld_pop(ld);
-	}
-	if (r == 0)
-		r = parse_string(ld, v, "tier", true, &tier);
-	if (r == 0 && tier && !in_list(tier, tier_names)) {
-		ld_push(ld, "tier");
-		r = ld_fail(ld, LOCATE_VALUE,
-			    "%s must be \"powerhouse\", \"standard\" or \"light\", not %s",
-			    ld_where(ld), ld_quote(ld, 0, tier));
-		ld_pop(ld);
-	}
+		r = parse_host_identity(ld, v, &address, &display, &role, &tier);
 	if (r == 0)
 		r = parse_name_list(ld, v, "capabilities", &h->capabilities, &h->n_capabilities);
 	if (r == 0)
@@ -1148,21 +1180,8 @@ static int parse_host(struct loader *ld, const char *name, const json_t *v, stru
 		r = parse_transport(ld, v, &h->transport);
 	if (r == 0)
 		r = parse_host_services(ld, v, h);
-	if (r == 0) {
-		const struct cfg_service *agent = config_host_service(h, "agent");
-		if (agent && port && agent->port != port) {
-			ld_push(ld, "port");
-			r = ld_fail(ld, LOCATE_VALUE,
-				    "%s is %d but services.agent.port of the same host is %d; give "
-				    "the agent's port once",
-				    ld_where(ld), port, agent->port);
-			ld_pop(ld);
-		} else if (agent) {
-			h->agent_port = agent->port;
-		} else if (port) {
-			h->agent_port = port;
-		}
-	}
+	if (r == 0)
+		r = host_agent_port(ld, h, port);
 	ld_pop(ld);
 	if (r < 0)
 		return r;
@@ -1613,6 +1632,23 @@ static int require_string(struct loader *ld, const json_t *obj, const char *key,
 
 /* The "slurm" section (README, "Slurm"). The JWT itself is read by the backend, which
  * re-reads it when the file changes; here the file must exist and be private. */
+/* The Slurm token file, resolved beside the config into sl->token_file: it must be there
+ * and private now; its content is the backend's. Returns 0 or the loader's error. */
+static int slurm_token_file(struct loader *ld, struct cfg_slurm *sl, const char *token_file)
+{
+	int r;
+	char msg[512], *secret = NULL;
+	sl->token_file = path_join(ld->dir, token_file);
+	r = token_read_file(sl->token_file, &secret, msg, sizeof(msg));
+	free_secret(secret);
+	if (r < 0) {
+		ld_push(ld, "token_file");
+		ld_fail(ld, LOCATE_VALUE, "%s", msg);
+		ld_pop(ld);
+	}
+	return r;
+}
+
 static int parse_slurm(struct loader *ld, const json_t *doc)
 {
 	static const char *const keys[] = {"name",       "prefix",      "rest", "token_file",
@@ -1690,18 +1726,8 @@ static int parse_slurm(struct loader *ld, const json_t *doc)
 			    ld_where(ld), ld_quote(ld, 0, name));
 		ld_pop(ld);
 	}
-	if (r == 0) {
-		char msg[512], *secret = NULL;
-		sl->token_file = path_join(ld->dir, token_file);
-		/* the file must be there and private now; its content is the backend's */
-		r = token_read_file(sl->token_file, &secret, msg, sizeof(msg));
-		free_secret(secret);
-		if (r < 0) {
-			ld_push(ld, "token_file");
-			ld_fail(ld, LOCATE_VALUE, "%s", msg);
-			ld_pop(ld);
-		}
-	}
+	if (r == 0)
+		r = slurm_token_file(ld, sl, token_file);
 	ld_pop(ld);
 	if (r < 0) {
 		slurm_free(sl);

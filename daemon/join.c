@@ -163,6 +163,104 @@ static int join_agent_proves(struct join *j, const char *name, const char *token
 
 /* POST /api/join: {"name", "port", "token", "fingerprint"?, "host"?, "role"?,
  * "capabilities"?, "version"?}. The address defaults to the one the request came from. */
+/* The drop-in of a registration: what hosts.NAME would hold, naming token_name for the
+ * token. A new object. */
+static json_t *registration_entry(const struct join *j, const char *name, const char *address,
+				  json_t *port, const char *fp, bool reverse, json_t *role,
+				  json_t *caps, const char *token_name)
+{
+	json_t *entry;
+	if (reverse) {
+		/* behind NAT: reached through this listener's relay, which it pins */
+		char relay_path[320];
+		snprintf(relay_path, sizeof(relay_path), "/api/join/relay/%s", name);
+		entry = json_pack("{ss s{s{si ss}} ss s{ss} sb}", "host", j->relay_host, "services",
+				  "agent", "port", j->port, "path", relay_path, "token_file",
+				  token_name, "tls", "fingerprint", j->fingerprint, "reverse", 1);
+		if (fp)
+			json_object_set_new(entry, "agent_fingerprint", json_string(fp));
+	} else {
+		entry = json_pack("{ss sO ss}", "host", address, "port", port, "token_file",
+				  token_name);
+		if (fp)
+			json_object_set_new(entry, "tls", json_pack("{ss}", "fingerprint", fp));
+	}
+	if (json_is_string(role))
+		json_object_set(entry, "role", role);
+	if (caps)
+		json_object_set(entry, "capabilities", caps);
+	return entry;
+}
+
+/* Writes the registration's token and drop-in into the drop-in directory, unless the name
+ * is another host's (pinned to another fingerprint, or registered with another token).
+ * Returns 0 with *ret_update (the name was registered before) and file_name set, or -1
+ * with the answer in resp. */
+static int registration_write(struct join *j, const struct config *cfg, const char *name,
+			      const char *fp, const char *token, const char *token_name,
+			      json_t *entry, struct response *resp, bool *ret_update,
+			      char *file_name, size_t file_len)
+{
+	char *old_fp = NULL, *text = NULL;
+	pthread_mutex_lock(&j->write_lock);
+	if (mkdir(cfg->dropin_dir, 0755) < 0 && errno != EEXIST) {
+		int e = errno;
+		pthread_mutex_unlock(&j->write_lock);
+		log_err("join: cannot create %s: %s", cfg->dropin_dir, strerror(e));
+		response_set_error(resp, 500, "cannot create the drop-in directory");
+		goto fail;
+	}
+	int r = dropin_fingerprint(cfg->dropin_dir, name, &old_fp);
+	bool update = *ret_update = r == 0;
+	if (r == -EBADMSG || (r == 0 && strcmp(old_fp, fp ? fp : "") != 0)) {
+		pthread_mutex_unlock(&j->write_lock);
+		response_set_error(resp, 409,
+				   "the name \"%s\" is taken by another host (hosts.d/%s.json pins "
+				   "%s); join under another --name, or remove that file first",
+				   name, name,
+				   r == -EBADMSG ? "something unreadable"
+				   : old_fp[0]   ? "another certificate fingerprint"
+						 : "no certificate");
+		goto fail;
+	}
+	if (update && !join_token_matches(cfg->dropin_dir, name, token)) {
+		/* a fingerprint is public: re-joining must also prove the agent's own token,
+		 * or anyone with the join token could take a registered node's work */
+		pthread_mutex_unlock(&j->write_lock);
+		response_set_error(
+			resp, 409,
+			"the name \"%s\" is registered by an agent with another token; "
+			"run --leave with the old token, or remove hosts.d/%s.json first",
+			name, name);
+		goto fail;
+	}
+	snprintf(file_name, file_len, "%s.json", name);
+	text = json_dumps(entry, JSON_INDENT(2) | JSON_SORT_KEYS);
+	/* the token first: the drop-in that names it loads only once both are there */
+	r = write_file_atomic(cfg->dropin_dir, token_name, token, 0600);
+	if (r == 0) {
+		char *with_nl = NULL;
+		if (asprintf(&with_nl, "%s\n", text) < 0)
+			r = -ENOMEM;
+		else
+			r = write_file_atomic(cfg->dropin_dir, file_name, with_nl, 0644);
+		free(with_nl);
+	}
+	pthread_mutex_unlock(&j->write_lock);
+	if (r < 0) {
+		log_err("join: cannot write %s/%s: %s", cfg->dropin_dir, file_name, strerror(-r));
+		response_set_error(resp, 500, "cannot write the drop-in: %s", strerror(-r));
+		goto fail;
+	}
+	free(text);
+	free(old_fp);
+	return 0;
+fail:
+	free(text);
+	free(old_fp);
+	return -1;
+}
+
 static int join_register(struct request *req, struct response *resp)
 {
 	struct join *j = req->userdata;
@@ -181,7 +279,6 @@ static int join_register(struct request *req, struct response *resp)
 	char peer[64] = "";
 	char err[512];
 	json_t *entry = NULL;
-	char *text = NULL, *old_fp = NULL;
 	struct config *cfg = NULL;
 
 	if (!name || !token || !json_is_integer(port)) {
@@ -212,25 +309,7 @@ static int join_register(struct request *req, struct response *resp)
 	/* The drop-in: what hosts.NAME would hold. The token goes into a file of its own. */
 	char token_name[300];
 	snprintf(token_name, sizeof(token_name), "%s.token", name);
-	if (reverse) {
-		/* behind NAT: reached through this listener's relay, which it pins */
-		char relay_path[320];
-		snprintf(relay_path, sizeof(relay_path), "/api/join/relay/%s", name);
-		entry = json_pack("{ss s{s{si ss}} ss s{ss} sb}", "host", j->relay_host, "services",
-				  "agent", "port", j->port, "path", relay_path, "token_file",
-				  token_name, "tls", "fingerprint", j->fingerprint, "reverse", 1);
-		if (fp)
-			json_object_set_new(entry, "agent_fingerprint", json_string(fp));
-	} else {
-		entry = json_pack("{ss sO ss}", "host", address, "port", port, "token_file",
-				  token_name);
-		if (fp)
-			json_object_set_new(entry, "tls", json_pack("{ss}", "fingerprint", fp));
-	}
-	if (json_is_string(role))
-		json_object_set(entry, "role", role);
-	if (caps)
-		json_object_set(entry, "capabilities", caps);
+	entry = registration_entry(j, name, address, port, fp, reverse, role, caps, token_name);
 	if (config_check_host(name, entry, err, sizeof(err)) < 0) {
 		response_set_error(resp, 400, "invalid registration: %s", err);
 		goto out;
@@ -249,57 +328,11 @@ static int join_register(struct request *req, struct response *resp)
 				   name);
 		goto out;
 	}
-	pthread_mutex_lock(&j->write_lock);
-	if (mkdir(cfg->dropin_dir, 0755) < 0 && errno != EEXIST) {
-		int e = errno;
-		pthread_mutex_unlock(&j->write_lock);
-		log_err("join: cannot create %s: %s", cfg->dropin_dir, strerror(e));
-		response_set_error(resp, 500, "cannot create the drop-in directory");
-		goto out;
-	}
-	int r = dropin_fingerprint(cfg->dropin_dir, name, &old_fp);
-	bool update = r == 0;
-	if (r == -EBADMSG || (r == 0 && strcmp(old_fp, fp ? fp : "") != 0)) {
-		pthread_mutex_unlock(&j->write_lock);
-		response_set_error(resp, 409,
-				   "the name \"%s\" is taken by another host (hosts.d/%s.json pins "
-				   "%s); join under another --name, or remove that file first",
-				   name, name,
-				   r == -EBADMSG ? "something unreadable"
-				   : old_fp[0]   ? "another certificate fingerprint"
-						 : "no certificate");
-		goto out;
-	}
-	if (update && !join_token_matches(cfg->dropin_dir, name, token)) {
-		/* a fingerprint is public: re-joining must also prove the agent's own token,
-		 * or anyone with the join token could take a registered node's work */
-		pthread_mutex_unlock(&j->write_lock);
-		response_set_error(
-			resp, 409,
-			"the name \"%s\" is registered by an agent with another token; "
-			"run --leave with the old token, or remove hosts.d/%s.json first",
-			name, name);
-		goto out;
-	}
+	bool update;
 	char file_name[300];
-	snprintf(file_name, sizeof(file_name), "%s.json", name);
-	text = json_dumps(entry, JSON_INDENT(2) | JSON_SORT_KEYS);
-	/* the token first: the drop-in that names it loads only once both are there */
-	r = write_file_atomic(cfg->dropin_dir, token_name, token, 0600);
-	if (r == 0) {
-		char *with_nl = NULL;
-		if (asprintf(&with_nl, "%s\n", text) < 0)
-			r = -ENOMEM;
-		else
-			r = write_file_atomic(cfg->dropin_dir, file_name, with_nl, 0644);
-		free(with_nl);
-	}
-	pthread_mutex_unlock(&j->write_lock);
-	if (r < 0) {
-		log_err("join: cannot write %s/%s: %s", cfg->dropin_dir, file_name, strerror(-r));
-		response_set_error(resp, 500, "cannot write the drop-in: %s", strerror(-r));
+	if (registration_write(j, cfg, name, fp, token, token_name, entry, resp, &update, file_name,
+			       sizeof(file_name)) < 0)
 		goto out;
-	}
 	log_info("join: %s %s at %s:%lld%s%s", update ? "updated" : "registered", name, address,
 		 (long long) json_integer_value(port), version ? ", agent " : "",
 		 version ? version : "");
@@ -311,8 +344,6 @@ static int join_register(struct request *req, struct response *resp)
 				    cfg->probe.heartbeat_s, "reached",
 				    reverse ? "reverse" : "push"));
 out:
-	free(text);
-	free(old_fp);
 	json_decref(entry);
 	json_decref(body);
 	config_unref(cfg);

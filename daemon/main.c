@@ -426,7 +426,25 @@ static void on_config_event(void *arg)
 	d->reload_timer = loop_timer_add(d->loop, clock_now_us() + RELOAD_DELAY_US, reload_now, d);
 }
 
-int main(int argc, char **argv)
+/* The command line, as main reads it. */
+struct options {
+	char *config_opt;
+	bool foreground;
+	char *restore_file;
+	bool force;
+	struct buf mount_opts;
+};
+
+static void options_free(struct options *o)
+{
+	free(o->config_opt);
+	free(o->restore_file);
+	buf_free(&o->mount_opts);
+}
+
+/* Reads the options into o (and the state directory into d). Returns -1 to go on and mount
+ * argv[argc - 1], else the exit code (--help, --version, --restore, a usage error). */
+static int parse_options(int argc, char **argv, struct daemon *d, struct options *o)
 {
 	static const struct option longopts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -439,171 +457,255 @@ int main(int argc, char **argv)
 		{"force", no_argument, NULL, 'F'},
 		{NULL, 0, NULL, 0},
 	};
-	struct daemon d = {0};
-	char *config_opt = NULL;
-	bool foreground = false;
-	char *restore_file = NULL;
-	bool force = false;
-	struct buf mount_opts;
-	buf_init(&mount_opts);
 	int c;
 	while ((c = getopt_long(argc, argv, "c:s:fo:vhV", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'c':
-			free(config_opt);
-			config_opt = strdup(optarg);
+			free(o->config_opt);
+			o->config_opt = strdup(optarg);
 			break;
 		case 's':
-			free(d.state_dir);
-			d.state_dir = strdup(optarg);
+			free(d->state_dir);
+			d->state_dir = strdup(optarg);
 			break;
-		case 'f': foreground = true; break;
-		case 'o': parse_mount_opts(optarg, &config_opt, &d.state_dir, &mount_opts); break;
+		case 'f': o->foreground = true; break;
+		case 'o':
+			parse_mount_opts(optarg, &o->config_opt, &d->state_dir, &o->mount_opts);
+			break;
 		case 'v': log_set_level(LOG_DEBUG); break;
 		case 'h': usage(stdout); return EXIT_OK;
 		case 'V': printf("clusterfs %s\n", CLUSTERFS_VERSION); return EXIT_OK;
 		case 'R':
-			free(restore_file);
-			restore_file = strdup(optarg);
+			free(o->restore_file);
+			o->restore_file = strdup(optarg);
 			break;
-		case 'F': force = true; break;
+		case 'F': o->force = true; break;
 		default: usage(stderr); return EXIT_USAGE;
 		}
 	}
-	if (restore_file || force) {
-		int rc = EXIT_USAGE;
-		if (!restore_file)
+	if (o->restore_file || o->force) {
+		if (!o->restore_file) {
 			report("clusterfs: --force goes with --restore FILE\n");
-		else if (optind != argc)
-			report("clusterfs: --restore takes no MOUNTPOINT\n");
-		else {
-			if (!d.state_dir)
-				d.state_dir = default_state_dir();
-			rc = restore_main(restore_file, d.state_dir, force);
+			return EXIT_USAGE;
 		}
-		free(restore_file);
-		free(config_opt);
-		free(d.state_dir);
-		buf_free(&mount_opts);
-		return rc;
+		if (optind != argc) {
+			report("clusterfs: --restore takes no MOUNTPOINT\n");
+			return EXIT_USAGE;
+		}
+		if (!d->state_dir)
+			d->state_dir = default_state_dir();
+		return restore_main(o->restore_file, d->state_dir, o->force);
 	}
 	/* mount.fuse3 runs "clusterfs SOURCE MOUNTPOINT -o OPTS": the source comes first */
 	if (optind == argc || argc - optind > 2) {
 		report("clusterfs: %s\n",
 		       optind == argc ? "missing MOUNTPOINT" : "too many arguments");
 		usage(stderr);
-		free(config_opt);
-		free(d.state_dir);
-		buf_free(&mount_opts);
 		return EXIT_USAGE;
 	}
-	const char *mountpoint = argv[argc - 1];
-	char *mp_abs = realpath(mountpoint, NULL);
-	/* the daemon changes to / when it detaches: the config is watched by its full name */
-	char *config_abs = config_opt ? realpath(config_opt, NULL) : NULL;
-	d.config_path = config_abs ? config_abs : config_opt;
+	return -1;
+}
 
-	int ret = EXIT_FAILURE_OTHER;
-	struct config *cfg = NULL;
-	struct fs *fs = NULL;
-	struct fuse_session *se = NULL;
-	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
-
-	if (check_mountpoint(mountpoint) < 0) {
-		ret = EXIT_MOUNTPOINT;
-		goto out;
-	}
+/* The mount point and /dev/fuse are usable, the config loads, the state directory and its
+ * store open. Returns EXIT_OK or the exit code, with the reason reported. */
+static int daemon_prepare(struct daemon *d, const char *mountpoint, struct config **ret_cfg)
+{
+	if (check_mountpoint(mountpoint) < 0)
+		return EXIT_MOUNTPOINT;
 	if (access("/dev/fuse", R_OK | W_OK) < 0) {
 		report("clusterfs: cannot use /dev/fuse (%s): load the fuse module "
 		       "(modprobe fuse) and install fuse3\n",
 		       strerror(errno));
-		ret = EXIT_NO_FUSE;
-		goto out;
+		return EXIT_NO_FUSE;
 	}
 	char err[1024];
-	int r = d.config_path ? config_load_file(d.config_path, &cfg, err, sizeof(err))
-			      : config_default(&cfg, err, sizeof(err));
-	if (r == 0 && !d.config_path)
-		r = apply_default_agent(cfg, err, sizeof(err));
+	int r = d->config_path ? config_load_file(d->config_path, ret_cfg, err, sizeof(err))
+			       : config_default(ret_cfg, err, sizeof(err));
+	if (r == 0 && !d->config_path)
+		r = apply_default_agent(*ret_cfg, err, sizeof(err));
 	if (r < 0) {
 		report("clusterfs: invalid config: %s\n", err);
-		ret = EXIT_CONFIG;
-		goto out;
+		return EXIT_CONFIG;
 	}
-	if (!d.state_dir)
-		d.state_dir = default_state_dir();
-	if (check_state_dir(d.state_dir) < 0) {
-		ret = EXIT_STATE_DIR;
-		goto out;
-	}
-
-	r = store_open(d.state_dir, &d.store, err, sizeof(err));
+	if (!d->state_dir)
+		d->state_dir = default_state_dir();
+	if (check_state_dir(d->state_dir) < 0)
+		return EXIT_STATE_DIR;
+	r = store_open(d->state_dir, &d->store, err, sizeof(err));
 	if (r < 0) {
 		report("clusterfs: %s\n", err);
-		ret = EXIT_STATE_DIR;
-		goto out;
+		return EXIT_STATE_DIR;
 	}
-	if (loop_new(&d.loop) < 0 || cluster_new(d.loop, cfg, &d.cluster) < 0 ||
-	    tasks_new(d.loop, d.cluster, d.store, &d.tasks) < 0 ||
-	    services_new(d.loop, d.cluster, &d.services) < 0 ||
-	    ledger_new(d.loop, d.cluster, d.store, &d.ledger) < 0 ||
-	    models_new(d.loop, d.cluster, &d.models) < 0 ||
-	    slurm_new(d.loop, d.cluster, &d.slurm) < 0 ||
-	    prompts_new(d.loop, d.cluster, d.models, d.tasks, &d.prompts) < 0 ||
-	    artifacts_new(d.loop, d.cluster, d.state_dir, &d.artifacts) < 0 ||
-	    knowledge_new(d.store, &d.knowledge) < 0) {
+	return EXIT_OK;
+}
+
+/* Makes the backends, the filesystem and the join listener, and wires them together. No
+ * thread starts here. Returns EXIT_OK or the exit code, with the reason reported. */
+static int daemon_build(struct daemon *d, struct config *cfg, struct fs **ret_fs)
+{
+	if (loop_new(&d->loop) < 0 || cluster_new(d->loop, cfg, &d->cluster) < 0 ||
+	    tasks_new(d->loop, d->cluster, d->store, &d->tasks) < 0 ||
+	    services_new(d->loop, d->cluster, &d->services) < 0 ||
+	    ledger_new(d->loop, d->cluster, d->store, &d->ledger) < 0 ||
+	    models_new(d->loop, d->cluster, &d->models) < 0 ||
+	    slurm_new(d->loop, d->cluster, &d->slurm) < 0 ||
+	    prompts_new(d->loop, d->cluster, d->models, d->tasks, &d->prompts) < 0 ||
+	    artifacts_new(d->loop, d->cluster, d->state_dir, &d->artifacts) < 0 ||
+	    knowledge_new(d->store, &d->knowledge) < 0) {
 		report("clusterfs: out of memory\n");
-		goto out;
+		return EXIT_FAILURE_OTHER;
 	}
-	r = cluster_attach_store(d.cluster, d.store);
+	int r = cluster_attach_store(d->cluster, d->store);
 	if (r < 0)
 		log_warn("cannot load the events and drains kept in the store: %s", strerror(-r));
 	struct tree_ctx backends = {
-		.cluster = d.cluster,
-		.tasks = d.tasks,
-		.services = d.services,
-		.ledger = d.ledger,
-		.models = d.models,
-		.store = d.store,
-		.artifacts = d.artifacts,
-		.knowledge = d.knowledge,
+		.cluster = d->cluster,
+		.tasks = d->tasks,
+		.services = d->services,
+		.ledger = d->ledger,
+		.models = d->models,
+		.store = d->store,
+		.artifacts = d->artifacts,
+		.knowledge = d->knowledge,
 	};
-	tasks_set_artifacts(d.tasks, d.artifacts);
-	if (fs_new(&backends, &fs) < 0) {
+	tasks_set_artifacts(d->tasks, d->artifacts);
+	if (fs_new(&backends, ret_fs) < 0) {
 		report("clusterfs: out of memory\n");
-		goto out;
+		return EXIT_FAILURE_OTHER;
 	}
 	if (cfg->join.enabled) {
-		r = join_new(cfg, d.cluster, &d.join, err, sizeof(err));
+		char err[1024];
+		r = join_new(cfg, d->cluster, &d->join, err, sizeof(err));
 		if (r < 0) {
 			report("clusterfs: invalid config: join: %s\n", err);
-			ret = EXIT_CONFIG;
-			goto out;
+			return EXIT_CONFIG;
 		}
 	}
-	cluster_add_listener(d.cluster, fs_on_cluster_change, fs);
-	cluster_add_listener(d.cluster, tasks_on_cluster_change, d.tasks);
-	knowledge_replicate(d.knowledge, d.loop, d.cluster);
-	cluster_add_listener(d.cluster, knowledge_on_cluster_change, d.knowledge);
+	cluster_add_listener(d->cluster, fs_on_cluster_change, *ret_fs);
+	cluster_add_listener(d->cluster, tasks_on_cluster_change, d->tasks);
+	knowledge_replicate(d->knowledge, d->loop, d->cluster);
+	cluster_add_listener(d->cluster, knowledge_on_cluster_change, d->knowledge);
 	/* tasks placed on the Slurm cluster's node go to slurmrestd, not to an agent */
-	tasks_set_target(d.tasks, &(struct tasks_target){.owns = slurm_owns_node,
-							 .call = slurm_task_call,
-							 .arg = d.slurm});
+	tasks_set_target(d->tasks, &(struct tasks_target){.owns = slurm_owns_node,
+							  .call = slurm_task_call,
+							  .arg = d->slurm});
+	return EXIT_OK;
+}
 
-	/* Mount options: modes mean something (default_permissions); as root, other users
-	 * and NFS/SMB exports see the tree too. */
+/* Mount options: modes mean something (default_permissions); as root, other users and
+ * NFS/SMB exports see the tree too. */
+static void mount_args(struct fuse_args *args, const char *argv0, const struct buf *mount_opts)
+{
 	struct buf o;
 	buf_init(&o);
 	buf_puts(&o, "fsname=clusterfs,subtype=clusterfs,default_permissions");
 	if (geteuid() == 0)
 		buf_puts(&o, ",allow_other");
-	if (mount_opts.len)
-		buf_append(&o, mount_opts.data, mount_opts.len);
-	fuse_opt_add_arg(&args, argv[0]);
-	fuse_opt_add_arg(&args, "-o");
-	fuse_opt_add_arg(&args, o.data);
+	if (mount_opts->len)
+		buf_append(&o, mount_opts->data, mount_opts->len);
+	fuse_opt_add_arg(args, argv0);
+	fuse_opt_add_arg(args, "-o");
+	fuse_opt_add_arg(args, o.data);
 	buf_free(&o);
+}
 
+/* After the fork: the config watch, the backend thread and what runs on it. Returns 0, or
+ * -1 when the backend thread cannot start. */
+static int daemon_start(struct daemon *d, struct fs *fs, struct fuse_session *se,
+			const struct config *cfg, const char *mount_shown)
+{
+	int r;
+	char err[1024];
+	if (d->config_path) {
+		r = config_watch_new(d->config_path, &d->watch);
+		if (r < 0)
+			log_warn("cannot watch %s for changes (%s): edits need a remount",
+				 d->config_path, strerror(-r));
+		else
+			loop_fd_add(d->loop, config_watch_fd(d->watch), on_config_event, d);
+	}
+	if (loop_start(d->loop) < 0) {
+		log_err("cannot start the backend thread");
+		return -1;
+	}
+	fs_set_session(fs, se);
+	cluster_start(d->cluster);
+	apply_warnings(d, cfg);
+	if (d->join) {
+		r = join_start(d->join, err, sizeof(err));
+		if (r < 0)
+			log_err("%s", err);
+		else
+			log_info("join listener on %s (HTTPS)", join_bound(d->join));
+	}
+	slurm_start(d->slurm);
+	r = tasks_start(d->tasks);
+	if (r < 0)
+		log_err("cannot load the tasks from the store: %s", strerror(-r));
+	r = ledger_start(d->ledger);
+	if (r < 0)
+		log_err("cannot start the ledger: %s", strerror(-r));
+	log_info("mounted %s on %s: %zu node%s, config %s, state %s", cfg->cluster, mount_shown,
+		 cfg->n_hosts, cfg->n_hosts == 1 ? "" : "s",
+		 d->config_path ? d->config_path : "(built-in one-node default)", d->state_dir);
+	return 0;
+}
+
+/* Frees what daemon_build and daemon_start made, in the order that leaves no thread using
+ * a freed object. */
+static void daemon_free(struct daemon *d, struct fs *fs)
+{
+	if (d->loop)
+		loop_stop(d->loop);
+	if (d->reload_timer && d->loop)
+		loop_timer_cancel(d->loop, d->reload_timer);
+	join_stop(d->join);
+	fs_free(fs);
+	tasks_free(d->tasks);
+	services_free(d->services);
+	ledger_free(d->ledger);
+	prompts_free(d->prompts);
+	models_free(d->models);
+	slurm_free(d->slurm);
+	artifacts_free(d->artifacts);
+	knowledge_free(d->knowledge);
+	cluster_free(d->cluster);
+	loop_free(d->loop);
+	store_close(d->store);
+	config_watch_free(d->watch);
+	free(d->state_dir);
+}
+
+int main(int argc, char **argv)
+{
+	struct daemon d = {0};
+	struct options opt = {0};
+	buf_init(&opt.mount_opts);
+	int ret = parse_options(argc, argv, &d, &opt);
+	if (ret >= 0) {
+		options_free(&opt);
+		free(d.state_dir);
+		return ret;
+	}
+	const char *mountpoint = argv[argc - 1];
+	char *mp_abs = realpath(mountpoint, NULL);
+	/* the daemon changes to / when it detaches: the config is watched by its full name */
+	char *config_abs = opt.config_opt ? realpath(opt.config_opt, NULL) : NULL;
+	d.config_path = config_abs ? config_abs : opt.config_opt;
+
+	struct config *cfg = NULL;
+	struct fs *fs = NULL;
+	struct fuse_session *se = NULL;
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+
+	ret = daemon_prepare(&d, mountpoint, &cfg);
+	if (ret != EXIT_OK)
+		goto out;
+	ret = daemon_build(&d, cfg, &fs);
+	if (ret != EXIT_OK)
+		goto out;
+	ret = EXIT_FAILURE_OTHER;
+	mount_args(&args, argv[0], &opt.mount_opts);
 	se = fuse_session_new(&args, fs_ops(), sizeof(*fs_ops()), fs);
 	if (!se) {
 		report("clusterfs: invalid mount options\n");
@@ -621,50 +723,19 @@ int main(int argc, char **argv)
 	/* Threads start after the fork, and the store's connections are made after it: a
 	 * sqlite connection must not cross a fork (the child would not hold its locks). */
 	store_close_connections(d.store);
-	if (fuse_daemonize(foreground) != 0)
+	if (fuse_daemonize(opt.foreground) != 0)
 		goto out_unmount;
-	if (!foreground)
+	if (!opt.foreground)
 		log_use_syslog("clusterfs");
-
-	if (d.config_path) {
-		r = config_watch_new(d.config_path, &d.watch);
-		if (r < 0)
-			log_warn("cannot watch %s for changes (%s): edits need a remount",
-				 d.config_path, strerror(-r));
-		else
-			loop_fd_add(d.loop, config_watch_fd(d.watch), on_config_event, &d);
-	}
-	if (loop_start(d.loop) < 0) {
-		log_err("cannot start the backend thread");
+	if (daemon_start(&d, fs, se, cfg, mp_abs ? mp_abs : mountpoint) < 0)
 		goto out_unmount;
-	}
-	fs_set_session(fs, se);
-	cluster_start(d.cluster);
-	apply_warnings(&d, cfg);
-	if (d.join) {
-		r = join_start(d.join, err, sizeof(err));
-		if (r < 0)
-			log_err("%s", err);
-		else
-			log_info("join listener on %s (HTTPS)", join_bound(d.join));
-	}
-	slurm_start(d.slurm);
-	r = tasks_start(d.tasks);
-	if (r < 0)
-		log_err("cannot load the tasks from the store: %s", strerror(-r));
-	r = ledger_start(d.ledger);
-	if (r < 0)
-		log_err("cannot start the ledger: %s", strerror(-r));
-	log_info("mounted %s on %s: %zu node%s, config %s, state %s", cfg->cluster,
-		 mp_abs ? mp_abs : mountpoint, cfg->n_hosts, cfg->n_hosts == 1 ? "" : "s",
-		 d.config_path ? d.config_path : "(built-in one-node default)", d.state_dir);
 
 	if (stopper_start(&stopper, se, fs, d.loop) < 0) {
 		log_err("cannot start the signal thread");
 		goto out_unmount;
 	}
 	struct fuse_loop_config lc = {.clone_fd = 0, .max_idle_threads = 16};
-	r = fuse_session_loop_mt(se, &lc);
+	int r = fuse_session_loop_mt(se, &lc);
 	stopper_join(&stopper);
 	/* a stop signal ends the loop with 0; an unmount too */
 	ret = (r == 0 || r == SIGTERM || r == SIGINT || r == SIGHUP) ? EXIT_OK : EXIT_FAILURE_OTHER;
@@ -683,29 +754,10 @@ out:
 	if (se)
 		fuse_session_destroy(se);
 	fuse_opt_free_args(&args);
-	if (d.loop)
-		loop_stop(d.loop);
-	if (d.reload_timer && d.loop)
-		loop_timer_cancel(d.loop, d.reload_timer);
-	join_stop(d.join);
-	fs_free(fs);
-	tasks_free(d.tasks);
-	services_free(d.services);
-	ledger_free(d.ledger);
-	prompts_free(d.prompts);
-	models_free(d.models);
-	slurm_free(d.slurm);
-	artifacts_free(d.artifacts);
-	knowledge_free(d.knowledge);
-	cluster_free(d.cluster);
-	loop_free(d.loop);
-	store_close(d.store);
-	config_watch_free(d.watch);
+	daemon_free(&d, fs);
 	config_unref(cfg);
-	buf_free(&mount_opts);
-	free(d.state_dir);
+	options_free(&opt);
 	free(mp_abs);
 	free(config_abs);
-	free(config_opt);
 	return ret;
 }

@@ -886,85 +886,12 @@ int render_service_file(const struct tree_ctx *ctx, const struct tree_entry *e, 
 	return 0;
 }
 
-int render_ledger_entry(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
-			double *ret_mtime, uint64_t *ret_seq)
-{
-	return ledger_render_entry(ctx->ledger, e->name, out);
-}
-
-int render_ledger_best(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
-		       double *ret_mtime, uint64_t *ret_seq)
-{
-	return ledger_render_best(ctx->ledger, e->name, out);
-}
-
-int render_ledger_summary(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
-			  double *ret_mtime, uint64_t *ret_seq)
-{
-	ledger_render_summary(ctx->ledger, out);
-	return 0;
-}
-
-int render_ledger_source(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
-			 double *ret_mtime, uint64_t *ret_seq)
-{
-	ledger_render_source(ctx->ledger, out);
-	double fmt = ledger_fetched_at(ctx->ledger); /* fetched_at, age_s, error */
-	if (fmt > *ret_mtime)
-		*ret_mtime = fmt;
-	return 0;
-}
-
 int render_ledger_record(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 			 double *ret_mtime, uint64_t *ret_seq)
 {
 	buf_puts(out, "write a JSON entry to record a checkpoint, e.g.\n"
 		      "{\"step\": 1000, \"metrics\": {\"val_loss\": 0.61}, "
 		      "\"path\": \"/ckpt/step-1000\"}\n");
-	return 0;
-}
-
-/* A model's files: e->file is the model's name, encoded for a file name. */
-int render_model_nodes(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
-		       double *ret_mtime, uint64_t *ret_seq)
-{
-	char *model = models_decode_name(e->file);
-	int r = model ? models_render_nodes(ctx->models, model, false, out) : -ENOENT;
-	free(model);
-	return r;
-}
-
-int render_model_loaded(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
-			double *ret_mtime, uint64_t *ret_seq)
-{
-	char *model = models_decode_name(e->file);
-	int r = model ? models_render_nodes(ctx->models, model, true, out) : -ENOENT;
-	free(model);
-	return r;
-}
-
-int render_model_info(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
-		      double *ret_mtime, uint64_t *ret_seq)
-{
-	char *model = models_decode_name(e->file);
-	int r = model ? models_render_info(ctx->models, model, out) : -ENOENT;
-	free(model);
-	return r;
-}
-
-int render_node_model(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
-		      double *ret_mtime, uint64_t *ret_seq)
-{
-	char *model = models_decode_name(e->file);
-	int r = model ? models_node_render(ctx->models, e->node, model, out) : -ENOENT;
-	free(model);
-	return r;
-}
-
-int render_node_models_ctl(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
-			   double *ret_mtime, uint64_t *ret_seq)
-{
-	models_ctl_render(ctx->models, e->node, out);
 	return 0;
 }
 

@@ -5,6 +5,7 @@
 #include "fs/knowledge.h"
 #include "fs/render.h"
 #include "fs/render_placement.h"
+#include "backend/ctl.h"
 #include "backend/spec.h"
 
 #include <errno.h>
@@ -272,23 +273,25 @@ void fs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 
 static void node_ctl(fuse_req_t req, struct fs *f, struct handle *h, const char *cmd, size_t size)
 {
-	int r;
-	if (!strcmp(cmd, "drain"))
-		r = cluster_set_draining(f->cluster, h->e.node, true);
-	else if (!strcmp(cmd, "resume"))
-		r = cluster_set_draining(f->cluster, h->e.node, false);
-	else if (!strcmp(cmd, "probe"))
+	static const struct ctl_word words[] = {{"drain", NULL, NULL},
+						{"resume", NULL, NULL},
+						{"probe", NULL, NULL},
+						{"remove", NULL, NULL}};
+	struct ctl_command c;
+	char err[512] = "";
+	int r = ctl_parse(cmd, words, 4, &c, err, sizeof(err));
+	if (r < 0)
+		log_info("nodes/%s/ctl: %s", h->e.node, err);
+	else if (c.word == 0 || c.word == 1)
+		r = cluster_set_draining(f->cluster, h->e.node, c.word == 0);
+	else if (c.word == 2)
 		r = cluster_probe_now(f->cluster, h->e.node);
-	else if (!strcmp(cmd, "remove")) {
+	else {
 		r = cluster_forget_node(f->cluster, h->e.node, "echo remove > ctl");
 		if (r == -EPERM)
 			log_info("nodes/%s/ctl: remove forgets joined nodes only; %s is typed into "
 				 "hosts.json: delete it there",
 				 h->e.node, h->e.node);
-	} else {
-		log_info("nodes/%s/ctl: unknown command \"%s\" (drain, resume, probe or remove)",
-			 h->e.node, cmd);
-		r = -EINVAL;
 	}
 	if (r < 0)
 		return (void) fuse_reply_err(req, -r);

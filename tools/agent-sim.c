@@ -489,6 +489,37 @@ static bool token_matches(const struct sim *s, const char *v, size_t len)
 /* Handles the request at the start of c->in when it is complete: renders its answer into
  * c->out, consumes it and returns true. False when more bytes are needed. A malformed
  * request gets an error answer and close_after. */
+/* Answers a whole, well-formed request for target (its query cut off here). */
+static void conn_answer(struct sim *s, struct conn *c, const char *method, char *target,
+			const char *headers, const char *end)
+{
+	size_t vlen;
+	const char *v = header_find(headers, end, "Authorization", &vlen);
+	char *query = strchr(target, '?');
+	if (query)
+		*query = '\0';
+	if (!token_matches(s, v, vlen)) {
+		s->n_unauthorized++;
+		conn_put_error(c, 401, "WWW-Authenticate: Bearer",
+			       "unauthorized: missing or invalid bearer token");
+	} else if (strcmp(target, "/api/node/health") != 0 &&
+		   strcmp(target, "/api/node/system") != 0) {
+		conn_put_error(c, 404, NULL, "no such endpoint: %.200s", target);
+	} else if (strcmp(method, "GET") != 0) {
+		conn_put_error(c, 405, "Allow: GET", "method %.16s not allowed on %.200s", method,
+			       target);
+	} else if (strcmp(target, "/api/node/system") == 0) {
+		const struct sim_node *node = &s->nodes[c->node];
+		conn_put_answer(c, 200, NULL, node->system_body, node->system_len);
+	} else {
+		struct buf body;
+		buf_init(&body);
+		sim_render_health(s, &s->nodes[c->node], &body);
+		conn_put_answer(c, 200, NULL, body.data, body.len);
+		buf_free(&body);
+	}
+}
+
 static bool conn_take_request(struct sim *s, struct conn *c)
 {
 	char *hdr_end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
@@ -566,30 +597,7 @@ static bool conn_take_request(struct sim *s, struct conn *c)
 		conn_put_error(c, 400, NULL, "malformed request line");
 		return true;
 	}
-	v = header_find(headers, end, "Authorization", &vlen);
-	char *query = strchr(target, '?');
-	if (query)
-		*query = '\0';
-	if (!token_matches(s, v, vlen)) {
-		s->n_unauthorized++;
-		conn_put_error(c, 401, "WWW-Authenticate: Bearer",
-			       "unauthorized: missing or invalid bearer token");
-	} else if (strcmp(target, "/api/node/health") != 0 &&
-		   strcmp(target, "/api/node/system") != 0) {
-		conn_put_error(c, 404, NULL, "no such endpoint: %.200s", target);
-	} else if (strcmp(method, "GET") != 0) {
-		conn_put_error(c, 405, "Allow: GET", "method %.16s not allowed on %.200s", method,
-			       target);
-	} else if (strcmp(target, "/api/node/system") == 0) {
-		const struct sim_node *node = &s->nodes[c->node];
-		conn_put_answer(c, 200, NULL, node->system_body, node->system_len);
-	} else {
-		struct buf body;
-		buf_init(&body);
-		sim_render_health(s, &s->nodes[c->node], &body);
-		conn_put_answer(c, 200, NULL, body.data, body.len);
-		buf_free(&body);
-	}
+	conn_answer(s, c, method, target, headers, end);
 	size_t used = head_len + body_len;
 	memmove(c->in, c->in + used, c->in_len - used);
 	c->in_len -= used;

@@ -26,31 +26,65 @@ static void usage(FILE *f)
 		"long ago (default 60), the others one second apart before it.\n");
 }
 
+/* What to fill: the options. */
+struct fill {
+	const char *prefix, *user, *node_prefix;
+	long nodes;
+	uid_t uid;
+	gid_t gid;
+};
+
+/* Row k: a finished task (one in ten failed) on a node in turn, ended at `finished`. */
+static void fill_row(struct store *s, const struct fill *f, const char *spec_text, long k,
+		     double finished, struct store_task *t)
+{
+	char id[128], node[32], did[256];
+	bool ok = k % 10 != 9;
+	snprintf(id, sizeof(id), "%s-%ld", f->prefix, k);
+	snprintf(node, sizeof(node), "%s%ld", f->node_prefix, k % f->nodes + 1);
+	snprintf(did, sizeof(did), "%s.%s.1", store_instance_id(s), id);
+	memset(t, 0, sizeof(*t));
+	t->id = xstrdup(id);
+	t->spec = xstrdup(spec_text);
+	t->state = xstrdup(ok ? "succeeded" : "failed");
+	t->node = xstrdup(node);
+	t->dispatch_id = xstrdup(did);
+	t->placement = xstrdup("the least loaded eligible node");
+	t->exit_code = ok ? 0 : 1;
+	t->attempts = 1;
+	t->priority = 2;
+	t->uid = f->uid;
+	t->gid = f->gid;
+	t->user = xstrdup(f->user);
+	t->finished_at = finished;
+	t->started_at = t->finished_at - 0.01;
+	t->submitted_at = t->started_at - 0.01;
+}
+
 int main(int argc, char **argv)
 {
-	const char *dir = NULL, *prefix = "old", *user = "root", *node_prefix = "n";
-	long count = -1, nodes = 8, every = 1;
-	uid_t uid = 0;
-	gid_t gid = 0;
+	const char *dir = NULL;
+	struct fill f = {.prefix = "old", .user = "root", .node_prefix = "n", .nodes = 8};
+	long count = -1, every = 1;
 	double age = 60;
 	int c;
 	while ((c = getopt(argc, argv, "s:n:p:N:P:u:g:U:o:t:h")) != -1) {
 		switch (c) {
 		case 's': dir = optarg; break;
 		case 'n': count = strtol(optarg, NULL, 10); break;
-		case 'p': prefix = optarg; break;
-		case 'N': nodes = strtol(optarg, NULL, 10); break;
-		case 'P': node_prefix = optarg; break;
-		case 'u': uid = (uid_t) strtoul(optarg, NULL, 10); break;
-		case 'g': gid = (gid_t) strtoul(optarg, NULL, 10); break;
-		case 'U': user = optarg; break;
+		case 'p': f.prefix = optarg; break;
+		case 'N': f.nodes = strtol(optarg, NULL, 10); break;
+		case 'P': f.node_prefix = optarg; break;
+		case 'u': f.uid = (uid_t) strtoul(optarg, NULL, 10); break;
+		case 'g': f.gid = (gid_t) strtoul(optarg, NULL, 10); break;
+		case 'U': f.user = optarg; break;
 		case 'o': every = strtol(optarg, NULL, 10); break;
 		case 't': age = strtod(optarg, NULL); break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
 	}
-	if (!dir || count < 0 || nodes < 1 || every < 0) {
+	if (!dir || count < 0 || f.nodes < 1 || every < 0) {
 		usage(stderr);
 		return 2;
 	}
@@ -79,28 +113,7 @@ int main(int argc, char **argv)
 		size_t n = (size_t) (count - base < BATCH ? count - base : BATCH);
 		for (size_t i = 0; i < n; i++) {
 			long k = base + (long) i;
-			struct store_task *t = &rows[i];
-			char id[128], node[32], did[256];
-			bool ok = k % 10 != 9;
-			snprintf(id, sizeof(id), "%s-%ld", prefix, k);
-			snprintf(node, sizeof(node), "%s%ld", node_prefix, k % nodes + 1);
-			snprintf(did, sizeof(did), "%s.%s.1", store_instance_id(s), id);
-			memset(t, 0, sizeof(*t));
-			t->id = xstrdup(id);
-			t->spec = xstrdup(spec_text);
-			t->state = xstrdup(ok ? "succeeded" : "failed");
-			t->node = xstrdup(node);
-			t->dispatch_id = xstrdup(did);
-			t->placement = xstrdup("the least loaded eligible node");
-			t->exit_code = ok ? 0 : 1;
-			t->attempts = 1;
-			t->priority = 2;
-			t->uid = uid;
-			t->gid = gid;
-			t->user = xstrdup(user);
-			t->finished_at = end + (double) k;
-			t->started_at = t->finished_at - 0.01;
-			t->submitted_at = t->started_at - 0.01;
+			fill_row(s, &f, spec_text, k, end + (double) k, &rows[i]);
 		}
 		r = store_insert_tasks(s, rows, n);
 		if (r < 0) {

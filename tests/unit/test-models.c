@@ -9,6 +9,8 @@
 #include "backend/cluster.h"
 #include "backend/loop.h"
 #include "backend/models.h"
+#include "fs/render.h"
+#include "fs/render_models.h"
 #include "config/config.h"
 
 #include "tests/unit/check.h"
@@ -238,7 +240,10 @@ static void test_commands(void)
 
 	struct buf out;
 	buf_init(&out);
-	models_ctl_render(m, "spark1", &out);
+	struct models_op_view *ops;
+	size_t n_ops = models_ops(m, "spark1", &ops);
+	render_models_ops(ops, n_ops, &out);
+	models_ops_free(ops, n_ops);
 	CHECK(out.data && strstr(out.data, "pull NAME") && out.data[out.len - 1] == '\n',
 	      "ctl: with no operation, a usage line");
 	buf_free(&out);
@@ -257,9 +262,11 @@ static void test_commands(void)
 	CHECK(names && n == 0 && names[0] == NULL, "lists: cluster-wide too");
 	free(names);
 	buf_init(&out);
-	CHECK(models_node_render(m, "spark1", "qwen3:8b", &out) == -ENOENT &&
-		      models_render_info(m, "qwen3:8b", &out) == -ENOENT &&
-		      models_render_nodes(m, "qwen3:8b", false, &out) == -ENOENT && out.len == 0,
+	struct tree_ctx ctx = {.cluster = cluster, .models = m};
+	struct tree_entry e = {.node = "spark1", .file = "qwen3:8b"};
+	CHECK(render_node_model(&ctx, &e, &out, NULL, NULL) == -ENOENT &&
+		      render_model_info(&ctx, &e, &out, NULL, NULL) == -ENOENT &&
+		      render_model_nodes(&ctx, &e, &out, NULL, NULL) == -ENOENT && out.len == 0,
 	      "render: an unknown model is ENOENT");
 	buf_free(&out);
 

@@ -241,6 +241,56 @@ static int expand(int cwdfd, const char *pattern, json_t *names, char *errbuf, s
 	return 0;
 }
 
+/* One copy of each name, in a stable order: a new array for names (whose reference it
+ * takes). */
+static json_t *unique_names(json_t *names)
+{
+	json_t *seen = json_object();
+	json_t *uniq = json_array();
+	size_t i;
+	json_t *o;
+	json_array_foreach (names, i, o) {
+		const char *n = json_string_value(o);
+		if (!json_object_get(seen, n)) {
+			json_object_set_new(seen, n, json_true());
+			json_array_append(uniq, o);
+		}
+	}
+	json_decref(seen);
+	json_decref(names);
+	return uniq;
+}
+
+/* Why output `name` (opened beneath the task's directory as fd, or -errno) is refused, into
+ * errbuf: a link out of the directory, missing, not a regular file, not the task user's,
+ * or over the byte limit with the total so far. errbuf stays empty for a good one. */
+static void check_output(int fd, const char *name, uid_t owner, uint64_t total,
+			 json_int_t max_bytes, char *errbuf, size_t errlen)
+{
+	struct stat st;
+	if (fd == -EXDEV || fd == -ELOOP) {
+		snprintf(errbuf, errlen,
+			 "output %.200s: refused: a symbolic link that leads out of the task's "
+			 "directory",
+			 name);
+	} else if (fd == -ENOENT) {
+		snprintf(errbuf, errlen, "output %.200s: no such file", name);
+	} else if (fd < 0) {
+		snprintf(errbuf, errlen, "output %.200s: %s", name, strerror(-fd));
+	} else if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		snprintf(errbuf, errlen, "output %.200s: refused: not a regular file", name);
+	} else if (owner != (uid_t) -1 && st.st_uid != owner) {
+		snprintf(errbuf, errlen, "output %.200s: refused: not owned by the task's user",
+			 name);
+	} else if (total + (uint64_t) st.st_size > (uint64_t) max_bytes) {
+		snprintf(errbuf, errlen,
+			 "output %.200s: refused: the outputs would be %llu bytes, more than "
+			 "the limit of %lld",
+			 name, (unsigned long long) (total + (uint64_t) st.st_size),
+			 (long long) max_bytes);
+	}
+}
+
 int artifacts_collect(int dirfd, const char *cwd, const json_t *spec, uid_t owner, char *errbuf,
 		      size_t errlen)
 {
@@ -273,19 +323,7 @@ int artifacts_collect(int dirfd, const char *cwd, const json_t *spec, uid_t owne
 			goto out;
 		}
 	}
-	/* one copy of each name, in a stable order */
-	json_t *seen = json_object();
-	json_t *uniq = json_array();
-	json_array_foreach (names, i, o) {
-		const char *n = json_string_value(o);
-		if (!json_object_get(seen, n)) {
-			json_object_set_new(seen, n, json_true());
-			json_array_append(uniq, (json_t *) o);
-		}
-	}
-	json_decref(seen);
-	json_decref(names);
-	names = uniq;
+	names = unique_names(names);
 	if ((json_int_t) json_array_size(names) > max_files) {
 		snprintf(errbuf, errlen, "outputs: %zu files, more than the limit of %lld",
 			 json_array_size(names), (long long) max_files);
@@ -309,31 +347,7 @@ int artifacts_collect(int dirfd, const char *cwd, const json_t *spec, uid_t owne
 		}
 		_cleanup_close_ int fd =
 			open_beneath(cwdfd, name, O_RDONLY | O_NOCTTY | O_NONBLOCK);
-		struct stat st;
-		if (fd == -EXDEV || fd == -ELOOP) {
-			snprintf(
-				errbuf, errlen,
-				"output %.200s: refused: a symbolic link that leads out of the task's "
-				"directory",
-				name);
-		} else if (fd == -ENOENT) {
-			snprintf(errbuf, errlen, "output %.200s: no such file", name);
-		} else if (fd < 0) {
-			snprintf(errbuf, errlen, "output %.200s: %s", name, strerror(-fd));
-		} else if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-			snprintf(errbuf, errlen, "output %.200s: refused: not a regular file",
-				 name);
-		} else if (owner != (uid_t) -1 && st.st_uid != owner) {
-			snprintf(errbuf, errlen,
-				 "output %.200s: refused: not owned by the task's user", name);
-		} else if (total + (uint64_t) st.st_size > (uint64_t) max_bytes) {
-			snprintf(
-				errbuf, errlen,
-				"output %.200s: refused: the outputs would be %llu bytes, more than "
-				"the limit of %lld",
-				name, (unsigned long long) (total + (uint64_t) st.st_size),
-				(long long) max_bytes);
-		}
+		check_output(fd, name, owner, total, max_bytes, errbuf, errlen);
 		if (errbuf[0]) {
 			r = -EINVAL;
 			goto out;

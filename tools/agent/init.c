@@ -274,6 +274,61 @@ static void init_shell_word(struct buf *b, const char *s)
 	buf_puts(b, "'");
 }
 
+/* Prints what to do with what init made: the hosts.json entry (one line) and the agent's
+ * command line on stdout, and how to use them on stderr. */
+static void init_print(const struct init_request *req, const char *name, const char *host,
+		       const char *addr, int port, const char *fp, const char *token_path,
+		       const char *cert_path, const char *key_path)
+{
+	/* the entry for "hosts" in the control plane's hosts.json */
+	struct buf token_file;
+	buf_init(&token_file);
+	buf_printf(&token_file, "%s.token", name);
+	json_t *entry = json_pack("{s:s, s:i, s:s, s:{s:s}}", "host",
+				  init_is_wildcard(addr) ? (host[0] ? host : name) : addr, "port",
+				  port, "token_file", token_file.data, "tls", "fingerprint", fp);
+	json_t *key_json = json_string(name);
+	/* one line, ", " and ": " between items, as in the README's examples */
+	char *entry_text = json_dumps(entry, JSON_PRESERVE_ORDER);
+	char *name_text = json_dumps(key_json, JSON_ENCODE_ANY);
+	json_decref(entry);
+	json_decref(key_json);
+	if (!entry_text || !name_text)
+		abort();
+	printf("%s: %s\n", name_text, entry_text);
+
+	struct buf cmd;
+	buf_init(&cmd);
+	buf_puts(&cmd, "clusterfs-agent --listen ");
+	init_shell_word(&cmd, req->listen);
+	buf_puts(&cmd, " --token-file ");
+	init_shell_word(&cmd, token_path);
+	buf_puts(&cmd, " --tls-cert ");
+	init_shell_word(&cmd, cert_path);
+	buf_puts(&cmd, " --tls-key ");
+	init_shell_word(&cmd, key_path);
+	buf_puts(&cmd, " --name ");
+	init_shell_word(&cmd, name);
+	printf("%s\n", cmd.data);
+	fflush(stdout);
+
+	fprintf(stderr,
+		"\nAdd the first line under \"hosts\" in the control plane's hosts.json, and copy\n"
+		"%s there as %s (mode 0600, beside hosts.json).\n"
+		"Start the agent with the second line (or systemctl enable --now clusterfs-agent).\n",
+		token_path, token_file.data);
+	if (init_is_wildcard(addr))
+		fprintf(stderr,
+			"The agent listens on every address, so the entry names this host %s: put\n"
+			"the address the control plane reaches it at in \"host\" if that name does "
+			"not resolve there.\n",
+			host[0] ? host : name);
+	free(entry_text);
+	free(name_text);
+	buf_free(&cmd);
+	buf_free(&token_file);
+}
+
 int init_run(const struct init_request *req)
 {
 	char host[HOST_NAME_MAX + 1] = "", addr[INET6_ADDRSTRLEN + 8], errbuf[512];
@@ -350,53 +405,7 @@ int init_run(const struct init_request *req)
 		return r;
 	}
 
-	/* the entry for "hosts" in the control plane's hosts.json */
-	struct buf token_file;
-	buf_init(&token_file);
-	buf_printf(&token_file, "%s.token", name);
-	json_t *entry = json_pack("{s:s, s:i, s:s, s:{s:s}}", "host",
-				  init_is_wildcard(addr) ? (host[0] ? host : name) : addr, "port",
-				  port, "token_file", token_file.data, "tls", "fingerprint", fp);
-	json_t *key_json = json_string(name);
-	/* one line, ", " and ": " between items, as in the README's examples */
-	char *entry_text = json_dumps(entry, JSON_PRESERVE_ORDER);
-	char *name_text = json_dumps(key_json, JSON_ENCODE_ANY);
-	json_decref(entry);
-	json_decref(key_json);
-	if (!entry_text || !name_text)
-		abort();
-	printf("%s: %s\n", name_text, entry_text);
-
-	struct buf cmd;
-	buf_init(&cmd);
-	buf_puts(&cmd, "clusterfs-agent --listen ");
-	init_shell_word(&cmd, req->listen);
-	buf_puts(&cmd, " --token-file ");
-	init_shell_word(&cmd, token_path);
-	buf_puts(&cmd, " --tls-cert ");
-	init_shell_word(&cmd, cert_path);
-	buf_puts(&cmd, " --tls-key ");
-	init_shell_word(&cmd, key_path);
-	buf_puts(&cmd, " --name ");
-	init_shell_word(&cmd, name);
-	printf("%s\n", cmd.data);
-	fflush(stdout);
-
-	fprintf(stderr,
-		"\nAdd the first line under \"hosts\" in the control plane's hosts.json, and copy\n"
-		"%s there as %s (mode 0600, beside hosts.json).\n"
-		"Start the agent with the second line (or systemctl enable --now clusterfs-agent).\n",
-		token_path, token_file.data);
-	if (init_is_wildcard(addr))
-		fprintf(stderr,
-			"The agent listens on every address, so the entry names this host %s: put\n"
-			"the address the control plane reaches it at in \"host\" if that name does "
-			"not resolve there.\n",
-			host[0] ? host : name);
-	free(entry_text);
-	free(name_text);
+	init_print(req, name, host, addr, port, fp, token_path, cert_path, key_path);
 	free(fp);
-	buf_free(&cmd);
-	buf_free(&token_file);
 	return 0;
 }

@@ -165,66 +165,125 @@ static void agent_usage(FILE *out)
 
 /* Parses the command line. Returns 0, 1 when the program should exit successfully
  * (--help, --version), or -EINVAL after printing the usage to stderr. */
+/* The agent's long options. */
+enum {
+	OPT_LISTEN = 256,
+	OPT_TOKEN_FILE,
+	OPT_STATE_DIR,
+	OPT_NAME,
+	OPT_VERSION,
+	OPT_LEDGER,
+	OPT_TLS_CERT,
+	OPT_TLS_KEY,
+	OPT_INIT,
+	OPT_FINGERPRINT,
+	OPT_JOIN,
+	OPT_JOIN_TOKEN_FILE,
+	OPT_JOIN_CA,
+	OPT_JOIN_FINGERPRINT,
+	OPT_ADVERTISE,
+	OPT_ROLE,
+	OPT_CAPABILITIES,
+	OPT_LEAVE,
+	OPT_REVERSE,
+	OPT_OUTPUTS_MAX_FILES,
+	OPT_OUTPUTS_MAX_BYTES,
+	OPT_ANNOUNCE,
+};
+static const struct option agent_longopts[] = {
+	{"listen", required_argument, NULL, OPT_LISTEN},
+	{"token-file", required_argument, NULL, OPT_TOKEN_FILE},
+	{"state-dir", required_argument, NULL, OPT_STATE_DIR},
+	{"name", required_argument, NULL, OPT_NAME},
+	{"ledger", required_argument, NULL, OPT_LEDGER},
+	{"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+	{"tls-key", required_argument, NULL, OPT_TLS_KEY},
+	{"init", required_argument, NULL, OPT_INIT},
+	{"fingerprint", required_argument, NULL, OPT_FINGERPRINT},
+	{"join", required_argument, NULL, OPT_JOIN},
+	{"join-token-file", required_argument, NULL, OPT_JOIN_TOKEN_FILE},
+	{"join-ca", required_argument, NULL, OPT_JOIN_CA},
+	{"join-fingerprint", required_argument, NULL, OPT_JOIN_FINGERPRINT},
+	{"advertise", required_argument, NULL, OPT_ADVERTISE},
+	{"role", required_argument, NULL, OPT_ROLE},
+	{"capabilities", required_argument, NULL, OPT_CAPABILITIES},
+	{"leave", no_argument, NULL, OPT_LEAVE},
+	{"reverse", no_argument, NULL, OPT_REVERSE},
+	{"outputs-max-files", required_argument, NULL, OPT_OUTPUTS_MAX_FILES},
+	{"outputs-max-bytes", required_argument, NULL, OPT_OUTPUTS_MAX_BYTES},
+	{"announce", no_argument, NULL, OPT_ANNOUNCE},
+	{"verbose", no_argument, NULL, 'v'},
+	{"help", no_argument, NULL, 'h'},
+	{"version", no_argument, NULL, OPT_VERSION},
+	{NULL, 0, NULL, 0},
+};
+
+/* The combinations of options that make no command. Returns 0, or -EINVAL with the reason
+ * and the usage on stderr. */
+static int agent_check_options(const struct agent_options *o)
+{
+	if (!o->tls_cert != !o->tls_key) {
+		fprintf(stderr, "clusterfs-agent: --tls-cert and --tls-key go together: give both "
+				"(HTTPS) or neither (plain HTTP)\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (o->init_dir && o->fingerprint) {
+		fprintf(stderr,
+			"clusterfs-agent: --init and --fingerprint are separate commands\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if ((o->init_dir || o->fingerprint) && (o->token_file || o->state_dir || o->ledger)) {
+		fprintf(stderr,
+			"clusterfs-agent: --%s takes no --token-file, --state-dir or "
+			"--ledger\n",
+			o->init_dir ? "init" : "fingerprint");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (!o->join.url &&
+	    (o->leave || o->join.reverse || o->join.token_file || o->join.ca_file ||
+	     o->join.fingerprint || o->join.advertise || o->join.role || o->join.capabilities)) {
+		fprintf(stderr, "clusterfs-agent: --leave and the --join-* options, --advertise, "
+				"--role and --capabilities go with --join URL\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (o->join.url && strcmp(o->join.url, "auto") == 0 && o->join.ca_file) {
+		fprintf(stderr, "clusterfs-agent: --join auto pins the key it finds (vouched for "
+				"with the join token, or --join-fingerprint): it takes no "
+				"--join-ca\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if ((o->init_dir || o->fingerprint) && o->announce) {
+		fprintf(stderr, "clusterfs-agent: --announce goes with a running agent\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (o->join.url && !o->join.token_file) {
+		fprintf(stderr, "clusterfs-agent: --join needs --join-token-file FILE\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	if (!o->token_file && !o->init_dir && !o->fingerprint) {
+		fprintf(stderr, "clusterfs-agent: --token-file is required\n");
+		agent_usage(stderr);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 static int agent_parse_options(int argc, char **argv, struct agent_options *ret_opts)
 {
-	enum {
-		OPT_LISTEN = 256,
-		OPT_TOKEN_FILE,
-		OPT_STATE_DIR,
-		OPT_NAME,
-		OPT_VERSION,
-		OPT_LEDGER,
-		OPT_TLS_CERT,
-		OPT_TLS_KEY,
-		OPT_INIT,
-		OPT_FINGERPRINT,
-		OPT_JOIN,
-		OPT_JOIN_TOKEN_FILE,
-		OPT_JOIN_CA,
-		OPT_JOIN_FINGERPRINT,
-		OPT_ADVERTISE,
-		OPT_ROLE,
-		OPT_CAPABILITIES,
-		OPT_LEAVE,
-		OPT_REVERSE,
-		OPT_OUTPUTS_MAX_FILES,
-		OPT_OUTPUTS_MAX_BYTES,
-		OPT_ANNOUNCE,
-	};
-	static const struct option longopts[] = {
-		{"listen", required_argument, NULL, OPT_LISTEN},
-		{"token-file", required_argument, NULL, OPT_TOKEN_FILE},
-		{"state-dir", required_argument, NULL, OPT_STATE_DIR},
-		{"name", required_argument, NULL, OPT_NAME},
-		{"ledger", required_argument, NULL, OPT_LEDGER},
-		{"tls-cert", required_argument, NULL, OPT_TLS_CERT},
-		{"tls-key", required_argument, NULL, OPT_TLS_KEY},
-		{"init", required_argument, NULL, OPT_INIT},
-		{"fingerprint", required_argument, NULL, OPT_FINGERPRINT},
-		{"join", required_argument, NULL, OPT_JOIN},
-		{"join-token-file", required_argument, NULL, OPT_JOIN_TOKEN_FILE},
-		{"join-ca", required_argument, NULL, OPT_JOIN_CA},
-		{"join-fingerprint", required_argument, NULL, OPT_JOIN_FINGERPRINT},
-		{"advertise", required_argument, NULL, OPT_ADVERTISE},
-		{"role", required_argument, NULL, OPT_ROLE},
-		{"capabilities", required_argument, NULL, OPT_CAPABILITIES},
-		{"leave", no_argument, NULL, OPT_LEAVE},
-		{"reverse", no_argument, NULL, OPT_REVERSE},
-		{"outputs-max-files", required_argument, NULL, OPT_OUTPUTS_MAX_FILES},
-		{"outputs-max-bytes", required_argument, NULL, OPT_OUTPUTS_MAX_BYTES},
-		{"announce", no_argument, NULL, OPT_ANNOUNCE},
-		{"verbose", no_argument, NULL, 'v'},
-		{"help", no_argument, NULL, 'h'},
-		{"version", no_argument, NULL, OPT_VERSION},
-		{NULL, 0, NULL, 0},
-	};
 	struct agent_options opts = {.listen = AGENT_DEFAULT_LISTEN,
 				     .outputs_max_files = ARTIFACTS_MAX_FILES,
 				     .outputs_max_bytes = (long long) ARTIFACTS_MAX_BYTES};
 	char *end;
 	int c;
 
-	while ((c = getopt_long(argc, argv, "hv", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "hv", agent_longopts, NULL)) != -1) {
 		switch (c) {
 		case OPT_LISTEN:
 			opts.listen = optarg;
@@ -274,57 +333,8 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
 		agent_usage(stderr);
 		return -EINVAL;
 	}
-	if (!opts.tls_cert != !opts.tls_key) {
-		fprintf(stderr, "clusterfs-agent: --tls-cert and --tls-key go together: give both "
-				"(HTTPS) or neither (plain HTTP)\n");
-		agent_usage(stderr);
+	if (agent_check_options(&opts) < 0)
 		return -EINVAL;
-	}
-	if (opts.init_dir && opts.fingerprint) {
-		fprintf(stderr,
-			"clusterfs-agent: --init and --fingerprint are separate commands\n");
-		agent_usage(stderr);
-		return -EINVAL;
-	}
-	if ((opts.init_dir || opts.fingerprint) &&
-	    (opts.token_file || opts.state_dir || opts.ledger)) {
-		fprintf(stderr,
-			"clusterfs-agent: --%s takes no --token-file, --state-dir or "
-			"--ledger\n",
-			opts.init_dir ? "init" : "fingerprint");
-		agent_usage(stderr);
-		return -EINVAL;
-	}
-	if (!opts.join.url && (opts.leave || opts.join.reverse || opts.join.token_file ||
-			       opts.join.ca_file || opts.join.fingerprint || opts.join.advertise ||
-			       opts.join.role || opts.join.capabilities)) {
-		fprintf(stderr, "clusterfs-agent: --leave and the --join-* options, --advertise, "
-				"--role and --capabilities go with --join URL\n");
-		agent_usage(stderr);
-		return -EINVAL;
-	}
-	if (opts.join.url && strcmp(opts.join.url, "auto") == 0 && opts.join.ca_file) {
-		fprintf(stderr, "clusterfs-agent: --join auto pins the key it finds (vouched for "
-				"with the join token, or --join-fingerprint): it takes no "
-				"--join-ca\n");
-		agent_usage(stderr);
-		return -EINVAL;
-	}
-	if ((opts.init_dir || opts.fingerprint) && opts.announce) {
-		fprintf(stderr, "clusterfs-agent: --announce goes with a running agent\n");
-		agent_usage(stderr);
-		return -EINVAL;
-	}
-	if (opts.join.url && !opts.join.token_file) {
-		fprintf(stderr, "clusterfs-agent: --join needs --join-token-file FILE\n");
-		agent_usage(stderr);
-		return -EINVAL;
-	}
-	if (!opts.token_file && !opts.init_dir && !opts.fingerprint) {
-		fprintf(stderr, "clusterfs-agent: --token-file is required\n");
-		agent_usage(stderr);
-		return -EINVAL;
-	}
 	*ret_opts = opts;
 	return 0;
 }
@@ -515,171 +525,148 @@ static int agent_announce(const struct agent_options *o, const char *bound, cons
 			     errbuf, errlen);
 }
 
-int main(int argc, char **argv)
+/* --fingerprint and --init: commands that run and end. Returns the exit code. */
+static int agent_run_command(const struct agent_options *opts)
 {
-	struct agent_options opts;
-	char errbuf[512];
-	char host[HOST_NAME_MAX + 1];
-	char bound[INET6_ADDRSTRLEN + 16];
-	char *token = NULL, *state_dir = NULL, *default_dir = NULL, *sup_exe = NULL;
-	char *tls_cert = NULL, *tls_key = NULL;
-	struct sysinfo_sampler *sampler = NULL;
-	struct tasks *tasks = NULL;
-	struct ledger *ledger = NULL;
-	struct server *srv = NULL;
-	sigset_t sigs;
-	int listen_fd = -1;
-	int ret = AGENT_EXIT_RUNTIME;
-	int r;
+	if (opts->fingerprint)
+		return agent_print_fingerprint(opts->fingerprint);
+	struct init_request init = {
+		.dir = opts->init_dir,
+		.name = opts->name,
+		.listen = opts->listen,
+		.tls_cert = opts->tls_cert,
+		.tls_key = opts->tls_key,
+	};
+	int r = init_run(&init);
+	return r == 0 ? 0 : r == -EINVAL || r == -EPERM ? AGENT_EXIT_USAGE : AGENT_EXIT_RUNTIME;
+}
 
-	log_set_prefix("clusterfs-agent");
-	r = agent_parse_options(argc, argv, &opts);
-	if (r != 0)
-		return r > 0 ? 0 : AGENT_EXIT_USAGE;
-	if (opts.verbose)
-		log_set_level(LOG_DEBUG);
-	if (opts.fingerprint)
-		return agent_print_fingerprint(opts.fingerprint);
-	if (opts.init_dir) {
-		struct init_request init = {
-			.dir = opts.init_dir,
-			.name = opts.name,
-			.listen = opts.listen,
-			.tls_cert = opts.tls_cert,
-			.tls_key = opts.tls_key,
-		};
-		r = init_run(&init);
-		return r == 0                        ? 0
-		       : r == -EINVAL || r == -EPERM ? AGENT_EXIT_USAGE
-						     : AGENT_EXIT_RUNTIME;
-	}
-
-	/* token_read_file checks the file it reads: private, and ours or root's */
-	r = token_read_file(opts.token_file, &token, errbuf, sizeof(errbuf));
-	if (r < 0) {
-		log_err("%s", errbuf);
-		return AGENT_EXIT_USAGE;
-	}
-	opts.join.agent_token = token;
-	if (opts.leave) {
-		if (!opts.name && gethostname(host, sizeof(host)) == 0) {
-			host[sizeof(host) - 1] = '\0';
-			opts.name = host;
-		}
-		r = agent_join_leave(&opts.join, opts.name ? opts.name : "");
-		explicit_bzero(token, strlen(token));
-		free(token);
-		return r == 0 ? 0 : r == -EPERM ? AGENT_EXIT_JOIN : AGENT_EXIT_RUNTIME;
-	}
-	if (opts.tls_cert) {
-		r = tls_read_pair(opts.tls_cert, opts.tls_key, &tls_cert, &tls_key, errbuf,
-				  sizeof(errbuf));
-		if (r < 0) {
-			log_err("%s", errbuf);
-			ret = AGENT_EXIT_USAGE;
-			goto out_free_token;
-		}
-	}
-
-	/* Resolved once: an agent that cannot start tasks should say so now, not at its
-	 * first task. */
-	char sup_path[PATH_MAX];
-	r = agent_find_supervisor(sup_path, &sup_exe);
-	if (r < 0) {
-		log_err("cannot use the task supervisor %s: %s; it is installed next to "
-			"clusterfs-agent",
-			sup_path, strerror(-r));
-		goto out_free_token;
-	}
-
-	if (!opts.name) {
-		if (gethostname(host, sizeof(host)) < 0) {
+/* The node name: --name, else the host name (into host). Returns 0, or -1 with the reason
+ * logged. */
+static int agent_resolve_name(struct agent_options *opts, char *host, size_t len)
+{
+	if (!opts->name) {
+		if (gethostname(host, len) < 0) {
 			log_err("cannot get the hostname: %s; pass --name", strerror(errno));
-			ret = AGENT_EXIT_USAGE;
-			goto out_free_token;
+			return -1;
 		}
-		host[sizeof(host) - 1] = '\0';
-		opts.name = host;
+		host[len - 1] = '\0';
+		opts->name = host;
 	}
-	if (!name_is_valid(opts.name)) {
+	if (!name_is_valid(opts->name)) {
 		log_err("invalid node name '%s': it must be 1 to 255 printable characters, "
 			"without '/', and not '.' or '..'",
-			opts.name);
-		ret = AGENT_EXIT_USAGE;
-		goto out_free_token;
+			opts->name);
+		return -1;
 	}
+	return 0;
+}
 
-	r = server_listen(opts.listen, &listen_fd, bound, sizeof(bound));
-	if (r == -EINVAL) {
+/* Logs why server_listen failed with r. */
+static void agent_listen_failed(const struct agent_options *opts, int r)
+{
+	if (r == -EINVAL)
 		log_err("invalid --listen address '%s': expected ADDR:PORT or [ADDR6]:PORT with "
 			"a numeric address",
-			opts.listen);
-		ret = AGENT_EXIT_USAGE;
-		goto out_free_token;
-	}
-	if (r < 0) {
-		log_err("cannot listen on %s: %s", opts.listen, strerror(-r));
-		goto out_free_token;
-	}
+			opts->listen);
+	else
+		log_err("cannot listen on %s: %s", opts->listen, strerror(-r));
+}
 
-	if (!opts.state_dir) {
-		r = agent_default_state_dir(&default_dir);
+/* The URL of our own API for relayed requests: a wildcard address becomes loopback. */
+static void agent_local_url(const char *bound, bool https, char *out, size_t len)
+{
+	const char *colon = strrchr(bound, ':');
+	if (strncmp(bound, "0.0.0.0:", 8) == 0)
+		snprintf(out, len, "%s://127.0.0.1%s", https ? "https" : "http", colon);
+	else if (strncmp(bound, "[::]:", 5) == 0)
+		snprintf(out, len, "%s://[::1]%s", https ? "https" : "http", colon);
+	else
+		snprintf(out, len, "%s://%s", https ? "https" : "http", bound);
+}
+
+/* --leave: asks the control plane to forget this node. Returns the exit code. */
+static int agent_leave(struct agent_options *opts, char *host, size_t len)
+{
+	if (!opts->name && gethostname(host, len) == 0) {
+		host[len - 1] = '\0';
+		opts->name = host;
+	}
+	int r = agent_join_leave(&opts->join, opts->name ? opts->name : "");
+	return r == 0 ? 0 : r == -EPERM ? AGENT_EXIT_JOIN : AGENT_EXIT_RUNTIME;
+}
+
+/* The state directory: --state-dir, else the default (*ret_default, new), made and checked;
+ * *ret_state_dir gets its full name (new). Returns 0, or -1 with the reason logged. */
+static int agent_state_dir(struct agent_options *opts, char **ret_default, char **ret_state_dir)
+{
+	char errbuf[512];
+	int r;
+	if (!opts->state_dir) {
+		r = agent_default_state_dir(ret_default);
 		if (r < 0) {
 			log_err("cannot work out a default state directory (%s); pass --state-dir",
 				strerror(-r));
-			goto out_close_listen;
+			return -1;
 		}
-		opts.state_dir = default_dir;
+		opts->state_dir = *ret_default;
 	}
-	r = agent_prepare_state_dir(opts.state_dir, &state_dir, errbuf, sizeof(errbuf));
+	r = agent_prepare_state_dir(opts->state_dir, ret_state_dir, errbuf, sizeof(errbuf));
 	if (r < 0) {
 		log_err("%s", errbuf);
-		goto out_close_listen;
+		return -1;
 	}
+	return 0;
+}
 
-	/* Before any thread exists, so that all of them inherit the mask and only
-	 * sigwaitinfo() below ever sees these signals. */
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGCHLD);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+/* Before any thread exists, so that all of them inherit the mask and only sigwaitinfo()
+ * ever sees these signals. */
+static void agent_block_signals(sigset_t *sigs)
+{
+	sigemptyset(sigs);
+	sigaddset(sigs, SIGTERM);
+	sigaddset(sigs, SIGINT);
+	sigaddset(sigs, SIGCHLD);
+	pthread_sigmask(SIG_BLOCK, sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
+}
 
-	r = tasks_open(state_dir, sup_exe, opts.name, &tasks);
-	if (r < 0) {
-		log_err("cannot open the task directory in %s: %s", state_dir, strerror(-r));
-		goto out_free_state_dir;
-	}
-	tasks_set_output_limits(tasks, opts.outputs_max_files, opts.outputs_max_bytes);
-	staging_reset(state_dir);
-	r = knowledge_replica_open(state_dir, errbuf, sizeof(errbuf));
+/* --join URL: registers with the control plane and keeps the heartbeat going (*ret_join).
+ * local_url (len bytes) gets our own API's URL for relayed requests; *ret_fp the
+ * certificate's fingerprint (new, or NULL). Returns 0, or -1 with the reason logged. */
+static int agent_join_begin(struct agent_options *opts, struct api_context *api, const char *bound,
+			    const char *tls_cert, char *local_url, size_t len, char **ret_fp,
+			    struct agent_join **ret_join)
+{
+	char errbuf[512];
+	const char *colon = strrchr(bound, ':');
+	opts->join.port = colon ? atoi(colon + 1) : 0;
+	agent_local_url(bound, tls_cert != NULL, local_url, len);
+	opts->join.local_url = local_url;
+	if (tls_cert && tls_fingerprint_pem(tls_cert, ret_fp, errbuf, sizeof(errbuf)) == 0)
+		opts->join.agent_fingerprint = *ret_fp;
+	else
+		log_warn("joining without --tls-cert: the control plane will speak plain "
+			 "HTTP to this agent, which it allows only on loopback");
+	int r = agent_join_start(&opts->join, api, ret_join, errbuf, sizeof(errbuf));
 	if (r < 0) {
 		log_err("%s", errbuf);
-		goto out_close_tasks;
+		return -1;
 	}
+	return 0;
+}
 
-	r = sysinfo_sampler_start(&sampler);
-	if (r < 0) {
-		log_err("cannot start the metrics sampler: %s", strerror(-r));
-		goto out_close_tasks;
-	}
-
-	if (opts.ledger) {
-		r = agent_create_ledger_file(opts.ledger);
-		if (r < 0) {
-			log_err("cannot create the ledger %s: %s", opts.ledger, strerror(-r));
-			goto out_stop_sampler;
-		}
-		r = ledger_open(opts.ledger, &ledger, errbuf, sizeof(errbuf));
-		if (r < 0) {
-			log_err("cannot open the ledger %s: %s", opts.ledger, errbuf);
-			goto out_stop_sampler;
-		}
-	}
-
+/* Serves the API on listen_fd (which it takes) until a stop signal: announces the agent
+ * (--announce) and joins (--join) meanwhile. Returns the exit code. */
+static int agent_serve(struct agent_options *opts, const char *state_dir, int listen_fd,
+		       const char *token, const char *tls_cert, const char *tls_key,
+		       const char *bound, sigset_t *sigs, struct sysinfo_sampler *sampler,
+		       struct tasks *tasks, struct ledger *ledger)
+{
+	char errbuf[512];
+	struct server *srv = NULL;
 	struct api_context api = {
-		.name = opts.name,
+		.name = opts->name,
 		.state_dir = state_dir,
 		.sampler = sampler,
 		.tasks = tasks,
@@ -696,75 +683,186 @@ int main(int argc, char **argv)
 		.tls_cert_pem = tls_cert,
 		.tls_key_pem = tls_key,
 	};
-	r = server_start(&cfg, &srv);
-	listen_fd = -1; /* the server owns it now, even on failure */
+	int r = server_start(&cfg, &srv);
 	if (r < 0) {
 		log_err("cannot start the HTTP server on %s", bound);
-		goto out_stop_sampler;
+		return AGENT_EXIT_RUNTIME;
 	}
 	/* a task that starts or ends answers the long polls waiting for it */
 	tasks_set_notify(tasks, server_wake_cb, srv);
-	log_info("listening on %s as %s%s", bound, opts.name, tls_cert ? " (HTTPS)" : "");
+	log_info("listening on %s as %s%s", bound, opts->name, tls_cert ? " (HTTPS)" : "");
 
 	char *agent_fp = NULL;
 	struct agent_join *join = NULL;
 	struct dnssd *dnssd = NULL;
 	char local_url[INET6_ADDRSTRLEN + 32];
-	if (opts.announce) {
-		r = agent_announce(&opts, bound, tls_cert, &dnssd, errbuf, sizeof(errbuf));
+	if (opts->announce) {
+		r = agent_announce(opts, bound, tls_cert, &dnssd, errbuf, sizeof(errbuf));
 		if (r < 0) {
 			log_err("--announce: %s", errbuf);
-			ret = AGENT_EXIT_USAGE;
 			tasks_set_notify(tasks, NULL, NULL);
 			server_stop(srv);
-			goto out_stop_sampler;
+			return AGENT_EXIT_USAGE;
 		}
 	}
-	if (opts.join.url) {
-		const char *colon = strrchr(bound, ':');
-		opts.join.port = colon ? atoi(colon + 1) : 0;
-		/* relayed requests come back to our own API; a wildcard address on loopback */
-		if (strncmp(bound, "0.0.0.0:", 8) == 0)
-			snprintf(local_url, sizeof(local_url), "%s://127.0.0.1%s",
-				 tls_cert ? "https" : "http", colon);
-		else if (strncmp(bound, "[::]:", 5) == 0)
-			snprintf(local_url, sizeof(local_url), "%s://[::1]%s",
-				 tls_cert ? "https" : "http", colon);
-		else
-			snprintf(local_url, sizeof(local_url), "%s://%s",
-				 tls_cert ? "https" : "http", bound);
-		opts.join.local_url = local_url;
-		if (tls_cert &&
-		    tls_fingerprint_pem(tls_cert, &agent_fp, errbuf, sizeof(errbuf)) == 0)
-			opts.join.agent_fingerprint = agent_fp;
-		else
-			log_warn("joining without --tls-cert: the control plane will speak plain "
-				 "HTTP to this agent, which it allows only on loopback");
-		r = agent_join_start(&opts.join, &api, &join, errbuf, sizeof(errbuf));
-		if (r < 0) {
-			log_err("%s", errbuf);
-			ret = AGENT_EXIT_USAGE;
-			dnssd_free(dnssd);
-			tasks_set_notify(tasks, NULL, NULL);
-			server_stop(srv);
-			free(agent_fp);
-			goto out_stop_sampler;
-		}
+	if (opts->join.url && agent_join_begin(opts, &api, bound, tls_cert, local_url,
+					       sizeof(local_url), &agent_fp, &join) < 0) {
+		dnssd_free(dnssd);
+		tasks_set_notify(tasks, NULL, NULL);
+		server_stop(srv);
+		free(agent_fp);
+		return AGENT_EXIT_USAGE;
 	}
 
-	agent_wait_for_signal(&sigs, tasks);
+	agent_wait_for_signal(sigs, tasks);
 	api.stopping = true; /* input fetches in progress give up */
 	bool join_failed = agent_join_stop(join);
 	dnssd_free(dnssd);
 	free(agent_fp);
 	tasks_set_notify(tasks, NULL, NULL);
 	server_stop(srv);
-	ret = join_failed ? AGENT_EXIT_JOIN : 0;
+	return join_failed ? AGENT_EXIT_JOIN : 0;
+}
 
-out_stop_sampler:
+/* Opens the task directory, starts the metrics sampler and opens the ledger (--ledger).
+ * Returns 0, or -1 with the reason logged and nothing left open. */
+static int agent_open(const struct agent_options *opts, const char *state_dir, const char *sup_exe,
+		      struct tasks **ret_tasks, struct sysinfo_sampler **ret_sampler,
+		      struct ledger **ret_ledger)
+{
+	char errbuf[512];
+	int r = tasks_open(state_dir, sup_exe, opts->name, ret_tasks);
+	if (r < 0) {
+		log_err("cannot open the task directory in %s: %s", state_dir, strerror(-r));
+		return -1;
+	}
+	tasks_set_output_limits(*ret_tasks, opts->outputs_max_files, opts->outputs_max_bytes);
+	staging_reset(state_dir);
+	r = knowledge_replica_open(state_dir, errbuf, sizeof(errbuf));
+	if (r < 0) {
+		log_err("%s", errbuf);
+		goto fail;
+	}
+
+	r = sysinfo_sampler_start(ret_sampler);
+	if (r < 0) {
+		log_err("cannot start the metrics sampler: %s", strerror(-r));
+		goto fail;
+	}
+
+	if (opts->ledger) {
+		r = agent_create_ledger_file(opts->ledger);
+		if (r < 0) {
+			log_err("cannot create the ledger %s: %s", opts->ledger, strerror(-r));
+			goto fail;
+		}
+		r = ledger_open(opts->ledger, ret_ledger, errbuf, sizeof(errbuf));
+		if (r < 0) {
+			log_err("cannot open the ledger %s: %s", opts->ledger, errbuf);
+			goto fail;
+		}
+	}
+	return 0;
+fail:
+	ledger_close(*ret_ledger);
+	*ret_ledger = NULL;
+	sysinfo_sampler_stop(*ret_sampler);
+	*ret_sampler = NULL;
+	tasks_close(*ret_tasks);
+	*ret_tasks = NULL;
+	return -1;
+}
+
+/* The task supervisor's path (new), resolved once: an agent that cannot start tasks should
+ * say so now, not at its first task. Returns 0, or -1 with the reason logged. */
+static int agent_supervisor(char **ret_exe)
+{
+	char sup_path[PATH_MAX];
+	int r = agent_find_supervisor(sup_path, ret_exe);
+	if (r < 0) {
+		log_err("cannot use the task supervisor %s: %s; it is installed next to "
+			"clusterfs-agent",
+			sup_path, strerror(-r));
+		return -1;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct agent_options opts;
+	char errbuf[512];
+	char host[HOST_NAME_MAX + 1];
+	char bound[INET6_ADDRSTRLEN + 16];
+	char *token = NULL, *state_dir = NULL, *default_dir = NULL, *sup_exe = NULL;
+	char *tls_cert = NULL, *tls_key = NULL;
+	struct sysinfo_sampler *sampler = NULL;
+	struct tasks *tasks = NULL;
+	struct ledger *ledger = NULL;
+	sigset_t sigs;
+	int listen_fd = -1;
+	int ret = AGENT_EXIT_RUNTIME;
+	int r;
+
+	log_set_prefix("clusterfs-agent");
+	r = agent_parse_options(argc, argv, &opts);
+	if (r != 0)
+		return r > 0 ? 0 : AGENT_EXIT_USAGE;
+	if (opts.verbose)
+		log_set_level(LOG_DEBUG);
+	if (opts.fingerprint || opts.init_dir)
+		return agent_run_command(&opts);
+
+	/* token_read_file checks the file it reads: private, and ours or root's */
+	r = token_read_file(opts.token_file, &token, errbuf, sizeof(errbuf));
+	if (r < 0) {
+		log_err("%s", errbuf);
+		return AGENT_EXIT_USAGE;
+	}
+	opts.join.agent_token = token;
+	if (opts.leave) {
+		ret = agent_leave(&opts, host, sizeof(host));
+		explicit_bzero(token, strlen(token));
+		free(token);
+		return ret;
+	}
+	if (opts.tls_cert) {
+		r = tls_read_pair(opts.tls_cert, opts.tls_key, &tls_cert, &tls_key, errbuf,
+				  sizeof(errbuf));
+		if (r < 0) {
+			log_err("%s", errbuf);
+			ret = AGENT_EXIT_USAGE;
+			goto out_free_token;
+		}
+	}
+
+	if (agent_supervisor(&sup_exe) < 0)
+		goto out_free_token;
+
+	if (agent_resolve_name(&opts, host, sizeof(host)) < 0) {
+		ret = AGENT_EXIT_USAGE;
+		goto out_free_token;
+	}
+	r = server_listen(opts.listen, &listen_fd, bound, sizeof(bound));
+	if (r < 0) {
+		agent_listen_failed(&opts, r);
+		ret = r == -EINVAL ? AGENT_EXIT_USAGE : AGENT_EXIT_RUNTIME;
+		goto out_free_token;
+	}
+
+	if (agent_state_dir(&opts, &default_dir, &state_dir) < 0)
+		goto out_close_listen;
+	agent_block_signals(&sigs);
+
+	if (agent_open(&opts, state_dir, sup_exe, &tasks, &sampler, &ledger) < 0)
+		goto out_free_state_dir;
+
+	ret = agent_serve(&opts, state_dir, listen_fd, token, tls_cert, tls_key, bound, &sigs,
+			  sampler, tasks, ledger);
+	listen_fd = -1; /* the server owns it now, even on failure */
+
 	ledger_close(ledger);
 	sysinfo_sampler_stop(sampler);
-out_close_tasks:
 	tasks_close(tasks);
 out_free_state_dir:
 	free(state_dir);

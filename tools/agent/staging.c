@@ -304,22 +304,24 @@ static int wait_readable(int sock, const struct fetch *f)
  * answered 200 with a Content-Length and no transfer coding; -EPROTONOSUPPORT when it did
  * not try (nothing was written: the caller uses libcurl), another -errno with a sentence
  * in err when it failed. */
-static int fetch_spliced(const char *url, struct fetch *f, char *err, size_t errlen)
+/* Splits an http:// URL into host, port (80 unless given) and path. Returns 0, or
+ * -EPROTONOSUPPORT for a URL this fetch does not read (curl's path does). */
+static int url_split(const char *url, char *host, size_t host_len, char *port, size_t port_len,
+		     const char **ret_path)
 {
-	char host[256], port[8] = "80";
 	const char *p = url + 7, *path;
 	if (strncmp(url, "http://", 7))
 		return -EPROTONOSUPPORT;
 	size_t hl;
 	if (*p == '[') {
 		hl = strcspn(p + 1, "]");
-		if (p[1 + hl] != ']' || hl >= sizeof(host))
+		if (p[1 + hl] != ']' || hl >= host_len)
 			return -EPROTONOSUPPORT;
 		memcpy(host, p + 1, hl);
 		p += hl + 2;
 	} else {
 		hl = strcspn(p, ":/");
-		if (hl >= sizeof(host))
+		if (hl >= host_len)
 			return -EPROTONOSUPPORT;
 		memcpy(host, p, hl);
 		p += hl;
@@ -327,7 +329,7 @@ static int fetch_spliced(const char *url, struct fetch *f, char *err, size_t err
 	host[hl] = '\0';
 	if (*p == ':') {
 		size_t pl = strcspn(p + 1, "/");
-		if (!pl || pl >= sizeof(port))
+		if (!pl || pl >= port_len)
 			return -EPROTONOSUPPORT;
 		memcpy(port, p + 1, pl);
 		port[pl] = '\0';
@@ -336,10 +338,15 @@ static int fetch_spliced(const char *url, struct fetch *f, char *err, size_t err
 	path = *p == '/' ? p : NULL;
 	if (!path || strpbrk(path, " \r\n"))
 		return -EPROTONOSUPPORT;
+	*ret_path = path;
+	return 0;
+}
 
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
-	if (getaddrinfo(host, port, &hints, &ai) != 0 || !ai)
-		return -EPROTONOSUPPORT;
+/* Connects to ai (host:port, freed here) within STAGING_CONNECT_MS and sends the GET of
+ * path. *ret_sock gets the socket (or -1). Returns 0 or -errno with the reason in err. */
+static int spliced_request(struct addrinfo *ai, const char *host, const char *port,
+			   const char *path, int *ret_sock, char *err, size_t errlen)
+{
 	int sock = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	struct timeval tv = {.tv_sec = STAGING_LOW_SPEED_S};
 	int r = 0;
@@ -351,7 +358,6 @@ static int fetch_spliced(const char *url, struct fetch *f, char *err, size_t err
 	}
 	freeaddrinfo(ai);
 	char *head = NULL;
-	int pipefd[2] = {-1, -1};
 	if (r == 0) {
 		int n = asprintf(&head,
 				 "GET %s HTTP/1.1\r\nHost: %s:%s\r\nConnection: close\r\n"
@@ -364,10 +370,19 @@ static int fetch_spliced(const char *url, struct fetch *f, char *err, size_t err
 		free(head);
 		head = NULL;
 	}
-	/* the answer's head, and what came with it of the body */
-	char *buf = r == 0 ? malloc(HEADERS_MAX + 1) : NULL;
+	*ret_sock = sock;
+	return r;
+}
+
+/* Reads the answer's head, and what came with it of the body, into buf (HEADERS_MAX + 1
+ * bytes, or NULL when none could be had): *ret_got bytes, the head ending at *ret_end.
+ * Returns 0 or -errno with the reason in err. */
+static int read_head(int sock, struct fetch *f, const char *host, const char *port, char *buf,
+		     size_t *ret_got, char **ret_end, char *err, size_t errlen)
+{
 	size_t got = 0;
 	char *end = NULL;
+	int r = 0;
 	while (r == 0 && !end) {
 		if (!buf || got == HEADERS_MAX) {
 			r = -EPROTONOSUPPORT;
@@ -391,38 +406,48 @@ static int fetch_spliced(const char *url, struct fetch *f, char *err, size_t err
 		buf[got] = '\0';
 		end = strstr(buf, "\r\n\r\n");
 	}
+	*ret_got = got;
+	*ret_end = end;
+	return r;
+}
+
+/* The status and the length of the answer whose head is buf (ending at end): 200 with a
+ * Content-Length (the one expected, when f->limit says), no chunked encoding. Returns 0
+ * with *ret_length, or -errno with the reason in err. */
+static int check_head(char *buf, char *end, const struct fetch *f, long long *ret_length, char *err,
+		      size_t errlen)
+{
 	long long length = -1;
-	if (r == 0) {
-		int status = 0;
-		*end = '\0';
-		if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
+	int r = 0;
+	int status = 0;
+	*end = '\0';
+	if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1)
+		r = -EPROTONOSUPPORT;
+	for (char *line = strstr(buf, "\r\n"); r == 0 && line; line = strstr(line, "\r\n")) {
+		line += 2;
+		if (!strncasecmp(line, "Content-Length:", 15))
+			length = strtoll(line + 15, NULL, 10);
+		else if (!strncasecmp(line, "Transfer-Encoding:", 18))
 			r = -EPROTONOSUPPORT;
-		for (char *line = strstr(buf, "\r\n"); r == 0 && line;
-		     line = strstr(line, "\r\n")) {
-			line += 2;
-			if (!strncasecmp(line, "Content-Length:", 15))
-				length = strtoll(line + 15, NULL, 10);
-			else if (!strncasecmp(line, "Transfer-Encoding:", 18))
-				r = -EPROTONOSUPPORT;
-		}
-		if (r == 0 && status != 200) {
-			r = -EIO;
-			snprintf(err, errlen, "The requested URL returned error: %d", status);
-		} else if (r == 0 && (length < 0 || (f->limit && (uint64_t) length != f->limit))) {
-			r = length < 0 ? -EPROTONOSUPPORT : -EIO;
-			snprintf(err, errlen, "the answer is %lld bytes, not %llu", length,
-				 (unsigned long long) f->limit);
-		}
 	}
-	if (r == 0) {
-		/* the body's first bytes came with the head */
-		char *body = end + 4;
-		size_t have = got - (size_t) (body - buf);
-		if (have && fetch_write(body, 1, have, f) != have)
-			r = -EIO;
-		if (r == 0 && pipe2(pipefd, O_CLOEXEC) < 0)
-			r = -errno;
+	if (r == 0 && status != 200) {
+		r = -EIO;
+		snprintf(err, errlen, "The requested URL returned error: %d", status);
+	} else if (r == 0 && (length < 0 || (f->limit && (uint64_t) length != f->limit))) {
+		r = length < 0 ? -EPROTONOSUPPORT : -EIO;
+		snprintf(err, errlen, "the answer is %lld bytes, not %llu", length,
+			 (unsigned long long) f->limit);
 	}
+	*ret_length = length;
+	return r;
+}
+
+/* Moves the rest of the body (up to length bytes in all) from the socket into f->fd
+ * through pipefd, hashing as it goes. Returns 0 or -errno with the reason in err. */
+static int splice_body(int sock, const int pipefd[2], struct fetch *f, long long length, char *err,
+		       size_t errlen)
+{
+	int r = 0;
 	while (r == 0 && f->got < (uint64_t) length) {
 		if (f->stopping && *f->stopping) {
 			r = -ECANCELED;
@@ -459,6 +484,40 @@ static int fetch_spliced(const char *url, struct fetch *f, char *err, size_t err
 			hasher_add(&f->h, (uint64_t) n);
 		}
 	}
+	return r;
+}
+
+static int fetch_spliced(const char *url, struct fetch *f, char *err, size_t errlen)
+{
+	char host[256], port[8] = "80";
+	const char *path;
+	int r = url_split(url, host, sizeof(host), port, sizeof(port), &path);
+	if (r < 0)
+		return r;
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+	if (getaddrinfo(host, port, &hints, &ai) != 0 || !ai)
+		return -EPROTONOSUPPORT;
+	int sock = -1, pipefd[2] = {-1, -1};
+	r = spliced_request(ai, host, port, path, &sock, err, errlen);
+	char *buf = r == 0 ? malloc(HEADERS_MAX + 1) : NULL;
+	size_t got = 0;
+	char *end = NULL;
+	long long length = -1;
+	if (r == 0)
+		r = read_head(sock, f, host, port, buf, &got, &end, err, errlen);
+	if (r == 0)
+		r = check_head(buf, end, f, &length, err, errlen);
+	if (r == 0) {
+		/* the body's first bytes came with the head */
+		char *body = end + 4;
+		size_t have = got - (size_t) (body - buf);
+		if (have && fetch_write(body, 1, have, f) != have)
+			r = -EIO;
+		if (r == 0 && pipe2(pipefd, O_CLOEXEC) < 0)
+			r = -errno;
+	}
+	if (r == 0)
+		r = splice_body(sock, pipefd, f, length, err, errlen);
 	if (r == -EPROTONOSUPPORT && f->got) {
 		r = -EIO; /* too late to start over */
 		snprintf(err, errlen, "an answer this fetch cannot read");
@@ -617,6 +676,40 @@ static int make_parents(char *path, size_t from)
 	return 0;
 }
 
+/* Fetches url into f: spliced from the socket to the file when it is plain HTTP this can
+ * read, else (and for a pinned key) through curl. cerr (CURL_ERROR_SIZE) gets curl's or the
+ * splice's reason. Returns CURLE_OK or the failure. */
+static CURLcode fetch_input(const char *url, const char *pin, struct fetch *f, char *cerr,
+			    size_t errlen)
+{
+	CURL *c = curl_easy_init();
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, STAGING_CONNECT_MS);
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, STAGING_LOW_SPEED_S);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fetch_write);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, f);
+	curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, fetch_progress);
+	curl_easy_setopt(c, CURLOPT_XFERINFODATA, f);
+	curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 2L * 1024 * 1024);
+	if (pin) {
+		curl_easy_setopt(c, CURLOPT_PINNEDPUBLICKEY, pin);
+		curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
+		curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
+	}
+	int sr = pin ? -EPROTONOSUPPORT : fetch_spliced(url, f, cerr, errlen);
+	CURLcode cc = sr == 0 ? CURLE_OK : CURLE_RECV_ERROR;
+	if (sr == -EPROTONOSUPPORT)
+		cc = curl_easy_perform(c);
+	curl_easy_cleanup(c);
+	return cc;
+}
+
 int staging_handle_stage(const char *state_dir, const volatile bool *stopping, struct request *req,
 			 struct response *resp)
 {
@@ -673,31 +766,7 @@ int staging_handle_stage(const char *state_dir, const volatile bool *stopping, s
 	}
 	char cerr[CURL_ERROR_SIZE] = "";
 	uint64_t t0 = clock_now_us();
-	CURL *c = curl_easy_init();
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);
-	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, STAGING_CONNECT_MS);
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, STAGING_LOW_SPEED_S);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fetch_write);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &f);
-	curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
-	curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, fetch_progress);
-	curl_easy_setopt(c, CURLOPT_XFERINFODATA, &f);
-	curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 2L * 1024 * 1024);
-	if (pin) {
-		curl_easy_setopt(c, CURLOPT_PINNEDPUBLICKEY, pin);
-		curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
-		curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
-	}
-	int sr = pin ? -EPROTONOSUPPORT : fetch_spliced(url, &f, cerr, sizeof(cerr));
-	CURLcode cc = sr == 0 ? CURLE_OK : CURLE_RECV_ERROR;
-	if (sr == -EPROTONOSUPPORT)
-		cc = curl_easy_perform(c);
-	curl_easy_cleanup(c);
+	CURLcode cc = fetch_input(url, pin, &f, cerr, sizeof(cerr));
 	char got[DIGEST_HEX_LEN + 1];
 	int hr = hasher_finish(&f.h, got);
 	/* not fsynced: the agent empties staging/ when it starts (staging_reset) */

@@ -621,7 +621,8 @@ static int task_reply_locked(struct tasks *t, const struct task *k, unsigned sta
 }
 
 /* Checks a POST body against TASKS-API.md. 0, or -EINVAL with a sentence in msg. */
-int tasks_check_request(json_t *doc, char *msg, size_t msglen)
+/* The fields a task request may hold, and a misspelt one named. */
+static int check_fields(json_t *doc, char *msg, size_t msglen)
 {
 	static const char *const fields[] = {"id",
 					     "cmd",
@@ -636,11 +637,6 @@ int tasks_check_request(json_t *doc, char *msg, size_t msglen)
 	const size_t n_fields = sizeof(fields) / sizeof(fields[0]);
 	const char *key;
 	json_t *v;
-
-	if (!json_is_object(doc)) {
-		snprintf(msg, msglen, "the request must be a JSON object");
-		return -EINVAL;
-	}
 	json_object_foreach (doc, key, v) {
 		bool known = false;
 		for (size_t i = 0; i < n_fields; i++)
@@ -656,18 +652,12 @@ int tasks_check_request(json_t *doc, char *msg, size_t msglen)
 			return -EINVAL;
 		}
 	}
+	return 0;
+}
 
-	v = json_object_get(doc, "id");
-	if (!json_is_string(v) || json_string_length(v) != strlen(json_string_value(v)) ||
-	    !task_id_is_valid(json_string_value(v))) {
-		snprintf(msg, msglen,
-			 "\"id\" must be a string of 1 to %d characters from "
-			 "A-Z a-z 0-9 . _ @ : -, other than \".\" and \"..\"",
-			 TASKS_ID_MAX);
-		return -EINVAL;
-	}
-
-	v = json_object_get(doc, "cmd");
+/* "cmd": a shell command string or a non-empty argv list, without NUL bytes. */
+static int check_cmd(json_t *v, char *msg, size_t msglen)
+{
 	if (json_is_string(v)) {
 		if (json_string_length(v) == 0 ||
 		    json_string_length(v) != strlen(json_string_value(v))) {
@@ -693,8 +683,13 @@ int tasks_check_request(json_t *doc, char *msg, size_t msglen)
 			 "non-empty list of strings (argv)");
 		return -EINVAL;
 	}
+	return 0;
+}
 
-	v = json_object_get(doc, "env");
+/* "env": names without "=" to strings without NUL bytes, none of the identity's. */
+static int check_env(json_t *v, char *msg, size_t msglen)
+{
+	const char *key;
 	if (v && !json_is_null(v)) {
 		json_t *value;
 		if (!json_is_object(v)) {
@@ -719,6 +714,33 @@ int tasks_check_request(json_t *doc, char *msg, size_t msglen)
 			}
 		}
 	}
+	return 0;
+}
+
+int tasks_check_request(json_t *doc, char *msg, size_t msglen)
+{
+	json_t *v;
+
+	if (!json_is_object(doc)) {
+		snprintf(msg, msglen, "the request must be a JSON object");
+		return -EINVAL;
+	}
+	if (check_fields(doc, msg, msglen) < 0)
+		return -EINVAL;
+
+	v = json_object_get(doc, "id");
+	if (!json_is_string(v) || json_string_length(v) != strlen(json_string_value(v)) ||
+	    !task_id_is_valid(json_string_value(v))) {
+		snprintf(msg, msglen,
+			 "\"id\" must be a string of 1 to %d characters from "
+			 "A-Z a-z 0-9 . _ @ : -, other than \".\" and \"..\"",
+			 TASKS_ID_MAX);
+		return -EINVAL;
+	}
+
+	if (check_cmd(json_object_get(doc, "cmd"), msg, msglen) < 0 ||
+	    check_env(json_object_get(doc, "env"), msg, msglen) < 0)
+		return -EINVAL;
 
 	v = json_object_get(doc, "user");
 	if (v && !json_is_null(v) &&
