@@ -19,10 +19,11 @@ static json_t *doc(const char *text)
 
 static void test_agent_health(void)
 {
-	json_t *h = doc("{\"cpu_percent\": 12.5, \"cores\": 8, \"load\": [0.5, 0.2, 0.1],"
-			"\"mem_total_mb\": 16000, \"mem_available_mb\": 9000.5, \"mem_percent\": 40,"
-			"\"disk_total_mb\": 100000, \"disk_free_mb\": 50000, \"disk_percent\": 50.0,"
-			"\"gpus\": [{}, {}], \"uptime_s\": 1000}");
+	json_t *h =
+		doc("{\"cpu_percent\": 12.5, \"cores\": 8, \"load\": [0.5, 0.2, 0.1],"
+		    "\"mem_total_mb\": 16000, \"mem_available_mb\": 9000.5, \"mem_percent\": 40,"
+		    "\"disk_total_mb\": 100000, \"disk_free_mb\": 50000, \"disk_percent\": 50.0,"
+		    "\"gpus\": [{}, {}], \"uptime_s\": 1000}");
 	struct node_metrics m;
 	node_metrics_parse(h, &m);
 	CHECK(m.cpu_percent == 12.5, "cpu_percent as sent");
