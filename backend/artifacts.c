@@ -6,6 +6,7 @@
 #include "backend/endpoint.h"
 #include "backend/spec.h"
 #include "backend/util.h"
+#include "httpd/agent_api.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -352,7 +353,7 @@ static void fetch_start(struct artifacts *a, const char *task, const json_t *rec
 	if (r == 0) {
 		struct buf path;
 		buf_init(&path);
-		buf_printf(&path, "/api/node/tasks/%s/files/",
+		buf_printf(&path, AGENT_API_TASKS "/%s/files/",
 			   json_string_value(json_object_get(rec, "dispatch_id")));
 		url_path_append(&path, name);
 		r = agent_request(a, json_string_value(json_object_get(rec, "node")), "GET",
@@ -452,7 +453,7 @@ int artifacts_collect(struct artifacts *a, const char *task, const char *node,
 	c->arg = arg;
 	struct buf path;
 	buf_init(&path);
-	buf_printf(&path, "/api/node/tasks/%s/files", dispatch_id);
+	buf_printf(&path, AGENT_API_TASKS "/%s/files", dispatch_id);
 	int r = agent_request(a, node, "GET", path.data, NULL, 0, 0, LIST_TIMEOUT_MS, NULL,
 			      collect_listed, c);
 	buf_free(&path);
@@ -674,7 +675,7 @@ static void stage_next(struct stage *s)
 	struct stage_item *it = &s->items[s->next++];
 	struct buf path;
 	buf_init(&path);
-	buf_printf(&path, "/api/node/staging/%s/", s->did);
+	buf_printf(&path, AGENT_API_STAGING "/%s/", s->did);
 	url_path_append(&path, it->dest);
 	int r;
 	if (it->local) {
@@ -713,10 +714,10 @@ static void stage_next(struct stage *s)
 		buf_init(&fpath);
 		buf_init(&spath);
 		buf_init(&url);
-		buf_printf(&fpath, "/api/node/tasks/%s/files/", it->did);
+		buf_printf(&fpath, AGENT_API_TASKS "/%s/files/", it->did);
 		url_path_append(&fpath, it->name);
 		/* the agent checks the signature against the path as it decodes it */
-		buf_printf(&spath, "/api/node/tasks/%s/files/%s", it->did, it->name);
+		buf_printf(&spath, AGENT_API_TASKS "/%s/files/%s", it->did, it->name);
 		uint64_t expires = (uint64_t) clock_wall_s() + SIGNED_FOR_S;
 		char sig[DIGEST_HEX_LEN + 1];
 		digest_sign_path(h && h->token ? h->token : "", spath.data, expires, sig);

@@ -2,8 +2,10 @@
 #include "backend/cluster.h"
 #include "backend/endpoint.h"
 #include "backend/store.h"
+#include "httpd/agent_api.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -27,6 +29,8 @@ struct node {
 	const struct cfg_host *host; /* points into cluster->cfg */
 	json_t *health;              /* last health document, or NULL */
 	json_t *system;              /* last system document, or NULL */
+	struct node_metrics metrics; /* health's numbers, parsed when health is set */
+	struct node_system sys;      /* system's numbers, parsed when system is set */
 	uint64_t system_us;          /* when `system` was fetched (monotonic) */
 	enum node_level level;
 	json_t *reasons;
@@ -140,6 +144,8 @@ static struct node *node_new(const struct cfg_host *h)
 		abort();
 	n->name = strdup(h->name);
 	n->host = h;
+	node_metrics_parse(NULL, &n->metrics);
+	node_system_parse(NULL, &n->sys);
 	n->level = NODE_UNKNOWN;
 	n->reasons = json_array();
 	json_array_append_new(n->reasons, json_string("not probed yet"));
@@ -469,17 +475,6 @@ size_t cluster_events_size(struct cluster *c, double *ret_changed_at)
 
 /* ---- levels ---- */
 
-static double json_num(json_t *doc, const char *key, bool *ret_ok)
-{
-	json_t *v = json_object_get(doc, key);
-	if (json_is_number(v)) {
-		*ret_ok = true;
-		return json_number_value(v);
-	}
-	*ret_ok = false;
-	return 0;
-}
-
 /* Compares one metric with its [warning, critical] pair (a level is reached when the value
  * exceeds it, as the seeds say); appends a reason when one is reached. */
 static enum node_level metric_level(const char *what, double value, const double pair[2],
@@ -506,26 +501,81 @@ static enum node_level level_max(enum node_level a, enum node_level b)
 	return a > b ? a : b;
 }
 
+/* A number of a document, or NaN when it is absent or another JSON type. */
+static double doc_num(const json_t *x)
+{
+	return json_is_number(x) ? json_number_value(x) : NAN;
+}
+
+/* A JSON integer in [0, max], or -1. */
+static int doc_count(const json_t *x, int max)
+{
+	if (!json_is_integer(x))
+		return -1;
+	json_int_t v = json_integer_value(x);
+	return v >= 0 && v <= max ? (int) v : -1;
+}
+
+void node_metrics_parse(const json_t *h, struct node_metrics *ret)
+{
+	*ret = (struct node_metrics){
+		.cpu_percent = doc_num(json_object_get(h, "cpu_percent")),
+		.mem_percent = doc_num(json_object_get(h, "mem_percent")),
+		.disk_percent = doc_num(json_object_get(h, "disk_percent")),
+		.load1 = doc_num(json_array_get(json_object_get(h, "load"), 0)),
+		.cores = doc_count(json_object_get(h, "cores"), AGENT_API_MAX_CORES),
+		.mem_total_mb = doc_count(json_object_get(h, "mem_total_mb"), INT_MAX),
+		.mem_available_mb = doc_num(json_object_get(h, "mem_available_mb")),
+		.disk_total_mb = doc_num(json_object_get(h, "disk_total_mb")),
+		.disk_free_mb = doc_num(json_object_get(h, "disk_free_mb")),
+		.uptime_s = doc_num(json_object_get(h, "uptime_s")),
+		.gpus = (int) json_array_size(json_object_get(h, "gpus")),
+	};
+}
+
+void node_system_parse(const json_t *sys, struct node_system *ret)
+{
+	const json_t *cores = json_object_get(sys, "cores");
+	*ret = (struct node_system){
+		.has_cores = json_is_integer(cores),
+		.cores = json_integer_value(cores),
+		.ram_mb = doc_num(json_object_get(sys, "ram_mb")),
+	};
+}
+
+/* Loop or listener thread, lock held for writing: replaces the node's documents (either
+ * may be NULL: that one is kept) and their parsed numbers. Takes the references given. */
+static void node_set_docs(struct node *n, json_t *health, json_t *system)
+{
+	if (health) {
+		json_decref(n->health);
+		n->health = health;
+		node_metrics_parse(health, &n->metrics);
+	}
+	if (system) {
+		json_decref(n->system);
+		n->system = system;
+		node_system_parse(system, &n->sys);
+	}
+}
+
 /* The level the last health document reaches under the thresholds, with its reasons. */
-static enum node_level level_from_metrics(const struct config *cfg, json_t *health, json_t *reasons)
+static enum node_level level_from_metrics(const struct config *cfg, const struct node_metrics *m,
+					  json_t *reasons)
 {
 	const struct cfg_thresholds *t = &cfg->thresholds;
 	enum node_level level = NODE_HEALTHY;
-	bool ok;
-	double v = json_num(health, "cpu_percent", &ok);
-	if (ok)
-		level = level_max(level, metric_level("cpu", v, t->cpu, true, reasons));
-	v = json_num(health, "mem_percent", &ok);
-	if (ok)
-		level = level_max(level, metric_level("memory", v, t->memory, true, reasons));
-	v = json_num(health, "disk_percent", &ok);
-	if (ok)
-		level = level_max(level, metric_level("disk", v, t->disk, true, reasons));
-	json_t *load = json_object_get(health, "load");
-	if (json_is_array(load) && json_is_number(json_array_get(load, 0)))
+	if (!isnan(m->cpu_percent))
 		level = level_max(level,
-				  metric_level("load", json_number_value(json_array_get(load, 0)),
-					       t->load, false, reasons));
+				  metric_level("cpu", m->cpu_percent, t->cpu, true, reasons));
+	if (!isnan(m->mem_percent))
+		level = level_max(level,
+				  metric_level("memory", m->mem_percent, t->memory, true, reasons));
+	if (!isnan(m->disk_percent))
+		level = level_max(level,
+				  metric_level("disk", m->disk_percent, t->disk, true, reasons));
+	if (!isnan(m->load1))
+		level = level_max(level, metric_level("load", m->load1, t->load, false, reasons));
 	return level;
 }
 
@@ -533,6 +583,9 @@ static enum node_level level_from_metrics(const struct config *cfg, json_t *heal
  * for writing. Returns true when the level changed; *ret_old gets the previous one. */
 static bool node_evaluate_external(struct node *n, enum node_level *ret_old)
 {
+	/* its owner sets its documents in cluster_set_external: their numbers follow here */
+	node_metrics_parse(n->health, &n->metrics);
+	node_system_parse(n->system, &n->sys);
 	enum node_level level = n->ext_level;
 	json_t *reasons = json_deep_copy(n->reasons);
 	size_t k = json_array_size(reasons);
@@ -562,7 +615,7 @@ static bool node_evaluate(struct cluster *c, struct node *n, uint64_t now, enum 
 	json_t *reasons = json_array();
 	enum node_level level = NODE_UNKNOWN;
 	if (n->health)
-		level = level_from_metrics(c->cfg, n->health, reasons);
+		level = level_from_metrics(c->cfg, &n->metrics, reasons);
 	if (n->failures > 0 && n->last_error) {
 		char line[512];
 		snprintf(line, sizeof(line), "%s (%d failed probe%s in a row)", n->last_error,
@@ -700,8 +753,7 @@ static void probe_done(const struct http_response *r, void *arg)
 		n->system_in_flight = false;
 		json_t *doc = r->error ? NULL : json_loadb(r->body, r->body_len, 0, NULL);
 		if (json_is_object(doc)) {
-			json_decref(n->system);
-			n->system = doc;
+			node_set_docs(n, NULL, doc);
 			n->system_us = now;
 			n->changed_at = clock_wall_s();
 		} else {
@@ -725,8 +777,7 @@ static void probe_done(const struct http_response *r, void *arg)
 	bool was_ok = n->failures == 0 && n->last_ok_us;
 	n->insecure = err && r->insecure;
 	if (!err) {
-		json_decref(n->health);
-		n->health = doc;
+		node_set_docs(n, doc, NULL);
 		doc = NULL;
 		n->failures = 0;
 		free(n->last_error);
@@ -794,13 +845,13 @@ static int node_get(struct cluster *c, struct node *n, bool system)
 	pr->name = strdup(n->name);
 	pr->system = system;
 	struct endpoint ep;
-	endpoint_init_agent(&ep, c->cfg, n->host, system ? "/api/node/system" : "/api/node/health");
+	endpoint_init_agent(&ep, c->cfg, n->host, system ? AGENT_API_SYSTEM : AGENT_API_HEALTH);
 	struct http_request req = {
 		.method = "GET",
 		.token = n->host->token,
 		.connect_timeout_ms = p->timeout_ms,
 		.timeout_ms = p->timeout_ms,
-		.max_body = 1u << 20,
+		.max_body = AGENT_API_DOC_MAX,
 	};
 	endpoint_apply(&ep, &req);
 	int r = loop_http(c->loop, &req, probe_done, pr);
@@ -1161,16 +1212,14 @@ int cluster_get_level(struct cluster *c, const char *name, enum node_level *ret)
 	return n ? 0 : -ENOENT;
 }
 
-static char *tier_of(const struct cfg_host *h, json_t *system)
+static char *tier_of(const struct cfg_host *h, const struct node_system *sys)
 {
 	if (h && h->tier)
 		return strdup(h->tier);
-	json_t *cores = json_object_get(system, "cores");
-	json_t *ram = json_object_get(system, "ram_mb");
-	if (!json_is_integer(cores) || !json_is_number(ram))
+	if (!sys->has_cores || isnan(sys->ram_mb))
 		return strdup("unknown");
-	json_int_t nc = json_integer_value(cores);
-	double gb = json_number_value(ram) / 1024.0;
+	json_int_t nc = sys->cores;
+	double gb = sys->ram_mb / 1024.0;
 	/* DESIGN §6: powerhouse >= 12 cores and 24 GB; standard >= 4 and 8 GB; else light.
 	 * RAM as the kernel reports it runs a little under the label: allow 5%. */
 	if (nc >= 12 && gb >= 24 * 0.95)
@@ -1195,7 +1244,7 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 	v.address = strdup(h ? h->address : n->ext_address ? n->ext_address : "");
 	v.port = h ? h->agent_port : 0;
 	v.role = strdup(h && h->role ? h->role : n->ext_role ? n->ext_role : "");
-	v.tier = tier_of(h, n->system);
+	v.tier = tier_of(h, &n->sys);
 	v.capabilities = json_array();
 	for (size_t i = 0; h && i < h->n_capabilities; i++)
 		json_array_append_new(v.capabilities, json_string(h->capabilities[i]));
@@ -1204,6 +1253,8 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 		json_array_append(v.capabilities, json_array_get(caps, i));
 	v.health = json_incref(n->health);
 	v.system = json_incref(n->system);
+	v.metrics = n->metrics;
+	v.sys = n->sys;
 	v.reasons = json_incref(n->reasons); /* replaced whole at each change, never edited */
 	v.level = n->level;
 	v.reachable = n->last_ok_us && n->failures == 0;
@@ -1242,13 +1293,9 @@ int cluster_heartbeat(struct cluster *c, const char *name, json_t *health, json_
 		return -ENOENT;
 	}
 	bool was_ok = n->failures == 0 && n->last_ok_us;
-	json_decref(n->health);
-	n->health = json_incref(health);
-	if (system) {
-		json_decref(n->system);
-		n->system = json_incref(system);
+	node_set_docs(n, json_incref(health), json_incref(system));
+	if (system)
 		n->system_us = now;
-	}
 	n->failures = 0;
 	n->insecure = false;
 	free(n->last_error);

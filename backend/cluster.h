@@ -10,6 +10,7 @@
 #include "config/config.h"
 
 #include <jansson.h>
+#include <math.h> /* isnan() for the absent numbers of node_metrics */
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -33,6 +34,39 @@ extern const double cluster_latency_bounds_s[CLUSTER_LATENCY_BUCKETS];
 /* The one word shown in nodes/NODE/status. */
 const char *node_level_name(enum node_level level);
 
+/* The numbers of an agent's health document (GET /api/node/health, or a heartbeat's
+ * "health"), parsed once where the document arrives (DESIGN §4, "Typed node documents").
+ * A field the document lacks, or holds as another JSON type, is absent: NaN for the
+ * doubles, -1 for cores and mem_total_mb. Percentages are kept as sent (a node claiming
+ * 1e300 % CPU is critical and scores low); capacities are range-checked here, since they
+ * are summed and converted to int. */
+struct node_metrics {
+	double cpu_percent;      /* CPU busy, percent */
+	double mem_percent;      /* memory used, percent */
+	double disk_percent;     /* disk of the agent's state directory used, percent */
+	double load1;            /* one-minute load average ("load"[0]) */
+	int cores;               /* logical CPUs: a JSON integer in [0, 2^20], else -1 */
+	int mem_total_mb;        /* MiB in total: a JSON integer in [0, INT_MAX], else -1 */
+	double mem_available_mb; /* MiB */
+	double disk_total_mb;    /* MiB */
+	double disk_free_mb;     /* MiB */
+	double uptime_s;         /* seconds since the node booted */
+	int gpus;                /* entries of the "gpus" array; 0 when there is none */
+};
+
+/* The numbers of an agent's system document (GET /api/node/system), parsed once where it
+ * arrives. They give the tier (cores and RAM). */
+struct node_system {
+	bool has_cores;   /* "cores" is a JSON integer */
+	json_int_t cores; /* logical CPUs, as sent (any integer) */
+	double ram_mb;    /* MiB; NaN when absent or not a number */
+};
+
+/* Fill *ret from a health or a system document (borrowed; NULL or a non-object gives all
+ * fields absent). */
+void node_metrics_parse(const json_t *health, struct node_metrics *ret);
+void node_system_parse(const json_t *system, struct node_system *ret);
+
 /* A copy of one node's state. Owns every pointer; release with node_view_clear(). */
 struct node_view {
 	char *name;
@@ -42,9 +76,11 @@ struct node_view {
 	char *role;
 	char *tier;           /* configured, else computed from cores and RAM, else "unknown" */
 	json_t *capabilities; /* array of strings */
-	json_t *health;       /* the agent's last health document, or NULL */
-	json_t *system;       /* the agent's last system document, or NULL */
-	json_t *reasons;      /* array of sentences explaining the level */
+	json_t *health;       /* the agent's last health document, or NULL: shown as received */
+	json_t *system;       /* the agent's last system document, or NULL: shown as received */
+	struct node_metrics metrics; /* health's numbers (all absent without health) */
+	struct node_system sys;      /* system's numbers (all absent without system) */
+	json_t *reasons;             /* array of sentences explaining the level */
 	enum node_level level;
 	bool reachable;      /* the last probe succeeded */
 	bool draining;       /* takes no new work */

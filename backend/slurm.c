@@ -2,6 +2,7 @@
 #include "backend/slurm.h"
 #include "backend/endpoint.h"
 #include "backend/util.h"
+#include "httpd/agent_api.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1174,7 +1175,7 @@ int slurm_task_call(void *arg, const char *node, const char *method, const char 
 	c->arg = done_arg;
 	c->started_us = clock_now_us();
 	buf_init(&c->answer);
-	static const char prefix[] = "/api/node/tasks";
+	static const char prefix[] = AGENT_API_TASKS;
 	const char *rest = path + strlen(prefix);
 	if (strncmp(path, prefix, strlen(prefix))) {
 		free(c);

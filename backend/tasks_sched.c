@@ -8,15 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* An integer from the network, or 0 when it is missing or outside [lo, hi]. */
-static int int_in_range(const json_t *x, int lo, int hi)
-{
-	if (!json_is_integer(x))
-		return 0;
-	json_int_t v = json_integer_value(x);
-	return v >= lo && v <= hi ? (int) v : 0;
-}
-
 int active_on_locked(struct tasks *t, const char *node)
 {
 	struct node_load *n = node_load_locked(t, node, false);
@@ -53,12 +44,13 @@ void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 		sn->n_capabilities = nc;
 		sn->level = v->level;
 		sn->draining = v->draining;
-		json_t *h = v->health;
-		sn->cpu = json_number_value(json_object_get(h, "cpu_percent")) / 100.0;
-		sn->mem = json_number_value(json_object_get(h, "mem_percent")) / 100.0;
-		sn->cores = int_in_range(json_object_get(h, "cores"), 0, 1 << 20);
-		sn->ram_mb = int_in_range(json_object_get(h, "mem_total_mb"), 0, INT_MAX);
-		sn->gpus = (int) json_array_size(json_object_get(h, "gpus"));
+		/* an absent number is 0: idle, and no capacity (which fits nothing) */
+		const struct node_metrics *m = &v->metrics;
+		sn->cpu = isnan(m->cpu_percent) ? 0 : m->cpu_percent / 100.0;
+		sn->mem = isnan(m->mem_percent) ? 0 : m->mem_percent / 100.0;
+		sn->cores = m->cores < 0 ? 0 : m->cores;
+		sn->ram_mb = m->mem_total_mb < 0 ? 0 : m->mem_total_mb;
+		sn->gpus = m->gpus;
 		const struct cfg_host *host = config_find_host(cfg, v->name);
 		sn->queue_depth = host ? host->queue_depth : config_queue_depth(cfg, v->name);
 		if (target_owns(t, v->name)) {

@@ -385,10 +385,14 @@ static int join_heartbeat(struct request *req, struct response *resp)
 					  json_is_object(system) ? system : NULL);
 		if (r < 0)
 			response_set_error(resp, 404, "node %s is not loaded yet", name);
-		else
-			response_set_json(
-				resp, 200,
-				json_pack("{sb si}", "ok", 1, "heartbeat_s", join_heartbeat_s(j)));
+		else {
+			/* the answer to every heartbeat, printed rather than built and dumped */
+			buf_free(&resp->body);
+			buf_printf(&resp->body, "{\"ok\":true,\"heartbeat_s\":%d}\n",
+				   join_heartbeat_s(j));
+			resp->content_type = NULL;
+			resp->status = 200;
+		}
 	}
 	json_decref(body);
 	return 0;

@@ -161,6 +161,7 @@ void fs_on_cluster_change(void *arg, const char *node)
 		inode_table_foreach(f->itab, "/nodes", collect_ino, &col);
 	}
 	pthread_mutex_lock(&f->lock);
+	size_t queued = f->n_queue;
 	if (!f->tops_queued) {
 		/* one invalidation of the cluster-wide files per batch is enough */
 		for (size_t i = 0; i < tree_n_rows; i++) {
@@ -187,7 +188,10 @@ void fs_on_cluster_change(void *arg, const char *node)
 		notify_push_locked(f, col.inos[i], NULL);
 		free(col.paths[i]);
 	}
-	pthread_cond_signal(&f->cond);
+	/* nothing the kernel holds changed (a heartbeat of a node nobody looks at): the
+	 * notifier sleeps on, no wake-up per heartbeat */
+	if (f->n_queue > queued)
+		pthread_cond_signal(&f->cond);
 	pthread_mutex_unlock(&f->lock);
 	free(col.inos);
 	free(col.paths);

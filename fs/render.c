@@ -8,9 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HEALTH_MAX_CORES  (1 << 20) /* more than any node has: larger is a lie */
-#define HEALTH_MAX_RAM_MB 1e12
-
 #define RENDER_INDENT_MAX (4u << 20) /* a larger indented document is written compact */
 
 /* Documents hold what agents sent (at most 1 MiB, 32 levels, per answer); indenting 32
@@ -263,15 +260,6 @@ static void free_views(struct node_view *views, size_t n)
 	free(views);
 }
 
-/* A number of an agent's health answer, or 0 when it is missing or outside [0, max]:
- * the sums below must stay representable (a node claiming 1e300 cores adds nothing). */
-static double health_num(const struct node_view *v, const char *key, double max)
-{
-	json_t *x = json_object_get(v->health, key);
-	double d = json_is_number(x) ? json_number_value(x) : 0;
-	return isfinite(d) && d >= 0 && d <= max ? d : 0;
-}
-
 /* /health: one object keyed by node name, each value that node's health document. */
 int render_all_health(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		      double *ret_mtime, uint64_t *ret_seq)
@@ -309,13 +297,15 @@ int render_stats(const struct tree_ctx *ctx, const struct tree_entry *e, struct 
 			json_integer(json_integer_value(json_object_get(nodes, lv)) + 1));
 		if (views[i].reachable)
 			reachable++;
-		if (views[i].health) {
-			double nc = health_num(&views[i], "cores", HEALTH_MAX_CORES);
-			cores += nc;
-			cpu_busy += nc * health_num(&views[i], "cpu_percent", 100) / 100.0;
-			ram += health_num(&views[i], "mem_total_mb", HEALTH_MAX_RAM_MB);
-			gpus += (double) json_array_size(json_object_get(views[i].health, "gpus"));
-		}
+		/* capacities were range-checked when the document arrived (a node claiming
+		 * 1e300 cores adds nothing); a busy share counts only within 0..100 % */
+		const struct node_metrics *m = &views[i].metrics;
+		double nc = m->cores > 0 ? m->cores : 0;
+		cores += nc;
+		if (m->cpu_percent >= 0 && m->cpu_percent <= 100)
+			cpu_busy += nc * m->cpu_percent / 100.0;
+		ram += m->mem_total_mb > 0 ? m->mem_total_mb : 0;
+		gpus += m->gpus;
 	}
 	json_object_set_new(nodes, "reachable", json_integer((json_int_t) reachable));
 	json_object_set_new(doc, "nodes", nodes);
@@ -461,47 +451,50 @@ int render_metrics(const struct tree_ctx *ctx, const struct tree_entry *e, struc
 		if (views[i].checked_at > 0)
 			metric_node(out, "clusterfs_node_last_success_timestamp_seconds",
 				    views[i].name, round_to(views[i].checked_at, 0.001));
-	/* the agent's health document: key, scale to the base unit */
+	/* the numbers of the agent's health document (absent ones are left out), scaled to
+	 * the base unit */
 	static const struct {
-		const char *name, *key, *help;
+		const char *name, *help;
 		double scale;
 	} gauges[] = {
-		{"clusterfs_node_cpu_usage_ratio", "cpu_percent", "CPU busy, 0 to 1.", 0.01},
-		{"clusterfs_node_cpu_cores", "cores", "CPU cores.", 1},
-		{"clusterfs_node_memory_used_ratio", "mem_percent", "Memory used, 0 to 1.", 0.01},
-		{"clusterfs_node_memory_total_bytes", "mem_total_mb", "Memory in total.", 1048576},
-		{"clusterfs_node_memory_available_bytes", "mem_available_mb", "Memory available.",
-		 1048576},
-		{"clusterfs_node_disk_used_ratio", "disk_percent",
+		{"clusterfs_node_cpu_usage_ratio", "CPU busy, 0 to 1.", 0.01},
+		{"clusterfs_node_cpu_cores", "CPU cores.", 1},
+		{"clusterfs_node_memory_used_ratio", "Memory used, 0 to 1.", 0.01},
+		{"clusterfs_node_memory_total_bytes", "Memory in total.", 1048576},
+		{"clusterfs_node_memory_available_bytes", "Memory available.", 1048576},
+		{"clusterfs_node_disk_used_ratio",
 		 "Disk of the agent's state directory used, 0 to 1.", 0.01},
-		{"clusterfs_node_disk_total_bytes", "disk_total_mb",
+		{"clusterfs_node_disk_total_bytes",
 		 "Size of the disk of the agent's state directory.", 1048576},
-		{"clusterfs_node_disk_free_bytes", "disk_free_mb",
+		{"clusterfs_node_disk_free_bytes",
 		 "Space free on the disk of the agent's state directory.", 1048576},
-		{"clusterfs_node_uptime_seconds", "uptime_s", "Time since the node booted.", 1},
+		{"clusterfs_node_uptime_seconds", "Time since the node booted.", 1},
+		{"clusterfs_node_load1", "One-minute load average.", 1},
 	};
 	for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
 		metric_head(out, gauges[g].name, "gauge", gauges[g].help);
 		for (size_t i = 0; i < n; i++) {
-			json_t *x = json_object_get(views[i].health, gauges[g].key);
-			if (json_is_number(x))
+			const struct node_metrics *m = &views[i].metrics;
+			const double x[] = {
+				m->cpu_percent,      m->cores < 0 ? NAN : m->cores,
+				m->mem_percent,      m->mem_total_mb < 0 ? NAN : m->mem_total_mb,
+				m->mem_available_mb, m->disk_percent,
+				m->disk_total_mb,    m->disk_free_mb,
+				m->uptime_s,         m->load1,
+			};
+			_Static_assert(sizeof(x) / sizeof(x[0]) ==
+					       sizeof(gauges) / sizeof(gauges[0]),
+				       "one value per gauge");
+			if (!isnan(x[g]))
 				metric_node(out, gauges[g].name, views[i].name,
-					    round_to(json_number_value(x) * gauges[g].scale, 1e-4));
+					    round_to(x[g] * gauges[g].scale, 1e-4));
 		}
-	}
-	metric_head(out, "clusterfs_node_load1", "gauge", "One-minute load average.");
-	for (size_t i = 0; i < n; i++) {
-		json_t *x = json_array_get(json_object_get(views[i].health, "load"), 0);
-		if (json_is_number(x))
-			metric_node(out, "clusterfs_node_load1", views[i].name,
-				    json_number_value(x));
 	}
 	metric_head(out, "clusterfs_node_gpus", "gauge", "GPUs the node's agent reports.");
 	for (size_t i = 0; i < n; i++)
 		if (views[i].health)
-			metric_node(
-				out, "clusterfs_node_gpus", views[i].name,
-				(double) json_array_size(json_object_get(views[i].health, "gpus")));
+			metric_node(out, "clusterfs_node_gpus", views[i].name,
+				    (double) views[i].metrics.gpus);
 
 	/* tasks: by state, and by node and state */
 	size_t counts[TASK_N_STATES];

@@ -5,6 +5,7 @@
 
 #include "backend/util.h"
 #include "tools/agent/knowledge.h"
+#include "httpd/agent_api.h"
 #include "tools/agent/ledger.h"
 
 #include <errno.h>
@@ -334,18 +335,18 @@ static int api_cancel_task(struct request *req, struct response *resp)
 }
 
 const struct route api_routes[] = {
-	{"GET", "/api/node/health", api_get_health},
-	{"GET", "/api/node/system", api_get_system},
-	{"GET", "/api/node/tasks", api_list_tasks},
-	{"POST", "/api/node/tasks", api_create_task},
-	{"GET", "/api/node/tasks/{id}", api_get_task},
-	{"GET", "/api/node/tasks/{id}/stdout", api_get_task_stdout},
-	{"GET", "/api/node/tasks/{id}/stderr", api_get_task_stderr},
-	{"POST", "/api/node/tasks/{id}/cancel", api_cancel_task},
-	{"GET", "/api/node/tasks/{id}/files", api_task_files},
-	{"GET", "/api/node/tasks/{id}/files/{*}", api_task_file},
-	{"POST", "/api/node/staging/{id}/{*}", api_stage_input},
-	{"PUT", "/api/node/staging/{id}/{*}", api_stage_put},
+	{"GET", AGENT_API_HEALTH, api_get_health},
+	{"GET", AGENT_API_SYSTEM, api_get_system},
+	{"GET", AGENT_API_TASKS, api_list_tasks},
+	{"POST", AGENT_API_TASKS, api_create_task},
+	{"GET", AGENT_API_TASKS "/{id}", api_get_task},
+	{"GET", AGENT_API_TASKS "/{id}/stdout", api_get_task_stdout},
+	{"GET", AGENT_API_TASKS "/{id}/stderr", api_get_task_stderr},
+	{"POST", AGENT_API_TASKS "/{id}/cancel", api_cancel_task},
+	{"GET", AGENT_API_TASKS "/{id}/files", api_task_files},
+	{"GET", AGENT_API_TASKS "/{id}/files/{*}", api_task_file},
+	{"POST", AGENT_API_STAGING "/{id}/{*}", api_stage_input},
+	{"PUT", AGENT_API_STAGING "/{id}/{*}", api_stage_put},
 	{"PUT", "/api/node/knowledge/{*}", api_knowledge_put},
 	{"DELETE", "/api/node/knowledge/{*}", api_knowledge_delete},
 	/* The checkpoint ledger (ledger.h); best and summary before {step}. */
@@ -359,7 +360,7 @@ const struct route api_routes[] = {
 const size_t api_n_routes = sizeof(api_routes) / sizeof(api_routes[0]);
 
 const struct upload_route api_uploads[] = {
-	{"PUT", "/api/node/staging/{id}/{*}", api_stage_upload},
+	{"PUT", AGENT_API_STAGING "/{id}/{*}", api_stage_upload},
 };
 
 const size_t api_n_uploads = sizeof(api_uploads) / sizeof(api_uploads[0]);

@@ -7,11 +7,12 @@
 #include <jansson.h>
 #include <stddef.h>
 
+#include "httpd/agent_api.h"
 #include "httpd/server.h"
 
-#define TASKS_MAX_RUNNING 256           /* more running tasks are refused with 503 */
-#define TASKS_ID_MAX      200           /* bytes in a task id */
-#define TASKS_OUTPUT_MAX  (1024 * 1024) /* bytes per output request, and the default */
+#define TASKS_MAX_RUNNING 256                  /* more running tasks are refused with 503 */
+#define TASKS_ID_MAX      200                  /* bytes in a task id */
+#define TASKS_OUTPUT_MAX  AGENT_API_OUTPUT_MAX /* bytes per output request, and the default */
 
 struct tasks;
 
