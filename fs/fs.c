@@ -293,6 +293,14 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *f = fuse_req_userdata(req);
 	char *dir = fs_ino_path(f, parent);
+	if (!dir) {
+		struct pending *p = pending_new(PENDING_LOOKUP, req, f);
+		p->ino = parent;
+		p->name = strdup(name);
+		if (unknown_inode_then(f, p) == 0)
+			return;
+		pending_free(p);
+	}
 	struct tree_entry e;
 	if (dir && tree_classify(&f->ctx, dir, &e) == 0) {
 		/* names in a models or ledger directory come from the network */

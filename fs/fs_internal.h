@@ -149,6 +149,12 @@ void reply_slice(fuse_req_t req, struct handle *h, size_t size, off_t off);
  * refresh applies), 0 when p will be finished later. */
 int refresh_then(struct fs *f, const struct tree_entry *e, struct pending *p);
 
+/* An inode the table does not know (an NFS handle from before a restart) may name a path
+ * below models/, whose names come from the network: fetches the model lists first
+ * (bounded by probe.timeout_ms), so that the search for its path sees them. 1 when they
+ * are fresh already, 0 when p will be finished later. */
+int unknown_inode_then(struct fs *f, struct pending *p);
+
 /* A stat of a file that an open would refresh (health, status) refreshes it first, so
  * that the size it reports is that of the bytes the open then reads (see struct snap):
  * answered from the loop thread when the probe ended. 1 when nothing needs to wait. */

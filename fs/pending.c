@@ -83,6 +83,11 @@ int refresh_then(struct fs *f, const struct tree_entry *e, struct pending *p)
 	}
 }
 
+int unknown_inode_then(struct fs *f, struct pending *p)
+{
+	return models_refresh(f->ctx.models, NULL, pending_done, p) == 0 ? 0 : 1;
+}
+
 /* A stat of a file that an open would refresh (health, status) refreshes it first, so
  * that the size it reports is that of the bytes the open then reads (see struct snap):
  * answered from the loop thread when the probe ended. 1 when nothing needs to wait. */

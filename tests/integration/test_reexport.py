@@ -499,10 +499,6 @@ def test_handles_resolve_after_drop_caches_and_restart(cluster):
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=False, reason="fs: after a restart a handle into models/ is ESTALE "
-                   "until the model list was fetched (the inode's path is searched in a "
-                   "list not asked for yet); the lists are fetched at start (for prompt "
-                   "tasks), so only a handle that comes before that first fetch ends fails")
 def test_model_handles_resolve_after_restart(cluster):
     errors = getattr(cluster, "model_handle_errors", None)
     assert errors is not None, "test_handles_resolve_after_drop_caches_and_restart did not run"
