@@ -1,5 +1,6 @@
 /* Knowledge: versioned documents in the store (migration 5 in backend/store.c). */
 #include "backend/knowledge.h"
+#include "httpd/agent_api.h"
 #include "backend/cluster.h"
 #include "backend/endpoint.h"
 #include "backend/loop.h"
@@ -590,7 +591,7 @@ static int next_got(void *arg, int64_t seq, const char *path, int64_t version, c
 	struct next_version *n = arg;
 	n->found = true;
 	n->deleted = deleted;
-	buf_puts(&n->url, "/api/node/knowledge/");
+	buf_puts(&n->url, AGENT_API_KNOWLEDGE "/");
 	buf_puts(&n->url, path); /* task-name characters only: nothing to encode */
 	buf_printf(&n->url, "?version=%" PRId64 "&seq=%" PRId64, version, seq);
 	if (!deleted)

@@ -7,6 +7,8 @@
 #define AGENT_API_SYSTEM  "/api/node/system"  /* GET: the system document */
 #define AGENT_API_TASKS   "/api/node/tasks"   /* GET: list; POST: dispatch; /{id}/...: one */
 #define AGENT_API_STAGING "/api/node/staging" /* /{id}/{name}: a task's inputs, staged */
+#define AGENT_API_KNOWLEDGE                                                                        \
+	"/api/node/knowledge" /* /{path}?version=&seq=: PUT or DELETE a knowledge version */
 
 /* The largest health or system answer the daemon reads, in bytes. */
 #define AGENT_API_DOC_MAX (1u << 20)

@@ -347,8 +347,8 @@ const struct route api_routes[] = {
 	{"GET", AGENT_API_TASKS "/{id}/files/{*}", api_task_file},
 	{"POST", AGENT_API_STAGING "/{id}/{*}", api_stage_input},
 	{"PUT", AGENT_API_STAGING "/{id}/{*}", api_stage_put},
-	{"PUT", "/api/node/knowledge/{*}", api_knowledge_put},
-	{"DELETE", "/api/node/knowledge/{*}", api_knowledge_delete},
+	{"PUT", AGENT_API_KNOWLEDGE "/{*}", api_knowledge_put},
+	{"DELETE", AGENT_API_KNOWLEDGE "/{*}", api_knowledge_delete},
 	/* The checkpoint ledger (ledger.h); best and summary before {step}. */
 	{"GET", "/api/ledger", ledger_handle_list},
 	{"GET", "/api/ledger/best", ledger_handle_best},
