@@ -238,6 +238,7 @@ int snap_get(struct fs *f, uint64_t ino, const struct tree_entry *e, bool for_st
 /* An open let the page cache hold ino's snapshot `bytes`: the next open of the same
  * snapshot may keep the cache. */
 void snap_paged(struct fs *f, uint64_t ino, const struct blob *bytes);
-/* Ends a _HELD snapshot's hold window: the next open serves the data as it is now (after
- * a change made through the tree itself, such as a drain, whose writer reads next). */
-void snap_end_hold(struct fs *f, uint64_t ino);
+/* Ends the hold window of every _HELD snapshot node's data shows in (its health and
+ * status, /health, placement): the next open serves the data as it is now. After a change
+ * made through the tree itself (a drain), whose writer reads next. */
+void snap_end_node_holds(struct fs *f, const char *node);

@@ -1,6 +1,7 @@
 /* Snapshots by generation: a kept file's bytes, rendered once per change of its data and
  * shared by the stats, lookups and opens until the next change (fs_internal.h). */
 #include "fs/fs_internal.h"
+#include "fs/inode.h"
 #include "fs/render.h"
 
 #include <pthread.h>
@@ -200,13 +201,25 @@ int snap_get(struct fs *f, uint64_t ino, const struct tree_entry *e, bool for_st
 	return 0;
 }
 
-void snap_end_hold(struct fs *f, uint64_t ino)
+void snap_end_node_holds(struct fs *f, const char *node)
 {
-	pthread_mutex_lock(&f->snap_lock);
-	struct snap *s = &f->snaps[ino % SNAP_SLOTS];
-	if (s->ino == ino)
-		s->at_us = 0;
-	pthread_mutex_unlock(&f->snap_lock);
+	/* the held rows (tree.c) a node's data shows in: its own, and the cluster-wide ones
+	 * that take no other parameter */
+	struct tree_entry e = {.node = (char *) node};
+	for (size_t i = 0; i < tree_n_rows; i++) {
+		if (tree_rows[i].cache != TREE_CACHE_HELD)
+			continue;
+		char *path = tree_format(tree_rows[i].pattern, &e);
+		if (!path)
+			continue;
+		uint64_t ino = inode_hash_path(path);
+		free(path);
+		pthread_mutex_lock(&f->snap_lock);
+		struct snap *s = &f->snaps[ino % SNAP_SLOTS];
+		if (s->ino == ino)
+			s->at_us = 0;
+		pthread_mutex_unlock(&f->snap_lock);
+	}
 }
 
 /* An open let the page cache hold ino's snapshot `bytes`: the next open of the same

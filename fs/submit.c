@@ -296,13 +296,7 @@ static void node_ctl(fuse_req_t req, struct fs *f, struct handle *h, const char 
 	if (r < 0)
 		return (void) fuse_reply_err(req, -r);
 	/* what the command changed shows at the next open, even within a hold */
-	static const char *const held[] = {"status", "health"};
-	for (size_t i = 0; i < sizeof(held) / sizeof(held[0]); i++) {
-		char path[512];
-		snprintf(path, sizeof(path), "/nodes/%s/%s", h->e.node, held[i]);
-		snap_end_hold(f, inode_hash_path(path));
-	}
-	snap_end_hold(f, inode_hash_path("/health"));
+	snap_end_node_holds(f, h->e.node);
 	fuse_reply_write(req, size);
 }
 
