@@ -9,6 +9,7 @@ static const enum log_level log_default = LOG_INFO;
 #include <fcntl.h>
 #include <pthread.h>
 #include <pwd.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -465,22 +466,6 @@ long util_base64_decode(const char *s, unsigned char *out, size_t cap)
 	return (long) n;
 }
 
-void *xcalloc(size_t n, size_t size)
-{
-	void *p = calloc(n ? n : 1, size);
-	if (!p)
-		abort();
-	return p;
-}
-
-char *xstrdup(const char *s)
-{
-	char *d = strdup(s);
-	if (!d)
-		abort();
-	return d;
-}
-
 size_t util_json_depth(const char *text, size_t len, size_t limit)
 {
 	size_t depth = 0, max = 0;
@@ -542,18 +527,67 @@ char *util_escape_controls(const char *in, char *out, size_t n)
 	return out;
 }
 
+/* The one out-of-memory policy (DESIGN §2, "Out of memory"): say so on stderr, with
+ * write(2) since stdio may need memory, then abort. */
+void util_oom(size_t size)
+{
+	char msg[96];
+	int n = snprintf(msg, sizeof(msg), "clusterfs: out of memory (allocating %zu bytes)\n",
+			 size);
+	if (n > 0 && write(STDERR_FILENO, msg, (size_t)n) < 0) {
+		/* nothing left to tell it to */
+	}
+	abort();
+}
+
+void *xmalloc(size_t size)
+{
+	void *p = malloc(size ? size : 1);
+	if (!p)
+		util_oom(size);
+	return p;
+}
+
+void *xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n ? n : 1, size);
+	if (!p)
+		util_oom(n * size);
+	return p;
+}
+
 void *xrealloc(void *p, size_t size)
 {
 	void *q = realloc(p, size ? size : 1);
 	if (!q)
-		abort();
+		util_oom(size);
 	return q;
+}
+
+char *xstrdup(const char *s)
+{
+	char *d = strdup(s);
+	if (!d)
+		util_oom(strlen(s) + 1);
+	return d;
 }
 
 char *xstrndup(const char *s, size_t n)
 {
 	char *d = strndup(s, n);
 	if (!d)
-		abort();
+		util_oom(n + 1);
 	return d;
+}
+
+char *xasprintf(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	char *s = NULL;
+	int n = vasprintf(&s, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		util_oom(strlen(fmt));
+	return s;
 }

@@ -71,12 +71,17 @@ char *util_base64_encode(const void *data, size_t len);
  * written, or -EINVAL for malformed input, -ENOSPC when it does not fit. */
 long util_base64_decode(const char *s, unsigned char *out, size_t cap);
 
-/* calloc and strdup that abort when memory runs out (small, bounded allocations). */
+/* Allocation (DESIGN §2, "Out of memory"): one policy for the whole tree. These never
+ * return NULL: when memory runs out they write one line to stderr and abort, as redis and
+ * git do. Nothing outside tests calls malloc, calloc, realloc, strdup, strndup or
+ * asprintf directly, and no function returns -ENOMEM for a failed allocation. */
+void util_oom(size_t size) __attribute__((noreturn));
+void *xmalloc(size_t size);
 void *xcalloc(size_t n, size_t size);
-char *xstrdup(const char *s);
-/* realloc and strndup that abort on no memory, like xcalloc and xstrdup. */
 void *xrealloc(void *p, size_t size);
+char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Compares two strings in time that depends only on the length of `b`. */
 bool secret_equal(const char *a, const char *b);
