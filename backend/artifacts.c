@@ -295,7 +295,7 @@ static void fetch_finish(struct fetch *f, int err)
 	free(f);
 }
 
-static void fetch_done(const struct http_response *r, void *arg)
+static void fetch_done(void *arg, const struct http_response *r)
 {
 	struct fetch *f = arg;
 	int err = r->error;
@@ -415,7 +415,7 @@ static void collect_next(struct collect *c)
 	collect_free(c);
 }
 
-static void collect_listed(const struct http_response *r, void *arg)
+static void collect_listed(void *arg, const struct http_response *r)
 {
 	struct collect *c = arg;
 	json_t *doc = r->error ? NULL : json_loadb(r->body, r->body_len, 0, NULL);
@@ -635,7 +635,7 @@ static void stage_end(void *arg)
 
 static void stage_next(struct stage *s);
 
-static void stage_sent(const struct http_response *r, void *arg)
+static void stage_sent(void *arg, const struct http_response *r)
 {
 	struct stage *s = arg;
 	struct stage_item *it = &s->items[s->next - 1];

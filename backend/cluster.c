@@ -737,7 +737,7 @@ static void node_call_waiters(struct node *n, int err)
 	}
 }
 
-static void probe_done(const struct http_response *r, void *arg)
+static void probe_done(void *arg, const struct http_response *r)
 {
 	struct probe *pr = arg;
 	struct cluster *c = pr->c;

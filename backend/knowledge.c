@@ -559,7 +559,7 @@ int64_t knowledge_seq(struct knowledge *k)
 
 static void replica_send(struct replica *p);
 
-static void replica_done(const struct http_response *resp, void *arg)
+static void replica_done(void *arg, const struct http_response *resp)
 {
 	struct replica *p = arg;
 	p->busy = false;

@@ -315,7 +315,7 @@ static void refusal_run(void *arg)
 	struct refusal *rf = arg;
 	struct http_response resp = {
 		.error = -EPROTO, .body = "", .error_text = rf->why, .insecure = true};
-	rf->done(&resp, rf->arg);
+	rf->done(rf->arg, &resp);
 	free(rf->why);
 	free(rf);
 }
@@ -605,7 +605,7 @@ static void xfer_finish(struct loop *l, struct xfer *x, CURLcode code)
 
 	xfer_unlink(l, x);
 	curl_multi_remove_handle(l->multi, x->easy);
-	x->done(&resp, x->arg);
+	x->done(x->arg, &resp);
 	buf_free(&why);
 	xfer_free(x);
 }

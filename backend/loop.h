@@ -26,7 +26,7 @@ struct http_response {
 };
 
 typedef void (*loop_fn)(void *arg);
-typedef void (*http_done_fn)(const struct http_response *resp, void *arg);
+typedef void (*http_done_fn)(void *arg, const struct http_response *resp);
 
 /* How an https exchange verifies its server. Verification is never off: with a pinned key
  * the pin is the verification (a self-signed certificate has no CA to check it against),
@@ -91,7 +91,7 @@ void loop_timer_cancel(struct loop *l, struct loop_timer *t);
 int loop_fd_add(struct loop *l, int fd, loop_fn fn, void *arg);
 void loop_fd_remove(struct loop *l, int fd);
 
-/* Loop thread only: starts an HTTP exchange; done(resp, arg) runs on the loop thread
+/* Loop thread only: starts an HTTP exchange; done(arg, resp) runs on the loop thread
  * exactly once, at the latest at the request's total deadline. Returns 0 or -errno
  * (then done is not called); -ECANCELED once the loop is stopping. */
 int loop_http(struct loop *l, const struct http_request *req, http_done_fn done, void *arg);

@@ -74,7 +74,7 @@ static const char *fetch_path(enum fetch_kind kind)
 	return kind == FETCH_TAGS ? "/api/tags" : kind == FETCH_PS ? "/api/ps" : "/models";
 }
 
-static void fetch_done(const struct http_response *r, void *arg)
+static void fetch_done(void *arg, const struct http_response *r)
 {
 	struct fetch *f = arg;
 	struct run *run = f->run;
@@ -124,7 +124,7 @@ static void fetch_not_started(void *arg)
 {
 	struct http_response r = {
 		.error = -ENOMEM, .body = "", .error_text = "cannot start the request"};
-	fetch_done(&r, arg);
+	fetch_done(arg, &r);
 }
 
 /* Loop thread. Completion is always asynchronous, so a run is never finished inside here. */

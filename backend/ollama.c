@@ -323,7 +323,7 @@ static char *job_reason(const struct job *job, const struct http_response *r, co
 	return buf_steal(&b, NULL);
 }
 
-static void job_done(const struct http_response *r, void *arg)
+static void job_done(void *arg, const struct http_response *r)
 {
 	struct job *job = arg;
 	struct models *m = job->m;

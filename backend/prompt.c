@@ -256,7 +256,7 @@ static void run_free(struct run *r)
 	free(r);
 }
 
-static void run_done(const struct http_response *resp, void *arg);
+static void run_done(void *arg, const struct http_response *resp);
 
 /* An abort on its way to the loop thread: the run is found again by its attempt's id. */
 struct abort_msg {
@@ -348,7 +348,7 @@ static char *run_result(const struct run *r, uint64_t now, const char *error)
 	return buf_steal(&b, NULL);
 }
 
-static void run_done(const struct http_response *resp, void *arg)
+static void run_done(void *arg, const struct http_response *resp)
 {
 	struct run *r = arg;
 	struct answer *a = &r->answer;

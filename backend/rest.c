@@ -56,7 +56,7 @@ char *rest_error_message(const char *body, size_t len)
 	return strndup(body, n);
 }
 
-static void rest_finished(const struct http_response *r, void *arg)
+static void rest_finished(void *arg, const struct http_response *r)
 {
 	struct rest_call *c = arg;
 	struct buf why;

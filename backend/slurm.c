@@ -466,7 +466,7 @@ static void round_fail(struct slurm *s, struct config *cfg, const char *why, boo
 	publish_nodes(s, cfg, why, 0);
 }
 
-static void nodes_done(const struct http_response *r, void *arg)
+static void nodes_done(void *arg, const struct http_response *r)
 {
 	struct round *rd = arg;
 	struct slurm *s = rd->s;
@@ -497,7 +497,7 @@ static void nodes_done(const struct http_response *r, void *arg)
 	free(rd);
 }
 
-static void openapi_done(const struct http_response *r, void *arg)
+static void openapi_done(void *arg, const struct http_response *r)
 {
 	struct slurm *s = arg;
 	s->discovering = false;
@@ -694,7 +694,7 @@ static void tcall_finish(struct tcall *c)
 		.elapsed_ms = (double) (clock_now_us() - c->started_us) / 1000.0,
 		.error_text = c->error_text ? c->error_text : "",
 	};
-	c->done(&resp, c->arg);
+	c->done(c->arg, &resp);
 	tcall_free(c);
 }
 
@@ -830,7 +830,7 @@ static void shell_quote(struct buf *b, const char *w)
 	buf_puts(b, "'");
 }
 
-static void submit_done(const struct http_response *r, void *arg);
+static void submit_done(void *arg, const struct http_response *r);
 
 /* POSTs the job for dispatch c (known not to exist in Slurm). */
 /* Output of this dispatch id exists, but slurmctld knows no job of that name: it ran, and
@@ -972,7 +972,7 @@ static void submit_send(struct tcall *c, struct config *cfg)
 	}
 }
 
-static void submit_done(const struct http_response *r, void *arg)
+static void submit_done(void *arg, const struct http_response *r)
 {
 	struct tcall *c = arg;
 	json_t *doc = r->error ? NULL : json_loadb(r->body, r->body_len, 0, NULL);
@@ -998,9 +998,9 @@ static void submit_done(const struct http_response *r, void *arg)
 	tcall_finish(c);
 }
 
-static void cancel_done(const struct http_response *r, void *arg);
+static void cancel_done(void *arg, const struct http_response *r);
 
-static void list_done(const struct http_response *r, void *arg)
+static void list_done(void *arg, const struct http_response *r)
 {
 	struct tcall *c = arg;
 	struct slurm *s = c->s;
@@ -1080,7 +1080,7 @@ static void list_done(const struct http_response *r, void *arg)
 	config_unref(cfg);
 }
 
-static void cancel_done(const struct http_response *r, void *arg)
+static void cancel_done(void *arg, const struct http_response *r)
 {
 	struct tcall *c = arg;
 	if (r->error)

@@ -33,7 +33,7 @@ void slurm_free(struct slurm *s);
 bool slurm_owns_node(void *s, const char *node);
 /* Loop thread: one call of the agent's task protocol (POST /api/node/tasks, GET
  * /api/node/tasks[?...], GET /api/node/tasks/ID/stdout|stderr?offset=N&limit=M, POST
- * /api/node/tasks/ID/cancel), answered as an agent would, done(resp, arg) exactly once and
+ * /api/node/tasks/ID/cancel), answered as an agent would, done(arg, resp) exactly once and
  * never before this returns. Returns 0 or -errno (then done is not called). */
 int slurm_task_call(void *s, const char *node, const char *method, const char *path,
 		    const char *body, http_done_fn done, void *arg);

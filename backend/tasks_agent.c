@@ -12,7 +12,7 @@
 static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, struct waiter **wake);
 static void poll_send(struct tasks *t, const char *node);
 static int fetch_output_locked(struct tasks *t, struct task *k, int s);
-static void poll_done(const struct http_response *r, void *arg);
+static void poll_done(void *arg, const struct http_response *r);
 
 struct call *call_new(struct tasks *t, const char *id, int stream)
 {
@@ -72,7 +72,7 @@ static int agent_call(struct tasks *t, const char *node, const char *method, con
 	return r;
 }
 
-static void dispatch_done(const struct http_response *r, void *arg)
+static void dispatch_done(void *arg, const struct http_response *r)
 {
 	struct call *c = arg;
 	struct tasks *t = c->t;
@@ -248,7 +248,7 @@ static void fetch_failed_locked(struct task *k, int s, const char *why)
 	k->output_note = buf_steal(&note, NULL);
 }
 
-static void fetch_done(const struct http_response *r, void *arg)
+static void fetch_done(void *arg, const struct http_response *r)
 {
 	struct call *c = arg;
 	struct tasks *t = c->t;
@@ -437,7 +437,7 @@ static void poll_send(struct tasks *t, const char *node)
 		call_free(c);
 }
 
-static void poll_done(const struct http_response *r, void *arg)
+static void poll_done(void *arg, const struct http_response *r)
 {
 	struct call *c = arg;
 	struct tasks *t = c->t;
@@ -496,7 +496,7 @@ static void poll_done(const struct http_response *r, void *arg)
 	call_free(c);
 }
 
-static void cancel_done(const struct http_response *r, void *arg)
+static void cancel_done(void *arg, const struct http_response *r)
 {
 	struct call *c = arg;
 	struct tasks *t = c->t;

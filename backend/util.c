@@ -534,7 +534,7 @@ void util_oom(size_t size)
 	char msg[96];
 	int n = snprintf(msg, sizeof(msg), "clusterfs: out of memory (allocating %zu bytes)\n",
 			 size);
-	if (n > 0 && write(STDERR_FILENO, msg, (size_t)n) < 0) {
+	if (n > 0 && write(STDERR_FILENO, msg, (size_t) n) < 0) {
 		/* nothing left to tell it to */
 	}
 	abort();
@@ -590,4 +590,12 @@ char *xasprintf(const char *fmt, ...)
 	if (n < 0)
 		util_oom(strlen(fmt));
 	return s;
+}
+
+bool util_mutex_held(const pthread_mutex_t *m)
+{
+	static __thread pid_t self;
+	if (!self)
+		self = gettid();
+	return m->__data.__owner == self;
 }

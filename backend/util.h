@@ -1,6 +1,8 @@
 /* Small helpers every layer uses: a growable byte buffer, logging, clocks. */
 #pragma once
 
+#include <assert.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -70,6 +72,13 @@ char *util_base64_encode(const void *data, size_t len);
 /* Decodes standard padded base64 into out (at most cap bytes). Returns the number of bytes
  * written, or -EINVAL for malformed input, -ENOSPC when it does not fit. */
 long util_base64_decode(const char *s, unsigned char *out, size_t cap);
+
+/* Checked contracts (DESIGN §2, "Checked contracts"). True when the calling thread holds
+ * m (glibc's mutex records its owner; a thread id cached per thread keeps it cheap).
+ * Every `*_locked` function starts with assert_held(its lock); every loop-thread-only
+ * function with assert(loop_is_current(l)). Both vanish with NDEBUG. */
+bool util_mutex_held(const pthread_mutex_t *m);
+#define assert_held(m) assert(util_mutex_held(m))
 
 /* Allocation (DESIGN §2, "Out of memory"): one policy for the whole tree. These never
  * return NULL: when memory runs out they write one line to stderr and abort, as redis and
