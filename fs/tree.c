@@ -421,51 +421,24 @@ const struct tree_row tree_rows[] = {
 
 const size_t tree_n_rows = N_OF(tree_rows);
 
-/* Matches one pattern against a path, segment by segment (httpd/server.c's route_match,
- * with the parameters' sets). */
-static bool row_match(const char *pattern, const char *path, struct tree_capture *caps,
-		      size_t *ret_n)
+/* util_path_match's check of a parameter: one the table names, and in its set if it has
+ * one. */
+static bool param_accept(void *arg, const char *param, size_t param_len, const char *s, size_t len)
 {
-	const char *p = pattern, *s = path;
-	size_t n = 0;
-	if (!strcmp(pattern, "/")) {
-		*ret_n = 0;
-		return !strcmp(path, "/");
-	}
-	while (*p && *s) {
-		if (*p != '/' || *s != '/')
-			return false;
-		p++;
-		s++;
-		size_t pl = strcspn(p, "/"), sl = strcspn(s, "/");
-		const struct tree_param *param = param_of(p, pl);
-		if (param && param->rest) {
-			if (p[pl] || !*s || n == TREE_MAX_PARAMS)
-				return false; /* last in its pattern, and something to take */
-			sl = strlen(s);
-		}
-		if (param) {
-			if (sl == 0 || n == TREE_MAX_PARAMS ||
-			    (param->set && !in_set(param->set, s, sl)))
-				return false;
-			caps[n].off = (size_t) (s - path);
-			caps[n].len = sl;
-			n++;
-		} else if (pl != sl || memcmp(p, s, pl) != 0) {
-			return false;
-		}
-		p += pl;
-		s += sl;
-	}
-	if (*p || *s)
-		return false;
-	*ret_n = n;
-	return true;
+	const struct tree_param *tp = param_of(param, param_len);
+	return tp && (!tp->set || in_set(tp->set, s, len));
 }
 
-const struct tree_row *tree_match(const char *path, struct tree_capture *ret_caps, size_t *ret_n)
+/* Matches one row's pattern against a path (httpd/server.c's routes match alike). */
+static bool row_match(const char *pattern, const char *path, struct path_capture *caps,
+		      size_t *ret_n)
 {
-	struct tree_capture caps[TREE_MAX_PARAMS];
+	return util_path_match(pattern, path, param_accept, NULL, caps, TREE_MAX_PARAMS, ret_n);
+}
+
+const struct tree_row *tree_match(const char *path, struct path_capture *ret_caps, size_t *ret_n)
+{
+	struct path_capture caps[TREE_MAX_PARAMS];
 	for (size_t i = 0; i < tree_n_rows; i++) {
 		size_t n;
 		if (row_match(tree_rows[i].pattern, path, caps, &n)) {
@@ -505,7 +478,7 @@ static size_t row_params(const char *pattern, const struct tree_param **ret)
 
 /* Fills e from a row's captures and checks that each parameter exists. 0 or -ENOENT. */
 static int row_entry(const struct tree_ctx *ctx, const struct tree_row *row, const char *path,
-		     const struct tree_capture *caps, size_t n, struct tree_entry *e)
+		     const struct path_capture *caps, size_t n, struct tree_entry *e)
 {
 	const struct tree_param *ps[TREE_MAX_PARAMS];
 	row_params(row->pattern, ps);
@@ -545,7 +518,7 @@ int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entr
 {
 	/* the first row whose shape matches and whose parameters exist (rows of one shape
 	 * differ by what exists: an output's directory or file) */
-	struct tree_capture caps[TREE_MAX_PARAMS];
+	struct path_capture caps[TREE_MAX_PARAMS];
 	for (size_t i = 0; i < tree_n_rows; i++) {
 		size_t n;
 		if (row_match(tree_rows[i].pattern, path, caps, &n) &&

@@ -303,54 +303,17 @@ static bool server_is_authorized(const struct server *srv, struct MHD_Connection
 	return h && secret_equal(h, srv->token);
 }
 
-/* A segment range of the path that matched a "{name}" pattern segment. */
-struct route_capture {
-	size_t off;
-	size_t len;
-};
-
-static bool route_match(const char *pattern, const char *path, struct route_capture *caps,
+/* Matches one route's pattern against a path (fs/tree.c's rows match alike). */
+static bool route_match(const char *pattern, const char *path, struct path_capture *caps,
 			size_t *ret_n)
 {
-	const char *p = pattern, *s = path;
-	size_t n = 0;
-
-	while (*p && *s) {
-		if (*p != '/' || *s != '/')
-			return false;
-		p++;
-		s++;
-		size_t pl = strcspn(p, "/"), sl = strcspn(s, "/");
-		if (pl == 3 && memcmp(p, "{*}", 3) == 0 && !p[3]) {
-			if (sl == 0 || n == SERVER_MAX_PARAMS)
-				return false;
-			caps[n].off = (size_t) (s - path);
-			caps[n].len = strlen(s);
-			*ret_n = n + 1;
-			return true;
-		}
-		if (pl >= 2 && p[0] == '{' && p[pl - 1] == '}') {
-			if (sl == 0 || n == SERVER_MAX_PARAMS)
-				return false;
-			caps[n].off = (size_t) (s - path);
-			caps[n].len = sl;
-			n++;
-		} else if (pl != sl || memcmp(p, s, pl) != 0) {
-			return false;
-		}
-		p += pl;
-		s += sl;
-	}
-	if (*p || *s)
-		return false;
-	*ret_n = n;
-	return true;
+	return util_path_match(pattern, path, NULL, NULL, caps, SERVER_MAX_PARAMS, ret_n);
 }
 
 int server_match_route(const struct route *routes, size_t n_routes, const char *method,
 		       const char *path, size_t *ret_params)
 {
-	struct route_capture caps[SERVER_MAX_PARAMS];
+	struct path_capture caps[SERVER_MAX_PARAMS];
 	for (size_t i = 0; i < n_routes; i++) {
 		size_t n;
 		if (route_match(routes[i].pattern, path, caps, &n) &&
@@ -471,7 +434,7 @@ static enum MHD_Result server_dispatch(struct server *srv, struct MHD_Connection
 				       struct request_state *st)
 {
 	const struct route *found = NULL;
-	struct route_capture caps[SERVER_MAX_PARAMS];
+	struct path_capture caps[SERVER_MAX_PARAMS];
 	size_t n_caps = 0;
 	struct buf allow;
 	struct response resp;
@@ -574,7 +537,7 @@ static bool request_has_body(struct MHD_Connection *conn, unsigned long long *re
 static const struct upload_route *server_find_upload(const struct server *srv, const char *method,
 						     const char *path)
 {
-	struct route_capture caps[SERVER_MAX_PARAMS];
+	struct path_capture caps[SERVER_MAX_PARAMS];
 	size_t n;
 	for (size_t i = 0; i < srv->n_uploads; i++) {
 		const struct upload_route *u = &srv->uploads[i];
@@ -588,7 +551,7 @@ static const struct upload_route *server_find_upload(const struct server *srv, c
 static void server_upload(struct server *srv, struct MHD_Connection *conn, const char *method,
 			  const char *path, struct request_state *st, const char *data, size_t len)
 {
-	struct route_capture caps[SERVER_MAX_PARAMS];
+	struct path_capture caps[SERVER_MAX_PARAMS];
 	size_t n = 0;
 	char *scratch = strdup(path);
 	if (!scratch || !route_match(st->upload->pattern, path, caps, &n)) {

@@ -55,11 +55,12 @@ struct response {
 	uint64_t file_size;
 };
 
-/* One row of the route table. `pattern` is matched segment by segment; a "{name}"
- * segment matches any one non-empty segment and is passed in req->params; a final "{*}"
- * matches the rest of the path (one or more segments), passed without its leading '/'. The handler
- * returns 0 after filling `resp`, or -errno; a negative return, or a response left
- * without a status, becomes 500. */
+/* One row of the route table. `pattern` is matched segment by segment (util_path_match,
+ * backend/util.h, which the tree's rows use too); a "{name}" segment matches any one
+ * non-empty segment and is passed in req->params; a final "{*}" matches the rest of the
+ * path (one or more segments), passed without its leading '/'. The handler returns 0
+ * after filling `resp`, or -errno; a negative return, or a response left without a
+ * status, becomes 500. */
 struct route {
 	const char *method;
 	const char *pattern;
