@@ -18,12 +18,7 @@ void dir_handle_free(struct dir_handle *d)
 {
 	struct fs *f = d->f;
 	pthread_mutex_lock(&f->lock);
-	if (d->prev)
-		d->prev->next = d->next;
-	else
-		f->dirs = d->next;
-	if (d->next)
-		d->next->prev = d->prev;
+	FS_LIST_UNLINK(f->dirs, d);
 	pthread_mutex_unlock(&f->lock);
 	for (size_t i = 0; i < d->n; i++)
 		free(d->names[i]);
@@ -71,10 +66,7 @@ void opendir_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_fi
 	d->path = path;
 	d->f = f;
 	pthread_mutex_lock(&f->lock);
-	d->next = f->dirs;
-	if (d->next)
-		d->next->prev = d;
-	f->dirs = d;
+	FS_LIST_PUSH(f->dirs, d);
 	pthread_mutex_unlock(&f->lock);
 	fi->fh = (uint64_t) (uintptr_t) d;
 	if (fuse_reply_open(req, fi) != 0)

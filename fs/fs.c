@@ -393,12 +393,7 @@ void handle_free(struct handle *h)
 {
 	struct fs *f = h->f;
 	pthread_mutex_lock(&f->lock);
-	if (h->prev)
-		h->prev->next = h->next;
-	else
-		f->handles = h->next;
-	if (h->next)
-		h->next->prev = h->prev;
+	FS_LIST_UNLINK(f->handles, h);
 	pthread_mutex_unlock(&f->lock);
 	/* A reader replies with the content under h->lock, and the kernel can deliver that
 	 * reply, and the RELEASE that follows it, before the reply call returns: wait for
@@ -424,10 +419,7 @@ struct handle *handle_new(struct fs *f)
 	h->snap_fd = -1;
 	h->f = f;
 	pthread_mutex_lock(&f->lock);
-	h->next = f->handles;
-	if (h->next)
-		h->next->prev = h;
-	f->handles = h;
+	FS_LIST_PUSH(f->handles, h);
 	pthread_mutex_unlock(&f->lock);
 	return h;
 }

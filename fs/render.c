@@ -83,14 +83,14 @@ static json_t *health_doc(const struct node_view *v)
 	return doc;
 }
 
-static void render_health(const struct node_view *v, struct buf *out)
+static void put_health(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
 {
 	json_t *doc = health_doc(v);
 	put_json(out, doc);
 	json_decref(doc);
 }
 
-static void render_info(const struct node_view *v, struct buf *out)
+static void put_node_info(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
 {
 	json_t *doc = json_object();
 	json_object_set_new(doc, "name", json_string(v->name));
@@ -122,115 +122,105 @@ static void render_info(const struct node_view *v, struct buf *out)
 	json_decref(doc);
 }
 
-/* The view of the node a file lies under, and its mtime. 0 or -ENOENT. */
-static int node_get(const struct tree_ctx *ctx, const struct tree_entry *e, struct node_view *ret,
-		    double *ret_mtime)
+/* A file of a node's directory, from the node's view: put appends it; the mtime is the
+ * node's. 0 or -ENOENT. */
+static int node_render(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		       double *ret_mtime,
+		       void (*put)(const struct tree_ctx *ctx, const struct node_view *v,
+				   struct buf *out))
 {
-	int r = cluster_get_node(ctx->cluster, e->node, ret);
-	if (r == 0)
-		*ret_mtime = ret->changed_at;
-	return r;
+	struct node_view v;
+	int r = cluster_get_node(ctx->cluster, e->node, &v);
+	if (r < 0)
+		return r;
+	*ret_mtime = v.changed_at;
+	put(ctx, &v, out);
+	node_view_clear(&v);
+	return 0;
+}
+
+static void put_status(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
+{
+	buf_printf(out, "%s\n", node_level_name(v->level));
 }
 
 int render_node_status(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		       double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_printf(out, "%s\n", node_level_name(v.level));
-	node_view_clear(&v);
-	return 0;
+	return node_render(ctx, e, out, ret_mtime, put_status);
 }
 
 int render_node_health(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		       double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	render_health(&v, out);
-	node_view_clear(&v);
-	return 0;
+	return node_render(ctx, e, out, ret_mtime, put_health);
 }
 
 int render_node_info(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		     double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	render_info(&v, out);
-	node_view_clear(&v);
-	return 0;
+	return node_render(ctx, e, out, ret_mtime, put_node_info);
+}
+
+static void put_address(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
+{
+	buf_printf(out, "%s:%d\n", v->address, v->port);
 }
 
 int render_node_address(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 			double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_printf(out, "%s:%d\n", v.address, v.port);
-	node_view_clear(&v);
-	return 0;
+	return node_render(ctx, e, out, ret_mtime, put_address);
+}
+
+static void put_role(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
+{
+	buf_printf(out, "%s\n", v->role);
 }
 
 int render_node_role(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		     double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_printf(out, "%s\n", v.role);
-	node_view_clear(&v);
-	return 0;
+	return node_render(ctx, e, out, ret_mtime, put_role);
+}
+
+static void put_tier(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
+{
+	buf_printf(out, "%s\n", v->tier);
 }
 
 int render_node_tier(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		     double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_printf(out, "%s\n", v.tier);
-	node_view_clear(&v);
-	return 0;
+	return node_render(ctx, e, out, ret_mtime, put_tier);
+}
+
+static void put_capabilities(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
+{
+	for (size_t i = 0; i < json_array_size(v->capabilities); i++)
+		buf_printf(out, "%s\n", json_string_value(json_array_get(v->capabilities, i)));
 }
 
 int render_node_capabilities(const struct tree_ctx *ctx, const struct tree_entry *e,
 			     struct buf *out, double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	for (size_t i = 0; i < json_array_size(v.capabilities); i++)
-		buf_printf(out, "%s\n", json_string_value(json_array_get(v.capabilities, i)));
-	node_view_clear(&v);
-	return 0;
+	return node_render(ctx, e, out, ret_mtime, put_capabilities);
 }
 
 /* One number, as scripts want it: the score routing uses. */
+static void put_reliability(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
+{
+	buf_printf(out, "%.1f\n", tasks_node_reliability(ctx->tasks, v->name, NULL, NULL));
+}
+
 int render_node_reliability(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 			    double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_printf(out, "%.1f\n", tasks_node_reliability(ctx->tasks, v.name, NULL, NULL));
+	int r = node_render(ctx, e, out, ret_mtime, put_reliability);
 	double tmt = tasks_changed_at(ctx->tasks);
-	if (tmt > *ret_mtime)
+	if (r == 0 && tmt > *ret_mtime)
 		*ret_mtime = tmt;
-	node_view_clear(&v);
-	return 0;
+	return r;
 }
 
 /* Views of every node, in name order. */
@@ -521,128 +511,128 @@ static json_t *json_time_or_null(double t)
 	return t > 0 ? json_time(t) : json_null();
 }
 
-/* The view of the task a file lies under, and its mtime. 0 or -ENOENT. */
-static int task_get(const struct tree_ctx *ctx, const struct tree_entry *e, struct task_view *ret,
-		    double *ret_mtime)
+/* A file of a task's directory, from the task's view: put (NULL: none) appends it; the
+ * mtime is the task's. 0 or -ENOENT. */
+static int task_render(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		       double *ret_mtime, void (*put)(const struct task_view *v, struct buf *out))
 {
-	int r = tasks_get(ctx->tasks, e->task, ret);
-	if (r == 0)
-		*ret_mtime = ret->changed_at;
-	return r;
+	struct task_view v;
+	int r = tasks_get(ctx->tasks, e->task, &v);
+	if (r < 0)
+		return r;
+	*ret_mtime = v.changed_at;
+	if (put)
+		put(&v, out);
+	task_view_clear(&v);
+	return 0;
+}
+
+static void put_spec(const struct task_view *v, struct buf *out)
+{
+	put_json(out, v->spec);
 }
 
 int render_task_spec(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		     double *ret_mtime, uint64_t *ret_seq)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	put_json(out, v.spec);
-	task_view_clear(&v);
-	return 0;
+	return task_render(ctx, e, out, ret_mtime, put_spec);
+}
+
+static void put_state(const struct task_view *v, struct buf *out)
+{
+	buf_printf(out, "%s\n", v->state);
 }
 
 int render_task_status(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		       double *ret_mtime, uint64_t *ret_seq)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_printf(out, "%s\n", v.state);
-	task_view_clear(&v);
-	return 0;
+	return task_render(ctx, e, out, ret_mtime, put_state);
+}
+
+static void put_node(const struct task_view *v, struct buf *out)
+{
+	buf_printf(out, "%s\n", v->node ? v->node : "");
 }
 
 int render_task_node(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		     double *ret_mtime, uint64_t *ret_seq)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_printf(out, "%s\n", v.node ? v.node : "");
-	task_view_clear(&v);
-	return 0;
+	return task_render(ctx, e, out, ret_mtime, put_node);
+}
+
+static void put_exit_code(const struct task_view *v, struct buf *out)
+{
+	if (v->exit_code >= 0)
+		buf_printf(out, "%d\n", v->exit_code);
+	else
+		buf_puts(out, "\n");
 }
 
 int render_task_exit_code(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 			  double *ret_mtime, uint64_t *ret_seq)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	if (v.exit_code >= 0)
-		buf_printf(out, "%d\n", v.exit_code);
-	else
-		buf_puts(out, "\n");
-	task_view_clear(&v);
-	return 0;
+	return task_render(ctx, e, out, ret_mtime, put_exit_code);
+}
+
+static void put_task_info(const struct task_view *v, struct buf *out)
+{
+	json_t *doc = json_object();
+	json_object_set_new(doc, "id", json_string(v->id));
+	json_object_set_new(doc, "state", json_string(v->state));
+	json_object_set_new(doc, "node", v->node ? json_string(v->node) : json_null());
+	json_object_set_new(doc, "exit_code",
+			    v->exit_code >= 0 ? json_integer(v->exit_code) : json_null());
+	char prio[4];
+	snprintf(prio, sizeof(prio), "P%d", v->priority);
+	json_object_set_new(doc, "priority", json_string(prio));
+	json_object_set_new(doc, "attempts", json_integer(v->attempts));
+	json_object_set_new(doc, "submitter_uid", json_integer((json_int_t) v->uid));
+	json_object_set_new(doc, "submitter", v->user ? json_string(v->user) : json_null());
+	/* who it runs as on its node: a user name, or null for the agent's own user */
+	json_object_set_new(doc, "run_as", v->run_as ? json_string(v->run_as) : json_null());
+	json_object_set_new(doc, "submitted_at", json_time_or_null(v->submitted_at));
+	json_object_set_new(doc, "started_at", json_time_or_null(v->started_at));
+	json_object_set_new(doc, "finished_at", json_time_or_null(v->finished_at));
+	json_object_set_new(doc, "reason", v->reason ? json_string(v->reason) : json_null());
+	json_object_set_new(doc, "placement",
+			    v->placement ? json_string(v->placement) : json_null());
+	if (v->parent)
+		json_object_set_new(doc, "parent", json_string(v->parent));
+	if (v->children)
+		json_object_set(doc, "children", v->children);
+	json_object_set_new(doc, "dispatch_id",
+			    v->dispatch_id ? json_string(v->dispatch_id) : json_null());
+	/* a Slurm job's id, state and node, as slurmrestd last said */
+	if (json_object_get(v->remote, "slurm_job_id"))
+		json_object_set_new(
+			doc, "slurm",
+			json_pack("{sO? sO? sO? so? so?}", "job_id",
+				  json_object_get(v->remote, "slurm_job_id"), "state",
+				  json_object_get(v->remote, "slurm_state"), "node",
+				  json_object_get(v->remote, "slurm_node"), "reason",
+				  json_deep_copy(json_object_get(v->remote, "slurm_reason")),
+				  "times",
+				  json_deep_copy(json_object_get(v->remote, "slurm_times"))));
+	json_object_set_new(doc, "stdout_bytes", json_integer((json_int_t) v->stdout_len));
+	json_object_set_new(doc, "stderr_bytes", json_integer((json_int_t) v->stderr_len));
+	json_object_set(doc, "spec", v->spec);
+	put_json(out, doc);
+	json_decref(doc);
 }
 
 int render_task_info(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		     double *ret_mtime, uint64_t *ret_seq)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	json_t *doc = json_object();
-	json_object_set_new(doc, "id", json_string(v.id));
-	json_object_set_new(doc, "state", json_string(v.state));
-	json_object_set_new(doc, "node", v.node ? json_string(v.node) : json_null());
-	json_object_set_new(doc, "exit_code",
-			    v.exit_code >= 0 ? json_integer(v.exit_code) : json_null());
-	char prio[4];
-	snprintf(prio, sizeof(prio), "P%d", v.priority);
-	json_object_set_new(doc, "priority", json_string(prio));
-	json_object_set_new(doc, "attempts", json_integer(v.attempts));
-	json_object_set_new(doc, "submitter_uid", json_integer((json_int_t) v.uid));
-	json_object_set_new(doc, "submitter", v.user ? json_string(v.user) : json_null());
-	/* who it runs as on its node: a user name, or null for the agent's own user */
-	json_object_set_new(doc, "run_as", v.run_as ? json_string(v.run_as) : json_null());
-	json_object_set_new(doc, "submitted_at", json_time_or_null(v.submitted_at));
-	json_object_set_new(doc, "started_at", json_time_or_null(v.started_at));
-	json_object_set_new(doc, "finished_at", json_time_or_null(v.finished_at));
-	json_object_set_new(doc, "reason", v.reason ? json_string(v.reason) : json_null());
-	json_object_set_new(doc, "placement", v.placement ? json_string(v.placement) : json_null());
-	if (v.parent)
-		json_object_set_new(doc, "parent", json_string(v.parent));
-	if (v.children)
-		json_object_set(doc, "children", v.children);
-	json_object_set_new(doc, "dispatch_id",
-			    v.dispatch_id ? json_string(v.dispatch_id) : json_null());
-	/* a Slurm job's id, state and node, as slurmrestd last said */
-	if (json_object_get(v.remote, "slurm_job_id"))
-		json_object_set_new(
-			doc, "slurm",
-			json_pack("{sO? sO? sO? so? so?}", "job_id",
-				  json_object_get(v.remote, "slurm_job_id"), "state",
-				  json_object_get(v.remote, "slurm_state"), "node",
-				  json_object_get(v.remote, "slurm_node"), "reason",
-				  json_deep_copy(json_object_get(v.remote, "slurm_reason")),
-				  "times",
-				  json_deep_copy(json_object_get(v.remote, "slurm_times"))));
-	json_object_set_new(doc, "stdout_bytes", json_integer((json_int_t) v.stdout_len));
-	json_object_set_new(doc, "stderr_bytes", json_integer((json_int_t) v.stderr_len));
-	json_object_set(doc, "spec", v.spec);
-	put_json(out, doc);
-	json_decref(doc);
-	task_view_clear(&v);
-	return 0;
+	return task_render(ctx, e, out, ret_mtime, put_task_info);
 }
 
 /* stdout and stderr as they are now: the task's, kept or fetched so far. */
 static int render_output(const struct tree_ctx *ctx, const struct tree_entry *e, const char *which,
 			 struct buf *out, double *ret_mtime)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
+	int r = task_render(ctx, e, out, ret_mtime, NULL);
 	if (r < 0)
 		return r;
-	task_view_clear(&v);
 	return tasks_read_output(ctx->tasks, e->task, which, 0, out);
 }
 
@@ -664,30 +654,28 @@ int render_task_result(const struct tree_ctx *ctx, const struct tree_entry *e, s
 	return render_output(ctx, e, "result", out, ret_mtime);
 }
 
+static void put_ctl_usage(const struct task_view *v, struct buf *out)
+{
+	buf_puts(out, "write one of: cancel | retry | priority P0..P3\n");
+}
+
 int render_task_ctl(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		    double *ret_mtime, uint64_t *ret_seq)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_puts(out, "write one of: cancel | retry | priority P0..P3\n");
-	task_view_clear(&v);
-	return 0;
+	return task_render(ctx, e, out, ret_mtime, put_ctl_usage);
 }
 
 /* "STATE EXIT_CODE" once the task ended; empty while it runs. */
+static void put_wait(const struct task_view *v, struct buf *out)
+{
+	if (task_state_is_final(v->state))
+		buf_printf(out, "%s %d\n", v->state, v->exit_code);
+}
+
 int render_task_wait(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		     double *ret_mtime, uint64_t *ret_seq)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	if (task_state_is_final(v.state))
-		buf_printf(out, "%s %d\n", v.state, v.exit_code);
-	task_view_clear(&v);
-	return 0;
+	return task_render(ctx, e, out, ret_mtime, put_wait);
 }
 
 int render_readme(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
