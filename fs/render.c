@@ -228,7 +228,7 @@ struct node_view *render_all_views(struct cluster *c, size_t *ret_n, double *ret
 {
 	size_t n = 0;
 	char **names = cluster_list_nodes(c, &n);
-	struct node_view *views = calloc(n + 1, sizeof(*views));
+	struct node_view *views = xcalloc(n + 1, sizeof(*views));
 	size_t k = 0;
 	double mtime = cluster_changed_at(c);
 	for (size_t i = 0; i < n; i++) {

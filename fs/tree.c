@@ -132,7 +132,7 @@ static bool kversion_exists(const struct tree_ctx *ctx, const struct tree_entry 
 	char *end;
 	long long v = strtoll(slash + 1, &end, 10);
 	struct knowledge_stat ks = {0};
-	char *doc = strndup(s, (size_t) (slash - s));
+	char *doc = xstrndup(s, (size_t) (slash - s));
 	bool r = !*end && knowledge_version_stat(ctx->knowledge, doc, v, &ks) == 0;
 	free(doc);
 	return r;
@@ -484,7 +484,7 @@ static int row_entry(const struct tree_ctx *ctx, const struct tree_row *row, con
 	row_params(row->pattern, ps);
 	*e = (struct tree_entry){.row = row, .kind = row->kind};
 	for (size_t i = 0; i < n; i++) {
-		char *value = strndup(path + caps[i].off, caps[i].len);
+		char *value = xstrndup(path + caps[i].off, caps[i].len);
 		if (ps[i]->exists && !ps[i]->exists(ctx, e, value)) {
 			free(value);
 			tree_entry_clear(e);
@@ -623,9 +623,7 @@ char *tree_join(const char *dir, const char *name)
 {
 	size_t dl = strlen(dir), nl = strlen(name);
 	bool root = dl == 1 && dir[0] == '/';
-	char *s = malloc(dl + nl + 2);
-	if (!s)
-		abort();
+	char *s = xmalloc(dl + nl + 2);
 	memcpy(s, dir, dl);
 	size_t at = dl;
 	if (!root)
@@ -638,6 +636,6 @@ char *tree_parent(const char *path)
 {
 	const char *slash = strrchr(path, '/');
 	if (!slash || slash == path)
-		return strdup("/");
-	return strndup(path, (size_t) (slash - path));
+		return xstrdup("/");
+	return xstrndup(path, (size_t) (slash - path));
 }

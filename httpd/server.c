@@ -159,15 +159,8 @@ int response_add_header(struct response *resp, const char *name, const char *val
 {
 	if (resp->n_headers == RESPONSE_MAX_HEADERS)
 		return -E2BIG;
-	char *n = strdup(name);
-	char *v = strdup(value);
-	if (!n || !v) {
-		free(n);
-		free(v);
-		return -ENOMEM;
-	}
-	resp->headers[resp->n_headers][0] = n;
-	resp->headers[resp->n_headers][1] = v;
+	resp->headers[resp->n_headers][0] = xstrdup(name);
+	resp->headers[resp->n_headers][1] = xstrdup(value);
 	resp->n_headers++;
 	return 0;
 }
@@ -463,7 +456,7 @@ static enum MHD_Result server_dispatch(struct server *srv, struct MHD_Connection
 	} else if (!found) {
 		response_set_error(&resp, MHD_HTTP_NOT_FOUND, "no such endpoint: %.200s", path);
 	} else {
-		char *scratch = strdup(path);
+		char *scratch = xstrdup(path);
 		struct request req = {
 			.method = method,
 			.path = path,
@@ -477,16 +470,13 @@ static enum MHD_Result server_dispatch(struct server *srv, struct MHD_Connection
 			.state_free = st->handler_state_free,
 			.handle = st,
 		};
-		int r = scratch ? 0 : -ENOMEM;
-		if (r == 0) {
-			for (size_t i = 0; i < n_caps; i++) {
-				scratch[caps[i].off + caps[i].len] = '\0';
-				req.params[i] = scratch + caps[i].off;
-			}
-			r = found->handler(&req, &resp);
-			st->handler_state = req.state;
-			st->handler_state_free = req.state_free;
+		for (size_t i = 0; i < n_caps; i++) {
+			scratch[caps[i].off + caps[i].len] = '\0';
+			req.params[i] = scratch + caps[i].off;
 		}
+		int r = found->handler(&req, &resp);
+		st->handler_state = req.state;
+		st->handler_state_free = req.state_free;
 		free(scratch);
 		if (r == 0 && resp.status == 0 && resp.defer_until_us && !st->expired) {
 			response_free(&resp);
@@ -553,8 +543,8 @@ static void server_upload(struct server *srv, struct MHD_Connection *conn, const
 {
 	struct path_capture caps[SERVER_MAX_PARAMS];
 	size_t n = 0;
-	char *scratch = strdup(path);
-	if (!scratch || !route_match(st->upload->pattern, path, caps, &n)) {
+	char *scratch = xstrdup(path);
+	if (!route_match(st->upload->pattern, path, caps, &n)) {
 		free(scratch);
 		st->upload_failed = true;
 		return;
@@ -593,9 +583,7 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 
 	if (!st) {
 		log_debug("request %s %s", method, url);
-		st = calloc(1, sizeof(*st));
-		if (!st)
-			return MHD_NO;
+		st = xcalloc(1, sizeof(*st));
 		buf_init(&st->body);
 		*con_cls = st;
 		/* Refuse an unauthenticated or oversized body before reading it. Answering
@@ -830,11 +818,7 @@ static void server_notify_connection(void *cls, struct MHD_Connection *conn, voi
 
 int server_start(const struct server_config *cfg, struct server **ret_server)
 {
-	struct server *srv = calloc(1, sizeof(*srv));
-	if (!srv) {
-		close(cfg->listen_fd);
-		return -ENOMEM;
-	}
+	struct server *srv = xcalloc(1, sizeof(*srv));
 	/* room for every connection the limits allow, as far as the hard limit lets us */
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < SERVER_CONNECTION_LIMIT + 256) {

@@ -92,7 +92,7 @@ int response_set_json(struct response *resp, unsigned status, json_t *value);
 /* Sets {"error": message} with a printf-style message; unprintable bytes become '?'. */
 void response_set_error(struct response *resp, unsigned status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
-/* Adds a response header; copies both strings. 0, -E2BIG when full, or -ENOMEM. */
+/* Adds a response header; copies both strings. 0, or -E2BIG when full. */
 int response_add_header(struct response *resp, const char *name, const char *value);
 
 struct server_config {
