@@ -321,6 +321,7 @@ static void fetch_done(void *arg, const struct http_response *r)
 static void fetch_start(struct artifacts *a, const char *task, const json_t *rec, const json_t *e,
 			struct fetch_waiter *w)
 {
+	assert(loop_is_current(a->loop));
 	const char *name = json_string_value(json_object_get(e, "name"));
 	for (struct fetch *f = a->fetches; f; f = f->next)
 		if (!strcmp(f->task, task) && !strcmp(f->name, name)) {
@@ -442,6 +443,7 @@ static void collect_listed(void *arg, const struct http_response *r)
 int artifacts_collect(struct artifacts *a, const char *task, const char *node,
 		      const char *dispatch_id, artifacts_done_fn done, void *arg)
 {
+	assert(loop_is_current(a->loop));
 	if (!task_is_valid(task))
 		return -EINVAL;
 	struct collect *c = calloc(1, sizeof(*c));
@@ -821,6 +823,7 @@ int artifacts_stage(struct artifacts *a, const json_t *inputs, const json_t *pro
 		    const char *node, const char *dispatch_id, json_t **staged,
 		    artifacts_done_fn done, void *arg)
 {
+	assert(loop_is_current(a->loop));
 	struct stage *s = calloc(1, sizeof(*s));
 	s->a = a;
 	s->node = strdup(node);

@@ -603,6 +603,7 @@ static int next_got(void *arg, int64_t seq, const char *path, int64_t version, c
 static void replica_send(struct replica *p)
 {
 	struct knowledge *k = p->k;
+	assert(loop_is_current(k->loop));
 	if (p->busy || p->acked < 0)
 		return;
 	struct next_version n = {0};
@@ -661,6 +662,7 @@ static void health_noted(void *arg)
 {
 	struct health_note *hn = arg;
 	struct knowledge *k = hn->k;
+	assert(loop_is_current(k->loop));
 	struct node_view v;
 	if (cluster_get_node(k->cluster, hn->node, &v) == 0) {
 		json_t *seq = json_object_get(v.health, "knowledge_seq");

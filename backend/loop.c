@@ -64,6 +64,7 @@ struct loop {
 	uint64_t curl_due_us; /* when curl wants its timeout action; 0: no timer */
 	pthread_t thread;
 	bool started;
+	atomic_bool running;  /* the thread runs: loop_start succeeded, loop_stop has not joined */
 	bool stop;            /* protected by lock */
 	atomic_bool stopping; /* no new transfers: loop_begin_stop or loop_stop was called */
 	pthread_mutex_t lock;
@@ -159,9 +160,12 @@ int loop_new(struct loop **ret)
 	return 0;
 }
 
+/* The loop the calling thread runs, set by loop_main before it runs anything. */
+static _Thread_local const struct loop *loop_current;
+
 bool loop_is_current(const struct loop *l)
 {
-	return l->started && pthread_equal(pthread_self(), l->thread);
+	return loop_current == l || !atomic_load(&l->running);
 }
 
 int loop_post(struct loop *l, loop_fn fn, void *arg)
@@ -185,6 +189,7 @@ int loop_post(struct loop *l, loop_fn fn, void *arg)
 
 struct loop_timer *loop_timer_add(struct loop *l, uint64_t due_us, loop_fn fn, void *arg)
 {
+	assert(loop_is_current(l));
 	struct loop_timer *t = calloc(1, sizeof(*t));
 	if (!t)
 		abort();
@@ -216,6 +221,7 @@ static void timer_unlink(struct loop *l, struct loop_timer *t)
 
 void loop_timer_cancel(struct loop *l, struct loop_timer *t)
 {
+	assert(loop_is_current(l));
 	if (!t)
 		return;
 	timer_unlink(l, t);
@@ -224,6 +230,7 @@ void loop_timer_cancel(struct loop *l, struct loop_timer *t)
 
 int loop_fd_add(struct loop *l, int fd, loop_fn fn, void *arg)
 {
+	assert(loop_is_current(l));
 	if (l->n_fds >= LOOP_MAX_FDS)
 		return -ENOSPC;
 	struct epoll_event ev = {.events = EPOLLIN,
@@ -236,6 +243,7 @@ int loop_fd_add(struct loop *l, int fd, loop_fn fn, void *arg)
 
 void loop_fd_remove(struct loop *l, int fd)
 {
+	assert(loop_is_current(l));
 	for (size_t i = 0; i < l->n_fds; i++) {
 		if (l->fds[i].fd == fd) {
 			epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
@@ -497,6 +505,7 @@ static int xfer_set_body(struct xfer *x, const struct http_request *req)
 
 int loop_http(struct loop *l, const struct http_request *req, http_done_fn done, void *arg)
 {
+	assert(loop_is_current(l));
 	/* a completion callback run by loop_stop must not start what nobody will finish */
 	int req_fd = req->body_fd;
 	if (atomic_load(&l->stopping) || req->refused ||
@@ -546,6 +555,7 @@ err_free_xfer:
 
 size_t loop_http_active(const struct loop *l)
 {
+	assert(loop_is_current(l));
 	return l->n_xfers;
 }
 
@@ -612,6 +622,7 @@ static void xfer_finish(struct loop *l, struct xfer *x, CURLcode code)
 
 int loop_http_abort(struct loop *l, http_done_fn done, void *arg)
 {
+	assert(loop_is_current(l));
 	for (struct xfer *x = l->xfers; x; x = x->next) {
 		if (x->done == done && x->arg == arg) {
 			/* removing a transfer mid-way closes its connection: the server sees it */
@@ -665,6 +676,7 @@ static void loop_finish_transfers(struct loop *l)
 static void *loop_main(void *arg)
 {
 	struct loop *l = arg;
+	loop_current = l;
 	struct epoll_event evs[64];
 	for (;;) {
 		pthread_mutex_lock(&l->lock);
@@ -737,9 +749,12 @@ static void *loop_main(void *arg)
 
 int loop_start(struct loop *l)
 {
+	atomic_store(&l->running, true);
 	int r = pthread_create(&l->thread, NULL, loop_main, l);
-	if (r != 0)
+	if (r != 0) {
+		atomic_store(&l->running, false);
 		return -r;
+	}
 	l->started = true;
 	return 0;
 }
@@ -759,6 +774,7 @@ void loop_stop(struct loop *l)
 	pthread_mutex_unlock(&l->lock);
 	loop_wake(l);
 	pthread_join(l->thread, NULL);
+	atomic_store(&l->running, false);
 	l->started = false;
 	while (l->xfers)
 		xfer_finish(l, l->xfers, CURLE_ABORTED_BY_CALLBACK);

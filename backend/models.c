@@ -249,6 +249,7 @@ bool models_node_recently_failed(const struct mnode *n, const struct config *cfg
  * model servers. Returns the names of those that had an alert raised (new array). */
 char **models_nodes_prune(struct models *m, const struct config *cfg, size_t *ret_n)
 {
+	assert(loop_is_current(m->loop));
 	char **alerted = NULL;
 	size_t n_alerted = 0, k = 0;
 	for (size_t i = 0; i < m->n_nodes; i++) {

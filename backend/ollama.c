@@ -374,6 +374,7 @@ static void job_done(void *arg, const struct http_response *r)
 static void job_start(void *arg)
 {
 	struct job *job = arg;
+	assert(loop_is_current(job->m->loop));
 	struct http_request req = {
 		.method = job->verb == VERB_DELETE ? "DELETE" : "POST",
 		.body = job->body,

@@ -267,6 +267,7 @@ struct abort_msg {
 static void abort_on_loop(void *arg)
 {
 	struct abort_msg *msg = arg;
+	assert(loop_is_current(msg->p->loop));
 	struct run *r = run_find(msg->p, msg->dispatch_id);
 	if (r)
 		loop_http_abort(msg->p->loop, run_done, r);
@@ -436,6 +437,7 @@ static int prompts_start(void *arg, const char *id, const char *dispatch_id, con
 			 const json_t *spec)
 {
 	struct prompts *p = arg;
+	assert(loop_is_current(p->loop));
 	if (run_find(p, dispatch_id))
 		return 0; /* this attempt streams already */
 	const char *model = json_string_value(json_object_get(spec, "model"));
@@ -491,6 +493,7 @@ static int prompts_start(void *arg, const char *id, const char *dispatch_id, con
 static void prompts_cancel(void *arg, const char *dispatch_id)
 {
 	struct prompts *p = arg;
+	assert(loop_is_current(p->loop));
 	struct run *r = run_find(p, dispatch_id);
 	if (!r || r->cancelled)
 		return;
@@ -575,6 +578,7 @@ static void pull_answered(void *arg, int err, const char *why)
 static void prompts_pull(void *arg, const char *node, const char *model, struct buf *why)
 {
 	struct prompts *p = arg;
+	assert(loop_is_current(p->loop));
 	uint64_t now = clock_now_us();
 	pthread_mutex_lock(&p->lock);
 	struct pull *q = p->pulls;

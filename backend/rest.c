@@ -86,6 +86,7 @@ static void rest_chunk(const char *data, size_t len, void *arg)
 static void rest_start(void *arg)
 {
 	struct rest_call *c = arg;
+	assert(loop_is_current(c->loop));
 	struct http_request req = {
 		.method = c->method,
 		.token = c->token,

@@ -102,6 +102,7 @@ static size_t hash_str(const char *s)
 
 struct task *find_locked(struct tasks *t, const char *id)
 {
+	assert_held(&t->lock);
 	for (struct task *k = t->hash[hash_str(id) % t->n_hash]; k; k = k->hnext)
 		if (strcmp(k->row.id, id) == 0)
 			return k;
@@ -110,6 +111,7 @@ struct task *find_locked(struct tasks *t, const char *id)
 
 struct node_load *node_load_locked(struct tasks *t, const char *node, bool create)
 {
+	assert_held(&t->lock);
 	size_t b = hash_str(node) % NODE_BUCKETS;
 	for (struct node_load *n = t->node_loads[b]; n; n = n->next)
 		if (!strcmp(n->node, node))
@@ -151,6 +153,7 @@ static void list_push(struct task **list, struct task *k)
  * Called after every change of state or node. Lock held. */
 void track_locked(struct tasks *t, struct task *k)
 {
+	assert_held(&t->lock);
 	enum task_state s = k->state;
 	struct task **want = s == TASK_S_QUEUED ? &t->queued : state_active(s) ? &t->active : NULL;
 	if (k->list != want) {
@@ -200,6 +203,7 @@ void tasks_count_states(struct tasks *t, const char *node, size_t ret_counts[TAS
 /* A task ended on its node: the node's history, as reliability reads it. Lock held. */
 static void book_end_locked(struct tasks *t, const struct task *k)
 {
+	assert_held(&t->lock);
 	if (k->row.node && !k->n_children && k->row.finished_at > 0)
 		minute_counts_add(&node_load_locked(t, k->row.node, true)->ended,
 				  k->row.finished_at, k->state == TASK_S_SUCCEEDED);
@@ -217,6 +221,7 @@ static void book_end_locked(struct tasks *t, const struct task *k)
 
 struct user_load *user_load_locked(struct tasks *t, uid_t uid)
 {
+	assert_held(&t->lock);
 	for (struct user_load *u = t->users; u; u = u->next)
 		if (u->uid == uid)
 			return u;
@@ -235,6 +240,7 @@ static bool counts_for_user(const struct task *k)
 
 static void lru_unlink_locked(struct tasks *t, struct task *k)
 {
+	assert_held(&t->lock);
 	if (!k->on_lru)
 		return;
 	if (k->cprev)
@@ -254,6 +260,7 @@ static void lru_unlink_locked(struct tasks *t, struct task *k)
  * unfinished one off it (unfinished tasks stay in memory). Lock held. */
 static void lru_touch_locked(struct tasks *t, struct task *k)
 {
+	assert_held(&t->lock);
 	lru_unlink_locked(t, k);
 	if (!state_final(k->state))
 		return;
@@ -271,6 +278,7 @@ static void lru_touch_locked(struct tasks *t, struct task *k)
  * and the history include it already. Lock held. */
 void add_locked(struct tasks *t, struct task *k, bool stored)
 {
+	assert_held(&t->lock);
 	if (stored) {
 		k->counted = (int) k->state + 1;
 		k->counted_node = k->row.node ? xstrdup(k->row.node) : NULL;
@@ -308,6 +316,7 @@ void add_locked(struct tasks *t, struct task *k, bool stored)
 /* Drops a task from memory (not from the store, nor from the counts). Lock held. */
 void forget_locked(struct tasks *t, struct task *k)
 {
+	assert_held(&t->lock);
 	for (struct task **pp = &t->hash[hash_str(k->row.id) % t->n_hash]; *pp;
 	     pp = &(*pp)->hnext) {
 		if (*pp == k) {
@@ -325,6 +334,7 @@ void forget_locked(struct tasks *t, struct task *k)
  * where no task pointer is held. Lock held. */
 void cache_trim_locked(struct tasks *t)
 {
+	assert_held(&t->lock);
 	struct config *cfg = cluster_get_config(t->cluster);
 	size_t max = (size_t) cfg->tasks.finished_cached;
 	config_unref(cfg);
@@ -336,6 +346,7 @@ void cache_trim_locked(struct tasks *t)
  * NULL when there is none. Lock held. */
 struct task *lookup_locked(struct tasks *t, const char *id)
 {
+	assert_held(&t->lock);
 	struct task *k = find_locked(t, id);
 	if (!k && !json_object_get(t->reserved, id)) {
 		struct store_task row;
@@ -459,6 +470,7 @@ void set_str(char **dst, const char *src)
 
 void persist_locked(struct tasks *t, struct task *k)
 {
+	assert_held(&t->lock);
 	int r = store_update_task(t->store, &k->row);
 	if (r < 0)
 		log_err("store: cannot update task %s: %s", k->row.id, strerror(-r));
@@ -466,8 +478,9 @@ void persist_locked(struct tasks *t, struct task *k)
 	t->changed_at = k->changed_at;
 }
 
-static void wake_waiters_locked(struct task *k, struct waiter **ret_list)
+static void wake_waiters_locked(struct tasks *t, struct task *k, struct waiter **ret_list)
 {
+	assert_held(&t->lock);
 	struct waiter *w = k->waiters;
 	k->waiters = NULL;
 	while (w) {
@@ -495,6 +508,7 @@ void call_waiters(struct waiter *w)
 /* Asks the loop thread to schedule soon, once however often it is asked. Lock held. */
 static void post_schedule_locked(struct tasks *t)
 {
+	assert_held(&t->lock);
 	if (t->started && !t->schedule_posted && t->queued) {
 		t->schedule_posted = true;
 		loop_post(t->loop, schedule_on_loop, t);
@@ -505,6 +519,7 @@ static void post_schedule_locked(struct tasks *t)
  * here), and the retention learns when there is work for it. Lock held. */
 static void output_to_store_locked(struct tasks *t, struct task *k)
 {
+	assert_held(&t->lock);
 	if (k->out_stored)
 		return;
 	for (int s = 0; s < N_STREAMS; s++) {
@@ -534,6 +549,7 @@ static void output_to_store_locked(struct tasks *t, struct task *k)
 void set_state_locked(struct tasks *t, struct task *k, enum task_state state, const char *reason,
 		      struct waiter **wake)
 {
+	assert_held(&t->lock);
 	bool same = k->state == state;
 	bool was_final = state_final(k->state);
 	if (counts_for_user(k) && was_final != state_final(state))
@@ -550,7 +566,7 @@ void set_state_locked(struct tasks *t, struct task *k, enum task_state state, co
 	if (state_final(state)) {
 		if (k->row.finished_at <= 0)
 			k->row.finished_at = clock_wall_s();
-		wake_waiters_locked(k, wake);
+		wake_waiters_locked(t, k, wake);
 		if (!was_final)
 			book_end_locked(t, k);
 	}
@@ -580,6 +596,7 @@ void set_state_locked(struct tasks *t, struct task *k, enum task_state state, co
  * succeeded, failed when all ended and one did not succeed. Lock held. */
 static void update_parent_locked(struct tasks *t, struct task *child, struct waiter **wake)
 {
+	assert_held(&t->lock);
 	struct task *p = find_locked(t, child->row.parent);
 	if (!p || state_final(p->state))
 		return;

@@ -144,6 +144,7 @@ static void dispatch_done(void *arg, const struct http_response *r)
  * for the agent's own user. Returns a new string. */
 char *run_as_user_locked(struct tasks *t, const struct task *k)
 {
+	assert_held(&t->lock);
 	struct config *cfg = cluster_get_config(t->cluster);
 	const struct cfg_host *h = k->row.node ? config_find_host(cfg, k->row.node) : NULL;
 	enum cfg_run_as mode = config_host_run_as(cfg, h);
@@ -162,6 +163,8 @@ char *run_as_user_locked(struct tasks *t, const struct task *k)
 /* Sends the task to its node. Lock held; loop thread. */
 void dispatch_locked(struct tasks *t, struct task *k)
 {
+	assert(loop_is_current(t->loop));
+	assert_held(&t->lock);
 	if (k->dispatching || (k->dispatch_due_us && clock_now_us() < k->dispatch_due_us) ||
 	    !inputs_ready_locked(t, k))
 		return;
@@ -225,8 +228,9 @@ void dispatch_locked(struct tasks *t, struct task *k)
 
 /* A fetch of stream s failed: retried after a growing wait, FETCH_TRIES times, then the
  * stream ends with what came and the task's reason says why. */
-static void fetch_failed_locked(struct task *k, int s, const char *why)
+static void fetch_failed_locked(struct tasks *t, struct task *k, int s, const char *why)
 {
+	assert_held(&t->lock);
 	k->fetch_failures[s]++;
 	if (retry_policy(RETRY_FETCH, k, _TASK_STATE_INVALID, k->fetch_failures[s],
 			 &k->fetch_due_us[s]))
@@ -261,7 +265,7 @@ static void fetch_done(void *arg, const struct http_response *r)
 		int s = c->stream;
 		bool more = k->out[s].len < k->remote_size[s];
 		if (r->error != -ECANCELED && (r->error || (more && !r->body_len)))
-			fetch_failed_locked(k, s, r->error ? r->error_text : "an empty answer");
+			fetch_failed_locked(t, k, s, r->error ? r->error_text : "an empty answer");
 		else if (!r->error && r->body_len)
 			k->fetch_failures[s] = 0;
 		if (!r->error && r->body_len) {
@@ -292,6 +296,7 @@ static void fetch_done(void *arg, const struct http_response *r)
  * nothing to fetch or nowhere to fetch it from. */
 static int fetch_output_locked(struct tasks *t, struct task *k, int s)
 {
+	assert_held(&t->lock);
 	if (k->fetching[s])
 		return 0;
 	if (k->out_full[s] || !k->row.node || !k->row.dispatch_id)
@@ -313,6 +318,7 @@ static int fetch_output_locked(struct tasks *t, struct task *k, int s)
 /* Once the agent reported a final state and all output is here: the task ends. */
 void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **wake)
 {
+	assert_held(&t->lock);
 	if (!k->remote_ended || state_final(k->state))
 		return;
 	for (int s = 0; s < N_STREAMS; s++) {
@@ -344,6 +350,7 @@ void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **w
 /* Applies one task object from an agent to our task. Lock held. */
 static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, struct waiter **wake)
 {
+	assert_held(&t->lock);
 	const char *state = json_string_value(json_object_get(o, "state"));
 	const char *id = json_string_value(json_object_get(o, "id"));
 	/* an answer about another attempt, or about a task that has ended here */
@@ -385,6 +392,7 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
  * valid while its entries change lists. Lock held. */
 static struct task **active_snapshot_locked(struct tasks *t, const char *node)
 {
+	assert_held(&t->lock);
 	size_t n = 0, cap = 16;
 	struct task **v = xcalloc(cap, sizeof(*v));
 	for (struct task *k = t->active; k; k = k->lnext) {
@@ -420,6 +428,7 @@ static struct node_poll *poll_for(struct tasks *t, const char *node)
  * their clock's time of the last poll. Loop thread. */
 static void poll_send(struct tasks *t, const char *node)
 {
+	assert(loop_is_current(t->loop));
 	struct node_poll *p = poll_for(t, node);
 	if (p->in_flight)
 		return;
@@ -514,6 +523,7 @@ static void cancel_done(void *arg, const struct http_response *r)
 void tasks_tick(void *arg)
 {
 	struct tasks *t = arg;
+	assert(loop_is_current(t->loop));
 	struct waiter *wake = NULL;
 	char **nodes = NULL;
 	size_t n_nodes = 0;

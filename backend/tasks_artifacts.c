@@ -36,6 +36,8 @@ static void collect_done(void *arg, int err, const char *why)
  * starts fetching it. Lock held; loop thread. */
 bool outputs_ready_locked(struct tasks *t, struct task *k)
 {
+	assert(loop_is_current(t->loop));
+	assert_held(&t->lock);
 	if (!k->spec->n_outputs || !t->artifacts || k->collected || !k->row.dispatch_id ||
 	    target_owns(t, k->row.node))
 		return true;
@@ -105,6 +107,8 @@ static void stage_done(void *arg, int err, const char *why)
  * else starts staging them. Lock held; loop thread. */
 bool inputs_ready_locked(struct tasks *t, struct task *k)
 {
+	assert(loop_is_current(t->loop));
+	assert_held(&t->lock);
 	if (!k->spec->inputs || !t->artifacts || k->staged || target_owns(t, k->row.node))
 		return true;
 	if (k->staging)

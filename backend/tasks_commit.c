@@ -168,6 +168,7 @@ static int check_table_locked(struct tasks *t, const char *id, const struct task
 			      const struct submitter *who, int queued_max, char *errbuf,
 			      size_t errlen)
 {
+	assert_held(&t->lock);
 	int unfinished = user_load_locked(t, who->uid)->unfinished;
 	if (unfinished >= queued_max) {
 		snprintf(errbuf, errlen,
@@ -226,6 +227,7 @@ static int copies_locked(struct tasks *t, struct task *parent, const char *id,
 			 const struct submitter *who, struct task ***ret_batch, size_t *ret_n,
 			 char *errbuf, size_t errlen)
 {
+	assert_held(&t->lock);
 	const struct task_spec *spec = parent->spec;
 	struct sched_input in;
 	sched_input_build_locked(t, &in);
@@ -266,6 +268,7 @@ static int copies_locked(struct tasks *t, struct task *parent, const char *id,
 static int commit_batch_locked(struct tasks *t, const char *id, struct task **batch, size_t n_batch,
 			       char *errbuf, size_t errlen)
 {
+	assert_held(&t->lock);
 	/* The commit (an fsync) happens without the lock, so that other submissions and the
 	 * backend thread go on meanwhile; the id is held so no one else takes it. */
 	json_object_set_new(t->reserved, id, json_true());

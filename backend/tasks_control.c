@@ -42,8 +42,9 @@ bool retry_policy(enum retry_what what, const struct task *k, enum task_state en
 }
 
 /* Forgets the retry state of the previous attempt. */
-static void attempt_reset_locked(struct task *k)
+static void attempt_reset_locked(struct tasks *t, struct task *k)
 {
+	assert_held(&t->lock);
 	free(k->result);
 	k->result = NULL;
 	for (int s = 0; s < N_STREAMS; s++) {
@@ -62,6 +63,7 @@ static void attempt_reset_locked(struct task *k)
 void requeue_or_fail_locked(struct tasks *t, struct task *k, enum task_state state, const char *why,
 			    struct waiter **wake)
 {
+	assert_held(&t->lock);
 	if (retry_policy(RETRY_ATTEMPT, k, state, (unsigned) k->row.attempts, NULL)) {
 		char reason[512];
 		snprintf(reason, sizeof(reason), "retry %d of %d after %s%s%s", k->row.attempts,
@@ -80,7 +82,7 @@ void requeue_or_fail_locked(struct tasks *t, struct task *k, enum task_state sta
 			k->remote_size[s] = 0;
 			k->out_full[s] = false;
 		}
-		attempt_reset_locked(k);
+		attempt_reset_locked(t, k);
 		set_state_locked(t, k, TASK_S_QUEUED, reason, wake);
 		return;
 	}
@@ -91,6 +93,7 @@ void requeue_or_fail_locked(struct tasks *t, struct task *k, enum task_state sta
 static int ctl_cancel_locked(struct tasks *t, struct task *k, uid_t uid, struct waiter **wake,
 			     char *errbuf, size_t errlen)
 {
+	assert_held(&t->lock);
 	const char *id = k->row.id;
 	if (state_final(k->state)) {
 		snprintf(errbuf, errlen, "task %s has ended (%s)", id, k->row.state);
@@ -118,6 +121,7 @@ static int ctl_cancel_locked(struct tasks *t, struct task *k, uid_t uid, struct 
 static int ctl_retry_locked(struct tasks *t, struct task *k, struct waiter **wake, char *errbuf,
 			    size_t errlen)
 {
+	assert_held(&t->lock);
 	if (!state_final(k->state) || k->state == TASK_S_SUCCEEDED || k->n_children) {
 		snprintf(errbuf, errlen,
 			 "only a failed, timed out, cancelled or lost task can be "
@@ -137,7 +141,7 @@ static int ctl_retry_locked(struct tasks *t, struct task *k, struct waiter **wak
 		k->stored_len[s] = 0;
 	}
 	k->out_stored = false; /* the next attempt's output replaces the stored one */
-	attempt_reset_locked(k);
+	attempt_reset_locked(t, k);
 	set_state_locked(t, k, TASK_S_QUEUED, "retried by hand", wake);
 	return 0;
 }
@@ -146,6 +150,7 @@ static int ctl_retry_locked(struct tasks *t, struct task *k, struct waiter **wak
 static int ctl_priority_locked(struct tasks *t, struct task *k, const char *arg, char *errbuf,
 			       size_t errlen)
 {
+	assert_held(&t->lock);
 	int p = -1;
 	if ((arg[0] == 'P' || arg[0] == 'p') && arg[1] >= '0' && arg[1] <= '3' && !arg[2])
 		p = arg[1] - '0';

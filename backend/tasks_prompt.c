@@ -15,6 +15,7 @@ void tasks_set_prompts(struct tasks *t, const struct tasks_prompts *prompts)
 /* The prompt task whose current attempt is dispatch_id, if it still runs. Lock held. */
 static struct task *prompt_attempt_locked(struct tasks *t, const char *id, const char *dispatch_id)
 {
+	assert_held(&t->lock);
 	struct task *k = find_locked(t, id);
 	if (!k || !k->spec->model || !k->row.dispatch_id ||
 	    strcmp(k->row.dispatch_id, dispatch_id) || !state_active(k->state))
@@ -25,6 +26,7 @@ static struct task *prompt_attempt_locked(struct tasks *t, const char *id, const
 bool tasks_prompt_output(struct tasks *t, const char *id, const char *dispatch_id, const char *data,
 			 size_t len)
 {
+	assert(loop_is_current(t->loop));
 	pthread_mutex_lock(&t->lock);
 	struct task *k = prompt_attempt_locked(t, id, dispatch_id);
 	if (k && !k->out_full[0]) {
@@ -45,6 +47,7 @@ bool tasks_prompt_output(struct tasks *t, const char *id, const char *dispatch_i
 void tasks_prompt_end(struct tasks *t, const char *id, const char *dispatch_id, const char *state,
 		      const char *why, const char *result)
 {
+	assert(loop_is_current(t->loop));
 	struct waiter *wake = NULL;
 	pthread_mutex_lock(&t->lock);
 	struct task *k = prompt_attempt_locked(t, id, dispatch_id);

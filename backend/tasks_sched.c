@@ -10,12 +10,14 @@
 
 int active_on_locked(struct tasks *t, const char *node)
 {
+	assert_held(&t->lock);
 	struct node_load *n = node_load_locked(t, node, false);
 	return n ? n->active : 0;
 }
 
 void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 {
+	assert_held(&t->lock);
 	size_t n = 0;
 	char **names = cluster_list_nodes(t->cluster, &n);
 	in->views = calloc(n + 1, sizeof(*in->views));
@@ -107,6 +109,7 @@ void sched_request_of(const struct task_spec *s, struct sched_request *req)
 void prompt_holdings_locked(struct tasks *t, const struct task_spec *s, const char *avoid,
 			    struct sched_input *in)
 {
+	assert_held(&t->lock);
 	bool elsewhere = false;
 	for (size_t i = 0; i < in->n; i++) {
 		struct sched_node *n = &in->nodes[i];
@@ -133,6 +136,7 @@ static int queued_cmp(const void *a, const void *b)
  * (Slurm's dependency=afterok), and k is dispatched now. Lock held. */
 static bool deps_held_by_target_locked(struct tasks *t, const struct task *k)
 {
+	assert_held(&t->lock);
 	const char *node = k->spec->node;
 	if (!node || !target_owns(t, node))
 		return false;
@@ -155,6 +159,7 @@ static void prompt_pull_locked(struct tasks *t, const struct config *cfg,
 			       const struct sched_request *req, struct sched_input *in,
 			       struct buf *why)
 {
+	assert_held(&t->lock);
 	for (size_t i = 0; i < in->n; i++)
 		if (in->nodes[i].model != SCHED_MODEL_ABSENT &&
 		    in->nodes[i].model != SCHED_MODEL_NOSERVE)
@@ -179,6 +184,7 @@ static void prompt_pull_locked(struct tasks *t, const struct config *cfg,
 /* Hands a placed prompt task to the runner: running once it took it. Lock held. */
 static void prompt_start_locked(struct tasks *t, struct task *k, struct waiter **wake)
 {
+	assert_held(&t->lock);
 	int r = t->prompts.start ? t->prompts.start(t->prompts.arg, k->row.id, k->row.dispatch_id,
 						    k->row.node, k->spec_json)
 				 : -EOPNOTSUPP;
@@ -199,6 +205,7 @@ static void prompt_start_locked(struct tasks *t, struct task *k, struct waiter *
 /* The queued tasks to place, in priority order, or NULL when there are none. Lock held. */
 static struct task **queue_sorted_locked(struct tasks *t, size_t *ret_n)
 {
+	assert_held(&t->lock);
 	struct task **q = NULL;
 	size_t nq = 0, cap = 0;
 	for (struct task *k = t->queued; k; k = k->lnext) {
@@ -223,6 +230,7 @@ static struct task **queue_sorted_locked(struct tasks *t, size_t *ret_n)
  * not succeed, and its reason says it waits otherwise. Lock held. */
 static bool deps_ready_locked(struct tasks *t, struct task *k, struct waiter **wake)
 {
+	assert_held(&t->lock);
 	bool wait_deps = false;
 	const char *failed_dep = NULL;
 	for (size_t d = 0; d < k->spec->n_after; d++) {
@@ -266,6 +274,7 @@ static void no_fit_key(const struct sched_request *req, const struct task *k, st
 static void attempt_start_locked(struct tasks *t, struct task *k, struct sched_input *in,
 				 size_t idx, const char *placement, struct waiter **wake)
 {
+	assert_held(&t->lock);
 	k->row.attempts++;
 	set_str(&k->row.node, in->nodes[idx].name);
 	set_str(&k->row.placement, placement);
@@ -290,6 +299,7 @@ static void attempt_start_locked(struct tasks *t, struct task *k, struct sched_i
 static void place_one_locked(struct tasks *t, const struct config *cfg, struct sched_input *in,
 			     json_t *no_fit, struct task *k, struct waiter **wake)
 {
+	assert_held(&t->lock);
 	struct sched_request req;
 	sched_request_of(k->spec, &req);
 	struct buf key;
@@ -324,6 +334,8 @@ static void place_one_locked(struct tasks *t, const struct config *cfg, struct s
 /* Places what can be placed, in priority order. Lock held. */
 void schedule_locked(struct tasks *t, struct waiter **wake)
 {
+	assert(loop_is_current(t->loop));
+	assert_held(&t->lock);
 	size_t nq = 0;
 	struct task **q = queue_sorted_locked(t, &nq);
 	if (!q)
@@ -344,6 +356,7 @@ void schedule_locked(struct tasks *t, struct waiter **wake)
 void schedule_on_loop(void *arg)
 {
 	struct tasks *t = arg;
+	assert(loop_is_current(t->loop));
 	struct waiter *wake = NULL;
 	pthread_mutex_lock(&t->lock);
 	t->schedule_posted = false;

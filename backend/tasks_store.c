@@ -21,6 +21,7 @@ static enum task_state stored_state(const char *s)
  * tasks leave their output in the store; unfinished ones carry it on. Lock held. */
 struct task *task_from_row_locked(struct tasks *t, struct store_task *row)
 {
+	assert_held(&t->lock);
 	struct task_spec *spec = NULL;
 	char err[256];
 	if (spec_parse(row->spec, strlen(row->spec), &spec, err, sizeof(err)) < 0) {
@@ -76,6 +77,7 @@ struct task *task_from_row_locked(struct tasks *t, struct store_task *row)
 static void prune_arm_on_loop(void *arg)
 {
 	struct tasks *t = arg;
+	assert(loop_is_current(t->loop));
 	pthread_mutex_lock(&t->lock);
 	double due = t->prune_armed_at;
 	pthread_mutex_unlock(&t->lock);
@@ -91,6 +93,7 @@ static void prune_arm_on_loop(void *arg)
 /* Asks for a retention run at wall time `due`, unless one comes before. Lock held. */
 void prune_arm_locked(struct tasks *t, double due)
 {
+	assert_held(&t->lock);
 	if (!t->started || (t->prune_armed_at > 0 && t->prune_armed_at <= due))
 		return;
 	t->prune_armed_at = due;
@@ -127,6 +130,7 @@ static void pruned_one(void *arg, const char *id, const char *node, const char *
 static void prune_run(void *arg)
 {
 	struct tasks *t = arg;
+	assert(loop_is_current(t->loop));
 	t->prune_timer = NULL;
 	struct config *cfg = cluster_get_config(t->cluster);
 	const struct cfg_retention *c = &cfg->tasks.retention;

@@ -17,6 +17,7 @@ uint64_t tasks_wait_new_id(struct tasks *t)
 
 static bool tombstone_take_locked(struct tasks *t, uint64_t wait)
 {
+	assert_held(&t->lock);
 	for (size_t i = 0; i < TOMBSTONES; i++) {
 		if (t->tombstones[i] == wait) {
 			t->tombstones[i] = 0;

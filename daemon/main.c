@@ -395,6 +395,7 @@ static int restore_main(const char *file, const char *dir, bool force)
 static void reload_now(void *arg)
 {
 	struct daemon *d = arg;
+	assert(loop_is_current(d->loop));
 	d->reload_timer = NULL;
 	struct config *cfg = NULL;
 	char err[1024];
@@ -419,6 +420,7 @@ static void reload_now(void *arg)
 static void on_config_event(void *arg)
 {
 	struct daemon *d = arg;
+	assert(loop_is_current(d->loop));
 	if (!config_watch_read(d->watch))
 		return;
 	if (d->reload_timer)
