@@ -126,9 +126,7 @@ static void loop_wake(struct loop *l)
 int loop_new(struct loop **ret)
 {
 	pthread_once(&curl_once, curl_init_once);
-	struct loop *l = calloc(1, sizeof(*l));
-	if (!l)
-		return -ENOMEM;
+	struct loop *l = xcalloc(1, sizeof(*l));
 	l->multi = curl_multi_init();
 	if (!l->multi) {
 		free(l);
@@ -170,9 +168,7 @@ bool loop_is_current(const struct loop *l)
 
 int loop_post(struct loop *l, loop_fn fn, void *arg)
 {
-	struct post *p = malloc(sizeof(*p));
-	if (!p)
-		return -ENOMEM;
+	struct post *p = xmalloc(sizeof(*p));
 	p->fn = fn;
 	p->arg = arg;
 	p->next = NULL;
@@ -190,9 +186,7 @@ int loop_post(struct loop *l, loop_fn fn, void *arg)
 struct loop_timer *loop_timer_add(struct loop *l, uint64_t due_us, loop_fn fn, void *arg)
 {
 	assert(loop_is_current(l));
-	struct loop_timer *t = calloc(1, sizeof(*t));
-	if (!t)
-		abort();
+	struct loop_timer *t = xcalloc(1, sizeof(*t));
 	t->due_us = due_us;
 	t->fn = fn;
 	t->arg = arg;
@@ -330,18 +324,12 @@ static void refusal_run(void *arg)
 
 static int loop_refuse(struct loop *l, const char *why, http_done_fn done, void *arg)
 {
-	struct refusal *rf = calloc(1, sizeof(*rf));
-	if (!rf)
-		return -ENOMEM;
+	struct refusal *rf = xcalloc(1, sizeof(*rf));
 	rf->done = done;
 	rf->arg = arg;
-	rf->why = strdup(why);
-	int r = rf->why ? loop_post(l, refusal_run, rf) : -ENOMEM;
-	if (r < 0) {
-		free(rf->why);
-		free(rf);
-	}
-	return r;
+	rf->why = xstrdup(why);
+	loop_post(l, refusal_run, rf);
+	return 0;
 }
 
 /* https: verify by the pinned key, or by the CA chain and the host name; TLS 1.2 or later. */
@@ -462,9 +450,8 @@ static void xfer_add_headers(struct xfer *x, const struct http_request *req)
 		x->headers = curl_slist_append(x->headers, req->headers[i]);
 }
 
-/* The method and the body (from memory or from req->body_fd), and the header list. Returns 0
- * or -ENOMEM. */
-static int xfer_set_body(struct xfer *x, const struct http_request *req)
+/* The method and the body (from memory or from req->body_fd), and the header list. */
+static void xfer_set_body(struct xfer *x, const struct http_request *req)
 {
 	CURL *e = x->easy;
 	bool post = req->method && strcmp(req->method, "POST") == 0;
@@ -477,9 +464,7 @@ static int xfer_set_body(struct xfer *x, const struct http_request *req)
 		x->headers = curl_slist_append(x->headers, h.data);
 		buf_free(&h);
 		x->headers = curl_slist_append(x->headers, "Expect:");
-		x->req_body = malloc(req->body_len + 1);
-		if (!x->req_body)
-			return -ENOMEM;
+		x->req_body = xmalloc(req->body_len + 1);
 		if (req->body_len)
 			memcpy(x->req_body, req->body, req->body_len);
 		x->req_body[req->body_len] = '\0';
@@ -500,7 +485,6 @@ static int xfer_set_body(struct xfer *x, const struct http_request *req)
 	    !(x->req_fd > 0 && !strcmp(req->method, "PUT")))
 		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
-	return 0;
 }
 
 int loop_http(struct loop *l, const struct http_request *req, http_done_fn done, void *arg)
@@ -518,12 +502,7 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 			return loop_refuse(l, req->refused, done, arg);
 		return loop_refuse(l, "only http:// URLs go without TLS settings", done, arg);
 	}
-	struct xfer *x = calloc(1, sizeof(*x));
-	if (!x) {
-		if (req_fd > 0)
-			close(req_fd);
-		return -ENOMEM;
-	}
+	struct xfer *x = xcalloc(1, sizeof(*x));
 	x->req_fd = req_fd;
 	buf_init(&x->body);
 	x->done = done;
@@ -536,8 +515,7 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 
 	xfer_set_options(x, req);
 	xfer_add_headers(x, req);
-	if (xfer_set_body(x, req) < 0)
-		goto err_free_xfer;
+	xfer_set_body(x, req);
 
 	if (curl_multi_add_handle(l->multi, x->easy) != CURLM_OK)
 		goto err_free_xfer;

@@ -81,7 +81,8 @@ void loop_free(struct loop *l);
  * only" functions assert. */
 bool loop_is_current(const struct loop *l);
 
-/* Thread-safe: runs fn(arg) on the loop thread soon, in order. Returns 0 or -ENOMEM. */
+/* Thread-safe: runs fn(arg) on the loop thread soon, in order. Returns 0: it cannot fail
+ * (allocation failure aborts). */
 int loop_post(struct loop *l, loop_fn fn, void *arg);
 
 /* Loop thread only: runs fn(arg) once at monotonic time due_us. The timer is freed after

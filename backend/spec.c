@@ -712,9 +712,7 @@ static int parse_inputs(struct parser *p, const json_t *v, struct task_spec *s)
 		for (size_t i = 0; i < s->n_after; i++)
 			known = known || !strcmp(s->after[i], task);
 		if (!known) {
-			s->after = realloc(s->after, (s->n_after + 2) * sizeof(*s->after));
-			if (!s->after)
-				abort();
+			s->after = xrealloc(s->after, (s->n_after + 2) * sizeof(*s->after));
 			s->after[s->n_after++] = xstrdup(task);
 			s->after[s->n_after] = NULL;
 		}

@@ -287,7 +287,7 @@ void add_locked(struct tasks *t, struct task *k, bool stored)
 		user_load_locked(t, k->row.uid)->unfinished++;
 	if (++t->n_mem > t->n_hash) {
 		size_t nh = t->n_hash * 2;
-		struct task **h = calloc(nh, sizeof(*h));
+		struct task **h = xcalloc(nh, sizeof(*h));
 		for (size_t i = 0; i < t->n_hash; i++) {
 			struct task *x = t->hash[i];
 			while (x) {
@@ -400,14 +400,12 @@ void task_free(struct task *k)
 
 int tasks_new(struct loop *loop, struct cluster *cluster, struct store *store, struct tasks **ret)
 {
-	struct tasks *t = calloc(1, sizeof(*t));
-	if (!t)
-		return -ENOMEM;
+	struct tasks *t = xcalloc(1, sizeof(*t));
 	t->loop = loop;
 	t->cluster = cluster;
 	t->store = store;
 	t->n_hash = 256;
-	t->hash = calloc(t->n_hash, sizeof(*t->hash));
+	t->hash = xcalloc(t->n_hash, sizeof(*t->hash));
 	t->next_wait = 1;
 	t->reserved = json_object();
 	pthread_mutex_init(&t->commit_lock, NULL);
@@ -463,7 +461,7 @@ void set_str(char **dst, const char *src)
 {
 	if (*dst == src)
 		return;
-	char *n = src ? strdup(src) : NULL;
+	char *n = src ? xstrdup(src) : NULL;
 	free(*dst);
 	*dst = n;
 }
@@ -485,7 +483,7 @@ static void wake_waiters_locked(struct tasks *t, struct task *k, struct waiter *
 	k->waiters = NULL;
 	while (w) {
 		struct waiter *next = w->next;
-		w->state = strdup(k->row.state);
+		w->state = xstrdup(k->row.state);
 		w->exit_code = k->row.exit_code;
 		w->next = *ret_list;
 		*ret_list = w;

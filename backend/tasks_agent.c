@@ -16,9 +16,9 @@ static void poll_done(void *arg, const struct http_response *r);
 
 struct call *call_new(struct tasks *t, const char *id, int stream)
 {
-	struct call *c = calloc(1, sizeof(*c));
+	struct call *c = xcalloc(1, sizeof(*c));
 	c->t = t;
-	c->id = strdup(id);
+	c->id = xstrdup(id);
 	c->stream = stream;
 	c->started_us = clock_now_us();
 	return c;
@@ -38,7 +38,7 @@ static int agent_endpoint(struct tasks *t, const char *node, const char *path,
 	const struct cfg_host *h = config_find_host(cfg, node);
 	if (h) {
 		endpoint_init_agent(ret_ep, cfg, h, path);
-		*ret_token = h->token ? strdup(h->token) : NULL;
+		*ret_token = h->token ? xstrdup(h->token) : NULL;
 	}
 	config_unref(cfg);
 	return h ? 0 : -ENOENT;
@@ -94,7 +94,7 @@ static void dispatch_done(void *arg, const struct http_response *r)
 			 * answer says how that run is doing (it may have ended long ago) */
 			k->acked = true;
 			if (k->row.node)
-				poll_node = strdup(k->row.node);
+				poll_node = xstrdup(k->row.node);
 			json_t *o = json_loadb(r->body, r->body_len, 0, NULL);
 			if (json_is_object(o) && json_is_string(json_object_get(o, "state")))
 				apply_remote_locked(t, k, o, &wake);
@@ -152,12 +152,12 @@ char *run_as_user_locked(struct tasks *t, const struct task *k)
 	if (mode == CFG_RUN_AS_AGENT)
 		return NULL;
 	if (k->row.user)
-		return strdup(k->row.user);
+		return xstrdup(k->row.user);
 	struct passwd pw, *res = NULL;
 	char scratch[4096];
 	getpwuid_r(k->row.uid, &pw, scratch, sizeof(scratch), &res);
 	/* no name at all: a name no node has, so the node refuses it (never root) */
-	return strdup(res ? res->pw_name : "(unknown)");
+	return xstrdup(res ? res->pw_name : "(unknown)");
 }
 
 /* Sends the task to its node. Lock held; loop thread. */
@@ -400,7 +400,7 @@ static struct task **active_snapshot_locked(struct tasks *t, const char *node)
 			continue;
 		if (n + 1 == cap) {
 			cap *= 2;
-			v = realloc(v, cap * sizeof(*v));
+			v = xrealloc(v, cap * sizeof(*v));
 		}
 		v[n++] = k;
 	}
@@ -413,8 +413,8 @@ static struct node_poll *poll_for(struct tasks *t, const char *node)
 	for (struct node_poll *p = t->polls; p; p = p->next)
 		if (!strcmp(p->node, node))
 			return p;
-	struct node_poll *p = calloc(1, sizeof(*p));
-	p->node = strdup(node);
+	struct node_poll *p = xcalloc(1, sizeof(*p));
+	p->node = xstrdup(node);
 	p->next = t->polls;
 	t->polls = p;
 	return p;
@@ -571,8 +571,8 @@ void tasks_tick(void *arg)
 		for (size_t j = 0; j < n_nodes; j++)
 			seen |= !strcmp(nodes[j], k->row.node);
 		if (!seen) {
-			nodes = realloc(nodes, (n_nodes + 1) * sizeof(*nodes));
-			nodes[n_nodes++] = strdup(k->row.node);
+			nodes = xrealloc(nodes, (n_nodes + 1) * sizeof(*nodes));
+			nodes[n_nodes++] = xstrdup(k->row.node);
 		}
 	}
 	schedule_locked(t, &wake);

@@ -24,7 +24,7 @@ static void collect_done(void *arg, int err, const char *why)
 		k->collecting = false;
 		k->collected = true;
 		if (err && !k->output_note)
-			k->output_note = strdup(why);
+			k->output_note = xstrdup(why);
 		finalize_if_ready_locked(t, k, &wake);
 	}
 	pthread_mutex_unlock(&t->lock);
@@ -122,7 +122,7 @@ bool inputs_ready_locked(struct tasks *t, struct task *k)
 		const char *slash = strchr(sv, '/');
 		if (sv[0] == '/' || !slash)
 			continue;
-		char *prod = strndup(sv, (size_t) (slash - sv));
+		char *prod = xstrndup(sv, (size_t) (slash - sv));
 		size_t n = strlen(prod);
 		bool all = n > 2 && !strcmp(prod + n - 2, "@*");
 		if (all)
@@ -136,10 +136,10 @@ bool inputs_ready_locked(struct tasks *t, struct task *k)
 		json_object_set_new(producers, prod, ids);
 		free(prod);
 	}
-	struct stage_call *sc = calloc(1, sizeof(*sc));
+	struct stage_call *sc = xcalloc(1, sizeof(*sc));
 	sc->t = t;
-	sc->id = strdup(k->row.id);
-	sc->dispatch_id = strdup(k->row.dispatch_id);
+	sc->id = xstrdup(k->row.id);
+	sc->dispatch_id = xstrdup(k->row.dispatch_id);
 	k->staging = true;
 	set_str(&k->row.reason, "staging its inputs");
 	if (artifacts_stage(t->artifacts, k->spec->inputs, producers, k->row.node,

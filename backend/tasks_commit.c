@@ -18,19 +18,19 @@ struct submitter {
 static struct task *task_from_spec(const char *id, struct task_spec *spec,
 				   const struct submitter *who, const char *parent)
 {
-	struct task *k = calloc(1, sizeof(*k));
+	struct task *k = xcalloc(1, sizeof(*k));
 	k->spec = spec;
 	k->spec_json = spec_to_json(spec);
-	k->row.id = strdup(id);
-	k->row.parent = parent ? strdup(parent) : NULL;
+	k->row.id = xstrdup(id);
+	k->row.parent = parent ? xstrdup(parent) : NULL;
 	k->row.spec = json_dumps(k->spec_json, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	k->row.state = strdup(task_state_names[TASK_S_QUEUED]);
+	k->row.state = xstrdup(task_state_names[TASK_S_QUEUED]);
 	k->state = TASK_S_QUEUED;
 	k->row.exit_code = -1;
 	k->row.priority = spec->priority;
 	k->row.uid = who->uid;
 	k->row.gid = who->gid;
-	k->row.user = who->user ? strdup(who->user) : NULL;
+	k->row.user = who->user ? xstrdup(who->user) : NULL;
 	k->row.submitted_at = clock_wall_s();
 	k->changed_at = k->row.submitted_at;
 	for (int s = 0; s < N_STREAMS; s++)
@@ -72,7 +72,7 @@ static int group_commit(struct tasks *t, struct store_task *rows, size_t n)
 		size_t total = 0;
 		for (struct commit *c = batch; c; c = c->next)
 			total += c->n;
-		struct store_task *all = calloc(total, sizeof(*all));
+		struct store_task *all = xcalloc(total, sizeof(*all));
 		size_t k = 0;
 		for (struct commit *c = batch; c; c = c->next)
 			for (size_t i = 0; i < c->n; i++)
@@ -216,7 +216,7 @@ static struct task *copy_for_node(struct task *parent, const char *id, const cha
 		abort(); /* a canonical spec always parses */
 	free(ctext);
 	struct task *c = task_from_spec(cid.data, cs, who, id);
-	parent->children[parent->n_children++] = strdup(cid.data);
+	parent->children[parent->n_children++] = xstrdup(cid.data);
 	buf_free(&cid);
 	return c;
 }
@@ -235,7 +235,7 @@ static int copies_locked(struct tasks *t, struct task *parent, const char *id,
 	sched_request_of(spec, &req);
 	prompt_holdings_locked(t, spec, NULL, &in);
 	req.node = "any";
-	size_t *idx = calloc(in.n + 1, sizeof(*idx));
+	size_t *idx = xcalloc(in.n + 1, sizeof(*idx));
 	struct buf why;
 	buf_init(&why);
 	struct config *pcfg = cluster_get_config(t->cluster);
@@ -248,10 +248,10 @@ static int copies_locked(struct tasks *t, struct task *parent, const char *id,
 		sched_input_free(&in);
 		return -EINVAL;
 	}
-	struct task **batch = calloc(n + 1, sizeof(*batch));
+	struct task **batch = xcalloc(n + 1, sizeof(*batch));
 	size_t n_batch = 1;
 	batch[0] = parent;
-	parent->children = calloc(n, sizeof(char *));
+	parent->children = xcalloc(n, sizeof(char *));
 	for (size_t i = 0; i < n; i++)
 		batch[n_batch++] = copy_for_node(parent, id, in.nodes[idx[i]].name, who);
 	set_str(&parent->row.placement, why.data);
@@ -273,7 +273,7 @@ static int commit_batch_locked(struct tasks *t, const char *id, struct task **ba
 	 * backend thread go on meanwhile; the id is held so no one else takes it. */
 	json_object_set_new(t->reserved, id, json_true());
 	pthread_mutex_unlock(&t->lock);
-	struct store_task *rows = calloc(n_batch, sizeof(*rows));
+	struct store_task *rows = xcalloc(n_batch, sizeof(*rows));
 	for (size_t i = 0; i < n_batch; i++)
 		rows[i] = batch[i]->row;
 	int r = group_commit(t, rows, n_batch);
@@ -344,7 +344,7 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 			return r;
 		}
 	} else {
-		batch = calloc(1, sizeof(*batch));
+		batch = xcalloc(1, sizeof(*batch));
 		batch[0] = parent;
 	}
 	r = commit_batch_locked(t, id, batch, n_batch, errbuf, errlen);

@@ -20,9 +20,9 @@ void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 	assert_held(&t->lock);
 	size_t n = 0;
 	char **names = cluster_list_nodes(t->cluster, &n);
-	in->views = calloc(n + 1, sizeof(*in->views));
-	in->nodes = calloc(n + 1, sizeof(*in->nodes));
-	in->caps = calloc(n + 1, sizeof(*in->caps));
+	in->views = xcalloc(n + 1, sizeof(*in->views));
+	in->nodes = xcalloc(n + 1, sizeof(*in->nodes));
+	in->caps = xcalloc(n + 1, sizeof(*in->caps));
 	struct config *cfg = cluster_get_config(t->cluster);
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++) {
@@ -39,7 +39,7 @@ void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 		sn->role = v->role;
 		sn->tier = v->tier;
 		size_t nc = json_array_size(v->capabilities);
-		in->caps[k] = calloc(nc + 1, sizeof(char *));
+		in->caps[k] = xcalloc(nc + 1, sizeof(char *));
 		for (size_t c = 0; c < nc; c++)
 			in->caps[k][c] = json_string_value(json_array_get(v->capabilities, c));
 		sn->capabilities = in->caps[k];
@@ -213,7 +213,7 @@ static struct task **queue_sorted_locked(struct tasks *t, size_t *ret_n)
 			continue; /* a node:"all" task is the sum of its copies */
 		if (nq == cap) {
 			cap = cap ? 2 * cap : 64;
-			q = realloc(q, cap * sizeof(*q));
+			q = xrealloc(q, cap * sizeof(*q));
 		}
 		q[nq++] = k;
 	}

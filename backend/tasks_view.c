@@ -38,12 +38,12 @@ int tasks_get(struct tasks *t, const char *id, struct task_view *ret)
 		return -ENOENT;
 	}
 	struct task_view v = {0};
-	v.id = strdup(k->row.id);
-	v.parent = k->row.parent ? strdup(k->row.parent) : NULL;
-	v.state = strdup(k->row.state);
-	v.node = k->row.node ? strdup(k->row.node) : NULL;
-	v.reason = k->row.reason ? strdup(k->row.reason) : NULL;
-	v.placement = k->row.placement ? strdup(k->row.placement) : NULL;
+	v.id = xstrdup(k->row.id);
+	v.parent = k->row.parent ? xstrdup(k->row.parent) : NULL;
+	v.state = xstrdup(k->row.state);
+	v.node = k->row.node ? xstrdup(k->row.node) : NULL;
+	v.reason = k->row.reason ? xstrdup(k->row.reason) : NULL;
+	v.placement = k->row.placement ? xstrdup(k->row.placement) : NULL;
 	v.spec = json_deep_copy(k->spec_json);
 	if (k->n_children) {
 		v.children = json_array();
@@ -55,7 +55,7 @@ int tasks_get(struct tasks *t, const char *id, struct task_view *ret)
 	v.priority = k->row.priority;
 	v.uid = k->row.uid;
 	v.gid = k->row.gid;
-	v.user = k->row.user ? strdup(k->row.user) : NULL;
+	v.user = k->row.user ? xstrdup(k->row.user) : NULL;
 	v.run_as = k->row.node && !k->n_children ? run_as_user_locked(t, k) : NULL;
 	v.submitted_at = k->row.submitted_at;
 	v.started_at = k->row.started_at;
@@ -63,7 +63,7 @@ int tasks_get(struct tasks *t, const char *id, struct task_view *ret)
 	v.changed_at = k->changed_at;
 	v.stdout_len = k->out_stored ? k->stored_len[0] : k->out[0].len;
 	v.stderr_len = k->out_stored ? k->stored_len[1] : k->out[1].len;
-	v.dispatch_id = k->row.dispatch_id ? strdup(k->row.dispatch_id) : NULL;
+	v.dispatch_id = k->row.dispatch_id ? xstrdup(k->row.dispatch_id) : NULL;
 	const char *rid = json_string_value(json_object_get(k->remote_doc, "id"));
 	if (rid && k->row.dispatch_id && !strcmp(rid, k->row.dispatch_id))
 		v.remote = json_deep_copy(k->remote_doc);

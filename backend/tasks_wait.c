@@ -44,7 +44,7 @@ int tasks_wait(struct tasks *t, const char *id, uint64_t wait, tasks_wait_fn don
 		pthread_mutex_unlock(&t->lock);
 		return 1;
 	}
-	struct waiter *w = calloc(1, sizeof(*w));
+	struct waiter *w = xcalloc(1, sizeof(*w));
 	w->id = wait;
 	w->done = done;
 	w->arg = arg;

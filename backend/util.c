@@ -37,10 +37,7 @@ static void buf_reserve(struct buf *b, size_t extra)
 	size_t cap = b->cap ? b->cap : 64;
 	while (cap < b->len + extra + 1)
 		cap *= 2;
-	char *d = realloc(b->data, cap);
-	if (!d)
-		abort();
-	b->data = d;
+	b->data = xrealloc(b->data, cap);
 	b->cap = cap;
 }
 
@@ -344,9 +341,7 @@ static size_t edit_distance(const char *a, const char *b, size_t limit)
 	if ((la > lb ? la - lb : lb - la) > limit)
 		return SIZE_MAX;
 
-	size_t *rows = calloc(3 * (lb + 1), sizeof(*rows));
-	if (!rows)
-		abort();
+	size_t *rows = xcalloc(3 * (lb + 1), sizeof(*rows));
 	size_t *prev2 = rows, *prev = rows + lb + 1, *cur = rows + 2 * (lb + 1);
 	for (size_t j = 0; j <= lb; j++)
 		prev[j] = j;
