@@ -14,7 +14,7 @@ static void poll_send(struct tasks *t, const char *node);
 static int fetch_output_locked(struct tasks *t, struct task *k, int s);
 static void poll_done(void *arg, const struct http_response *r);
 
-struct call *call_new(struct tasks *t, const char *id, int stream)
+struct call *tasks_call_new(struct tasks *t, const char *id, int stream)
 {
 	struct call *c = xcalloc(1, sizeof(*c));
 	c->t = t;
@@ -24,7 +24,7 @@ struct call *call_new(struct tasks *t, const char *id, int stream)
 	return c;
 }
 
-void call_free(struct call *c)
+void tasks_call_free(struct call *c)
 {
 	free(c->id);
 	free(c);
@@ -47,7 +47,7 @@ static int agent_endpoint(struct tasks *t, const char *node, const char *path,
 static int agent_call(struct tasks *t, const char *node, const char *method, const char *path,
 		      const char *body, http_done_fn done, struct call *c)
 {
-	if (target_owns(t, node))
+	if (tasks_target_owns(t, node))
 		return t->target.call(t->target.arg, node, method, path, body, done, c);
 	char *token = NULL;
 	struct endpoint ep;
@@ -79,7 +79,7 @@ static void dispatch_done(void *arg, const struct http_response *r)
 	struct waiter *wake = NULL;
 	char *poll_node = NULL;
 	pthread_mutex_lock(&t->lock);
-	struct task *k = find_locked(t, c->id);
+	struct task *k = tasks_find_locked(t, c->id);
 	if (k) {
 		k->dispatching = false;
 		if (!r->error && k->dispatch_failures) {
@@ -87,7 +87,7 @@ static void dispatch_done(void *arg, const struct http_response *r)
 				 k->row.id, k->row.node, k->dispatch_failures,
 				 k->dispatch_failures == 1 ? "" : "s");
 			k->dispatch_failures = 0;
-			set_str(&k->row.reason, NULL);
+			tasks_set_str(&k->row.reason, NULL);
 		}
 		if (!r->error) {
 			/* 201: started; 200: the agent knew this dispatch id already, and its
@@ -100,7 +100,7 @@ static void dispatch_done(void *arg, const struct http_response *r)
 				apply_remote_locked(t, k, o, &wake);
 			else if (k->state == TASK_S_DISPATCHED) {
 				k->row.started_at = clock_wall_s();
-				set_state_locked(t, k, TASK_S_RUNNING, NULL, &wake);
+				tasks_set_state_locked(t, k, TASK_S_RUNNING, NULL, &wake);
 			}
 			json_decref(o);
 		} else if (r->status == 400 || r->status == 413) {
@@ -110,7 +110,7 @@ static void dispatch_done(void *arg, const struct http_response *r)
 			snprintf(why, sizeof(why), "the agent on %s refused it: %s", k->row.node,
 				 e ? e : r->error_text);
 			json_decref(doc);
-			set_state_locked(t, k, TASK_S_FAILED, why, &wake);
+			tasks_set_state_locked(t, k, TASK_S_FAILED, why, &wake);
 		} else if (r->error != -ECANCELED) {
 			/* Unknown whether it arrived: the node's poll finds out and re-sends
 			 * the same dispatch id, which the agent runs at most once, after a
@@ -121,18 +121,18 @@ static void dispatch_done(void *arg, const struct http_response *r)
 			if (k->dispatch_failures++ == 0)
 				log_warn("dispatch of %s to %s failing: %s; retrying with backoff",
 					 k->row.id, k->row.node, why);
-			retry_policy(RETRY_DISPATCH, k, _TASK_STATE_INVALID, k->dispatch_failures,
-				     &k->dispatch_due_us);
+			tasks_retry_policy(RETRY_DISPATCH, k, _TASK_STATE_INVALID,
+					   k->dispatch_failures, &k->dispatch_due_us);
 			char reason[640];
 			snprintf(reason, sizeof(reason),
 				 "the agent on %s did not take it (%s); attempt %u, retrying",
 				 k->row.node, why, k->dispatch_failures);
-			set_str(&k->row.reason, reason);
+			tasks_set_str(&k->row.reason, reason);
 		}
 	}
 	pthread_mutex_unlock(&t->lock);
-	call_waiters(wake);
-	call_free(c);
+	tasks_call_waiters(wake);
+	tasks_call_free(c);
 	/* the node's long poll learns of the end at once (poll_send is defined below) */
 	if (poll_node)
 		poll_send(t, poll_node);
@@ -142,7 +142,7 @@ static void dispatch_done(void *arg, const struct http_response *r)
 /* The user name a task runs as on its node under the run_as policy in force there: the
  * submitter's (a task stored before names were kept: the name its uid has now), or NULL
  * for the agent's own user. Returns a new string. */
-char *run_as_user_locked(struct tasks *t, const struct task *k)
+char *tasks_run_as_user_locked(struct tasks *t, const struct task *k)
 {
 	assert_held(&t->lock);
 	struct config *cfg = cluster_get_config(t->cluster);
@@ -161,12 +161,12 @@ char *run_as_user_locked(struct tasks *t, const struct task *k)
 }
 
 /* Sends the task to its node. Lock held; loop thread. */
-void dispatch_locked(struct tasks *t, struct task *k)
+void tasks_dispatch_locked(struct tasks *t, struct task *k)
 {
 	assert(loop_is_current(t->loop));
 	assert_held(&t->lock);
 	if (k->dispatching || (k->dispatch_due_us && clock_now_us() < k->dispatch_due_us) ||
-	    !inputs_ready_locked(t, k))
+	    !tasks_inputs_ready_locked(t, k))
 		return;
 	json_t *body = json_object();
 	json_object_set_new(body, "id", json_string(k->row.dispatch_id));
@@ -184,11 +184,11 @@ void dispatch_locked(struct tasks *t, struct task *k)
 		json_object_set_new(body, "cwd", json_string(k->spec->cwd));
 	if (k->spec->timeout_s)
 		json_object_set_new(body, "timeout_s", json_integer(k->spec->timeout_s));
-	char *user = run_as_user_locked(t, k);
+	char *user = tasks_run_as_user_locked(t, k);
 	if (user)
 		json_object_set_new(body, "user", json_string(user));
 	free(user);
-	if (k->spec->n_outputs && !target_owns(t, k->row.node)) {
+	if (k->spec->n_outputs && !tasks_target_owns(t, k->row.node)) {
 		struct config *acfg = cluster_get_config(t->cluster);
 		json_t *outs = json_array();
 		for (size_t o = 0; o < k->spec->n_outputs; o++)
@@ -201,16 +201,16 @@ void dispatch_locked(struct tasks *t, struct task *k)
 	}
 	if (k->staged && json_array_size(k->staged))
 		json_object_set(body, "inputs", k->staged);
-	if (target_owns(t, k->row.node))
+	if (tasks_target_owns(t, k->row.node))
 		/* what a scheduler of its own needs; agents are not sent fields they refuse */
 		json_object_update_new(body, json_pack("{si si si si}", "cpus", k->spec->cpus,
 						       "mem_mb", k->spec->mem_mb, "gpus",
 						       k->spec->gpus, "priority", k->row.priority));
-	if (target_owns(t, k->row.node) && k->spec->n_after) {
+	if (tasks_target_owns(t, k->row.node) && k->spec->n_after) {
 		/* the dependencies still running there: the target holds this one for them */
 		json_t *after = json_array();
 		for (size_t d = 0; d < k->spec->n_after; d++) {
-			struct task *dep = find_locked(t, k->spec->after[d]);
+			struct task *dep = tasks_find_locked(t, k->spec->after[d]);
 			if (dep && !state_final(dep->state) && dep->row.dispatch_id)
 				json_array_append_new(after, json_string(dep->row.dispatch_id));
 		}
@@ -218,11 +218,11 @@ void dispatch_locked(struct tasks *t, struct task *k)
 	}
 	char *text = json_dumps(body, JSON_COMPACT);
 	json_decref(body);
-	struct call *c = call_new(t, k->row.id, 0);
+	struct call *c = tasks_call_new(t, k->row.id, 0);
 	if (agent_call(t, k->row.node, "POST", "/api/node/tasks", text, dispatch_done, c) == 0)
 		k->dispatching = true;
 	else
-		call_free(c);
+		tasks_call_free(c);
 	free(text);
 }
 
@@ -232,8 +232,8 @@ static void fetch_failed_locked(struct tasks *t, struct task *k, int s, const ch
 {
 	assert_held(&t->lock);
 	k->fetch_failures[s]++;
-	if (retry_policy(RETRY_FETCH, k, _TASK_STATE_INVALID, k->fetch_failures[s],
-			 &k->fetch_due_us[s]))
+	if (tasks_retry_policy(RETRY_FETCH, k, _TASK_STATE_INVALID, k->fetch_failures[s],
+			       &k->fetch_due_us[s]))
 		return;
 	char clean[256];
 	util_escape_controls(why, clean, sizeof(clean));
@@ -258,7 +258,7 @@ static void fetch_done(void *arg, const struct http_response *r)
 	struct tasks *t = c->t;
 	struct waiter *wake = NULL;
 	pthread_mutex_lock(&t->lock);
-	struct task *k = find_locked(t, c->id);
+	struct task *k = tasks_find_locked(t, c->id);
 	if (k)
 		k->fetching[c->stream] = false;
 	if (k && !k->out_stored) { /* output that comes after the end is not kept */
@@ -284,11 +284,11 @@ static void fetch_done(void *arg, const struct http_response *r)
 		    r->body_len)
 			fetch_output_locked(t, k, s);
 		if (r->error != -ECANCELED)
-			finalize_if_ready_locked(t, k, &wake);
+			tasks_finalize_if_ready_locked(t, k, &wake);
 	}
 	pthread_mutex_unlock(&t->lock);
-	call_waiters(wake);
-	call_free(c);
+	tasks_call_waiters(wake);
+	tasks_call_free(c);
 }
 
 /* Starts a fetch of the next piece of stream s. 0 when one is under way; -EAGAIN while
@@ -306,17 +306,17 @@ static int fetch_output_locked(struct tasks *t, struct task *k, int s)
 	char path[512];
 	snprintf(path, sizeof(path), "/api/node/tasks/%s/%s?offset=%zu&limit=%u",
 		 k->row.dispatch_id, stream_names[s], k->out[s].len, FETCH_MAX);
-	struct call *c = call_new(t, k->row.id, s);
+	struct call *c = tasks_call_new(t, k->row.id, s);
 	int r = agent_call(t, k->row.node, "GET", path, NULL, fetch_done, c);
 	if (r == 0)
 		k->fetching[s] = true;
 	else
-		call_free(c);
+		tasks_call_free(c);
 	return r;
 }
 
 /* Once the agent reported a final state and all output is here: the task ends. */
-void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **wake)
+void tasks_finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **wake)
 {
 	assert_held(&t->lock);
 	if (!k->remote_ended || state_final(k->state))
@@ -330,7 +330,7 @@ void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **w
 				return; /* the tick tries again once the wait is over */
 		}
 	}
-	if (!outputs_ready_locked(t, k))
+	if (!tasks_outputs_ready_locked(t, k))
 		return; /* its record is being fetched: the end comes with it */
 	k->row.exit_code = k->remote_exit;
 	store_add_attempt(t->store, k->row.id, k->row.attempts, k->row.node, k->row.dispatch_id,
@@ -341,9 +341,9 @@ void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **w
 	k->remote_ended = false;
 	k->remote_error = NULL;
 	if (state == TASK_S_SUCCEEDED)
-		set_state_locked(t, k, TASK_S_SUCCEEDED, k->output_note, wake);
+		tasks_set_state_locked(t, k, TASK_S_SUCCEEDED, k->output_note, wake);
 	else
-		requeue_or_fail_locked(t, k, state, why ? why : k->output_note, wake);
+		tasks_requeue_or_fail_locked(t, k, state, why ? why : k->output_note, wake);
 	free(why);
 }
 
@@ -370,12 +370,12 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
 	}
 	if (k->state == TASK_S_DISPATCHED) {
 		k->row.started_at = clock_wall_s();
-		set_state_locked(t, k, TASK_S_RUNNING, NULL, wake);
+		tasks_set_state_locked(t, k, TASK_S_RUNNING, NULL, wake);
 	}
 	if (strcmp(state, "running") && !k->remote_ended) {
 		json_t *ec = json_object_get(o, "exit_code");
 		const char *err = json_string_value(json_object_get(o, "error"));
-		set_str(&k->remote_error, err);
+		tasks_set_str(&k->remote_error, err);
 		/* the end as the agent names it; a name this side does not know is a failure */
 		enum task_state rs = task_state_from_string(state);
 		k->remote_state = state_final(rs) ? rs : TASK_S_FAILED;
@@ -384,7 +384,7 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
 						 json_integer_value(ec) <= 65535
 					 ? (int) json_integer_value(ec)
 					 : -1;
-		finalize_if_ready_locked(t, k, wake);
+		tasks_finalize_if_ready_locked(t, k, wake);
 	}
 }
 
@@ -439,11 +439,11 @@ static void poll_send(struct tasks *t, const char *node)
 	else if (p->agent_time > 0)
 		/* a margin for tasks that finished while that answer was on its way */
 		snprintf(path, sizeof(path), "/api/node/tasks?since=%.3f", p->agent_time - 30.0);
-	struct call *c = call_new(t, node, 0);
+	struct call *c = tasks_call_new(t, node, 0);
 	if (agent_call(t, node, "GET", path, NULL, poll_done, c) == 0)
 		p->in_flight = true;
 	else
-		call_free(c);
+		tasks_call_free(c);
 }
 
 static void poll_done(void *arg, const struct http_response *r)
@@ -453,7 +453,7 @@ static void poll_done(void *arg, const struct http_response *r)
 	struct node_poll *p = poll_for(t, c->id);
 	p->in_flight = false;
 	if (r->error) {
-		call_free(c);
+		tasks_call_free(c);
 		return;
 	}
 	json_t *doc = json_loadb(r->body, r->body_len, 0, NULL);
@@ -489,7 +489,7 @@ static void poll_done(void *arg, const struct http_response *r)
 			/* the agent never got it (or lost it before writing it down): send the
 			 * same dispatch id again */
 			if (json_is_array(list))
-				dispatch_locked(t, k);
+				tasks_dispatch_locked(t, k);
 		}
 	}
 	bool busy = false;
@@ -501,8 +501,8 @@ static void poll_done(void *arg, const struct http_response *r)
 	if (busy && p->index)
 		poll_send(t, c->id);
 	json_decref(doc);
-	call_waiters(wake);
-	call_free(c);
+	tasks_call_waiters(wake);
+	tasks_call_free(c);
 }
 
 static void cancel_done(void *arg, const struct http_response *r)
@@ -510,12 +510,12 @@ static void cancel_done(void *arg, const struct http_response *r)
 	struct call *c = arg;
 	struct tasks *t = c->t;
 	pthread_mutex_lock(&t->lock);
-	struct task *k = find_locked(t, c->id);
+	struct task *k = tasks_find_locked(t, c->id);
 	if (k && r->error && r->status != 404 &&
-	    retry_policy(RETRY_CANCEL, k, _TASK_STATE_INVALID, 1, NULL))
+	    tasks_retry_policy(RETRY_CANCEL, k, _TASK_STATE_INVALID, 1, NULL))
 		k->cancel_sent = false; /* try again at the next tick */
 	pthread_mutex_unlock(&t->lock);
-	call_free(c);
+	tasks_call_free(c);
 }
 
 /* Every TICK: poll the nodes that have work, send pending cancels, notice lost nodes,
@@ -535,16 +535,17 @@ void tasks_tick(void *arg)
 			continue;
 		enum node_level level;
 		if (cluster_get_level(t->cluster, k->row.node, &level) < 0) {
-			if (target_owns(t, k->row.node))
+			if (tasks_target_owns(t, k->row.node))
 				continue; /* its source has not listed it since the start yet */
-			requeue_or_fail_locked(t, k, TASK_S_LOST, "its node left the cluster",
-					       &wake);
+			tasks_requeue_or_fail_locked(t, k, TASK_S_LOST, "its node left the cluster",
+						     &wake);
 			continue;
 		}
 		if (level == NODE_OFFLINE) {
 			if (k->spec->model && k->row.dispatch_id)
 				t->prompts.cancel(t->prompts.arg, k->row.dispatch_id);
-			requeue_or_fail_locked(t, k, TASK_S_LOST, "its node went offline", &wake);
+			tasks_requeue_or_fail_locked(t, k, TASK_S_LOST, "its node went offline",
+						     &wake);
 			continue;
 		}
 		if (k->spec->model) {
@@ -556,16 +557,17 @@ void tasks_tick(void *arg)
 			continue;
 		}
 		if (k->remote_ended)
-			finalize_if_ready_locked(t, k, &wake); /* output fetches waiting to retry */
+			tasks_finalize_if_ready_locked(t, k,
+						       &wake); /* output fetches waiting to retry */
 		if (k->cancel_requested && !k->cancel_sent && k->row.dispatch_id) {
 			char path[512];
 			snprintf(path, sizeof(path), "/api/node/tasks/%s/cancel",
 				 k->row.dispatch_id);
-			struct call *c = call_new(t, k->row.id, 0);
+			struct call *c = tasks_call_new(t, k->row.id, 0);
 			if (agent_call(t, k->row.node, "POST", path, "{}", cancel_done, c) == 0)
 				k->cancel_sent = true;
 			else
-				call_free(c);
+				tasks_call_free(c);
 		}
 		bool seen = false;
 		for (size_t j = 0; j < n_nodes; j++)
@@ -575,11 +577,11 @@ void tasks_tick(void *arg)
 			nodes[n_nodes++] = xstrdup(k->row.node);
 		}
 	}
-	schedule_locked(t, &wake);
-	cache_trim_locked(t);
+	tasks_schedule_locked(t, &wake);
+	tasks_cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	free(work);
-	call_waiters(wake);
+	tasks_call_waiters(wake);
 
 	for (size_t j = 0; j < n_nodes; j++) {
 		poll_send(t, nodes[j]);

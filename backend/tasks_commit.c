@@ -169,7 +169,7 @@ static int check_table_locked(struct tasks *t, const char *id, const struct task
 			      size_t errlen)
 {
 	assert_held(&t->lock);
-	int unfinished = user_load_locked(t, who->uid)->unfinished;
+	int unfinished = tasks_user_load_locked(t, who->uid)->unfinished;
 	if (unfinished >= queued_max) {
 		snprintf(errbuf, errlen,
 			 "%s has %d unfinished tasks, the most one user may have "
@@ -177,12 +177,12 @@ static int check_table_locked(struct tasks *t, const char *id, const struct task
 			 who->user ? who->user : "this user", unfinished);
 		return -EDQUOT;
 	}
-	if (json_object_get(t->reserved, id) || lookup_locked(t, id)) {
+	if (json_object_get(t->reserved, id) || tasks_lookup_locked(t, id)) {
 		snprintf(errbuf, errlen, "task %s exists already", id);
 		return -EEXIST;
 	}
 	for (size_t i = 0; i < spec->n_after; i++) {
-		if (!lookup_locked(t, spec->after[i])) {
+		if (!tasks_lookup_locked(t, spec->after[i])) {
 			snprintf(errbuf, errlen, "field \"after\" names %s, which is not a task",
 				 spec->after[i]);
 			return -EINVAL;
@@ -190,7 +190,7 @@ static int check_table_locked(struct tasks *t, const char *id, const struct task
 	}
 	bool all = spec->node && !strcmp(spec->node, "all");
 	if (spec->node && !all && strcmp(spec->node, "any") &&
-	    !cluster_has_node(t->cluster, spec->node) && !target_owns(t, spec->node)) {
+	    !cluster_has_node(t->cluster, spec->node) && !tasks_target_owns(t, spec->node)) {
 		snprintf(errbuf, errlen,
 			 "field \"node\" names %s, which is not a node of this cluster",
 			 spec->node);
@@ -230,10 +230,10 @@ static int copies_locked(struct tasks *t, struct task *parent, const char *id,
 	assert_held(&t->lock);
 	const struct task_spec *spec = parent->spec;
 	struct sched_input in;
-	sched_input_build_locked(t, &in);
+	tasks_sched_input_build_locked(t, &in);
 	struct sched_request req;
-	sched_request_of(spec, &req);
-	prompt_holdings_locked(t, spec, NULL, &in);
+	tasks_sched_request_of(spec, &req);
+	tasks_prompt_holdings_locked(t, spec, NULL, &in);
 	req.node = "any";
 	size_t *idx = xcalloc(in.n + 1, sizeof(*idx));
 	struct buf why;
@@ -245,7 +245,7 @@ static int copies_locked(struct tasks *t, struct task *parent, const char *id,
 		snprintf(errbuf, errlen, "node \"all\": %s", why.data ? why.data : "no node");
 		buf_free(&why);
 		free(idx);
-		sched_input_free(&in);
+		tasks_sched_input_free(&in);
 		return -EINVAL;
 	}
 	struct task **batch = xcalloc(n + 1, sizeof(*batch));
@@ -254,10 +254,10 @@ static int copies_locked(struct tasks *t, struct task *parent, const char *id,
 	parent->children = xcalloc(n, sizeof(char *));
 	for (size_t i = 0; i < n; i++)
 		batch[n_batch++] = copy_for_node(parent, id, in.nodes[idx[i]].name, who);
-	set_str(&parent->row.placement, why.data);
+	tasks_set_str(&parent->row.placement, why.data);
 	buf_free(&why);
 	free(idx);
-	sched_input_free(&in);
+	tasks_sched_input_free(&in);
 	*ret_batch = batch;
 	*ret_n = n_batch;
 	return 0;
@@ -283,7 +283,7 @@ static int commit_batch_locked(struct tasks *t, const char *id, struct task **ba
 		pthread_mutex_unlock(&t->lock);
 		free(rows);
 		for (size_t i = 0; i < n_batch; i++)
-			task_free(batch[i]);
+			tasks_task_free(batch[i]);
 		free(batch);
 		snprintf(errbuf, errlen, "cannot store the task: %s",
 			 r == -ENOSPC ? "the state directory's disk is full" : strerror(-r));
@@ -291,11 +291,11 @@ static int commit_batch_locked(struct tasks *t, const char *id, struct task **ba
 	}
 	for (size_t i = 0; i < n_batch; i++) {
 		batch[i]->row.seq = rows[i].seq;
-		add_locked(t, batch[i], false);
+		tasks_add_locked(t, batch[i], false);
 	}
 	free(rows);
 	free(batch);
-	cache_trim_locked(t);
+	tasks_cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	return 0;
 }
@@ -327,7 +327,7 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 	pthread_mutex_lock(&t->lock);
 	r = check_table_locked(t, id, spec, &who, queued_max, errbuf, errlen);
 	if (r < 0) {
-		cache_trim_locked(t);
+		tasks_cache_trim_locked(t);
 		pthread_mutex_unlock(&t->lock);
 		spec_free(spec);
 		return r;
@@ -340,7 +340,7 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 		r = copies_locked(t, parent, id, &who, &batch, &n_batch, errbuf, errlen);
 		if (r < 0) {
 			pthread_mutex_unlock(&t->lock);
-			task_free(parent);
+			tasks_task_free(parent);
 			return r;
 		}
 	} else {
@@ -353,6 +353,6 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 	cluster_add_event(t->cluster, "task", id, "submitted by %s (uid %u)%s",
 			  who.user ? who.user : "?", (unsigned) uid,
 			  all ? " for every eligible node" : "");
-	post_schedule(t);
+	tasks_post_schedule(t);
 	return 0;
 }

@@ -17,8 +17,8 @@ static uint64_t retry_delay_us(unsigned failures)
 	return d < RETRY_MAX_US ? d : RETRY_MAX_US;
 }
 
-bool retry_policy(enum retry_what what, const struct task *k, enum task_state ended,
-		  unsigned failures, uint64_t *ret_due_us)
+bool tasks_retry_policy(enum retry_what what, const struct task *k, enum task_state ended,
+			unsigned failures, uint64_t *ret_due_us)
 {
 	switch (what) {
 	case RETRY_ATTEMPT:
@@ -60,11 +60,11 @@ static void attempt_reset_locked(struct tasks *t, struct task *k)
 	k->staged = NULL;
 }
 
-void requeue_or_fail_locked(struct tasks *t, struct task *k, enum task_state state, const char *why,
-			    struct waiter **wake)
+void tasks_requeue_or_fail_locked(struct tasks *t, struct task *k, enum task_state state,
+				  const char *why, struct waiter **wake)
 {
 	assert_held(&t->lock);
-	if (retry_policy(RETRY_ATTEMPT, k, state, (unsigned) k->row.attempts, NULL)) {
+	if (tasks_retry_policy(RETRY_ATTEMPT, k, state, (unsigned) k->row.attempts, NULL)) {
 		char reason[512];
 		snprintf(reason, sizeof(reason), "retry %d of %d after %s%s%s", k->row.attempts,
 			 k->spec->retries, task_state_names[state], why ? ": " : "",
@@ -73,9 +73,9 @@ void requeue_or_fail_locked(struct tasks *t, struct task *k, enum task_state sta
 				  k->row.dispatch_id, task_state_names[state], k->row.exit_code,
 				  k->row.started_at, clock_wall_s());
 		if (k->spec->model)
-			set_str(&k->avoid_node, k->row.node); /* retried on another node */
-		set_str(&k->row.node, NULL);
-		set_str(&k->row.dispatch_id, NULL);
+			tasks_set_str(&k->avoid_node, k->row.node); /* retried on another node */
+		tasks_set_str(&k->row.node, NULL);
+		tasks_set_str(&k->row.dispatch_id, NULL);
 		k->row.exit_code = -1;
 		for (int s = 0; s < N_STREAMS; s++) {
 			buf_free(&k->out[s]);
@@ -83,10 +83,10 @@ void requeue_or_fail_locked(struct tasks *t, struct task *k, enum task_state sta
 			k->out_full[s] = false;
 		}
 		attempt_reset_locked(t, k);
-		set_state_locked(t, k, TASK_S_QUEUED, reason, wake);
+		tasks_set_state_locked(t, k, TASK_S_QUEUED, reason, wake);
 		return;
 	}
-	set_state_locked(t, k, state, why, wake);
+	tasks_set_state_locked(t, k, state, why, wake);
 }
 
 /* ctl "cancel": a queued task ends now; a running one when its node confirms. */
@@ -100,17 +100,17 @@ static int ctl_cancel_locked(struct tasks *t, struct task *k, uid_t uid, struct 
 		return -EBUSY;
 	}
 	for (size_t i = 0; i < k->n_children; i++) {
-		struct task *c = find_locked(t, k->children[i]);
+		struct task *c = tasks_find_locked(t, k->children[i]);
 		if (c && !state_final(c->state)) {
 			c->cancel_requested = true;
 			if (c->state == TASK_S_QUEUED)
-				set_state_locked(t, c, TASK_S_CANCELLED, "cancelled before it ran",
-						 wake);
+				tasks_set_state_locked(t, c, TASK_S_CANCELLED,
+						       "cancelled before it ran", wake);
 		}
 	}
 	k->cancel_requested = true;
 	if (k->state == TASK_S_QUEUED && !k->n_children)
-		set_state_locked(t, k, TASK_S_CANCELLED, "cancelled before it ran", wake);
+		tasks_set_state_locked(t, k, TASK_S_CANCELLED, "cancelled before it ran", wake);
 	else if (!k->n_children)
 		cluster_add_event(t->cluster, "task", id, "cancel requested by uid %u",
 				  (unsigned) uid);
@@ -130,8 +130,8 @@ static int ctl_retry_locked(struct tasks *t, struct task *k, struct waiter **wak
 		return -EBUSY;
 	}
 	k->cancel_requested = k->cancel_sent = false;
-	set_str(&k->row.node, NULL);
-	set_str(&k->row.dispatch_id, NULL);
+	tasks_set_str(&k->row.node, NULL);
+	tasks_set_str(&k->row.dispatch_id, NULL);
 	k->row.exit_code = -1;
 	k->row.finished_at = 0;
 	for (int s = 0; s < N_STREAMS; s++) {
@@ -142,7 +142,7 @@ static int ctl_retry_locked(struct tasks *t, struct task *k, struct waiter **wak
 	}
 	k->out_stored = false; /* the next attempt's output replaces the stored one */
 	attempt_reset_locked(t, k);
-	set_state_locked(t, k, TASK_S_QUEUED, "retried by hand", wake);
+	tasks_set_state_locked(t, k, TASK_S_QUEUED, "retried by hand", wake);
 	return 0;
 }
 
@@ -161,7 +161,7 @@ static int ctl_priority_locked(struct tasks *t, struct task *k, const char *arg,
 		return -EINVAL;
 	}
 	k->row.priority = p;
-	persist_locked(t, k);
+	tasks_persist_locked(t, k);
 	cluster_add_event(t->cluster, "task", k->row.id, "priority P%d", p);
 	return 0;
 }
@@ -183,7 +183,7 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 	struct waiter *wake = NULL;
 	int r = 0;
 	pthread_mutex_lock(&t->lock);
-	struct task *k = lookup_locked(t, id);
+	struct task *k = tasks_lookup_locked(t, id);
 	if (!k) {
 		r = -ENOENT;
 		goto out_unlock;
@@ -202,10 +202,10 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 		r = ctl_priority_locked(t, k, arg, errbuf, errlen);
 	}
 out_unlock:
-	cache_trim_locked(t);
+	tasks_cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
-	call_waiters(wake);
+	tasks_call_waiters(wake);
 	if (r == 0)
-		post_schedule(t);
+		tasks_post_schedule(t);
 	return r;
 }

@@ -16,7 +16,7 @@ void tasks_set_prompts(struct tasks *t, const struct tasks_prompts *prompts)
 static struct task *prompt_attempt_locked(struct tasks *t, const char *id, const char *dispatch_id)
 {
 	assert_held(&t->lock);
-	struct task *k = find_locked(t, id);
+	struct task *k = tasks_find_locked(t, id);
 	if (!k || !k->spec->model || !k->row.dispatch_id ||
 	    strcmp(k->row.dispatch_id, dispatch_id) || !state_active(k->state))
 		return NULL;
@@ -52,7 +52,7 @@ void tasks_prompt_end(struct tasks *t, const char *id, const char *dispatch_id, 
 	pthread_mutex_lock(&t->lock);
 	struct task *k = prompt_attempt_locked(t, id, dispatch_id);
 	if (k) {
-		set_str(&k->result, result);
+		tasks_set_str(&k->result, result);
 		store_put_output(t->store, id, "result", result, result ? strlen(result) : 0);
 		/* the runner names a final state; one this side does not know is a failure */
 		enum task_state s = task_state_from_string(state);
@@ -63,10 +63,10 @@ void tasks_prompt_end(struct tasks *t, const char *id, const char *dispatch_id, 
 				  task_state_names[s], k->row.exit_code, k->row.started_at,
 				  clock_wall_s());
 		if (s == TASK_S_SUCCEEDED)
-			set_state_locked(t, k, TASK_S_SUCCEEDED, NULL, &wake);
+			tasks_set_state_locked(t, k, TASK_S_SUCCEEDED, NULL, &wake);
 		else
-			requeue_or_fail_locked(t, k, s, why, &wake);
+			tasks_requeue_or_fail_locked(t, k, s, why, &wake);
 	}
 	pthread_mutex_unlock(&t->lock);
-	call_waiters(wake);
+	tasks_call_waiters(wake);
 }

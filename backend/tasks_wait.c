@@ -34,13 +34,13 @@ int tasks_wait(struct tasks *t, const char *id, uint64_t wait, tasks_wait_fn don
 		pthread_mutex_unlock(&t->lock);
 		return -EINTR;
 	}
-	struct task *k = lookup_locked(t, id);
+	struct task *k = tasks_lookup_locked(t, id);
 	if (!k) {
 		pthread_mutex_unlock(&t->lock);
 		return -ENOENT;
 	}
 	if (state_final(k->state)) {
-		cache_trim_locked(t);
+		tasks_cache_trim_locked(t);
 		pthread_mutex_unlock(&t->lock);
 		return 1;
 	}
