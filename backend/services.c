@@ -17,10 +17,8 @@ struct services {
 
 int services_new(struct loop *loop, struct cluster *cluster, struct services **ret)
 {
-	struct services *s = xcalloc(1, sizeof(*s));
-	s->loop = loop;
-	s->cluster = cluster;
-	s->answers = json_object();
+	struct services *s = xmalloc(sizeof(*s));
+	*s = (struct services){.loop = loop, .cluster = cluster, .answers = json_object()};
 	pthread_mutex_init(&s->lock, NULL);
 	*ret = s;
 	return 0;

@@ -76,15 +76,10 @@ bool task_state_is_final(const char *s)
 
 void task_view_clear(struct task_view *v)
 {
-	free(v->id);
-	free(v->parent);
-	free(v->state);
-	free(v->node);
-	free(v->reason);
-	free(v->placement);
-	free(v->user);
-	free(v->run_as);
-	free(v->dispatch_id);
+	char *strings[] = {v->id,        v->parent, v->state,  v->node,       v->reason,
+			   v->placement, v->user,   v->run_as, v->dispatch_id};
+	for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++)
+		free(strings[i]);
 	json_decref(v->remote);
 	json_decref(v->spec);
 	json_decref(v->children);

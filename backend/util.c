@@ -461,19 +461,23 @@ long util_base64_decode(const char *s, unsigned char *out, size_t cap)
 	return (long) n;
 }
 
+/* The index of the '"' that ends the JSON string opening at text[i] (len or more when it
+ * does not end), so that the counts below skip what strings hold. */
+static size_t json_string_end(const char *text, size_t len, size_t i)
+{
+	for (i++; i < len && text[i] != '"'; i++)
+		if (text[i] == '\\')
+			i++;
+	return i;
+}
+
 size_t util_json_depth(const char *text, size_t len, size_t limit)
 {
 	size_t depth = 0, max = 0;
-	bool in_string = false;
 	for (size_t i = 0; i < len && max <= limit; i++) {
 		char ch = text[i];
-		if (in_string) {
-			if (ch == '\\')
-				i++;
-			else if (ch == '"')
-				in_string = false;
-		} else if (ch == '"') {
-			in_string = true;
+		if (ch == '"') {
+			i = json_string_end(text, len, i);
 		} else if (ch == '[' || ch == '{') {
 			if (++depth > max)
 				max = depth;
@@ -487,19 +491,12 @@ size_t util_json_depth(const char *text, size_t len, size_t limit)
 size_t util_json_values(const char *text, size_t len, size_t limit)
 {
 	size_t n = len ? 1 : 0;
-	bool in_string = false;
 	for (size_t i = 0; i < len && n <= limit; i++) {
 		char ch = text[i];
-		if (in_string) {
-			if (ch == '\\')
-				i++;
-			else if (ch == '"')
-				in_string = false;
-		} else if (ch == '"') {
-			in_string = true;
-		} else if (ch == '[' || ch == '{' || ch == ',') {
+		if (ch == '"')
+			i = json_string_end(text, len, i);
+		else if (ch == '[' || ch == '{' || ch == ',')
 			n++;
-		}
 	}
 	return n;
 }
