@@ -219,4 +219,3 @@ size_t cluster_events_size(struct cluster *c, double *ret_changed_at)
 	pthread_mutex_unlock(&c->events_lock);
 	return n;
 }
-

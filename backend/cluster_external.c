@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 /* Lock held (write): takes what the external source says of node o. Returns whether what
  * the node's files show changed (its documents, reachability, error, reasons, address or
  * role; every failed round counts). */

@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <string.h>
 
-
 const char *node_level_name(enum node_level level)
 {
 	static const char *const names[] = {
@@ -154,7 +153,8 @@ bool cluster_node_evaluate_external(struct node *n, enum node_level *ret_old)
 	return changed;
 }
 
-bool cluster_node_evaluate(struct cluster *c, struct node *n, uint64_t now, enum node_level *ret_old)
+bool cluster_node_evaluate(struct cluster *c, struct node *n, uint64_t now,
+			   enum node_level *ret_old)
 {
 	if (n->owner)
 		return cluster_node_evaluate_external(n, ret_old);

@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 const double cluster_latency_bounds_s[CLUSTER_LATENCY_BUCKETS] = {
 	0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 };
