@@ -37,8 +37,8 @@ struct slurm {
 
 /* Starts a request to slurmrestd: GET/POST/DELETE of `path` with the JWT. 0 or -errno
  * (then done is not called). */
-int slurm_rest_call(struct slurm *s, const struct config *cfg, const char *method,
-		    const char *path, const char *body, http_done_fn done, void *arg);
+int slurm_rest_call(struct slurm *s, const struct config *cfg, const char *method, const char *path,
+		    const char *body, http_done_fn done, void *arg);
 /* slurmrestd's sentence in an answer's "errors", or the transport's, appended to out. */
 void slurm_describe_error(const struct http_response *r, struct buf *out);
 /* The API path prefix and `rest`: "/slurm/v0.0.38" + rest, appended to out. */

@@ -468,7 +468,8 @@ static void list_send(struct tcall *c)
 	struct buf p;
 	buf_init(&p);
 	slurm_api_path(c->s, "/jobs", &p);
-	int r = cfg->slurm ? slurm_rest_call(c->s, cfg, "GET", p.data, NULL, list_done, c) : -ENOENT;
+	int r = cfg->slurm ? slurm_rest_call(c->s, cfg, "GET", p.data, NULL, list_done, c)
+			   : -ENOENT;
 	buf_free(&p);
 	config_unref(cfg);
 	if (r < 0) {
