@@ -120,7 +120,7 @@ void cluster_free(struct cluster *c)
 		struct waiter *w = c->nodes[i]->waiters;
 		while (w) {
 			struct waiter *next = w->next;
-			w->done(w->arg, -ECANCELED);
+			w->done(w->arg, -ECANCELED, NULL);
 			free(w);
 			w = next;
 		}
@@ -210,7 +210,7 @@ void cluster_set_config(struct cluster *c, struct config *cfg)
 			  removed.len ? "; removed " : "", removed.len ? removed.data : "");
 	/* Probes in flight for vanished nodes find no node and are dropped. */
 	for (size_t i = 0; i < n_gone; i++) {
-		cluster_node_call_waiters(gone[i],
+		cluster_node_call_waiters(c, gone[i],
 					  config_find_host(cfg, gone[i]->name) ? 0 : -ENOENT);
 		cluster_node_free(gone[i]);
 	}

@@ -115,7 +115,7 @@ void cluster_set_external(struct cluster *c, const char *owner, const struct clu
 		c->changed_at = clock_wall_s();
 	pthread_rwlock_unlock(&c->lock);
 	for (size_t i = 0; i < n_gone; i++) {
-		cluster_node_call_waiters(gone[i], -ENOENT);
+		cluster_node_call_waiters(c, gone[i], -ENOENT);
 		cluster_node_free(gone[i]);
 	}
 	free(gone);

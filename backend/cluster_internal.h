@@ -157,5 +157,6 @@ void cluster_node_event_level(struct cluster *c, struct node *n, enum node_level
 /* Loop thread, lock held for writing: starts a health probe of n unless one is under way,
  * and a system probe when that information is missing or old. */
 void cluster_node_probe(struct cluster *c, struct node *n, uint64_t now);
-/* No lock held: calls the waiters of a node that left the array with err. */
-void cluster_node_call_waiters(struct node *n, int err);
+/* No lock held: calls the waiters of a node that left the array with err; with err 0,
+ * the view they get is that of the node now named so (-ENOENT when there is none). */
+void cluster_node_call_waiters(struct cluster *c, struct node *n, int err);

@@ -63,16 +63,31 @@ static char *probe_reason(const struct http_response *r, const struct cfg_host *
 	return buf_steal(&b, NULL);
 }
 
-void cluster_node_call_waiters(struct node *n, int err)
+/* No lock held: calls the waiters w (detached from their node, which is named `name`)
+ * with err, and with the node's fresh view when err is 0 (-ENOENT when it is gone by
+ * now): the waiter renders from that view, without asking the model again. */
+static void waiters_call(struct cluster *c, const char *name, struct waiter *w, int err)
 {
-	struct waiter *w = n->waiters;
-	n->waiters = NULL;
+	struct node_view v;
+	if (w && !err)
+		err = cluster_get_node(c, name, &v);
+	if (!w)
+		return;
 	while (w) {
 		struct waiter *next = w->next;
-		w->done(w->arg, err);
+		w->done(w->arg, err, err ? NULL : &v);
 		free(w);
 		w = next;
 	}
+	if (!err)
+		node_view_clear(&v);
+}
+
+void cluster_node_call_waiters(struct cluster *c, struct node *n, int err)
+{
+	struct waiter *w = n->waiters;
+	n->waiters = NULL;
+	waiters_call(c, n->name, w, err);
 }
 
 static void probe_done(void *arg, const struct http_response *r)
@@ -161,12 +176,7 @@ static void probe_done(void *arg, const struct http_response *r)
 	if (n)
 		n->waiters = NULL;
 	pthread_rwlock_unlock(&c->lock);
-	while (w) {
-		struct waiter *next = w->next;
-		w->done(w->arg, 0);
-		free(w);
-		w = next;
-	}
+	waiters_call(c, pr->name, w, 0);
 out_free_probe:
 	free(pr->name);
 	free(pr);
@@ -313,58 +323,58 @@ struct refresh {
 	void *arg;
 };
 
+/* Loop thread: joins the node's probe in flight or starts one (and one round for every
+ * node that is not fresh); answers at once when the node is gone, fresh with no probe
+ * under way by now, or no request could start. */
 static void cluster_refresh_on_loop(void *arg)
 {
 	struct refresh *rf = arg;
 	struct cluster *c = rf->c;
 	uint64_t now = clock_now_us();
-
-	pthread_rwlock_wrlock(&c->lock);
-	struct node *n = cluster_find(c, rf->name);
-	if (!n) {
-		pthread_rwlock_unlock(&c->lock);
-		rf->done(rf->arg, -ENOENT);
-		goto out_free_refresh;
-	}
-	if (node_is_fresh(c, n, now) && !n->in_flight) {
-		pthread_rwlock_unlock(&c->lock);
-		rf->done(rf->arg, 0);
-		goto out_free_refresh;
-	}
 	struct waiter *w = calloc(1, sizeof(*w));
 	w->done = rf->done;
 	w->arg = rf->arg;
-	w->next = n->waiters;
-	n->waiters = w;
-	cluster_node_probe(c, n, now);
-	/* One round for all: whoever reads one node's health is likely to read the rest. */
-	for (size_t i = 0; i < c->n_nodes; i++)
-		if (c->nodes[i] != n && !node_is_fresh(c, c->nodes[i], now))
-			cluster_node_probe(c, c->nodes[i], now);
-	bool started = n->in_flight;
-	if (!started)
-		n->waiters = w->next;
+
+	pthread_rwlock_wrlock(&c->lock);
+	struct node *n = cluster_find(c, rf->name);
+	bool found = n != NULL, started = false;
+	if (n && !(node_is_fresh(c, n, now) && !n->in_flight)) {
+		w->next = n->waiters;
+		n->waiters = w;
+		cluster_node_probe(c, n, now);
+		/* One round for all: whoever reads one node's health is likely to read the
+		 * rest. */
+		for (size_t i = 0; i < c->n_nodes; i++)
+			if (c->nodes[i] != n && !node_is_fresh(c, c->nodes[i], now))
+				cluster_node_probe(c, c->nodes[i], now);
+		started = n->in_flight;
+		if (!started)
+			n->waiters = w->next;
+	}
 	pthread_rwlock_unlock(&c->lock);
 	if (!started) {
 		/* could not start a request: answer with what we have */
-		free(w);
-		rf->done(rf->arg, 0);
+		w->next = NULL;
+		waiters_call(c, rf->name, w, found ? 0 : -ENOENT);
 	}
-out_free_refresh:
 	free(rf->name);
 	free(rf);
 }
 
 int cluster_refresh_node(struct cluster *c, const char *name, cluster_refresh_fn done, void *arg)
 {
+	pthread_rwlock_rdlock(&c->lock);
+	struct node *n = cluster_find(c, name);
+	int r = !n ? -ENOENT : node_is_fresh(c, n, clock_now_us()) ? 1 : 0;
+	pthread_rwlock_unlock(&c->lock);
+	if (r != 0)
+		return r;
 	struct refresh *rf = calloc(1, sizeof(*rf));
-	if (!rf)
-		return -ENOMEM;
 	rf->c = c;
 	rf->name = strdup(name);
 	rf->done = done;
 	rf->arg = arg;
-	int r = loop_post(c->loop, cluster_refresh_on_loop, rf);
+	r = loop_post(c->loop, cluster_refresh_on_loop, rf);
 	if (r < 0) {
 		free(rf->name);
 		free(rf);
@@ -380,13 +390,12 @@ bool cluster_node_is_fresh(struct cluster *c, const char *name)
 	pthread_rwlock_unlock(&c->lock);
 	return r;
 }
-static void ignore_refresh(void *arg, int err)
+static void ignore_refresh(void *arg, int err, const struct node_view *v)
 {
 }
 
 int cluster_probe_now(struct cluster *c, const char *name)
 {
-	if (!cluster_has_node(c, name))
-		return -ENOENT;
-	return cluster_refresh_node(c, name, ignore_refresh, NULL);
+	int r = cluster_refresh_node(c, name, ignore_refresh, NULL);
+	return r < 0 ? r : 0;
 }
