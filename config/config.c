@@ -7,8 +7,8 @@
  * locate.c, by its line and column in the source text (config_loader.c). Token files are
  * read last, so that a broken document is reported before a missing file.
  *
- * Allocation failures abort, as in util.c's buffers: a config is small and bounded by
- * CONFIG_MAX_FILE_SIZE, and checking every strdup would hide the logic. */
+ * Allocation failures abort through the x* wrappers of backend/util.h (DESIGN §2, "Out of
+ * memory"): a config is small and bounded by CONFIG_MAX_FILE_SIZE. */
 #include "config/config_internal.h"
 
 #include <errno.h>

@@ -181,10 +181,8 @@ int config_parse_slurm(struct loader *ld, const json_t *doc)
 	sl->name = xstrdup(name);
 	if (prefix)
 		sl->prefix = xstrdup(prefix);
-	else {
-		sl->prefix = xcalloc(1, strlen(name) + 2);
-		sprintf(sl->prefix, "%s-", name);
-	}
+	else
+		sl->prefix = xasprintf("%s-", name);
 	sl->user = xstrdup(user);
 	sl->partition = xstrdup(partition);
 	sl->api = api ? xstrdup(api) : NULL;

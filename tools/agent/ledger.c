@@ -196,9 +196,7 @@ err_rollback:
 /* Makes the creation of `path` durable: fsyncs the directory that holds it. */
 static int ledger_sync_parent(const char *path)
 {
-	_cleanup_free_ char *dir = strdup(path);
-	if (!dir)
-		return -ENOMEM;
+	_cleanup_free_ char *dir = xstrdup(path);
 	char *slash = strrchr(dir, '/');
 	if (!slash)
 		return -EINVAL;
@@ -224,11 +222,7 @@ int ledger_open(const char *path, struct ledger **ret_ledger, char *errbuf, size
 	if (r < 0)
 		return r;
 
-	struct ledger *l = calloc(1, sizeof(*l));
-	if (!l) {
-		snprintf(errbuf, errlen, "out of memory");
-		return -ENOMEM;
-	}
+	struct ledger *l = xcalloc(1, sizeof(*l));
 	l->path = realpath(path, NULL);
 	if (!l->path) {
 		r = -errno;
@@ -282,11 +276,7 @@ int ledger_db(struct ledger *l, sqlite3 **ret_db, char *errbuf, size_t errlen)
 		*ret_db = c->db;
 		return 0;
 	}
-	c = calloc(1, sizeof(*c));
-	if (!c) {
-		snprintf(errbuf, errlen, "out of memory");
-		return -ENOMEM;
-	}
+	c = xcalloc(1, sizeof(*c));
 	r = ledger_connect(l->path, &c->db, errbuf, errlen);
 	if (r < 0) {
 		free(c);

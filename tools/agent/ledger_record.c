@@ -78,11 +78,8 @@ static int ledger_entry_check(json_t *e, char **ret_record_id, char *errbuf, siz
 
 	char *record_id = NULL;
 	if (rid) {
-		record_id = strdup(json_string_value(rid));
-		if (!record_id || json_object_del(e, "record_id") < 0) {
-			free(record_id);
-			return -ENOMEM;
-		}
+		record_id = xstrdup(json_string_value(rid));
+		json_object_del(e, "record_id"); /* it is there: rid is its value */
 	}
 	if (!created) {
 		char ts[32];
@@ -127,14 +124,9 @@ static int ledger_store(sqlite3 *db, json_t *e, const char *text, const char *re
 		sqlite3_bind_text(st, 1, record_id, -1, SQLITE_STATIC);
 		rc = sqlite3_step(st);
 		if (rc == SQLITE_ROW) {
-			char *stored = strdup((const char *) sqlite3_column_text(st, 0));
+			*ret_stored = xstrdup((const char *) sqlite3_column_text(st, 0));
 			sqlite3_finalize(st);
 			ledger_rollback(db);
-			if (!stored) {
-				snprintf(errbuf, errlen, "out of memory");
-				return -ENOMEM;
-			}
-			*ret_stored = stored;
 			*ret_outcome = LEDGER_DUPLICATE;
 			return 0;
 		}
