@@ -591,3 +591,38 @@ bool util_mutex_held(const pthread_mutex_t *m)
 		self = gettid();
 	return m->__data.__owner == self;
 }
+
+bool util_path_match(const char *pattern, const char *path,
+		     bool (*accept)(void *arg, const char *param, size_t param_len, const char *s,
+				    size_t len),
+		     void *arg, struct path_capture *caps, size_t max_caps, size_t *ret_n)
+{
+	const char *p = pattern, *s = path;
+	size_t n = 0;
+	while (*p && *s) {
+		if (*p != '/' || *s != '/')
+			return false;
+		p++;
+		s++;
+		size_t pl = strcspn(p, "/"), sl = strcspn(s, "/");
+		if (pl >= 2 && p[0] == '{' && p[pl - 1] == '}') {
+			if (sl == 0 || n == max_caps)
+				return false;
+			if (pl >= 3 && p[pl - 2] == '*' && !p[pl])
+				sl = strlen(s); /* a tail takes the rest */
+			if (accept && !accept(arg, p, pl, s, sl))
+				return false;
+			caps[n].off = (size_t) (s - path);
+			caps[n].len = sl;
+			n++;
+		} else if (pl != sl || memcmp(p, s, pl) != 0) {
+			return false;
+		}
+		p += pl;
+		s += sl;
+	}
+	if (*p || *s)
+		return false;
+	*ret_n = n;
+	return true;
+}

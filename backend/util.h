@@ -132,3 +132,21 @@ static inline void freep(void *p)
 	free(*(void **) p);
 }
 #define _cleanup_free_ __attribute__((cleanup(freep)))
+
+/* Path patterns, as the agent's routes (httpd/server.h) and the tree's rows (fs/tree.h)
+ * are written: "/nodes/{node}/health". A run of a path that a "{name}" segment took:
+ * path + off, len bytes. */
+struct path_capture {
+	size_t off, len;
+};
+/* Matches path against pattern segment by segment: a literal segment matches itself, a
+ * "{name}" segment any one non-empty segment, and a "{name*}" segment last in its pattern
+ * the rest of the path (one or more segments, the first non-empty). accept (may be NULL)
+ * is asked of every parameter, with its pattern segment ("{node}", braces included) and
+ * the run it would take, and may refuse it. The runs go to caps (room for max_caps: a
+ * path that would take more matches nothing; scratch when there is no match), their
+ * number to *ret_n. True on a match. */
+bool util_path_match(const char *pattern, const char *path,
+		     bool (*accept)(void *arg, const char *param, size_t param_len, const char *s,
+				    size_t len),
+		     void *arg, struct path_capture *caps, size_t max_caps, size_t *ret_n);

@@ -26,9 +26,7 @@ int fs_backup_open(struct store *store, int *ret_fd)
 
 void fs_backup_read(fuse_req_t req, int fd, size_t size, off_t off)
 {
-	char *data = malloc(size ? size : 1);
-	if (!data)
-		return (void) fuse_reply_err(req, ENOMEM);
+	char *data = xmalloc(size ? size : 1);
 	ssize_t n = pread(fd, data, size, off);
 	if (n < 0)
 		fuse_reply_err(req, errno);

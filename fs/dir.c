@@ -18,12 +18,7 @@ void dir_handle_free(struct dir_handle *d)
 {
 	struct fs *f = d->f;
 	pthread_mutex_lock(&f->lock);
-	if (d->prev)
-		d->prev->next = d->next;
-	else
-		f->dirs = d->next;
-	if (d->next)
-		d->next->prev = d->prev;
+	FS_LIST_UNLINK(f->dirs, d);
 	pthread_mutex_unlock(&f->lock);
 	for (size_t i = 0; i < d->n; i++)
 		free(d->names[i]);
@@ -60,21 +55,18 @@ void opendir_finish(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_fi
 			return (void) fuse_reply_err(req, -err);
 		}
 	}
-	struct dir_handle *d = calloc(1, sizeof(*d));
+	struct dir_handle *d = xcalloc(1, sizeof(*d));
 	d->names = names;
 	d->n = n;
 	d->kind = e.kind;
-	d->group = e.kind == TREE_TASKS_GROUP ? strdup(e.name) : NULL;
-	d->node = e.kind == TREE_NODE_TASKS ? strdup(e.node) : NULL;
+	d->group = e.kind == TREE_TASKS_GROUP ? xstrdup(e.name) : NULL;
+	d->node = e.kind == TREE_NODE_TASKS ? xstrdup(e.node) : NULL;
 	d->plus = e.row->plus;
 	tree_entry_clear(&e);
 	d->path = path;
 	d->f = f;
 	pthread_mutex_lock(&f->lock);
-	d->next = f->dirs;
-	if (d->next)
-		d->next->prev = d;
-	f->dirs = d;
+	FS_LIST_PUSH(f->dirs, d);
 	pthread_mutex_unlock(&f->lock);
 	fi->fh = (uint64_t) (uintptr_t) d;
 	if (fuse_reply_open(req, fi) != 0)
@@ -175,7 +167,7 @@ static void readdir_tasks(fuse_req_t req, struct fs *f, struct dir_handle *d, ch
 	for (off_t i = off; i < 2 + (off_t) n_fixed && !p.full; i++) {
 		struct stat st = {.st_mode = S_IFDIR};
 		const char *name = i == 0 ? "." : i == 1 ? ".." : tasks_fixed[i - 2];
-		char *child = i == 0   ? strdup(d->path)
+		char *child = i == 0   ? xstrdup(d->path)
 			      : i == 1 ? tree_parent(d->path)
 				       : tree_join(d->path, name);
 		st.st_ino = inode_hash_path(child);
@@ -198,9 +190,7 @@ static void readdir_tasks(fuse_req_t req, struct fs *f, struct dir_handle *d, ch
 static void dir_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi, bool plus)
 {
 	struct dir_handle *d = (struct dir_handle *) (uintptr_t) fi->fh;
-	char *out = malloc(size);
-	if (!out)
-		return (void) fuse_reply_err(req, ENOMEM);
+	char *out = xmalloc(size);
 	if (kind_is_task_dir(d->kind)) {
 		readdir_tasks(req, fuse_req_userdata(req), d, out, size, off, plus);
 		free(out);

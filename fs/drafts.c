@@ -37,9 +37,7 @@ struct drafts {
 
 int drafts_new(struct drafts **ret)
 {
-	struct drafts *d = calloc(1, sizeof(*d));
-	if (!d)
-		return -ENOMEM;
+	struct drafts *d = xcalloc(1, sizeof(*d));
 	pthread_mutex_init(&d->lock, NULL);
 	d->changed_at = clock_wall_s();
 	*ret = d;
@@ -55,6 +53,7 @@ static void draft_free(struct draft *x)
 
 static struct draft_user *user_locked(struct drafts *d, uid_t uid)
 {
+	assert_held(&d->lock);
 	for (struct draft_user *u = d->users; u; u = u->next)
 		if (u->uid == uid)
 			return u;
@@ -69,6 +68,7 @@ static struct draft_user *user_locked(struct drafts *d, uid_t uid)
 static int room_locked(struct drafts *d, const struct draft *x, size_t len,
 		       const struct drafts_limits *lim)
 {
+	assert_held(&d->lock);
 	if (len <= x->data.len)
 		return 0;
 	size_t more = len - x->data.len;
@@ -82,6 +82,7 @@ static int room_locked(struct drafts *d, const struct draft *x, size_t len,
 /* Books a change of draft x's size from `old` to its present one. */
 static void account_locked(struct drafts *d, const struct draft *x, size_t old)
 {
+	assert_held(&d->lock);
 	struct draft_user *u = user_locked(d, x->uid);
 	u->bytes = u->bytes + x->data.len - old;
 	d->bytes = d->bytes + x->data.len - old;
@@ -107,6 +108,7 @@ void drafts_free(struct drafts *d)
 
 static struct draft *find_locked(struct drafts *d, const char *name)
 {
+	assert_held(&d->lock);
 	for (struct draft *x = d->list; x; x = x->next)
 		if (!strcmp(x->name, name))
 			return x;
@@ -116,8 +118,9 @@ static struct draft *find_locked(struct drafts *d, const char *name)
 static struct draft *add_locked(struct drafts *d, const char *name, uid_t uid, gid_t gid,
 				mode_t mode)
 {
-	struct draft *x = calloc(1, sizeof(*x));
-	x->name = strdup(name);
+	assert_held(&d->lock);
+	struct draft *x = xcalloc(1, sizeof(*x));
+	x->name = xstrdup(name);
 	buf_init(&x->data);
 	x->uid = uid;
 	x->gid = gid;
@@ -197,7 +200,7 @@ int drafts_write(struct drafts *d, const char *name, const char *data, size_t le
 		size_t old = x->data.len;
 		if (off > x->data.len) {
 			size_t gap = off - x->data.len;
-			char *zeros = calloc(1, gap);
+			char *zeros = xcalloc(1, gap);
 			buf_append(&x->data, zeros, gap);
 			free(zeros);
 		}
@@ -229,7 +232,7 @@ int drafts_truncate(struct drafts *d, const char *name, size_t size, size_t max,
 		size_t old = x->data.len;
 		if (size > x->data.len) {
 			size_t gap = size - x->data.len;
-			char *zeros = calloc(1, gap);
+			char *zeros = xcalloc(1, gap);
 			buf_append(&x->data, zeros, gap);
 			free(zeros);
 		} else if (x->data.data) {
@@ -323,7 +326,7 @@ int drafts_rename(struct drafts *d, const char *from, const char *to)
 	x = find_locked(d, from);
 	if (x) {
 		free(x->name);
-		x->name = strdup(to);
+		x->name = xstrdup(to);
 		x->mtime = d->changed_at = clock_wall_s();
 	}
 	pthread_mutex_unlock(&d->lock);
@@ -338,10 +341,10 @@ static int cmp_str(const void *a, const void *b)
 char **drafts_list(struct drafts *d, size_t *ret_n)
 {
 	pthread_mutex_lock(&d->lock);
-	char **names = calloc(d->n + 1, sizeof(*names));
+	char **names = xcalloc(d->n + 1, sizeof(*names));
 	size_t n = 0;
 	for (struct draft *x = d->list; x; x = x->next)
-		names[n++] = strdup(x->name);
+		names[n++] = xstrdup(x->name);
 	pthread_mutex_unlock(&d->lock);
 	qsort(names, n, sizeof(*names), cmp_str);
 	*ret_n = n;

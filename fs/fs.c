@@ -19,9 +19,7 @@
 
 int fs_new(const struct tree_ctx *backends, struct fs **ret)
 {
-	struct fs *f = calloc(1, sizeof(*f));
-	if (!f)
-		return -ENOMEM;
+	struct fs *f = xcalloc(1, sizeof(*f));
 	int r = inode_table_new(&f->itab);
 	if (r < 0) {
 		free(f);
@@ -76,11 +74,11 @@ char *fs_ino_path(struct fs *f, fuse_ino_t ino)
 {
 	char *p = inode_table_path(f->itab, ino);
 	if (p || ino == INODE_ROOT)
-		return p ? p : strdup("/");
+		return p ? p : xstrdup("/");
 	/* breadth-first over directories; the tree is small (nodes × a dozen files) */
-	char **queue = malloc(sizeof(char *));
+	char **queue = xmalloc(sizeof(char *));
 	size_t qn = 1, qi = 0;
-	queue[0] = strdup("/");
+	queue[0] = xstrdup("/");
 	char *found = NULL;
 	while (qi < qn && !found) {
 		char *dir = queue[qi++];
@@ -96,7 +94,7 @@ char *fs_ino_path(struct fs *f, fuse_ino_t ino)
 			struct tree_entry e;
 			if (child && tree_classify(&f->ctx, child, &e) == 0) {
 				if (e.row->type == TREE_DIR) {
-					queue = realloc(queue, (qn + 1) * sizeof(char *));
+					queue = xrealloc(queue, (qn + 1) * sizeof(char *));
 					queue[qn++] = child;
 					child = NULL;
 				}
@@ -267,7 +265,7 @@ void lookup_finish(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *
 		return (void) fuse_reply_err(req, ESTALE);
 	char *path;
 	if (strcmp(name, ".") == 0)
-		path = strdup(dir);
+		path = xstrdup(dir);
 	else if (strcmp(name, "..") == 0)
 		path = tree_parent(dir);
 	else
@@ -296,7 +294,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (!dir) {
 		struct pending *p = pending_new(PENDING_LOOKUP, req, f);
 		p->ino = parent;
-		p->name = strdup(name);
+		p->name = xstrdup(name);
 		if (unknown_inode_then(f, p) == 0)
 			return;
 		pending_free(p);
@@ -307,7 +305,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		if (e.row->type == TREE_DIR && e.row->refresh != TREE_REFRESH_NONE) {
 			struct pending *p = pending_new(PENDING_LOOKUP, req, f);
 			p->ino = parent;
-			p->name = strdup(name);
+			p->name = xstrdup(name);
 			if (refresh_then(f, &e, p) == 0) {
 				tree_entry_clear(&e);
 				free(dir);
@@ -321,7 +319,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		char *path = tree_join(dir, name);
 		struct pending *p = pending_new(PENDING_LOOKUP, req, f);
 		p->ino = parent;
-		p->name = strdup(name);
+		p->name = xstrdup(name);
 		int r = stat_refresh_then(f, path, p);
 		free(path);
 		if (r == 0) {
@@ -393,12 +391,7 @@ void handle_free(struct handle *h)
 {
 	struct fs *f = h->f;
 	pthread_mutex_lock(&f->lock);
-	if (h->prev)
-		h->prev->next = h->next;
-	else
-		f->handles = h->next;
-	if (h->next)
-		h->next->prev = h->prev;
+	FS_LIST_UNLINK(f->handles, h);
 	pthread_mutex_unlock(&f->lock);
 	/* A reader replies with the content under h->lock, and the kernel can deliver that
 	 * reply, and the RELEASE that follows it, before the reply call returns: wait for
@@ -418,16 +411,13 @@ void handle_free(struct handle *h)
 
 struct handle *handle_new(struct fs *f)
 {
-	struct handle *h = calloc(1, sizeof(*h));
+	struct handle *h = xcalloc(1, sizeof(*h));
 	pthread_mutex_init(&h->lock, NULL);
 	buf_init(&h->content);
 	h->snap_fd = -1;
 	h->f = f;
 	pthread_mutex_lock(&f->lock);
-	h->next = f->handles;
-	if (h->next)
-		h->next->prev = h;
-	f->handles = h;
+	FS_LIST_PUSH(f->handles, h);
 	pthread_mutex_unlock(&f->lock);
 	return h;
 }

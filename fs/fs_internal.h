@@ -47,6 +47,25 @@ struct fs {
 	struct snap *snaps; /* SNAP_SLOTS snapshots by inode; protected by snap_lock */
 };
 
+/* The lists of open files and directories (f->handles, f->dirs), doubly linked through
+ * prev and next: x goes first in the list at head, or out of it. The caller holds f->lock. */
+#define FS_LIST_PUSH(head, x)                                                                      \
+	do {                                                                                       \
+		(x)->next = (head);                                                                \
+		if ((x)->next)                                                                     \
+			(x)->next->prev = (x);                                                     \
+		(head) = (x);                                                                      \
+	} while (0)
+#define FS_LIST_UNLINK(head, x)                                                                    \
+	do {                                                                                       \
+		if ((x)->prev)                                                                     \
+			(x)->prev->next = (x)->next;                                               \
+		else                                                                               \
+			(head) = (x)->next;                                                        \
+		if ((x)->next)                                                                     \
+			(x)->next->prev = (x)->prev;                                               \
+	} while (0)
+
 /* Bytes shared by a snapshot and the handles that read them; immutable. */
 struct blob {
 	int refs; /* atomic */

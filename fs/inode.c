@@ -1,5 +1,6 @@
 /* The inode table: path-hash inode numbers with lookup counts. */
 #include "fs/inode.h"
+#include "backend/util.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -36,11 +37,9 @@ uint64_t inode_hash_path(const char *path)
 
 int inode_table_new(struct inode_table **ret)
 {
-	struct inode_table *t = calloc(1, sizeof(*t));
-	if (!t)
-		return -12;
+	struct inode_table *t = xcalloc(1, sizeof(*t));
 	t->n_buckets = 1024;
-	t->buckets = calloc(t->n_buckets, sizeof(*t->buckets));
+	t->buckets = xcalloc(t->n_buckets, sizeof(*t->buckets));
 	pthread_mutex_init(&t->lock, NULL);
 	inode_table_ref(t, "/");
 	*ret = t;
@@ -67,6 +66,7 @@ void inode_table_free(struct inode_table *t)
 
 static struct inode *find_locked(struct inode_table *t, uint64_t ino)
 {
+	assert_held(&t->lock);
 	for (struct inode *n = t->buckets[ino % t->n_buckets]; n; n = n->next)
 		if (n->ino == ino)
 			return n;
@@ -75,10 +75,9 @@ static struct inode *find_locked(struct inode_table *t, uint64_t ino)
 
 static void grow_locked(struct inode_table *t)
 {
+	assert_held(&t->lock);
 	size_t nb = t->n_buckets * 2;
-	struct inode **b = calloc(nb, sizeof(*b));
-	if (!b)
-		return;
+	struct inode **b = xcalloc(nb, sizeof(*b));
 	for (size_t i = 0; i < t->n_buckets; i++) {
 		struct inode *n = t->buckets[i];
 		while (n) {
@@ -99,9 +98,9 @@ uint64_t inode_table_ref(struct inode_table *t, const char *path)
 	pthread_mutex_lock(&t->lock);
 	struct inode *n = find_locked(t, ino);
 	if (!n) {
-		n = calloc(1, sizeof(*n));
+		n = xcalloc(1, sizeof(*n));
 		n->ino = ino;
-		n->path = strdup(path);
+		n->path = xstrdup(path);
 		n->next = t->buckets[ino % t->n_buckets];
 		t->buckets[ino % t->n_buckets] = n;
 		if (++t->n > t->n_buckets)
@@ -116,7 +115,7 @@ char *inode_table_path(struct inode_table *t, uint64_t ino)
 {
 	pthread_mutex_lock(&t->lock);
 	struct inode *n = find_locked(t, ino);
-	char *p = n ? strdup(n->path) : NULL;
+	char *p = n ? xstrdup(n->path) : NULL;
 	pthread_mutex_unlock(&t->lock);
 	return p;
 }
@@ -168,7 +167,7 @@ void inode_table_rename(struct inode_table *t, const char *old_path, const char 
 	pthread_mutex_lock(&t->lock);
 	struct inode *n = find_locked(t, ino);
 	if (n) {
-		char *p = strdup(new_path);
+		char *p = xstrdup(new_path);
 		free(n->path);
 		n->path = p;
 	}

@@ -112,11 +112,12 @@ void fs_set_session(struct fs *f, struct fuse_session *se)
 /* Caller holds f->lock. */
 static void notify_push_locked(struct fs *f, uint64_t ino, const char *name)
 {
+	assert_held(&f->lock);
 	if (!f->se || f->n_queue >= MAX_NOTIFY_QUEUE)
 		return;
-	struct notify *q = calloc(1, sizeof(*q));
+	struct notify *q = xcalloc(1, sizeof(*q));
 	q->ino = ino;
-	q->name = name ? strdup(name) : NULL;
+	q->name = name ? xstrdup(name) : NULL;
 	q->next = f->queue;
 	f->queue = q;
 	f->n_queue++;
@@ -134,11 +135,11 @@ static void collect_ino(void *arg, uint64_t ino, const char *path)
 	struct collect *c = arg;
 	if (c->n == c->cap) {
 		c->cap = c->cap ? 2 * c->cap : 32;
-		c->inos = realloc(c->inos, c->cap * sizeof(*c->inos));
-		c->paths = realloc(c->paths, c->cap * sizeof(*c->paths));
+		c->inos = xrealloc(c->inos, c->cap * sizeof(*c->inos));
+		c->paths = xrealloc(c->paths, c->cap * sizeof(*c->paths));
 	}
 	c->inos[c->n] = ino;
-	c->paths[c->n++] = strdup(path);
+	c->paths[c->n++] = xstrdup(path);
 }
 
 void fs_on_cluster_change(void *arg, const char *node)

@@ -1,6 +1,7 @@
 /* Rendering: the content of every file, from the cluster model. */
 #include "fs/render.h"
 #include "fs/render_dashboard.h"
+#include "fs/render_internal.h"
 #include "fs/render_placement.h"
 
 #include <errno.h>
@@ -39,7 +40,7 @@ static json_t *json_time(double wall)
 	return json_string(out);
 }
 
-static double round_to(double v, double unit)
+double render_round_to(double v, double unit)
 {
 	return round(v / unit) * unit;
 }
@@ -57,9 +58,10 @@ static json_t *health_doc(const struct node_view *v)
 	double age = v->checked_at <= 0                ? -1
 		     : v->attempted_at > v->checked_at ? v->attempted_at - v->checked_at
 						       : 0;
-	json_object_set_new(doc, "age_s", age < 0 ? json_null() : json_real(round_to(age, 0.001)));
+	json_object_set_new(doc, "age_s",
+			    age < 0 ? json_null() : json_real(render_round_to(age, 0.001)));
 	json_object_set_new(doc, "latency_ms",
-			    v->checked_at > 0 ? json_real(round_to(v->latency_ms, 0.001))
+			    v->checked_at > 0 ? json_real(render_round_to(v->latency_ms, 0.001))
 					      : json_null());
 	json_object_set_new(doc, "reasons", json_incref(v->reasons));
 	json_object_set_new(doc, "failures", json_integer(v->failures));
@@ -81,14 +83,14 @@ static json_t *health_doc(const struct node_view *v)
 	return doc;
 }
 
-static void render_health(const struct node_view *v, struct buf *out)
+static void put_health(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
 {
 	json_t *doc = health_doc(v);
 	put_json(out, doc);
 	json_decref(doc);
 }
 
-static void render_info(const struct node_view *v, struct buf *out)
+static void put_node_info(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
 {
 	json_t *doc = json_object();
 	json_object_set_new(doc, "name", json_string(v->name));
@@ -120,123 +122,113 @@ static void render_info(const struct node_view *v, struct buf *out)
 	json_decref(doc);
 }
 
-/* The view of the node a file lies under, and its mtime. 0 or -ENOENT. */
-static int node_get(const struct tree_ctx *ctx, const struct tree_entry *e, struct node_view *ret,
-		    double *ret_mtime)
+/* A file of a node's directory, from the node's view: put appends it; the mtime is the
+ * node's. 0 or -ENOENT. */
+static int node_render(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		       double *ret_mtime,
+		       void (*put)(const struct tree_ctx *ctx, const struct node_view *v,
+				   struct buf *out))
 {
-	int r = cluster_get_node(ctx->cluster, e->node, ret);
-	if (r == 0)
-		*ret_mtime = ret->changed_at;
-	return r;
+	struct node_view v;
+	int r = cluster_get_node(ctx->cluster, e->node, &v);
+	if (r < 0)
+		return r;
+	*ret_mtime = v.changed_at;
+	put(ctx, &v, out);
+	node_view_clear(&v);
+	return 0;
+}
+
+static void put_status(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
+{
+	buf_printf(out, "%s\n", node_level_name(v->level));
 }
 
 int render_node_status(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		       double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_printf(out, "%s\n", node_level_name(v.level));
-	node_view_clear(&v);
-	return 0;
+	return node_render(ctx, e, out, ret_mtime, put_status);
 }
 
 int render_node_health(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		       double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	render_health(&v, out);
-	node_view_clear(&v);
-	return 0;
+	return node_render(ctx, e, out, ret_mtime, put_health);
 }
 
 int render_node_info(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		     double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	render_info(&v, out);
-	node_view_clear(&v);
-	return 0;
+	return node_render(ctx, e, out, ret_mtime, put_node_info);
+}
+
+static void put_address(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
+{
+	buf_printf(out, "%s:%d\n", v->address, v->port);
 }
 
 int render_node_address(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 			double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_printf(out, "%s:%d\n", v.address, v.port);
-	node_view_clear(&v);
-	return 0;
+	return node_render(ctx, e, out, ret_mtime, put_address);
+}
+
+static void put_role(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
+{
+	buf_printf(out, "%s\n", v->role);
 }
 
 int render_node_role(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		     double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_printf(out, "%s\n", v.role);
-	node_view_clear(&v);
-	return 0;
+	return node_render(ctx, e, out, ret_mtime, put_role);
+}
+
+static void put_tier(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
+{
+	buf_printf(out, "%s\n", v->tier);
 }
 
 int render_node_tier(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		     double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_printf(out, "%s\n", v.tier);
-	node_view_clear(&v);
-	return 0;
+	return node_render(ctx, e, out, ret_mtime, put_tier);
+}
+
+static void put_capabilities(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
+{
+	for (size_t i = 0; i < json_array_size(v->capabilities); i++)
+		buf_printf(out, "%s\n", json_string_value(json_array_get(v->capabilities, i)));
 }
 
 int render_node_capabilities(const struct tree_ctx *ctx, const struct tree_entry *e,
 			     struct buf *out, double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	for (size_t i = 0; i < json_array_size(v.capabilities); i++)
-		buf_printf(out, "%s\n", json_string_value(json_array_get(v.capabilities, i)));
-	node_view_clear(&v);
-	return 0;
+	return node_render(ctx, e, out, ret_mtime, put_capabilities);
 }
 
 /* One number, as scripts want it: the score routing uses. */
+static void put_reliability(const struct tree_ctx *ctx, const struct node_view *v, struct buf *out)
+{
+	buf_printf(out, "%.1f\n", tasks_node_reliability(ctx->tasks, v->name, NULL, NULL));
+}
+
 int render_node_reliability(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 			    double *ret_mtime, uint64_t *ret_seq)
 {
-	struct node_view v;
-	int r = node_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_printf(out, "%.1f\n", tasks_node_reliability(ctx->tasks, v.name, NULL, NULL));
+	int r = node_render(ctx, e, out, ret_mtime, put_reliability);
 	double tmt = tasks_changed_at(ctx->tasks);
-	if (tmt > *ret_mtime)
+	if (r == 0 && tmt > *ret_mtime)
 		*ret_mtime = tmt;
-	node_view_clear(&v);
-	return 0;
+	return r;
 }
 
 /* Views of every node, in name order. */
-static struct node_view *all_views(struct cluster *c, size_t *ret_n, double *ret_mtime)
+struct node_view *render_all_views(struct cluster *c, size_t *ret_n, double *ret_mtime)
 {
 	size_t n = 0;
 	char **names = cluster_list_nodes(c, &n);
-	struct node_view *views = calloc(n + 1, sizeof(*views));
+	struct node_view *views = xcalloc(n + 1, sizeof(*views));
 	size_t k = 0;
 	double mtime = cluster_changed_at(c);
 	for (size_t i = 0; i < n; i++) {
@@ -253,7 +245,7 @@ static struct node_view *all_views(struct cluster *c, size_t *ret_n, double *ret
 	return views;
 }
 
-static void free_views(struct node_view *views, size_t n)
+void render_free_views(struct node_view *views, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
 		node_view_clear(&views[i]);
@@ -265,13 +257,13 @@ int render_all_health(const struct tree_ctx *ctx, const struct tree_entry *e, st
 		      double *ret_mtime, uint64_t *ret_seq)
 {
 	size_t n;
-	struct node_view *views = all_views(ctx->cluster, &n, ret_mtime);
+	struct node_view *views = render_all_views(ctx->cluster, &n, ret_mtime);
 	json_t *doc = json_object();
 	for (size_t i = 0; i < n; i++)
 		json_object_set_new(doc, views[i].name, health_doc(&views[i]));
 	put_json(out, doc);
 	json_decref(doc);
-	free_views(views, n);
+	render_free_views(views, n);
 	return 0;
 }
 
@@ -280,7 +272,7 @@ int render_stats(const struct tree_ctx *ctx, const struct tree_entry *e, struct 
 {
 	struct cluster *c = ctx->cluster;
 	size_t n;
-	struct node_view *views = all_views(c, &n, ret_mtime);
+	struct node_view *views = render_all_views(c, &n, ret_mtime);
 	struct config *cfg = cluster_get_config(c);
 	json_t *doc = json_object();
 	json_object_set_new(doc, "cluster", json_string(cfg->cluster));
@@ -311,7 +303,7 @@ int render_stats(const struct tree_ctx *ctx, const struct tree_entry *e, struct 
 	json_object_set_new(doc, "nodes", nodes);
 	json_t *cap = json_object();
 	json_object_set_new(cap, "cores", json_integer((json_int_t) cores));
-	json_object_set_new(cap, "cores_busy", json_real(round_to(cpu_busy, 0.01)));
+	json_object_set_new(cap, "cores_busy", json_real(render_round_to(cpu_busy, 0.01)));
 	json_object_set_new(cap, "ram_mb", json_integer((json_int_t) ram));
 	json_object_set_new(cap, "gpus", json_integer((json_int_t) gpus));
 	json_object_set_new(doc, "capacity", cap);
@@ -338,7 +330,7 @@ int render_stats(const struct tree_ctx *ctx, const struct tree_entry *e, struct 
 	put_json(out, doc);
 	json_decref(doc);
 	config_unref(cfg);
-	free_views(views, n);
+	render_free_views(views, n);
 	return 0;
 }
 
@@ -347,7 +339,7 @@ int render_alerts(const struct tree_ctx *ctx, const struct tree_entry *e, struct
 {
 	struct cluster *c = ctx->cluster;
 	size_t n;
-	struct node_view *views = all_views(c, &n, ret_mtime);
+	struct node_view *views = render_all_views(c, &n, ret_mtime);
 	char *cerr = cluster_get_config_error(c);
 	if (cerr) {
 		buf_printf(out, "config error: %s (the last good config stays in force)\n", cerr);
@@ -369,154 +361,7 @@ int render_alerts(const struct tree_ctx *ctx, const struct tree_entry *e, struct
 	cluster_events_size(c, &emt);
 	if (emt > *ret_mtime)
 		*ret_mtime = emt;
-	free_views(views, n);
-	return 0;
-}
-
-/* Prometheus label values escape backslash, quote and newline. */
-static void put_label(struct buf *out, const char *s)
-{
-	for (; *s; s++) {
-		if (*s == '\\' || *s == '"')
-			buf_printf(out, "\\%c", *s);
-		else if (*s == '\n')
-			buf_puts(out, "\\n");
-		else
-			buf_append(out, s, 1);
-	}
-}
-
-/* One "# HELP" and "# TYPE" pair (Prometheus text exposition format 0.0.4). */
-static void metric_head(struct buf *out, const char *name, const char *type, const char *help)
-{
-	buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-static void metric_node(struct buf *out, const char *name, const char *node, double value)
-{
-	buf_printf(out, "%s{node=\"", name);
-	put_label(out, node);
-	buf_printf(out, "\"} %.15g\n", value);
-}
-
-/* /cluster/metrics: Prometheus conventions (base units, _seconds/_bytes/_ratio suffixes,
- * HELP and TYPE for each family). */
-int render_metrics(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
-		   double *ret_mtime, uint64_t *ret_seq)
-{
-	struct cluster *c = ctx->cluster;
-	size_t n;
-	struct node_view *views = all_views(c, &n, ret_mtime);
-	metric_head(out, "clusterfs_build_info", "gauge",
-		    "The running clusterfs version, as a label.");
-	buf_printf(out, "clusterfs_build_info{version=\"%s\"} 1\n", CLUSTERFS_VERSION);
-	metric_head(out, "clusterfs_nodes", "gauge", "Nodes by status.");
-	for (int l = NODE_UNKNOWN; l <= NODE_DRAINING; l++) {
-		size_t k = 0;
-		for (size_t i = 0; i < n; i++)
-			k += views[i].level == (enum node_level) l;
-		buf_printf(out, "clusterfs_nodes{status=\"%s\"} %zu\n",
-			   node_level_name((enum node_level) l), k);
-	}
-	metric_head(out, "clusterfs_node_up", "gauge",
-		    "1 when the last probe of the node succeeded.");
-	for (size_t i = 0; i < n; i++)
-		metric_node(out, "clusterfs_node_up", views[i].name, views[i].reachable ? 1 : 0);
-	metric_head(out, "clusterfs_node_probe_failures", "gauge",
-		    "Probes of the node that failed in a row.");
-	for (size_t i = 0; i < n; i++)
-		metric_node(out, "clusterfs_node_probe_failures", views[i].name, views[i].failures);
-	metric_head(out, "clusterfs_node_probe_latency_seconds", "histogram",
-		    "Latency of the node's successful probes.");
-	for (size_t i = 0; i < n; i++) {
-		const struct node_view *v = &views[i];
-		for (int b = 0; b <= CLUSTER_LATENCY_BUCKETS; b++) {
-			buf_puts(out, "clusterfs_node_probe_latency_seconds_bucket{node=\"");
-			put_label(out, v->name);
-			if (b < CLUSTER_LATENCY_BUCKETS)
-				buf_printf(out, "\",le=\"%g\"} %llu\n", cluster_latency_bounds_s[b],
-					   (unsigned long long) v->latency_buckets[b]);
-			else
-				buf_printf(out, "\",le=\"+Inf\"} %llu\n",
-					   (unsigned long long) v->latency_count);
-		}
-		metric_node(out, "clusterfs_node_probe_latency_seconds_sum", v->name,
-			    v->latency_sum_s);
-		metric_node(out, "clusterfs_node_probe_latency_seconds_count", v->name,
-			    (double) v->latency_count);
-	}
-	metric_head(out, "clusterfs_node_last_success_timestamp_seconds", "gauge",
-		    "Unix time of the last successful probe of the node.");
-	for (size_t i = 0; i < n; i++)
-		if (views[i].checked_at > 0)
-			metric_node(out, "clusterfs_node_last_success_timestamp_seconds",
-				    views[i].name, round_to(views[i].checked_at, 0.001));
-	/* the numbers of the agent's health document (absent ones are left out), scaled to
-	 * the base unit */
-	static const struct {
-		const char *name, *help;
-		double scale;
-	} gauges[] = {
-		{"clusterfs_node_cpu_usage_ratio", "CPU busy, 0 to 1.", 0.01},
-		{"clusterfs_node_cpu_cores", "CPU cores.", 1},
-		{"clusterfs_node_memory_used_ratio", "Memory used, 0 to 1.", 0.01},
-		{"clusterfs_node_memory_total_bytes", "Memory in total.", 1048576},
-		{"clusterfs_node_memory_available_bytes", "Memory available.", 1048576},
-		{"clusterfs_node_disk_used_ratio",
-		 "Disk of the agent's state directory used, 0 to 1.", 0.01},
-		{"clusterfs_node_disk_total_bytes",
-		 "Size of the disk of the agent's state directory.", 1048576},
-		{"clusterfs_node_disk_free_bytes",
-		 "Space free on the disk of the agent's state directory.", 1048576},
-		{"clusterfs_node_uptime_seconds", "Time since the node booted.", 1},
-		{"clusterfs_node_load1", "One-minute load average.", 1},
-	};
-	for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
-		metric_head(out, gauges[g].name, "gauge", gauges[g].help);
-		for (size_t i = 0; i < n; i++) {
-			const struct node_metrics *m = &views[i].metrics;
-			const double x[] = {
-				m->cpu_percent,      m->cores < 0 ? NAN : m->cores,
-				m->mem_percent,      m->mem_total_mb < 0 ? NAN : m->mem_total_mb,
-				m->mem_available_mb, m->disk_percent,
-				m->disk_total_mb,    m->disk_free_mb,
-				m->uptime_s,         m->load1,
-			};
-			_Static_assert(sizeof(x) / sizeof(x[0]) ==
-					       sizeof(gauges) / sizeof(gauges[0]),
-				       "one value per gauge");
-			if (!isnan(x[g]))
-				metric_node(out, gauges[g].name, views[i].name,
-					    round_to(x[g] * gauges[g].scale, 1e-4));
-		}
-	}
-	metric_head(out, "clusterfs_node_gpus", "gauge", "GPUs the node's agent reports.");
-	for (size_t i = 0; i < n; i++)
-		if (views[i].health)
-			metric_node(out, "clusterfs_node_gpus", views[i].name,
-				    (double) views[i].metrics.gpus);
-
-	/* tasks: by state, and by node and state */
-	size_t counts[TASK_N_STATES];
-	tasks_count_states(ctx->tasks, NULL, counts);
-	metric_head(out, "clusterfs_tasks", "gauge", "Tasks by state.");
-	for (int s = 0; s < TASK_N_STATES; s++)
-		buf_printf(out, "clusterfs_tasks{state=\"%s\"} %zu\n", task_state_names[s],
-			   counts[s]);
-	metric_head(out, "clusterfs_node_tasks", "gauge", "Tasks placed on the node, by state.");
-	for (size_t i = 0; i < n; i++) {
-		size_t here[TASK_N_STATES];
-		tasks_count_states(ctx->tasks, views[i].name, here);
-		for (int s = 0; s < TASK_N_STATES; s++) {
-			buf_puts(out, "clusterfs_node_tasks{node=\"");
-			put_label(out, views[i].name);
-			buf_printf(out, "\",state=\"%s\"} %zu\n", task_state_names[s], here[s]);
-		}
-	}
-	double tmt = tasks_changed_at(ctx->tasks);
-	if (tmt > *ret_mtime)
-		*ret_mtime = tmt;
-	free_views(views, n);
+	render_free_views(views, n);
 	return 0;
 }
 
@@ -525,7 +370,7 @@ static void render_topology(const struct tree_ctx *ctx, bool dot, struct buf *ou
 {
 	struct cluster *c = ctx->cluster;
 	size_t n;
-	struct node_view *views = all_views(c, &n, ret_mtime);
+	struct node_view *views = render_all_views(c, &n, ret_mtime);
 	struct config *cfg = cluster_get_config(c);
 	if (dot) {
 		buf_printf(out, "digraph \"%s\" {\n\trankdir=LR;\n\t\"clusterfs\" [shape=box];\n",
@@ -582,7 +427,7 @@ static void render_topology(const struct tree_ctx *ctx, bool dot, struct buf *ou
 		json_decref(doc);
 	}
 	config_unref(cfg);
-	free_views(views, n);
+	render_free_views(views, n);
 }
 
 int render_topology_json(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
@@ -666,128 +511,128 @@ static json_t *json_time_or_null(double t)
 	return t > 0 ? json_time(t) : json_null();
 }
 
-/* The view of the task a file lies under, and its mtime. 0 or -ENOENT. */
-static int task_get(const struct tree_ctx *ctx, const struct tree_entry *e, struct task_view *ret,
-		    double *ret_mtime)
+/* A file of a task's directory, from the task's view: put (NULL: none) appends it; the
+ * mtime is the task's. 0 or -ENOENT. */
+static int task_render(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
+		       double *ret_mtime, void (*put)(const struct task_view *v, struct buf *out))
 {
-	int r = tasks_get(ctx->tasks, e->task, ret);
-	if (r == 0)
-		*ret_mtime = ret->changed_at;
-	return r;
+	struct task_view v;
+	int r = tasks_get(ctx->tasks, e->task, &v);
+	if (r < 0)
+		return r;
+	*ret_mtime = v.changed_at;
+	if (put)
+		put(&v, out);
+	task_view_clear(&v);
+	return 0;
+}
+
+static void put_spec(const struct task_view *v, struct buf *out)
+{
+	put_json(out, v->spec);
 }
 
 int render_task_spec(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		     double *ret_mtime, uint64_t *ret_seq)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	put_json(out, v.spec);
-	task_view_clear(&v);
-	return 0;
+	return task_render(ctx, e, out, ret_mtime, put_spec);
+}
+
+static void put_state(const struct task_view *v, struct buf *out)
+{
+	buf_printf(out, "%s\n", v->state);
 }
 
 int render_task_status(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		       double *ret_mtime, uint64_t *ret_seq)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_printf(out, "%s\n", v.state);
-	task_view_clear(&v);
-	return 0;
+	return task_render(ctx, e, out, ret_mtime, put_state);
+}
+
+static void put_node(const struct task_view *v, struct buf *out)
+{
+	buf_printf(out, "%s\n", v->node ? v->node : "");
 }
 
 int render_task_node(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		     double *ret_mtime, uint64_t *ret_seq)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_printf(out, "%s\n", v.node ? v.node : "");
-	task_view_clear(&v);
-	return 0;
+	return task_render(ctx, e, out, ret_mtime, put_node);
+}
+
+static void put_exit_code(const struct task_view *v, struct buf *out)
+{
+	if (v->exit_code >= 0)
+		buf_printf(out, "%d\n", v->exit_code);
+	else
+		buf_puts(out, "\n");
 }
 
 int render_task_exit_code(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 			  double *ret_mtime, uint64_t *ret_seq)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	if (v.exit_code >= 0)
-		buf_printf(out, "%d\n", v.exit_code);
-	else
-		buf_puts(out, "\n");
-	task_view_clear(&v);
-	return 0;
+	return task_render(ctx, e, out, ret_mtime, put_exit_code);
+}
+
+static void put_task_info(const struct task_view *v, struct buf *out)
+{
+	json_t *doc = json_object();
+	json_object_set_new(doc, "id", json_string(v->id));
+	json_object_set_new(doc, "state", json_string(v->state));
+	json_object_set_new(doc, "node", v->node ? json_string(v->node) : json_null());
+	json_object_set_new(doc, "exit_code",
+			    v->exit_code >= 0 ? json_integer(v->exit_code) : json_null());
+	char prio[4];
+	snprintf(prio, sizeof(prio), "P%d", v->priority);
+	json_object_set_new(doc, "priority", json_string(prio));
+	json_object_set_new(doc, "attempts", json_integer(v->attempts));
+	json_object_set_new(doc, "submitter_uid", json_integer((json_int_t) v->uid));
+	json_object_set_new(doc, "submitter", v->user ? json_string(v->user) : json_null());
+	/* who it runs as on its node: a user name, or null for the agent's own user */
+	json_object_set_new(doc, "run_as", v->run_as ? json_string(v->run_as) : json_null());
+	json_object_set_new(doc, "submitted_at", json_time_or_null(v->submitted_at));
+	json_object_set_new(doc, "started_at", json_time_or_null(v->started_at));
+	json_object_set_new(doc, "finished_at", json_time_or_null(v->finished_at));
+	json_object_set_new(doc, "reason", v->reason ? json_string(v->reason) : json_null());
+	json_object_set_new(doc, "placement",
+			    v->placement ? json_string(v->placement) : json_null());
+	if (v->parent)
+		json_object_set_new(doc, "parent", json_string(v->parent));
+	if (v->children)
+		json_object_set(doc, "children", v->children);
+	json_object_set_new(doc, "dispatch_id",
+			    v->dispatch_id ? json_string(v->dispatch_id) : json_null());
+	/* a Slurm job's id, state and node, as slurmrestd last said */
+	if (json_object_get(v->remote, "slurm_job_id"))
+		json_object_set_new(
+			doc, "slurm",
+			json_pack("{sO? sO? sO? so? so?}", "job_id",
+				  json_object_get(v->remote, "slurm_job_id"), "state",
+				  json_object_get(v->remote, "slurm_state"), "node",
+				  json_object_get(v->remote, "slurm_node"), "reason",
+				  json_deep_copy(json_object_get(v->remote, "slurm_reason")),
+				  "times",
+				  json_deep_copy(json_object_get(v->remote, "slurm_times"))));
+	json_object_set_new(doc, "stdout_bytes", json_integer((json_int_t) v->stdout_len));
+	json_object_set_new(doc, "stderr_bytes", json_integer((json_int_t) v->stderr_len));
+	json_object_set(doc, "spec", v->spec);
+	put_json(out, doc);
+	json_decref(doc);
 }
 
 int render_task_info(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		     double *ret_mtime, uint64_t *ret_seq)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	json_t *doc = json_object();
-	json_object_set_new(doc, "id", json_string(v.id));
-	json_object_set_new(doc, "state", json_string(v.state));
-	json_object_set_new(doc, "node", v.node ? json_string(v.node) : json_null());
-	json_object_set_new(doc, "exit_code",
-			    v.exit_code >= 0 ? json_integer(v.exit_code) : json_null());
-	char prio[4];
-	snprintf(prio, sizeof(prio), "P%d", v.priority);
-	json_object_set_new(doc, "priority", json_string(prio));
-	json_object_set_new(doc, "attempts", json_integer(v.attempts));
-	json_object_set_new(doc, "submitter_uid", json_integer((json_int_t) v.uid));
-	json_object_set_new(doc, "submitter", v.user ? json_string(v.user) : json_null());
-	/* who it runs as on its node: a user name, or null for the agent's own user */
-	json_object_set_new(doc, "run_as", v.run_as ? json_string(v.run_as) : json_null());
-	json_object_set_new(doc, "submitted_at", json_time_or_null(v.submitted_at));
-	json_object_set_new(doc, "started_at", json_time_or_null(v.started_at));
-	json_object_set_new(doc, "finished_at", json_time_or_null(v.finished_at));
-	json_object_set_new(doc, "reason", v.reason ? json_string(v.reason) : json_null());
-	json_object_set_new(doc, "placement", v.placement ? json_string(v.placement) : json_null());
-	if (v.parent)
-		json_object_set_new(doc, "parent", json_string(v.parent));
-	if (v.children)
-		json_object_set(doc, "children", v.children);
-	json_object_set_new(doc, "dispatch_id",
-			    v.dispatch_id ? json_string(v.dispatch_id) : json_null());
-	/* a Slurm job's id, state and node, as slurmrestd last said */
-	if (json_object_get(v.remote, "slurm_job_id"))
-		json_object_set_new(
-			doc, "slurm",
-			json_pack("{sO? sO? sO? so? so?}", "job_id",
-				  json_object_get(v.remote, "slurm_job_id"), "state",
-				  json_object_get(v.remote, "slurm_state"), "node",
-				  json_object_get(v.remote, "slurm_node"), "reason",
-				  json_deep_copy(json_object_get(v.remote, "slurm_reason")),
-				  "times",
-				  json_deep_copy(json_object_get(v.remote, "slurm_times"))));
-	json_object_set_new(doc, "stdout_bytes", json_integer((json_int_t) v.stdout_len));
-	json_object_set_new(doc, "stderr_bytes", json_integer((json_int_t) v.stderr_len));
-	json_object_set(doc, "spec", v.spec);
-	put_json(out, doc);
-	json_decref(doc);
-	task_view_clear(&v);
-	return 0;
+	return task_render(ctx, e, out, ret_mtime, put_task_info);
 }
 
 /* stdout and stderr as they are now: the task's, kept or fetched so far. */
 static int render_output(const struct tree_ctx *ctx, const struct tree_entry *e, const char *which,
 			 struct buf *out, double *ret_mtime)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
+	int r = task_render(ctx, e, out, ret_mtime, NULL);
 	if (r < 0)
 		return r;
-	task_view_clear(&v);
 	return tasks_read_output(ctx->tasks, e->task, which, 0, out);
 }
 
@@ -809,30 +654,28 @@ int render_task_result(const struct tree_ctx *ctx, const struct tree_entry *e, s
 	return render_output(ctx, e, "result", out, ret_mtime);
 }
 
+static void put_ctl_usage(const struct task_view *v, struct buf *out)
+{
+	buf_puts(out, "write one of: cancel | retry | priority P0..P3\n");
+}
+
 int render_task_ctl(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		    double *ret_mtime, uint64_t *ret_seq)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	buf_puts(out, "write one of: cancel | retry | priority P0..P3\n");
-	task_view_clear(&v);
-	return 0;
+	return task_render(ctx, e, out, ret_mtime, put_ctl_usage);
 }
 
 /* "STATE EXIT_CODE" once the task ended; empty while it runs. */
+static void put_wait(const struct task_view *v, struct buf *out)
+{
+	if (task_state_is_final(v->state))
+		buf_printf(out, "%s %d\n", v->state, v->exit_code);
+}
+
 int render_task_wait(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
 		     double *ret_mtime, uint64_t *ret_seq)
 {
-	struct task_view v;
-	int r = task_get(ctx, e, &v, ret_mtime);
-	if (r < 0)
-		return r;
-	if (task_state_is_final(v.state))
-		buf_printf(out, "%s %d\n", v.state, v.exit_code);
-	task_view_clear(&v);
-	return 0;
+	return task_render(ctx, e, out, ret_mtime, put_wait);
 }
 
 int render_readme(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,

@@ -135,6 +135,7 @@ static bool snap_valid_locked(struct fs *f, const struct snap *s, uint64_t ino,
 			      const struct tree_entry *e, const struct stamp *now, bool for_stat,
 			      uint64_t window)
 {
+	assert_held(&f->snap_lock);
 	if (s->ino != ino || !s->bytes)
 		return false;
 	if (e->row->cache != TREE_CACHE_HELD || for_stat)

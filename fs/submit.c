@@ -27,7 +27,7 @@ static char *submit_name(const char *draft)
 	size_t n = strlen(draft);
 	if (n <= 5 || strcmp(draft + n - 5, ".json") != 0 || draft[0] == '.')
 		return NULL;
-	char *id = strndup(draft, n - 5);
+	char *id = xstrndup(draft, n - 5);
 	if (!spec_name_is_valid(id)) {
 		free(id);
 		return NULL;
@@ -43,7 +43,7 @@ static int submit_draft(struct fs *f, const char *draft, const char *id, const c
 	char err[1024];
 	err[0] = '\0';
 	int r = tasks_submit(f->ctx.tasks, id, text, len, uid, gid, err, sizeof(err));
-	char *errname = malloc(strlen(id) + 8);
+	char *errname = xmalloc(strlen(id) + 8);
 	sprintf(errname, "%s.error", id);
 	if (r == 0) {
 		/* no entry invalidation: names in tasks/new/ are never cached (lookup_finish),
@@ -324,7 +324,7 @@ static void models_ctl_done(void *arg, int err, const char *why)
 static void models_ctl_write(fuse_req_t req, struct fs *f, struct handle *h, const char *cmd,
 			     size_t size)
 {
-	struct pending_write *pw = calloc(1, sizeof(*pw));
+	struct pending_write *pw = xcalloc(1, sizeof(*pw));
 	pw->req = req;
 	pw->size = size;
 	struct buf what;
@@ -420,7 +420,7 @@ static void collect_write(fuse_req_t req, struct handle *h, const char *data, si
 		off -= base;
 	}
 	if ((size_t) off > h->content.len) {
-		char *zeros = calloc(1, (size_t) off - h->content.len);
+		char *zeros = xcalloc(1, (size_t) off - h->content.len);
 		buf_append(&h->content, zeros, (size_t) off - h->content.len);
 		free(zeros);
 	}

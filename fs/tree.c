@@ -132,7 +132,7 @@ static bool kversion_exists(const struct tree_ctx *ctx, const struct tree_entry 
 	char *end;
 	long long v = strtoll(slash + 1, &end, 10);
 	struct knowledge_stat ks = {0};
-	char *doc = strndup(s, (size_t) (slash - s));
+	char *doc = xstrndup(s, (size_t) (slash - s));
 	bool r = !*end && knowledge_version_stat(ctx->knowledge, doc, v, &ks) == 0;
 	free(doc);
 	return r;
@@ -421,51 +421,24 @@ const struct tree_row tree_rows[] = {
 
 const size_t tree_n_rows = N_OF(tree_rows);
 
-/* Matches one pattern against a path, segment by segment (httpd/server.c's route_match,
- * with the parameters' sets). */
-static bool row_match(const char *pattern, const char *path, struct tree_capture *caps,
-		      size_t *ret_n)
+/* util_path_match's check of a parameter: one the table names, and in its set if it has
+ * one. */
+static bool param_accept(void *arg, const char *param, size_t param_len, const char *s, size_t len)
 {
-	const char *p = pattern, *s = path;
-	size_t n = 0;
-	if (!strcmp(pattern, "/")) {
-		*ret_n = 0;
-		return !strcmp(path, "/");
-	}
-	while (*p && *s) {
-		if (*p != '/' || *s != '/')
-			return false;
-		p++;
-		s++;
-		size_t pl = strcspn(p, "/"), sl = strcspn(s, "/");
-		const struct tree_param *param = param_of(p, pl);
-		if (param && param->rest) {
-			if (p[pl] || !*s || n == TREE_MAX_PARAMS)
-				return false; /* last in its pattern, and something to take */
-			sl = strlen(s);
-		}
-		if (param) {
-			if (sl == 0 || n == TREE_MAX_PARAMS ||
-			    (param->set && !in_set(param->set, s, sl)))
-				return false;
-			caps[n].off = (size_t) (s - path);
-			caps[n].len = sl;
-			n++;
-		} else if (pl != sl || memcmp(p, s, pl) != 0) {
-			return false;
-		}
-		p += pl;
-		s += sl;
-	}
-	if (*p || *s)
-		return false;
-	*ret_n = n;
-	return true;
+	const struct tree_param *tp = param_of(param, param_len);
+	return tp && (!tp->set || in_set(tp->set, s, len));
 }
 
-const struct tree_row *tree_match(const char *path, struct tree_capture *ret_caps, size_t *ret_n)
+/* Matches one row's pattern against a path (httpd/server.c's routes match alike). */
+static bool row_match(const char *pattern, const char *path, struct path_capture *caps,
+		      size_t *ret_n)
 {
-	struct tree_capture caps[TREE_MAX_PARAMS];
+	return util_path_match(pattern, path, param_accept, NULL, caps, TREE_MAX_PARAMS, ret_n);
+}
+
+const struct tree_row *tree_match(const char *path, struct path_capture *ret_caps, size_t *ret_n)
+{
+	struct path_capture caps[TREE_MAX_PARAMS];
 	for (size_t i = 0; i < tree_n_rows; i++) {
 		size_t n;
 		if (row_match(tree_rows[i].pattern, path, caps, &n)) {
@@ -505,13 +478,13 @@ static size_t row_params(const char *pattern, const struct tree_param **ret)
 
 /* Fills e from a row's captures and checks that each parameter exists. 0 or -ENOENT. */
 static int row_entry(const struct tree_ctx *ctx, const struct tree_row *row, const char *path,
-		     const struct tree_capture *caps, size_t n, struct tree_entry *e)
+		     const struct path_capture *caps, size_t n, struct tree_entry *e)
 {
 	const struct tree_param *ps[TREE_MAX_PARAMS];
 	row_params(row->pattern, ps);
 	*e = (struct tree_entry){.row = row, .kind = row->kind};
 	for (size_t i = 0; i < n; i++) {
-		char *value = strndup(path + caps[i].off, caps[i].len);
+		char *value = xstrndup(path + caps[i].off, caps[i].len);
 		if (ps[i]->exists && !ps[i]->exists(ctx, e, value)) {
 			free(value);
 			tree_entry_clear(e);
@@ -545,7 +518,7 @@ int tree_classify(const struct tree_ctx *ctx, const char *path, struct tree_entr
 {
 	/* the first row whose shape matches and whose parameters exist (rows of one shape
 	 * differ by what exists: an output's directory or file) */
-	struct tree_capture caps[TREE_MAX_PARAMS];
+	struct path_capture caps[TREE_MAX_PARAMS];
 	for (size_t i = 0; i < tree_n_rows; i++) {
 		size_t n;
 		if (row_match(tree_rows[i].pattern, path, caps, &n) &&
@@ -650,9 +623,7 @@ char *tree_join(const char *dir, const char *name)
 {
 	size_t dl = strlen(dir), nl = strlen(name);
 	bool root = dl == 1 && dir[0] == '/';
-	char *s = malloc(dl + nl + 2);
-	if (!s)
-		abort();
+	char *s = xmalloc(dl + nl + 2);
 	memcpy(s, dir, dl);
 	size_t at = dl;
 	if (!root)
@@ -665,6 +636,6 @@ char *tree_parent(const char *path)
 {
 	const char *slash = strrchr(path, '/');
 	if (!slash || slash == path)
-		return strdup("/");
-	return strndup(path, (size_t) (slash - path));
+		return xstrdup("/");
+	return xstrndup(path, (size_t) (slash - path));
 }

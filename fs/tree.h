@@ -243,13 +243,10 @@ bool tree_kind_is_knowledge(enum tree_kind kind);
  * document being created), or NULL. */
 const struct tree_row *tree_row_of(enum tree_kind kind);
 
-/* The row a path matches by its shape alone (nothing is looked up), or NULL. Each
- * "{param}" segment's offset and length in path go to ret_caps (TREE_MAX_PARAMS), their
- * number to *ret_n (both may be NULL). */
-struct tree_capture {
-	size_t off, len;
-};
-const struct tree_row *tree_match(const char *path, struct tree_capture *ret_caps, size_t *ret_n);
+/* The row a path matches by its shape alone (nothing is looked up), or NULL: the first
+ * whose pattern util_path_match (backend/util.h) matches. Each "{param}" segment's run of
+ * path goes to ret_caps (TREE_MAX_PARAMS), their number to *ret_n (both may be NULL). */
+const struct tree_row *tree_match(const char *path, struct path_capture *ret_caps, size_t *ret_n);
 
 /* A pattern with its parameters filled in from an entry ("/nodes/{node}/status" and node
  * spark1: "/nodes/spark1/status"), as a new string; NULL when the entry lacks one. */

@@ -159,15 +159,8 @@ int response_add_header(struct response *resp, const char *name, const char *val
 {
 	if (resp->n_headers == RESPONSE_MAX_HEADERS)
 		return -E2BIG;
-	char *n = strdup(name);
-	char *v = strdup(value);
-	if (!n || !v) {
-		free(n);
-		free(v);
-		return -ENOMEM;
-	}
-	resp->headers[resp->n_headers][0] = n;
-	resp->headers[resp->n_headers][1] = v;
+	resp->headers[resp->n_headers][0] = xstrdup(name);
+	resp->headers[resp->n_headers][1] = xstrdup(value);
 	resp->n_headers++;
 	return 0;
 }
@@ -303,54 +296,17 @@ static bool server_is_authorized(const struct server *srv, struct MHD_Connection
 	return h && secret_equal(h, srv->token);
 }
 
-/* A segment range of the path that matched a "{name}" pattern segment. */
-struct route_capture {
-	size_t off;
-	size_t len;
-};
-
-static bool route_match(const char *pattern, const char *path, struct route_capture *caps,
+/* Matches one route's pattern against a path (fs/tree.c's rows match alike). */
+static bool route_match(const char *pattern, const char *path, struct path_capture *caps,
 			size_t *ret_n)
 {
-	const char *p = pattern, *s = path;
-	size_t n = 0;
-
-	while (*p && *s) {
-		if (*p != '/' || *s != '/')
-			return false;
-		p++;
-		s++;
-		size_t pl = strcspn(p, "/"), sl = strcspn(s, "/");
-		if (pl == 3 && memcmp(p, "{*}", 3) == 0 && !p[3]) {
-			if (sl == 0 || n == SERVER_MAX_PARAMS)
-				return false;
-			caps[n].off = (size_t) (s - path);
-			caps[n].len = strlen(s);
-			*ret_n = n + 1;
-			return true;
-		}
-		if (pl >= 2 && p[0] == '{' && p[pl - 1] == '}') {
-			if (sl == 0 || n == SERVER_MAX_PARAMS)
-				return false;
-			caps[n].off = (size_t) (s - path);
-			caps[n].len = sl;
-			n++;
-		} else if (pl != sl || memcmp(p, s, pl) != 0) {
-			return false;
-		}
-		p += pl;
-		s += sl;
-	}
-	if (*p || *s)
-		return false;
-	*ret_n = n;
-	return true;
+	return util_path_match(pattern, path, NULL, NULL, caps, SERVER_MAX_PARAMS, ret_n);
 }
 
 int server_match_route(const struct route *routes, size_t n_routes, const char *method,
 		       const char *path, size_t *ret_params)
 {
-	struct route_capture caps[SERVER_MAX_PARAMS];
+	struct path_capture caps[SERVER_MAX_PARAMS];
 	for (size_t i = 0; i < n_routes; i++) {
 		size_t n;
 		if (route_match(routes[i].pattern, path, caps, &n) &&
@@ -471,7 +427,7 @@ static enum MHD_Result server_dispatch(struct server *srv, struct MHD_Connection
 				       struct request_state *st)
 {
 	const struct route *found = NULL;
-	struct route_capture caps[SERVER_MAX_PARAMS];
+	struct path_capture caps[SERVER_MAX_PARAMS];
 	size_t n_caps = 0;
 	struct buf allow;
 	struct response resp;
@@ -500,7 +456,7 @@ static enum MHD_Result server_dispatch(struct server *srv, struct MHD_Connection
 	} else if (!found) {
 		response_set_error(&resp, MHD_HTTP_NOT_FOUND, "no such endpoint: %.200s", path);
 	} else {
-		char *scratch = strdup(path);
+		char *scratch = xstrdup(path);
 		struct request req = {
 			.method = method,
 			.path = path,
@@ -514,16 +470,13 @@ static enum MHD_Result server_dispatch(struct server *srv, struct MHD_Connection
 			.state_free = st->handler_state_free,
 			.handle = st,
 		};
-		int r = scratch ? 0 : -ENOMEM;
-		if (r == 0) {
-			for (size_t i = 0; i < n_caps; i++) {
-				scratch[caps[i].off + caps[i].len] = '\0';
-				req.params[i] = scratch + caps[i].off;
-			}
-			r = found->handler(&req, &resp);
-			st->handler_state = req.state;
-			st->handler_state_free = req.state_free;
+		for (size_t i = 0; i < n_caps; i++) {
+			scratch[caps[i].off + caps[i].len] = '\0';
+			req.params[i] = scratch + caps[i].off;
 		}
+		int r = found->handler(&req, &resp);
+		st->handler_state = req.state;
+		st->handler_state_free = req.state_free;
 		free(scratch);
 		if (r == 0 && resp.status == 0 && resp.defer_until_us && !st->expired) {
 			response_free(&resp);
@@ -574,7 +527,7 @@ static bool request_has_body(struct MHD_Connection *conn, unsigned long long *re
 static const struct upload_route *server_find_upload(const struct server *srv, const char *method,
 						     const char *path)
 {
-	struct route_capture caps[SERVER_MAX_PARAMS];
+	struct path_capture caps[SERVER_MAX_PARAMS];
 	size_t n;
 	for (size_t i = 0; i < srv->n_uploads; i++) {
 		const struct upload_route *u = &srv->uploads[i];
@@ -588,10 +541,10 @@ static const struct upload_route *server_find_upload(const struct server *srv, c
 static void server_upload(struct server *srv, struct MHD_Connection *conn, const char *method,
 			  const char *path, struct request_state *st, const char *data, size_t len)
 {
-	struct route_capture caps[SERVER_MAX_PARAMS];
+	struct path_capture caps[SERVER_MAX_PARAMS];
 	size_t n = 0;
-	char *scratch = strdup(path);
-	if (!scratch || !route_match(st->upload->pattern, path, caps, &n)) {
+	char *scratch = xstrdup(path);
+	if (!route_match(st->upload->pattern, path, caps, &n)) {
 		free(scratch);
 		st->upload_failed = true;
 		return;
@@ -630,9 +583,7 @@ static enum MHD_Result server_handle(void *cls, struct MHD_Connection *conn, con
 
 	if (!st) {
 		log_debug("request %s %s", method, url);
-		st = calloc(1, sizeof(*st));
-		if (!st)
-			return MHD_NO;
+		st = xcalloc(1, sizeof(*st));
 		buf_init(&st->body);
 		*con_cls = st;
 		/* Refuse an unauthenticated or oversized body before reading it. Answering
@@ -867,11 +818,7 @@ static void server_notify_connection(void *cls, struct MHD_Connection *conn, voi
 
 int server_start(const struct server_config *cfg, struct server **ret_server)
 {
-	struct server *srv = calloc(1, sizeof(*srv));
-	if (!srv) {
-		close(cfg->listen_fd);
-		return -ENOMEM;
-	}
+	struct server *srv = xcalloc(1, sizeof(*srv));
 	/* room for every connection the limits allow, as far as the hard limit lets us */
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < SERVER_CONNECTION_LIMIT + 256) {

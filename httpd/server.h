@@ -55,11 +55,12 @@ struct response {
 	uint64_t file_size;
 };
 
-/* One row of the route table. `pattern` is matched segment by segment; a "{name}"
- * segment matches any one non-empty segment and is passed in req->params; a final "{*}"
- * matches the rest of the path (one or more segments), passed without its leading '/'. The handler
- * returns 0 after filling `resp`, or -errno; a negative return, or a response left
- * without a status, becomes 500. */
+/* One row of the route table. `pattern` is matched segment by segment (util_path_match,
+ * backend/util.h, which the tree's rows use too); a "{name}" segment matches any one
+ * non-empty segment and is passed in req->params; a final "{*}" matches the rest of the
+ * path (one or more segments), passed without its leading '/'. The handler returns 0
+ * after filling `resp`, or -errno; a negative return, or a response left without a
+ * status, becomes 500. */
 struct route {
 	const char *method;
 	const char *pattern;
@@ -91,7 +92,7 @@ int response_set_json(struct response *resp, unsigned status, json_t *value);
 /* Sets {"error": message} with a printf-style message; unprintable bytes become '?'. */
 void response_set_error(struct response *resp, unsigned status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
-/* Adds a response header; copies both strings. 0, -E2BIG when full, or -ENOMEM. */
+/* Adds a response header; copies both strings. 0, or -E2BIG when full. */
 int response_add_header(struct response *resp, const char *name, const char *value);
 
 struct server_config {

@@ -1,10 +1,12 @@
 /* Unit tests for fs/tree.c's table: every path of the README's tree matches the row it
  * should, names that are not in the tree match nothing, no row is shadowed by an earlier
- * one, and patterns are filled in from entries. The matcher looks at a path's shape only,
+ * one, patterns are filled in from entries, and the matcher the table and the agent's routes
+ * share (util_path_match) takes what it should. The matcher looks at a path's shape only,
  * so no backend is needed. Prints TAP; exits non-zero when a check failed. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/util.h"
 #include "fs/tree.h"
 
 #include "tests/unit/check.h"
@@ -135,7 +137,7 @@ static void test_paths(void)
 
 static void test_captures(void)
 {
-	struct tree_capture caps[TREE_MAX_PARAMS];
+	struct path_capture caps[TREE_MAX_PARAMS];
 	size_t n = 9;
 	const char *p = "/tasks/done/build-1";
 	const struct tree_row *row = tree_match(p, caps, &n);
@@ -223,8 +225,60 @@ static void test_format(void)
 	CHECK(!tree_format("/services/{service}", &e), "a parameter the entry lacks: NULL");
 }
 
+/* The matcher itself (backend/util.c), as the agent's routes use it: no accept check. */
+static bool path_is(const char *pattern, const char *path, size_t want_n)
+{
+	struct path_capture caps[4];
+	size_t n = 99;
+	return util_path_match(pattern, path, NULL, NULL, caps, 4, &n) && n == want_n;
+}
+
+/* accept for the test below: refuses the run "no". */
+static bool accept_not_no(void *arg, const char *param, size_t param_len, const char *s, size_t len)
+{
+	(*(int *) arg)++;
+	return !(len == 2 && !memcmp(s, "no", 2));
+}
+
+static void test_path_match(void)
+{
+	struct path_capture caps[4];
+	size_t n = 99;
+	const char *p = "/api/tasks/t1/files/out/a.txt";
+	CHECK(util_path_match("/api/tasks/{id}/files/{*}", p, NULL, NULL, caps, 4, &n) && n == 2 &&
+		      caps[0].len == 2 && !strncmp(p + caps[0].off, "t1", 2) &&
+		      !strcmp(p + caps[1].off, "out/a.txt") && caps[1].len == 9,
+	      "path_match: a {param} takes a segment, a {*} tail the rest");
+	CHECK(path_is("/api/node/health", "/api/node/health", 0) && path_is("/", "/", 0),
+	      "path_match: literal patterns match themselves");
+	CHECK(path_is("/a/{x}/{y}", "/a/1/2", 2) && path_is("/k/{doc*}", "/k/d", 1),
+	      "path_match: named parameters and a one-segment tail");
+	CHECK(!path_is("/api/node/health", "/api/node/healthz", 0) &&
+		      !path_is("/api/node/health", "/api/node", 0) &&
+		      !path_is("/api/node", "/api/node/health", 0) &&
+		      !path_is("/api/node/health", "api/node/health", 0) && !path_is("/", "", 0) &&
+		      !path_is("/a", "/", 0),
+	      "path_match: a longer, shorter or relative path matches no literal pattern");
+	CHECK(!path_is("/a/{x}", "/a/", 1) && !path_is("/a/{x}/b", "/a//b", 1) &&
+		      !path_is("/a/{x*}", "/a/", 1) && !path_is("/a/{x*}", "/a", 1) &&
+		      !path_is("/a/{x*}", "/a//b", 1) && !path_is("/a/{x}", "/a/b/c", 1),
+	      "path_match: a parameter takes one non-empty segment, a tail at least one");
+	CHECK(path_is("/a/{x*}/b", "/a/1/b", 1) && !path_is("/a/{x*}/b", "/a/1/2/b", 1),
+	      "path_match: a tail not last in its pattern takes one segment");
+	CHECK(!util_path_match("/{a}/{b}/{c}", "/1/2/3", NULL, NULL, caps, 2, &n),
+	      "path_match: more parameters than room for captures matches nothing");
+	int asked = 0;
+	CHECK(util_path_match("/n/{node}/{f}", "/n/yes/f", accept_not_no, &asked, caps, 4, &n) &&
+		      asked == 2 &&
+		      !util_path_match("/n/{node}/{f}", "/n/no/f", accept_not_no, &asked, caps, 4,
+				       &n) &&
+		      asked == 3,
+	      "path_match: accept is asked of each parameter and may refuse one");
+}
+
 int main(void)
 {
+	test_path_match();
 	test_paths();
 	test_captures();
 	test_no_shadowed_rows();
