@@ -43,18 +43,12 @@ struct artifacts {
 
 static char *task_dir(const struct artifacts *a, const char *task)
 {
-	char *p = NULL;
-	if (asprintf(&p, "%s/%s", a->dir, task) < 0)
-		abort();
-	return p;
+	return xasprintf("%s/%s", a->dir, task);
 }
 
 static char *kept_path(const struct artifacts *a, const char *task, const char *name)
 {
-	char *p = NULL;
-	if (asprintf(&p, "%s/%s/files/%s", a->dir, task, name) < 0)
-		abort();
-	return p;
+	return xasprintf("%s/%s/files/%s", a->dir, task, name);
 }
 
 /* A task id is a name in our directory: never "." or "..", never a '/'. */
@@ -73,10 +67,8 @@ static json_t *record_get(struct artifacts *a, const char *task)
 	pthread_mutex_unlock(&a->lock);
 	if (r)
 		return r;
-	char *dir = task_dir(a, task), *path = NULL, *text = NULL;
+	char *dir = task_dir(a, task), *path = xasprintf("%s/%s", dir, RECORD_FILE), *text = NULL;
 	size_t len;
-	if (asprintf(&path, "%s/%s", dir, RECORD_FILE) < 0)
-		abort();
 	if (file_read_all(path, RECORD_MAX, &text, &len) == 0)
 		r = json_loadb(text, len, 0, NULL);
 	free(text);
@@ -113,11 +105,10 @@ static int mkdir_p(char *path, size_t from)
 /* Writes the record to disk (atomically) and into the cache. Steals `r`. */
 static int record_put(struct artifacts *a, const char *task, json_t *r)
 {
-	char *dir = task_dir(a, task), *path = NULL, *tmp = NULL;
+	char *dir = task_dir(a, task);
+	char *path = xasprintf("%s/%s", dir, RECORD_FILE);
+	char *tmp = xasprintf("%s/%s.tmp", dir, RECORD_FILE);
 	int ret = mkdir_p(dir, strlen(a->dir));
-	if (asprintf(&path, "%s/%s", dir, RECORD_FILE) < 0 ||
-	    asprintf(&tmp, "%s/%s.tmp", dir, RECORD_FILE) < 0)
-		abort();
 	if (ret == 0 && json_dump_file(r, tmp, JSON_COMPACT) < 0)
 		ret = -EIO;
 	if (ret == 0 && rename(tmp, path) < 0)
@@ -321,6 +312,7 @@ static void fetch_done(void *arg, const struct http_response *r)
 static void fetch_start(struct artifacts *a, const char *task, const json_t *rec, const json_t *e,
 			struct fetch_waiter *w)
 {
+	assert(loop_is_current(a->loop));
 	const char *name = json_string_value(json_object_get(e, "name"));
 	for (struct fetch *f = a->fetches; f; f = f->next)
 		if (!strcmp(f->task, task) && !strcmp(f->name, name)) {
@@ -328,15 +320,14 @@ static void fetch_start(struct artifacts *a, const char *task, const json_t *rec
 			f->waiters = w;
 			return;
 		}
-	struct fetch *f = calloc(1, sizeof(*f));
+	struct fetch *f = xcalloc(1, sizeof(*f));
 	f->a = a;
-	f->task = strdup(task);
-	f->name = strdup(name);
-	f->sha = strdup(json_string_value(json_object_get(e, "sha256")));
+	f->task = xstrdup(task);
+	f->name = xstrdup(name);
+	f->sha = xstrdup(json_string_value(json_object_get(e, "sha256")));
 	f->size = (uint64_t) json_integer_value(json_object_get(e, "size"));
 	f->path = kept_path(a, task, name);
-	if (asprintf(&f->part, "%s.part", f->path) < 0)
-		abort();
+	f->part = xasprintf("%s.part", f->path);
 	f->waiters = w;
 	f->next = a->fetches;
 	a->fetches = f;
@@ -405,7 +396,7 @@ static void collect_next(struct collect *c)
 		json_t *e = json_array_get(files, c->next++);
 		if ((uint64_t) json_integer_value(json_object_get(e, "size")) > max)
 			continue;
-		struct fetch_waiter *w = calloc(1, sizeof(*w));
+		struct fetch_waiter *w = xcalloc(1, sizeof(*w));
 		w->collected = collect_kept;
 		w->arg = c;
 		fetch_start(c->a, c->task, c->record, e, w);
@@ -442,13 +433,14 @@ static void collect_listed(void *arg, const struct http_response *r)
 int artifacts_collect(struct artifacts *a, const char *task, const char *node,
 		      const char *dispatch_id, artifacts_done_fn done, void *arg)
 {
+	assert(loop_is_current(a->loop));
 	if (!task_is_valid(task))
 		return -EINVAL;
-	struct collect *c = calloc(1, sizeof(*c));
+	struct collect *c = xcalloc(1, sizeof(*c));
 	c->a = a;
-	c->task = strdup(task);
-	c->node = strdup(node);
-	c->did = strdup(dispatch_id);
+	c->task = xstrdup(task);
+	c->node = xstrdup(node);
+	c->did = xstrdup(dispatch_id);
 	c->done = done;
 	c->arg = arg;
 	struct buf path;
@@ -507,16 +499,16 @@ char **artifacts_list(struct artifacts *a, const char *task, const char *name, s
 			continue;
 		const char *rest = fn + (n ? n + 1 : 0);
 		const char *slash = strchr(rest, '/');
-		char *seg = slash ? strndup(rest, (size_t) (slash - rest)) : strdup(rest);
+		char *seg = slash ? xstrndup(rest, (size_t) (slash - rest)) : xstrdup(rest);
 		json_object_set_new(seen, seg, json_true());
 		free(seg);
 	}
-	char **names = calloc(json_object_size(seen) + 1, sizeof(*names));
+	char **names = xcalloc(json_object_size(seen) + 1, sizeof(*names));
 	size_t k = 0;
 	const char *key;
 	json_t *v;
 	json_object_foreach (seen, key, v)
-		names[k++] = strdup(key);
+		names[k++] = xstrdup(key);
 	qsort(names, k, sizeof(*names), cmp_str);
 	*ret_n = k;
 	json_decref(seen);
@@ -536,7 +528,7 @@ struct open_job {
 static void open_on_loop(void *arg)
 {
 	struct open_job *j = arg;
-	struct fetch_waiter *w = calloc(1, sizeof(*w));
+	struct fetch_waiter *w = xcalloc(1, sizeof(*w));
 	w->done = j->done;
 	w->arg = j->arg;
 	fetch_start(j->a, j->task, j->rec, j->entry, w);
@@ -561,19 +553,14 @@ int artifacts_open(struct artifacts *a, const char *task, const char *name, arti
 		json_decref(rec);
 		return fd;
 	}
-	struct open_job *j = calloc(1, sizeof(*j));
+	struct open_job *j = xcalloc(1, sizeof(*j));
 	j->a = a;
-	j->task = strdup(task);
+	j->task = xstrdup(task);
 	j->rec = rec;
 	j->entry = e;
 	j->done = done;
 	j->arg = arg;
-	if (loop_post(a->loop, open_on_loop, j) < 0) {
-		json_decref(rec);
-		free(j->task);
-		free(j);
-		return -ENOMEM;
-	}
+	loop_post(a->loop, open_on_loop, j);
 	return -EINPROGRESS;
 }
 
@@ -756,9 +743,7 @@ static void stage_begin(void *arg)
 
 static struct stage_item *stage_add(struct stage *s)
 {
-	s->items = realloc(s->items, (s->n + 1) * sizeof(*s->items));
-	if (!s->items)
-		abort();
+	s->items = xrealloc(s->items, (s->n + 1) * sizeof(*s->items));
 	struct stage_item *it = &s->items[s->n++];
 	memset(it, 0, sizeof(*it));
 	return it;
@@ -791,12 +776,12 @@ static int stage_resolve_task(struct stage *s, const char *name, const char *id,
 		else
 			buf_puts(&dest, name);
 		it->dest = buf_steal(&dest, NULL);
-		it->name = strdup(fn);
-		it->task = strdup(id);
-		it->sha = strdup(json_string_value(json_object_get(f, "sha256")));
+		it->name = xstrdup(fn);
+		it->task = xstrdup(id);
+		it->sha = xstrdup(json_string_value(json_object_get(f, "sha256")));
 		it->size = (uint64_t) json_integer_value(json_object_get(f, "size"));
-		it->node = strdup(node);
-		it->did = strdup(json_string_value(json_object_get(rec, "dispatch_id")));
+		it->node = xstrdup(node);
+		it->did = xstrdup(json_string_value(json_object_get(rec, "dispatch_id")));
 		/* its node is gone, or cannot be dialled (a reverse node, reached through the
 		 * join listener, which takes no signed URL): the copy kept here, if any */
 		const struct cfg_host *h = config_find_host(cfg, node);
@@ -821,10 +806,11 @@ int artifacts_stage(struct artifacts *a, const json_t *inputs, const json_t *pro
 		    const char *node, const char *dispatch_id, json_t **staged,
 		    artifacts_done_fn done, void *arg)
 {
-	struct stage *s = calloc(1, sizeof(*s));
+	assert(loop_is_current(a->loop));
+	struct stage *s = xcalloc(1, sizeof(*s));
 	s->a = a;
-	s->node = strdup(node);
-	s->did = strdup(dispatch_id);
+	s->node = xstrdup(node);
+	s->did = xstrdup(dispatch_id);
 	s->staged = json_array();
 	s->ret_staged = staged;
 	s->done = done;
@@ -855,8 +841,8 @@ int artifacts_stage(struct artifacts *a, const json_t *inputs, const json_t *pro
 					 name, sv, root);
 			} else {
 				struct stage_item *it = stage_add(s);
-				it->dest = strdup(name);
-				it->local = strdup(real);
+				it->dest = xstrdup(name);
+				it->local = xstrdup(real);
 				continue;
 			}
 			s->err = -ENOENT;
@@ -864,7 +850,7 @@ int artifacts_stage(struct artifacts *a, const json_t *inputs, const json_t *pro
 		}
 		/* TASK[@NODE|@*]/PATH */
 		const char *slash = strchr(sv, '/');
-		char *prod = strndup(sv, (size_t) (slash - sv));
+		char *prod = xstrndup(sv, (size_t) (slash - sv));
 		bool all = strlen(prod) > 2 && !strcmp(prod + strlen(prod) - 2, "@*");
 		if (all)
 			prod[strlen(prod) - 2] = '\0';
@@ -887,18 +873,8 @@ int artifacts_stage(struct artifacts *a, const json_t *inputs, const json_t *pro
 			break;
 	}
 	config_unref(cfg);
-	if (s->err) {
-		if (loop_post(a->loop, stage_end, s) < 0) {
-			stage_free(s);
-			return -ENOMEM;
-		}
-		return 0;
-	}
-	/* started from the loop, never from within the caller */
-	if (loop_post(a->loop, stage_begin, s) < 0) {
-		stage_free(s);
-		return -ENOMEM;
-	}
+	/* started (or ended) from the loop, never from within the caller */
+	loop_post(a->loop, s->err ? stage_end : stage_begin, s);
 	return 0;
 }
 
@@ -907,15 +883,10 @@ int artifacts_stage(struct artifacts *a, const json_t *inputs, const json_t *pro
 int artifacts_new(struct loop *loop, struct cluster *cluster, const char *state_dir,
 		  struct artifacts **ret)
 {
-	struct artifacts *a = calloc(1, sizeof(*a));
-	if (!a)
-		return -ENOMEM;
+	struct artifacts *a = xcalloc(1, sizeof(*a));
 	a->loop = loop;
 	a->cluster = cluster;
-	if (asprintf(&a->dir, "%s/artifacts", state_dir) < 0) {
-		free(a);
-		return -ENOMEM;
-	}
+	a->dir = xasprintf("%s/artifacts", state_dir);
 	if (mkdir(a->dir, 0700) < 0 && errno != EEXIST) {
 		int r = -errno;
 		free(a->dir);

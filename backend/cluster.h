@@ -155,14 +155,18 @@ int cluster_get_level(struct cluster *c, const char *name, enum node_level *ret)
 /* Any thread: true when the node's data is younger than probe.max_age_ms. */
 bool cluster_node_is_fresh(struct cluster *c, const char *name);
 
-/* Called once when a refresh finished; err is 0, or -ENOENT when the node vanished. */
-typedef void (*cluster_refresh_fn)(void *arg, int err);
+/* Called once when a refresh finished, on the loop thread: err is 0 and v the node's view
+ * as the probe left it (borrowed: valid during the call only), or err is -ENOENT (the node
+ * vanished) or -ECANCELED (the model is freed) and v is NULL. */
+typedef void (*cluster_refresh_fn)(void *arg, int err, const struct node_view *v);
 
-/* Any thread: makes the node's data fresh. Joins a probe in flight or starts one, and
- * starts one for every other node whose data is older than max_age_ms, so that reading
- * all nodes' health costs one round of parallel requests. done(arg, err) runs on the loop
- * thread when the node's probe finished, which is at most probe.timeout_ms from now.
- * Returns 0 or -errno (then done is not called). */
+/* Any thread: makes the node's data fresh (DESIGN §2, "The async contract"). Returns 1 when
+ * it is younger than max_age_ms already (done is not called), -ENOENT for an unknown node or
+ * another -errno (done is not called), or 0: then done(arg, err, v) runs exactly once on the
+ * loop thread when the node's probe finished, at most probe.timeout_ms from now. Joins a
+ * probe in flight or starts one, and starts one for every other node whose data is older
+ * than max_age_ms, so that reading all nodes' health costs one round of parallel
+ * requests. */
 int cluster_refresh_node(struct cluster *c, const char *name, cluster_refresh_fn done, void *arg);
 
 /* Any thread: a pushed heartbeat of node `name` (a joined agent's health document, and

@@ -46,9 +46,7 @@ int ctl_parse(const char *cmd, const struct ctl_word *words, size_t n_words,
 	*ret = (struct ctl_command){.word = -1};
 	if (!cmd)
 		cmd = "";
-	_cleanup_free_ char *copy = strdup(cmd);
-	if (!copy)
-		return -ENOMEM;
+	_cleanup_free_ char *copy = xstrdup(cmd);
 	char *save = NULL;
 	const char *word = strtok_r(copy, CTL_SPACE, &save);
 	const char *arg = word ? strtok_r(NULL, CTL_SPACE, &save) : NULL;
@@ -71,9 +69,9 @@ int ctl_parse(const char *cmd, const struct ctl_word *words, size_t n_words,
 		usage(words, n_words, &b);
 	} else {
 		ret->word = i;
-		ret->arg = arg ? strdup(arg) : NULL;
+		ret->arg = arg ? xstrdup(arg) : NULL;
 		buf_free(&b);
-		return arg && !ret->arg ? -ENOMEM : 0;
+		return 0;
 	}
 	snprintf(errbuf, errlen, "%s", b.data);
 	buf_free(&b);

@@ -21,7 +21,7 @@ struct ctl_command {
 };
 
 /* Parses cmd: WORD or WORD ARG, spaces, tabs and line ends around and between ignored.
- * Returns 0, or -EINVAL (-ENOMEM) with the sentence in errbuf: an empty command, an
+ * Returns 0, or -EINVAL with the sentence in errbuf: an empty command, an
  * unknown word (naming the nearest known one when it is close: "did you mean"), a missing
  * argument, an argument to a word that takes none, more than one argument. */
 int ctl_parse(const char *cmd, const struct ctl_word *words, size_t n_words,

@@ -1,5 +1,6 @@
 /* SHA-256 and HMAC-SHA256 by libcrypto (see digest.h). */
 #include "backend/digest.h"
+#include "backend/util.h"
 
 #include <inttypes.h>
 #include <openssl/evp.h>
@@ -50,11 +51,8 @@ void digest_sign_path(const char *token, const char *path, uint64_t expires,
 {
 	unsigned char raw[EVP_MAX_MD_SIZE];
 	unsigned int n = 0;
-	char *msg = NULL;
-	int len = asprintf(&msg, "GET\n%s\n%" PRIu64, path, expires);
-	if (len < 0)
-		abort();
-	HMAC(EVP_sha256(), token, (int) strlen(token), (const unsigned char *) msg, (size_t) len,
+	char *msg = xasprintf("GET\n%s\n%" PRIu64, path, expires);
+	HMAC(EVP_sha256(), token, (int) strlen(token), (const unsigned char *) msg, strlen(msg),
 	     raw, &n);
 	free(msg);
 	hex_of(raw, n, out);

@@ -46,9 +46,7 @@ struct knowledge {
 
 int knowledge_new(struct store *s, struct knowledge **ret)
 {
-	struct knowledge *k = calloc(1, sizeof(*k));
-	if (!k)
-		return -ENOMEM;
+	struct knowledge *k = xcalloc(1, sizeof(*k));
 	k->store = s;
 	pthread_mutex_init(&k->lock, NULL);
 	*ret = k;
@@ -80,7 +78,7 @@ bool knowledge_path_is_valid(const char *path)
 	size_t n = strlen(path);
 	if (n == 0 || n > KNOWLEDGE_PATH_MAX)
 		return false;
-	char *copy = strdup(path);
+	char *copy = xstrdup(path);
 	bool ok = copy[0] != '/' && copy[n - 1] != '/';
 	for (char *p = copy, *slash; ok && p; p = slash ? slash + 1 : NULL) {
 		slash = strchr(p, '/');
@@ -96,7 +94,7 @@ bool knowledge_path_is_valid(const char *path)
 static char *parent_of(const char *path)
 {
 	const char *slash = strrchr(path, '/');
-	return slash ? strndup(path, (size_t) (slash - path)) : strdup("");
+	return slash ? xstrndup(path, (size_t) (slash - path)) : xstrdup("");
 }
 
 static int sqlite_err(int rc)
@@ -401,12 +399,10 @@ static void add_name(char ***names, size_t *n, size_t *cap, const char *path)
 {
 	if (*n + 2 > *cap) {
 		*cap = *cap ? *cap * 2 : 16;
-		*names = realloc(*names, *cap * sizeof(**names));
-		if (!*names)
-			abort();
+		*names = xrealloc(*names, *cap * sizeof(**names));
 	}
 	const char *slash = strrchr(path, '/');
-	(*names)[(*n)++] = strdup(slash ? slash + 1 : path);
+	(*names)[(*n)++] = xstrdup(slash ? slash + 1 : path);
 	(*names)[*n] = NULL;
 }
 
@@ -452,7 +448,7 @@ char **knowledge_list(struct knowledge *k, const char *dir, bool with_deleted, s
 		pthread_mutex_unlock(&k->lock);
 	}
 	if (!names)
-		names = calloc(1, sizeof(*names));
+		names = xcalloc(1, sizeof(*names));
 	qsort(names, n, sizeof(*names), cmp_str);
 	*ret_n = n;
 	return names;
@@ -474,7 +470,7 @@ char **knowledge_versions(struct knowledge *k, const char *path, size_t *ret_n)
 		sqlite3_finalize(st);
 	}
 	if (!names)
-		names = calloc(1, sizeof(*names));
+		names = xcalloc(1, sizeof(*names));
 	*ret_n = n;
 	return names;
 }
@@ -488,8 +484,8 @@ void knowledge_hold(struct knowledge *k, const char *path, uid_t uid)
 	if (h) {
 		h->n++;
 	} else if (k->n_holds < HOLDS_MAX) {
-		h = calloc(1, sizeof(*h));
-		h->path = strdup(path);
+		h = xcalloc(1, sizeof(*h));
+		h->path = xstrdup(path);
 		h->uid = uid;
 		h->n = 1;
 		h->next = k->holds;
@@ -603,6 +599,7 @@ static int next_got(void *arg, int64_t seq, const char *path, int64_t version, c
 static void replica_send(struct replica *p)
 {
 	struct knowledge *k = p->k;
+	assert(loop_is_current(k->loop));
 	if (p->busy || p->acked < 0)
 		return;
 	struct next_version n = {0};
@@ -661,6 +658,7 @@ static void health_noted(void *arg)
 {
 	struct health_note *hn = arg;
 	struct knowledge *k = hn->k;
+	assert(loop_is_current(k->loop));
 	struct node_view v;
 	if (cluster_get_node(k->cluster, hn->node, &v) == 0) {
 		json_t *seq = json_object_get(v.health, "knowledge_seq");
@@ -668,8 +666,8 @@ static void health_noted(void *arg)
 		while (p && strcmp(p->node, hn->node))
 			p = p->next;
 		if (!p && json_is_integer(seq)) {
-			p = calloc(1, sizeof(*p));
-			p->node = strdup(hn->node);
+			p = xcalloc(1, sizeof(*p));
+			p->node = xstrdup(hn->node);
 			p->k = k;
 			p->next = k->replicas;
 			k->replicas = p;
@@ -690,15 +688,10 @@ void knowledge_on_cluster_change(void *arg, const char *node)
 	struct knowledge *k = arg;
 	if (!node || !k->loop)
 		return;
-	struct health_note *hn = calloc(1, sizeof(*hn));
-	if (!hn)
-		return;
+	struct health_note *hn = xcalloc(1, sizeof(*hn));
 	hn->k = k;
-	hn->node = strdup(node);
-	if (loop_post(k->loop, health_noted, hn) < 0) {
-		free(hn->node);
-		free(hn);
-	}
+	hn->node = xstrdup(node);
+	loop_post(k->loop, health_noted, hn);
 }
 
 void knowledge_replicate(struct knowledge *k, struct loop *loop, struct cluster *cluster)

@@ -222,6 +222,20 @@ static void fetch_done(void *arg, int err, long status, const char *body, size_t
 	}
 }
 
+/* Lock held: takes the waiter (done, arg) out of the list again (its fetch did not start);
+ * the others stay for the next fetch. */
+static void waiter_remove_locked(struct ledger *l, ledger_done_fn done, void *arg)
+{
+	for (struct ledger_waiter **p = &l->waiters; *p; p = &(*p)->next) {
+		if ((*p)->done == done && (*p)->arg == arg) {
+			struct ledger_waiter *w = *p;
+			*p = w->next;
+			free(w);
+			return;
+		}
+	}
+}
+
 int ledger_refresh(struct ledger *l, ledger_done_fn done, void *arg)
 {
 	struct config *cfg = cluster_get_config(l->cluster);
@@ -257,11 +271,15 @@ int ledger_refresh(struct ledger *l, ledger_done_fn done, void *arg)
 		if (r < 0) {
 			pthread_mutex_lock(&l->lock);
 			l->fetching = false;
+			if (wait && done)
+				waiter_remove_locked(l, done, arg);
 			pthread_mutex_unlock(&l->lock);
+			endpoint_clear(&base);
+			return r;
 		}
 	}
 	endpoint_clear(&base);
-	return wait && done ? 0 : 1;
+	return wait ? 0 : 1;
 }
 
 /* ---- delivery of records ---- */

@@ -26,9 +26,12 @@ void ledger_free(struct ledger *l);
 int ledger_start(struct ledger *l);
 
 typedef void (*ledger_done_fn)(void *arg);
-/* Makes the copy at most probe.max_age_ms old: 1 when fresh already, or when the last
- * fetch failed recently (then the cached copy answers at once; done not called); 0 when
- * a fetch runs (done(arg) on the loop thread within probe.timeout_ms); -errno. */
+/* Any thread: makes the copy at most probe.max_age_ms old (DESIGN §2, "The async
+ * contract"). Returns 1 when there is nothing to wait for: fresh already, no host serves
+ * the ledger, or the last fetch failed recently (then the cached copy answers at once);
+ * done is not called. Returns 0 when a fetch runs: done(arg) then runs exactly once on the
+ * loop thread, within probe.timeout_ms (done may be NULL: a fetch in the background).
+ * Returns -errno when the fetch cannot start (done is not called). */
 int ledger_refresh(struct ledger *l, ledger_done_fn done, void *arg);
 
 /* Steps of the entries, ascending, as strings; new NULL-terminated array. */

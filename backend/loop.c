@@ -64,6 +64,7 @@ struct loop {
 	uint64_t curl_due_us; /* when curl wants its timeout action; 0: no timer */
 	pthread_t thread;
 	bool started;
+	atomic_bool running;  /* the thread runs: loop_start succeeded, loop_stop has not joined */
 	bool stop;            /* protected by lock */
 	atomic_bool stopping; /* no new transfers: loop_begin_stop or loop_stop was called */
 	pthread_mutex_t lock;
@@ -125,9 +126,7 @@ static void loop_wake(struct loop *l)
 int loop_new(struct loop **ret)
 {
 	pthread_once(&curl_once, curl_init_once);
-	struct loop *l = calloc(1, sizeof(*l));
-	if (!l)
-		return -ENOMEM;
+	struct loop *l = xcalloc(1, sizeof(*l));
 	l->multi = curl_multi_init();
 	if (!l->multi) {
 		free(l);
@@ -159,16 +158,17 @@ int loop_new(struct loop **ret)
 	return 0;
 }
 
+/* The loop the calling thread runs, set by loop_main before it runs anything. */
+static _Thread_local const struct loop *loop_current;
+
 bool loop_is_current(const struct loop *l)
 {
-	return l->started && pthread_equal(pthread_self(), l->thread);
+	return loop_current == l || !atomic_load(&l->running);
 }
 
 int loop_post(struct loop *l, loop_fn fn, void *arg)
 {
-	struct post *p = malloc(sizeof(*p));
-	if (!p)
-		return -ENOMEM;
+	struct post *p = xmalloc(sizeof(*p));
 	p->fn = fn;
 	p->arg = arg;
 	p->next = NULL;
@@ -185,9 +185,8 @@ int loop_post(struct loop *l, loop_fn fn, void *arg)
 
 struct loop_timer *loop_timer_add(struct loop *l, uint64_t due_us, loop_fn fn, void *arg)
 {
-	struct loop_timer *t = calloc(1, sizeof(*t));
-	if (!t)
-		abort();
+	assert(loop_is_current(l));
+	struct loop_timer *t = xcalloc(1, sizeof(*t));
 	t->due_us = due_us;
 	t->fn = fn;
 	t->arg = arg;
@@ -216,6 +215,7 @@ static void timer_unlink(struct loop *l, struct loop_timer *t)
 
 void loop_timer_cancel(struct loop *l, struct loop_timer *t)
 {
+	assert(loop_is_current(l));
 	if (!t)
 		return;
 	timer_unlink(l, t);
@@ -224,6 +224,7 @@ void loop_timer_cancel(struct loop *l, struct loop_timer *t)
 
 int loop_fd_add(struct loop *l, int fd, loop_fn fn, void *arg)
 {
+	assert(loop_is_current(l));
 	if (l->n_fds >= LOOP_MAX_FDS)
 		return -ENOSPC;
 	struct epoll_event ev = {.events = EPOLLIN,
@@ -236,6 +237,7 @@ int loop_fd_add(struct loop *l, int fd, loop_fn fn, void *arg)
 
 void loop_fd_remove(struct loop *l, int fd)
 {
+	assert(loop_is_current(l));
 	for (size_t i = 0; i < l->n_fds; i++) {
 		if (l->fds[i].fd == fd) {
 			epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
@@ -322,18 +324,12 @@ static void refusal_run(void *arg)
 
 static int loop_refuse(struct loop *l, const char *why, http_done_fn done, void *arg)
 {
-	struct refusal *rf = calloc(1, sizeof(*rf));
-	if (!rf)
-		return -ENOMEM;
+	struct refusal *rf = xcalloc(1, sizeof(*rf));
 	rf->done = done;
 	rf->arg = arg;
-	rf->why = strdup(why);
-	int r = rf->why ? loop_post(l, refusal_run, rf) : -ENOMEM;
-	if (r < 0) {
-		free(rf->why);
-		free(rf);
-	}
-	return r;
+	rf->why = xstrdup(why);
+	loop_post(l, refusal_run, rf);
+	return 0;
 }
 
 /* https: verify by the pinned key, or by the CA chain and the host name; TLS 1.2 or later. */
@@ -454,9 +450,8 @@ static void xfer_add_headers(struct xfer *x, const struct http_request *req)
 		x->headers = curl_slist_append(x->headers, req->headers[i]);
 }
 
-/* The method and the body (from memory or from req->body_fd), and the header list. Returns 0
- * or -ENOMEM. */
-static int xfer_set_body(struct xfer *x, const struct http_request *req)
+/* The method and the body (from memory or from req->body_fd), and the header list. */
+static void xfer_set_body(struct xfer *x, const struct http_request *req)
 {
 	CURL *e = x->easy;
 	bool post = req->method && strcmp(req->method, "POST") == 0;
@@ -469,9 +464,7 @@ static int xfer_set_body(struct xfer *x, const struct http_request *req)
 		x->headers = curl_slist_append(x->headers, h.data);
 		buf_free(&h);
 		x->headers = curl_slist_append(x->headers, "Expect:");
-		x->req_body = malloc(req->body_len + 1);
-		if (!x->req_body)
-			return -ENOMEM;
+		x->req_body = xmalloc(req->body_len + 1);
 		if (req->body_len)
 			memcpy(x->req_body, req->body, req->body_len);
 		x->req_body[req->body_len] = '\0';
@@ -492,11 +485,11 @@ static int xfer_set_body(struct xfer *x, const struct http_request *req)
 	    !(x->req_fd > 0 && !strcmp(req->method, "PUT")))
 		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
-	return 0;
 }
 
 int loop_http(struct loop *l, const struct http_request *req, http_done_fn done, void *arg)
 {
+	assert(loop_is_current(l));
 	/* a completion callback run by loop_stop must not start what nobody will finish */
 	int req_fd = req->body_fd;
 	if (atomic_load(&l->stopping) || req->refused ||
@@ -509,12 +502,7 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 			return loop_refuse(l, req->refused, done, arg);
 		return loop_refuse(l, "only http:// URLs go without TLS settings", done, arg);
 	}
-	struct xfer *x = calloc(1, sizeof(*x));
-	if (!x) {
-		if (req_fd > 0)
-			close(req_fd);
-		return -ENOMEM;
-	}
+	struct xfer *x = xcalloc(1, sizeof(*x));
 	x->req_fd = req_fd;
 	buf_init(&x->body);
 	x->done = done;
@@ -527,8 +515,7 @@ int loop_http(struct loop *l, const struct http_request *req, http_done_fn done,
 
 	xfer_set_options(x, req);
 	xfer_add_headers(x, req);
-	if (xfer_set_body(x, req) < 0)
-		goto err_free_xfer;
+	xfer_set_body(x, req);
 
 	if (curl_multi_add_handle(l->multi, x->easy) != CURLM_OK)
 		goto err_free_xfer;
@@ -546,6 +533,7 @@ err_free_xfer:
 
 size_t loop_http_active(const struct loop *l)
 {
+	assert(loop_is_current(l));
 	return l->n_xfers;
 }
 
@@ -612,6 +600,7 @@ static void xfer_finish(struct loop *l, struct xfer *x, CURLcode code)
 
 int loop_http_abort(struct loop *l, http_done_fn done, void *arg)
 {
+	assert(loop_is_current(l));
 	for (struct xfer *x = l->xfers; x; x = x->next) {
 		if (x->done == done && x->arg == arg) {
 			/* removing a transfer mid-way closes its connection: the server sees it */
@@ -665,6 +654,7 @@ static void loop_finish_transfers(struct loop *l)
 static void *loop_main(void *arg)
 {
 	struct loop *l = arg;
+	loop_current = l;
 	struct epoll_event evs[64];
 	for (;;) {
 		pthread_mutex_lock(&l->lock);
@@ -737,9 +727,12 @@ static void *loop_main(void *arg)
 
 int loop_start(struct loop *l)
 {
+	atomic_store(&l->running, true);
 	int r = pthread_create(&l->thread, NULL, loop_main, l);
-	if (r != 0)
+	if (r != 0) {
+		atomic_store(&l->running, false);
 		return -r;
+	}
 	l->started = true;
 	return 0;
 }
@@ -759,6 +752,7 @@ void loop_stop(struct loop *l)
 	pthread_mutex_unlock(&l->lock);
 	loop_wake(l);
 	pthread_join(l->thread, NULL);
+	atomic_store(&l->running, false);
 	l->started = false;
 	while (l->xfers)
 		xfer_finish(l, l->xfers, CURLE_ABORTED_BY_CALLBACK);

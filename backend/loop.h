@@ -76,10 +76,13 @@ void loop_begin_stop(struct loop *l);
  * -ECANCELED (their callbacks run on the calling thread and cannot start new ones). */
 void loop_stop(struct loop *l);
 void loop_free(struct loop *l);
-/* True when called on the loop thread. */
+/* True when called on the loop thread, or while no loop thread runs (before loop_start,
+ * after loop_stop: the caller then owns what the thread would). What the "loop thread
+ * only" functions assert. */
 bool loop_is_current(const struct loop *l);
 
-/* Thread-safe: runs fn(arg) on the loop thread soon, in order. Returns 0 or -ENOMEM. */
+/* Thread-safe: runs fn(arg) on the loop thread soon, in order. Returns 0: it cannot fail
+ * (allocation failure aborts). */
 int loop_post(struct loop *l, loop_fn fn, void *arg);
 
 /* Loop thread only: runs fn(arg) once at monotonic time due_us. The timer is freed after

@@ -39,9 +39,7 @@ char *models_encode_name(const char *model)
 
 char *models_decode_name(const char *file)
 {
-	char *out = malloc(strlen(file) + 1), *o = out;
-	if (!out)
-		return NULL;
+	char *out = xmalloc(strlen(file) + 1), *o = out;
 	for (const char *p = file; *p;) {
 		if (*p != '%') {
 			*o++ = *p++;
@@ -104,7 +102,7 @@ static void server_init(struct server *sv, const struct config *cfg, const struc
 			const struct cfg_service *s)
 {
 	memset(sv, 0, sizeof(*sv));
-	sv->service = strdup(s->name);
+	sv->service = xstrdup(s->name);
 	sv->openai = service_is_openai(s);
 	/* an OpenAI-compatible API lives under /v1 unless the config says otherwise */
 	const char *path = s->path && s->path[0] ? s->path : sv->openai ? "/v1" : "";
@@ -131,9 +129,7 @@ static void server_init(struct server *sv, const struct config *cfg, const struc
 /* The model servers of a host: Ollama ones first, each kind in config order. New array. */
 struct server *models_servers_of(const struct config *cfg, const struct cfg_host *h, size_t *ret_n)
 {
-	struct server *svs = calloc(h->n_services + 1, sizeof(*svs));
-	if (!svs)
-		abort();
+	struct server *svs = xcalloc(h->n_services + 1, sizeof(*svs));
 	size_t n = 0;
 	for (int pass = 0; pass < 2; pass++)
 		for (size_t i = 0; i < h->n_services; i++)
@@ -201,11 +197,9 @@ struct mnode *models_node_get(struct models *m, const char *name)
 	struct mnode *n = models_node_find(m, name);
 	if (n)
 		return n;
-	n = calloc(1, sizeof(*n));
-	struct mnode **nodes = realloc(m->nodes, (m->n_nodes + 1) * sizeof(*nodes));
-	if (!n || !nodes)
-		abort();
-	n->name = strdup(name);
+	n = xcalloc(1, sizeof(*n));
+	struct mnode **nodes = xrealloc(m->nodes, (m->n_nodes + 1) * sizeof(*nodes));
+	n->name = xstrdup(name);
 	m->nodes = nodes;
 	m->nodes[m->n_nodes++] = n;
 	return n;
@@ -249,6 +243,7 @@ bool models_node_recently_failed(const struct mnode *n, const struct config *cfg
  * model servers. Returns the names of those that had an alert raised (new array). */
 char **models_nodes_prune(struct models *m, const struct config *cfg, size_t *ret_n)
 {
+	assert(loop_is_current(m->loop));
 	char **alerted = NULL;
 	size_t n_alerted = 0, k = 0;
 	for (size_t i = 0; i < m->n_nodes; i++) {
@@ -259,10 +254,8 @@ char **models_nodes_prune(struct models *m, const struct config *cfg, size_t *re
 			continue;
 		}
 		if (n->alert) {
-			alerted = realloc(alerted, (n_alerted + 1) * sizeof(*alerted));
-			if (!alerted)
-				abort();
-			alerted[n_alerted++] = strdup(n->name);
+			alerted = xrealloc(alerted, (n_alerted + 1) * sizeof(*alerted));
+			alerted[n_alerted++] = xstrdup(n->name);
 		}
 		node_free(n);
 		m->changed_at = clock_wall_s();
@@ -306,9 +299,7 @@ static int cmp_str(const void *a, const void *b)
 /* Encoded, valid, sorted file names of the keys of `obj`. New NULL-terminated array. */
 static char **file_names(json_t *obj, size_t *ret_n)
 {
-	char **names = calloc(json_object_size(obj) + 1, sizeof(*names));
-	if (!names)
-		abort();
+	char **names = xcalloc(json_object_size(obj) + 1, sizeof(*names));
 	size_t k = 0;
 	const char *key;
 	json_t *v;
@@ -404,7 +395,7 @@ int models_server_for(struct models *m, const char *node, const char *model,
 	if (pick) {
 		endpoint_init_sub(ret_base, &pick->base, "");
 		*ret_openai = pick->openai;
-		*ret_where = strdup(pick->where);
+		*ret_where = xstrdup(pick->where);
 		r = 0;
 	}
 	pthread_mutex_unlock(&m->lock);
@@ -500,16 +491,14 @@ size_t models_ops(struct models *m, const char *node, struct models_op_view **re
 	pthread_mutex_lock(&m->lock);
 	struct mnode *n = models_node_find(m, node);
 	size_t k = n ? n->n_ops : 0;
-	struct models_op_view *v = k ? calloc(k, sizeof(*v)) : NULL;
-	if (k && !v)
-		abort();
+	struct models_op_view *v = k ? xcalloc(k, sizeof(*v)) : NULL;
 	for (size_t i = 0; i < k; i++) {
 		const struct op *op = n->ops[i];
 		v[i].started_at = op->started_at;
 		v[i].verb = models_verb_names[op->verb];
-		v[i].model = strdup(op->model);
+		v[i].model = xstrdup(op->model);
 		v[i].state = models_op_state_names[op->state];
-		v[i].detail = op->detail ? strdup(op->detail) : NULL;
+		v[i].detail = op->detail ? xstrdup(op->detail) : NULL;
 	}
 	pthread_mutex_unlock(&m->lock);
 	*ret = v;
@@ -557,7 +546,7 @@ static int ctl_parse_command(const char *cmd, enum verb *ret_verb, char **ret_na
 	/* a file name copied from models/ works too: Ollama names never hold '%' */
 	char *name = strchr(raw, '%') ? models_decode_name(raw) : NULL;
 	if (!name)
-		name = strdup(raw);
+		name = xstrdup(raw);
 	if (!model_name_ok(name)) {
 		snprintf(errbuf, errlen, "\"%s\" is not a model name", raw);
 		free(name);
@@ -613,13 +602,11 @@ static int ctl_make_job(struct models *m, const char *node, enum verb verb, cons
 /* Records the command as a running operation of node, as ctl shows it. Returns its id. */
 static uint64_t ctl_add_op(struct models *m, const char *node, enum verb verb, const char *name)
 {
-	struct op *op = calloc(1, sizeof(*op));
-	if (!op)
-		abort();
+	struct op *op = xcalloc(1, sizeof(*op));
 	op->verb = verb;
-	op->model = strdup(name);
+	op->model = xstrdup(name);
 	op->state = OP_RUNNING;
-	op->detail = strdup(verb == VERB_LOAD ? "loading" : "waiting for the server");
+	op->detail = xstrdup(verb == VERB_LOAD ? "loading" : "waiting for the server");
 	op->started_at = clock_wall_s();
 	pthread_mutex_lock(&m->lock);
 	uint64_t id = op->id = ++m->next_op_id;
@@ -641,22 +628,15 @@ int models_ctl(struct models *m, const char *node, const char *cmd, models_ctl_f
 	r = ctl_make_job(m, node, verb, name, done, arg, &job, errbuf, errlen);
 	if (r < 0)
 		return r;
-	uint64_t id = ctl_add_op(m, node, verb, name);
-	r = ollama_job_post(job, id);
-	if (r < 0) {
-		models_op_set(m, node, id, OP_FAILED, "cannot start the request");
-		snprintf(errbuf, errlen, "cannot start the request: %s", strerror(-r));
-	}
-	return r;
+	ollama_job_post(job, ctl_add_op(m, node, verb, name));
+	return 0;
 }
 
 /* ---- life ---- */
 
 int models_new(struct loop *loop, struct cluster *cluster, struct models **ret)
 {
-	struct models *m = calloc(1, sizeof(*m));
-	if (!m)
-		return -ENOMEM;
+	struct models *m = xcalloc(1, sizeof(*m));
 	m->loop = loop;
 	m->cluster = cluster;
 	m->changed_at = clock_wall_s();

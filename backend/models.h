@@ -32,10 +32,13 @@ char *models_decode_name(const char *file);
 bool models_node_has_server(struct models *m, const char *node);
 
 typedef void (*models_done_fn)(void *arg);
-/* Makes the model lists of `node` (or of every node with a model server, when node is
- * NULL) at most max_age_ms old: returns 1 when they are fresh already (done not called),
- * 0 when a refresh runs (done(arg) on the loop thread once all answered or timed out,
- * within probe.timeout_ms), -errno on failure. Coalesces with refreshes in flight. */
+/* Any thread: makes the model lists of `node` (or of every node with a model server, when
+ * node is NULL) at most max_age_ms old (DESIGN §2, "The async contract"). Returns 1 when
+ * they are fresh already, or failed recently (done is not called); 0 when a refresh runs:
+ * done(arg) then runs exactly once on the loop thread, once all answered or timed out,
+ * within probe.timeout_ms (done may be NULL: a refresh in the background); -ENOENT for a
+ * node not in the config, or another -errno (done is not called). Coalesces with refreshes
+ * in flight. */
 int models_refresh(struct models *m, const char *node, models_done_fn done, void *arg);
 
 /* Encoded file names of the models on a node, sorted; new NULL-terminated array. */

@@ -143,9 +143,8 @@ int ollama_pick_server(struct models *m, const char *node, const struct server *
 /* A command for server sv; done is called once with its outcome after ollama_job_post. */
 struct job *ollama_job_new(struct models *m, const char *node, enum verb verb, const char *model,
 			   const struct server *sv, long connect_ms, models_ctl_fn done, void *arg);
-/* Starts the job on the loop thread as operation op_id. On failure the job is freed and
- * done is not called. Returns 0 or -errno. */
-int ollama_job_post(struct job *job, uint64_t op_id);
+/* Starts the job on the loop thread as operation op_id (it owns the job from then on). */
+void ollama_job_post(struct job *job, uint64_t op_id);
 
 /* ---- openai.c ---- */
 

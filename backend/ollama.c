@@ -247,7 +247,7 @@ static void pull_line(const char *line, size_t len, void *arg)
 	const char *status = json_string_value(json_object_get(doc, "status"));
 	if (error) {
 		if (!job->error) {
-			job->error = strdup(error);
+			job->error = xstrdup(error);
 			models_op_set(job->m, job->node, job->op_id, OP_FAILED, "%s", error);
 		}
 		job_answer(job, stream_errno(error), error);
@@ -336,7 +336,7 @@ static void job_done(void *arg, const struct http_response *r)
 		models_lines_finish(&job->lines, pull_line, job);
 	if (job->error) {
 		err = stream_errno(job->error);
-		why = strdup(job->error);
+		why = xstrdup(job->error);
 	} else if (r->error) {
 		err = r->error;
 		why = job->verb == VERB_PULL
@@ -345,7 +345,7 @@ static void job_done(void *arg, const struct http_response *r)
 			      : job_reason(job, r, r->body, r->body_len);
 	} else if (job->verb == VERB_PULL && !job->success) {
 		err = -EIO;
-		why = strdup("the pull stream ended without success");
+		why = xstrdup("the pull stream ended without success");
 	}
 
 	if (err) {
@@ -374,6 +374,7 @@ static void job_done(void *arg, const struct http_response *r)
 static void job_start(void *arg)
 {
 	struct job *job = arg;
+	assert(loop_is_current(job->m->loop));
 	struct http_request req = {
 		.method = job->verb == VERB_DELETE ? "DELETE" : "POST",
 		.body = job->body,
@@ -399,9 +400,7 @@ static void job_start(void *arg)
 struct job *ollama_job_new(struct models *m, const char *node, enum verb verb, const char *model,
 			   const struct server *sv, long connect_ms, models_ctl_fn done, void *arg)
 {
-	struct job *job = calloc(1, sizeof(*job));
-	if (!job)
-		abort();
+	struct job *job = xcalloc(1, sizeof(*job));
 	static const char *const paths[N_VERBS] = {"/api/pull", "/api/delete", "/api/generate",
 						   "/api/generate"};
 	json_t *body = json_pack("{s:s}", "model", model);
@@ -414,11 +413,11 @@ struct job *ollama_job_new(struct models *m, const char *node, enum verb verb, c
 	job->body = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(body);
 	endpoint_init_sub(&job->url, &sv->base, paths[verb]);
-	job->where = strdup(sv->where);
+	job->where = xstrdup(sv->where);
 	job->m = m;
-	job->node = strdup(node);
+	job->node = xstrdup(node);
 	job->verb = verb;
-	job->model = strdup(model);
+	job->model = xstrdup(model);
 	job->connect_ms = connect_ms;
 	job->timeout_ms = verb == VERB_PULL   ? PULL_TIMEOUT_MS
 			  : verb == VERB_LOAD ? LOAD_TIMEOUT_MS
@@ -430,11 +429,8 @@ struct job *ollama_job_new(struct models *m, const char *node, enum verb verb, c
 	return job;
 }
 
-int ollama_job_post(struct job *job, uint64_t op_id)
+void ollama_job_post(struct job *job, uint64_t op_id)
 {
 	job->op_id = op_id;
-	int r = loop_post(job->m->loop, job_start, job);
-	if (r < 0)
-		job_free(job);
-	return r;
+	loop_post(job->m->loop, job_start, job);
 }

@@ -80,7 +80,7 @@ static double ms_of(const json_t *v)
 static void set_once(char **dst, const char *s)
 {
 	if (!*dst && s)
-		*dst = strdup(s);
+		*dst = xstrdup(s);
 }
 
 static void ollama_line(struct answer *a, json_t *o)
@@ -267,6 +267,7 @@ struct abort_msg {
 static void abort_on_loop(void *arg)
 {
 	struct abort_msg *msg = arg;
+	assert(loop_is_current(msg->p->loop));
 	struct run *r = run_find(msg->p, msg->dispatch_id);
 	if (r)
 		loop_http_abort(msg->p->loop, run_done, r);
@@ -278,13 +279,10 @@ static void abort_on_loop(void *arg)
 static void post_abort(struct prompts *p, const char *dispatch_id)
 {
 	size_t n = strlen(dispatch_id) + 1;
-	struct abort_msg *msg = malloc(sizeof(*msg) + n);
-	if (!msg)
-		abort();
+	struct abort_msg *msg = xmalloc(sizeof(*msg) + n);
 	msg->p = p;
 	memcpy(msg->dispatch_id, dispatch_id, n);
-	if (loop_post(p->loop, abort_on_loop, msg) < 0)
-		free(msg);
+	loop_post(p->loop, abort_on_loop, msg);
 }
 
 static void run_piece(const char *s, size_t n, void *arg)
@@ -436,6 +434,7 @@ static int prompts_start(void *arg, const char *id, const char *dispatch_id, con
 			 const json_t *spec)
 {
 	struct prompts *p = arg;
+	assert(loop_is_current(p->loop));
 	if (run_find(p, dispatch_id))
 		return 0; /* this attempt streams already */
 	const char *model = json_string_value(json_object_get(spec, "model"));
@@ -446,14 +445,12 @@ static int prompts_start(void *arg, const char *id, const char *dispatch_id, con
 	if (rc < 0)
 		return rc;
 	bool chat = json_object_get(spec, "messages") != NULL;
-	struct run *r = calloc(1, sizeof(*r));
-	if (!r)
-		abort();
+	struct run *r = xcalloc(1, sizeof(*r));
 	r->p = p;
-	r->id = strdup(id);
-	r->dispatch_id = strdup(dispatch_id);
-	r->node = strdup(node);
-	r->model = strdup(model);
+	r->id = xstrdup(id);
+	r->dispatch_id = xstrdup(dispatch_id);
+	r->node = xstrdup(node);
+	r->model = xstrdup(model);
 	r->where = where;
 	r->api = openai ? "/v1/chat/completions" : chat ? "/api/chat" : "/api/generate";
 	answer_init(&r->answer, openai, chat);
@@ -491,6 +488,7 @@ static int prompts_start(void *arg, const char *id, const char *dispatch_id, con
 static void prompts_cancel(void *arg, const char *dispatch_id)
 {
 	struct prompts *p = arg;
+	assert(loop_is_current(p->loop));
 	struct run *r = run_find(p, dispatch_id);
 	if (!r || r->cancelled)
 		return;
@@ -552,7 +550,7 @@ static void pull_refused(struct prompts *p, const char *node, const char *model,
 	for (struct pull *q = p->pulls; q; q = q->next) {
 		if (!strcmp(q->node, node) && !strcmp(q->model, model)) {
 			free(q->error);
-			q->error = strdup(why);
+			q->error = xstrdup(why);
 			q->when_us = clock_now_us();
 		}
 	}
@@ -575,6 +573,7 @@ static void pull_answered(void *arg, int err, const char *why)
 static void prompts_pull(void *arg, const char *node, const char *model, struct buf *why)
 {
 	struct prompts *p = arg;
+	assert(loop_is_current(p->loop));
 	uint64_t now = clock_now_us();
 	pthread_mutex_lock(&p->lock);
 	struct pull *q = p->pulls;
@@ -590,11 +589,9 @@ static void prompts_pull(void *arg, const char *node, const char *model, struct 
 		return;
 	}
 	if (!q) {
-		q = calloc(1, sizeof(*q));
-		if (!q)
-			abort();
-		q->node = strdup(node);
-		q->model = strdup(model);
+		q = xcalloc(1, sizeof(*q));
+		q->node = xstrdup(node);
+		q->model = xstrdup(model);
 		q->next = p->pulls;
 		p->pulls = q;
 	}
@@ -613,12 +610,10 @@ static void prompts_pull(void *arg, const char *node, const char *model, struct 
 	struct buf cmd;
 	buf_init(&cmd);
 	buf_printf(&cmd, "pull %s", model);
-	struct pull_ask *a = calloc(1, sizeof(*a));
-	if (!a)
-		abort();
+	struct pull_ask *a = xcalloc(1, sizeof(*a));
 	a->p = p;
-	a->node = strdup(node);
-	a->model = strdup(model);
+	a->node = xstrdup(node);
+	a->model = xstrdup(model);
 	char err[256];
 	int r = models_ctl(p->models, node, cmd.data, pull_answered, a, err, sizeof(err));
 	buf_free(&cmd);
@@ -636,9 +631,7 @@ static void prompts_pull(void *arg, const char *node, const char *model, struct 
 int prompts_new(struct loop *loop, struct cluster *cluster, struct models *models,
 		struct tasks *tasks, struct prompts **ret)
 {
-	struct prompts *p = calloc(1, sizeof(*p));
-	if (!p)
-		return -ENOMEM;
+	struct prompts *p = xcalloc(1, sizeof(*p));
 	p->loop = loop;
 	p->cluster = cluster;
 	p->models = models;

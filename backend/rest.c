@@ -39,12 +39,12 @@ char *rest_error_message(const char *body, size_t len)
 	for (size_t i = 0; i < 3; i++) {
 		json_t *v = json_object_get(doc, keys[i]);
 		if (json_is_string(v)) {
-			char *s = strdup(json_string_value(v));
+			char *s = xstrdup(json_string_value(v));
 			json_decref(doc);
 			return s;
 		}
 		if (json_is_object(v) && json_is_string(json_object_get(v, "message"))) {
-			char *s = strdup(json_string_value(json_object_get(v, "message")));
+			char *s = xstrdup(json_string_value(json_object_get(v, "message")));
 			json_decref(doc);
 			return s;
 		}
@@ -53,7 +53,7 @@ char *rest_error_message(const char *body, size_t len)
 	size_t n = len < 200 ? len : 200;
 	while (n && (body[n - 1] == '\n' || body[n - 1] == '\r'))
 		n--;
-	return strndup(body, n);
+	return xstrndup(body, n);
 }
 
 static void rest_finished(void *arg, const struct http_response *r)
@@ -86,6 +86,7 @@ static void rest_chunk(const char *data, size_t len, void *arg)
 static void rest_start(void *arg)
 {
 	struct rest_call *c = arg;
+	assert(loop_is_current(c->loop));
 	struct http_request req = {
 		.method = c->method,
 		.token = c->token,
@@ -106,27 +107,21 @@ static void rest_start(void *arg)
 
 int rest_call(struct loop *l, const struct rest_request *req, rest_done_fn done, void *arg)
 {
-	struct rest_call *c = calloc(1, sizeof(*c));
-	if (!c)
-		return -ENOMEM;
+	struct rest_call *c = xcalloc(1, sizeof(*c));
 	c->loop = l;
-	c->method = strdup(req->method);
+	c->method = xstrdup(req->method);
 	endpoint_init_sub(&c->where, req->where, "");
-	c->token = req->token ? strdup(req->token) : NULL;
+	c->token = req->token ? xstrdup(req->token) : NULL;
 	if (req->body) {
-		c->body = malloc(req->body_len + 1);
-		if (c->body) {
-			memcpy(c->body, req->body, req->body_len);
-			c->body[req->body_len] = '\0';
-		}
+		c->body = xmalloc(req->body_len + 1);
+		memcpy(c->body, req->body, req->body_len);
+		c->body[req->body_len] = '\0';
 	}
 	c->body_len = req->body_len;
 	c->timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : 2000;
 	c->on_chunk = req->on_chunk;
 	c->done = done;
 	c->arg = arg;
-	int r = loop_post(l, rest_start, c);
-	if (r < 0)
-		rest_call_free(c);
-	return r;
+	loop_post(l, rest_start, c);
+	return 0;
 }

@@ -22,7 +22,8 @@ struct rest_request {
 	void (*on_chunk)(const char *data, size_t len, void *arg); /* streaming, or NULL */
 };
 
-/* Copies the request, starts it on the loop thread. 0 or -errno (then done is not called). */
+/* Copies the request, starts it on the loop thread. Returns 0: it cannot fail (done is
+ * always called, with -errno when the exchange could not start). */
 int rest_call(struct loop *l, const struct rest_request *req, rest_done_fn done, void *arg);
 
 /* The server's message in an error answer: {"error": "..."} or {"detail": "..."} or

@@ -310,14 +310,11 @@ static int place_explicit(const struct sched_request *req, const struct sched_no
 		return 0;
 	}
 
-	const char **names = calloc(n ? n : 1, sizeof(*names));
-	const char *hint = NULL;
-	if (names) {
-		for (size_t i = 0; i < n; i++)
-			names[i] = nodes[i].name;
-		hint = util_closest_word(req->node, names, n, 2);
-		free(names);
-	}
+	const char **names = xcalloc(n ? n : 1, sizeof(*names));
+	for (size_t i = 0; i < n; i++)
+		names[i] = nodes[i].name;
+	const char *hint = util_closest_word(req->node, names, n, 2);
+	free(names);
 	if (hint)
 		buf_printf(why, "no node named \"%s\"; did you mean \"%s\"?", req->node, hint);
 	else
@@ -475,7 +472,7 @@ json_t *sched_rank(const struct config *cfg, const struct sched_request *req,
 	const json_t *policy = routing_policy(cfg, req);
 	bool all = !is_any(req->node) && strcmp(req->node, "all") == 0;
 	bool explicit = !is_any(req->node) && !all;
-	json_t **entries = calloc(n ? n : 1, sizeof(*entries));
+	json_t **entries = xcalloc(n ? n : 1, sizeof(*entries));
 	for (size_t i = 0; i < n; i++) {
 		bool asked = !explicit || strcmp(nodes[i].name, req->node) == 0;
 		entries[i] =
@@ -496,7 +493,7 @@ json_t *sched_rank(const struct config *cfg, const struct sched_request *req,
 	buf_init(&why);
 	json_t *placed = json_array();
 	if (all) {
-		size_t *idx = calloc(n ? n : 1, sizeof(*idx));
+		size_t *idx = xcalloc(n ? n : 1, sizeof(*idx));
 		size_t k = sched_place_all(cfg, req, nodes, n, idx, &why);
 		for (size_t i = 0; i < k; i++)
 			json_array_append_new(placed, json_string(nodes[idx[i]].name));

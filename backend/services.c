@@ -17,12 +17,8 @@ struct services {
 
 int services_new(struct loop *loop, struct cluster *cluster, struct services **ret)
 {
-	struct services *s = calloc(1, sizeof(*s));
-	if (!s)
-		return -ENOMEM;
-	s->loop = loop;
-	s->cluster = cluster;
-	s->answers = json_object();
+	struct services *s = xmalloc(sizeof(*s));
+	*s = (struct services){.loop = loop, .cluster = cluster, .answers = json_object()};
 	pthread_mutex_init(&s->lock, NULL);
 	*ret = s;
 	return 0;
@@ -45,11 +41,11 @@ static int cmp_str(const void *a, const void *b)
 static char **keys_of(json_t *obj, size_t *ret_n)
 {
 	size_t n = json_object_size(obj), k = 0;
-	char **names = calloc(n + 1, sizeof(*names));
+	char **names = xcalloc(n + 1, sizeof(*names));
 	const char *key;
 	json_t *v;
 	json_object_foreach (obj, key, v)
-		names[k++] = strdup(key);
+		names[k++] = xstrdup(key);
 	qsort(names, k, sizeof(*names), cmp_str);
 	*ret_n = k;
 	return names;
@@ -67,7 +63,7 @@ char **services_files(struct services *s, const char *svc, size_t *ret_n)
 {
 	struct config *cfg = cluster_get_config(s->cluster);
 	json_t *files = json_object_get(json_object_get(cfg->services, svc), "files");
-	char **names = json_is_object(files) ? keys_of(files, ret_n) : calloc(1, sizeof(char *));
+	char **names = json_is_object(files) ? keys_of(files, ret_n) : xcalloc(1, sizeof(char *));
 	if (!json_is_object(files))
 		*ret_n = 0;
 	config_unref(cfg);
@@ -145,7 +141,7 @@ static int svc_call(struct services *s, const char *svc, const char *file, bool 
 	struct endpoint ep;
 	if (service_endpoint(s, svc, file, post, &ep, &timeout) < 0)
 		return post ? -EACCES : -ENOENT;
-	struct svc_call *c = calloc(1, sizeof(*c));
+	struct svc_call *c = xcalloc(1, sizeof(*c));
 	c->s = s;
 	struct buf k;
 	buf_init(&k);

@@ -93,6 +93,8 @@ struct parser {
 };
 
 static int fail(struct parser *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail_value(struct parser *p, const json_t *v, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 /* Writes one sentence into the error buffer; returns -EINVAL. */
 static int fail(struct parser *p, const char *fmt, ...)
@@ -204,6 +206,24 @@ static const char *closest_field(const char *key, const char *const *known, size
 	return hit;
 }
 
+/* Writes one sentence about the value v into the error buffer: fmt's words, then ", not "
+ * and v as show_value() shows it. Returns -EINVAL. */
+static int fail_value(struct parser *p, const json_t *v, const char *fmt, ...)
+{
+	char shown[SHOWN_MAX + 16];
+	struct buf what;
+	va_list ap;
+
+	buf_init(&what);
+	va_start(ap, fmt);
+	buf_vprintf(&what, fmt, ap);
+	va_end(ap);
+	show_value(v, shown, sizeof(shown));
+	fail(p, "%s, not %s", what.data ? what.data : "", shown);
+	buf_free(&what);
+	return -EINVAL;
+}
+
 /* Rejects an unknown key of an object: with a did-you-mean when one is within distance 2
  * of a field or an alias, else with the list of known keys. `prefix` is "" or
  * "resources.". */
@@ -229,7 +249,6 @@ static int fail_unknown(struct parser *p, const char *prefix, const char *key,
 static int get_int(struct parser *p, const json_t *v, const char *field, const char *what,
 		   long long min, long long max, int *ret)
 {
-	char shown[SHOWN_MAX + 16];
 	long long x;
 
 	if (json_is_integer(v)) {
@@ -238,13 +257,10 @@ static int get_int(struct parser *p, const json_t *v, const char *field, const c
 		   fabs(json_real_value(v)) < 1e15) {
 		x = (long long) json_real_value(v);
 	} else {
-		show_value(v, shown, sizeof(shown));
-		return fail(p, "field \"%s\" must be %s, not %s", field, what, shown);
+		return fail_value(p, v, "field \"%s\" must be %s", field, what);
 	}
-	if (x < min || x > max) {
-		show_value(v, shown, sizeof(shown));
-		return fail(p, "field \"%s\" must be %s, not %s", field, what, shown);
-	}
+	if (x < min || x > max)
+		return fail_value(p, v, "field \"%s\" must be %s", field, what);
 	*ret = (int) x;
 	return 0;
 }
@@ -271,8 +287,6 @@ static void strv_free(char **v)
 
 static int parse_cmd(struct parser *p, const json_t *v, struct task_spec *s)
 {
-	char shown[SHOWN_MAX + 16];
-
 	if (json_is_string(v)) {
 		const char *c = json_string_value(v);
 		if (c[strspn(c, " \t\r\n")] == '\0')
@@ -280,21 +294,16 @@ static int parse_cmd(struct parser *p, const json_t *v, struct task_spec *s)
 		s->shell = xstrdup(c);
 		return 0;
 	}
-	if (!json_is_array(v)) {
-		show_value(v, shown, sizeof(shown));
-		return fail(p,
-			    "field \"cmd\" must be a shell command string or an argv list of "
-			    "strings, not %s",
-			    shown);
-	}
+	if (!json_is_array(v))
+		return fail_value(p, v,
+				  "field \"cmd\" must be a shell command string or an argv list of "
+				  "strings");
 	if (json_array_size(v) == 0)
 		return fail(p, "field \"cmd\" must not be an empty list");
 	for (size_t i = 0; i < json_array_size(v); i++) {
 		const json_t *e = json_array_get(v, i);
-		if (!json_is_string(e)) {
-			show_value(e, shown, sizeof(shown));
-			return fail(p, "field \"cmd[%zu]\" must be a string, not %s", i, shown);
-		}
+		if (!json_is_string(e))
+			return fail_value(p, e, "field \"cmd[%zu]\" must be a string", i);
 	}
 	if (json_string_length(json_array_get(v, 0)) == 0)
 		return fail(p, "field \"cmd[0]\" (the program) must not be empty");
@@ -304,32 +313,25 @@ static int parse_cmd(struct parser *p, const json_t *v, struct task_spec *s)
 
 static int parse_model(struct parser *p, const json_t *v, struct task_spec *s)
 {
-	char shown[SHOWN_MAX + 16];
 	const char *m = json_string_value(v);
 	bool ok = m && m[0] && strlen(m) <= MODEL_MAX;
 
 	for (const unsigned char *c = (const unsigned char *) m; ok && *c; c++)
 		ok = *c > ' ' && *c != 0x7f;
-	if (!ok) {
-		show_value(v, shown, sizeof(shown));
-		return fail(
-			p,
+	if (!ok)
+		return fail_value(
+			p, v,
 			"field \"model\" must be a model name, like \"qwen3:8b\" (no spaces, at "
-			"most %d bytes), not %s",
-			MODEL_MAX, shown);
-	}
+			"most %d bytes)",
+			MODEL_MAX);
 	s->model = xstrdup(m);
 	return 0;
 }
 
 static int parse_prompt(struct parser *p, const json_t *v, struct task_spec *s)
 {
-	char shown[SHOWN_MAX + 16];
-
-	if (!json_is_string(v) || json_string_length(v) == 0) {
-		show_value(v, shown, sizeof(shown));
-		return fail(p, "field \"prompt\" must be a non-empty string, not %s", shown);
-	}
+	if (!json_is_string(v) || json_string_length(v) == 0)
+		return fail_value(p, v, "field \"prompt\" must be a non-empty string");
 	s->prompt = xstrdup(json_string_value(v));
 	return 0;
 }
@@ -337,31 +339,24 @@ static int parse_prompt(struct parser *p, const json_t *v, struct task_spec *s)
 static int parse_messages(struct parser *p, const json_t *v, struct task_spec *s)
 {
 	static const char *const roles[] = {"system", "user", "assistant", "tool"};
-	char shown[SHOWN_MAX + 16];
 
-	if (!json_is_array(v) || json_array_size(v) == 0) {
-		show_value(v, shown, sizeof(shown));
-		return fail(
-			p,
+	if (!json_is_array(v) || json_array_size(v) == 0)
+		return fail_value(
+			p, v,
 			"field \"messages\" must be a non-empty list of {\"role\", \"content\"} "
-			"objects, not %s",
-			shown);
-	}
+			"objects");
 	for (size_t i = 0; i < json_array_size(v); i++) {
 		const json_t *m = json_array_get(v, i);
 		const char *role = json_string_value(json_object_get(m, "role"));
 		bool known = false;
 		for (size_t r = 0; role && r < sizeof(roles) / sizeof(roles[0]); r++)
 			known |= !strcmp(role, roles[r]);
-		if (!json_is_object(m) || !known ||
-		    !json_is_string(json_object_get(m, "content"))) {
-			show_value(m, shown, sizeof(shown));
-			return fail(
-				p,
+		if (!json_is_object(m) || !known || !json_is_string(json_object_get(m, "content")))
+			return fail_value(
+				p, m,
 				"field \"messages[%zu]\" must be an object with \"role\" (system, "
-				"user, assistant or tool) and \"content\" (a string), not %s",
-				i, shown);
-		}
+				"user, assistant or tool) and \"content\" (a string)",
+				i);
 	}
 	s->messages = json_deep_copy(v);
 	return 0;
@@ -369,15 +364,9 @@ static int parse_messages(struct parser *p, const json_t *v, struct task_spec *s
 
 static int parse_options(struct parser *p, const json_t *v, struct task_spec *s)
 {
-	char shown[SHOWN_MAX + 16];
-
-	if (!json_is_object(v)) {
-		show_value(v, shown, sizeof(shown));
-		return fail(p,
-			    "field \"options\" must be an object, like {\"temperature\": 0.2}, not "
-			    "%s",
-			    shown);
-	}
+	if (!json_is_object(v))
+		return fail_value(
+			p, v, "field \"options\" must be an object, like {\"temperature\": 0.2}");
 	if (json_object_size(v) > 0)
 		s->options = json_deep_copy(v);
 	return 0;
@@ -385,28 +374,22 @@ static int parse_options(struct parser *p, const json_t *v, struct task_spec *s)
 
 static int parse_pull(struct parser *p, const json_t *v, struct task_spec *s)
 {
-	char shown[SHOWN_MAX + 16];
-
-	if (!json_is_boolean(v)) {
-		show_value(v, shown, sizeof(shown));
-		return fail(p, "field \"pull\" must be true or false, not %s", shown);
-	}
+	if (!json_is_boolean(v))
+		return fail_value(p, v, "field \"pull\" must be true or false");
 	s->pull = json_is_true(v);
 	return 0;
 }
 
 static int parse_node(struct parser *p, const json_t *v, struct task_spec *s)
 {
-	char shown[SHOWN_MAX + 16];
 	const char *n = json_string_value(v);
 
-	if (!n || (strcmp(n, "any") != 0 && strcmp(n, "all") != 0 && !id_is_valid(n, false))) {
-		show_value(v, shown, sizeof(shown));
-		return fail(p,
-			    "field \"node\" must be \"any\", \"all\" or a node name (letters, "
-			    "digits, '.', '_', '-'; at most %d), not %s",
-			    SPEC_NAME_MAX, shown);
-	}
+	if (!n || (strcmp(n, "any") != 0 && strcmp(n, "all") != 0 && !id_is_valid(n, false)))
+		return fail_value(
+			p, v,
+			"field \"node\" must be \"any\", \"all\" or a node name (letters, "
+			"digits, '.', '_', '-'; at most %d)",
+			SPEC_NAME_MAX);
 	free(s->node);
 	s->node = xstrdup(n);
 	return 0;
@@ -414,40 +397,29 @@ static int parse_node(struct parser *p, const json_t *v, struct task_spec *s)
 
 static int parse_type(struct parser *p, const json_t *v, struct task_spec *s)
 {
-	char shown[SHOWN_MAX + 16];
 	const char *t = json_string_value(v);
 
-	if (!t || !name_is_valid(t)) {
-		show_value(v, shown, sizeof(shown));
-		return fail(p,
-			    "field \"type\" must be a routing class such as \"build\" (printable, "
-			    "without '/'), not %s",
-			    shown);
-	}
+	if (!t || !name_is_valid(t))
+		return fail_value(
+			p, v,
+			"field \"type\" must be a routing class such as \"build\" (printable, "
+			"without '/')");
 	s->type = xstrdup(t);
 	return 0;
 }
 
 static int parse_requires(struct parser *p, const json_t *v, struct task_spec *s)
 {
-	char shown[SHOWN_MAX + 16];
-
-	if (!json_is_array(v)) {
-		show_value(v, shown, sizeof(shown));
-		return fail(p,
-			    "field \"requires\" must be a list of capabilities, like [\"gpu\"], "
-			    "not %s",
-			    shown);
-	}
+	if (!json_is_array(v))
+		return fail_value(
+			p, v, "field \"requires\" must be a list of capabilities, like [\"gpu\"]");
 	for (size_t i = 0; i < json_array_size(v); i++) {
 		const json_t *e = json_array_get(v, i);
-		if (!json_is_string(e) || json_string_length(e) == 0) {
-			show_value(e, shown, sizeof(shown));
-			return fail(p,
-				    "field \"requires[%zu]\" must be a capability name (a "
-				    "non-empty string), not %s",
-				    i, shown);
-		}
+		if (!json_is_string(e) || json_string_length(e) == 0)
+			return fail_value(p, e,
+					  "field \"requires[%zu]\" must be a capability name (a "
+					  "non-empty string)",
+					  i);
 	}
 	strv_free(s->requires);
 	s->requires = strv_from_array(v, &s->n_requires);
@@ -456,18 +428,15 @@ static int parse_requires(struct parser *p, const json_t *v, struct task_spec *s
 
 static int parse_resources(struct parser *p, const json_t *v, struct task_spec *s)
 {
-	char shown[SHOWN_MAX + 16], what[64];
+	char what[64];
 	const char *key;
 	json_t *e;
 	int r;
 
-	if (!json_is_object(v)) {
-		show_value(v, shown, sizeof(shown));
-		return fail(p,
-			    "field \"resources\" must be an object, like {\"cpus\": 4, "
-			    "\"mem_mb\": 8000, \"gpus\": 1}, not %s",
-			    shown);
-	}
+	if (!json_is_object(v))
+		return fail_value(p, v,
+				  "field \"resources\" must be an object, like {\"cpus\": 4, "
+				  "\"mem_mb\": 8000, \"gpus\": 1}");
 	json_object_foreach ((json_t *) v, key, e) {
 		size_t i;
 		for (i = 0; i < N_RESOURCE_FIELDS; i++)
@@ -501,7 +470,6 @@ static int parse_resources(struct parser *p, const json_t *v, struct task_spec *
 
 static int parse_priority(struct parser *p, const json_t *v, struct task_spec *s)
 {
-	char shown[SHOWN_MAX + 16];
 	const char *t = json_string_value(v);
 
 	for (int i = 0; t && i < 4; i++) {
@@ -510,24 +478,18 @@ static int parse_priority(struct parser *p, const json_t *v, struct task_spec *s
 			return 0;
 		}
 	}
-	show_value(v, shown, sizeof(shown));
-	return fail(p, "field \"priority\" must be one of \"P0\", \"P1\", \"P2\", \"P3\", not %s",
-		    shown);
+	return fail_value(p, v, "field \"priority\" must be one of \"P0\", \"P1\", \"P2\", \"P3\"");
 }
 
 static int parse_env(struct parser *p, const json_t *v, struct task_spec *s)
 {
-	char shown[SHOWN_MAX + 16], name[SHOWN_MAX + 16];
+	char name[SHOWN_MAX + 16];
 	const char *key;
 	json_t *e;
 
-	if (!json_is_object(v)) {
-		show_value(v, shown, sizeof(shown));
-		return fail(p,
-			    "field \"env\" must be an object of strings, like {\"CC\": \"gcc\"}, "
-			    "not %s",
-			    shown);
-	}
+	if (!json_is_object(v))
+		return fail_value(
+			p, v, "field \"env\" must be an object of strings, like {\"CC\": \"gcc\"}");
 	json_object_foreach ((json_t *) v, key, e) {
 		show_string(key, name, sizeof(name));
 		if (!env_name_is_valid(key))
@@ -535,10 +497,8 @@ static int parse_env(struct parser *p, const json_t *v, struct task_spec *s)
 				    "field \"env\" has key %s, which is not a variable name "
 				    "(letters, digits and '_', not starting with a digit)",
 				    name);
-		if (!json_is_string(e)) {
-			show_value(e, shown, sizeof(shown));
-			return fail(p, "field \"env.%s must be a string, not %s", name + 1, shown);
-		}
+		if (!json_is_string(e))
+			return fail_value(p, e, "field \"env.%s must be a string", name + 1);
 	}
 	if (json_object_size(v) > 0)
 		s->env = json_deep_copy(v);
@@ -547,16 +507,14 @@ static int parse_env(struct parser *p, const json_t *v, struct task_spec *s)
 
 static int parse_cwd(struct parser *p, const json_t *v, struct task_spec *s)
 {
-	char shown[SHOWN_MAX + 16];
 	const char *c = json_string_value(v);
 
-	if (!c || c[0] != '/' || strlen(c) > CWD_MAX) {
-		show_value(v, shown, sizeof(shown));
-		return fail(p,
-			    "field \"cwd\" must be an absolute path (starting with '/', at most "
-			    "%d bytes), not %s",
-			    CWD_MAX, shown);
-	}
+	if (!c || c[0] != '/' || strlen(c) > CWD_MAX)
+		return fail_value(
+			p, v,
+			"field \"cwd\" must be an absolute path (starting with '/', at most "
+			"%d bytes)",
+			CWD_MAX);
 	s->cwd = xstrdup(c);
 	return 0;
 }
@@ -565,22 +523,17 @@ static int parse_after(struct parser *p, const json_t *v, struct task_spec *s)
 {
 	char shown[SHOWN_MAX + 16];
 
-	if (!json_is_array(v)) {
-		show_value(v, shown, sizeof(shown));
-		return fail(p,
-			    "field \"after\" must be a list of task ids, like [\"build-1\"], not "
-			    "%s",
-			    shown);
-	}
+	if (!json_is_array(v))
+		return fail_value(p, v,
+				  "field \"after\" must be a list of task ids, like [\"build-1\"]");
 	for (size_t i = 0; i < json_array_size(v); i++) {
 		const json_t *e = json_array_get(v, i);
-		if (!json_is_string(e) || !id_is_valid(json_string_value(e), true)) {
-			show_value(e, shown, sizeof(shown));
-			return fail(p,
-				    "field \"after[%zu]\" must be a task id (letters, digits, '.', "
-				    "'_', '-', '@'; at most %d; not starting with '.'), not %s",
-				    i, SPEC_NAME_MAX, shown);
-		}
+		if (!json_is_string(e) || !id_is_valid(json_string_value(e), true))
+			return fail_value(
+				p, e,
+				"field \"after[%zu]\" must be a task id (letters, digits, "
+				"'.', '_', '-', '@'; at most %d; not starting with '.')",
+				i, SPEC_NAME_MAX);
 		for (size_t j = 0; j < i; j++) {
 			if (strcmp(json_string_value(e), json_string_value(json_array_get(v, j))) ==
 			    0) {
@@ -615,23 +568,20 @@ bool spec_path_is_relative(const char *name)
 
 static int parse_outputs(struct parser *p, const json_t *v, struct task_spec *s)
 {
-	char shown[SHOWN_MAX + 16];
-	if (!json_is_array(v) || json_array_size(v) > SPEC_OUTPUTS_MAX) {
-		show_value(v, shown, sizeof(shown));
-		return fail(p,
-			    "field \"outputs\" must be a list of at most %d paths relative to the "
-			    "task's directory, like [\"model.npy\", \"metrics/*.json\"], not %s",
-			    SPEC_OUTPUTS_MAX, shown);
-	}
+	if (!json_is_array(v) || json_array_size(v) > SPEC_OUTPUTS_MAX)
+		return fail_value(
+			p, v,
+			"field \"outputs\" must be a list of at most %d paths relative to the "
+			"task's directory, like [\"model.npy\", \"metrics/*.json\"]",
+			SPEC_OUTPUTS_MAX);
 	for (size_t i = 0; i < json_array_size(v); i++) {
 		const json_t *e = json_array_get(v, i);
-		if (!json_is_string(e) || !spec_path_is_relative(json_string_value(e))) {
-			show_value(e, shown, sizeof(shown));
-			return fail(p,
-				    "field \"outputs[%zu]\" must be a path relative to the task's "
-				    "directory (no \"..\", not absolute), not %s",
-				    i, shown);
-		}
+		if (!json_is_string(e) || !spec_path_is_relative(json_string_value(e)))
+			return fail_value(
+				p, e,
+				"field \"outputs[%zu]\" must be a path relative to the task's "
+				"directory (no \"..\", not absolute)",
+				i);
 	}
 	strv_free(s->outputs);
 	s->outputs = strv_from_array(v, &s->n_outputs);
@@ -657,17 +607,14 @@ static bool input_source_task(const char *src, bool *ret_all, char *ret_task)
 
 static int parse_inputs(struct parser *p, const json_t *v, struct task_spec *s)
 {
-	char shown[SHOWN_MAX + 16];
 	const char *name;
 	json_t *src;
-	if (!json_is_object(v) || json_object_size(v) > SPEC_INPUTS_MAX) {
-		show_value(v, shown, sizeof(shown));
-		return fail(p,
-			    "field \"inputs\" must be an object of at most %d names, like "
-			    "{\"base.npy\": \"round1@n2/model.npy\", \"w/\": "
-			    "\"train@*/weights.npy\", \"data.csv\": \"/shared/data.csv\"}, not %s",
-			    SPEC_INPUTS_MAX, shown);
-	}
+	if (!json_is_object(v) || json_object_size(v) > SPEC_INPUTS_MAX)
+		return fail_value(p, v,
+				  "field \"inputs\" must be an object of at most %d names, like "
+				  "{\"base.npy\": \"round1@n2/model.npy\", \"w/\": "
+				  "\"train@*/weights.npy\", \"data.csv\": \"/shared/data.csv\"}",
+				  SPEC_INPUTS_MAX);
 	json_object_foreach ((json_t *) v, name, src) {
 		char task[SPEC_NAME_MAX + 1], bare[SPEC_PATH_MAX + 2];
 		bool all = false;
@@ -692,15 +639,13 @@ static int parse_inputs(struct parser *p, const json_t *v, struct task_spec *s)
 					    SHOWN_MAX, name, SHOWN_MAX, sv);
 			continue;
 		}
-		if (!sv || !input_source_task(sv, &all, task)) {
-			show_value(src, shown, sizeof(shown));
-			return fail(
-				p,
+		if (!sv || !input_source_task(sv, &all, task))
+			return fail_value(
+				p, src,
 				"field \"inputs.%.*s\" must be \"TASK/PATH\", \"TASK@NODE/PATH\", "
 				"\"TASK@*/PATH\" (every copy of a node \"all\" task) or an absolute "
-				"path on the control plane, not %s",
-				SHOWN_MAX, name, shown);
-		}
+				"path on the control plane",
+				SHOWN_MAX, name);
 		if ((all || strpbrk(strchr(sv, '/'), "*?[")) && !dir)
 			return fail(
 				p,
@@ -712,9 +657,7 @@ static int parse_inputs(struct parser *p, const json_t *v, struct task_spec *s)
 		for (size_t i = 0; i < s->n_after; i++)
 			known = known || !strcmp(s->after[i], task);
 		if (!known) {
-			s->after = realloc(s->after, (s->n_after + 2) * sizeof(*s->after));
-			if (!s->after)
-				abort();
+			s->after = xrealloc(s->after, (s->n_after + 2) * sizeof(*s->after));
 			s->after[s->n_after++] = xstrdup(task);
 			s->after[s->n_after] = NULL;
 		}

@@ -19,7 +19,7 @@ const char *const task_state_names[TASK_N_STATES] = {
 	[TASK_S_CANCELLED] = TASK_CANCELLED, [TASK_S_LOST] = TASK_LOST,
 };
 
-void minute_counts_add(struct minute_counts *m, double at, bool ok)
+void tasks_minute_counts_add(struct minute_counts *m, double at, bool ok)
 {
 	int64_t minute = (int64_t) (at / 60);
 	int i = (int) (minute % 60);
@@ -33,7 +33,8 @@ void minute_counts_add(struct minute_counts *m, double at, bool ok)
 		m->failed[i]++;
 }
 
-void minute_counts_hour(const struct minute_counts *m, double now, int *ret_ok, int *ret_failed)
+void tasks_minute_counts_hour(const struct minute_counts *m, double now, int *ret_ok,
+			      int *ret_failed)
 {
 	int64_t minute = (int64_t) (now / 60);
 	*ret_ok = *ret_failed = 0;
@@ -75,15 +76,10 @@ bool task_state_is_final(const char *s)
 
 void task_view_clear(struct task_view *v)
 {
-	free(v->id);
-	free(v->parent);
-	free(v->state);
-	free(v->node);
-	free(v->reason);
-	free(v->placement);
-	free(v->user);
-	free(v->run_as);
-	free(v->dispatch_id);
+	char *strings[] = {v->id,        v->parent, v->state,  v->node,       v->reason,
+			   v->placement, v->user,   v->run_as, v->dispatch_id};
+	for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++)
+		free(strings[i]);
 	json_decref(v->remote);
 	json_decref(v->spec);
 	json_decref(v->children);
@@ -100,16 +96,18 @@ static size_t hash_str(const char *s)
 	return h;
 }
 
-struct task *find_locked(struct tasks *t, const char *id)
+struct task *tasks_find_locked(struct tasks *t, const char *id)
 {
+	assert_held(&t->lock);
 	for (struct task *k = t->hash[hash_str(id) % t->n_hash]; k; k = k->hnext)
 		if (strcmp(k->row.id, id) == 0)
 			return k;
 	return NULL;
 }
 
-struct node_load *node_load_locked(struct tasks *t, const char *node, bool create)
+struct node_load *tasks_node_load_locked(struct tasks *t, const char *node, bool create)
 {
+	assert_held(&t->lock);
 	size_t b = hash_str(node) % NODE_BUCKETS;
 	for (struct node_load *n = t->node_loads[b]; n; n = n->next)
 		if (!strcmp(n->node, node))
@@ -149,8 +147,9 @@ static void list_push(struct task **list, struct task *k)
 
 /* Puts a task on the work list its state says and books its node's active count.
  * Called after every change of state or node. Lock held. */
-void track_locked(struct tasks *t, struct task *k)
+void tasks_track_locked(struct tasks *t, struct task *k)
 {
+	assert_held(&t->lock);
 	enum task_state s = k->state;
 	struct task **want = s == TASK_S_QUEUED ? &t->queued : state_active(s) ? &t->active : NULL;
 	if (k->list != want) {
@@ -160,12 +159,12 @@ void track_locked(struct tasks *t, struct task *k)
 	}
 	bool counts = want == &t->active && k->row.node && !k->n_children;
 	if (k->active_node && (!counts || strcmp(k->active_node, k->row.node))) {
-		node_load_locked(t, k->active_node, true)->active--;
+		tasks_node_load_locked(t, k->active_node, true)->active--;
 		free(k->active_node);
 		k->active_node = NULL;
 	}
 	if (counts && !k->active_node) {
-		node_load_locked(t, k->row.node, true)->active++;
+		tasks_node_load_locked(t, k->row.node, true)->active++;
 		k->active_node = xstrdup(k->row.node);
 	} /* the counts by state, overall and per node */
 	int si = (int) s;
@@ -176,13 +175,13 @@ void track_locked(struct tasks *t, struct task *k)
 	if (k->counted) {
 		t->state_counts[k->counted - 1]--;
 		if (k->counted_node)
-			node_load_locked(t, k->counted_node, true)->states[k->counted - 1]--;
+			tasks_node_load_locked(t, k->counted_node, true)->states[k->counted - 1]--;
 		free(k->counted_node);
 		k->counted_node = NULL;
 	}
 	t->state_counts[si]++;
 	if (k->row.node) {
-		node_load_locked(t, k->row.node, true)->states[si]++;
+		tasks_node_load_locked(t, k->row.node, true)->states[si]++;
 		k->counted_node = xstrdup(k->row.node);
 	}
 	k->counted = si + 1;
@@ -191,7 +190,7 @@ void track_locked(struct tasks *t, struct task *k)
 void tasks_count_states(struct tasks *t, const char *node, size_t ret_counts[TASK_N_STATES])
 {
 	pthread_mutex_lock(&t->lock);
-	const struct node_load *n = node ? node_load_locked(t, node, false) : NULL;
+	const struct node_load *n = node ? tasks_node_load_locked(t, node, false) : NULL;
 	for (int i = 0; i < TASK_N_STATES; i++)
 		ret_counts[i] = node ? (n ? n->states[i] : 0) : t->state_counts[i];
 	pthread_mutex_unlock(&t->lock);
@@ -200,12 +199,13 @@ void tasks_count_states(struct tasks *t, const char *node, size_t ret_counts[TAS
 /* A task ended on its node: the node's history, as reliability reads it. Lock held. */
 static void book_end_locked(struct tasks *t, const struct task *k)
 {
+	assert_held(&t->lock);
 	if (k->row.node && !k->n_children && k->row.finished_at > 0)
-		minute_counts_add(&node_load_locked(t, k->row.node, true)->ended,
-				  k->row.finished_at, k->state == TASK_S_SUCCEEDED);
+		tasks_minute_counts_add(&tasks_node_load_locked(t, k->row.node, true)->ended,
+					k->row.finished_at, k->state == TASK_S_SUCCEEDED);
 	if (!k->row.node || k->n_children || k->state == TASK_S_CANCELLED)
 		return;
-	struct node_load *n = node_load_locked(t, k->row.node, true);
+	struct node_load *n = tasks_node_load_locked(t, k->row.node, true);
 	n->total++;
 	if (k->state == TASK_S_SUCCEEDED) {
 		n->completed++;
@@ -215,8 +215,9 @@ static void book_end_locked(struct tasks *t, const struct task *k)
 	}
 }
 
-struct user_load *user_load_locked(struct tasks *t, uid_t uid)
+struct user_load *tasks_user_load_locked(struct tasks *t, uid_t uid)
 {
+	assert_held(&t->lock);
 	for (struct user_load *u = t->users; u; u = u->next)
 		if (u->uid == uid)
 			return u;
@@ -235,6 +236,7 @@ static bool counts_for_user(const struct task *k)
 
 static void lru_unlink_locked(struct tasks *t, struct task *k)
 {
+	assert_held(&t->lock);
 	if (!k->on_lru)
 		return;
 	if (k->cprev)
@@ -254,6 +256,7 @@ static void lru_unlink_locked(struct tasks *t, struct task *k)
  * unfinished one off it (unfinished tasks stay in memory). Lock held. */
 static void lru_touch_locked(struct tasks *t, struct task *k)
 {
+	assert_held(&t->lock);
 	lru_unlink_locked(t, k);
 	if (!state_final(k->state))
 		return;
@@ -269,17 +272,18 @@ static void lru_touch_locked(struct tasks *t, struct task *k)
 
 /* Puts a task in memory. `stored`: read back from the store, where the counts by state
  * and the history include it already. Lock held. */
-void add_locked(struct tasks *t, struct task *k, bool stored)
+void tasks_add_locked(struct tasks *t, struct task *k, bool stored)
 {
+	assert_held(&t->lock);
 	if (stored) {
 		k->counted = (int) k->state + 1;
 		k->counted_node = k->row.node ? xstrdup(k->row.node) : NULL;
 	}
 	if (counts_for_user(k) && !state_final(k->state))
-		user_load_locked(t, k->row.uid)->unfinished++;
+		tasks_user_load_locked(t, k->row.uid)->unfinished++;
 	if (++t->n_mem > t->n_hash) {
 		size_t nh = t->n_hash * 2;
-		struct task **h = calloc(nh, sizeof(*h));
+		struct task **h = xcalloc(nh, sizeof(*h));
 		for (size_t i = 0; i < t->n_hash; i++) {
 			struct task *x = t->hash[i];
 			while (x) {
@@ -299,15 +303,16 @@ void add_locked(struct tasks *t, struct task *k, bool stored)
 	t->hash[b] = k;
 	if (!stored)
 		t->changed_at = clock_wall_s();
-	track_locked(t, k);
+	tasks_track_locked(t, k);
 	if (!stored && state_final(k->state))
 		book_end_locked(t, k);
 	lru_touch_locked(t, k);
 }
 
 /* Drops a task from memory (not from the store, nor from the counts). Lock held. */
-void forget_locked(struct tasks *t, struct task *k)
+void tasks_forget_locked(struct tasks *t, struct task *k)
 {
+	assert_held(&t->lock);
 	for (struct task **pp = &t->hash[hash_str(k->row.id) % t->n_hash]; *pp;
 	     pp = &(*pp)->hnext) {
 		if (*pp == k) {
@@ -318,25 +323,27 @@ void forget_locked(struct tasks *t, struct task *k)
 	t->n_mem--;
 	lru_unlink_locked(t, k);
 	list_unlink(k);
-	task_free(k);
+	tasks_task_free(k);
 }
 
 /* Drops the least recently used finished tasks beyond tasks.finished_cached. Called only
  * where no task pointer is held. Lock held. */
-void cache_trim_locked(struct tasks *t)
+void tasks_cache_trim_locked(struct tasks *t)
 {
+	assert_held(&t->lock);
 	struct config *cfg = cluster_get_config(t->cluster);
 	size_t max = (size_t) cfg->tasks.finished_cached;
 	config_unref(cfg);
 	while (t->n_lru > max && t->lru_tail)
-		forget_locked(t, t->lru_tail);
+		tasks_forget_locked(t, t->lru_tail);
 }
 
 /* Task `id` in memory, else read back from the store into the cache of finished ones.
  * NULL when there is none. Lock held. */
-struct task *lookup_locked(struct tasks *t, const char *id)
+struct task *tasks_lookup_locked(struct tasks *t, const char *id)
 {
-	struct task *k = find_locked(t, id);
+	assert_held(&t->lock);
+	struct task *k = tasks_find_locked(t, id);
 	if (!k && !json_object_get(t->reserved, id)) {
 		struct store_task row;
 		if (store_load_task(t->store, id, &row) < 0)
@@ -347,9 +354,9 @@ struct task *lookup_locked(struct tasks *t, const char *id)
 			store_task_clear(&row);
 			return NULL;
 		}
-		k = task_from_row_locked(t, &row);
+		k = tasks_task_from_row_locked(t, &row);
 		if (k)
-			add_locked(t, k, true);
+			tasks_add_locked(t, k, true);
 		return k;
 	}
 	if (k && k->on_lru)
@@ -357,7 +364,7 @@ struct task *lookup_locked(struct tasks *t, const char *id)
 	return k;
 }
 
-void task_free(struct task *k)
+void tasks_task_free(struct task *k)
 {
 	if (k) {
 		free(k->output_note);
@@ -389,14 +396,12 @@ void task_free(struct task *k)
 
 int tasks_new(struct loop *loop, struct cluster *cluster, struct store *store, struct tasks **ret)
 {
-	struct tasks *t = calloc(1, sizeof(*t));
-	if (!t)
-		return -ENOMEM;
+	struct tasks *t = xcalloc(1, sizeof(*t));
 	t->loop = loop;
 	t->cluster = cluster;
 	t->store = store;
 	t->n_hash = 256;
-	t->hash = calloc(t->n_hash, sizeof(*t->hash));
+	t->hash = xcalloc(t->n_hash, sizeof(*t->hash));
 	t->next_wait = 1;
 	t->reserved = json_object();
 	pthread_mutex_init(&t->commit_lock, NULL);
@@ -414,7 +419,7 @@ void tasks_free(struct tasks *t)
 	for (size_t b = 0; b < t->n_hash; b++) {
 		while (t->hash[b]) {
 			struct task *next = t->hash[b]->hnext;
-			task_free(t->hash[b]);
+			tasks_task_free(t->hash[b]);
 			t->hash[b] = next;
 		}
 	}
@@ -448,17 +453,18 @@ void tasks_free(struct tasks *t)
 
 /* ---- the state machine (lock held) ---- */
 
-void set_str(char **dst, const char *src)
+void tasks_set_str(char **dst, const char *src)
 {
 	if (*dst == src)
 		return;
-	char *n = src ? strdup(src) : NULL;
+	char *n = src ? xstrdup(src) : NULL;
 	free(*dst);
 	*dst = n;
 }
 
-void persist_locked(struct tasks *t, struct task *k)
+void tasks_persist_locked(struct tasks *t, struct task *k)
 {
+	assert_held(&t->lock);
 	int r = store_update_task(t->store, &k->row);
 	if (r < 0)
 		log_err("store: cannot update task %s: %s", k->row.id, strerror(-r));
@@ -466,13 +472,14 @@ void persist_locked(struct tasks *t, struct task *k)
 	t->changed_at = k->changed_at;
 }
 
-static void wake_waiters_locked(struct task *k, struct waiter **ret_list)
+static void wake_waiters_locked(struct tasks *t, struct task *k, struct waiter **ret_list)
 {
+	assert_held(&t->lock);
 	struct waiter *w = k->waiters;
 	k->waiters = NULL;
 	while (w) {
 		struct waiter *next = w->next;
-		w->state = strdup(k->row.state);
+		w->state = xstrdup(k->row.state);
 		w->exit_code = k->row.exit_code;
 		w->next = *ret_list;
 		*ret_list = w;
@@ -481,7 +488,7 @@ static void wake_waiters_locked(struct task *k, struct waiter **ret_list)
 }
 
 /* Calls woken waiters, outside the lock. */
-void call_waiters(struct waiter *w)
+void tasks_call_waiters(struct waiter *w)
 {
 	while (w) {
 		struct waiter *next = w->next;
@@ -495,9 +502,10 @@ void call_waiters(struct waiter *w)
 /* Asks the loop thread to schedule soon, once however often it is asked. Lock held. */
 static void post_schedule_locked(struct tasks *t)
 {
+	assert_held(&t->lock);
 	if (t->started && !t->schedule_posted && t->queued) {
 		t->schedule_posted = true;
-		loop_post(t->loop, schedule_on_loop, t);
+		loop_post(t->loop, tasks_schedule_on_loop, t);
 	}
 }
 
@@ -505,6 +513,7 @@ static void post_schedule_locked(struct tasks *t)
  * here), and the retention learns when there is work for it. Lock held. */
 static void output_to_store_locked(struct tasks *t, struct task *k)
 {
+	assert_held(&t->lock);
 	if (k->out_stored)
 		return;
 	for (int s = 0; s < N_STREAMS; s++) {
@@ -525,39 +534,40 @@ static void output_to_store_locked(struct tasks *t, struct task *k)
 	struct config *cfg = cluster_get_config(t->cluster);
 	const struct cfg_retention *p = &cfg->tasks.retention;
 	if (p->output_mb > 0 && (double) t->output_total > p->output_mb * 1048576.0)
-		prune_arm_locked(t, clock_wall_s());
+		tasks_prune_arm_locked(t, clock_wall_s());
 	else if (p->output_days > 0)
-		prune_arm_locked(t, k->row.finished_at + p->output_days * 86400.0);
+		tasks_prune_arm_locked(t, k->row.finished_at + p->output_days * 86400.0);
 	config_unref(cfg);
 }
 
-void set_state_locked(struct tasks *t, struct task *k, enum task_state state, const char *reason,
-		      struct waiter **wake)
+void tasks_set_state_locked(struct tasks *t, struct task *k, enum task_state state,
+			    const char *reason, struct waiter **wake)
 {
+	assert_held(&t->lock);
 	bool same = k->state == state;
 	bool was_final = state_final(k->state);
 	if (counts_for_user(k) && was_final != state_final(state))
-		user_load_locked(t, k->row.uid)->unfinished += was_final ? 1 : -1;
-	set_str(&k->row.state, task_state_names[state]);
+		tasks_user_load_locked(t, k->row.uid)->unfinished += was_final ? 1 : -1;
+	tasks_set_str(&k->row.state, task_state_names[state]);
 	k->state = state;
 	if (reason)
-		set_str(&k->row.reason, reason);
+		tasks_set_str(&k->row.reason, reason);
 	bool was_active = k->list == &t->active;
-	track_locked(t, k);
+	tasks_track_locked(t, k);
 	/* a slot freed or a task waits: place work now, not at the next tick */
 	if ((was_active && k->list != &t->active) || k->list == &t->queued)
 		post_schedule_locked(t);
 	if (state_final(state)) {
 		if (k->row.finished_at <= 0)
 			k->row.finished_at = clock_wall_s();
-		wake_waiters_locked(k, wake);
+		wake_waiters_locked(t, k, wake);
 		if (!was_final)
 			book_end_locked(t, k);
 	}
 	/* the output before the state that says it is complete */
 	if (state_final(state))
 		output_to_store_locked(t, k);
-	persist_locked(t, k);
+	tasks_persist_locked(t, k);
 	lru_touch_locked(t, k);
 	if (!same) {
 		if (state_final(state) && k->row.exit_code >= 0)
@@ -580,13 +590,14 @@ void set_state_locked(struct tasks *t, struct task *k, enum task_state state, co
  * succeeded, failed when all ended and one did not succeed. Lock held. */
 static void update_parent_locked(struct tasks *t, struct task *child, struct waiter **wake)
 {
-	struct task *p = find_locked(t, child->row.parent);
+	assert_held(&t->lock);
+	struct task *p = tasks_find_locked(t, child->row.parent);
 	if (!p || state_final(p->state))
 		return;
 	size_t done = 0, ok = 0, running = 0;
 	int worst = 0;
 	for (size_t i = 0; i < p->n_children; i++) {
-		struct task *c = lookup_locked(t, p->children[i]);
+		struct task *c = tasks_lookup_locked(t, p->children[i]);
 		if (!c)
 			continue;
 		if (state_final(c->state)) {
@@ -603,17 +614,18 @@ static void update_parent_locked(struct tasks *t, struct task *child, struct wai
 		p->row.exit_code = ok == done ? 0 : (worst > 0 ? worst : 1);
 		char why[128];
 		snprintf(why, sizeof(why), "%zu of %zu copies succeeded", ok, done);
-		set_state_locked(t, p, ok == done ? TASK_S_SUCCEEDED : TASK_S_FAILED, why, wake);
+		tasks_set_state_locked(t, p, ok == done ? TASK_S_SUCCEEDED : TASK_S_FAILED, why,
+				       wake);
 	} else if (running && p->state != TASK_S_RUNNING) {
 		if (p->row.started_at <= 0)
 			p->row.started_at = clock_wall_s();
-		set_state_locked(t, p, TASK_S_RUNNING, NULL, wake);
+		tasks_set_state_locked(t, p, TASK_S_RUNNING, NULL, wake);
 	}
 }
 
 /* ---- wiring ---- */
 
-bool target_owns(struct tasks *t, const char *node)
+bool tasks_target_owns(struct tasks *t, const char *node)
 {
 	return t->target.owns && node && t->target.owns(t->target.arg, node);
 }

@@ -14,17 +14,17 @@ static void poll_send(struct tasks *t, const char *node);
 static int fetch_output_locked(struct tasks *t, struct task *k, int s);
 static void poll_done(void *arg, const struct http_response *r);
 
-struct call *call_new(struct tasks *t, const char *id, int stream)
+struct call *tasks_call_new(struct tasks *t, const char *id, int stream)
 {
-	struct call *c = calloc(1, sizeof(*c));
+	struct call *c = xcalloc(1, sizeof(*c));
 	c->t = t;
-	c->id = strdup(id);
+	c->id = xstrdup(id);
 	c->stream = stream;
 	c->started_us = clock_now_us();
 	return c;
 }
 
-void call_free(struct call *c)
+void tasks_call_free(struct call *c)
 {
 	free(c->id);
 	free(c);
@@ -38,7 +38,7 @@ static int agent_endpoint(struct tasks *t, const char *node, const char *path,
 	const struct cfg_host *h = config_find_host(cfg, node);
 	if (h) {
 		endpoint_init_agent(ret_ep, cfg, h, path);
-		*ret_token = h->token ? strdup(h->token) : NULL;
+		*ret_token = h->token ? xstrdup(h->token) : NULL;
 	}
 	config_unref(cfg);
 	return h ? 0 : -ENOENT;
@@ -47,7 +47,7 @@ static int agent_endpoint(struct tasks *t, const char *node, const char *path,
 static int agent_call(struct tasks *t, const char *node, const char *method, const char *path,
 		      const char *body, http_done_fn done, struct call *c)
 {
-	if (target_owns(t, node))
+	if (tasks_target_owns(t, node))
 		return t->target.call(t->target.arg, node, method, path, body, done, c);
 	char *token = NULL;
 	struct endpoint ep;
@@ -79,7 +79,7 @@ static void dispatch_done(void *arg, const struct http_response *r)
 	struct waiter *wake = NULL;
 	char *poll_node = NULL;
 	pthread_mutex_lock(&t->lock);
-	struct task *k = find_locked(t, c->id);
+	struct task *k = tasks_find_locked(t, c->id);
 	if (k) {
 		k->dispatching = false;
 		if (!r->error && k->dispatch_failures) {
@@ -87,20 +87,20 @@ static void dispatch_done(void *arg, const struct http_response *r)
 				 k->row.id, k->row.node, k->dispatch_failures,
 				 k->dispatch_failures == 1 ? "" : "s");
 			k->dispatch_failures = 0;
-			set_str(&k->row.reason, NULL);
+			tasks_set_str(&k->row.reason, NULL);
 		}
 		if (!r->error) {
 			/* 201: started; 200: the agent knew this dispatch id already, and its
 			 * answer says how that run is doing (it may have ended long ago) */
 			k->acked = true;
 			if (k->row.node)
-				poll_node = strdup(k->row.node);
+				poll_node = xstrdup(k->row.node);
 			json_t *o = json_loadb(r->body, r->body_len, 0, NULL);
 			if (json_is_object(o) && json_is_string(json_object_get(o, "state")))
 				apply_remote_locked(t, k, o, &wake);
 			else if (k->state == TASK_S_DISPATCHED) {
 				k->row.started_at = clock_wall_s();
-				set_state_locked(t, k, TASK_S_RUNNING, NULL, &wake);
+				tasks_set_state_locked(t, k, TASK_S_RUNNING, NULL, &wake);
 			}
 			json_decref(o);
 		} else if (r->status == 400 || r->status == 413) {
@@ -110,7 +110,7 @@ static void dispatch_done(void *arg, const struct http_response *r)
 			snprintf(why, sizeof(why), "the agent on %s refused it: %s", k->row.node,
 				 e ? e : r->error_text);
 			json_decref(doc);
-			set_state_locked(t, k, TASK_S_FAILED, why, &wake);
+			tasks_set_state_locked(t, k, TASK_S_FAILED, why, &wake);
 		} else if (r->error != -ECANCELED) {
 			/* Unknown whether it arrived: the node's poll finds out and re-sends
 			 * the same dispatch id, which the agent runs at most once, after a
@@ -121,18 +121,18 @@ static void dispatch_done(void *arg, const struct http_response *r)
 			if (k->dispatch_failures++ == 0)
 				log_warn("dispatch of %s to %s failing: %s; retrying with backoff",
 					 k->row.id, k->row.node, why);
-			retry_policy(RETRY_DISPATCH, k, _TASK_STATE_INVALID, k->dispatch_failures,
-				     &k->dispatch_due_us);
+			tasks_retry_policy(RETRY_DISPATCH, k, _TASK_STATE_INVALID,
+					   k->dispatch_failures, &k->dispatch_due_us);
 			char reason[640];
 			snprintf(reason, sizeof(reason),
 				 "the agent on %s did not take it (%s); attempt %u, retrying",
 				 k->row.node, why, k->dispatch_failures);
-			set_str(&k->row.reason, reason);
+			tasks_set_str(&k->row.reason, reason);
 		}
 	}
 	pthread_mutex_unlock(&t->lock);
-	call_waiters(wake);
-	call_free(c);
+	tasks_call_waiters(wake);
+	tasks_call_free(c);
 	/* the node's long poll learns of the end at once (poll_send is defined below) */
 	if (poll_node)
 		poll_send(t, poll_node);
@@ -142,8 +142,9 @@ static void dispatch_done(void *arg, const struct http_response *r)
 /* The user name a task runs as on its node under the run_as policy in force there: the
  * submitter's (a task stored before names were kept: the name its uid has now), or NULL
  * for the agent's own user. Returns a new string. */
-char *run_as_user_locked(struct tasks *t, const struct task *k)
+char *tasks_run_as_user_locked(struct tasks *t, const struct task *k)
 {
+	assert_held(&t->lock);
 	struct config *cfg = cluster_get_config(t->cluster);
 	const struct cfg_host *h = k->row.node ? config_find_host(cfg, k->row.node) : NULL;
 	enum cfg_run_as mode = config_host_run_as(cfg, h);
@@ -151,19 +152,21 @@ char *run_as_user_locked(struct tasks *t, const struct task *k)
 	if (mode == CFG_RUN_AS_AGENT)
 		return NULL;
 	if (k->row.user)
-		return strdup(k->row.user);
+		return xstrdup(k->row.user);
 	struct passwd pw, *res = NULL;
 	char scratch[4096];
 	getpwuid_r(k->row.uid, &pw, scratch, sizeof(scratch), &res);
 	/* no name at all: a name no node has, so the node refuses it (never root) */
-	return strdup(res ? res->pw_name : "(unknown)");
+	return xstrdup(res ? res->pw_name : "(unknown)");
 }
 
 /* Sends the task to its node. Lock held; loop thread. */
-void dispatch_locked(struct tasks *t, struct task *k)
+void tasks_dispatch_locked(struct tasks *t, struct task *k)
 {
+	assert(loop_is_current(t->loop));
+	assert_held(&t->lock);
 	if (k->dispatching || (k->dispatch_due_us && clock_now_us() < k->dispatch_due_us) ||
-	    !inputs_ready_locked(t, k))
+	    !tasks_inputs_ready_locked(t, k))
 		return;
 	json_t *body = json_object();
 	json_object_set_new(body, "id", json_string(k->row.dispatch_id));
@@ -181,11 +184,11 @@ void dispatch_locked(struct tasks *t, struct task *k)
 		json_object_set_new(body, "cwd", json_string(k->spec->cwd));
 	if (k->spec->timeout_s)
 		json_object_set_new(body, "timeout_s", json_integer(k->spec->timeout_s));
-	char *user = run_as_user_locked(t, k);
+	char *user = tasks_run_as_user_locked(t, k);
 	if (user)
 		json_object_set_new(body, "user", json_string(user));
 	free(user);
-	if (k->spec->n_outputs && !target_owns(t, k->row.node)) {
+	if (k->spec->n_outputs && !tasks_target_owns(t, k->row.node)) {
 		struct config *acfg = cluster_get_config(t->cluster);
 		json_t *outs = json_array();
 		for (size_t o = 0; o < k->spec->n_outputs; o++)
@@ -198,16 +201,16 @@ void dispatch_locked(struct tasks *t, struct task *k)
 	}
 	if (k->staged && json_array_size(k->staged))
 		json_object_set(body, "inputs", k->staged);
-	if (target_owns(t, k->row.node))
+	if (tasks_target_owns(t, k->row.node))
 		/* what a scheduler of its own needs; agents are not sent fields they refuse */
 		json_object_update_new(body, json_pack("{si si si si}", "cpus", k->spec->cpus,
 						       "mem_mb", k->spec->mem_mb, "gpus",
 						       k->spec->gpus, "priority", k->row.priority));
-	if (target_owns(t, k->row.node) && k->spec->n_after) {
+	if (tasks_target_owns(t, k->row.node) && k->spec->n_after) {
 		/* the dependencies still running there: the target holds this one for them */
 		json_t *after = json_array();
 		for (size_t d = 0; d < k->spec->n_after; d++) {
-			struct task *dep = find_locked(t, k->spec->after[d]);
+			struct task *dep = tasks_find_locked(t, k->spec->after[d]);
 			if (dep && !state_final(dep->state) && dep->row.dispatch_id)
 				json_array_append_new(after, json_string(dep->row.dispatch_id));
 		}
@@ -215,21 +218,22 @@ void dispatch_locked(struct tasks *t, struct task *k)
 	}
 	char *text = json_dumps(body, JSON_COMPACT);
 	json_decref(body);
-	struct call *c = call_new(t, k->row.id, 0);
+	struct call *c = tasks_call_new(t, k->row.id, 0);
 	if (agent_call(t, k->row.node, "POST", "/api/node/tasks", text, dispatch_done, c) == 0)
 		k->dispatching = true;
 	else
-		call_free(c);
+		tasks_call_free(c);
 	free(text);
 }
 
 /* A fetch of stream s failed: retried after a growing wait, FETCH_TRIES times, then the
  * stream ends with what came and the task's reason says why. */
-static void fetch_failed_locked(struct task *k, int s, const char *why)
+static void fetch_failed_locked(struct tasks *t, struct task *k, int s, const char *why)
 {
+	assert_held(&t->lock);
 	k->fetch_failures[s]++;
-	if (retry_policy(RETRY_FETCH, k, _TASK_STATE_INVALID, k->fetch_failures[s],
-			 &k->fetch_due_us[s]))
+	if (tasks_retry_policy(RETRY_FETCH, k, _TASK_STATE_INVALID, k->fetch_failures[s],
+			       &k->fetch_due_us[s]))
 		return;
 	char clean[256];
 	util_escape_controls(why, clean, sizeof(clean));
@@ -254,14 +258,14 @@ static void fetch_done(void *arg, const struct http_response *r)
 	struct tasks *t = c->t;
 	struct waiter *wake = NULL;
 	pthread_mutex_lock(&t->lock);
-	struct task *k = find_locked(t, c->id);
+	struct task *k = tasks_find_locked(t, c->id);
 	if (k)
 		k->fetching[c->stream] = false;
 	if (k && !k->out_stored) { /* output that comes after the end is not kept */
 		int s = c->stream;
 		bool more = k->out[s].len < k->remote_size[s];
 		if (r->error != -ECANCELED && (r->error || (more && !r->body_len)))
-			fetch_failed_locked(k, s, r->error ? r->error_text : "an empty answer");
+			fetch_failed_locked(t, k, s, r->error ? r->error_text : "an empty answer");
 		else if (!r->error && r->body_len)
 			k->fetch_failures[s] = 0;
 		if (!r->error && r->body_len) {
@@ -280,11 +284,11 @@ static void fetch_done(void *arg, const struct http_response *r)
 		    r->body_len)
 			fetch_output_locked(t, k, s);
 		if (r->error != -ECANCELED)
-			finalize_if_ready_locked(t, k, &wake);
+			tasks_finalize_if_ready_locked(t, k, &wake);
 	}
 	pthread_mutex_unlock(&t->lock);
-	call_waiters(wake);
-	call_free(c);
+	tasks_call_waiters(wake);
+	tasks_call_free(c);
 }
 
 /* Starts a fetch of the next piece of stream s. 0 when one is under way; -EAGAIN while
@@ -292,6 +296,7 @@ static void fetch_done(void *arg, const struct http_response *r)
  * nothing to fetch or nowhere to fetch it from. */
 static int fetch_output_locked(struct tasks *t, struct task *k, int s)
 {
+	assert_held(&t->lock);
 	if (k->fetching[s])
 		return 0;
 	if (k->out_full[s] || !k->row.node || !k->row.dispatch_id)
@@ -301,18 +306,19 @@ static int fetch_output_locked(struct tasks *t, struct task *k, int s)
 	char path[512];
 	snprintf(path, sizeof(path), "/api/node/tasks/%s/%s?offset=%zu&limit=%u",
 		 k->row.dispatch_id, stream_names[s], k->out[s].len, FETCH_MAX);
-	struct call *c = call_new(t, k->row.id, s);
+	struct call *c = tasks_call_new(t, k->row.id, s);
 	int r = agent_call(t, k->row.node, "GET", path, NULL, fetch_done, c);
 	if (r == 0)
 		k->fetching[s] = true;
 	else
-		call_free(c);
+		tasks_call_free(c);
 	return r;
 }
 
 /* Once the agent reported a final state and all output is here: the task ends. */
-void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **wake)
+void tasks_finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **wake)
 {
+	assert_held(&t->lock);
 	if (!k->remote_ended || state_final(k->state))
 		return;
 	for (int s = 0; s < N_STREAMS; s++) {
@@ -324,7 +330,7 @@ void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **w
 				return; /* the tick tries again once the wait is over */
 		}
 	}
-	if (!outputs_ready_locked(t, k))
+	if (!tasks_outputs_ready_locked(t, k))
 		return; /* its record is being fetched: the end comes with it */
 	k->row.exit_code = k->remote_exit;
 	store_add_attempt(t->store, k->row.id, k->row.attempts, k->row.node, k->row.dispatch_id,
@@ -335,15 +341,16 @@ void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **w
 	k->remote_ended = false;
 	k->remote_error = NULL;
 	if (state == TASK_S_SUCCEEDED)
-		set_state_locked(t, k, TASK_S_SUCCEEDED, k->output_note, wake);
+		tasks_set_state_locked(t, k, TASK_S_SUCCEEDED, k->output_note, wake);
 	else
-		requeue_or_fail_locked(t, k, state, why ? why : k->output_note, wake);
+		tasks_requeue_or_fail_locked(t, k, state, why ? why : k->output_note, wake);
 	free(why);
 }
 
 /* Applies one task object from an agent to our task. Lock held. */
 static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, struct waiter **wake)
 {
+	assert_held(&t->lock);
 	const char *state = json_string_value(json_object_get(o, "state"));
 	const char *id = json_string_value(json_object_get(o, "id"));
 	/* an answer about another attempt, or about a task that has ended here */
@@ -363,12 +370,12 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
 	}
 	if (k->state == TASK_S_DISPATCHED) {
 		k->row.started_at = clock_wall_s();
-		set_state_locked(t, k, TASK_S_RUNNING, NULL, wake);
+		tasks_set_state_locked(t, k, TASK_S_RUNNING, NULL, wake);
 	}
 	if (strcmp(state, "running") && !k->remote_ended) {
 		json_t *ec = json_object_get(o, "exit_code");
 		const char *err = json_string_value(json_object_get(o, "error"));
-		set_str(&k->remote_error, err);
+		tasks_set_str(&k->remote_error, err);
 		/* the end as the agent names it; a name this side does not know is a failure */
 		enum task_state rs = task_state_from_string(state);
 		k->remote_state = state_final(rs) ? rs : TASK_S_FAILED;
@@ -377,7 +384,7 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
 						 json_integer_value(ec) <= 65535
 					 ? (int) json_integer_value(ec)
 					 : -1;
-		finalize_if_ready_locked(t, k, wake);
+		tasks_finalize_if_ready_locked(t, k, wake);
 	}
 }
 
@@ -385,6 +392,7 @@ static void apply_remote_locked(struct tasks *t, struct task *k, json_t *o, stru
  * valid while its entries change lists. Lock held. */
 static struct task **active_snapshot_locked(struct tasks *t, const char *node)
 {
+	assert_held(&t->lock);
 	size_t n = 0, cap = 16;
 	struct task **v = xcalloc(cap, sizeof(*v));
 	for (struct task *k = t->active; k; k = k->lnext) {
@@ -392,7 +400,7 @@ static struct task **active_snapshot_locked(struct tasks *t, const char *node)
 			continue;
 		if (n + 1 == cap) {
 			cap *= 2;
-			v = realloc(v, cap * sizeof(*v));
+			v = xrealloc(v, cap * sizeof(*v));
 		}
 		v[n++] = k;
 	}
@@ -405,8 +413,8 @@ static struct node_poll *poll_for(struct tasks *t, const char *node)
 	for (struct node_poll *p = t->polls; p; p = p->next)
 		if (!strcmp(p->node, node))
 			return p;
-	struct node_poll *p = calloc(1, sizeof(*p));
-	p->node = strdup(node);
+	struct node_poll *p = xcalloc(1, sizeof(*p));
+	p->node = xstrdup(node);
 	p->next = t->polls;
 	t->polls = p;
 	return p;
@@ -420,6 +428,7 @@ static struct node_poll *poll_for(struct tasks *t, const char *node)
  * their clock's time of the last poll. Loop thread. */
 static void poll_send(struct tasks *t, const char *node)
 {
+	assert(loop_is_current(t->loop));
 	struct node_poll *p = poll_for(t, node);
 	if (p->in_flight)
 		return;
@@ -430,11 +439,11 @@ static void poll_send(struct tasks *t, const char *node)
 	else if (p->agent_time > 0)
 		/* a margin for tasks that finished while that answer was on its way */
 		snprintf(path, sizeof(path), "/api/node/tasks?since=%.3f", p->agent_time - 30.0);
-	struct call *c = call_new(t, node, 0);
+	struct call *c = tasks_call_new(t, node, 0);
 	if (agent_call(t, node, "GET", path, NULL, poll_done, c) == 0)
 		p->in_flight = true;
 	else
-		call_free(c);
+		tasks_call_free(c);
 }
 
 static void poll_done(void *arg, const struct http_response *r)
@@ -444,7 +453,7 @@ static void poll_done(void *arg, const struct http_response *r)
 	struct node_poll *p = poll_for(t, c->id);
 	p->in_flight = false;
 	if (r->error) {
-		call_free(c);
+		tasks_call_free(c);
 		return;
 	}
 	json_t *doc = json_loadb(r->body, r->body_len, 0, NULL);
@@ -480,7 +489,7 @@ static void poll_done(void *arg, const struct http_response *r)
 			/* the agent never got it (or lost it before writing it down): send the
 			 * same dispatch id again */
 			if (json_is_array(list))
-				dispatch_locked(t, k);
+				tasks_dispatch_locked(t, k);
 		}
 	}
 	bool busy = false;
@@ -492,8 +501,8 @@ static void poll_done(void *arg, const struct http_response *r)
 	if (busy && p->index)
 		poll_send(t, c->id);
 	json_decref(doc);
-	call_waiters(wake);
-	call_free(c);
+	tasks_call_waiters(wake);
+	tasks_call_free(c);
 }
 
 static void cancel_done(void *arg, const struct http_response *r)
@@ -501,12 +510,12 @@ static void cancel_done(void *arg, const struct http_response *r)
 	struct call *c = arg;
 	struct tasks *t = c->t;
 	pthread_mutex_lock(&t->lock);
-	struct task *k = find_locked(t, c->id);
+	struct task *k = tasks_find_locked(t, c->id);
 	if (k && r->error && r->status != 404 &&
-	    retry_policy(RETRY_CANCEL, k, _TASK_STATE_INVALID, 1, NULL))
+	    tasks_retry_policy(RETRY_CANCEL, k, _TASK_STATE_INVALID, 1, NULL))
 		k->cancel_sent = false; /* try again at the next tick */
 	pthread_mutex_unlock(&t->lock);
-	call_free(c);
+	tasks_call_free(c);
 }
 
 /* Every TICK: poll the nodes that have work, send pending cancels, notice lost nodes,
@@ -514,6 +523,7 @@ static void cancel_done(void *arg, const struct http_response *r)
 void tasks_tick(void *arg)
 {
 	struct tasks *t = arg;
+	assert(loop_is_current(t->loop));
 	struct waiter *wake = NULL;
 	char **nodes = NULL;
 	size_t n_nodes = 0;
@@ -525,16 +535,17 @@ void tasks_tick(void *arg)
 			continue;
 		enum node_level level;
 		if (cluster_get_level(t->cluster, k->row.node, &level) < 0) {
-			if (target_owns(t, k->row.node))
+			if (tasks_target_owns(t, k->row.node))
 				continue; /* its source has not listed it since the start yet */
-			requeue_or_fail_locked(t, k, TASK_S_LOST, "its node left the cluster",
-					       &wake);
+			tasks_requeue_or_fail_locked(t, k, TASK_S_LOST, "its node left the cluster",
+						     &wake);
 			continue;
 		}
 		if (level == NODE_OFFLINE) {
 			if (k->spec->model && k->row.dispatch_id)
 				t->prompts.cancel(t->prompts.arg, k->row.dispatch_id);
-			requeue_or_fail_locked(t, k, TASK_S_LOST, "its node went offline", &wake);
+			tasks_requeue_or_fail_locked(t, k, TASK_S_LOST, "its node went offline",
+						     &wake);
 			continue;
 		}
 		if (k->spec->model) {
@@ -546,30 +557,31 @@ void tasks_tick(void *arg)
 			continue;
 		}
 		if (k->remote_ended)
-			finalize_if_ready_locked(t, k, &wake); /* output fetches waiting to retry */
+			tasks_finalize_if_ready_locked(t, k,
+						       &wake); /* output fetches waiting to retry */
 		if (k->cancel_requested && !k->cancel_sent && k->row.dispatch_id) {
 			char path[512];
 			snprintf(path, sizeof(path), "/api/node/tasks/%s/cancel",
 				 k->row.dispatch_id);
-			struct call *c = call_new(t, k->row.id, 0);
+			struct call *c = tasks_call_new(t, k->row.id, 0);
 			if (agent_call(t, k->row.node, "POST", path, "{}", cancel_done, c) == 0)
 				k->cancel_sent = true;
 			else
-				call_free(c);
+				tasks_call_free(c);
 		}
 		bool seen = false;
 		for (size_t j = 0; j < n_nodes; j++)
 			seen |= !strcmp(nodes[j], k->row.node);
 		if (!seen) {
-			nodes = realloc(nodes, (n_nodes + 1) * sizeof(*nodes));
-			nodes[n_nodes++] = strdup(k->row.node);
+			nodes = xrealloc(nodes, (n_nodes + 1) * sizeof(*nodes));
+			nodes[n_nodes++] = xstrdup(k->row.node);
 		}
 	}
-	schedule_locked(t, &wake);
-	cache_trim_locked(t);
+	tasks_schedule_locked(t, &wake);
+	tasks_cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	free(work);
-	call_waiters(wake);
+	tasks_call_waiters(wake);
 
 	for (size_t j = 0; j < n_nodes; j++) {
 		poll_send(t, nodes[j]);

@@ -19,36 +19,38 @@ static void collect_done(void *arg, int err, const char *why)
 	struct tasks *t = c->t;
 	struct waiter *wake = NULL;
 	pthread_mutex_lock(&t->lock);
-	struct task *k = find_locked(t, c->id);
+	struct task *k = tasks_find_locked(t, c->id);
 	if (k && k->collecting) {
 		k->collecting = false;
 		k->collected = true;
 		if (err && !k->output_note)
-			k->output_note = strdup(why);
-		finalize_if_ready_locked(t, k, &wake);
+			k->output_note = xstrdup(why);
+		tasks_finalize_if_ready_locked(t, k, &wake);
 	}
 	pthread_mutex_unlock(&t->lock);
-	call_waiters(wake);
-	call_free(c);
+	tasks_call_waiters(wake);
+	tasks_call_free(c);
 }
 
 /* True when a task that ended has its outputs' record here (or has none to have); else
  * starts fetching it. Lock held; loop thread. */
-bool outputs_ready_locked(struct tasks *t, struct task *k)
+bool tasks_outputs_ready_locked(struct tasks *t, struct task *k)
 {
+	assert(loop_is_current(t->loop));
+	assert_held(&t->lock);
 	if (!k->spec->n_outputs || !t->artifacts || k->collected || !k->row.dispatch_id ||
-	    target_owns(t, k->row.node))
+	    tasks_target_owns(t, k->row.node))
 		return true;
 	if (!k->collecting) {
-		struct call *c = call_new(t, k->row.id, 0);
+		struct call *c = tasks_call_new(t, k->row.id, 0);
 		k->collecting = true;
 		if (artifacts_collect(t->artifacts, k->row.id, k->row.node, k->row.dispatch_id,
 				      collect_done, c) < 0) {
-			call_free(c);
+			tasks_call_free(c);
 			k->collecting = false;
 			k->collected = true;
-			set_str(&k->output_note,
-				"its outputs could not be fetched: its node is gone");
+			tasks_set_str(&k->output_note,
+				      "its outputs could not be fetched: its node is gone");
 			return true;
 		}
 	}
@@ -67,34 +69,34 @@ static void stage_done(void *arg, int err, const char *why)
 	struct tasks *t = sc->t;
 	struct waiter *wake = NULL;
 	pthread_mutex_lock(&t->lock);
-	struct task *k = find_locked(t, sc->id);
+	struct task *k = tasks_find_locked(t, sc->id);
 	/* still this attempt, still waiting to be sent */
 	if (k && k->staging && k->row.dispatch_id && !strcmp(k->row.dispatch_id, sc->dispatch_id) &&
 	    k->state == TASK_S_DISPATCHED) {
 		k->staging = false;
 		uint64_t due = 0;
-		if (err == -EAGAIN && retry_policy(RETRY_STAGE, k, _TASK_STATE_INVALID,
-						   k->dispatch_failures + 1, &due)) {
+		if (err == -EAGAIN && tasks_retry_policy(RETRY_STAGE, k, _TASK_STATE_INVALID,
+							 k->dispatch_failures + 1, &due)) {
 			/* the node did not answer: the node's poll sends it again after a wait */
 			k->dispatch_failures++;
 			k->dispatch_due_us = due;
 			char reason[900];
 			snprintf(reason, sizeof(reason), "%s; attempt %u, retrying", why,
 				 k->dispatch_failures);
-			set_str(&k->row.reason, reason);
+			tasks_set_str(&k->row.reason, reason);
 		} else if (err) {
-			set_state_locked(t, k, TASK_S_FAILED, why, &wake);
+			tasks_set_state_locked(t, k, TASK_S_FAILED, why, &wake);
 		} else {
 			k->staged = sc->staged ? sc->staged : json_array();
 			sc->staged = NULL;
-			set_str(&k->row.reason, NULL);
-			dispatch_locked(t, k);
+			tasks_set_str(&k->row.reason, NULL);
+			tasks_dispatch_locked(t, k);
 		}
 	} else if (k) {
 		k->staging = false;
 	}
 	pthread_mutex_unlock(&t->lock);
-	call_waiters(wake);
+	tasks_call_waiters(wake);
 	json_decref(sc->staged);
 	free(sc->id);
 	free(sc->dispatch_id);
@@ -103,9 +105,11 @@ static void stage_done(void *arg, int err, const char *why)
 
 /* True when the task's inputs are staged on its node for this attempt (or it has none);
  * else starts staging them. Lock held; loop thread. */
-bool inputs_ready_locked(struct tasks *t, struct task *k)
+bool tasks_inputs_ready_locked(struct tasks *t, struct task *k)
 {
-	if (!k->spec->inputs || !t->artifacts || k->staged || target_owns(t, k->row.node))
+	assert(loop_is_current(t->loop));
+	assert_held(&t->lock);
+	if (!k->spec->inputs || !t->artifacts || k->staged || tasks_target_owns(t, k->row.node))
 		return true;
 	if (k->staging)
 		return false;
@@ -118,12 +122,12 @@ bool inputs_ready_locked(struct tasks *t, struct task *k)
 		const char *slash = strchr(sv, '/');
 		if (sv[0] == '/' || !slash)
 			continue;
-		char *prod = strndup(sv, (size_t) (slash - sv));
+		char *prod = xstrndup(sv, (size_t) (slash - sv));
 		size_t n = strlen(prod);
 		bool all = n > 2 && !strcmp(prod + n - 2, "@*");
 		if (all)
 			prod[n - 2] = '\0';
-		struct task *p = find_locked(t, prod);
+		struct task *p = tasks_find_locked(t, prod);
 		json_t *ids = json_array();
 		for (size_t i = 0; p && all && i < p->n_children; i++)
 			json_array_append_new(ids, json_string(p->children[i]));
@@ -132,12 +136,12 @@ bool inputs_ready_locked(struct tasks *t, struct task *k)
 		json_object_set_new(producers, prod, ids);
 		free(prod);
 	}
-	struct stage_call *sc = calloc(1, sizeof(*sc));
+	struct stage_call *sc = xcalloc(1, sizeof(*sc));
 	sc->t = t;
-	sc->id = strdup(k->row.id);
-	sc->dispatch_id = strdup(k->row.dispatch_id);
+	sc->id = xstrdup(k->row.id);
+	sc->dispatch_id = xstrdup(k->row.dispatch_id);
 	k->staging = true;
-	set_str(&k->row.reason, "staging its inputs");
+	tasks_set_str(&k->row.reason, "staging its inputs");
 	if (artifacts_stage(t->artifacts, k->spec->inputs, producers, k->row.node,
 			    k->row.dispatch_id, &sc->staged, stage_done, sc) < 0) {
 		k->staging = false;

@@ -18,19 +18,19 @@ struct submitter {
 static struct task *task_from_spec(const char *id, struct task_spec *spec,
 				   const struct submitter *who, const char *parent)
 {
-	struct task *k = calloc(1, sizeof(*k));
+	struct task *k = xcalloc(1, sizeof(*k));
 	k->spec = spec;
 	k->spec_json = spec_to_json(spec);
-	k->row.id = strdup(id);
-	k->row.parent = parent ? strdup(parent) : NULL;
+	k->row.id = xstrdup(id);
+	k->row.parent = parent ? xstrdup(parent) : NULL;
 	k->row.spec = json_dumps(k->spec_json, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	k->row.state = strdup(task_state_names[TASK_S_QUEUED]);
+	k->row.state = xstrdup(task_state_names[TASK_S_QUEUED]);
 	k->state = TASK_S_QUEUED;
 	k->row.exit_code = -1;
 	k->row.priority = spec->priority;
 	k->row.uid = who->uid;
 	k->row.gid = who->gid;
-	k->row.user = who->user ? strdup(who->user) : NULL;
+	k->row.user = who->user ? xstrdup(who->user) : NULL;
 	k->row.submitted_at = clock_wall_s();
 	k->changed_at = k->row.submitted_at;
 	for (int s = 0; s < N_STREAMS; s++)
@@ -72,7 +72,7 @@ static int group_commit(struct tasks *t, struct store_task *rows, size_t n)
 		size_t total = 0;
 		for (struct commit *c = batch; c; c = c->next)
 			total += c->n;
-		struct store_task *all = calloc(total, sizeof(*all));
+		struct store_task *all = xcalloc(total, sizeof(*all));
 		size_t k = 0;
 		for (struct commit *c = batch; c; c = c->next)
 			for (size_t i = 0; i < c->n; i++)
@@ -168,7 +168,8 @@ static int check_table_locked(struct tasks *t, const char *id, const struct task
 			      const struct submitter *who, int queued_max, char *errbuf,
 			      size_t errlen)
 {
-	int unfinished = user_load_locked(t, who->uid)->unfinished;
+	assert_held(&t->lock);
+	int unfinished = tasks_user_load_locked(t, who->uid)->unfinished;
 	if (unfinished >= queued_max) {
 		snprintf(errbuf, errlen,
 			 "%s has %d unfinished tasks, the most one user may have "
@@ -176,12 +177,12 @@ static int check_table_locked(struct tasks *t, const char *id, const struct task
 			 who->user ? who->user : "this user", unfinished);
 		return -EDQUOT;
 	}
-	if (json_object_get(t->reserved, id) || lookup_locked(t, id)) {
+	if (json_object_get(t->reserved, id) || tasks_lookup_locked(t, id)) {
 		snprintf(errbuf, errlen, "task %s exists already", id);
 		return -EEXIST;
 	}
 	for (size_t i = 0; i < spec->n_after; i++) {
-		if (!lookup_locked(t, spec->after[i])) {
+		if (!tasks_lookup_locked(t, spec->after[i])) {
 			snprintf(errbuf, errlen, "field \"after\" names %s, which is not a task",
 				 spec->after[i]);
 			return -EINVAL;
@@ -189,7 +190,7 @@ static int check_table_locked(struct tasks *t, const char *id, const struct task
 	}
 	bool all = spec->node && !strcmp(spec->node, "all");
 	if (spec->node && !all && strcmp(spec->node, "any") &&
-	    !cluster_has_node(t->cluster, spec->node) && !target_owns(t, spec->node)) {
+	    !cluster_has_node(t->cluster, spec->node) && !tasks_target_owns(t, spec->node)) {
 		snprintf(errbuf, errlen,
 			 "field \"node\" names %s, which is not a node of this cluster",
 			 spec->node);
@@ -215,7 +216,7 @@ static struct task *copy_for_node(struct task *parent, const char *id, const cha
 		abort(); /* a canonical spec always parses */
 	free(ctext);
 	struct task *c = task_from_spec(cid.data, cs, who, id);
-	parent->children[parent->n_children++] = strdup(cid.data);
+	parent->children[parent->n_children++] = xstrdup(cid.data);
 	buf_free(&cid);
 	return c;
 }
@@ -226,14 +227,15 @@ static int copies_locked(struct tasks *t, struct task *parent, const char *id,
 			 const struct submitter *who, struct task ***ret_batch, size_t *ret_n,
 			 char *errbuf, size_t errlen)
 {
+	assert_held(&t->lock);
 	const struct task_spec *spec = parent->spec;
 	struct sched_input in;
-	sched_input_build_locked(t, &in);
+	tasks_sched_input_build_locked(t, &in);
 	struct sched_request req;
-	sched_request_of(spec, &req);
-	prompt_holdings_locked(t, spec, NULL, &in);
+	tasks_sched_request_of(spec, &req);
+	tasks_prompt_holdings_locked(t, spec, NULL, &in);
 	req.node = "any";
-	size_t *idx = calloc(in.n + 1, sizeof(*idx));
+	size_t *idx = xcalloc(in.n + 1, sizeof(*idx));
 	struct buf why;
 	buf_init(&why);
 	struct config *pcfg = cluster_get_config(t->cluster);
@@ -243,19 +245,19 @@ static int copies_locked(struct tasks *t, struct task *parent, const char *id,
 		snprintf(errbuf, errlen, "node \"all\": %s", why.data ? why.data : "no node");
 		buf_free(&why);
 		free(idx);
-		sched_input_free(&in);
+		tasks_sched_input_free(&in);
 		return -EINVAL;
 	}
-	struct task **batch = calloc(n + 1, sizeof(*batch));
+	struct task **batch = xcalloc(n + 1, sizeof(*batch));
 	size_t n_batch = 1;
 	batch[0] = parent;
-	parent->children = calloc(n, sizeof(char *));
+	parent->children = xcalloc(n, sizeof(char *));
 	for (size_t i = 0; i < n; i++)
 		batch[n_batch++] = copy_for_node(parent, id, in.nodes[idx[i]].name, who);
-	set_str(&parent->row.placement, why.data);
+	tasks_set_str(&parent->row.placement, why.data);
 	buf_free(&why);
 	free(idx);
-	sched_input_free(&in);
+	tasks_sched_input_free(&in);
 	*ret_batch = batch;
 	*ret_n = n_batch;
 	return 0;
@@ -266,11 +268,12 @@ static int copies_locked(struct tasks *t, struct task *parent, const char *id,
 static int commit_batch_locked(struct tasks *t, const char *id, struct task **batch, size_t n_batch,
 			       char *errbuf, size_t errlen)
 {
+	assert_held(&t->lock);
 	/* The commit (an fsync) happens without the lock, so that other submissions and the
 	 * backend thread go on meanwhile; the id is held so no one else takes it. */
 	json_object_set_new(t->reserved, id, json_true());
 	pthread_mutex_unlock(&t->lock);
-	struct store_task *rows = calloc(n_batch, sizeof(*rows));
+	struct store_task *rows = xcalloc(n_batch, sizeof(*rows));
 	for (size_t i = 0; i < n_batch; i++)
 		rows[i] = batch[i]->row;
 	int r = group_commit(t, rows, n_batch);
@@ -280,7 +283,7 @@ static int commit_batch_locked(struct tasks *t, const char *id, struct task **ba
 		pthread_mutex_unlock(&t->lock);
 		free(rows);
 		for (size_t i = 0; i < n_batch; i++)
-			task_free(batch[i]);
+			tasks_task_free(batch[i]);
 		free(batch);
 		snprintf(errbuf, errlen, "cannot store the task: %s",
 			 r == -ENOSPC ? "the state directory's disk is full" : strerror(-r));
@@ -288,11 +291,11 @@ static int commit_batch_locked(struct tasks *t, const char *id, struct task **ba
 	}
 	for (size_t i = 0; i < n_batch; i++) {
 		batch[i]->row.seq = rows[i].seq;
-		add_locked(t, batch[i], false);
+		tasks_add_locked(t, batch[i], false);
 	}
 	free(rows);
 	free(batch);
-	cache_trim_locked(t);
+	tasks_cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	return 0;
 }
@@ -324,7 +327,7 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 	pthread_mutex_lock(&t->lock);
 	r = check_table_locked(t, id, spec, &who, queued_max, errbuf, errlen);
 	if (r < 0) {
-		cache_trim_locked(t);
+		tasks_cache_trim_locked(t);
 		pthread_mutex_unlock(&t->lock);
 		spec_free(spec);
 		return r;
@@ -337,11 +340,11 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 		r = copies_locked(t, parent, id, &who, &batch, &n_batch, errbuf, errlen);
 		if (r < 0) {
 			pthread_mutex_unlock(&t->lock);
-			task_free(parent);
+			tasks_task_free(parent);
 			return r;
 		}
 	} else {
-		batch = calloc(1, sizeof(*batch));
+		batch = xcalloc(1, sizeof(*batch));
 		batch[0] = parent;
 	}
 	r = commit_batch_locked(t, id, batch, n_batch, errbuf, errlen);
@@ -350,6 +353,6 @@ int tasks_submit(struct tasks *t, const char *id, const char *text, size_t len, 
 	cluster_add_event(t->cluster, "task", id, "submitted by %s (uid %u)%s",
 			  who.user ? who.user : "?", (unsigned) uid,
 			  all ? " for every eligible node" : "");
-	post_schedule(t);
+	tasks_post_schedule(t);
 	return 0;
 }

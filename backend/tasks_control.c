@@ -17,8 +17,8 @@ static uint64_t retry_delay_us(unsigned failures)
 	return d < RETRY_MAX_US ? d : RETRY_MAX_US;
 }
 
-bool retry_policy(enum retry_what what, const struct task *k, enum task_state ended,
-		  unsigned failures, uint64_t *ret_due_us)
+bool tasks_retry_policy(enum retry_what what, const struct task *k, enum task_state ended,
+			unsigned failures, uint64_t *ret_due_us)
 {
 	switch (what) {
 	case RETRY_ATTEMPT:
@@ -42,8 +42,9 @@ bool retry_policy(enum retry_what what, const struct task *k, enum task_state en
 }
 
 /* Forgets the retry state of the previous attempt. */
-static void attempt_reset_locked(struct task *k)
+static void attempt_reset_locked(struct tasks *t, struct task *k)
 {
+	assert_held(&t->lock);
 	free(k->result);
 	k->result = NULL;
 	for (int s = 0; s < N_STREAMS; s++) {
@@ -59,10 +60,11 @@ static void attempt_reset_locked(struct task *k)
 	k->staged = NULL;
 }
 
-void requeue_or_fail_locked(struct tasks *t, struct task *k, enum task_state state, const char *why,
-			    struct waiter **wake)
+void tasks_requeue_or_fail_locked(struct tasks *t, struct task *k, enum task_state state,
+				  const char *why, struct waiter **wake)
 {
-	if (retry_policy(RETRY_ATTEMPT, k, state, (unsigned) k->row.attempts, NULL)) {
+	assert_held(&t->lock);
+	if (tasks_retry_policy(RETRY_ATTEMPT, k, state, (unsigned) k->row.attempts, NULL)) {
 		char reason[512];
 		snprintf(reason, sizeof(reason), "retry %d of %d after %s%s%s", k->row.attempts,
 			 k->spec->retries, task_state_names[state], why ? ": " : "",
@@ -71,43 +73,44 @@ void requeue_or_fail_locked(struct tasks *t, struct task *k, enum task_state sta
 				  k->row.dispatch_id, task_state_names[state], k->row.exit_code,
 				  k->row.started_at, clock_wall_s());
 		if (k->spec->model)
-			set_str(&k->avoid_node, k->row.node); /* retried on another node */
-		set_str(&k->row.node, NULL);
-		set_str(&k->row.dispatch_id, NULL);
+			tasks_set_str(&k->avoid_node, k->row.node); /* retried on another node */
+		tasks_set_str(&k->row.node, NULL);
+		tasks_set_str(&k->row.dispatch_id, NULL);
 		k->row.exit_code = -1;
 		for (int s = 0; s < N_STREAMS; s++) {
 			buf_free(&k->out[s]);
 			k->remote_size[s] = 0;
 			k->out_full[s] = false;
 		}
-		attempt_reset_locked(k);
-		set_state_locked(t, k, TASK_S_QUEUED, reason, wake);
+		attempt_reset_locked(t, k);
+		tasks_set_state_locked(t, k, TASK_S_QUEUED, reason, wake);
 		return;
 	}
-	set_state_locked(t, k, state, why, wake);
+	tasks_set_state_locked(t, k, state, why, wake);
 }
 
 /* ctl "cancel": a queued task ends now; a running one when its node confirms. */
 static int ctl_cancel_locked(struct tasks *t, struct task *k, uid_t uid, struct waiter **wake,
 			     char *errbuf, size_t errlen)
 {
+	assert_held(&t->lock);
 	const char *id = k->row.id;
 	if (state_final(k->state)) {
 		snprintf(errbuf, errlen, "task %s has ended (%s)", id, k->row.state);
 		return -EBUSY;
 	}
 	for (size_t i = 0; i < k->n_children; i++) {
-		struct task *c = find_locked(t, k->children[i]);
+		struct task *c = tasks_find_locked(t, k->children[i]);
 		if (c && !state_final(c->state)) {
 			c->cancel_requested = true;
 			if (c->state == TASK_S_QUEUED)
-				set_state_locked(t, c, TASK_S_CANCELLED, "cancelled before it ran",
-						 wake);
+				tasks_set_state_locked(t, c, TASK_S_CANCELLED,
+						       "cancelled before it ran", wake);
 		}
 	}
 	k->cancel_requested = true;
 	if (k->state == TASK_S_QUEUED && !k->n_children)
-		set_state_locked(t, k, TASK_S_CANCELLED, "cancelled before it ran", wake);
+		tasks_set_state_locked(t, k, TASK_S_CANCELLED, "cancelled before it ran", wake);
 	else if (!k->n_children)
 		cluster_add_event(t->cluster, "task", id, "cancel requested by uid %u",
 				  (unsigned) uid);
@@ -118,6 +121,7 @@ static int ctl_cancel_locked(struct tasks *t, struct task *k, uid_t uid, struct 
 static int ctl_retry_locked(struct tasks *t, struct task *k, struct waiter **wake, char *errbuf,
 			    size_t errlen)
 {
+	assert_held(&t->lock);
 	if (!state_final(k->state) || k->state == TASK_S_SUCCEEDED || k->n_children) {
 		snprintf(errbuf, errlen,
 			 "only a failed, timed out, cancelled or lost task can be "
@@ -126,8 +130,8 @@ static int ctl_retry_locked(struct tasks *t, struct task *k, struct waiter **wak
 		return -EBUSY;
 	}
 	k->cancel_requested = k->cancel_sent = false;
-	set_str(&k->row.node, NULL);
-	set_str(&k->row.dispatch_id, NULL);
+	tasks_set_str(&k->row.node, NULL);
+	tasks_set_str(&k->row.dispatch_id, NULL);
 	k->row.exit_code = -1;
 	k->row.finished_at = 0;
 	for (int s = 0; s < N_STREAMS; s++) {
@@ -137,8 +141,8 @@ static int ctl_retry_locked(struct tasks *t, struct task *k, struct waiter **wak
 		k->stored_len[s] = 0;
 	}
 	k->out_stored = false; /* the next attempt's output replaces the stored one */
-	attempt_reset_locked(k);
-	set_state_locked(t, k, TASK_S_QUEUED, "retried by hand", wake);
+	attempt_reset_locked(t, k);
+	tasks_set_state_locked(t, k, TASK_S_QUEUED, "retried by hand", wake);
 	return 0;
 }
 
@@ -146,6 +150,7 @@ static int ctl_retry_locked(struct tasks *t, struct task *k, struct waiter **wak
 static int ctl_priority_locked(struct tasks *t, struct task *k, const char *arg, char *errbuf,
 			       size_t errlen)
 {
+	assert_held(&t->lock);
 	int p = -1;
 	if ((arg[0] == 'P' || arg[0] == 'p') && arg[1] >= '0' && arg[1] <= '3' && !arg[2])
 		p = arg[1] - '0';
@@ -156,7 +161,7 @@ static int ctl_priority_locked(struct tasks *t, struct task *k, const char *arg,
 		return -EINVAL;
 	}
 	k->row.priority = p;
-	persist_locked(t, k);
+	tasks_persist_locked(t, k);
 	cluster_add_event(t->cluster, "task", k->row.id, "priority P%d", p);
 	return 0;
 }
@@ -178,7 +183,7 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 	struct waiter *wake = NULL;
 	int r = 0;
 	pthread_mutex_lock(&t->lock);
-	struct task *k = lookup_locked(t, id);
+	struct task *k = tasks_lookup_locked(t, id);
 	if (!k) {
 		r = -ENOENT;
 		goto out_unlock;
@@ -197,10 +202,10 @@ int tasks_control(struct tasks *t, const char *id, const char *cmd, uid_t uid, c
 		r = ctl_priority_locked(t, k, arg, errbuf, errlen);
 	}
 out_unlock:
-	cache_trim_locked(t);
+	tasks_cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
-	call_waiters(wake);
+	tasks_call_waiters(wake);
 	if (r == 0)
-		post_schedule(t);
+		tasks_post_schedule(t);
 	return r;
 }

@@ -10,7 +10,7 @@
  *   lock) are called with tasks->lock held, never the other way round; the cluster calls
  *   back (tasks_on_cluster_change) without its lock held.
  * - Waiters are woken outside the lock: *_locked functions collect them in a list that
- *   the caller hands to call_waiters() after unlocking.
+ *   the caller hands to tasks_call_waiters() after unlocking.
  * - The agent client, scheduling, retention and the tick run on the loop thread (the one
  *   that owns curl); fields marked "loop thread only" are touched there alone. */
 #pragma once
@@ -231,36 +231,37 @@ extern const char *const stream_names[N_STREAMS];
 
 /* ---- tasks.c: the table, the counts and the state machine ---- */
 
-void minute_counts_add(struct minute_counts *m, double at, bool ok);
-void minute_counts_hour(const struct minute_counts *m, double now, int *ret_ok, int *ret_failed);
-struct task *find_locked(struct tasks *t, const char *id);
-struct node_load *node_load_locked(struct tasks *t, const char *node, bool create);
-void track_locked(struct tasks *t, struct task *k);
-struct user_load *user_load_locked(struct tasks *t, uid_t uid);
-void add_locked(struct tasks *t, struct task *k, bool stored);
-void forget_locked(struct tasks *t, struct task *k);
-void cache_trim_locked(struct tasks *t);
-struct task *lookup_locked(struct tasks *t, const char *id);
-void task_free(struct task *k);
-void set_str(char **dst, const char *src);
-void persist_locked(struct tasks *t, struct task *k);
-void call_waiters(struct waiter *w);
-void set_state_locked(struct tasks *t, struct task *k, enum task_state state, const char *reason,
-		      struct waiter **wake);
-bool target_owns(struct tasks *t, const char *node);
+void tasks_minute_counts_add(struct minute_counts *m, double at, bool ok);
+void tasks_minute_counts_hour(const struct minute_counts *m, double now, int *ret_ok,
+			      int *ret_failed);
+struct task *tasks_find_locked(struct tasks *t, const char *id);
+struct node_load *tasks_node_load_locked(struct tasks *t, const char *node, bool create);
+void tasks_track_locked(struct tasks *t, struct task *k);
+struct user_load *tasks_user_load_locked(struct tasks *t, uid_t uid);
+void tasks_add_locked(struct tasks *t, struct task *k, bool stored);
+void tasks_forget_locked(struct tasks *t, struct task *k);
+void tasks_cache_trim_locked(struct tasks *t);
+struct task *tasks_lookup_locked(struct tasks *t, const char *id);
+void tasks_task_free(struct task *k);
+void tasks_set_str(char **dst, const char *src);
+void tasks_persist_locked(struct tasks *t, struct task *k);
+void tasks_call_waiters(struct waiter *w);
+void tasks_set_state_locked(struct tasks *t, struct task *k, enum task_state state,
+			    const char *reason, struct waiter **wake);
+bool tasks_target_owns(struct tasks *t, const char *node);
 
 /* ---- tasks_agent.c: the agent client ---- */
 
-struct call *call_new(struct tasks *t, const char *id, int stream);
-void call_free(struct call *c);
-char *run_as_user_locked(struct tasks *t, const struct task *k);
-void dispatch_locked(struct tasks *t, struct task *k);
-void finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **wake);
+struct call *tasks_call_new(struct tasks *t, const char *id, int stream);
+void tasks_call_free(struct call *c);
+char *tasks_run_as_user_locked(struct tasks *t, const struct task *k);
+void tasks_dispatch_locked(struct tasks *t, struct task *k);
+void tasks_finalize_if_ready_locked(struct tasks *t, struct task *k, struct waiter **wake);
 void tasks_tick(void *arg);
 
 /* ---- tasks_control.c: retries ---- */
 
-/* What may be tried again (retry_policy). */
+/* What may be tried again (tasks_retry_policy). */
 enum retry_what {
 	RETRY_ATTEMPT,  /* an attempt ended unsuccessfully: the task runs again ("retries") */
 	RETRY_DISPATCH, /* a dispatch the agent did not take: sent again, however often */
@@ -273,29 +274,29 @@ enum retry_what {
  * `failures` failures in a row (RETRY_ATTEMPT: k's attempts so far, and `ended` the state
  * the last one ended in; _TASK_STATE_INVALID for the others). When the retry waits,
  * *ret_due_us (if not NULL) is set to the loop clock's time before which it is not made. */
-bool retry_policy(enum retry_what what, const struct task *k, enum task_state ended,
-		  unsigned failures, uint64_t *ret_due_us);
-void requeue_or_fail_locked(struct tasks *t, struct task *k, enum task_state state, const char *why,
-			    struct waiter **wake);
+bool tasks_retry_policy(enum retry_what what, const struct task *k, enum task_state ended,
+			unsigned failures, uint64_t *ret_due_us);
+void tasks_requeue_or_fail_locked(struct tasks *t, struct task *k, enum task_state state,
+				  const char *why, struct waiter **wake);
 
 /* ---- tasks_sched.c: scheduling ---- */
 
-int active_on_locked(struct tasks *t, const char *node);
-void sched_input_build_locked(struct tasks *t, struct sched_input *in);
-void sched_input_free(struct sched_input *in);
-void sched_request_of(const struct task_spec *s, struct sched_request *req);
-void prompt_holdings_locked(struct tasks *t, const struct task_spec *s, const char *avoid,
-			    struct sched_input *in);
-void schedule_locked(struct tasks *t, struct waiter **wake);
-void schedule_on_loop(void *arg);
-void post_schedule(struct tasks *t);
+int tasks_active_on_locked(struct tasks *t, const char *node);
+void tasks_sched_input_build_locked(struct tasks *t, struct sched_input *in);
+void tasks_sched_input_free(struct sched_input *in);
+void tasks_sched_request_of(const struct task_spec *s, struct sched_request *req);
+void tasks_prompt_holdings_locked(struct tasks *t, const struct task_spec *s, const char *avoid,
+				  struct sched_input *in);
+void tasks_schedule_locked(struct tasks *t, struct waiter **wake);
+void tasks_schedule_on_loop(void *arg);
+void tasks_post_schedule(struct tasks *t);
 
 /* ---- tasks_store.c: the store ---- */
 
-struct task *task_from_row_locked(struct tasks *t, struct store_task *row);
-void prune_arm_locked(struct tasks *t, double due);
+struct task *tasks_task_from_row_locked(struct tasks *t, struct store_task *row);
+void tasks_prune_arm_locked(struct tasks *t, double due);
 
 /* ---- tasks_artifacts.c: inputs and outputs ---- */
 
-bool outputs_ready_locked(struct tasks *t, struct task *k);
-bool inputs_ready_locked(struct tasks *t, struct task *k);
+bool tasks_outputs_ready_locked(struct tasks *t, struct task *k);
+bool tasks_inputs_ready_locked(struct tasks *t, struct task *k);

@@ -15,7 +15,8 @@ void tasks_set_prompts(struct tasks *t, const struct tasks_prompts *prompts)
 /* The prompt task whose current attempt is dispatch_id, if it still runs. Lock held. */
 static struct task *prompt_attempt_locked(struct tasks *t, const char *id, const char *dispatch_id)
 {
-	struct task *k = find_locked(t, id);
+	assert_held(&t->lock);
+	struct task *k = tasks_find_locked(t, id);
 	if (!k || !k->spec->model || !k->row.dispatch_id ||
 	    strcmp(k->row.dispatch_id, dispatch_id) || !state_active(k->state))
 		return NULL;
@@ -25,6 +26,7 @@ static struct task *prompt_attempt_locked(struct tasks *t, const char *id, const
 bool tasks_prompt_output(struct tasks *t, const char *id, const char *dispatch_id, const char *data,
 			 size_t len)
 {
+	assert(loop_is_current(t->loop));
 	pthread_mutex_lock(&t->lock);
 	struct task *k = prompt_attempt_locked(t, id, dispatch_id);
 	if (k && !k->out_full[0]) {
@@ -45,11 +47,12 @@ bool tasks_prompt_output(struct tasks *t, const char *id, const char *dispatch_i
 void tasks_prompt_end(struct tasks *t, const char *id, const char *dispatch_id, const char *state,
 		      const char *why, const char *result)
 {
+	assert(loop_is_current(t->loop));
 	struct waiter *wake = NULL;
 	pthread_mutex_lock(&t->lock);
 	struct task *k = prompt_attempt_locked(t, id, dispatch_id);
 	if (k) {
-		set_str(&k->result, result);
+		tasks_set_str(&k->result, result);
 		store_put_output(t->store, id, "result", result, result ? strlen(result) : 0);
 		/* the runner names a final state; one this side does not know is a failure */
 		enum task_state s = task_state_from_string(state);
@@ -60,10 +63,10 @@ void tasks_prompt_end(struct tasks *t, const char *id, const char *dispatch_id, 
 				  task_state_names[s], k->row.exit_code, k->row.started_at,
 				  clock_wall_s());
 		if (s == TASK_S_SUCCEEDED)
-			set_state_locked(t, k, TASK_S_SUCCEEDED, NULL, &wake);
+			tasks_set_state_locked(t, k, TASK_S_SUCCEEDED, NULL, &wake);
 		else
-			requeue_or_fail_locked(t, k, s, why, &wake);
+			tasks_requeue_or_fail_locked(t, k, s, why, &wake);
 	}
 	pthread_mutex_unlock(&t->lock);
-	call_waiters(wake);
+	tasks_call_waiters(wake);
 }

@@ -8,26 +8,28 @@
 #include <stdlib.h>
 #include <string.h>
 
-int active_on_locked(struct tasks *t, const char *node)
+int tasks_active_on_locked(struct tasks *t, const char *node)
 {
-	struct node_load *n = node_load_locked(t, node, false);
+	assert_held(&t->lock);
+	struct node_load *n = tasks_node_load_locked(t, node, false);
 	return n ? n->active : 0;
 }
 
-void sched_input_build_locked(struct tasks *t, struct sched_input *in)
+void tasks_sched_input_build_locked(struct tasks *t, struct sched_input *in)
 {
+	assert_held(&t->lock);
 	size_t n = 0;
 	char **names = cluster_list_nodes(t->cluster, &n);
-	in->views = calloc(n + 1, sizeof(*in->views));
-	in->nodes = calloc(n + 1, sizeof(*in->nodes));
-	in->caps = calloc(n + 1, sizeof(*in->caps));
+	in->views = xcalloc(n + 1, sizeof(*in->views));
+	in->nodes = xcalloc(n + 1, sizeof(*in->nodes));
+	in->caps = xcalloc(n + 1, sizeof(*in->caps));
 	struct config *cfg = cluster_get_config(t->cluster);
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct node_view *v = &in->views[k];
 		/* a Slurm cluster's own nodes are Slurm's to place on, not ours */
 		if ((cluster_node_is_external(t->cluster, names[i], NULL) &&
-		     !target_owns(t, names[i])) ||
+		     !tasks_target_owns(t, names[i])) ||
 		    cluster_get_node(t->cluster, names[i], v) < 0) {
 			free(names[i]);
 			continue;
@@ -37,7 +39,7 @@ void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 		sn->role = v->role;
 		sn->tier = v->tier;
 		size_t nc = json_array_size(v->capabilities);
-		in->caps[k] = calloc(nc + 1, sizeof(char *));
+		in->caps[k] = xcalloc(nc + 1, sizeof(char *));
 		for (size_t c = 0; c < nc; c++)
 			in->caps[k][c] = json_string_value(json_array_get(v->capabilities, c));
 		sn->capabilities = in->caps[k];
@@ -53,7 +55,7 @@ void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 		sn->gpus = m->gpus;
 		const struct cfg_host *host = config_find_host(cfg, v->name);
 		sn->queue_depth = host ? host->queue_depth : config_queue_depth(cfg, v->name);
-		if (target_owns(t, v->name)) {
+		if (tasks_target_owns(t, v->name)) {
 			sn->slots = sn->queue_depth; /* Slurm queues what it cannot run yet */
 			sn->by_name_only = true;
 		}
@@ -67,7 +69,7 @@ void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 	/* load and history of every node, kept as states change */
 	for (size_t i = 0; i < k; i++) {
 		struct sched_node *sn = &in->nodes[i];
-		struct node_load *nl = node_load_locked(t, sn->name, false);
+		struct node_load *nl = tasks_node_load_locked(t, sn->name, false);
 		if (nl) {
 			sn->active = nl->active;
 			sn->total = nl->total;
@@ -77,7 +79,7 @@ void sched_input_build_locked(struct tasks *t, struct sched_input *in)
 	}
 }
 
-void sched_input_free(struct sched_input *in)
+void tasks_sched_input_free(struct sched_input *in)
 {
 	for (size_t i = 0; i < in->n; i++) {
 		node_view_clear(&in->views[i]);
@@ -88,7 +90,7 @@ void sched_input_free(struct sched_input *in)
 	free(in->caps);
 }
 
-void sched_request_of(const struct task_spec *s, struct sched_request *req)
+void tasks_sched_request_of(const struct task_spec *s, struct sched_request *req)
 {
 	memset(req, 0, sizeof(*req));
 	req->node = s->node ? s->node : "any";
@@ -104,9 +106,10 @@ void sched_request_of(const struct task_spec *s, struct sched_request *req)
 
 /* How each node holds a prompt task's model (none for a command); the node where its last
  * attempt failed is passed over while another has the model. Lock held. */
-void prompt_holdings_locked(struct tasks *t, const struct task_spec *s, const char *avoid,
-			    struct sched_input *in)
+void tasks_prompt_holdings_locked(struct tasks *t, const struct task_spec *s, const char *avoid,
+				  struct sched_input *in)
 {
+	assert_held(&t->lock);
 	bool elsewhere = false;
 	for (size_t i = 0; i < in->n; i++) {
 		struct sched_node *n = &in->nodes[i];
@@ -133,11 +136,12 @@ static int queued_cmp(const void *a, const void *b)
  * (Slurm's dependency=afterok), and k is dispatched now. Lock held. */
 static bool deps_held_by_target_locked(struct tasks *t, const struct task *k)
 {
+	assert_held(&t->lock);
 	const char *node = k->spec->node;
-	if (!node || !target_owns(t, node))
+	if (!node || !tasks_target_owns(t, node))
 		return false;
 	for (size_t d = 0; d < k->spec->n_after; d++) {
-		struct task *dep = lookup_locked(t, k->spec->after[d]);
+		struct task *dep = tasks_lookup_locked(t, k->spec->after[d]);
 		if (!dep)
 			return false;
 		if (state_final(dep->state))
@@ -155,6 +159,7 @@ static void prompt_pull_locked(struct tasks *t, const struct config *cfg,
 			       const struct sched_request *req, struct sched_input *in,
 			       struct buf *why)
 {
+	assert_held(&t->lock);
 	for (size_t i = 0; i < in->n; i++)
 		if (in->nodes[i].model != SCHED_MODEL_ABSENT &&
 		    in->nodes[i].model != SCHED_MODEL_NOSERVE)
@@ -179,6 +184,7 @@ static void prompt_pull_locked(struct tasks *t, const struct config *cfg,
 /* Hands a placed prompt task to the runner: running once it took it. Lock held. */
 static void prompt_start_locked(struct tasks *t, struct task *k, struct waiter **wake)
 {
+	assert_held(&t->lock);
 	int r = t->prompts.start ? t->prompts.start(t->prompts.arg, k->row.id, k->row.dispatch_id,
 						    k->row.node, k->spec_json)
 				 : -EOPNOTSUPP;
@@ -188,17 +194,18 @@ static void prompt_start_locked(struct tasks *t, struct task *k, struct waiter *
 		char why[300];
 		snprintf(why, sizeof(why), "cannot ask the model server on %s: %s", k->row.node,
 			 strerror(-r));
-		requeue_or_fail_locked(t, k, TASK_S_FAILED, why, wake);
+		tasks_requeue_or_fail_locked(t, k, TASK_S_FAILED, why, wake);
 		return;
 	}
 	k->acked = true;
 	k->row.started_at = clock_wall_s();
-	set_state_locked(t, k, TASK_S_RUNNING, NULL, wake);
+	tasks_set_state_locked(t, k, TASK_S_RUNNING, NULL, wake);
 }
 
 /* The queued tasks to place, in priority order, or NULL when there are none. Lock held. */
 static struct task **queue_sorted_locked(struct tasks *t, size_t *ret_n)
 {
+	assert_held(&t->lock);
 	struct task **q = NULL;
 	size_t nq = 0, cap = 0;
 	for (struct task *k = t->queued; k; k = k->lnext) {
@@ -206,7 +213,7 @@ static struct task **queue_sorted_locked(struct tasks *t, size_t *ret_n)
 			continue; /* a node:"all" task is the sum of its copies */
 		if (nq == cap) {
 			cap = cap ? 2 * cap : 64;
-			q = realloc(q, cap * sizeof(*q));
+			q = xrealloc(q, cap * sizeof(*q));
 		}
 		q[nq++] = k;
 	}
@@ -223,10 +230,11 @@ static struct task **queue_sorted_locked(struct tasks *t, size_t *ret_n)
  * not succeed, and its reason says it waits otherwise. Lock held. */
 static bool deps_ready_locked(struct tasks *t, struct task *k, struct waiter **wake)
 {
+	assert_held(&t->lock);
 	bool wait_deps = false;
 	const char *failed_dep = NULL;
 	for (size_t d = 0; d < k->spec->n_after; d++) {
-		struct task *dep = lookup_locked(t, k->spec->after[d]);
+		struct task *dep = tasks_lookup_locked(t, k->spec->after[d]);
 		if (!dep || !state_final(dep->state)) {
 			wait_deps = true;
 		} else if (dep->state != TASK_S_SUCCEEDED) {
@@ -237,13 +245,14 @@ static bool deps_ready_locked(struct tasks *t, struct task *k, struct waiter **w
 	if (failed_dep) {
 		char why[300];
 		snprintf(why, sizeof(why), "dependency %s did not succeed", failed_dep);
-		set_state_locked(t, k, TASK_S_FAILED, why, wake);
+		tasks_set_state_locked(t, k, TASK_S_FAILED, why, wake);
 		return false;
 	}
 	/* why a task waits is shown, not stored: it is worked out again after a restart */
 	if (wait_deps && !deps_held_by_target_locked(t, k)) {
 		if (!k->row.reason || strncmp(k->row.reason, "waiting for", 11)) {
-			set_str(&k->row.reason, "waiting for the tasks in \"after\" to succeed");
+			tasks_set_str(&k->row.reason,
+				      "waiting for the tasks in \"after\" to succeed");
 			k->changed_at = clock_wall_s();
 		}
 		return false;
@@ -266,22 +275,23 @@ static void no_fit_key(const struct sched_request *req, const struct task *k, st
 static void attempt_start_locked(struct tasks *t, struct task *k, struct sched_input *in,
 				 size_t idx, const char *placement, struct waiter **wake)
 {
+	assert_held(&t->lock);
 	k->row.attempts++;
-	set_str(&k->row.node, in->nodes[idx].name);
-	set_str(&k->row.placement, placement);
-	set_str(&k->row.reason, NULL);
+	tasks_set_str(&k->row.node, in->nodes[idx].name);
+	tasks_set_str(&k->row.placement, placement);
+	tasks_set_str(&k->row.reason, NULL);
 	struct buf did;
 	buf_init(&did);
 	buf_printf(&did, "%s.%s.%d", store_instance_id(t->store), k->row.id, k->row.attempts);
-	set_str(&k->row.dispatch_id, did.data);
+	tasks_set_str(&k->row.dispatch_id, did.data);
 	k->acked = false;
 	buf_free(&did);
-	set_state_locked(t, k, TASK_S_DISPATCHED, NULL, wake);
+	tasks_set_state_locked(t, k, TASK_S_DISPATCHED, NULL, wake);
 	in->nodes[idx].active++;
 	if (k->spec->model)
 		prompt_start_locked(t, k, wake);
 	else
-		dispatch_locked(t, k);
+		tasks_dispatch_locked(t, k);
 }
 
 /* Places one queued task, or says why it waits. `no_fit` holds the requests that found
@@ -290,8 +300,9 @@ static void attempt_start_locked(struct tasks *t, struct task *k, struct sched_i
 static void place_one_locked(struct tasks *t, const struct config *cfg, struct sched_input *in,
 			     json_t *no_fit, struct task *k, struct waiter **wake)
 {
+	assert_held(&t->lock);
 	struct sched_request req;
-	sched_request_of(k->spec, &req);
+	tasks_sched_request_of(k->spec, &req);
 	struct buf key;
 	buf_init(&key);
 	no_fit_key(&req, k, &key);
@@ -300,14 +311,14 @@ static void place_one_locked(struct tasks *t, const struct config *cfg, struct s
 	struct buf why;
 	buf_init(&why);
 	if (!known && req.model)
-		prompt_holdings_locked(t, k->spec, k->avoid_node, in);
+		tasks_prompt_holdings_locked(t, k->spec, k->avoid_node, in);
 	int r = known ? -EAGAIN : sched_place(cfg, &req, in->nodes, in->n, &idx, &why);
 	if (r < 0 && !known && req.model && k->spec->pull)
 		prompt_pull_locked(t, cfg, &req, in, &why);
 	if (r < 0) {
 		const char *w = known ? known : why.data ? why.data : "no eligible node";
 		if (!k->row.reason || strcmp(k->row.reason, w)) {
-			set_str(&k->row.reason, w);
+			tasks_set_str(&k->row.reason, w);
 			k->changed_at = clock_wall_s();
 		}
 		if (!known)
@@ -322,14 +333,16 @@ static void place_one_locked(struct tasks *t, const struct config *cfg, struct s
 }
 
 /* Places what can be placed, in priority order. Lock held. */
-void schedule_locked(struct tasks *t, struct waiter **wake)
+void tasks_schedule_locked(struct tasks *t, struct waiter **wake)
 {
+	assert(loop_is_current(t->loop));
+	assert_held(&t->lock);
 	size_t nq = 0;
 	struct task **q = queue_sorted_locked(t, &nq);
 	if (!q)
 		return;
 	struct sched_input in;
-	sched_input_build_locked(t, &in);
+	tasks_sched_input_build_locked(t, &in);
 	struct config *cfg = cluster_get_config(t->cluster);
 	json_t *no_fit = json_object();
 	for (size_t i = 0; i < nq; i++)
@@ -337,23 +350,24 @@ void schedule_locked(struct tasks *t, struct waiter **wake)
 			place_one_locked(t, cfg, &in, no_fit, q[i], wake);
 	json_decref(no_fit);
 	config_unref(cfg);
-	sched_input_free(&in);
+	tasks_sched_input_free(&in);
 	free(q);
 }
 
-void schedule_on_loop(void *arg)
+void tasks_schedule_on_loop(void *arg)
 {
 	struct tasks *t = arg;
+	assert(loop_is_current(t->loop));
 	struct waiter *wake = NULL;
 	pthread_mutex_lock(&t->lock);
 	t->schedule_posted = false;
-	schedule_locked(t, &wake);
-	cache_trim_locked(t);
+	tasks_schedule_locked(t, &wake);
+	tasks_cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
-	call_waiters(wake);
+	tasks_call_waiters(wake);
 }
 
-void post_schedule(struct tasks *t)
+void tasks_post_schedule(struct tasks *t)
 {
 	pthread_mutex_lock(&t->lock);
 	bool post = t->started && !t->schedule_posted;
@@ -361,5 +375,5 @@ void post_schedule(struct tasks *t)
 		t->schedule_posted = true;
 	pthread_mutex_unlock(&t->lock);
 	if (post)
-		loop_post(t->loop, schedule_on_loop, t);
+		loop_post(t->loop, tasks_schedule_on_loop, t);
 }

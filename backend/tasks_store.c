@@ -19,8 +19,9 @@ static enum task_state stored_state(const char *s)
 
 /* A task from its stored row (stolen): NULL when its spec or state does not parse. Finished
  * tasks leave their output in the store; unfinished ones carry it on. Lock held. */
-struct task *task_from_row_locked(struct tasks *t, struct store_task *row)
+struct task *tasks_task_from_row_locked(struct tasks *t, struct store_task *row)
 {
+	assert_held(&t->lock);
 	struct task_spec *spec = NULL;
 	char err[256];
 	if (spec_parse(row->spec, strlen(row->spec), &spec, err, sizeof(err)) < 0) {
@@ -76,6 +77,7 @@ struct task *task_from_row_locked(struct tasks *t, struct store_task *row)
 static void prune_arm_on_loop(void *arg)
 {
 	struct tasks *t = arg;
+	assert(loop_is_current(t->loop));
 	pthread_mutex_lock(&t->lock);
 	double due = t->prune_armed_at;
 	pthread_mutex_unlock(&t->lock);
@@ -89,8 +91,9 @@ static void prune_arm_on_loop(void *arg)
 }
 
 /* Asks for a retention run at wall time `due`, unless one comes before. Lock held. */
-void prune_arm_locked(struct tasks *t, double due)
+void tasks_prune_arm_locked(struct tasks *t, double due)
 {
+	assert_held(&t->lock);
 	if (!t->started || (t->prune_armed_at > 0 && t->prune_armed_at <= due))
 		return;
 	t->prune_armed_at = due;
@@ -102,14 +105,14 @@ static void pruned_one(void *arg, const char *id, const char *node, const char *
 {
 	struct tasks *t = arg;
 	pthread_mutex_lock(&t->lock);
-	struct task *k = find_locked(t, id);
+	struct task *k = tasks_find_locked(t, id);
 	bool live = k && !state_final(k->state); /* retried meanwhile: counted */
 	if (k && !live)
-		forget_locked(t, k);
+		tasks_forget_locked(t, k);
 	if (record && state && !live) {
 		enum task_state si = stored_state(state);
 		t->state_counts[si]--;
-		struct node_load *n = node ? node_load_locked(t, node, false) : NULL;
+		struct node_load *n = node ? tasks_node_load_locked(t, node, false) : NULL;
 		if (n) {
 			n->states[si]--;
 			if (si != TASK_S_CANCELLED) {
@@ -127,6 +130,7 @@ static void pruned_one(void *arg, const char *id, const char *node, const char *
 static void prune_run(void *arg)
 {
 	struct tasks *t = arg;
+	assert(loop_is_current(t->loop));
 	t->prune_timer = NULL;
 	struct config *cfg = cluster_get_config(t->cluster);
 	const struct cfg_retention *c = &cfg->tasks.retention;
@@ -169,7 +173,7 @@ static void count_one(void *arg, const char *node, const char *state, int64_t n)
 	t->state_counts[si] += (size_t) n;
 	if (!node)
 		return;
-	struct node_load *nl = node_load_locked(t, node, true);
+	struct node_load *nl = tasks_node_load_locked(t, node, true);
 	nl->states[si] += (size_t) n;
 	if (state_final(si) && si != TASK_S_CANCELLED) {
 		nl->total += (int) n;
@@ -183,8 +187,8 @@ static void ended_one(void *arg, const char *node, const char *state, double at)
 	struct tasks *t = arg;
 	enum task_state st = task_state_from_string(state);
 	if (state_final(st))
-		minute_counts_add(&node_load_locked(t, node, true)->ended, at,
-				  st == TASK_S_SUCCEEDED);
+		tasks_minute_counts_add(&tasks_node_load_locked(t, node, true)->ended, at,
+					st == TASK_S_SUCCEEDED);
 }
 
 int tasks_start(struct tasks *t)
@@ -209,20 +213,21 @@ int tasks_start(struct tasks *t)
 	size_t recovered = 0, total = 0;
 	pthread_mutex_lock(&t->lock);
 	for (size_t i = 0; i < n; i++) {
-		struct task *k = task_from_row_locked(t, &rows[i]);
+		struct task *k = tasks_task_from_row_locked(t, &rows[i]);
 		if (!k)
 			continue;
-		add_locked(t, k, true); /* counted as the store has it */
+		tasks_add_locked(t, k, true); /* counted as the store has it */
 		if (k->spec->model && state_active(k->state)) {
 			/* DESIGN §3: a prompt has no side effects, and its stream died with us */
-			set_str(&k->row.state, task_state_names[TASK_S_QUEUED]);
+			tasks_set_str(&k->row.state, task_state_names[TASK_S_QUEUED]);
 			k->state = TASK_S_QUEUED;
-			set_str(&k->row.node, NULL);
-			set_str(&k->row.dispatch_id, NULL);
-			set_str(&k->row.reason, "clusterfs restarted while it ran: asked again");
+			tasks_set_str(&k->row.node, NULL);
+			tasks_set_str(&k->row.dispatch_id, NULL);
+			tasks_set_str(&k->row.reason,
+				      "clusterfs restarted while it ran: asked again");
 			buf_free(&k->out[0]);
-			persist_locked(t, k);
-			track_locked(t, k);
+			tasks_persist_locked(t, k);
+			tasks_track_locked(t, k);
 		}
 		if (state_active(k->state))
 			recovered++;

@@ -10,12 +10,12 @@
 int tasks_owner(struct tasks *t, const char *id, uid_t *ret_uid, gid_t *ret_gid)
 {
 	pthread_mutex_lock(&t->lock);
-	struct task *k = lookup_locked(t, id);
+	struct task *k = tasks_lookup_locked(t, id);
 	if (k) {
 		*ret_uid = k->row.uid;
 		*ret_gid = k->row.gid;
 	}
-	cache_trim_locked(t);
+	tasks_cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	return k ? 0 : -ENOENT;
 }
@@ -23,8 +23,8 @@ int tasks_owner(struct tasks *t, const char *id, uid_t *ret_uid, gid_t *ret_gid)
 bool tasks_exists(struct tasks *t, const char *id)
 {
 	pthread_mutex_lock(&t->lock);
-	bool r = lookup_locked(t, id) != NULL;
-	cache_trim_locked(t);
+	bool r = tasks_lookup_locked(t, id) != NULL;
+	tasks_cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	return r;
 }
@@ -32,18 +32,18 @@ bool tasks_exists(struct tasks *t, const char *id)
 int tasks_get(struct tasks *t, const char *id, struct task_view *ret)
 {
 	pthread_mutex_lock(&t->lock);
-	struct task *k = lookup_locked(t, id);
+	struct task *k = tasks_lookup_locked(t, id);
 	if (!k) {
 		pthread_mutex_unlock(&t->lock);
 		return -ENOENT;
 	}
 	struct task_view v = {0};
-	v.id = strdup(k->row.id);
-	v.parent = k->row.parent ? strdup(k->row.parent) : NULL;
-	v.state = strdup(k->row.state);
-	v.node = k->row.node ? strdup(k->row.node) : NULL;
-	v.reason = k->row.reason ? strdup(k->row.reason) : NULL;
-	v.placement = k->row.placement ? strdup(k->row.placement) : NULL;
+	v.id = xstrdup(k->row.id);
+	v.parent = k->row.parent ? xstrdup(k->row.parent) : NULL;
+	v.state = xstrdup(k->row.state);
+	v.node = k->row.node ? xstrdup(k->row.node) : NULL;
+	v.reason = k->row.reason ? xstrdup(k->row.reason) : NULL;
+	v.placement = k->row.placement ? xstrdup(k->row.placement) : NULL;
 	v.spec = json_deep_copy(k->spec_json);
 	if (k->n_children) {
 		v.children = json_array();
@@ -55,19 +55,19 @@ int tasks_get(struct tasks *t, const char *id, struct task_view *ret)
 	v.priority = k->row.priority;
 	v.uid = k->row.uid;
 	v.gid = k->row.gid;
-	v.user = k->row.user ? strdup(k->row.user) : NULL;
-	v.run_as = k->row.node && !k->n_children ? run_as_user_locked(t, k) : NULL;
+	v.user = k->row.user ? xstrdup(k->row.user) : NULL;
+	v.run_as = k->row.node && !k->n_children ? tasks_run_as_user_locked(t, k) : NULL;
 	v.submitted_at = k->row.submitted_at;
 	v.started_at = k->row.started_at;
 	v.finished_at = k->row.finished_at;
 	v.changed_at = k->changed_at;
 	v.stdout_len = k->out_stored ? k->stored_len[0] : k->out[0].len;
 	v.stderr_len = k->out_stored ? k->stored_len[1] : k->out[1].len;
-	v.dispatch_id = k->row.dispatch_id ? strdup(k->row.dispatch_id) : NULL;
+	v.dispatch_id = k->row.dispatch_id ? xstrdup(k->row.dispatch_id) : NULL;
 	const char *rid = json_string_value(json_object_get(k->remote_doc, "id"));
 	if (rid && k->row.dispatch_id && !strcmp(rid, k->row.dispatch_id))
 		v.remote = json_deep_copy(k->remote_doc);
-	cache_trim_locked(t);
+	tasks_cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	*ret = v;
 	return 0;
@@ -154,7 +154,7 @@ double tasks_node_reliability(struct tasks *t, const char *node, int *ret_comple
 {
 	struct sched_node sn = {.name = node};
 	pthread_mutex_lock(&t->lock);
-	struct node_load *nl = node_load_locked(t, node, false);
+	struct node_load *nl = tasks_node_load_locked(t, node, false);
 	if (nl) {
 		sn.completed = nl->completed;
 		sn.total = nl->total;
@@ -218,10 +218,10 @@ void tasks_node_counts(struct tasks *t, const char *node, int *ret_active, int *
 	double now = clock_wall_s();
 	*ret_active = *ret_succeeded_hour = *ret_failed_hour = 0;
 	pthread_mutex_lock(&t->lock);
-	struct node_load *nl = node_load_locked(t, node, false);
+	struct node_load *nl = tasks_node_load_locked(t, node, false);
 	if (nl) {
 		*ret_active = nl->active;
-		minute_counts_hour(&nl->ended, now, ret_succeeded_hour, ret_failed_hour);
+		tasks_minute_counts_hour(&nl->ended, now, ret_succeeded_hour, ret_failed_hour);
 	}
 	pthread_mutex_unlock(&t->lock);
 }
@@ -256,11 +256,11 @@ int tasks_rank(struct tasks *t, const char *text, size_t len, json_t **ret, char
 		return r;
 	struct sched_input in;
 	pthread_mutex_lock(&t->lock);
-	sched_input_build_locked(t, &in);
-	prompt_holdings_locked(t, spec, NULL, &in);
+	tasks_sched_input_build_locked(t, &in);
+	tasks_prompt_holdings_locked(t, spec, NULL, &in);
 	pthread_mutex_unlock(&t->lock);
 	struct sched_request req;
-	sched_request_of(spec, &req);
+	tasks_sched_request_of(spec, &req);
 	struct config *cfg = cluster_get_config(t->cluster);
 	json_t *rank = sched_rank(cfg, &req, in.nodes, in.n);
 	config_unref(cfg);
@@ -269,7 +269,7 @@ int tasks_rank(struct tasks *t, const char *text, size_t len, json_t **ret, char
 	if (!asked_text)
 		json_object_del(asked, "prompt");
 	json_object_set_new(rank, "spec", asked);
-	sched_input_free(&in);
+	tasks_sched_input_free(&in);
 	spec_free(spec);
 	*ret = rank;
 	return 0;
@@ -278,7 +278,7 @@ int tasks_rank(struct tasks *t, const char *text, size_t len, json_t **ret, char
 int tasks_active_on(struct tasks *t, const char *node)
 {
 	pthread_mutex_lock(&t->lock);
-	int n = active_on_locked(t, node);
+	int n = tasks_active_on_locked(t, node);
 	pthread_mutex_unlock(&t->lock);
 	return n;
 }
@@ -288,24 +288,24 @@ int tasks_read_output(struct tasks *t, const char *id, const char *stream, size_
 {
 	int s = !strcmp(stream, "stderr");
 	pthread_mutex_lock(&t->lock);
-	struct task *k = lookup_locked(t, id);
+	struct task *k = tasks_lookup_locked(t, id);
 	if (!k) {
 		pthread_mutex_unlock(&t->lock);
 		return -ENOENT;
 	}
 	if (!strcmp(stream, "result")) {
-		/* in memory whenever the task is: task_from_row_locked reads it back */
+		/* in memory whenever the task is: tasks_task_from_row_locked reads it back */
 		size_t n = k->result ? strlen(k->result) : 0;
 		if (offset < n)
 			buf_append(out, k->result + offset, n - offset);
-		cache_trim_locked(t);
+		tasks_cache_trim_locked(t);
 		pthread_mutex_unlock(&t->lock);
 		return 0;
 	}
 	bool stored = k->out_stored;
 	if (!stored && offset < k->out[s].len)
 		buf_append(out, k->out[s].data + offset, k->out[s].len - offset);
-	cache_trim_locked(t);
+	tasks_cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	if (!stored)
 		return 0;
@@ -323,7 +323,7 @@ uint64_t tasks_task_generation(struct tasks *t, const char *id)
 {
 	uint64_t h = 0;
 	pthread_mutex_lock(&t->lock);
-	struct task *k = lookup_locked(t, id);
+	struct task *k = tasks_lookup_locked(t, id);
 	if (k) {
 		/* what tasks_get and its result show of it (a Slurm job's fields besides),
 		 * hashed (FNV-1a): not every change of a reason or an agent's answer moves
@@ -351,7 +351,7 @@ uint64_t tasks_task_generation(struct tasks *t, const char *id)
 		h |= 1; /* never 0, which stands for no task */
 		buf_free(&b);
 	}
-	cache_trim_locked(t);
+	tasks_cache_trim_locked(t);
 	pthread_mutex_unlock(&t->lock);
 	return h;
 }

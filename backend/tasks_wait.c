@@ -17,6 +17,7 @@ uint64_t tasks_wait_new_id(struct tasks *t)
 
 static bool tombstone_take_locked(struct tasks *t, uint64_t wait)
 {
+	assert_held(&t->lock);
 	for (size_t i = 0; i < TOMBSTONES; i++) {
 		if (t->tombstones[i] == wait) {
 			t->tombstones[i] = 0;
@@ -33,17 +34,17 @@ int tasks_wait(struct tasks *t, const char *id, uint64_t wait, tasks_wait_fn don
 		pthread_mutex_unlock(&t->lock);
 		return -EINTR;
 	}
-	struct task *k = lookup_locked(t, id);
+	struct task *k = tasks_lookup_locked(t, id);
 	if (!k) {
 		pthread_mutex_unlock(&t->lock);
 		return -ENOENT;
 	}
 	if (state_final(k->state)) {
-		cache_trim_locked(t);
+		tasks_cache_trim_locked(t);
 		pthread_mutex_unlock(&t->lock);
 		return 1;
 	}
-	struct waiter *w = calloc(1, sizeof(*w));
+	struct waiter *w = xcalloc(1, sizeof(*w));
 	w->id = wait;
 	w->done = done;
 	w->arg = arg;

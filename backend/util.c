@@ -37,10 +37,7 @@ static void buf_reserve(struct buf *b, size_t extra)
 	size_t cap = b->cap ? b->cap : 64;
 	while (cap < b->len + extra + 1)
 		cap *= 2;
-	char *d = realloc(b->data, cap);
-	if (!d)
-		abort();
-	b->data = d;
+	b->data = xrealloc(b->data, cap);
 	b->cap = cap;
 }
 
@@ -344,9 +341,7 @@ static size_t edit_distance(const char *a, const char *b, size_t limit)
 	if ((la > lb ? la - lb : lb - la) > limit)
 		return SIZE_MAX;
 
-	size_t *rows = calloc(3 * (lb + 1), sizeof(*rows));
-	if (!rows)
-		abort();
+	size_t *rows = xcalloc(3 * (lb + 1), sizeof(*rows));
 	size_t *prev2 = rows, *prev = rows + lb + 1, *cur = rows + 2 * (lb + 1);
 	for (size_t j = 0; j <= lb; j++)
 		prev[j] = j;
@@ -466,19 +461,23 @@ long util_base64_decode(const char *s, unsigned char *out, size_t cap)
 	return (long) n;
 }
 
+/* The index of the '"' that ends the JSON string opening at text[i] (len or more when it
+ * does not end), so that the counts below skip what strings hold. */
+static size_t json_string_end(const char *text, size_t len, size_t i)
+{
+	for (i++; i < len && text[i] != '"'; i++)
+		if (text[i] == '\\')
+			i++;
+	return i;
+}
+
 size_t util_json_depth(const char *text, size_t len, size_t limit)
 {
 	size_t depth = 0, max = 0;
-	bool in_string = false;
 	for (size_t i = 0; i < len && max <= limit; i++) {
 		char ch = text[i];
-		if (in_string) {
-			if (ch == '\\')
-				i++;
-			else if (ch == '"')
-				in_string = false;
-		} else if (ch == '"') {
-			in_string = true;
+		if (ch == '"') {
+			i = json_string_end(text, len, i);
 		} else if (ch == '[' || ch == '{') {
 			if (++depth > max)
 				max = depth;
@@ -492,19 +491,12 @@ size_t util_json_depth(const char *text, size_t len, size_t limit)
 size_t util_json_values(const char *text, size_t len, size_t limit)
 {
 	size_t n = len ? 1 : 0;
-	bool in_string = false;
 	for (size_t i = 0; i < len && n <= limit; i++) {
 		char ch = text[i];
-		if (in_string) {
-			if (ch == '\\')
-				i++;
-			else if (ch == '"')
-				in_string = false;
-		} else if (ch == '"') {
-			in_string = true;
-		} else if (ch == '[' || ch == '{' || ch == ',') {
+		if (ch == '"')
+			i = json_string_end(text, len, i);
+		else if (ch == '[' || ch == '{' || ch == ',')
 			n++;
-		}
 	}
 	return n;
 }

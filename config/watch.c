@@ -3,6 +3,7 @@
  * and renames it over the old one. */
 #include "config/watch.h"
 
+#include "backend/util.h"
 #include "config/config.h"
 
 #include <errno.h>
@@ -33,21 +34,15 @@ int config_watch_new(const char *path, struct config_watch **ret)
 
 	if (!path[0] || (slash && !slash[1]))
 		return -EINVAL; /* no file name to match */
-	w = calloc(1, sizeof(*w));
-	if (!w)
-		return -ENOMEM;
+	w = xcalloc(1, sizeof(*w));
 	w->fd = -1;
 	if (!slash)
-		dir = strdup(".");
+		dir = xstrdup(".");
 	else if (slash == path)
-		dir = strdup("/");
+		dir = xstrdup("/");
 	else
-		dir = strndup(path, (size_t) (slash - path));
-	w->base = strdup(slash ? slash + 1 : path);
-	if (!dir || !w->base) {
-		r = -ENOMEM;
-		goto err_free_watch;
-	}
+		dir = xstrndup(path, (size_t) (slash - path));
+	w->base = xstrdup(slash ? slash + 1 : path);
 	w->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 	if (w->fd < 0) {
 		r = -errno;
@@ -58,11 +53,7 @@ int config_watch_new(const char *path, struct config_watch **ret)
 		r = -errno;
 		goto err_free_watch;
 	}
-	if (asprintf(&w->dropin_dir, "%s/%s", dir, CONFIG_DROPIN_DIR) < 0) {
-		w->dropin_dir = NULL;
-		r = -ENOMEM;
-		goto err_free_watch;
-	}
+	w->dropin_dir = xasprintf("%s/%s", dir, CONFIG_DROPIN_DIR);
 	w->wd_dropin = inotify_add_watch(w->fd, w->dropin_dir, WATCH_MASK);
 	free(dir);
 	*ret = w;

@@ -239,11 +239,8 @@ static int registration_write(struct join *j, const struct config *cfg, const ch
 	/* the token first: the drop-in that names it loads only once both are there */
 	r = write_file_atomic(cfg->dropin_dir, token_name, token, 0600);
 	if (r == 0) {
-		char *with_nl = NULL;
-		if (asprintf(&with_nl, "%s\n", text) < 0)
-			r = -ENOMEM;
-		else
-			r = write_file_atomic(cfg->dropin_dir, file_name, with_nl, 0644);
+		char *with_nl = xasprintf("%s\n", text);
+		r = write_file_atomic(cfg->dropin_dir, file_name, with_nl, 0644);
 		free(with_nl);
 	}
 	pthread_mutex_unlock(&j->write_lock);

@@ -128,15 +128,15 @@ static void usage(FILE *out)
 static void parse_mount_opts(const char *arg, char **config, char **state_dir,
 			     struct buf *fuse_opts)
 {
-	char *copy = strdup(arg);
+	char *copy = xstrdup(arg);
 	char *save = NULL;
 	for (char *o = strtok_r(copy, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
 		if (strncmp(o, "config=", 7) == 0) {
 			free(*config);
-			*config = strdup(o + 7);
+			*config = xstrdup(o + 7);
 		} else if (strncmp(o, "state_dir=", 10) == 0) {
 			free(*state_dir);
-			*state_dir = strdup(o + 10);
+			*state_dir = xstrdup(o + 10);
 		} else if (o[0]) {
 			buf_printf(fuse_opts, ",%s", o);
 		}
@@ -164,7 +164,7 @@ static int apply_default_agent(struct config *cfg, char *errbuf, size_t errlen)
 		return -EINVAL;
 	}
 	free(cfg->hosts[0].address);
-	cfg->hosts[0].address = strndup(env, hlen);
+	cfg->hosts[0].address = xstrndup(env, hlen);
 	cfg->hosts[0].agent_port = (int) port;
 	return 0;
 }
@@ -187,7 +187,7 @@ static char *default_state_dir(void)
 /* mkdir -p with mode 0700 for what it creates. */
 static int mkdir_parents(const char *path)
 {
-	char *p = strdup(path);
+	char *p = xstrdup(path);
 	for (char *s = p + 1; *s; s++) {
 		if (*s != '/')
 			continue;
@@ -395,6 +395,7 @@ static int restore_main(const char *file, const char *dir, bool force)
 static void reload_now(void *arg)
 {
 	struct daemon *d = arg;
+	assert(loop_is_current(d->loop));
 	d->reload_timer = NULL;
 	struct config *cfg = NULL;
 	char err[1024];
@@ -419,6 +420,7 @@ static void reload_now(void *arg)
 static void on_config_event(void *arg)
 {
 	struct daemon *d = arg;
+	assert(loop_is_current(d->loop));
 	if (!config_watch_read(d->watch))
 		return;
 	if (d->reload_timer)
@@ -462,11 +464,11 @@ static int parse_options(int argc, char **argv, struct daemon *d, struct options
 		switch (c) {
 		case 'c':
 			free(o->config_opt);
-			o->config_opt = strdup(optarg);
+			o->config_opt = xstrdup(optarg);
 			break;
 		case 's':
 			free(d->state_dir);
-			d->state_dir = strdup(optarg);
+			d->state_dir = xstrdup(optarg);
 			break;
 		case 'f': o->foreground = true; break;
 		case 'o':
@@ -477,7 +479,7 @@ static int parse_options(int argc, char **argv, struct daemon *d, struct options
 		case 'V': printf("clusterfs %s\n", CLUSTERFS_VERSION); return EXIT_OK;
 		case 'R':
 			free(o->restore_file);
-			o->restore_file = strdup(optarg);
+			o->restore_file = xstrdup(optarg);
 			break;
 		case 'F': o->force = true; break;
 		default: usage(stderr); return EXIT_USAGE;
@@ -552,7 +554,7 @@ static int daemon_build(struct daemon *d, struct config *cfg, struct fs **ret_fs
 	    prompts_new(d->loop, d->cluster, d->models, d->tasks, &d->prompts) < 0 ||
 	    artifacts_new(d->loop, d->cluster, d->state_dir, &d->artifacts) < 0 ||
 	    knowledge_new(d->store, &d->knowledge) < 0) {
-		report("clusterfs: out of memory\n");
+		report("clusterfs: cannot set up the backend\n");
 		return EXIT_FAILURE_OTHER;
 	}
 	int r = cluster_attach_store(d->cluster, d->store);

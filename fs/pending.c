@@ -20,23 +20,33 @@
  * finished from the loop thread once the backend has fetched (at most the probe timeout
  * later); no FUSE thread waits meanwhile ---- */
 
-static void pending_finish(struct pending *p);
+static void pending_finish(struct pending *p, bool gone);
 
+/* True when p opens a file of a node that is no longer in the model. */
+static bool pending_node_gone(struct pending *p)
+{
+	return p->op == PENDING_OPEN && p->h->e.node &&
+	       !cluster_has_node(p->f->cluster, p->h->e.node);
+}
+
+/* A refresh of the models or the ledger ended. */
 static void pending_done(void *arg)
 {
-	pending_finish(arg);
+	pending_finish(arg, pending_node_gone(arg));
 }
 
-static void pending_done_err(void *arg, int err)
+/* A node's refresh ended: it says whether the node is still there, so the model is not
+ * asked again. */
+static void pending_node_done(void *arg, int err, const struct node_view *v)
 {
-	pending_finish(arg);
+	pending_finish(arg, err == -ENOENT);
 }
 
-static void pending_one_done(void *arg, int err)
+static void pending_one_done(void *arg, int err, const struct node_view *v)
 {
 	struct pending *p = arg;
 	if (__atomic_sub_fetch(&p->waiting, 1, __ATOMIC_ACQ_REL) == 0)
-		pending_finish(p);
+		pending_finish(p, pending_node_gone(p));
 }
 
 /* /health: refreshes every stale node, as that many opens of nodes/NODE/health would (one
@@ -48,11 +58,10 @@ static int refresh_all_then(struct fs *f, struct pending *p)
 	char **names = cluster_list_nodes(f->cluster, &n);
 	p->waiting = 1; /* held while the refreshes are started */
 	for (size_t i = 0; i < n; i++) {
-		if (!cluster_node_is_fresh(f->cluster, names[i])) {
-			__atomic_add_fetch(&p->waiting, 1, __ATOMIC_ACQ_REL);
-			if (cluster_refresh_node(f->cluster, names[i], pending_one_done, p) < 0)
-				__atomic_sub_fetch(&p->waiting, 1, __ATOMIC_ACQ_REL);
-		}
+		/* counted first: the refresh may end before it returns */
+		__atomic_add_fetch(&p->waiting, 1, __ATOMIC_ACQ_REL);
+		if (cluster_refresh_node(f->cluster, names[i], pending_one_done, p) != 0)
+			__atomic_sub_fetch(&p->waiting, 1, __ATOMIC_ACQ_REL); /* fresh, or gone */
 		free(names[i]);
 	}
 	free(names);
@@ -64,15 +73,16 @@ static int refresh_all_then(struct fs *f, struct pending *p)
 }
 
 /* Starts the refresh `e` needs, if any: 1 when nothing needs to wait (data fresh, or no
- * refresh applies), 0 when p will be finished later. */
+ * refresh applies), 0 when p will be finished later. Every refresh returns 1 (fresh), 0
+ * (the callback will run) or -errno (DESIGN §2, "The async contract"). */
 int refresh_then(struct fs *f, const struct tree_entry *e, struct pending *p)
 {
 	switch (e->row->refresh) {
 	case TREE_REFRESH_NODES: return refresh_all_then(f, p);
 	case TREE_REFRESH_NODE:
-		if (!e->node || cluster_node_is_fresh(f->cluster, e->node))
+		if (!e->node)
 			return 1;
-		return cluster_refresh_node(f->cluster, e->node, pending_done_err, p) == 0 ? 0 : 1;
+		return cluster_refresh_node(f->cluster, e->node, pending_node_done, p) == 0 ? 0 : 1;
 	case TREE_REFRESH_LEDGER:
 		return ledger_refresh(f->ctx.ledger, pending_done, p) == 0 ? 0 : 1;
 	case TREE_REFRESH_MODELS:
@@ -122,14 +132,15 @@ void pending_free(struct pending *p)
 	free(p);
 }
 
-static void pending_finish(struct pending *p)
+/* Answers p once its refresh ended; gone: p opens a file of a node that left the model. */
+static void pending_finish(struct pending *p, bool gone)
 {
 	switch (p->op) {
 	case PENDING_LOOKUP: lookup_finish(p->req, p->f, p->ino, p->name); break;
 	case PENDING_GETATTR: getattr_finish(p->req, p->f, p->ino); break;
 	case PENDING_OPENDIR: opendir_finish(p->req, p->f, p->ino, &p->fi); break;
 	case PENDING_OPEN:
-		if (p->h->e.node && !cluster_has_node(p->f->cluster, p->h->e.node)) {
+		if (gone) {
 			handle_free(p->h);
 			fuse_reply_err(p->req, ENOENT);
 		} else {

@@ -22,14 +22,12 @@
 #define TLS_VALIDITY_S   (10LL * 365 * 86400 + 2 * 86400) /* ten years and leap days */
 #define TLS_SERIAL_BYTES 16
 
-/* A GnuTLS datum as a new NUL-terminated string; frees the datum. NULL on no memory. */
+/* A GnuTLS datum as a new NUL-terminated string; frees the datum. */
 static char *datum_steal(gnutls_datum_t *d)
 {
-	char *s = malloc(d->size + 1);
-	if (s) {
-		memcpy(s, d->data, d->size);
-		s[d->size] = '\0';
-	}
+	char *s = xmalloc(d->size + 1);
+	memcpy(s, d->data, d->size);
+	s[d->size] = '\0';
 	explicit_bzero(d->data, d->size);
 	gnutls_free(d->data);
 	d->data = NULL;
@@ -241,8 +239,6 @@ out:
 	}
 	*ret_cert_pem = datum_steal(&cert_d);
 	*ret_key_pem = datum_steal(&key_d);
-	if (!*ret_cert_pem || !*ret_key_pem)
-		abort();
 	return 0;
 }
 

@@ -21,7 +21,8 @@ int tls_fingerprint_pem(const char *cert_pem, char **ret_fp, char *errbuf, size_
 /* A fingerprint vouched for by whoever holds `secret` (the join token): base64 of
  * HMAC-SHA256(secret, "clusterfs-join " FINGERPRINT). A DNS-SD announcement carries it, so
  * that an agent holding the join token can tell the control plane's key from an impostor's
- * without a pin (see DESIGN, membership). Returns a new string, or NULL on no memory. */
+ * without a pin (see DESIGN, membership). Returns a new string, or NULL when GnuTLS
+ * cannot compute it. */
 char *tls_vouch(const char *secret, const char *fingerprint);
 /* Whether `mac` is tls_vouch(secret, fingerprint), compared in constant time. */
 bool tls_vouch_check(const char *secret, const char *fingerprint, const char *mac);
