@@ -584,12 +584,11 @@ char *xasprintf(const char *fmt, ...)
 	return s;
 }
 
+/* The thread id is asked each time, not cached: a cache would cross fuse_daemonize()'s
+ * fork, and the child's main thread would then not own the mutexes it locks. */
 bool util_mutex_held(const pthread_mutex_t *m)
 {
-	static __thread pid_t self;
-	if (!self)
-		self = gettid();
-	return m->__data.__owner == self;
+	return m->__data.__owner == gettid();
 }
 
 bool util_path_match(const char *pattern, const char *path,
