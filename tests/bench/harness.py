@@ -32,9 +32,6 @@ def logger(name):
     return log
 
 
-log = logger("bench")
-
-
 # ---- timing ----
 
 def pct(xs, p):
@@ -42,12 +39,6 @@ def pct(xs, p):
     s = sorted(xs)
     k = max(0, min(len(s) - 1, int(round(p / 100.0 * len(s) + 0.5)) - 1))
     return s[k]
-
-
-def median(xs):
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
 def ratio(a, b, digits=2):
