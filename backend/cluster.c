@@ -12,16 +12,12 @@
 
 void node_view_clear(struct node_view *v)
 {
-	free(v->name);
-	free(v->display_name);
-	free(v->address);
-	free(v->role);
-	free(v->tier);
-	free(v->last_error);
-	json_decref(v->capabilities);
-	json_decref(v->health);
-	json_decref(v->system);
-	json_decref(v->reasons);
+	char *strings[] = {v->name, v->display_name, v->address, v->role, v->tier, v->last_error};
+	json_t *docs[] = {v->capabilities, v->health, v->system, v->reasons};
+	for (size_t i = 0; i < sizeof(strings) / sizeof(*strings); i++)
+		free(strings[i]);
+	for (size_t i = 0; i < sizeof(docs) / sizeof(*docs); i++)
+		json_decref(docs[i]);
 	memset(v, 0, sizeof(*v));
 }
 
