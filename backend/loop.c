@@ -159,9 +159,14 @@ int loop_new(struct loop **ret)
 	return 0;
 }
 
+/* The loop whose work this thread runs: set by the loop thread before it runs anything
+ * (a post made before loop_start() may run before loop_start() returns), and by
+ * loop_stop() on its caller while it fails what was in flight. */
+static __thread const struct loop *current_loop;
+
 bool loop_is_current(const struct loop *l)
 {
-	return l->started && pthread_equal(pthread_self(), l->thread);
+	return current_loop == l;
 }
 
 int loop_post(struct loop *l, loop_fn fn, void *arg)
@@ -666,6 +671,7 @@ static void *loop_main(void *arg)
 {
 	struct loop *l = arg;
 	struct epoll_event evs[64];
+	current_loop = l;
 	for (;;) {
 		pthread_mutex_lock(&l->lock);
 		bool stop = l->stop;
@@ -760,9 +766,13 @@ void loop_stop(struct loop *l)
 	loop_wake(l);
 	pthread_join(l->thread, NULL);
 	l->started = false;
+	/* the callbacks run here now: this thread stands in for the loop thread */
+	const struct loop *was = current_loop;
+	current_loop = l;
 	while (l->xfers)
 		xfer_finish(l, l->xfers, CURLE_ABORTED_BY_CALLBACK);
 	loop_run_posts(l);
+	current_loop = was;
 }
 
 void loop_free(struct loop *l)

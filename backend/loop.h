@@ -76,7 +76,8 @@ void loop_begin_stop(struct loop *l);
  * -ECANCELED (their callbacks run on the calling thread and cannot start new ones). */
 void loop_stop(struct loop *l);
 void loop_free(struct loop *l);
-/* True when called on the loop thread. */
+/* True when called on the loop thread, or in loop_stop() on the thread that fails what
+ * was in flight (the callbacks it runs are the loop thread's). */
 bool loop_is_current(const struct loop *l);
 
 /* Thread-safe: runs fn(arg) on the loop thread soon, in order. Returns 0 or -ENOMEM. */
