@@ -65,15 +65,15 @@ static char *probe_reason(const struct http_response *r, const struct cfg_host *
 
 /* No lock held: calls the waiters w (detached from their node, which is named `name`)
  * with err, and with the node's fresh view when err is 0 (-ENOENT when it is gone by
- * now): the waiter renders from that view, without asking the model again. */
+ * now): the waiter has what it waited for without asking the model again. */
 static void waiters_call(struct cluster *c, const char *name, struct waiter *w, int err)
 {
 	assert(loop_is_current(c->loop));
-	struct node_view v;
-	if (w && !err)
-		err = cluster_get_node(c, name, &v);
 	if (!w)
 		return;
+	struct node_view v;
+	if (!err)
+		err = cluster_get_node(c, name, &v);
 	while (w) {
 		struct waiter *next = w->next;
 		w->done(w->arg, err, err ? NULL : &v);
