@@ -119,7 +119,7 @@ int stat_refresh_then(struct fs *f, const char *path, struct pending *p)
 
 struct pending *pending_new(enum pending_op op, fuse_req_t req, struct fs *f)
 {
-	struct pending *p = calloc(1, sizeof(*p));
+	struct pending *p = xcalloc(1, sizeof(*p));
 	p->op = op;
 	p->req = req;
 	p->f = f;
@@ -207,7 +207,7 @@ static void task_file_opened(void *arg, int fd)
 
 void task_file_open(fuse_req_t req, struct fs *f, struct handle *h, struct fuse_file_info *fi)
 {
-	struct pending_file *pf = calloc(1, sizeof(*pf));
+	struct pending_file *pf = xcalloc(1, sizeof(*pf));
 	pf->req = req;
 	pf->h = h;
 	pf->fi = *fi;
@@ -259,7 +259,7 @@ void read_wait(fuse_req_t req, struct fs *f, struct handle *h, size_t size, off_
 	pthread_mutex_unlock(&h->lock);
 	if (have)
 		return;
-	struct pending_wait *pw = calloc(1, sizeof(*pw));
+	struct pending_wait *pw = xcalloc(1, sizeof(*pw));
 	pw->req = req;
 	pw->h = h;
 	pw->size = size;
