@@ -22,22 +22,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dispatch import ROOT, Agent, Bench, mount, wait_until, write_config  # noqa: E402
+from harness import ROOT, Agent, Bench, logger, rss_kb, tasks_config  # noqa: E402
 
 GOAL_RATIO = 0.8
 GOAL_RSS_MB = 32
 
 
-def log(msg):
-    print(f"[artifacts] {msg}", file=sys.stderr, flush=True)
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+log = logger("artifacts")
 
 
 def submit(mnt, name, spec):
@@ -59,15 +50,15 @@ def main():
     ap.add_argument("--build", default=os.environ.get("CLUSTERFS_BUILD", str(ROOT / "build")))
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
-    b = Bench(Path(args.build).resolve(), args.keep)
+    b = Bench(Path(args.build).resolve(), args.keep, "artifacts")
     size = args.mb << 20
     try:
         agents = [Agent(b, i) for i in range(2)]
-        cfg_path = write_config(b, agents)
+        cfg_path = tasks_config(b, agents)
         cfg = json.loads(cfg_path.read_text())
         cfg["artifacts"] = {"max_mb": args.mb + 1}  # cache_max_mb stays 64: not copied here
         cfg_path.write_text(json.dumps(cfg))
-        mnt, daemon = mount(b, "a", cfg_path, 2)
+        mnt, daemon = b.mount("a", cfg_path, n_nodes=2)
         log(f"writing a {args.mb} MiB output on n1")
         submit(mnt, "prod", {"node": "n1", "outputs": ["big.bin"],
                              "cmd": f"head -c {size} /dev/urandom > big.bin"})

@@ -17,15 +17,9 @@ REPEAT=${2:-5}
 HELLO_SRC=/usr/share/doc/libfuse3-dev/examples/hello_ll.c
 NODES=4
 
-die() {
-	echo "cached: $*" >&2
-	if [ -n "${tmp:-}" ]; then
-		for log in "$tmp"/*.log; do
-			[ -s "$log" ] && { echo "--- $log" && tail -5 "$log"; } >&2
-		done
-	fi
-	exit 1
-}
+BENCH=cached
+# shellcheck source=tests/bench/harness.sh
+. "$ROOT/tests/bench/harness.sh"
 
 for f in "$BUILD/daemon/clusterfs" "$BUILD/tools/clusterfs-agent-sim"; do
 	[ -x "$f" ] || die "$f is missing; run: ninja -C $BUILD"
@@ -34,48 +28,7 @@ done
 command -v fusermount3 >/dev/null || die "fusermount3 is not installed"
 [ -r /dev/fuse ] && [ -w /dev/fuse ] || die "cannot use /dev/fuse"
 
-tmp=$(mktemp -d /tmp/clusterfs-bench-cached-XXXXXX)
-pids=()
-mounts=()
-
-# Stops what this script started, by PID, newest first; then unmounts what is left.
-cleanup() {
-	local i
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		kill -TERM "${pids[i]}" 2>/dev/null || true
-	done
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		wait "${pids[i]}" 2>/dev/null || true
-	done
-	for m in "${mounts[@]}"; do
-		if mountpoint -q "$m"; then
-			fusermount3 -u -z "$m" || true
-		fi
-	done
-	if [ "${KEEP:-0}" = 1 ]; then
-		echo "cached: kept $tmp" >&2
-	else
-		rm -rf "$tmp"
-	fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_for() { # SECONDS WHAT COMMAND...
-	local deadline=$((SECONDS + $1)) what=$2
-	shift 2
-	until "$@" 2>/dev/null; do
-		[ $SECONDS -lt $deadline ] || die "timed out waiting for $what"
-		sleep 0.05
-	done
-}
-
-alive_and() { # PID COMMAND...: fails at once (exit) when PID died
-	local pid=$1
-	shift
-	kill -0 "$pid" 2>/dev/null || die "process $pid exited early; see the logs in $tmp (KEEP=1)"
-	"$@"
-}
+bench_start
 
 echo "cached: building statread and hello_ll in $tmp" >&2
 cc -O2 -Wall -o "$tmp/statread" "$ROOT/tests/bench/statread.c"
@@ -84,50 +37,19 @@ cp "$HELLO_SRC" "$tmp/hello_ll.c"
 cc -O2 -o "$tmp/hello_ll" "$tmp/hello_ll.c" $(pkg-config --cflags --libs fuse3)
 
 umask 077
-printf 'bench-%s\n' "$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')" >"$tmp/token"
+bench_token
 
 # A few simulated nodes, no delay: they are probed once at mount and never again.
-for attempt in 1 2 3 4 5 6 7 8 9 10; do
-	base=$((10000 + RANDOM % 20000))
-	"$BUILD/tools/clusterfs-agent-sim" --base-port "$base" --count "$NODES" \
-		--token-file "$tmp/token" 2>>"$tmp/sim.log" &
-	sim=$!
-	sleep 0.1
-	if kill -0 "$sim" 2>/dev/null; then
-		pids+=("$sim")
-		break
-	fi
-	wait "$sim" || true
-	sim=
-done
-[ -n "${sim:-}" ] || die "no free ports for the simulator; see $tmp/sim.log"
+bench_start_sim "$NODES"
 
 # interval_s and max_age_ms of an hour: status never waits for a probe, every file is
 # answered from memory. This is the cached path.
-{
-	printf '{"cluster": "bench-cached", "auth": {"token_file": "%s"},\n' "$tmp/token"
-	printf ' "probe": {"interval_s": 3600, "max_age_ms": 3600000, "timeout_ms": 2000,\n'
-	printf '           "stale_after_s": 7200, "offline_after_s": 7200},\n'
-	printf ' "hosts": {'
-	sep=
-	for ((i = 0; i < NODES; i++)); do
-		printf '%s"n%03d": {"host": "127.0.0.1", "role": "worker", ' "$sep" $((i + 1))
-		printf '"services": {"agent": {"port": %d}}}' $((base + i))
-		sep=', '
-	done
-	printf '}}\n'
-} >"$tmp/hosts.json"
+bench_write_config "$NODES" '{"interval_s": 3600, "max_age_ms": 3600000, "timeout_ms": 2000,
+           "stale_after_s": 7200, "offline_after_s": 7200}'
+bench_mount "$NODES"
 
-mkdir "$tmp/mnt" "$tmp/hello"
-mounts+=("$tmp/mnt" "$tmp/hello")
-"$BUILD/daemon/clusterfs" -f -s "$tmp/state" -c "$tmp/hosts.json" "$tmp/mnt" \
-	2>>"$tmp/clusterfs.log" &
-cfs=$!
-pids+=("$cfs")
-wait_for 10 "the clusterfs mount" alive_and "$cfs" mountpoint -q "$tmp/mnt"
-wait_for 10 "the first probe round" alive_and "$cfs" \
-	grep -q "\"reachable\": $NODES" "$tmp/mnt/stats"
-
+mkdir "$tmp/hello"
+mounts+=("$tmp/hello")
 "$tmp/hello_ll" -f "$tmp/hello" 2>>"$tmp/hello_ll.log" &
 hello=$!
 pids+=("$hello")

@@ -17,26 +17,20 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (ROOT, Agent, Bench, free_port, logger, pct, port_open,  # noqa: E402
+                     ratio, submit, tasks_config, wait_until)
+
 LAT_CMD = ["date", "+%s.%N"]  # its first action is to read CLOCK_REALTIME
 RATE_CMD = ["true"]
 GOAL_P50_MS = 5.0
 GOAL_RATE = 1000.0
 
 
-def log(msg):
-    print(f"[dispatch] {msg}", file=sys.stderr, flush=True)
-
-
-def pct(xs, p):
-    """Nearest-rank percentile of a non-empty list."""
-    s = sorted(xs)
-    k = max(0, min(len(s) - 1, int(round(p / 100.0 * len(s) + 0.5)) - 1))
-    return s[k]
+log = logger("dispatch")
 
 
 # ---- workers: started as `dispatch.py --worker KIND ...`, one process per submitter ----
@@ -90,158 +84,7 @@ def worker_main(argv):
     return 0
 
 
-# ---- the harness ----
-
-class Bench:
-    """Everything started is recorded here and stopped by PID in cleanup()."""
-
-    def __init__(self, build, keep):
-        self.build = build
-        self.keep = keep
-        self.tmp = Path(tempfile.mkdtemp(prefix="clusterfs-bench-dispatch-"))
-        os.chmod(self.tmp, 0o755)
-        self.procs = []   # (name, Popen), stopped in reverse order
-        self.mounts = []  # mountpoints, unmounted if a daemon left them behind
-        self.token = "bench-" + os.urandom(12).hex()
-        self.token_file = self.secret_file("token", self.token + "\n")
-
-    def secret_file(self, name, text):
-        path = self.tmp / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.write(fd, text.encode())
-        os.close(fd)
-        return path
-
-    def spawn(self, name, args, **kw):
-        logf = open(self.tmp / f"{name}.log", "ab")
-        p = subprocess.Popen(args, stdout=kw.pop("stdout", logf), stderr=logf,
-                             stdin=kw.pop("stdin", subprocess.DEVNULL), **kw)
-        logf.close()
-        self.procs.append((name, p))
-        return p
-
-    def stop(self, p, timeout=10):
-        if p.poll() is None:
-            p.send_signal(signal.SIGCONT)
-            p.terminate()
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.procs = [(n, q) for n, q in self.procs if q is not p]
-
-    def unmount(self, mnt, daemon):
-        self.stop(daemon)
-        if os.path.ismount(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-        if mnt in self.mounts:
-            self.mounts.remove(mnt)
-
-    def cleanup(self):
-        for _, p in reversed(self.procs):
-            self.stop(p)
-        for mnt in list(self.mounts):
-            if os.path.ismount(mnt):
-                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-        if self.keep:
-            log(f"kept {self.tmp}")
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def wait_until(pred, timeout, what, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except OSError:
-            pass
-        time.sleep(step)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-
-
-def port_open(port):
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Agent:
-    def __init__(self, b, i):
-        self.name = f"n{i + 1}"
-        self.port = free_port()
-        self.state = b.tmp / f"agent-{self.name}"
-        self.proc = b.spawn(f"agent-{self.name}", [
-            str(b.build / "tools/agent/clusterfs-agent"), "--listen",
-            f"127.0.0.1:{self.port}", "--token-file", str(b.token_file), "--state-dir",
-            str(self.state), "--name", self.name])
-        wait_until(lambda: self.proc.poll() is None and port_open(self.port), 10,
-                   f"agent {self.name} on {self.port}")
-
-    def task_file(self, task_id, name="stdout"):
-        return self.state / "tasks" / task_id / name
-
-
-def write_config(b, agents):
-    cfg = {
-        "cluster": "bench-dispatch",
-        "auth": {"token_file": str(b.token_file)},
-        "probe": {"interval_s": 30, "timeout_ms": 2000, "stale_after_s": 600,
-                  "offline_after_s": 1200, "unhealthy_after": 3},
-        # the bench loads the machine: no node may turn critical (and ineligible)
-        "thresholds": {"cpu": [100, 100], "memory": [100, 100], "disk": [100, 100],
-                       "load": [1000, 1000]},
-        "tasks": {"allow_root": True, "queued_per_user": 1000000},  # the bench runs as root
-        "hosts": {a.name: {"host": "127.0.0.1", "role": "worker",
-                           "services": {"agent": {"port": a.port}}} for a in agents},
-    }
-    path = b.tmp / "hosts.json"
-    path.write_text(json.dumps(cfg, indent=2) + "\n")
-    return path
-
-
-def mount(b, name, config, n_nodes):
-    mnt = b.tmp / f"mnt-{name}"
-    mnt.mkdir()
-    p = b.spawn(f"clusterfs-{name}", [str(b.build / "daemon/clusterfs"), "-f", "-s",
-                                      str(b.tmp / f"state-{name}"), "-c", str(config),
-                                      str(mnt)])
-    b.mounts.append(mnt)
-
-    def mounted():
-        if p.poll() is not None:
-            raise RuntimeError(f"clusterfs exited with {p.returncode}; see "
-                               f"{b.tmp}/clusterfs-{name}.log")
-        return os.path.ismount(mnt)
-    wait_until(mounted, 10, "the mount")
-    # placement needs every node's first probe (eligible = healthy or warning)
-    wait_until(lambda: json.loads((mnt / "stats").read_text())["nodes"]["reachable"]
-               == n_nodes, 30, f"the first probe of {n_nodes} nodes")
-    return mnt, p
-
-
-def submit(mnt, name, spec_bytes):
-    """create, write, then close() timed: returns (t0 before close, t1 after it)."""
-    fd = os.open(mnt / "tasks" / "new" / f"{name}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                 0o644)
-    try:
-        os.write(fd, spec_bytes)
-    except BaseException:
-        os.close(fd)
-        raise
-    t0 = time.time()
-    os.close(fd)
-    t1 = time.time()
-    return t0, t1
-
+# ---- the measurements (the plumbing is in harness.py) ----
 
 def wait_started(agents, task_id, timeout=10.0):
     """Polls the agents' state directories (plain local files, not the mount, so that the
@@ -273,7 +116,7 @@ def parse_stamp(text, what):
 def latency_mount(b, agents, config, n, warmup):
     """(a) through the mount: one task at a time, each submitted while a node has a free
     slot and nothing else is queued, so that the figure is dispatch and not waiting."""
-    mnt, daemon = mount(b, "latency", config, len(agents))
+    mnt, daemon = b.mount("latency", config, n_nodes=len(agents))
     spec = json.dumps({"cmd": LAT_CMD}).encode()
     instance = None
     closes, execs, after = [], [], []
@@ -410,7 +253,7 @@ def run_workers(b, kind, targets, n, parallel, extra=()):
 def rate_mount(b, agents, config, n, parallel):
     """(b) through the mount, on a fresh store, so that one run's backlog does not load
     the next."""
-    mnt, daemon = mount(b, f"rate{parallel}", config, len(agents))
+    mnt, daemon = b.mount(f"rate{parallel}", config, n_nodes=len(agents))
     try:
         r = run_workers(b, "mount", [mnt], n, parallel)
         queued = r["queued"] = len(os.listdir(mnt / "tasks" / "queued"))
@@ -510,7 +353,7 @@ def print_table(lat, rates, ssh_note, args):
             return (what, f"{p50m:.2f}", f"{p99m:.2f}", "-", "-", "-", "-")
         p50h, p99h = pct(h[key], 50), pct(h[key], 99)
         return (what, f"{p50m:.2f}", f"{p99m:.2f}", f"{p50h:.2f}", f"{p99h:.2f}",
-                f"{p50m / p50h:.1f}x", f"{p99m / p99h:.1f}x")
+                ratio(p50m, p50h, 1), ratio(p99m, p99h, 1))
 
     rows.append(lat_row("close() duration / POST round trip", mf, hf, "close"))
     rows.append(lat_row("close->exec / POST->exec", mf, hf, "exec"))
@@ -518,8 +361,8 @@ def print_table(lat, rates, ssh_note, args):
     if lat.get("ssh"):
         s = lat["ssh"]["exec"]
         rows.append(("ssh localhost date: start->exec", "-", "-", f"{pct(s, 50):.2f}",
-                     f"{pct(s, 99):.2f}", f"{pct(mf['exec'], 50) / pct(s, 50):.2f}x",
-                     f"{pct(mf['exec'], 99) / pct(s, 99):.2f}x"))
+                     f"{pct(s, 99):.2f}", ratio(pct(mf["exec"], 50), pct(s, 50)),
+                     ratio(pct(mf["exec"], 99), pct(s, 99))))
     head = ("(a) latency, ms", "mount p50", "mount p99", "floor p50", "floor p99",
             "p50 ratio", "p99 ratio")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
@@ -556,7 +399,7 @@ def print_table(lat, rates, ssh_note, args):
         if ("ssh", p) in rates:
             s = rates[("ssh", p)]
             print(f"ssh localhost true, {p} at a time: {s['rate']:.0f}/s ({s['ok']} ok, "
-                  f"{s['errors']} errors); mount/ssh {rates[('mount', p)]['rate'] / s['rate']:.1f}x")
+                  f"{s['errors']} errors); mount/ssh {ratio(rates[('mount', p)]['rate'], s['rate'], 1)}")
     if ssh_note:
         print(ssh_note)
 
@@ -604,13 +447,13 @@ def main():
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         sys.exit("dispatch: cannot use /dev/fuse")
 
-    b = Bench(args.build.resolve(), args.keep)
+    b = Bench(args.build.resolve(), args.keep, "dispatch")
     # SIGTERM/SIGINT unwind through the finally below, which stops everything by PID
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     lat, rates, ssh_note = {}, {}, None
     try:
         agents = [Agent(b, i) for i in range(args.agents)]
-        config = write_config(b, agents)
+        config = tasks_config(b, agents)
         log(f"{len(agents)} agents up; (a) latency through the mount")
         lat["mount"] = latency_mount(b, agents, config, args.latency, args.warmup)
         log("(a) latency of direct POSTs")

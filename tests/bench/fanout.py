@@ -10,178 +10,36 @@ Uses the Debian python (/usr/bin/python3), standard library only."""
 import argparse
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+from harness import (ROOT, Agent, Bench, hosts, logger, reachable, start_sim,  # noqa: E402
+                     wait_until)
+
 CURL_PARALLEL_CAP = 300  # curl silently caps --parallel-max at 300
 
 
-def log(msg):
-    print(f"[fanout] {msg}", file=sys.stderr, flush=True)
-
-
-class Bench:
-    """Everything started is recorded here and stopped by PID in cleanup()."""
-
-    def __init__(self, build, keep):
-        self.build = build
-        self.keep = keep
-        self.tmp = Path(tempfile.mkdtemp(prefix="clusterfs-bench-fanout-"))
-        self.procs = []   # (name, Popen), stopped in reverse order
-        self.mounts = []  # mountpoints, unmounted if a daemon left them behind
-        self.token = "bench-" + os.urandom(12).hex()
-        self.token_file = self.secret_file("token", self.token + "\n")
-        self.curl_header = self.secret_file("curl-header", f"Authorization: Bearer {self.token}\n")
-
-    def secret_file(self, name, text):
-        path = self.tmp / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.write(fd, text.encode())
-        os.close(fd)
-        return path
-
-    def spawn(self, name, args):
-        logf = open(self.tmp / f"{name}.log", "ab")
-        p = subprocess.Popen(args, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
-        logf.close()
-        self.procs.append((name, p))
-        return p
-
-    def stop(self, p, timeout=10):
-        if p.poll() is None:
-            p.send_signal(signal.SIGCONT)
-            p.terminate()
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.procs = [(n, q) for n, q in self.procs if q is not p]
-
-    def unmount(self, mnt, daemon):
-        self.stop(daemon)
-        if os.path.ismount(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-        if mnt in self.mounts:
-            self.mounts.remove(mnt)
-
-    def cleanup(self):
-        for _, p in reversed(self.procs):
-            self.stop(p)
-        for mnt in list(self.mounts):
-            if os.path.ismount(mnt):
-                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-        if self.keep:
-            log(f"kept {self.tmp}")
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def wait_until(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-
-
-def port_open(port):
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+log = logger("fanout")
 
 
 def start_real_agents(b, n):
-    ports = []
-    for i in range(n):
-        port = free_port()
-        p = b.spawn(f"agent{i + 1}", [
-            str(b.build / "tools/agent/clusterfs-agent"), "--listen", f"127.0.0.1:{port}",
-            "--token-file", str(b.token_file), "--state-dir", str(b.tmp / f"agent{i + 1}"),
-            "--name", f"n{i + 1:03d}"])
-        ports.append(port)
-        wait_until(lambda: p.poll() is None and port_open(port), 10, f"agent on {port}")
-    return ports
-
-
-def start_sim(b, n, delay_ms):
-    """One simulator for all n nodes, on n consecutive ports below the ephemeral range
-    (so clients' source ports cannot collide with them); retries another base if taken."""
-    for attempt in range(20):
-        base = random.randrange(10000, 32000 - n)
-        p = b.spawn(f"sim-{n}", [
-            str(b.build / "tools/clusterfs-agent-sim"), "--base-port", str(base), "--count",
-            str(n), "--delay-ms", str(delay_ms), "--token-file", str(b.token_file)])
-        try:
-            wait_until(lambda: p.poll() is None and port_open(base + n - 1), 10,
-                       f"simulator on {base}..{base + n - 1}")
-            return list(range(base, base + n))
-        except RuntimeError:
-            if p.poll() is None:
-                raise
-            b.stop(p)
-    raise RuntimeError("no free range of ports for the simulator")
+    return [Agent(b, i, f"n{i + 1:03d}").port for i in range(n)]
 
 
 def write_config(b, name, ports):
-    cfg = {
-        "cluster": f"bench-{name}",
-        "auth": {"token_file": str(b.token_file)},
-        # periodic probes must not warm the cache between measurements: one per hour.
-        # max_age_ms is left at its default (1000).
-        "probe": {"interval_s": 3600, "timeout_ms": 2000, "stale_after_s": 7200,
-                  "offline_after_s": 7200, "unhealthy_after": 3},
-        "thresholds": {"cpu": [100, 100], "memory": [100, 100], "disk": [100, 100],
-                       "load": [1000, 1000]},
-        "hosts": {f"n{i + 1:03d}": {"host": "127.0.0.1", "role": "worker",
-                                    "services": {"agent": {"port": port}}}
-                  for i, port in enumerate(ports)},
-    }
-    path = b.tmp / f"{name}.json"
-    path.write_text(json.dumps(cfg, indent=2) + "\n")
-    return path
-
-
-def mount(b, name, config):
-    mnt = b.tmp / f"mnt-{name}"
-    mnt.mkdir()
-    p = b.spawn(f"clusterfs-{name}", [str(b.build / "daemon/clusterfs"), "-f", "-s",
-                                      str(b.tmp / f"state-{name}"), "-c", str(config),
-                                      str(mnt)])
-    b.mounts.append(mnt)
-
-    def mounted():
-        if p.poll() is not None:
-            raise RuntimeError(f"clusterfs exited with {p.returncode}; see "
-                               f"{b.tmp}/clusterfs-{name}.log")
-        return os.path.ismount(mnt)
-    wait_until(mounted, 10, "the mount")
-    return mnt, p
-
-
-def reachable_count(mnt):
-    """From /stats, which never triggers a probe."""
-    return json.loads((mnt / "stats").read_text())["nodes"]["reachable"]
+    # periodic probes must not warm the cache between measurements: one per hour.
+    # max_age_ms is left at its default (1000).
+    return harness.write_config(b, name, hosts(ports), {
+        "interval_s": 3600, "timeout_ms": 2000, "stale_after_s": 7200,
+        "offline_after_s": 7200, "unhealthy_after": 3})
 
 
 def timed(args, **kw):
@@ -294,9 +152,9 @@ def run_case(b, kind, n, delay_ms, repeat):
     ports = start_real_agents(b, n) if kind == "real" else start_sim(b, n, delay_ms)
     backends = [p for _, p in b.procs[before:]]
     config = write_config(b, name, ports)
-    mnt, daemon = mount(b, name, config)
+    mnt, daemon = b.mount(name, config)
     try:
-        wait_until(lambda: reachable_count(mnt) == n, 30, f"first probe round of {n} nodes")
+        wait_until(lambda: reachable(mnt) == n, 30, f"first probe round of {n} nodes")
         cats, warms, globs, healths = [], [], [], []
         for i in range(repeat):
             # max_age_ms is 1000 and the kernel keeps names and attributes 1 s: past
@@ -414,7 +272,8 @@ def main():
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         sys.exit("fanout: cannot use /dev/fuse")
 
-    b = Bench(args.build.resolve(), args.keep)
+    b = Bench(args.build.resolve(), args.keep, "fanout")
+    b.curl_header = b.secret_file("curl-header", f"Authorization: Bearer {b.token}\n")
     # SIGTERM/SIGINT unwind through the finally below, which stops everything by PID
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     rows = []

@@ -14,111 +14,27 @@ import argparse
 import http.client
 import json
 import os
-import shutil
-import signal
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (ROOT, Bench, cpu_s, logger, pct, rss_mb, secret,  # noqa: E402
+                     wait_reachable, wait_until)
+
 N_NODES = 500
 PERIOD_S = 4
 GOAL_HB_US = 50.0
 GOAL_REVERSE_DELTA_MS = 2.0
 
-
-def log(msg):
-    print(f"[membership] {msg}", file=sys.stderr, flush=True)
-
-
-def pct(xs, p):
-    s = sorted(xs)
-    k = max(0, min(len(s) - 1, int(round(p / 100.0 * len(s) + 0.5)) - 1))
-    return s[k]
-
-
-def wait_until(pred, timeout, what, step=0.02):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(step)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-
-
-def secret(path, text):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fd, (text + "\n").encode())
-    os.close(fd)
-    return path
-
-
-def cpu_s(pid):
-    """utime + stime of a process, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
-class Bench:
-    def __init__(self, build):
-        self.build = build
-        self.tmp = Path(tempfile.mkdtemp(prefix="cfs-bench-join-"))
-        self.procs, self.mounts = [], []
-        self.token = secret(self.tmp / "token", "bench-" + os.urandom(8).hex())
-
-    def spawn(self, name, args):
-        f = open(self.tmp / f"{name}.log", "ab")
-        p = subprocess.Popen(args, stdout=f, stderr=f)
-        self.procs.append(p)
-        return p
-
-    def stop(self, p):
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-    def mount(self, name, config):
-        mnt = self.tmp / f"mnt-{name}"
-        mnt.mkdir()
-        p = self.spawn(f"clusterfs-{name}", [str(self.build / "daemon/clusterfs"), "-f",
-                                             "-s", str(self.tmp / f"state-{name}"), "-c",
-                                             str(config), str(mnt)])
-        self.mounts.append((mnt, p))
-        wait_until(lambda: os.path.ismount(mnt) or p.poll() is not None, 20, "mount")
-        if p.poll() is not None:
-            raise RuntimeError(f"clusterfs exited; see {self.tmp}/clusterfs-{name}.log")
-        return mnt, p
-
-    def unmount(self, mnt, p):
-        self.stop(p)
-        if os.path.ismount(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-
-    def cleanup(self):
-        for mnt, p in self.mounts:
-            self.unmount(mnt, p)
-        for p in self.procs:
-            self.stop(p)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+log = logger("membership")
 
 
 def base_config(b, **kw):
-    cfg = {"cluster": "bench-join", "auth": {"token_file": str(b.token)},
+    cfg = {"cluster": "bench-join", "auth": {"token_file": str(b.token_file)},
            "probe": {"interval_s": PERIOD_S, "timeout_ms": 2000, "stale_after_s": 120,
                      "offline_after_s": 600, "heartbeat_s": PERIOD_S},
            "thresholds": {"cpu": [100, 100], "memory": [100, 100], "disk": [100, 100],
@@ -144,15 +60,14 @@ def measure(pid, seconds):
 
 def bench_pulled(b, window):
     sim = b.spawn("sim", [str(b.build / "tools/clusterfs-agent-sim"), "--base-port", "21000",
-                          "--count", str(N_NODES), "--token-file", str(b.token)])
+                          "--count", str(N_NODES), "--token-file", str(b.token_file)])
     time.sleep(0.5)
     hosts = {f"sim-{i + 1:03d}": {"host": "127.0.0.1", "port": 21000 + i}
              for i in range(N_NODES)}
     cfgp = b.tmp / "pulled.json"
     cfgp.write_text(json.dumps(base_config(b, hosts=hosts)))
-    mnt, p = b.mount("pulled", cfgp)
-    wait_until(lambda: json.loads((mnt / "stats").read_text())["nodes"]["reachable"]
-               == N_NODES, 60, "500 pulled nodes")
+    mnt, p = b.mount("pulled", cfgp, timeout=20)
+    wait_reachable(mnt, N_NODES, 60)
     time.sleep(PERIOD_S)
     cpu, rss = measure(p.pid, window)
     b.unmount(mnt, p)
@@ -193,7 +108,7 @@ def bench_pushed(b, window, fresh):
     cfgp.write_text(json.dumps(base_config(b, join={
         "listen": f"127.0.0.1:{port}", "token_file": str(b.tmp / "join.token"),
         "tls": {"cert_file": str(d / "agent.crt"), "key_file": str(d / "agent.key")}})))
-    mnt, p = b.mount("pushed-fresh" if fresh else "pushed", cfgp)
+    mnt, p = b.mount("pushed-fresh" if fresh else "pushed", cfgp, timeout=20)
     health = {"cores": 4, "cpu_percent": 12.5, "load": [0.5, 0.4, 0.3], "mem_total_mb": 16000,
               "mem_available_mb": 12000, "mem_percent": 25.0, "disk_percent": 40.0,
               "gpus": [], "tasks_running": 0, "version": "bench"}
@@ -241,8 +156,7 @@ def bench_pushed(b, window, fresh):
     for t in threads:
         t.start()
     try:
-        wait_until(lambda: json.loads((mnt / "stats").read_text())["nodes"]["reachable"]
-                   == N_NODES, 60, "500 pushed nodes healthy")
+        wait_reachable(mnt, N_NODES, 60)
         time.sleep(PERIOD_S)
         s0 = sum(sent)
         c0, t0 = cpu_s(p.pid), time.monotonic()
@@ -290,17 +204,16 @@ def bench_reverse(b, n):
         join={"listen": "127.0.0.1:28770", "token_file": str(join_token),
               "tls": {"cert_file": str(d / "agent.crt"), "key_file": str(d / "agent.key")}})))
     pull = b.spawn("agent-pull1", [str(agent), "--listen", "127.0.0.1:28802", "--token-file",
-                                   str(b.token), "--state-dir", str(b.tmp / "st-pull1"),
+                                   str(b.token_file), "--state-dir", str(b.tmp / "st-pull1"),
                                    "--name", "pull1"])
-    mnt, p = b.mount("reverse", cfgp)
+    mnt, p = b.mount("reverse", cfgp, timeout=20)
     rev = b.spawn("agent-rev1", [str(agent), "--listen", "127.0.0.1:28801", "--token-file",
                                  str(keys / "agent.token"), "--tls-cert", str(keys / "agent.crt"),
                                  "--tls-key", str(keys / "agent.key"), "--state-dir",
                                  str(b.tmp / "st-rev1"), "--name", "rev1", "--join",
                                  "https://127.0.0.1:28770", "--join-fingerprint", fp,
                                  "--join-token-file", str(join_token), "--reverse"])
-    wait_until(lambda: json.loads((mnt / "stats").read_text())["nodes"]["reachable"] == 2,
-               30, "both nodes")
+    wait_reachable(mnt, 2)
     out = {}
     for node in ("pull1", "rev1"):
         lat = []
@@ -326,7 +239,7 @@ def main():
     ap.add_argument("--only", choices=("pushed",),
                     help="run only the kept-alive heartbeats (when profiling)")
     args = ap.parse_args()
-    b = Bench(Path(args.build))
+    b = Bench(Path(args.build), name="membership")
     if args.only == "pushed":
         try:
             r = bench_pushed(b, args.window, False)

@@ -8,7 +8,6 @@ Goals (issue 10): a single file within 2x tmpfs; `cat nodes/*/status` within 1.3
 
 Uses the Debian python (/usr/bin/python3), standard library only."""
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -20,46 +19,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fanout import Bench, ROOT, start_sim, wait_until  # noqa: E402
+import harness  # noqa: E402
+from harness import ROOT, Bench, hosts, logger, start_sim, wait_reachable, wait_until  # noqa: E402
 
 HELLO_SRC = Path("/usr/share/doc/libfuse3-dev/examples/hello_ll.c")
 FILES = ("stats", "topology.json", "metrics")
 
-
-def log(msg):
-    print(f"[nodes] {msg}", file=sys.stderr, flush=True)
+log = logger("nodes")
 
 
 def write_config(b, ports):
     """Data that never goes stale during the run: no open or stat waits for a probe, so
     what is timed is the FUSE path and the rendering."""
-    cfg = {
-        "cluster": "bench-nodes",
-        "auth": {"token_file": str(b.token_file)},
-        "probe": {"interval_s": 3600, "timeout_ms": 5000, "stale_after_s": 7200,
-                  "offline_after_s": 7200, "unhealthy_after": 3, "max_age_ms": 3600000},
-        "hosts": {f"n{i + 1:04d}": {"host": "127.0.0.1", "role": "worker",
-                                    "services": {"agent": {"port": port}}}
-                  for i, port in enumerate(ports)},
-    }
-    path = b.tmp / "nodes.json"
-    path.write_text(json.dumps(cfg, indent=2) + "\n")
-    return path
-
-
-def mount_clusterfs(b, config):
-    mnt = b.tmp / "mnt"
-    mnt.mkdir()
-    p = b.spawn("clusterfs", [str(b.build / "daemon/clusterfs"), "-f", "-s",
-                              str(b.tmp / "state"), "-c", str(config), str(mnt)])
-    b.mounts.append(mnt)
-
-    def mounted():
-        if p.poll() is not None:
-            raise RuntimeError(f"clusterfs exited with {p.returncode}")
-        return os.path.ismount(mnt)
-    wait_until(mounted, 20, "the clusterfs mount")
-    return mnt, p
+    return harness.write_config(b, "nodes", hosts(ports, "n{:04d}"), {
+        "interval_s": 3600, "timeout_ms": 5000, "stale_after_s": 7200,
+        "offline_after_s": 7200, "unhealthy_after": 3, "max_age_ms": 3600000},
+        thresholds=None)
 
 
 def mount_hello(b):
@@ -120,17 +95,16 @@ def main():
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         sys.exit("nodes: cannot use /dev/fuse")
 
-    b = Bench(args.build.resolve(), args.keep)
+    b = Bench(args.build.resolve(), args.keep, "nodes")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     shm = Path(tempfile.mkdtemp(prefix="clusterfs-bench-nodes-", dir="/dev/shm"))
     n = args.nodes
     res = {}
     try:
         ports = start_sim(b, n, 0)
-        mnt, _ = mount_clusterfs(b, write_config(b, ports))
+        mnt, _ = b.mount("nodes", write_config(b, ports), timeout=20)
         hello, _ = mount_hello(b)
-        wait_until(lambda: json.loads((mnt / "stats").read_text())["nodes"]["reachable"] == n,
-                   60, f"first probe round of {n} nodes")
+        wait_reachable(mnt, n, 60)
         # the same bytes on tmpfs
         for f in FILES:
             (shm / f).write_bytes((mnt / f).read_bytes())

@@ -10,94 +10,18 @@ import argparse
 import http.client
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+from harness import ROOT, Bench, free_port, hosts, logger, pct, port_open, wait_until  # noqa: E402
+
 GOAL_ADDED_MS = 5.0
 MODEL = "qwen3:8b"
 
-
-def log(msg):
-    print(f"[prompt] {msg}", file=sys.stderr, flush=True)
-
-
-def pct(xs, p):
-    """Nearest-rank percentile of a non-empty list."""
-    s = sorted(xs)
-    k = max(0, min(len(s) - 1, int(round(p / 100.0 * len(s) + 0.5)) - 1))
-    return s[k]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port):
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_until(pred, timeout, what, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except OSError:
-            pass
-        time.sleep(step)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-
-
-class Bench:
-    """Everything started is recorded here and stopped by PID in cleanup()."""
-
-    def __init__(self, build, keep):
-        self.build = build
-        self.keep = keep
-        self.tmp = Path(tempfile.mkdtemp(prefix="clusterfs-bench-prompt-"))
-        os.chmod(self.tmp, 0o755)
-        self.procs = []
-        self.mnt = None
-        token = "bench-" + os.urandom(12).hex()
-        self.token_file = self.tmp / "token"
-        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.write(fd, (token + "\n").encode())
-        os.close(fd)
-
-    def spawn(self, name, args, **kw):
-        logf = open(self.tmp / f"{name}.log", "ab")
-        p = subprocess.Popen(args, stdout=kw.pop("stdout", logf), stderr=logf,
-                             stdin=subprocess.DEVNULL, **kw)
-        logf.close()
-        self.procs.append(p)
-        return p
-
-    def cleanup(self):
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        if self.mnt and os.path.ismount(self.mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], check=False)
-        if self.keep:
-            log(f"kept {self.tmp}")
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+log = logger("prompt")
 
 
 def direct(port, body):
@@ -142,7 +66,7 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
     build = Path(args.build)
-    b = Bench(build, args.keep)
+    b = Bench(build, args.keep, "prompt")
     try:
         agent_port, ollama_port = free_port(), free_port()
         b.spawn("agent", [str(build / "tools/agent/clusterfs-agent"), "--listen",
@@ -152,26 +76,15 @@ def main():
                            "--port", str(ollama_port), "--models", MODEL, "--loaded", MODEL,
                            "--token-delay-ms", str(args.token_delay_ms)])
         wait_until(lambda: port_open(agent_port) and port_open(ollama_port), 10, "servers")
-        cfg = {
-            "cluster": "bench-prompt",
-            "auth": {"token_file": str(b.token_file)},
-            "probe": {"interval_s": 30, "timeout_ms": 2000, "stale_after_s": 600,
-                      "offline_after_s": 1200, "unhealthy_after": 3},
-            "thresholds": {"cpu": [100, 100], "memory": [100, 100], "disk": [100, 100],
-                           "load": [1000, 1000]},
-            "tasks": {"allow_root": True},
-            "hosts": {"n1": {"host": "127.0.0.1", "role": "worker", "queue_depth": 4,
-                             "services": {"agent": {"port": agent_port},
-                                          "ollama": {"port": ollama_port}}}},
-        }
-        (b.tmp / "hosts.json").write_text(json.dumps(cfg))
-        b.mnt = Path(tempfile.mkdtemp(prefix="clusterfs-bench-prompt-mnt-"))
-        b.spawn("clusterfs", [str(build / "daemon/clusterfs"), "-f", "-s", str(b.tmp / "state"),
-                              "-c", str(b.tmp / "hosts.json"), str(b.mnt)])
-        wait_until(lambda: os.path.ismount(b.mnt), 10, "mount")
-        wait_until(lambda: (b.mnt / "nodes/n1/status").read_text() == "healthy\n", 20,
+        n1 = hosts({"n1": agent_port}, queue_depth=4)
+        n1["n1"]["services"]["ollama"] = {"port": ollama_port}
+        cfg = harness.write_config(b, "prompt", n1, {
+            "interval_s": 30, "timeout_ms": 2000, "stale_after_s": 600,
+            "offline_after_s": 1200, "unhealthy_after": 3}, tasks={"allow_root": True})
+        mnt, _ = b.mount("prompt", cfg)
+        wait_until(lambda: (mnt / "nodes/n1/status").read_text() == "healthy\n", 20,
                    "n1 healthy")
-        wait_until(lambda: (b.mnt / "models" / MODEL / "loaded").read_text() == "n1\n", 10,
+        wait_until(lambda: (mnt / "models" / MODEL / "loaded").read_text() == "n1\n", 10,
                    "model listed")
 
         prompt = "Why is the sky blue?"
@@ -179,11 +92,11 @@ def main():
         spec = json.dumps({"model": MODEL, "prompt": prompt}).encode()
         for i in range(5):  # warm-up, untimed
             direct(ollama_port, body)
-            task(str(b.mnt), f"warm{i}", spec)
+            task(str(mnt), f"warm{i}", spec)
         ds, ts = [], []
         for i in range(args.n):
             ds.append(direct(ollama_port, body))
-            ts.append(task(str(b.mnt), f"p{i}", spec))
+            ts.append(task(str(mnt), f"p{i}", spec))
         added = [t - d for t, d in zip(ts, ds)]
         p50d, p50t = pct(ds, 50), pct(ts, 50)
         print(f"prompt tasks: {args.n} of each, fixture token delay {args.token_delay_ms} ms, "

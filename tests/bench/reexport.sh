@@ -19,15 +19,9 @@ export ROUNDS=${2:-5}
 PY=/usr/bin/python3
 HELPER=$ROOT/tests/integration/reexport.py
 
-die() {
-	echo "reexport: $*" >&2
-	if [ -n "${tmp:-}" ]; then
-		for log in "$tmp"/*.log; do
-			[ -s "$log" ] && { echo "--- $log" && tail -5 "$log"; } >&2
-		done
-	fi
-	exit 1
-}
+BENCH=reexport
+# shellcheck source=tests/bench/harness.sh
+. "$ROOT/tests/bench/harness.sh"
 
 [ "$(id -u)" -eq 0 ] || die "needs root (ganesha's VFS FSAL opens by handle; a tmpfs mount)"
 for f in "$BUILD/daemon/clusterfs" "$BUILD/tools/clusterfs-agent-sim"; do
@@ -38,94 +32,13 @@ for c in ganesha.nfsd smbd smbpasswd smbclient nfs-cat fusermount3; do
 done
 $PY -c 'import smbc' 2>/dev/null || die "python3-smbc is not installed (tools/install-deps.sh)"
 
-tmp=$(mktemp -d /tmp/clusterfs-bench-reexport-XXXXXX)
+bench_start
 chmod 755 "$tmp"
-pids=()
-mounts=()
-
-# Stops what this script started, by PID, newest first; then unmounts what is left.
-cleanup() {
-	local i
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		kill -TERM "${pids[i]}" 2>/dev/null || true
-	done
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		wait "${pids[i]}" 2>/dev/null || true
-	done
-	for m in "${mounts[@]}"; do
-		if mountpoint -q "$m"; then
-			case "$m" in
-			*/tmpfs) umount "$m" || true ;;
-			*) fusermount3 -u -z "$m" || true ;;
-			esac
-		fi
-	done
-	if [ "${KEEP:-0}" = 1 ]; then
-		echo "reexport: kept $tmp" >&2
-	else
-		rm -rf "$tmp"
-	fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_for() { # SECONDS WHAT COMMAND...
-	local deadline=$((SECONDS + $1)) what=$2
-	shift 2
-	until "$@" 2>/dev/null; do
-		[ $SECONDS -lt $deadline ] || die "timed out waiting for $what"
-		sleep 0.05
-	done
-}
-
-alive_and() { # PID COMMAND...: fails at once (exit) when PID died
-	local pid=$1
-	shift
-	kill -0 "$pid" 2>/dev/null || die "process $pid exited early; see the logs in $tmp (KEEP=1)"
-	"$@"
-}
-
-printf 'bench-%s\n' "$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')" >"$tmp/token"
-chmod 600 "$tmp/token"
-
-for _ in 1 2 3 4 5 6 7 8 9 10; do
-	base=$((10000 + RANDOM % 20000))
-	"$BUILD/tools/clusterfs-agent-sim" --base-port "$base" --count "$NODES" \
-		--token-file "$tmp/token" 2>>"$tmp/sim.log" &
-	sim=$!
-	sleep 0.1
-	if kill -0 "$sim" 2>/dev/null; then
-		pids+=("$sim")
-		break
-	fi
-	wait "$sim" || true
-	sim=
-done
-[ -n "${sim:-}" ] || die "no free ports for the simulator; see $tmp/sim.log"
-
+bench_token
+bench_start_sim "$NODES"
 # probes every second, as a re-exported tree sees them in use
-{
-	printf '{"cluster": "bench-reexport", "auth": {"token_file": "%s"},\n' "$tmp/token"
-	printf ' "probe": {"interval_s": 1, "timeout_ms": 1000},\n'
-	printf ' "hosts": {'
-	sep=
-	for ((i = 0; i < NODES; i++)); do
-		printf '%s"n%03d": {"host": "127.0.0.1", "role": "worker", ' "$sep" $((i + 1))
-		printf '"services": {"agent": {"port": %d}}}' $((base + i))
-		sep=', '
-	done
-	printf '}}\n'
-} >"$tmp/hosts.json"
-
-mkdir "$tmp/mnt" "$tmp/tmpfs"
-mounts+=("$tmp/mnt" "$tmp/tmpfs")
-"$BUILD/daemon/clusterfs" -f -s "$tmp/state" -c "$tmp/hosts.json" "$tmp/mnt" \
-	2>>"$tmp/clusterfs.log" &
-cfs=$!
-pids+=("$cfs")
-wait_for 10 "the clusterfs mount" alive_and "$cfs" mountpoint -q "$tmp/mnt"
-wait_for 10 "the first probe round" alive_and "$cfs" \
-	grep -q "\"reachable\": $NODES" "$tmp/mnt/stats"
+bench_write_config "$NODES" '{"interval_s": 1, "timeout_ms": 1000}'
+bench_mount "$NODES"
 
 files=(README config stats topology.json topology.dot metrics alerts)
 for ((i = 1; i <= NODES; i++)); do
@@ -135,6 +48,8 @@ for ((i = 1; i <= NODES; i++)); do
 done
 
 # the same bytes on tmpfs
+mkdir "$tmp/tmpfs"
+mounts+=("$tmp/tmpfs")
 mount -t tmpfs -o size=64m,mode=755 tmpfs "$tmp/tmpfs"
 for f in "${files[@]}"; do
 	mkdir -p "$tmp/tmpfs/$(dirname "$f")"

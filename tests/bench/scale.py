@@ -24,25 +24,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dispatch import ROOT, Agent, Bench, pct, submit, wait_until, write_config  # noqa: E402
+from harness import (ROOT, Agent, Bench, cpu_s, logger, pct, rss_mb, submit,  # noqa: E402
+                     tasks_config, wait_reachable)
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def log(msg):
-    print(f"[scale] {msg}", file=sys.stderr, flush=True)
-
-
-def rss_mb(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_s(pid):
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / CLK_TCK
+log = logger("scale")
 
 
 def timed_shell(cmd, cwd):
@@ -69,22 +54,11 @@ def measure(b, agents, config, name, size):
                         str(size), "-N", str(len(agents)), "-o", str(b.output_every)],
                        check=True)
         log(f"{name}: filled {size} tasks in {time.monotonic() - t0:.1f}s")
-    mnt = b.tmp / f"mnt-{name}"
-    mnt.mkdir()
     t0 = time.monotonic()
-    p = b.spawn(f"clusterfs-{name}", [str(b.build / "daemon/clusterfs"), "-f", "-s",
-                                      str(state), "-c", str(config), str(mnt)])
-    b.mounts.append(mnt)
-
-    def mounted():
-        if p.poll() is not None:
-            raise RuntimeError(f"clusterfs exited with {p.returncode}")
-        return os.path.ismount(mnt)
-    wait_until(mounted, 120, "the mount", step=0.005)
+    mnt, p = b.mount(name, config, state=state, timeout=120, step=0.005)
     (mnt / "stats").read_bytes()  # served: the daemon's loop runs, the tasks are loaded
     startup = time.monotonic() - t0
-    wait_until(lambda: json.loads((mnt / "stats").read_text())["nodes"]["reachable"]
-               == len(agents), 30, "the first probe")
+    wait_reachable(mnt, len(agents))
     time.sleep(2)
     c0, w0 = cpu_s(p.pid), time.monotonic()
     time.sleep(5)
@@ -132,13 +106,13 @@ def main():
                     help="every Nth filled task gets stdout (0: none; 1: all, slower fill)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     a = ap.parse_args()
-    b = Bench(Path(a.build).resolve(), a.keep)
+    b = Bench(Path(a.build).resolve(), a.keep, "scale")
     b.output_every = a.output_every
     sizes = [int(s) for s in a.sizes.split(",") if s]
     rows = []
     try:
         agents = [Agent(b, i) for i in range(a.agents)]
-        config = write_config(b, agents)
+        config = tasks_config(b, agents)
         for size in [0] + sizes:
             log(f"measuring {size} finished tasks")
             rows.append((size, measure(b, agents, config, f"n{size}", size)))

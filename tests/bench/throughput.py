@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dispatch import ROOT, Agent, Bench, mount, pct, wait_until, write_config  # noqa: E402
+from harness import ROOT, Agent, Bench, logger, pct, tasks_config, wait_until  # noqa: E402
 
 GOAL_RATIO = 0.8
 
 
-def log(msg):
-    print(f"[throughput] {msg}", file=sys.stderr, flush=True)
+log = logger("throughput")
 
 
 def agent_tasks(b, a):
@@ -139,12 +138,12 @@ def main():
     ap.add_argument("--build", default=str(ROOT / "build"))
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = ap.parse_args()
-    b = Bench(Path(args.build), args.keep)
+    b = Bench(Path(args.build), args.keep, "throughput")
     try:
         agents = [Agent(b, i) for i in range(args.agents)]
         floor_s = floor_run(b, agents, args.tasks, "floor")
-        cfg = write_config(b, agents)
-        mnt, _ = mount(b, "tp", cfg, len(agents))
+        cfg = tasks_config(b, agents)
+        mnt, _ = b.mount("tp", cfg, n_nodes=len(agents))
         sub_s, mount_s, gaps, late = mount_run(b, agents, mnt, args.tasks, "tp")
         floor_rate, mount_rate = args.tasks / floor_s, args.tasks / mount_s
         ratio = mount_rate / floor_rate
