@@ -43,7 +43,7 @@ extern const char *const config_tier_names[];
 
 /* ---- config_loader.c: the path, messages, typed members, transports ---- */
 
-/* Writes one sentence into errbuf (errlen bytes; NULL is no-op). */
+/* Writes one sentence into errbuf (errlen bytes); a NULL errbuf is a no-op. */
 void config_set_error(char *errbuf, size_t errlen, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 /* Frees a secret after overwriting it. NULL is a no-op. */
