@@ -365,6 +365,7 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 	v.latency_sum_s = n->latency_sum_s;
 	v.latency_count = n->latency_count;
 	v.changed_at = n->changed_at;
+	v.generation = cluster_generation(c);
 	/* a node of an external source (Slurm) has no host entry: its source pulls it */
 	v.via = h && h->reverse ? "reverse" : n->last_pushed ? "push" : "pull";
 	v.joined = h && h->dropin != NULL;

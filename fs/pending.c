@@ -39,7 +39,9 @@ static void pending_done(void *arg)
  * asked again. */
 static void pending_node_done(void *arg, int err, const struct node_view *v)
 {
+	render_fresh_view_set(v); /* the requests finished here render the node from v */
 	pending_finish(arg, err == -ENOENT);
+	render_fresh_view_set(NULL);
 }
 
 static void pending_one_done(void *arg, int err, const struct node_view *v)
