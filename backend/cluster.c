@@ -12,25 +12,19 @@
 
 void node_view_clear(struct node_view *v)
 {
-	free(v->name);
-	free(v->display_name);
-	free(v->address);
-	free(v->role);
-	free(v->tier);
-	free(v->last_error);
-	json_decref(v->capabilities);
-	json_decref(v->health);
-	json_decref(v->system);
-	json_decref(v->reasons);
+	char *strings[] = {v->name, v->display_name, v->address, v->role, v->tier, v->last_error};
+	json_t *docs[] = {v->capabilities, v->health, v->system, v->reasons};
+	for (size_t i = 0; i < sizeof(strings) / sizeof(*strings); i++)
+		free(strings[i]);
+	for (size_t i = 0; i < sizeof(docs) / sizeof(*docs); i++)
+		json_decref(docs[i]);
 	memset(v, 0, sizeof(*v));
 }
 
 static struct node *node_new(const struct cfg_host *h)
 {
-	struct node *n = calloc(1, sizeof(*n));
-	if (!n)
-		abort();
-	n->name = strdup(h->name);
+	struct node *n = xcalloc(1, sizeof(*n));
+	n->name = xstrdup(h->name);
 	n->host = h;
 	node_metrics_parse(NULL, &n->metrics);
 	node_system_parse(NULL, &n->sys);
@@ -86,22 +80,16 @@ int cluster_node_cmp(const void *a, const void *b)
 
 int cluster_new(struct loop *loop, struct config *cfg, struct cluster **ret)
 {
-	struct cluster *c = calloc(1, sizeof(*c));
-	if (!c)
-		return -ENOMEM;
+	struct cluster *c = xcalloc(1, sizeof(*c));
 	c->loop = loop;
 	pthread_rwlock_init(&c->lock, NULL);
 	pthread_mutex_init(&c->events_lock, NULL);
-	c->events = calloc(EVENTS_MAX, sizeof(*c->events));
-	if (!c->events) {
-		free(c);
-		return -ENOMEM;
-	}
+	c->events = xcalloc(EVENTS_MAX, sizeof(*c->events));
 	c->cfg = config_ref(cfg);
 	c->alerts = json_object();
 	c->drained = json_object();
 	c->n_nodes = cfg->n_hosts;
-	c->nodes = calloc(cfg->n_hosts ? cfg->n_hosts : 1, sizeof(*c->nodes));
+	c->nodes = xcalloc(cfg->n_hosts ? cfg->n_hosts : 1, sizeof(*c->nodes));
 	for (size_t i = 0; i < cfg->n_hosts; i++)
 		c->nodes[i] = node_new(&cfg->hosts[i]);
 	qsort(c->nodes, c->n_nodes, sizeof(*c->nodes), cluster_node_cmp);
@@ -151,16 +139,17 @@ void cluster_add_listener(struct cluster *c, cluster_change_fn fn, void *arg)
 
 void cluster_set_config(struct cluster *c, struct config *cfg)
 {
-	struct node **nodes = calloc(cfg->n_hosts + c->n_nodes + 1, sizeof(*nodes));
+	assert(loop_is_current(c->loop));
+	struct node **nodes = xcalloc(cfg->n_hosts + c->n_nodes + 1, sizeof(*nodes));
 	size_t n_new = cfg->n_hosts;
-	struct node **gone = calloc(c->n_nodes ? c->n_nodes : 1, sizeof(*gone));
+	struct node **gone = xcalloc(c->n_nodes ? c->n_nodes : 1, sizeof(*gone));
 	size_t n_gone = 0;
 	struct buf added, removed;
 	buf_init(&added);
 	buf_init(&removed);
 
 	pthread_rwlock_wrlock(&c->lock);
-	bool *kept = calloc(c->n_nodes ? c->n_nodes : 1, sizeof(*kept));
+	bool *kept = xcalloc(c->n_nodes ? c->n_nodes : 1, sizeof(*kept));
 	for (size_t i = 0; i < cfg->n_hosts; i++) {
 		const struct cfg_host *h = &cfg->hosts[i];
 		struct node *old = cluster_find(c, h->name);
@@ -231,9 +220,10 @@ void cluster_set_config(struct cluster *c, struct config *cfg)
 
 void cluster_set_config_error(struct cluster *c, const char *msg)
 {
+	assert(loop_is_current(c->loop));
 	pthread_rwlock_wrlock(&c->lock);
 	free(c->config_error);
-	c->config_error = msg ? strdup(msg) : NULL;
+	c->config_error = msg ? xstrdup(msg) : NULL;
 	c->changed_at = clock_wall_s();
 	pthread_rwlock_unlock(&c->lock);
 	if (msg)
@@ -253,7 +243,7 @@ struct config *cluster_get_config(struct cluster *c)
 char *cluster_get_config_error(struct cluster *c)
 {
 	pthread_rwlock_rdlock(&c->lock);
-	char *s = c->config_error ? strdup(c->config_error) : NULL;
+	char *s = c->config_error ? xstrdup(c->config_error) : NULL;
 	pthread_rwlock_unlock(&c->lock);
 	return s;
 }
@@ -276,9 +266,9 @@ double cluster_started_at(struct cluster *c)
 char **cluster_list_nodes(struct cluster *c, size_t *ret_n)
 {
 	pthread_rwlock_rdlock(&c->lock);
-	char **names = calloc(c->n_nodes + 1, sizeof(*names));
+	char **names = xcalloc(c->n_nodes + 1, sizeof(*names));
 	for (size_t i = 0; i < c->n_nodes; i++)
-		names[i] = strdup(c->nodes[i]->name);
+		names[i] = xstrdup(c->nodes[i]->name);
 	if (ret_n)
 		*ret_n = c->n_nodes;
 	pthread_rwlock_unlock(&c->lock);
@@ -320,18 +310,18 @@ int cluster_get_level(struct cluster *c, const char *name, enum node_level *ret)
 static char *tier_of(const struct cfg_host *h, const struct node_system *sys)
 {
 	if (h && h->tier)
-		return strdup(h->tier);
+		return xstrdup(h->tier);
 	if (!sys->has_cores || isnan(sys->ram_mb))
-		return strdup("unknown");
+		return xstrdup("unknown");
 	json_int_t nc = sys->cores;
 	double gb = sys->ram_mb / 1024.0;
 	/* DESIGN §6: powerhouse >= 12 cores and 24 GB; standard >= 4 and 8 GB; else light.
 	 * RAM as the kernel reports it runs a little under the label: allow 5%. */
 	if (nc >= 12 && gb >= 24 * 0.95)
-		return strdup("powerhouse");
+		return xstrdup("powerhouse");
 	if (nc >= 4 && gb >= 8 * 0.95)
-		return strdup("standard");
-	return strdup("light");
+		return xstrdup("standard");
+	return xstrdup("light");
 }
 
 int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
@@ -344,11 +334,11 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 	}
 	const struct cfg_host *h = n->host;
 	struct node_view v = {0};
-	v.name = strdup(n->name);
-	v.display_name = h && h->display_name ? strdup(h->display_name) : NULL;
-	v.address = strdup(h ? h->address : n->ext_address ? n->ext_address : "");
+	v.name = xstrdup(n->name);
+	v.display_name = h && h->display_name ? xstrdup(h->display_name) : NULL;
+	v.address = xstrdup(h ? h->address : n->ext_address ? n->ext_address : "");
 	v.port = h ? h->agent_port : 0;
-	v.role = strdup(h && h->role ? h->role : n->ext_role ? n->ext_role : "");
+	v.role = xstrdup(h && h->role ? h->role : n->ext_role ? n->ext_role : "");
 	v.tier = tier_of(h, &n->sys);
 	v.capabilities = json_array();
 	for (size_t i = 0; h && i < h->n_capabilities; i++)
@@ -366,7 +356,7 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 	v.draining = n->draining;
 	v.probing = n->in_flight;
 	v.failures = n->failures;
-	v.last_error = n->last_error ? strdup(n->last_error) : NULL;
+	v.last_error = n->last_error ? xstrdup(n->last_error) : NULL;
 	v.checked_at = n->checked_at;
 	v.attempted_at = n->attempted_at;
 	v.age_s = n->last_ok_us ? (double) (clock_now_us() - n->last_ok_us) / 1e6 : -1;
@@ -375,6 +365,7 @@ int cluster_get_node(struct cluster *c, const char *name, struct node_view *ret)
 	v.latency_sum_s = n->latency_sum_s;
 	v.latency_count = n->latency_count;
 	v.changed_at = n->changed_at;
+	v.generation = cluster_generation(c);
 	/* a node of an external source (Slurm) has no host entry: its source pulls it */
 	v.via = h && h->reverse ? "reverse" : n->last_pushed ? "push" : "pull";
 	v.joined = h && h->dropin != NULL;
@@ -457,12 +448,10 @@ int cluster_set_draining(struct cluster *c, const char *name, bool draining)
 		cluster_add_event(c, "node", name, "%s",
 				  draining ? "drain: takes no new work"
 					   : "resume: takes work again");
-		struct pending *p = calloc(1, sizeof(*p));
-		if (p) {
-			p->node = strdup(name);
-			p->draining = draining;
-			cluster_queue_store(c, p);
-		}
+		struct pending *p = xcalloc(1, sizeof(*p));
+		p->node = xstrdup(name);
+		p->draining = draining;
+		cluster_queue_store(c, p);
 	}
 	cluster_notify(c, name);
 	return 0;

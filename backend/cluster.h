@@ -97,9 +97,12 @@ struct node_view {
 	double latency_sum_s;
 	uint64_t latency_count;
 	double changed_at; /* wall time the node's shown data last changed */
-	const char *via;   /* static: "reverse" (behind NAT, over its channel), else how it
+	/* cluster_generation() as of this view: while it has not moved, the view is what
+	 * cluster_get_node() would return (every change the view shows moves it) */
+	uint64_t generation;
+	const char *via; /* static: "reverse" (behind NAT, over its channel), else how it
 			      * was last heard from: "pull" (a probe) or "push" (a heartbeat) */
-	bool joined;       /* it registered itself: its entry is a hosts.d drop-in */
+	bool joined;     /* it registered itself: its entry is a hosts.d drop-in */
 };
 
 void node_view_clear(struct node_view *v);

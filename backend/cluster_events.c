@@ -59,7 +59,7 @@ void cluster_flush_store(void *arg)
 		if (q->ev.line) {
 			if (n == cap) {
 				cap = cap ? 2 * cap : 16;
-				evs = realloc(evs, cap * sizeof(*evs));
+				evs = xrealloc(evs, cap * sizeof(*evs));
 			}
 			evs[n++] = q->ev;
 			continue;
@@ -130,14 +130,12 @@ void cluster_add_event(struct cluster *c, const char *kind, const char *subject,
 	c->events_changed_at = now;
 	bool post = false;
 	if (c->store) {
-		struct pending *p = calloc(1, sizeof(*p));
-		if (p) {
-			p->ev.seq = (int64_t) e->seq;
-			p->ev.at = now;
-			p->ev.line = strndup(e->line, e->len);
-			p->ev.len = e->len;
-			post = pending_push(c, p);
-		}
+		struct pending *p = xcalloc(1, sizeof(*p));
+		p->ev.seq = (int64_t) e->seq;
+		p->ev.at = now;
+		p->ev.line = xstrndup(e->line, e->len);
+		p->ev.len = e->len;
+		post = pending_push(c, p);
 	}
 	pthread_mutex_unlock(&c->events_lock);
 	if (post && loop_post(c->loop, cluster_flush_store, c) < 0) {

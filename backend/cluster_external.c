@@ -10,8 +10,10 @@
 /* Lock held (write): takes what the external source says of node o. Returns whether what
  * the node's files show changed (its documents, reachability, error, reasons, address or
  * role; every failed round counts). */
-static bool external_apply_locked(struct node *o, const struct cluster_external *e, uint64_t now)
+static bool external_apply_locked(struct cluster *c, struct node *o,
+				  const struct cluster_external *e, uint64_t now)
 {
+	assert(cluster_wrlock_held(c));
 	json_t *reasons = e->reasons ? json_deep_copy(e->reasons) : json_array();
 	/* what the node's files show: its documents, and its reachability (a success
 	 * moves checked_at), failures, error, reasons, address and role */
@@ -22,9 +24,9 @@ static bool external_apply_locked(struct node *o, const struct cluster_external 
 		    strcmp(o->ext_address, e->address ? e->address : "") || !o->ext_role ||
 		    strcmp(o->ext_role, e->role ? e->role : "");
 	free(o->ext_address);
-	o->ext_address = strdup(e->address ? e->address : "");
+	o->ext_address = xstrdup(e->address ? e->address : "");
 	free(o->ext_role);
-	o->ext_role = strdup(e->role ? e->role : "");
+	o->ext_role = xstrdup(e->role ? e->role : "");
 	if (e->health && e->health != o->health) {
 		json_decref(o->health);
 		o->health = json_incref(e->health);
@@ -47,13 +49,14 @@ static bool external_apply_locked(struct node *o, const struct cluster_external 
 		data = true;
 	}
 	free(o->last_error);
-	o->last_error = e->error ? strdup(e->error) : NULL;
+	o->last_error = e->error ? xstrdup(e->error) : NULL;
 	return data;
 }
 
 void cluster_set_external(struct cluster *c, const char *owner, const struct cluster_external *v,
 			  size_t n)
 {
+	assert(loop_is_current(c->loop));
 	struct node **gone = NULL;
 	size_t n_gone = 0;
 	char **changed = NULL;
@@ -75,7 +78,7 @@ void cluster_set_external(struct cluster *c, const char *owner, const struct clu
 		for (size_t j = 0; j < n && o->owner && !listed; j++)
 			listed = !strcmp(v[j].name, o->name);
 		if (o->owner && !strcmp(o->owner, owner) && !listed) {
-			gone = realloc(gone, (n_gone + 1) * sizeof(*gone));
+			gone = xrealloc(gone, (n_gone + 1) * sizeof(*gone));
 			gone[n_gone++] = o;
 			set_changed = true;
 		} else
@@ -88,27 +91,25 @@ void cluster_set_external(struct cluster *c, const char *owner, const struct clu
 		if (o && !o->owner)
 			continue; /* a host of the config has the name: it wins */
 		if (!o) {
-			o = calloc(1, sizeof(*o));
-			if (!o)
-				abort();
-			o->name = strdup(e->name);
-			o->owner = strdup(owner);
+			o = xcalloc(1, sizeof(*o));
+			o->name = xstrdup(e->name);
+			o->owner = xstrdup(owner);
 			o->reasons = json_array();
 			o->level = NODE_UNKNOWN;
-			c->nodes = realloc(c->nodes, (c->n_nodes + 1) * sizeof(*c->nodes));
+			c->nodes = xrealloc(c->nodes, (c->n_nodes + 1) * sizeof(*c->nodes));
 			c->nodes[c->n_nodes++] = o;
 			qsort(c->nodes, c->n_nodes, sizeof(*c->nodes), cluster_node_cmp);
 			set_changed = true;
 		}
-		bool data = external_apply_locked(o, e, now);
+		bool data = external_apply_locked(c, o, e, now);
 		enum node_level old;
 		bool lv = cluster_node_evaluate_external(o, &old);
 		if (lv)
 			cluster_node_event_level(c, o, old);
 		if (lv || data) {
 			o->changed_at = clock_wall_s();
-			changed = realloc(changed, (n_changed + 1) * sizeof(*changed));
-			changed[n_changed++] = strdup(o->name);
+			changed = xrealloc(changed, (n_changed + 1) * sizeof(*changed));
+			changed[n_changed++] = xstrdup(o->name);
 		}
 	}
 	if (set_changed)
@@ -134,7 +135,7 @@ bool cluster_node_is_external(struct cluster *c, const char *name, char **ret_ow
 	struct node *n = cluster_find(c, name);
 	bool ext = n && n->owner;
 	if (ext && ret_owner)
-		*ret_owner = strdup(n->owner);
+		*ret_owner = xstrdup(n->owner);
 	pthread_rwlock_unlock(&c->lock);
 	return ext;
 }

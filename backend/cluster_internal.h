@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <unistd.h> /* gettid() */
 
 #define EVENTS_MAX     10000              /* lines kept in memory */
 #define SYSTEM_MAX_AGE (300 * 1000000ull) /* system info is refetched this often */
@@ -114,6 +115,14 @@ struct cluster {
 	bool flush_posted;
 	json_t *drained; /* names of drained nodes (object used as a set); protected by lock */
 };
+
+/* True when the calling thread holds c->lock for writing: glibc's rwlock records its
+ * writer's thread id, as its mutex records its owner (util_mutex_held). For
+ * assert(cluster_wrlock_held(c)) at the top of a *_locked function. */
+static inline bool cluster_wrlock_held(struct cluster *c)
+{
+	return c->lock.__data.__cur_writer == gettid();
+}
 
 /* ---- cluster.c: the model ---- */
 

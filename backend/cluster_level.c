@@ -156,6 +156,7 @@ bool cluster_node_evaluate_external(struct node *n, enum node_level *ret_old)
 bool cluster_node_evaluate(struct cluster *c, struct node *n, uint64_t now,
 			   enum node_level *ret_old)
 {
+	assert(cluster_wrlock_held(c));
 	if (n->owner)
 		return cluster_node_evaluate_external(n, ret_old);
 	const struct cfg_probe *p = &c->cfg->probe;

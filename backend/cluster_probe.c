@@ -65,14 +65,15 @@ static char *probe_reason(const struct http_response *r, const struct cfg_host *
 
 /* No lock held: calls the waiters w (detached from their node, which is named `name`)
  * with err, and with the node's fresh view when err is 0 (-ENOENT when it is gone by
- * now): the waiter renders from that view, without asking the model again. */
+ * now): the waiter has what it waited for without asking the model again. */
 static void waiters_call(struct cluster *c, const char *name, struct waiter *w, int err)
 {
-	struct node_view v;
-	if (w && !err)
-		err = cluster_get_node(c, name, &v);
+	assert(loop_is_current(c->loop));
 	if (!w)
 		return;
+	struct node_view v;
+	if (!err)
+		err = cluster_get_node(c, name, &v);
 	while (w) {
 		struct waiter *next = w->next;
 		w->done(w->arg, err, err ? NULL : &v);
@@ -94,6 +95,7 @@ static void probe_done(void *arg, const struct http_response *r)
 {
 	struct probe *pr = arg;
 	struct cluster *c = pr->c;
+	assert(loop_is_current(c->loop));
 	uint64_t now = clock_now_us();
 
 	pthread_rwlock_wrlock(&c->lock);
@@ -151,13 +153,13 @@ static void probe_done(void *arg, const struct http_response *r)
 		free(n->last_error);
 		n->last_error =
 			err == -EBADMSG && !r->error
-				? strdup("agent error: the health answer is not a JSON object")
+				? xstrdup("agent error: the health answer is not a JSON object")
 				: probe_reason(r, n->host, c->cfg->probe.timeout_ms);
 	}
 	json_decref(doc);
 	enum node_level old;
 	bool level_changed = cluster_node_evaluate(c, n, now, &old);
-	char *why = (err && was_ok && n->last_error) ? strdup(n->last_error) : NULL;
+	char *why = (err && was_ok && n->last_error) ? xstrdup(n->last_error) : NULL;
 	bool back = !err && !was_ok && n->attempted_at > 0 && old != NODE_UNKNOWN;
 	if (level_changed)
 		cluster_node_event_level(c, n, old);
@@ -185,12 +187,11 @@ out_free_probe:
 /* Starts one GET of the node's agent (health, or system when `system`). 0 or -errno. */
 static int node_get(struct cluster *c, struct node *n, bool system)
 {
+	assert(loop_is_current(c->loop));
 	const struct cfg_probe *p = &c->cfg->probe;
-	struct probe *pr = calloc(1, sizeof(*pr));
-	if (!pr)
-		return -ENOMEM;
+	struct probe *pr = xcalloc(1, sizeof(*pr));
 	pr->c = c;
-	pr->name = strdup(n->name);
+	pr->name = xstrdup(n->name);
 	pr->system = system;
 	struct endpoint ep;
 	endpoint_init_agent(&ep, c->cfg, n->host, system ? AGENT_API_SYSTEM : AGENT_API_HEALTH);
@@ -215,6 +216,8 @@ static int node_get(struct cluster *c, struct node *n, bool system)
  * and a system probe when that information is missing or old. */
 void cluster_node_probe(struct cluster *c, struct node *n, uint64_t now)
 {
+	assert(loop_is_current(c->loop));
+	assert(cluster_wrlock_held(c));
 	if (n->owner)
 		return; /* its owner lists it, for all its nodes at once */
 	if (!n->in_flight && node_get(c, n, false) == 0) {
@@ -256,6 +259,7 @@ static bool node_is_forgotten(struct cluster *c, struct node *n, uint64_t now)
 static void cluster_tick(void *arg)
 {
 	struct cluster *c = arg;
+	assert(loop_is_current(c->loop));
 	uint64_t now = clock_now_us();
 	char **changed = NULL, **forget = NULL;
 	size_t n_changed = 0, n_forget = 0;
@@ -274,13 +278,13 @@ static void cluster_tick(void *arg)
 			cluster_node_event_level(c, n, old);
 		/* its reasons may move without its level (an age crossing a threshold) */
 		if (level_changed || n->changed_at != was) {
-			changed = realloc(changed, (n_changed + 1) * sizeof(*changed));
-			changed[n_changed++] = strdup(n->name);
+			changed = xrealloc(changed, (n_changed + 1) * sizeof(*changed));
+			changed[n_changed++] = xstrdup(n->name);
 		}
 		if (node_is_forgotten(c, n, now)) {
 			n->forgotten = true;
-			forget = realloc(forget, (n_forget + 1) * sizeof(*forget));
-			forget[n_forget++] = strdup(n->name);
+			forget = xrealloc(forget, (n_forget + 1) * sizeof(*forget));
+			forget[n_forget++] = xstrdup(n->name);
 		}
 	}
 	int forget_after_s = c->cfg->join.forget_after_s;
@@ -306,6 +310,7 @@ static void cluster_tick(void *arg)
 static void cluster_start_on_loop(void *arg)
 {
 	struct cluster *c = arg;
+	assert(loop_is_current(c->loop));
 	cluster_add_event(c, "cluster", c->cfg->cluster, "started with %zu node%s", c->n_nodes,
 			  c->n_nodes == 1 ? "" : "s");
 	cluster_tick(c);
@@ -330,8 +335,9 @@ static void cluster_refresh_on_loop(void *arg)
 {
 	struct refresh *rf = arg;
 	struct cluster *c = rf->c;
+	assert(loop_is_current(c->loop));
 	uint64_t now = clock_now_us();
-	struct waiter *w = calloc(1, sizeof(*w));
+	struct waiter *w = xcalloc(1, sizeof(*w));
 	w->done = rf->done;
 	w->arg = rf->arg;
 
@@ -369,9 +375,9 @@ int cluster_refresh_node(struct cluster *c, const char *name, cluster_refresh_fn
 	pthread_rwlock_unlock(&c->lock);
 	if (r != 0)
 		return r;
-	struct refresh *rf = calloc(1, sizeof(*rf));
+	struct refresh *rf = xcalloc(1, sizeof(*rf));
 	rf->c = c;
-	rf->name = strdup(name);
+	rf->name = xstrdup(name);
 	rf->done = done;
 	rf->arg = arg;
 	r = loop_post(c->loop, cluster_refresh_on_loop, rf);

@@ -53,9 +53,7 @@ bool ledger_lower_is_better(const char *m)
 
 int ledger_new(struct loop *loop, struct cluster *cluster, struct store *store, struct ledger **ret)
 {
-	struct ledger *l = calloc(1, sizeof(*l));
-	if (!l)
-		return -ENOMEM;
+	struct ledger *l = xcalloc(1, sizeof(*l));
 	l->loop = loop;
 	l->cluster = cluster;
 	l->store = store;
@@ -98,7 +96,7 @@ static int ledger_base(struct ledger *l, struct endpoint *ret_ep, char **ret_hos
 			      s->path && s->path[0] ? s->path : "/api/ledger",
 			      "the ledger service of this host");
 		if (ret_host)
-			*ret_host = strdup(h->name);
+			*ret_host = xstrdup(h->name);
 		r = 0;
 	}
 	config_unref(cfg);
@@ -112,7 +110,7 @@ static char *ledger_token(struct ledger *l)
 	char *tok = NULL;
 	for (size_t i = 0; i < cfg->n_hosts && !tok; i++)
 		if (config_host_service(&cfg->hosts[i], "ledger") && cfg->hosts[i].token)
-			tok = strdup(cfg->hosts[i].token);
+			tok = xstrdup(cfg->hosts[i].token);
 	config_unref(cfg);
 	return tok;
 }
@@ -133,7 +131,7 @@ static int step_cmp(const void *a, const void *b)
 static json_t *normalize(json_t *list)
 {
 	size_t n = json_array_size(list), k = 0;
-	json_t **v = calloc(n + 1, sizeof(*v));
+	json_t **v = xcalloc(n + 1, sizeof(*v));
 	for (size_t i = 0; i < n; i++) {
 		json_t *e = json_array_get(list, i);
 		if (json_is_object(e) && json_is_integer(json_object_get(e, "step")))
@@ -150,6 +148,7 @@ static json_t *normalize(json_t *list)
 /* The copy and the pending records, as one view (lock held). New reference. */
 static json_t *view_locked(struct ledger *l)
 {
+	assert_held(&l->lock);
 	json_t *all = json_array();
 	json_array_extend(all, l->entries);
 	size_t i;
@@ -181,6 +180,7 @@ static void fetch_done(void *arg, int err, long status, const char *body, size_t
 		       const char *why)
 {
 	struct ledger *l = arg;
+	assert(loop_is_current(l->loop));
 	json_t *doc = err ? NULL : json_loadb(body, len, 0, NULL);
 	json_t *list = json_is_array(doc) ? doc : json_object_get(doc, "entries");
 	pthread_mutex_lock(&l->lock);
@@ -205,9 +205,9 @@ static void fetch_done(void *arg, int err, long status, const char *body, size_t
 		l->failed_us = clock_now_us();
 		l->failed_at = clock_wall_s();
 		free(l->last_error);
-		l->last_error = strdup(err ? why : "the answer holds no list of entries");
+		l->last_error = xstrdup(err ? why : "the answer holds no list of entries");
 	}
-	char *alert = l->last_error ? strdup(l->last_error) : NULL;
+	char *alert = l->last_error ? xstrdup(l->last_error) : NULL;
 	struct ledger_waiter *w = l->waiters;
 	l->waiters = NULL;
 	pthread_mutex_unlock(&l->lock);
@@ -226,6 +226,7 @@ static void fetch_done(void *arg, int err, long status, const char *body, size_t
  * the others stay for the next fetch. */
 static void waiter_remove_locked(struct ledger *l, ledger_done_fn done, void *arg)
 {
+	assert_held(&l->lock);
 	for (struct ledger_waiter **p = &l->waiters; *p; p = &(*p)->next) {
 		if ((*p)->done == done && (*p)->arg == arg) {
 			struct ledger_waiter *w = *p;
@@ -252,7 +253,7 @@ int ledger_refresh(struct ledger *l, ledger_done_fn done, void *arg)
 	bool recently_failed = l->failed_us && now - l->failed_us < retry;
 	bool wait = !fresh && !recently_failed;
 	if (wait && done) {
-		struct ledger_waiter *w = calloc(1, sizeof(*w));
+		struct ledger_waiter *w = xcalloc(1, sizeof(*w));
 		w->done = done;
 		w->arg = arg;
 		w->next = l->waiters;
@@ -296,6 +297,7 @@ static void deliver_done(void *arg, int err, long status, const char *body, size
 {
 	struct delivery *d = arg;
 	struct ledger *l = d->l;
+	assert(loop_is_current(l->loop));
 	l->delivering = false;
 	if (err == -ECANCELED) {
 		free(d);
@@ -352,6 +354,7 @@ static void deliver_done(void *arg, int err, long status, const char *body, size
 
 static void deliver_next(struct ledger *l)
 {
+	assert(loop_is_current(l->loop));
 	if (l->delivering)
 		return;
 	int64_t *ids = NULL;
@@ -378,7 +381,7 @@ static void deliver_next(struct ledger *l)
 	if (have_base) {
 		endpoint_init_sub(&url, &base, "/record");
 		char *token = ledger_token(l);
-		struct delivery *d = calloc(1, sizeof(*d));
+		struct delivery *d = xcalloc(1, sizeof(*d));
 		d->l = l;
 		d->id = ids[0];
 		struct config *cfg = cluster_get_config(l->cluster);
@@ -441,7 +444,7 @@ char **ledger_steps(struct ledger *l, size_t *ret_n)
 	json_t *all = view_locked(l);
 	pthread_mutex_unlock(&l->lock);
 	size_t n = json_array_size(all), k = 0;
-	char **steps = calloc(n + 1, sizeof(*steps));
+	char **steps = xcalloc(n + 1, sizeof(*steps));
 	json_int_t prev = -1;
 	for (size_t i = 0; i < n; i++) {
 		json_int_t s = ledger_entry_step(json_array_get(all, i));
@@ -449,7 +452,7 @@ char **ledger_steps(struct ledger *l, size_t *ret_n)
 			continue;
 		char num[32];
 		snprintf(num, sizeof(num), "%lld", (long long) s);
-		steps[k++] = strdup(num);
+		steps[k++] = xstrdup(num);
 		prev = s;
 	}
 	json_decref(all);
@@ -478,11 +481,11 @@ char **ledger_metric_names(struct ledger *l, size_t *ret_n)
 				json_object_set_new(seen, k, json_true());
 	}
 	size_t n = json_object_size(seen), m = 0;
-	char **names = calloc(n + 1, sizeof(*names));
+	char **names = xcalloc(n + 1, sizeof(*names));
 	const char *k;
 	json_t *v;
 	json_object_foreach (seen, k, v)
-		names[m++] = strdup(k);
+		names[m++] = xstrdup(k);
 	qsort(names, m, sizeof(*names), cmp_str);
 	json_decref(seen);
 	json_decref(all);
@@ -494,7 +497,7 @@ char **ledger_metrics(struct ledger *l, size_t *ret_n)
 {
 	size_t n = 0, m = 0;
 	char **raw = ledger_metric_names(l, &n);
-	char **files = calloc(n + 1, sizeof(*files));
+	char **files = xcalloc(n + 1, sizeof(*files));
 	struct buf left;
 	buf_init(&left);
 	for (size_t i = 0; i < n; i++) {
@@ -553,7 +556,7 @@ void ledger_source_get(struct ledger *l, struct ledger_source *ret)
 	*ret = (struct ledger_source){0};
 	ret->declared = ledger_base(l, &base, &ret->host) == 0;
 	if (ret->declared) {
-		ret->url = strdup(base.url);
+		ret->url = xstrdup(base.url);
 		endpoint_clear(&base);
 	}
 	pthread_mutex_lock(&l->lock);
@@ -561,10 +564,10 @@ void ledger_source_get(struct ledger *l, struct ledger_source *ret)
 	ret->fetched_at = l->fetched_at;
 	if (l->fetched_at > 0 && l->failed_us && l->failed_at > l->fetched_at)
 		ret->age_s = l->failed_at - l->fetched_at;
-	ret->error = l->last_error ? strdup(l->last_error) : NULL;
+	ret->error = l->last_error ? xstrdup(l->last_error) : NULL;
 	ret->entries = json_array_size(l->entries);
 	ret->pending_records = json_array_size(l->pending);
-	ret->refused = l->refused ? strdup(l->refused) : NULL;
+	ret->refused = l->refused ? xstrdup(l->refused) : NULL;
 	pthread_mutex_unlock(&l->lock);
 }
 

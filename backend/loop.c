@@ -766,6 +766,12 @@ void loop_free(struct loop *l)
 	loop_stop(l);
 	while (l->timers)
 		loop_timer_cancel(l, l->timers);
+	/* a loop that never ran still holds what was posted to it: dropped, not run */
+	while (l->posts_head) {
+		struct post *next = l->posts_head->next;
+		free(l->posts_head);
+		l->posts_head = next;
+	}
 	curl_multi_cleanup(l->multi);
 	close(l->epfd);
 	close(l->wakefd);

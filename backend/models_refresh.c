@@ -27,9 +27,7 @@ static void run_free(struct run *run)
 
 static void waiters_append(struct waiter ***ws, size_t *n, struct waiter *w)
 {
-	struct waiter **a = realloc(*ws, (*n + 1) * sizeof(*a));
-	if (!a)
-		abort();
+	struct waiter **a = xrealloc(*ws, (*n + 1) * sizeof(*a));
 	a[(*n)++] = w;
 	*ws = a;
 }
@@ -78,6 +76,7 @@ static void fetch_done(void *arg, const struct http_response *r)
 {
 	struct fetch *f = arg;
 	struct run *run = f->run;
+	assert(loop_is_current(run->m->loop));
 	struct server *sv = &run->servers[f->idx];
 	json_t *list = NULL;
 	char *why = NULL;
@@ -130,9 +129,8 @@ static void fetch_not_started(void *arg)
 /* Loop thread. Completion is always asynchronous, so a run is never finished inside here. */
 static void fetch_start(struct models *m, struct run *run, size_t idx, enum fetch_kind kind)
 {
-	struct fetch *f = calloc(1, sizeof(*f));
-	if (!f)
-		abort();
+	assert(loop_is_current(m->loop));
+	struct fetch *f = xcalloc(1, sizeof(*f));
 	f->run = run;
 	f->idx = idx;
 	f->kind = kind;
@@ -156,13 +154,12 @@ static void fetch_start(struct models *m, struct run *run, size_t idx, enum fetc
 static void run_start(struct models *m, struct mnode *n, const struct cfg_host *h,
 		      const struct config *cfg)
 {
+	assert_held(&m->lock);
 	if (n->run)
 		return;
-	struct run *run = calloc(1, sizeof(*run));
-	if (!run)
-		abort();
+	struct run *run = xcalloc(1, sizeof(*run));
 	run->m = m;
-	run->node = strdup(n->name);
+	run->node = xstrdup(n->name);
 	run->started_us = clock_now_us();
 	run->timeout_ms = cfg->probe.timeout_ms;
 	run->servers = models_servers_of(cfg, h, &run->n_servers);
@@ -204,6 +201,7 @@ void models_node_kick(struct models *m, const char *name, bool changed)
 static void run_finish(struct run *run)
 {
 	struct models *m = run->m;
+	assert(loop_is_current(m->loop));
 	struct config *cfg = cluster_get_config(m->cluster);
 	uint64_t now = clock_now_us();
 	bool alert_changed = false, ok = true;
@@ -254,8 +252,8 @@ static void run_finish(struct run *run)
 		if (ok ? n->alert != NULL : !n->alert || strcmp(n->alert, why.data)) {
 			alert_changed = true;
 			free(n->alert);
-			n->alert = ok ? NULL : strdup(why.data);
-			alert = ok ? NULL : strdup(why.data);
+			n->alert = ok ? NULL : xstrdup(why.data);
+			alert = ok ? NULL : xstrdup(why.data);
 		}
 	}
 	if (n && !n->run) {
@@ -295,13 +293,12 @@ static void refresh_on_loop(void *arg)
 {
 	struct refresh_req *rq = arg;
 	struct models *m = rq->m;
+	assert(loop_is_current(m->loop));
 	struct config *cfg = cluster_get_config(m->cluster);
 	uint64_t now = clock_now_us();
 	struct waiter *w = NULL;
 	if (rq->done) {
-		w = calloc(1, sizeof(*w));
-		if (!w)
-			abort();
+		w = xcalloc(1, sizeof(*w));
 		w->done = rq->done;
 		w->arg = rq->arg;
 	}
@@ -372,13 +369,9 @@ int models_refresh(struct models *m, const char *node, models_done_fn done, void
 	if (!wait && !kick)
 		goto out_unref;
 
-	struct refresh_req *rq = calloc(1, sizeof(*rq));
-	if (!rq) {
-		r = wait ? -ENOMEM : 1;
-		goto out_unref;
-	}
+	struct refresh_req *rq = xcalloc(1, sizeof(*rq));
 	rq->m = m;
-	rq->node = node ? strdup(node) : NULL;
+	rq->node = node ? xstrdup(node) : NULL;
 	rq->done = wait ? done : NULL;
 	rq->arg = arg;
 	int pr = loop_post(m->loop, refresh_on_loop, rq);

@@ -23,6 +23,7 @@ static double jwt_expiry(const char *jwt);
 /* Reads the JWT when its file changed (or first). Loop thread. */
 static void token_refresh(struct slurm *s, const struct cfg_slurm *sl)
 {
+	assert(loop_is_current(s->loop));
 	struct stat st;
 	if (stat(sl->token_file, &st) == 0 && s->token &&
 	    st.st_mtim.tv_sec == s->token_st.st_mtim.tv_sec &&
@@ -39,7 +40,7 @@ static void token_refresh(struct slurm *s, const struct cfg_slurm *sl)
 	free(s->token_error);
 	s->token_error = NULL;
 	if (r < 0) {
-		s->token_error = strdup(msg);
+		s->token_error = xstrdup(msg);
 		memset(&s->token_st, 0, sizeof(s->token_st));
 		return;
 	}
@@ -57,9 +58,7 @@ static double jwt_expiry(const char *jwt)
 	if (!end)
 		return 0;
 	size_t n = (size_t) (end - p - 1);
-	char *b64 = malloc(n + 4);
-	if (!b64)
-		return 0;
+	char *b64 = xmalloc(n + 4);
 	for (size_t i = 0; i < n; i++)
 		b64[i] = p[1 + i] == '-' ? '+' : p[1 + i] == '_' ? '/' : p[1 + i];
 	while (n % 4)
@@ -397,8 +396,8 @@ static void publish_nodes(struct slurm *s, const struct config *cfg, const char 
 {
 	const struct cfg_slurm *sl = cfg->slurm;
 	size_t n = json_array_size(s->last_nodes);
-	struct cluster_external *v = calloc(n + 1, sizeof(*v));
-	char **names = calloc(n + 1, sizeof(*names));
+	struct cluster_external *v = xcalloc(n + 1, sizeof(*v));
+	char **names = xcalloc(n + 1, sizeof(*names));
 	size_t k = 0;
 	struct partition_totals t = {.node_states = json_object()};
 	json_t *node;
@@ -444,6 +443,7 @@ static void nodes_done(void *arg, const struct http_response *r)
 {
 	struct round *rd = arg;
 	struct slurm *s = rd->s;
+	assert(loop_is_current(s->loop));
 	struct config *cfg = cluster_get_config(s->cluster);
 	s->listing = false;
 	if (!cfg->slurm || strcmp(cfg->slurm->name, s->owner ? s->owner : "")) {
@@ -474,6 +474,7 @@ static void nodes_done(void *arg, const struct http_response *r)
 static void openapi_done(void *arg, const struct http_response *r)
 {
 	struct slurm *s = arg;
+	assert(loop_is_current(s->loop));
 	s->discovering = false;
 	json_t *doc = r->error ? NULL : json_loadb(r->body, r->body_len, 0, NULL);
 	json_t *paths = json_object_get(doc, "paths");
@@ -504,7 +505,7 @@ static void openapi_done(void *arg, const struct http_response *r)
 		char api[32];
 		snprintf(api, sizeof(api), "v0.0.%d", best);
 		free(s->api);
-		s->api = strdup(api);
+		s->api = xstrdup(api);
 		cluster_add_event(s->cluster, "slurm", cfg->slurm->name,
 				  "slurmrestd speaks %s (from its OpenAPI document)", api);
 		s->next_round = 0;
@@ -518,14 +519,14 @@ static void follow_config(struct slurm *s, const struct cfg_slurm *sl)
 	if (sl && s->owner && !strcmp(sl->name, s->owner)) {
 		if (sl->api && (!s->api || strcmp(sl->api, s->api))) {
 			free(s->api);
-			s->api = strdup(sl->api);
+			s->api = xstrdup(sl->api);
 		}
 		return;
 	}
 	free(s->owner);
-	s->owner = sl ? strdup(sl->name) : NULL;
+	s->owner = sl ? xstrdup(sl->name) : NULL;
 	free(s->api);
-	s->api = sl && sl->api ? strdup(sl->api) : NULL;
+	s->api = sl && sl->api ? xstrdup(sl->api) : NULL;
 	json_decref(s->last_nodes);
 	s->last_nodes = NULL;
 	json_object_clear(s->jobs);
@@ -537,6 +538,7 @@ static void follow_config(struct slurm *s, const struct cfg_slurm *sl)
 static void slurm_tick(void *arg)
 {
 	struct slurm *s = arg;
+	assert(loop_is_current(s->loop));
 	uint64_t now = clock_now_us();
 	struct config *cfg = cluster_get_config(s->cluster);
 	const struct cfg_slurm *sl = cfg_slurm_of(cfg);
@@ -553,7 +555,7 @@ static void slurm_tick(void *arg)
 				 "the JWT in %s expired at %s; renew it (scontrol token "
 				 "username=%s lifespan=SECONDS) and write it to that file",
 				 sl->token_file, when, sl->user);
-			s->token_error = strdup(msg);
+			s->token_error = xstrdup(msg);
 		}
 		if (s->token_error) {
 			cluster_set_alert(s->cluster, "slurm", s->token_error);
@@ -564,7 +566,7 @@ static void slurm_tick(void *arg)
 			    0)
 				s->discovering = true;
 		} else {
-			struct round *rd = calloc(1, sizeof(*rd));
+			struct round *rd = xcalloc(1, sizeof(*rd));
 			rd->s = s;
 			rd->started_us = now;
 			struct buf path;
@@ -583,9 +585,7 @@ static void slurm_tick(void *arg)
 
 int slurm_new(struct loop *loop, struct cluster *cluster, struct slurm **ret)
 {
-	struct slurm *s = calloc(1, sizeof(*s));
-	if (!s)
-		return -ENOMEM;
+	struct slurm *s = xcalloc(1, sizeof(*s));
 	s->loop = loop;
 	s->cluster = cluster;
 	s->jobs = json_object();

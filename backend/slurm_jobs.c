@@ -56,6 +56,7 @@ static void tcall_free(struct tcall *c)
 /* Hands the answer to the caller and frees the call. */
 static void tcall_finish(struct tcall *c)
 {
+	assert(loop_is_current(c->s->loop));
 	struct http_response resp = {
 		.error = c->error,
 		.status = c->status,
@@ -337,7 +338,7 @@ static void submit_send(struct tcall *c, struct config *cfg)
 	free(text);
 	if (r < 0) {
 		c->error = r;
-		c->error_text = strdup("cannot start a request to slurmrestd");
+		c->error_text = xstrdup("cannot start a request to slurmrestd");
 		tcall_answer(c, 0);
 	}
 }
@@ -345,6 +346,7 @@ static void submit_send(struct tcall *c, struct config *cfg)
 static void submit_done(void *arg, const struct http_response *r)
 {
 	struct tcall *c = arg;
+	assert(loop_is_current(c->s->loop));
 	json_t *doc = r->error ? NULL : json_loadb(r->body, r->body_len, 0, NULL);
 	json_t *jid = json_object_get(doc, "job_id");
 	if (r->error || !json_is_integer(jid)) {
@@ -374,6 +376,7 @@ static void list_done(void *arg, const struct http_response *r)
 {
 	struct tcall *c = arg;
 	struct slurm *s = c->s;
+	assert(loop_is_current(s->loop));
 	struct config *cfg = cluster_get_config(s->cluster);
 	json_t *doc = r->error ? NULL : json_loadb(r->body, r->body_len, 0, NULL);
 	if (!cfg->slurm || r->error || !json_is_array(json_object_get(doc, "jobs"))) {
@@ -382,7 +385,7 @@ static void list_done(void *arg, const struct http_response *r)
 		else {
 			c->error = -EPROTO;
 			c->error_text =
-				strdup("slurmrestd's job list is not what v0.0.38 documents");
+				xstrdup("slurmrestd's job list is not what v0.0.38 documents");
 		}
 		json_decref(doc);
 		config_unref(cfg);
@@ -410,7 +413,7 @@ static void list_done(void *arg, const struct http_response *r)
 		if (!jid) {
 			c->status = 404;
 			c->error = -ENOENT;
-			c->error_text = strdup("no such job");
+			c->error_text = xstrdup("no such job");
 			tcall_finish(c);
 		} else {
 			char rest[64];
@@ -453,6 +456,7 @@ static void list_done(void *arg, const struct http_response *r)
 static void cancel_done(void *arg, const struct http_response *r)
 {
 	struct tcall *c = arg;
+	assert(loop_is_current(c->s->loop));
 	if (r->error)
 		tcall_set_error(c, r);
 	else {
@@ -464,6 +468,7 @@ static void cancel_done(void *arg, const struct http_response *r)
 
 static void list_send(struct tcall *c)
 {
+	assert(loop_is_current(c->s->loop));
 	struct config *cfg = cluster_get_config(c->s->cluster);
 	struct buf p;
 	buf_init(&p);
@@ -474,7 +479,7 @@ static void list_send(struct tcall *c)
 	config_unref(cfg);
 	if (r < 0) {
 		c->error = r;
-		c->error_text = strdup("cannot start a request to slurmrestd");
+		c->error_text = xstrdup("cannot start a request to slurmrestd");
 		tcall_finish(c);
 	}
 }
@@ -486,6 +491,7 @@ static void list_send_on_timer(void *arg)
 
 static void cancel_send(struct tcall *c)
 {
+	assert(loop_is_current(c->s->loop));
 	struct config *cfg = cluster_get_config(c->s->cluster);
 	json_t *jid = json_object_get(c->s->jobs, c->id);
 	if (!jid || !cfg->slurm) {
@@ -522,8 +528,8 @@ static void output_read(struct tcall *c)
 	if (fd < 0)
 		return; /* not written yet: nothing so far */
 	size_t want = c->limit ? c->limit : (1u << 20);
-	char *data = malloc(want);
-	ssize_t n = data ? pread(fd, data, want, (off_t) c->offset) : -1;
+	char *data = xmalloc(want);
+	ssize_t n = pread(fd, data, want, (off_t) c->offset);
 	if (n > 0)
 		buf_append(&c->answer, data, (size_t) n);
 	free(data);
@@ -534,13 +540,12 @@ int slurm_task_call(void *arg, const char *node, const char *method, const char 
 		    const char *body, http_done_fn done, void *done_arg)
 {
 	struct slurm *s = arg;
+	assert(loop_is_current(s->loop));
 	if (!s->api) {
 		/* nothing to say yet: as an agent that does not answer */
 		return -EAGAIN;
 	}
-	struct tcall *c = calloc(1, sizeof(*c));
-	if (!c)
-		return -ENOMEM;
+	struct tcall *c = xcalloc(1, sizeof(*c));
 	c->s = s;
 	c->done = done;
 	c->arg = done_arg;
@@ -560,7 +565,7 @@ int slurm_task_call(void *arg, const char *node, const char *method, const char 
 			tcall_free(c);
 			return -EINVAL;
 		}
-		c->id = strdup(id);
+		c->id = xstrdup(id);
 		/* a job of that name may exist from before a crash: look once per start */
 		if (!s->jobs_listed || json_object_get(s->jobs, c->id))
 			list_send(c);
@@ -592,7 +597,7 @@ int slurm_task_call(void *arg, const char *node, const char *method, const char 
 	}
 	rest++;
 	size_t idlen = strcspn(rest, "/?");
-	c->id = strndup(rest, idlen);
+	c->id = xstrndup(rest, idlen);
 	const char *tail = rest + idlen;
 	if (!strcmp(method, "POST") && !strcmp(tail, "/cancel")) {
 		c->kind = CALL_CANCEL;

@@ -72,6 +72,9 @@ void spec_free(struct task_spec *s);
  * spec_parse() accepts it back. Returns a new reference, or NULL when out of memory. */
 json_t *spec_to_json(const struct task_spec *s);
 
+/* The names of the priorities 0..3, as specs write them ("P0" is the most urgent). */
+extern const char *const spec_priority_names[4];
+
 /* True when id is a valid task name: [A-Za-z0-9._-]{1,128}, not starting with '.'
  * (so never "." or ".."). */
 bool spec_name_is_valid(const char *id);

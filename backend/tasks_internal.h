@@ -1,4 +1,5 @@
-/* Tasks: the private header of backend/tasks*.c, never included elsewhere. It holds the
+/* Tasks: the private header of backend/tasks*.c, included elsewhere only by
+ * tests/unit/test-tasks.c (which checks the state machine from inside). It holds the
  * table's structures and the functions the files share.
  *
  * Threads and locks (DESIGN §2, "The tasks module"):

@@ -169,6 +169,19 @@ static int read_tokens(struct loader *ld, const json_t *doc)
 	return r;
 }
 
+/* The sections in the order they are read, each relying on those before it (join on the
+ * probe, slurm and routing on the hosts): the drop-ins come between the two lists, the
+ * token files last, once the whole document is known to be valid. */
+static int (*const sections[])(struct loader *ld, const json_t *doc) = {
+	config_parse_cluster,    config_parse_auth,  config_parse_tls,       config_parse_probe,
+	config_parse_thresholds, config_parse_tasks, config_parse_artifacts, config_parse_join,
+	config_parse_events,     config_parse_hosts,
+};
+static int (*const after_hosts[])(struct loader *ld, const json_t *doc) = {
+	config_parse_slurm,     config_parse_routing, config_parse_services,
+	config_parse_seed_refs, read_tokens,
+};
+
 static int load_text(const char *text, size_t len, const char *name, const char *dir,
 		     const char *path, struct config **ret, char *errbuf, size_t errlen)
 {
@@ -219,40 +232,14 @@ static int load_text(const char *text, size_t len, const char *name, const char 
 	c->path = path ? xstrdup(path) : NULL;
 	ld.c = c;
 	r = config_check_keys(&ld, doc, keys);
-	if (r == 0)
-		r = config_parse_cluster(&ld, doc);
-	if (r == 0)
-		r = config_parse_auth(&ld, doc);
-	if (r == 0)
-		r = config_parse_tls(&ld, doc);
-	if (r == 0)
-		r = config_parse_probe(&ld, doc);
-	if (r == 0)
-		r = config_parse_thresholds(&ld, doc);
-	if (r == 0)
-		r = config_parse_tasks(&ld, doc);
-	if (r == 0)
-		r = config_parse_artifacts(&ld, doc);
-	if (r == 0)
-		r = config_parse_join(&ld, doc);
-	if (r == 0)
-		r = config_parse_events(&ld, doc);
-	if (r == 0)
-		r = config_parse_hosts(&ld, doc);
+	for (size_t i = 0; r == 0 && i < sizeof(sections) / sizeof(sections[0]); i++)
+		r = sections[i](&ld, doc);
 	if (r == 0 && path) {
 		c->dropin_dir = config_path_join(dir, CONFIG_DROPIN_DIR);
 		r = config_load_dropins(c, errbuf, errlen);
 	}
-	if (r == 0)
-		r = config_parse_slurm(&ld, doc);
-	if (r == 0)
-		r = config_parse_routing(&ld, doc);
-	if (r == 0)
-		r = config_parse_services(&ld, doc);
-	if (r == 0)
-		r = config_parse_seed_refs(&ld, doc);
-	if (r == 0)
-		r = read_tokens(&ld, doc);
+	for (size_t i = 0; r == 0 && i < sizeof(after_hosts) / sizeof(after_hosts[0]); i++)
+		r = after_hosts[i](&ld, doc);
 	if (r < 0) {
 		config_free(c);
 		return r;

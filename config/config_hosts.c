@@ -86,19 +86,8 @@ static int parse_host_service(struct loader *ld, const char *name, const json_t 
 	const char *path = "", *kind = NULL;
 	int r;
 
-	config_ld_push(ld, name);
-	if (!name_is_valid(name)) {
-		r = config_ld_fail(
-			ld, LOCATE_KEY,
-			"service name %s must be printable, without '/', and not \".\" or \"..\"",
-			config_ld_quote(ld, 0, name));
-		config_ld_pop(ld);
-		return r;
-	}
-	s->name = xstrdup(name);
-	r = config_expect_object(ld, v);
-	if (r == 0)
-		r = config_check_keys(ld, v, keys);
+	s->name = xstrdup(name); /* freed with the host, whatever comes */
+	r = config_enter_entry(ld, "service", name, v, keys);
 	if (r == 0 && !json_object_get(v, "port"))
 		r = config_ld_fail(ld, LOCATE_VALUE,
 				   "%s has no \"port\"; give it as {\"port\": 8080}",

@@ -43,7 +43,7 @@ extern const char *const config_tier_names[];
 
 /* ---- config_loader.c: the path, messages, typed members, transports ---- */
 
-/* Writes one sentence into errbuf (errlen bytes; NULL is no-op). */
+/* Writes one sentence into errbuf (errlen bytes); a NULL errbuf is a no-op. */
 void config_set_error(char *errbuf, size_t errlen, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 /* Frees a secret after overwriting it. NULL is a no-op. */
@@ -70,6 +70,17 @@ int config_ld_fail(struct loader *ld, enum locate_target target, const char *fmt
 int config_check_keys(struct loader *ld, const json_t *obj, const char *const *known);
 /* Checks that the value at the current path is an object. */
 int config_expect_object(struct loader *ld, const json_t *v);
+/* Opens the optional object member `key` of obj (a section): steps into it and checks
+ * that it is an object with only `known` keys. 1 with *ret_obj (borrowed) when it is there
+ * (the caller steps out when done), 0 when absent, or the error (nothing to step out of). */
+int config_open_object(struct loader *ld, const json_t *obj, const char *key,
+		       const char *const *known, json_t **ret_obj);
+/* Steps into `name`, an entry of an object of named entries (a service, a file), and
+ * checks it: a valid name (`what` says of what, for the message), an object with only
+ * `known` keys. The caller steps out (config_ld_pop()) whatever the result. */
+int config_enter_entry(struct loader *ld, const char *what, const char *name, const json_t *v,
+		       const char *const *known);
+
 /* Optional members, each left alone when absent: an integer or a number within
  * [min, max], a string (borrowed from the document; `nonempty`: "" is an error), a
  * boolean, "run_as" ("submitter" or "agent"). */

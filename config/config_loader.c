@@ -204,6 +204,42 @@ int config_expect_object(struct loader *ld, const json_t *v)
 			      config_ld_where(ld), config_ld_value(ld, v));
 }
 
+int config_open_object(struct loader *ld, const json_t *obj, const char *key,
+		       const char *const *known, json_t **ret_obj)
+{
+	json_t *v = json_object_get(obj, key);
+	int r;
+
+	if (!v)
+		return 0;
+	config_ld_push(ld, key);
+	r = config_expect_object(ld, v);
+	if (r == 0)
+		r = config_check_keys(ld, v, known);
+	if (r < 0) {
+		config_ld_pop(ld);
+		return r;
+	}
+	*ret_obj = v;
+	return 1;
+}
+
+int config_enter_entry(struct loader *ld, const char *what, const char *name, const json_t *v,
+		       const char *const *known)
+{
+	int r;
+	config_ld_push(ld, name);
+	if (!name_is_valid(name))
+		return config_ld_fail(
+			ld, LOCATE_KEY,
+			"%s name %s must be printable, without '/', and not \".\" or \"..\"", what,
+			config_ld_quote(ld, 0, name));
+	r = config_expect_object(ld, v);
+	if (r == 0)
+		r = config_check_keys(ld, v, known);
+	return r;
+}
+
 /* Reads an optional integer member within [min, max]; leaves *out alone when absent. */
 int config_parse_int(struct loader *ld, const json_t *obj, const char *key, long min, long max,
 		     int *out)

@@ -56,18 +56,13 @@ int config_parse_auth(struct loader *ld, const json_t *doc)
 int config_parse_tls(struct loader *ld, const json_t *doc)
 {
 	static const char *const keys[] = {"ca_file", NULL};
-	json_t *tls = json_object_get(doc, "tls");
+	json_t *tls;
 	const char *ca = NULL;
-	int r;
+	int r = config_open_object(ld, doc, "tls", keys, &tls);
 
-	if (!tls)
-		return 0;
-	config_ld_push(ld, "tls");
-	r = config_expect_object(ld, tls);
-	if (r == 0)
-		r = config_check_keys(ld, tls, keys);
-	if (r == 0)
-		r = config_parse_string(ld, tls, "ca_file", true, &ca);
+	if (r <= 0)
+		return r;
+	r = config_parse_string(ld, tls, "ca_file", true, &ca);
 	if (r == 0 && ca) {
 		ld->c->tls_ca_file = config_path_join(ld->dir, ca);
 		config_ld_push(ld, "ca_file");
@@ -84,17 +79,12 @@ int config_parse_probe(struct loader *ld, const json_t *doc)
 		"interval_s",      "timeout_ms", "stale_after_s", "offline_after_s",
 		"unhealthy_after", "max_age_ms", "heartbeat_s",   NULL};
 	struct cfg_probe *p = &ld->c->probe;
-	json_t *probe = json_object_get(doc, "probe");
-	int r;
+	json_t *probe;
+	int r = config_open_object(ld, doc, "probe", keys, &probe);
 
-	if (!probe)
-		return 0;
-	config_ld_push(ld, "probe");
-	r = config_expect_object(ld, probe);
-	if (r == 0)
-		r = config_check_keys(ld, probe, keys);
-	if (r == 0)
-		r = config_parse_int(ld, probe, "interval_s", 1, 86400, &p->interval_s);
+	if (r <= 0)
+		return r;
+	r = config_parse_int(ld, probe, "interval_s", 1, 86400, &p->interval_s);
 	if (r == 0)
 		r = config_parse_int(ld, probe, "timeout_ms", 1, 300000, &p->timeout_ms);
 	if (r == 0)
@@ -175,17 +165,12 @@ int config_parse_thresholds(struct loader *ld, const json_t *doc)
 {
 	static const char *const keys[] = {"cpu", "memory", "disk", "load", NULL};
 	struct cfg_thresholds *t = &ld->c->thresholds;
-	json_t *th = json_object_get(doc, "thresholds");
-	int r;
+	json_t *th;
+	int r = config_open_object(ld, doc, "thresholds", keys, &th);
 
-	if (!th)
-		return 0;
-	config_ld_push(ld, "thresholds");
-	r = config_expect_object(ld, th);
-	if (r == 0)
-		r = config_check_keys(ld, th, keys);
-	if (r == 0)
-		r = parse_pair(ld, th, "cpu", 100, t->cpu);
+	if (r <= 0)
+		return r;
+	r = parse_pair(ld, th, "cpu", 100, t->cpu);
 	if (r == 0)
 		r = parse_pair(ld, th, "memory", 100, t->memory);
 	if (r == 0)
@@ -201,17 +186,12 @@ static int parse_retention(struct loader *ld, const json_t *tasks)
 {
 	static const char *const keys[] = {"output_days", "output_mb", "records_days", NULL};
 	struct cfg_retention *p = &ld->c->tasks.retention;
-	json_t *v = json_object_get(tasks, "retention");
-	int r;
+	json_t *v;
+	int r = config_open_object(ld, tasks, "retention", keys, &v);
 
-	if (!v)
-		return 0;
-	config_ld_push(ld, "retention");
-	r = config_expect_object(ld, v);
-	if (r == 0)
-		r = config_check_keys(ld, v, keys);
-	if (r == 0)
-		r = config_parse_number(ld, v, "output_days", 0, 36500, &p->output_days);
+	if (r <= 0)
+		return r;
+	r = config_parse_number(ld, v, "output_days", 0, 36500, &p->output_days);
 	if (r == 0)
 		r = config_parse_number(ld, v, "output_mb", 0, 1 << 30, &p->output_mb);
 	if (r == 0)
@@ -241,19 +221,14 @@ int config_parse_tasks(struct loader *ld, const json_t *doc)
 					   "retention",
 					   NULL};
 	struct cfg_tasks *t = &ld->c->tasks;
-	json_t *tasks = json_object_get(doc, "tasks");
+	json_t *tasks;
 	const char *group = NULL;
 	int bytes_mb = (int) (t->draft_bytes_per_user >> 20);
-	int r;
+	int r = config_open_object(ld, doc, "tasks", keys, &tasks);
 
-	if (!tasks)
-		return 0;
-	config_ld_push(ld, "tasks");
-	r = config_expect_object(ld, tasks);
-	if (r == 0)
-		r = config_check_keys(ld, tasks, keys);
-	if (r == 0)
-		r = config_parse_run_as(ld, tasks, &t->run_as);
+	if (r <= 0)
+		return r;
+	r = config_parse_run_as(ld, tasks, &t->run_as);
 	if (r == 0)
 		r = config_parse_bool(ld, tasks, "allow_root", &t->allow_root);
 	if (r == 0)
@@ -296,19 +271,14 @@ int config_parse_artifacts(struct loader *ld, const json_t *doc)
 	static const char *const keys[] = {"max_files", "max_mb", "cache_max_mb", "inputs_root",
 					   NULL};
 	struct cfg_artifacts *a = &ld->c->artifacts;
-	json_t *obj = json_object_get(doc, "artifacts");
+	json_t *obj;
 	int max_mb = (int) (a->max_bytes >> 20), cache_mb = (int) (a->cache_max_bytes >> 20);
 	const char *root = NULL;
-	int r;
+	int r = config_open_object(ld, doc, "artifacts", keys, &obj);
 
-	if (!obj)
-		return 0;
-	config_ld_push(ld, "artifacts");
-	r = config_expect_object(ld, obj);
-	if (r == 0)
-		r = config_check_keys(ld, obj, keys);
-	if (r == 0)
-		r = config_parse_int(ld, obj, "max_files", 0, 100000, &a->max_files);
+	if (r <= 0)
+		return r;
+	r = config_parse_int(ld, obj, "max_files", 0, 100000, &a->max_files);
 	if (r == 0)
 		r = config_parse_int(ld, obj, "max_mb", 0, 16 * 1024 * 1024, &max_mb);
 	if (r == 0)
@@ -409,17 +379,12 @@ int config_parse_join(struct loader *ld, const json_t *doc)
 int config_parse_events(struct loader *ld, const json_t *doc)
 {
 	static const char *const keys[] = {"keep", NULL};
-	json_t *events = json_object_get(doc, "events");
-	int r;
+	json_t *events;
+	int r = config_open_object(ld, doc, "events", keys, &events);
 
-	if (!events)
-		return 0;
-	config_ld_push(ld, "events");
-	r = config_expect_object(ld, events);
-	if (r == 0)
-		r = config_check_keys(ld, events, keys);
-	if (r == 0)
-		r = config_parse_int(ld, events, "keep", 100, 10000000, &ld->c->events.keep);
+	if (r <= 0)
+		return r;
+	r = config_parse_int(ld, events, "keep", 100, 10000000, &ld->c->events.keep);
 	config_ld_pop(ld);
 	return r;
 }
@@ -515,17 +480,7 @@ static int parse_service_file(struct loader *ld, const char *name, const json_t 
 	const char *path = NULL, *method;
 	int r;
 
-	config_ld_push(ld, name);
-	if (!name_is_valid(name)) {
-		r = config_ld_fail(
-			ld, LOCATE_KEY,
-			"file name %s must be printable, without '/', and not \".\" or \"..\"",
-			config_ld_quote(ld, 0, name));
-		goto out_pop;
-	}
-	r = config_expect_object(ld, v);
-	if (r == 0)
-		r = config_check_keys(ld, v, keys);
+	r = config_enter_entry(ld, "file", name, v, keys);
 	if (r < 0)
 		goto out_pop;
 	if (json_object_get(v, "get") && json_object_get(v, "post")) {
@@ -568,17 +523,7 @@ static int parse_service(struct loader *ld, const char *name, const json_t *v)
 	const char *file;
 	int port = 0, r;
 
-	config_ld_push(ld, name);
-	if (!name_is_valid(name)) {
-		r = config_ld_fail(
-			ld, LOCATE_KEY,
-			"service name %s must be printable, without '/', and not \".\" or \"..\"",
-			config_ld_quote(ld, 0, name));
-		goto out_pop;
-	}
-	r = config_expect_object(ld, v);
-	if (r == 0)
-		r = config_check_keys(ld, v, keys);
+	r = config_enter_entry(ld, "service", name, v, keys);
 	if (r < 0)
 		goto out_pop;
 	if (!json_object_get(v, "host")) {

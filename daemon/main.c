@@ -572,7 +572,7 @@ static int daemon_build(struct daemon *d, struct config *cfg, struct fs **ret_fs
 	};
 	tasks_set_artifacts(d->tasks, d->artifacts);
 	if (fs_new(&backends, ret_fs) < 0) {
-		report("clusterfs: out of memory\n");
+		report("clusterfs: cannot set up the filesystem\n");
 		return EXIT_FAILURE_OTHER;
 	}
 	if (cfg->join.enabled) {

@@ -39,7 +39,9 @@ static void pending_done(void *arg)
  * asked again. */
 static void pending_node_done(void *arg, int err, const struct node_view *v)
 {
+	render_fresh_view_set(v); /* the requests finished here render the node from v */
 	pending_finish(arg, err == -ENOENT);
+	render_fresh_view_set(NULL);
 }
 
 static void pending_one_done(void *arg, int err, const struct node_view *v)
@@ -119,7 +121,7 @@ int stat_refresh_then(struct fs *f, const char *path, struct pending *p)
 
 struct pending *pending_new(enum pending_op op, fuse_req_t req, struct fs *f)
 {
-	struct pending *p = calloc(1, sizeof(*p));
+	struct pending *p = xcalloc(1, sizeof(*p));
 	p->op = op;
 	p->req = req;
 	p->f = f;
@@ -207,7 +209,7 @@ static void task_file_opened(void *arg, int fd)
 
 void task_file_open(fuse_req_t req, struct fs *f, struct handle *h, struct fuse_file_info *fi)
 {
-	struct pending_file *pf = calloc(1, sizeof(*pf));
+	struct pending_file *pf = xcalloc(1, sizeof(*pf));
 	pf->req = req;
 	pf->h = h;
 	pf->fi = *fi;
@@ -259,7 +261,7 @@ void read_wait(fuse_req_t req, struct fs *f, struct handle *h, size_t size, off_
 	pthread_mutex_unlock(&h->lock);
 	if (have)
 		return;
-	struct pending_wait *pw = calloc(1, sizeof(*pw));
+	struct pending_wait *pw = xcalloc(1, sizeof(*pw));
 	pw->req = req;
 	pw->h = h;
 	pw->size = size;

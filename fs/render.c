@@ -122,6 +122,15 @@ static void put_node_info(const struct tree_ctx *ctx, const struct node_view *v,
 	json_decref(doc);
 }
 
+/* The fresh view of one node, set by fs/pending.c on the loop thread while a node
+ * refresh's callback finishes its requests (DESIGN §2, "The async contract"). */
+static __thread const struct node_view *render_fresh_view;
+
+void render_fresh_view_set(const struct node_view *v)
+{
+	render_fresh_view = v;
+}
+
 /* A file of a node's directory, from the node's view: put appends it; the mtime is the
  * node's. 0 or -ENOENT. */
 static int node_render(const struct tree_ctx *ctx, const struct tree_entry *e, struct buf *out,
@@ -129,6 +138,15 @@ static int node_render(const struct tree_ctx *ctx, const struct tree_entry *e, s
 		       void (*put)(const struct tree_ctx *ctx, const struct node_view *v,
 				   struct buf *out))
 {
+	const struct node_view *fresh = render_fresh_view;
+	if (fresh && strcmp(fresh->name, e->node) == 0 &&
+	    fresh->generation == cluster_generation(ctx->cluster)) {
+		/* the view a refresh just handed over, and nothing changed since: the model is
+		 * not asked again (after a drain from another thread, say, it is) */
+		*ret_mtime = fresh->changed_at;
+		put(ctx, fresh, out);
+		return 0;
+	}
 	struct node_view v;
 	int r = cluster_get_node(ctx->cluster, e->node, &v);
 	if (r < 0)

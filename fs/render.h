@@ -7,6 +7,11 @@
 
 #include <stdint.h>
 
+/* For the calling thread until it is set to NULL again: renders of v's node files use v
+ * instead of a copy out of the model, while the cluster's generation is v's. Borrows v;
+ * fs/pending.c sets it around finishing the requests a node refresh waited for. */
+void render_fresh_view_set(const struct node_view *v);
+
 /* Appends the content of the file `e` to `out` with its row's renderer and sets *ret_mtime
  * to the wall time its data last changed (the row's mtime source, or the renderer's). For
  * the events file, *ret_seq (may be NULL) gets the last event number rendered. The files

@@ -35,9 +35,7 @@ static json_t *json_text(const char *s)
 	json_t *v = json_string(s);
 	if (v)
 		return v;
-	char *copy = strdup(s);
-	if (!copy)
-		return NULL;
+	char *copy = xstrdup(s);
 	for (char *p = copy; *p; p++)
 		if ((unsigned char) *p < 0x20 || (unsigned char) *p >= 0x7f)
 			*p = '?';
@@ -77,7 +75,34 @@ static void json_push(json_t *array, json_t *value, bool *ok)
 	}
 }
 
-/* Returns `doc` as the 200 response, or -ENOMEM when building it failed. Steals doc. */
+/* Hands a finished document over: *ret_doc and 0, or -ENOMEM with a sentence in errbuf
+ * when building it failed (ok false, as json_put() and json_push() leave it). Steals doc. */
+static int api_doc_done(json_t *doc, bool ok, json_t **ret_doc, char *errbuf, size_t errlen)
+{
+	if (!ok) {
+		json_decref(doc);
+		snprintf(errbuf, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	*ret_doc = doc;
+	return 0;
+}
+
+/* Answers a GET with the document `build` makes (200), or with its sentence (500). */
+static int api_reply_doc(struct request *req, struct response *resp,
+			 int (*build)(const struct api_context *ctx, json_t **ret_doc, char *errbuf,
+				      size_t errlen))
+{
+	char err[256];
+	json_t *doc = NULL;
+	int r = build(req->userdata, &doc, err, sizeof(err));
+	if (r < 0) {
+		response_set_error(resp, 500, "%s", err);
+		return 0;
+	}
+	return response_set_json(resp, 200, doc);
+}
+
 static void host_get_name(char *out, size_t outlen)
 {
 	if (gethostname(out, outlen) < 0)
@@ -165,25 +190,12 @@ int api_health_doc(const struct api_context *ctx, json_t **ret_doc, char *errbuf
 	json_put(doc, "tasks_running", json_integer((json_int_t) tasks_count_running(ctx->tasks)),
 		 &ok);
 	json_put(doc, "knowledge_seq", json_integer((json_int_t) knowledge_replica_seq()), &ok);
-	if (!ok) {
-		json_decref(doc);
-		snprintf(errbuf, errlen, "out of memory");
-		return -ENOMEM;
-	}
-	*ret_doc = doc;
-	return 0;
+	return api_doc_done(doc, ok, ret_doc, errbuf, errlen);
 }
 
 static int api_get_health(struct request *req, struct response *resp)
 {
-	char err[256];
-	json_t *doc = NULL;
-	int r = api_health_doc(req->userdata, &doc, err, sizeof(err));
-	if (r < 0) {
-		response_set_error(resp, 500, "%s", err);
-		return 0;
-	}
-	return response_set_json(resp, 200, doc);
+	return api_reply_doc(req, resp, api_health_doc);
 }
 
 /* GET /api/node/system: the inventory, which changes rarely. */
@@ -234,25 +246,12 @@ int api_system_doc(const struct api_context *ctx, json_t **ret_doc, char *errbuf
 	json_put(doc, "disks", disk_list, &ok);
 	json_put(doc, "gpus", api_gpus_json(&smp, false, &ok), &ok);
 	json_put(doc, "boot_time", json_integer((json_int_t) boot_time), &ok);
-	if (!ok) {
-		json_decref(doc);
-		snprintf(errbuf, errlen, "out of memory");
-		return -ENOMEM;
-	}
-	*ret_doc = doc;
-	return 0;
+	return api_doc_done(doc, ok, ret_doc, errbuf, errlen);
 }
 
 static int api_get_system(struct request *req, struct response *resp)
 {
-	char err[256];
-	json_t *doc = NULL;
-	int r = api_system_doc(req->userdata, &doc, err, sizeof(err));
-	if (r < 0) {
-		response_set_error(resp, 500, "%s", err);
-		return 0;
-	}
-	return response_set_json(resp, 200, doc);
+	return api_reply_doc(req, resp, api_system_doc);
 }
 
 /* The task API: thin wrappers that hand the registry to tasks.c. */

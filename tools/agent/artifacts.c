@@ -117,9 +117,7 @@ static int open_parent(int dirfd, const char *name, uid_t uid, gid_t gid, const 
 		int fd = fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
 		return fd < 0 ? -errno : fd;
 	}
-	_cleanup_free_ char *dir = strndup(name, (size_t) (slash - name));
-	if (!dir)
-		return -ENOMEM;
+	_cleanup_free_ char *dir = xstrndup(name, (size_t) (slash - name));
 	for (char *p = dir;; p++) {
 		if (*p != '/' && *p)
 			continue;
@@ -170,9 +168,7 @@ static int copy_hashed(int src, int dst_dirfd, const char *name, char hex[DIGEST
 	_cleanup_close_ int out = openat(dfd, base, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (out < 0)
 		return -errno;
-	_cleanup_free_ char *chunk = malloc(COPY_CHUNK);
-	if (!chunk)
-		return -ENOMEM;
+	_cleanup_free_ char *chunk = xmalloc(COPY_CHUNK);
 	struct digest d;
 	digest_init(&d);
 	uint64_t total = 0;

@@ -107,9 +107,7 @@ int64_t knowledge_replica_seq(void)
 /* Makes the directories above root/path (0755). */
 static int make_parents(const char *root, const char *path)
 {
-	char *p = NULL;
-	if (asprintf(&p, "%s/%s", root, path) < 0)
-		return -ENOMEM;
+	char *p = xasprintf("%s/%s", root, path);
 	for (char *s = p + strlen(root) + 1; (s = strchr(s, '/')); s++) {
 		*s = '\0';
 		if (mkdir(p, 0755) < 0 && errno != EEXIST) {
@@ -126,9 +124,7 @@ static int make_parents(const char *root, const char *path)
 /* Removes the directories above root/path that are empty now. */
 static void remove_empty_parents(const char *root, const char *path)
 {
-	char *p = NULL;
-	if (asprintf(&p, "%s/%s", root, path) < 0)
-		return;
+	char *p = xasprintf("%s/%s", root, path);
 	size_t keep = strlen(root);
 	for (char *slash; (slash = strrchr(p, '/')) && (size_t) (slash - p) > keep;) {
 		*slash = '\0';
@@ -144,14 +140,10 @@ static int write_doc(const char *root, const char *path, const char *data, size_
 	int r = make_parents(root, path);
 	if (r < 0)
 		return r;
-	char *final = NULL, *tmp = NULL;
 	const char *slash = strrchr(path, '/');
-	if (asprintf(&final, "%s/%s", root, path) < 0 ||
-	    asprintf(&tmp, "%s/%.*s%s.%s.tmp", root, slash ? (int) (slash - path + 1) : 0, path, "",
-		     slash ? slash + 1 : path) < 0) {
-		free(final);
-		return -ENOMEM;
-	}
+	char *final = xasprintf("%s/%s", root, path);
+	char *tmp = xasprintf("%s/%.*s%s.%s.tmp", root, slash ? (int) (slash - path + 1) : 0, path,
+			      "", slash ? slash + 1 : path);
 	unlink(tmp); /* one a crash left behind, read-only */
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
 	r = fd < 0 ? -errno : 0;
@@ -196,10 +188,8 @@ static int apply(const char *state_dir, struct request *req, struct response *re
 		if (data) {
 			r = write_doc(root, path, data, len);
 		} else {
-			char *p = NULL;
-			if (asprintf(&p, "%s/%s", root, path) < 0)
-				r = -ENOMEM;
-			else if (unlink(p) < 0 && errno != ENOENT)
+			char *p = xasprintf("%s/%s", root, path);
+			if (unlink(p) < 0 && errno != ENOENT)
 				r = -errno;
 			free(p);
 			if (r == 0)

@@ -58,20 +58,17 @@ struct agent_options {
 };
 
 /* The default state directory: system-wide for root, per user otherwise. Returns a new
- * string, 0 or -errno. */
+ * string, 0 or -ENOENT (no home directory). */
 static int agent_default_state_dir(char **ret_dir)
 {
 	const char *xdg = getenv("XDG_STATE_HOME");
 	const char *home = getenv("HOME");
 	char *dir;
 
-	int r;
-
 	if (geteuid() == 0) {
-		dir = strdup(AGENT_SYSTEM_STATE_DIR);
-		r = dir ? 0 : -1;
+		dir = xstrdup(AGENT_SYSTEM_STATE_DIR);
 	} else if (xdg && xdg[0] == '/') {
-		r = asprintf(&dir, "%s/clusterfs-agent", xdg);
+		dir = xasprintf("%s/clusterfs-agent", xdg);
 	} else {
 		if (!home || home[0] != '/') {
 			struct passwd *pw = getpwuid(geteuid());
@@ -79,10 +76,8 @@ static int agent_default_state_dir(char **ret_dir)
 				return -ENOENT;
 			home = pw->pw_dir;
 		}
-		r = asprintf(&dir, "%s/.local/state/clusterfs-agent", home);
+		dir = xasprintf("%s/.local/state/clusterfs-agent", home);
 	}
-	if (r < 0)
-		return -ENOMEM;
 	*ret_dir = dir;
 	return 0;
 }
@@ -345,13 +340,11 @@ static int agent_parse_options(int argc, char **argv, struct agent_options *ret_
  * the absolute path as a new string, 0 or -errno with a sentence in errbuf. */
 static int agent_prepare_state_dir(const char *path, char **ret_abs, char *errbuf, size_t errlen)
 {
-	_cleanup_free_ char *p = strdup(path);
+	_cleanup_free_ char *p = xstrdup(path);
 	char owner[64], self[64];
 	struct stat st;
 	int fd, r;
 
-	if (!p)
-		return -ENOMEM;
 	for (char *s = strchr(p + 1, '/'); s; s = strchr(s + 1, '/')) {
 		*s = '\0';
 		if (mkdir(p, 0700) < 0 && errno != EEXIST) {
@@ -444,10 +437,7 @@ static int agent_find_supervisor(char path[PATH_MAX], char **ret_exe)
 		return -ENAMETOOLONG;
 	if (access(path, X_OK) < 0)
 		return -errno;
-	char *exe = strdup(path);
-	if (!exe)
-		return -ENOMEM;
-	*ret_exe = exe;
+	*ret_exe = xstrdup(path);
 	return 0;
 }
 

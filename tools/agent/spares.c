@@ -70,6 +70,7 @@ static int remove_dir(int parentfd, const char *name)
  * the maker must stop. */
 static bool spares_wait_quiet_locked(struct spares *sp)
 {
+	assert_held(&sp->lock);
 	for (;;) {
 		if (sp->stop)
 			return false;
@@ -176,12 +177,10 @@ static void *spares_main(void *arg)
 
 int spares_open(const char *tasks_dir, int tasks_dirfd, struct spares **ret_spares)
 {
-	struct spares *sp = calloc(1, sizeof(*sp));
+	struct spares *sp = xcalloc(1, sizeof(*sp));
 	struct dirent *de;
 	int r;
 
-	if (!sp)
-		return -ENOMEM;
 	sp->tasks_dir = tasks_dir;
 	sp->tasks_dirfd = tasks_dirfd;
 	pthread_condattr_t attr;

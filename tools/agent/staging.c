@@ -41,12 +41,10 @@ static bool id_is_valid(const char *id)
  * task; 200 with pending: not collected yet). */
 static json_t *manifest_load(const char *state_dir, const char *id, unsigned *ret_status)
 {
-	_cleanup_free_ char *dir = NULL, *path = NULL, *text = NULL;
+	_cleanup_free_ char *dir = xasprintf("%s/tasks/%s", state_dir, id);
+	_cleanup_free_ char *path = xasprintf("%s/%s", dir, ARTIFACTS_MANIFEST), *text = NULL;
 	size_t len;
 	struct stat st;
-	if (asprintf(&dir, "%s/tasks/%s", state_dir, id) < 0 ||
-	    asprintf(&path, "%s/%s", dir, ARTIFACTS_MANIFEST) < 0)
-		return NULL;
 	if (stat(dir, &st) < 0) {
 		*ret_status = 404;
 		return NULL;
@@ -99,11 +97,8 @@ int staging_handle_file(const char *state_dir, struct request *req, struct respo
 		json_decref(doc);
 		return 0;
 	}
-	_cleanup_free_ char *path = NULL;
-	if (asprintf(&path, "%s/tasks/%s/%s/%s", state_dir, id, ARTIFACTS_DIR, name) < 0) {
-		json_decref(doc);
-		return -ENOMEM;
-	}
+	_cleanup_free_ char *path =
+		xasprintf("%s/tasks/%s/%s/%s", state_dir, id, ARTIFACTS_DIR, name);
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	struct stat st;
 	if (fd < 0 || fstat(fd, &st) < 0) {
@@ -141,12 +136,8 @@ struct hasher {
 static void *hasher_main(void *arg)
 {
 	struct hasher *h = arg;
-	char *chunk = malloc(HASH_CHUNK);
+	char *chunk = xmalloc(HASH_CHUNK);
 	uint64_t at = 0;
-	if (!chunk) {
-		h->err = ENOMEM;
-		return NULL;
-	}
 	for (;;) {
 		pthread_mutex_lock(&h->lock);
 		while (at == h->written && !h->done)
@@ -359,11 +350,11 @@ static int spliced_request(struct addrinfo *ai, const char *host, const char *po
 	freeaddrinfo(ai);
 	char *head = NULL;
 	if (r == 0) {
-		int n = asprintf(&head,
-				 "GET %s HTTP/1.1\r\nHost: %s:%s\r\nConnection: close\r\n"
+		head = xasprintf("GET %s HTTP/1.1\r\nHost: %s:%s\r\nConnection: close\r\n"
 				 "User-Agent: clusterfs-agent\r\n\r\n",
 				 path, host, port);
-		if (n < 0 || send(sock, head, (size_t) n, MSG_NOSIGNAL) != n) {
+		ssize_t n = (ssize_t) strlen(head);
+		if (send(sock, head, (size_t) n, MSG_NOSIGNAL) != n) {
 			r = -EIO;
 			snprintf(err, errlen, "cannot send the request to %.64s:%s", host, port);
 		}
@@ -499,7 +490,7 @@ static int fetch_spliced(const char *url, struct fetch *f, char *err, size_t err
 		return -EPROTONOSUPPORT;
 	int sock = -1, pipefd[2] = {-1, -1};
 	r = spliced_request(ai, host, port, path, &sock, err, errlen);
-	char *buf = r == 0 ? malloc(HEADERS_MAX + 1) : NULL;
+	char *buf = r == 0 ? xmalloc(HEADERS_MAX + 1) : NULL;
 	size_t got = 0;
 	char *end = NULL;
 	long long length = -1;
@@ -567,9 +558,7 @@ static struct upload *upload_begin(const char *state_dir, struct request *req)
 {
 	if (req->state)
 		return req->state;
-	struct upload *u = calloc(1, sizeof(*u));
-	if (!u)
-		return NULL;
+	struct upload *u = xcalloc(1, sizeof(*u));
 	u->fd = -1;
 	digest_init(&u->d);
 	req->state = u;
@@ -579,11 +568,8 @@ static struct upload *upload_begin(const char *state_dir, struct request *req)
 		u->err = -EINVAL;
 		return u;
 	}
-	if (asprintf(&u->path, "%s/%s/%s/%s", state_dir, ARTIFACTS_STAGING, id, name) < 0 ||
-	    asprintf(&u->part, "%s.part", u->path) < 0) {
-		u->err = -ENOMEM;
-		return u;
-	}
+	u->path = xasprintf("%s/%s/%s/%s", state_dir, ARTIFACTS_STAGING, id, name);
+	u->part = xasprintf("%s.part", u->path);
 	u->err = make_parents(u->path, strlen(state_dir) + 1);
 	if (!u->err) {
 		u->fd = open(u->part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -595,8 +581,6 @@ static struct upload *upload_begin(const char *state_dir, struct request *req)
 int staging_upload(const char *state_dir, struct request *req, const char *data, size_t len)
 {
 	struct upload *u = upload_begin(state_dir, req);
-	if (!u)
-		return -ENOMEM;
 	if (u->err)
 		return u->err;
 	digest_update(&u->d, data, len);
@@ -618,8 +602,6 @@ int staging_handle_put(const char *state_dir, struct request *req, struct respon
 {
 	const char *name = req->params[1];
 	struct upload *u = upload_begin(state_dir, req);
-	if (!u)
-		return -ENOMEM;
 	if (u->err == -EINVAL) {
 		response_set_error(resp, 400, "not a task id and input name: %.200s/%.200s",
 				   req->params[0], name);
@@ -733,20 +715,18 @@ int staging_handle_stage(const char *state_dir, const volatile bool *stopping, s
 		json_decref(doc);
 		return 0;
 	}
-	_cleanup_free_ char *path = NULL, *part = NULL, *task = NULL;
+	_cleanup_free_ char *task = xasprintf("%s/tasks/%s", state_dir, id);
 	size_t base = strlen(state_dir) + 1;
 	struct stat tst;
 	/* the task exists already (a dispatch sent again): it has its inputs */
-	if (asprintf(&task, "%s/tasks/%s", state_dir, id) >= 0 && stat(task, &tst) == 0) {
+	if (stat(task, &tst) == 0) {
 		json_decref(doc);
 		return response_set_json(resp, 200,
 					 json_pack("{s:s, s:b}", "name", name, "started", true));
 	}
-	if (asprintf(&path, "%s/%s/%s/%s", state_dir, ARTIFACTS_STAGING, id, name) < 0 ||
-	    asprintf(&part, "%s.part", path) < 0) {
-		json_decref(doc);
-		return -ENOMEM;
-	}
+	_cleanup_free_ char *path =
+		xasprintf("%s/%s/%s/%s", state_dir, ARTIFACTS_STAGING, id, name);
+	_cleanup_free_ char *part = xasprintf("%s.part", path);
 	int r = make_parents(path, base);
 	struct fetch f = {.fd = -1, .stopping = stopping};
 	f.limit = jsize ? (uint64_t) json_integer_value(jsize) : 0;
@@ -810,8 +790,6 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
 
 void staging_reset(const char *state_dir)
 {
-	_cleanup_free_ char *dir = NULL;
-	if (asprintf(&dir, "%s/%s", state_dir, ARTIFACTS_STAGING) < 0)
-		return;
+	_cleanup_free_ char *dir = xasprintf("%s/%s", state_dir, ARTIFACTS_STAGING);
 	nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }

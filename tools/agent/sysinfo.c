@@ -560,11 +560,9 @@ static void *sampler_main(void *arg)
 
 int sysinfo_sampler_start(struct sysinfo_sampler **ret_sampler)
 {
-	struct sysinfo_sampler *s = calloc(1, sizeof(*s));
+	struct sysinfo_sampler *s = xcalloc(1, sizeof(*s));
 	int r;
 
-	if (!s)
-		return -ENOMEM;
 	s->gpu_error = 1; /* no outcome yet: the first one is always logged */
 	s->stop_fd = eventfd(0, EFD_CLOEXEC);
 	if (s->stop_fd < 0) {

@@ -31,7 +31,7 @@ static const char *const stream_names[] = {TASK_FILE_STDOUT, TASK_FILE_STDERR};
 
 /* ---- ids and files ---- */
 
-bool task_id_is_valid(const char *id)
+bool tasks_id_is_valid(const char *id)
 {
 	size_t len = strlen(id);
 
@@ -46,7 +46,7 @@ bool task_id_is_valid(const char *id)
 	return true;
 }
 
-void task_path(const struct task *k, const char *name, char out[PATH_MAX])
+void tasks_task_path(const struct task *k, const char *name, char out[PATH_MAX])
 {
 	snprintf(out, PATH_MAX, "%s/%s", k->id, name);
 }
@@ -72,12 +72,12 @@ static pid_t task_read_pid(struct tasks *t, const char *id, const char *name)
 	return end != text && v > 0 && v <= INT_MAX ? (pid_t) v : 0;
 }
 
-int64_t task_stream_size(struct tasks *t, const struct task *k, int s)
+int64_t tasks_stream_size(struct tasks *t, const struct task *k, int s)
 {
 	char path[PATH_MAX];
 	struct stat st;
 
-	task_path(k, stream_names[s], path);
+	tasks_task_path(k, stream_names[s], path);
 	return fstatat(t->dirfd, path, &st, AT_SYMLINK_NOFOLLOW) == 0 ? (int64_t) st.st_size : 0;
 }
 
@@ -97,7 +97,7 @@ static void task_set_final_locked(struct tasks *t, struct task *k, enum task_sta
 	assert_held(&t->lock);
 	k->state = state;
 	for (int s = 0; s < 2; s++)
-		k->size[s] = task_stream_size(t, k, s);
+		k->size[s] = tasks_stream_size(t, k, s);
 	task_changed_locked(t, k);
 }
 
@@ -111,7 +111,7 @@ static void task_set_lost_locked(struct tasks *t, struct task *k, const char *wh
 	log_warn("task %s is lost: %s", k->id, why);
 }
 
-int task_load_result_locked(struct tasks *t, struct task *k)
+int tasks_load_result_locked(struct tasks *t, struct task *k)
 {
 	assert_held(&t->lock);
 	_cleanup_free_ char *text = NULL;
@@ -151,10 +151,10 @@ int task_load_result_locked(struct tasks *t, struct task *k)
 	return 0;
 }
 
-void task_refresh_locked(struct tasks *t, struct task *k)
+void tasks_refresh_locked(struct tasks *t, struct task *k)
 {
 	assert_held(&t->lock);
-	if (k->state != TASK_RUNNING || task_load_result_locked(t, k) == 0)
+	if (k->state != TASK_RUNNING || tasks_load_result_locked(t, k) == 0)
 		return;
 	if (k->child)
 		return; /* our child: tasks_reap() will tell when it exits */
@@ -162,7 +162,7 @@ void task_refresh_locked(struct tasks *t, struct task *k)
 		return;
 	k->sup_gone = true;
 	/* It may have written the result just before it exited. */
-	if (task_load_result_locked(t, k) == 0)
+	if (tasks_load_result_locked(t, k) == 0)
 		return;
 	task_set_lost_locked(t, k,
 			     k->sup.pid ? "its supervisor ended without recording a result"
@@ -174,7 +174,7 @@ size_t tasks_count_running_locked(struct tasks *t)
 	assert_held(&t->lock);
 	size_t n = 0;
 	for (size_t i = 0; i < t->n; i++) {
-		task_refresh_locked(t, t->v[i]);
+		tasks_refresh_locked(t, t->v[i]);
 		n += t->v[i]->state == TASK_RUNNING;
 	}
 	return n;
@@ -189,7 +189,7 @@ struct task *tasks_find_locked(struct tasks *t, const char *id)
 	return NULL;
 }
 
-void task_free(struct task *k)
+void tasks_task_free(struct task *k)
 {
 	if (!k)
 		return;
@@ -209,7 +209,7 @@ void tasks_insert_locked(struct tasks *t, struct task *k)
 	task_changed_locked(t, k);
 }
 
-struct task *task_new(const char *id, double started_at)
+struct task *tasks_task_new(const char *id, double started_at)
 {
 	size_t len = strlen(id);
 	assert(len <= TASKS_ID_MAX);
@@ -222,7 +222,7 @@ struct task *task_new(const char *id, double started_at)
 	return k;
 }
 
-void task_load_pids(struct tasks *t, struct task *k)
+void tasks_load_pids(struct tasks *t, struct task *k)
 {
 	k->pid = task_read_pid(t, k->id, TASK_FILE_PID);
 	k->pgid = task_read_pid(t, k->id, TASK_FILE_PGID);
@@ -233,7 +233,8 @@ void task_load_pids(struct tasks *t, struct task *k)
 		close(dfd);
 }
 
-int task_load(struct tasks *t, const char *id, struct task **ret_task, char *errbuf, size_t errlen)
+int tasks_load_task(struct tasks *t, const char *id, struct task **ret_task, char *errbuf,
+		    size_t errlen)
 {
 	_cleanup_free_ char *text = NULL;
 	size_t len;
@@ -252,7 +253,7 @@ int task_load(struct tasks *t, const char *id, struct task **ret_task, char *err
 		json_decref(spec);
 		return -EINVAL;
 	}
-	struct task *k = task_new(id, json_number_value(started));
+	struct task *k = tasks_task_new(id, json_number_value(started));
 	/* A spec from before tasks had users ran as the agent's user. */
 	const char *user = json_string_value(json_object_get(spec, "user"));
 	json_t *uid = json_object_get(spec, "uid");
@@ -261,7 +262,7 @@ int task_load(struct tasks *t, const char *id, struct task **ret_task, char *err
 		 : user               ? -1
 				      : (long long) t->own_uid;
 	json_decref(spec);
-	task_load_pids(t, k);
+	tasks_load_pids(t, k);
 	*ret_task = k;
 	return 0;
 }
@@ -322,13 +323,13 @@ static int tasks_scan(struct tasks *t)
 		char errbuf[256];
 		struct task *k;
 
-		if (!task_id_is_valid(de->d_name))
+		if (!tasks_id_is_valid(de->d_name))
 			continue;
 		char spec[PATH_MAX];
 		snprintf(spec, sizeof(spec), "%s/%s", de->d_name, TASK_FILE_SPEC);
 		if (faccessat(t->dirfd, spec, F_OK, AT_SYMLINK_NOFOLLOW) < 0)
 			continue; /* never answered 201: the agent died while writing it */
-		if (task_load(t, de->d_name, &k, errbuf, sizeof(errbuf)) < 0) {
+		if (tasks_load_task(t, de->d_name, &k, errbuf, sizeof(errbuf)) < 0) {
 			log_warn("ignoring task directory %s/%s: %s", t->dir, de->d_name, errbuf);
 			continue;
 		}
@@ -336,11 +337,11 @@ static int tasks_scan(struct tasks *t)
 			log_info("task %s never started (its agent stopped before the go-ahead): "
 				 "forgotten, so that it can be sent again",
 				 k->id);
-			task_remove_dir(t, k->id);
-			task_free(k);
+			tasks_remove_dir(t, k->id);
+			tasks_task_free(k);
 			continue;
 		}
-		task_refresh_locked(t, k);
+		tasks_refresh_locked(t, k);
 		running += k->state == TASK_RUNNING;
 		tasks_insert_locked(t, k);
 	}
@@ -416,7 +417,7 @@ void tasks_close(struct tasks *t)
 		return;
 	spares_close(t->spares);
 	for (size_t i = 0; i < t->n; i++)
-		task_free(t->v[i]);
+		tasks_task_free(t->v[i]);
 	free(t->v);
 	if (t->dirfd >= 0)
 		close(t->dirfd);
@@ -429,7 +430,7 @@ void tasks_close(struct tasks *t)
 	free(t);
 }
 
-void task_reap_locked(struct tasks *t, struct task *k)
+void tasks_reap_locked(struct tasks *t, struct task *k)
 {
 	assert_held(&t->lock);
 	int status;
@@ -441,14 +442,14 @@ void task_reap_locked(struct tasks *t, struct task *k)
 		return;
 	k->child = 0;
 	k->sup_gone = true;
-	task_refresh_locked(t, k);
+	tasks_refresh_locked(t, k);
 }
 
 void tasks_reap(struct tasks *t)
 {
 	pthread_mutex_lock(&t->lock);
 	for (size_t i = 0; i < t->n; i++)
-		task_reap_locked(t, t->v[i]);
+		tasks_reap_locked(t, t->v[i]);
 	pthread_mutex_unlock(&t->lock);
 }
 
@@ -460,7 +461,7 @@ size_t tasks_count_running(struct tasks *t)
 	return n;
 }
 
-void task_remove_dir(struct tasks *t, const char *id)
+void tasks_remove_dir(struct tasks *t, const char *id)
 {
 	int dfd = openat(t->dirfd, id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;

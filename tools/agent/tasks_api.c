@@ -39,8 +39,8 @@ static json_t *task_to_json_locked(struct tasks *t, const struct task *k)
 		"exit_code", json_int_or_null(k->exit_code, k->exit_code >= 0), "signal",
 		json_int_or_null(k->signal, k->signal > 0), "started_at", k->started_at,
 		"finished_at", json_real_or_null(k->finished_at, k->finished_at > 0), "stdout_size",
-		(json_int_t) (running ? task_stream_size(t, k, 0) : k->size[0]), "stderr_size",
-		(json_int_t) (running ? task_stream_size(t, k, 1) : k->size[1]));
+		(json_int_t) (running ? tasks_stream_size(t, k, 0) : k->size[0]), "stderr_size",
+		(json_int_t) (running ? tasks_stream_size(t, k, 1) : k->size[1]));
 	if (o &&
 	    (json_object_set_new(o, "user", json_string(k->user)) < 0 ||
 	     json_object_set_new(o, "uid", json_int_or_null((long) k->uid, k->uid >= 0)) < 0)) {
@@ -54,7 +54,8 @@ static json_t *task_to_json_locked(struct tasks *t, const struct task *k)
 	return o;
 }
 
-int task_reply_locked(struct tasks *t, const struct task *k, unsigned status, struct response *resp)
+int tasks_reply_locked(struct tasks *t, const struct task *k, unsigned status,
+		       struct response *resp)
 {
 	assert_held(&t->lock);
 	json_t *o = task_to_json_locked(t, k);
@@ -112,7 +113,7 @@ int tasks_handle_list(struct tasks *t, struct request *req, struct response *res
 	if (index > t->index)
 		index = 0; /* a number from before a restart (or a clock step): everything */
 	for (size_t i = 0; i < t->n; i++)
-		task_refresh_locked(t, t->v[i]);
+		tasks_refresh_locked(t, t->v[i]);
 	if (qi && wait > 0 && !req->expired) {
 		bool changed = false;
 		for (size_t i = t->n; i-- > 0 && !changed;)
@@ -151,13 +152,13 @@ static struct task *tasks_lookup_and_lock(struct tasks *t, struct request *req,
 {
 	const char *id = req->params[0];
 	pthread_mutex_lock(&t->lock);
-	struct task *k = task_id_is_valid(id) ? tasks_find_locked(t, id) : NULL;
+	struct task *k = tasks_id_is_valid(id) ? tasks_find_locked(t, id) : NULL;
 	if (!k) {
 		pthread_mutex_unlock(&t->lock);
 		response_set_error(resp, 404, "no such task: %.200s", id);
 		return NULL;
 	}
-	task_refresh_locked(t, k);
+	tasks_refresh_locked(t, k);
 	return k;
 }
 
@@ -166,7 +167,7 @@ int tasks_handle_get(struct tasks *t, struct request *req, struct response *resp
 	struct task *k = tasks_lookup_and_lock(t, req, resp);
 	if (!k)
 		return 0;
-	int r = task_reply_locked(t, k, 200, resp);
+	int r = tasks_reply_locked(t, k, 200, resp);
 	pthread_mutex_unlock(&t->lock);
 	return r;
 }
@@ -210,7 +211,7 @@ int tasks_handle_output(struct tasks *t, const char *stream, struct request *req
 	struct task *k = tasks_lookup_and_lock(t, req, resp);
 	if (!k)
 		return 0;
-	task_path(k, stream, path);
+	tasks_task_path(k, stream, path);
 	pthread_mutex_unlock(&t->lock);
 
 	/* The files only ever grow, so they are read without the lock. */
@@ -257,12 +258,12 @@ int tasks_handle_cancel(struct tasks *t, struct request *req, struct response *r
 	if (!k)
 		return 0;
 	if (k->state != TASK_RUNNING) {
-		r = task_reply_locked(t, k, 200, resp);
+		r = tasks_reply_locked(t, k, 200, resp);
 		goto out_unlock;
 	}
 	/* Running means the supervisor is alive: our unreaped child, or verified by
-	 * task_refresh_locked() just now. Signal only once per task. */
-	task_path(k, TASK_FILE_CANCEL, marker);
+	 * tasks_refresh_locked() just now. Signal only once per task. */
+	tasks_task_path(k, TASK_FILE_CANCEL, marker);
 	if (faccessat(t->dirfd, marker, F_OK, AT_SYMLINK_NOFOLLOW) < 0) {
 		int dfd = openat(t->dirfd, k->id, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 		r = dfd >= 0 ? supervisor_cancel(dfd, k->pgid, k->child ? k->child : k->sup.pid)
@@ -277,7 +278,7 @@ int tasks_handle_cancel(struct tasks *t, struct request *req, struct response *r
 		}
 		log_info("task %s: cancel requested", k->id);
 	}
-	r = task_reply_locked(t, k, 202, resp);
+	r = tasks_reply_locked(t, k, 202, resp);
 
 out_unlock:
 	pthread_mutex_unlock(&t->lock);

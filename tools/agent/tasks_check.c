@@ -138,7 +138,7 @@ int tasks_check_request(json_t *doc, char *msg, size_t msglen)
 
 	v = json_object_get(doc, "id");
 	if (!json_is_string(v) || json_string_length(v) != strlen(json_string_value(v)) ||
-	    !task_id_is_valid(json_string_value(v))) {
+	    !tasks_id_is_valid(json_string_value(v))) {
 		snprintf(msg, msglen,
 			 "\"id\" must be a string of 1 to %d characters from "
 			 "A-Z a-z 0-9 . _ @ : -, other than \".\" and \"..\"",

@@ -141,9 +141,9 @@ static bool task_is_leftover(struct tasks *t, const char *id)
 {
 	char errbuf[256];
 	struct task *k = NULL;
-	int r = task_load(t, id, &k, errbuf, sizeof(errbuf));
+	int r = tasks_load_task(t, id, &k, errbuf, sizeof(errbuf));
 
-	task_free(k);
+	tasks_task_free(k);
 	return r == -EINVAL;
 }
 
@@ -181,7 +181,7 @@ static int task_begin(struct tasks *t, const char *id, json_t *doc,
 
 	/* Allocated first: once spec.json exists the task must make it into the registry,
 	 * or a second POST would start it again. */
-	struct task *k = task_new(id, now);
+	struct task *k = tasks_task_new(id, now);
 	k->user = xstrdup(ident->user);
 	k->uid = ident->uid;
 	/* The optional fields that are null are as good as absent. */
@@ -191,21 +191,21 @@ static int task_begin(struct tasks *t, const char *id, json_t *doc,
 	if (json_object_set_new(doc, "started_at", json_real(now)) < 0 ||
 	    json_object_set_new(doc, "node", json_string(t->node)) < 0 ||
 	    task_spec_add_identity(doc, ident) < 0) {
-		task_free(k);
+		tasks_task_free(k);
 		return -ENOMEM;
 	}
 	r = task_write_spec(t, id, doc, &spec_fd);
 	if (r == -EEXIST && task_is_leftover(t, id)) {
 		log_warn("replacing %s/%s, the leftover of a task that never started", t->dir, id);
-		task_remove_dir(t, id);
+		tasks_remove_dir(t, id);
 		r = task_write_spec(t, id, doc, &spec_fd);
 	}
 	if (r < 0) {
 		log_err("cannot write %s/%s/%s: %s", t->dir, id, TASK_FILE_SPEC, strerror(-r));
 		response_set_error(resp, 500, "cannot record task %s: %s", id, strerror(-r));
 		if (r != -EEXIST)
-			task_remove_dir(t, id);
-		task_free(k);
+			tasks_remove_dir(t, id);
+		tasks_task_free(k);
 		return r;
 	}
 	*ret_task = k;
@@ -241,12 +241,12 @@ static struct task *task_record_unrunnable(struct tasks *t, const char *id, json
 	if (r < 0) {
 		log_err("cannot record task %s: %s", id, strerror(-r));
 		response_set_error(resp, 500, "cannot record task %s: %s", id, strerror(-r));
-		task_remove_dir(t, id);
-		task_free(k);
+		tasks_remove_dir(t, id);
+		tasks_task_free(k);
 		return NULL;
 	}
 	pthread_mutex_lock(&t->lock);
-	task_load_result_locked(t, k);
+	tasks_load_result_locked(t, k);
 	pthread_mutex_unlock(&t->lock);
 	log_info("task %s failed without running: %s", id, why);
 	return k;
@@ -289,14 +289,14 @@ static struct task *task_start(struct tasks *t, const char *id, json_t *doc,
 		/* Nothing ran: forget the id altogether. */
 		log_err("cannot start task %s: %s", id, errbuf);
 		response_set_error(resp, 500, "cannot start task %s: %s", id, errbuf);
-		task_remove_dir(t, id);
-		task_free(k);
+		tasks_remove_dir(t, id);
+		tasks_task_free(k);
 		return NULL;
 	}
 	/* From here on the id is taken: its state comes from the files. */
 	if (r < 0)
 		log_err("task %s: %s", id, errbuf);
-	task_load_pids(t, k);
+	tasks_load_pids(t, k);
 	if (k->sup.pid == 0)
 		k->sup.pid = sup;
 	if (r == -ECHILD)
@@ -404,8 +404,8 @@ int tasks_handle_create(struct tasks *t, struct request *req, struct response *r
 	pthread_mutex_lock(&t->lock);
 	struct task *k = tasks_find_locked(t, id);
 	if (k) {
-		task_refresh_locked(t, k);
-		r = task_reply_locked(t, k, 200, resp);
+		tasks_refresh_locked(t, k);
+		r = tasks_reply_locked(t, k, 200, resp);
 		pthread_mutex_unlock(&t->lock);
 		goto out_unlock_create;
 	}
@@ -448,9 +448,9 @@ int tasks_handle_create(struct tasks *t, struct request *req, struct response *r
 		log_info("task %s started as %s: pid %d, supervisor %d", id, k->user, (int) k->pid,
 			 (int) k->sup.pid);
 	/* It may have exited before it was in the registry, unseen by tasks_reap(). */
-	task_reap_locked(t, k);
-	task_refresh_locked(t, k);
-	r = task_reply_locked(t, k, 201, resp);
+	tasks_reap_locked(t, k);
+	tasks_refresh_locked(t, k);
+	r = tasks_reply_locked(t, k, 201, resp);
 	pthread_mutex_unlock(&t->lock);
 
 out_unlock_create:

@@ -85,33 +85,34 @@ struct tasks {
 };
 
 /* [A-Za-z0-9._@:-]{1,200}, and not "." or "..", which are not directories of their own. */
-bool task_id_is_valid(const char *id);
+bool tasks_id_is_valid(const char *id);
 /* "ID/NAME", relative to tasks->dirfd. */
-void task_path(const struct task *k, const char *name, char out[PATH_MAX]);
+void tasks_task_path(const struct task *k, const char *name, char out[PATH_MAX]);
 /* The size of k's stdout (s 0) or stderr (s 1) as it is on disk now. */
-int64_t task_stream_size(struct tasks *t, const struct task *k, int s);
+int64_t tasks_stream_size(struct tasks *t, const struct task *k, int s);
 
-/* A new task with a valid id (task_id_is_valid()), running until task_refresh_locked()
+/* A new task with a valid id (tasks_id_is_valid()), running until tasks_refresh_locked()
  * learns otherwise. */
-struct task *task_new(const char *id, double started_at);
-void task_free(struct task *k);
+struct task *tasks_task_new(const char *id, double started_at);
+void tasks_task_free(struct task *k);
 /* Reads who runs the task: its pid files and its supervisor's identity. Missing files
  * leave the fields unknown. */
-void task_load_pids(struct tasks *t, struct task *k);
+void tasks_load_pids(struct tasks *t, struct task *k);
 /* Loads task `id` from its directory, whose spec.json exists. 0, or -EINVAL (with a
  * reason in errbuf) when spec.json cannot be read. */
-int task_load(struct tasks *t, const char *id, struct task **ret_task, char *errbuf, size_t errlen);
+int tasks_load_task(struct tasks *t, const char *id, struct task **ret_task, char *errbuf,
+		    size_t errlen);
 /* Removes the directory of a task that never started, so that its id stays free. */
-void task_remove_dir(struct tasks *t, const char *id);
+void tasks_remove_dir(struct tasks *t, const char *id);
 
 /* Takes the outcome from result.json. 0 when the task is final now (a result that cannot
  * be read makes it lost), -ENOENT when there is no result yet. */
-int task_load_result_locked(struct tasks *t, struct task *k);
+int tasks_load_result_locked(struct tasks *t, struct task *k);
 /* Brings a running task up to date: finished once result.json exists, lost once its
  * supervisor is gone without one. */
-void task_refresh_locked(struct tasks *t, struct task *k);
+void tasks_refresh_locked(struct tasks *t, struct task *k);
 /* Reaps k's supervisor if it is our child and has exited. */
-void task_reap_locked(struct tasks *t, struct task *k);
+void tasks_reap_locked(struct tasks *t, struct task *k);
 /* The number of running tasks, each refreshed first. */
 size_t tasks_count_running_locked(struct tasks *t);
 struct task *tasks_find_locked(struct tasks *t, const char *id);
@@ -119,5 +120,5 @@ struct task *tasks_find_locked(struct tasks *t, const char *id);
 void tasks_insert_locked(struct tasks *t, struct task *k);
 
 /* Answers with the task object of TASKS-API.md and `status`: 0 or -errno. */
-int task_reply_locked(struct tasks *t, const struct task *k, unsigned status,
-		      struct response *resp);
+int tasks_reply_locked(struct tasks *t, const struct task *k, unsigned status,
+		       struct response *resp);
