@@ -584,11 +584,26 @@ char *xasprintf(const char *fmt, ...)
 	return s;
 }
 
-/* The thread id is asked each time, not cached: a cache would cross fuse_daemonize()'s
- * fork, and the child's main thread would then not own the mutexes it locks. */
+/* Each thread's id, cached (gettid() is a system call, and every `*_locked` function asks)
+ * and forgotten in a fork's child, whose one thread has another id: fuse_daemonize()
+ * forks after the mutexes were first checked. */
+static __thread pid_t thread_id;
+
+static void thread_id_forget(void)
+{
+	thread_id = 0;
+}
+
+__attribute__((constructor)) static void thread_id_init(void)
+{
+	pthread_atfork(NULL, NULL, thread_id_forget);
+}
+
 bool util_mutex_held(const pthread_mutex_t *m)
 {
-	return m->__data.__owner == gettid();
+	if (!thread_id)
+		thread_id = gettid();
+	return m->__data.__owner == thread_id;
 }
 
 bool util_path_match(const char *pattern, const char *path,

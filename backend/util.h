@@ -74,7 +74,8 @@ char *util_base64_encode(const void *data, size_t len);
 long util_base64_decode(const char *s, unsigned char *out, size_t cap);
 
 /* Checked contracts (DESIGN §2, "Checked contracts"). True when the calling thread holds
- * m (glibc's mutex records its owner, the thread id).
+ * m (glibc's mutex records its owner; the thread id is cached per thread, and forgotten
+ * in a fork's child).
  * Every `*_locked` function starts with assert_held(its lock); every loop-thread-only
  * function with assert(loop_is_current(l)). Both vanish with NDEBUG. */
 bool util_mutex_held(const pthread_mutex_t *m);
