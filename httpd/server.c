@@ -356,6 +356,7 @@ static enum park_result server_park(struct server *srv, struct request_state *st
 /* Resumes a parked request. park_lock held. */
 static void server_unpark_locked(struct server *srv, struct request_state *st, bool expired)
 {
+	assert_held(&srv->park_lock);
 	if (st->pprev)
 		st->pprev->pnext = st->pnext;
 	else
