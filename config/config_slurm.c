@@ -195,14 +195,10 @@ void config_slurm_free(struct cfg_slurm *sl)
 {
 	if (!sl)
 		return;
-	free(sl->name);
-	free(sl->prefix);
-	free(sl->address);
-	free(sl->token_file);
-	free(sl->user);
-	free(sl->partition);
-	free(sl->api);
-	free(sl->output_dir);
+	char *strings[] = {sl->name, sl->prefix,    sl->address, sl->token_file,
+			   sl->user, sl->partition, sl->api,     sl->output_dir};
+	for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++)
+		free(strings[i]);
 	config_transport_clear(&sl->transport);
 	free(sl);
 }
