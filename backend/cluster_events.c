@@ -87,11 +87,8 @@ void cluster_queue_store(struct cluster *c, struct pending *p)
 	if (!c->store)
 		pending_free(p);
 	pthread_mutex_unlock(&c->events_lock);
-	if (post && loop_post(c->loop, cluster_flush_store, c) < 0) {
-		pthread_mutex_lock(&c->events_lock);
-		c->flush_posted = false; /* the next write tries again; cluster_free writes */
-		pthread_mutex_unlock(&c->events_lock);
-	}
+	if (post)
+		loop_post(c->loop, cluster_flush_store, c);
 }
 
 void cluster_add_event(struct cluster *c, const char *kind, const char *subject, const char *fmt,
@@ -138,11 +135,8 @@ void cluster_add_event(struct cluster *c, const char *kind, const char *subject,
 		post = pending_push(c, p);
 	}
 	pthread_mutex_unlock(&c->events_lock);
-	if (post && loop_post(c->loop, cluster_flush_store, c) < 0) {
-		pthread_mutex_lock(&c->events_lock);
-		c->flush_posted = false;
-		pthread_mutex_unlock(&c->events_lock);
-	}
+	if (post)
+		loop_post(c->loop, cluster_flush_store, c);
 }
 
 int cluster_attach_store(struct cluster *c, struct store *store)

@@ -318,7 +318,8 @@ static void cluster_start_on_loop(void *arg)
 
 int cluster_start(struct cluster *c)
 {
-	return loop_post(c->loop, cluster_start_on_loop, c);
+	loop_post(c->loop, cluster_start_on_loop, c);
+	return 0;
 }
 
 struct refresh {
@@ -380,12 +381,8 @@ int cluster_refresh_node(struct cluster *c, const char *name, cluster_refresh_fn
 	rf->name = xstrdup(name);
 	rf->done = done;
 	rf->arg = arg;
-	r = loop_post(c->loop, cluster_refresh_on_loop, rf);
-	if (r < 0) {
-		free(rf->name);
-		free(rf);
-	}
-	return r;
+	loop_post(c->loop, cluster_refresh_on_loop, rf);
+	return 0;
 }
 
 bool cluster_node_is_fresh(struct cluster *c, const char *name)

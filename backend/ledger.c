@@ -433,7 +433,8 @@ int ledger_start(struct ledger *l)
 		json_decref(list);
 		free(text);
 	}
-	return loop_post(l->loop, deliver_tick, l);
+	loop_post(l->loop, deliver_tick, l);
+	return 0;
 }
 
 /* ---- rendering ---- */

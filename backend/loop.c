@@ -166,7 +166,7 @@ bool loop_is_current(const struct loop *l)
 	return loop_current == l || !atomic_load(&l->running);
 }
 
-int loop_post(struct loop *l, loop_fn fn, void *arg)
+void loop_post(struct loop *l, loop_fn fn, void *arg)
 {
 	struct post *p = xmalloc(sizeof(*p));
 	p->fn = fn;
@@ -180,7 +180,6 @@ int loop_post(struct loop *l, loop_fn fn, void *arg)
 	l->posts_tail = p;
 	pthread_mutex_unlock(&l->lock);
 	loop_wake(l);
-	return 0;
 }
 
 struct loop_timer *loop_timer_add(struct loop *l, uint64_t due_us, loop_fn fn, void *arg)

@@ -81,9 +81,10 @@ void loop_free(struct loop *l);
  * only" functions assert. */
 bool loop_is_current(const struct loop *l);
 
-/* Thread-safe: runs fn(arg) on the loop thread soon, in order. Returns 0: it cannot fail
- * (allocation failure aborts). */
-int loop_post(struct loop *l, loop_fn fn, void *arg);
+/* Thread-safe: runs fn(arg) on the loop thread soon, in order. It cannot fail (allocation
+ * failure aborts). A post the loop never runs (it stopped first) is run by loop_stop() on
+ * its caller; one made to a loop never started is dropped by loop_free(). */
+void loop_post(struct loop *l, loop_fn fn, void *arg);
 
 /* Loop thread only: runs fn(arg) once at monotonic time due_us. The timer is freed after
  * it fires or when cancelled. */

@@ -144,9 +144,8 @@ static void fetch_start(struct models *m, struct run *run, size_t idx, enum fetc
 	};
 	endpoint_apply(&url, &req);
 	run->pending++;
-	if (loop_http(m->loop, &req, fetch_done, f) < 0 &&
-	    loop_post(m->loop, fetch_not_started, f) < 0)
-		abort();
+	if (loop_http(m->loop, &req, fetch_done, f) < 0)
+		loop_post(m->loop, fetch_not_started, f);
 	endpoint_clear(&url);
 }
 
@@ -374,14 +373,8 @@ int models_refresh(struct models *m, const char *node, models_done_fn done, void
 	rq->node = node ? xstrdup(node) : NULL;
 	rq->done = wait ? done : NULL;
 	rq->arg = arg;
-	int pr = loop_post(m->loop, refresh_on_loop, rq);
-	if (pr < 0) {
-		free(rq->node);
-		free(rq);
-		r = wait ? pr : 1;
-	} else {
-		r = wait ? 0 : 1;
-	}
+	loop_post(m->loop, refresh_on_loop, rq);
+	r = wait ? 0 : 1;
 out_unref:
 	config_unref(cfg);
 	return r;

@@ -600,7 +600,8 @@ static void slurm_start_on_loop(void *arg)
 
 int slurm_start(struct slurm *s)
 {
-	return loop_post(s->loop, slurm_start_on_loop, s);
+	loop_post(s->loop, slurm_start_on_loop, s);
+	return 0;
 }
 
 void slurm_free(struct slurm *s)

@@ -243,5 +243,6 @@ int tasks_start(struct tasks *t)
 			"%zu task%s stored, %zu unfinished; reconciling %zu dispatched or "
 			"running",
 			total, total == 1 ? "" : "s", n, recovered);
-	return loop_post(t->loop, tasks_start_on_loop, t);
+	loop_post(t->loop, tasks_start_on_loop, t);
+	return 0;
 }
