@@ -222,21 +222,6 @@ static void fetch_done(void *arg, int err, long status, const char *body, size_t
 	}
 }
 
-/* Lock held: takes the waiter (done, arg) out of the list again (its fetch did not start);
- * the others stay for the next fetch. */
-static void waiter_remove_locked(struct ledger *l, ledger_done_fn done, void *arg)
-{
-	assert_held(&l->lock);
-	for (struct ledger_waiter **p = &l->waiters; *p; p = &(*p)->next) {
-		if ((*p)->done == done && (*p)->arg == arg) {
-			struct ledger_waiter *w = *p;
-			*p = w->next;
-			free(w);
-			return;
-		}
-	}
-}
-
 int ledger_refresh(struct ledger *l, ledger_done_fn done, void *arg)
 {
 	struct config *cfg = cluster_get_config(l->cluster);
@@ -267,17 +252,8 @@ int ledger_refresh(struct ledger *l, ledger_done_fn done, void *arg)
 		char *token = ledger_token(l);
 		struct rest_request req = {
 			.method = "GET", .where = &base, .token = token, .timeout_ms = timeout};
-		int r = rest_call(l->loop, &req, fetch_done, l);
+		rest_call(l->loop, &req, fetch_done, l);
 		free(token);
-		if (r < 0) {
-			pthread_mutex_lock(&l->lock);
-			l->fetching = false;
-			if (wait && done)
-				waiter_remove_locked(l, done, arg);
-			pthread_mutex_unlock(&l->lock);
-			endpoint_clear(&base);
-			return r;
-		}
 	}
 	endpoint_clear(&base);
 	return wait ? 0 : 1;
@@ -392,10 +368,8 @@ static void deliver_next(struct ledger *l)
 					   .body_len = strlen(bodies[0]),
 					   .timeout_ms = cfg->probe.timeout_ms};
 		config_unref(cfg);
-		if (rest_call(l->loop, &req, deliver_done, d) == 0)
-			l->delivering = true;
-		else
-			free(d);
+		rest_call(l->loop, &req, deliver_done, d);
+		l->delivering = true;
 		free(token);
 		endpoint_clear(&url);
 	}

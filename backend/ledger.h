@@ -30,8 +30,8 @@ typedef void (*ledger_done_fn)(void *arg);
  * contract"). Returns 1 when there is nothing to wait for: fresh already, no host serves
  * the ledger, or the last fetch failed recently (then the cached copy answers at once);
  * done is not called. Returns 0 when a fetch runs: done(arg) then runs exactly once on the
- * loop thread, within probe.timeout_ms (done may be NULL: a fetch in the background).
- * Returns -errno when the fetch cannot start (done is not called). */
+ * loop thread, within probe.timeout_ms (done may be NULL: a fetch in the background). A
+ * fetch that cannot start still ends, with its error, through done. */
 int ledger_refresh(struct ledger *l, ledger_done_fn done, void *arg);
 
 /* Steps of the entries, ascending, as strings; new NULL-terminated array. */

@@ -105,7 +105,7 @@ static void rest_start(void *arg)
 	}
 }
 
-int rest_call(struct loop *l, const struct rest_request *req, rest_done_fn done, void *arg)
+void rest_call(struct loop *l, const struct rest_request *req, rest_done_fn done, void *arg)
 {
 	struct rest_call *c = xcalloc(1, sizeof(*c));
 	c->loop = l;
@@ -123,5 +123,4 @@ int rest_call(struct loop *l, const struct rest_request *req, rest_done_fn done,
 	c->done = done;
 	c->arg = arg;
 	loop_post(l, rest_start, c);
-	return 0;
 }

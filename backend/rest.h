@@ -22,9 +22,9 @@ struct rest_request {
 	void (*on_chunk)(const char *data, size_t len, void *arg); /* streaming, or NULL */
 };
 
-/* Copies the request, starts it on the loop thread. Returns 0: it cannot fail (done is
- * always called, with -errno when the exchange could not start). */
-int rest_call(struct loop *l, const struct rest_request *req, rest_done_fn done, void *arg);
+/* Copies the request, starts it on the loop thread. It cannot fail: done is always
+ * called, with -errno when the exchange could not start. */
+void rest_call(struct loop *l, const struct rest_request *req, rest_done_fn done, void *arg);
 
 /* The server's message in an error answer: {"error": "..."} or {"detail": "..."} or
  * {"message": "..."}, else the start of the body. Returns a new string. */

@@ -157,13 +157,9 @@ static int svc_call(struct services *s, const char *svc, const char *file, bool 
 		.body_len = post ? len : 0,
 		.timeout_ms = timeout,
 	};
-	int r = rest_call(s->loop, &req, svc_done, c);
+	rest_call(s->loop, &req, svc_done, c);
 	endpoint_clear(&ep);
-	if (r < 0) {
-		free(c->key);
-		free(c);
-	}
-	return r;
+	return 0;
 }
 
 int services_get(struct services *s, const char *svc, const char *file, services_done_fn done,
