@@ -79,9 +79,10 @@ struct loop {
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 
+/* libcurl allocates through the x* wrappers too (DESIGN §2, "Out of memory"). */
 static void curl_init_once(void)
 {
-	curl_global_init(CURL_GLOBAL_ALL);
+	curl_global_init_mem(CURL_GLOBAL_ALL, xmalloc, free, xrealloc, xstrdup, xcalloc);
 }
 
 static int loop_on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *socketp)

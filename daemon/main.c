@@ -680,6 +680,7 @@ static void daemon_free(struct daemon *d, struct fs *fs)
 
 int main(int argc, char **argv)
 {
+	json_set_alloc_funcs(xmalloc, free); /* jansson too (DESIGN §2, "Out of memory") */
 	struct daemon d = {0};
 	struct options opt = {0};
 	buf_init(&opt.mount_opts);

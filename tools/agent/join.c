@@ -684,7 +684,7 @@ int agent_join_start(const struct join_options *opts, const struct api_context *
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&j->cond, &ca);
 	pthread_condattr_destroy(&ca);
-	curl_global_init(CURL_GLOBAL_ALL);
+	curl_global_init_mem(CURL_GLOBAL_ALL, xmalloc, free, xrealloc, xstrdup, xcalloc);
 	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
 		pthread_mutex_init(&j->share_locks[i], NULL);
 	j->share = curl_share_init();
@@ -748,7 +748,7 @@ int agent_join_leave(const struct join_options *opts, const char *name)
 		log_err("%s", err);
 		return r;
 	}
-	curl_global_init(CURL_GLOBAL_ALL);
+	curl_global_init_mem(CURL_GLOBAL_ALL, xmalloc, free, xrealloc, xstrdup, xcalloc);
 	struct join_options own = *opts;
 	struct discover d = {.join_token = join_token, .pin = opts->fingerprint};
 	if (strcmp(opts->url, "auto") == 0) {

@@ -795,6 +795,7 @@ int main(int argc, char **argv)
 	int r;
 
 	log_set_prefix("clusterfs-agent");
+	json_set_alloc_funcs(xmalloc, free); /* jansson too (DESIGN §2, "Out of memory") */
 	r = agent_parse_options(argc, argv, &opts);
 	if (r != 0)
 		return r > 0 ? 0 : AGENT_EXIT_USAGE;

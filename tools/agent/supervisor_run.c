@@ -687,6 +687,7 @@ static int sup_write_result(struct sup *s, int status, enum stop_reason reason)
 
 int supervisor_main(int argc, char **argv)
 {
+	json_set_alloc_funcs(xmalloc, free); /* jansson too (DESIGN §2, "Out of memory") */
 	struct sup s = {.dirfd = -1,
 			.answer_fd = -1,
 			.go_fd = -1,
