@@ -82,6 +82,14 @@ def wait_until(pred, timeout, what, step=0.02):
     raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
 
 
+def mounted(path):
+    """/proc/mounts lists the mountpoint: a FUSE mount whose daemon died is still listed,
+    though os.path.ismount() is false for it (no stat: it may not answer)."""
+    path = os.path.abspath(str(path))
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
 def port_open(port):
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -174,7 +182,7 @@ class Bench:
 
     def unmount(self, mnt, daemon):
         self.stop(daemon)
-        if os.path.ismount(mnt):
+        if mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
         if mnt in self.mounts:
             self.mounts.remove(mnt)
@@ -183,7 +191,7 @@ class Bench:
         for _, p in reversed(self.procs):
             self.stop(p)
         for mnt in list(self.mounts):
-            if os.path.ismount(mnt):
+            if mounted(mnt):
                 subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
         if self.keep:
             self.log(f"kept {self.tmp}")

@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from conftest import ROOT, make_config, wait_until, write_token, free_port, wait_listening
+from conftest import ROOT, make_config, mounted, wait_until, write_token, free_port, wait_listening
 
 PACKAGES = ("clusterfs", "clusterfs-agent")
 UNITS = ("/lib/systemd/system/clusterfs.service", "/lib/systemd/system/clusterfs-agent.service")
@@ -241,7 +241,7 @@ def run_installed(tmp_path, token_before):
             finally:
                 unmount(mnt)
         finally:
-            if os.path.ismount(mnt):
+            if mounted(mnt):  # a dead mount too, which os.path.ismount() misses
                 subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
             for pid in daemon_pids(mnt):
                 os.kill(pid, 15)
