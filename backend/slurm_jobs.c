@@ -80,6 +80,16 @@ static void tcall_answer(struct tcall *c, uint64_t delay_us)
 	loop_timer_add(c->s->loop, clock_now_us() + delay_us, tcall_finish_on_timer, c);
 }
 
+/* Sets the answer to 200 with the document o, as an agent would send it. Steals o. */
+static void tcall_set_doc(struct tcall *c, json_t *o)
+{
+	char *text = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	buf_puts(&c->answer, text ? text : "");
+	free(text);
+	c->status = 200;
+}
+
 static void tcall_set_error(struct tcall *c, const struct http_response *r)
 {
 	struct buf why;
@@ -225,11 +235,7 @@ static bool submit_answer_purged(struct tcall *c, const struct cfg_slurm *sl)
 			(json_int_t) out, "stderr_size", (json_int_t) err, "exit_code", -1, "error",
 			"its Slurm job ended and was purged by slurmctld (MinJobAge) before clusterfs "
 			"saw its end; its output is kept, and it is not submitted again");
-		char *text = json_dumps(o, JSON_COMPACT);
-		json_decref(o);
-		buf_puts(&c->answer, text);
-		free(text);
-		c->status = 200;
+		tcall_set_doc(c, o);
 		buf_free(&path);
 		tcall_answer(c, 0);
 		return true;
@@ -399,12 +405,7 @@ static void list_done(void *arg, const struct http_response *r)
 		if (job) {
 			/* submitted before (a crash between submission and its answer): the
 			 * job it made, not a second one */
-			json_t *o = job_as_task(cfg->slurm, job);
-			char *text = json_dumps(o, JSON_COMPACT);
-			buf_puts(&c->answer, text);
-			free(text);
-			json_decref(o);
-			c->status = 200;
+			tcall_set_doc(c, job_as_task(cfg->slurm, job));
 			tcall_finish(c);
 		} else
 			submit_send(c, cfg);
@@ -435,13 +436,8 @@ static void list_done(void *arg, const struct http_response *r)
 		json_t *job;
 		json_object_foreach (by_name, name, job)
 			json_array_append_new(tasks, job_as_task(cfg->slurm, job));
-		json_t *o =
-			json_pack("{so sf si}", "tasks", tasks, "time", clock_wall_s(), "index", 1);
-		char *text = json_dumps(o, JSON_COMPACT);
-		buf_puts(&c->answer, text);
-		free(text);
-		json_decref(o);
-		c->status = 200;
+		tcall_set_doc(c, json_pack("{so sf si}", "tasks", tasks, "time", clock_wall_s(),
+					   "index", 1));
 		tcall_finish(c);
 	} else {
 		c->status = 200;

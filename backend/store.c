@@ -108,6 +108,15 @@ static int conn_open(struct store *s, sqlite3 **ret)
 }
 
 /* This thread's connection, opened on first use. NULL on failure. */
+int store_begin(struct store *s, sqlite3 **ret_db)
+{
+	sqlite3 *db = store_db(s);
+	if (!db)
+		return -EIO;
+	*ret_db = db;
+	return store_exec_sql(db, "BEGIN IMMEDIATE");
+}
+
 sqlite3 *store_db(struct store *s)
 {
 	struct conn *c = pthread_getspecific(s->key);

@@ -37,6 +37,9 @@ int store_sqlite_to_errno(int rc);
 sqlite3 *store_db(struct store *s);
 /* Runs sql (no rows) on db. 0 or -errno. */
 int store_exec_sql(sqlite3 *db, const char *sql);
+/* Begins a write transaction (BEGIN IMMEDIATE) on this thread's connection, set in
+ * *ret_db. 0 or -errno (-EIO when the connection cannot be opened). */
+int store_begin(struct store *s, sqlite3 **ret_db);
 /* Prepares sql on the calling thread's connection. 0 or -errno. */
 int store_prepare(struct store *s, const char *sql, sqlite3_stmt **ret_st);
 /* Runs a statement that returns no rows and finalizes it. 0 or -errno. */

@@ -199,11 +199,9 @@ static int prune_outputs(sqlite3 *db, const struct store_retention *p, double no
 int store_prune(struct store *s, const struct store_retention *p, double now, size_t batch,
 		store_pruned_fn fn, void *arg, double *ret_next)
 {
-	sqlite3 *db = store_db(s);
-	if (!db)
-		return -EIO;
 	double next = 0;
-	int r = store_exec_sql(db, "BEGIN IMMEDIATE");
+	sqlite3 *db;
+	int r = store_begin(s, &db);
 	if (r < 0)
 		return r;
 	struct pruned *gone = xcalloc(batch + 1, sizeof(*gone));
@@ -235,10 +233,8 @@ int store_prune(struct store *s, const struct store_retention *p, double now, si
 int store_put_output(struct store *s, const char *task_id, const char *stream, const char *data,
 		     size_t len)
 {
-	sqlite3 *db = store_db(s);
-	if (!db)
-		return -EIO;
-	int r = store_exec_sql(db, "BEGIN IMMEDIATE");
+	sqlite3 *db;
+	int r = store_begin(s, &db);
 	if (r < 0)
 		return r;
 	int64_t old = output_bytes_of(db, task_id, stream);

@@ -127,10 +127,8 @@ int store_cache_get(struct store *s, const char *key, char **ret_json, double *r
 
 int store_events_add(struct store *s, const struct store_event *evs, size_t n, int64_t keep)
 {
-	sqlite3 *db = store_db(s);
-	if (!db)
-		return -EIO;
-	int r = store_exec_sql(db, "BEGIN IMMEDIATE");
+	sqlite3 *db;
+	int r = store_begin(s, &db);
 	if (r < 0)
 		return r;
 	sqlite3_stmt *st = NULL;

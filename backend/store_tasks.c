@@ -61,10 +61,8 @@ static int insert_one(sqlite3 *db, struct store_task *t)
 
 int store_insert_tasks(struct store *s, struct store_task *ts, size_t n)
 {
-	sqlite3 *db = store_db(s);
-	if (!db)
-		return -EIO;
-	int r = store_exec_sql(db, "BEGIN IMMEDIATE");
+	sqlite3 *db;
+	int r = store_begin(s, &db);
 	if (r < 0)
 		return r;
 	for (size_t i = 0; i < n && r == 0; i++)
