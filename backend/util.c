@@ -544,7 +544,7 @@ void *xcalloc(size_t n, size_t size)
 {
 	void *p = calloc(n ? n : 1, size);
 	if (!p)
-		util_oom(n * size);
+		util_oom(size && n > SIZE_MAX / size ? SIZE_MAX : n * size);
 	return p;
 }
 

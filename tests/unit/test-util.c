@@ -2,10 +2,14 @@
  * Prints TAP ("ok N - name"); exits non-zero when any check failed. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "backend/util.h"
@@ -301,6 +305,72 @@ static void test_json_depth(void)
 	      "escape: bounded by the output size");
 }
 
+/* The out-of-memory policy: an allocation that cannot be met says so on stderr and aborts
+ * (DESIGN §2, "Out of memory"). Run in a child, whose stderr is a pipe. */
+static void test_oom(void)
+{
+#ifdef __SANITIZE_ADDRESS__
+	/* ASan answers an impossible malloc with its own report, not NULL */
+	CHECK(1, "out of memory: not checked on an ASan build # SKIP");
+#else
+	int fds[2];
+	if (pipe(fds) < 0) {
+		CHECK(0, "pipe");
+		return;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		dup2(fds[1], STDERR_FILENO);
+		close(fds[0]);
+		void *volatile p = xmalloc(SIZE_MAX / 2);
+		(void) p;
+		_exit(0); /* not reached: xmalloc aborted */
+	}
+	close(fds[1]);
+	char msg[256] = "";
+	ssize_t n = read(fds[0], msg, sizeof(msg) - 1);
+	msg[n > 0 ? n : 0] = '\0';
+	close(fds[0]);
+	int status = 0;
+	waitpid(pid, &status, 0);
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT,
+	      "an allocation that cannot be met aborts");
+	CHECK(strstr(msg, "clusterfs: out of memory (allocating ") != NULL,
+	      "and says so on stderr first");
+#endif
+}
+
+static void *held_elsewhere(void *arg)
+{
+	return (void *) (uintptr_t) util_mutex_held(arg);
+}
+
+/* assert_held's test: the owner is the calling thread, in a fork's child too (its thread id
+ * differs from the parent's, whose id was cached first). */
+static void test_mutex_held(void)
+{
+	pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+	CHECK(!util_mutex_held(&m), "a free mutex is not held");
+	pthread_mutex_lock(&m);
+	CHECK(util_mutex_held(&m), "a mutex this thread locked is held");
+	pthread_t th;
+	void *other = (void *) 1;
+	pthread_create(&th, NULL, held_elsewhere, &m);
+	pthread_join(th, &other);
+	CHECK(other == NULL, "but not by another thread");
+	pthread_mutex_unlock(&m);
+	pid_t pid = fork();
+	if (pid == 0) {
+		pthread_mutex_t c = PTHREAD_MUTEX_INITIALIZER;
+		pthread_mutex_lock(&c);
+		_exit(util_mutex_held(&c) ? 0 : 1);
+	}
+	int status = 1;
+	waitpid(pid, &status, 0);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	      "a fork's child holds the mutexes it locks (its thread id is not the parent's)");
+}
+
 int main(void)
 {
 	if (!mkdtemp(tmpdir)) {
@@ -315,6 +385,8 @@ int main(void)
 	test_clock();
 	test_closest_word();
 	test_json_depth();
+	test_oom();
+	test_mutex_held();
 
 	static const char *const names[] = {"ok",  "ro",  "unsafe", "empty", "blank", "space",
 					    "ctl", "big", "f",      "e",     NULL};
